@@ -1,0 +1,457 @@
+"""The HTTP transport every remote engine shares: pooled aiohttp, retries, AIMD, politeness, redaction.
+
+The seam
+--------
+A protocol adapter (OpenAI chat completions, Anthropic messages, Gemini, ...) never touches HTTP.
+It supplies four things, and the transport does the rest:
+
+* the **URL** of the request,
+* the **headers** (auth, versions: built once, reused for every row),
+* a **body builder**: row → JSON-able dict (turned into bytes once, reused across retries),
+* a **response parser**: decoded JSON → the adapter's result. A parser that raises ``ValueError``,
+  ``KeyError``, ``TypeError`` or ``IndexError`` marks the body as unparsable, which is retried.
+
+Those travel as an :class:`HttpRequest` plus a ``parse`` callable into :meth:`Transport.send`, which
+returns the parsed result or raises :class:`~infermux.errors.RemoteError` once retries are spent.
+:meth:`Transport.map` runs ``num_workers`` coroutines over an iterator of rows (lazily: memory stays
+flat for any number of rows) and hands each outcome (result or ``RowError``) to a callback as soon
+as it is known, which is where an engine writes it out durably. Adapters may also pass
+``error_message`` to pull the human message out of their provider's error bodies.
+
+What the transport guarantees
+-----------------------------
+* One pooled ``aiohttp.ClientSession`` per job; the connection limit equals ``num_workers``.
+* Retries on 408, 409, 429, 5xx, connection errors, timeouts and unparsable bodies, with exponential
+  back-off and full jitter (``retry_backoff_base`` doubling up to ``retry_backoff_max``), up to
+  ``max_retries``. No retry on other 4xx: the row fails with the server's message.
+* Rate limits (429, or 503 with a hint) honour ``Retry-After`` (seconds or HTTP date),
+  ``retry-after-ms`` and ``x-ratelimit-reset-*``; they pause every worker, not just one, and they
+  are retried for up to ``rate_limit_budget_s`` seconds without using up ``max_retries``, so a
+  minute-long 429 storm loses nothing.
+* AIMD concurrency (``use_adaptive_concurrency``): starts at ``num_workers``, halves on overload
+  signals (at most once per cool-down), creeps back by one slot per window of successes.
+* ``politeness_policy`` seconds between consecutive requests of one worker.
+* Secrets (API keys) are scrubbed from every error message and never part of any repr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import logging
+import os
+import random
+import re
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import aiohttp
+
+from infermux.errors import AuthenticationError, RemoteError, RowError
+
+__all__ = [
+    "AimdLimiter",
+    "HttpRequest",
+    "Transport",
+    "TransportSettings",
+    "parse_retry_hint",
+    "redact",
+]
+
+logger = logging.getLogger("infermux.remote")
+
+T = TypeVar("T")
+I = TypeVar("I")  # noqa: E741
+
+RETRY_STATUSES = frozenset({408, 409, 425, 429})
+_PARSE_ERRORS = (ValueError, KeyError, TypeError, IndexError)
+_CONNECTION_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError)
+_MAX_HINT_S = 600.0
+_PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
+
+
+@dataclass(frozen=True)
+class TransportSettings:
+    """How hard to push and how long to persist. Built from ``RemoteParams`` by the engines."""
+
+    num_workers: int = 1
+    max_retries: int = 3
+    connection_timeout: float = 20.0
+    politeness_policy: float = 0.0
+    use_adaptive_concurrency: bool = True
+    retry_backoff_base: float = 1.0
+    retry_backoff_max: float = 30.0
+    rate_limit_budget_s: float = 300.0
+    """How long one request keeps waiting out rate limits before it fails."""
+
+    @classmethod
+    def from_remote_params(cls, params: Any, **overrides: Any) -> TransportSettings:
+        """Settings from a ``RemoteParams`` (only its throughput/retry fields are read)."""
+        values = {
+            name: getattr(params, name)
+            for name in (
+                "num_workers", "max_retries", "connection_timeout", "politeness_policy",
+                "use_adaptive_concurrency", "retry_backoff_base", "retry_backoff_max",
+            )
+            if getattr(params, name, None) is not None
+        }  # fmt: skip
+        values.update(overrides)
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class HttpRequest:
+    """One call as a protocol adapter describes it. ``headers`` may carry secrets: never printed."""
+
+    url: str
+    body: bytes
+    headers: Mapping[str, str] = field(repr=False, default_factory=dict)
+    method: str = "POST"
+
+    @classmethod
+    def json(cls, url: str, payload: Any, headers: Mapping[str, str]) -> HttpRequest:
+        return cls(url, json.dumps(payload, ensure_ascii=False).encode(), headers)
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every occurrence of each non-trivial secret replaced by ``***``."""
+    for secret in secrets:
+        if secret and len(secret) >= 4 and secret in text:
+            text = text.replace(secret, "***")
+    return text
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+
+
+def _parse_duration(value: str) -> float | None:
+    """Seconds in ``1s``, ``6m0s``, ``20ms``, ``1.5`` (plain seconds) or an epoch timestamp."""
+    value = value.strip()
+    try:
+        number = float(value)
+    except ValueError:
+        parts = _DURATION.findall(value)
+        if not parts or "".join(n + u for n, u in parts) != value.replace(" ", ""):
+            return None
+        scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+        return sum(float(n) * scale[u] for n, u in parts)
+    if number > 1e9:  # an absolute epoch time
+        return number - time.time()
+    return number
+
+
+def parse_retry_hint(headers: Mapping[str, str]) -> float | None:
+    """Seconds the server asks us to wait, from ``retry-after-ms``, ``Retry-After`` (seconds or HTTP
+    date) or ``x-ratelimit-reset-*`` (the exhausted limit's, else the soonest). None if no hint."""
+    lower = {k.lower(): v for k, v in headers.items()}
+    if "retry-after-ms" in lower:
+        try:
+            return _clamp(float(lower["retry-after-ms"]) / 1000.0)
+        except ValueError:
+            pass
+    if "retry-after" in lower:
+        raw = lower["retry-after"].strip()
+        try:
+            return _clamp(float(raw))
+        except ValueError:
+            try:
+                when = email.utils.parsedate_to_datetime(raw)
+            except (TypeError, ValueError, IndexError):
+                when = None
+            if when is not None:
+                return _clamp(when.timestamp() - time.time())
+    resets = {
+        k.removeprefix("x-ratelimit-reset-"): v
+        for k, v in lower.items()
+        if k.startswith("x-ratelimit-reset")
+    }
+    if not resets:
+        return None
+    exhausted = [
+        resets[name] for name in resets if lower.get(f"x-ratelimit-remaining-{name}", "").strip() == "0"
+    ]
+    parsed = [d for d in (_parse_duration(v) for v in (exhausted or resets.values())) if d is not None]
+    if not parsed:
+        return None
+    return _clamp(max(parsed) if exhausted else min(parsed))
+
+
+def _clamp(seconds: float) -> float:
+    return min(max(seconds, 0.0), _MAX_HINT_S)
+
+
+class AimdLimiter:
+    """An async semaphore whose size moves: additive increase, multiplicative decrease.
+
+    Starts at ``maximum`` (a clean job never runs below what was asked for). Each success adds
+    ``1/limit`` (one slot per window of successes); an overload signal halves the limit, at most
+    once per ``cooldown_s``, never below ``minimum``. With ``adaptive=False`` it is a plain
+    semaphore of ``maximum`` slots.
+    """
+
+    def __init__(self, maximum: int, *, adaptive: bool = True, minimum: int = 1, cooldown_s: float = 0.5):
+        self.maximum = max(1, maximum)
+        self.minimum = max(1, min(minimum, self.maximum))
+        self.adaptive = adaptive
+        self.cooldown_s = cooldown_s
+        self.limit = float(self.maximum)
+        self.in_flight = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._last_decrease = -1e9
+
+    def __repr__(self) -> str:
+        return f"AimdLimiter(limit={self.limit:.1f}, in_flight={self.in_flight}, max={self.maximum})"
+
+    async def acquire(self) -> None:
+        if self.in_flight < int(self.limit) and not self._waiters:
+            self.in_flight += 1
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # the slot was handed over just as we were cancelled
+            else:
+                self._waiters.remove(fut)
+            raise
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self.in_flight < int(self.limit):
+            fut = self._waiters.popleft()
+            if not fut.done():
+                self.in_flight += 1
+                fut.set_result(None)
+
+    def on_success(self) -> None:
+        if self.adaptive and self.limit < self.maximum:
+            self.limit = min(float(self.maximum), self.limit + 1.0 / self.limit)
+            self._wake()
+
+    def on_overload(self) -> None:
+        if not self.adaptive:
+            return
+        now = time.monotonic()
+        if now - self._last_decrease >= self.cooldown_s:
+            self._last_decrease = now
+            self.limit = max(float(self.minimum), self.limit / 2.0)
+
+
+class _Attempt(Exception):
+    """One failed attempt: what happened, whether to retry, and how long the server asked to wait."""
+
+    def __init__(
+        self, kind: str, message: str, *, status: int | None = None, retry: bool,
+        hint: float | None = None, rate_limited: bool = False, overload: bool = True,
+    ) -> None:  # fmt: skip
+        super().__init__(message)
+        self.kind = kind
+        self.status = status
+        self.retry = retry
+        self.hint = hint
+        self.rate_limited = rate_limited
+        self.overload = overload
+
+
+def default_error_message(status: int, body: bytes) -> str:
+    """The server's own message from an OpenAI-style ``{"error": {"message": ...}}`` body, or its text."""
+    text = body.decode("utf-8", "replace").strip()
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text[:500] or f"HTTP {status}"
+    if isinstance(data, dict):
+        err = data.get("error", data)
+        if isinstance(err, dict):
+            for key in ("message", "detail", "msg"):
+                if isinstance(err.get(key), str):
+                    return err[key]
+        elif isinstance(err, str):
+            return err
+        if isinstance(data.get("detail"), str):
+            return str(data["detail"])
+    return text[:500]
+
+
+class Transport(Generic[T]):
+    """A job's HTTP client. Use as ``async with Transport(settings, secrets=[key]) as t: ...``."""
+
+    def __init__(
+        self,
+        settings: TransportSettings,
+        *,
+        secrets: Iterable[str] = (),
+        auth_hint: str = "",
+        error_message: Callable[[int, bytes], str] = default_error_message,
+    ) -> None:
+        self.settings = settings
+        self._secrets = tuple(s for s in secrets if s)
+        self._auth_hint = auth_hint
+        self._error_message = error_message
+        self.limiter = AimdLimiter(settings.num_workers, adaptive=settings.use_adaptive_concurrency)
+        self._session: aiohttp.ClientSession | None = None
+        self._resume_at = 0.0  # monotonic time before which no request starts (shared rate-limit pause)
+        self.stats = {"requests": 0, "retries": 0, "rate_limited": 0}
+
+    def __repr__(self) -> str:
+        return f"Transport(workers={self.settings.num_workers}, limiter={self.limiter!r})"
+
+    async def __aenter__(self) -> Transport[T]:
+        connector = aiohttp.TCPConnector(
+            limit=self.settings.num_workers, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=30
+        )
+        timeout = aiohttp.ClientTimeout(total=self.settings.connection_timeout)
+        # trust_env makes aiohttp look up proxy settings on every request: only pay for it when set.
+        trust_env = any(os.environ.get(v) for v in _PROXY_VARS)
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=timeout, raise_for_status=False, trust_env=trust_env
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # ------------------------------------------------------------------ one request, with retries
+
+    async def send(self, request: HttpRequest, parse: Callable[[Any], T]) -> T:
+        """Send ``request`` until it succeeds and ``parse`` accepts the JSON reply, or retries run out."""
+        settings = self.settings
+        failures = 0
+        started = time.monotonic()
+        while True:
+            await self._wait_rate_pause()
+            await self.limiter.acquire()
+            try:
+                result = await self._attempt(request, parse)
+            except _Attempt as attempt:
+                self.limiter.release()
+                if attempt.overload:
+                    self.limiter.on_overload()
+                waited = time.monotonic() - started
+                if attempt.rate_limited:
+                    self.stats["rate_limited"] += 1
+                    if not attempt.retry or waited > settings.rate_limit_budget_s:
+                        raise self._final(attempt, failures, waited) from None
+                else:
+                    failures += 1
+                    if not attempt.retry or failures > settings.max_retries:
+                        raise self._final(attempt, failures, waited) from None
+                self.stats["retries"] += 1
+                await asyncio.sleep(self._delay(attempt, failures))
+                continue
+            self.limiter.release()
+            self.limiter.on_success()
+            return result
+
+    async def _attempt(self, request: HttpRequest, parse: Callable[[Any], T]) -> T:
+        assert self._session is not None, "use the transport inside `async with`"
+        self.stats["requests"] += 1
+        try:
+            async with self._session.request(
+                request.method, request.url, data=request.body, headers=request.headers
+            ) as resp:
+                body = await resp.read()
+                status = resp.status
+                headers = resp.headers
+        except asyncio.TimeoutError:
+            raise _Attempt(
+                "timeout", f"no reply within connection_timeout={self.settings.connection_timeout}s",
+                retry=True,
+            ) from None  # fmt: skip
+        except _CONNECTION_ERRORS as exc:
+            raise _Attempt("connection_error", f"{type(exc).__name__}: {exc}", retry=True) from None
+        if status >= 400:
+            raise self._status_failure(status, body, headers)
+        try:
+            return parse(json.loads(body))
+        except _PARSE_ERRORS as exc:
+            snippet = body[:200].decode("utf-8", "replace")
+            raise _Attempt(
+                "malformed_response", f"unparsable reply ({type(exc).__name__}: {exc}): {snippet!r}",
+                status=status, retry=True, overload=False,
+            ) from None  # fmt: skip
+
+    def _status_failure(self, status: int, body: bytes, headers: Mapping[str, str]) -> _Attempt:
+        message = f"HTTP {status}: {self._error_message(status, body)}"
+        hint = parse_retry_hint(headers)
+        if status == 429 or (status == 503 and hint is not None):
+            return _Attempt("rate_limited", message, status=status, retry=True, hint=hint, rate_limited=True)
+        if status in (401, 403):
+            if self._auth_hint:
+                message += f". {self._auth_hint}"
+            return _Attempt("authentication", message, status=status, retry=False, overload=False)
+        retry = status >= 500 or status in RETRY_STATUSES
+        return _Attempt("http_error", message, status=status, retry=retry, hint=hint, overload=retry)
+
+    def _delay(self, attempt: _Attempt, failures: int) -> float:
+        if attempt.hint is not None:
+            if attempt.rate_limited:
+                self._resume_at = max(self._resume_at, time.monotonic() + attempt.hint)
+            return attempt.hint + random.uniform(0.0, 0.1 * attempt.hint + 0.01)
+        s = self.settings
+        exponent = max(failures, 1) - 1
+        return random.uniform(0.0, min(s.retry_backoff_max, s.retry_backoff_base * (2.0**exponent)))
+
+    async def _wait_rate_pause(self) -> None:
+        delay = self._resume_at - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    def _final(self, attempt: _Attempt, failures: int, waited: float) -> RemoteError:
+        message = redact(str(attempt), self._secrets)
+        if attempt.retry:
+            message += f" (gave up after {failures} failed attempts and {waited:.1f}s)"
+        cls = AuthenticationError if attempt.kind == "authentication" else RemoteError
+        return cls(message, status=attempt.status, retryable=attempt.retry, kind=attempt.kind)
+
+    # ------------------------------------------------------------------ many rows
+
+    async def map(
+        self,
+        items: Iterable[I],
+        call: Callable[[I], Awaitable[T]],
+        on_done: Callable[[int, I, T | RowError], None],
+    ) -> None:
+        """Run ``call`` on every item with ``num_workers`` workers; report each outcome to ``on_done``.
+
+        Items are pulled lazily, so a generator of any length uses constant memory. ``on_done`` gets
+        ``(index, item, result_or_RowError)`` in completion order (the index restores input order).
+        """
+        source = iter(enumerate(items))
+        politeness = self.settings.politeness_policy
+
+        async def worker() -> None:
+            for index, item in source:
+                try:
+                    outcome: T | RowError = await call(item)
+                except RemoteError as exc:
+                    outcome = exc.to_row_error()
+                except Exception as exc:  # a bug in an adapter fails its row, not the job
+                    logger.debug("row %d failed", index, exc_info=True)
+                    outcome = RowError.from_exception(exc)
+                    outcome = RowError(outcome.kind, redact(outcome.message, self._secrets))
+                on_done(index, item, outcome)
+                if politeness > 0:
+                    await asyncio.sleep(politeness)
+
+        await asyncio.gather(*(worker() for _ in range(self.settings.num_workers)))
+
+
+@asynccontextmanager
+async def open_transport(settings: TransportSettings, **kwargs: Any) -> AsyncIterator[Transport[Any]]:
+    """``async with open_transport(settings, secrets=[key]) as t:`` — a convenience wrapper."""
+    transport: Transport[Any] = Transport(settings, **kwargs)
+    async with transport:
+        yield transport
