@@ -1,0 +1,13 @@
+"""Protocol-faithful fakes of cloud inference APIs, written from the providers' references.
+
+Each fake is an aiohttp server on 127.0.0.1 that records requests, validates them and
+answers in the provider's own success and error formats.
+"""
+
+from .anthropic import FakeAnthropic
+from .gemini import FakeGemini
+from .openai_batch import FakeOpenAIBatch
+from .sglang import FakeSGLang
+from .vertex import FakeVertex
+
+__all__ = ["FakeAnthropic", "FakeGemini", "FakeOpenAIBatch", "FakeSGLang", "FakeVertex"]

@@ -1,0 +1,219 @@
+"""Fake of Anthropic's Messages API, used for request-shape checks and error paths.
+
+Real generations go to ``vllm serve`` (which also speaks ``/v1/messages``); this fake covers
+what a local server cannot: Anthropic's authentication, its exact error bodies and the
+429 / 529 answers. Written from Anthropic's API reference:
+
+* ``POST /v1/messages`` with headers ``x-api-key``, ``anthropic-version`` and
+  ``content-type: application/json``.
+* Body: ``model``, ``messages``, ``max_tokens`` (all required), ``system`` (string or text
+  blocks), ``stop_sequences``, ``temperature`` (0-1), ``top_p``, ``top_k``, ``metadata``,
+  ``stream``, ``output_config`` (``format: {type: json_schema, schema}``), ``tools``,
+  ``tool_choice``, ``thinking``, ``service_tier``... Unknown fields are rejected.
+* Message roles are ``user`` and ``assistant`` only; content is a string or blocks of type
+  ``text`` / ``image`` (source ``base64`` with media_type image/jpeg|png|gif|webp, or ``url``).
+* Reply: ``{"id", "type": "message", "role": "assistant", "model", "content": [{"type":
+  "text", "text"}], "stop_reason": "end_turn"|"max_tokens"|"stop_sequence", "stop_sequence",
+  "usage": {"input_tokens", "output_tokens"}}``.
+* Errors: ``{"type": "error", "error": {"type", "message"}, "request_id"}`` with types
+  invalid_request_error (400), authentication_error (401), permission_error (403),
+  not_found_error (404), rate_limit_error (429), api_error (500), overloaded_error (529).
+* Recent models reject ``temperature`` together with ``top_p``; set ``allow_temperature_and_top_p``
+  to model an older one.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+from aiohttp import web
+
+from ._server import (
+    Exchange,
+    FakeServer,
+    Handler,
+    RequestInvalid,
+    Responder,
+    apply_stops,
+    check_keys,
+    check_range,
+    check_type,
+    default_responder,
+    truncate_words,
+)
+
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    529: "overloaded_error",
+}
+_BODY_FIELDS = {
+    "model", "messages", "max_tokens", "system", "stop_sequences", "temperature", "top_p",
+    "top_k", "metadata", "stream", "output_config", "tools", "tool_choice", "thinking",
+    "service_tier", "cache_control", "container", "inference_geo", "speed",
+}
+_MEDIA_TYPES = {"image/jpeg", "image/png", "image/gif", "image/webp"}
+
+
+class FakeAnthropic(FakeServer):
+    def __init__(
+        self,
+        api_key: str = "sk-ant-test",
+        responder: Responder = default_responder,
+        allow_temperature_and_top_p: bool = False,
+    ):
+        super().__init__()
+        self.api_key = api_key
+        self.responder = responder
+        self.allow_temperature_and_top_p = allow_temperature_and_top_p
+
+    def routes(self) -> list[tuple[str, str, Handler]]:
+        return [("POST", "/v1/messages", self._messages)]
+
+    def error_body(self, status: int, message: str) -> Any:
+        return {
+            "type": "error",
+            "error": {"type": ERROR_TYPES.get(status, "api_error"), "message": message},
+            "request_id": f"req_fake{len(self.requests)}",
+        }
+
+    def _error(self, status: int, message: str) -> web.Response:
+        return web.json_response(self.error_body(status, message), status=status)
+
+    async def _messages(self, request: web.Request) -> web.Response:
+        key = request.headers.get("x-api-key")
+        if not key:
+            return self._error(401, "x-api-key header is required")
+        if key != self.api_key:
+            return self._error(401, "invalid x-api-key")
+        if not request.headers.get("anthropic-version"):
+            return self._error(400, "anthropic-version: header is required")
+        if request.content_type != "application/json":
+            return self._error(400, "content-type must be application/json")
+        try:
+            body = json.loads(await request.read())
+            exchange = self._validate(body)
+        except ValueError as exc:
+            return self._error(400, f"There was an issue with your request body: {exc}")
+        except RequestInvalid as exc:
+            return self._error(exc.status, str(exc))
+        text = self.responder(exchange)
+        text, matched = apply_stops(text, body.get("stop_sequences"))
+        text, truncated = truncate_words(text, body["max_tokens"])
+        stop_reason = "stop_sequence" if matched else ("max_tokens" if truncated else "end_turn")
+        input_tokens = sum(len(t.split()) for _, t in exchange.turns) + len((exchange.system or "").split())
+        return web.json_response({
+            "id": f"msg_fake{len(self.requests)}",
+            "type": "message",
+            "role": "assistant",
+            "model": body["model"],
+            "content": [{"type": "text", "text": text}],
+            "stop_reason": stop_reason,
+            "stop_sequence": matched,
+            "usage": {"input_tokens": input_tokens, "output_tokens": len(text.split())},
+        })
+
+    def _validate(self, body: Any) -> Exchange:
+        check_keys(body, "body", _BODY_FIELDS, {"model", "messages", "max_tokens"})
+        check_type(body["model"], "model", str)
+        if check_type(body["max_tokens"], "max_tokens", int) < 1:
+            raise RequestInvalid("max_tokens: must be greater than or equal to 1")
+        if "temperature" in body:
+            check_range(body["temperature"], "temperature", 0.0, 1.0)
+        if "top_p" in body:
+            check_range(body["top_p"], "top_p", 0.0, 1.0)
+        if "top_k" in body:
+            check_type(body["top_k"], "top_k", int)
+        if "temperature" in body and "top_p" in body and not self.allow_temperature_and_top_p:
+            raise RequestInvalid(
+                "`temperature` and `top_p` cannot both be specified for this model. Please use only one."
+            )
+        if "stop_sequences" in body:
+            for i, stop in enumerate(check_type(body["stop_sequences"], "stop_sequences", list)):
+                check_type(stop, f"stop_sequences.{i}", str)
+        system = self._system(body.get("system"))
+        turns, images = self._turns(check_type(body["messages"], "messages", list))
+        schema = None
+        if "output_config" in body:
+            config = check_keys(body["output_config"], "output_config", {"format", "effort"})
+            if config.get("format") is not None:
+                fmt = check_keys(config["format"], "output_config.format", {"type", "schema"},
+                                 {"type", "schema"})
+                if fmt["type"] != "json_schema":
+                    raise RequestInvalid("output_config.format.type: Input should be 'json_schema'")
+                schema = check_type(fmt["schema"], "output_config.format.schema", dict)
+        return Exchange(system=system, turns=turns, images=images, schema=schema)
+
+    def _system(self, system: Any) -> str | None:
+        if system is None or isinstance(system, str):
+            return system
+        blocks = check_type(system, "system", list)
+        texts = []
+        for i, block in enumerate(blocks):
+            check_keys(block, f"system.{i}", {"type", "text", "cache_control", "citations"}, {"type", "text"})
+            if block["type"] != "text":
+                raise RequestInvalid(f"system.{i}.type: Input should be 'text'")
+            texts.append(check_type(block["text"], f"system.{i}.text", str))
+        return "\n".join(texts)
+
+    def _turns(self, messages: list) -> tuple[list[tuple[str, str]], int]:
+        if not messages:
+            raise RequestInvalid("messages: at least one message is required")
+        turns: list[tuple[str, str]] = []
+        images = 0
+        for i, message in enumerate(messages):
+            check_keys(message, f"messages.{i}", {"role", "content"}, {"role", "content"})
+            role = message["role"]
+            if role == "system":
+                raise RequestInvalid(
+                    'messages: Unexpected role "system". The Messages API accepts a top-level '
+                    "`system` parameter, not \"system\" as an input message role."
+                )
+            if role not in ("user", "assistant"):
+                raise RequestInvalid(f"messages.{i}.role: Input should be 'user' or 'assistant'")
+            content = message["content"]
+            if isinstance(content, str):
+                turns.append((role, content))
+                continue
+            texts = []
+            for j, block in enumerate(check_type(content, f"messages.{i}.content", list)):
+                where = f"messages.{i}.content.{j}"
+                kind = block.get("type") if isinstance(block, dict) else None
+                if kind == "text":
+                    check_keys(block, where, {"type", "text", "cache_control", "citations"}, {"type", "text"})
+                    texts.append(check_type(block["text"], f"{where}.text", str))
+                elif kind == "image":
+                    check_keys(block, where, {"type", "source", "cache_control"}, {"type", "source"})
+                    self._image_source(block["source"], f"{where}.source")
+                    if role != "user":
+                        raise RequestInvalid(f"{where}: image blocks are only allowed in user turns")
+                    images += 1
+                else:
+                    raise RequestInvalid(f"{where}.type: unsupported content block type {kind!r}")
+            turns.append((role, "".join(texts)))
+        return turns, images
+
+    def _image_source(self, source: Any, where: str) -> None:
+        kind = source.get("type") if isinstance(source, dict) else None
+        if kind == "base64":
+            check_keys(source, where, {"type", "media_type", "data"}, {"type", "media_type", "data"})
+            if source["media_type"] not in _MEDIA_TYPES:
+                raise RequestInvalid(f"{where}.media_type: Input should be one of {sorted(_MEDIA_TYPES)}")
+            try:
+                base64.b64decode(source["data"], validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise RequestInvalid(f"{where}.data: invalid base64 data") from exc
+        elif kind == "url":
+            check_keys(source, where, {"type", "url"}, {"type", "url"})
+            if not str(source["url"]).startswith(("http://", "https://")):
+                raise RequestInvalid(f"{where}.url: must be an http(s) URL")
+        else:
+            raise RequestInvalid(f"{where}.type: Input should be 'base64', 'url' or 'file'")

@@ -1,0 +1,301 @@
+"""Fake of the Gemini API (generativelanguage.googleapis.com, v1beta).
+
+Written from Google's REST reference for ``models.generateContent`` and
+``models.streamGenerateContent``:
+
+* ``POST /v1beta/models/{model}:generateContent`` and ``...:streamGenerateContent?alt=sse``
+* API key in the ``x-goog-api-key`` header or the ``key`` query parameter; a missing key is
+  403 PERMISSION_DENIED, a wrong one is **400** INVALID_ARGUMENT with reason
+  ``API_KEY_INVALID`` (Google does not answer 401 for API keys).
+* Body: ``contents`` (required; roles ``user``/``model``; parts hold exactly one of ``text``,
+  ``inlineData``, ``fileData``...), ``systemInstruction``, ``generationConfig``,
+  ``safetySettings``, ``tools``, ``toolConfig``, ``cachedContent``. Unknown fields are
+  rejected ("Invalid JSON payload received. Unknown name ...").
+* ``generationConfig.responseSchema`` is an OpenAPI-subset Schema: no ``$ref``/``$defs``,
+  no ``additionalProperties``; it needs ``responseMimeType: application/json``.
+* Errors: ``{"error": {"code", "message", "status", "details"}}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from typing import Any
+
+from aiohttp import web
+
+from ._server import (
+    Exchange,
+    FakeServer,
+    Handler,
+    RequestInvalid,
+    Responder,
+    apply_stops,
+    check_range,
+    check_type,
+    default_responder,
+    truncate_words,
+)
+
+_STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+_REQUEST_FIELDS = {
+    "contents", "tools", "toolConfig", "safetySettings", "systemInstruction",
+    "generationConfig", "cachedContent",
+}
+_CONTENT_FIELDS = {"role", "parts"}
+_PART_DATA = {
+    "text", "inlineData", "fileData", "functionCall", "functionResponse",
+    "executableCode", "codeExecutionResult",
+}
+_PART_FIELDS = _PART_DATA | {"thought", "thoughtSignature", "videoMetadata"}
+_GEN_CONFIG_FIELDS = {
+    "stopSequences", "responseMimeType", "responseSchema", "responseJsonSchema",
+    "responseModalities", "candidateCount", "maxOutputTokens", "temperature", "topP", "topK",
+    "seed", "presencePenalty", "frequencyPenalty", "responseLogprobs", "logprobs",
+    "enableEnhancedCivicAnswers", "speechConfig", "thinkingConfig", "mediaResolution",
+}
+_SCHEMA_FIELDS = {
+    "type", "format", "title", "description", "nullable", "enum", "maxItems", "minItems",
+    "properties", "required", "minProperties", "maxProperties", "minLength", "maxLength",
+    "pattern", "example", "anyOf", "propertyOrdering", "default", "items", "minimum", "maximum",
+}
+_SCHEMA_TYPES = {"TYPE_UNSPECIFIED", "STRING", "NUMBER", "INTEGER", "BOOLEAN", "ARRAY", "OBJECT", "NULL"}
+_MIME_IMAGE = re.compile(r"^image/(png|jpeg|webp|heic|heif|gif)$")
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(word.title() for word in rest)
+
+
+def _normalize(obj: Any, where: str, allowed: set[str], required: set[str] = set()) -> dict:
+    """Proto3 JSON accepts both lowerCamel and snake_case names: map to camel, then check."""
+    if not isinstance(obj, dict):
+        raise RequestInvalid(f"Invalid value at '{where}', expected an object")
+    out: dict[str, Any] = {}
+    for key, value in obj.items():
+        name = _camel(key)
+        if name not in allowed:
+            raise RequestInvalid(
+                f'Invalid JSON payload received. Unknown name "{key}" at \'{where}\': Cannot find field.'
+            )
+        out[name] = value
+    for name in sorted(required - set(out)):
+        raise RequestInvalid(f"* GenerateContentRequest.{where}.{name}: required field is not set")
+    return out
+
+
+class FakeGemini(FakeServer):
+    """Fake Gemini endpoint. ``responder`` decides the reply text from an :class:`Exchange`."""
+
+    def __init__(self, api_key: str = "gemini-test-key", responder: Responder = default_responder):
+        super().__init__()
+        self.api_key = api_key
+        self.responder = responder
+
+    def routes(self) -> list[tuple[str, str, Handler]]:
+        return [("POST", "/v1beta/models/{model_action}", self._handle)]
+
+    def error_body(self, status: int, message: str) -> Any:
+        return {"error": {"code": status, "message": message, "status": _STATUS.get(status, "UNKNOWN")}}
+
+    def _error(self, status: int, message: str, reason: str | None = None) -> web.Response:
+        body = self.error_body(status, message)
+        if reason:
+            body["error"]["details"] = [{
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": reason,
+                "domain": "googleapis.com",
+                "metadata": {"service": "generativelanguage.googleapis.com"},
+            }]
+        return web.json_response(body, status=status)
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        model, _, action = request.match_info["model_action"].partition(":")
+        if action not in ("generateContent", "streamGenerateContent"):
+            return self._error(404, f"Method {action or '(none)'} not found.")
+        key = request.headers.get("x-goog-api-key") or request.query.get("key")
+        if not key:
+            return self._error(
+                403,
+                "Method doesn't allow unregistered callers (callers without established identity)."
+                " Please use API Key or other form of API consumer identity to call this API.",
+            )
+        if key != self.api_key:
+            return self._error(400, "API key not valid. Please pass a valid API key.", "API_KEY_INVALID")
+        if not model.startswith("gemini"):
+            return self._error(
+                404, f"models/{model} is not found for API version v1beta, or is not supported for {action}."
+            )
+        if request.content_type != "application/json":
+            return self._error(400, "Invalid JSON payload: Content-Type must be application/json.")
+        try:
+            body = json.loads(await request.read())
+            exchange, config = self._validate(body)
+        except ValueError as exc:
+            return self._error(400, f"Invalid JSON payload received. {exc}")
+        except RequestInvalid as exc:
+            return self._error(exc.status, str(exc))
+        text, finish = self._generate(exchange, config)
+        prompt_tokens = sum(len(t.split()) for _, t in exchange.turns) + len((exchange.system or "").split())
+        reply = {
+            "candidates": [{
+                "content": {"parts": [{"text": text}], "role": "model"},
+                "finishReason": finish,
+                "index": 0,
+            }],
+            "usageMetadata": {
+                "promptTokenCount": prompt_tokens,
+                "candidatesTokenCount": len(text.split()),
+                "totalTokenCount": prompt_tokens + len(text.split()),
+            },
+            "modelVersion": model,
+            "responseId": f"resp-{len(self.requests)}",
+        }
+        if action == "generateContent":
+            return web.json_response(reply)
+        return await self._stream(request, reply)
+
+    async def _stream(self, request: web.Request, reply: dict) -> web.StreamResponse:
+        if request.query.get("alt") != "sse":
+            return web.json_response([reply])
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        text = reply["candidates"][0]["content"]["parts"][0]["text"]
+        pieces = [p for p in re.split(r"(?<= )", text) if p] or [""]
+        for i, piece in enumerate(pieces):
+            chunk = {"candidates": [{"content": {"parts": [{"text": piece}], "role": "model"}, "index": 0}]}
+            if i == len(pieces) - 1:
+                chunk["candidates"][0]["finishReason"] = reply["candidates"][0]["finishReason"]
+                chunk["usageMetadata"] = reply["usageMetadata"]
+            await response.write(f"data: {json.dumps(chunk)}\r\n\r\n".encode())
+        await response.write_eof()
+        return response
+
+    # ------------------------------------------------------------------ validation
+    def _validate(self, raw: Any) -> tuple[Exchange, dict]:
+        body = _normalize(raw, "GenerateContentRequest", _REQUEST_FIELDS, {"contents"})
+        contents = check_type(body["contents"], "contents", list)
+        if not contents:
+            raise RequestInvalid("* GenerateContentRequest.contents: contents is not specified")
+        turns: list[tuple[str, str]] = []
+        images = 0
+        for i, item in enumerate(contents):
+            content = _normalize(item, f"contents[{i}]", _CONTENT_FIELDS, {"parts"})
+            role = content.get("role", "user")
+            if role not in ("user", "model"):
+                raise RequestInvalid("Please use a valid role: user, model.")
+            text, n_images = self._parts(content["parts"], f"contents[{i}].parts")
+            images += n_images
+            turns.append((role, text))
+        system = None
+        if "systemInstruction" in body:
+            sys_content = _normalize(body["systemInstruction"], "system_instruction", _CONTENT_FIELDS, {"parts"})
+            system, n_images = self._parts(sys_content["parts"], "system_instruction.parts")
+            if n_images:
+                raise RequestInvalid("system_instruction: only text parts are supported")
+        config = _normalize(body.get("generationConfig", {}), "generation_config", _GEN_CONFIG_FIELDS)
+        schema = self._check_config(config)
+        return Exchange(system=system, turns=turns, images=images, schema=schema), config
+
+    def _parts(self, parts: Any, where: str) -> tuple[str, int]:
+        check_type(parts, where, list)
+        if not parts:
+            raise RequestInvalid(f"* GenerateContentRequest.{where}: must not be empty")
+        texts: list[str] = []
+        images = 0
+        for j, raw in enumerate(parts):
+            part = _normalize(raw, f"{where}[{j}]", _PART_FIELDS)
+            data = [k for k in part if k in _PART_DATA]
+            if len(data) != 1:
+                raise RequestInvalid(f"{where}[{j}]: exactly one data field is required, got {data}")
+            if "text" in part:
+                texts.append(check_type(part["text"], f"{where}[{j}].text", str))
+            elif "inlineData" in part:
+                blob = _normalize(part["inlineData"], f"{where}[{j}].inline_data", {"mimeType", "data"},
+                                  {"mimeType", "data"})
+                if not _MIME_IMAGE.match(blob["mimeType"]):
+                    raise RequestInvalid(f"Unsupported MIME type: {blob['mimeType']}")
+                try:
+                    base64.b64decode(blob["data"], validate=True)
+                except (binascii.Error, ValueError) as exc:
+                    raise RequestInvalid(f"Invalid value at '{where}[{j}].inline_data.data' (TYPE_BYTES), "
+                                         "Base64 decoding failed") from exc
+                images += 1
+            elif "fileData" in part:
+                ref = _normalize(part["fileData"], f"{where}[{j}].file_data", {"mimeType", "fileUri"},
+                                 {"fileUri"})
+                if not re.match(r"^(https?|gs)://", ref["fileUri"]):
+                    raise RequestInvalid(f"Invalid file_uri: {ref['fileUri']}")
+                images += 1
+            else:
+                raise RequestInvalid(f"{where}[{j}]: this fake only understands text and image parts")
+        return "".join(texts), images
+
+    def _check_config(self, config: dict) -> dict | None:
+        for name in ("temperature",):
+            if name in config:
+                check_range(config[name], f"generation_config.{name}", 0.0, 2.0)
+        if "topP" in config:
+            check_range(config["topP"], "generation_config.top_p", 0.0, 1.0)
+        for name in ("maxOutputTokens", "candidateCount", "topK", "seed"):
+            if name in config:
+                check_type(config[name], f"generation_config.{name}", int)
+        for name in ("presencePenalty", "frequencyPenalty"):
+            if name in config:
+                check_range(config[name], f"generation_config.{name}", -2.0, 2.0)
+        if "stopSequences" in config:
+            stops = check_type(config["stopSequences"], "generation_config.stop_sequences", list)
+            if len(stops) > 5:
+                raise RequestInvalid("generation_config.stop_sequences: at most 5 stop sequences")
+        schema = config.get("responseSchema")
+        if schema is not None:
+            if config.get("responseMimeType") not in ("application/json", "text/x.enum"):
+                raise RequestInvalid(
+                    "response_mime_type: only application/json and text/x.enum support response_schema"
+                )
+            _check_schema(schema, "generation_config.response_schema")
+        if "responseJsonSchema" in config and schema is not None:
+            raise RequestInvalid("response_schema and response_json_schema cannot both be set")
+        return schema
+
+    def _generate(self, exchange: Exchange, config: dict) -> tuple[str, str]:
+        text = self.responder(exchange)
+        text, stop = apply_stops(text, config.get("stopSequences"))
+        text, truncated = truncate_words(text, config.get("maxOutputTokens"))
+        return text, "MAX_TOKENS" if truncated and stop is None else "STOP"
+
+
+def _check_schema(schema: Any, where: str) -> None:
+    """The OpenAPI subset Gemini's ``Schema`` message accepts."""
+    if not isinstance(schema, dict):
+        raise RequestInvalid(f"Invalid value at '{where}', expected a Schema object")
+    for key in schema:
+        if key not in _SCHEMA_FIELDS:
+            raise RequestInvalid(
+                f'Invalid JSON payload received. Unknown name "{key}" at \'{where}\': Cannot find field.'
+            )
+    kind = schema.get("type")
+    if kind is not None and str(kind).upper() not in _SCHEMA_TYPES:
+        raise RequestInvalid(f"Invalid value at '{where}.type' (type.googleapis.com/google.ai."
+                             f"generativelanguage.v1beta.Type), \"{kind}\"")
+    if kind is None and "anyOf" not in schema:
+        raise RequestInvalid(f"* GenerateContentRequest.{where}.type: must be specified")
+    for name, sub in (schema.get("properties") or {}).items():
+        _check_schema(sub, f"{where}.properties[{name}].value")
+    if "items" in schema:
+        _check_schema(schema["items"], f"{where}.items")
+    for i, sub in enumerate(schema.get("anyOf") or []):
+        _check_schema(sub, f"{where}.any_of[{i}]")
