@@ -1,0 +1,174 @@
+"""The base of every HTTP engine: settings, key, URL and transport lifecycle; protocols fill in the rest.
+
+A remote engine subclasses :class:`RemoteEngine`, sets its provider defaults as class attributes
+(``default_api_url``, ``api_key_env``, ``requires_api_key``, ``default_num_workers``) and implements
+the protocol seam:
+
+* ``endpoint_url(api_url)``: the URL requests go to, from the user's ``api_url`` or the default;
+* ``build_headers(api_key)``: the headers of every request (built once);
+* ``build_body(conversation, generation)``: the JSON body of one request;
+* ``parse_reply(conversation, data)``: the answered conversation from the decoded JSON reply (raise
+  ``ValueError``/``KeyError``/``TypeError`` on a malformed reply: it is retried);
+* optionally ``error_message(status, body)`` and ``build_request`` (when the URL varies per row).
+
+Retries, rate limits, concurrency and redaction belong to :mod:`infermux.engines.remote.transport`;
+resume, ordering and output belong to the batch loop.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any, ClassVar
+
+from infermux.configs.generation_params import GenerationParams
+from infermux.configs.model_params import ModelParams
+from infermux.configs.remote_params import RemoteParams
+from infermux.engines.base import InferenceEngine
+from infermux.engines.remote.transport import (
+    HttpRequest,
+    Transport,
+    TransportSettings,
+    default_error_message,
+    redact,
+)
+from infermux.errors import AuthenticationError, ConfigError, InfermuxError, RemoteError, RowError
+from infermux.types import Conversation
+
+__all__ = ["RemoteEngine", "SecretHeaders"]
+
+logger = logging.getLogger("infermux.remote")
+
+
+class SecretHeaders(dict):  # type: ignore[type-arg]
+    """Request headers whose repr hides credential values."""
+
+    _HIDDEN = ("authorization", "api-key", "x-api-key", "x-goog-api-key")
+
+    def __repr__(self) -> str:
+        shown = {k: ("***" if k.lower() in self._HIDDEN else v) for k, v in self.items()}
+        return f"SecretHeaders({shown!r})"
+
+    __str__ = __repr__
+
+
+class RemoteEngine(InferenceEngine):
+    """Shared behaviour of engines that answer over HTTP. See the module docstring for the seam."""
+
+    #: Where requests go when ``remote_params.api_url`` is not set (None: the user must set it).
+    default_api_url: ClassVar[str | None] = None
+    #: Environment variable read for the key when neither ``api_key`` nor ``api_key_env_varname`` is set.
+    api_key_env: ClassVar[str | None] = None
+    #: Whether a request without a key is pointless (fail at construction, naming the variable).
+    requires_api_key: ClassVar[bool] = True
+    #: Concurrent requests when ``remote_params.num_workers`` is not set.
+    default_num_workers: ClassVar[int] = 8
+    #: Human name of the provider, for messages.
+    provider: ClassVar[str] = "the server"
+
+    def __init__(
+        self,
+        model_params: ModelParams,
+        *,
+        generation_params: GenerationParams | None = None,
+        remote_params: RemoteParams | None = None,
+        strict: bool = False,
+    ) -> None:
+        super().__init__(
+            model_params, generation_params=generation_params, remote_params=remote_params, strict=strict
+        )
+        params = remote_params or RemoteParams()
+        overrides: dict[str, Any] = {}
+        if "num_workers" not in params.model_fields_set:
+            overrides["num_workers"] = self.default_num_workers
+        self.settings = TransportSettings.from_remote_params(params, **overrides)
+        api_key = params.resolve_api_key(self.api_key_env)
+        if api_key is None and self.requires_api_key:
+            raise AuthenticationError(self._missing_key_message(params), kind="authentication")
+        self._secrets: tuple[str, ...] = (api_key,) if api_key else ()
+        api_url = params.api_url or self.default_api_url
+        if not api_url:
+            raise ConfigError(
+                f"{self.name} needs remote_params.api_url: the server's base URL (e.g. "
+                "http://localhost:8000/v1) or its full endpoint URL."
+            )
+        self.url = self.endpoint_url(api_url)
+        self.headers = SecretHeaders(self.build_headers(api_key))
+        self._transport: Transport[Conversation] | None = None
+        self._jobs = 0
+
+    def _missing_key_message(self, params: RemoteParams) -> str:
+        names = [n for n in (params.api_key_env_varname, self.api_key_env) if n]
+        where = " or ".join(f"the {n} environment variable" for n in dict.fromkeys(names))
+        return (
+            f"{self.name} needs an API key for {self.provider}: set {where or 'remote_params.api_key'}"
+            f"{' (or remote_params.api_key)' if where else ''}."
+        )
+
+    # ------------------------------------------------------------------ the protocol seam
+    def endpoint_url(self, api_url: str) -> str:
+        return api_url
+
+    def build_headers(self, api_key: str | None) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        return headers
+
+    def build_body(self, conversation: Conversation, generation: GenerationParams) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def parse_reply(self, conversation: Conversation, data: Any) -> Conversation:
+        raise NotImplementedError
+
+    def error_message(self, status: int, body: bytes) -> str:
+        return default_error_message(status, body)
+
+    def build_request(self, conversation: Conversation, generation: GenerationParams) -> HttpRequest:
+        return HttpRequest.json(self.url, self.build_body(conversation, generation), self.headers)
+
+    # ------------------------------------------------------------------ wiring to the batch loop
+    def chunk_size(self, generation: GenerationParams) -> int:
+        return 1
+
+    def max_concurrency(self) -> int:
+        return self.settings.num_workers
+
+    async def _start_job(self) -> None:
+        self._jobs += 1
+        if self._transport is None:
+            auth_hint = ""
+            if self.api_key_env:
+                auth_hint = f"Check the key in {self.api_key_env} (or remote_params.api_key)."
+            transport: Transport[Conversation] = Transport(
+                self.settings, secrets=self._secrets, auth_hint=auth_hint, error_message=self.error_message
+            )
+            await transport.__aenter__()
+            self._transport = transport
+
+    async def _end_job(self) -> None:
+        self._jobs -= 1
+        if self._jobs <= 0 and self._transport is not None:
+            transport, self._transport = self._transport, None
+            await transport.__aexit__(None, None, None)
+
+    async def _infer_chunk(
+        self, conversations: list[Conversation], generation: GenerationParams
+    ) -> list[Conversation | RowError]:
+        assert self._transport is not None, "the batch loop starts the job before inferring"
+        results: list[Conversation | RowError] = []
+        for conversation in conversations:
+            try:
+                request = self.build_request(conversation, generation)
+            except (InfermuxError, ValueError, OSError) as exc:
+                results.append(RowError(kind="invalid_input", message=redact(str(exc), self._secrets)))
+                continue
+            try:
+                parse = functools.partial(self.parse_reply, conversation)
+                results.append(await self._transport.send(request, parse))
+            except RemoteError as exc:
+                results.append(exc.to_row_error())
+        return results
+
+    def __repr__(self) -> str:
+        return f"{self.name}(model={self.model_params.model_name!r}, url={redact(self.url, self._secrets)!r})"

@@ -1,0 +1,87 @@
+"""REMOTE: any server that speaks OpenAI chat completions (llama.cpp server, vLLM, LM Studio, ...).
+
+The hosted providers (OPENAI, TOGETHER, LAMBDA, DEEPSEEK, SAMBANOVA, PARASAIL) and REMOTE_VLLM are
+subclasses that only change defaults (URL, key variable, concurrency, supported parameters) and, where
+a provider has quirks, :meth:`RemoteInferenceEngine.adjust_body`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from infermux.configs.engine_type import InferenceEngineType
+from infermux.configs.generation_params import GenerationParams
+from infermux.engines.capabilities import Capabilities
+from infermux.engines.remote.base import RemoteEngine
+from infermux.engines.remote.openai_format import (
+    chat_completions_url,
+    encode_message,
+    generation_fields,
+    reply,
+)
+from infermux.types import Conversation
+
+__all__ = ["OPENAI_PARAMS", "RemoteInferenceEngine"]
+
+#: Generation parameters of OpenAI's chat-completions API itself.
+OPENAI_PARAMS = frozenset(
+    {"temperature", "top_p", "frequency_penalty", "presence_penalty", "stop_strings", "seed", "logit_bias"}
+)
+
+
+class RemoteInferenceEngine(RemoteEngine):
+    """Any OpenAI-compatible chat-completions server; the key is optional."""
+
+    engine_type = InferenceEngineType.REMOTE
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        generation_params=OPENAI_PARAMS | {"min_p", "stop_token_ids"},
+        guided_decoding=frozenset({"json"}),
+        images=True,
+        notes=("min_p and stop_token_ids are sent as extra fields; servers that do not know them may reject them",),
+    )
+    requires_api_key = False
+    default_num_workers = 8
+    provider = "the server"
+    #: Body field that carries ``max_new_tokens``.
+    max_tokens_field: ClassVar[str] = "max_tokens"
+
+    _cached_generation: GenerationParams | None = None
+    _cached_fields: dict[str, Any] | None = None
+
+    def endpoint_url(self, api_url: str) -> str:
+        return chat_completions_url(api_url)
+
+    # ------------------------------------------------------------------ hooks for subclasses
+    def served_model_name(self) -> str:
+        """The ``model`` field of the body."""
+        return self.model_params.model_name
+
+    def adjust_body(self, body: dict[str, Any], generation: GenerationParams) -> dict[str, Any]:
+        """Provider quirks, applied once per distinct GenerationParams to the shared fields."""
+        return body
+
+    def extra_fields(self, generation: GenerationParams) -> dict[str, Any]:
+        """Fields beyond OpenAI's (e.g. vLLM's structured outputs)."""
+        return {}
+
+    def encode_messages(self, conversation: Conversation) -> list[dict[str, Any]]:
+        return [encode_message(m) for m in conversation.messages]
+
+    # ------------------------------------------------------------------ the protocol seam
+    def _fields(self, generation: GenerationParams) -> dict[str, Any]:
+        if self._cached_generation is not generation or self._cached_fields is None:
+            supported = self.capabilities.generation_params
+            fields = {"model": self.served_model_name()}
+            fields.update(generation_fields(generation, supported, max_tokens_field=self.max_tokens_field))
+            fields.update(self.extra_fields(generation))
+            self._cached_fields = self.adjust_body(fields, generation)
+            self._cached_generation = generation
+        return self._cached_fields
+
+    def build_body(self, conversation: Conversation, generation: GenerationParams) -> dict[str, Any]:
+        body = {"messages": self.encode_messages(conversation)}
+        body.update(self._fields(generation))
+        return body
+
+    def parse_reply(self, conversation: Conversation, data: Any) -> Conversation:
+        return reply(conversation, data)

@@ -1,0 +1,179 @@
+"""OpenAI chat-completions format: infermux conversations and parameters in, answers out.
+
+Pure functions, shared by every engine that speaks this protocol (REMOTE, REMOTE_VLLM, the hosted
+providers, and any other protocol adapter that needs the same message or image encoding).
+"""
+
+from __future__ import annotations
+
+import base64
+import mimetypes
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from infermux.configs.generation_params import GenerationParams, GuidedDecodingParams
+from infermux.types import ContentItem, Conversation, Message, Type
+
+__all__ = [
+    "chat_completions_url",
+    "encode_message",
+    "generation_fields",
+    "image_data_url",
+    "json_response_format",
+    "parse_chat_completion",
+]
+
+CHAT_PATH = "/chat/completions"
+
+
+def chat_completions_url(api_url: str) -> str:
+    """The chat-completions endpoint for a base URL (``http://host:port``, ``.../v1``) or a full URL.
+
+    ``http://host:8000`` → ``http://host:8000/v1/chat/completions``; ``https://x/v1`` or any other
+    path → that path + ``/chat/completions``; a URL already ending in ``/chat/completions`` is kept.
+    Query strings (``?api-version=...``) are preserved.
+    """
+    parts = urlsplit(api_url.strip())
+    if not parts.scheme or not parts.netloc:
+        raise ValueError(f"api_url {api_url!r} is not an absolute http(s) URL (e.g. http://localhost:8000/v1)")
+    path = parts.path.rstrip("/")
+    if not path.endswith(CHAT_PATH):
+        path = (path or "/v1") + CHAT_PATH
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+
+
+# ---------------------------------------------------------------------- messages and images
+
+_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"GIF87a", "image/gif"),
+    (b"GIF89a", "image/gif"),
+    (b"BM", "image/bmp"),
+)
+
+
+def _sniff_mime(data: bytes) -> str:
+    for magic, mime in _MAGIC:
+        if data.startswith(magic):
+            return mime
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return "image/png"
+
+
+def image_data_url(item: ContentItem) -> str:
+    """An ``image_url`` value for an image item: URLs as given, files and bytes as base64 data URLs."""
+    if item.type == Type.IMAGE_URL:
+        return str(item.content)
+    if item.type == Type.IMAGE_PATH:
+        path = Path(str(item.content)).expanduser()
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ValueError(f"cannot read image_path {str(path)!r}: {exc.strerror or exc}") from None
+        mime = mimetypes.guess_type(path.name)[0] or _sniff_mime(data)
+    else:
+        data = item.binary or b""
+        mime = _sniff_mime(data)
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def encode_message(message: Message, *, role: str | None = None) -> dict[str, Any]:
+    """One message: plain string content when it is text only, else text and ``image_url`` parts."""
+    content = message.content
+    if isinstance(content, list):
+        if any(item.is_image for item in content):
+            content_out: Any = [
+                {"type": "image_url", "image_url": {"url": image_data_url(item)}}
+                if item.is_image
+                else {"type": "text", "text": item.content or ""}
+                for item in content
+            ]
+        else:
+            content_out = message.text
+    else:
+        content_out = content
+    return {"role": role or message.role.value, "content": content_out}
+
+
+# ---------------------------------------------------------------------- generation parameters
+
+_NAME_OK = re.compile(r"[^a-zA-Z0-9_-]")
+
+
+def json_response_format(guided: GuidedDecodingParams) -> dict[str, Any]:
+    """``response_format`` for a JSON-schema constraint (OpenAI's structured outputs shape)."""
+    schema = guided.schema_dict() or {}
+    name = _NAME_OK.sub("_", str(schema.get("title") or "output"))[:64] or "output"
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema}}
+
+
+def generation_fields(
+    generation: GenerationParams, supported: frozenset[str] | set[str], *, max_tokens_field: str = "max_tokens"
+) -> dict[str, Any]:
+    """Body fields for ``generation``, limited to the parameters in ``supported``.
+
+    ``max_new_tokens`` and ``temperature`` are always sent (servers' own defaults differ from
+    infermux's greedy default); the others only when they differ from their neutral value.
+    """
+    g = generation
+    out: dict[str, Any] = {max_tokens_field: g.max_new_tokens}
+    if "temperature" in supported:
+        out["temperature"] = g.temperature
+    optional: tuple[tuple[str, str, Any, Any], ...] = (
+        ("top_p", "top_p", g.top_p, 1.0),
+        ("frequency_penalty", "frequency_penalty", g.frequency_penalty, 0.0),
+        ("presence_penalty", "presence_penalty", g.presence_penalty, 0.0),
+        ("stop_strings", "stop", g.stop_strings, None),
+        ("seed", "seed", g.seed, None),
+        ("logit_bias", "logit_bias", g.logit_bias or None, None),
+        ("min_p", "min_p", g.min_p, 0.0),
+        ("stop_token_ids", "stop_token_ids", g.stop_token_ids, None),
+    )
+    for param, field, value, neutral in optional:
+        if param in supported and value != neutral:
+            out[field] = value
+    if g.guided_decoding is not None and g.guided_decoding.kind == "json":
+        out["response_format"] = json_response_format(g.guided_decoding)
+    return out
+
+
+# ---------------------------------------------------------------------- replies
+
+
+def parse_chat_completion(data: Any) -> tuple[str, dict[str, Any]]:
+    """(answer text, metadata) from a chat-completion reply; raises on a malformed one.
+
+    Metadata keeps ``usage``, ``finish_reason``, ``model`` and, when the server sends it,
+    ``reasoning_content`` (vLLM, DeepSeek, llama.cpp; also read from ``reasoning``), ``refusal`` and
+    ``tool_calls``.
+    """
+    if not isinstance(data, dict):
+        raise TypeError(f"expected a JSON object, got {type(data).__name__}")
+    choice = data["choices"][0]
+    message = choice["message"]
+    content = message.get("content")
+    if content is not None and not isinstance(content, str):
+        raise TypeError(f"message.content is {type(content).__name__}, expected a string")
+    metadata: dict[str, Any] = {"finish_reason": choice.get("finish_reason"), "model": data.get("model")}
+    usage = data.get("usage")
+    if isinstance(usage, dict):
+        metadata["usage"] = {
+            k: usage[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens") if k in usage
+        }
+    reasoning = message.get("reasoning_content") or message.get("reasoning")
+    if reasoning:
+        metadata["reasoning_content"] = reasoning
+    for key in ("refusal", "tool_calls"):
+        if message.get(key):
+            metadata[key] = message[key]
+    return content or "", metadata
+
+
+def reply(conversation: Conversation, data: Any) -> Conversation:
+    """``conversation`` answered with the reply in ``data``."""
+    text, metadata = parse_chat_completion(data)
+    return conversation.with_reply(text, metadata)
