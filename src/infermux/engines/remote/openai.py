@@ -1,0 +1,107 @@
+"""OPENAI: OpenAI's chat completions, with the reasoning-model quirks handled.
+
+``max_new_tokens`` goes out as ``max_completion_tokens`` (``max_tokens`` is deprecated and rejected
+by reasoning models). Reasoning models (o1, o3, o4, gpt-5 families; not ``gpt-5-chat``) reject
+``temperature``, ``top_p``, the penalties, ``logit_bias`` and ``stop``: those are left out, with one
+warning when the user had set them to something other than the default. Their system messages go out
+with the ``developer`` role; o1-mini and o1-preview take neither, so the system text is put in front
+of the first user message.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any, ClassVar
+
+from infermux.configs.engine_type import InferenceEngineType
+from infermux.configs.generation_params import GenerationParams
+from infermux.engines.capabilities import Capabilities
+from infermux.engines.remote.openai_compatible import OPENAI_PARAMS, RemoteInferenceEngine
+from infermux.engines.remote.openai_format import encode_message
+from infermux.types import Conversation, Role
+
+__all__ = ["OpenAIInferenceEngine", "is_reasoning_model"]
+
+logger = logging.getLogger("infermux.remote")
+
+_REASONING = re.compile(r"^(?:openai/)?(?:o\d+(?:$|[-.])|gpt-5(?!-chat)(?:$|[-.]))")
+_NO_SYSTEM = re.compile(r"^(?:openai/)?o1-(?:mini|preview)")
+# Body field → GenerationParams field, for the ones reasoning models reject.
+_REJECTED = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "frequency_penalty": "frequency_penalty",
+    "presence_penalty": "presence_penalty",
+    "logit_bias": "logit_bias",
+    "stop": "stop_strings",
+}
+_DEFAULTS = GenerationParams()
+
+
+def is_reasoning_model(name: str) -> bool:
+    """Whether ``name`` is an OpenAI reasoning model (o1, o3-mini, o4-mini, gpt-5, gpt-5-mini, ...)."""
+    return bool(_REASONING.match(name.lower()))
+
+
+class OpenAIInferenceEngine(RemoteInferenceEngine):
+    """OpenAI (``OPENAI_API_KEY``)."""
+
+    engine_type = InferenceEngineType.OPENAI
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        generation_params=OPENAI_PARAMS,
+        guided_decoding=frozenset({"json"}),
+        images=True,
+        notes=("reasoning models (o1/o3/o4/gpt-5) ignore temperature, top_p, penalties, logit_bias, stop",),
+    )
+    default_api_url = "https://api.openai.com/v1"
+    api_key_env = "OPENAI_API_KEY"
+    requires_api_key = True
+    default_num_workers = 50
+    provider = "OpenAI"
+    max_tokens_field = "max_completion_tokens"
+
+    @property
+    def reasoning(self) -> bool:
+        return is_reasoning_model(self.served_model_name())
+
+    def adjust_body(self, body: dict[str, Any], generation: GenerationParams) -> dict[str, Any]:
+        if not self.reasoning:
+            return body
+        dropped = []
+        for field, param in _REJECTED.items():
+            if field in body:
+                del body[field]
+                if getattr(generation, param) != getattr(_DEFAULTS, param):
+                    dropped.append(f"{param}={getattr(generation, param)!r}")
+        if dropped:
+            logger.warning(
+                "%s is a reasoning model and rejects %s; left out of the request.",
+                self.served_model_name(),
+                ", ".join(dropped),
+            )
+        return body
+
+    def encode_messages(self, conversation: Conversation) -> list[dict[str, Any]]:
+        if not self.reasoning or not any(m.role == Role.SYSTEM for m in conversation.messages):
+            return super().encode_messages(conversation)
+        if not _NO_SYSTEM.match(self.served_model_name().lower()):
+            return [
+                encode_message(m, role="developer" if m.role == Role.SYSTEM else None)
+                for m in conversation.messages
+            ]
+        system = "\n\n".join(m.text for m in conversation.messages if m.role == Role.SYSTEM)
+        out: list[dict[str, Any]] = []
+        for message in conversation.messages:
+            if message.role == Role.SYSTEM:
+                continue
+            encoded = encode_message(message)
+            if system and message.role == Role.USER:
+                content = encoded["content"]
+                if isinstance(content, str):
+                    encoded["content"] = f"{system}\n\n{content}"
+                else:
+                    encoded["content"] = [{"type": "text", "text": system}, *content]
+                system = ""
+            out.append(encoded)
+        return out

@@ -1,0 +1,45 @@
+"""REMOTE_VLLM: a ``vllm serve`` server, with vLLM's extras.
+
+* Guided decoding: ``json`` through ``response_format`` (as for any OpenAI server); ``regex`` and
+  ``choice`` through vLLM's ``structured_outputs`` request field.
+* ``min_p`` and ``stop_token_ids`` are vLLM sampling parameters and are sent when set.
+* LoRA by name: with ``model.adapter_model`` set, requests name the adapter (as registered with
+  ``vllm serve --enable-lora --lora-modules NAME=PATH``) instead of the base model.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from infermux.configs.engine_type import InferenceEngineType
+from infermux.configs.generation_params import GenerationParams
+from infermux.engines.capabilities import Capabilities
+from infermux.engines.remote.openai_compatible import OPENAI_PARAMS, RemoteInferenceEngine
+
+__all__ = ["RemoteVLLMInferenceEngine"]
+
+
+class RemoteVLLMInferenceEngine(RemoteInferenceEngine):
+    """A vLLM OpenAI-compatible server; the key is optional (``vllm serve --api-key``)."""
+
+    engine_type = InferenceEngineType.REMOTE_VLLM
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        generation_params=OPENAI_PARAMS | {"min_p", "stop_token_ids"},
+        guided_decoding=frozenset({"json", "regex", "choice"}),
+        images=True,
+        lora=True,
+    )
+    requires_api_key = False
+    default_num_workers = 32
+    provider = "the vLLM server"
+
+    def served_model_name(self) -> str:
+        return self.model_params.adapter_model or self.model_params.model_name
+
+    def extra_fields(self, generation: GenerationParams) -> dict[str, Any]:
+        guided = generation.guided_decoding
+        if guided is None or guided.kind == "json":
+            return {}
+        if guided.kind == "regex":
+            return {"structured_outputs": {"regex": guided.regex}}
+        return {"structured_outputs": {"choice": list(guided.choice or [])}}
