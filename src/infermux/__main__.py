@@ -1,0 +1,3 @@
+from infermux.cli.main import main
+
+main()

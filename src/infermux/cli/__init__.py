@@ -1,0 +1,1 @@
+"""Command-line interface. Subcommand implementations are imported only when chosen."""

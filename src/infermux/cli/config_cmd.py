@@ -1,0 +1,32 @@
+"""``infermux config check``: validate and show a config without loading a model."""
+
+from __future__ import annotations
+
+import yaml
+
+from infermux.cli.common import load_cli_config, setup_logging, user_errors
+
+
+def run_config_check(config: str | None, overrides: list[str], log_level: str) -> None:
+    setup_logging(log_level)
+    with user_errors():
+        cfg = load_cli_config(config, overrides)
+        from infermux.engines.capabilities import check_params
+        from infermux.engines.registry import engine_class, engine_specs, is_available
+
+        engine = str(cfg.resolved_engine())
+        data = cfg.model_dump(mode="json", exclude_none=True, by_alias=True)
+        if cfg.remote_params is not None and cfg.remote_params.api_key is not None:
+            data["remote_params"]["api_key"] = "***"
+        print(yaml.safe_dump(data, sort_keys=False).rstrip())
+        spec = engine_specs()[engine]
+        available = is_available(engine)
+        print(f"# engine: {engine} ({spec.class_name}){'' if available else ' — not installed'}")
+        if not available:
+            print(f"#   install with: pip install 'infermux[{spec.extra}]'")
+        else:
+            cls = engine_class(engine)
+            problems = check_params(cls.__name__, cls.capabilities, cfg.generation, cfg.model, strict=cfg.strict)
+            if not problems:
+                print("# every requested parameter is supported by this engine")
+        print(f"# fingerprint: {cfg.fingerprint()}")

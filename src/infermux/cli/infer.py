@@ -1,0 +1,152 @@
+"""``infermux infer``: batch jobs with a progress bar, or chat."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import TYPE_CHECKING
+
+from infermux.cli.common import EXIT_ROWS_FAILED, fail, load_cli_config, setup_logging, user_errors
+
+if TYPE_CHECKING:
+    from infermux.configs.inference_config import InferenceConfig
+    from infermux.engines.base import InferenceEngine
+    from infermux.engines.batch import BatchReport
+    from infermux.errors import RowError
+    from infermux.jsonl import InputRow
+    from infermux.types import Conversation
+
+
+def run_infer(
+    *,
+    config: str | None,
+    overrides: list[str],
+    input_path: str | None,
+    output_path: str | None,
+    interactive: bool,
+    system_prompt: str | None,
+    images: list[str],
+    engine: str | None,
+    strict: bool,
+    log_level: str,
+) -> None:
+    setup_logging(log_level)
+    with user_errors():
+        cfg = load_cli_config(config, overrides, engine=engine, strict=strict)
+        if input_path:
+            cfg.input_path = input_path
+        if output_path:
+            cfg.output_path = output_path
+        if interactive or not cfg.input_path:
+            if images and cfg.input_path:
+                fail("--image applies to chat; batch rows carry their own images.")
+            from infermux.cli.chat import run_chat
+
+            run_chat(cfg, system_prompt=system_prompt, images=images)
+            return
+        if system_prompt or images:
+            fail("--system-prompt and --image apply to chat (-i); batch rows carry their own messages.")
+        code = _run_batch(cfg)
+    if code:
+        raise SystemExit(code)
+
+
+def _run_batch(cfg: InferenceConfig) -> int:
+    from infermux.engines.registry import build_engine
+    from infermux.jsonl import validate_file
+
+    assert cfg.input_path is not None
+    validate_file(cfg.input_path)  # fail on bad input before loading a model
+    if cfg.output_path:
+        from infermux.engines.batch import JobFiles
+
+        JobFiles(cfg.output_path, "").check_writable()
+    engine = build_engine(cfg)
+    try:
+        answered: dict[int, Conversation | RowError] = {}
+        on_row = None
+        if not cfg.output_path:
+
+            def on_row(row: InputRow, result: Conversation | RowError) -> None:
+                answered[row.index] = result
+
+        report = _with_progress(engine, cfg, on_row)
+    finally:
+        engine.close()
+    if not cfg.output_path:
+        _print_answers(answered)
+    return _summarise(report)
+
+
+def _with_progress(engine: InferenceEngine, cfg: InferenceConfig, on_row: object) -> BatchReport:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    progress = Progress(
+        TextColumn("[bold]infer"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]} rows/s"),
+        TimeRemainingColumn(),
+        TextColumn("failed {task.fields[failed]}  tokens {task.fields[tokens]}"),
+        console=console,
+        transient=False,
+        disable=not console.is_terminal,
+    )
+    task = progress.add_task("infer", total=None, rate="-", failed=0, tokens=0)
+
+    def on_progress(report: BatchReport) -> None:
+        elapsed = max(report.elapsed, 1e-6)
+        progress.update(
+            task,
+            total=report.total,
+            completed=report.resumed + report.done + report.failed,
+            rate=f"{report.done / elapsed:.1f}",
+            failed=report.failed,
+            tokens=report.completion_tokens,
+        )
+
+    assert cfg.input_path is not None
+    with progress:
+        return asyncio.run(
+            engine.run_file(
+                cfg.input_path,
+                cfg.output_path,
+                generation=cfg.generation,
+                fingerprint=cfg.fingerprint(),
+                on_progress=on_progress,
+                on_row=on_row,  # type: ignore[arg-type]
+            )
+        )
+
+
+def _print_answers(answered: dict[int, Conversation | RowError]) -> None:
+    from infermux.errors import RowError
+
+    for index in sorted(answered):
+        result = answered[index]
+        print(f"--- row {index + 1}")
+        if isinstance(result, RowError):
+            print(f"[failed: {result.kind}] {result.message}")
+            continue
+        for message in result.messages[:-1]:
+            print(f"{message.role.value}: {message.text}")
+        print(f"assistant: {result.last_message.text}")
+
+
+def _summarise(report: BatchReport) -> int:
+    parts = [f"{report.done} answered"]
+    if report.resumed:
+        parts.append(f"{report.resumed} already done")
+    if report.failed:
+        parts.append(f"{report.failed} failed")
+    where = f" → {report.output_path}" if report.output_path else ""
+    sys.stderr.write(f"{', '.join(parts)} of {report.total} rows in {report.elapsed:.1f}s{where}\n")
+    if report.failed:
+        sys.stderr.write(
+            f"failed rows are listed in {report.errors_path or 'the log above'}; "
+            "rerun the same command to retry only them.\n"
+        )
+        return EXIT_ROWS_FAILED
+    return 0

@@ -1,0 +1,115 @@
+"""The ``infermux`` command: a thin typer app whose commands import their work lazily."""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import typer
+
+app = typer.Typer(
+    name="infermux",
+    help="Run LLM inference on local or remote engines: batch JSONL jobs and interactive chat.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+config_app = typer.Typer(help="Inspect configs without loading a model.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+_EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
+ConfigOpt = typer.Option(None, "-c", "--config", help="YAML config (Oumi InferenceConfig format).")
+LogOpt = typer.Option("info", "--log-level", "--log_level", help="debug, info, warning or error.")
+
+
+@app.command(context_settings=_EXTRA)
+def infer(
+    ctx: typer.Context,
+    config: Optional[str] = ConfigOpt,
+    input_path: Optional[str] = typer.Option(None, "--input_path", "--input-path", help="Input JSONL."),
+    output_path: Optional[str] = typer.Option(None, "--output_path", "--output-path", help="Output JSONL."),
+    interactive: bool = typer.Option(False, "-i", "--interactive", help="Chat instead of a batch job."),
+    system_prompt: Optional[str] = typer.Option(None, "--system-prompt", "--system_prompt"),
+    image: Optional[list[str]] = typer.Option(None, "--image", help="Image path or URL for the first turn."),
+    engine: Optional[str] = typer.Option(None, "--engine", help="Engine name (overrides the config)."),
+    strict: bool = typer.Option(False, "--strict", help="Unsupported parameters are errors, not warnings."),
+    log_level: str = LogOpt,
+) -> None:
+    """Run a batch job (--input_path) or chat (-i). Extra --section.field VALUE options override the config."""
+    from infermux.cli.infer import run_infer
+
+    run_infer(
+        config=config,
+        overrides=list(ctx.args),
+        input_path=input_path,
+        output_path=output_path,
+        interactive=interactive,
+        system_prompt=system_prompt,
+        images=image or [],
+        engine=engine,
+        strict=strict,
+        log_level=log_level,
+    )
+
+
+@app.command(context_settings=_EXTRA)
+def chat(
+    ctx: typer.Context,
+    config: Optional[str] = ConfigOpt,
+    system_prompt: Optional[str] = typer.Option(None, "--system-prompt", "--system_prompt"),
+    image: Optional[list[str]] = typer.Option(None, "--image", help="Image path or URL for the first turn."),
+    engine: Optional[str] = typer.Option(None, "--engine", help="Engine name (overrides the config)."),
+    log_level: str = LogOpt,
+) -> None:
+    """Chat with a model (same as `infer -i`). Reads stdin line by line when it is not a terminal."""
+    from infermux.cli.infer import run_infer
+
+    run_infer(
+        config=config,
+        overrides=list(ctx.args),
+        input_path=None,
+        output_path=None,
+        interactive=True,
+        system_prompt=system_prompt,
+        images=image or [],
+        engine=engine,
+        strict=False,
+        log_level=log_level,
+    )
+
+
+@config_app.command("check", context_settings=_EXTRA)
+def config_check(ctx: typer.Context, config: Optional[str] = ConfigOpt, log_level: str = LogOpt) -> None:
+    """Validate a config and print it resolved, with the engine it selects (no model is loaded)."""
+    from infermux.cli.config_cmd import run_config_check
+
+    run_config_check(config, list(ctx.args), log_level)
+
+
+@app.command()
+def engines() -> None:
+    """List every engine, whether its extra is installed, and what it supports."""
+    from infermux.cli.engines_cmd import run_engines
+
+    run_engines()
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    from infermux import __version__
+
+    print(__version__)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.stderr.write("\ninterrupted\n")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

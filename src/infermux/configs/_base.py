@@ -1,0 +1,50 @@
+"""Shared base for config models: unknown keys rejected, Oumi-only keys accepted and reported."""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, model_validator
+
+logger = logging.getLogger("infermux.configs")
+
+
+class ConfigModel(BaseModel):
+    """A pydantic model that forbids unknown fields.
+
+    ``oumi_ignored`` lists fields that Oumi configs may carry but that infermux does not act on: they
+    are accepted (so an Oumi YAML loads unmodified) and reported once as ignored.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, use_attribute_docstrings=True, frozen=False
+    )
+
+    oumi_ignored: ClassVar[frozenset[str]] = frozenset()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_oumi_only_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict) and cls.oumi_ignored:
+            dropped = [k for k in data if k in cls.oumi_ignored]
+            if dropped:
+                for key in dropped:
+                    logger.warning(
+                        "%s.%s is an Oumi setting that infermux does not use; ignored.",
+                        cls.__name__,
+                        key,
+                    )
+                data = {k: v for k, v in data.items() if k not in cls.oumi_ignored}
+        return data
+
+    @classmethod
+    def known_keys(cls) -> set[str]:
+        return set(cls.model_fields) | set(cls.oumi_ignored)
+
+    @classmethod
+    def suggest(cls, key: str) -> str | None:
+        """The closest valid key to ``key``, for "did you mean" messages."""
+        matches = difflib.get_close_matches(key, sorted(cls.model_fields), n=1, cutoff=0.6)
+        return matches[0] if matches else None

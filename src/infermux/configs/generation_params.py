@@ -1,0 +1,125 @@
+"""How to generate: sampling, limits, stops, guided decoding."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from infermux.configs._base import ConfigModel
+
+__all__ = ["GenerationParams", "GuidedDecodingParams"]
+
+
+class GuidedDecodingParams(ConfigModel):
+    """Constrain the output: a JSON schema, a regular expression, or a list of choices (one of them)."""
+
+    json_schema_: Any = Field(default=None, alias="json")
+    """JSON schema as a dict, a JSON string, or a pydantic model class."""
+    regex: str | None = None
+    """Regular expression the whole output must match."""
+    choice: list[str] | None = None
+    """The output must be exactly one of these strings."""
+
+    model_config = {**ConfigModel.model_config, "populate_by_name": True}
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> GuidedDecodingParams:
+        given = [k for k in ("json", "regex", "choice") if self._value(k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "guided_decoding takes exactly one of json, regex, choice"
+                + (f" (got {', '.join(given)})" if given else " (got none)")
+            )
+        if self.choice is not None and not self.choice:
+            raise ValueError("guided_decoding.choice must list at least one string")
+        return self
+
+    def _value(self, kind: str) -> Any:
+        return self.json_schema_ if kind == "json" else getattr(self, kind)
+
+    @property
+    def kind(self) -> Literal["json", "regex", "choice"]:
+        if self.json_schema_ is not None:
+            return "json"
+        return "regex" if self.regex is not None else "choice"
+
+    @property
+    def json(self) -> Any:  # type: ignore[override]
+        """The JSON constraint as given (Oumi's attribute name)."""
+        return self.json_schema_
+
+    def schema_dict(self) -> dict[str, Any] | None:
+        """The JSON schema as a dict, whatever form it was given in."""
+        value = self.json_schema_
+        if value is None:
+            return None
+        if isinstance(value, dict):
+            return value
+        if isinstance(value, str):
+            loaded = json.loads(value)
+            if not isinstance(loaded, dict):
+                raise ValueError("guided_decoding.json must be a JSON object schema")
+            return loaded
+        if isinstance(value, type) and hasattr(value, "model_json_schema"):
+            return dict(value.model_json_schema())
+        raise ValueError(f"guided_decoding.json has an unsupported type {type(value).__name__}")
+
+
+class GenerationParams(ConfigModel):
+    """Generation settings (the SPEC's ``generation:`` section)."""
+
+    max_new_tokens: int = Field(default=256, ge=1)
+    """Maximum number of tokens to generate."""
+    batch_size: int = Field(default=1, ge=1)
+    """Sequences generated together by local engines."""
+    exclude_prompt_from_response: bool = True
+    """Return only the new text, not the prompt."""
+    seed: int | None = None
+    """Seed for reproducible sampling."""
+    temperature: float = Field(default=0.0, ge=0.0)
+    """Sampling temperature; 0 means greedy."""
+    top_p: float = Field(default=1.0, ge=0.0, le=1.0)
+    """Nucleus sampling threshold."""
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    """Penalise tokens by how often they already appeared."""
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    """Penalise tokens that already appeared."""
+    stop_strings: list[str] | None = None
+    """Stop when any of these strings is generated."""
+    stop_token_ids: list[int] | None = None
+    """Stop when any of these token ids is generated."""
+    logit_bias: dict[str, float] = {}
+    """Token id (or token) → bias added to its logit."""
+    min_p: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Minimum probability, relative to the top token, for a token to be sampled."""
+    use_cache: bool = False
+    """Oumi's KV-cache switch; infermux engines always use the cache where it is correct to."""
+    num_beams: int = Field(default=1, ge=1)
+    """Beam search width (1: no beam search)."""
+    use_sampling: bool = False
+    """Sample even at temperature 0 (temperature > 0 always samples)."""
+    guided_decoding: GuidedDecodingParams | None = None
+    """Constrain output to a JSON schema, regex or list of choices."""
+    skip_special_tokens: bool = True
+    """Drop special tokens when decoding."""
+
+    @field_validator("logit_bias", mode="before")
+    @classmethod
+    def _keys_as_str(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {str(k): v for k, v in value.items()}
+        return value
+
+    @field_validator("stop_strings")
+    @classmethod
+    def _no_empty_stop(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and any(s == "" for s in value):
+            raise ValueError("stop_strings must not contain an empty string")
+        return value
+
+    @property
+    def sampling(self) -> bool:
+        """Whether to sample (temperature > 0 or use_sampling) rather than decode greedily."""
+        return self.temperature > 0.0 or self.use_sampling

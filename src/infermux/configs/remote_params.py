@@ -1,0 +1,57 @@
+"""Settings of remote engines: where to send requests, with which key, how hard to push."""
+
+from __future__ import annotations
+
+import os
+import re
+
+from pydantic import Field, SecretStr, field_validator
+
+from infermux.configs._base import ConfigModel
+
+__all__ = ["RemoteParams"]
+
+_WINDOW = re.compile(r"^\d+[smhd]$")
+
+
+class RemoteParams(ConfigModel):
+    """The SPEC's ``remote_params:`` section. ``api_key`` is a secret: never printed."""
+
+    api_url: str | None = None
+    """Base URL (``http://host:port`` or ``.../v1``) or full endpoint URL of the server."""
+    api_key: SecretStr | None = None
+    """API key; prefer ``api_key_env_varname`` or ``"${ENV_VAR}"`` so it stays out of files."""
+    api_key_env_varname: str | None = None
+    """Environment variable holding the API key."""
+    max_retries: int = Field(default=3, ge=0)
+    """Retries per request after the first attempt."""
+    retry_backoff_base: float = Field(default=1.0, gt=0)
+    """First back-off delay in seconds; doubles on each retry (with jitter)."""
+    retry_backoff_max: float = Field(default=30.0, gt=0)
+    """Longest single back-off delay in seconds."""
+    connection_timeout: float = Field(default=20.0, gt=0)
+    """Request timeout in seconds."""
+    num_workers: int = Field(default=1, ge=1)
+    """Concurrent requests."""
+    politeness_policy: float = Field(default=0.0, ge=0)
+    """Seconds each worker waits between its requests."""
+    batch_completion_window: str | None = "24h"
+    """Completion window for batch APIs (e.g. ``24h``)."""
+    use_adaptive_concurrency: bool = True
+    """Lower concurrency on errors and rate limits, raise it back on success (AIMD)."""
+
+    @field_validator("batch_completion_window")
+    @classmethod
+    def _window(cls, value: str | None) -> str | None:
+        if value is not None and not _WINDOW.match(value):
+            raise ValueError("batch_completion_window looks like '24h' (a number and s, m, h or d)")
+        return value
+
+    def resolve_api_key(self, default_env: str | None = None) -> str | None:
+        """The key to send: ``api_key``, else ``api_key_env_varname``'s value, else ``default_env``'s."""
+        if self.api_key is not None and self.api_key.get_secret_value():
+            return self.api_key.get_secret_value()
+        for name in (self.api_key_env_varname, default_env):
+            if name and os.environ.get(name):
+                return os.environ[name]
+        return None

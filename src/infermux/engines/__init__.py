@@ -1,0 +1,1 @@
+"""Engines: the base contract, the registry and the durable batch loop."""

@@ -1,0 +1,83 @@
+"""What an engine supports, declared as data, and the one check that enforces it."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from infermux.configs.generation_params import GenerationParams
+from infermux.configs.model_params import ModelParams
+from infermux.errors import UnsupportedParamError
+
+__all__ = ["Capabilities", "check_params", "ALWAYS_SUPPORTED"]
+
+logger = logging.getLogger("infermux.engines")
+
+# Generation fields every engine honours or that do not concern the engine.
+ALWAYS_SUPPORTED = frozenset({"max_new_tokens", "batch_size", "exclude_prompt_from_response", "use_cache"})
+
+_DEFAULTS = GenerationParams()
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """An engine's declared support.
+
+    ``generation_params`` names the GenerationParams fields the engine maps (beyond
+    ``ALWAYS_SUPPORTED``); ``guided_decoding`` the constraint kinds it can enforce.
+    """
+
+    generation_params: frozenset[str] = frozenset()
+    guided_decoding: frozenset[str] = frozenset()
+    images: bool = False
+    streaming: bool = False
+    lora: bool = False
+    notes: tuple[str, ...] = field(default=())
+
+    def supported_params(self) -> set[str]:
+        params = set(ALWAYS_SUPPORTED | self.generation_params)
+        if self.guided_decoding:
+            params.add("guided_decoding")
+        return params
+
+
+def _unsupported(caps: Capabilities, generation: GenerationParams, model: ModelParams | None) -> list[str]:
+    problems: list[str] = []
+    supported = caps.supported_params()
+    for name in GenerationParams.model_fields:
+        value: Any = getattr(generation, name)
+        if name == "guided_decoding":
+            if value is not None and value.kind not in caps.guided_decoding:
+                kinds = ", ".join(sorted(caps.guided_decoding)) or "none"
+                problems.append(f"generation.guided_decoding.{value.kind} (supported kinds: {kinds})")
+            continue
+        if name not in supported and value != getattr(_DEFAULTS, name):
+            problems.append(f"generation.{name}={value!r}")
+    if model is not None and model.adapter_model and not caps.lora:
+        problems.append(f"model.adapter_model={model.adapter_model!r} (LoRA adapters)")
+    return problems
+
+
+def check_params(
+    engine_name: str,
+    caps: Capabilities,
+    generation: GenerationParams,
+    model: ModelParams | None = None,
+    *,
+    strict: bool = False,
+) -> list[str]:
+    """Warn (or, in strict mode, raise) about requested parameters the engine cannot honour."""
+    problems = _unsupported(caps, generation, model)
+    if problems and strict:
+        raise UnsupportedParamError(
+            f"{engine_name} does not support: {'; '.join(problems)}. "
+            "Remove these settings or choose an engine that supports them (see `infermux engines`)."
+        )
+    for problem in problems:
+        logger.warning(
+            "%s does not support %s; it is ignored. Set strict: true (or --strict) to make this an error.",
+            engine_name,
+            problem,
+        )
+    return problems

@@ -1,0 +1,176 @@
+"""ANTHROPIC: Anthropic's Messages API (``POST /v1/messages``).
+
+Protocol mapping (from Anthropic's API reference):
+
+* every system message goes to the top-level ``system`` string (Messages has no system role);
+* consecutive turns of the same role are merged into one turn of content blocks;
+* images become ``image`` blocks with a ``base64`` source (paths, bytes, data URLs) or a ``url``
+  source (http/https URLs), never OpenAI-style ``image_url`` parts;
+* ``max_tokens`` is required (``max_new_tokens``); ``temperature`` (0-1), ``top_p``,
+  ``stop_sequences``; guided JSON becomes ``output_config.format`` (``json_schema``);
+* the reply's text blocks are joined; ``usage`` and ``stop_reason`` go to the metadata.
+
+Auth is the ``x-api-key`` header (``ANTHROPIC_API_KEY``) plus ``anthropic-version``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from infermux.configs.engine_type import InferenceEngineType
+from infermux.configs.generation_params import GenerationParams
+from infermux.configs.model_params import ModelParams
+from infermux.configs.remote_params import RemoteParams
+from infermux.engines.capabilities import Capabilities
+from infermux.engines.remote.base import RemoteEngine
+from infermux.engines.remote.media import image_payload
+from infermux.errors import AuthenticationError, ConfigError, RowError
+from infermux.types import Conversation, Message, Role
+
+__all__ = ["ANTHROPIC_VERSION", "AnthropicInferenceEngine", "build_messages"]
+
+ANTHROPIC_VERSION = "2023-06-01"
+_MEDIA_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
+_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls"}
+
+
+def _content_blocks(message: Message) -> list[dict[str, Any]]:
+    if isinstance(message.content, str):
+        return [{"type": "text", "text": message.content}]
+    blocks: list[dict[str, Any]] = []
+    for item in message.content:
+        if not item.is_image:
+            blocks.append({"type": "text", "text": item.content or ""})
+            continue
+        image = image_payload(item)
+        if image.data is None:
+            if not (image.url or "").startswith(("http://", "https://")):
+                raise ValueError(f"Anthropic takes image URLs over http(s) only, got {image.url!r}")
+            blocks.append({"type": "image", "source": {"type": "url", "url": image.url}})
+        elif image.media_type not in _MEDIA_TYPES:
+            raise ValueError(
+                f"Anthropic accepts JPEG, PNG, GIF or WebP images; this one is {image.media_type or 'unknown'}"
+            )
+        else:
+            source = {"type": "base64", "media_type": image.media_type, "data": image.base64}
+            blocks.append({"type": "image", "source": source})
+    return blocks
+
+
+def build_messages(conversation: Conversation) -> tuple[str | None, list[dict[str, Any]]]:
+    """The ``system`` string and the ``messages`` list for ``conversation``."""
+    system: list[str] = []
+    turns: list[dict[str, Any]] = []
+    for message in conversation.messages:
+        if message.role == Role.SYSTEM:
+            system.append(message.text)
+            continue
+        if message.role == Role.TOOL:
+            raise ValueError("ANTHROPIC cannot send tool messages without tool-use ids; remove them")
+        blocks = _content_blocks(message)
+        if turns and turns[-1]["role"] == message.role.value:
+            turns[-1]["content"].extend(blocks)
+        else:
+            turns.append({"role": message.role.value, "content": blocks})
+    for turn in turns:  # a lone text block reads better (and is shorter) as a plain string
+        if len(turn["content"]) == 1 and turn["content"][0]["type"] == "text":
+            turn["content"] = turn["content"][0]["text"]
+    if not turns:
+        raise ValueError("the conversation has no user or assistant message to send")
+    return ("\n\n".join(system) if system else None), turns
+
+
+class AnthropicInferenceEngine(RemoteEngine):
+    """Claude models through Anthropic's Messages API (or any server speaking it, like ``vllm serve``)."""
+
+    engine_type = InferenceEngineType.ANTHROPIC
+    capabilities = Capabilities(
+        generation_params=frozenset({"temperature", "top_p", "stop_strings"}),
+        guided_decoding=frozenset({"json"}),
+        images=True,
+        notes=("temperature must be between 0 and 1; recent models accept temperature or top_p, not both.",),
+    )
+    default_api_url = "https://api.anthropic.com"
+    api_key_env = "ANTHROPIC_API_KEY"
+    provider = "Anthropic"
+    default_num_workers = 5
+    # Checked in __init__: Anthropic's own API needs a key, another server (vllm serve) may not.
+    requires_api_key = False
+
+    def __init__(
+        self,
+        model_params: ModelParams,
+        *,
+        generation_params: GenerationParams | None = None,
+        remote_params: RemoteParams | None = None,
+        strict: bool = False,
+    ) -> None:
+        super().__init__(
+            model_params, generation_params=generation_params, remote_params=remote_params, strict=strict
+        )
+        params = remote_params or RemoteParams()
+        if not self._secrets and not params.api_url:
+            raise AuthenticationError(self._missing_key_message(params), kind="authentication")
+        if self.generation_params.temperature > 1.0:
+            raise ConfigError(
+                f"ANTHROPIC accepts generation.temperature between 0 and 1, got {self.generation_params.temperature}."
+            )
+
+    def endpoint_url(self, api_url: str) -> str:
+        url = api_url.rstrip("/")
+        if url.endswith("/messages"):
+            return url
+        return url + ("/messages" if url.endswith("/v1") else "/v1/messages")
+
+    def build_headers(self, api_key: str | None) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "anthropic-version": ANTHROPIC_VERSION}
+        if api_key:
+            headers["x-api-key"] = api_key
+        return headers
+
+    def check_conversation(self, conversation: Conversation) -> RowError | None:
+        if any(m.role == Role.TOOL for m in conversation.messages):
+            return RowError(kind="unsupported_input", message="ANTHROPIC does not accept tool messages.")
+        return super().check_conversation(conversation)
+
+    def build_body(self, conversation: Conversation, generation: GenerationParams) -> dict[str, Any]:
+        if generation.temperature > 1.0:
+            raise ValueError(f"ANTHROPIC accepts temperature between 0 and 1, got {generation.temperature}")
+        system, messages = build_messages(conversation)
+        body: dict[str, Any] = {
+            "model": self.model_params.model_name,
+            "max_tokens": generation.max_new_tokens,
+            "messages": messages,
+        }
+        if system is not None:
+            body["system"] = system
+        # Anthropic's default temperature is 1; ours is 0 (greedy). Send it unless the user asked for
+        # nucleus sampling only, since recent models refuse temperature together with top_p.
+        top_p_set = generation.top_p < 1.0
+        if not (top_p_set and generation.temperature == 0.0):
+            body["temperature"] = generation.temperature
+        if top_p_set:
+            body["top_p"] = generation.top_p
+        if generation.stop_strings:
+            body["stop_sequences"] = list(generation.stop_strings)
+        guided = generation.guided_decoding
+        if guided is not None and guided.kind == "json":
+            body["output_config"] = {"format": {"type": "json_schema", "schema": guided.schema_dict()}}
+        return body
+
+    def parse_reply(self, conversation: Conversation, data: Any) -> Conversation:
+        if data.get("type") != "message":
+            raise ValueError(f"expected a message object, got type {data.get('type')!r}")
+        text = "".join(block["text"] for block in data["content"] if block.get("type") == "text")
+        usage = data.get("usage") or {}
+        prompt, completion = int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0)
+        stop_reason = data.get("stop_reason")
+        metadata = {
+            "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+            "finish_reason": _FINISH.get(stop_reason or "", stop_reason),
+            "stop_reason": stop_reason,
+            "model": data.get("model"),
+        }
+        if data.get("stop_sequence"):
+            metadata["stop_sequence"] = data["stop_sequence"]
+        return conversation.with_reply(text, metadata)

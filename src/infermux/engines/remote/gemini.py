@@ -1,0 +1,188 @@
+"""GOOGLE_GEMINI: the Gemini API's ``models/{model}:generateContent`` (generativelanguage.googleapis.com).
+
+Protocol mapping (from Google's Gemini API reference):
+
+* roles ``user`` and ``model`` (assistant); consecutive same-role turns merged; system messages go to
+  ``systemInstruction``;
+* images: bytes (paths, binary, data URLs) as ``inlineData`` {mimeType, data}; URLs as ``fileData``
+  {mimeType, fileUri};
+* ``generationConfig``: maxOutputTokens, temperature, topP, stopSequences (at most 5), seed,
+  presencePenalty, frequencyPenalty;
+* guided JSON: ``responseMimeType: application/json`` with ``responseSchema``, the JSON schema
+  rewritten to Gemini's OpenAPI subset (``$ref``/``$defs`` inlined); guided choice:
+  ``text/x.enum`` with a string enum;
+* auth: the ``x-goog-api-key`` header (``GEMINI_API_KEY``). Google answers a bad key with 400
+  ``API_KEY_INVALID``; the error message then says which variable to fix.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from infermux.configs.engine_type import InferenceEngineType
+from infermux.configs.generation_params import GenerationParams
+from infermux.engines.capabilities import Capabilities
+from infermux.engines.remote.base import RemoteEngine
+from infermux.engines.remote.json_schema import to_gemini_schema
+from infermux.engines.remote.media import image_payload
+from infermux.engines.remote.transport import HttpRequest, default_error_message
+from infermux.errors import RowError
+from infermux.types import Conversation, Message, Role
+
+__all__ = ["GoogleGeminiInferenceEngine", "build_contents", "generation_config"]
+
+_FINISH = {"STOP": "stop", "MAX_TOKENS": "length", "SAFETY": "content_filter", "RECITATION": "content_filter",
+           "BLOCKLIST": "content_filter", "PROHIBITED_CONTENT": "content_filter", "SPII": "content_filter"}
+_MAX_STOPS = 5
+
+
+def _parts(message: Message) -> list[dict[str, Any]]:
+    if isinstance(message.content, str):
+        return [{"text": message.content}]
+    parts: list[dict[str, Any]] = []
+    for item in message.content:
+        if not item.is_image:
+            parts.append({"text": item.content or ""})
+            continue
+        image = image_payload(item)
+        if image.data is not None:
+            if image.media_type is None:
+                raise ValueError("cannot tell the image's type (expected PNG, JPEG, GIF or WebP)")
+            parts.append({"inlineData": {"mimeType": image.media_type, "data": image.base64}})
+        else:
+            parts.append({"fileData": {"mimeType": image.media_type or "image/jpeg", "fileUri": image.url}})
+    return parts
+
+
+def build_contents(conversation: Conversation) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """The ``systemInstruction`` (or None) and ``contents`` of a request for ``conversation``."""
+    system: list[str] = []
+    contents: list[dict[str, Any]] = []
+    for message in conversation.messages:
+        if message.role == Role.SYSTEM:
+            system.append(message.text)
+            continue
+        if message.role == Role.TOOL:
+            raise ValueError("GOOGLE_GEMINI cannot send tool messages without function-call parts")
+        role = "model" if message.role == Role.ASSISTANT else "user"
+        if contents and contents[-1]["role"] == role:
+            contents[-1]["parts"].extend(_parts(message))
+        else:
+            contents.append({"role": role, "parts": _parts(message)})
+    if not contents:
+        raise ValueError("the conversation has no user or assistant message to send")
+    instruction = {"parts": [{"text": "\n\n".join(system)}]} if system else None
+    return instruction, contents
+
+
+def generation_config(generation: GenerationParams) -> dict[str, Any]:
+    """``generationConfig`` for ``generation``."""
+    config: dict[str, Any] = {
+        "maxOutputTokens": generation.max_new_tokens,
+        "temperature": generation.temperature,
+        "topP": generation.top_p,
+    }
+    if generation.stop_strings:
+        if len(generation.stop_strings) > _MAX_STOPS:
+            raise ValueError(f"Gemini takes at most {_MAX_STOPS} stop strings, got {len(generation.stop_strings)}")
+        config["stopSequences"] = list(generation.stop_strings)
+    if generation.seed is not None:
+        config["seed"] = generation.seed
+    if generation.presence_penalty:
+        config["presencePenalty"] = generation.presence_penalty
+    if generation.frequency_penalty:
+        config["frequencyPenalty"] = generation.frequency_penalty
+    guided = generation.guided_decoding
+    if guided is not None and guided.kind == "json":
+        config["responseMimeType"] = "application/json"
+        config["responseSchema"] = to_gemini_schema(guided.schema_dict() or {})
+    elif guided is not None and guided.kind == "choice":
+        config["responseMimeType"] = "text/x.enum"
+        config["responseSchema"] = {"type": "STRING", "enum": list(guided.choice or [])}
+    return config
+
+
+def parse_candidate(data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The answer text and metadata of a ``GenerateContentResponse``."""
+    candidates = data.get("candidates")
+    if not candidates:
+        feedback = data.get("promptFeedback") or {}
+        if "blockReason" not in feedback:
+            raise ValueError("the reply has neither candidates nor promptFeedback")
+        return "", {"finish_reason": "content_filter", "block_reason": feedback["blockReason"]}
+    first = candidates[0]
+    parts = (first.get("content") or {}).get("parts") or []
+    text = "".join(p.get("text", "") for p in parts if not p.get("thought"))
+    usage = data.get("usageMetadata") or {}
+    prompt, completion = int(usage.get("promptTokenCount") or 0), int(usage.get("candidatesTokenCount") or 0)
+    reason = first.get("finishReason")
+    metadata: dict[str, Any] = {
+        "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
+                  "total_tokens": int(usage.get("totalTokenCount") or prompt + completion)},
+        "finish_reason": _FINISH.get(reason or "", (reason or "").lower() or None),
+        "model": data.get("modelVersion"),
+    }
+    return text, metadata
+
+
+class GoogleGeminiInferenceEngine(RemoteEngine):
+    """Gemini models through the Gemini API with an API key."""
+
+    engine_type = InferenceEngineType.GOOGLE_GEMINI
+    capabilities = Capabilities(
+        generation_params=frozenset(
+            {"temperature", "top_p", "stop_strings", "seed", "presence_penalty", "frequency_penalty"}
+        ),
+        guided_decoding=frozenset({"json", "choice"}),
+        images=True,
+        notes=("At most 5 stop strings.", "JSON schemas are inlined ($ref/$defs) to Gemini's schema subset."),
+    )
+    default_api_url = "https://generativelanguage.googleapis.com/v1beta"
+    api_key_env = "GEMINI_API_KEY"
+    provider = "the Gemini API"
+    default_num_workers = 8
+
+    def endpoint_url(self, api_url: str) -> str:
+        model = self.model_params.model_name.removeprefix("models/")
+        url = api_url.rstrip("/")
+        if ":generateContent" in url:
+            return url.replace("{model}", model)
+        if not url.endswith(("/v1beta", "/v1", "/v1alpha")):
+            url += "/v1beta"
+        return f"{url}/models/{model}:generateContent"
+
+    def build_headers(self, api_key: str | None) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if api_key:
+            headers["x-goog-api-key"] = api_key
+        return headers
+
+    def check_conversation(self, conversation: Conversation) -> RowError | None:
+        if any(m.role == Role.TOOL for m in conversation.messages):
+            return RowError(kind="unsupported_input", message="GOOGLE_GEMINI does not accept tool messages.")
+        return super().check_conversation(conversation)
+
+    def build_body(self, conversation: Conversation, generation: GenerationParams) -> dict[str, Any]:
+        system, contents = build_contents(conversation)
+        body: dict[str, Any] = {"contents": contents, "generationConfig": generation_config(generation)}
+        if system is not None:
+            body["systemInstruction"] = system
+        return body
+
+    def build_request(self, conversation: Conversation, generation: GenerationParams) -> HttpRequest:
+        return HttpRequest.json(self.url, self.build_body(conversation, generation), self.headers)
+
+    def parse_reply(self, conversation: Conversation, data: Any) -> Conversation:
+        text, metadata = parse_candidate(data)
+        return conversation.with_reply(text, metadata)
+
+    def error_message(self, status: int, body: bytes) -> str:
+        message = default_error_message(status, body)
+        try:
+            details = json.loads(body)["error"].get("details") or []
+        except (ValueError, KeyError, TypeError, AttributeError):
+            details = []
+        if any(isinstance(d, dict) and d.get("reason") == "API_KEY_INVALID" for d in details):
+            message += f" Check the key in {self.api_key_env} (or remote_params.api_key)."
+        return message

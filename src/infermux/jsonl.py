@@ -1,0 +1,136 @@
+"""Reading Conversation JSONL with errors that name the file and line."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from infermux.errors import InputError
+from infermux.types import Conversation
+
+__all__ = ["InputRow", "iter_rows", "row_id_for", "validate_file", "MAX_LINE_BYTES"]
+
+MAX_LINE_BYTES = 64 * 1024 * 1024
+_MAX_REPORTED = 5
+
+
+@dataclass(frozen=True)
+class InputRow:
+    index: int
+    line: int
+    row_id: str
+    conversation: Conversation
+
+
+def row_id_for(index: int, conversation_id: str | None, raw: bytes) -> str:
+    """The row's id: its ``conversation_id``, else one derived from its position and content."""
+    if conversation_id:
+        return conversation_id
+    return f"row-{index}-{hashlib.sha1(raw.strip()).hexdigest()[:12]}"
+
+
+def _explain(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:3]:
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "enum" and loc.endswith("role"):
+            msg = f"unknown role {err['input']!r}; use system, user, assistant or tool"
+        elif err["type"] == "missing":
+            msg = "missing"
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
+def _parse(raw: bytes, path: str, line: int) -> Conversation:
+    if len(raw) > MAX_LINE_BYTES:
+        raise InputError(f"line is {len(raw)} bytes, over the {MAX_LINE_BYTES} byte limit.", path=path, line=line)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"not valid UTF-8 (byte {exc.start}). Re-encode the file as UTF-8.", path=path, line=line
+        ) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(
+            f"not valid JSON ({exc.msg} at column {exc.colno}). Each line must be one JSON object "
+            'like {"messages": [{"role": "user", "content": "Hi"}]}.',
+            path=path,
+            line=line,
+        ) from None
+    if not isinstance(data, dict):
+        raise InputError('each line must be a JSON object with a "messages" list.', path=path, line=line)
+    if "messages" not in data:
+        raise InputError('no "messages" field. Each line needs {"messages": [...]}.', path=path, line=line)
+    try:
+        return Conversation.model_validate(data)
+    except ValidationError as exc:
+        raise InputError(f"not a valid conversation: {_explain(exc)}.", path=path, line=line) from None
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        raise InputError("input file not found. Check --input_path.", path=str(path)) from None
+    except IsADirectoryError:
+        raise InputError("is a directory; --input_path must be a JSONL file.", path=str(path)) from None
+    except OSError as exc:
+        raise InputError(f"cannot read the input file: {exc.strerror}.", path=str(path)) from None
+    with handle:
+        for number, raw in enumerate(handle, start=1):
+            if raw.strip():
+                yield number, raw
+
+
+def _scan(path: Path) -> Iterator[InputRow | InputError]:
+    index = 0
+    seen: dict[str, int] = {}
+    for number, raw in _lines(path):
+        try:
+            conv = _parse(raw, str(path), number)
+        except InputError as exc:
+            yield exc
+            continue
+        rid = row_id_for(index, conv.conversation_id, raw)
+        if rid in seen:
+            seen[rid] += 1
+            rid = f"{rid}#{seen[rid]}"
+        else:
+            seen[rid] = 1
+        yield InputRow(index=index, line=number, row_id=rid, conversation=conv)
+        index += 1
+
+
+def iter_rows(path: str | Path) -> Iterator[InputRow]:
+    """Stream the rows of a Conversation JSONL file (blank lines skipped); raise on a bad line."""
+    for item in _scan(Path(path)):
+        if isinstance(item, InputError):
+            raise item
+        yield item
+
+
+def validate_file(path: str | Path) -> list[str]:
+    """Check every line of ``path``; return the row ids in order, or raise one error listing bad lines."""
+    path = Path(path)
+    ids: list[str] = []
+    problems: list[InputError] = []
+    for item in _scan(path):
+        if isinstance(item, InputError):
+            problems.append(item)
+        else:
+            ids.append(item.row_id)
+    if problems:
+        shown = "\n  ".join(str(p) for p in problems[:_MAX_REPORTED])
+        more = f"\n  ... and {len(problems) - _MAX_REPORTED} more" if len(problems) > _MAX_REPORTED else ""
+        raise InputError(f"{len(problems)} invalid line(s) in the input; nothing was run:\n  {shown}{more}")
+    if not ids:
+        raise InputError("the input has no conversations.", path=str(path))
+    return ids
