@@ -1,66 +1,292 @@
-"""Interactive chat: multi-turn history, streamed answers, and a plain mode for piped stdin."""
+"""``infermux chat`` / ``infermux infer -i``: the terminal front end of :class:`ChatSession`.
+
+Two modes, picked by whether stdin and stdout are terminals:
+
+* **interactive**: prompt_toolkit line editing and history, multi-line input (a trailing backslash or a
+  paste), answers streamed as they are generated (a spinner until the first text arrives), Ctrl-C
+  stops the current answer and keeps the session, Ctrl-D leaves, a usage footer after each answer;
+* **piped**: every stdin line is a turn (the history is kept), answers are printed as plain text on
+  stdout, command output and errors go to stderr, and the chat ends with the input.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 import sys
-from typing import TYPE_CHECKING
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TextIO
 
-from infermux.types import ContentItem, Conversation, Message, Role, Type
+from infermux.cli.chat_session import ChatSession, join_continuations
 
 if TYPE_CHECKING:
+    from infermux.configs.generation_params import GenerationParams
     from infermux.configs.inference_config import InferenceConfig
     from infermux.engines.base import InferenceEngine
+    from infermux.types import Conversation
+
+__all__ = ["Answer", "format_footer", "run_chat", "stream_answer"]
+
+PROMPT = "you> "
+_DIM, _RED, _RESET = "\x1b[2m", "\x1b[31m", "\x1b[0m"
+_SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 
 
-def image_item(ref: str) -> ContentItem:
-    if ref.startswith(("http://", "https://", "data:")):
-        return ContentItem(type=Type.IMAGE_URL, content=ref)
-    return ContentItem(type=Type.IMAGE_PATH, content=ref)
+@dataclass
+class Answer:
+    """One answer as it arrives: its text, timings and the engine's metadata (usage, ...)."""
+
+    parts: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+    first_at: float | None = None
+    ended: float | None = None
+    deltas: int = 0
+    metadata: dict[str, Any] = field(default_factory=dict)
+    stopped: bool = False
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
 
 
-def user_message(text: str, images: list[str]) -> Message:
-    if not images:
-        return Message(role=Role.USER, content=text)
-    items = [image_item(i) for i in images] + [ContentItem(type=Type.TEXT, content=text)]
-    return Message(role=Role.USER, content=items)
+async def stream_answer(
+    engine: InferenceEngine, conversation: Conversation, generation: GenerationParams, answer: Answer, write: Any
+) -> None:
+    """Stream ``engine``'s answer to ``conversation`` through ``write``, recording it in ``answer``."""
+    events = engine.astream(conversation, generation)
+    try:
+        async for event in events:
+            if event.final:
+                answer.metadata = dict(event.metadata or (event.conversation.metadata if event.conversation else {}))
+                final_text = event.conversation.last_message.text if event.conversation else ""
+                if not answer.parts and final_text:
+                    _arrived(answer, final_text, write)
+            elif event.delta:
+                _arrived(answer, event.delta, write)
+    finally:
+        answer.ended = time.perf_counter()
+        with contextlib.suppress(Exception):
+            await events.aclose()  # type: ignore[attr-defined]
 
 
-async def answer(engine: InferenceEngine, history: list[Message], cfg: InferenceConfig) -> Message:
-    """Stream one answer to stdout and return it as an assistant message."""
-    conversation = Conversation(messages=history)
-    text_parts: list[str] = []
-    async for event in engine.astream(conversation, cfg.generation):
-        if event.delta:
-            text_parts.append(event.delta)
-            sys.stdout.write(event.delta)
-            sys.stdout.flush()
-        if event.final and event.conversation is not None:
-            text = event.conversation.last_message.text
-            if not text_parts and text:
-                sys.stdout.write(text)
-            sys.stdout.write("\n")
-            sys.stdout.flush()
-            return event.conversation.last_message
-    sys.stdout.write("\n")
-    return Message(role=Role.ASSISTANT, content="".join(text_parts))
+def _arrived(answer: Answer, text: str, write: Any) -> None:
+    if answer.first_at is None:
+        answer.first_at = time.perf_counter()
+    answer.deltas += 1
+    answer.parts.append(text)
+    write(text)
+
+
+def format_footer(answer: Answer) -> str:
+    """``12 tokens · 85.1 tokens/s · first token 0.09 s · 0.23 s`` (parts the engine did not report are left out)."""
+    end = answer.ended or time.perf_counter()
+    total = end - answer.started
+    usage = answer.metadata.get("usage") or {}
+    tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
+    streamed = answer.deltas > 1 and answer.first_at is not None
+    parts = []
+    if isinstance(tokens, int) and tokens > 0:
+        parts.append(f"{tokens} tokens")
+        if streamed and tokens > 1 and answer.first_at is not None and end > answer.first_at:
+            parts.append(f"{(tokens - 1) / (end - answer.first_at):.1f} tokens/s")
+        elif total > 0:
+            parts.append(f"{tokens / total:.1f} tokens/s")
+    if streamed and answer.first_at is not None:
+        parts.append(f"first token {answer.first_at - answer.started:.2f} s")
+    parts.append(f"{total:.2f} s")
+    return " · ".join(parts)
+
+
+# ---------------------------------------------------------------------- entry point
 
 
 def run_chat(cfg: InferenceConfig, *, system_prompt: str | None, images: list[str]) -> None:
+    """Chat with the engine ``cfg`` selects, interactively on a terminal, line by line otherwise."""
     from infermux.engines.registry import build_engine
 
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    if interactive:
+        sys.stderr.write(f"loading {cfg.model.model_name} on {cfg.resolved_engine()}...\n")
+        sys.stderr.flush()
     engine = build_engine(cfg)
     try:
-        history: list[Message] = []
-        if system_prompt:
-            history.append(Message(role=Role.SYSTEM, content=system_prompt))
-        pending_images = list(images)
-        for line in sys.stdin:
-            text = line.rstrip("\n")
-            if not text.strip():
-                continue
-            history.append(user_message(text, pending_images))
-            pending_images = []
-            history.append(asyncio.run(answer(engine, history, cfg)))
+        session = ChatSession(
+            cfg.generation,
+            system_prompt=system_prompt,
+            images=images,
+            accepts_images=engine.capabilities.images,
+            engine_name=str(cfg.resolved_engine()),
+            model_name=cfg.model.model_name,
+            supported_params=engine.get_supported_params(),
+        )
+        for notice in session.notices:
+            sys.stderr.write(f"note: {notice}\n")
+        code = asyncio.run(_interactive(engine, session) if interactive else _piped(engine, session))
+    except KeyboardInterrupt:
+        code = 130
     finally:
         engine.close()
+    if code:
+        raise SystemExit(code)
+
+
+# ---------------------------------------------------------------------- piped stdin
+
+
+async def _piped(engine: InferenceEngine, session: ChatSession, stdin: TextIO | None = None) -> int:
+    stdin = stdin or sys.stdin
+    failed = 0
+    pending: list[str] = []
+    for raw in stdin:
+        line = raw.rstrip("\r\n")
+        if line.endswith("\\"):
+            pending.append(line)
+            continue
+        text = join_continuations([*pending, line]).strip()
+        pending = []
+        if not text:
+            continue
+        if session.is_command(text):
+            result = session.run(text)
+            if result.text:
+                sys.stderr.write(result.text + "\n")
+            if result.exit:
+                break
+            continue
+        answer = Answer()
+        try:
+            await stream_answer(engine, session.ask(session.message_text(text)), session.generation, answer, _out)
+        except Exception as exc:
+            session.withdraw()
+            failed += 1
+            sys.stderr.write(f"error: {_describe(exc)}\n")
+            continue
+        session.answered(answer.text)
+        _out("\n")
+    return 3 if failed else 0
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def _describe(exc: BaseException) -> str:
+    from infermux.errors import InfermuxError
+
+    return str(exc) if isinstance(exc, InfermuxError) else f"{type(exc).__name__}: {exc}"
+
+
+# ---------------------------------------------------------------------- terminal
+
+
+async def _interactive(engine: InferenceEngine, session: ChatSession) -> int:
+    prompt = _make_prompt()
+    _out(f"infermux chat · {session.model_name} on {session.engine_name} · /help for commands · Ctrl-D to leave\n")
+    while True:
+        try:
+            line: str = await prompt.prompt_async(PROMPT)
+        except KeyboardInterrupt:  # Ctrl-C at the prompt clears the line
+            continue
+        except EOFError:  # Ctrl-D
+            _out("\n")
+            return 0
+        text = line.strip()
+        if not text:
+            continue
+        if session.is_command(text):
+            result = session.run(text)
+            if result.text:
+                _out(f"{_RED if result.error else _DIM}{result.text}{_RESET}\n")
+            if result.exit:
+                return 0
+            continue
+        await _answer_on_screen(engine, session, session.message_text(text))
+
+
+async def _answer_on_screen(engine: InferenceEngine, session: ChatSession, text: str) -> None:
+    conversation = session.ask(text)
+    answer = Answer()
+    spinner = asyncio.ensure_future(_spin(answer))
+
+    def write(delta: str) -> None:
+        if not spinner.done():
+            spinner.cancel()
+            _out("\r\x1b[K")
+        _out(delta)
+
+    task = asyncio.ensure_future(stream_answer(engine, conversation, session.generation, answer, write))
+    loop = asyncio.get_running_loop()
+    with _on_sigint(loop, task.cancel):
+        try:
+            await task
+        except asyncio.CancelledError:
+            answer.stopped = True
+        except Exception as exc:
+            spinner.cancel()
+            _out(f"\r\x1b[K{_RED}error: {_describe(exc)}{_RESET}\n")
+            session.withdraw()
+            return
+        finally:
+            spinner.cancel()
+    if answer.stopped:
+        _out(("\n" if answer.parts else "\r\x1b[K") + f"{_DIM}[stopped]{_RESET}\n")
+        if answer.text:
+            session.answered(answer.text)
+        else:
+            session.withdraw()
+        return
+    session.answered(answer.text)
+    _out(f"\n{_DIM}  {format_footer(answer)}{_RESET}\n")
+
+
+async def _spin(answer: Answer) -> None:
+    for i in range(10**9):
+        _out(f"\r{_DIM}{_SPINNER[i % len(_SPINNER)]} {time.perf_counter() - answer.started:.1f}s{_RESET}")
+        await asyncio.sleep(0.1)
+
+
+@contextlib.contextmanager
+def _on_sigint(loop: asyncio.AbstractEventLoop, callback: Any) -> Any:
+    """Call ``callback`` on Ctrl-C (instead of raising KeyboardInterrupt) inside the block."""
+    try:
+        loop.add_signal_handler(signal.SIGINT, callback)
+    except (NotImplementedError, RuntimeError):  # not the main thread, or no signal support (Windows)
+        yield
+        return
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+
+
+def _make_prompt() -> Any:
+    from prompt_toolkit import PromptSession
+    from prompt_toolkit.history import FileHistory, History, InMemoryHistory
+    from prompt_toolkit.key_binding import KeyBindings
+
+    bindings = KeyBindings()
+
+    @bindings.add("enter")
+    def _enter(event: Any) -> None:
+        buffer = event.current_buffer
+        if buffer.document.is_cursor_at_the_end and buffer.text.endswith("\\"):
+            buffer.delete_before_cursor(1)
+            buffer.insert_text("\n")
+        else:
+            buffer.validate_and_handle()
+
+    history: History = InMemoryHistory()
+    try:
+        from infermux.models.default import cache_dir
+
+        path = cache_dir() / "chat_history"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        history = FileHistory(str(path))
+    except OSError:
+        pass
+    return PromptSession(
+        history=history, key_bindings=bindings, multiline=True, prompt_continuation="...> ", enable_history_search=False
+    )
