@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,8 @@ from infermux.types import Conversation
 __all__ = ["InputRow", "iter_rows", "row_id_for", "validate_file", "MAX_LINE_BYTES"]
 
 MAX_LINE_BYTES = 64 * 1024 * 1024
+# About 2M tokens, beyond the largest context windows offered today: a longer text is a data error.
+MAX_TEXT_CHARS = int(os.environ.get("INFERMUX_MAX_MESSAGE_CHARS", 8_000_000))
 _MAX_REPORTED = 5
 
 
@@ -70,9 +73,19 @@ def _parse(raw: bytes, path: str, line: int) -> Conversation:
     if "messages" not in data:
         raise InputError('no "messages" field. Each line needs {"messages": [...]}.', path=path, line=line)
     try:
-        return Conversation.model_validate(data)
+        conv = Conversation.model_validate(data)
     except ValidationError as exc:
         raise InputError(f"not a valid conversation: {_explain(exc)}.", path=path, line=line) from None
+    for number, message in enumerate(conv.messages):
+        if len(message.text) > MAX_TEXT_CHARS:
+            raise InputError(
+                f"messages.{number} has {len(message.text):,} characters of text, more than any model's "
+                f"context ({MAX_TEXT_CHARS:,} allowed; INFERMUX_MAX_MESSAGE_CHARS changes the limit). "
+                "Split or shorten it.",
+                path=path,
+                line=line,
+            )
+    return conv
 
 
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:

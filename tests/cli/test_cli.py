@@ -1,0 +1,103 @@
+"""The CLI end to end with the echo plugin engine: batch, printing, config check, engines, start-up."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import ROOT, run_cli
+
+HEAVY = ("torch", "transformers", "vllm", "llama_cpp", "boto3", "botocore", "google", "ray", "peft")
+
+
+def test_batch_job_and_exit_code_for_failed_rows(tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("engine: ECHO\nmodel:\n  model_name: echo\n")
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"messages": [{"role": "user", "content": t}]}) + "\n" for t in ["a", "FAIL", "b"]))
+    out = tmp_path / "out.jsonl"
+    res = run_cli("infer", "-c", str(cfg), "--input_path", str(src), "--output_path", str(out))
+    assert res.returncode == 3, res.stderr
+    assert "1 failed" in res.stderr and "out.jsonl.errors.jsonl" in res.stderr
+    assert [json.loads(x)["messages"][-1]["content"] for x in out.read_text().splitlines()] == ["echo: a", "echo: b"]
+
+
+def test_without_output_path_results_print_readably(tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("engine: ECHO\nmodel:\n  model_name: echo\n")
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"messages": [{"role": "user", "content": "hello there"}]}) + "\n")
+    res = run_cli("infer", "-c", str(cfg), "--input_path", str(src))
+    assert res.returncode == 0, res.stderr
+    assert "user: hello there" in res.stdout and "assistant: echo: hello there" in res.stdout
+
+
+def test_dotted_overrides_reach_the_engine(tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("engine: ECHO\nmodel:\n  model_name: echo\n")
+    res = run_cli("config", "check", "-c", str(cfg), "--model.model_kwargs.concurrency", "7", "--generation.seed=3")
+    assert res.returncode == 0, res.stderr
+    assert "concurrency: 7" in res.stdout and "seed: 3" in res.stdout
+
+
+def test_config_check_reports_unsupported_params(tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("engine: ECHO\nmodel:\n  model_name: echo\ngeneration:\n  num_beams: 4\n")
+    res = run_cli("config", "check", "-c", str(cfg))
+    assert res.returncode == 0
+    assert "EchoEngine does not support generation.num_beams=4" in res.stderr
+    res = run_cli("config", "check", "-c", str(cfg), "--strict", "true")
+    assert res.returncode == 2 and "does not support" in res.stderr
+
+
+def test_config_check_masks_api_key(tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("engine: REMOTE\nmodel:\n  model_name: m\nremote_params:\n  api_url: http://x\n  api_key: sk-abc123\n")
+    res = run_cli("config", "check", "-c", str(cfg))
+    assert "sk-abc123" not in res.stdout + res.stderr
+    assert "api_key: '***'" in res.stdout
+
+
+def test_config_check_accepts_every_example():
+    for path in sorted((ROOT / "configs" / "examples").glob("*.yaml")):
+        res = run_cli("config", "check", "-c", str(path))
+        assert res.returncode == 0, (path, res.stderr)
+
+
+def test_engines_lists_all_sixteen():
+    res = run_cli("engines")
+    assert res.returncode == 0, res.stderr
+    for name in ("NATIVE", "VLLM", "LLAMACPP", "REMOTE", "ANTHROPIC", "BEDROCK", "GOOGLE_VERTEX", "ECHO"):
+        assert name in res.stdout
+
+
+def test_help_and_import_do_not_load_heavy_libraries():
+    for code in ("import infermux", "import infermux.cli.main", "import infermux.configs, infermux.types"):
+        res = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True)
+        loaded = {line.split("|")[-1].strip().split(".")[0] for line in res.stderr.splitlines() if "|" in line}
+        assert not loaded & set(HEAVY), (code, loaded & set(HEAVY))
+    res = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "infermux", "--help"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert res.returncode == 0 and "infer" in res.stdout
+    loaded = {line.split("|")[-1].strip().split(".")[0] for line in res.stderr.splitlines() if "|" in line}
+    assert not loaded & set(HEAVY)
+
+
+def test_public_api_is_pinned():
+    import infermux
+    import infermux.configs
+    import infermux.inference
+    import infermux.types
+
+    assert sorted(infermux.__all__) == sorted(
+        ["Conversation", "ContentItem", "GenerationParams", "GuidedDecodingParams", "InferenceConfig",
+         "InferenceEngineType", "Message", "ModelParams", "RemoteParams", "Role", "__version__",
+         "build_engine", "load_config"]
+    )  # fmt: skip
+    for name in infermux.__all__:
+        assert getattr(infermux, name) is not None
+    assert set(infermux.types.__all__) == {"Conversation", "ContentItem", "Message", "Role", "Type"}
+    assert "NativeTextInferenceEngine" in infermux.inference.__all__
+    assert "AnthropicInferenceEngine" in infermux.inference.__all__
+    assert len([n for n in infermux.inference.__all__ if n.endswith("InferenceEngine") and n != "InferenceEngine"]) == 16
