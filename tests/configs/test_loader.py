@@ -194,3 +194,11 @@ def test_every_example_config_loads(monkeypatch):
     assert examples, "configs/examples must hold example configs"
     for path in examples:
         load_config(path)
+
+
+def test_configuration_doc_is_current():
+    from infermux.configs.reference import BEGIN, END, render_reference
+
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    block = text.split(BEGIN, 1)[1].split(END, 1)[0]
+    assert block == "\n" + render_reference(), "run: python -m infermux.configs.reference docs/configuration.md"
