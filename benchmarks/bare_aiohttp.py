@@ -25,8 +25,9 @@ async def run(url: str, bodies: list[dict[str, Any]], workers: int) -> tuple[lis
         async def worker() -> None:
             for i in indices:
                 try:
-                    async with session.post(url, data=json.dumps(bodies[i]),
-                                            headers={"Content-Type": "application/json"}) as resp:
+                    async with session.post(
+                        url, data=json.dumps(bodies[i]), headers={"Content-Type": "application/json"}
+                    ) as resp:
                         data = json.loads(await resp.read())
                     results[i] = data["choices"][0]["message"]["content"]
                 except (aiohttp.ClientError, ValueError, KeyError, TypeError):

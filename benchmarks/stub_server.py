@@ -7,8 +7,8 @@ seed, the request body and how many times that body was seen: the same seed give
 whatever order concurrent requests arrive in.
 
 Side routes for harnesses: ``GET /v1/models``; ``GET /_stub/stats`` (request count, time of the first
-request, faults injected); ``GET /_stub/log`` (the last user text of every completed request, in
-arrival order); ``GET /_stub/requests`` (path, headers and body of captured requests, with
+request, faults injected); ``GET /_stub/log`` (the last user text of every valid request, in arrival
+order, faulted ones included); ``GET /_stub/requests`` (path, headers and body of captured requests, with
 ``--capture``); ``POST /_stub/reset``.
 
 Run it as a process (prints ``READY <base url>`` on stdout once listening)::
@@ -52,7 +52,9 @@ class StubState:
         capture: bool,
         reasoning: bool,
         max_faults_per_body: int,
+        require_key: str = "",
     ) -> None:
+        self.require_key = require_key
         self.latency_s = latency_s
         self.fault_rate = fault_rate
         self.faults = faults
@@ -147,6 +149,11 @@ def make_app(state: StubState) -> web.Application:
             return _error(400, "request body is not valid JSON")
         if not isinstance(payload, dict) or not isinstance(payload.get("messages"), list):
             return _error(400, "'messages' is required and must be a list")
+        if state.require_key and request.headers.get("Authorization") != f"Bearer {state.require_key}":
+            got = request.headers.get("Authorization", "").removeprefix("Bearer ")
+            return _error(401, f"Incorrect API key provided: {got}")  # echoes the key, as real APIs do
+        text = _last_user_text(payload)
+        state.log.append(text)
         fault = state.pick_fault(body)
         if state.latency_s > 0:
             await asyncio.sleep(state.latency_s)
@@ -160,13 +167,10 @@ def make_app(state: StubState) -> web.Application:
                 if request.transport is not None:
                     request.transport.close()
                 return web.Response(status=500)  # never reaches the client: the socket is closed
-        text = _last_user_text(payload)
         state.completed += 1
         data = json.dumps(_completion(payload, text, state.completed, state.reasoning))
         if fault == "truncate":
             data = data[: len(data) // 2]
-        else:
-            state.log.append(text)
         return web.Response(text=data, content_type="application/json")
 
     async def models(request: web.Request) -> web.Response:
@@ -228,6 +232,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-faults-per-body", type=int, default=1_000_000)
     p.add_argument("--capture", action="store_true", help="keep every request for /_stub/requests")
     p.add_argument("--reasoning", action="store_true", help="add reasoning_content to replies")
+    p.add_argument("--require-key", default="", help="answer 401 unless 'Authorization: Bearer KEY'")
     args = p.parse_args(argv)
     unknown = set(args.faults.split(",")) - set(FAULT_KINDS)
     if unknown:
@@ -247,6 +252,7 @@ def main(argv: list[str] | None = None) -> None:
         capture=args.capture,
         reasoning=args.reasoning,
         max_faults_per_body=args.max_faults_per_body,
+        require_key=args.require_key,
     )
     with contextlib.suppress(ImportError):
         import uvloop  # the server is shared by every client measured, so it may be as fast as it likes
@@ -259,9 +265,7 @@ def main(argv: list[str] | None = None) -> None:
 @contextlib.contextmanager
 def spawn(*args: str, python: str = sys.executable) -> Iterator[str]:
     """Run the stub server in a child process with command-line ``args``; yield its base URL."""
-    proc = subprocess.Popen(
-        [python, __file__, *args], stdout=subprocess.PIPE, text=True, bufsize=1
-    )
+    proc = subprocess.Popen([python, __file__, *args], stdout=subprocess.PIPE, text=True, bufsize=1)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()

@@ -126,14 +126,10 @@ def make_app(cfg: ProxyConfig) -> web.Application:
 
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
         url = cfg.upstream + request.path_qs
-        async with session_holder["s"].request(
-            request.method, url, data=body, headers=headers
-        ) as upstream:
+        async with session_holder["s"].request(request.method, url, data=body, headers=headers) as upstream:
             payload = await upstream.read()
             status = upstream.status
-            out_headers = {
-                k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_HEADERS
-            }
+            out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_HEADERS}
         cfg.stats["forwarded"] = int(cfg.stats["forwarded"]) + 1  # type: ignore[call-overload]
         if fault == "truncate":
             payload = payload[: len(payload) // 2]

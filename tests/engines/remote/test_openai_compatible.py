@@ -1,0 +1,169 @@
+"""REMOTE against real servers: llama_cpp.server on the default model, and the fault proxy in front of
+the stub server for the durability checks."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from infermux.configs import GenerationParams, InferenceConfig, ModelParams, RemoteParams
+from infermux.configs.generation_params import GuidedDecodingParams
+from infermux.engines.registry import build_engine
+from infermux.engines.remote.openai_compatible import RemoteInferenceEngine
+from infermux.errors import ConfigError
+from infermux.types import Conversation
+from tests.servers import fault_proxy, llama_cpp_server, stub_server
+
+
+def conv(text: str, system: str | None = None) -> Conversation:
+    messages = [{"role": "system", "content": system}] if system else []
+    messages.append({"role": "user", "content": text})
+    return Conversation.model_validate({"messages": messages})
+
+
+def _post(url: str, body: dict[str, Any]) -> Any:
+    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=120) as resp:
+        return json.loads(resp.read())
+
+
+# ---------------------------------------------------------------------- a real inference server
+
+
+@pytest.fixture(scope="module")
+def llama_server() -> Any:
+    pytest.importorskip("llama_cpp.server", reason="needs llama-cpp-python[server]")
+    with llama_cpp_server() as url:
+        yield url
+
+
+@pytest.mark.slow
+def test_round_trip_matches_a_direct_request_to_the_same_server(llama_server: str) -> None:
+    prompts = ["What is 2+2?", "Name a colour.", "Say hello."]
+    engine = RemoteInferenceEngine(
+        ModelParams(model_name="smollm2"),
+        generation_params=GenerationParams(max_new_tokens=24),
+        remote_params=RemoteParams(api_url=llama_server, num_workers=2),
+    )
+    out = engine.infer([conv(p) for p in prompts])
+    for prompt, answered in zip(prompts, out, strict=True):
+        direct = _post(
+            llama_server + "/v1/chat/completions",
+            {"model": "smollm2", "messages": [{"role": "user", "content": prompt}], "max_tokens": 24, "temperature": 0},
+        )
+        assert answered.messages[-1].role.value == "assistant"
+        assert answered.messages[-1].content == direct["choices"][0]["message"]["content"]
+        meta = answered.metadata
+        assert meta["finish_reason"] in ("stop", "length")
+        assert meta["usage"]["completion_tokens"] > 0 and meta["usage"]["prompt_tokens"] > 0
+        assert "error" not in meta
+    assert engine.last_report is not None and engine.last_report.completion_tokens > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("suffix", ["", "/v1", "/v1/chat/completions"])
+def test_api_url_as_base_or_full_endpoint(llama_server: str, suffix: str) -> None:
+    config = InferenceConfig(
+        model=ModelParams(model_name="smollm2"),
+        engine="REMOTE",
+        generation=GenerationParams(max_new_tokens=4),
+        remote_params=RemoteParams(api_url=llama_server + suffix),
+    )
+    (answered,) = build_engine(config).infer([conv("Hi")])
+    assert "error" not in answered.metadata and answered.messages[-1].role.value == "assistant"
+
+
+@pytest.mark.slow
+def test_guided_json_from_a_real_server(llama_server: str) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
+        "required": ["city", "country"],
+    }
+    engine = RemoteInferenceEngine(
+        ModelParams(model_name="smollm2"),
+        generation_params=GenerationParams(max_new_tokens=48, guided_decoding=GuidedDecodingParams(json=schema)),
+        remote_params=RemoteParams(api_url=llama_server),
+    )
+    (answered,) = engine.infer([conv("Give the capital of France as JSON with city and country.")])
+    data = json.loads(answered.messages[-1].text)
+    assert set(data) == {"city", "country"}
+
+
+# ---------------------------------------------------------------------- durability under faults
+
+
+@pytest.fixture(scope="module")
+def fast_stub() -> Any:
+    with stub_server("--latency-ms", "2") as url:
+        yield url
+
+
+@pytest.mark.slow
+def test_1000_rows_through_20_percent_faults_none_lost_none_duplicated_order_kept(
+    fast_stub: str, tmp_path: Path
+) -> None:
+    rows = [conv(f"row {i}") for i in range(1000)]
+    kinds = "429,500,503,drop,timeout,truncate,slow"
+    with fault_proxy(fast_stub, "--fault-rate", "0.2", "--faults", kinds, "--seed", "4", "--hang-s", "2") as proxy:
+        engine = RemoteInferenceEngine(
+            ModelParams(model_name="stub"),
+            remote_params=RemoteParams(
+                api_url=proxy + "/v1", num_workers=50, max_retries=10, connection_timeout=1.0, retry_backoff_base=0.05
+            ),
+        )
+        output = tmp_path / "out.jsonl"
+        out = engine.infer(rows, InferenceConfig(model=ModelParams(model_name="stub"), output_path=str(output)))
+        with urllib.request.urlopen(proxy + "/_proxy/stats") as resp:
+            stats = json.loads(resp.read())
+    assert sum(stats["faults"].values()) >= 150  # the faults really happened
+    assert [c.messages[-1].content for c in out] == [f"echo: row {i}" for i in range(1000)]
+    lines = output.read_text().splitlines()
+    assert len(lines) == 1000  # none lost, none duplicated
+    assert [json.loads(line)["messages"][-1]["content"] for line in lines] == [f"echo: row {i}" for i in range(1000)]
+    assert engine.last_report is not None and engine.last_report.failed == 0
+
+
+def test_a_permanent_failure_is_a_row_error_not_a_crash(fast_stub: str) -> None:
+    with fault_proxy(fast_stub, "--fault-rate", "1", "--faults", "500") as proxy:
+        engine = RemoteInferenceEngine(
+            ModelParams(model_name="stub"),
+            remote_params=RemoteParams(api_url=proxy, max_retries=1, retry_backoff_base=0.01),
+        )
+        (answered,) = engine.infer([conv("x")])
+    error = answered.metadata["error"]
+    assert error["status"] == 500 and error["retryable"] is True and len(answered.messages) == 1
+
+
+def test_api_key_never_appears_in_errors_outputs_or_reprs(tmp_path: Path) -> None:
+    key = "sk-live-TOPSECRET-abcdef123456"
+    with stub_server("--require-key", "sk-right-key-000000") as url:
+        engine = RemoteInferenceEngine(
+            ModelParams(model_name="stub"), remote_params=RemoteParams(api_url=url, api_key=key)
+        )
+        output = tmp_path / "out.jsonl"
+        out = engine.infer([conv("x")], InferenceConfig(model=ModelParams(model_name="stub"), output_path=str(output)))
+    assert out[0].metadata["error"]["status"] == 401  # the stub echoed the key back in its message
+    texts = [json.dumps(out[0].to_json_dict()), repr(engine), str(engine.headers), repr(engine.remote_params)]
+    texts += [p.read_text() for p in tmp_path.iterdir()]
+    for text in texts:
+        assert key not in text
+
+
+def test_remote_needs_an_api_url() -> None:
+    with pytest.raises(ConfigError, match="api_url"):
+        RemoteInferenceEngine(ModelParams(model_name="m"))
+
+
+def test_unreadable_image_fails_its_row_only(fast_stub: str, tmp_path: Path) -> None:
+    bad = Conversation.model_validate(
+        {"messages": [{"role": "user", "content": [{"type": "image_path", "content": str(tmp_path / "gone.png")}]}]}
+    )
+    engine = RemoteInferenceEngine(ModelParams(model_name="stub"), remote_params=RemoteParams(api_url=fast_stub))
+    good, failed = engine.infer([conv("fine"), bad])
+    assert good.messages[-1].content == "echo: fine"
+    assert "gone.png" in failed.metadata["error"]["message"]

