@@ -4,10 +4,20 @@ Each fake is an aiohttp server on 127.0.0.1 that records requests, validates the
 answers in the provider's own success and error formats.
 """
 
+from ._server import Exchange, RecordedRequest, tiny_png
 from .anthropic import FakeAnthropic
 from .gemini import FakeGemini
 from .openai_batch import FakeOpenAIBatch
 from .sglang import FakeSGLang
 from .vertex import FakeVertex
 
-__all__ = ["FakeAnthropic", "FakeGemini", "FakeOpenAIBatch", "FakeSGLang", "FakeVertex"]
+__all__ = [
+    "Exchange",
+    "FakeAnthropic",
+    "FakeGemini",
+    "FakeOpenAIBatch",
+    "FakeSGLang",
+    "FakeVertex",
+    "RecordedRequest",
+    "tiny_png",
+]

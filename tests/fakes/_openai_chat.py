@@ -25,10 +25,31 @@ from ._server import (
 
 #: Parameters of OpenAI's chat completions create call that these fakes understand.
 OPENAI_CHAT_PARAMS = {
-    "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "n",
-    "stop", "stream", "stream_options", "presence_penalty", "frequency_penalty", "seed",
-    "logit_bias", "logprobs", "top_logprobs", "response_format", "tools", "tool_choice",
-    "user", "reasoning_effort", "metadata", "store", "parallel_tool_calls", "service_tier",
+    "model",
+    "messages",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "n",
+    "stop",
+    "stream",
+    "stream_options",
+    "presence_penalty",
+    "frequency_penalty",
+    "seed",
+    "logit_bias",
+    "logprobs",
+    "top_logprobs",
+    "response_format",
+    "tools",
+    "tool_choice",
+    "user",
+    "reasoning_effort",
+    "metadata",
+    "store",
+    "parallel_tool_calls",
+    "service_tier",
 }
 _ROLES = {"system", "developer", "user", "assistant", "tool"}
 _MESSAGE_FIELDS = {"role", "content", "name", "tool_calls", "tool_call_id", "refusal"}
@@ -55,8 +76,7 @@ def validate_chat_body(
         role = message["role"]
         if role not in _ROLES:
             raise RequestInvalid(f"messages[{i}].role: '{role}' is not one of {sorted(_ROLES)}")
-        text, n_images = _content(message.get("content"), f"messages[{i}].content",
-                                  image_url_schemes, image_detail)
+        text, n_images = _content(message.get("content"), f"messages[{i}].content", image_url_schemes, image_detail)
         if n_images and role != "user":
             raise RequestInvalid(f"messages[{i}]: image parts are only allowed in user messages")
         images += n_images
@@ -64,8 +84,12 @@ def validate_chat_body(
             system.append(text)
         else:
             turns.append((role, text))
-    for name, lo, hi in (("temperature", 0.0, 2.0), ("top_p", 0.0, 1.0),
-                         ("presence_penalty", -2.0, 2.0), ("frequency_penalty", -2.0, 2.0)):
+    for name, lo, hi in (
+        ("temperature", 0.0, 2.0),
+        ("top_p", 0.0, 1.0),
+        ("presence_penalty", -2.0, 2.0),
+        ("frequency_penalty", -2.0, 2.0),
+    ):
         if name in body:
             check_range(body[name], name, lo, hi)
     for name in ("max_tokens", "max_completion_tokens", "n", "seed"):
@@ -114,8 +138,9 @@ def _response_format(fmt: Any) -> dict | None:
         return None if fmt["type"] == "text" else {"type": "object"}
     if fmt["type"] != "json_schema":
         raise RequestInvalid(f"response_format.type: unknown type {fmt['type']!r}")
-    spec = check_keys(fmt.get("json_schema"), "response_format.json_schema",
-                      {"name", "schema", "strict", "description"}, {"name"})
+    spec = check_keys(
+        fmt.get("json_schema"), "response_format.json_schema", {"name", "schema", "strict", "description"}, {"name"}
+    )
     return check_type(spec.get("schema", {"type": "object"}), "response_format.json_schema.schema", dict)
 
 
@@ -133,12 +158,14 @@ def chat_completion(body: dict, exchange: Exchange, responder: Responder, comple
         "object": "chat.completion",
         "created": int(time.time()),
         "model": body["model"],
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": text},
-            "finish_reason": "length" if truncated and matched is None else "stop",
-            "logprobs": None,
-        }],
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": "length" if truncated and matched is None else "stop",
+                "logprobs": None,
+            }
+        ],
         "usage": {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,

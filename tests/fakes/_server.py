@@ -42,6 +42,9 @@ class RecordedRequest:
         return None
 
 
+RECORDED: Any = web.RequestKey("recorded", RecordedRequest) if hasattr(web, "RequestKey") else "recorded"
+
+
 @dataclass
 class ScriptedFailure:
     status: int
@@ -173,7 +176,7 @@ class FakeServer:
             failure = self._failures.popleft() if self._failures else None
         if failure is not None:
             return web.json_response(failure.body, status=failure.status, headers=failure.headers)
-        request["recorded"] = recorded
+        request[RECORDED] = recorded
         return await handler(request)
 
 
@@ -278,3 +281,21 @@ def sample_from_schema(schema: dict) -> Any:
     if kind == "null":
         return None
     return "text"
+
+
+def tiny_png(width: int = 2, height: int = 2, rgb: tuple[int, int, int] = (200, 30, 30)) -> bytes:
+    """A small valid PNG (solid colour), for image-input tests."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    row = b"\x00" + bytes(rgb) * width
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(row * height))
+        + chunk(b"IEND", b"")
+    )

@@ -56,9 +56,25 @@ ERROR_TYPES = {
     529: "overloaded_error",
 }
 _BODY_FIELDS = {
-    "model", "messages", "max_tokens", "system", "stop_sequences", "temperature", "top_p",
-    "top_k", "metadata", "stream", "output_config", "tools", "tool_choice", "thinking",
-    "service_tier", "cache_control", "container", "inference_geo", "speed",
+    "model",
+    "messages",
+    "max_tokens",
+    "system",
+    "stop_sequences",
+    "temperature",
+    "top_p",
+    "top_k",
+    "metadata",
+    "stream",
+    "output_config",
+    "tools",
+    "tool_choice",
+    "thinking",
+    "service_tier",
+    "cache_control",
+    "container",
+    "inference_geo",
+    "speed",
 }
 _MEDIA_TYPES = {"image/jpeg", "image/png", "image/gif", "image/webp"}
 
@@ -110,16 +126,18 @@ class FakeAnthropic(FakeServer):
         text, truncated = truncate_words(text, body["max_tokens"])
         stop_reason = "stop_sequence" if matched else ("max_tokens" if truncated else "end_turn")
         input_tokens = sum(len(t.split()) for _, t in exchange.turns) + len((exchange.system or "").split())
-        return web.json_response({
-            "id": f"msg_fake{len(self.requests)}",
-            "type": "message",
-            "role": "assistant",
-            "model": body["model"],
-            "content": [{"type": "text", "text": text}],
-            "stop_reason": stop_reason,
-            "stop_sequence": matched,
-            "usage": {"input_tokens": input_tokens, "output_tokens": len(text.split())},
-        })
+        return web.json_response(
+            {
+                "id": f"msg_fake{len(self.requests)}",
+                "type": "message",
+                "role": "assistant",
+                "model": body["model"],
+                "content": [{"type": "text", "text": text}],
+                "stop_reason": stop_reason,
+                "stop_sequence": matched,
+                "usage": {"input_tokens": input_tokens, "output_tokens": len(text.split())},
+            }
+        )
 
     def _validate(self, body: Any) -> Exchange:
         check_keys(body, "body", _BODY_FIELDS, {"model", "messages", "max_tokens"})
@@ -145,8 +163,7 @@ class FakeAnthropic(FakeServer):
         if "output_config" in body:
             config = check_keys(body["output_config"], "output_config", {"format", "effort"})
             if config.get("format") is not None:
-                fmt = check_keys(config["format"], "output_config.format", {"type", "schema"},
-                                 {"type", "schema"})
+                fmt = check_keys(config["format"], "output_config.format", {"type", "schema"}, {"type", "schema"})
                 if fmt["type"] != "json_schema":
                     raise RequestInvalid("output_config.format.type: Input should be 'json_schema'")
                 schema = check_type(fmt["schema"], "output_config.format.schema", dict)
@@ -175,7 +192,7 @@ class FakeAnthropic(FakeServer):
             if role == "system":
                 raise RequestInvalid(
                     'messages: Unexpected role "system". The Messages API accepts a top-level '
-                    "`system` parameter, not \"system\" as an input message role."
+                    '`system` parameter, not "system" as an input message role.'
                 )
             if role not in ("user", "assistant"):
                 raise RequestInvalid(f"messages.{i}.role: Input should be 'user' or 'assistant'")

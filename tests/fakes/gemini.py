@@ -51,25 +51,69 @@ _STATUS = {
 }
 
 _REQUEST_FIELDS = {
-    "contents", "tools", "toolConfig", "safetySettings", "systemInstruction",
-    "generationConfig", "cachedContent",
+    "contents",
+    "tools",
+    "toolConfig",
+    "safetySettings",
+    "systemInstruction",
+    "generationConfig",
+    "cachedContent",
 }
 _CONTENT_FIELDS = {"role", "parts"}
 _PART_DATA = {
-    "text", "inlineData", "fileData", "functionCall", "functionResponse",
-    "executableCode", "codeExecutionResult",
+    "text",
+    "inlineData",
+    "fileData",
+    "functionCall",
+    "functionResponse",
+    "executableCode",
+    "codeExecutionResult",
 }
 _PART_FIELDS = _PART_DATA | {"thought", "thoughtSignature", "videoMetadata"}
 _GEN_CONFIG_FIELDS = {
-    "stopSequences", "responseMimeType", "responseSchema", "responseJsonSchema",
-    "responseModalities", "candidateCount", "maxOutputTokens", "temperature", "topP", "topK",
-    "seed", "presencePenalty", "frequencyPenalty", "responseLogprobs", "logprobs",
-    "enableEnhancedCivicAnswers", "speechConfig", "thinkingConfig", "mediaResolution",
+    "stopSequences",
+    "responseMimeType",
+    "responseSchema",
+    "responseJsonSchema",
+    "responseModalities",
+    "candidateCount",
+    "maxOutputTokens",
+    "temperature",
+    "topP",
+    "topK",
+    "seed",
+    "presencePenalty",
+    "frequencyPenalty",
+    "responseLogprobs",
+    "logprobs",
+    "enableEnhancedCivicAnswers",
+    "speechConfig",
+    "thinkingConfig",
+    "mediaResolution",
 }
 _SCHEMA_FIELDS = {
-    "type", "format", "title", "description", "nullable", "enum", "maxItems", "minItems",
-    "properties", "required", "minProperties", "maxProperties", "minLength", "maxLength",
-    "pattern", "example", "anyOf", "propertyOrdering", "default", "items", "minimum", "maximum",
+    "type",
+    "format",
+    "title",
+    "description",
+    "nullable",
+    "enum",
+    "maxItems",
+    "minItems",
+    "properties",
+    "required",
+    "minProperties",
+    "maxProperties",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "example",
+    "anyOf",
+    "propertyOrdering",
+    "default",
+    "items",
+    "minimum",
+    "maximum",
 }
 _SCHEMA_TYPES = {"TYPE_UNSPECIFIED", "STRING", "NUMBER", "INTEGER", "BOOLEAN", "ARRAY", "OBJECT", "NULL"}
 _MIME_IMAGE = re.compile(r"^image/(png|jpeg|webp|heic|heif|gif)$")
@@ -80,7 +124,7 @@ def _camel(name: str) -> str:
     return head + "".join(word.title() for word in rest)
 
 
-def _normalize(obj: Any, where: str, allowed: set[str], required: set[str] = set()) -> dict:
+def _normalize(obj: Any, where: str, allowed: set[str], required: frozenset[str] = frozenset()) -> dict:
     """Proto3 JSON accepts both lowerCamel and snake_case names: map to camel, then check."""
     if not isinstance(obj, dict):
         raise RequestInvalid(f"Invalid value at '{where}', expected an object")
@@ -89,7 +133,7 @@ def _normalize(obj: Any, where: str, allowed: set[str], required: set[str] = set
         name = _camel(key)
         if name not in allowed:
             raise RequestInvalid(
-                f'Invalid JSON payload received. Unknown name "{key}" at \'{where}\': Cannot find field.'
+                f"Invalid JSON payload received. Unknown name \"{key}\" at '{where}': Cannot find field."
             )
         out[name] = value
     for name in sorted(required - set(out)):
@@ -114,12 +158,14 @@ class FakeGemini(FakeServer):
     def _error(self, status: int, message: str, reason: str | None = None) -> web.Response:
         body = self.error_body(status, message)
         if reason:
-            body["error"]["details"] = [{
-                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
-                "reason": reason,
-                "domain": "googleapis.com",
-                "metadata": {"service": "generativelanguage.googleapis.com"},
-            }]
+            body["error"]["details"] = [
+                {
+                    "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                    "reason": reason,
+                    "domain": "googleapis.com",
+                    "metadata": {"service": "generativelanguage.googleapis.com"},
+                }
+            ]
         return web.json_response(body, status=status)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
@@ -151,11 +197,13 @@ class FakeGemini(FakeServer):
         text, finish = self._generate(exchange, config)
         prompt_tokens = sum(len(t.split()) for _, t in exchange.turns) + len((exchange.system or "").split())
         reply = {
-            "candidates": [{
-                "content": {"parts": [{"text": text}], "role": "model"},
-                "finishReason": finish,
-                "index": 0,
-            }],
+            "candidates": [
+                {
+                    "content": {"parts": [{"text": text}], "role": "model"},
+                    "finishReason": finish,
+                    "index": 0,
+                }
+            ],
             "usageMetadata": {
                 "promptTokenCount": prompt_tokens,
                 "candidatesTokenCount": len(text.split()),
@@ -224,19 +272,20 @@ class FakeGemini(FakeServer):
             if "text" in part:
                 texts.append(check_type(part["text"], f"{where}[{j}].text", str))
             elif "inlineData" in part:
-                blob = _normalize(part["inlineData"], f"{where}[{j}].inline_data", {"mimeType", "data"},
-                                  {"mimeType", "data"})
+                blob = _normalize(
+                    part["inlineData"], f"{where}[{j}].inline_data", {"mimeType", "data"}, {"mimeType", "data"}
+                )
                 if not _MIME_IMAGE.match(blob["mimeType"]):
                     raise RequestInvalid(f"Unsupported MIME type: {blob['mimeType']}")
                 try:
                     base64.b64decode(blob["data"], validate=True)
                 except (binascii.Error, ValueError) as exc:
-                    raise RequestInvalid(f"Invalid value at '{where}[{j}].inline_data.data' (TYPE_BYTES), "
-                                         "Base64 decoding failed") from exc
+                    raise RequestInvalid(
+                        f"Invalid value at '{where}[{j}].inline_data.data' (TYPE_BYTES), Base64 decoding failed"
+                    ) from exc
                 images += 1
             elif "fileData" in part:
-                ref = _normalize(part["fileData"], f"{where}[{j}].file_data", {"mimeType", "fileUri"},
-                                 {"fileUri"})
+                ref = _normalize(part["fileData"], f"{where}[{j}].file_data", {"mimeType", "fileUri"}, {"fileUri"})
                 if not re.match(r"^(https?|gs)://", ref["fileUri"]):
                     raise RequestInvalid(f"Invalid file_uri: {ref['fileUri']}")
                 images += 1
@@ -285,12 +334,14 @@ def _check_schema(schema: Any, where: str) -> None:
     for key in schema:
         if key not in _SCHEMA_FIELDS:
             raise RequestInvalid(
-                f'Invalid JSON payload received. Unknown name "{key}" at \'{where}\': Cannot find field.'
+                f"Invalid JSON payload received. Unknown name \"{key}\" at '{where}': Cannot find field."
             )
     kind = schema.get("type")
     if kind is not None and str(kind).upper() not in _SCHEMA_TYPES:
-        raise RequestInvalid(f"Invalid value at '{where}.type' (type.googleapis.com/google.ai."
-                             f"generativelanguage.v1beta.Type), \"{kind}\"")
+        raise RequestInvalid(
+            f"Invalid value at '{where}.type' (type.googleapis.com/google.ai."
+            f'generativelanguage.v1beta.Type), "{kind}"'
+        )
     if kind is None and "anyOf" not in schema:
         raise RequestInvalid(f"* GenerateContentRequest.{where}.type: must be specified")
     for name, sub in (schema.get("properties") or {}).items():

@@ -36,7 +36,7 @@ from typing import Any
 from aiohttp import web
 
 from ._openai_chat import chat_completion, validate_chat_body
-from ._server import FakeServer, Handler, RequestInvalid, Responder, default_responder
+from ._server import RECORDED, FakeServer, Handler, RequestInvalid, Responder, default_responder
 
 _ENDPOINTS = {"/v1/chat/completions"}
 _LINE_FIELDS = {"custom_id", "method", "url", "body"}
@@ -53,9 +53,15 @@ class _File:
 
     def public(self) -> dict:
         return {
-            "id": self.id, "object": "file", "bytes": len(self.data), "created_at": self.created_at,
-            "filename": self.filename, "purpose": self.purpose, "status": "processed",
-            "expires_at": None, "status_details": None,
+            "id": self.id,
+            "object": "file",
+            "bytes": len(self.data),
+            "created_at": self.created_at,
+            "filename": self.filename,
+            "purpose": self.purpose,
+            "status": "processed",
+            "expires_at": None,
+            "status_details": None,
         }
 
 
@@ -102,8 +108,12 @@ class FakeOpenAIBatch(FakeServer):
         ]
 
     def error_body(self, status: int, message: str, code: str | None = None, param: str | None = None) -> Any:
-        kind = {401: "invalid_request_error", 404: "invalid_request_error", 429: "rate_limit_exceeded",
-                500: "server_error"}.get(status, "invalid_request_error")
+        kind = {
+            401: "invalid_request_error",
+            404: "invalid_request_error",
+            429: "rate_limit_exceeded",
+            500: "server_error",
+        }.get(status, "invalid_request_error")
         return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
     def _error(self, status: int, message: str, code: str | None = None, param: str | None = None) -> web.Response:
@@ -112,9 +122,12 @@ class FakeOpenAIBatch(FakeServer):
     def _auth(self, request: web.Request) -> web.Response | None:
         auth = request.headers.get("Authorization", "")
         if not auth.startswith("Bearer "):
-            return self._error(401, "You didn't provide an API key. You need to provide your API key in an "
-                               "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).")
-        if auth[len("Bearer "):] != self.api_key:
+            return self._error(
+                401,
+                "You didn't provide an API key. You need to provide your API key in an "
+                "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+            )
+        if auth[len("Bearer ") :] != self.api_key:
             return self._error(401, "Incorrect API key provided.", code="invalid_api_key")
         return None
 
@@ -127,7 +140,7 @@ class FakeOpenAIBatch(FakeServer):
             return denied
         if request.content_type != "multipart/form-data":
             return self._error(400, "Expected a multipart/form-data body with 'file' and 'purpose'.")
-        fields, files = _parse_multipart(request.headers["Content-Type"], request["recorded"].body)
+        fields, files = _parse_multipart(request.headers["Content-Type"], request[RECORDED].body)
         if "purpose" not in fields:
             return self._error(400, "Missing required parameter: 'purpose'.", param="purpose")
         if "file" not in files:
@@ -143,14 +156,19 @@ class FakeOpenAIBatch(FakeServer):
             if not filename.endswith(".jsonl"):
                 return self._error(400, "Invalid file format for Batch API. Must be .jsonl", param="file")
             if len(data) > self.max_bytes:
-                return self._error(400, f"File is too large: {len(data)} bytes, the maximum for a batch "
-                                   f"input file is {self.max_bytes} bytes.", param="file")
+                return self._error(
+                    400,
+                    f"File is too large: {len(data)} bytes, the maximum for a batch "
+                    f"input file is {self.max_bytes} bytes.",
+                    param="file",
+                )
             for number, line in enumerate(data.decode("utf-8").splitlines(), 1):
                 try:
                     json.loads(line)
                 except ValueError:
-                    return self._error(400, f"Invalid file format for Batch API. Line {number} is not valid "
-                                       "JSON.", param="file")
+                    return self._error(
+                        400, f"Invalid file format for Batch API. Line {number} is not valid JSON.", param="file"
+                    )
         file = _File(self._new_id("file-"), filename, purpose, data, int(time.time()))
         self.files[file.id] = file
         return web.json_response(file.public())
@@ -183,7 +201,7 @@ class FakeOpenAIBatch(FakeServer):
     async def _create(self, request: web.Request) -> web.Response:
         if (denied := self._auth(request)) is not None:
             return denied
-        body = request["recorded"].json
+        body = request[RECORDED].json
         if not isinstance(body, dict):
             return self._error(400, "We could not parse the JSON body of your request.")
         unknown = sorted(set(body) - _BATCH_FIELDS)
@@ -195,12 +213,18 @@ class FakeOpenAIBatch(FakeServer):
         if body["endpoint"] not in _ENDPOINTS:
             return self._error(400, f"Invalid value for 'endpoint': {body['endpoint']}.", param="endpoint")
         if body["completion_window"] not in self.completion_windows:
-            return self._error(400, f"Invalid value for 'completion_window': {body['completion_window']}. "
-                               f"Supported values are: {', '.join(self.completion_windows)}.",
-                               param="completion_window")
+            return self._error(
+                400,
+                f"Invalid value for 'completion_window': {body['completion_window']}. "
+                f"Supported values are: {', '.join(self.completion_windows)}.",
+                param="completion_window",
+            )
         metadata = body.get("metadata")
-        if metadata is not None and (not isinstance(metadata, dict) or len(metadata) > 16
-                                     or not all(isinstance(v, str) and len(v) <= 512 for v in metadata.values())):
+        if metadata is not None and (
+            not isinstance(metadata, dict)
+            or len(metadata) > 16
+            or not all(isinstance(v, str) and len(v) <= 512 for v in metadata.values())
+        ):
             return self._error(400, "Invalid 'metadata': at most 16 string pairs.", param="metadata")
         file = self.files.get(body["input_file_id"])
         if file is None:
@@ -209,12 +233,26 @@ class FakeOpenAIBatch(FakeServer):
             return self._error(400, "The input file must be uploaded with purpose 'batch'.", param="input_file_id")
         now = int(time.time())
         obj = {
-            "id": self._new_id("batch_"), "object": "batch", "endpoint": body["endpoint"], "errors": None,
-            "input_file_id": file.id, "completion_window": body["completion_window"], "status": "validating",
-            "output_file_id": None, "error_file_id": None, "created_at": now, "in_progress_at": None,
-            "expires_at": now + 86400, "finalizing_at": None, "completed_at": None, "failed_at": None,
-            "expired_at": None, "cancelling_at": None, "cancelled_at": None,
-            "request_counts": {"total": 0, "completed": 0, "failed": 0}, "metadata": metadata,
+            "id": self._new_id("batch_"),
+            "object": "batch",
+            "endpoint": body["endpoint"],
+            "errors": None,
+            "input_file_id": file.id,
+            "completion_window": body["completion_window"],
+            "status": "validating",
+            "output_file_id": None,
+            "error_file_id": None,
+            "created_at": now,
+            "in_progress_at": None,
+            "expires_at": now + 86400,
+            "finalizing_at": None,
+            "completed_at": None,
+            "failed_at": None,
+            "expired_at": None,
+            "cancelling_at": None,
+            "cancelled_at": None,
+            "request_counts": {"total": 0, "completed": 0, "failed": 0},
+            "metadata": metadata,
         }
         self.batches[obj["id"]] = _Batch(obj)
         return web.json_response(obj)
@@ -247,13 +285,18 @@ class FakeOpenAIBatch(FakeServer):
         after = request.query.get("after")
         if after:
             ids = [o["id"] for o in items]
-            items = items[ids.index(after) + 1:] if after in ids else []
+            items = items[ids.index(after) + 1 :] if after in ids else []
         limit = int(request.query.get("limit", "20"))
         page = items[:limit]
-        return web.json_response({
-            "object": "list", "data": page, "first_id": page[0]["id"] if page else None,
-            "last_id": page[-1]["id"] if page else None, "has_more": len(items) > limit,
-        })
+        return web.json_response(
+            {
+                "object": "list",
+                "data": page,
+                "first_id": page[0]["id"] if page else None,
+                "last_id": page[-1]["id"] if page else None,
+                "has_more": len(items) > limit,
+            }
+        )
 
     # -------------------------------------------------------------- processing
     def finish_all(self) -> None:
@@ -288,9 +331,14 @@ class FakeOpenAIBatch(FakeServer):
         models: set[str] = set()
         lines = [json.loads(line) for line in data.splitlines() if line.strip()]
         if len(lines) > self.max_requests:
-            return [{"code": "too_many_requests", "line": None, "param": None,
-                     "message": f"The batch input file has {len(lines)} requests; the limit is "
-                                f"{self.max_requests}."}]
+            return [
+                {
+                    "code": "too_many_requests",
+                    "line": None,
+                    "param": None,
+                    "message": f"The batch input file has {len(lines)} requests; the limit is {self.max_requests}.",
+                }
+            ]
         for number, line in enumerate(lines, 1):
             problem = None
             if not isinstance(line, dict) or set(line) != _LINE_FIELDS:
@@ -307,8 +355,14 @@ class FakeOpenAIBatch(FakeServer):
             if problem:
                 errors.append({"code": problem[0], "message": problem[1], "param": None, "line": number})
         if len(models) > 1:
-            errors.append({"code": "mixed_models", "param": "body.model", "line": None,
-                           "message": f"All requests in a batch must use the same model, got {sorted(models)}."})
+            errors.append(
+                {
+                    "code": "mixed_models",
+                    "param": "body.model",
+                    "line": None,
+                    "message": f"All requests in a batch must use the same model, got {sorted(models)}.",
+                }
+            )
         batch.lines = lines
         return errors
 
@@ -317,8 +371,7 @@ class FakeOpenAIBatch(FakeServer):
         failures: list[str] = []
         for line in batch.lines:
             request_id = self._new_id("req_")
-            record: dict[str, Any] = {"id": self._new_id("batch_req_"), "custom_id": line["custom_id"],
-                                      "error": None}
+            record: dict[str, Any] = {"id": self._new_id("batch_req_"), "custom_id": line["custom_id"], "error": None}
             try:
                 if line["custom_id"] in self.fail_custom_ids:
                     raise RequestInvalid("This request was rejected by the fake (fail_custom_ids).")
@@ -327,18 +380,31 @@ class FakeOpenAIBatch(FakeServer):
                 record["response"] = {"status_code": 200, "request_id": request_id, "body": reply}
                 outputs.append(json.dumps(record))
             except RequestInvalid as exc:
-                record["response"] = {"status_code": exc.status, "request_id": request_id,
-                                      "body": self.error_body(exc.status, str(exc))}
+                record["response"] = {
+                    "status_code": exc.status,
+                    "request_id": request_id,
+                    "body": self.error_body(exc.status, str(exc)),
+                }
                 failures.append(json.dumps(record))
         now = int(time.time())
         if outputs:
-            out = _File(self._new_id("file-"), "batch_output.jsonl", "batch_output",
-                        ("\n".join(reversed(outputs)) + "\n").encode(), now)
+            out = _File(
+                self._new_id("file-"),
+                "batch_output.jsonl",
+                "batch_output",
+                ("\n".join(reversed(outputs)) + "\n").encode(),
+                now,
+            )
             self.files[out.id] = out
             batch.obj["output_file_id"] = out.id
         if failures:
-            err = _File(self._new_id("file-"), "batch_errors.jsonl", "batch_output",
-                        ("\n".join(reversed(failures)) + "\n").encode(), now)
+            err = _File(
+                self._new_id("file-"),
+                "batch_errors.jsonl",
+                "batch_output",
+                ("\n".join(reversed(failures)) + "\n").encode(),
+                now,
+            )
             self.files[err.id] = err
             batch.obj["error_file_id"] = err.id
         batch.obj["request_counts"].update(completed=len(outputs), failed=len(failures))

@@ -43,17 +43,51 @@ from ._server import (
 )
 
 _REQUEST_FIELDS = {
-    "text", "input_ids", "input_embeds", "image_data", "audio_data", "video_data",
-    "sampling_params", "rid", "return_logprob", "logprob_start_len", "top_logprobs_num",
-    "token_ids_logprob", "return_text_in_logprobs", "stream", "lora_path",
-    "custom_logit_processor", "return_hidden_states", "modalities",
+    "text",
+    "input_ids",
+    "input_embeds",
+    "image_data",
+    "audio_data",
+    "video_data",
+    "sampling_params",
+    "rid",
+    "return_logprob",
+    "logprob_start_len",
+    "top_logprobs_num",
+    "token_ids_logprob",
+    "return_text_in_logprobs",
+    "stream",
+    "lora_path",
+    "custom_logit_processor",
+    "return_hidden_states",
+    "modalities",
 }
 _SAMPLING_FIELDS = {
-    "max_new_tokens", "stop", "stop_token_ids", "stop_regex", "temperature", "top_p", "top_k",
-    "min_p", "frequency_penalty", "presence_penalty", "repetition_penalty", "min_new_tokens",
-    "n", "json_schema", "regex", "ebnf", "structural_tag", "ignore_eos", "skip_special_tokens",
-    "spaces_between_special_tokens", "no_stop_trim", "custom_params", "stream_interval",
-    "logit_bias", "sampling_seed",
+    "max_new_tokens",
+    "stop",
+    "stop_token_ids",
+    "stop_regex",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "frequency_penalty",
+    "presence_penalty",
+    "repetition_penalty",
+    "min_new_tokens",
+    "n",
+    "json_schema",
+    "regex",
+    "ebnf",
+    "structural_tag",
+    "ignore_eos",
+    "skip_special_tokens",
+    "spaces_between_special_tokens",
+    "no_stop_trim",
+    "custom_params",
+    "stream_interval",
+    "logit_bias",
+    "sampling_seed",
 }
 _CHATML_TURN = re.compile(r"<\|im_start\|>(\w+)\n(.*?)<\|im_end\|>\n?", re.S)
 _LITERAL_CHOICE = re.compile(r"^\^?\(\?:?(.*)\)\$?$|^\^?\((.*)\)\$?$", re.S)
@@ -96,16 +130,18 @@ class FakeSGLang(FakeServer):
         else:
             finish = {"type": "stop", "matched": matched if matched is not None else 2}
         prompt_tokens = len(body["text"].split())
-        return web.json_response({
-            "text": text,
-            "meta_info": {
-                "id": body.get("rid") or f"sgl-{len(self.requests)}",
-                "finish_reason": finish,
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": len(text.split()),
-                "cached_tokens": 0,
-            },
-        })
+        return web.json_response(
+            {
+                "text": text,
+                "meta_info": {
+                    "id": body.get("rid") or f"sgl-{len(self.requests)}",
+                    "finish_reason": finish,
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": len(text.split()),
+                    "cached_tokens": 0,
+                },
+            }
+        )
 
     def _validate(self, body: Any) -> tuple[Exchange, dict]:
         check_keys(body, "GenerateReqInput", _REQUEST_FIELDS)
@@ -115,8 +151,13 @@ class FakeSGLang(FakeServer):
         if body.get("stream"):
             raise RequestInvalid("this fake serves only non-streaming requests")
         params = check_keys(body.get("sampling_params", {}), "sampling_params", _SAMPLING_FIELDS)
-        for name, lo, hi in (("temperature", 0.0, None), ("top_p", 0.0, 1.0), ("min_p", 0.0, 1.0),
-                             ("frequency_penalty", -2.0, 2.0), ("presence_penalty", -2.0, 2.0)):
+        for name, lo, hi in (
+            ("temperature", 0.0, None),
+            ("top_p", 0.0, 1.0),
+            ("min_p", 0.0, 1.0),
+            ("frequency_penalty", -2.0, 2.0),
+            ("presence_penalty", -2.0, 2.0),
+        ):
             if name in params:
                 check_range(params[name], f"sampling_params.{name}", lo, hi)
         if "max_new_tokens" in params:
@@ -143,9 +184,7 @@ class FakeSGLang(FakeServer):
     def _parse_prompt(self, prompt: str, n_images: int) -> Exchange:
         turns = [(role, text) for role, text in _CHATML_TURN.findall(prompt)]
         if not turns or not prompt.rstrip(" ").endswith("<|im_start|>assistant\n"):
-            raise RequestInvalid(
-                "prompt is not a chat-templated conversation ending with a generation prompt"
-            )
+            raise RequestInvalid("prompt is not a chat-templated conversation ending with a generation prompt")
         system = "\n".join(t for r, t in turns if r == "system") or None
         return Exchange(system=system, turns=[t for t in turns if t[0] != "system"], images=n_images)
 

@@ -29,14 +29,41 @@ from ._openai_chat import chat_completion, validate_chat_body
 from ._server import FakeServer, Handler, RequestInvalid, Responder, default_responder
 
 VERTEX_CHAT_PARAMS = {
-    "messages", "model", "max_completion_tokens", "max_tokens", "n", "frequency_penalty",
-    "presence_penalty", "reasoning_effort", "response_format", "seed", "stop", "stream",
-    "stream_options", "temperature", "top_p", "tools", "tool_choice", "user", "logprobs",
-    "top_logprobs", "extra_body", "modalities", "audio", "web_search_options",
+    "messages",
+    "model",
+    "max_completion_tokens",
+    "max_tokens",
+    "n",
+    "frequency_penalty",
+    "presence_penalty",
+    "reasoning_effort",
+    "response_format",
+    "seed",
+    "stop",
+    "stream",
+    "stream_options",
+    "temperature",
+    "top_p",
+    "tools",
+    "tool_choice",
+    "user",
+    "logprobs",
+    "top_logprobs",
+    "extra_body",
+    "modalities",
+    "audio",
+    "web_search_options",
 }
 
-_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
-           404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE"}
+_STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+}
 
 
 class FakeVertex(FakeServer):
@@ -74,7 +101,7 @@ class FakeVertex(FakeServer):
         if info["version"] not in ("v1", "v1beta1"):
             return self._error(404, f"API version {info['version']} not found.")
         auth = request.headers.get("Authorization", "")
-        token = auth[len("Bearer "):] if auth.startswith("Bearer ") else ""
+        token = auth[len("Bearer ") :] if auth.startswith("Bearer ") else ""
         self.tokens_seen.append(token)
         if token not in self.valid_tokens:
             return self._error(

@@ -105,9 +105,7 @@ class AnthropicInferenceEngine(RemoteEngine):
         remote_params: RemoteParams | None = None,
         strict: bool = False,
     ) -> None:
-        super().__init__(
-            model_params, generation_params=generation_params, remote_params=remote_params, strict=strict
-        )
+        super().__init__(model_params, generation_params=generation_params, remote_params=remote_params, strict=strict)
         params = remote_params or RemoteParams()
         if not self._secrets and not params.api_url:
             raise AuthenticationError(self._missing_key_message(params), kind="authentication")

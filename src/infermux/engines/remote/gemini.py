@@ -26,14 +26,21 @@ from infermux.engines.capabilities import Capabilities
 from infermux.engines.remote.base import RemoteEngine
 from infermux.engines.remote.json_schema import to_gemini_schema
 from infermux.engines.remote.media import image_payload
-from infermux.engines.remote.transport import HttpRequest, default_error_message
+from infermux.engines.remote.transport import default_error_message
 from infermux.errors import RowError
 from infermux.types import Conversation, Message, Role
 
 __all__ = ["GoogleGeminiInferenceEngine", "build_contents", "generation_config"]
 
-_FINISH = {"STOP": "stop", "MAX_TOKENS": "length", "SAFETY": "content_filter", "RECITATION": "content_filter",
-           "BLOCKLIST": "content_filter", "PROHIBITED_CONTENT": "content_filter", "SPII": "content_filter"}
+_FINISH = {
+    "STOP": "stop",
+    "MAX_TOKENS": "length",
+    "SAFETY": "content_filter",
+    "RECITATION": "content_filter",
+    "BLOCKLIST": "content_filter",
+    "PROHIBITED_CONTENT": "content_filter",
+    "SPII": "content_filter",
+}
 _MAX_STOPS = 5
 
 
@@ -118,8 +125,11 @@ def parse_candidate(data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     prompt, completion = int(usage.get("promptTokenCount") or 0), int(usage.get("candidatesTokenCount") or 0)
     reason = first.get("finishReason")
     metadata: dict[str, Any] = {
-        "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
-                  "total_tokens": int(usage.get("totalTokenCount") or prompt + completion)},
+        "usage": {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": int(usage.get("totalTokenCount") or prompt + completion),
+        },
         "finish_reason": _FINISH.get(reason or "", (reason or "").lower() or None),
         "model": data.get("modelVersion"),
     }
@@ -169,9 +179,6 @@ class GoogleGeminiInferenceEngine(RemoteEngine):
         if system is not None:
             body["systemInstruction"] = system
         return body
-
-    def build_request(self, conversation: Conversation, generation: GenerationParams) -> HttpRequest:
-        return HttpRequest.json(self.url, self.build_body(conversation, generation), self.headers)
 
     def parse_reply(self, conversation: Conversation, data: Any) -> Conversation:
         text, metadata = parse_candidate(data)

@@ -39,7 +39,7 @@ def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
         ref = node.get("$ref")
         if isinstance(ref, str):
             if ref in trail:
-                cycle = " -> ".join((*trail[trail.index(ref):], ref))
+                cycle = " -> ".join((*trail[trail.index(ref) :], ref))
                 raise ValueError(f"the JSON schema is recursive ({cycle}); this provider needs it inlined")
             if ref not in defs:
                 raise ValueError(f"the JSON schema refers to {ref!r}, which it does not define")

@@ -94,5 +94,5 @@ def _from_data_url(url: str) -> ImagePayload:
         data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
         raise ValueError("the data: image URL does not hold valid base64") from None
-    declared = header[len("data:"):].split(";", 1)[0] or None
+    declared = header[len("data:") :].split(";", 1)[0] or None
     return ImagePayload(data=data, media_type=sniff_image_type(data) or declared)

@@ -1,0 +1,186 @@
+"""ANTHROPIC: request shape and errors against the Anthropic fake; real generations via `vllm serve`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from infermux.configs import GenerationParams, InferenceConfig, ModelParams, RemoteParams
+from infermux.configs.generation_params import GuidedDecodingParams
+from infermux.engines.remote.anthropic import AnthropicInferenceEngine, build_messages
+from infermux.errors import AuthenticationError, ConfigError
+from infermux.types import ContentItem, Conversation, Message, Role, Type
+from tests.fakes import FakeAnthropic, tiny_png
+
+KEY = "sk-ant-test"
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeAnthropic]:
+    with FakeAnthropic(api_key=KEY) as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def _clean(fake: FakeAnthropic) -> None:
+    fake.clear()
+
+
+def engine(url: str, key: str | None = KEY, **generation: object) -> AnthropicInferenceEngine:
+    remote = RemoteParams(api_url=url, api_key=key, max_retries=2, retry_backoff_base=0.01, num_workers=4)
+    return AnthropicInferenceEngine(
+        ModelParams(model_name="claude-test"), generation_params=GenerationParams(**generation), remote_params=remote
+    )
+
+
+def conv(*turns: tuple[Role, str | list[ContentItem]]) -> Conversation:
+    return Conversation(messages=[Message(role=r, content=c) for r, c in turns])
+
+
+def test_system_multi_turn_image_and_stop_strings_reach_the_api(fake: FakeAnthropic) -> None:
+    png = tiny_png()
+    conversation = conv(
+        (Role.SYSTEM, "You are terse."),
+        (Role.USER, "Hello."),
+        (Role.ASSISTANT, "Hi."),
+        (Role.SYSTEM, "Answer in English."),
+        (
+            Role.USER,
+            [ContentItem(type=Type.TEXT, content="What is this?"), ContentItem(type=Type.IMAGE_BINARY, binary=png)],
+        ),
+        (Role.USER, "Be brief."),
+    )
+    [answer] = engine(fake.url, max_new_tokens=64, stop_strings=["| last"]).infer([conversation])
+
+    body = fake.requests[0].json
+    assert fake.requests[0].path == "/v1/messages"
+    assert fake.requests[0].header("x-api-key") == KEY
+    assert fake.requests[0].header("anthropic-version") == "2023-06-01"
+    assert body["system"] == "You are terse.\n\nAnswer in English."
+    assert [m["role"] for m in body["messages"]] == ["user", "assistant", "user"]
+    last = body["messages"][2]["content"]  # the two consecutive user turns, merged
+    assert [b["type"] for b in last] == ["text", "image", "text"]
+    assert last[1]["source"]["type"] == "base64" and last[1]["source"]["media_type"] == "image/png"
+    assert body["max_tokens"] == 64 and body["stop_sequences"] == ["| last"] and body["temperature"] == 0.0
+    assert "top_p" not in body
+    # The fake's reply echoes what it understood; the stop string cut it.
+    assert answer.last_message.role == Role.ASSISTANT
+    assert answer.last_message.text == "system=You are terse.\n\nAnswer in English. | turns=3 | images=1 "
+    assert answer.metadata["stop_reason"] == "stop_sequence"
+    assert answer.metadata["finish_reason"] == "stop"
+    assert answer.metadata["usage"]["completion_tokens"] > 0
+
+
+def test_image_urls_are_url_sources_and_top_p_alone_is_sent_without_temperature(fake: FakeAnthropic) -> None:
+    conversation = conv(
+        (
+            Role.USER,
+            [
+                ContentItem(type=Type.IMAGE_URL, content="https://example.com/cat.png"),
+                ContentItem(type=Type.TEXT, content="describe"),
+            ],
+        )
+    )
+    [answer] = engine(fake.url, top_p=0.5).infer([conversation])
+    body = fake.requests[0].json
+    assert body["messages"][0]["content"][0] == {
+        "type": "image",
+        "source": {"type": "url", "url": "https://example.com/cat.png"},
+    }
+    assert body["top_p"] == 0.5 and "temperature" not in body
+    assert "images=1" in answer.last_message.text
+
+
+def test_guided_json_becomes_output_config(fake: FakeAnthropic) -> None:
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    gen = GenerationParams(guided_decoding=GuidedDecodingParams(json=schema))
+    eng = AnthropicInferenceEngine(
+        ModelParams(model_name="claude-test"),
+        generation_params=gen,
+        remote_params=RemoteParams(api_url=fake.url, api_key=KEY),
+    )
+    [answer] = eng.infer([conv((Role.USER, "Where?"))])
+    assert fake.requests[0].json["output_config"] == {"format": {"type": "json_schema", "schema": schema}}
+    assert json.loads(answer.last_message.text) == {"city": "text"}
+
+
+def test_wrong_key_fails_rows_with_a_message_naming_the_variable(fake: FakeAnthropic) -> None:
+    [answer] = engine(fake.url, key="sk-ant-wrong").infer([conv((Role.USER, "hi"))])
+    error = answer.metadata["error"]
+    assert error["kind"] == "authentication" and error["status"] == 401
+    assert "invalid x-api-key" in error["message"] and "ANTHROPIC_API_KEY" in error["message"]
+    assert "sk-ant-wrong" not in error["message"]
+    assert len(fake.requests) == 1  # not retried
+
+
+def test_missing_key_for_anthropic_itself_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    with pytest.raises(AuthenticationError, match="ANTHROPIC_API_KEY"):
+        AnthropicInferenceEngine(ModelParams(model_name="claude-test"))
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-from-env")
+    eng = AnthropicInferenceEngine(ModelParams(model_name="claude-test"))
+    assert eng.url == "https://api.anthropic.com/v1/messages"
+    assert "sk-from-env" not in repr(eng) and "sk-from-env" not in repr(eng.headers)
+
+
+def test_bad_request_fails_only_that_row_with_the_providers_message(fake: FakeAnthropic, tmp_path: Path) -> None:
+    rows = [conv((Role.USER, f"question {i}")) for i in range(3)]
+    rows[1] = conv((Role.ASSISTANT, [ContentItem(type=Type.IMAGE_BINARY, binary=tiny_png())]))
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps(r.to_json_dict()) + "\n" for r in rows))
+    eng = engine(fake.url, max_new_tokens=32)
+    answers = eng.infer(inference_config=InferenceConfig(model=eng.model_params, input_path=str(inp)))
+    assert [a.last_message.role for a in answers] == [Role.ASSISTANT, Role.ASSISTANT, Role.ASSISTANT]
+    assert answers[0].last_message.text.endswith("last=question 0")
+    assert answers[2].last_message.text.endswith("last=question 2")
+    error = answers[1].metadata["error"]
+    assert error["status"] == 400 and "image blocks are only allowed in user turns" in error["message"]
+    assert eng.last_report is not None and eng.last_report.failed == 1
+
+
+@pytest.mark.parametrize(("status", "headers"), [(429, {"retry-after": "0"}), (529, {}), (500, {})])
+def test_rate_limits_and_overload_are_retried(fake: FakeAnthropic, status: int, headers: dict[str, str]) -> None:
+    fake.fail_next(status, "try later", headers=headers)
+    [answer] = engine(fake.url).infer([conv((Role.USER, "hi"))])
+    assert "error" not in answer.metadata
+    assert answer.last_message.text.endswith("last=hi")
+    assert len(fake.requests) == 2
+
+
+def test_overload_that_persists_fails_the_row_as_retryable(fake: FakeAnthropic) -> None:
+    fake.fail_next(529, "Overloaded", times=10)
+    [answer] = engine(fake.url).infer([conv((Role.USER, "hi"))])
+    error = answer.metadata["error"]
+    assert error["status"] == 529 and error["retryable"] and "Overloaded" in error["message"]
+    assert len(fake.requests) == 3  # first attempt + max_retries=2
+
+
+def test_temperature_above_one_is_rejected_up_front() -> None:
+    with pytest.raises(ConfigError, match="between 0 and 1"):
+        engine("http://127.0.0.1:9", temperature=1.5)
+
+
+def test_tool_messages_are_an_unsupported_row(fake: FakeAnthropic) -> None:
+    [answer] = engine(fake.url).infer([conv((Role.USER, "hi"), (Role.TOOL, "42"))])
+    assert answer.metadata["error"]["kind"] == "unsupported_input"
+    assert fake.requests == []
+
+
+def test_build_messages_needs_a_turn() -> None:
+    with pytest.raises(ValueError, match="no user or assistant message"):
+        build_messages(conv((Role.SYSTEM, "only a system prompt")))
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("http://h:1", "http://h:1/v1/messages"),
+        ("http://h:1/v1/", "http://h:1/v1/messages"),
+        ("http://h:1/v1/messages", "http://h:1/v1/messages"),
+    ],
+)
+def test_api_url_forms(given: str, expected: str) -> None:
+    assert engine(given).url == expected
