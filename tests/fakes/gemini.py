@@ -321,7 +321,10 @@ class FakeGemini(FakeServer):
         return schema
 
     def _generate(self, exchange: Exchange, config: dict) -> tuple[str, str]:
-        text = self.responder(exchange)
+        if config.get("responseMimeType") == "text/x.enum":  # enum output is the bare value
+            text = str((exchange.schema or {}).get("enum", [""])[0])
+        else:
+            text = self.responder(exchange)
         text, stop = apply_stops(text, config.get("stopSequences"))
         text, truncated = truncate_words(text, config.get("maxOutputTokens"))
         return text, "MAX_TOKENS" if truncated and stop is None else "STOP"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_serializer, field_validator, model_validator
 
 from infermux.configs._base import ConfigModel
 
@@ -35,6 +35,13 @@ class GuidedDecodingParams(ConfigModel):
         if self.choice is not None and not self.choice:
             raise ValueError("guided_decoding.choice must list at least one string")
         return self
+
+    @field_serializer("json_schema_")
+    def _serialize_json(self, value: Any) -> Any:
+        # A pydantic model class is kept as given but dumped (configs, fingerprints) as its schema.
+        if isinstance(value, type) and hasattr(value, "model_json_schema"):
+            return value.model_json_schema()
+        return value
 
     def _value(self, kind: str) -> Any:
         return self.json_schema_ if kind == "json" else getattr(self, kind)
