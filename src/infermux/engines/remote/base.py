@@ -9,7 +9,9 @@ the protocol seam:
 * ``build_body(conversation, generation)``: the JSON body of one request;
 * ``parse_reply(conversation, data)``: the answered conversation from the decoded JSON reply (raise
   ``ValueError``/``KeyError``/``TypeError`` on a malformed reply: it is retried);
-* optionally ``error_message(status, body)`` and ``build_request`` (when the URL varies per row).
+* optionally ``error_message(status, body)`` and ``build_request`` (when the URL varies per row);
+* optionally, to stream in chat, ``build_stream_request`` and ``stream_decoder`` (see
+  :mod:`infermux.engines.remote.sse`), with ``Capabilities(streaming=True)``.
 
 Retries, rate limits, concurrency and redaction belong to :mod:`infermux.engines.remote.transport`;
 resume, ordering and output belong to the batch loop.
@@ -19,12 +21,14 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
 from infermux.configs.generation_params import GenerationParams
 from infermux.configs.model_params import ModelParams
 from infermux.configs.remote_params import RemoteParams
-from infermux.engines.base import InferenceEngine
+from infermux.engines.base import InferenceEngine, StreamEvent
+from infermux.engines.remote.sse import StreamDecoder
 from infermux.engines.remote.transport import (
     HttpRequest,
     Transport,
@@ -32,7 +36,7 @@ from infermux.engines.remote.transport import (
     default_error_message,
     redact,
 )
-from infermux.errors import AuthenticationError, ConfigError, InfermuxError, RemoteError, RowError
+from infermux.errors import AuthenticationError, ConfigError, InfermuxError, InputError, RemoteError, RowError
 from infermux.types import Conversation
 
 __all__ = ["RemoteEngine", "SecretHeaders"]
@@ -74,9 +78,7 @@ class RemoteEngine(InferenceEngine):
         remote_params: RemoteParams | None = None,
         strict: bool = False,
     ) -> None:
-        super().__init__(
-            model_params, generation_params=generation_params, remote_params=remote_params, strict=strict
-        )
+        super().__init__(model_params, generation_params=generation_params, remote_params=remote_params, strict=strict)
         params = remote_params or RemoteParams()
         overrides: dict[str, Any] = {}
         if "num_workers" not in params.model_fields_set:
@@ -169,6 +171,57 @@ class RemoteEngine(InferenceEngine):
             except RemoteError as exc:
                 results.append(exc.to_row_error())
         return results
+
+    # ------------------------------------------------------------------ streaming (chat)
+    def build_stream_request(self, conversation: Conversation, generation: GenerationParams) -> HttpRequest:
+        """The request for a streamed answer. Protocols that stream implement it, together with
+        :meth:`stream_decoder`, and declare ``Capabilities(streaming=True)``."""
+        raise NotImplementedError
+
+    def stream_decoder(self, conversation: Conversation) -> StreamDecoder:
+        """The decoder of this protocol's streamed events."""
+        raise NotImplementedError
+
+    async def astream(
+        self, conversation: Conversation, generation: GenerationParams | None = None
+    ) -> AsyncIterator[StreamEvent]:
+        """Stream one answer over server-sent events (engines without streaming answer at once)."""
+        if not self.capabilities.streaming:
+            async for whole in super().astream(conversation, generation):
+                yield whole
+            return
+        generation = generation or self.generation_params
+        problem = self.check_conversation(conversation)
+        if problem is not None:
+            raise InputError(problem.message)
+        await self._start_job()
+        try:
+            assert self._transport is not None
+            try:
+                request = self.build_stream_request(conversation, generation)
+            except (ValueError, OSError) as exc:
+                raise InputError(redact(str(exc), self._secrets)) from None
+            decoder = self.stream_decoder(conversation)
+            events = self._transport.stream(request)
+            try:
+                async for event in events:
+                    try:
+                        delta = decoder.feed(event)
+                    except (ValueError, KeyError, TypeError, IndexError) as exc:
+                        raise RemoteError(
+                            f"unparsable streamed event ({type(exc).__name__}: {exc}): {event.data[:200]!r}",
+                            kind="malformed_response",
+                        ) from None
+                    if delta:
+                        yield StreamEvent(delta=delta)
+                    if decoder.done:
+                        break
+            finally:
+                await events.aclose()  # type: ignore[attr-defined]
+            result = decoder.result()
+        finally:
+            await self._end_job()
+        yield StreamEvent(conversation=result, metadata=dict(result.metadata))
 
     def __repr__(self) -> str:
         return f"{self.name}(model={self.model_params.model_name!r}, url={redact(self.url, self._secrets)!r})"

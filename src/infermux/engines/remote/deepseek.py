@@ -21,10 +21,9 @@ class DeepSeekInferenceEngine(RemoteInferenceEngine):
 
     engine_type = InferenceEngineType.DEEPSEEK
     capabilities: ClassVar[Capabilities] = Capabilities(
-        generation_params=frozenset(
-            {"temperature", "top_p", "frequency_penalty", "presence_penalty", "stop_strings"}
-        ),
+        generation_params=frozenset({"temperature", "top_p", "frequency_penalty", "presence_penalty", "stop_strings"}),
         notes=("deepseek-reasoner accepts but ignores temperature, top_p and the penalties",),
+        streaming=True,
     )
     default_api_url = "https://api.deepseek.com/v1"
     api_key_env = "DEEPSEEK_API_KEY"

@@ -16,7 +16,7 @@ class LambdaInferenceEngine(RemoteInferenceEngine):
 
     engine_type = InferenceEngineType.LAMBDA
     capabilities: ClassVar[Capabilities] = Capabilities(
-        generation_params=OPENAI_PARAMS, guided_decoding=frozenset({"json"}), images=True
+        generation_params=OPENAI_PARAMS, guided_decoding=frozenset({"json"}), images=True, streaming=True
     )
     default_api_url = "https://api.lambda.ai/v1"
     api_key_env = "LAMBDA_API_KEY"

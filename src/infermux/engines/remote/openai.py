@@ -53,6 +53,7 @@ class OpenAIInferenceEngine(RemoteInferenceEngine):
         guided_decoding=frozenset({"json"}),
         images=True,
         notes=("reasoning models (o1/o3/o4/gpt-5) ignore temperature, top_p, penalties, logit_bias, stop",),
+        streaming=True,
     )
     default_api_url = "https://api.openai.com/v1"
     api_key_env = "OPENAI_API_KEY"
@@ -87,8 +88,7 @@ class OpenAIInferenceEngine(RemoteInferenceEngine):
             return super().encode_messages(conversation)
         if not _NO_SYSTEM.match(self.served_model_name().lower()):
             return [
-                encode_message(m, role="developer" if m.role == Role.SYSTEM else None)
-                for m in conversation.messages
+                encode_message(m, role="developer" if m.role == Role.SYSTEM else None) for m in conversation.messages
             ]
         system = "\n\n".join(m.text for m in conversation.messages if m.role == Role.SYSTEM)
         out: list[dict[str, Any]] = []

@@ -7,6 +7,8 @@ a provider has quirks, :meth:`RemoteInferenceEngine.adjust_body`.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from typing import Any, ClassVar
 
 from infermux.configs.engine_type import InferenceEngineType
@@ -19,6 +21,8 @@ from infermux.engines.remote.openai_format import (
     generation_fields,
     reply,
 )
+from infermux.engines.remote.openai_stream import ChatCompletionStream
+from infermux.engines.remote.transport import HttpRequest
 from infermux.types import Conversation
 
 __all__ = ["OPENAI_PARAMS", "RemoteInferenceEngine"]
@@ -37,6 +41,7 @@ class RemoteInferenceEngine(RemoteEngine):
         generation_params=OPENAI_PARAMS | {"min_p", "stop_token_ids"},
         guided_decoding=frozenset({"json"}),
         images=True,
+        streaming=True,
         notes=("min_p and stop_token_ids are sent as extra fields; servers that do not know them may reject them",),
     )
     requires_api_key = False
@@ -85,3 +90,18 @@ class RemoteInferenceEngine(RemoteEngine):
 
     def parse_reply(self, conversation: Conversation, data: Any) -> Conversation:
         return reply(conversation, data)
+
+    # ------------------------------------------------------------------ streaming (chat)
+    #: Ask for token usage in the last streamed chunk (``stream_options.include_usage``).
+    stream_usage: ClassVar[bool] = True
+
+    def build_stream_request(self, conversation: Conversation, generation: GenerationParams) -> HttpRequest:
+        request = self.build_request(conversation, generation)
+        body = json.loads(request.body)
+        body["stream"] = True
+        if self.stream_usage:
+            body["stream_options"] = {"include_usage": True}
+        return dataclasses.replace(request, body=json.dumps(body, ensure_ascii=False).encode())
+
+    def stream_decoder(self, conversation: Conversation) -> ChatCompletionStream:
+        return ChatCompletionStream(conversation)

@@ -16,7 +16,7 @@ class ParasailInferenceEngine(RemoteInferenceEngine):
 
     engine_type = InferenceEngineType.PARASAIL
     capabilities: ClassVar[Capabilities] = Capabilities(
-        generation_params=OPENAI_PARAMS, guided_decoding=frozenset({"json"}), images=True
+        generation_params=OPENAI_PARAMS, guided_decoding=frozenset({"json"}), images=True, streaming=True
     )
     default_api_url = "https://api.parasail.io/v1"
     api_key_env = "PARASAIL_API_KEY"

@@ -28,6 +28,7 @@ class RemoteVLLMInferenceEngine(RemoteInferenceEngine):
         guided_decoding=frozenset({"json", "regex", "choice"}),
         images=True,
         lora=True,
+        streaming=True,
     )
     requires_api_key = False
     default_num_workers = 32

@@ -17,7 +17,7 @@ class SambanovaInferenceEngine(RemoteInferenceEngine):
 
     engine_type = InferenceEngineType.SAMBANOVA
     capabilities: ClassVar[Capabilities] = Capabilities(
-        generation_params=frozenset({"temperature", "top_p", "stop_strings"}), images=True
+        generation_params=frozenset({"temperature", "top_p", "stop_strings"}), images=True, streaming=True
     )
     default_api_url = "https://api.sambanova.ai/v1"
     api_key_env = "SAMBANOVA_API_KEY"

@@ -19,6 +19,7 @@ class TogetherInferenceEngine(RemoteInferenceEngine):
         generation_params=OPENAI_PARAMS | {"min_p"},
         guided_decoding=frozenset({"json"}),
         images=True,
+        streaming=True,
     )
     default_api_url = "https://api.together.xyz/v1"
     api_key_env = "TOGETHER_API_KEY"

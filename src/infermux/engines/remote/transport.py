@@ -52,6 +52,7 @@ from typing import Any, Generic, TypeVar
 
 import aiohttp
 
+from infermux.engines.remote.sse import SseEvent, iter_sse
 from infermux.errors import AuthenticationError, RemoteError, RowError
 
 __all__ = [
@@ -165,16 +166,10 @@ def parse_retry_hint(headers: Mapping[str, str]) -> float | None:
                 when = None
             if when is not None:
                 return _clamp(when.timestamp() - time.time())
-    resets = {
-        k.removeprefix("x-ratelimit-reset-"): v
-        for k, v in lower.items()
-        if k.startswith("x-ratelimit-reset")
-    }
+    resets = {k.removeprefix("x-ratelimit-reset-"): v for k, v in lower.items() if k.startswith("x-ratelimit-reset")}
     if not resets:
         return None
-    exhausted = [
-        resets[name] for name in resets if lower.get(f"x-ratelimit-remaining-{name}", "").strip() == "0"
-    ]
+    exhausted = [resets[name] for name in resets if lower.get(f"x-ratelimit-remaining-{name}", "").strip() == "0"]
     parsed = [d for d in (_parse_duration(v) for v in (exhausted or resets.values())) if d is not None]
     if not parsed:
         return None
@@ -327,7 +322,6 @@ class Transport(Generic[T]):
 
     async def send(self, request: HttpRequest, parse: Callable[[Any], T]) -> T:
         """Send ``request`` until it succeeds and ``parse`` accepts the JSON reply, or retries run out."""
-        settings = self.settings
         failures = 0
         started = time.monotonic()
         while True:
@@ -337,23 +331,80 @@ class Transport(Generic[T]):
                 result = await self._attempt(request, parse)
             except _Attempt as attempt:
                 self.limiter.release()
-                if attempt.overload:
-                    self.limiter.on_overload()
-                waited = time.monotonic() - started
-                if attempt.rate_limited:
-                    self.stats["rate_limited"] += 1
-                    if not attempt.retry or waited > settings.rate_limit_budget_s:
-                        raise self._final(attempt, failures, waited) from None
-                else:
-                    failures += 1
-                    if not attempt.retry or failures > settings.max_retries:
-                        raise self._final(attempt, failures, waited) from None
-                self.stats["retries"] += 1
-                await asyncio.sleep(self._delay(attempt, failures))
+                failures = await self._after_failure(attempt, failures, started)
                 continue
             self.limiter.release()
             self.limiter.on_success()
             return result
+
+    async def _after_failure(self, attempt: _Attempt, failures: int, started: float) -> int:
+        """Wait before the next try and return the new failure count; raise when there is none."""
+        if attempt.overload:
+            self.limiter.on_overload()
+        waited = time.monotonic() - started
+        if attempt.rate_limited:
+            self.stats["rate_limited"] += 1
+            if not attempt.retry or waited > self.settings.rate_limit_budget_s:
+                raise self._final(attempt, failures, waited) from None
+        else:
+            failures += 1
+            if not attempt.retry or failures > self.settings.max_retries:
+                raise self._final(attempt, failures, waited) from None
+        self.stats["retries"] += 1
+        await asyncio.sleep(self._delay(attempt, failures))
+        return failures
+
+    async def stream(self, request: HttpRequest) -> AsyncIterator[SseEvent]:
+        """Send ``request`` and yield the server-sent events of the reply as they arrive.
+
+        Failures before the reply starts are retried like :meth:`send`; once events flow, a broken
+        stream raises :class:`RemoteError` (what was already shown cannot be taken back). The read
+        timeout applies between chunks, not to the whole answer. Closing the iterator early closes the
+        connection, which tells the server to stop generating.
+        """
+        assert self._session is not None, "use the transport inside `async with`"
+        failures = 0
+        started = time.monotonic()
+        ct = self.settings.connection_timeout
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=ct, sock_read=ct)
+        while True:
+            await self._wait_rate_pause()
+            await self.limiter.acquire()
+            self.stats["requests"] += 1
+            try:
+                resp = await self._session.request(
+                    request.method, request.url, data=request.body, headers=request.headers, timeout=timeout
+                )
+                if resp.status >= 400:
+                    body = await resp.read()
+                    resp.release()
+                    raise self._status_failure(resp.status, body, resp.headers)
+            except (asyncio.TimeoutError, *_CONNECTION_ERRORS) as exc:
+                self.limiter.release()
+                attempt = _Attempt("connection_error", f"{type(exc).__name__}: {exc}", retry=True)
+                failures = await self._after_failure(attempt, failures, started)
+                continue
+            except _Attempt as attempt:
+                self.limiter.release()
+                failures = await self._after_failure(attempt, failures, started)
+                continue
+            break
+        finished = False
+        try:
+            async for event in iter_sse(resp.content):
+                yield event
+            finished = True
+            self.limiter.on_success()
+        except (asyncio.TimeoutError, *_CONNECTION_ERRORS) as exc:
+            raise RemoteError(
+                f"the answer stream broke off ({type(exc).__name__}: {exc})", retryable=True, kind="connection_error"
+            ) from None
+        finally:
+            self.limiter.release()
+            if finished:
+                resp.release()
+            else:
+                resp.close()
 
     async def _attempt(self, request: HttpRequest, parse: Callable[[Any], T]) -> T:
         assert self._session is not None, "use the transport inside `async with`"

@@ -1,0 +1,72 @@
+"""Streamed OpenAI chat completions: ``chat.completion.chunk`` events in, text deltas and the answer out.
+
+Each event's ``data`` is a chunk whose ``choices[0].delta`` carries the next piece of ``content`` (and,
+on reasoning servers, ``reasoning_content``/``reasoning``); the chunk with a ``finish_reason`` ends the
+choice; with ``stream_options.include_usage`` a last chunk with empty ``choices`` carries ``usage``;
+``data: [DONE]`` ends the stream. An ``{"error": ...}`` object inside the stream is a failure.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from infermux.engines.remote.sse import SseEvent
+from infermux.errors import RemoteError
+from infermux.types import Conversation
+
+__all__ = ["ChatCompletionStream"]
+
+_USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
+
+
+class ChatCompletionStream:
+    """Decoder (see :class:`~infermux.engines.remote.sse.StreamDecoder`) for one streamed answer."""
+
+    def __init__(self, conversation: Conversation) -> None:
+        self.conversation = conversation
+        self.done = False
+        self._text: list[str] = []
+        self._reasoning: list[str] = []
+        self._metadata: dict[str, Any] = {"finish_reason": None, "model": None}
+
+    def feed(self, event: SseEvent) -> str:
+        if event.data.strip() == "[DONE]":
+            self.done = True
+            return ""
+        data = json.loads(event.data)
+        if not isinstance(data, dict):
+            raise TypeError(f"expected a JSON object, got {type(data).__name__}")
+        error = data.get("error")
+        if error:
+            message = error.get("message") if isinstance(error, dict) else str(error)
+            raise RemoteError(f"the server failed mid-answer: {message}", kind="http_error")
+        if data.get("model"):
+            self._metadata["model"] = data["model"]
+        usage = data.get("usage")
+        if isinstance(usage, dict):
+            self._metadata["usage"] = {k: usage[k] for k in _USAGE_KEYS if k in usage}
+        choices = data.get("choices") or []
+        if not choices:
+            return ""
+        choice = choices[0]
+        # "message" instead of "delta": a server that ignored stream=true and answered at once.
+        delta = choice.get("delta") or choice.get("message") or {}
+        if choice.get("finish_reason"):
+            self._metadata["finish_reason"] = choice["finish_reason"]
+        reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+        if reasoning:
+            self._reasoning.append(reasoning)
+        content = delta.get("content")
+        if content is None:
+            return ""
+        if not isinstance(content, str):
+            raise TypeError(f"delta.content is {type(content).__name__}, expected a string")
+        self._text.append(content)
+        return content
+
+    def result(self) -> Conversation:
+        metadata = dict(self._metadata)
+        if self._reasoning:
+            metadata["reasoning_content"] = "".join(self._reasoning)
+        return self.conversation.with_reply("".join(self._text), metadata)

@@ -1,0 +1,80 @@
+"""Server-sent events framing and the OpenAI chunk decoder, on byte streams as servers send them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+
+from infermux.engines.remote.openai_stream import ChatCompletionStream
+from infermux.engines.remote.sse import SseEvent, iter_sse
+from infermux.errors import RemoteError
+from infermux.types import Conversation
+
+
+async def _lines(raw: bytes) -> AsyncIterator[bytes]:
+    for line in raw.splitlines(keepends=True):
+        yield line
+
+
+def parse(raw: bytes) -> list[SseEvent]:
+    async def collect() -> list[SseEvent]:
+        return [e async for e in iter_sse(_lines(raw))]
+
+    return asyncio.run(collect())
+
+
+def test_sse_framing_follows_the_standard() -> None:
+    raw = (
+        b": keep-alive comment\r\n\r\n"
+        b"data: one\r\n\r\n"
+        b"event: content_block_delta\ndata: {\"a\":\ndata: 1}\n\n"
+        b"data:no-space\n\n"
+        b"id: 7\nretry: 100\n\n"
+        b"data: tail without blank line"
+    )
+    assert parse(raw) == [
+        SseEvent("one"),
+        SseEvent('{"a":\n1}', "content_block_delta"),
+        SseEvent("no-space"),
+        SseEvent("tail without blank line"),
+    ]
+
+
+def _chunk(**fields: object) -> SseEvent:
+    return SseEvent(json.dumps(fields))
+
+
+def test_chat_completion_stream_collects_text_usage_and_reasoning() -> None:
+    conv = Conversation(messages=[{"role": "user", "content": "hi"}])  # type: ignore[list-item]
+    decoder = ChatCompletionStream(conv)
+    deltas = [
+        decoder.feed(_chunk(model="m", choices=[{"delta": {"role": "assistant"}, "finish_reason": None}])),
+        decoder.feed(_chunk(model="m", choices=[{"delta": {"reasoning_content": "think"}}])),
+        decoder.feed(_chunk(model="m", choices=[{"delta": {"content": "Hel"}}])),
+        decoder.feed(_chunk(model="m", choices=[{"delta": {"content": "lo"}, "finish_reason": "stop"}])),
+        decoder.feed(_chunk(model="m", choices=[], usage={"prompt_tokens": 3, "completion_tokens": 2})),
+        decoder.feed(SseEvent("[DONE]")),
+    ]
+    assert deltas == ["", "", "Hel", "lo", "", ""]
+    assert decoder.done
+    answered = decoder.result()
+    assert answered.last_message.text == "Hello"
+    assert answered.metadata == {
+        "finish_reason": "stop",
+        "model": "m",
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2},
+        "reasoning_content": "think",
+    }
+
+
+def test_chat_completion_stream_rejects_errors_and_garbage() -> None:
+    conv = Conversation(messages=[{"role": "user", "content": "hi"}])  # type: ignore[list-item]
+    with pytest.raises(RemoteError, match="overloaded"):
+        ChatCompletionStream(conv).feed(_chunk(error={"message": "overloaded"}))
+    with pytest.raises(ValueError):
+        ChatCompletionStream(conv).feed(SseEvent("{not json"))
+    with pytest.raises(TypeError):
+        ChatCompletionStream(conv).feed(_chunk(choices=[{"delta": {"content": 5}}]))
