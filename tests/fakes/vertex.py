@@ -14,14 +14,23 @@ Written from Google Cloud's "Using OpenAI libraries with Vertex AI" reference:
   sends them is caught.
 * User images: ``image_url`` with a ``gs://`` URI or a ``data:<mime>;base64,`` URL; the
   ``detail`` option is not supported.
+* ``POST /token``: a stand-in for Google's OAuth 2.0 token endpoint (``oauth2.googleapis.com/token``)
+  for service-account credentials: form ``grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer``
+  and a signed JWT ``assertion`` whose claims carry ``scope``, ``aud`` (the token URI), ``iat`` and
+  ``exp``; it answers ``{"access_token", "expires_in", "token_type": "Bearer"}`` and accepts that
+  token on the chat endpoint. (The signature is not verified.)
 * Errors in Google's format ``{"error": {"code", "message", "status"}}``; set
   ``errors_as_list`` to wrap them in a one-element list, which clients must also accept.
 """
 
 from __future__ import annotations
 
+import base64
+import itertools
 import json
+import time
 from typing import Any
+from urllib.parse import parse_qs
 
 from aiohttp import web
 
@@ -84,10 +93,13 @@ class FakeVertex(FakeServer):
         self.responder = responder
         self.errors_as_list = errors_as_list
         self.tokens_seen: list[str] = []
+        self.token_grants: list[dict[str, Any]] = []
+        self.token_lifetime_s = 3600
+        self._token_ids = itertools.count(1)
 
     def routes(self) -> list[tuple[str, str, Handler]]:
         path = "/{version}/projects/{project}/locations/{location}/endpoints/openapi/chat/completions"
-        return [("POST", path, self._handle)]
+        return [("POST", path, self._handle), ("POST", "/token", self._token)]
 
     def error_body(self, status: int, message: str) -> Any:
         body = {"error": {"code": status, "message": message, "status": _STATUS.get(status, "UNKNOWN")}}
@@ -95,6 +107,24 @@ class FakeVertex(FakeServer):
 
     def _error(self, status: int, message: str) -> web.Response:
         return web.json_response(self.error_body(status, message), status=status)
+
+    async def _token(self, request: web.Request) -> web.Response:
+        form = {k: v[0] for k, v in parse_qs((await request.read()).decode()).items()}
+        if form.get("grant_type") != "urn:ietf:params:oauth:grant-type:jwt-bearer":
+            return web.json_response({"error": "unsupported_grant_type"}, status=400)
+        try:
+            _header, payload, _signature = form["assertion"].split(".")
+            claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        except (KeyError, ValueError):
+            return web.json_response({"error": "invalid_grant", "error_description": "Invalid JWT."}, status=400)
+        if "https://www.googleapis.com/auth/cloud-platform" not in str(claims.get("scope", "")).split():
+            return web.json_response({"error": "invalid_scope"}, status=400)
+        if not (claims.get("iat", 0) <= time.time() + 60 < claims.get("exp", 0) + 60):
+            return web.json_response({"error": "invalid_grant", "error_description": "Invalid JWT time."}, status=400)
+        self.token_grants.append(claims)
+        token = f"ya29.fake-{next(self._token_ids)}"
+        self.valid_tokens.add(token)
+        return web.json_response({"access_token": token, "expires_in": self.token_lifetime_s, "token_type": "Bearer"})
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         info = request.match_info
