@@ -169,7 +169,10 @@ class FakeSGLang(FakeServer):
             check_type(params["json_schema"], "sampling_params.json_schema", str)
             json.loads(params["json_schema"])
         if "regex" in params:
-            re.compile(check_type(params["regex"], "sampling_params.regex", str))
+            try:
+                re.compile(check_type(params["regex"], "sampling_params.regex", str))
+            except re.error as exc:
+                raise RequestInvalid(f"Invalid regex {params['regex']!r}: {exc}") from None
         images = body.get("image_data")
         n_images = 0
         if images is not None:

@@ -1,0 +1,181 @@
+"""SGLANG: SGLang's native ``POST /generate`` API.
+
+The native API takes a finished prompt, so the conversation is rendered here with the model's chat
+template (tokenizer from ``model.tokenizer_name`` or ``model.model_name``, local files only;
+``model.chat_template`` overrides the template). Generation settings go to ``sampling_params``
+(max_new_tokens, temperature, top_p, min_p, penalties, stop, stop_token_ids, skip_special_tokens)
+with guided decoding as SGLang's ``json_schema`` (a JSON string), ``regex``, or a choice compiled to
+a regex. Images travel in ``image_data`` (base64 or URL). ``api_key``, when given, is sent as a Bearer
+token (SGLang's ``--api-key``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, ClassVar
+
+from infermux.configs.engine_type import InferenceEngineType
+from infermux.configs.generation_params import GenerationParams
+from infermux.configs.model_params import ModelParams
+from infermux.configs.remote_params import RemoteParams
+from infermux.engines.capabilities import Capabilities
+from infermux.engines.remote.base import RemoteEngine
+from infermux.engines.remote.media import image_payload
+from infermux.engines.remote.transport import default_error_message
+from infermux.errors import ModelNotFoundError
+from infermux.types import Conversation
+
+__all__ = ["SGLangInferenceEngine", "choice_regex", "sampling_params"]
+
+_FINISH = {"stop": "stop", "length": "length", "abort": "abort"}
+
+
+def choice_regex(choices: list[str]) -> str:
+    """A regex matching exactly one of ``choices``."""
+    return "(" + "|".join(re.escape(c) for c in choices) + ")"
+
+
+def sampling_params(generation: GenerationParams) -> dict[str, Any]:
+    """SGLang ``sampling_params`` for ``generation``."""
+    g = generation
+    params: dict[str, Any] = {"max_new_tokens": g.max_new_tokens, "temperature": g.temperature, "top_p": g.top_p}
+    for name, value, neutral in (
+        ("min_p", g.min_p, 0.0),
+        ("frequency_penalty", g.frequency_penalty, 0.0),
+        ("presence_penalty", g.presence_penalty, 0.0),
+        ("stop", g.stop_strings, None),
+        ("stop_token_ids", g.stop_token_ids, None),
+        ("skip_special_tokens", g.skip_special_tokens, True),
+    ):
+        if value != neutral:
+            params[name] = value
+    guided = g.guided_decoding
+    if guided is not None:
+        if guided.kind == "json":
+            params["json_schema"] = json.dumps(guided.schema_dict())
+        elif guided.kind == "regex":
+            params["regex"] = guided.regex
+        else:
+            params["regex"] = choice_regex(list(guided.choice or []))
+    return params
+
+
+def _load_tokenizer(model: ModelParams) -> Any:
+    from infermux.models.default import hf_folder, is_default_model
+
+    name = model.tokenizer_name or model.model_name
+    source = str(hf_folder()) if is_default_model(name) else name
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True, **model.tokenizer_kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(
+            f"SGLANG renders prompts locally and needs the tokenizer of {name!r}, which is not available "
+            f"offline ({exc}). Set model.tokenizer_name to a local folder that has the tokenizer files."
+        ) from None
+    if model.chat_template:
+        template = Path(model.chat_template).expanduser()
+        tokenizer.chat_template = template.read_text() if template.is_file() else model.chat_template
+    if not getattr(tokenizer, "chat_template", None):
+        raise ModelNotFoundError(
+            f"the tokenizer of {name!r} has no chat template; set model.chat_template to a Jinja template."
+        )
+    return tokenizer
+
+
+class SGLangInferenceEngine(RemoteEngine):
+    """A model served by SGLang, through its native ``/generate`` endpoint."""
+
+    engine_type = InferenceEngineType.SGLANG
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        generation_params=frozenset(
+            {"temperature", "top_p", "min_p", "frequency_penalty", "presence_penalty", "stop_strings"}
+            | {"stop_token_ids", "skip_special_tokens"}
+        ),
+        guided_decoding=frozenset({"json", "regex", "choice"}),
+        images=True,
+        notes=("Prompts are rendered with the model's chat template from local tokenizer files.",),
+    )
+    extra = "native"
+    default_api_url = None
+    api_key_env = None
+    requires_api_key = False
+    default_num_workers = 16
+    provider = "the SGLang server"
+
+    def __init__(
+        self,
+        model_params: ModelParams,
+        *,
+        generation_params: GenerationParams | None = None,
+        remote_params: RemoteParams | None = None,
+        strict: bool = False,
+        tokenizer: Any = None,
+    ) -> None:
+        super().__init__(model_params, generation_params=generation_params, remote_params=remote_params, strict=strict)
+        self.tokenizer = tokenizer if tokenizer is not None else _load_tokenizer(model_params)
+
+    def endpoint_url(self, api_url: str) -> str:
+        url = api_url.rstrip("/")
+        if url.endswith("/v1"):  # an OpenAI-style base URL: the native API lives at the root
+            url = url[: -len("/v1")]
+        return url if url.endswith("/generate") else url + "/generate"
+
+    def render_prompt(self, conversation: Conversation) -> tuple[str, list[str]]:
+        """The chat-templated prompt and the images (base64 strings or URLs) in order."""
+        messages: list[dict[str, Any]] = []
+        images: list[str] = []
+        for message in conversation.messages:
+            if not message.images:
+                messages.append({"role": message.role.value, "content": message.text})
+                continue
+            parts: list[dict[str, Any]] = []
+            for item in message.content if isinstance(message.content, list) else []:
+                if item.is_image:
+                    image = image_payload(item)
+                    images.append(image.base64 if image.data is not None else str(image.url))
+                    parts.append({"type": "image"})
+                else:
+                    parts.append({"type": "text", "text": item.content or ""})
+            messages.append({"role": message.role.value, "content": parts})
+        try:
+            prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception:  # a text-only template cannot render image parts: send their text, images aside
+            if not images:
+                raise
+            flat = [{"role": m.role.value, "content": m.text} for m in conversation.messages]
+            prompt = self.tokenizer.apply_chat_template(flat, tokenize=False, add_generation_prompt=True)
+        return str(prompt), images
+
+    def build_body(self, conversation: Conversation, generation: GenerationParams) -> dict[str, Any]:
+        prompt, images = self.render_prompt(conversation)
+        body: dict[str, Any] = {"text": prompt, "sampling_params": sampling_params(generation)}
+        if images:
+            body["image_data"] = images
+        return body
+
+    def error_message(self, status: int, body: bytes) -> str:
+        message = default_error_message(status, body)
+        if status in (401, 403):
+            message += (
+                ". The server was started with --api-key: set remote_params.api_key or "
+                "remote_params.api_key_env_varname to the same key."
+            )
+        return message
+
+    def parse_reply(self, conversation: Conversation, data: Any) -> Conversation:
+        text = data["text"]
+        if not isinstance(text, str):
+            raise TypeError(f"'text' is {type(text).__name__}, expected a string")
+        meta = data.get("meta_info") or {}
+        finish = meta.get("finish_reason") or {}
+        kind = finish.get("type") if isinstance(finish, dict) else finish
+        prompt, completion = int(meta.get("prompt_tokens") or 0), int(meta.get("completion_tokens") or 0)
+        metadata = {
+            "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+            "finish_reason": _FINISH.get(str(kind), kind),
+        }
+        return conversation.with_reply(text, metadata)
