@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from infermux.configs.generation_params import GenerationParams, GuidedDecodingParams
-from infermux.types import ContentItem, Conversation, Message, Type
+from infermux.types import ContentItem, Conversation, Message, Role, Type
 
 __all__ = [
     "chat_completions_url",
@@ -161,9 +161,7 @@ def parse_chat_completion(data: Any) -> tuple[str, dict[str, Any]]:
     metadata: dict[str, Any] = {"finish_reason": choice.get("finish_reason"), "model": data.get("model")}
     usage = data.get("usage")
     if isinstance(usage, dict):
-        metadata["usage"] = {
-            k: usage[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens") if k in usage
-        }
+        metadata["usage"] = {k: usage[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens") if k in usage}
     reasoning = message.get("reasoning_content") or message.get("reasoning")
     if reasoning:
         metadata["reasoning_content"] = reasoning
@@ -174,6 +172,16 @@ def parse_chat_completion(data: Any) -> tuple[str, dict[str, Any]]:
 
 
 def reply(conversation: Conversation, data: Any) -> Conversation:
-    """``conversation`` answered with the reply in ``data``."""
+    """``conversation`` answered with the reply in ``data``.
+
+    Built without re-validation (the one hot spot per row besides JSON): the input conversation is
+    already valid and the answer is a checked string, so the result is what ``with_reply`` would give.
+    """
     text, metadata = parse_chat_completion(data)
-    return conversation.with_reply(text, metadata)
+    merged = {**conversation.metadata, **metadata}
+    answer = Message.model_construct(id=None, role=Role.ASSISTANT, content=text)
+    return Conversation.model_construct(
+        conversation_id=conversation.conversation_id,
+        messages=[*conversation.messages, answer],
+        metadata=merged,
+    )

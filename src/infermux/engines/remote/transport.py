@@ -202,9 +202,15 @@ class AimdLimiter:
     def __repr__(self) -> str:
         return f"AimdLimiter(limit={self.limit:.1f}, in_flight={self.in_flight}, max={self.maximum})"
 
-    async def acquire(self) -> None:
+    def try_acquire(self) -> bool:
+        """Take a slot if one is free right now (the common case, without a coroutine)."""
         if self.in_flight < int(self.limit) and not self._waiters:
             self.in_flight += 1
+            return True
+        return False
+
+    async def acquire(self) -> None:
+        if self.try_acquire():
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
@@ -324,9 +330,12 @@ class Transport(Generic[T]):
         """Send ``request`` until it succeeds and ``parse`` accepts the JSON reply, or retries run out."""
         failures = 0
         started = time.monotonic()
+        limiter = self.limiter
         while True:
-            await self._wait_rate_pause()
-            await self.limiter.acquire()
+            if self._resume_at:
+                await self._wait_rate_pause()
+            if not limiter.try_acquire():
+                await limiter.acquire()
             try:
                 result = await self._attempt(request, parse)
             except _Attempt as attempt:
