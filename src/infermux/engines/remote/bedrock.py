@@ -1,0 +1,243 @@
+"""BEDROCK: AWS Bedrock's Converse API through boto3's ``bedrock-runtime`` client.
+
+boto3 does its own HTTP, signing and retries, so this engine does not use the aiohttp transport:
+one client is built per engine (``AWS_REGION`` required), its connection pool and botocore's
+adaptive retry mode sized from ``remote_params``; rows run on a thread pool of ``num_workers``.
+
+Request mapping (from the Converse API reference): system messages → ``system`` text blocks;
+user/assistant turns (consecutive same-role turns merged) with ``text`` and ``image`` blocks (every
+image of a message, as bytes with its format, or an ``s3Location``); ``inferenceConfig`` with
+maxTokens, temperature, topP, stopSequences; ``model.model_kwargs`` → ``additionalModelRequestFields``.
+The reply's text blocks are joined; ``usage``, ``stopReason`` and latency go to the metadata.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, ClassVar
+
+from infermux.configs.engine_type import InferenceEngineType
+from infermux.configs.generation_params import GenerationParams
+from infermux.configs.model_params import ModelParams
+from infermux.configs.remote_params import RemoteParams
+from infermux.engines.base import InferenceEngine
+from infermux.engines.capabilities import Capabilities
+from infermux.engines.remote.media import image_payload
+from infermux.errors import ConfigError, RowError
+from infermux.types import Conversation, Message, Role
+
+__all__ = ["BedrockInferenceEngine", "build_converse_request"]
+
+_FORMATS = frozenset({"png", "jpeg", "gif", "webp"})
+_FINISH = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "guardrail_intervened": "content_filter",
+    "content_filtered": "content_filter",
+}
+_AUTH_CODES = frozenset(
+    {"AccessDeniedException", "UnrecognizedClientException", "ExpiredTokenException", "InvalidSignatureException"}
+)
+_RETRYABLE_CODES = frozenset(
+    {
+        "ThrottlingException",
+        "ServiceUnavailableException",
+        "InternalServerException",
+        "ModelNotReadyException",
+        "ModelTimeoutException",
+    }
+)
+_CREDENTIALS_HINT = (
+    "Configure AWS credentials (aws configure, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+    "or an IAM role) with access to this Bedrock model."
+)
+
+
+def _blocks(message: Message) -> list[dict[str, Any]]:
+    if isinstance(message.content, str):
+        return [{"text": message.content}]
+    blocks: list[dict[str, Any]] = []
+    for item in message.content:
+        if not item.is_image:
+            if item.content:
+                blocks.append({"text": item.content})
+            continue
+        image = image_payload(item)
+        if image.data is None:
+            if not str(image.url).startswith("s3://"):
+                raise ValueError(f"BEDROCK takes images as files, bytes or s3:// URIs, not {str(image.url)[:80]}")
+            fmt = (image.format or "").replace("jpg", "jpeg")
+            blocks.append({"image": {"format": fmt or "jpeg", "source": {"s3Location": {"uri": image.url}}}})
+        elif image.format not in _FORMATS:
+            raise ValueError(f"BEDROCK accepts PNG, JPEG, GIF or WebP images; this one is {image.media_type}")
+        else:
+            blocks.append({"image": {"format": image.format, "source": {"bytes": image.data}}})
+    return blocks
+
+
+def build_converse_request(
+    model_id: str, conversation: Conversation, generation: GenerationParams, extra_fields: dict[str, Any]
+) -> dict[str, Any]:
+    """Keyword arguments of ``client.converse`` for ``conversation``."""
+    system: list[dict[str, Any]] = []
+    messages: list[dict[str, Any]] = []
+    for message in conversation.messages:
+        if message.role == Role.SYSTEM:
+            system.append({"text": message.text})
+        elif message.role == Role.TOOL:
+            raise ValueError("BEDROCK cannot send tool messages without tool-use ids; remove them")
+        elif messages and messages[-1]["role"] == message.role.value:
+            messages[-1]["content"].extend(_blocks(message))
+        else:
+            messages.append({"role": message.role.value, "content": _blocks(message)})
+    if not messages:
+        raise ValueError("the conversation has no user or assistant message to send")
+    config: dict[str, Any] = {"maxTokens": generation.max_new_tokens, "temperature": generation.temperature}
+    if generation.top_p < 1.0:
+        config["topP"] = generation.top_p
+    if generation.stop_strings:
+        config["stopSequences"] = list(generation.stop_strings)
+    request: dict[str, Any] = {"modelId": model_id, "messages": messages, "inferenceConfig": config}
+    if system:
+        request["system"] = system
+    if extra_fields:
+        request["additionalModelRequestFields"] = extra_fields
+    return request
+
+
+def parse_converse_response(response: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    content = response["output"]["message"]["content"]
+    text = "".join(block["text"] for block in content if "text" in block)
+    usage = response.get("usage") or {}
+    prompt, completion = int(usage.get("inputTokens") or 0), int(usage.get("outputTokens") or 0)
+    stop = response.get("stopReason")
+    metadata: dict[str, Any] = {
+        "usage": {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": int(usage.get("totalTokens") or prompt + completion),
+        },
+        "finish_reason": _FINISH.get(stop or "", stop),
+        "stop_reason": stop,
+    }
+    latency = (response.get("metrics") or {}).get("latencyMs")
+    if latency is not None:
+        metadata["latency_ms"] = latency
+    return text, metadata
+
+
+class BedrockInferenceEngine(InferenceEngine):
+    """Foundation models on AWS Bedrock (Anthropic, Meta, Amazon, Mistral, ...) via Converse."""
+
+    engine_type = InferenceEngineType.BEDROCK
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        generation_params=frozenset({"temperature", "top_p", "stop_strings"}),
+        images=True,
+        notes=("model.model_kwargs are sent as additionalModelRequestFields.",),
+    )
+    extra = "bedrock"
+
+    def __init__(
+        self,
+        model_params: ModelParams,
+        *,
+        generation_params: GenerationParams | None = None,
+        remote_params: RemoteParams | None = None,
+        strict: bool = False,
+    ) -> None:
+        super().__init__(model_params, generation_params=generation_params, remote_params=remote_params, strict=strict)
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        if not region:
+            raise ConfigError(
+                "BEDROCK needs the AWS region: set the AWS_REGION environment variable "
+                "(e.g. export AWS_REGION=us-east-1)."
+            )
+        params = remote_params or RemoteParams()
+        self.num_workers = params.num_workers if "num_workers" in params.model_fields_set else 4
+        import boto3
+        from botocore.config import Config
+
+        config = Config(
+            region_name=region,
+            retries={
+                "total_max_attempts": params.max_retries + 1,
+                "mode": "adaptive" if params.use_adaptive_concurrency else "standard",
+            },
+            max_pool_connections=max(10, self.num_workers),
+            connect_timeout=params.connection_timeout,
+            read_timeout=max(params.connection_timeout, 60.0),
+        )
+        self.region = region
+        self.client = boto3.client("bedrock-runtime", config=config, endpoint_url=params.api_url or None)
+        self._pool: ThreadPoolExecutor | None = None
+
+    def chunk_size(self, generation: GenerationParams) -> int:
+        return 1
+
+    def max_concurrency(self) -> int:
+        return self.num_workers
+
+    async def _start_job(self) -> None:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.num_workers, thread_name_prefix="infermux-bedrock")
+
+    async def _end_job(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False)
+
+    def check_conversation(self, conversation: Conversation) -> RowError | None:
+        if any(m.role == Role.TOOL for m in conversation.messages):
+            return RowError(kind="unsupported_input", message="BEDROCK does not accept tool messages.")
+        return super().check_conversation(conversation)
+
+    async def _infer_chunk(
+        self, conversations: list[Conversation], generation: GenerationParams
+    ) -> list[Conversation | RowError]:
+        loop = asyncio.get_running_loop()
+        results: list[Conversation | RowError] = []
+        for conversation in conversations:
+            try:
+                request = build_converse_request(
+                    self.model_params.model_name, conversation, generation, dict(self.model_params.model_kwargs)
+                )
+            except ValueError as exc:
+                results.append(RowError(kind="invalid_input", message=str(exc)))
+                continue
+            try:
+                response = await loop.run_in_executor(self._pool, functools.partial(self.client.converse, **request))
+                text, metadata = parse_converse_response(response)
+                results.append(conversation.with_reply(text, metadata))
+            except Exception as exc:  # botocore errors become row errors; see _row_error
+                results.append(_row_error(exc))
+        return results
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _row_error(exc: Exception) -> RowError:
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, ParamValidationError
+
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", "ClientError"))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        message = f"{code}: {error.get('Message', exc)}"
+        if code in _AUTH_CODES:
+            return RowError(kind="authentication", message=f"{message}. {_CREDENTIALS_HINT}", status=status)
+        return RowError(kind="http_error", message=message, status=status, retryable=code in _RETRYABLE_CODES)
+    if isinstance(exc, NoCredentialsError):
+        return RowError(kind="authentication", message=f"No AWS credentials found. {_CREDENTIALS_HINT}")
+    if isinstance(exc, ParamValidationError):
+        return RowError(kind="invalid_request", message=str(exc))
+    if isinstance(exc, BotoCoreError):
+        return RowError(kind="connection_error", message=str(exc), retryable=True)
+    if isinstance(exc, (KeyError, TypeError)):
+        return RowError(kind="malformed_response", message=f"unexpected Converse reply: {exc!r}")
+    raise exc
