@@ -326,8 +326,10 @@ class Transport(Generic[T]):
 
     # ------------------------------------------------------------------ one request, with retries
 
-    async def send(self, request: HttpRequest, parse: Callable[[Any], T]) -> T:
-        """Send ``request`` until it succeeds and ``parse`` accepts the JSON reply, or retries run out."""
+    async def send(self, request: HttpRequest, parse: Callable[[Any], T], *, raw: bool = False) -> T:
+        """Send ``request`` until it succeeds and ``parse`` accepts the JSON reply, or retries run out.
+
+        With ``raw=True`` ``parse`` gets the body bytes instead of decoded JSON (file downloads)."""
         failures = 0
         started = time.monotonic()
         limiter = self.limiter
@@ -337,7 +339,7 @@ class Transport(Generic[T]):
             if not limiter.try_acquire():
                 await limiter.acquire()
             try:
-                result = await self._attempt(request, parse)
+                result = await self._attempt(request, parse, raw)
             except _Attempt as attempt:
                 self.limiter.release()
                 failures = await self._after_failure(attempt, failures, started)
@@ -415,7 +417,7 @@ class Transport(Generic[T]):
             else:
                 resp.close()
 
-    async def _attempt(self, request: HttpRequest, parse: Callable[[Any], T]) -> T:
+    async def _attempt(self, request: HttpRequest, parse: Callable[[Any], T], raw: bool = False) -> T:
         assert self._session is not None, "use the transport inside `async with`"
         self.stats["requests"] += 1
         try:
@@ -435,7 +437,7 @@ class Transport(Generic[T]):
         if status >= 400:
             raise self._status_failure(status, body, headers)
         try:
-            return parse(json.loads(body))
+            return parse(body if raw else json.loads(body))
         except _PARSE_ERRORS as exc:
             snippet = body[:200].decode("utf-8", "replace")
             raise _Attempt(
