@@ -10,8 +10,8 @@ from typing import Any
 __version__ = "0.1.0"
 
 __all__ = [
-    "Conversation",
     "ContentItem",
+    "Conversation",
     "GenerationParams",
     "GuidedDecodingParams",
     "InferenceConfig",

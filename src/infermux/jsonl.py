@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from infermux.errors import InputError
 from infermux.types import Conversation
 
-__all__ = ["InputRow", "iter_rows", "row_id_for", "validate_file", "MAX_LINE_BYTES"]
+__all__ = ["MAX_LINE_BYTES", "InputRow", "iter_rows", "row_id_for", "validate_file"]
 
 MAX_LINE_BYTES = 64 * 1024 * 1024
 # About 2M tokens, beyond the largest context windows offered today: a longer text is a data error.

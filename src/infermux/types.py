@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_serializer, field_validator, model_validator
 
-__all__ = ["Conversation", "ContentItem", "Message", "Role", "Type"]
+__all__ = ["ContentItem", "Conversation", "Message", "Role", "Type"]
 
 
 class Role(str, enum.Enum):

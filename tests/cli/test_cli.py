@@ -3,7 +3,6 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 from tests.conftest import ROOT, run_cli
 
@@ -14,7 +13,9 @@ def test_batch_job_and_exit_code_for_failed_rows(tmp_path):
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("engine: ECHO\nmodel:\n  model_name: echo\n")
     src = tmp_path / "in.jsonl"
-    src.write_text("".join(json.dumps({"messages": [{"role": "user", "content": t}]}) + "\n" for t in ["a", "FAIL", "b"]))
+    src.write_text(
+        "".join(json.dumps({"messages": [{"role": "user", "content": t}]}) + "\n" for t in ["a", "FAIL", "b"])
+    )
     out = tmp_path / "out.jsonl"
     res = run_cli("infer", "-c", str(cfg), "--input_path", str(src), "--output_path", str(out))
     assert res.returncode == 3, res.stderr
@@ -52,7 +53,9 @@ def test_config_check_reports_unsupported_params(tmp_path):
 
 def test_config_check_masks_api_key(tmp_path):
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text("engine: REMOTE\nmodel:\n  model_name: m\nremote_params:\n  api_url: http://x\n  api_key: sk-abc123\n")
+    cfg.write_text(
+        "engine: REMOTE\nmodel:\n  model_name: m\nremote_params:\n  api_url: http://x\n  api_key: sk-abc123\n"
+    )
     res = run_cli("config", "check", "-c", str(cfg))
     assert "sk-abc123" not in res.stdout + res.stderr
     assert "api_key: '***'" in res.stdout
@@ -100,4 +103,6 @@ def test_public_api_is_pinned():
     assert set(infermux.types.__all__) == {"Conversation", "ContentItem", "Message", "Role", "Type"}
     assert "NativeTextInferenceEngine" in infermux.inference.__all__
     assert "AnthropicInferenceEngine" in infermux.inference.__all__
-    assert len([n for n in infermux.inference.__all__ if n.endswith("InferenceEngine") and n != "InferenceEngine"]) == 16
+    assert (
+        len([n for n in infermux.inference.__all__ if n.endswith("InferenceEngine") and n != "InferenceEngine"]) == 16
+    )

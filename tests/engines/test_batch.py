@@ -41,7 +41,10 @@ def engine(concurrency: int = 1, batch_size: int = 1) -> EchoEngine:
 
 def test_in_memory_infer_keeps_order_and_reports_failures_as_data():
     eng = engine(concurrency=4, batch_size=3)
-    convs = [Conversation.model_validate({"messages": [{"role": "user", "content": t}]}) for t in "a b FAIL c d".split()]
+    convs = [
+        Conversation.model_validate({"messages": [{"role": "user", "content": t}]})
+        for t in ["a", "b", "FAIL", "c", "d"]
+    ]
     out = eng.infer(convs)
     assert [c.last_message.text for c in out] == ["echo: a", "echo: b", "FAIL", "echo: c", "echo: d"]
     assert out[2].metadata["error"]["kind"] == "test_failure"
@@ -108,9 +111,7 @@ def test_rows_with_images_fail_cleanly_on_text_only_engine(tmp_path):
     src.write_text(
         json.dumps({"messages": [{"role": "user", "content": "plain"}]})
         + "\n"
-        + json.dumps(
-            {"messages": [{"role": "user", "content": [{"type": "image_url", "content": "http://x/y.png"}]}]}
-        )
+        + json.dumps({"messages": [{"role": "user", "content": [{"type": "image_url", "content": "http://x/y.png"}]}]})
         + "\n"
     )
     out = tmp_path / "out.jsonl"
@@ -126,7 +127,18 @@ def test_kill_9_then_rerun_equals_uninterrupted_run(tmp_path, kill_after):
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("engine: ECHO\nmodel:\n  model_name: echo\n  model_kwargs: {concurrency: 4}\n")
     out = tmp_path / "out.jsonl"
-    args = [sys.executable, "-m", "infermux", "infer", "-c", str(cfg), "--input_path", str(src), "--output_path", str(out)]
+    args = [
+        sys.executable,
+        "-m",
+        "infermux",
+        "infer",
+        "-c",
+        str(cfg),
+        "--input_path",
+        str(src),
+        "--output_path",
+        str(out),
+    ]
     env = cli_env(ECHO_DELAY="0.05")
     proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(kill_after)
@@ -146,13 +158,13 @@ def test_memory_stays_flat_over_many_rows(tmp_path):
         for i in range(100_000):
             fh.write('{"messages": [{"role": "user", "content": "q%d"}]}\n' % i)
     code = (
-        "import asyncio, resource, sys; sys.path.insert(0, %r)\n"
+        "import asyncio, resource, sys; sys.path.insert(0, {!r})\n"
         "from infermux_echo import EchoEngine\n"
         "from infermux.configs import ModelParams, GenerationParams\n"
         "e = EchoEngine(ModelParams(model_name='echo'), generation_params=GenerationParams(batch_size=64))\n"
-        "r = asyncio.run(e.run_file(%r, %r))\n"
+        "r = asyncio.run(e.run_file({!r}, {!r}))\n"
         "print(r.done, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n"
-    ) % (str(Path(__file__).parents[1] / "plugin_site"), str(src), str(tmp_path / "out.jsonl"))
+    ).format(str(Path(__file__).parents[1] / "plugin_site"), str(src), str(tmp_path / "out.jsonl"))
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     done, rss_mb = map(int, res.stdout.split())
@@ -163,7 +175,9 @@ def test_memory_stays_flat_over_many_rows(tmp_path):
 
 def test_inference_config_round_trip_through_infer(tmp_path):
     src = write_input(tmp_path / "in.jsonl", ["x", "y"])
-    cfg = InferenceConfig(model=ModelParams(model_name="echo"), input_path=str(src), output_path=str(tmp_path / "o.jsonl"))
+    cfg = InferenceConfig(
+        model=ModelParams(model_name="echo"), input_path=str(src), output_path=str(tmp_path / "o.jsonl")
+    )
     out = engine().infer(inference_config=cfg)
     assert [c.last_message.text for c in out] == ["echo: x", "echo: y"]
     cfg.output_path = None

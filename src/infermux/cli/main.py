@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from typing import Optional
 
 import typer
 
@@ -26,13 +25,13 @@ LogOpt = typer.Option("info", "--log-level", "--log_level", help="debug, info, w
 @app.command(context_settings=_EXTRA)
 def infer(
     ctx: typer.Context,
-    config: Optional[str] = ConfigOpt,
-    input_path: Optional[str] = typer.Option(None, "--input_path", "--input-path", help="Input JSONL."),
-    output_path: Optional[str] = typer.Option(None, "--output_path", "--output-path", help="Output JSONL."),
+    config: str | None = ConfigOpt,
+    input_path: str | None = typer.Option(None, "--input_path", "--input-path", help="Input JSONL."),
+    output_path: str | None = typer.Option(None, "--output_path", "--output-path", help="Output JSONL."),
     interactive: bool = typer.Option(False, "-i", "--interactive", help="Chat instead of a batch job."),
-    system_prompt: Optional[str] = typer.Option(None, "--system-prompt", "--system_prompt"),
-    image: Optional[list[str]] = typer.Option(None, "--image", help="Image path or URL for the first turn."),
-    engine: Optional[str] = typer.Option(None, "--engine", help="Engine name (overrides the config)."),
+    system_prompt: str | None = typer.Option(None, "--system-prompt", "--system_prompt"),
+    image: list[str] | None = typer.Option(None, "--image", help="Image path or URL for the first turn."),
+    engine: str | None = typer.Option(None, "--engine", help="Engine name (overrides the config)."),
     strict: bool = typer.Option(False, "--strict", help="Unsupported parameters are errors, not warnings."),
     log_level: str = LogOpt,
 ) -> None:
@@ -56,10 +55,10 @@ def infer(
 @app.command(context_settings=_EXTRA)
 def chat(
     ctx: typer.Context,
-    config: Optional[str] = ConfigOpt,
-    system_prompt: Optional[str] = typer.Option(None, "--system-prompt", "--system_prompt"),
-    image: Optional[list[str]] = typer.Option(None, "--image", help="Image path or URL for the first turn."),
-    engine: Optional[str] = typer.Option(None, "--engine", help="Engine name (overrides the config)."),
+    config: str | None = ConfigOpt,
+    system_prompt: str | None = typer.Option(None, "--system-prompt", "--system_prompt"),
+    image: list[str] | None = typer.Option(None, "--image", help="Image path or URL for the first turn."),
+    engine: str | None = typer.Option(None, "--engine", help="Engine name (overrides the config)."),
     log_level: str = LogOpt,
 ) -> None:
     """Chat with a model (same as `infer -i`). Reads stdin line by line when it is not a terminal."""
@@ -80,7 +79,7 @@ def chat(
 
 
 @config_app.command("check", context_settings=_EXTRA)
-def config_check(ctx: typer.Context, config: Optional[str] = ConfigOpt, log_level: str = LogOpt) -> None:
+def config_check(ctx: typer.Context, config: str | None = ConfigOpt, log_level: str = LogOpt) -> None:
     """Validate a config and print it resolved, with the engine it selects (no model is loaded)."""
     from infermux.cli.config_cmd import run_config_check
 

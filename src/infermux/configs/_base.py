@@ -18,9 +18,7 @@ class ConfigModel(BaseModel):
     are accepted (so an Oumi YAML loads unmodified) and reported once as ignored.
     """
 
-    model_config = ConfigDict(
-        extra="forbid", validate_assignment=True, use_attribute_docstrings=True, frozen=False
-    )
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True, frozen=False)
 
     oumi_ignored: ClassVar[frozenset[str]] = frozenset()
 

@@ -25,7 +25,7 @@ from infermux.configs.model_params import ModelParams
 from infermux.configs.remote_params import RemoteParams
 from infermux.errors import ConfigError
 
-__all__ = ["load_config", "parse_overrides", "apply_overrides"]
+__all__ = ["apply_overrides", "load_config", "parse_overrides"]
 
 _Path = tuple[Any, ...]
 _ENV = re.compile(r"\$\{(?:oc\.env:)?([A-Za-z_][A-Za-z0-9_]*)(?:(?::-|,)([^}]*))?\}")
@@ -96,7 +96,7 @@ def _build(loader: yaml.SafeLoader, node: yaml.Node, path: _Path, where: _Where)
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
             key = loader.construct_object(key_node, deep=True)
-            where.lines[(*path, key)] = key_node.start_mark.line + 1
+            where.lines[path + (key,)] = key_node.start_mark.line + 1
             out[key] = _build(loader, value_node, (*path, key), where)
         return out
     if isinstance(node, yaml.SequenceNode):
@@ -143,7 +143,7 @@ def parse_overrides(args: Sequence[str]) -> list[tuple[str, str]]:
             raise ConfigError(
                 f"override {arg!r} has no value. Write it as --section.field VALUE or section.field=VALUE."
             )
-        if not name or "." not in name and name not in InferenceConfig.model_fields:
+        if not name or ("." not in name and name not in InferenceConfig.model_fields):
             raise ConfigError(f"unknown option {arg!r}. Overrides look like --generation.max_new_tokens 5.")
         pairs.append((name.replace("-", "_") if name.count(".") == 0 else name, value))
     return pairs
@@ -166,8 +166,7 @@ def apply_overrides(
                 child = node[key] = {}
             elif not isinstance(child, dict):
                 raise ConfigError(
-                    f"command line override: {'.'.join(keys[: depth + 1])} is not a section; "
-                    f"cannot set {dotted}."
+                    f"command line override: {'.'.join(keys[: depth + 1])} is not a section; cannot set {dotted}."
                 )
             node = child
         node[keys[-1]] = value
@@ -184,7 +183,9 @@ def _check_keys(data: dict[str, Any], path: _Path, where: _Where) -> None:
             continue
         if not isinstance(key, str) or key not in cls.known_keys():
             hint = cls.suggest(str(key))
-            valid = ", ".join(sorted(cls.model_fields if cls is not GuidedDecodingParams else ["json", "regex", "choice"]))
+            valid = ", ".join(
+                sorted(cls.model_fields if cls is not GuidedDecodingParams else ["json", "regex", "choice"])
+            )
             raise ConfigError(
                 f"{where.at((*path, key))}unknown key '{_dotted((*path, key))}'."
                 + (f" Did you mean '{hint}'?" if hint else "")
@@ -227,10 +228,11 @@ def load_config(
     data: dict[str, Any] = dict(base or {})
     if path is not None:
         data.update(_read_yaml(Path(path), where))
-    pairs = list(overrides)
-    if pairs and isinstance(pairs[0], str):
-        pairs = parse_overrides(pairs)  # type: ignore[arg-type]
-    apply_overrides(data, pairs, where)  # type: ignore[arg-type]
+    given = list(overrides)
+    pairs: list[tuple[str, str]] = (
+        parse_overrides(given) if given and isinstance(given[0], str) else given  # type: ignore[arg-type,assignment]
+    )
+    apply_overrides(data, pairs, where)
     data = _interpolate(data, (), where)
     if isinstance(data.get("engine"), str):
         data["engine"] = data["engine"].strip().upper()

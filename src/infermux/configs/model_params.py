@@ -62,7 +62,5 @@ class ModelParams(ConfigModel):
     def _normalise_dtype(cls, value: str) -> str:
         key = value.strip().lower().removeprefix("torch.")
         if key not in _DTYPES:
-            raise ValueError(
-                f"unknown dtype {value!r}: use one of float32, float16, bfloat16, float64, auto"
-            )
+            raise ValueError(f"unknown dtype {value!r}: use one of float32, float16, bfloat16, float64, auto")
         return _DTYPES[key]

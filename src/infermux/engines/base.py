@@ -289,4 +289,3 @@ def _read_lines(path: str) -> Iterable[str]:
         for line in fh:
             if line.strip():
                 yield line
-

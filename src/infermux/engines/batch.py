@@ -206,7 +206,7 @@ async def _run_chunks(
 
     async def work() -> None:
         while (chunk := await queue.get()) is not None:
-            for row, result in zip(chunk, await _infer_safely(engine, chunk, generation)):
+            for row, result in zip(chunk, await _infer_safely(engine, chunk, generation), strict=True):
                 on_result(row, result)
 
     feeder = asyncio.create_task(feed())
@@ -238,7 +238,7 @@ async def _infer_safely(
         except Exception as exc:  # a chunk-wide failure becomes a failure of each of its rows
             error = RowError.from_exception(exc)
             out = [error] * len(runnable)
-        for i, result in zip(runnable, out):
+        for i, result in zip(runnable, out, strict=True):
             results[i] = result
     return [r if r is not None else RowError(kind="internal", message="no result") for r in results]
 

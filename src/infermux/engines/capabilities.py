@@ -10,7 +10,7 @@ from infermux.configs.generation_params import GenerationParams
 from infermux.configs.model_params import ModelParams
 from infermux.errors import UnsupportedParamError
 
-__all__ = ["Capabilities", "check_params", "ALWAYS_SUPPORTED"]
+__all__ = ["ALWAYS_SUPPORTED", "Capabilities", "check_params"]
 
 logger = logging.getLogger("infermux.engines")
 

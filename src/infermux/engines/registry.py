@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from infermux.configs.inference_config import InferenceConfig
     from infermux.engines.base import InferenceEngine
 
-__all__ = ["EngineSpec", "ENGINES", "build_engine", "engine_class", "engine_specs", "is_available"]
+__all__ = ["ENGINES", "EngineSpec", "build_engine", "engine_class", "engine_specs", "is_available"]
 
 ENTRY_POINT_GROUP = "infermux.engines"
 
