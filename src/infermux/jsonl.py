@@ -51,6 +51,16 @@ def _explain(exc: ValidationError) -> str:
 
 
 def _parse(raw: bytes, path: str, line: int) -> Conversation:
+    try:  # fast path: pydantic-core parses and validates the JSON in one go
+        conv = Conversation.model_validate_json(raw)
+    except ValidationError:
+        conv = _parse_slow(raw, path, line)
+    _check_size(conv, path, line)
+    return conv
+
+
+def _parse_slow(raw: bytes, path: str, line: int) -> Conversation:
+    """Parse again step by step to say precisely what is wrong with the line."""
     if len(raw) > MAX_LINE_BYTES:
         raise InputError(f"line is {len(raw)} bytes, over the {MAX_LINE_BYTES} byte limit.", path=path, line=line)
     try:
@@ -73,9 +83,12 @@ def _parse(raw: bytes, path: str, line: int) -> Conversation:
     if "messages" not in data:
         raise InputError('no "messages" field. Each line needs {"messages": [...]}.', path=path, line=line)
     try:
-        conv = Conversation.model_validate(data)
+        return Conversation.model_validate(data)
     except ValidationError as exc:
         raise InputError(f"not a valid conversation: {_explain(exc)}.", path=path, line=line) from None
+
+
+def _check_size(conv: Conversation, path: str, line: int) -> None:
     for number, message in enumerate(conv.messages):
         if len(message.text) > MAX_TEXT_CHARS:
             raise InputError(
@@ -85,7 +98,6 @@ def _parse(raw: bytes, path: str, line: int) -> Conversation:
                 path=path,
                 line=line,
             )
-    return conv
 
 
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:

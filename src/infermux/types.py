@@ -12,7 +12,7 @@ import base64
 import enum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, field_serializer, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
 
 __all__ = ["ContentItem", "Conversation", "Message", "Role", "Type"]
 
@@ -124,7 +124,7 @@ class Conversation(BaseModel):
 
     conversation_id: str | None = None
     messages: list[Message]
-    metadata: dict[str, Any] = {}
+    metadata: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _check_messages(self) -> Conversation:

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic_core import to_json
+
 from infermux.errors import OutputError, RowError
 from infermux.jsonl import InputRow
 from infermux.types import Conversation
@@ -106,8 +108,9 @@ class JobFiles:
         self._errors_fh = self.errors.open("wb")
 
     def append_done(self, row: InputRow, conversation: Conversation) -> None:
-        record = {"id": row.row_id, "fp": self.fingerprint, "conversation": conversation.to_json_dict()}
-        self._partial_fh.write(_dumps(record) + b"\n")
+        # The conversation goes last and verbatim, so assembling the output is a byte copy.
+        head = _dumps({"id": row.row_id, "fp": self.fingerprint})[:-1]
+        self._partial_fh.write(head + _CONV_KEY + _dumps(conversation.to_json_dict()) + b"}\n")
         self._partial_fh.flush()
 
     def append_failed(self, row: InputRow, error: RowError) -> None:
@@ -141,8 +144,7 @@ class JobFiles:
                     if offset is None:
                         continue
                     src.seek(offset)
-                    record = json.loads(src.readline())
-                    out.write(_dumps(record["conversation"]) + b"\n")
+                    out.write(_conversation_bytes(src.readline()) + b"\n")
                     written += 1
                 out.flush()
                 os.fsync(out.fileno())
@@ -159,15 +161,26 @@ class JobFiles:
         return written
 
 
+_CONV_KEY = b',"conversation":'
+
+
 def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return to_json(obj)
+
+
+def _conversation_bytes(line: bytes) -> bytes:
+    """The conversation JSON of a partial-file line (written last by ``append_done``)."""
+    start = line.find(_CONV_KEY)  # ids are JSON-escaped, so the first match is the key
+    return line[start + len(_CONV_KEY) : line.rstrip().rfind(b"}")]
 
 
 def _parse_record(raw: bytes) -> dict[str, Any] | None:
+    """The id and fingerprint of a partial-file line; None for a torn or foreign line."""
     if not raw.endswith(b"\n"):
         return None  # torn write
+    cut = raw.find(_CONV_KEY)
     try:
-        record = json.loads(raw)
+        record = json.loads(raw[:cut] + b"}" if cut > 0 else raw)
     except ValueError:
         return None
     return record if isinstance(record, dict) and "id" in record else None
