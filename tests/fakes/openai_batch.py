@@ -18,6 +18,7 @@ create, retrieve, cancel, list; the batch input/output line formats):
   reverses it), so clients must match by ``custom_id``.
 * Errors: ``{"error": {"message", "type", "param", "code"}}``; auth by ``Authorization:
   Bearer``.
+* ``POST /v1/chat/completions`` answers online too, for rows rerun outside a batch.
 
 The batch advances one state per ``GET /v1/batches/{id}`` (``advance_on_poll``) or through
 :meth:`FakeOpenAIBatch.finish_all`.
@@ -105,7 +106,19 @@ class FakeOpenAIBatch(FakeServer):
             ("GET", "/v1/batches", self._list),
             ("GET", "/v1/batches/{batch_id}", self._retrieve),
             ("POST", "/v1/batches/{batch_id}/cancel", self._cancel),
+            ("POST", "/v1/chat/completions", self._chat),
         ]
+
+    async def _chat(self, request: web.Request) -> web.Response:
+        """Online chat completions, for rows rerun outside the batch."""
+        if (denied := self._auth(request)) is not None:
+            return denied
+        body = request[RECORDED].json
+        try:
+            exchange = validate_chat_body(body)
+        except RequestInvalid as exc:
+            return self._error(exc.status, str(exc))
+        return web.json_response(chat_completion(body, exchange, self.responder, self._new_id("chatcmpl-")))
 
     def error_body(self, status: int, message: str, code: str | None = None, param: str | None = None) -> Any:
         kind = {

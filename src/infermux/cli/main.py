@@ -6,6 +6,8 @@ import sys
 
 import typer
 
+from infermux.cli.batch_cmd import batch_app  # light: typer only; its commands import their work lazily
+
 app = typer.Typer(
     name="infermux",
     help="Run LLM inference on local or remote engines: batch JSONL jobs and interactive chat.",
@@ -16,6 +18,7 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Inspect configs without loading a model.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+app.add_typer(batch_app, name="batch")
 
 _EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
 ConfigOpt = typer.Option(None, "-c", "--config", help="YAML config (Oumi InferenceConfig format).")

@@ -15,6 +15,7 @@ from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams
 from infermux.engines.capabilities import Capabilities
 from infermux.engines.remote.base import RemoteEngine
+from infermux.engines.remote.batch_api import BatchApiMixin
 from infermux.engines.remote.openai_format import (
     chat_completions_url,
     encode_message,
@@ -33,7 +34,7 @@ OPENAI_PARAMS = frozenset(
 )
 
 
-class RemoteInferenceEngine(RemoteEngine):
+class RemoteInferenceEngine(BatchApiMixin, RemoteEngine):
     """Any OpenAI-compatible chat-completions server; the key is optional."""
 
     engine_type = InferenceEngineType.REMOTE

@@ -128,6 +128,7 @@ class GoogleVertexInferenceEngine(RemoteInferenceEngine):
     requires_api_key = False
     default_num_workers = 8
     provider = "Vertex AI"
+    supports_batch_api = False  # Vertex batch prediction is a different API
 
     def __init__(
         self,

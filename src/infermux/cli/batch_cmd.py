@@ -1,0 +1,133 @@
+"""``infermux batch submit|status|fetch``: run a job through a provider's Batch API (OpenAI files + batches).
+
+Only typer is imported here; the engine and the Batch API code load when a command runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from infermux.configs.inference_config import InferenceConfig
+    from infermux.engines.remote.batch_state import BatchJobState
+
+batch_app = typer.Typer(
+    help="Submit a JSONL job to a Batch API (OPENAI, or any server with /v1/files and /v1/batches), "
+    "poll it, and fetch the results.",
+    no_args_is_help=True,
+)
+
+_EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
+ConfigOpt = typer.Option(None, "-c", "--config", help="YAML config (Oumi InferenceConfig format).")
+InputOpt = typer.Option(None, "--input_path", "--input-path", help="Input JSONL (default: the config's).")
+OutputOpt = typer.Option(
+    None, "--output_path", "--output-path", help="Output JSONL; the batch record is kept beside it (OUTPUT.batch.json)."
+)
+LogOpt = typer.Option("info", "--log-level", "--log_level", help="debug, info, warning or error.")
+
+
+def _setup(
+    config: str | None, overrides: list[str], input_path: str | None, output_path: str | None, log_level: str
+) -> tuple[InferenceConfig, Any]:
+    from infermux.cli.common import fail, load_cli_config, setup_logging
+    from infermux.engines.registry import build_engine
+
+    setup_logging(log_level)
+    cfg = load_cli_config(config, overrides)
+    cfg.input_path = input_path or cfg.input_path
+    cfg.output_path = output_path or cfg.output_path
+    if not cfg.output_path:
+        fail("give --output_path: results and the batch record are written beside it.")
+    engine = build_engine(cfg)
+    if not hasattr(engine, "submit_batch") or not getattr(engine, "supports_batch_api", False):
+        fail(f"the {cfg.resolved_engine()} engine does not support the Batch API; use OPENAI or REMOTE.")
+    return cfg, engine
+
+
+def _print_state(state: BatchJobState) -> None:
+    print(f"batch record: {state.path}")
+    for shard in state.shards:
+        counts = shard.request_counts
+        progress = f"{counts.get('completed', 0)}/{counts.get('total', shard.requests)} done" if counts else ""
+        failed = f", {counts['failed']} failed" if counts.get("failed") else ""
+        print(f"  {shard.batch_id}  {shard.status or 'unknown':<11} {shard.requests} requests  {progress}{failed}")
+        for error in shard.errors:
+            print(f"      {error}")
+    if state.build_errors:
+        print(f"  {len(state.build_errors)} rows were not sent (they fail at fetch; see the errors file)")
+
+
+@batch_app.command("submit", context_settings=_EXTRA)
+def submit(
+    ctx: typer.Context,
+    config: str | None = ConfigOpt,
+    input_path: str | None = InputOpt,
+    output_path: str | None = OutputOpt,
+    log_level: str = LogOpt,
+) -> None:
+    """Upload the input as batch files and create their batches. Rerunning never resubmits a batch."""
+    from infermux.cli.common import fail, user_errors
+
+    with user_errors():
+        cfg, engine = _setup(config, list(ctx.args), input_path, output_path, log_level)
+        if not cfg.input_path:
+            fail("give --input_path (or input_path in the config).")
+        state = engine.submit_batch(cfg.input_path, cfg.output_path, fingerprint=cfg.fingerprint())
+        _print_state(state)
+        print(f"check with: infermux batch status -c {config or 'CONFIG'} --output_path {cfg.output_path}")
+
+
+@batch_app.command("status", context_settings=_EXTRA)
+def status(
+    ctx: typer.Context,
+    config: str | None = ConfigOpt,
+    output_path: str | None = OutputOpt,
+    log_level: str = LogOpt,
+) -> None:
+    """Poll every batch of the job recorded beside --output_path."""
+    from infermux.cli.common import user_errors
+
+    with user_errors():
+        cfg, engine = _setup(config, list(ctx.args), None, output_path, log_level)
+        state = engine.batch_status(cfg.output_path)
+        _print_state(state)
+        print("all batches finished: run `infermux batch fetch`" if state.all_terminal else "still running")
+
+
+@batch_app.command("fetch", context_settings=_EXTRA)
+def fetch(
+    ctx: typer.Context,
+    config: str | None = ConfigOpt,
+    input_path: str | None = InputOpt,
+    output_path: str | None = OutputOpt,
+    rerun_failed: bool = typer.Option(
+        False, "--rerun-failed", "--rerun_failed", help="Then run the rows the batch failed online (same config)."
+    ),
+    log_level: str = LogOpt,
+) -> None:
+    """Download finished results into --output_path (by custom_id, in input order); failures go to the errors file."""
+    from infermux.cli.common import EXIT_ROWS_FAILED, fail, user_errors
+
+    with user_errors():
+        cfg, engine = _setup(config, list(ctx.args), input_path, output_path, log_level)
+        if not cfg.input_path:
+            fail("give --input_path: the input the batch was submitted with.")
+        fingerprint = cfg.fingerprint()
+        report = engine.fetch_batch(cfg.input_path, cfg.output_path, fingerprint=fingerprint)
+        print(f"{report.done} rows done, {report.failed} failed, {report.pending} still in running batches")
+        failed = report.failed
+        if rerun_failed and failed:
+            if report.pending:
+                fail("some batches are still running: fetch again when `infermux batch status` says they finished.")
+            print(f"rerunning {failed} failed rows online")
+            result = asyncio.run(engine.run_file(cfg.input_path, cfg.output_path, fingerprint=fingerprint))
+            failed = result.failed
+            print(f"online: {result.done} rows done, {result.failed} failed")
+        if failed:
+            print(f"failed rows are listed in {cfg.output_path}.errors.jsonl")
+        if failed or report.pending:
+            raise SystemExit(EXIT_ROWS_FAILED)
+        print(f"wrote {cfg.output_path}")
