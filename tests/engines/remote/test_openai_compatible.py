@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 
 from infermux.configs import GenerationParams, InferenceConfig, ModelParams, RemoteParams
-from infermux.configs.generation_params import GuidedDecodingParams
 from infermux.engines.registry import build_engine
 from infermux.engines.remote.openai_compatible import RemoteInferenceEngine
 from infermux.errors import ConfigError
@@ -75,23 +74,6 @@ def test_api_url_as_base_or_full_endpoint(llama_server: str, suffix: str) -> Non
     )
     (answered,) = build_engine(config).infer([conv("Hi")])
     assert "error" not in answered.metadata and answered.messages[-1].role.value == "assistant"
-
-
-@pytest.mark.slow
-def test_guided_json_from_a_real_server(llama_server: str) -> None:
-    schema = {
-        "type": "object",
-        "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
-        "required": ["city", "country"],
-    }
-    engine = RemoteInferenceEngine(
-        ModelParams(model_name="smollm2"),
-        generation_params=GenerationParams(max_new_tokens=48, guided_decoding=GuidedDecodingParams(json=schema)),
-        remote_params=RemoteParams(api_url=llama_server),
-    )
-    (answered,) = engine.infer([conv("Give the capital of France as JSON with city and country.")])
-    data = json.loads(answered.messages[-1].text)
-    assert set(data) == {"city", "country"}
 
 
 # ---------------------------------------------------------------------- durability under faults
