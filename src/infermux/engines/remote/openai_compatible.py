@@ -3,6 +3,10 @@
 The hosted providers (OPENAI, TOGETHER, LAMBDA, DEEPSEEK, SAMBANOVA, PARASAIL) and REMOTE_VLLM are
 subclasses that only change defaults (URL, key variable, concurrency, supported parameters) and, where
 a provider has quirks, :meth:`RemoteInferenceEngine.adjust_body`.
+
+Guided JSON goes out as OpenAI's ``response_format: {"type": "json_schema", ...}``, which vLLM, SGLang,
+llama.cpp's ``llama-server`` and the hosted providers understand; llama-cpp-python's own server (0.3)
+only knows the older ``{"type": "json_object", "schema": ...}`` form and ignores the constraint.
 """
 
 from __future__ import annotations
