@@ -2,9 +2,11 @@
 
 Two modes, picked by whether stdin and stdout are terminals:
 
-* **interactive**: prompt_toolkit line editing and history, multi-line input (a trailing backslash or a
-  paste), answers streamed as they are generated (a spinner until the first text arrives), Ctrl-C
-  stops the current answer and keeps the session, Ctrl-D leaves, a usage footer after each answer;
+* **interactive**: prompt_toolkit line editing and history (kept in ``$INFERMUX_CHAT_HISTORY``, by
+  default ``chat_history`` in the infermux cache folder; empty: not kept), multi-line input (a trailing
+  backslash or a paste), answers streamed as they are generated (a spinner until the first text
+  arrives), Ctrl-C stops the current answer and keeps the session, Ctrl-D leaves, a usage footer after
+  each answer;
 * **piped**: every stdin line is a turn (the history is kept), answers are printed as plain text on
   stdout, command output and errors go to stderr, and the chat ends with the input.
 """
@@ -13,10 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from infermux.cli.chat_session import ChatSession, join_continuations
@@ -279,14 +283,17 @@ def _make_prompt() -> Any:
             buffer.validate_and_handle()
 
     history: History = InMemoryHistory()
-    try:
+    where = os.environ.get("INFERMUX_CHAT_HISTORY")
+    if where is None:
         from infermux.models.default import cache_dir
 
-        path = cache_dir() / "chat_history"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        history = FileHistory(str(path))
-    except OSError:
-        pass
+        where = str(cache_dir() / "chat_history")
+    if where:  # INFERMUX_CHAT_HISTORY="" keeps the history in memory only
+        try:
+            Path(where).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            history = FileHistory(str(Path(where).expanduser()))
+        except OSError:
+            pass
     return PromptSession(
         history=history, key_bindings=bindings, multiline=True, prompt_continuation="...> ", enable_history_search=False
     )
