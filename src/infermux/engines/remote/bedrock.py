@@ -138,9 +138,16 @@ class BedrockInferenceEngine(InferenceEngine):
     capabilities: ClassVar[Capabilities] = Capabilities(
         generation_params=frozenset({"temperature", "top_p", "stop_strings"}),
         images=True,
-        notes=("model.model_kwargs are sent as additionalModelRequestFields.",),
+        notes=(
+            "model.model_kwargs are sent as additionalModelRequestFields.",
+            "remote_params.api_url, when set, replaces the bedrock-runtime endpoint (e.g. a VPC endpoint).",
+        ),
     )
     extra = "bedrock"
+    env_vars: ClassVar[dict[str, str]] = {
+        "AWS_REGION": "required: the Bedrock region, e.g. us-east-1",
+        "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_PROFILE": "credentials (or `aws configure`, or an IAM role)",
+    }
 
     def __init__(
         self,

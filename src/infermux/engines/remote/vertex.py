@@ -129,6 +129,12 @@ class GoogleVertexInferenceEngine(RemoteInferenceEngine):
     default_num_workers = 8
     provider = "Vertex AI"
     supports_batch_api = False  # Vertex batch prediction is a different API
+    env_vars: ClassVar[dict[str, str]] = {
+        "PROJECT_ID / GOOGLE_CLOUD_PROJECT": "the Google Cloud project (or `model.model_kwargs.project_id`)",
+        "REGION / GOOGLE_CLOUD_REGION / GOOGLE_CLOUD_LOCATION": "the region (or `model.model_kwargs.region`)",
+        "GOOGLE_APPLICATION_CREDENTIALS": "a service-account file for application-default credentials "
+        "(or `remote_params.api_key` set to its path, or `gcloud auth application-default login`)",
+    }
 
     def __init__(
         self,
