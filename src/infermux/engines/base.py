@@ -181,7 +181,7 @@ class InferenceEngine:
             if output_path is not None:
                 return [Conversation.model_validate_json(line) for line in _read_lines(output_path)]
             return [answered[i] for i in sorted(answered)]
-        rows = _rows_from_memory(input)
+        rows = _rows_from_memory(input, durable=output_path is not None)
         ids = [r.row_id for r in rows]
         collect: list[Conversation | RowError | None] = [None] * len(rows)
         files = JobFiles(output_path, self._fingerprint(generation)) if output_path else None
@@ -260,12 +260,16 @@ class InferenceEngine:
         return f"{self.name}(model={self.model_params.model_name!r})"
 
 
-def _rows_from_memory(conversations: Iterable[Conversation]) -> list[InputRow]:
+def _rows_from_memory(conversations: Iterable[Conversation], *, durable: bool = True) -> list[InputRow]:
+    """Rows with ids; content-derived ids (for resume) only when the job writes an output file."""
     rows = []
     seen: dict[str, int] = {}
     for index, conv in enumerate(conversations):
-        raw = json.dumps(conv.to_json_dict(), sort_keys=True).encode()
-        rid = row_id_for(index, conv.conversation_id, raw)
+        if durable:
+            raw = json.dumps(conv.to_json_dict(), sort_keys=True).encode()
+            rid = row_id_for(index, conv.conversation_id, raw)
+        else:
+            rid = conv.conversation_id or f"row-{index}"
         if rid in seen:
             seen[rid] += 1
             rid = f"{rid}#{seen[rid]}"

@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from infermux.configs.generation_params import GenerationParams, GuidedDecodingParams
-from infermux.types import ContentItem, Conversation, Message, Role, Type
+from infermux.types import ContentItem, Conversation, Message, Type
 
 __all__ = [
     "chat_completions_url",
@@ -172,16 +172,6 @@ def parse_chat_completion(data: Any) -> tuple[str, dict[str, Any]]:
 
 
 def reply(conversation: Conversation, data: Any) -> Conversation:
-    """``conversation`` answered with the reply in ``data``.
-
-    Built without re-validation (the one hot spot per row besides JSON): the input conversation is
-    already valid and the answer is a checked string, so the result is what ``with_reply`` would give.
-    """
+    """``conversation`` answered with the reply in ``data``."""
     text, metadata = parse_chat_completion(data)
-    merged = {**conversation.metadata, **metadata}
-    answer = Message.model_construct(id=None, role=Role.ASSISTANT, content=text)
-    return Conversation.model_construct(
-        conversation_id=conversation.conversation_id,
-        messages=[*conversation.messages, answer],
-        metadata=merged,
-    )
+    return conversation.with_reply(text, metadata)

@@ -73,6 +73,8 @@ RETRY_STATUSES = frozenset({408, 409, 425, 429})
 _PARSE_ERRORS = (ValueError, KeyError, TypeError, IndexError)
 _CONNECTION_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError)
 _MAX_HINT_S = 600.0
+# One encoder for every body: compact, UTF-8 as is (``json.dumps`` with options builds a new encoder per call).
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 
 
@@ -116,7 +118,7 @@ class HttpRequest:
 
     @classmethod
     def json(cls, url: str, payload: Any, headers: Mapping[str, str]) -> HttpRequest:
-        return cls(url, json.dumps(payload, ensure_ascii=False).encode(), headers)
+        return cls(url, _ENCODE(payload).encode(), headers)
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
