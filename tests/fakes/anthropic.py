@@ -15,6 +15,8 @@ what a local server cannot: Anthropic's authentication, its exact error bodies a
 * Reply: ``{"id", "type": "message", "role": "assistant", "model", "content": [{"type":
   "text", "text"}], "stop_reason": "end_turn"|"max_tokens"|"stop_sequence", "stop_sequence",
   "usage": {"input_tokens", "output_tokens"}}``.
+* ``"stream": true`` answers with the event sequence message_start, content_block_start, ping,
+  content_block_delta (``text_delta``)..., content_block_stop, message_delta, message_stop.
 * Errors: ``{"type": "error", "error": {"type", "message"}, "request_id"}`` with types
   invalid_request_error (400), authentication_error (401), permission_error (403),
   not_found_error (404), rate_limit_error (429), api_error (500), overloaded_error (529).
@@ -27,6 +29,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from typing import Any
 
 from aiohttp import web
@@ -126,6 +129,8 @@ class FakeAnthropic(FakeServer):
         text, truncated = truncate_words(text, body["max_tokens"])
         stop_reason = "stop_sequence" if matched else ("max_tokens" if truncated else "end_turn")
         input_tokens = sum(len(t.split()) for _, t in exchange.turns) + len((exchange.system or "").split())
+        if body.get("stream"):
+            return await self._stream(request, body, text, stop_reason, matched, input_tokens)
         return web.json_response(
             {
                 "id": f"msg_fake{len(self.requests)}",
@@ -138,6 +143,37 @@ class FakeAnthropic(FakeServer):
                 "usage": {"input_tokens": input_tokens, "output_tokens": len(text.split())},
             }
         )
+
+    async def _stream(
+        self, request: web.Request, body: dict, text: str, stop_reason: str, matched: str | None, input_tokens: int
+    ) -> web.StreamResponse:
+        """The Messages streaming event sequence for an answer ``text``."""
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        message = {
+            "id": f"msg_fake{len(self.requests)}", "type": "message", "role": "assistant", "model": body["model"],
+            "content": [], "stop_reason": None, "stop_sequence": None,
+            "usage": {"input_tokens": input_tokens, "output_tokens": 1},
+        }  # fmt: skip
+        events: list[tuple[str, dict]] = [
+            ("message_start", {"type": "message_start", "message": message}),
+            ("content_block_start", {"type": "content_block_start", "index": 0,
+                                     "content_block": {"type": "text", "text": ""}}),
+            ("ping", {"type": "ping"}),
+        ]  # fmt: skip
+        for piece in [p for p in re.split(r"(?<= )", text) if p]:
+            delta = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}}
+            events.append(("content_block_delta", delta))
+        events += [
+            ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            ("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": matched},
+                               "usage": {"output_tokens": len(text.split())}}),
+            ("message_stop", {"type": "message_stop"}),
+        ]  # fmt: skip
+        for name, data in events:
+            await response.write(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
+        await response.write_eof()
+        return response
 
     def _validate(self, body: Any) -> Exchange:
         check_keys(body, "body", _BODY_FIELDS, {"model", "messages", "max_tokens"})

@@ -184,3 +184,28 @@ def test_build_messages_needs_a_turn() -> None:
 )
 def test_api_url_forms(given: str, expected: str) -> None:
     assert engine(given).url == expected
+
+
+async def _collect(eng: AnthropicInferenceEngine, conversation: Conversation) -> tuple[list[str], Conversation]:
+    deltas: list[str] = []
+    final = None
+    async for event in eng.astream(conversation):
+        if event.final:
+            final = event.conversation
+        else:
+            deltas.append(event.delta)
+    assert final is not None
+    return deltas, final
+
+
+def test_streaming_yields_deltas_and_the_same_answer(fake: FakeAnthropic) -> None:
+    import asyncio
+
+    conversation = conv((Role.SYSTEM, "Be short."), (Role.USER, "stream please"))
+    eng = engine(fake.url, max_new_tokens=64)
+    [whole] = eng.infer([conversation])
+    deltas, final = asyncio.run(_collect(eng, conversation))
+    assert fake.requests[-1].json["stream"] is True
+    assert len(deltas) > 3 and "".join(deltas) == whole.last_message.text == final.last_message.text
+    assert final.metadata["finish_reason"] == "stop" and final.metadata["stop_reason"] == "end_turn"
+    assert final.metadata["usage"]["completion_tokens"] == whole.metadata["usage"]["completion_tokens"]

@@ -117,3 +117,24 @@ def test_an_image_the_text_model_refuses_fails_only_its_row(vllm_url: str) -> No
     assert bad.metadata["error"]["status"] == 400 and not bad.metadata["error"]["retryable"]
     assert bad.metadata["error"]["message"]
     assert "error" not in good.metadata and good.last_message.text
+
+
+def test_streamed_answer_equals_the_whole_answer(vllm_url: str) -> None:
+    import asyncio
+
+    eng = engine(vllm_url)
+    [whole] = eng.infer([SYSTEM])
+
+    async def collect() -> tuple[list[str], Conversation | None]:
+        deltas, final = [], None
+        async for event in eng.astream(SYSTEM):
+            if event.final:
+                final = event.conversation
+            else:
+                deltas.append(event.delta)
+        return deltas, final
+
+    deltas, final = asyncio.run(collect())
+    assert final is not None and len(deltas) > 1
+    assert "".join(deltas) == final.last_message.text == whole.last_message.text
+    assert final.metadata["usage"]["prompt_tokens"] == whole.metadata["usage"]["prompt_tokens"]

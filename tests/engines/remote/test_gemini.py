@@ -165,3 +165,27 @@ def test_more_than_five_stop_strings_is_a_clear_error() -> None:
 )
 def test_api_url_forms(given: str, expected: str) -> None:
     assert engine(given, model="models/gemini-x").url == expected
+
+
+def test_streaming_uses_stream_generate_content_sse(fake: FakeGemini) -> None:
+    import asyncio
+
+    conversation = conv((Role.USER, "stream please"))
+    eng = engine(fake.url, max_new_tokens=64)
+    [whole] = eng.infer([conversation])
+
+    async def collect() -> tuple[list[str], Conversation]:
+        deltas, final = [], None
+        async for event in eng.astream(conversation):
+            if event.final:
+                final = event.conversation
+            else:
+                deltas.append(event.delta)
+        assert final is not None
+        return deltas, final
+
+    deltas, final = asyncio.run(collect())
+    request = fake.requests[-1]
+    assert request.path.endswith(":streamGenerateContent") and request.query == {"alt": "sse"}
+    assert len(deltas) > 3 and "".join(deltas) == whole.last_message.text == final.last_message.text
+    assert final.metadata["finish_reason"] == "stop" and final.metadata["usage"] == whole.metadata["usage"]

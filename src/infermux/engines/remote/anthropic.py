@@ -24,6 +24,8 @@ from infermux.configs.remote_params import RemoteParams
 from infermux.engines.capabilities import Capabilities
 from infermux.engines.remote.base import RemoteEngine
 from infermux.engines.remote.media import image_payload
+from infermux.engines.remote.provider_streams import AnthropicStream
+from infermux.engines.remote.transport import HttpRequest
 from infermux.errors import AuthenticationError, ConfigError, RowError
 from infermux.types import Conversation, Message, Role
 
@@ -88,6 +90,7 @@ class AnthropicInferenceEngine(RemoteEngine):
         generation_params=frozenset({"temperature", "top_p", "stop_strings"}),
         guided_decoding=frozenset({"json"}),
         images=True,
+        streaming=True,
         notes=("temperature must be between 0 and 1; recent models accept temperature or top_p, not both.",),
     )
     default_api_url = "https://api.anthropic.com"
@@ -156,6 +159,12 @@ class AnthropicInferenceEngine(RemoteEngine):
         if guided is not None and guided.kind == "json":
             body["output_config"] = {"format": {"type": "json_schema", "schema": guided.schema_dict()}}
         return body
+
+    def build_stream_request(self, conversation: Conversation, generation: GenerationParams) -> HttpRequest:
+        return HttpRequest.json(self.url, {**self.build_body(conversation, generation), "stream": True}, self.headers)
+
+    def stream_decoder(self, conversation: Conversation) -> AnthropicStream:
+        return AnthropicStream(conversation)
 
     def parse_reply(self, conversation: Conversation, data: Any) -> Conversation:
         if data.get("type") != "message":

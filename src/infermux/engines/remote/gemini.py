@@ -26,7 +26,8 @@ from infermux.engines.capabilities import Capabilities
 from infermux.engines.remote.base import RemoteEngine
 from infermux.engines.remote.json_schema import to_gemini_schema
 from infermux.engines.remote.media import image_payload
-from infermux.engines.remote.transport import default_error_message
+from infermux.engines.remote.provider_streams import GeminiStream
+from infermux.engines.remote.transport import HttpRequest, default_error_message
 from infermux.errors import RowError
 from infermux.types import Conversation, Message, Role
 
@@ -146,6 +147,7 @@ class GoogleGeminiInferenceEngine(RemoteEngine):
         ),
         guided_decoding=frozenset({"json", "choice"}),
         images=True,
+        streaming=True,
         notes=("At most 5 stop strings.", "JSON schemas are inlined ($ref/$defs) to Gemini's schema subset."),
     )
     default_api_url = "https://generativelanguage.googleapis.com/v1beta"
@@ -179,6 +181,14 @@ class GoogleGeminiInferenceEngine(RemoteEngine):
         if system is not None:
             body["systemInstruction"] = system
         return body
+
+    def build_stream_request(self, conversation: Conversation, generation: GenerationParams) -> HttpRequest:
+        url = self.url.replace(":generateContent", ":streamGenerateContent")
+        url += ("&" if "?" in url else "?") + "alt=sse"
+        return HttpRequest.json(url, self.build_body(conversation, generation), self.headers)
+
+    def stream_decoder(self, conversation: Conversation) -> GeminiStream:
+        return GeminiStream(conversation)
 
     def parse_reply(self, conversation: Conversation, data: Any) -> Conversation:
         text, metadata = parse_candidate(data)
