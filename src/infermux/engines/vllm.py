@@ -222,6 +222,11 @@ class VLLMInferenceEngine(InferenceEngine):
         self._sampling_cache: dict[str, Any] = {}
         self._llm: Any = vllm.LLM(**self.llm_kwargs)
 
+    @property
+    def llm(self) -> Any:
+        """The underlying ``vllm.LLM`` (for what the engine does not expose)."""
+        return self._llm
+
     # ------------------------------------------------------------------ the seam
     def chunk_size(self, generation: GenerationParams) -> int:
         return max(CHUNK_SIZE, generation.batch_size)

