@@ -4,8 +4,8 @@ Real generations go to ``vllm serve`` (which also speaks ``/v1/messages``); this
 what a local server cannot: Anthropic's authentication, its exact error bodies and the
 429 / 529 answers. Written from Anthropic's API reference:
 
-* ``POST /v1/messages`` with headers ``x-api-key``, ``anthropic-version`` and
-  ``content-type: application/json``.
+* ``POST /v1/messages`` with headers ``x-api-key`` (recent SDKs send the key as ``Authorization:
+  Bearer`` instead; both are accepted), ``anthropic-version`` and ``content-type: application/json``.
 * Body: ``model``, ``messages``, ``max_tokens`` (all required), ``system`` (string or text
   blocks), ``stop_sequences``, ``temperature`` (0-1), ``top_p``, ``top_k``, ``metadata``,
   ``stream``, ``output_config`` (``format: {type: json_schema, schema}``), ``tools``,
@@ -108,7 +108,8 @@ class FakeAnthropic(FakeServer):
         return web.json_response(self.error_body(status, message), status=status)
 
     async def _messages(self, request: web.Request) -> web.Response:
-        key = request.headers.get("x-api-key")
+        auth = request.headers.get("Authorization", "")
+        key = request.headers.get("x-api-key") or (auth[len("Bearer ") :] if auth.startswith("Bearer ") else "")
         if not key:
             return self._error(401, "x-api-key header is required")
         if key != self.api_key:
