@@ -40,7 +40,7 @@ GEMINI_OK = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
                 "generationConfig": {"responseMimeType": "application/json", "responseSchema": {"$ref": "#/$defs/X"}},
             },
             'Unknown name "$ref"',
-        ),  # fmt: skip
+        ),
         (
             {"contents": [{"parts": [{"text": "a", "inlineData": {"mimeType": "image/png", "data": "x"}}]}]},
             "exactly one",
