@@ -189,3 +189,13 @@ def test_streaming_uses_stream_generate_content_sse(fake: FakeGemini) -> None:
     assert request.path.endswith(":streamGenerateContent") and request.query == {"alt": "sse"}
     assert len(deltas) > 3 and "".join(deltas) == whole.last_message.text == final.last_message.text
     assert final.metadata["finish_reason"] == "stop" and final.metadata["usage"] == whole.metadata["usage"]
+
+
+def test_a_400_from_the_api_fails_that_row_with_googles_message(fake: FakeGemini) -> None:
+    rows = [conv((Role.USER, "fine")), conv((Role.USER, "also fine"))]
+    answers = engine(fake.url, temperature=3.0).infer(rows)  # Gemini accepts temperatures up to 2
+    for answer in answers:
+        error = answer.metadata["error"]
+        assert error["status"] == 400 and not error["retryable"]
+        assert "generation_config.temperature: 3.0 is out of range" in error["message"]
+    assert len(fake.requests) == 2  # a 400 is not retried

@@ -1,0 +1,48 @@
+"""`infermux infer` on provider engines, end to end in a subprocess against their fakes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.conftest import cli_env, run_cli
+from tests.fakes import FakeGemini
+
+
+def test_gemini_job_and_a_wrong_key(tmp_path: Path) -> None:
+    inp = tmp_path / "in.jsonl"
+    rows = [
+        {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "one"}]},
+        {"messages": [{"role": "user", "content": "two"}, {"role": "assistant", "content": "2"}, {"role": "user", "content": "three"}]},
+    ]  # fmt: skip
+    inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out.jsonl"
+    with FakeGemini(api_key="good-key") as fake:
+        config = tmp_path / "gemini.yaml"
+        config.write_text(
+            f"model:\n  model_name: gemini-2.0-flash\nengine: GOOGLE_GEMINI\nremote_params:\n  api_url: {fake.url}\n"
+        )
+        args = ["infer", "-c", str(config), "--input_path", str(inp), "--output_path", str(out)]
+        proc = run_cli(*args, env=cli_env(GEMINI_API_KEY="good-key"))
+        assert proc.returncode == 0, proc.stderr
+        answers = [json.loads(line) for line in out.read_text().splitlines()]
+        assert answers[0]["messages"][-1]["content"] == "system=Be brief. | turns=1 | images=0 | last=one"
+        assert answers[1]["messages"][-1]["content"] == "system=- | turns=3 | images=0 | last=three"
+
+        out.unlink()
+        proc = run_cli(*args, env=cli_env(GEMINI_API_KEY="wrong-key"))
+        assert proc.returncode == 3, proc.stderr
+        errors = [json.loads(line) for line in Path(f"{out}.errors.jsonl").read_text().splitlines()]
+        assert len(errors) == 2 and all("GEMINI_API_KEY" in e["message"] for e in errors)
+        assert "wrong-key" not in proc.stdout + proc.stderr + Path(f"{out}.errors.jsonl").read_text()
+
+
+def test_missing_key_stops_before_any_request(tmp_path: Path) -> None:
+    config = tmp_path / "gemini.yaml"
+    config.write_text("model:\n  model_name: gemini-2.0-flash\nengine: GOOGLE_GEMINI\n")
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
+    env = cli_env()
+    env.pop("GEMINI_API_KEY", None)
+    proc = run_cli("infer", "-c", str(config), "--input_path", str(inp), env=env)
+    assert proc.returncode == 2 and "GEMINI_API_KEY" in proc.stderr and "Traceback" not in proc.stderr
