@@ -132,6 +132,8 @@ def test_rejected_token_is_a_clear_authentication_error(fake: FakeVertex) -> Non
     assert error["kind"] == "authentication" and error["status"] == 401
     assert "invalid authentication credentials" in error["message"]
     assert "application-default" in error["message"]
+    [again] = eng.infer([conv((Role.USER, "after a new token"))])  # the rejected token is not reused
+    assert "error" not in again.metadata and creds.refreshes == 2 and fake.tokens_seen[-1] == "token-2"
 
 
 def test_errors_wrapped_in_a_list_are_understood(fake: FakeVertex) -> None:

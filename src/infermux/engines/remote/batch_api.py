@@ -18,7 +18,7 @@ import hashlib
 import io
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -122,7 +122,9 @@ def _digest(row_ids: list[str]) -> str:
     return hashlib.sha256("\n".join(row_ids).encode()).hexdigest()[:20]
 
 
-def _shards(engine: RemoteEngine, input_path: str, generation: GenerationParams, endpoint: str, state: BatchJobState):
+def _shards(
+    engine: RemoteEngine, input_path: str, generation: GenerationParams, endpoint: str, state: BatchJobState
+) -> Iterator[tuple[ShardState, bytes]]:
     """Yield (ShardState, request bytes) in input order, within the engine's limits."""
     limit_n = int(getattr(engine, "batch_max_requests", MAX_REQUESTS))
     limit_b = int(getattr(engine, "batch_max_bytes", MAX_BYTES))

@@ -54,6 +54,7 @@ class TokenCache:
     def __init__(self, credentials: Any, margin: datetime.timedelta = _REFRESH_MARGIN) -> None:
         self.credentials = credentials
         self.margin = margin
+        self.stale = False  # set when the server rejected the token: refresh before the next use
         self._lock = asyncio.Lock()
 
     def __repr__(self) -> str:
@@ -61,7 +62,7 @@ class TokenCache:
 
     def fresh(self) -> bool:
         creds = self.credentials
-        if not getattr(creds, "token", None):
+        if self.stale or not getattr(creds, "token", None):
             return False
         expiry = getattr(creds, "expiry", None)
         if expiry is None:
@@ -76,6 +77,7 @@ class TokenCache:
             async with self._lock:
                 if not self.fresh():
                     await asyncio.to_thread(self._refresh)
+                    self.stale = False
         return str(self.credentials.token)
 
     def _refresh(self) -> None:
@@ -198,7 +200,10 @@ class GoogleVertexInferenceEngine(RemoteInferenceEngine):
             self._token = await self.tokens.token()
         except AuthenticationError as exc:
             return [exc.to_row_error() for _ in conversations]
-        return await super()._infer_chunk(conversations, generation)
+        results = await super()._infer_chunk(conversations, generation)
+        if any(isinstance(r, RowError) and r.status == 401 for r in results):
+            self.tokens.stale = True  # revoked or expired early: the next request gets a new token
+        return results
 
     def build_request(self, conversation: Conversation, generation: GenerationParams) -> HttpRequest:
         headers = {**self.headers, "Authorization": f"Bearer {self._token}"}
