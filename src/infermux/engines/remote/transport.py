@@ -343,11 +343,14 @@ class Transport(Generic[T]):
             try:
                 result = await self._attempt(request, parse, raw)
             except _Attempt as attempt:
-                self.limiter.release()
+                limiter.release()
                 failures = await self._after_failure(attempt, failures, started)
                 continue
-            self.limiter.release()
-            self.limiter.on_success()
+            except BaseException:  # cancelled, or a bug in ``parse``: give the slot back before leaving
+                limiter.release()
+                raise
+            limiter.release()
+            limiter.on_success()
             return result
 
     async def _after_failure(self, attempt: _Attempt, failures: int, started: float) -> int:
