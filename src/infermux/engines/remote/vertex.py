@@ -15,8 +15,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import datetime
 import os
 from pathlib import Path
 from typing import Any, ClassVar
@@ -26,92 +24,20 @@ from infermux.configs.generation_params import GenerationParams
 from infermux.configs.model_params import ModelParams
 from infermux.configs.remote_params import RemoteParams
 from infermux.engines.capabilities import Capabilities
+from infermux.engines.remote.google_auth import TokenCache, load_credentials
 from infermux.engines.remote.openai_compatible import OPENAI_PARAMS, RemoteInferenceEngine
 from infermux.engines.remote.transport import HttpRequest, default_error_message
 from infermux.errors import AuthenticationError, ConfigError, RowError
 from infermux.types import Conversation, Type
 
-__all__ = ["VERTEX_URL_TEMPLATE", "GoogleVertexInferenceEngine", "TokenCache"]
+__all__ = ["VERTEX_URL_TEMPLATE", "GoogleVertexInferenceEngine"]
 
 VERTEX_URL_TEMPLATE = (
     "https://{region}-aiplatform.googleapis.com/v1beta1/projects/{project_id}/locations/{region}"
     "/endpoints/openapi/chat/completions"
 )
-SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 _PROJECT_ENV = ("PROJECT_ID", "GOOGLE_CLOUD_PROJECT")
 _REGION_ENV = ("REGION", "GOOGLE_CLOUD_REGION", "GOOGLE_CLOUD_LOCATION")
-_REFRESH_MARGIN = datetime.timedelta(minutes=5)
-
-
-class TokenCache:
-    """An OAuth access token from google-auth credentials, refreshed only near expiry.
-
-    ``credentials`` is any google-auth ``Credentials`` (``token``, ``expiry``, ``refresh(request)``).
-    Refreshing is blocking I/O: it runs in a thread, under a lock, so concurrent workers wait for one
-    refresh instead of each starting their own.
-    """
-
-    def __init__(self, credentials: Any, margin: datetime.timedelta = _REFRESH_MARGIN) -> None:
-        self.credentials = credentials
-        self.margin = margin
-        self.stale = False  # set when the server rejected the token: refresh before the next use
-        self._lock = asyncio.Lock()
-
-    def __repr__(self) -> str:
-        return f"TokenCache(credentials={type(self.credentials).__name__})"
-
-    def fresh(self) -> bool:
-        creds = self.credentials
-        if self.stale or not getattr(creds, "token", None):
-            return False
-        expiry = getattr(creds, "expiry", None)
-        if expiry is None:
-            return True
-        now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)  # google-auth: naive UTC
-        if expiry.tzinfo is not None:
-            expiry = expiry.astimezone(datetime.timezone.utc).replace(tzinfo=None)
-        return bool(expiry - now > self.margin)
-
-    async def token(self) -> str:
-        if not self.fresh():
-            async with self._lock:
-                if not self.fresh():
-                    await asyncio.to_thread(self._refresh)
-                    self.stale = False
-        return str(self.credentials.token)
-
-    def _refresh(self) -> None:
-        from google.auth.exceptions import GoogleAuthError
-        from google.auth.transport.requests import Request
-
-        try:
-            self.credentials.refresh(Request())
-        except GoogleAuthError as exc:
-            raise AuthenticationError(
-                f"GOOGLE_VERTEX could not get an access token: {exc}. Run `gcloud auth application-default "
-                "login`, or point remote_params.api_key (or GOOGLE_APPLICATION_CREDENTIALS) at a "
-                "service-account JSON file.",
-                kind="authentication",
-            ) from None
-
-
-def _load_credentials(key_file: str | None) -> Any:
-    import google.auth
-    from google.auth.exceptions import DefaultCredentialsError
-
-    if key_file:
-        from google.oauth2 import service_account
-
-        return service_account.Credentials.from_service_account_file(key_file, scopes=list(SCOPES))
-    try:
-        credentials, _ = google.auth.default(scopes=list(SCOPES))
-    except DefaultCredentialsError as exc:
-        raise AuthenticationError(
-            f"GOOGLE_VERTEX found no Google credentials ({exc}). Run `gcloud auth application-default login`, "
-            "set GOOGLE_APPLICATION_CREDENTIALS, or set remote_params.api_key to a service-account JSON file.",
-            kind="authentication",
-        ) from None
-    return credentials
 
 
 class GoogleVertexInferenceEngine(RemoteInferenceEngine):
@@ -155,7 +81,7 @@ class GoogleVertexInferenceEngine(RemoteInferenceEngine):
                 "to a service-account JSON file path, or leave it unset to use application-default credentials."
             )
         if credentials is None:
-            credentials = _load_credentials(str(Path(key).expanduser()) if key else None)
+            credentials = load_credentials(str(Path(key).expanduser()) if key else None)
         self.tokens = TokenCache(credentials)
         self._token = ""
 
