@@ -91,6 +91,8 @@ class FakeOpenAIBatch(FakeServer):
         self.completion_windows = completion_windows
         self.advance_on_poll = advance_on_poll
         self.fail_custom_ids = set(fail_custom_ids or ())
+        #: Create the next N batches but answer 502, as when a reply is lost after the server acted.
+        self.lose_create_replies = 0
         self.files: dict[str, _File] = {}
         self.batches: dict[str, _Batch] = {}
         self._ids = itertools.count(1)
@@ -268,6 +270,9 @@ class FakeOpenAIBatch(FakeServer):
             "metadata": metadata,
         }
         self.batches[obj["id"]] = _Batch(obj)
+        if self.lose_create_replies > 0:  # the batch exists, but the client never hears so
+            self.lose_create_replies -= 1
+            return self._error(502, "Bad gateway")
         return web.json_response(obj)
 
     async def _retrieve(self, request: web.Request) -> web.Response:

@@ -90,6 +90,13 @@ def test_resubmitting_never_creates_a_second_batch(fake: FakeOpenAIBatch, rows: 
     assert len({s.batch_id for s in state.shards}) == 3
 
 
+def test_a_lost_create_reply_does_not_create_a_second_batch(fake: FakeOpenAIBatch, rows: Path, tmp_path: Path) -> None:
+    fake.lose_create_replies = 1
+    state = make(fake).submit_batch(str(rows), str(tmp_path / "out.jsonl"))
+    assert len(fake.batches) == 1 and posts(fake, "/v1/batches") == 1
+    assert state.shards[0].batch_id == next(iter(fake.batches))
+
+
 def test_status_and_fetch_map_results_by_custom_id(fake: FakeOpenAIBatch, rows: Path, tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
     eng = make(fake, max_requests=2)

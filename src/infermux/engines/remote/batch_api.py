@@ -14,6 +14,8 @@ after every step, and each batch carries ``metadata`` naming its job and shard, 
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import hashlib
 import io
 import json
@@ -27,7 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 from infermux.engines.batch import JobFiles
 from infermux.engines.remote.batch_state import BatchJobState, ShardState, state_path
 from infermux.engines.remote.transport import HttpRequest, Transport, default_error_message
-from infermux.errors import ConfigError, InfermuxError, RowError
+from infermux.errors import ConfigError, InfermuxError, RemoteError, RowError
 from infermux.jsonl import InputRow, iter_rows, validate_file
 from infermux.types import Conversation
 
@@ -56,18 +58,22 @@ class BatchFetchReport:
 class BatchApi:
     """Files and Batches calls against the server behind an OpenAI-compatible engine."""
 
-    def __init__(self, transport: Transport[Any], chat_url: str, headers: dict[str, str]) -> None:
+    def __init__(
+        self, transport: Transport[Any], chat_url: str, headers: dict[str, str], once: Transport[Any] | None = None
+    ) -> None:
         parts = urlsplit(chat_url)
         self.endpoint = parts.path  # e.g. /v1/chat/completions: the batch endpoint and each line's url
         root = parts.path.removesuffix("/chat/completions")
         self._url: Callable[[str], str] = lambda p: urlunsplit((parts.scheme, parts.netloc, root + p, parts.query, ""))
         self.transport = transport
+        self.once = once or transport  # no retries of its own: for calls that are not idempotent
         self.headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
 
-    async def _json(self, method: str, path: str, payload: Any = None) -> dict[str, Any]:
+    async def _json(self, method: str, path: str, payload: Any = None, *, once: bool = False) -> dict[str, Any]:
         body = b"" if payload is None else json.dumps(payload).encode()
         headers = {**self.headers, "Content-Type": "application/json"} if payload is not None else self.headers
-        return await self.transport.send(HttpRequest(self._url(path), body, headers, method), _object)
+        transport = self.once if once else self.transport
+        return await transport.send(HttpRequest(self._url(path), body, headers, method), _object)
 
     async def upload(self, filename: str, data: bytes) -> str:
         boundary = f"infermux-{uuid.uuid4().hex}"
@@ -86,7 +92,8 @@ class BatchApi:
 
     async def create(self, file_id: str, window: str, metadata: dict[str, str]) -> dict[str, Any]:
         payload = {"input_file_id": file_id, "endpoint": self.endpoint, "completion_window": window}
-        return await self._json("POST", "/batches", {**payload, "metadata": metadata})
+        # Not retried blindly: a timeout may hide a batch that was created (see _submit_shard).
+        return await self._json("POST", "/batches", {**payload, "metadata": metadata}, once=True)
 
     async def retrieve(self, batch_id: str) -> dict[str, Any]:
         return await self._json("GET", f"/batches/{batch_id}")
@@ -199,7 +206,19 @@ async def _submit_shard(api: BatchApi, state: BatchJobState, shard: ShardState, 
         state.save()
     shard.create_started = True
     state.save()
-    batch = await api.create(shard.input_file_id, window, metadata)
+    retries = api.transport.settings.max_retries
+    for attempt in range(retries + 1):
+        try:
+            batch = await api.create(shard.input_file_id, window, metadata)
+            break
+        except RemoteError as exc:
+            if not exc.retryable or attempt == retries:
+                raise
+            found = await api.find(metadata)  # the failed call may have created it anyway
+            if found is not None:
+                batch = found
+                break
+            await asyncio.sleep(min(30.0, 2.0**attempt))
     shard.batch_id, shard.status = str(batch["id"]), batch.get("status")
     state.save()
 
@@ -312,15 +331,17 @@ class _api:
             raise ConfigError(f"{engine.name} does not support the OpenAI Batch API (files + batches).")
         self.engine = engine
         hint = f"Check the key in {engine.api_key_env} (or remote_params.api_key)." if engine.api_key_env else ""
-        self.transport: Transport[Any] = Transport(
-            engine.settings, secrets=engine._secrets, auth_hint=hint, error_message=engine.error_message
-        )
+        kwargs: dict[str, Any] = {"secrets": engine._secrets, "auth_hint": hint, "error_message": engine.error_message}
+        self.transport: Transport[Any] = Transport(engine.settings, **kwargs)
+        self.once: Transport[Any] = Transport(dataclasses.replace(engine.settings, max_retries=0), **kwargs)
 
     async def __aenter__(self) -> BatchApi:
         await self.transport.__aenter__()
-        return BatchApi(self.transport, self.engine.url, dict(self.engine.headers))
+        await self.once.__aenter__()
+        return BatchApi(self.transport, self.engine.url, dict(self.engine.headers), self.once)
 
     async def __aexit__(self, *exc: object) -> None:
+        await self.once.__aexit__(*exc)
         await self.transport.__aexit__(*exc)
 
 
