@@ -1,0 +1,104 @@
+"""The chat on local engines (LLAMACPP, NATIVE) with the default model, in a pseudo-terminal.
+
+History is checked against the engine itself: the chat's second answer must equal what the same engine
+answers, in batch mode, to the saved conversation up to that question (greedy decoding), and differ from
+its answer to the question alone. Ctrl-C is pressed while an answer that cannot end on its own (the
+end-of-turn token is banned) is streaming: "[stopped]" proves the text was on screen before generation
+finished, and the next turn proves the session and the engine carry on.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from infermux.configs.inference_config import InferenceConfig
+from infermux.engines.base import InferenceEngine
+from infermux.engines.registry import build_engine
+from infermux.jsonl import iter_rows
+from infermux.types import Conversation, Message, Role
+from tests.cli.chat_driver import ChatDriver
+
+pytestmark = pytest.mark.slow
+
+ENGINES = [
+    "LLAMACPP",
+    pytest.param(
+        "NATIVE",
+        marks=pytest.mark.skipif(
+            importlib.util.find_spec("infermux.engines.native") is None, reason="the NATIVE engine is not built yet"
+        ),
+    ),
+]
+MAX_NEW = 16
+END_OF_TURN = 2  # <|im_end|> in SmolLM2's vocabulary
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def engine_name(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def engine(engine_name: str) -> Iterator[InferenceEngine]:
+    cfg = InferenceConfig.model_validate({"engine": engine_name, "generation": {"max_new_tokens": MAX_NEW}})
+    with build_engine(cfg) as built:
+        yield built
+
+
+def saved_conversation(chat: ChatDriver, path: Path, count: int) -> Conversation:
+    chat.command(f"/save {path}", f"saved {count} messages")
+    (row,) = list(iter_rows(str(path)))
+    return row.conversation
+
+
+def test_two_turns_carry_history_and_reset_clears_it(engine_name: str, engine: InferenceEngine, tmp_path: Path) -> None:
+    chat = ChatDriver(["--engine", engine_name, "--generation.max_new_tokens", str(MAX_NEW)], tmp_path)
+    try:
+        chat.say("My favourite colour is green.")
+        footer = chat.answer()
+        assert f"{MAX_NEW} tokens" in footer or " tokens · " in footer  # usage reported by the engine
+        assert "first token" in footer  # streamed
+        chat.say("What is my favourite colour?")
+        chat.answer()
+        conversation = saved_conversation(chat, tmp_path / "chat.jsonl", 4)
+        assert [m.role for m in conversation.messages] == [Role.USER, Role.ASSISTANT, Role.USER, Role.ASSISTANT]
+
+        question = Conversation(messages=conversation.messages[:3])
+        alone = Conversation(messages=[conversation.messages[2]])
+        with_history, without = engine.infer([question, alone])
+        assert conversation.messages[3].text == with_history.last_message.text
+        assert with_history.last_message.text != without.last_message.text  # the history mattered
+
+        chat.command("/reset", "conversation cleared")
+        chat.say("Hello!")
+        chat.answer()
+        after_reset = saved_conversation(chat, tmp_path / "again.jsonl", 2)
+        assert after_reset.messages[0] == Message(role=Role.USER, content="Hello!")
+        assert chat.exit() == 0
+    finally:
+        chat.kill()
+
+
+def test_ctrl_c_stops_a_streaming_answer_and_the_session_goes_on(engine_name: str, tmp_path: Path) -> None:
+    args = ["--engine", engine_name, "--generation.max_new_tokens", "2000"]
+    args += ["--generation.logit_bias", f"{{{END_OF_TURN}: -100}}"]  # the answer cannot end by itself
+    chat = ChatDriver(args, tmp_path)
+    try:
+        chat.say("Count from 1 to 1000.")
+        chat.child.expect_exact("\r\x1b[K")  # the spinner is cleared when the first text arrives
+        chat.child.expect(r"\w")
+        chat.child.sendintr()  # Ctrl-C
+        chat.child.expect_exact("[stopped]")
+        chat.command("/params max_new_tokens=8 logit_bias={}", "set max_new_tokens=8")
+        chat.say("Thanks.")
+        chat.answer()
+        conversation = saved_conversation(chat, tmp_path / "chat.jsonl", 4)
+        stopped = conversation.messages[1]
+        assert stopped.role == Role.ASSISTANT and stopped.text.strip()
+        assert chat.exit() == 0
+    finally:
+        chat.kill()
