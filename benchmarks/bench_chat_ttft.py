@@ -46,9 +46,9 @@ TURNS = {"first turn": FIRST, "third turn": THIRD}
 Timing = tuple[float, float]  # (time to first text, total)
 
 
-def median_of(run: Callable[[], Timing], repeat: int) -> Timing:
-    run()  # warm-up
-    samples = [run() for _ in range(repeat)]
+def median_of(turn: Callable[[list[dict[str, str]]], Timing], messages: list[dict[str, str]], repeat: int) -> Timing:
+    turn(messages)  # warm-up
+    samples = [turn(messages) for _ in range(repeat)]
     return statistics.median(s[0] for s in samples), statistics.median(s[1] for s in samples)
 
 
@@ -153,8 +153,8 @@ def main() -> None:
             continue
         print(f"{name:9s} engine load {load_s:.2f} s")
         for label, messages in TURNS.items():
-            o_first, o_total = median_of(lambda m=messages: ours_turn(m), args.repeat)  # type: ignore[misc]
-            r_first, r_total = median_of(lambda m=messages: raw_turn(m), args.repeat)  # type: ignore[misc]
+            o_first, o_total = median_of(ours_turn, messages, args.repeat)
+            r_first, r_total = median_of(raw_turn, messages, args.repeat)
             print(
                 f"{name:9s} {label:10s} TTFT ours {o_first * 1000:7.1f} ms  raw {r_first * 1000:7.1f} ms  "
                 f"ratio {o_first / r_first:5.2f}   answer ours {o_total:.2f} s  raw {r_total:.2f} s"
