@@ -209,25 +209,16 @@ async def _run_chunks(
     """Feed ``rows`` to the engine in chunks, ``engine.max_concurrency()`` chunks at a time."""
     size = max(1, engine.chunk_size(generation))
     workers = max(1, engine.max_concurrency())
-    queue: asyncio.Queue[list[InputRow] | None] = asyncio.Queue(maxsize=workers * 2)
-
-    async def feed() -> None:
-        for chunk in _chunks(rows, size):
-            await queue.put(chunk)
-        for _ in range(workers):
-            await queue.put(None)
+    # Workers pull from one shared iterator (``next`` never awaits, so no two workers interleave inside
+    # it): no feeder task and no queue hand-off per chunk, which matters at one row per chunk.
+    chunks = _chunks(rows, size)
 
     async def work() -> None:
-        while (chunk := await queue.get()) is not None:
+        for chunk in chunks:
             for row, result in zip(chunk, await _infer_safely(engine, chunk, generation), strict=True):
                 on_result(row, result)
 
-    feeder = asyncio.create_task(feed())
-    try:
-        await asyncio.gather(*(work() for _ in range(workers)))
-        await feeder
-    finally:
-        feeder.cancel()
+    await asyncio.gather(*(work() for _ in range(workers)))
 
 
 async def _infer_safely(
