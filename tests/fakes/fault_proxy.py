@@ -111,7 +111,7 @@ def make_app(cfg: ProxyConfig) -> web.Application:
         if fault is not None:
             count_fault(fault)
         if fault == "429":
-            headers = {"Retry-After": cfg.retry_after_header()}
+            headers = {"Retry-After": cfg.retry_after_header()} if cfg.retry_after != "none" else {}
             if cfg.ratelimit_reset:
                 headers["x-ratelimit-reset-requests"] = cfg.ratelimit_reset
             return _error(429, "Rate limit reached (injected)", headers)
@@ -173,7 +173,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fault-rate", type=float, default=0.2)
     p.add_argument("--faults", default=",".join(FAULT_KINDS))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--retry-after", default="0", help="seconds, or date:N for an HTTP date")
+    p.add_argument("--retry-after", default="0", help="seconds, date:N for an HTTP date, or none")
     p.add_argument("--ratelimit-reset", default="", help="x-ratelimit-reset-requests value, e.g. 1s")
     p.add_argument("--hang-s", type=float, default=5.0, help="how long a 'timeout' fault hangs")
     p.add_argument("--slow-s", type=float, default=0.2, help="how long a 'slow' body takes")

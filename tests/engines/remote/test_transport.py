@@ -16,6 +16,7 @@ from infermux.engines.remote.transport import (
     HttpRequest,
     Transport,
     TransportSettings,
+    _Attempt,
     parse_retry_hint,
     redact,
 )
@@ -212,3 +213,22 @@ def test_retries_give_up_after_max_retries_with_a_retryable_error(upstream: str)
         assert isinstance(err, RemoteError) and err.retryable and err.status == 500
         assert "gave up after 3 failed attempts" in str(err)
         assert _get(proxy + "/_proxy/stats")["requests"] == 3
+
+
+def test_hintless_rate_limits_back_off_on_the_jobs_streak_and_pause_every_worker() -> None:
+    transport: Transport[Any] = Transport(TransportSettings(retry_backoff_base=0.1, retry_backoff_max=30))
+    limited = _Attempt("rate_limited", "HTTP 429", status=429, retry=True, rate_limited=True)
+    transport._rate_streak = 5
+    delay = transport._delay(limited, 0)
+    assert 0.8 <= delay <= 1.6  # 0.1 × 2^4, times 0.5-1
+    assert transport._resume_at > 0  # shared pause
+    transport._rate_streak = 40
+    assert transport._delay(limited, 0) <= 30
+
+
+def test_hintless_429s_are_retried_until_they_stop(upstream: str) -> None:
+    args = ("--fault-rate", "1", "--faults", "429", "--retry-after", "none", "--max-faults-per-body", "3")
+    with fault_proxy(upstream, *args) as proxy:
+        settings = TransportSettings(num_workers=2, max_retries=0, retry_backoff_base=0.01)
+        out = asyncio.run(_send_all(proxy + "/v1/chat/completions", ["r", "s"], settings))
+        assert out == ["echo: r", "echo: s"]

@@ -304,6 +304,7 @@ class Transport(Generic[T]):
         self.limiter = AimdLimiter(settings.num_workers, adaptive=settings.use_adaptive_concurrency)
         self._session: aiohttp.ClientSession | None = None
         self._resume_at = 0.0  # monotonic time before which no request starts (shared rate-limit pause)
+        self._rate_streak = 0  # rate-limited replies since the last success
         self.stats = {"requests": 0, "retries": 0, "rate_limited": 0}
 
     def __repr__(self) -> str:
@@ -351,6 +352,8 @@ class Transport(Generic[T]):
                 raise
             limiter.release()
             limiter.on_success()
+            if self._rate_streak:
+                self._rate_streak = 0
             return result
 
     async def _after_failure(self, attempt: _Attempt, failures: int, started: float) -> int:
@@ -360,6 +363,7 @@ class Transport(Generic[T]):
         waited = time.monotonic() - started
         if attempt.rate_limited:
             self.stats["rate_limited"] += 1
+            self._rate_streak += 1
             if not attempt.retry or waited > self.settings.rate_limit_budget_s:
                 raise self._final(attempt, failures, waited) from None
         else:
@@ -463,13 +467,20 @@ class Transport(Generic[T]):
         return _Attempt("http_error", message, status=status, retry=retry, hint=hint, overload=retry)
 
     def _delay(self, attempt: _Attempt, failures: int) -> float:
-        if attempt.hint is not None:
-            if attempt.rate_limited:
-                self._resume_at = max(self._resume_at, time.monotonic() + attempt.hint)
-            return attempt.hint + random.uniform(0.0, 0.1 * attempt.hint + 0.01)
         s = self.settings
-        exponent = max(failures, 1) - 1
-        return random.uniform(0.0, min(s.retry_backoff_max, s.retry_backoff_base * (2.0**exponent)))
+        if attempt.hint is not None:
+            delay = attempt.hint + random.uniform(0.0, 0.1 * attempt.hint + 0.01)
+        elif attempt.rate_limited:
+            # No hint: back off on the job's run of rate limits (every worker feeds it, any success
+            # resets it), never to near zero, so a storm is met with growing, shared pauses.
+            exponent = min(self._rate_streak, 11) - 1
+            delay = min(s.retry_backoff_max, s.retry_backoff_base * (2.0**exponent)) * random.uniform(0.5, 1.0)
+        else:
+            exponent = max(failures, 1) - 1
+            return random.uniform(0.0, min(s.retry_backoff_max, s.retry_backoff_base * (2.0**exponent)))
+        if attempt.rate_limited:
+            self._resume_at = max(self._resume_at, time.monotonic() + delay)
+        return delay
 
     async def _wait_rate_pause(self) -> None:
         delay = self._resume_at - time.monotonic()
