@@ -81,9 +81,7 @@ def _bare_run(url: str, texts: list[str], workers: int) -> tuple[float, int]:
     return elapsed, lost
 
 
-def _side_by_side(
-    url: str, texts: list[str], workers: int, repeat: int, **remote: Any
-) -> dict[str, Any]:
+def _side_by_side(url: str, texts: list[str], workers: int, repeat: int, **remote: Any) -> dict[str, Any]:
     bare: list[tuple[float, int]] = []
     ours: list[tuple[float, int]] = []
     runs: list[tuple[list[tuple[float, int]], Callable[[], tuple[float, int]]]] = [
