@@ -12,6 +12,8 @@ Written from SGLang's "Sampling Parameters" and "Native APIs" documentation:
   the server answer 400 ``{"error": {"message": ...}}``.
 * Reply: ``{"text", "meta_info": {"id", "finish_reason": {"type": "stop"|"length", ...},
   "prompt_tokens", "completion_tokens", "cached_tokens"}}``.
+* ``"stream": true``: ``data:`` events each holding the text so far and its ``meta_info``, then
+  ``data: [DONE]``.
 * With ``--api-key`` the server wants ``Authorization: Bearer <key>`` and answers 401
   ``{"error": "Unauthorized"}`` otherwise.
 
@@ -130,6 +132,8 @@ class FakeSGLang(FakeServer):
         else:
             finish = {"type": "stop", "matched": matched if matched is not None else 2}
         prompt_tokens = len(body["text"].split())
+        if body.get("stream"):
+            return await self._stream(request, body, text, finish, prompt_tokens)
         return web.json_response(
             {
                 "text": text,
@@ -143,13 +147,29 @@ class FakeSGLang(FakeServer):
             }
         )
 
+    async def _stream(
+        self, request: web.Request, body: dict, text: str, finish: dict, prompt_tokens: int
+    ) -> web.StreamResponse:
+        """SGLang's stream: every event carries the text so far; ``data: [DONE]`` ends it."""
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        pieces = [p for p in re.split(r"(?<= )", text) if p] or [""]
+        so_far = ""
+        for i, piece in enumerate(pieces):
+            so_far += piece
+            meta = {"id": body.get("rid") or f"sgl-{len(self.requests)}", "prompt_tokens": prompt_tokens,
+                    "completion_tokens": len(so_far.split()), "cached_tokens": 0,
+                    "finish_reason": finish if i == len(pieces) - 1 else None}  # fmt: skip
+            await response.write(b"data: " + json.dumps({"text": so_far, "meta_info": meta}).encode() + b"\n\n")
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
     def _validate(self, body: Any) -> tuple[Exchange, dict]:
         check_keys(body, "GenerateReqInput", _REQUEST_FIELDS)
         if "text" not in body:
             raise RequestInvalid("Either text, input_ids or input_embeds should be provided.")
         prompt = check_type(body["text"], "text", str)
-        if body.get("stream"):
-            raise RequestInvalid("this fake serves only non-streaming requests")
         params = check_keys(body.get("sampling_params", {}), "sampling_params", _SAMPLING_FIELDS)
         for name, lo, hi in (
             ("temperature", 0.0, None),

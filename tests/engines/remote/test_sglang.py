@@ -144,3 +144,26 @@ def test_missing_tokenizer_is_a_clear_error(tmp_path: Any) -> None:
         SGLangInferenceEngine(
             ModelParams(model_name=str(tmp_path / "nothing")), remote_params=RemoteParams(api_url="http://h:1")
         )
+
+
+def test_streaming_turns_cumulative_text_into_deltas(fake: FakeSGLang, tokenizer: Any) -> None:
+    import asyncio
+
+    conversation = conv((Role.SYSTEM, "Be terse."), (Role.USER, "stream please"))
+    eng = engine(fake, tokenizer, max_new_tokens=64)
+    [whole] = eng.infer([conversation])
+
+    async def collect() -> tuple[list[str], Conversation]:
+        deltas, final = [], None
+        async for event in eng.astream(conversation):
+            if event.final:
+                final = event.conversation
+            else:
+                deltas.append(event.delta)
+        assert final is not None
+        return deltas, final
+
+    deltas, final = asyncio.run(collect())
+    assert fake.requests[-1].json["stream"] is True
+    assert len(deltas) > 3 and "".join(deltas) == whole.last_message.text == final.last_message.text
+    assert final.metadata["finish_reason"] == "stop" and final.metadata["usage"] == whole.metadata["usage"]

@@ -1,4 +1,4 @@
-"""Streamed answers of the Anthropic Messages API and the Gemini API (decoders for the SSE seam).
+"""Streamed answers of the Anthropic Messages API, the Gemini API and SGLang (decoders for the SSE seam).
 
 * Anthropic (``"stream": true``): events ``message_start`` (model, input token usage),
   ``content_block_start``/``content_block_delta`` (``text_delta`` pieces)/``content_block_stop``,
@@ -7,6 +7,8 @@
 * Gemini (``:streamGenerateContent?alt=sse``): each event is a partial ``GenerateContentResponse``;
   the text pieces add up, the last one carries ``finishReason`` and ``usageMetadata``; the stream ends
   when the connection does.
+* SGLang ``/generate`` with ``"stream": true``: each ``data:`` event holds the answer *so far* (``text``)
+  and its ``meta_info``; ``data: [DONE]`` ends the stream; ``{"error": ...}`` reports a failure.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from infermux.engines.remote.sse import SseEvent
 from infermux.errors import RemoteError
 from infermux.types import Conversation
 
-__all__ = ["AnthropicStream", "GeminiStream"]
+__all__ = ["AnthropicStream", "GeminiStream", "SGLangStream"]
 
 _ANTHROPIC_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls"}
 _GEMINI_FINISH = {"STOP": "stop", "MAX_TOKENS": "length"}
@@ -98,3 +100,35 @@ class GeminiStream:
 
     def result(self) -> Conversation:
         return self.conversation.with_reply("".join(self._text), dict(self._metadata))
+
+
+class SGLangStream:
+    """Decoder of one streamed SGLang ``/generate`` answer (cumulative text in every event)."""
+
+    def __init__(self, conversation: Conversation) -> None:
+        self.conversation = conversation
+        self.done = False
+        self._text = ""
+        self._meta: dict[str, Any] = {}
+
+    def feed(self, event: SseEvent) -> str:
+        if event.data.strip() == "[DONE]":
+            self.done = True
+            return ""
+        data = json.loads(event.data)
+        if "error" in data:
+            error = data["error"]
+            message = error.get("message") if isinstance(error, dict) else error
+            raise RemoteError(f"the server failed mid-answer: {message}", kind="http_error")
+        text = str(data["text"])
+        delta = text[len(self._text) :] if text.startswith(self._text) else text
+        self._text = text
+        self._meta = data.get("meta_info") or self._meta
+        return delta
+
+    def result(self) -> Conversation:
+        finish = self._meta.get("finish_reason") or {}
+        kind = finish.get("type") if isinstance(finish, dict) else finish
+        prompt, completion = int(self._meta.get("prompt_tokens") or 0), int(self._meta.get("completion_tokens") or 0)
+        usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        return self.conversation.with_reply(self._text, {"finish_reason": kind, "usage": usage})

@@ -23,7 +23,8 @@ from infermux.configs.remote_params import RemoteParams
 from infermux.engines.capabilities import Capabilities
 from infermux.engines.remote.base import RemoteEngine
 from infermux.engines.remote.media import image_payload
-from infermux.engines.remote.transport import default_error_message
+from infermux.engines.remote.provider_streams import SGLangStream
+from infermux.engines.remote.transport import HttpRequest, default_error_message
 from infermux.errors import ModelNotFoundError
 from infermux.types import Conversation
 
@@ -97,6 +98,7 @@ class SGLangInferenceEngine(RemoteEngine):
         ),
         guided_decoding=frozenset({"json", "regex", "choice"}),
         images=True,
+        streaming=True,
         notes=("Prompts are rendered with the model's chat template from local tokenizer files.",),
     )
     extra = "native"
@@ -156,6 +158,12 @@ class SGLangInferenceEngine(RemoteEngine):
         if images:
             body["image_data"] = images
         return body
+
+    def build_stream_request(self, conversation: Conversation, generation: GenerationParams) -> HttpRequest:
+        return HttpRequest.json(self.url, {**self.build_body(conversation, generation), "stream": True}, self.headers)
+
+    def stream_decoder(self, conversation: Conversation) -> SGLangStream:
+        return SGLangStream(conversation)
 
     def error_message(self, status: int, body: bytes) -> str:
         message = default_error_message(status, body)
