@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import itertools
 import json
 import time
 import urllib.request
@@ -102,6 +103,23 @@ def test_aimd_starts_at_the_maximum_halves_once_per_cooldown_and_creeps_back() -
     fixed = AimdLimiter(4, adaptive=False)
     fixed.on_overload()
     assert fixed.limit == 4
+
+
+def test_politeness_keeps_a_gap_between_requests_of_one_slot() -> None:
+    limiter = AimdLimiter(1, adaptive=False, politeness=0.2)
+    starts: list[float] = []
+
+    async def job() -> None:
+        await limiter.acquire()
+        starts.append(time.monotonic())
+        limiter.release()
+
+    async def main() -> None:
+        await asyncio.gather(*(job() for _ in range(3)))
+
+    asyncio.run(main())
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert len(gaps) == 2 and min(gaps) >= 0.19
 
 
 def test_aimd_limits_requests_in_flight() -> None:

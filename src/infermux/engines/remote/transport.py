@@ -13,10 +13,9 @@ It supplies four things, and the transport does the rest:
 
 Those travel as an :class:`HttpRequest` plus a ``parse`` callable into :meth:`Transport.send`, which
 returns the parsed result or raises :class:`~infermux.errors.RemoteError` once retries are spent.
-:meth:`Transport.map` runs ``num_workers`` coroutines over an iterator of rows (lazily: memory stays
-flat for any number of rows) and hands each outcome (result or ``RowError``) to a callback as soon
-as it is known, which is where an engine writes it out durably. Adapters may also pass
-``error_message`` to pull the human message out of their provider's error bodies.
+Rows are fed by the batch loop (one ``send`` per row, ``num_workers`` at a time; see
+:class:`infermux.engines.remote.base.RemoteEngine`). Adapters may also pass ``error_message`` to pull
+the human message out of their provider's error bodies.
 
 What the transport guarantees
 -----------------------------
@@ -30,7 +29,8 @@ What the transport guarantees
   minute-long 429 storm loses nothing.
 * AIMD concurrency (``use_adaptive_concurrency``): starts at ``num_workers``, halves on overload
   signals (at most once per cool-down), creeps back by one slot per window of successes.
-* ``politeness_policy`` seconds between consecutive requests of one worker.
+* ``politeness_policy``: seconds between consecutive requests of one concurrency slot (a slot that
+  finishes a request becomes usable again only that long after; results are not held back).
 * Secrets (API keys) are scrubbed from every error message and never part of any repr.
 """
 
@@ -45,15 +45,14 @@ import random
 import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import aiohttp
 
 from infermux.engines.remote.sse import SseEvent, iter_sse
-from infermux.errors import AuthenticationError, RemoteError, RowError
+from infermux.errors import AuthenticationError, RemoteError
 
 __all__ = [
     "AimdLimiter",
@@ -67,7 +66,6 @@ __all__ = [
 logger = logging.getLogger("infermux.remote")
 
 T = TypeVar("T")
-I = TypeVar("I")  # noqa: E741
 
 RETRY_STATUSES = frozenset({408, 409, 425, 429})
 _PARSE_ERRORS = (ValueError, KeyError, TypeError, IndexError)
@@ -191,11 +189,14 @@ class AimdLimiter:
     semaphore of ``maximum`` slots.
     """
 
-    def __init__(self, maximum: int, *, adaptive: bool = True, minimum: int = 1, cooldown_s: float = 0.5):
+    def __init__(
+        self, maximum: int, *, adaptive: bool = True, minimum: int = 1, cooldown_s: float = 0.5, politeness: float = 0.0
+    ):
         self.maximum = max(1, maximum)
         self.minimum = max(1, min(minimum, self.maximum))
         self.adaptive = adaptive
         self.cooldown_s = cooldown_s
+        self.politeness = politeness
         self.limit = float(self.maximum)
         self.in_flight = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
@@ -220,12 +221,19 @@ class AimdLimiter:
             await fut
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled():
-                self.release()  # the slot was handed over just as we were cancelled
+                self.release_now()  # the slot was handed over just as we were cancelled
             else:
                 self._waiters.remove(fut)
             raise
 
     def release(self) -> None:
+        """Give a slot back; with ``politeness`` it becomes usable again only that many seconds later."""
+        if self.politeness > 0:
+            asyncio.get_running_loop().call_later(self.politeness, self.release_now)
+        else:
+            self.release_now()
+
+    def release_now(self) -> None:
         self.in_flight -= 1
         self._wake()
 
@@ -301,7 +309,9 @@ class Transport(Generic[T]):
         self._secrets = tuple(s for s in secrets if s)
         self._auth_hint = auth_hint
         self._error_message = error_message
-        self.limiter = AimdLimiter(settings.num_workers, adaptive=settings.use_adaptive_concurrency)
+        self.limiter = AimdLimiter(
+            settings.num_workers, adaptive=settings.use_adaptive_concurrency, politeness=settings.politeness_policy
+        )
         self._session: aiohttp.ClientSession | None = None
         self._resume_at = 0.0  # monotonic time before which no request starts (shared rate-limit pause)
         self._rate_streak = 0  # rate-limited replies since the last success
@@ -348,7 +358,7 @@ class Transport(Generic[T]):
                 failures = await self._after_failure(attempt, failures, started)
                 continue
             except BaseException:  # cancelled, or a bug in ``parse``: give the slot back before leaving
-                limiter.release()
+                limiter.release_now()
                 raise
             limiter.release()
             limiter.on_success()
@@ -493,43 +503,3 @@ class Transport(Generic[T]):
             message += f" (gave up after {failures} failed attempts and {waited:.1f}s)"
         cls = AuthenticationError if attempt.kind == "authentication" else RemoteError
         return cls(message, status=attempt.status, retryable=attempt.retry, kind=attempt.kind)
-
-    # ------------------------------------------------------------------ many rows
-
-    async def map(
-        self,
-        items: Iterable[I],
-        call: Callable[[I], Awaitable[T]],
-        on_done: Callable[[int, I, T | RowError], None],
-    ) -> None:
-        """Run ``call`` on every item with ``num_workers`` workers; report each outcome to ``on_done``.
-
-        Items are pulled lazily, so a generator of any length uses constant memory. ``on_done`` gets
-        ``(index, item, result_or_RowError)`` in completion order (the index restores input order).
-        """
-        source = iter(enumerate(items))
-        politeness = self.settings.politeness_policy
-
-        async def worker() -> None:
-            for index, item in source:
-                try:
-                    outcome: T | RowError = await call(item)
-                except RemoteError as exc:
-                    outcome = exc.to_row_error()
-                except Exception as exc:  # a bug in an adapter fails its row, not the job
-                    logger.debug("row %d failed", index, exc_info=True)
-                    outcome = RowError.from_exception(exc)
-                    outcome = RowError(outcome.kind, redact(outcome.message, self._secrets))
-                on_done(index, item, outcome)
-                if politeness > 0:
-                    await asyncio.sleep(politeness)
-
-        await asyncio.gather(*(worker() for _ in range(self.settings.num_workers)))
-
-
-@asynccontextmanager
-async def open_transport(settings: TransportSettings, **kwargs: Any) -> AsyncIterator[Transport[Any]]:
-    """``async with open_transport(settings, secrets=[key]) as t:`` — a convenience wrapper."""
-    transport: Transport[Any] = Transport(settings, **kwargs)
-    async with transport:
-        yield transport
