@@ -178,8 +178,7 @@ def _derive(source: Path, out: Path) -> None:
     for module in ("gguf", "accelerate"):
         if importlib.util.find_spec(module) is None:
             raise EngineUnavailableError(
-                f"Reading the default model's GGUF with transformers needs the '{module}' package: "
-                f"pip install {module}"
+                f"Reading the default model's GGUF with transformers needs the '{module}' package: pip install {module}"
             )
 
     folder, name = str(source.parent), source.name

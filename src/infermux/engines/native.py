@@ -1,0 +1,280 @@
+"""NATIVE: local inference with Hugging Face transformers (torch), on CPU or GPU.
+
+- The model and tokenizer load once, at construction (:mod:`native_loading`): a local folder, a hub id
+  found in the local cache, a ``.gguf`` file, or the embedded default ``smollm2-135m-instruct``.
+- Each chunk of conversations is rendered with the chat template, tokenized, sorted by length and cut
+  into batches of ``generation.batch_size`` rows (so rows of similar length share a batch and little
+  compute goes to padding), left-padded with an attention mask, and generated with the KV cache.
+- Greedy and sampled decoding run in the engine's own loop (:mod:`native_decode`), which drops finished
+  rows from the batch; beam search and guided decoding (xgrammar) run through ``model.generate``.
+- Sampling happens whenever ``temperature > 0`` (or ``use_sampling``): a temperature means the user
+  wants sampling, so it is never silently ignored.
+- Answers exclude the prompt (unless ``exclude_prompt_from_response`` is false), are decoded with
+  ``skip_special_tokens``, and are cut before the first stop string.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar
+
+from infermux.configs.engine_type import InferenceEngineType
+from infermux.configs.generation_params import GenerationParams
+from infermux.configs.model_params import ModelParams
+from infermux.configs.remote_params import RemoteParams
+from infermux.engines.base import InferenceEngine, StreamEvent
+from infermux.engines.capabilities import Capabilities
+from infermux.errors import EngineUnavailableError, InputError, RowError
+from infermux.types import Conversation
+
+__all__ = ["NativeTextInferenceEngine"]
+
+logger = logging.getLogger("infermux.engines.native")
+
+_SUPPORTED = """seed temperature top_p min_p use_sampling num_beams stop_strings stop_token_ids
+    frequency_penalty presence_penalty logit_bias skip_special_tokens"""
+# Chunks hold several batches, so rows can be grouped by length across them.
+_BATCHES_PER_CHUNK = 4
+
+
+class NativeTextInferenceEngine(InferenceEngine):
+    """Hugging Face transformers on this machine (see the module docstring)."""
+
+    engine_type: ClassVar[InferenceEngineType | str | None] = InferenceEngineType.NATIVE
+    extra: ClassVar[str | None] = "native"
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        generation_params=frozenset(_SUPPORTED.split()),
+        guided_decoding=frozenset({"json", "regex", "choice"}),
+        images=False,
+        streaming=True,
+        lora=True,
+        notes=("text-only models; guided decoding through xgrammar",),
+    )
+
+    def __init__(
+        self,
+        model_params: ModelParams,
+        *,
+        generation_params: GenerationParams | None = None,
+        remote_params: RemoteParams | None = None,
+        strict: bool = False,
+    ) -> None:
+        super().__init__(model_params, generation_params=generation_params, remote_params=remote_params, strict=strict)
+        try:
+            import torch
+
+            from infermux.engines import native_loading
+        except ImportError as exc:
+            raise EngineUnavailableError(
+                f"The NATIVE engine needs torch and transformers ({exc}). Install them with: "
+                "pip install 'infermux[native]'"
+            ) from exc
+        self._torch = torch
+        self.tokenizer = native_loading.load_tokenizer(model_params)
+        self.model = native_loading.load_model(model_params)
+        self._device = next(self.model.parameters()).device
+        self._max_length = _prompt_limit(model_params, self.tokenizer)
+        self._lock = threading.Lock()  # one generation at a time on the model
+
+    # ------------------------------------------------------------------ the seam
+    def chunk_size(self, generation: GenerationParams) -> int:
+        return generation.batch_size * _BATCHES_PER_CHUNK
+
+    async def _infer_chunk(
+        self, conversations: list[Conversation], generation: GenerationParams
+    ) -> list[Conversation | RowError]:
+        return await asyncio.to_thread(self.answer, conversations, generation)
+
+    def answer(self, conversations: list[Conversation], generation: GenerationParams) -> list[Conversation | RowError]:
+        """Answer ``conversations`` in order, blocking (the batch loop calls this in a thread)."""
+        results: list[Conversation | RowError | None] = [None] * len(conversations)
+        prompts: dict[int, list[int]] = {}
+        for index, conversation in enumerate(conversations):
+            try:
+                prompts[index] = self._prompt_ids(conversation, index)
+            except Exception as exc:  # a template error is this row's problem only
+                results[index] = RowError(kind="bad_conversation", message=f"chat template failed: {exc}")
+        order = sorted(prompts, key=lambda i: len(prompts[i]))
+        for start in range(0, len(order), generation.batch_size):
+            rows = order[start : start + generation.batch_size]
+            try:
+                with self._lock:
+                    answers = self._generate([prompts[i] for i in rows], generation)
+            except Exception as exc:
+                if isinstance(exc, (EngineUnavailableError, InputError)):
+                    raise
+                logger.exception("NATIVE generation failed for a batch of %d rows", len(rows))
+                for i in rows:
+                    results[i] = RowError(kind="generation_failed", message=f"{type(exc).__name__}: {exc}")
+                continue
+            for i, (text, metadata) in zip(rows, answers, strict=True):
+                results[i] = conversations[i].with_reply(text, metadata)
+        return [r if r is not None else RowError(kind="internal", message="row was not run") for r in results]
+
+    # ------------------------------------------------------------------ pieces
+    def _prompt_ids(self, conversation: Conversation, index: int = 0) -> list[int]:
+        messages = [{"role": m.role.value, "content": m.text} for m in conversation.messages]
+        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        ids: list[int] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if self._max_length is not None and len(ids) > self._max_length:
+            logger.warning(
+                "Row %d: the prompt has %d tokens, more than model_max_length %d; keeping its last %d tokens. "
+                "Raise model.model_max_length or shorten the conversation.",
+                index, len(ids), self._max_length, self._max_length,
+            )  # fmt: skip
+            ids = ids[-self._max_length :]
+        return ids
+
+    def _batch_tensors(self, prompts: list[list[int]]) -> tuple[Any, Any]:
+        torch = self._torch
+        width = max(len(p) for p in prompts)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+            mask[row, width - len(prompt) :] = 1
+        return ids.to(self._device), mask.to(self._device)
+
+    def _generate(self, prompts: list[list[int]], generation: GenerationParams) -> list[tuple[str, dict[str, Any]]]:
+        from infermux.engines import native_params as params
+
+        torch = self._torch
+        ids, mask = self._batch_tensors(prompts)
+        vocab = int(self.model.config.get_text_config().vocab_size)
+        processors = params.build_processors(generation, self.tokenizer, vocab, ids.shape[1])
+        stop_ids = params.stop_token_ids(generation, self.tokenizer, self.model)
+        generator = None
+        if generation.seed is not None:
+            torch.manual_seed(generation.seed)
+            generator = torch.Generator(device=self._device).manual_seed(generation.seed)
+        with torch.inference_mode():
+            if generation.num_beams > 1 or generation.guided_decoding is not None:
+                new_tokens = self._hf_generate(ids, mask, generation, processors, stop_ids, vocab)
+            else:
+                from infermux.engines.native_decode import decode
+
+                new_tokens = decode(
+                    self.model, ids, mask,
+                    max_new_tokens=generation.max_new_tokens, processors=processors, sample=generation.sampling,
+                    stop_ids=stop_ids, should_stop=self._stop_string_check(generation), generator=generator,
+                )  # fmt: skip
+        return [
+            self._finish(prompt, tokens, generation, stop_ids)
+            for prompt, tokens in zip(prompts, new_tokens, strict=True)
+        ]
+
+    def _hf_generate(self, ids: Any, mask: Any, generation: GenerationParams, processors: Any, stop_ids: list[int],
+                     vocab: int) -> list[list[int]]:  # fmt: skip
+        from infermux.engines import native_params as params
+
+        if generation.guided_decoding is not None:
+            processors.insert(0, params.guided_processor(generation.guided_decoding, self.tokenizer, vocab))
+        sampling = generation.sampling
+        output = self.model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=generation.max_new_tokens,
+            do_sample=sampling,
+            num_beams=generation.num_beams,
+            logits_processor=processors,
+            eos_token_id=stop_ids,
+            pad_token_id=self.tokenizer.pad_token_id,
+            stop_strings=generation.stop_strings or None,
+            tokenizer=self.tokenizer if generation.stop_strings else None,
+            use_cache=True,
+            # Sampling settings are in `processors`; neutralise the model's own defaults.
+            temperature=None, top_p=None, top_k=None, min_p=None,
+        )  # fmt: skip
+        rows = []
+        for row in output[:, ids.shape[1] :].tolist():
+            cut = next((i + 1 for i, token in enumerate(row) if token in stop_ids), len(row))
+            rows.append(row[:cut])
+        return rows
+
+    def _stop_string_check(self, generation: GenerationParams) -> Any:
+        stops = generation.stop_strings
+        if not stops:
+            return None
+        longest = max(len(s) for s in stops)
+
+        def should_stop(row: int, tokens: list[int]) -> bool:
+            # Only the tail can hold a new stop string: a few tokens cover the longest one.
+            tail = self.tokenizer.decode(tokens[-(longest + 2) :], skip_special_tokens=False)
+            return any(s in tail for s in stops)
+
+        return should_stop
+
+    def _finish(
+        self, prompt: list[int], tokens: list[int], generation: GenerationParams, stop_ids: list[int]
+    ) -> tuple[str, dict[str, Any]]:
+        from infermux.engines.native_params import cut_at_stop
+
+        text = self.tokenizer.decode(tokens, skip_special_tokens=generation.skip_special_tokens)
+        text, stopped = cut_at_stop(text, generation.stop_strings)
+        ended = bool(tokens) and tokens[-1] in stop_ids
+        if not generation.exclude_prompt_from_response:
+            text = self.tokenizer.decode(prompt, skip_special_tokens=generation.skip_special_tokens) + text
+        metadata = {
+            "finish_reason": "stop" if stopped or ended else "length",
+            "usage": {
+                "prompt_tokens": len(prompt),
+                "completion_tokens": len(tokens),
+                "total_tokens": len(prompt) + len(tokens),
+            },
+        }
+        return text, metadata
+
+    # ------------------------------------------------------------------ streaming
+    async def astream(
+        self, conversation: Conversation, generation: GenerationParams | None = None
+    ) -> AsyncIterator[StreamEvent]:
+        """Stream one answer token by token (transformers' ``TextIteratorStreamer``)."""
+        generation = generation or self.generation_params
+        self._check(generation)
+        problem = self.check_conversation(conversation)
+        if problem is not None:
+            raise InputError(problem.message)
+        if generation.guided_decoding is not None or generation.num_beams > 1:
+            async for event in super().astream(conversation, generation):
+                yield event
+            return
+        from infermux.engines.native_stream import stream_tokens
+
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        prompt = self._prompt_ids(conversation)
+
+        def produce() -> None:
+            try:
+                with self._lock:
+                    for item in stream_tokens(self, prompt, generation):
+                        loop.call_soon_threadsafe(queue.put_nowait, item)
+            except BaseException as exc:
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
+            loop.call_soon_threadsafe(queue.put_nowait, None)
+
+        worker = threading.Thread(target=produce, name="infermux-native-stream", daemon=True)
+        worker.start()
+        while (item := await queue.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            if isinstance(item, str):
+                yield StreamEvent(delta=item)
+            else:
+                text, metadata = item
+                yield StreamEvent(conversation=conversation.with_reply(text, metadata), metadata=metadata)
+
+    def close(self) -> None:
+        self.model = None
+        self.tokenizer = None
+
+
+def _prompt_limit(params: ModelParams, tokenizer: Any) -> int | None:
+    if params.model_max_length:
+        return params.model_max_length
+    limit = getattr(tokenizer, "model_max_length", None)
+    return int(limit) if isinstance(limit, int) and limit < 10**7 else None

@@ -1,0 +1,99 @@
+"""Streaming one NATIVE answer: ``model.generate`` with a transformers text streamer.
+
+The streamer decodes word by word; stop strings end the answer before they are shown, so the text that
+could still turn out to be the start of a stop string is held back until it cannot.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from transformers import TextStreamer
+
+from infermux.configs.generation_params import GenerationParams
+from infermux.engines.native_params import build_processors, cut_at_stop, stop_token_ids
+
+if TYPE_CHECKING:
+    from infermux.engines.native import NativeTextInferenceEngine
+
+__all__ = ["stream_tokens"]
+
+
+class _QueueStreamer(TextStreamer):
+    """Puts each finalized piece of text on a queue."""
+
+    def __init__(self, tokenizer: Any, sink: queue.Queue[Any], skip_special_tokens: bool) -> None:
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=skip_special_tokens)
+        self.sink = sink
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        if text:
+            self.sink.put(text)
+
+
+def stream_tokens(
+    engine: NativeTextInferenceEngine, prompt: list[int], generation: GenerationParams
+) -> Iterator[str | tuple[str, dict[str, Any]]]:
+    """Yield text deltas, then ``(final_text, metadata)``; the deltas add up to the answer."""
+    torch = engine._torch
+    ids, mask = engine._batch_tensors([prompt])
+    vocab = int(engine.model.config.get_text_config().vocab_size)
+    processors = build_processors(generation, engine.tokenizer, vocab, ids.shape[1])
+    stop_ids = stop_token_ids(generation, engine.tokenizer, engine.model)
+    if generation.seed is not None:
+        torch.manual_seed(generation.seed)
+    pieces: queue.Queue[Any] = queue.Queue()
+    streamer = _QueueStreamer(engine.tokenizer, pieces, generation.skip_special_tokens)
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            with torch.inference_mode():
+                box["output"] = engine.model.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    max_new_tokens=generation.max_new_tokens,
+                    do_sample=generation.sampling,
+                    logits_processor=processors,
+                    eos_token_id=stop_ids,
+                    pad_token_id=engine.tokenizer.pad_token_id,
+                    stop_strings=generation.stop_strings or None,
+                    tokenizer=engine.tokenizer if generation.stop_strings else None,
+                    streamer=streamer,
+                    temperature=None,
+                    top_p=None,
+                    top_k=None,
+                    min_p=None,
+                )
+        except BaseException as exc:
+            box["error"] = exc
+        finally:
+            pieces.put(None)
+
+    worker = threading.Thread(target=run, name="infermux-native-generate", daemon=True)
+    worker.start()
+    hold = max((len(s) for s in generation.stop_strings or []), default=1) - 1
+    text, shown, stopped = "", 0, False
+    while (piece := pieces.get()) is not None:
+        if stopped:
+            continue
+        text += piece
+        text, stopped = cut_at_stop(text, generation.stop_strings)
+        safe = len(text) if stopped else max(shown, len(text) - hold)
+        if safe > shown:
+            yield text[shown:safe]
+            shown = safe
+    worker.join()
+    if "error" in box:
+        raise box["error"]
+    tokens = box["output"][0, ids.shape[1] :].tolist()
+    cut = next((i + 1 for i, token in enumerate(tokens) if token in stop_ids), len(tokens))
+    _, metadata = engine._finish(prompt, tokens[:cut], generation, stop_ids)
+    if len(text) > shown:
+        yield text[shown:]
+    if not generation.exclude_prompt_from_response:
+        text = engine.tokenizer.decode(prompt, skip_special_tokens=generation.skip_special_tokens) + text
+    yield (text, metadata)
