@@ -17,6 +17,8 @@ from infermux.models.default import DEFAULT_MODEL_ALIAS
 from infermux.types import ContentItem, Conversation, Message, Role, Type
 from tests.fakes import FakeSGLang, tiny_png
 
+pytest.importorskip("transformers", reason="SGLANG renders prompts with a local tokenizer")
+
 KEY = "sglang-secret"
 
 

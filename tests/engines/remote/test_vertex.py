@@ -16,6 +16,8 @@ from infermux.errors import ConfigError
 from infermux.types import ContentItem, Conversation, Message, Role, Type
 from tests.fakes import FakeVertex, tiny_png
 
+pytest.importorskip("google.auth", reason="needs the vertex extra (google-auth)")
+
 PROJECT, REGION = "test-project", "us-central1"
 
 
