@@ -103,7 +103,8 @@ def test_guided_json_becomes_output_config(fake: FakeAnthropic) -> None:
         remote_params=RemoteParams(api_url=fake.url, api_key=KEY),
     )
     [answer] = eng.infer([conv((Role.USER, "Where?"))])
-    assert fake.requests[0].json["output_config"] == {"format": {"type": "json_schema", "schema": schema}}
+    closed = {**schema, "additionalProperties": False}
+    assert fake.requests[0].json["output_config"] == {"format": {"type": "json_schema", "schema": closed}}
     assert json.loads(answer.last_message.text) == {"city": "text"}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import BaseModel
 
-from infermux.engines.remote.json_schema import inline_refs, to_gemini_schema
+from infermux.engines.remote.json_schema import close_objects, inline_refs, to_gemini_schema
 
 
 class Item(BaseModel):
@@ -64,3 +64,17 @@ def test_gemini_schema_rewrites_json_schema_only_keywords() -> None:
     assert gemini["properties"]["v"]["anyOf"] == [{"type": "STRING"}, {"type": "INTEGER"}]
     with pytest.raises(ValueError, match="one type"):
         to_gemini_schema({"type": ["string", "integer"]})
+
+
+def test_close_objects_forbids_extra_keys_unless_the_schema_says_otherwise() -> None:
+    schema = {
+        "type": "object",
+        "properties": {"a": {"type": "object", "properties": {"b": {"type": "string"}}}, "c": {"enum": [{"x": 1}]}},
+        "$defs": {"D": {"type": "object", "additionalProperties": True}},
+    }
+    closed = close_objects(schema)
+    assert closed["additionalProperties"] is False
+    assert closed["properties"]["a"]["additionalProperties"] is False
+    assert closed["$defs"]["D"]["additionalProperties"] is True
+    assert closed["properties"]["c"] == {"enum": [{"x": 1}]}  # values are data, not schemas
+    assert "additionalProperties" not in schema

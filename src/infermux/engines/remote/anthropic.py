@@ -7,7 +7,8 @@ Protocol mapping (from Anthropic's API reference):
 * images become ``image`` blocks with a ``base64`` source (paths, bytes, data URLs) or a ``url``
   source (http/https URLs), never OpenAI-style ``image_url`` parts;
 * ``max_tokens`` is required (``max_new_tokens``); ``temperature`` (0-1), ``top_p``,
-  ``stop_sequences``; guided JSON becomes ``output_config.format`` (``json_schema``);
+  ``stop_sequences``; guided JSON becomes ``output_config.format`` (``json_schema``, objects closed
+  with ``additionalProperties: false`` as structured outputs require);
 * the reply's text blocks are joined; ``usage`` and ``stop_reason`` go to the metadata.
 
 Auth is the ``x-api-key`` header (``ANTHROPIC_API_KEY``) plus ``anthropic-version``.
@@ -23,6 +24,7 @@ from infermux.configs.model_params import ModelParams
 from infermux.configs.remote_params import RemoteParams
 from infermux.engines.capabilities import Capabilities
 from infermux.engines.remote.base import RemoteEngine
+from infermux.engines.remote.json_schema import close_objects
 from infermux.engines.remote.media import image_payload
 from infermux.engines.remote.provider_streams import AnthropicStream
 from infermux.engines.remote.transport import HttpRequest
@@ -157,7 +159,8 @@ class AnthropicInferenceEngine(RemoteEngine):
             body["stop_sequences"] = list(generation.stop_strings)
         guided = generation.guided_decoding
         if guided is not None and guided.kind == "json":
-            body["output_config"] = {"format": {"type": "json_schema", "schema": guided.schema_dict()}}
+            schema = close_objects(guided.schema_dict() or {})
+            body["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
         return body
 
     def build_stream_request(self, conversation: Conversation, generation: GenerationParams) -> HttpRequest:

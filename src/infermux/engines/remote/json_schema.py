@@ -3,6 +3,8 @@
 * :func:`inline_refs` replaces every local ``$ref`` (``#/$defs/...``, ``#/definitions/...``) by the
   schema it points to and drops the definitions; a recursive schema cannot be inlined and raises
   ``ValueError`` naming the cycle.
+* :func:`close_objects` sets ``additionalProperties: false`` on every object that leaves it open
+  (Anthropic's structured outputs require closed objects).
 * :func:`to_gemini_schema` turns a JSON schema (for example a pydantic model's) into the OpenAPI
   subset of Gemini's ``Schema`` message: ``$ref`` inlined, ``["string", "null"]`` types become
   ``nullable``, ``const`` becomes a one-value ``enum``, single-branch ``allOf`` is merged, and
@@ -14,7 +16,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-__all__ = ["inline_refs", "to_gemini_schema"]
+__all__ = ["close_objects", "inline_refs", "to_gemini_schema"]
 
 _GEMINI_KEYS = frozenset({
     "type", "format", "title", "description", "nullable", "enum", "maxItems", "minItems",
@@ -104,3 +106,20 @@ def _convert(node: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+def close_objects(schema: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``schema`` where every object schema without ``additionalProperties`` forbids extras."""
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, list):
+            return [walk(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        out = {k: walk(v) if k not in ("enum", "const", "default", "examples") else v for k, v in node.items()}
+        if (out.get("type") == "object" or "properties" in out) and "additionalProperties" not in out:
+            out["additionalProperties"] = False
+        return out
+
+    result: dict[str, Any] = walk(schema)
+    return result
