@@ -110,9 +110,9 @@ def test_text_reaches_the_screen_before_the_answer_ends_and_ctrl_c_stops_it(prox
         chat.kill()
 
 
-def _run_piped(args: list[str], stdin: str) -> subprocess.CompletedProcess[str]:
+def _run_piped(args: list[str], stdin: str, command: tuple[str, ...] = ("chat",)) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "infermux", "chat", *args],
+        [sys.executable, "-m", "infermux", *command, *args],
         input=stdin,
         capture_output=True,
         text=True,
@@ -140,9 +140,10 @@ def test_piped_stdin_answers_each_line_in_plain_text(proxy: StreamProxy) -> None
     assert "system prompt set." in done.stderr
 
 
-def test_piped_failure_is_reported_on_stderr_with_a_nonzero_exit() -> None:
+@pytest.mark.parametrize("command", [("chat",), ("infer", "-i")])
+def test_piped_failure_is_reported_on_stderr_with_a_nonzero_exit(command: tuple[str, ...]) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
-    done = _run_piped(remote_args(dead, "--remote_params.max_retries", "0"), "hello\n")
+    done = _run_piped(remote_args(dead, "--remote_params.max_retries", "0"), "hello\n", command)
     assert done.returncode == 3
     assert done.stdout == ""
     assert "error:" in done.stderr and "cannot connect" in done.stderr.lower()

@@ -114,7 +114,10 @@ def run_chat(cfg: InferenceConfig, *, system_prompt: str | None, images: list[st
     if interactive:
         sys.stderr.write(f"loading {cfg.model.model_name} on {cfg.resolved_engine()}...\n")
         sys.stderr.flush()
-    engine = build_engine(cfg)
+    try:
+        engine = build_engine(cfg)
+    except KeyboardInterrupt:  # Ctrl-C while the model loads
+        raise SystemExit(130) from None
     try:
         session = ChatSession(
             cfg.generation,
