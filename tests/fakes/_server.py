@@ -14,7 +14,7 @@ import asyncio
 import json
 import threading
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -188,14 +188,14 @@ class RequestInvalid(Exception):
         self.status = status
 
 
-def check_keys(obj: Any, where: str, allowed: set[str], required: set[str] = frozenset()) -> dict:  # type: ignore[assignment]
+def check_keys(obj: Any, where: str, allowed: Collection[str], required: Collection[str] = ()) -> dict:
     """Reject a non-object, unknown keys and missing required keys."""
     if not isinstance(obj, dict):
         raise RequestInvalid(f"{where}: expected an object, got {type(obj).__name__}")
     unknown = sorted(set(obj) - allowed)
     if unknown:
         raise RequestInvalid(f"{where}: unknown field(s) {', '.join(unknown)}")
-    missing = sorted(required - set(obj))
+    missing = sorted(set(required) - set(obj))
     if missing:
         raise RequestInvalid(f"{where}: missing required field(s) {', '.join(missing)}")
     return obj
