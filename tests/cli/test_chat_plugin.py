@@ -13,6 +13,7 @@ import pytest
 
 from infermux.jsonl import iter_rows
 from tests.cli.chat_driver import PROMPT, ChatDriver
+from tests.conftest import run_cli
 
 
 @pytest.fixture
@@ -69,3 +70,13 @@ def test_multi_line_input_with_a_trailing_backslash(tmp_path: Path) -> None:
         assert chat.child.exitstatus == 0
     finally:
         chat.kill()
+
+
+def test_piped_chat_says_once_that_the_engine_takes_no_images(tmp_path: Path) -> None:
+    image = tmp_path / "cat.png"
+    image.write_bytes(b"\x89PNG\r\n\x1a\n")
+    done = run_cli("chat", "--engine", "ECHO", "--image", str(image), input="one\n/image https://x.org/a.png\ntwo\n")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "echo: one\necho: two\n"
+    assert done.stderr.count("does not accept images") == 2  # --image at start, then the /image command
+    assert done.stderr.startswith(f"note: ECHO does not accept images; {image} is not sent.\n")
