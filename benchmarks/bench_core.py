@@ -32,7 +32,8 @@ def help_time(runs: int = 7) -> float:
 
 
 def import_top(n: int = 6) -> list[tuple[int, str]]:
-    res = subprocess.run([sys.executable, "-X", "importtime", "-c", "import infermux.cli.main"], capture_output=True, text=True)
+    cmd = [sys.executable, "-X", "importtime", "-c", "import infermux.cli.main"]
+    res = subprocess.run(cmd, capture_output=True, text=True)
     rows = []
     for line in res.stderr.splitlines()[1:]:
         parts = line.split("|")
@@ -46,7 +47,7 @@ def big_job(rows: int) -> tuple[float, int]:
         src = Path(tmp) / "in.jsonl"
         with src.open("w") as fh:
             for i in range(rows):
-                fh.write('{"messages": [{"role": "user", "content": "question number %d"}]}\n' % i)
+                fh.write(f'{{"messages": [{{"role": "user", "content": "question number {i}"}}]}}\n')
         cfg = Path(tmp) / "cfg.yaml"
         cfg.write_text("engine: ECHO\nmodel:\n  model_name: echo\ngeneration:\n  batch_size: 64\n")
         env = dict(os.environ, PYTHONPATH=str(PLUGIN_SITE))

@@ -156,7 +156,7 @@ def test_memory_stays_flat_over_many_rows(tmp_path):
     src = tmp_path / "big.jsonl"
     with src.open("w") as fh:
         for i in range(100_000):
-            fh.write('{"messages": [{"role": "user", "content": "q%d"}]}\n' % i)
+            fh.write(f'{{"messages": [{{"role": "user", "content": "q{i}"}}]}}\n')
     code = (
         "import asyncio, resource, sys; sys.path.insert(0, {!r})\n"
         "from infermux_echo import EchoEngine\n"

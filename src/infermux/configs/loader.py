@@ -96,7 +96,7 @@ def _build(loader: yaml.SafeLoader, node: yaml.Node, path: _Path, where: _Where)
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
             key = loader.construct_object(key_node, deep=True)
-            where.lines[path + (key,)] = key_node.start_mark.line + 1
+            where.lines[path + (key,)] = key_node.start_mark.line + 1  # noqa: RUF005 (mypy/3.10 parses this form)
             out[key] = _build(loader, value_node, (*path, key), where)
         return out
     if isinstance(node, yaml.SequenceNode):
