@@ -133,3 +133,10 @@ def test_commands_exit_unknown_and_literal_slash() -> None:
 
 def test_join_continuations() -> None:
     assert join_continuations(["first \\", "second\\", "third"]) == "first \nsecond\nthird"
+
+
+def test_piped_lines_become_turns() -> None:
+    from infermux.cli.chat import _turns
+
+    lines = ["a\n", "b \\\n", "c\r\n", "   \n", "last\\\n"]
+    assert list(_turns(lines)) == ["a", "b \nc", "last"]

@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -143,18 +144,8 @@ def run_chat(cfg: InferenceConfig, *, system_prompt: str | None, images: list[st
 
 
 async def _piped(engine: InferenceEngine, session: ChatSession, stdin: TextIO | None = None) -> int:
-    stdin = stdin or sys.stdin
     failed = 0
-    pending: list[str] = []
-    for raw in stdin:
-        line = raw.rstrip("\r\n")
-        if line.endswith("\\"):
-            pending.append(line)
-            continue
-        text = join_continuations([*pending, line]).strip()
-        pending = []
-        if not text:
-            continue
+    for text in _turns(stdin or sys.stdin):
         if session.is_command(text):
             result = session.run(text)
             if result.text:
@@ -173,6 +164,21 @@ async def _piped(engine: InferenceEngine, session: ChatSession, stdin: TextIO | 
         session.answered(answer.text)
         _out("\n")
     return 3 if failed else 0
+
+
+def _turns(lines: Iterable[str]) -> Iterator[str]:
+    """The non-empty inputs in ``lines``, joining lines that end with a backslash to the next one."""
+    pending: list[str] = []
+    for raw in lines:
+        line = raw.rstrip("\r\n")
+        pending.append(line)
+        if not line.endswith("\\"):
+            text = join_continuations(pending).strip()
+            pending = []
+            if text:
+                yield text
+    if pending and join_continuations(pending).strip():
+        yield join_continuations(pending).strip()
 
 
 def _out(text: str) -> None:
