@@ -2,7 +2,7 @@
 
 Every workload runs against ``benchmarks/stub_server.py`` (a child process on 127.0.0.1), and the bare
 aiohttp baseline (:mod:`bare_aiohttp`) runs in the same process tree, alternating with infermux, so the
-ratios compare like with like on a busy machine. Medians of ``--repeat`` runs are reported.
+ratios compare like with like on a busy machine. Medians of ``--repeat`` runs (default 5) are reported.
 
 - P1: 2000 conversations, 100 workers, 50 ms latency, default settings; ratio to bare and to the ideal
   (2000 × 0.05 / 100 = 1.0 s).
@@ -192,7 +192,7 @@ def p8(rows: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description="Remote engine benchmarks (P1-P4, P8)")
     parser.add_argument("--only", default="P1,P2,P3,P4,P8")
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--p8-rows", type=int, default=100_000)
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
