@@ -43,7 +43,7 @@ $(VENV)/.llamacpp: | $(VENV)/.core
 # torchcodec wheels do not import beside this torch (vLLM runs without them).
 $(VENV)/.native: | $(VENV)/.core
 	$(PIP) install -q '$(TORCH)'
-	$(PIP) install -q '$(TRANSFORMERS)' accelerate peft
+	$(PIP) install -q '$(TRANSFORMERS)' accelerate peft gguf xgrammar
 	touch $@
 
 $(VENV)/.vllm: | $(VENV)/.native
