@@ -1,0 +1,279 @@
+"""LLAMACPP: GGUF models on llama-cpp-python, several conversations decoded together.
+
+The model is loaded by ``llama_cpp.Llama`` (``model_kwargs`` pass straight to it: ``n_gpu_layers``,
+``n_ctx``, ``n_batch``, ``n_threads``, ``low_vram``, ...). Conversations are rendered with the model's own
+chat template (or ``model.chat_template``) exactly as ``Llama.create_chat_completion`` renders them, and
+answered by a :class:`~infermux.engines.llamacpp_decode.MultiSequenceDecoder`, which decodes up to
+``n_seq_max`` sequences per llama.cpp call instead of one conversation at a time; greedy answers are the
+same as ``create_chat_completion``'s. Streaming (chat) runs through the same decoder, token by token.
+
+Engine-specific ``model_kwargs`` (not passed to ``Llama``):
+
+- ``filename``: the ``.gguf`` file inside a folder or a cached hub repository (a name or a glob);
+- ``n_seq_max``: sequences decoded together (default: ``generation.batch_size`` when above 1, else 16).
+
+``n_ctx`` is the context of each sequence; it defaults to ``model.model_max_length``, else 2048.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import inspect
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from infermux.configs.engine_type import InferenceEngineType
+from infermux.configs.generation_params import GenerationParams
+from infermux.configs.model_params import ModelParams
+from infermux.configs.remote_params import RemoteParams
+from infermux.engines.base import InferenceEngine, StreamEvent
+from infermux.engines.capabilities import Capabilities
+from infermux.engines.llamacpp_decode import DecodeResult, MultiSequenceDecoder, SamplingSpec
+from infermux.engines.llamacpp_grammar import grammar_for
+from infermux.engines.llamacpp_model import resolve_gguf
+from infermux.errors import ConfigError, EngineUnavailableError, InputError, RowError
+from infermux.types import Conversation
+
+__all__ = ["LlamaCppInferenceEngine"]
+
+DEFAULT_N_CTX = 2048
+DEFAULT_SLOTS = 16
+_OWN_KWARGS = frozenset({"filename", "n_seq_max"})
+_SUPPORTED = frozenset(
+    {"seed", "temperature", "top_p", "min_p", "frequency_penalty", "presence_penalty"}
+    | {"stop_strings", "stop_token_ids", "logit_bias", "use_sampling", "skip_special_tokens"}
+)
+
+
+class LlamaCppInferenceEngine(InferenceEngine):
+    """Local GGUF inference with llama.cpp (CPU, or GPU layers with ``n_gpu_layers``)."""
+
+    engine_type = InferenceEngineType.LLAMACPP
+    extra = "llamacpp"
+    capabilities = Capabilities(
+        generation_params=_SUPPORTED,
+        guided_decoding=frozenset({"json", "choice", "regex"}),
+        streaming=True,
+        notes=(
+            "num_beams: llama.cpp has no beam search.",
+            "adapter_model: pass a GGUF LoRA as model_kwargs.lora_path instead.",
+            "regex guided decoding: patterns are translated to a grammar; look-arounds, back-references "
+            "and flags are refused.",
+        ),
+    )
+
+    def __init__(
+        self,
+        model_params: ModelParams,
+        *,
+        generation_params: GenerationParams | None = None,
+        remote_params: RemoteParams | None = None,
+        strict: bool = False,
+    ) -> None:
+        super().__init__(model_params, generation_params=generation_params, remote_params=remote_params, strict=strict)
+        try:
+            import llama_cpp
+        except ImportError as exc:
+            raise EngineUnavailableError(
+                f"The LLAMACPP engine needs llama-cpp-python ({exc}). Install it with: pip install 'infermux[llamacpp]'"
+            ) from exc
+        kwargs = dict(model_params.model_kwargs)
+        filename = kwargs.pop("filename", None)
+        slots = kwargs.pop("n_seq_max", None)
+        _check_llama_kwargs(llama_cpp.Llama, kwargs)
+        self.model_path = resolve_gguf(model_params.model_name, filename, model_params.model_revision)
+        kwargs.setdefault("n_ctx", model_params.model_max_length or DEFAULT_N_CTX)
+        kwargs.setdefault("verbose", False)
+        try:
+            self._llama = llama_cpp.Llama(model_path=str(self.model_path), **kwargs)
+        except ValueError as exc:
+            raise ConfigError(f"llama.cpp could not load {self.model_path}: {exc}") from exc
+        self._template = _chat_formatter(self._llama, model_params.chat_template)
+        n_ctx_seq = int(self._llama.n_ctx())
+        if slots is None:
+            batch = self.generation_params.batch_size
+            slots = batch if batch > 1 else DEFAULT_SLOTS
+        self._decoder = MultiSequenceDecoder(self._llama, int(slots), n_ctx_seq)
+        self._lock = threading.Lock()
+        self._specs: dict[str, SamplingSpec] = {}
+        self._spec(self.generation_params)
+
+    # ------------------------------------------------------------------ batching
+    def chunk_size(self, generation: GenerationParams) -> int:
+        # Enough rows that freed slots are refilled at once (continuous batching).
+        return max(generation.batch_size, 4 * self._decoder.n_slots)
+
+    def _check(self, generation: GenerationParams) -> None:
+        super()._check(generation)
+        if hasattr(self, "_specs"):
+            self._spec(generation)  # an invalid grammar or bias fails before the job starts
+
+    async def _infer_chunk(
+        self, conversations: list[Conversation], generation: GenerationParams
+    ) -> list[Conversation | RowError]:
+        return await asyncio.to_thread(self._generate, conversations, generation)
+
+    def _generate(
+        self, conversations: list[Conversation], generation: GenerationParams
+    ) -> list[Conversation | RowError]:
+        spec = self._spec(generation)
+        prompts: list[list[int] | RowError] = [self._prompt(c) for c in conversations]
+        runnable = [p for p in prompts if not isinstance(p, RowError)]
+        with self._lock:
+            decoded = iter(self._decoder.generate(runnable, generation.max_new_tokens, spec))
+        out: list[Conversation | RowError] = []
+        for conv, prompt in zip(conversations, prompts, strict=True):
+            if isinstance(prompt, RowError):
+                out.append(prompt)
+                continue
+            result = next(decoded)
+            if isinstance(result, Exception):
+                out.append(RowError(kind="generation_error", message=str(result)))
+            else:
+                out.append(self._reply(conv, prompt, result, generation))
+        return out
+
+    def _reply(
+        self, conv: Conversation, prompt: list[int], result: DecodeResult, generation: GenerationParams
+    ) -> Conversation:
+        text = result.text
+        if not generation.exclude_prompt_from_response:
+            special = not generation.skip_special_tokens
+            text = self._llama.detokenize(prompt, special=special).decode("utf-8", errors="ignore") + text
+        usage = {
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": len(result.tokens),
+            "total_tokens": result.prompt_tokens + len(result.tokens),
+        }
+        return conv.with_reply(text, {"usage": usage, "finish_reason": result.finish_reason})
+
+    # ------------------------------------------------------------------ streaming
+    async def astream(
+        self, conversation: Conversation, generation: GenerationParams | None = None
+    ) -> AsyncIterator[StreamEvent]:
+        """Yield text as the tokens are generated, then the final conversation."""
+        generation = generation or self.generation_params
+        self._check(generation)
+        problem = self.check_conversation(conversation)
+        prompt = problem or self._prompt(conversation)
+        if isinstance(prompt, RowError):
+            raise InputError(prompt.message)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[str | None] = asyncio.Queue()
+
+        def on_text(_index: int, delta: str) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, delta)
+
+        def run() -> DecodeResult | Exception:
+            try:
+                spec = self._spec(generation)
+                with self._lock:
+                    return self._decoder.generate([prompt], generation.max_new_tokens, spec, on_text)[0]
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, None)
+
+        task = asyncio.ensure_future(asyncio.to_thread(run))
+        while (delta := await queue.get()) is not None:
+            yield StreamEvent(delta=delta)
+        result = await task
+        if isinstance(result, Exception):
+            raise InputError(str(result))
+        reply = self._reply(conversation, prompt, result, generation)
+        yield StreamEvent(conversation=reply, metadata=dict(reply.metadata))
+
+    # ------------------------------------------------------------------ helpers
+    def prompt_tokens(self, conversation: Conversation) -> list[int]:
+        """The token ids the model sees for ``conversation`` (chat template applied)."""
+        prompt = self._prompt(conversation)
+        if isinstance(prompt, RowError):
+            raise InputError(prompt.message)
+        return prompt
+
+    def _prompt(self, conversation: Conversation) -> list[int] | RowError:
+        messages = [{"role": m.role.value, "content": m.text} for m in conversation.messages]
+        try:
+            rendered = self._template(messages=messages)
+        except Exception as exc:  # the template's own raise_exception, or a Jinja error
+            return RowError(kind="chat_template_error", message=f"the chat template rejected this conversation: {exc}")
+        encoded = rendered.prompt.encode("utf-8")
+        return list(self._llama.tokenize(encoded, add_bos=not rendered.added_special, special=True))
+
+    def _spec(self, generation: GenerationParams) -> SamplingSpec:
+        key = generation.model_dump_json()
+        if key not in self._specs:
+            self._specs[key] = SamplingSpec(
+                greedy=not generation.sampling,
+                temperature=generation.temperature,
+                top_p=generation.top_p,
+                min_p=generation.min_p,
+                frequency_penalty=generation.frequency_penalty,
+                presence_penalty=generation.presence_penalty,
+                seed=generation.seed,
+                logit_bias=tuple(self._bias_token(k, v) for k, v in generation.logit_bias.items()),
+                grammar=grammar_for(generation.guided_decoding) if generation.guided_decoding else None,
+                stop_strings=tuple(generation.stop_strings or ()),
+                stop_token_ids=frozenset(generation.stop_token_ids or ()),
+                special=not generation.skip_special_tokens,
+            )
+        return self._specs[key]
+
+    def _bias_token(self, key: str, bias: float) -> tuple[int, float]:
+        if key.lstrip("-").isdigit():
+            token = int(key)
+            n_vocab = self._llama.n_vocab()
+            if not 0 <= token < n_vocab:
+                raise ConfigError(
+                    f"generation.logit_bias: token id {token} is outside the vocabulary (0..{n_vocab - 1})."
+                )
+            return token, float(bias)
+        ids = self._llama.tokenize(key.encode("utf-8"), add_bos=False, special=True)
+        if len(ids) != 1:
+            raise ConfigError(
+                f"generation.logit_bias: {key!r} is {len(ids)} tokens for this model, not one; use token ids as keys."
+            )
+        return int(ids[0]), float(bias)
+
+    def close(self) -> None:
+        decoder = getattr(self, "_decoder", None)
+        if decoder is not None:
+            decoder.close()
+        llama = getattr(self, "_llama", None)
+        if llama is not None:
+            llama.close()
+            del self._llama
+
+
+def _check_llama_kwargs(llama_class: Any, kwargs: dict[str, Any]) -> None:
+    """``Llama`` silently ignores unknown keyword arguments: catch typos here instead."""
+    known = set(inspect.signature(llama_class.__init__).parameters) - {"self", "kwargs", "model_path"}
+    for key in kwargs:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known | _OWN_KWARGS), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"model.model_kwargs.{key} is not a llama_cpp.Llama argument.{hint}")
+
+
+def _chat_formatter(llama: Any, override: str | None) -> Any:
+    """The model's chat template as a formatter, built the way ``Llama`` builds its own."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    template = override
+    if template and "{" not in template and Path(template).expanduser().is_file():
+        template = Path(template).expanduser().read_text(encoding="utf-8")
+    template = template or llama.metadata.get("tokenizer.chat_template")
+    if not template:
+        raise ConfigError(
+            "this GGUF has no chat template (tokenizer.chat_template); set model.chat_template to a Jinja "
+            "template or the path of one."
+        )
+    import llama_cpp
+
+    vocab = llama_cpp.llama_model_get_vocab(llama.model)
+
+    def text(token: int) -> str:
+        return llama_cpp.llama_vocab_get_text(vocab, token).decode("utf-8") if token != -1 else ""
+
+    return Jinja2ChatFormatter(template=template, eos_token=text(llama.token_eos()), bos_token=text(llama.token_bos()))
