@@ -59,8 +59,8 @@ def _reset(url: str) -> None:
     urllib.request.urlopen(urllib.request.Request(url + "/_stub/reset", method="POST")).close()
 
 
-def _infermux_run(url: str, texts: list[str], workers: int, **remote: Any) -> tuple[float, int]:
-    """Wall seconds and rows lost for one infermux run (engine built outside the timing)."""
+def _infermux_run(url: str, texts: list[str], workers: int, **remote: Any) -> tuple[float, float, int]:
+    """Wall seconds, client CPU seconds and rows lost for one infermux run (engine built outside)."""
     from infermux.configs import ModelParams, RemoteParams
     from infermux.engines.remote.openai_compatible import RemoteInferenceEngine
     from infermux.types import Conversation
@@ -69,27 +69,27 @@ def _infermux_run(url: str, texts: list[str], workers: int, **remote: Any) -> tu
     engine = RemoteInferenceEngine(
         ModelParams(model_name="stub"), remote_params=RemoteParams(api_url=url, num_workers=workers, **remote)
     )
-    start = time.perf_counter()
+    cpu, start = time.process_time(), time.perf_counter()
     out = engine.infer(conversations)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     lost = sum(1 for t, c in zip(texts, out, strict=True) if c.messages[-1].content != f"echo: {t}")
-    return elapsed, lost
+    return elapsed, cpu, lost
 
 
-def _bare_run(url: str, texts: list[str], workers: int) -> tuple[float, int]:
+def _bare_run(url: str, texts: list[str], workers: int) -> tuple[float, float, int]:
     # Timed as one whole call (event loop, session, requests, close), like ``engine.infer`` is.
     bodies = _bodies(texts)
-    start = time.perf_counter()
+    cpu, start = time.process_time(), time.perf_counter()
     results, _ = bare_aiohttp.run_sync(url + "/v1/chat/completions", bodies, workers)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     lost = sum(1 for t, r in zip(texts, results, strict=True) if r != f"echo: {t}")
-    return elapsed, lost
+    return elapsed, cpu, lost
 
 
 def _side_by_side(url: str, texts: list[str], workers: int, repeat: int, **remote: Any) -> dict[str, Any]:
-    bare: list[tuple[float, int]] = []
-    ours: list[tuple[float, int]] = []
-    runs: list[tuple[list[tuple[float, int]], Callable[[], tuple[float, int]]]] = [
+    bare: list[tuple[float, float, int]] = []
+    ours: list[tuple[float, float, int]] = []
+    runs: list[tuple[list[tuple[float, float, int]], Callable[[], tuple[float, float, int]]]] = [
         (bare, lambda: _bare_run(url, texts, workers)),
         (ours, lambda: _infermux_run(url, texts, workers, **remote)),
     ]
@@ -97,16 +97,21 @@ def _side_by_side(url: str, texts: list[str], workers: int, repeat: int, **remot
         for bucket, run in runs if i % 2 == 0 else runs[::-1]:
             _reset(url)
             bucket.append(run())
-    b = statistics.median(t for t, _ in bare)
-    o = statistics.median(t for t, _ in ours)
+    b = statistics.median(t for t, _, _ in bare)
+    o = statistics.median(t for t, _, _ in ours)
+    b_cpu = statistics.median(c for _, c, _ in bare)
+    o_cpu = statistics.median(c for _, c, _ in ours)
     return {
         "bare_s": b,
         "infermux_s": o,
         "ratio": o / b,
-        "bare_lost": max(n for _, n in bare),
-        "infermux_lost": max(n for _, n in ours),
-        "all_infermux_s": [round(t, 3) for t, _ in ours],
-        "all_bare_s": [round(t, 3) for t, _ in bare],
+        "bare_cpu_s": b_cpu,
+        "infermux_cpu_s": o_cpu,
+        "cpu_ratio": o_cpu / b_cpu,
+        "bare_lost": max(n for _, _, n in bare),
+        "infermux_lost": max(n for _, _, n in ours),
+        "all_infermux_s": [round(t, 3) for t, _, _ in ours],
+        "all_bare_s": [round(t, 3) for t, _, _ in bare],
     }
 
 
@@ -197,7 +202,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
     wanted = {w.strip().upper() for w in args.only.split(",")}
-    results: dict[str, Any] = {}
+    results: dict[str, Any] = {"load_average_at_start": os.getloadavg()}
+    print(f"load average at start: {results['load_average_at_start']}", flush=True)
     steps: dict[str, Callable[[], dict[str, Any]]] = {
         "P1": lambda: p1(args.repeat),
         "P2": lambda: p2(args.repeat),
@@ -209,6 +215,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if name in wanted:
             results[name] = step()
             _print(name, results[name])
+    results["load_average_at_end"] = os.getloadavg()
+    print(f"load average at end: {results['load_average_at_end']}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return results
@@ -218,7 +226,8 @@ def _print(name: str, r: dict[str, Any]) -> None:
     if "ratio" in r:
         line = (
             f"{name}: infermux {r['infermux_s']:.3f}s  bare aiohttp {r['bare_s']:.3f}s  "
-            f"ratio {r['ratio']:.3f}  lost infermux/bare {r['infermux_lost']}/{r['bare_lost']}"
+            f"ratio {r['ratio']:.3f} (client CPU {r['cpu_ratio']:.2f}x)  "
+            f"lost infermux/bare {r['infermux_lost']}/{r['bare_lost']}"
         )
         if "ratio_to_ideal" in r:
             line += f"  ideal {r['ideal_s']:.2f}s (x{r['ratio_to_ideal']:.2f})"
