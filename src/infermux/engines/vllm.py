@@ -183,7 +183,13 @@ class VLLMInferenceEngine(InferenceEngine):
         generation_params=frozenset(_SAMPLING_FIELDS),
         guided_decoding=frozenset({"json", "regex", "choice"}),
         lora=True,
-        notes=("num_beams is not mapped: vLLM runs beam search through a separate API.",),
+        notes=(
+            "num_beams is not mapped: vLLM runs beam search through a separate API.",
+            "without a GPU: enforce_eager and a 2 GiB KV cache unless model_kwargs (kv_cache_memory_bytes, "
+            "gpu_memory_utilization, enforce_eager) or VLLM_CPU_KVCACHE_SPACE say otherwise",
+            ".gguf models only with a vLLM release that reads GGUF (the default model's GGUF maps to its "
+            "derived Hugging Face folder)",
+        ),
     )
 
     def __init__(
