@@ -4,6 +4,7 @@ the stub server for the durability checks."""
 from __future__ import annotations
 
 import json
+import logging
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -121,8 +122,11 @@ def test_a_permanent_failure_is_a_row_error_not_a_crash(fast_stub: str) -> None:
     assert error["status"] == 500 and error["retryable"] is True and len(answered.messages) == 1
 
 
-def test_api_key_never_appears_in_errors_outputs_or_reprs(tmp_path: Path) -> None:
+def test_api_key_never_appears_in_errors_outputs_logs_or_reprs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     key = "sk-live-TOPSECRET-abcdef123456"
+    caplog.set_level(logging.DEBUG)
     with stub_server("--require-key", "sk-right-key-000000") as url:
         engine = RemoteInferenceEngine(
             ModelParams(model_name="stub"), remote_params=RemoteParams(api_url=url, api_key=key)
@@ -132,6 +136,7 @@ def test_api_key_never_appears_in_errors_outputs_or_reprs(tmp_path: Path) -> Non
     assert out[0].metadata["error"]["status"] == 401  # the stub echoed the key back in its message
     texts = [json.dumps(out[0].to_json_dict()), repr(engine), str(engine.headers), repr(engine.remote_params)]
     texts += [p.read_text() for p in tmp_path.iterdir()]
+    texts.append(caplog.text)
     for text in texts:
         assert key not in text
 

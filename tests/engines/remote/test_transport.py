@@ -211,6 +211,16 @@ def test_rate_limits_do_not_use_up_max_retries(upstream: str) -> None:
         assert _get(proxy + "/_proxy/stats")["faults"] == {"429": 6}
 
 
+def test_retry_after_is_waited_out_before_the_retry(upstream: str) -> None:
+    with fault_proxy(
+        upstream, "--fault-rate", "1", "--faults", "429", "--retry-after", "1", "--max-faults-per-body", "1"
+    ) as proxy:
+        start = time.monotonic()
+        out = asyncio.run(_send_all(proxy + "/v1/chat/completions", ["w"], TransportSettings(retry_backoff_base=0.01)))
+        assert out == ["echo: w"]
+        assert time.monotonic() - start >= 1.0  # the server asked for a second; a lower bound cannot flake
+
+
 def test_each_fault_kind_is_retried_until_success(upstream: str) -> None:
     kinds = "500,503,drop,timeout,truncate,slow"
     with fault_proxy(
