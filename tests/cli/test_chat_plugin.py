@@ -53,7 +53,7 @@ def test_ctrl_c_before_any_text_withdraws_the_question(slow_echo: None, tmp_path
         chat.kill()
 
 
-def test_multi_line_input_with_a_trailing_backslash(tmp_path: Path) -> None:
+def test_multi_line_input_by_backslash_and_by_paste_and_commands(tmp_path: Path) -> None:
     chat = ChatDriver(["--engine", "ECHO"], tmp_path, timeout=60)
     try:
         chat.child.send("first line\\\r")
@@ -62,6 +62,9 @@ def test_multi_line_input_with_a_trailing_backslash(tmp_path: Path) -> None:
         chat.command(f"/save {tmp_path / 'chat.jsonl'}", "saved 2 messages")
         (row,) = list(iter_rows(str(tmp_path / "chat.jsonl")))
         assert row.conversation.messages[0].text == "first line\nsecond line"
+        chat.child.send("\x1b[200~pasted one\npasted two\x1b[201~\r")  # a bracketed paste keeps its newline
+        chat.child.expect_exact("echo: pasted one\r\npasted two")
+        chat.answer()
         chat.command("/help", "/params [K=V ...]")
         chat.command("/nope", "unknown command /nope; /help lists the commands.")
         chat.say("/exit")
