@@ -58,6 +58,8 @@ def mixed_prompts(n: int = N_PROMPTS) -> list[str]:
     return prompts
 
 
+PROMPTS = number_prompts()
+
 WORKLOADS: dict[str, Callable[[], list[str]]] = {"number": number_prompts, "mixed": mixed_prompts}
 
 

@@ -73,11 +73,14 @@ class NativeTextInferenceEngine(InferenceEngine):
                 "pip install 'infermux[native]'"
             ) from exc
         self._torch = torch
-        self.tokenizer = native_loading.load_tokenizer(model_params)
-        self.model = native_loading.load_model(model_params)
+        self.tokenizer: Any = native_loading.load_tokenizer(model_params)
+        self.model: Any = native_loading.load_model(model_params)
         self._device = next(self.model.parameters()).device
         self._max_length = _prompt_limit(model_params, self.tokenizer)
         self._lock = threading.Lock()  # one generation at a time on the model
+        from infermux.engines.native_decode import supports_fast_decode
+
+        self._fast_decode = supports_fast_decode(self.model)
 
     # ------------------------------------------------------------------ the seam
     def chunk_size(self, generation: GenerationParams) -> int:
@@ -151,17 +154,24 @@ class NativeTextInferenceEngine(InferenceEngine):
         if generation.seed is not None:
             torch.manual_seed(generation.seed)
             generator = torch.Generator(device=self._device).manual_seed(generation.seed)
+        fast = self._fast_decode and generation.num_beams == 1 and generation.guided_decoding is None
         with torch.inference_mode():
-            if generation.num_beams > 1 or generation.guided_decoding is not None:
-                new_tokens = self._hf_generate(ids, mask, generation, processors, stop_ids, vocab)
-            else:
+            if fast:
                 from infermux.engines.native_decode import decode
 
                 new_tokens = decode(
-                    self.model, ids, mask,
-                    max_new_tokens=generation.max_new_tokens, processors=processors, sample=generation.sampling,
-                    stop_ids=stop_ids, should_stop=self._stop_string_check(generation), generator=generator,
-                )  # fmt: skip
+                    self.model,
+                    prompts,
+                    pad_id=self.tokenizer.pad_token_id,
+                    max_new_tokens=generation.max_new_tokens,
+                    processors=processors,
+                    sample=generation.sampling,
+                    stop_ids=stop_ids,
+                    should_stop=self._stop_string_check(generation),
+                    generator=generator,
+                )
+            else:
+                new_tokens = self._hf_generate(ids, mask, generation, processors, stop_ids, vocab)
         return [
             self._finish(prompt, tokens, generation, stop_ids)
             for prompt, tokens in zip(prompts, new_tokens, strict=True)

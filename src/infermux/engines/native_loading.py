@@ -71,8 +71,9 @@ def _hub_error(name: str, what: str, exc: Exception) -> ModelNotFoundError:
 
 def load_tokenizer(params: ModelParams) -> PreTrainedTokenizerBase:
     """The tokenizer, left-padded (batched decoder-only generation needs it), with a pad token."""
+    extra: dict[str, Any] = {}
     if params.tokenizer_name:
-        source, extra = str(resolve_model_name(params.tokenizer_name, "NATIVE")), {}
+        source = str(resolve_model_name(params.tokenizer_name, "NATIVE"))
     else:
         source, extra = _source(params)
     kwargs: dict[str, Any] = {"trust_remote_code": params.trust_remote_code, **extra}

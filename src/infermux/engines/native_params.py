@@ -40,7 +40,7 @@ class PenaltyProcessor(LogitsProcessor):
         self.presence = presence
         self.prompt_length = prompt_length
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> Any:
         generated = input_ids[:, self.prompt_length :]
         if generated.shape[1] == 0:
             return scores
@@ -57,10 +57,10 @@ class BiasProcessor(LogitsProcessor):
         self.values = torch.tensor(list(bias.values()), dtype=torch.float32)
         self.vocab_size = vocab_size
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        scores = scores.clone()
-        scores[:, self.ids.to(scores.device)] += self.values.to(scores.device, scores.dtype)
-        return scores
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> Any:
+        biased = scores.clone()
+        biased[:, self.ids.to(scores.device)] += self.values.to(scores.device, scores.dtype)
+        return biased
 
 
 def token_bias(generation: GenerationParams, tokenizer: Any, vocab_size: int) -> dict[int, float]:
