@@ -119,6 +119,7 @@ def test_reasoning_model_drops_rejected_params_and_uses_developer_role(
     assert body["max_completion_tokens"] == 16
     assert [m["role"] for m in body["messages"]] == ["developer", "user"]
     assert "temperature=0.7" in caplog.text and "logit_bias" in caplog.text
+    assert "max_new_tokens=16 may leave no room" in caplog.text
 
 
 def test_o1_mini_takes_no_system_message(capture: str) -> None:

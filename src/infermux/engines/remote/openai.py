@@ -37,6 +37,7 @@ _REJECTED = {
     "stop": "stop_strings",
 }
 _DEFAULTS = GenerationParams()
+_REASONING_ROOM = 1024
 
 
 def is_reasoning_model(name: str) -> bool:
@@ -80,6 +81,14 @@ class OpenAIInferenceEngine(RemoteInferenceEngine):
                 "%s is a reasoning model and rejects %s; left out of the request.",
                 self.served_model_name(),
                 ", ".join(dropped),
+            )
+        if generation.max_new_tokens < _REASONING_ROOM:
+            logger.warning(
+                "%s counts its hidden reasoning in max_completion_tokens; max_new_tokens=%d may leave no room "
+                "for the answer (finish_reason 'length', empty text). Consider %d or more.",
+                self.served_model_name(),
+                generation.max_new_tokens,
+                _REASONING_ROOM,
             )
         return body
 
