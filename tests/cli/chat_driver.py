@@ -24,7 +24,7 @@ def plain(text: str) -> str:
 class ChatDriver:
     """A chat process in a pty: ``say`` a line, wait for the ``answer`` footer, run ``command``s."""
 
-    def __init__(self, args: list[str], tmp_path: Path, *, timeout: float = 180) -> None:
+    def __init__(self, args: list[str], tmp_path: Path, *, timeout: float = 300) -> None:
         env = cli_env(PROMPT_TOOLKIT_NO_CPR="1", INFERMUX_CHAT_HISTORY=str(tmp_path / "history"), TERM="xterm")
         self.child = pexpect.spawn(
             sys.executable,
