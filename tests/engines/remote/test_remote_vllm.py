@@ -15,7 +15,7 @@ from infermux.configs.generation_params import GuidedDecodingParams
 from infermux.engines.remote.remote_vllm import RemoteVLLMInferenceEngine
 from infermux.types import Conversation
 
-VLLM_LORA = "my-lora"  # served by the session fixture in conftest.py
+VLLM_LORA = "my-lora"  # served by the session fixture vllm_serve (tests/conftest.py)
 
 pytestmark = pytest.mark.slow
 
