@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -257,26 +258,34 @@ class NativeTextInferenceEngine(InferenceEngine):
         queue: asyncio.Queue[Any] = asyncio.Queue()
         loop = asyncio.get_running_loop()
         prompt = self._prompt_ids(conversation)
+        cancel = threading.Event()  # set when the consumer stops listening (Ctrl-C in chat)
+
+        def put(item: Any) -> None:
+            with contextlib.suppress(RuntimeError):  # the event loop may be gone after a cancel
+                loop.call_soon_threadsafe(queue.put_nowait, item)
 
         def produce() -> None:
             try:
                 with self._lock:
-                    for item in stream_tokens(self, prompt, generation):
-                        loop.call_soon_threadsafe(queue.put_nowait, item)
+                    for item in stream_tokens(self, prompt, generation, cancel):
+                        put(item)
             except BaseException as exc:
-                loop.call_soon_threadsafe(queue.put_nowait, exc)
-            loop.call_soon_threadsafe(queue.put_nowait, None)
+                put(exc)
+            put(None)
 
         worker = threading.Thread(target=produce, name="infermux-native-stream", daemon=True)
         worker.start()
-        while (item := await queue.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            if isinstance(item, str):
-                yield StreamEvent(delta=item)
-            else:
-                text, metadata = item
-                yield StreamEvent(conversation=conversation.with_reply(text, metadata), metadata=metadata)
+        try:
+            while (item := await queue.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                if isinstance(item, str):
+                    yield StreamEvent(delta=item)
+                else:
+                    text, metadata = item
+                    yield StreamEvent(conversation=conversation.with_reply(text, metadata), metadata=metadata)
+        finally:
+            cancel.set()
 
     def close(self) -> None:
         self.model = None

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from transformers import TextStreamer
+from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 
 from infermux.configs.generation_params import GenerationParams
 from infermux.engines.native_params import build_processors, cut_at_stop, stop_token_ids
@@ -34,10 +34,28 @@ class _QueueStreamer(TextStreamer):
             self.sink.put(text)
 
 
+class _Cancelled(StoppingCriteria):
+    """Ends generation once ``flag`` is set (the chat's Ctrl-C), so the model is free for the next turn."""
+
+    def __init__(self, flag: threading.Event) -> None:
+        self.flag = flag
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        return torch.full((input_ids.shape[0],), self.flag.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
 def stream_tokens(
-    engine: NativeTextInferenceEngine, prompt: list[int], generation: GenerationParams
+    engine: NativeTextInferenceEngine,
+    prompt: list[int],
+    generation: GenerationParams,
+    cancel: threading.Event | None = None,
 ) -> Iterator[str | tuple[str, dict[str, Any]]]:
-    """Yield text deltas, then ``(final_text, metadata)``; the deltas add up to the answer."""
+    """Yield text deltas, then ``(final_text, metadata)``; the deltas add up to the answer.
+
+    Setting ``cancel`` ends generation at the next token.
+    """
     torch = engine._torch
     ids, mask = engine._batch_tensors([prompt])
     vocab = int(engine.model.config.get_text_config().vocab_size)
@@ -63,6 +81,7 @@ def stream_tokens(
                     stop_strings=generation.stop_strings or None,
                     tokenizer=engine.tokenizer if generation.stop_strings else None,
                     streamer=streamer,
+                    stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]) if cancel is not None else None,
                     temperature=None,
                     top_p=None,
                     top_k=None,
