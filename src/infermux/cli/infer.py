@@ -56,7 +56,7 @@ def _run_batch(cfg: InferenceConfig) -> int:
     from infermux.jsonl import validate_file
 
     assert cfg.input_path is not None
-    validate_file(cfg.input_path)  # fail on bad input before loading a model
+    row_ids = validate_file(cfg.input_path)  # fail on bad input before loading a model
     if cfg.output_path:
         from infermux.engines.batch import JobFiles
 
@@ -70,7 +70,7 @@ def _run_batch(cfg: InferenceConfig) -> int:
             def on_row(row: InputRow, result: Conversation | RowError) -> None:
                 answered[row.index] = result
 
-        report = _with_progress(engine, cfg, on_row)
+        report = _with_progress(engine, cfg, on_row, row_ids)
     finally:
         engine.close()
     if not cfg.output_path:
@@ -78,7 +78,7 @@ def _run_batch(cfg: InferenceConfig) -> int:
     return _summarise(report)
 
 
-def _with_progress(engine: InferenceEngine, cfg: InferenceConfig, on_row: object) -> BatchReport:
+def _with_progress(engine: InferenceEngine, cfg: InferenceConfig, on_row: object, row_ids: list[str]) -> BatchReport:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -117,6 +117,7 @@ def _with_progress(engine: InferenceEngine, cfg: InferenceConfig, on_row: object
                 fingerprint=cfg.fingerprint(),
                 on_progress=on_progress,
                 on_row=on_row,  # type: ignore[arg-type]
+                row_ids=row_ids,
             )
         )
 

@@ -200,11 +200,16 @@ class InferenceEngine:
         fingerprint: str | None = None,
         on_progress: Callable[[BatchReport], None] | None = None,
         on_row: Callable[[InputRow, Conversation | RowError], None] | None = None,
+        row_ids: list[str] | None = None,
     ) -> BatchReport:
-        """The durable batch job: ``input_path`` (JSONL) → ``output_path`` (JSONL), resumable."""
+        """The durable batch job: ``input_path`` (JSONL) → ``output_path`` (JSONL), resumable.
+
+        ``row_ids`` is what :func:`infermux.jsonl.validate_file` returned, when the caller has already
+        checked the file (the check is otherwise done here, before any row runs).
+        """
         generation = generation or self.generation_params
         self._check(generation)
-        ids = validate_file(input_path)
+        ids = row_ids if row_ids is not None else validate_file(input_path)
         files = JobFiles(output_path, fingerprint or self._fingerprint(generation)) if output_path else None
         report = await run_job(
             self,
