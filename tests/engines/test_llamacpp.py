@@ -204,10 +204,18 @@ def test_regex_output_fully_matches(engine):
     assert re.fullmatch(pattern, got.last_message.text)
 
 
-def test_regex_translation_and_refusals():
+def test_regex_translation_and_refusals(engine):
+    import llama_cpp
+
     assert choice_to_gbnf(['a"b', "c\\d\n"]) == 'root ::= "a\\"b" | "c\\\\d\\n"\n'
     assert regex_to_gbnf(r"^ab|c$") == 'root ::= "a" "b" | "c"\n'
     assert regex_to_gbnf(r"[^x]\d{2,3}") == "root ::= [^x] ([0-9]){2,3}\n"
+    assert regex_to_gbnf(r"[\d\-\]]") == "root ::= [0-9\\x2D\\x5D]\n"
+    vocab = llama_cpp.llama_model_get_vocab(engine._llama.model)
+    for pattern in (r"\S+ \W", r"[\]\[\\^]+", r"(yes|no)?", r"a{3}b{2,}c*", r".{1,5}", "é[à-ÿ]\U0001f600"):
+        grammar = llama_cpp.llama_sampler_init_grammar(vocab, regex_to_gbnf(pattern).encode(), b"root")
+        assert grammar, f"llama.cpp rejected the grammar for {pattern!r}"
+        llama_cpp.llama_sampler_free(grammar)
     for bad in (r"(?=a)b", r"(a)\1", r"(?i)abc", r"a^b", r"[^\d]"):
         with pytest.raises(UnsupportedParamError):
             regex_to_gbnf(bad)
@@ -288,6 +296,14 @@ def test_model_resolution_paths_and_offline_cache(tmp_path: Path, monkeypatch: p
         assert eng.infer([conv("Hi")])[0].metadata["usage"]["completion_tokens"] >= 1
     finally:
         eng.close()
+
+
+def test_default_slot_count_keeps_the_kv_cache_under_budget(engine):
+    from infermux.engines.llamacpp import _default_slots
+
+    # SmolLM2-135M: 30 layers x 3 KV heads x 64 dims, K and V in f16 = 23,040 bytes per token.
+    assert _default_slots(engine._llama, 2048) == 16
+    assert _default_slots(engine._llama, 8192) == (1 << 30) // (23_040 * 8192) == 5
 
 
 def test_unknown_model_kwarg_is_a_config_error_with_a_suggestion():

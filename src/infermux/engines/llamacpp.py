@@ -10,7 +10,8 @@ same as ``create_chat_completion``'s. Streaming (chat) runs through the same dec
 Engine-specific ``model_kwargs`` (not passed to ``Llama``):
 
 - ``filename``: the ``.gguf`` file inside a folder or a cached hub repository (a name or a glob);
-- ``n_seq_max``: sequences decoded together (default: ``generation.batch_size`` when above 1, else 16).
+- ``n_seq_max``: sequences decoded together (default: ``generation.batch_size`` when above 1, else 16,
+  fewer if their KV cache would exceed 1 GiB). Each sequence has its own ``n_ctx`` of KV cache.
 
 ``n_ctx`` is the context of each sequence; it defaults to ``model.model_max_length``, else 2048.
 """
@@ -41,6 +42,7 @@ __all__ = ["LlamaCppInferenceEngine"]
 
 DEFAULT_N_CTX = 2048
 DEFAULT_SLOTS = 16
+KV_BUDGET_BYTES = 1 << 30  # the default slot count keeps the KV cache (f16) under this
 _OWN_KWARGS = frozenset({"filename", "n_seq_max"})
 _SUPPORTED = frozenset(
     {"seed", "temperature", "top_p", "min_p", "frequency_penalty", "presence_penalty"}
@@ -95,7 +97,7 @@ class LlamaCppInferenceEngine(InferenceEngine):
         n_ctx_seq = int(self._llama.n_ctx())
         if slots is None:
             batch = self.generation_params.batch_size
-            slots = batch if batch > 1 else DEFAULT_SLOTS
+            slots = batch if batch > 1 else _default_slots(self._llama, n_ctx_seq)
         self._decoder = MultiSequenceDecoder(self._llama, int(slots), n_ctx_seq)
         self._lock = threading.Lock()
         self._specs: dict[str, SamplingSpec] = {}
@@ -254,6 +256,16 @@ def _check_llama_kwargs(llama_class: Any, kwargs: dict[str, Any]) -> None:
             close = difflib.get_close_matches(key, sorted(known | _OWN_KWARGS), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"model.model_kwargs.{key} is not a llama_cpp.Llama argument.{hint}")
+
+
+def _default_slots(llama: Any, n_ctx_seq: int) -> int:
+    """``DEFAULT_SLOTS``, fewer when their KV cache would pass ``KV_BUDGET_BYTES`` (big models, long n_ctx)."""
+    import llama_cpp
+
+    model = llama.model
+    head_dim = llama_cpp.llama_model_n_embd(model) // max(1, llama_cpp.llama_model_n_head(model))
+    per_token = 2 * llama_cpp.llama_model_n_layer(model) * llama_cpp.llama_model_n_head_kv(model) * head_dim * 2
+    return max(1, min(DEFAULT_SLOTS, KV_BUDGET_BYTES // max(1, per_token * n_ctx_seq)))
 
 
 def _chat_formatter(llama: Any, override: str | None) -> Any:

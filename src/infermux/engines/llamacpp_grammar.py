@@ -73,14 +73,11 @@ def choice_to_gbnf(choices: list[str]) -> str:
 
 
 def _class_char(code: int) -> str:
-    ch = chr(code)
-    if ch in "\\]-^[":
-        return "\\" + ch
-    if code < 0x20 or code == 0x7F:
+    if chr(code) in "\\]-^[" or code < 0x20 or code == 0x7F:  # hex escapes are always understood
         return f"\\x{code:02X}"
     if code > 0xFFFF:
         return f"\\U{code:08X}"
-    return ch
+    return chr(code)
 
 
 def _char_class(ranges: list[tuple[int, int]], negate: bool = False) -> str:
