@@ -19,6 +19,7 @@ Engine-specific ``model_kwargs`` (not passed to ``Llama``):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import difflib
 import inspect
 import threading
@@ -165,22 +166,34 @@ class LlamaCppInferenceEngine(InferenceEngine):
             raise InputError(prompt.message)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[str | None] = asyncio.Queue()
+        cancel = threading.Event()  # set when the consumer stops listening (Ctrl-C in chat)
+
+        def put(item: str | None) -> None:
+            with contextlib.suppress(RuntimeError):  # the event loop may be gone after a cancel
+                loop.call_soon_threadsafe(queue.put_nowait, item)
 
         def on_text(_index: int, delta: str) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, delta)
+            if cancel.is_set():
+                raise _Cancelled  # ends generate() at this token; its finally frees the sampler
+            put(delta)
 
         def run() -> DecodeResult | Exception:
             try:
                 spec = self._spec(generation)
                 with self._lock:
                     return self._decoder.generate([prompt], generation.max_new_tokens, spec, on_text)[0]
+            except _Cancelled as stopped:
+                return stopped
             finally:
-                loop.call_soon_threadsafe(queue.put_nowait, None)
+                put(None)
 
         task = asyncio.ensure_future(asyncio.to_thread(run))
-        while (delta := await queue.get()) is not None:
-            yield StreamEvent(delta=delta)
-        result = await task
+        try:
+            while (delta := await queue.get()) is not None:
+                yield StreamEvent(delta=delta)
+            result = await task
+        finally:
+            cancel.set()
         if isinstance(result, Exception):
             raise InputError(str(result))
         reply = self._reply(conversation, prompt, result, generation)
@@ -246,6 +259,10 @@ class LlamaCppInferenceEngine(InferenceEngine):
         if llama is not None:
             llama.close()
             del self._llama
+
+
+class _Cancelled(Exception):
+    """Raised inside generation to stop a stream whose consumer went away."""
 
 
 def _check_llama_kwargs(llama_class: Any, kwargs: dict[str, Any]) -> None:

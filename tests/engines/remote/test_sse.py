@@ -30,7 +30,7 @@ def test_sse_framing_follows_the_standard() -> None:
     raw = (
         b": keep-alive comment\r\n\r\n"
         b"data: one\r\n\r\n"
-        b"event: content_block_delta\ndata: {\"a\":\ndata: 1}\n\n"
+        b'event: content_block_delta\ndata: {"a":\ndata: 1}\n\n'
         b"data:no-space\n\n"
         b"id: 7\nretry: 100\n\n"
         b"data: tail without blank line"
