@@ -101,6 +101,17 @@ def test_batched_rows_equal_rows_alone(engine: NativeTextInferenceEngine) -> Non
     assert texts(batched) == alone
 
 
+def test_mixed_lengths_equal_raw_generate_row_by_row(engine: NativeTextInferenceEngine, raw: tuple[Any, Any]) -> None:
+    """Very different prompt lengths in one batch: the engine prefills them in separate length groups
+    and joins their caches; each answer equals transformers generating that row alone (no padding)."""
+    passage = " ".join(f"On day {d} the lighthouse keeper wrote that the sea was calm." for d in range(25))
+    questions = ["Say hello.", passage + " What did the keeper write?", "Name a fruit.", QUESTIONS[3]]
+    ours = engine.infer([conv(q) for q in questions], _config(max_new_tokens=16, batch_size=4))
+    lengths = [c.metadata["usage"]["prompt_tokens"] for c in ours]
+    assert max(lengths) > 3 * min(lengths)  # really mixed: more than one prefill group
+    assert texts(ours) == [raw_generate(raw, [q], max_new_tokens=16)[0] for q in questions]
+
+
 def test_beam_search_equals_raw_generate(engine: NativeTextInferenceEngine, raw: tuple[Any, Any]) -> None:
     ours = answer(engine, QUESTIONS[1], max_new_tokens=16, num_beams=3).last_message.text
     assert ours == raw_generate(raw, [QUESTIONS[1]], max_new_tokens=16, num_beams=3)[0]
