@@ -5,7 +5,6 @@ Only typer is imported here; the engine and the Batch API code load when a comma
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -123,6 +122,8 @@ def fetch(
             if report.pending:
                 fail("some batches are still running: fetch again when `infermux batch status` says they finished.")
             print(f"rerunning {failed} failed rows online")
+            import asyncio
+
             result = asyncio.run(engine.run_file(cfg.input_path, cfg.output_path, fingerprint=fingerprint))
             failed = result.failed
             print(f"online: {result.done} rows done, {result.failed} failed")
