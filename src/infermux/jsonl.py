@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from infermux.errors import InputError
 from infermux.types import Conversation
 
-__all__ = ["MAX_LINE_BYTES", "InputRow", "iter_rows", "row_id_for", "validate_file"]
+__all__ = ["MAX_LINE_BYTES", "InputRow", "iter_rows", "row_id_for", "unique_id", "validate_file"]
 
 MAX_LINE_BYTES = 64 * 1024 * 1024
 # About 2M tokens, beyond the largest context windows offered today: a longer text is a data error.
@@ -35,6 +35,12 @@ def row_id_for(index: int, conversation_id: str | None, raw: bytes) -> str:
     if conversation_id:
         return conversation_id
     return f"row-{index}-{hashlib.sha1(raw.strip()).hexdigest()[:12]}"
+
+
+def unique_id(rid: str, seen: dict[str, int]) -> str:
+    """``rid``, or ``rid#N`` for its N-th repeat in one input (ids must be unique for resume)."""
+    seen[rid] = seen.get(rid, 0) + 1
+    return rid if seen[rid] == 1 else f"{rid}#{seen[rid]}"
 
 
 def _explain(exc: ValidationError) -> str:
@@ -125,11 +131,7 @@ def _scan(path: Path) -> Iterator[InputRow | InputError]:
             yield exc
             continue
         rid = row_id_for(index, conv.conversation_id, raw)
-        if rid in seen:
-            seen[rid] += 1
-            rid = f"{rid}#{seen[rid]}"
-        else:
-            seen[rid] = 1
+        rid = unique_id(rid, seen)
         yield InputRow(index=index, line=number, row_id=rid, conversation=conv)
         index += 1
 

@@ -35,7 +35,7 @@ from infermux.configs.remote_params import RemoteParams
 from infermux.engines.batch import BatchReport, JobFiles, run_job
 from infermux.engines.capabilities import Capabilities, check_params
 from infermux.errors import InputError, RowError
-from infermux.jsonl import InputRow, iter_rows, row_id_for, validate_file
+from infermux.jsonl import InputRow, iter_rows, row_id_for, unique_id, validate_file
 from infermux.types import Conversation
 
 __all__ = ["InferenceEngine", "StreamEvent"]
@@ -275,11 +275,7 @@ def _rows_from_memory(conversations: Iterable[Conversation], *, durable: bool = 
             rid = row_id_for(index, conv.conversation_id, raw)
         else:
             rid = conv.conversation_id or f"row-{index}"
-        if rid in seen:
-            seen[rid] += 1
-            rid = f"{rid}#{seen[rid]}"
-        else:
-            seen[rid] = 1
+        rid = unique_id(rid, seen)
         rows.append(InputRow(index=index, line=index + 1, row_id=rid, conversation=conv))
     return rows
 
