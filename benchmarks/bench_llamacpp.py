@@ -50,7 +50,7 @@ def main() -> None:
     from llama_cpp import Llama
 
     from infermux.configs import GenerationParams, ModelParams
-    from infermux.engines.llamacpp import LlamaCppInferenceEngine
+    from infermux.engines.llamacpp.engine import LlamaCppInferenceEngine
     from infermux.models import gguf_path
 
     llm = Llama(model_path=str(gguf_path()), n_ctx=N_CTX, verbose=False)

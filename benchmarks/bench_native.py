@@ -54,7 +54,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from infermux.configs import GenerationParams, ModelParams
-    from infermux.engines.native import NativeTextInferenceEngine
+    from infermux.engines.native.engine import NativeTextInferenceEngine
 
     engine = NativeTextInferenceEngine(
         ModelParams(model_name="smollm2-135m-instruct", torch_dtype_str=args.dtype),

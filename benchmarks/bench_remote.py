@@ -62,7 +62,7 @@ def _reset(url: str) -> None:
 def _infermux_run(url: str, texts: list[str], workers: int, **remote: Any) -> tuple[float, float, int]:
     """Wall seconds, client CPU seconds and rows lost for one infermux run (engine built outside)."""
     from infermux.configs import ModelParams, RemoteParams
-    from infermux.engines.remote.openai_compatible import RemoteInferenceEngine
+    from infermux.engines.remote.openai.engine import RemoteInferenceEngine
     from infermux.types import Conversation
 
     conversations = [Conversation.model_validate({"messages": [{"role": "user", "content": t}]}) for t in texts]

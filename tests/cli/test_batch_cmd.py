@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from infermux.jsonl import iter_rows
+from infermux.jobs.rows import iter_rows
 from tests.conftest import cli_env, run_cli
 from tests.fakes import FakeOpenAIBatch
 

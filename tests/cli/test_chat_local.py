@@ -18,7 +18,7 @@ import pytest
 from infermux.configs.inference_config import InferenceConfig
 from infermux.engines.base import InferenceEngine
 from infermux.engines.registry import build_engine
-from infermux.jsonl import iter_rows
+from infermux.jobs.rows import iter_rows
 from infermux.types import Conversation, Message, Role
 from tests.cli.chat_driver import ChatDriver
 
@@ -29,7 +29,8 @@ ENGINES = [
     pytest.param(
         "NATIVE",
         marks=pytest.mark.skipif(
-            importlib.util.find_spec("infermux.engines.native") is None, reason="the NATIVE engine is not built yet"
+            importlib.util.find_spec("infermux.engines.native.engine") is None,
+            reason="the NATIVE engine is not built yet",
         ),
     ),
 ]

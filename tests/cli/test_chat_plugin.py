@@ -11,7 +11,7 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from infermux.jsonl import iter_rows
+from infermux.jobs.rows import iter_rows
 from tests.cli.chat_driver import PROMPT, ChatDriver
 from tests.conftest import run_cli
 

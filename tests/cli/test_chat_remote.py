@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from infermux.jsonl import iter_rows
+from infermux.jobs.rows import iter_rows
 from tests.cli.chat_driver import PROMPT, ChatDriver, plain
 from tests.conftest import ROOT, cli_env
 from tests.fakes.stream_proxy import StreamProxy

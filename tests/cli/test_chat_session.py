@@ -7,7 +7,7 @@ from pathlib import Path
 
 from infermux.cli.chat_session import ChatSession, join_continuations, parse_assignments
 from infermux.configs.generation_params import GenerationParams
-from infermux.jsonl import iter_rows, validate_file
+from infermux.jobs.rows import iter_rows, validate_file
 from infermux.types import Role, Type
 
 

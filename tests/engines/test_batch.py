@@ -13,7 +13,7 @@ import pytest
 from infermux_echo import EchoEngine
 
 from infermux.configs import GenerationParams, InferenceConfig, ModelParams
-from infermux.engines.batch import JobFiles
+from infermux.jobs.loop import JobFiles
 from infermux.types import Conversation
 from tests.conftest import ROOT, cli_env
 
@@ -90,7 +90,7 @@ def test_resume_skips_done_rows_only_for_same_fingerprint_and_drops_torn_line(tm
     fp = eng._fingerprint(eng.generation_params)
     files = JobFiles(out, fp)
     files.open()
-    from infermux.jsonl import iter_rows
+    from infermux.jobs.rows import iter_rows
 
     rows = list(iter_rows(src))
     files.append_done(rows[0], rows[0].conversation.with_reply("from before"))

@@ -13,9 +13,9 @@ pytest.importorskip("llama_cpp")
 
 from infermux.configs import GenerationParams, ModelParams
 from infermux.configs.generation_params import GuidedDecodingParams
-from infermux.engines.llamacpp import LlamaCppInferenceEngine
-from infermux.engines.llamacpp_grammar import choice_to_gbnf, regex_to_gbnf
-from infermux.engines.llamacpp_model import resolve_gguf
+from infermux.engines.llamacpp.engine import LlamaCppInferenceEngine
+from infermux.engines.llamacpp.grammar import choice_to_gbnf, regex_to_gbnf
+from infermux.engines.llamacpp.model import resolve_gguf
 from infermux.errors import ConfigError, ModelNotFoundError, UnsupportedParamError
 from infermux.models import gguf_path
 from infermux.types import Conversation
@@ -299,7 +299,7 @@ def test_model_resolution_paths_and_offline_cache(tmp_path: Path, monkeypatch: p
 
 
 def test_default_slot_count_keeps_the_kv_cache_under_budget(engine):
-    from infermux.engines.llamacpp import _default_slots
+    from infermux.engines.llamacpp.engine import _default_slots
 
     # SmolLM2-135M: 30 layers x 3 KV heads x 64 dims, K and V in f16 = 23,040 bytes per token.
     assert _default_slots(engine._llama, 2048) == 16

@@ -20,10 +20,10 @@ transformers = pytest.importorskip("transformers")
 
 from infermux.configs import GenerationParams, ModelParams  # noqa: E402
 from infermux.configs.generation_params import GuidedDecodingParams  # noqa: E402
-from infermux.engines.batch import JobFiles  # noqa: E402
-from infermux.engines.native import NativeTextInferenceEngine  # noqa: E402
+from infermux.engines.native.engine import NativeTextInferenceEngine  # noqa: E402
 from infermux.errors import EngineUnavailableError, ModelNotFoundError  # noqa: E402
-from infermux.jsonl import iter_rows  # noqa: E402
+from infermux.jobs.loop import JobFiles  # noqa: E402
+from infermux.jobs.rows import iter_rows  # noqa: E402
 from infermux.models import hf_folder  # noqa: E402
 from infermux.types import Conversation  # noqa: E402
 
@@ -293,7 +293,7 @@ def test_model_settings_template_dtype_attention_and_truncation(caplog: pytest.L
         assert other.model.dtype == torch.bfloat16
         assert other.model.config._attn_implementation == "eager"
         assert other.model.device.type == "cpu"
-        with caplog.at_level(logging.WARNING, logger="infermux.engines.native"):
+        with caplog.at_level(logging.WARNING, logger="infermux.engines.native.engine"):
             out = other.infer(
                 [conv("one two three four five six seven eight nine ten")],
                 _config(max_new_tokens=3, exclude_prompt_from_response=False),

@@ -11,7 +11,7 @@ import typer
 
 if TYPE_CHECKING:
     from infermux.configs.inference_config import InferenceConfig
-    from infermux.engines.remote.batch_state import BatchJobState
+    from infermux.engines.remote.openai.batch_state import BatchJobState
 
 batch_app = typer.Typer(
     help="Submit a JSONL job to a Batch API (OPENAI, or any server with /v1/files and /v1/batches), "

@@ -11,9 +11,9 @@ from infermux.cli.common import EXIT_ROWS_FAILED, fail, load_cli_config, setup_l
 if TYPE_CHECKING:
     from infermux.configs.inference_config import InferenceConfig
     from infermux.engines.base import InferenceEngine
-    from infermux.engines.batch import BatchReport
     from infermux.errors import RowError
-    from infermux.jsonl import InputRow
+    from infermux.jobs.loop import BatchReport
+    from infermux.jobs.rows import InputRow
     from infermux.types import Conversation
 
 
@@ -53,12 +53,12 @@ def run_infer(
 
 def _run_batch(cfg: InferenceConfig) -> int:
     from infermux.engines.registry import build_engine
-    from infermux.jsonl import validate_file
+    from infermux.jobs.rows import validate_file
 
     assert cfg.input_path is not None
     row_ids = validate_file(cfg.input_path)  # fail on bad input before loading a model
     if cfg.output_path:
-        from infermux.engines.batch import JobFiles
+        from infermux.jobs.loop import JobFiles
 
         JobFiles(cfg.output_path, "").check_writable()
     engine = build_engine(cfg)

@@ -10,7 +10,7 @@ metadata)``, each failure a :class:`RowError`). ``chunk_size()`` and ``max_concu
 batch loop how to feed it: a local engine takes large chunks one at a time (and runs its blocking
 library call through ``asyncio.to_thread``); a remote engine takes one row per chunk with many chunks
 in flight. Everything else (reading input, resume, ordering, progress, errors as data) is the batch
-loop's, in :mod:`infermux.engines.batch`.
+loop's, in :mod:`infermux.jobs.loop`.
 
 Streaming (chat) uses :meth:`InferenceEngine.astream`, which engines that can stream override; the
 default yields the whole answer at once.
@@ -32,10 +32,10 @@ from infermux.configs.generation_params import GenerationParams
 from infermux.configs.inference_config import InferenceConfig
 from infermux.configs.model_params import ModelParams
 from infermux.configs.remote_params import RemoteParams
-from infermux.engines.batch import BatchReport, JobFiles, run_job
 from infermux.engines.capabilities import Capabilities, check_params
 from infermux.errors import InputError, RowError
-from infermux.jsonl import InputRow, iter_rows, row_id_for, unique_id, validate_file
+from infermux.jobs.loop import BatchReport, JobFiles, run_job
+from infermux.jobs.rows import InputRow, iter_rows, row_id_for, unique_id, validate_file
 from infermux.types import Conversation
 
 __all__ = ["InferenceEngine", "StreamEvent"]
@@ -204,7 +204,7 @@ class InferenceEngine:
     ) -> BatchReport:
         """The durable batch job: ``input_path`` (JSONL) → ``output_path`` (JSONL), resumable.
 
-        ``row_ids`` is what :func:`infermux.jsonl.validate_file` returned, when the caller has already
+        ``row_ids`` is what :func:`infermux.jobs.rows.validate_file` returned, when the caller has already
         checked the file (the check is otherwise done here, before any row runs).
         """
         generation = generation or self.generation_params

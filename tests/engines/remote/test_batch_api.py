@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from infermux.configs import GenerationParams, ModelParams, RemoteParams
-from infermux.engines.remote.batch_state import BatchJobState, state_path
-from infermux.engines.remote.openai import OpenAIInferenceEngine
+from infermux.engines.remote.openai.batch_state import BatchJobState, state_path
+from infermux.engines.remote.openai.openai import OpenAIInferenceEngine
 from infermux.errors import ConfigError
-from infermux.jsonl import iter_rows
+from infermux.jobs.rows import iter_rows
 from infermux.types import Conversation
 from tests.fakes import FakeOpenAIBatch
 

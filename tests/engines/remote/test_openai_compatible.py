@@ -13,7 +13,7 @@ import pytest
 
 from infermux.configs import GenerationParams, InferenceConfig, ModelParams, RemoteParams
 from infermux.engines.registry import build_engine
-from infermux.engines.remote.openai_compatible import RemoteInferenceEngine
+from infermux.engines.remote.openai.engine import RemoteInferenceEngine
 from infermux.errors import ConfigError
 from infermux.types import Conversation
 from tests.servers import fault_proxy, llama_cpp_server, stub_server

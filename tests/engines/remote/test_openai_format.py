@@ -9,8 +9,8 @@ import pytest
 from pydantic import BaseModel
 
 from infermux.configs.generation_params import GenerationParams, GuidedDecodingParams
-from infermux.engines.remote.openai_compatible import OPENAI_PARAMS
-from infermux.engines.remote.openai_format import (
+from infermux.engines.remote.openai.engine import OPENAI_PARAMS
+from infermux.engines.remote.openai.format import (
     chat_completions_url,
     encode_message,
     generation_fields,

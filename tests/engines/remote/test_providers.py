@@ -13,7 +13,7 @@ import pytest
 from infermux.configs import GenerationParams, ModelParams, RemoteParams
 from infermux.configs.generation_params import GuidedDecodingParams
 from infermux.engines.registry import engine_class
-from infermux.engines.remote.openai_compatible import RemoteInferenceEngine
+from infermux.engines.remote.openai.engine import RemoteInferenceEngine
 from infermux.errors import AuthenticationError, UnsupportedParamError
 from infermux.types import Conversation
 from tests.fakes._openai_chat import OPENAI_CHAT_PARAMS, validate_chat_body

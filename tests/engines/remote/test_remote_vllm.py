@@ -12,7 +12,7 @@ import pytest
 
 from infermux.configs import GenerationParams, ModelParams, RemoteParams
 from infermux.configs.generation_params import GuidedDecodingParams
-from infermux.engines.remote.remote_vllm import RemoteVLLMInferenceEngine
+from infermux.engines.remote.openai.vllm import RemoteVLLMInferenceEngine
 from infermux.types import Conversation
 
 VLLM_LORA = "my-lora"  # served by the session fixture vllm_serve (tests/conftest.py)

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from infermux.engines.remote.openai_stream import ChatCompletionStream
-from infermux.engines.remote.sse import SseEvent, iter_sse
+from infermux.engines.remote.http.sse import SseEvent, iter_sse
+from infermux.engines.remote.openai.stream import ChatCompletionStream
 from infermux.errors import RemoteError
 from infermux.types import Conversation
 

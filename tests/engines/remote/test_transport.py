@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from infermux.engines.remote.transport import (
+from infermux.engines.remote.http.transport import (
     AimdLimiter,
     HttpRequest,
     Transport,

@@ -16,6 +16,7 @@ Auth is the ``x-api-key`` header (``ANTHROPIC_API_KEY``) plus ``anthropic-versio
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from infermux.configs.engine_type import InferenceEngineType
@@ -24,11 +25,11 @@ from infermux.configs.model_params import ModelParams
 from infermux.configs.remote_params import RemoteParams
 from infermux.engines.capabilities import Capabilities
 from infermux.engines.remote.base import RemoteEngine
+from infermux.engines.remote.http.sse import SseEvent
+from infermux.engines.remote.http.transport import HttpRequest
 from infermux.engines.remote.json_schema import close_objects
 from infermux.engines.remote.media import image_payload
-from infermux.engines.remote.provider_streams import AnthropicStream
-from infermux.engines.remote.transport import HttpRequest
-from infermux.errors import AuthenticationError, ConfigError, RowError
+from infermux.errors import AuthenticationError, ConfigError, RemoteError, RowError
 from infermux.types import Conversation, Message, Role
 
 __all__ = ["ANTHROPIC_VERSION", "AnthropicInferenceEngine", "build_messages"]
@@ -185,3 +186,47 @@ class AnthropicInferenceEngine(RemoteEngine):
         if data.get("stop_sequence"):
             metadata["stop_sequence"] = data["stop_sequence"]
         return conversation.with_reply(text, metadata)
+
+
+_ANTHROPIC_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls"}
+
+
+class AnthropicStream:
+    """Decoder of one streamed Messages API answer."""
+
+    def __init__(self, conversation: Conversation) -> None:
+        self.conversation = conversation
+        self.done = False
+        self._text: list[str] = []
+        self._input_tokens = 0
+        self._output_tokens = 0
+        self._metadata: dict[str, Any] = {"finish_reason": None, "stop_reason": None, "model": None}
+
+    def feed(self, event: SseEvent) -> str:
+        data = json.loads(event.data)
+        kind = data.get("type", event.event)
+        if kind == "error":
+            error = data.get("error") or {}
+            raise RemoteError(f"the server failed mid-answer: {error.get('message', error)}", kind="http_error")
+        if kind == "message_start":
+            message = data["message"]
+            self._metadata["model"] = message.get("model")
+            self._input_tokens = int((message.get("usage") or {}).get("input_tokens") or 0)
+        elif kind == "content_block_delta":
+            delta = data["delta"]
+            if delta.get("type") == "text_delta":
+                self._text.append(delta["text"])
+                return str(delta["text"])
+        elif kind == "message_delta":
+            stop = (data.get("delta") or {}).get("stop_reason")
+            self._metadata["stop_reason"] = stop
+            self._metadata["finish_reason"] = _ANTHROPIC_FINISH.get(stop or "", stop)
+            self._output_tokens = int((data.get("usage") or {}).get("output_tokens") or self._output_tokens)
+        elif kind == "message_stop":
+            self.done = True
+        return ""
+
+    def result(self) -> Conversation:
+        prompt, completion = self._input_tokens, self._output_tokens
+        usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        return self.conversation.with_reply("".join(self._text), {**self._metadata, "usage": usage})

@@ -11,9 +11,9 @@ the protocol seam:
   ``ValueError``/``KeyError``/``TypeError`` on a malformed reply: it is retried);
 * optionally ``error_message(status, body)`` and ``build_request`` (when the URL varies per row);
 * optionally, to stream in chat, ``build_stream_request`` and ``stream_decoder`` (see
-  :mod:`infermux.engines.remote.sse`), with ``Capabilities(streaming=True)``.
+  :mod:`infermux.engines.remote.http.sse`), with ``Capabilities(streaming=True)``.
 
-Retries, rate limits, concurrency and redaction belong to :mod:`infermux.engines.remote.transport`;
+Retries, rate limits, concurrency and redaction belong to :mod:`infermux.engines.remote.http.transport`;
 resume, ordering and output belong to the batch loop.
 """
 
@@ -28,8 +28,8 @@ from infermux.configs.generation_params import GenerationParams
 from infermux.configs.model_params import ModelParams
 from infermux.configs.remote_params import RemoteParams
 from infermux.engines.base import InferenceEngine, StreamEvent
-from infermux.engines.remote.sse import StreamDecoder
-from infermux.engines.remote.transport import (
+from infermux.engines.remote.http.sse import StreamDecoder
+from infermux.engines.remote.http.transport import (
     HttpRequest,
     Transport,
     TransportSettings,

@@ -24,11 +24,11 @@ from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams
 from infermux.engines.capabilities import Capabilities
 from infermux.engines.remote.base import RemoteEngine
+from infermux.engines.remote.http.sse import SseEvent
+from infermux.engines.remote.http.transport import HttpRequest, default_error_message
 from infermux.engines.remote.json_schema import to_gemini_schema
 from infermux.engines.remote.media import image_payload
-from infermux.engines.remote.provider_streams import GeminiStream
-from infermux.engines.remote.transport import HttpRequest, default_error_message
-from infermux.errors import RowError
+from infermux.errors import RemoteError, RowError
 from infermux.types import Conversation, Message, Role
 
 __all__ = ["GoogleGeminiInferenceEngine", "build_contents", "generation_config"]
@@ -203,3 +203,41 @@ class GoogleGeminiInferenceEngine(RemoteEngine):
         if any(isinstance(d, dict) and d.get("reason") == "API_KEY_INVALID" for d in details):
             message += f" Check the key in {self.api_key_env} (or remote_params.api_key)."
         return message
+
+
+_GEMINI_FINISH = {"STOP": "stop", "MAX_TOKENS": "length"}
+
+
+class GeminiStream:
+    """Decoder of one streamed ``streamGenerateContent`` answer."""
+
+    def __init__(self, conversation: Conversation) -> None:
+        self.conversation = conversation
+        self.done = False
+        self._text: list[str] = []
+        self._metadata: dict[str, Any] = {"finish_reason": None, "model": None}
+
+    def feed(self, event: SseEvent) -> str:
+        data = json.loads(event.data)
+        if "error" in data:
+            raise RemoteError(f"the server failed mid-answer: {data['error'].get('message')}", kind="http_error")
+        self._metadata["model"] = data.get("modelVersion") or self._metadata["model"]
+        usage = data.get("usageMetadata")
+        if usage:
+            prompt, completion = int(usage.get("promptTokenCount") or 0), int(usage.get("candidatesTokenCount") or 0)
+            total = int(usage.get("totalTokenCount") or prompt + completion)
+            self._metadata["usage"] = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total}
+        candidates = data.get("candidates") or []
+        if not candidates:
+            return ""
+        first = candidates[0]
+        reason = first.get("finishReason")
+        if reason:
+            self._metadata["finish_reason"] = _GEMINI_FINISH.get(reason, reason.lower())
+        parts = (first.get("content") or {}).get("parts") or []
+        piece = "".join(p.get("text", "") for p in parts if not p.get("thought"))
+        self._text.append(piece)
+        return piece
+
+    def result(self) -> Conversation:
+        return self.conversation.with_reply("".join(self._text), dict(self._metadata))

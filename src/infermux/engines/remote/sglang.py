@@ -22,10 +22,10 @@ from infermux.configs.model_params import ModelParams
 from infermux.configs.remote_params import RemoteParams
 from infermux.engines.capabilities import Capabilities
 from infermux.engines.remote.base import RemoteEngine
+from infermux.engines.remote.http.sse import SseEvent
+from infermux.engines.remote.http.transport import HttpRequest, default_error_message
 from infermux.engines.remote.media import image_payload
-from infermux.engines.remote.provider_streams import SGLangStream
-from infermux.engines.remote.transport import HttpRequest, default_error_message
-from infermux.errors import ModelNotFoundError
+from infermux.errors import ModelNotFoundError, RemoteError
 from infermux.types import Conversation
 
 __all__ = ["SGLangInferenceEngine", "choice_regex", "sampling_params"]
@@ -187,3 +187,35 @@ class SGLangInferenceEngine(RemoteEngine):
             "finish_reason": _FINISH.get(str(kind), kind),
         }
         return conversation.with_reply(text, metadata)
+
+
+class SGLangStream:
+    """Decoder of one streamed SGLang ``/generate`` answer (cumulative text in every event)."""
+
+    def __init__(self, conversation: Conversation) -> None:
+        self.conversation = conversation
+        self.done = False
+        self._text = ""
+        self._meta: dict[str, Any] = {}
+
+    def feed(self, event: SseEvent) -> str:
+        if event.data.strip() == "[DONE]":
+            self.done = True
+            return ""
+        data = json.loads(event.data)
+        if "error" in data:
+            error = data["error"]
+            message = error.get("message") if isinstance(error, dict) else error
+            raise RemoteError(f"the server failed mid-answer: {message}", kind="http_error")
+        text = str(data["text"])
+        delta = text[len(self._text) :] if text.startswith(self._text) else text
+        self._text = text
+        self._meta = data.get("meta_info") or self._meta
+        return delta
+
+    def result(self) -> Conversation:
+        finish = self._meta.get("finish_reason") or {}
+        kind = finish.get("type") if isinstance(finish, dict) else finish
+        prompt, completion = int(self._meta.get("prompt_tokens") or 0), int(self._meta.get("completion_tokens") or 0)
+        usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        return self.conversation.with_reply(self._text, {"finish_reason": kind, "usage": usage})

@@ -24,9 +24,9 @@ from infermux.configs.generation_params import GenerationParams
 from infermux.configs.model_params import ModelParams
 from infermux.configs.remote_params import RemoteParams
 from infermux.engines.capabilities import Capabilities
-from infermux.engines.remote.google_auth import TokenCache, load_credentials
-from infermux.engines.remote.openai_compatible import OPENAI_PARAMS, RemoteInferenceEngine
-from infermux.engines.remote.transport import HttpRequest, default_error_message
+from infermux.engines.remote.http.google_auth import TokenCache, load_credentials
+from infermux.engines.remote.http.transport import HttpRequest, default_error_message
+from infermux.engines.remote.openai.engine import OPENAI_PARAMS, RemoteInferenceEngine
 from infermux.errors import AuthenticationError, ConfigError, RowError
 from infermux.types import Conversation, Type
 

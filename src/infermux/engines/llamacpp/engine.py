@@ -3,7 +3,7 @@
 The model is loaded by ``llama_cpp.Llama`` (``model_kwargs`` pass straight to it: ``n_gpu_layers``,
 ``n_ctx``, ``n_batch``, ``n_threads``, ``low_vram``, ...). Conversations are rendered with the model's own
 chat template (or ``model.chat_template``) exactly as ``Llama.create_chat_completion`` renders them, and
-answered by a :class:`~infermux.engines.llamacpp_decode.MultiSequenceDecoder`, which decodes up to
+answered by a :class:`~infermux.engines.llamacpp.decode.MultiSequenceDecoder`, which decodes up to
 ``n_seq_max`` sequences per llama.cpp call instead of one conversation at a time; greedy answers are the
 same as ``create_chat_completion``'s. Streaming (chat) runs through the same decoder, token by token.
 
@@ -34,9 +34,9 @@ from infermux.configs.model_params import ModelParams
 from infermux.configs.remote_params import RemoteParams
 from infermux.engines.base import InferenceEngine, StreamEvent
 from infermux.engines.capabilities import Capabilities
-from infermux.engines.llamacpp_decode import DecodeResult, MultiSequenceDecoder, SamplingSpec
-from infermux.engines.llamacpp_grammar import grammar_for
-from infermux.engines.llamacpp_model import resolve_gguf
+from infermux.engines.llamacpp.decode import DecodeResult, MultiSequenceDecoder, SamplingSpec
+from infermux.engines.llamacpp.grammar import grammar_for
+from infermux.engines.llamacpp.model import resolve_gguf
 from infermux.errors import ConfigError, EngineUnavailableError, InputError, RowError
 from infermux.types import Conversation
 

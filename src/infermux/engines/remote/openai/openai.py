@@ -17,8 +17,8 @@ from typing import Any, ClassVar
 from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams
 from infermux.engines.capabilities import Capabilities
-from infermux.engines.remote.openai_compatible import OPENAI_PARAMS, RemoteInferenceEngine
-from infermux.engines.remote.openai_format import encode_message
+from infermux.engines.remote.openai.engine import OPENAI_PARAMS, RemoteInferenceEngine
+from infermux.engines.remote.openai.format import encode_message
 from infermux.types import Conversation, Role
 
 __all__ = ["OpenAIInferenceEngine", "is_reasoning_model"]

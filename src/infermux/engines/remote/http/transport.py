@@ -48,8 +48,8 @@ from typing import Any, Generic, TypeVar
 
 import aiohttp
 
-from infermux.engines.remote.limits import AimdLimiter, parse_retry_hint
-from infermux.engines.remote.sse import SseEvent, iter_sse
+from infermux.engines.remote.http.limits import AimdLimiter, parse_retry_hint
+from infermux.engines.remote.http.sse import SseEvent, iter_sse
 from infermux.errors import AuthenticationError, RemoteError
 
 __all__ = [

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from infermux.engines.remote.sse import SseEvent
+from infermux.engines.remote.http.sse import SseEvent
 from infermux.errors import RemoteError
 from infermux.types import Conversation
 
@@ -21,7 +21,7 @@ _USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
 
 
 class ChatCompletionStream:
-    """Decoder (see :class:`~infermux.engines.remote.sse.StreamDecoder`) for one streamed answer."""
+    """Decoder (see :class:`~infermux.engines.remote.http.sse.StreamDecoder`) for one streamed answer."""
 
     def __init__(self, conversation: Conversation) -> None:
         self.conversation = conversation

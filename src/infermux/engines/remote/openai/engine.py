@@ -19,15 +19,15 @@ from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams
 from infermux.engines.capabilities import Capabilities
 from infermux.engines.remote.base import RemoteEngine
-from infermux.engines.remote.batch_api import BatchApiMixin
-from infermux.engines.remote.openai_format import (
+from infermux.engines.remote.http.transport import HttpRequest
+from infermux.engines.remote.openai.batch_api import BatchApiMixin
+from infermux.engines.remote.openai.format import (
     chat_completions_url,
     encode_message,
     generation_fields,
     reply,
 )
-from infermux.engines.remote.openai_stream import ChatCompletionStream
-from infermux.engines.remote.transport import HttpRequest
+from infermux.engines.remote.openai.stream import ChatCompletionStream
 from infermux.types import Conversation
 
 __all__ = ["OPENAI_PARAMS", "RemoteInferenceEngine"]

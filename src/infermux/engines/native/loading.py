@@ -23,7 +23,7 @@ from infermux.models import resolve_model_name
 
 __all__ = ["load_model", "load_tokenizer", "torch_dtype"]
 
-logger = logging.getLogger("infermux.engines.native")
+logger = logging.getLogger("infermux.engines.native.engine")
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 # model_kwargs the engine reads itself rather than passing to from_pretrained.

@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from infermux.engines.batch import JobFiles
-from infermux.engines.remote.batch_state import BatchJobState, ShardState, state_path
-from infermux.engines.remote.transport import HttpRequest, Transport, default_error_message
+from infermux.engines.remote.http.transport import HttpRequest, Transport, default_error_message
+from infermux.engines.remote.openai.batch_state import BatchJobState, ShardState, state_path
 from infermux.errors import ConfigError, InfermuxError, RemoteError, RowError
-from infermux.jsonl import InputRow, iter_rows, validate_file
+from infermux.jobs.loop import JobFiles
+from infermux.jobs.rows import InputRow, iter_rows, validate_file
 from infermux.types import Conversation
 
 if TYPE_CHECKING:

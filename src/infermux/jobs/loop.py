@@ -14,26 +14,21 @@ Memory stays flat in the number of rows: the loop keeps row ids and byte offsets
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from pydantic_core import to_json
-
-from infermux.errors import OutputError, RowError
-from infermux.jsonl import InputRow
+from infermux.errors import RowError
+from infermux.jobs.files import JobFiles
+from infermux.jobs.rows import InputRow
 from infermux.types import Conversation
 
 if TYPE_CHECKING:
     from infermux.configs.generation_params import GenerationParams
     from infermux.engines.base import InferenceEngine
 
-__all__ = ["BatchReport", "JobFiles", "run_job"]
+__all__ = ["BatchReport", "JobFiles", "run_job"]  # JobFiles re-exported
 
 
 @dataclass
@@ -57,133 +52,6 @@ class BatchReport:
     @property
     def ok(self) -> bool:
         return self.failed == 0
-
-
-class JobFiles:
-    """The output, partial and errors files of one job, and the resume state read from them."""
-
-    def __init__(self, output_path: str | os.PathLike[str], fingerprint: str) -> None:
-        self.output = Path(output_path)
-        self.partial = self.output.with_name(self.output.name + ".partial.jsonl")
-        self.errors = self.output.with_name(self.output.name + ".errors.jsonl")
-        self.fingerprint = fingerprint
-        self._partial_fh: Any = None
-        self._errors_fh: Any = None
-
-    def check_writable(self) -> None:
-        parent = self.output.parent if str(self.output.parent) else Path(".")
-        if self.output.is_dir():
-            raise OutputError(f"{self.output}: is a directory; --output_path must name a file.")
-        if not parent.is_dir():
-            raise OutputError(f"{parent}: output directory does not exist. Create it or choose another path.")
-        if not os.access(parent, os.W_OK):
-            raise OutputError(f"{parent}: output directory is not writable. Choose another --output_path.")
-
-    def load_done(self) -> set[str]:
-        """Row ids already finished under this fingerprint; compacts a torn or stale partial file."""
-        if not self.partial.exists():
-            return set()
-        done: set[str] = set()
-        keep: list[bytes] = []
-        dirty = False
-        with self.partial.open("rb") as fh:
-            for raw in fh:
-                record = _parse_record(raw)
-                if record is None or record.get("fp") != self.fingerprint or record.get("id") in done:
-                    dirty = True
-                    continue
-                done.add(record["id"])
-                keep.append(raw)
-        if dirty:
-            tmp = self.partial.with_name(self.partial.name + ".tmp")
-            with tmp.open("wb") as out:
-                out.writelines(keep)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, self.partial)
-        return done
-
-    def open(self) -> None:
-        self._partial_fh = self.partial.open("ab")
-        self._errors_fh = self.errors.open("wb")
-
-    def append_done(self, row: InputRow, conversation: Conversation) -> None:
-        # The conversation goes last and verbatim, so assembling the output is a byte copy.
-        head = _dumps({"id": row.row_id, "fp": self.fingerprint})[:-1]
-        self._partial_fh.write(head + _CONV_KEY + _dumps(conversation.to_json_dict()) + b"}\n")
-        self._partial_fh.flush()
-
-    def append_failed(self, row: InputRow, error: RowError) -> None:
-        record = {"id": row.row_id, "index": row.index, "line": row.line, "fp": self.fingerprint}
-        record.update(error.to_json_dict())
-        self._errors_fh.write(_dumps(record) + b"\n")
-        self._errors_fh.flush()
-
-    def close(self) -> None:
-        for fh in (self._partial_fh, self._errors_fh):
-            if fh is not None:
-                fh.close()
-        self._partial_fh = self._errors_fh = None
-
-    def assemble(self, ordered_ids: Iterable[str], *, complete: bool) -> int:
-        """Write the finished rows in input order to the output, atomically; return how many."""
-        offsets: dict[str, int] = {}
-        with self.partial.open("rb") as fh:
-            pos = 0
-            for raw in fh:
-                record = _parse_record(raw)
-                if record is not None and record.get("fp") == self.fingerprint:
-                    offsets.setdefault(record["id"], pos)
-                pos += len(raw)
-        tmp = self.output.with_name(f".{self.output.name}.{os.getpid()}.tmp")
-        written = 0
-        try:
-            with self.partial.open("rb") as src, tmp.open("wb") as out:
-                for rid in ordered_ids:
-                    offset = offsets.get(rid)
-                    if offset is None:
-                        continue
-                    src.seek(offset)
-                    out.write(_conversation_bytes(src.readline()) + b"\n")
-                    written += 1
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, self.output)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-        if complete:
-            for leftover in (self.partial, self.errors):
-                with contextlib.suppress(FileNotFoundError):
-                    leftover.unlink()
-        elif self.errors.exists() and self.errors.stat().st_size == 0:
-            self.errors.unlink()
-        return written
-
-
-_CONV_KEY = b',"conversation":'
-
-
-def _dumps(obj: Any) -> bytes:
-    return to_json(obj)
-
-
-def _conversation_bytes(line: bytes) -> bytes:
-    """The conversation JSON of a partial-file line (written last by ``append_done``)."""
-    start = line.find(_CONV_KEY)  # ids are JSON-escaped, so the first match is the key
-    return line[start + len(_CONV_KEY) : line.rstrip().rfind(b"}")]
-
-
-def _parse_record(raw: bytes) -> dict[str, Any] | None:
-    """The id and fingerprint of a partial-file line; None for a torn or foreign line."""
-    if not raw.endswith(b"\n"):
-        return None  # torn write
-    cut = raw.find(_CONV_KEY)
-    try:
-        record = json.loads(raw[:cut] + b"}" if cut > 0 else raw)
-    except ValueError:
-        return None
-    return record if isinstance(record, dict) and "id" in record else None
 
 
 def _chunks(rows: Iterable[InputRow], size: int) -> Iterator[list[InputRow]]:

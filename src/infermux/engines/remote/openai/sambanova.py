@@ -6,7 +6,7 @@ from typing import ClassVar
 
 from infermux.configs.engine_type import InferenceEngineType
 from infermux.engines.capabilities import Capabilities
-from infermux.engines.remote.openai_compatible import RemoteInferenceEngine
+from infermux.engines.remote.openai.engine import RemoteInferenceEngine
 
 __all__ = ["SambanovaInferenceEngine"]
 

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams
 from infermux.engines.capabilities import Capabilities
-from infermux.engines.remote.openai_compatible import OPENAI_PARAMS, RemoteInferenceEngine
+from infermux.engines.remote.openai.engine import OPENAI_PARAMS, RemoteInferenceEngine
 
 __all__ = ["RemoteVLLMInferenceEngine"]
 

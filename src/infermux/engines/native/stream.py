@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 
 from infermux.configs.generation_params import GenerationParams
-from infermux.engines.native_params import build_processors, cut_at_stop, stop_token_ids
+from infermux.engines.native.params import build_processors, cut_at_stop, stop_token_ids
 
 if TYPE_CHECKING:
-    from infermux.engines.native import NativeTextInferenceEngine
+    from infermux.engines.native.engine import NativeTextInferenceEngine
 
 __all__ = ["stream_tokens"]
 

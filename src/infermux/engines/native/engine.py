@@ -33,7 +33,7 @@ from infermux.types import Conversation
 
 __all__ = ["NativeTextInferenceEngine"]
 
-logger = logging.getLogger("infermux.engines.native")
+logger = logging.getLogger("infermux.engines.native.engine")
 
 _SUPPORTED = """seed temperature top_p min_p use_sampling num_beams stop_strings stop_token_ids
     frequency_penalty presence_penalty logit_bias skip_special_tokens"""
@@ -79,7 +79,7 @@ class NativeTextInferenceEngine(InferenceEngine):
         self._device = next(self.model.parameters()).device
         self._max_length = _prompt_limit(model_params, self.tokenizer)
         self._lock = threading.Lock()  # one generation at a time on the model
-        from infermux.engines.native_decode import supports_fast_decode
+        from infermux.engines.native.decode import supports_fast_decode
 
         self._fast_decode = supports_fast_decode(self.model)
 
@@ -158,7 +158,7 @@ class NativeTextInferenceEngine(InferenceEngine):
         fast = self._fast_decode and generation.num_beams == 1 and generation.guided_decoding is None
         with torch.inference_mode():
             if fast:
-                from infermux.engines.native_decode import decode
+                from infermux.engines.native.decode import decode
 
                 new_tokens = decode(
                     self.model,
@@ -222,7 +222,7 @@ class NativeTextInferenceEngine(InferenceEngine):
     def _finish(
         self, prompt: list[int], tokens: list[int], generation: GenerationParams, stop_ids: list[int]
     ) -> tuple[str, dict[str, Any]]:
-        from infermux.engines.native_params import cut_at_stop
+        from infermux.engines.native.params import cut_at_stop
 
         text = self.tokenizer.decode(tokens, skip_special_tokens=generation.skip_special_tokens)
         text, stopped = cut_at_stop(text, generation.stop_strings)
@@ -253,7 +253,7 @@ class NativeTextInferenceEngine(InferenceEngine):
             async for event in super().astream(conversation, generation):
                 yield event
             return
-        from infermux.engines.native_stream import stream_tokens
+        from infermux.engines.native.stream import stream_tokens
 
         queue: asyncio.Queue[Any] = asyncio.Queue()
         loop = asyncio.get_running_loop()

@@ -6,7 +6,7 @@ from typing import ClassVar
 
 from infermux.configs.engine_type import InferenceEngineType
 from infermux.engines.capabilities import Capabilities
-from infermux.engines.remote.openai_compatible import OPENAI_PARAMS, RemoteInferenceEngine
+from infermux.engines.remote.openai.engine import OPENAI_PARAMS, RemoteInferenceEngine
 
 __all__ = ["LambdaInferenceEngine"]
 

@@ -1,0 +1,1 @@
+"""NATIVE: transformers on CPU or GPU (loading, decode loop, parameters, streaming)."""
