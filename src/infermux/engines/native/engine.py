@@ -67,7 +67,7 @@ class NativeTextInferenceEngine(InferenceEngine):
         try:
             import torch
 
-            from infermux.engines import native_loading
+            from infermux.engines.native import loading as native_loading
         except ImportError as exc:
             raise EngineUnavailableError(
                 f"The NATIVE engine needs torch and transformers ({exc}). Install them with: "
@@ -144,7 +144,7 @@ class NativeTextInferenceEngine(InferenceEngine):
         return ids.to(self._device), mask.to(self._device)
 
     def _generate(self, prompts: list[list[int]], generation: GenerationParams) -> list[tuple[str, dict[str, Any]]]:
-        from infermux.engines import native_params as params
+        from infermux.engines.native import params
 
         torch = self._torch
         ids, mask = self._batch_tensors(prompts)
@@ -180,7 +180,7 @@ class NativeTextInferenceEngine(InferenceEngine):
 
     def _hf_generate(self, ids: Any, mask: Any, generation: GenerationParams, processors: Any, stop_ids: list[int],
                      vocab: int) -> list[list[int]]:  # fmt: skip
-        from infermux.engines import native_params as params
+        from infermux.engines.native import params
 
         if generation.guided_decoding is not None:
             processors.insert(0, params.guided_processor(generation.guided_decoding, self.tokenizer, vocab))
