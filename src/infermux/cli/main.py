@@ -39,7 +39,7 @@ def infer(
     log_level: str = LogOpt,
 ) -> None:
     """Run a batch job (--input_path) or chat (-i). Extra --section.field VALUE options override the config."""
-    from infermux.cli.infer import run_infer
+    from infermux.cli.infer_cmd import run_infer
 
     run_infer(
         config=config,
@@ -65,7 +65,7 @@ def chat(
     log_level: str = LogOpt,
 ) -> None:
     """Chat with a model (same as `infer -i`). Reads stdin line by line when it is not a terminal."""
-    from infermux.cli.infer import run_infer
+    from infermux.cli.infer_cmd import run_infer
 
     run_infer(
         config=config,

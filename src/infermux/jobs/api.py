@@ -53,7 +53,7 @@ OnRow = Callable[[InputRow, "Conversation | RowError"], None]
 OnProgress = Callable[[BatchReport], None]
 
 
-def prepare_input(input_path: str | os.PathLike[str]) -> list[str]:
+def prepare_input(input_path: str | Path) -> list[str]:
     """Check every line of the input file; return its row ids in order (see the module docstring)."""
     return validate_file(input_path)
 

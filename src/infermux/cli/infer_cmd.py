@@ -40,7 +40,7 @@ def run_infer(
         if interactive or not cfg.input_path:
             if images and cfg.input_path:
                 fail("--image applies to chat; batch rows carry their own images.")
-            from infermux.cli.chat import run_chat
+            from infermux.cli.chat_cmd import run_chat
 
             run_chat(cfg, system_prompt=system_prompt, images=images)
             return
