@@ -53,14 +53,12 @@ def run_infer(
 
 def _run_batch(cfg: InferenceConfig) -> int:
     from infermux.engines.registry import build_engine
-    from infermux.jobs.rows import validate_file
+    from infermux.jobs import check_output_path, prepare_input
 
     assert cfg.input_path is not None
-    row_ids = validate_file(cfg.input_path)  # fail on bad input before loading a model
-    if cfg.output_path:
-        from infermux.jobs.loop import JobFiles
-
-        JobFiles(cfg.output_path, "").check_writable()
+    row_ids = prepare_input(cfg.input_path)  # fail on bad input before loading a model
+    if cfg.output_path:  # refuses the input itself as output; creates missing parent folders
+        check_output_path(cfg.output_path, cfg.input_path)
     engine = build_engine(cfg)
     try:
         answered: dict[int, Conversation | RowError] = {}
@@ -107,10 +105,13 @@ def _with_progress(engine: InferenceEngine, cfg: InferenceConfig, on_row: object
             tokens=report.completion_tokens,
         )
 
+    from infermux.jobs import run_job_file
+
     assert cfg.input_path is not None
     with progress:
         return asyncio.run(
-            engine.run_file(
+            run_job_file(
+                engine,
                 cfg.input_path,
                 cfg.output_path,
                 generation=cfg.generation,
