@@ -34,6 +34,7 @@ from infermux.configs.model_params import ModelParams
 from infermux.configs.remote_params import RemoteParams
 from infermux.engines.capabilities import Capabilities, check_params
 from infermux.errors import InputError, RowError
+from infermux.jobs.files import scrub_reply, scrub_surrogates
 from infermux.jobs.sync import run_sync
 from infermux.types import Conversation
 
@@ -54,6 +55,13 @@ class StreamEvent:
     delta: str = ""
     conversation: Conversation | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Lone UTF-16 surrogates (a reply cut inside an emoji) cannot be printed or saved: U+FFFD instead.
+        if self.delta:
+            self.delta = scrub_surrogates(self.delta)
+        if self.conversation is not None:
+            self.conversation = scrub_reply(self.conversation)
 
     @property
     def final(self) -> bool:

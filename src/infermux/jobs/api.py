@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from infermux.errors import InputError, OutputError, RowError
 from infermux.jobs.loop import BatchReport, JobFiles, run_job
-from infermux.jobs.rows import InputRow, iter_rows, row_id_for, unique_id, validate_file
+from infermux.jobs.rows import InputRow, check_encodable, iter_rows, row_id_for, unique_id, validate_file
 from infermux.jobs.sync import run_sync
 from infermux.types import Conversation
 
@@ -196,6 +196,7 @@ def rows_from_memory(conversations: Iterable[Conversation], *, durable: bool = T
     rows = []
     seen: dict[str, int] = {}
     for index, conv in enumerate(conversations):
+        check_encodable(conv, path=f"input[{index}]")
         if durable:
             raw = json.dumps(conv.to_json_dict(), sort_keys=True).encode()
             rid = row_id_for(index, conv.conversation_id, raw)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from infermux.errors import OutputError, RowError
 from infermux.jobs.rows import InputRow
 from infermux.types import Conversation
 
-__all__ = ["JobFiles"]
+__all__ = ["JobFiles", "scrub_reply", "scrub_surrogates"]
 
 
 class JobFiles:
@@ -73,15 +74,21 @@ class JobFiles:
         self._errors_fh = self.errors.open("wb")
 
     def append_done(self, row: InputRow, conversation: Conversation) -> None:
+        """Record a finished row. Raises (nothing written) when it cannot be serialised at all."""
+        data = conversation.to_json_dict()
+        try:
+            body = _dumps(data)
+        except ValueError:  # lone UTF-16 surrogates (a reply cut inside an emoji) cannot be UTF-8
+            body = _dumps(scrub_surrogates(data))
         # The conversation goes last and verbatim, so assembling the output is a byte copy.
         head = _dumps({"id": row.row_id, "fp": self.fingerprint})[:-1]
-        self._partial_fh.write(head + _CONV_KEY + _dumps(conversation.to_json_dict()) + b"}\n")
+        self._partial_fh.write(head + _CONV_KEY + body + b"}\n")
         self._partial_fh.flush()
 
     def append_failed(self, row: InputRow, error: RowError) -> None:
         record = {"id": row.row_id, "index": row.index, "line": row.line, "fp": self.fingerprint}
         record.update(error.to_json_dict())
-        self._errors_fh.write(_dumps(record) + b"\n")
+        self._errors_fh.write(_dumps(scrub_surrogates(record)) + b"\n")
         self._errors_fh.flush()
 
     def close(self) -> None:
@@ -127,6 +134,25 @@ class JobFiles:
 
 
 _CONV_KEY = b',"conversation":'
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _has_surrogate(text: str) -> bool:
+    return not text.isascii() and _SURROGATE.search(text) is not None
+
+
+def scrub_surrogates(value: Any) -> Any:
+    """``value`` (JSON data) with every lone UTF-16 surrogate replaced by U+FFFD, so it encodes as UTF-8.
+
+    A Python string holds a surrogate only when it is unpaired (a valid pair decodes to one character).
+    """
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {scrub_surrogates(k): scrub_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [scrub_surrogates(v) for v in value]
+    return value
 
 
 def _dumps(obj: Any) -> bytes:
@@ -149,3 +175,28 @@ def _parse_record(raw: bytes) -> dict[str, Any] | None:
     except ValueError:
         return None
     return record if isinstance(record, dict) and "id" in record else None
+
+
+def scrub_reply(conversation: Conversation) -> Conversation:
+    """``conversation`` with lone UTF-16 surrogates in its reply replaced by U+FFFD (a server that stops
+    inside an emoji may send ``"\\ud83d"``: valid JSON, but no UTF-8 file or terminal can take it)."""
+    if not conversation.messages:
+        return conversation
+    last = conversation.messages[-1]
+    if isinstance(last.content, str):
+        if not _has_surrogate(last.content):
+            return conversation
+        fixed = last.model_copy(update={"content": _SURROGATE.sub("\ufffd", last.content)})
+    else:
+        items = last.content
+        if not any(i.content and _has_surrogate(i.content) for i in items):
+            return conversation
+        fixed = last.model_copy(
+            update={
+                "content": [
+                    i.model_copy(update={"content": _SURROGATE.sub("\ufffd", i.content)}) if i.content else i
+                    for i in items
+                ]
+            }
+        )
+    return conversation.model_copy(update={"messages": [*conversation.messages[:-1], fixed]})
