@@ -144,3 +144,19 @@ def test_input_check_covers_text_parts_and_in_memory_input() -> None:
     engine = UnrecordableEngine(ModelParams(model_name="m"))
     with pytest.raises(InputError, match=r"input\[1\]: messages.0 has a lone UTF-16 surrogate \\udfff"):
         engine.infer([_conv("fine"), parts])
+
+
+# ------------------------------------------------------------------ a config passed to infer (item 11)
+def test_config_passed_to_infer_overrides_model_and_server(server: CutEmojiServer) -> None:
+    with CutEmojiServer() as other:
+        engine = RemoteInferenceEngine(ModelParams(model_name="old"), remote_params=RemoteParams(api_url=other.url))
+        config = InferenceConfig(model=ModelParams(model_name="new"), remote_params=RemoteParams(api_url=server.url))
+        before = len(server.requests)
+        (answer,) = engine.infer([_conv("hello")], config)
+        assert answer.messages[-1].content == "ok: hello"
+        assert other.requests == []
+        sent = server.requests[before:]
+        assert len(sent) == 1 and sent[0].json["model"] == "new"
+        assert engine.last_report is not None and engine.last_report.done == 1
+        engine.infer([_conv("again")])  # the engine's own settings are unchanged
+        assert len(other.requests) == 1 and other.requests[0].json["model"] == "old"

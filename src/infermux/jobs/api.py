@@ -136,8 +136,19 @@ async def ainfer(
     config: InferenceConfig | None = None,
 ) -> list[Conversation]:
     """Answer ``conversations`` (or ``config.input_path``); write ``config.output_path`` if set."""
-    if config is not None:
-        engine = _engine_for_config(engine, config)
+    call_engine = _engine_for_config(engine, config) if config is not None else engine
+    if call_engine is engine:
+        return await _ainfer(engine, conversations, config)
+    try:
+        return await _ainfer(call_engine, conversations, config)
+    finally:
+        engine.last_report = call_engine.last_report
+        call_engine.close()
+
+
+async def _ainfer(
+    engine: InferenceEngine, conversations: Sequence[Conversation] | None, config: InferenceConfig | None
+) -> list[Conversation]:
     generation = config.generation if config else engine.generation_params
     engine._check(generation)
     output_path = config.output_path if config else None
@@ -178,7 +189,10 @@ def infer(
 
 def _engine_for_config(engine: InferenceEngine, config: InferenceConfig) -> InferenceEngine:
     """``engine``, or one of its class built with the config's model and remote settings (as in Oumi,
-    a config passed to ``infer`` overrides them for that call)."""
+    a config passed to ``infer`` overrides them for that call). Remote engines only: a local engine
+    keeps the model it loaded."""
+    if engine.remote_params is None and config.remote_params is None:
+        return engine
     model_changed = "model" in config.model_fields_set and config.model != engine.model_params
     remote_changed = config.remote_params is not None and config.remote_params != engine.remote_params
     if not (model_changed or remote_changed):
