@@ -2,7 +2,7 @@
 
 Start-up stays light: every name below is imported on first use, and engines import their libraries
 only when built. Plugin authors subclass :class:`InferenceEngine`, declare :class:`Capabilities`, and
-report a failed row as a :class:`RowError` (see docs/architecture.md and docs/plugins.md).
+report a failed row as a :class:`RowError` (see docs/architecture.md).
 """
 
 from __future__ import annotations
