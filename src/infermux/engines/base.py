@@ -113,6 +113,10 @@ class InferenceEngine:
     async def _end_job(self) -> None:
         """Called in the job's event loop after the last chunk (close sessions here)."""
 
+    def check_ready(self) -> None:
+        """Raise :class:`~infermux.errors.ConfigError` when the engine cannot run a job as built (for
+        example a remote engine without a URL). ``build_engine`` calls it; jobs call it before starting."""
+
     def check_conversation(self, conversation: Conversation) -> RowError | None:
         """A row-level reason this engine cannot run ``conversation``, or None."""
         if conversation.has_images and not self.capabilities.images:

@@ -90,7 +90,7 @@ class RemoteEngine(InferenceEngine):
         self._secrets: tuple[str, ...] = (api_key,) if api_key else ()
         api_url = params.api_url or self.default_api_url
         # Without a URL the engine is still built (a config passed to ``infer`` may bring one, as in
-        # Oumi); a job on this engine itself stops before sending anything (``require_url``).
+        # Oumi); a job on this engine itself stops before sending anything (``check_ready``).
         self.url = self.endpoint_url(api_url) if api_url else ""
         self.headers = SecretHeaders(self.build_headers(api_key))
         self._transport: Transport[Conversation] | None = None
@@ -133,7 +133,7 @@ class RemoteEngine(InferenceEngine):
     def max_concurrency(self) -> int:
         return self.settings.num_workers
 
-    def require_url(self) -> None:
+    def check_ready(self) -> None:
         """Raise :class:`ConfigError` when no ``remote_params.api_url`` (and no default) was given."""
         if not self.url:
             raise ConfigError(
@@ -142,7 +142,7 @@ class RemoteEngine(InferenceEngine):
             )
 
     async def _start_job(self) -> None:
-        self.require_url()
+        self.check_ready()
         self._jobs += 1
         if self._transport is None:
             auth_hint = ""

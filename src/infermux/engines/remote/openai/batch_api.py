@@ -329,7 +329,7 @@ class _api:
     def __init__(self, engine: RemoteEngine) -> None:
         if not engine.capabilities.batch_api:
             raise ConfigError(f"{engine.name} does not support the OpenAI Batch API (files + batches).")
-        engine.require_url()
+        engine.check_ready()
         self.engine = engine
         hint = f"Check the key in {engine.api_key_env} (or remote_params.api_key)." if engine.api_key_env else ""
         kwargs: dict[str, Any] = {"secrets": engine._secrets, "auth_hint": hint, "error_message": engine.error_message}
