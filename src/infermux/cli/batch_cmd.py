@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from infermux.cli.options import EXTRA_ARGS, ConfigOpt, EngineOpt, InputOpt, LogOpt, StrictOpt
+from infermux.cli.options import EXTRA_ARGS, ConfigOpt, EngineOpt, InputOpt, LogOpt
 
 if TYPE_CHECKING:
     from infermux.configs.inference_config import InferenceConfig
@@ -32,7 +32,6 @@ def _setup(
     input_path: str | None,
     output_path: str | None,
     engine_name: str | None,
-    strict: bool,
     log_level: str,
 ) -> tuple[InferenceConfig, Any]:
     from infermux.cli.common import fail, load_cli_config, setup_logging
@@ -40,7 +39,7 @@ def _setup(
     from infermux.jobs import check_output_path
 
     setup_logging(log_level)
-    cfg = load_cli_config(config, list(ctx.args), engine=engine_name, strict=strict)
+    cfg = load_cli_config(config, list(ctx.args), engine=engine_name)
     cfg.input_path = input_path or cfg.input_path
     cfg.output_path = output_path or cfg.output_path
     if not cfg.output_path:
@@ -71,14 +70,13 @@ def submit(
     input_path: str | None = InputOpt,
     output_path: str | None = OutputOpt,
     engine: str | None = EngineOpt,
-    strict: bool = StrictOpt,
     log_level: str = LogOpt,
 ) -> None:
     """Upload the input as batch files and create their batches. Rerunning never resubmits a batch."""
     from infermux.cli.common import fail, user_errors
 
     with user_errors():
-        cfg, eng = _setup(ctx, config, input_path, output_path, engine, strict, log_level)
+        cfg, eng = _setup(ctx, config, input_path, output_path, engine, log_level)
         if not cfg.input_path:
             fail("give --input_path (or input_path in the config).")
         state = eng.submit_batch(cfg.input_path, cfg.output_path, fingerprint=cfg.fingerprint())
@@ -92,14 +90,13 @@ def status(
     config: str | None = ConfigOpt,
     output_path: str | None = OutputOpt,
     engine: str | None = EngineOpt,
-    strict: bool = StrictOpt,
     log_level: str = LogOpt,
 ) -> None:
     """Poll every batch of the job recorded beside --output_path."""
     from infermux.cli.common import user_errors
 
     with user_errors():
-        cfg, eng = _setup(ctx, config, None, output_path, engine, strict, log_level)
+        cfg, eng = _setup(ctx, config, None, output_path, engine, log_level)
         state = eng.batch_status(cfg.output_path)
         _print_state(state)
         print("all batches finished: run `infermux batch fetch`" if state.all_terminal else "still running")
@@ -115,14 +112,13 @@ def fetch(
         False, "--rerun-failed", "--rerun_failed", help="Then run the rows the batch failed online (same config)."
     ),
     engine: str | None = EngineOpt,
-    strict: bool = StrictOpt,
     log_level: str = LogOpt,
 ) -> None:
     """Download finished results into --output_path (by custom_id, in input order); failures go to the errors file."""
     from infermux.cli.common import EXIT_ROWS_FAILED, fail, user_errors
 
     with user_errors():
-        cfg, eng = _setup(ctx, config, input_path, output_path, engine, strict, log_level)
+        cfg, eng = _setup(ctx, config, input_path, output_path, engine, log_level)
         if not cfg.input_path:
             fail("give --input_path: the input the batch was submitted with.")
         fingerprint = cfg.fingerprint()

@@ -7,12 +7,12 @@ import yaml
 from infermux.cli.common import load_cli_config, setup_logging, user_errors
 
 
-def run_config_check(
-    config: str | None, overrides: list[str], log_level: str, *, engine: str | None = None, strict: bool = False
-) -> None:
+def run_config_check(config: str | None, overrides: list[str], log_level: str, *, engine: str | None = None) -> None:
+    """``--strict true`` stays an override here (``strict`` is a config field), so a stricter check reads
+    the same as in the config file."""
     setup_logging(log_level)
     with user_errors():
-        cfg = load_cli_config(config, overrides, engine=engine, strict=strict)
+        cfg = load_cli_config(config, overrides, engine=engine)
         from infermux.engines.capabilities import check_params
         from infermux.engines.registry import engine_class, engine_specs, is_available
 

@@ -94,13 +94,12 @@ def config_check(
     ctx: typer.Context,
     config: str | None = ConfigOpt,
     engine: str | None = EngineOpt,
-    strict: bool = StrictOpt,
     log_level: str = LogOpt,
 ) -> None:
     """Validate a config and print it resolved, with the engine it selects (no model is loaded)."""
     from infermux.cli.config_cmd import run_config_check
 
-    run_config_check(config, list(ctx.args), log_level, engine=engine, strict=strict)
+    run_config_check(config, list(ctx.args), log_level, engine=engine)
 
 
 @app.command()

@@ -2,6 +2,8 @@
 
 ``infer``, ``chat``, ``config check`` and ``batch submit|status|fetch`` reuse these; a command's own
 options stay next to it. Extra ``--section.field VALUE`` arguments (``EXTRA_ARGS``) override the config.
+``--strict`` is a flag of ``infer`` and ``chat``; ``config check`` and ``batch`` take it as the override
+``--strict true`` (as they always did).
 """
 
 from __future__ import annotations
