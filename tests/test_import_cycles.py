@@ -120,3 +120,24 @@ def test_the_walk_finds_a_planted_cycle() -> None:
 def test_no_import_cycles() -> None:
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_layers_import_only_downwards() -> None:
+    """configs/types/errors/text ← engines ← jobs ← cli (docs/architecture.md), at module level."""
+    # The OpenAI Batch API module is a job runner of its own (submit/fetch read input rows and write job
+    # files): the one engine module allowed to use the job layer's files and rows.
+    allowed = {"infermux.engines.remote.openai.batch_api"}
+    order = {"configs": 0, "types": 0, "errors": 0, "text": 0, "engines": 1, "jobs": 2, "cli": 3}
+    graph = import_graph()
+    wrong = []
+    for module, targets in graph.items():
+        layer = order.get(module.split(".")[1]) if module.count(".") else None
+        for target in targets:
+            target_layer = order.get(target.split(".")[1]) if target.count(".") else None
+            if module in allowed and target.startswith(
+                ("infermux.jobs.files", "infermux.jobs.loop", "infermux.jobs.rows")
+            ):
+                continue
+            if layer is not None and target_layer is not None and target_layer > layer:
+                wrong.append(f"{module} -> {target}")
+    assert not wrong, wrong

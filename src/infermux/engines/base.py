@@ -34,8 +34,7 @@ from infermux.configs.model_params import ModelParams
 from infermux.configs.remote_params import RemoteParams
 from infermux.engines.capabilities import Capabilities, check_params
 from infermux.errors import InputError, RowError
-from infermux.jobs.files import scrub_reply, scrub_surrogates
-from infermux.jobs.sync import run_sync
+from infermux.text import scrub_reply, scrub_surrogates
 from infermux.types import Conversation
 
 if TYPE_CHECKING:
@@ -155,6 +154,8 @@ class InferenceEngine:
         :class:`~infermux.jobs.loop.BatchReport` is in ``self.last_report``. See
         :func:`infermux.jobs.api.infer`.
         """
+        from infermux.jobs.sync import run_sync
+
         return run_sync(lambda: self.ainfer(input, inference_config))  # type: ignore[no-any-return]
 
     async def ainfer(

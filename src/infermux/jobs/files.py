@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,10 @@ from pydantic_core import to_json
 
 from infermux.errors import OutputError, RowError
 from infermux.jobs.rows import InputRow
+from infermux.text import scrub_surrogates
 from infermux.types import Conversation
 
-__all__ = ["JobFiles", "scrub_reply", "scrub_surrogates"]
+__all__ = ["JobFiles"]
 
 
 class JobFiles:
@@ -134,25 +134,6 @@ class JobFiles:
 
 
 _CONV_KEY = b',"conversation":'
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _has_surrogate(text: str) -> bool:
-    return not text.isascii() and _SURROGATE.search(text) is not None
-
-
-def scrub_surrogates(value: Any) -> Any:
-    """``value`` (JSON data) with every lone UTF-16 surrogate replaced by U+FFFD, so it encodes as UTF-8.
-
-    A Python string holds a surrogate only when it is unpaired (a valid pair decodes to one character).
-    """
-    if isinstance(value, str):
-        return _SURROGATE.sub("\ufffd", value)
-    if isinstance(value, dict):
-        return {scrub_surrogates(k): scrub_surrogates(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [scrub_surrogates(v) for v in value]
-    return value
 
 
 def _dumps(obj: Any) -> bytes:
@@ -175,28 +156,3 @@ def _parse_record(raw: bytes) -> dict[str, Any] | None:
     except ValueError:
         return None
     return record if isinstance(record, dict) and "id" in record else None
-
-
-def scrub_reply(conversation: Conversation) -> Conversation:
-    """``conversation`` with lone UTF-16 surrogates in its reply replaced by U+FFFD (a server that stops
-    inside an emoji may send ``"\\ud83d"``: valid JSON, but no UTF-8 file or terminal can take it)."""
-    if not conversation.messages:
-        return conversation
-    last = conversation.messages[-1]
-    if isinstance(last.content, str):
-        if not _has_surrogate(last.content):
-            return conversation
-        fixed = last.model_copy(update={"content": _SURROGATE.sub("\ufffd", last.content)})
-    else:
-        items = last.content
-        if not any(i.content and _has_surrogate(i.content) for i in items):
-            return conversation
-        fixed = last.model_copy(
-            update={
-                "content": [
-                    i.model_copy(update={"content": _SURROGATE.sub("\ufffd", i.content)}) if i.content else i
-                    for i in items
-                ]
-            }
-        )
-    return conversation.model_copy(update={"messages": [*conversation.messages[:-1], fixed]})

@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from infermux.errors import RowError
-from infermux.jobs.files import JobFiles, scrub_reply
+from infermux.jobs.files import JobFiles
 from infermux.jobs.rows import InputRow
+from infermux.text import scrub_reply
 from infermux.types import Conversation
 
 if TYPE_CHECKING:

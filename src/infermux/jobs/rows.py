@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from infermux.errors import InputError
+from infermux.text import first_surrogate
 from infermux.types import Conversation
 
 __all__ = ["MAX_LINE_BYTES", "InputRow", "check_encodable", "iter_rows", "row_id_for", "unique_id", "validate_file"]
@@ -95,9 +95,6 @@ def _parse_slow(raw: bytes, path: str, line: int) -> Conversation:
         raise InputError(f"not a valid conversation: {_explain(exc)}.", path=path, line=line) from None
 
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
 def _check_size(conv: Conversation, path: str, line: int) -> None:
     for number, message in enumerate(conv.messages):
         _check_encodable(message.content, number, path, line)
@@ -122,10 +119,10 @@ def _check_encodable(content: object, number: int, path: str, line: int | None) 
     """A lone UTF-16 surrogate (``"\\ud83d"`` alone: valid JSON, not valid UTF-8) cannot be sent."""
     texts = [content] if isinstance(content, str) else [getattr(i, "content", None) for i in content]  # type: ignore[attr-defined]
     for text in texts:
-        if isinstance(text, str) and not text.isascii() and (bad := _SURROGATE.search(text)):
+        if isinstance(text, str) and (at := first_surrogate(text)) is not None:
             raise InputError(
-                f"messages.{number} has a lone UTF-16 surrogate \\u{ord(bad.group()):04x} at character "
-                f"{bad.start()} (half of an emoji or other character; no server can read it). Remove it or "
+                f"messages.{number} has a lone UTF-16 surrogate \\u{ord(text[at]):04x} at character "
+                f"{at} (half of an emoji or other character; no server can read it). Remove it or "
                 "write the whole character.",
                 path=path,
                 line=line,
