@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING
 from infermux.cli.common import EXIT_ROWS_FAILED, fail, load_cli_config, setup_logging, user_errors
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from infermux.configs.inference_config import InferenceConfig
-    from infermux.engines.base import InferenceEngine
     from infermux.errors import RowError
     from infermux.jobs.loop import BatchReport
     from infermux.jobs.rows import InputRow
@@ -52,33 +53,26 @@ def run_infer(
 
 
 def _run_batch(cfg: InferenceConfig) -> int:
-    from infermux.engines.registry import build_engine
-    from infermux.jobs import check_output_path, prepare_input
+    answered: dict[int, Conversation | RowError] = {}
+    on_row = None
+    if not cfg.output_path:
 
-    assert cfg.input_path is not None
-    row_ids = prepare_input(cfg.input_path)  # fail on bad input before loading a model
-    if cfg.output_path:  # refuses the input itself as output; creates missing parent folders
-        check_output_path(cfg.output_path, cfg.input_path)
-    engine = build_engine(cfg)
-    try:
-        answered: dict[int, Conversation | RowError] = {}
-        on_row = None
-        if not cfg.output_path:
+        def on_row(row: InputRow, result: Conversation | RowError) -> None:
+            answered[row.index] = result
 
-            def on_row(row: InputRow, result: Conversation | RowError) -> None:
-                answered[row.index] = result
-
-        report = _with_progress(engine, cfg, on_row, row_ids)
-    finally:
-        engine.close()
+    report = _with_progress(cfg, on_row)
     if not cfg.output_path:
         _print_answers(answered)
     return _summarise(report)
 
 
-def _with_progress(engine: InferenceEngine, cfg: InferenceConfig, on_row: object, row_ids: list[str]) -> BatchReport:
+def _with_progress(
+    cfg: InferenceConfig, on_row: Callable[[InputRow, Conversation | RowError], None] | None
+) -> BatchReport:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from infermux.jobs import run_config_job
 
     console = Console(stderr=True)
     progress = Progress(
@@ -105,22 +99,8 @@ def _with_progress(engine: InferenceEngine, cfg: InferenceConfig, on_row: object
             tokens=report.completion_tokens,
         )
 
-    from infermux.jobs import run_job_file
-
-    assert cfg.input_path is not None
     with progress:
-        return asyncio.run(
-            run_job_file(
-                engine,
-                cfg.input_path,
-                cfg.output_path,
-                generation=cfg.generation,
-                fingerprint=cfg.fingerprint(),
-                on_progress=on_progress,
-                on_row=on_row,  # type: ignore[arg-type]
-                row_ids=row_ids,
-            )
-        )
+        return asyncio.run(run_config_job(cfg, on_progress=on_progress, on_row=on_row))
 
 
 def _print_answers(answered: dict[int, Conversation | RowError]) -> None:

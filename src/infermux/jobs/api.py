@@ -10,6 +10,9 @@ Shapes
   folder is writable; raises :class:`~infermux.errors.OutputError` / ``InputError`` (exit 2).
 * :func:`run_job_file` ``(engine, input_path, output_path, *, generation, fingerprint, on_progress,
   on_row, row_ids) -> BatchReport``: the durable, resumable file job (async).
+* :func:`run_config_job` ``(config, *, on_progress, on_row) -> BatchReport``: the whole file job of a
+  config, in the order a user wants errors: input checked, output checked, then the engine built (the
+  model loaded) and run, then closed (async).
 * :func:`ainfer` / :func:`infer` ``(engine, conversations | None, config | None) -> list[Conversation]``:
   in-memory conversations in, answered conversations out (failed rows come back unanswered with
   ``metadata["error"]``); with ``config.input_path`` the file is the input, with
@@ -46,6 +49,7 @@ __all__ = [
     "engine_fingerprint",
     "infer",
     "prepare_input",
+    "run_config_job",
     "run_job_file",
 ]
 
@@ -128,6 +132,33 @@ async def run_job_file(
     )
     engine.last_report = report
     return report
+
+
+async def run_config_job(
+    config: InferenceConfig, *, on_progress: OnProgress | None = None, on_row: OnRow | None = None
+) -> BatchReport:
+    """Run ``config.input_path`` → ``config.output_path`` (printing is the caller's: pass ``on_row``)."""
+    from infermux.engines.registry import build_engine
+
+    if not config.input_path:
+        raise InputError("no input: set input_path (or --input_path).")
+    row_ids = prepare_input(config.input_path)  # before loading a model
+    if config.output_path:
+        check_output_path(config.output_path, config.input_path)
+    engine = build_engine(config)
+    try:
+        return await run_job_file(
+            engine,
+            config.input_path,
+            config.output_path,
+            generation=config.generation,
+            fingerprint=config.fingerprint(),
+            on_progress=on_progress,
+            on_row=on_row,
+            row_ids=row_ids,
+        )
+    finally:
+        engine.close()
 
 
 async def ainfer(
