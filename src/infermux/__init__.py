@@ -1,6 +1,8 @@
 """infermux: one interface to run LLM inference on many engines.
 
-Start-up stays light: engines and their libraries are imported only when used.
+Start-up stays light: every name below is imported on first use, and engines import their libraries
+only when built. Plugin authors subclass :class:`InferenceEngine`, declare :class:`Capabilities`, and
+report a failed row as a :class:`RowError` (see docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -9,12 +11,29 @@ from typing import Any
 
 __version__ = "0.1.0"
 
+_ERRORS = (
+    "AuthenticationError",
+    "ConfigError",
+    "EngineUnavailableError",
+    "InfermuxError",
+    "InputError",
+    "ModelNotFoundError",
+    "OutputError",
+    "RemoteError",
+    "RowError",
+    "UnsupportedParamError",
+)
+
 __all__ = [
+    *_ERRORS,
+    "BatchReport",
+    "Capabilities",
     "ContentItem",
     "Conversation",
     "GenerationParams",
     "GuidedDecodingParams",
     "InferenceConfig",
+    "InferenceEngine",
     "InferenceEngineType",
     "Message",
     "ModelParams",
@@ -38,6 +57,10 @@ _LAZY = {
     "RemoteParams": "infermux.configs",
     "load_config": "infermux.configs",
     "build_engine": "infermux.engines.registry",
+    "InferenceEngine": "infermux.engines.base",
+    "Capabilities": "infermux.engines.capabilities",
+    "BatchReport": "infermux.jobs.loop",
+    **dict.fromkeys(_ERRORS, "infermux.errors"),
 }
 
 

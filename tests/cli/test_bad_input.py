@@ -74,7 +74,7 @@ def test_missing_input_file(tmp_path, cfg):
     assert_user_error(res, "nope.jsonl", "not found")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere; covered by the missing-dir case")
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
 def test_unwritable_output_dir(tmp_path, cfg):
     src = tmp_path / "in.jsonl"
     src.write_text(GOOD + "\n")
@@ -84,11 +84,41 @@ def test_unwritable_output_dir(tmp_path, cfg):
     assert_user_error(res, "not writable")
 
 
-def test_missing_output_dir(tmp_path, cfg):
+def test_missing_output_folders_are_created(tmp_path, cfg):
+    # issue 10 item 9 (was an error): the README's quick start writes into out/, as Oumi does.
     src = tmp_path / "in.jsonl"
     src.write_text(GOOD + "\n")
+    out = tmp_path / "no" / "deeper" / "o.jsonl"
+    res = run_cli("infer", "-c", str(cfg), "--input_path", str(src), "--output_path", str(out))
+    assert res.returncode == 0, res.stderr
+    assert len(out.read_text().splitlines()) == 1
+
+
+def test_bad_input_creates_no_output_folder(tmp_path, cfg):
+    src = tmp_path / "in.jsonl"
+    src.write_text("{\n")
     res = run_cli("infer", "-c", str(cfg), "--input_path", str(src), "--output_path", str(tmp_path / "no" / "o.jsonl"))
-    assert_user_error(res, "does not exist")
+    assert_user_error(res, "in.jsonl:1")
+    assert not (tmp_path / "no").exists()
+
+
+@pytest.mark.parametrize("how", ["same", "relative", "symlink", "hardlink"])
+def test_output_path_that_is_the_input_is_refused(tmp_path, cfg, how, monkeypatch):
+    # issue 10 item 8: the answers would replace the prompts (and failed prompts would be lost).
+    src = tmp_path / "data.jsonl"
+    text = "\n".join([GOOD] * 5) + "\n"
+    src.write_text(text)
+    out = {"same": src, "relative": tmp_path / "sub" / ".." / "data.jsonl", "symlink": tmp_path / "link.jsonl",
+           "hardlink": tmp_path / "hard.jsonl"}[how]  # fmt: skip
+    (tmp_path / "sub").mkdir()
+    if how == "symlink":
+        out.symlink_to(src)
+    elif how == "hardlink":
+        os.link(src, out)
+    res = run_cli("infer", "-c", str(cfg), "--input_path", str(src), "--output_path", str(out))
+    assert_user_error(res, "is the input file")
+    assert src.read_text() == text
+    assert not list(tmp_path.glob("*.partial.jsonl"))
 
 
 def test_output_path_is_a_directory(tmp_path, cfg):

@@ -136,7 +136,7 @@ def test_join_continuations() -> None:
 
 
 def test_piped_lines_become_turns() -> None:
-    from infermux.cli.chat import _turns
+    from infermux.cli.chat_cmd import _turns
 
     lines = ["a\n", "b \\\n", "c\r\n", "   \n", "last\\\n"]
     assert list(_turns(lines)) == ["a", "b \nc", "last"]

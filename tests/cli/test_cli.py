@@ -85,24 +85,3 @@ def test_help_and_import_do_not_load_heavy_libraries():
     assert res.returncode == 0 and "infer" in res.stdout
     loaded = {line.split("|")[-1].strip().split(".")[0] for line in res.stderr.splitlines() if "|" in line}
     assert not loaded & set(HEAVY)
-
-
-def test_public_api_is_pinned():
-    import infermux
-    import infermux.configs
-    import infermux.inference
-    import infermux.types
-
-    assert sorted(infermux.__all__) == sorted(
-        ["Conversation", "ContentItem", "GenerationParams", "GuidedDecodingParams", "InferenceConfig",
-         "InferenceEngineType", "Message", "ModelParams", "RemoteParams", "Role", "__version__",
-         "build_engine", "load_config"]
-    )  # fmt: skip
-    for name in infermux.__all__:
-        assert getattr(infermux, name) is not None
-    assert set(infermux.types.__all__) == {"Conversation", "ContentItem", "Message", "Role", "Type"}
-    assert "NativeTextInferenceEngine" in infermux.inference.__all__
-    assert "AnthropicInferenceEngine" in infermux.inference.__all__
-    assert (
-        len([n for n in infermux.inference.__all__ if n.endswith("InferenceEngine") and n != "InferenceEngine"]) == 16
-    )

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from infermux.cli.options import EXTRA_ARGS, ConfigOpt, EngineOpt, InputOpt, LogOpt
+
 if TYPE_CHECKING:
     from infermux.configs.inference_config import InferenceConfig
     from infermux.engines.remote.openai.batch_state import BatchJobState
@@ -19,31 +21,33 @@ batch_app = typer.Typer(
     no_args_is_help=True,
 )
 
-_EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
-ConfigOpt = typer.Option(None, "-c", "--config", help="YAML config (Oumi InferenceConfig format).")
-InputOpt = typer.Option(None, "--input_path", "--input-path", help="Input JSONL (default: the config's).")
 OutputOpt = typer.Option(
     None, "--output_path", "--output-path", help="Output JSONL; the batch record is kept beside it (OUTPUT.batch.json)."
 )
-LogOpt = typer.Option("info", "--log-level", "--log_level", help="debug, info, warning or error.")
 
 
 def _setup(
-    config: str | None, overrides: list[str], input_path: str | None, output_path: str | None, log_level: str
+    ctx: typer.Context,
+    config: str | None,
+    input_path: str | None,
+    output_path: str | None,
+    engine_name: str | None,
+    log_level: str,
 ) -> tuple[InferenceConfig, Any]:
     from infermux.cli.common import fail, load_cli_config, setup_logging
-    from infermux.engines.registry import build_engine
+    from infermux.engines.registry import build_engine, engine_class
+    from infermux.jobs import check_output_path
 
     setup_logging(log_level)
-    cfg = load_cli_config(config, overrides)
+    cfg = load_cli_config(config, list(ctx.args), engine=engine_name)
     cfg.input_path = input_path or cfg.input_path
     cfg.output_path = output_path or cfg.output_path
     if not cfg.output_path:
         fail("give --output_path: results and the batch record are written beside it.")
-    engine = build_engine(cfg)
-    if not hasattr(engine, "submit_batch") or not getattr(engine, "supports_batch_api", False):
+    if not engine_class(cfg.resolved_engine()).capabilities.batch_api:
         fail(f"the {cfg.resolved_engine()} engine does not support the Batch API; use OPENAI or REMOTE.")
-    return cfg, engine
+    check_output_path(cfg.output_path, cfg.input_path)
+    return cfg, build_engine(cfg)
 
 
 def _print_state(state: BatchJobState) -> None:
@@ -59,44 +63,46 @@ def _print_state(state: BatchJobState) -> None:
         print(f"  {len(state.build_errors)} rows were not sent (they fail at fetch; see the errors file)")
 
 
-@batch_app.command("submit", context_settings=_EXTRA)
+@batch_app.command("submit", context_settings=EXTRA_ARGS)
 def submit(
     ctx: typer.Context,
     config: str | None = ConfigOpt,
     input_path: str | None = InputOpt,
     output_path: str | None = OutputOpt,
+    engine: str | None = EngineOpt,
     log_level: str = LogOpt,
 ) -> None:
     """Upload the input as batch files and create their batches. Rerunning never resubmits a batch."""
     from infermux.cli.common import fail, user_errors
 
     with user_errors():
-        cfg, engine = _setup(config, list(ctx.args), input_path, output_path, log_level)
+        cfg, eng = _setup(ctx, config, input_path, output_path, engine, log_level)
         if not cfg.input_path:
             fail("give --input_path (or input_path in the config).")
-        state = engine.submit_batch(cfg.input_path, cfg.output_path, fingerprint=cfg.fingerprint())
+        state = eng.submit_batch(cfg.input_path, cfg.output_path, fingerprint=cfg.fingerprint())
         _print_state(state)
         print(f"check with: infermux batch status -c {config or 'CONFIG'} --output_path {cfg.output_path}")
 
 
-@batch_app.command("status", context_settings=_EXTRA)
+@batch_app.command("status", context_settings=EXTRA_ARGS)
 def status(
     ctx: typer.Context,
     config: str | None = ConfigOpt,
     output_path: str | None = OutputOpt,
+    engine: str | None = EngineOpt,
     log_level: str = LogOpt,
 ) -> None:
     """Poll every batch of the job recorded beside --output_path."""
     from infermux.cli.common import user_errors
 
     with user_errors():
-        cfg, engine = _setup(config, list(ctx.args), None, output_path, log_level)
-        state = engine.batch_status(cfg.output_path)
+        cfg, eng = _setup(ctx, config, None, output_path, engine, log_level)
+        state = eng.batch_status(cfg.output_path)
         _print_state(state)
         print("all batches finished: run `infermux batch fetch`" if state.all_terminal else "still running")
 
 
-@batch_app.command("fetch", context_settings=_EXTRA)
+@batch_app.command("fetch", context_settings=EXTRA_ARGS)
 def fetch(
     ctx: typer.Context,
     config: str | None = ConfigOpt,
@@ -105,17 +111,18 @@ def fetch(
     rerun_failed: bool = typer.Option(
         False, "--rerun-failed", "--rerun_failed", help="Then run the rows the batch failed online (same config)."
     ),
+    engine: str | None = EngineOpt,
     log_level: str = LogOpt,
 ) -> None:
     """Download finished results into --output_path (by custom_id, in input order); failures go to the errors file."""
     from infermux.cli.common import EXIT_ROWS_FAILED, fail, user_errors
 
     with user_errors():
-        cfg, engine = _setup(config, list(ctx.args), input_path, output_path, log_level)
+        cfg, eng = _setup(ctx, config, input_path, output_path, engine, log_level)
         if not cfg.input_path:
             fail("give --input_path: the input the batch was submitted with.")
         fingerprint = cfg.fingerprint()
-        report = engine.fetch_batch(cfg.input_path, cfg.output_path, fingerprint=fingerprint)
+        report = eng.fetch_batch(cfg.input_path, cfg.output_path, fingerprint=fingerprint)
         print(f"{report.done} rows done, {report.failed} failed, {report.pending} still in running batches")
         failed = report.failed
         if rerun_failed and failed:
@@ -124,7 +131,10 @@ def fetch(
             print(f"rerunning {failed} failed rows online")
             import asyncio
 
-            result = asyncio.run(engine.run_file(cfg.input_path, cfg.output_path, fingerprint=fingerprint))
+            from infermux.jobs import run_job_file
+
+            job = run_job_file(eng, cfg.input_path, cfg.output_path, generation=cfg.generation, fingerprint=fingerprint)
+            result = asyncio.run(job)
             failed = result.failed
             print(f"online: {result.done} rows done, {result.failed} failed")
         if failed:

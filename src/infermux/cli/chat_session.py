@@ -2,7 +2,7 @@
 
 :class:`ChatSession` keeps the history (system prompt, turns, images waiting for the next turn) and the
 generation parameters, and answers the slash commands. The terminal front end
-(:mod:`infermux.cli.chat`) reads lines, asks the session what to do with each, and streams answers.
+(:mod:`infermux.cli.chat_cmd`) reads lines, asks the session what to do with each, and streams answers.
 """
 
 from __future__ import annotations

@@ -7,6 +7,17 @@ import sys
 import typer
 
 from infermux.cli.batch_cmd import batch_app  # light: typer only; its commands import their work lazily
+from infermux.cli.options import (
+    EXTRA_ARGS,
+    ConfigOpt,
+    EngineOpt,
+    ImageOpt,
+    InputOpt,
+    LogOpt,
+    OutputOpt,
+    StrictOpt,
+    SystemPromptOpt,
+)
 
 app = typer.Typer(
     name="infermux",
@@ -20,26 +31,22 @@ config_app = typer.Typer(help="Inspect configs without loading a model.", no_arg
 app.add_typer(config_app, name="config")
 app.add_typer(batch_app, name="batch")
 
-_EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
-ConfigOpt = typer.Option(None, "-c", "--config", help="YAML config (Oumi InferenceConfig format).")
-LogOpt = typer.Option("info", "--log-level", "--log_level", help="debug, info, warning or error.")
 
-
-@app.command(context_settings=_EXTRA)
+@app.command(context_settings=EXTRA_ARGS)
 def infer(
     ctx: typer.Context,
     config: str | None = ConfigOpt,
-    input_path: str | None = typer.Option(None, "--input_path", "--input-path", help="Input JSONL."),
-    output_path: str | None = typer.Option(None, "--output_path", "--output-path", help="Output JSONL."),
+    input_path: str | None = InputOpt,
+    output_path: str | None = OutputOpt,
     interactive: bool = typer.Option(False, "-i", "--interactive", help="Chat instead of a batch job."),
-    system_prompt: str | None = typer.Option(None, "--system-prompt", "--system_prompt"),
-    image: list[str] | None = typer.Option(None, "--image", help="Image path or URL for the first turn."),
-    engine: str | None = typer.Option(None, "--engine", help="Engine name (overrides the config)."),
-    strict: bool = typer.Option(False, "--strict", help="Unsupported parameters are errors, not warnings."),
+    system_prompt: str | None = SystemPromptOpt,
+    image: list[str] | None = ImageOpt,
+    engine: str | None = EngineOpt,
+    strict: bool = StrictOpt,
     log_level: str = LogOpt,
 ) -> None:
     """Run a batch job (--input_path) or chat (-i). Extra --section.field VALUE options override the config."""
-    from infermux.cli.infer import run_infer
+    from infermux.cli.infer_cmd import run_infer
 
     run_infer(
         config=config,
@@ -55,17 +62,18 @@ def infer(
     )
 
 
-@app.command(context_settings=_EXTRA)
+@app.command(context_settings=EXTRA_ARGS)
 def chat(
     ctx: typer.Context,
     config: str | None = ConfigOpt,
-    system_prompt: str | None = typer.Option(None, "--system-prompt", "--system_prompt"),
-    image: list[str] | None = typer.Option(None, "--image", help="Image path or URL for the first turn."),
-    engine: str | None = typer.Option(None, "--engine", help="Engine name (overrides the config)."),
+    system_prompt: str | None = SystemPromptOpt,
+    image: list[str] | None = ImageOpt,
+    engine: str | None = EngineOpt,
+    strict: bool = StrictOpt,
     log_level: str = LogOpt,
 ) -> None:
     """Chat with a model (same as `infer -i`). Reads stdin line by line when it is not a terminal."""
-    from infermux.cli.infer import run_infer
+    from infermux.cli.infer_cmd import run_infer
 
     run_infer(
         config=config,
@@ -76,17 +84,22 @@ def chat(
         system_prompt=system_prompt,
         images=image or [],
         engine=engine,
-        strict=False,
+        strict=strict,
         log_level=log_level,
     )
 
 
-@config_app.command("check", context_settings=_EXTRA)
-def config_check(ctx: typer.Context, config: str | None = ConfigOpt, log_level: str = LogOpt) -> None:
+@config_app.command("check", context_settings=EXTRA_ARGS)
+def config_check(
+    ctx: typer.Context,
+    config: str | None = ConfigOpt,
+    engine: str | None = EngineOpt,
+    log_level: str = LogOpt,
+) -> None:
     """Validate a config and print it resolved, with the engine it selects (no model is loaded)."""
     from infermux.cli.config_cmd import run_config_check
 
-    run_config_check(config, list(ctx.args), log_level)
+    run_config_check(config, list(ctx.args), log_level, engine=engine)
 
 
 @app.command()

@@ -21,6 +21,10 @@ class ConfigModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True, frozen=False)
 
     oumi_ignored: ClassVar[frozenset[str]] = frozenset()
+    #: Fields that never change what a model answers (secrets, throughput and retry knobs): left out of
+    #: the job fingerprint, so resuming with, say, more workers still counts finished rows as done. Each
+    #: section declares its own; every other field counts.
+    not_fingerprinted: ClassVar[frozenset[str]] = frozenset()
 
     @model_validator(mode="before")
     @classmethod
@@ -36,6 +40,10 @@ class ConfigModel(BaseModel):
                     )
                 data = {k: v for k, v in data.items() if k not in cls.oumi_ignored}
         return data
+
+    def fingerprint_data(self) -> dict[str, Any]:
+        """This section's fields that change outputs, as JSON data (what the job fingerprint hashes)."""
+        return self.model_dump(mode="json", exclude=set(self.not_fingerprinted))
 
     @classmethod
     def known_keys(cls) -> set[str]:

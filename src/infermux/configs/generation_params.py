@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_serializer, field_validator, model_validator
 
@@ -77,6 +77,8 @@ class GuidedDecodingParams(ConfigModel):
 class GenerationParams(ConfigModel):
     """Generation settings (the SPEC's ``generation:`` section)."""
 
+    not_fingerprinted: ClassVar[frozenset[str]] = frozenset({"batch_size", "use_cache"})
+
     max_new_tokens: int = Field(default=256, ge=1)
     """Maximum number of tokens to generate."""
     batch_size: int = Field(default=1, ge=1)
@@ -125,6 +127,13 @@ class GenerationParams(ConfigModel):
         if value is not None and any(s == "" for s in value):
             raise ValueError("stop_strings must not contain an empty string")
         return value
+
+    def fingerprint_data(self) -> dict[str, Any]:
+        data = self.model_dump(mode="json", exclude={"guided_decoding", *self.not_fingerprinted})
+        if self.guided_decoding is not None:
+            gd = self.guided_decoding
+            data["guided_decoding"] = {"kind": gd.kind, "value": gd.schema_dict() or gd.regex or gd.choice}
+        return data
 
     @property
     def sampling(self) -> bool:

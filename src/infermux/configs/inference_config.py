@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Any
 
 from pydantic import Field, field_validator
@@ -17,17 +15,6 @@ from infermux.configs.remote_params import RemoteParams
 __all__ = ["InferenceConfig"]
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
-
-# Fields that never change what a model answers: left out of the fingerprint so that, for example,
-# resuming with more workers or a larger batch still counts finished rows as done.
-_NOT_FINGERPRINTED = {
-    "generation": {"batch_size", "use_cache"},
-    "remote_params": {
-        "api_key", "api_key_env_varname", "max_retries", "retry_backoff_base", "retry_backoff_max",
-        "connection_timeout", "num_workers", "politeness_policy", "use_adaptive_concurrency",
-        "batch_completion_window",
-    },
-}  # fmt: skip
 
 
 class InferenceConfig(ConfigModel):
@@ -74,25 +61,7 @@ class InferenceConfig(ConfigModel):
         return InferenceEngineType.NATIVE
 
     def fingerprint(self) -> str:
-        """A stable hash of everything that changes outputs (secrets and throughput knobs excluded)."""
-        data: dict[str, Any] = {
-            "engine": str(self.resolved_engine()),
-            "model": self.model.model_dump(mode="json"),
-            "generation": _dump_generation(self.generation),
-        }
-        if self.remote_params is not None:
-            data["remote_params"] = self.remote_params.model_dump(mode="json")
-        for section, fields in _NOT_FINGERPRINTED.items():
-            if isinstance(data.get(section), dict):
-                for name in fields:
-                    data[section].pop(name, None)
-        blob = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        """A stable hash of everything that changes outputs (see ``ConfigModel.not_fingerprinted``)."""
+        from infermux.jobs.fingerprint import config_fingerprint
 
-
-def _dump_generation(generation: GenerationParams) -> dict[str, Any]:
-    data = generation.model_dump(mode="json", exclude={"guided_decoding"})
-    if generation.guided_decoding is not None:
-        gd = generation.guided_decoding
-        data["guided_decoding"] = {"kind": gd.kind, "value": gd.schema_dict() or gd.regex or gd.choice}
-    return data
+        return config_fingerprint(self.resolved_engine(), self.model, self.generation, self.remote_params)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from typing import ClassVar
 
 from pydantic import Field, SecretStr, field_validator
 
@@ -16,6 +17,15 @@ _WINDOW = re.compile(r"^\d+[smhd]$")
 
 class RemoteParams(ConfigModel):
     """The SPEC's ``remote_params:`` section. ``api_key`` is a secret: never printed."""
+
+    # Only ``api_url`` (where the answers come from) counts for resume.
+    not_fingerprinted: ClassVar[frozenset[str]] = frozenset(
+        {
+            "api_key", "api_key_env_varname", "max_retries", "retry_backoff_base", "retry_backoff_max",
+            "connection_timeout", "num_workers", "politeness_policy", "use_adaptive_concurrency",
+            "batch_completion_window",
+        }
+    )  # fmt: skip
 
     api_url: str | None = None
     """Base URL (``http://host:port`` or ``.../v1``) or full endpoint URL of the server."""

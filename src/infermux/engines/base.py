@@ -15,28 +15,32 @@ loop's, in :mod:`infermux.jobs.loop`.
 Streaming (chat) uses :meth:`InferenceEngine.astream`, which engines that can stream override; the
 default yields the whole answer at once.
 
+The engine is the model adapter only. Jobs (input files, resume, fingerprints, row ids) live in
+:mod:`infermux.jobs`; ``infer``, ``ainfer`` and ``run_file`` here are conveniences over
+:mod:`infermux.jobs.api`, imported when called (the job layer depends on engines, not the reverse).
+
 Engines import their heavy library in ``__init__`` (first use), never at module import.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-import threading
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams
-from infermux.configs.inference_config import InferenceConfig
 from infermux.configs.model_params import ModelParams
 from infermux.configs.remote_params import RemoteParams
 from infermux.engines.capabilities import Capabilities, check_params
 from infermux.errors import InputError, RowError
-from infermux.jobs.loop import BatchReport, JobFiles, run_job
-from infermux.jobs.rows import InputRow, iter_rows, row_id_for, unique_id, validate_file
+from infermux.text import scrub_reply, scrub_surrogates
 from infermux.types import Conversation
+
+if TYPE_CHECKING:
+    from infermux.configs.inference_config import InferenceConfig
+    from infermux.jobs.loop import BatchReport
+    from infermux.jobs.rows import InputRow
 
 __all__ = ["InferenceEngine", "StreamEvent"]
 
@@ -51,31 +55,16 @@ class StreamEvent:
     conversation: Conversation | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # Lone UTF-16 surrogates (a reply cut inside an emoji) cannot be printed or saved: U+FFFD instead.
+        if self.delta:
+            self.delta = scrub_surrogates(self.delta)
+        if self.conversation is not None:
+            self.conversation = scrub_reply(self.conversation)
+
     @property
     def final(self) -> bool:
         return self.conversation is not None
-
-
-def run_sync(make: Callable[[], Any]) -> Any:
-    """Run the coroutine made by ``make`` to completion, also from inside a running event loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(make())
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["value"] = asyncio.run(make())
-        except BaseException as exc:  # re-raised in the caller's thread
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, name="infermux-infer")
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
 
 
 class InferenceEngine:
@@ -123,6 +112,10 @@ class InferenceEngine:
     async def _end_job(self) -> None:
         """Called in the job's event loop after the last chunk (close sessions here)."""
 
+    def check_ready(self) -> None:
+        """Raise :class:`~infermux.errors.ConfigError` when the engine cannot run a job as built (for
+        example a remote engine without a URL). ``build_engine`` calls it; jobs call it before starting."""
+
     def check_conversation(self, conversation: Conversation) -> RowError | None:
         """A row-level reason this engine cannot run ``conversation``, or None."""
         if conversation.has_images and not self.capabilities.images:
@@ -148,6 +141,7 @@ class InferenceEngine:
             self._checked.add(key)
             check_params(self.name, self.capabilities, generation, self.model_params, strict=self.strict)
 
+    # ------------------------------------------------------------------ conveniences over infermux.jobs
     def infer(
         self,
         input: Sequence[Conversation] | None = None,
@@ -155,9 +149,13 @@ class InferenceEngine:
     ) -> list[Conversation]:
         """Answer ``input`` (or ``inference_config.input_path``); write ``output_path`` if set.
 
-        Rows that fail come back unanswered with ``metadata["error"]`` describing why; the job's
-        :class:`BatchReport` is in ``self.last_report``.
+        A config given here overrides the engine's model and remote settings for this call (as in
+        Oumi). Rows that fail come back unanswered with ``metadata["error"]`` describing why; the job's
+        :class:`~infermux.jobs.loop.BatchReport` is in ``self.last_report``. See
+        :func:`infermux.jobs.api.infer`.
         """
+        from infermux.jobs.sync import run_sync
+
         return run_sync(lambda: self.ainfer(input, inference_config))  # type: ignore[no-any-return]
 
     async def ainfer(
@@ -166,30 +164,9 @@ class InferenceEngine:
         inference_config: InferenceConfig | None = None,
     ) -> list[Conversation]:
         """Async :meth:`infer`."""
-        generation = inference_config.generation if inference_config else self.generation_params
-        self._check(generation)
-        output_path = inference_config.output_path if inference_config else None
-        if input is None:
-            if inference_config is None or not inference_config.input_path:
-                raise InputError("no input: pass conversations or set input_path in the config.")
-            answered: dict[int, Conversation] = {}
+        from infermux.jobs import api
 
-            def keep(row: InputRow, result: Conversation | RowError) -> None:
-                answered[row.index] = _as_conversation(row.conversation, result)
-
-            await self.run_file(inference_config.input_path, output_path, generation=generation, on_row=keep)
-            if output_path is not None:
-                return [Conversation.model_validate_json(line) for line in _read_lines(output_path)]
-            return [answered[i] for i in sorted(answered)]
-        rows = _rows_from_memory(input, durable=output_path is not None)
-        ids = [r.row_id for r in rows]
-        collect: list[Conversation | RowError | None] = [None] * len(rows)
-        files = JobFiles(output_path, self._fingerprint(generation)) if output_path else None
-        report = await run_job(
-            self, lambda: rows, ids, generation, files=files, on_row=lambda row, r: collect.__setitem__(row.index, r)
-        )
-        self.last_report = report
-        return [_as_conversation(rows[i].conversation, r) for i, r in enumerate(collect)]
+        return await api.ainfer(self, input, inference_config)
 
     async def run_file(
         self,
@@ -202,26 +179,19 @@ class InferenceEngine:
         on_row: Callable[[InputRow, Conversation | RowError], None] | None = None,
         row_ids: list[str] | None = None,
     ) -> BatchReport:
-        """The durable batch job: ``input_path`` (JSONL) → ``output_path`` (JSONL), resumable.
+        """The durable batch job ``input_path`` → ``output_path``: see :func:`infermux.jobs.api.run_job_file`."""
+        from infermux.jobs import api
 
-        ``row_ids`` is what :func:`infermux.jobs.rows.validate_file` returned, when the caller has already
-        checked the file (the check is otherwise done here, before any row runs).
-        """
-        generation = generation or self.generation_params
-        self._check(generation)
-        ids = row_ids if row_ids is not None else validate_file(input_path)
-        files = JobFiles(output_path, fingerprint or self._fingerprint(generation)) if output_path else None
-        report = await run_job(
+        return await api.run_job_file(
             self,
-            lambda: iter_rows(input_path),
-            ids,
-            generation,
-            files=files,
-            on_row=on_row,
+            input_path,
+            output_path,
+            generation=generation,
+            fingerprint=fingerprint,
             on_progress=on_progress,
+            on_row=on_row,
+            row_ids=row_ids,
         )
-        self.last_report = report
-        return report
 
     async def astream(
         self, conversation: Conversation, generation: GenerationParams | None = None
@@ -253,44 +223,9 @@ class InferenceEngine:
         self.close()
 
     def _fingerprint(self, generation: GenerationParams) -> str:
-        config = InferenceConfig(
-            model=self.model_params,
-            generation=generation,
-            engine=self.engine_type,
-            remote_params=self.remote_params,
-        )
-        return config.fingerprint()
+        from infermux.jobs.api import engine_fingerprint
+
+        return engine_fingerprint(self, generation)
 
     def __repr__(self) -> str:
         return f"{self.name}(model={self.model_params.model_name!r})"
-
-
-def _rows_from_memory(conversations: Iterable[Conversation], *, durable: bool = True) -> list[InputRow]:
-    """Rows with ids; content-derived ids (for resume) only when the job writes an output file."""
-    rows = []
-    seen: dict[str, int] = {}
-    for index, conv in enumerate(conversations):
-        if durable:
-            raw = json.dumps(conv.to_json_dict(), sort_keys=True).encode()
-            rid = row_id_for(index, conv.conversation_id, raw)
-        else:
-            rid = conv.conversation_id or f"row-{index}"
-        rid = unique_id(rid, seen)
-        rows.append(InputRow(index=index, line=index + 1, row_id=rid, conversation=conv))
-    return rows
-
-
-def _as_conversation(original: Conversation, result: Conversation | RowError | None) -> Conversation:
-    if isinstance(result, Conversation):
-        return result
-    error = result or RowError(kind="internal", message="row was not run")
-    meta = dict(original.metadata)
-    meta["error"] = error.to_json_dict()
-    return original.model_copy(update={"metadata": meta})
-
-
-def _read_lines(path: str) -> Iterable[str]:
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                yield line

@@ -33,6 +33,8 @@ class Capabilities:
     images: bool = False
     streaming: bool = False
     lora: bool = False
+    batch_api: bool = False
+    """Offers the provider's asynchronous Batch API (``infermux batch submit|status|fetch``)."""
     notes: tuple[str, ...] = field(default=())
 
     def supported_params(self) -> set[str]:

@@ -75,7 +75,7 @@ def _section(name: str, spec: EngineSpec, root: Path) -> list[str]:
         workers = getattr(cls, "default_num_workers", None)
         if workers:
             lines.append(f"- Concurrent requests by default: {workers} (`remote_params.num_workers`)")
-        if getattr(cls, "supports_batch_api", False):
+        if cls.capabilities.batch_api:
             lines.append("- Batch API: `infermux batch submit|status|fetch` ([docs/batch-api.md](batch-api.md))")
     for var, meaning in dict(getattr(cls, "env_vars", {}) or {}).items():
         lines.append(f"- Environment: `{var}`: {meaning}")

@@ -113,12 +113,14 @@ def engine_class(name: str | E) -> type[InferenceEngine]:
 
 
 def build_engine(config: InferenceConfig, **kwargs: Any) -> InferenceEngine:
-    """Construct the engine a config asks for."""
+    """Construct the engine a config asks for; raise ``ConfigError`` if it cannot run a job as configured."""
     cls = engine_class(config.resolved_engine())
-    return cls(
+    engine = cls(
         config.model,
         generation_params=config.generation,
         remote_params=config.remote_params,
         strict=config.strict,
         **kwargs,
     )
+    engine.check_ready()
+    return engine

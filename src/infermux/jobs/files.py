@@ -19,6 +19,7 @@ from pydantic_core import to_json
 
 from infermux.errors import OutputError, RowError
 from infermux.jobs.rows import InputRow
+from infermux.text import scrub_surrogates
 from infermux.types import Conversation
 
 __all__ = ["JobFiles"]
@@ -73,15 +74,21 @@ class JobFiles:
         self._errors_fh = self.errors.open("wb")
 
     def append_done(self, row: InputRow, conversation: Conversation) -> None:
+        """Record a finished row. Raises (nothing written) when it cannot be serialised at all."""
+        data = conversation.to_json_dict()
+        try:
+            body = _dumps(data)
+        except ValueError:  # lone UTF-16 surrogates (a reply cut inside an emoji) cannot be UTF-8
+            body = _dumps(scrub_surrogates(data))
         # The conversation goes last and verbatim, so assembling the output is a byte copy.
         head = _dumps({"id": row.row_id, "fp": self.fingerprint})[:-1]
-        self._partial_fh.write(head + _CONV_KEY + _dumps(conversation.to_json_dict()) + b"}\n")
+        self._partial_fh.write(head + _CONV_KEY + body + b"}\n")
         self._partial_fh.flush()
 
     def append_failed(self, row: InputRow, error: RowError) -> None:
         record = {"id": row.row_id, "index": row.index, "line": row.line, "fp": self.fingerprint}
         record.update(error.to_json_dict())
-        self._errors_fh.write(_dumps(record) + b"\n")
+        self._errors_fh.write(_dumps(scrub_surrogates(record)) + b"\n")
         self._errors_fh.flush()
 
     def close(self) -> None:

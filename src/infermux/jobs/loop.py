@@ -14,6 +14,7 @@ Memory stays flat in the number of rows: the loop keeps row ids and byte offsets
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING
 from infermux.errors import RowError
 from infermux.jobs.files import JobFiles
 from infermux.jobs.rows import InputRow
+from infermux.text import scrub_reply
 from infermux.types import Conversation
 
 if TYPE_CHECKING:
@@ -29,6 +31,8 @@ if TYPE_CHECKING:
     from infermux.engines.base import InferenceEngine
 
 __all__ = ["BatchReport", "JobFiles", "run_job"]  # JobFiles re-exported
+
+logger = logging.getLogger("infermux.jobs")
 
 
 @dataclass
@@ -143,6 +147,17 @@ async def run_job(
         files.open()
 
     def on_result(row: InputRow, result: Conversation | RowError) -> None:
+        if isinstance(result, Conversation):
+            result = scrub_reply(result)
+            if files is not None:
+                try:
+                    files.append_done(row, result)
+                except Exception as exc:  # a row that cannot be recorded is that row's failure, not the job's
+                    logger.debug("row %s could not be recorded", row.row_id, exc_info=True)
+                    result = RowError(
+                        kind="output_error",
+                        message=f"the answer could not be written ({type(exc).__name__}: {exc})"[:1000],
+                    )
         if isinstance(result, RowError):
             report.failed += 1
             if files is not None:
@@ -150,8 +165,6 @@ async def run_job(
         else:
             report.done += 1
             _count_usage(report, result)
-            if files is not None:
-                files.append_done(row, result)
         if on_row is not None:
             on_row(row, result)
         if on_progress is not None:

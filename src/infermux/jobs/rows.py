@@ -12,9 +12,10 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from infermux.errors import InputError
+from infermux.text import first_surrogate
 from infermux.types import Conversation
 
-__all__ = ["MAX_LINE_BYTES", "InputRow", "iter_rows", "row_id_for", "unique_id", "validate_file"]
+__all__ = ["MAX_LINE_BYTES", "InputRow", "check_encodable", "iter_rows", "row_id_for", "unique_id", "validate_file"]
 
 MAX_LINE_BYTES = 64 * 1024 * 1024
 # About 2M tokens, beyond the largest context windows offered today: a longer text is a data error.
@@ -96,11 +97,33 @@ def _parse_slow(raw: bytes, path: str, line: int) -> Conversation:
 
 def _check_size(conv: Conversation, path: str, line: int) -> None:
     for number, message in enumerate(conv.messages):
+        _check_encodable(message.content, number, path, line)
         if len(message.text) > MAX_TEXT_CHARS:
             raise InputError(
                 f"messages.{number} has {len(message.text):,} characters of text, more than any model's "
                 f"context ({MAX_TEXT_CHARS:,} allowed; INFERMUX_MAX_MESSAGE_CHARS changes the limit). "
                 "Split or shorten it.",
+                path=path,
+                line=line,
+            )
+
+
+def check_encodable(conversation: Conversation, *, path: str, line: int | None = None) -> None:
+    """Raise :class:`InputError` (naming ``path``, ``line`` and the message index) when a message cannot
+    be encoded as UTF-8 for sending."""
+    for number, message in enumerate(conversation.messages):
+        _check_encodable(message.content, number, path, line)
+
+
+def _check_encodable(content: object, number: int, path: str, line: int | None) -> None:
+    """A lone UTF-16 surrogate (``"\\ud83d"`` alone: valid JSON, not valid UTF-8) cannot be sent."""
+    texts = [content] if isinstance(content, str) else [getattr(i, "content", None) for i in content]  # type: ignore[attr-defined]
+    for text in texts:
+        if isinstance(text, str) and (at := first_surrogate(text)) is not None:
+            raise InputError(
+                f"messages.{number} has a lone UTF-16 surrogate \\u{ord(text[at]):04x} at character "
+                f"{at} (half of an emoji or other character; no server can read it). Remove it or "
+                "write the whole character.",
                 path=path,
                 line=line,
             )

@@ -142,8 +142,18 @@ def test_api_key_never_appears_in_errors_outputs_logs_or_reprs(
 
 
 def test_remote_needs_an_api_url() -> None:
+    # Built without a URL (a config passed to infer may bring one: issue 10 item 11), but a job on the
+    # engine's own settings stops before sending anything.
+    engine = RemoteInferenceEngine(ModelParams(model_name="m"))
     with pytest.raises(ConfigError, match="api_url"):
-        RemoteInferenceEngine(ModelParams(model_name="m"))
+        engine.infer([conv("x")])
+
+
+def test_engine_without_url_runs_with_the_url_of_the_config_passed_to_infer(fast_stub: str) -> None:
+    engine = RemoteInferenceEngine(ModelParams(model_name="m"))
+    config = InferenceConfig(model=ModelParams(model_name="stub"), remote_params=RemoteParams(api_url=fast_stub))
+    (answer,) = engine.infer([conv("fine")], config)
+    assert answer.messages[-1].content == "echo: fine"
 
 
 def test_unreadable_image_fails_its_row_only(fast_stub: str, tmp_path: Path) -> None:

@@ -89,12 +89,9 @@ class RemoteEngine(InferenceEngine):
             raise AuthenticationError(self._missing_key_message(params), kind="authentication")
         self._secrets: tuple[str, ...] = (api_key,) if api_key else ()
         api_url = params.api_url or self.default_api_url
-        if not api_url:
-            raise ConfigError(
-                f"{self.name} needs remote_params.api_url: the server's base URL (e.g. "
-                "http://localhost:8000/v1) or its full endpoint URL."
-            )
-        self.url = self.endpoint_url(api_url)
+        # Without a URL the engine is still built (a config passed to ``infer`` may bring one, as in
+        # Oumi); a job on this engine itself stops before sending anything (``check_ready``).
+        self.url = self.endpoint_url(api_url) if api_url else ""
         self.headers = SecretHeaders(self.build_headers(api_key))
         self._transport: Transport[Conversation] | None = None
         self._jobs = 0
@@ -136,7 +133,16 @@ class RemoteEngine(InferenceEngine):
     def max_concurrency(self) -> int:
         return self.settings.num_workers
 
+    def check_ready(self) -> None:
+        """Raise :class:`ConfigError` when no ``remote_params.api_url`` (and no default) was given."""
+        if not self.url:
+            raise ConfigError(
+                f"{self.name} needs remote_params.api_url: the server's base URL (e.g. "
+                "http://localhost:8000/v1) or its full endpoint URL."
+            )
+
     async def _start_job(self) -> None:
+        self.check_ready()
         self._jobs += 1
         if self._transport is None:
             auth_hint = ""

@@ -44,13 +44,16 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import aiohttp
 
 from infermux.engines.remote.http.limits import AimdLimiter, parse_retry_hint
 from infermux.engines.remote.http.sse import SseEvent, iter_sse
 from infermux.errors import AuthenticationError, RemoteError
+
+if TYPE_CHECKING:
+    from infermux.configs.remote_params import RemoteParams
 
 __all__ = [
     "AimdLimiter",
@@ -88,16 +91,17 @@ class TransportSettings:
     """How long one request keeps waiting out rate limits before it fails."""
 
     @classmethod
-    def from_remote_params(cls, params: Any, **overrides: Any) -> TransportSettings:
-        """Settings from a ``RemoteParams`` (only its throughput/retry fields are read)."""
-        values = {
-            name: getattr(params, name)
-            for name in (
-                "num_workers", "max_retries", "connection_timeout", "politeness_policy",
-                "use_adaptive_concurrency", "retry_backoff_base", "retry_backoff_max",
-            )
-            if getattr(params, name, None) is not None
-        }  # fmt: skip
+    def from_remote_params(cls, params: RemoteParams, **overrides: Any) -> TransportSettings:
+        """Settings from a ``RemoteParams`` (its throughput and retry fields), then ``overrides``."""
+        values: dict[str, Any] = {
+            "num_workers": params.num_workers,
+            "max_retries": params.max_retries,
+            "connection_timeout": params.connection_timeout,
+            "politeness_policy": params.politeness_policy,
+            "use_adaptive_concurrency": params.use_adaptive_concurrency,
+            "retry_backoff_base": params.retry_backoff_base,
+            "retry_backoff_max": params.retry_backoff_max,
+        }
         values.update(overrides)
         return cls(**values)
 

@@ -327,8 +327,9 @@ class _api:
     """``async with _api(engine) as api``: a transport for the engine's settings, and the API on it."""
 
     def __init__(self, engine: RemoteEngine) -> None:
-        if not getattr(engine, "supports_batch_api", False):
+        if not engine.capabilities.batch_api:
             raise ConfigError(f"{engine.name} does not support the OpenAI Batch API (files + batches).")
+        engine.check_ready()
         self.engine = engine
         hint = f"Check the key in {engine.api_key_env} (or remote_params.api_key)." if engine.api_key_env else ""
         kwargs: dict[str, Any] = {"secrets": engine._secrets, "auth_hint": hint, "error_message": engine.error_message}
@@ -352,24 +353,33 @@ class BatchApiMixin:
     batch_max_requests = MAX_REQUESTS
     batch_max_bytes = MAX_BYTES
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # The declared flag the CLI reads: ``Capabilities.batch_api`` follows ``supports_batch_api``.
+        super().__init_subclass__(**kwargs)
+        caps = getattr(cls, "capabilities", None)
+        if caps is not None and caps.batch_api != cls.supports_batch_api:
+            cls.capabilities = dataclasses.replace(caps, batch_api=cls.supports_batch_api)  # type: ignore[attr-defined]
+
     def submit_batch(self, input_path: str, output_path: str, *, fingerprint: str | None = None) -> BatchJobState:
         """Upload ``input_path`` as batch files and create their batches (resumable; never resubmits)."""
-        from infermux.engines.base import run_sync
+        from infermux.jobs.api import engine_fingerprint
+        from infermux.jobs.sync import run_sync
 
         engine: Any = self
-        fp = fingerprint or engine._fingerprint(engine.generation_params)
+        fp = fingerprint or engine_fingerprint(engine, engine.generation_params)
         return run_sync(lambda: asubmit(engine, input_path, output_path, engine.generation_params, fp))  # type: ignore[no-any-return]
 
     def batch_status(self, output_path: str) -> BatchJobState:
         """Poll every batch of the job recorded beside ``output_path``."""
-        from infermux.engines.base import run_sync
+        from infermux.jobs.sync import run_sync
 
         return run_sync(lambda: astatus(self, output_path))  # type: ignore[arg-type, no-any-return]
 
     def fetch_batch(self, input_path: str, output_path: str, *, fingerprint: str | None = None) -> BatchFetchReport:
         """Download finished results into ``output_path`` (failed rows into its errors file)."""
-        from infermux.engines.base import run_sync
+        from infermux.jobs.api import engine_fingerprint
+        from infermux.jobs.sync import run_sync
 
         engine: Any = self
-        fp = fingerprint or engine._fingerprint(engine.generation_params)
+        fp = fingerprint or engine_fingerprint(engine, engine.generation_params)
         return run_sync(lambda: afetch(engine, input_path, output_path, fp))  # type: ignore[no-any-return]

@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING
 from infermux.cli.common import EXIT_ROWS_FAILED, fail, load_cli_config, setup_logging, user_errors
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from infermux.configs.inference_config import InferenceConfig
-    from infermux.engines.base import InferenceEngine
     from infermux.errors import RowError
     from infermux.jobs.loop import BatchReport
     from infermux.jobs.rows import InputRow
@@ -40,7 +41,7 @@ def run_infer(
         if interactive or not cfg.input_path:
             if images and cfg.input_path:
                 fail("--image applies to chat; batch rows carry their own images.")
-            from infermux.cli.chat import run_chat
+            from infermux.cli.chat_cmd import run_chat
 
             run_chat(cfg, system_prompt=system_prompt, images=images)
             return
@@ -52,35 +53,26 @@ def run_infer(
 
 
 def _run_batch(cfg: InferenceConfig) -> int:
-    from infermux.engines.registry import build_engine
-    from infermux.jobs.rows import validate_file
+    answered: dict[int, Conversation | RowError] = {}
+    on_row = None
+    if not cfg.output_path:
 
-    assert cfg.input_path is not None
-    row_ids = validate_file(cfg.input_path)  # fail on bad input before loading a model
-    if cfg.output_path:
-        from infermux.jobs.loop import JobFiles
+        def on_row(row: InputRow, result: Conversation | RowError) -> None:
+            answered[row.index] = result
 
-        JobFiles(cfg.output_path, "").check_writable()
-    engine = build_engine(cfg)
-    try:
-        answered: dict[int, Conversation | RowError] = {}
-        on_row = None
-        if not cfg.output_path:
-
-            def on_row(row: InputRow, result: Conversation | RowError) -> None:
-                answered[row.index] = result
-
-        report = _with_progress(engine, cfg, on_row, row_ids)
-    finally:
-        engine.close()
+    report = _with_progress(cfg, on_row)
     if not cfg.output_path:
         _print_answers(answered)
     return _summarise(report)
 
 
-def _with_progress(engine: InferenceEngine, cfg: InferenceConfig, on_row: object, row_ids: list[str]) -> BatchReport:
+def _with_progress(
+    cfg: InferenceConfig, on_row: Callable[[InputRow, Conversation | RowError], None] | None
+) -> BatchReport:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from infermux.jobs import run_config_job
 
     console = Console(stderr=True)
     progress = Progress(
@@ -107,19 +99,8 @@ def _with_progress(engine: InferenceEngine, cfg: InferenceConfig, on_row: object
             tokens=report.completion_tokens,
         )
 
-    assert cfg.input_path is not None
     with progress:
-        return asyncio.run(
-            engine.run_file(
-                cfg.input_path,
-                cfg.output_path,
-                generation=cfg.generation,
-                fingerprint=cfg.fingerprint(),
-                on_progress=on_progress,
-                on_row=on_row,  # type: ignore[arg-type]
-                row_ids=row_ids,
-            )
-        )
+        return asyncio.run(run_config_job(cfg, on_progress=on_progress, on_row=on_row))
 
 
 def _print_answers(answered: dict[int, Conversation | RowError]) -> None:

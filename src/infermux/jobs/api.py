@@ -1,0 +1,269 @@
+"""The job facade: what the CLI, ``engine.infer`` (and next ``serve`` and a Ray runner) call.
+
+Shapes
+------
+* :func:`prepare_input` ``(input_path) -> list[str]``: checks every line of a Conversation JSONL file
+  before anything runs (raises one :class:`~infermux.errors.InputError` naming file, line and message)
+  and returns the row ids in input order.
+* :func:`check_output_path` ``(output_path, input_path=None) -> Path``: refuses an output that is the
+  input (resolved paths, symlinks followed) or a directory, creates missing parent folders, checks the
+  folder is writable; raises :class:`~infermux.errors.OutputError` / ``InputError`` (exit 2).
+* :func:`run_job_file` ``(engine, input_path, output_path, *, generation, fingerprint, on_progress,
+  on_row, row_ids) -> BatchReport``: the durable, resumable file job (async).
+* :func:`run_config_job` ``(config, *, on_progress, on_row) -> BatchReport``: the whole file job of a
+  config, in the order a user wants errors: input checked, output checked, then the engine built (the
+  model loaded) and run, then closed (async).
+* :func:`ainfer` / :func:`infer` ``(engine, conversations | None, config | None) -> list[Conversation]``:
+  in-memory conversations in, answered conversations out (failed rows come back unanswered with
+  ``metadata["error"]``); with ``config.input_path`` the file is the input, with
+  ``config.output_path`` the answers are also written (resumable).
+
+``on_row(row: InputRow, result: Conversation | RowError)`` is called once per finished row;
+``on_progress(report: BatchReport)`` after each. The report of the last job is also kept on
+``engine.last_report``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from infermux.errors import InputError, OutputError, RowError
+from infermux.jobs.loop import BatchReport, JobFiles, run_job
+from infermux.jobs.rows import InputRow, check_encodable, iter_rows, row_id_for, unique_id, validate_file
+from infermux.jobs.sync import run_sync
+from infermux.types import Conversation
+
+if TYPE_CHECKING:
+    from infermux.configs.generation_params import GenerationParams
+    from infermux.configs.inference_config import InferenceConfig
+    from infermux.engines.base import InferenceEngine
+
+__all__ = [
+    "BatchReport",
+    "ainfer",
+    "check_output_path",
+    "engine_fingerprint",
+    "infer",
+    "prepare_input",
+    "run_config_job",
+    "run_job_file",
+]
+
+OnRow = Callable[[InputRow, "Conversation | RowError"], None]
+OnProgress = Callable[[BatchReport], None]
+
+
+def prepare_input(input_path: str | Path) -> list[str]:
+    """Check every line of the input file; return its row ids in order (see the module docstring)."""
+    return validate_file(input_path)
+
+
+def check_output_path(output_path: str | os.PathLike[str], input_path: str | os.PathLike[str] | None = None) -> Path:
+    """Make sure the job can write ``output_path`` without touching its input; return it as a Path."""
+    output = Path(output_path)
+    if input_path is not None and _same_file(output, Path(input_path)):
+        raise OutputError(
+            f"{output}: --output_path is the input file; answers would replace your prompts. "
+            "Choose another --output_path."
+        )
+    if output.is_dir():
+        raise OutputError(f"{output}: is a directory; --output_path must name a file.")
+    parent = output.parent if str(output.parent) else Path(".")
+    if not parent.exists():
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"{parent}: cannot create the output folder ({exc.strerror}).") from None
+    if not parent.is_dir():
+        raise OutputError(f"{parent}: is not a folder. Choose another --output_path.")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"{parent}: output folder is not writable. Choose another --output_path.")
+    return output
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)  # hard links
+    except OSError:
+        return False
+
+
+def engine_fingerprint(engine: InferenceEngine, generation: GenerationParams) -> str:
+    """The fingerprint of a job run by ``engine`` with ``generation`` (see :mod:`infermux.jobs.fingerprint`)."""
+    from infermux.configs.inference_config import InferenceConfig
+
+    config = InferenceConfig(
+        model=engine.model_params, generation=generation, engine=engine.engine_type, remote_params=engine.remote_params
+    )
+    return config.fingerprint()
+
+
+async def run_job_file(
+    engine: InferenceEngine,
+    input_path: str,
+    output_path: str | None,
+    *,
+    generation: GenerationParams | None = None,
+    fingerprint: str | None = None,
+    on_progress: OnProgress | None = None,
+    on_row: OnRow | None = None,
+    row_ids: list[str] | None = None,
+) -> BatchReport:
+    """The durable batch job: ``input_path`` (JSONL) → ``output_path`` (JSONL), resumable.
+
+    ``row_ids`` is what :func:`prepare_input` returned when the caller already checked the file (the
+    check is otherwise done here, before any row runs). ``fingerprint`` defaults to the engine's.
+    """
+    generation = generation or engine.generation_params
+    engine._check(generation)
+    ids = row_ids if row_ids is not None else prepare_input(input_path)
+    files = None
+    if output_path:
+        check_output_path(output_path, input_path)
+        files = JobFiles(output_path, fingerprint or engine_fingerprint(engine, generation))
+    report = await run_job(
+        engine, lambda: iter_rows(input_path), ids, generation, files=files, on_row=on_row, on_progress=on_progress
+    )
+    engine.last_report = report
+    return report
+
+
+async def run_config_job(
+    config: InferenceConfig, *, on_progress: OnProgress | None = None, on_row: OnRow | None = None
+) -> BatchReport:
+    """Run ``config.input_path`` → ``config.output_path`` (printing is the caller's: pass ``on_row``)."""
+    from infermux.engines.registry import build_engine
+
+    if not config.input_path:
+        raise InputError("no input: set input_path (or --input_path).")
+    row_ids = prepare_input(config.input_path)  # before loading a model
+    if config.output_path:
+        check_output_path(config.output_path, config.input_path)
+    engine = build_engine(config)
+    try:
+        return await run_job_file(
+            engine,
+            config.input_path,
+            config.output_path,
+            generation=config.generation,
+            fingerprint=config.fingerprint(),
+            on_progress=on_progress,
+            on_row=on_row,
+            row_ids=row_ids,
+        )
+    finally:
+        engine.close()
+
+
+async def ainfer(
+    engine: InferenceEngine,
+    conversations: Sequence[Conversation] | None = None,
+    config: InferenceConfig | None = None,
+) -> list[Conversation]:
+    """Answer ``conversations`` (or ``config.input_path``); write ``config.output_path`` if set."""
+    call_engine = _engine_for_config(engine, config) if config is not None else engine
+    if call_engine is engine:
+        return await _ainfer(engine, conversations, config)
+    try:
+        return await _ainfer(call_engine, conversations, config)
+    finally:
+        engine.last_report = call_engine.last_report
+        call_engine.close()
+
+
+async def _ainfer(
+    engine: InferenceEngine, conversations: Sequence[Conversation] | None, config: InferenceConfig | None
+) -> list[Conversation]:
+    generation = config.generation if config else engine.generation_params
+    engine._check(generation)
+    output_path = config.output_path if config else None
+    if conversations is None:
+        if config is None or not config.input_path:
+            raise InputError("no input: pass conversations or set input_path in the config.")
+        answered: dict[int, Conversation] = {}
+
+        def keep(row: InputRow, result: Conversation | RowError) -> None:
+            answered[row.index] = as_conversation(row.conversation, result)
+
+        await run_job_file(engine, config.input_path, output_path, generation=generation, on_row=keep)
+        if output_path is not None:
+            return [Conversation.model_validate_json(line) for line in _read_lines(output_path)]
+        return [answered[i] for i in sorted(answered)]
+    rows = rows_from_memory(conversations, durable=output_path is not None)
+    ids = [r.row_id for r in rows]
+    collect: list[Conversation | RowError | None] = [None] * len(rows)
+    files = None
+    if output_path:
+        check_output_path(output_path)
+        files = JobFiles(output_path, engine_fingerprint(engine, generation))
+    report = await run_job(
+        engine, lambda: rows, ids, generation, files=files, on_row=lambda row, r: collect.__setitem__(row.index, r)
+    )
+    engine.last_report = report
+    return [as_conversation(rows[i].conversation, r) for i, r in enumerate(collect)]
+
+
+def infer(
+    engine: InferenceEngine,
+    conversations: Sequence[Conversation] | None = None,
+    config: InferenceConfig | None = None,
+) -> list[Conversation]:
+    """Synchronous :func:`ainfer` (works inside a running event loop too)."""
+    return run_sync(lambda: ainfer(engine, conversations, config))  # type: ignore[no-any-return]
+
+
+def _engine_for_config(engine: InferenceEngine, config: InferenceConfig) -> InferenceEngine:
+    """``engine``, or one of its class built with the config's model and remote settings (as in Oumi,
+    a config passed to ``infer`` overrides them for that call). Remote engines only: a local engine
+    keeps the model it loaded."""
+    if engine.remote_params is None and config.remote_params is None:
+        return engine
+    model_changed = "model" in config.model_fields_set and config.model != engine.model_params
+    remote_changed = config.remote_params is not None and config.remote_params != engine.remote_params
+    if not (model_changed or remote_changed):
+        return engine
+    return type(engine)(
+        config.model if model_changed else engine.model_params,
+        generation_params=config.generation,
+        remote_params=config.remote_params if remote_changed else engine.remote_params,
+        strict=engine.strict or config.strict,
+    )
+
+
+def rows_from_memory(conversations: Iterable[Conversation], *, durable: bool = True) -> list[InputRow]:
+    """Rows with ids; content-derived ids (for resume) only when the job writes an output file."""
+    rows = []
+    seen: dict[str, int] = {}
+    for index, conv in enumerate(conversations):
+        check_encodable(conv, path=f"input[{index}]")
+        if durable:
+            raw = json.dumps(conv.to_json_dict(), sort_keys=True).encode()
+            rid = row_id_for(index, conv.conversation_id, raw)
+        else:
+            rid = conv.conversation_id or f"row-{index}"
+        rid = unique_id(rid, seen)
+        rows.append(InputRow(index=index, line=index + 1, row_id=rid, conversation=conv))
+    return rows
+
+
+def as_conversation(original: Conversation, result: Conversation | RowError | None) -> Conversation:
+    """The answered conversation, or ``original`` with ``metadata["error"]`` describing the failure."""
+    if isinstance(result, Conversation):
+        return result
+    error = result or RowError(kind="internal", message="row was not run")
+    meta = dict(original.metadata)
+    meta["error"] = error.to_json_dict()
+    return original.model_copy(update={"metadata": meta})
+
+
+def _read_lines(path: str) -> Iterable[str]:
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                yield line

@@ -1,0 +1,39 @@
+"""The job fingerprint: a hash of every config field that changes outputs.
+
+Each config section declares the fields that do not (``ConfigModel.not_fingerprinted``: secrets,
+throughput and retry knobs) and dumps the rest with ``fingerprint_data()``. Every finished row in a
+job's partial file carries the fingerprint it was answered under; a rerun under another fingerprint
+(another model, temperature, server, ...) does not count those rows as done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from infermux.configs.engine_type import InferenceEngineType
+    from infermux.configs.generation_params import GenerationParams
+    from infermux.configs.model_params import ModelParams
+    from infermux.configs.remote_params import RemoteParams
+
+__all__ = ["config_fingerprint"]
+
+
+def config_fingerprint(
+    engine: InferenceEngineType | str | None,
+    model: ModelParams,
+    generation: GenerationParams,
+    remote_params: RemoteParams | None = None,
+) -> str:
+    """16 hex digits, stable across runs and versions for the same output-changing settings."""
+    data: dict[str, Any] = {
+        "engine": str(engine),
+        "model": model.fingerprint_data(),
+        "generation": generation.fingerprint_data(),
+    }
+    if remote_params is not None:
+        data["remote_params"] = remote_params.fingerprint_data()
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
