@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import signal
 import sys
@@ -222,12 +223,10 @@ async def _interactive(engine: InferenceEngine, session: ChatSession) -> int:
 async def _answer_on_screen(engine: InferenceEngine, session: ChatSession, text: str) -> None:
     conversation = session.ask(text)
     answer = Answer()
-    spinner = asyncio.ensure_future(_spin(answer))
+    spinner = _Spinner(answer.started)
 
     def write(delta: str) -> None:
-        if not spinner.done():
-            spinner.cancel()
-            _out("\r\x1b[K")
+        spinner.clear()  # before the first character of the answer, once
         _out(delta)
 
     task = asyncio.ensure_future(stream_answer(engine, conversation, session.generation, answer, write))
@@ -238,14 +237,14 @@ async def _answer_on_screen(engine: InferenceEngine, session: ChatSession, text:
         except asyncio.CancelledError:
             answer.stopped = True
         except Exception as exc:
-            spinner.cancel()
-            _out(f"\r\x1b[K{_RED}error: {_describe(exc)}{_RESET}\n")
+            spinner.clear()
+            _out(("\n" if answer.parts else "") + f"{_RED}error: {_describe(exc)}{_RESET}\n")
             session.withdraw()
             return
         finally:
-            spinner.cancel()
+            spinner.clear()
     if answer.stopped:
-        _out(("\n" if answer.parts else "\r\x1b[K") + f"{_DIM}[stopped]{_RESET}\n")
+        _out(("\n" if answer.parts else "") + f"{_DIM}[stopped]{_RESET}\n")
         if answer.text:
             session.answered(answer.text)
         else:
@@ -255,10 +254,33 @@ async def _answer_on_screen(engine: InferenceEngine, session: ChatSession, text:
     _out(f"\n{_DIM}  {format_footer(answer)}{_RESET}\n")
 
 
-async def _spin(answer: Answer) -> None:
-    for i in range(10**9):
-        _out(f"\r{_DIM}{_SPINNER[i % len(_SPINNER)]} {time.perf_counter() - answer.started:.1f}s{_RESET}")
-        await asyncio.sleep(0.1)
+class _Spinner:
+    """The waiting animation, drawn until :meth:`clear` erases it.
+
+    ``clear`` is idempotent and synchronous: the first call stops the animation and erases its line at
+    once, later calls do nothing. (Cancelling the animation's task is not enough to know it is gone: a
+    cancelled task stays "not done" until the event loop runs it again, and a fast server can deliver
+    several pieces of the answer before that — each would have erased the line the previous one wrote.)
+    """
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.active = True
+        self._task = asyncio.ensure_future(self._spin())
+
+    async def _spin(self) -> None:
+        for i in itertools.count():
+            if not self.active:
+                return
+            frame = _SPINNER[i % len(_SPINNER)]
+            _out(f"\r{_DIM}{frame} {time.perf_counter() - self.started:.1f}s{_RESET}")
+            await asyncio.sleep(0.1)
+
+    def clear(self) -> None:
+        if self.active:
+            self.active = False
+            self._task.cancel()
+            _out("\r\x1b[K")
 
 
 @contextlib.contextmanager
