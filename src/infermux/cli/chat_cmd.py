@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from infermux.cli.chat_session import ChatSession, join_continuations
+from infermux.cli.chat_session import ChatSession, chat_preset, join_continuations
 
 if TYPE_CHECKING:
     from infermux.configs.generation_params import GenerationParams
@@ -108,8 +108,12 @@ def format_footer(answer: Answer) -> str:
 # ---------------------------------------------------------------------- entry point
 
 
-def run_chat(cfg: InferenceConfig, *, system_prompt: str | None, images: list[str]) -> None:
-    """Chat with the engine ``cfg`` selects, interactively on a terminal, line by line otherwise."""
+def run_chat(cfg: InferenceConfig, *, system_prompt: str | None, images: list[str], preset: bool = False) -> None:
+    """Chat with the engine ``cfg`` selects, interactively on a terminal, line by line otherwise.
+
+    ``preset``: no config file was given, so generation settings the user did not set come from
+    :data:`~infermux.cli.chat_session.CHAT_PRESET`.
+    """
     from infermux.engines.registry import build_engine
 
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
@@ -121,14 +125,17 @@ def run_chat(cfg: InferenceConfig, *, system_prompt: str | None, images: list[st
     except KeyboardInterrupt:  # Ctrl-C while the model loads
         raise SystemExit(130) from None
     try:
+        supported = engine.get_supported_params()
+        engine_name = str(cfg.resolved_engine())
         session = ChatSession(
             cfg.generation,
             system_prompt=system_prompt,
             images=images,
             accepts_images=engine.capabilities.images,
-            engine_name=str(cfg.resolved_engine()),
+            engine_name=engine_name,
             model_name=cfg.model.model_name,
-            supported_params=engine.get_supported_params(),
+            supported_params=supported,
+            preset=chat_preset(cfg.generation, supported, engine_name) if preset else None,
         )
         for notice in session.notices:
             sys.stderr.write(f"note: {notice}\n")
@@ -199,6 +206,9 @@ def _describe(exc: BaseException) -> str:
 async def _interactive(engine: InferenceEngine, session: ChatSession) -> int:
     prompt = _make_prompt()
     _out(f"infermux chat · {session.model_name} on {session.engine_name} · /help for commands · Ctrl-D to leave\n")
+    if session.preset:
+        settings = " ".join(f"{k}={v}" for k, v in session.preset.items())
+        _out(f"{_DIM}chat preset (no config given): {settings} · /params to change{_RESET}\n")
     while True:
         try:
             line: str = await prompt.prompt_async(PROMPT)
