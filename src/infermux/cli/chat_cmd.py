@@ -9,6 +9,9 @@ Two modes, picked by whether stdin and stdout are terminals:
   each answer;
 * **piped**: every stdin line is a turn (the history is kept), answers are printed as plain text on
   stdout, command output and errors go to stderr, and the chat ends with the input.
+
+Without a config file, generation settings the user did not give come from the chat preset
+(:data:`~infermux.cli.chat_session.CHAT_PRESET`); with one, the config's settings are used as they are.
 """
 
 from __future__ import annotations
