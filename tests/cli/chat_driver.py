@@ -1,7 +1,8 @@
-"""Drive ``infermux chat`` in a pseudo-terminal, as a person would (pexpect)."""
+"""Drive ``infermux chat`` in a pseudo-terminal, as a person would (pexpect), and read its screen (pyte)."""
 
 from __future__ import annotations
 
+import io
 import re
 import sys
 from pathlib import Path
@@ -24,6 +25,8 @@ def plain(text: str) -> str:
 class ChatDriver:
     """A chat process in a pty: ``say`` a line, wait for the ``answer`` footer, run ``command``s."""
 
+    ROWS, COLUMNS = 50, 250
+
     def __init__(self, args: list[str], tmp_path: Path, *, timeout: float = 300) -> None:
         env = cli_env(PROMPT_TOOLKIT_NO_CPR="1", INFERMUX_CHAT_HISTORY=str(tmp_path / "history"), TERM="xterm")
         self.child = pexpect.spawn(
@@ -33,8 +36,10 @@ class ChatDriver:
             cwd=str(ROOT),
             encoding="utf-8",
             timeout=timeout,
-            dimensions=(50, 250),
+            dimensions=(self.ROWS, self.COLUMNS),
         )
+        self.output = io.StringIO()  # everything the chat wrote to the terminal, escape sequences included
+        self.child.logfile_read = self.output
         self.child.expect(PROMPT)
 
     def say(self, text: str) -> None:
@@ -53,6 +58,14 @@ class ChatDriver:
         self.child.expect_exact(reply)
         self.child.expect(PROMPT)
         return reply + plain(str(self.child.before)).split("\n")[0]
+
+    def screen(self) -> list[str]:
+        """The lines a person sees now: the output so far played through a terminal emulator."""
+        import pyte
+
+        screen = pyte.Screen(self.COLUMNS, self.ROWS)
+        pyte.Stream(screen).feed(self.output.getvalue())
+        return [line.rstrip() for line in screen.display]
 
     def exit(self) -> int | None:
         """Leave with Ctrl-D; the exit status."""

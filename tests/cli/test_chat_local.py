@@ -57,7 +57,9 @@ def saved_conversation(chat: ChatDriver, path: Path, count: int) -> Conversation
 
 
 def test_two_turns_carry_history_and_reset_clears_it(engine_name: str, engine: InferenceEngine, tmp_path: Path) -> None:
-    chat = ChatDriver(["--engine", engine_name, "--generation.max_new_tokens", str(MAX_NEW)], tmp_path)
+    # Greedy, as the engine fixture: command-line settings win over the chat preset (no config is given).
+    greedy = ["--generation.temperature", "0", "--generation.frequency_penalty", "0"]
+    chat = ChatDriver(["--engine", engine_name, "--generation.max_new_tokens", str(MAX_NEW), *greedy], tmp_path)
     try:
         chat.say("My favourite colour is green.")
         footer = chat.answer()
@@ -100,6 +102,38 @@ def test_ctrl_c_stops_a_streaming_answer_and_the_session_goes_on(engine_name: st
         conversation = saved_conversation(chat, tmp_path / "chat.jsonl", 4)
         stopped = conversation.messages[1]
         assert stopped.role == Role.ASSISTANT and stopped.text.strip()
+        assert chat.exit() == 0
+    finally:
+        chat.kill()
+
+
+def _repeats(text: str, n: int = 4) -> int:
+    """How many times the most frequent run of ``n`` words occurs in ``text``."""
+    words = text.split()
+    runs = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    return max((runs.count(run) for run in runs), default=0)
+
+
+def test_first_chat_on_the_default_model_answers_without_looping(tmp_path: Path) -> None:
+    """`infermux chat` alone (LLAMACPP, default model, chat preset, a fixed seed) stops on its own;
+    greedy decoding, the SPEC's default, loops on this question until max_new_tokens."""
+    question = "What is the capital of France?"
+    chat = ChatDriver(["--generation.seed", "7"], tmp_path)
+    try:
+        banner = "chat preset (no config given): temperature=0.7 top_p=0.9 frequency_penalty=0.3 · /params to change"
+        assert banner in chat.screen()
+        chat.say(question)
+        footer = chat.answer()
+        answer = saved_conversation(chat, tmp_path / "preset.jsonl", 2).messages[1].text
+        tokens = int(footer.split(" tokens")[0])
+        assert tokens < 256 and _repeats(answer) < 5, (footer, answer)
+
+        chat.command("/params temperature=0 frequency_penalty=0", "set temperature=0")
+        chat.command("/reset", "conversation cleared")
+        chat.say(question)
+        footer = chat.answer()
+        looping = saved_conversation(chat, tmp_path / "greedy.jsonl", 2).messages[1].text
+        assert footer.startswith("256 tokens") and _repeats(looping) >= 5, (footer, looping)
         assert chat.exit() == 0
     finally:
         chat.kill()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from infermux.cli.chat_session import ChatSession, join_continuations, parse_assignments
+from infermux.cli.chat_session import CHAT_PRESET, ChatSession, chat_preset, join_continuations, parse_assignments
 from infermux.configs.generation_params import GenerationParams
 from infermux.jobs.rows import iter_rows, validate_file
 from infermux.types import Role, Type
@@ -140,3 +140,31 @@ def test_piped_lines_become_turns() -> None:
 
     lines = ["a\n", "b \\\n", "c\r\n", "   \n", "last\\\n"]
     assert list(_turns(lines)) == ["a", "b \nc", "last"]
+
+
+def test_chat_preset_fills_what_the_engine_supports_and_the_user_left_unset() -> None:
+    supported = {"max_new_tokens", "temperature", "top_p", "frequency_penalty"}
+    assert CHAT_PRESET == {"temperature": 0.7, "top_p": 0.9, "frequency_penalty": 0.3}
+    assert chat_preset(GenerationParams(), supported, "LLAMACPP") == CHAT_PRESET
+    assert chat_preset(GenerationParams(temperature=0.0), supported, "LLAMACPP") == {
+        "top_p": 0.9,
+        "frequency_penalty": 0.3,
+    }
+    assert chat_preset(GenerationParams(), {"temperature", "top_p"}, "GEMINI") == {"temperature": 0.7, "top_p": 0.9}
+    # Recent Claude models refuse temperature together with top_p.
+    assert chat_preset(GenerationParams(), {"temperature", "top_p", "stop_strings"}, "ANTHROPIC") == {
+        "temperature": 0.7
+    }
+
+
+def test_params_shows_the_preset_and_it_can_be_overridden() -> None:
+    session = make(preset=chat_preset(GenerationParams(max_new_tokens=32), {"temperature", "top_p"}, "LLAMACPP"))
+    shown = session.run("/params").text
+    assert "temperature=0.7  top_p=0.9" in shown and "max_new_tokens=32" in shown
+    assert "chat preset, as no config was given: temperature, top_p" in shown
+    session.run("/params temperature=0")
+    assert session.generation.temperature == 0.0 and session.generation.top_p == 0.9
+    assert "chat preset, as no config was given: top_p;" in session.run("/params").text
+    session.run("/params top_p=1")
+    assert "chat preset" not in session.run("/params").text
+    assert "chat preset" not in make().run("/params").text  # a config was given: no preset

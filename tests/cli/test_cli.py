@@ -85,3 +85,25 @@ def test_help_and_import_do_not_load_heavy_libraries():
     assert res.returncode == 0 and "infer" in res.stdout
     loaded = {line.split("|")[-1].strip().split(".")[0] for line in res.stderr.splitlines() if "|" in line}
     assert not loaded & set(HEAVY)
+
+
+# ---------------------------------------------------------------------------- chat preset (no config)
+def _piped_params(*args: str) -> str:
+    remote = ["--engine", "REMOTE", "--remote_params.api_url", "http://127.0.0.1:9", "--model.model_name", "m"]
+    done = run_cli("chat", *remote, *args, input="/params\n")
+    assert done.returncode == 0, done.stderr
+    return done.stderr
+
+
+def test_chat_without_config_uses_the_chat_preset_and_overrides_win() -> None:
+    shown = _piped_params()
+    assert "temperature=0.7  top_p=0.9" in shown and "frequency_penalty=0.3" in shown and "chat preset" in shown
+    shown = _piped_params("--generation.temperature", "0")
+    assert "temperature=0.0  top_p=0.9" in shown and "frequency_penalty=0.3" in shown
+
+
+def test_chat_with_a_config_keeps_the_spec_defaults(tmp_path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("model:\n  model_name: m\n")
+    shown = _piped_params("-c", str(config))
+    assert "temperature=0.0  top_p=1.0" in shown and "frequency_penalty" not in shown and "chat preset" not in shown

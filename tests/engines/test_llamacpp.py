@@ -309,3 +309,31 @@ def test_default_slot_count_keeps_the_kv_cache_under_budget(engine):
 def test_unknown_model_kwarg_is_a_config_error_with_a_suggestion():
     with pytest.raises(ConfigError, match=r"n_gpu_layer.*Did you mean 'n_gpu_layers'"):
         LlamaCppInferenceEngine(ModelParams(model_name="smollm2-135m-instruct", model_kwargs={"n_gpu_layer": 0}))
+
+
+@pytest.mark.parametrize("name", ["chat_ml", "zephyr"])
+def test_builtin_chat_template_name_renders_prompts(engine, raw, name):
+    """``chat_template: chat_ml`` (a built-in name) renders the prompt; greedy answers match the library's."""
+    from infermux.templates import render_chat_template
+
+    eng = LlamaCppInferenceEngine(
+        ModelParams(
+            model_name="smollm2-135m-instruct", chat_template=name, model_kwargs={"n_ctx": N_CTX, "n_seq_max": 1}
+        ),
+        generation_params=GenerationParams(max_new_tokens=16),
+    )
+    try:
+        c = conv("What is the capital of France?")
+        rendered = render_chat_template(
+            name, [{"role": "user", "content": "What is the capital of France?"}], eos_token="<|im_end|>"
+        )
+        tokens = eng.prompt_tokens(c)
+        assert tokens == raw.tokenize(rendered.encode(), add_bos=False, special=True)
+        assert tokens != engine.prompt_tokens(c)  # the model's own template adds a default system prompt
+        (out,) = eng.infer([c])
+        ref = raw.create_completion(
+            tokens, temperature=0.0, max_tokens=16, top_k=0, min_p=0.0, top_p=1.0, stop=["<|im_end|>"]
+        )
+        assert out.last_message.text.strip() and out.last_message.text == ref["choices"][0]["text"]
+    finally:
+        eng.close()

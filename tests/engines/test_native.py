@@ -345,3 +345,18 @@ def test_quantization_on_cpu_is_a_clear_error() -> None:
 def test_uncached_hub_model_fails_clearly_offline() -> None:
     with pytest.raises(ModelNotFoundError, match="HF_HUB_OFFLINE"):
         NativeTextInferenceEngine(ModelParams(model_name="someone/not-a-cached-model-xyz"))
+
+
+def test_builtin_chat_template_name_becomes_the_tokenizers_template() -> None:
+    """NATIVE renders prompts with the tokenizer load_tokenizer returns; a built-in name sets its template."""
+    from infermux.engines.native.loading import load_tokenizer
+    from infermux.templates import render_chat_template
+
+    tokenizer = load_tokenizer(ModelParams(model_name="smollm2-135m-instruct", chat_template="phi3-instruct"))
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"}]
+    rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert (
+        rendered
+        == render_chat_template("phi3-instruct", messages)
+        == "<|system|>\nBe brief.<|end|>\n<|user|>\nHi!<|end|>\n<|assistant|>\n"
+    )

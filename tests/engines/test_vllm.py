@@ -285,15 +285,22 @@ def test_a_prompt_too_long_fails_its_row_only(engine):
 def test_chat_template_override(engine, tmp_path):
     template = tmp_path / "t.jinja"
     template.write_text("{% for m in messages %}{{ m['content'] }}\n{% endfor %}Answer: ")
-    from infermux.engines.vllm import _chat_template
+    from infermux.templates import resolve_chat_template
 
     eng = copy.copy(engine)  # the same LLM, another chat template (a second LLM would cost a minute)
-    eng._chat_template = _chat_template(str(template))
+    eng._chat_template = resolve_chat_template(str(template))
     assert eng._chat_template.startswith("{% for")
     (out,) = run(eng, ["2+2="], max_new_tokens=8)
     from vllm import SamplingParams
 
     (raw,) = engine.llm.generate(["2+2=\nAnswer: "], SamplingParams(temperature=0.0, max_tokens=8), use_tqdm=False)
+    assert out.last_message.text == raw.outputs[0].text
+    # A built-in template name (what VLLMInferenceEngine.__init__ resolves model.chat_template with).
+    eng._chat_template = resolve_chat_template("default")
+    (out,) = run(eng, ["2+2="], max_new_tokens=8)
+    (raw,) = engine.llm.generate(
+        ["User: 2+2=\nAssistant:"], SamplingParams(temperature=0.0, max_tokens=8), use_tqdm=False
+    )
     assert out.last_message.text == raw.outputs[0].text
 
 

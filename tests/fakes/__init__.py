@@ -8,6 +8,7 @@ from ._server import Exchange, RecordedRequest, tiny_png
 from .anthropic import FakeAnthropic
 from .gemini import FakeGemini
 from .openai_batch import FakeOpenAIBatch
+from .openai_chat import FakeOpenAIChat
 from .sglang import FakeSGLang
 from .vertex import FakeVertex
 
@@ -16,6 +17,7 @@ __all__ = [
     "FakeAnthropic",
     "FakeGemini",
     "FakeOpenAIBatch",
+    "FakeOpenAIChat",
     "FakeSGLang",
     "FakeVertex",
     "RecordedRequest",

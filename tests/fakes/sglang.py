@@ -18,8 +18,8 @@ Written from SGLang's "Sampling Parameters" and "Native APIs" documentation:
   ``{"error": "Unauthorized"}`` otherwise.
 
 The prompt is parsed back from the ChatML template (``<|im_start|>role ... <|im_end|>``)
-the default model uses, so the fake also checks the client applied the chat template with
-a generation prompt.
+the default model uses, or from Llama 3's headers (``<|start_header_id|>role<|end_header_id|>``), so
+the fake also checks the client applied a chat template with a generation prompt.
 """
 
 from __future__ import annotations
@@ -92,6 +92,12 @@ _SAMPLING_FIELDS = {
     "sampling_seed",
 }
 _CHATML_TURN = re.compile(r"<\|im_start\|>(\w+)\n(.*?)<\|im_end\|>\n?", re.S)
+_LLAMA3_TURN = re.compile(r"<\|start_header_id\|>(\w+)<\|end_header_id\|>\n\n(.*?)<\|eot_id\|>", re.S)
+# The generation prompt each known prompt format ends with, and how its turns are marked.
+_FORMATS = (
+    ("<|im_start|>assistant\n", _CHATML_TURN),
+    ("<|start_header_id|>assistant<|end_header_id|>\n\n", _LLAMA3_TURN),
+)
 _LITERAL_CHOICE = re.compile(r"^\^?\(\?:?(.*)\)\$?$|^\^?\((.*)\)\$?$", re.S)
 
 
@@ -205,8 +211,11 @@ class FakeSGLang(FakeServer):
         return self._parse_prompt(prompt, n_images), params
 
     def _parse_prompt(self, prompt: str, n_images: int) -> Exchange:
-        turns = [(role, text) for role, text in _CHATML_TURN.findall(prompt)]
-        if not turns or not prompt.rstrip(" ").endswith("<|im_start|>assistant\n"):
+        turns: list[tuple[str, str]] = []
+        for generation_prompt, turn in _FORMATS:
+            if prompt.rstrip(" ").endswith(generation_prompt):
+                turns = [(role, text) for role, text in turn.findall(prompt)]
+        if not turns:
             raise RequestInvalid("prompt is not a chat-templated conversation ending with a generation prompt")
         system = "\n".join(t for r, t in turns if r == "system") or None
         return Exchange(system=system, turns=[t for t in turns if t[0] != "system"], images=n_images)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.fakes import FakeAnthropic, FakeGemini, FakeOpenAIBatch, FakeSGLang, FakeVertex, tiny_png
+from tests.fakes import FakeAnthropic, FakeGemini, FakeOpenAIBatch, FakeOpenAIChat, FakeSGLang, FakeVertex, tiny_png
 
 
 def post(url: str, body: Any, headers: dict[str, str] | None = None) -> tuple[int, Any]:
@@ -150,3 +150,24 @@ def test_the_anthropic_sdk_reads_the_fakes_answers_streams_and_errors() -> None:
             anthropic.Anthropic(api_key="bad", base_url=fake.url, max_retries=0).messages.create(
                 model="c", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
             )
+
+
+@pytest.mark.parametrize("burst", [True, False])
+def test_the_openai_sdk_reads_the_chat_fakes_answers_and_streams(burst: bool) -> None:
+    openai = pytest.importorskip("openai")
+    with FakeOpenAIChat(burst=burst) as fake:
+        client = openai.OpenAI(api_key="k", base_url=fake.url + "/v1", max_retries=0)
+        messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "hi there"}]
+        whole = client.chat.completions.create(model="m", messages=messages)
+        assert whole.choices[0].message.content == "system=S | turns=1 | images=0 | last=hi there"
+        stream = client.chat.completions.create(
+            model="m", messages=messages, stream=True, stream_options={"include_usage": True}
+        )
+        chunks = list(stream)
+        assert (
+            "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == whole.choices[0].message.content
+        )
+        assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+        assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+        with pytest.raises(openai.BadRequestError, match="stop: at most 4"):
+            client.chat.completions.create(model="m", messages=messages, stop=["a", "b", "c", "d", "e"])

@@ -9,12 +9,16 @@ Two modes, picked by whether stdin and stdout are terminals:
   each answer;
 * **piped**: every stdin line is a turn (the history is kept), answers are printed as plain text on
   stdout, command output and errors go to stderr, and the chat ends with the input.
+
+Without a config file, generation settings the user did not give come from the chat preset
+(:data:`~infermux.cli.chat_session.CHAT_PRESET`); with one, the config's settings are used as they are.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import signal
 import sys
@@ -24,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from infermux.cli.chat_session import ChatSession, join_continuations
+from infermux.cli.chat_session import ChatSession, chat_preset, join_continuations
 
 if TYPE_CHECKING:
     from infermux.configs.generation_params import GenerationParams
@@ -107,8 +111,12 @@ def format_footer(answer: Answer) -> str:
 # ---------------------------------------------------------------------- entry point
 
 
-def run_chat(cfg: InferenceConfig, *, system_prompt: str | None, images: list[str]) -> None:
-    """Chat with the engine ``cfg`` selects, interactively on a terminal, line by line otherwise."""
+def run_chat(cfg: InferenceConfig, *, system_prompt: str | None, images: list[str], preset: bool = False) -> None:
+    """Chat with the engine ``cfg`` selects, interactively on a terminal, line by line otherwise.
+
+    ``preset``: no config file was given, so generation settings the user did not set come from
+    :data:`~infermux.cli.chat_session.CHAT_PRESET`.
+    """
     from infermux.engines.registry import build_engine
 
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
@@ -120,14 +128,17 @@ def run_chat(cfg: InferenceConfig, *, system_prompt: str | None, images: list[st
     except KeyboardInterrupt:  # Ctrl-C while the model loads
         raise SystemExit(130) from None
     try:
+        supported = engine.get_supported_params()
+        engine_name = str(cfg.resolved_engine())
         session = ChatSession(
             cfg.generation,
             system_prompt=system_prompt,
             images=images,
             accepts_images=engine.capabilities.images,
-            engine_name=str(cfg.resolved_engine()),
+            engine_name=engine_name,
             model_name=cfg.model.model_name,
-            supported_params=engine.get_supported_params(),
+            supported_params=supported,
+            preset=chat_preset(cfg.generation, supported, engine_name) if preset else None,
         )
         for notice in session.notices:
             sys.stderr.write(f"note: {notice}\n")
@@ -198,6 +209,9 @@ def _describe(exc: BaseException) -> str:
 async def _interactive(engine: InferenceEngine, session: ChatSession) -> int:
     prompt = _make_prompt()
     _out(f"infermux chat · {session.model_name} on {session.engine_name} · /help for commands · Ctrl-D to leave\n")
+    if session.preset:
+        settings = " ".join(f"{k}={v}" for k, v in session.preset.items())
+        _out(f"{_DIM}chat preset (no config given): {settings} · /params to change{_RESET}\n")
     while True:
         try:
             line: str = await prompt.prompt_async(PROMPT)
@@ -222,12 +236,10 @@ async def _interactive(engine: InferenceEngine, session: ChatSession) -> int:
 async def _answer_on_screen(engine: InferenceEngine, session: ChatSession, text: str) -> None:
     conversation = session.ask(text)
     answer = Answer()
-    spinner = asyncio.ensure_future(_spin(answer))
+    spinner = _Spinner(answer.started)
 
     def write(delta: str) -> None:
-        if not spinner.done():
-            spinner.cancel()
-            _out("\r\x1b[K")
+        spinner.clear()  # before the first character of the answer, once
         _out(delta)
 
     task = asyncio.ensure_future(stream_answer(engine, conversation, session.generation, answer, write))
@@ -238,14 +250,14 @@ async def _answer_on_screen(engine: InferenceEngine, session: ChatSession, text:
         except asyncio.CancelledError:
             answer.stopped = True
         except Exception as exc:
-            spinner.cancel()
-            _out(f"\r\x1b[K{_RED}error: {_describe(exc)}{_RESET}\n")
+            spinner.clear()
+            _out(("\n" if answer.parts else "") + f"{_RED}error: {_describe(exc)}{_RESET}\n")
             session.withdraw()
             return
         finally:
-            spinner.cancel()
+            spinner.clear()
     if answer.stopped:
-        _out(("\n" if answer.parts else "\r\x1b[K") + f"{_DIM}[stopped]{_RESET}\n")
+        _out(("\n" if answer.parts else "") + f"{_DIM}[stopped]{_RESET}\n")
         if answer.text:
             session.answered(answer.text)
         else:
@@ -255,10 +267,33 @@ async def _answer_on_screen(engine: InferenceEngine, session: ChatSession, text:
     _out(f"\n{_DIM}  {format_footer(answer)}{_RESET}\n")
 
 
-async def _spin(answer: Answer) -> None:
-    for i in range(10**9):
-        _out(f"\r{_DIM}{_SPINNER[i % len(_SPINNER)]} {time.perf_counter() - answer.started:.1f}s{_RESET}")
-        await asyncio.sleep(0.1)
+class _Spinner:
+    """The waiting animation, drawn until :meth:`clear` erases it.
+
+    ``clear`` is idempotent and synchronous: the first call stops the animation and erases its line at
+    once, later calls do nothing. (Cancelling the animation's task is not enough to know it is gone: a
+    cancelled task stays "not done" until the event loop runs it again, and a fast server can deliver
+    several pieces of the answer before that — each would have erased the line the previous one wrote.)
+    """
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.active = True
+        self._task = asyncio.ensure_future(self._spin())
+
+    async def _spin(self) -> None:
+        for i in itertools.count():
+            if not self.active:
+                return
+            frame = _SPINNER[i % len(_SPINNER)]
+            _out(f"\r{_DIM}{frame} {time.perf_counter() - self.started:.1f}s{_RESET}")
+            await asyncio.sleep(0.1)
+
+    def clear(self) -> None:
+        if self.active:
+            self.active = False
+            self._task.cancel()
+            _out("\r\x1b[K")
 
 
 @contextlib.contextmanager

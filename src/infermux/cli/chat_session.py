@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from infermux.configs.generation_params import GenerationParams
 from infermux.types import ContentItem, Conversation, Message, Role, Type
 
-__all__ = ["HELP", "ChatSession", "CommandResult", "image_item", "join_continuations"]
+__all__ = ["CHAT_PRESET", "HELP", "ChatSession", "CommandResult", "chat_preset", "image_item", "join_continuations"]
 
 HELP = """\
 Commands:
@@ -36,6 +36,23 @@ End a line with \\ to continue on the next one. Ctrl-C stops an answer. Start wi
 
 # Parameters worth showing by default in /params (others only when changed).
 _SHOWN = ("max_new_tokens", "temperature", "top_p", "seed", "stop_strings")
+
+#: The chat's generation settings when no config is given (``infermux chat`` alone; a config keeps the
+#: SPEC's defaults, greedy included): moderate sampling and a repetition guard. Greedy decoding of a small
+#: model sits on near-ties and can repeat one phrase until ``max_new_tokens`` (the default model did,
+#: for "What is the capital of France?"); with these settings it answered and stopped for every seed tried.
+#: Each applies where the engine supports it and the user did not set it (``--generation.temperature 0``).
+CHAT_PRESET: dict[str, float] = {"temperature": 0.7, "top_p": 0.9, "frequency_penalty": 0.3}
+# Engines whose models take temperature or top_p, not both (recent Claude models refuse the pair).
+_TEMPERATURE_OR_TOP_P = frozenset({"ANTHROPIC", "BEDROCK"})
+
+
+def chat_preset(generation: GenerationParams, supported: set[str], engine_name: str) -> dict[str, float]:
+    """The part of :data:`CHAT_PRESET` that applies: supported by the engine and not set by the user."""
+    preset = {k: v for k, v in CHAT_PRESET.items() if k in supported and k not in generation.model_fields_set}
+    if engine_name.upper() in _TEMPERATURE_OR_TOP_P and "top_p" not in generation.model_fields_set:
+        preset.pop("top_p", None)
+    return preset
 
 
 @dataclass(frozen=True)
@@ -75,8 +92,10 @@ class ChatSession:
         engine_name: str = "the engine",
         model_name: str = "",
         supported_params: set[str] | None = None,
+        preset: dict[str, float] | None = None,
     ) -> None:
-        self.generation = generation
+        self.preset = dict(preset or {})
+        self.generation = generation.model_copy(update=self.preset) if self.preset else generation
         self.system_prompt = system_prompt or None
         self.accepts_images = accepts_images
         self.engine_name = engine_name
@@ -219,7 +238,14 @@ class ChatSession:
     def describe_params(self) -> str:
         g = self.generation
         names = [*_SHOWN, *(n for n in sorted(g.model_fields_set) if n not in _SHOWN)]
-        return "  ".join(f"{n}={getattr(g, n)!r}" for n in names if n in GenerationParams.model_fields)
+        text = "  ".join(f"{n}={getattr(g, n)!r}" for n in names if n in GenerationParams.model_fields)
+        kept = [k for k, v in self.preset.items() if getattr(g, k) == v]
+        if kept:
+            text += (
+                f"\n(chat preset, as no config was given: {', '.join(kept)}; "
+                "change with /params, e.g. /params temperature=0 for greedy answers)"
+            )
+        return text
 
 
 def parse_assignments(text: str) -> dict[str, Any]:

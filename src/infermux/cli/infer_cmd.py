@@ -43,7 +43,7 @@ def run_infer(
                 fail("--image applies to chat; batch rows carry their own images.")
             from infermux.cli.chat_cmd import run_chat
 
-            run_chat(cfg, system_prompt=system_prompt, images=images)
+            run_chat(cfg, system_prompt=system_prompt, images=images, preset=config is None)
             return
         if system_prompt or images:
             fail("--system-prompt and --image apply to chat (-i); batch rows carry their own messages.")

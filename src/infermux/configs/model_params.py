@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 from pydantic import Field, field_validator
 
 from infermux.configs._base import ConfigModel
+from infermux.templates import check_chat_template
 
 __all__ = ["ModelParams"]
 
@@ -53,9 +54,15 @@ class ModelParams(ConfigModel):
     attn_implementation: str | None = None
     """Attention kernel: sdpa, eager, flash_attention_2, ... (null: library default)."""
     chat_template: str | None = None
-    """A Jinja chat template (or a path to one) overriding the tokenizer's."""
+    """Chat template overriding the model's: a built-in name (chat_ml, default, gemma2-it, llama3-instruct,
+    llava, phi3-instruct, qwen2-vl-instruct, zephyr), a Jinja template, or the path of a file holding one."""
     model_kwargs: dict[str, Any] = {}
     """Extra keyword arguments for the engine's model constructor (e.g. vLLM's LLM, llama.cpp's Llama)."""
+
+    @field_validator("chat_template")
+    @classmethod
+    def _known_template(cls, value: str | None) -> str | None:
+        return None if value is None else check_chat_template(value)
 
     @field_validator("torch_dtype_str")
     @classmethod

@@ -33,6 +33,7 @@ from infermux.engines.base import InferenceEngine
 from infermux.engines.capabilities import Capabilities
 from infermux.errors import ConfigError, EngineUnavailableError, ModelNotFoundError, RowError
 from infermux.models.default import DEFAULT_MODEL_ALIAS
+from infermux.templates import resolve_chat_template
 from infermux.types import Conversation
 
 __all__ = ["VLLMInferenceEngine", "llm_kwargs", "lora_rank", "resolve_model"]
@@ -165,15 +166,6 @@ def resolve_model(model_params: ModelParams, engine: object) -> str:
     return model
 
 
-def _chat_template(value: str | None) -> str | None:
-    """A chat template given inline, or read from the file it names."""
-    if value is None:
-        return None
-    if "{" not in value and Path(value).expanduser().is_file():
-        return Path(value).expanduser().read_text(encoding="utf-8")
-    return value
-
-
 class VLLMInferenceEngine(InferenceEngine):
     """Local vLLM (``LLM.chat``); ``model_kwargs`` reach the ``LLM`` constructor."""
 
@@ -219,7 +211,7 @@ class VLLMInferenceEngine(InferenceEngine):
             )
         on_gpu = not current_platform.is_cpu()
         self.llm_kwargs = llm_kwargs(model_params, model, on_gpu=on_gpu)
-        self._chat_template = _chat_template(model_params.chat_template)
+        self._chat_template = resolve_chat_template(model_params.chat_template)
         self._lora: Any = None
         if model_params.adapter_model:
             from vllm.lora.request import LoRARequest

@@ -169,3 +169,23 @@ def test_streaming_turns_cumulative_text_into_deltas(fake: FakeSGLang, tokenizer
     assert fake.requests[-1].json["stream"] is True
     assert len(deltas) > 3 and "".join(deltas) == whole.last_message.text == final.last_message.text
     assert final.metadata["finish_reason"] == "stop" and final.metadata["usage"] == whole.metadata["usage"]
+
+
+@pytest.mark.parametrize("name", ["llama3-instruct", "chat_ml"])
+def test_a_builtin_chat_template_name_renders_the_prompt(fake: FakeSGLang, tokenizer: Any, name: str) -> None:
+    from infermux.templates import render_chat_template
+
+    eng = SGLangInferenceEngine(
+        ModelParams(model_name=DEFAULT_MODEL_ALIAS, chat_template=name),
+        remote_params=RemoteParams(api_url=fake.url, api_key=KEY, max_retries=1, retry_backoff_base=0.01),
+        tokenizer=tokenizer,
+    )
+    conversation = conv((Role.USER, "Hi."), (Role.ASSISTANT, "Hey."), (Role.USER, "2+2?"))
+    [answer] = eng.infer([conversation])
+    messages = [{"role": m.role.value, "content": m.text} for m in conversation.messages]
+    expected = render_chat_template(name, messages, bos_token=tokenizer.bos_token, eos_token=tokenizer.eos_token)
+    assert fake.requests[-1].json["text"] == expected  # the template, never the name, is what is sent
+    assert name not in expected
+    assert answer.last_message.text == "system=- | turns=3 | images=0 | last=2+2?"  # the fake read the turns back
+    # The tokenizer passed in is not changed: an engine without the setting renders with the model's own.
+    assert tokenizer.chat_template and "<|start_header_id|>" not in tokenizer.chat_template

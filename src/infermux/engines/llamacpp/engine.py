@@ -25,7 +25,6 @@ import inspect
 import os
 import threading
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 from infermux.configs.engine_type import InferenceEngineType
@@ -38,6 +37,7 @@ from infermux.engines.llamacpp.decode import DecodeResult, MultiSequenceDecoder,
 from infermux.engines.llamacpp.grammar import grammar_for
 from infermux.engines.llamacpp.model import resolve_gguf
 from infermux.errors import ConfigError, EngineUnavailableError, InputError, RowError
+from infermux.templates import resolve_chat_template
 from infermux.types import Conversation
 
 __all__ = ["LlamaCppInferenceEngine"]
@@ -294,14 +294,11 @@ def _chat_formatter(llama: Any, override: str | None) -> Any:
     """The model's chat template as a formatter, built the way ``Llama`` builds its own."""
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-    template = override
-    if template and "{" not in template and Path(template).expanduser().is_file():
-        template = Path(template).expanduser().read_text(encoding="utf-8")
-    template = template or llama.metadata.get("tokenizer.chat_template")
+    template = resolve_chat_template(override) or llama.metadata.get("tokenizer.chat_template")
     if not template:
         raise ConfigError(
-            "this GGUF has no chat template (tokenizer.chat_template); set model.chat_template to a Jinja "
-            "template or the path of one."
+            "this GGUF has no chat template (tokenizer.chat_template); set model.chat_template to a built-in "
+            "template name (e.g. chat_ml), a Jinja template, or the path of one."
         )
     import llama_cpp
 

@@ -20,6 +20,7 @@ from infermux.configs.model_params import _DTYPES as _DTYPE_SPELLINGS
 from infermux.configs.model_params import ModelParams
 from infermux.errors import ConfigError, EngineUnavailableError, ModelNotFoundError
 from infermux.models import resolve_model_name
+from infermux.templates import resolve_chat_template
 
 __all__ = ["load_model", "load_tokenizer", "torch_dtype"]
 
@@ -93,22 +94,13 @@ def load_tokenizer(params: ModelParams) -> PreTrainedTokenizerBase:
     if params.model_max_length:
         tokenizer.model_max_length = params.model_max_length
     if params.chat_template:
-        tokenizer.chat_template = _read_template(params.chat_template)
+        tokenizer.chat_template = resolve_chat_template(params.chat_template)
     if not getattr(tokenizer, "chat_template", None):
         raise ConfigError(
-            f"The tokenizer of '{source}' has no chat template. Set model.chat_template to a Jinja "
-            "template (or a path to a .jinja file)."
+            f"The tokenizer of '{source}' has no chat template. Set model.chat_template to a built-in "
+            "template name (e.g. chat_ml), a Jinja template, or the path of a .jinja file."
         )
     return tokenizer
-
-
-def _read_template(value: str) -> str:
-    if "{" not in value and len(value) < 4096:
-        path = Path(value).expanduser()
-        if path.is_file():
-            return path.read_text(encoding="utf-8")
-        raise ConfigError(f"model.chat_template: {value} is neither a Jinja template nor an existing file.")
-    return value
 
 
 def _quantization(params: ModelParams) -> Any:

@@ -2,7 +2,7 @@
 
 The native API takes a finished prompt, so the conversation is rendered here with the model's chat
 template (tokenizer from ``model.tokenizer_name`` or ``model.model_name``, local files only;
-``model.chat_template`` overrides the template). Generation settings go to ``sampling_params``
+``model.chat_template``, a built-in name or a template, overrides it). Generation settings go to ``sampling_params``
 (max_new_tokens, temperature, top_p, min_p, penalties, stop, stop_token_ids, skip_special_tokens)
 with guided decoding as SGLang's ``json_schema`` (a JSON string), ``regex``, or a choice compiled to
 a regex. Images travel in ``image_data`` (base64 or URL). ``api_key``, when given, is sent as a Bearer
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Any, ClassVar
 
 from infermux.configs.engine_type import InferenceEngineType
@@ -26,6 +25,7 @@ from infermux.engines.remote.http.sse import SseEvent
 from infermux.engines.remote.http.transport import HttpRequest, default_error_message
 from infermux.engines.remote.media import image_payload
 from infermux.errors import ModelNotFoundError, RemoteError
+from infermux.templates import resolve_chat_template
 from infermux.types import Conversation
 
 __all__ = ["SGLangInferenceEngine", "choice_regex", "sampling_params"]
@@ -77,13 +77,6 @@ def _load_tokenizer(model: ModelParams) -> Any:
             f"SGLANG renders prompts locally and needs the tokenizer of {name!r}, which is not available "
             f"offline ({exc}). Set model.tokenizer_name to a local folder that has the tokenizer files."
         ) from None
-    if model.chat_template:
-        template = Path(model.chat_template).expanduser()
-        tokenizer.chat_template = template.read_text() if template.is_file() else model.chat_template
-    if not getattr(tokenizer, "chat_template", None):
-        raise ModelNotFoundError(
-            f"the tokenizer of {name!r} has no chat template; set model.chat_template to a Jinja template."
-        )
     return tokenizer
 
 
@@ -119,6 +112,14 @@ class SGLangInferenceEngine(RemoteEngine):
     ) -> None:
         super().__init__(model_params, generation_params=generation_params, remote_params=remote_params, strict=strict)
         self.tokenizer = tokenizer if tokenizer is not None else _load_tokenizer(model_params)
+        # model.chat_template (a built-in name, a template or a file) wins over the tokenizer's own.
+        self.chat_template = resolve_chat_template(model_params.chat_template)
+        if self.chat_template is None and not getattr(self.tokenizer, "chat_template", None):
+            name = model_params.tokenizer_name or model_params.model_name
+            raise ModelNotFoundError(
+                f"the tokenizer of {name!r} has no chat template; set model.chat_template to a built-in "
+                "template name (e.g. chat_ml), a Jinja template, or the path of one."
+            )
 
     def endpoint_url(self, api_url: str) -> str:
         url = api_url.rstrip("/")
@@ -144,13 +145,20 @@ class SGLangInferenceEngine(RemoteEngine):
                     parts.append({"type": "text", "text": item.content or ""})
             messages.append({"role": message.role.value, "content": parts})
         try:
-            prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            prompt = self._apply_template(messages)
         except Exception:  # a text-only template cannot render image parts: send their text, images aside
             if not images:
                 raise
             flat = [{"role": m.role.value, "content": m.text} for m in conversation.messages]
-            prompt = self.tokenizer.apply_chat_template(flat, tokenize=False, add_generation_prompt=True)
+            prompt = self._apply_template(flat)
         return str(prompt), images
+
+    def _apply_template(self, messages: list[dict[str, Any]]) -> str:
+        return str(
+            self.tokenizer.apply_chat_template(
+                messages, chat_template=self.chat_template, tokenize=False, add_generation_prompt=True
+            )
+        )
 
     def build_body(self, conversation: Conversation, generation: GenerationParams) -> dict[str, Any]:
         prompt, images = self.render_prompt(conversation)

@@ -1,0 +1,86 @@
+"""Fake of OpenAI's chat completions endpoint, streaming included, as fast as a server can answer.
+
+Written from OpenAI's "Create chat completion" and "The chat completion chunk object" references:
+
+* ``POST /v1/chat/completions`` (also ``/chat/completions``) with a chat body checked by
+  :func:`~tests.fakes._openai_chat.validate_chat_body`; errors come back as
+  ``{"error": {"message", "type", "param", "code"}}``.
+* ``"stream": true``: ``text/event-stream`` of ``chat.completion.chunk`` objects: a first chunk with
+  ``delta.role``, one chunk per word of the answer in ``delta.content``, a chunk with the
+  ``finish_reason``; with ``stream_options.include_usage`` a last chunk with empty ``choices`` and
+  ``usage``; then ``data: [DONE]``.
+
+``burst=True`` (the default) writes the whole stream in one go, as a server that generates faster than
+the network delivers does: the client receives many events in one read. That is the case where a
+client's per-event work (a spinner to clear, a screen to update) must hold up.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any
+
+from aiohttp import web
+
+from ._openai_chat import chat_completion, validate_chat_body
+from ._server import FakeServer, Handler, RequestInvalid, Responder, default_responder
+
+__all__ = ["FakeOpenAIChat"]
+
+
+class FakeOpenAIChat(FakeServer):
+    def __init__(self, responder: Responder = default_responder, *, burst: bool = True) -> None:
+        super().__init__()
+        self.responder = responder
+        self.burst = burst
+
+    def routes(self) -> list[tuple[str, str, Handler]]:
+        return [("POST", "/v1/chat/completions", self._handle), ("POST", "/chat/completions", self._handle)]
+
+    def error_body(self, status: int, message: str) -> Any:
+        kind = "invalid_request_error" if status < 500 else "server_error"
+        return {"error": {"message": message, "type": kind, "param": None, "code": None}}
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        try:
+            body = json.loads(await request.read())
+            exchange = validate_chat_body(body)
+        except ValueError as exc:
+            return web.json_response(self.error_body(400, f"Invalid JSON body: {exc}"), status=400)
+        except RequestInvalid as exc:
+            return web.json_response(self.error_body(exc.status, str(exc)), status=exc.status)
+        reply = chat_completion(body, exchange, self.responder, f"chatcmpl-{len(self.requests)}")
+        if not body.get("stream"):
+            return web.json_response(reply)
+        return await self._stream(request, body, reply)
+
+    async def _stream(self, request: web.Request, body: dict, reply: dict) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        base = {
+            "id": reply["id"],
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": body["model"],
+        }
+        choice = reply["choices"][0]
+
+        def chunk(delta: dict, finish: str | None = None) -> dict:
+            return {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+
+        text = choice["message"]["content"]
+        chunks = [chunk({"role": "assistant", "content": ""})]
+        chunks += [chunk({"content": word}) for word in re.split(r"(?<= )", text) if word]
+        chunks.append(chunk({}, choice["finish_reason"]))
+        if (body.get("stream_options") or {}).get("include_usage"):
+            chunks.append({**base, "choices": [], "usage": reply["usage"]})
+        events = [b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks] + [b"data: [DONE]\n\n"]
+        if self.burst:
+            await response.write(b"".join(events))
+        else:
+            for event in events:
+                await response.write(event)
+        await response.write_eof()
+        return response
