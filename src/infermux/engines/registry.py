@@ -14,7 +14,7 @@ from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
 from infermux.configs.engine_type import InferenceEngineType as E
-from infermux.errors import ConfigError, EngineUnavailableError
+from infermux.errors import ConfigError, EngineUnavailableError, install_hint
 
 if TYPE_CHECKING:
     from infermux.configs.inference_config import InferenceConfig
@@ -102,7 +102,7 @@ def engine_class(name: str | E) -> type[InferenceEngine]:
     spec = _spec(name)
     missing = [m for m in spec.requires if not _module_present(m)]
     if missing:
-        extra = f"pip install 'infermux[{spec.extra}]'" if spec.extra else f"pip install {missing[0]}"
+        extra = install_hint(spec.extra, missing[0])
         raise EngineUnavailableError(
             f"The {spec.name} engine needs {', '.join(missing)}, which is not installed. Install it with: {extra}"
         )

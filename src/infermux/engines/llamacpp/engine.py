@@ -37,8 +37,8 @@ from infermux.engines.capabilities import Capabilities
 from infermux.engines.llamacpp.decode import DecodeResult, MultiSequenceDecoder, SamplingSpec
 from infermux.engines.llamacpp.grammar import grammar_for
 from infermux.engines.llamacpp.model import resolve_gguf
-from infermux.errors import ConfigError, EngineUnavailableError, InputError, RowError
-from infermux.types import Conversation
+from infermux.errors import ConfigError, EngineUnavailableError, ErrorKind, InputError, RowError, install_hint
+from infermux.types import Conversation, FinishReason, Usage
 
 __all__ = ["LlamaCppInferenceEngine"]
 
@@ -86,7 +86,7 @@ class LlamaCppInferenceEngine(InferenceEngine):
             import llama_cpp
         except ImportError as exc:
             raise EngineUnavailableError(
-                f"The LLAMACPP engine needs llama-cpp-python ({exc}). Install it with: pip install 'infermux[llamacpp]'"
+                f"The LLAMACPP engine needs llama-cpp-python ({exc}). Install it with: {install_hint('llamacpp')}"
             ) from exc
         kwargs = dict(model_params.model_kwargs)
         filename = kwargs.pop("filename", None)
@@ -139,7 +139,7 @@ class LlamaCppInferenceEngine(InferenceEngine):
                 continue
             result = next(decoded)
             if isinstance(result, Exception):
-                out.append(RowError(kind="generation_error", message=str(result)))
+                out.append(RowError.from_exception(result))
             else:
                 out.append(self._reply(conv, prompt, result, generation))
         return out
@@ -151,12 +151,8 @@ class LlamaCppInferenceEngine(InferenceEngine):
         if not generation.exclude_prompt_from_response:
             special = not generation.skip_special_tokens
             text = self._llama.detokenize(prompt, special=special).decode("utf-8", errors="ignore") + text
-        usage = {
-            "prompt_tokens": result.prompt_tokens,
-            "completion_tokens": len(result.tokens),
-            "total_tokens": result.prompt_tokens + len(result.tokens),
-        }
-        return conv.with_reply(text, {"usage": usage, "finish_reason": result.finish_reason})
+        usage = Usage.of(result.prompt_tokens, len(result.tokens))
+        return conv.with_reply(text, usage=usage, finish_reason=FinishReason.parse(result.finish_reason))
 
     # ------------------------------------------------------------------ streaming
     async def astream(
@@ -217,7 +213,9 @@ class LlamaCppInferenceEngine(InferenceEngine):
         try:
             rendered = self._template(messages=messages)
         except Exception as exc:  # the template's own raise_exception, or a Jinja error
-            return RowError(kind="chat_template_error", message=f"the chat template rejected this conversation: {exc}")
+            return RowError.from_exception(
+                exc, ErrorKind.INVALID_INPUT, context="the chat template rejected this conversation"
+            )
         encoded = rendered.prompt.encode("utf-8")
         return list(self._llama.tokenize(encoded, add_bos=not rendered.added_special, special=True))
 

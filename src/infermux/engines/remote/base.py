@@ -19,6 +19,7 @@ resume, ordering and output belong to the batch loop.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections.abc import AsyncIterator
@@ -36,7 +37,15 @@ from infermux.engines.remote.http.transport import (
     default_error_message,
     redact,
 )
-from infermux.errors import AuthenticationError, ConfigError, InfermuxError, InputError, RemoteError, RowError
+from infermux.errors import (
+    AuthenticationError,
+    ConfigError,
+    ErrorKind,
+    InfermuxError,
+    InputError,
+    RemoteError,
+    RowError,
+)
 from infermux.types import Conversation
 
 __all__ = ["RemoteEngine", "SecretHeaders"]
@@ -169,7 +178,8 @@ class RemoteEngine(InferenceEngine):
             try:
                 request = self.build_request(conversation, generation)
             except (InfermuxError, ValueError, OSError) as exc:
-                results.append(RowError(kind="invalid_input", message=redact(str(exc), self._secrets)))
+                error = RowError.from_exception(exc, ErrorKind.INVALID_INPUT)
+                results.append(dataclasses.replace(error, message=redact(error.message, self._secrets)))
                 continue
             try:
                 parse = functools.partial(self.parse_reply, conversation)

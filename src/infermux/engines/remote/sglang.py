@@ -26,11 +26,9 @@ from infermux.engines.remote.http.sse import SseEvent
 from infermux.engines.remote.http.transport import HttpRequest, default_error_message
 from infermux.engines.remote.media import image_payload
 from infermux.errors import ModelNotFoundError, RemoteError
-from infermux.types import Conversation
+from infermux.types import Conversation, FinishReason, Usage
 
 __all__ = ["SGLangInferenceEngine", "choice_regex", "sampling_params"]
-
-_FINISH = {"stop": "stop", "length": "length", "abort": "abort"}
 
 
 def choice_regex(choices: list[str]) -> str:
@@ -178,15 +176,7 @@ class SGLangInferenceEngine(RemoteEngine):
         text = data["text"]
         if not isinstance(text, str):
             raise TypeError(f"'text' is {type(text).__name__}, expected a string")
-        meta = data.get("meta_info") or {}
-        finish = meta.get("finish_reason") or {}
-        kind = finish.get("type") if isinstance(finish, dict) else finish
-        prompt, completion = int(meta.get("prompt_tokens") or 0), int(meta.get("completion_tokens") or 0)
-        metadata = {
-            "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
-            "finish_reason": _FINISH.get(str(kind), kind),
-        }
-        return conversation.with_reply(text, metadata)
+        return _answer(conversation, text, data.get("meta_info") or {})
 
 
 class SGLangStream:
@@ -214,8 +204,11 @@ class SGLangStream:
         return delta
 
     def result(self) -> Conversation:
-        finish = self._meta.get("finish_reason") or {}
-        kind = finish.get("type") if isinstance(finish, dict) else finish
-        prompt, completion = int(self._meta.get("prompt_tokens") or 0), int(self._meta.get("completion_tokens") or 0)
-        usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-        return self.conversation.with_reply(self._text, {"finish_reason": kind, "usage": usage})
+        return _answer(self.conversation, self._text, self._meta)
+
+
+def _answer(conversation: Conversation, text: str, meta: dict[str, Any]) -> Conversation:
+    """``conversation`` answered with ``text``; usage and finish reason from SGLang's ``meta_info``."""
+    usage = Usage.of(int(meta.get("prompt_tokens") or 0), int(meta.get("completion_tokens") or 0),
+                     cached_tokens=meta.get("cached_tokens"))  # fmt: skip
+    return conversation.with_reply(text, usage=usage, finish_reason=FinishReason.parse(meta.get("finish_reason")))
