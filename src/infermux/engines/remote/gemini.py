@@ -116,7 +116,10 @@ def blocked_prompt(data: dict[str, Any]) -> dict[str, Any] | None:
     feedback = data.get("promptFeedback") or {}
     if data.get("candidates") or "blockReason" not in feedback:
         return None
-    return {"finish_reason": FinishReason.CONTENT_FILTER, "block_reason": feedback["blockReason"]}
+    blocked = {"finish_reason": FinishReason.CONTENT_FILTER, "block_reason": feedback["blockReason"]}
+    if data.get("usageMetadata"):
+        blocked["usage"] = parse_usage(data["usageMetadata"]).to_json_dict()
+    return blocked
 
 
 def parse_candidate(data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
