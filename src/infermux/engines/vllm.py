@@ -192,15 +192,8 @@ class VLLMInferenceEngine(InferenceEngine):
         ),
     )
 
-    def __init__(
-        self,
-        model_params: ModelParams,
-        *,
-        generation_params: GenerationParams | None = None,
-        remote_params: Any = None,
-        strict: bool = False,
-    ) -> None:
-        super().__init__(model_params, generation_params=generation_params, remote_params=remote_params, strict=strict)
+    def setup(self) -> None:
+        super().setup()
         try:
             import vllm
             from vllm.platforms import current_platform
@@ -212,6 +205,7 @@ class VLLMInferenceEngine(InferenceEngine):
         from infermux.models.default import resolve_model_name
 
         self._vllm = vllm
+        model_params = self.model_params  # the tokenizer name is resolved for vLLM only, not in the engine
         model = resolve_model(model_params, self.engine_type)
         if model_params.tokenizer_name:
             model_params = model_params.model_copy(

@@ -30,8 +30,6 @@ from typing import Any
 
 from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams
-from infermux.configs.model_params import ModelParams
-from infermux.configs.remote_params import RemoteParams
 from infermux.engines.base import InferenceEngine, StreamEvent
 from infermux.engines.capabilities import Capabilities
 from infermux.engines.llamacpp.decode import DecodeResult, MultiSequenceDecoder, SamplingSpec
@@ -69,15 +67,8 @@ class LlamaCppInferenceEngine(InferenceEngine):
         ),
     )
 
-    def __init__(
-        self,
-        model_params: ModelParams,
-        *,
-        generation_params: GenerationParams | None = None,
-        remote_params: RemoteParams | None = None,
-        strict: bool = False,
-    ) -> None:
-        super().__init__(model_params, generation_params=generation_params, remote_params=remote_params, strict=strict)
+    def setup(self) -> None:
+        super().setup()
         # llama.cpp's OpenMP threads busy-wait between graph computations by default; on a machine whose
         # cores are shared that turns every decode into a scheduling fight (measured: a 36-token prompt
         # took 7.7 s instead of 0.45 s at load 4 on 2 cores). Passive waiting costs one wake-up per token.
@@ -88,18 +79,18 @@ class LlamaCppInferenceEngine(InferenceEngine):
             raise EngineUnavailableError(
                 f"The LLAMACPP engine needs llama-cpp-python ({exc}). Install it with: {install_hint('llamacpp')}"
             ) from exc
-        kwargs = dict(model_params.model_kwargs)
+        kwargs = dict(self.model_params.model_kwargs)
         filename = kwargs.pop("filename", None)
         slots = kwargs.pop("n_seq_max", None)
         _check_llama_kwargs(llama_cpp.Llama, kwargs)
-        self.model_path = resolve_gguf(model_params.model_name, filename, model_params.model_revision)
-        kwargs.setdefault("n_ctx", model_params.model_max_length or DEFAULT_N_CTX)
+        self.model_path = resolve_gguf(self.model_params.model_name, filename, self.model_params.model_revision)
+        kwargs.setdefault("n_ctx", self.model_params.model_max_length or DEFAULT_N_CTX)
         kwargs.setdefault("verbose", False)
         try:
             self._llama = llama_cpp.Llama(model_path=str(self.model_path), **kwargs)
         except ValueError as exc:
             raise ConfigError(f"llama.cpp could not load {self.model_path}: {exc}") from exc
-        self._template = _chat_formatter(self._llama, model_params.chat_template)
+        self._template = _chat_formatter(self._llama, self.model_params.chat_template)
         n_ctx_seq = int(self._llama.n_ctx())
         if slots is None:
             batch = self.generation_params.batch_size

@@ -25,7 +25,6 @@ from typing import Any, ClassVar
 from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams
 from infermux.configs.model_params import ModelParams
-from infermux.configs.remote_params import RemoteParams
 from infermux.engines.base import InferenceEngine, StreamEvent
 from infermux.engines.capabilities import Capabilities
 from infermux.engines.native.model import LoadedModel
@@ -56,15 +55,8 @@ class NativeTextInferenceEngine(InferenceEngine):
         notes=("text-only models; guided decoding through xgrammar",),
     )
 
-    def __init__(
-        self,
-        model_params: ModelParams,
-        *,
-        generation_params: GenerationParams | None = None,
-        remote_params: RemoteParams | None = None,
-        strict: bool = False,
-    ) -> None:
-        super().__init__(model_params, generation_params=generation_params, remote_params=remote_params, strict=strict)
+    def setup(self) -> None:
+        super().setup()
         try:
             import torch
 
@@ -74,10 +66,10 @@ class NativeTextInferenceEngine(InferenceEngine):
                 f"The NATIVE engine needs torch and transformers ({exc}). Install them with: " + install_hint("native")
             ) from exc
         self._torch = torch
-        self.tokenizer: Any = native_loading.load_tokenizer(model_params)
-        self.model: Any = native_loading.load_model(model_params)
+        self.tokenizer: Any = native_loading.load_tokenizer(self.model_params)
+        self.model: Any = native_loading.load_model(self.model_params)
         self._device = next(self.model.parameters()).device
-        self._max_length = _prompt_limit(model_params, self.tokenizer)
+        self._max_length = _prompt_limit(self.model_params, self.tokenizer)
         self._lock = threading.Lock()  # one generation at a time on the model
         from infermux.engines.native.decode import supports_fast_decode
 

@@ -21,7 +21,6 @@ from typing import Any
 
 from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams
-from infermux.configs.model_params import ModelParams
 from infermux.configs.remote_params import RemoteParams
 from infermux.engines.capabilities import Capabilities
 from infermux.engines.remote.base import RemoteEngine
@@ -112,16 +111,9 @@ class AnthropicInferenceEngine(RemoteEngine):
     requires_api_key = False
     api_key_requirement = "required for Anthropic's API; optional for another server set in api_url"
 
-    def __init__(
-        self,
-        model_params: ModelParams,
-        *,
-        generation_params: GenerationParams | None = None,
-        remote_params: RemoteParams | None = None,
-        strict: bool = False,
-    ) -> None:
-        super().__init__(model_params, generation_params=generation_params, remote_params=remote_params, strict=strict)
-        params = remote_params or RemoteParams()
+    def setup(self) -> None:
+        super().setup()
+        params = self.remote_params or RemoteParams()
         if not self._secrets and not params.api_url:
             raise AuthenticationError(self._missing_key_message(params), kind="authentication")
         if self.generation_params.temperature > 1.0:

@@ -26,7 +26,6 @@ from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
 from infermux.configs.generation_params import GenerationParams
-from infermux.configs.model_params import ModelParams
 from infermux.configs.remote_params import RemoteParams
 from infermux.engines.base import InferenceEngine, StreamEvent
 from infermux.engines.remote.http.sse import StreamDecoder
@@ -79,16 +78,9 @@ class RemoteEngine(InferenceEngine):
     #: Human name of the provider, for messages.
     provider: ClassVar[str] = "the server"
 
-    def __init__(
-        self,
-        model_params: ModelParams,
-        *,
-        generation_params: GenerationParams | None = None,
-        remote_params: RemoteParams | None = None,
-        strict: bool = False,
-    ) -> None:
-        super().__init__(model_params, generation_params=generation_params, remote_params=remote_params, strict=strict)
-        params = remote_params or RemoteParams()
+    def setup(self) -> None:
+        super().setup()
+        params = self.remote_params or RemoteParams()
         overrides: dict[str, Any] = {}
         if "num_workers" not in params.model_fields_set:
             overrides["num_workers"] = self.default_num_workers

@@ -21,7 +21,6 @@ from typing import Any, ClassVar
 
 from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams
-from infermux.configs.model_params import ModelParams
 from infermux.configs.remote_params import RemoteParams
 from infermux.engines.base import InferenceEngine
 from infermux.engines.capabilities import Capabilities
@@ -139,22 +138,15 @@ class BedrockInferenceEngine(InferenceEngine):
         "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_PROFILE": "credentials (or `aws configure`, or an IAM role)",
     }
 
-    def __init__(
-        self,
-        model_params: ModelParams,
-        *,
-        generation_params: GenerationParams | None = None,
-        remote_params: RemoteParams | None = None,
-        strict: bool = False,
-    ) -> None:
-        super().__init__(model_params, generation_params=generation_params, remote_params=remote_params, strict=strict)
+    def setup(self) -> None:
+        super().setup()
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
         if not region:
             raise ConfigError(
                 "BEDROCK needs the AWS region: set the AWS_REGION environment variable "
                 "(e.g. export AWS_REGION=us-east-1)."
             )
-        params = remote_params or RemoteParams()
+        params = self.remote_params or RemoteParams()
         self.num_workers = params.num_workers if "num_workers" in params.model_fields_set else 4
         import boto3
         from botocore.config import Config

@@ -19,7 +19,6 @@ from typing import Any, ClassVar
 from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams
 from infermux.configs.model_params import ModelParams
-from infermux.configs.remote_params import RemoteParams
 from infermux.engines.capabilities import Capabilities
 from infermux.engines.remote.base import RemoteEngine
 from infermux.engines.remote.http.sse import SseEvent
@@ -106,17 +105,14 @@ class SGLangInferenceEngine(RemoteEngine):
     default_num_workers = 16
     provider = "the SGLang server"
 
-    def __init__(
-        self,
-        model_params: ModelParams,
-        *,
-        generation_params: GenerationParams | None = None,
-        remote_params: RemoteParams | None = None,
-        strict: bool = False,
-        tokenizer: Any = None,
-    ) -> None:
-        super().__init__(model_params, generation_params=generation_params, remote_params=remote_params, strict=strict)
-        self.tokenizer = tokenizer if tokenizer is not None else _load_tokenizer(model_params)
+    def __init__(self, *args: Any, tokenizer: Any = None, **kwargs: Any) -> None:
+        self.tokenizer = tokenizer  # tests hand in a tokenizer; otherwise loaded in setup()
+        super().__init__(*args, **kwargs)
+
+    def setup(self) -> None:
+        super().setup()
+        if self.tokenizer is None:
+            self.tokenizer = _load_tokenizer(self.model_params)
 
     def endpoint_url(self, api_url: str) -> str:
         url = api_url.rstrip("/")
