@@ -25,6 +25,7 @@ exception raised while running a row becomes such a record; its ``kind`` is an :
     http_error           any other non-2xx reply (``status`` says which)
     malformed_response   the reply could not be parsed
     generation_failed    a local engine failed while generating
+    output_error         the answer could not be written to the job's output
     batch_failed / batch_expired / batch_cancelled / batch_error   a provider Batch API shard or row failed
     internal             an infermux bug (a row was never run)
 
@@ -65,6 +66,7 @@ class ErrorKind(str, enum.Enum):
     HTTP_ERROR = "http_error"
     MALFORMED_RESPONSE = "malformed_response"
     GENERATION_FAILED = "generation_failed"
+    OUTPUT_ERROR = "output_error"
     BATCH_FAILED = "batch_failed"
     BATCH_EXPIRED = "batch_expired"
     BATCH_CANCELLED = "batch_cancelled"

@@ -59,7 +59,7 @@ class Provider:
     @property
     def capabilities(self) -> Capabilities:
         return Capabilities(generation_params=self.params, guided_decoding=self.guided, images=self.images,
-                            streaming=True, notes=self.notes)  # fmt: skip
+                            streaming=True, notes=self.notes, batch_api=self.batch_api)  # fmt: skip
 
 
 PROVIDERS: dict[E, Provider] = {
