@@ -76,3 +76,54 @@ def test_content_item_is_hashable_and_frozen():
     item = ContentItem(type=Type.TEXT, content="a")
     with pytest.raises(ValidationError):
         item.content = "b"  # type: ignore[misc]
+
+
+# ---------------------------------------------------------------------- typed answers: Usage, FinishReason
+
+from infermux.types import FinishReason, Usage  # noqa: E402
+
+
+def test_usage_computes_the_total_and_writes_only_known_counts():
+    assert Usage.of(3, 4).to_json_dict() == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+    assert Usage.of(3, 4, 9).total_tokens == 9  # a provider's own total wins
+    assert Usage(prompt_tokens=3).to_json_dict() == {"prompt_tokens": 3}
+    full = Usage.from_openai({
+        "prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15,
+        "prompt_tokens_details": {"cached_tokens": 8}, "completion_tokens_details": {"reasoning_tokens": 2},
+    })  # fmt: skip
+    assert full is not None
+    assert full.to_json_dict() == {
+        "prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15, "cached_tokens": 8, "reasoning_tokens": 2
+    }  # fmt: skip
+    assert list(full.to_json_dict())[:3] == ["prompt_tokens", "completion_tokens", "total_tokens"]
+    assert Usage.from_openai(None) is None
+
+
+@pytest.mark.parametrize(
+    ("spelling", "reason"),
+    [
+        ("stop", "stop"), ("STOP", "stop"), ("Length", "length"), ({"type": "stop"}, "stop"),
+        ({"type": "length", "length": 5}, "length"), ("end_turn", "stop"), ("stop_sequence", "stop"),
+        ("max_tokens", "length"), ("tool_use", "tool_calls"), ("refusal", "content_filter"),
+        ("MAX_TOKENS", "length"), ("SAFETY", "content_filter"), ("RECITATION", "content_filter"),
+        ("BLOCKLIST", "content_filter"), ("PROHIBITED_CONTENT", "content_filter"), ("SPII", "content_filter"),
+        ("guardrail_intervened", "content_filter"), ("content_filtered", "content_filter"),
+        ("tool_calls", "tool_calls"), ("function_call", "tool_calls"), ("content_filter", "content_filter"),
+        ("abort", "error"), ("OTHER", "unknown"), ("something new", "unknown"),
+    ],
+)  # fmt: skip
+def test_finish_reason_normalises_every_providers_spelling(spelling, reason):
+    parsed = FinishReason.parse(spelling)
+    assert parsed is FinishReason(reason) and parsed == reason and json.dumps(parsed) == f'"{reason}"'
+
+
+def test_no_finish_reason_stays_none_and_with_reply_writes_plain_json():
+    assert FinishReason.parse(None) is None and FinishReason.parse("") is None
+    conv = Conversation.model_validate({"messages": [{"role": "user", "content": "Hi"}]})
+    answered = conv.with_reply("Hello", {"model": "m"}, usage=Usage.of(1, 2), finish_reason="MAX_TOKENS")
+    assert answered.metadata == {
+        "model": "m", "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}, "finish_reason": "length"
+    }  # fmt: skip
+    assert type(answered.metadata["finish_reason"]) is str
+    # A raw spelling in metadata goes through the same normaliser.
+    assert conv.with_reply("x", {"finish_reason": "end_turn"}).metadata["finish_reason"] == "stop"

@@ -11,7 +11,24 @@ from infermux.errors import ConfigError, EngineUnavailableError
 
 def test_every_engine_type_has_a_registry_entry():
     assert set(ENGINES) == {t.value for t in InferenceEngineType}
-    assert len(ENGINES) == 16
+    assert len(ENGINES) == 20  # 16 + FIREWORKS, OPENROUTER, CEREBRAS, HUGGING_FACE_ROUTER (issue 11)
+
+
+def test_gemini_is_oumis_name_for_google_gemini():
+    from infermux.configs import InferenceConfig, ModelParams
+
+    assert InferenceEngineType("GEMINI") is InferenceEngineType.GOOGLE_GEMINI
+    assert InferenceEngineType("gemini") is InferenceEngineType.GOOGLE_GEMINI
+    config = InferenceConfig(model=ModelParams(model_name="gemini-2.0-flash"), engine="Gemini")
+    assert config.engine is InferenceEngineType.GOOGLE_GEMINI
+    assert engine_class("GEMINI") is engine_class("GOOGLE_GEMINI")
+    assert "GEMINI" not in ENGINES  # an alias, not a second engine (docs and `infermux engines` list it once)
+
+
+@pytest.mark.parametrize("name", sorted(ENGINES))
+def test_the_class_and_the_registry_agree_on_the_name(name):
+    if is_available(name):
+        assert str(engine_class(name).engine_type) == name
 
 
 @pytest.mark.parametrize("name", sorted(ENGINES))

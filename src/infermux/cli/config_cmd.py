@@ -5,6 +5,7 @@ from __future__ import annotations
 import yaml
 
 from infermux.cli.common import load_cli_config, setup_logging, user_errors
+from infermux.errors import install_hint
 
 
 def run_config_check(config: str | None, overrides: list[str], log_level: str, *, engine: str | None = None) -> None:
@@ -25,7 +26,7 @@ def run_config_check(config: str | None, overrides: list[str], log_level: str, *
         available = is_available(engine_name)
         print(f"# engine: {engine_name} ({spec.class_name}){'' if available else ' — not installed'}")
         if not available:
-            print(f"#   install with: pip install 'infermux[{spec.extra}]'")
+            print(f"#   install with: {install_hint(spec.extra)}")
         else:
             cls = engine_class(engine_name)
             problems = check_params(cls.__name__, cls.capabilities, cfg.generation, cfg.model, strict=cfg.strict)

@@ -6,6 +6,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from infermux.errors import install_hint
+
 
 def run_engines() -> None:
     from infermux.engines.registry import engine_class, engine_specs, is_available
@@ -17,7 +19,7 @@ def run_engines() -> None:
         table.add_column(col, overflow="fold")
     for name, spec in engine_specs().items():
         installed = is_available(name)
-        row = [name, spec.class_name, "yes" if installed else escape(f"no: pip install 'infermux[{spec.extra}]'")]
+        row = [name, spec.class_name, "yes" if installed else escape(f"no: {install_hint(spec.extra)}")]
         try:
             caps = engine_class(name).capabilities if installed else None
         except Exception as exc:  # an engine module that fails to import is reported, not fatal

@@ -26,6 +26,17 @@ class InferenceEngineType(str, enum.Enum):
     SAMBANOVA = "SAMBANOVA"
     LAMBDA = "LAMBDA"
     BEDROCK = "BEDROCK"
+    FIREWORKS = "FIREWORKS"
+    OPENROUTER = "OPENROUTER"
+    CEREBRAS = "CEREBRAS"
+    HUGGING_FACE_ROUTER = "HUGGING_FACE_ROUTER"
+    #: Oumi's spelling of GOOGLE_GEMINI: an alias, the same member (``engine: GEMINI`` is accepted).
+    GEMINI = "GOOGLE_GEMINI"
 
     def __str__(self) -> str:
         return self.value
+
+    @classmethod
+    def _missing_(cls, value: object) -> InferenceEngineType | None:
+        # By name as well as by value, case-insensitive: "gemini" and "GEMINI" are GOOGLE_GEMINI.
+        return cls.__members__.get(str(value).strip().upper())

@@ -90,6 +90,13 @@ class InferenceEngine:
         self.last_report: BatchReport | None = None
         self._checked: set[str] = set()
         self._check(self.generation_params)
+        self.setup()
+
+    def setup(self) -> None:
+        """Engine-specific start-up once the configs are stored (load the model, read credentials, ...).
+
+        Engines override this (calling ``super().setup()``) instead of repeating the constructor.
+        """
 
     # ------------------------------------------------------------------ the seam
     async def _infer_chunk(

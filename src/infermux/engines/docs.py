@@ -17,6 +17,7 @@ from typing import Any
 
 from infermux.engines.capabilities import ALWAYS_SUPPORTED
 from infermux.engines.registry import ENGINES, EngineSpec
+from infermux.errors import install_hint
 
 __all__ = ["render_engines_markdown"]
 
@@ -60,9 +61,9 @@ def _section(name: str, spec: EngineSpec, root: Path) -> list[str]:
     lines.append(f"- Class: `{spec.target}` ({'remote' if spec.remote else 'local'})")
     if spec.extra:
         needs = ", ".join(f"`{m}`" for m in spec.requires) or "its dependencies"
-        lines.append(f"- Needs: {needs}: `pip install 'infermux[{spec.extra}]'`")
+        lines.append(f"- Needs: {needs}: `{install_hint(spec.extra)}`")
     else:
-        lines.append("- Needs: nothing beyond `pip install infermux`")
+        lines.append(f"- Needs: nothing beyond `{install_hint()}`")
     if spec.remote:
         if hasattr(cls, "default_api_url"):
             url = cls.default_api_url

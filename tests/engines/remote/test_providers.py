@@ -29,6 +29,10 @@ PUBLISHED = {
     "DEEPSEEK": ("https://api.deepseek.com/v1", "DEEPSEEK_API_KEY", set()),
     "SAMBANOVA": ("https://api.sambanova.ai/v1", "SAMBANOVA_API_KEY", set()),
     "PARASAIL": ("https://api.parasail.io/v1", "PARASAIL_API_KEY", set()),
+    "FIREWORKS": ("https://api.fireworks.ai/inference/v1", "FIREWORKS_API_KEY", {"min_p"}),
+    "OPENROUTER": ("https://openrouter.ai/api/v1", "OPENROUTER_API_KEY", {"min_p"}),
+    "CEREBRAS": ("https://api.cerebras.ai/v1", "CEREBRAS_API_KEY", set()),
+    "HUGGING_FACE_ROUTER": ("https://router.huggingface.co/v1", "HF_TOKEN", set()),
     "REMOTE": (None, None, {"min_p", "stop_token_ids"}),
     "REMOTE_VLLM": (None, None, {"min_p", "stop_token_ids", "structured_outputs"}),
 }
@@ -92,6 +96,29 @@ def test_a_missing_key_names_the_variable(name: str, monkeypatch: pytest.MonkeyP
         engine_class(name)(ModelParams(model_name="m"))
     monkeypatch.setenv(env, "from-env")
     assert engine_class(name)(ModelParams(model_name="m")).headers["Authorization"] == "Bearer from-env"
+
+
+def test_every_provider_row_is_an_engine_checked_here() -> None:
+    """A new row in the providers table needs its published URL and key here (and is then tested above)."""
+    import infermux.inference
+    from infermux.engines.remote.openai.providers import PROVIDERS
+
+    assert {engine.value for engine in PROVIDERS} <= set(PUBLISHED)
+    for engine, row in PROVIDERS.items():
+        cls = getattr(infermux.inference, row.class_name)
+        assert cls is engine_class(engine.value) and issubclass(cls, RemoteInferenceEngine)
+        assert cls.engine_type == engine and cls.provider == row.label and cls.__name__ == row.class_name
+        assert cls.capabilities.streaming and (cls.__doc__ or "").startswith(row.summary.split(" (")[0])
+
+
+def test_min_p_goes_out_where_the_provider_documents_it(capture: str) -> None:
+    for name in ("FIREWORKS", "OPENROUTER"):
+        assert json.loads(_run(name, capture, min_p=0.05)["body"])["min_p"] == 0.05
+
+
+def test_hugging_face_router_passes_the_provider_suffix_through(capture: str) -> None:
+    request = _run("HUGGING_FACE_ROUTER", capture, model="meta-llama/Llama-3.1-8B-Instruct:fastest")
+    assert json.loads(request["body"])["model"] == "meta-llama/Llama-3.1-8B-Instruct:fastest"
 
 
 def test_num_workers_defaults_per_provider_unless_set() -> None:

@@ -65,7 +65,7 @@ def test_chat_completion_stream_collects_text_usage_and_reasoning() -> None:
     assert answered.metadata == {
         "finish_reason": "stop",
         "model": "m",
-        "usage": {"prompt_tokens": 3, "completion_tokens": 2},
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},  # total computed (Usage)
         "reasoning_content": "think",
     }
 

@@ -29,16 +29,14 @@ from typing import Any
 
 from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams
-from infermux.configs.model_params import ModelParams
-from infermux.configs.remote_params import RemoteParams
 from infermux.engines.base import InferenceEngine, StreamEvent
 from infermux.engines.capabilities import Capabilities
 from infermux.engines.llamacpp.decode import DecodeResult, MultiSequenceDecoder, SamplingSpec
 from infermux.engines.llamacpp.grammar import grammar_for
 from infermux.engines.llamacpp.model import resolve_gguf
-from infermux.errors import ConfigError, EngineUnavailableError, InputError, RowError
+from infermux.errors import ConfigError, EngineUnavailableError, ErrorKind, InputError, RowError, install_hint
 from infermux.templates import resolve_chat_template
-from infermux.types import Conversation
+from infermux.types import Conversation, FinishReason, Usage
 
 __all__ = ["LlamaCppInferenceEngine"]
 
@@ -69,15 +67,8 @@ class LlamaCppInferenceEngine(InferenceEngine):
         ),
     )
 
-    def __init__(
-        self,
-        model_params: ModelParams,
-        *,
-        generation_params: GenerationParams | None = None,
-        remote_params: RemoteParams | None = None,
-        strict: bool = False,
-    ) -> None:
-        super().__init__(model_params, generation_params=generation_params, remote_params=remote_params, strict=strict)
+    def setup(self) -> None:
+        super().setup()
         # llama.cpp's OpenMP threads busy-wait between graph computations by default; on a machine whose
         # cores are shared that turns every decode into a scheduling fight (measured: a 36-token prompt
         # took 7.7 s instead of 0.45 s at load 4 on 2 cores). Passive waiting costs one wake-up per token.
@@ -86,20 +77,20 @@ class LlamaCppInferenceEngine(InferenceEngine):
             import llama_cpp
         except ImportError as exc:
             raise EngineUnavailableError(
-                f"The LLAMACPP engine needs llama-cpp-python ({exc}). Install it with: pip install 'infermux[llamacpp]'"
+                f"The LLAMACPP engine needs llama-cpp-python ({exc}). Install it with: {install_hint('llamacpp')}"
             ) from exc
-        kwargs = dict(model_params.model_kwargs)
+        kwargs = dict(self.model_params.model_kwargs)
         filename = kwargs.pop("filename", None)
         slots = kwargs.pop("n_seq_max", None)
         _check_llama_kwargs(llama_cpp.Llama, kwargs)
-        self.model_path = resolve_gguf(model_params.model_name, filename, model_params.model_revision)
-        kwargs.setdefault("n_ctx", model_params.model_max_length or DEFAULT_N_CTX)
+        self.model_path = resolve_gguf(self.model_params.model_name, filename, self.model_params.model_revision)
+        kwargs.setdefault("n_ctx", self.model_params.model_max_length or DEFAULT_N_CTX)
         kwargs.setdefault("verbose", False)
         try:
             self._llama = llama_cpp.Llama(model_path=str(self.model_path), **kwargs)
         except ValueError as exc:
             raise ConfigError(f"llama.cpp could not load {self.model_path}: {exc}") from exc
-        self._template = _chat_formatter(self._llama, model_params.chat_template)
+        self._template = _chat_formatter(self._llama, self.model_params.chat_template)
         n_ctx_seq = int(self._llama.n_ctx())
         if slots is None:
             batch = self.generation_params.batch_size
@@ -139,7 +130,7 @@ class LlamaCppInferenceEngine(InferenceEngine):
                 continue
             result = next(decoded)
             if isinstance(result, Exception):
-                out.append(RowError(kind="generation_error", message=str(result)))
+                out.append(RowError.from_exception(result))
             else:
                 out.append(self._reply(conv, prompt, result, generation))
         return out
@@ -151,12 +142,8 @@ class LlamaCppInferenceEngine(InferenceEngine):
         if not generation.exclude_prompt_from_response:
             special = not generation.skip_special_tokens
             text = self._llama.detokenize(prompt, special=special).decode("utf-8", errors="ignore") + text
-        usage = {
-            "prompt_tokens": result.prompt_tokens,
-            "completion_tokens": len(result.tokens),
-            "total_tokens": result.prompt_tokens + len(result.tokens),
-        }
-        return conv.with_reply(text, {"usage": usage, "finish_reason": result.finish_reason})
+        usage = Usage.of(result.prompt_tokens, len(result.tokens))
+        return conv.with_reply(text, usage=usage, finish_reason=FinishReason.parse(result.finish_reason))
 
     # ------------------------------------------------------------------ streaming
     async def astream(
@@ -217,7 +204,9 @@ class LlamaCppInferenceEngine(InferenceEngine):
         try:
             rendered = self._template(messages=messages)
         except Exception as exc:  # the template's own raise_exception, or a Jinja error
-            return RowError(kind="chat_template_error", message=f"the chat template rejected this conversation: {exc}")
+            return RowError.from_exception(
+                exc, ErrorKind.INVALID_INPUT, context="the chat template rejected this conversation"
+            )
         encoded = rendered.prompt.encode("utf-8")
         return list(self._llama.tokenize(encoded, add_bos=not rendered.added_special, special=True))
 

@@ -1,11 +1,11 @@
 """NATIVE: local inference with Hugging Face transformers (torch), on CPU or GPU.
 
-- The model and tokenizer load once, at construction (:mod:`native_loading`): a local folder, a hub id
+- The model and tokenizer load once, at construction (:mod:`.loading`): a local folder, a hub id
   found in the local cache, a ``.gguf`` file, or the embedded default ``smollm2-135m-instruct``.
 - Each chunk of conversations is rendered with the chat template, tokenized, sorted by length and cut
   into batches of ``generation.batch_size`` rows (so rows of similar length share a batch and little
   compute goes to padding), left-padded with an attention mask, and generated with the KV cache.
-- Greedy and sampled decoding run in the engine's own loop (:mod:`native_decode`), which drops finished
+- Greedy and sampled decoding run in the engine's own loop (:mod:`.decode`), which drops finished
   rows from the batch; beam search and guided decoding (xgrammar) run through ``model.generate``.
 - Sampling happens whenever ``temperature > 0`` (or ``use_sampling``): a temperature means the user
   wants sampling, so it is never silently ignored.
@@ -25,11 +25,11 @@ from typing import Any, ClassVar
 from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams
 from infermux.configs.model_params import ModelParams
-from infermux.configs.remote_params import RemoteParams
 from infermux.engines.base import InferenceEngine, StreamEvent
 from infermux.engines.capabilities import Capabilities
-from infermux.errors import EngineUnavailableError, InputError, RowError
-from infermux.types import Conversation
+from infermux.engines.native.model import LoadedModel
+from infermux.errors import EngineUnavailableError, ErrorKind, InputError, RowError, install_hint
+from infermux.types import Conversation, FinishReason, Usage
 
 __all__ = ["NativeTextInferenceEngine"]
 
@@ -55,33 +55,30 @@ class NativeTextInferenceEngine(InferenceEngine):
         notes=("text-only models; guided decoding through xgrammar",),
     )
 
-    def __init__(
-        self,
-        model_params: ModelParams,
-        *,
-        generation_params: GenerationParams | None = None,
-        remote_params: RemoteParams | None = None,
-        strict: bool = False,
-    ) -> None:
-        super().__init__(model_params, generation_params=generation_params, remote_params=remote_params, strict=strict)
+    def setup(self) -> None:
+        super().setup()
         try:
             import torch
 
             from infermux.engines.native import loading as native_loading
         except ImportError as exc:
             raise EngineUnavailableError(
-                f"The NATIVE engine needs torch and transformers ({exc}). Install them with: "
-                "pip install 'infermux[native]'"
+                f"The NATIVE engine needs torch and transformers ({exc}). Install them with: " + install_hint("native")
             ) from exc
         self._torch = torch
-        self.tokenizer: Any = native_loading.load_tokenizer(model_params)
-        self.model: Any = native_loading.load_model(model_params)
+        self.tokenizer: Any = native_loading.load_tokenizer(self.model_params)
+        self.model: Any = native_loading.load_model(self.model_params)
         self._device = next(self.model.parameters()).device
-        self._max_length = _prompt_limit(model_params, self.tokenizer)
+        self._max_length = _prompt_limit(self.model_params, self.tokenizer)
         self._lock = threading.Lock()  # one generation at a time on the model
         from infermux.engines.native.decode import supports_fast_decode
 
         self._fast_decode = supports_fast_decode(self.model)
+
+    @property
+    def loaded(self) -> LoadedModel:
+        """The model, tokenizer and device, as the batch and stream paths use them."""
+        return LoadedModel(self._torch, self.model, self.tokenizer, self._device)
 
     # ------------------------------------------------------------------ the seam
     def chunk_size(self, generation: GenerationParams) -> int:
@@ -100,7 +97,7 @@ class NativeTextInferenceEngine(InferenceEngine):
             try:
                 prompts[index] = self._prompt_ids(conversation, index)
             except Exception as exc:  # a template error is this row's problem only
-                results[index] = RowError(kind="bad_conversation", message=f"chat template failed: {exc}")
+                results[index] = RowError.from_exception(exc, ErrorKind.INVALID_INPUT, context="chat template failed")
         order = sorted(prompts, key=lambda i: len(prompts[i]))
         for start in range(0, len(order), generation.batch_size):
             rows = order[start : start + generation.batch_size]
@@ -112,11 +109,11 @@ class NativeTextInferenceEngine(InferenceEngine):
                     raise
                 logger.exception("NATIVE generation failed for a batch of %d rows", len(rows))
                 for i in rows:
-                    results[i] = RowError(kind="generation_failed", message=f"{type(exc).__name__}: {exc}")
+                    results[i] = RowError.from_exception(exc)
                 continue
-            for i, (text, metadata) in zip(rows, answers, strict=True):
-                results[i] = conversations[i].with_reply(text, metadata)
-        return [r if r is not None else RowError(kind="internal", message="row was not run") for r in results]
+            for i, (text, usage, reason) in zip(rows, answers, strict=True):
+                results[i] = conversations[i].with_reply(text, usage=usage, finish_reason=reason)
+        return [r if r is not None else RowError(kind=ErrorKind.INTERNAL, message="row was not run") for r in results]
 
     # ------------------------------------------------------------------ pieces
     def _prompt_ids(self, conversation: Conversation, index: int = 0) -> list[int]:
@@ -132,22 +129,14 @@ class NativeTextInferenceEngine(InferenceEngine):
             ids = ids[-self._max_length :]
         return ids
 
-    def _batch_tensors(self, prompts: list[list[int]]) -> tuple[Any, Any]:
-        torch = self._torch
-        width = max(len(p) for p in prompts)
-        pad = self.tokenizer.pad_token_id
-        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, prompt in enumerate(prompts):
-            ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-            mask[row, width - len(prompt) :] = 1
-        return ids.to(self._device), mask.to(self._device)
-
-    def _generate(self, prompts: list[list[int]], generation: GenerationParams) -> list[tuple[str, dict[str, Any]]]:
+    def _generate(
+        self, prompts: list[list[int]], generation: GenerationParams
+    ) -> list[tuple[str, Usage, FinishReason]]:
         from infermux.engines.native import params
 
         torch = self._torch
-        ids, mask = self._batch_tensors(prompts)
+        loaded = self.loaded
+        ids, mask = loaded.batch_tensors(prompts)
         vocab = int(self.model.config.get_text_config().vocab_size)
         processors = params.build_processors(generation, self.tokenizer, vocab, ids.shape[1])
         stop_ids = params.stop_token_ids(generation, self.tokenizer, self.model)
@@ -174,7 +163,7 @@ class NativeTextInferenceEngine(InferenceEngine):
             else:
                 new_tokens = self._hf_generate(ids, mask, generation, processors, stop_ids, vocab)
         return [
-            self._finish(prompt, tokens, generation, stop_ids)
+            loaded.finish(prompt, tokens, generation, stop_ids)
             for prompt, tokens in zip(prompts, new_tokens, strict=True)
         ]
 
@@ -219,26 +208,6 @@ class NativeTextInferenceEngine(InferenceEngine):
 
         return should_stop
 
-    def _finish(
-        self, prompt: list[int], tokens: list[int], generation: GenerationParams, stop_ids: list[int]
-    ) -> tuple[str, dict[str, Any]]:
-        from infermux.engines.native.params import cut_at_stop
-
-        text = self.tokenizer.decode(tokens, skip_special_tokens=generation.skip_special_tokens)
-        text, stopped = cut_at_stop(text, generation.stop_strings)
-        ended = bool(tokens) and tokens[-1] in stop_ids
-        if not generation.exclude_prompt_from_response:
-            text = self.tokenizer.decode(prompt, skip_special_tokens=generation.skip_special_tokens) + text
-        metadata = {
-            "finish_reason": "stop" if stopped or ended else "length",
-            "usage": {
-                "prompt_tokens": len(prompt),
-                "completion_tokens": len(tokens),
-                "total_tokens": len(prompt) + len(tokens),
-            },
-        }
-        return text, metadata
-
     # ------------------------------------------------------------------ streaming
     async def astream(
         self, conversation: Conversation, generation: GenerationParams | None = None
@@ -267,7 +236,7 @@ class NativeTextInferenceEngine(InferenceEngine):
         def produce() -> None:
             try:
                 with self._lock:
-                    for item in stream_tokens(self, prompt, generation, cancel):
+                    for item in stream_tokens(self.loaded, prompt, generation, cancel):
                         put(item)
             except BaseException as exc:
                 put(exc)
@@ -282,8 +251,10 @@ class NativeTextInferenceEngine(InferenceEngine):
                 if isinstance(item, str):
                     yield StreamEvent(delta=item)
                 else:
-                    text, metadata = item
-                    yield StreamEvent(conversation=conversation.with_reply(text, metadata), metadata=metadata)
+                    text, usage, reason = item
+                    reply = conversation.with_reply(text, usage=usage, finish_reason=reason)
+                    metadata = {"usage": reply.metadata["usage"], "finish_reason": reply.metadata["finish_reason"]}
+                    yield StreamEvent(conversation=reply, metadata=metadata)
         finally:
             cancel.set()
 

@@ -18,7 +18,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from infermux.configs.model_params import _DTYPES as _DTYPE_SPELLINGS
 from infermux.configs.model_params import ModelParams
-from infermux.errors import ConfigError, EngineUnavailableError, ModelNotFoundError
+from infermux.errors import ConfigError, EngineUnavailableError, ModelNotFoundError, install_hint
 from infermux.models import resolve_model_name
 from infermux.templates import resolve_chat_template
 
@@ -111,12 +111,14 @@ def _quantization(params: ModelParams) -> Any:
         raise EngineUnavailableError(
             f"model.model_kwargs.{wanted[0]} quantizes through bitsandbytes, which needs a CUDA GPU; none "
             "is available here. Remove it (use torch_dtype_str: bfloat16 to halve memory on CPU), or run on "
-            "a GPU machine with `pip install bitsandbytes`."
+            f"a GPU machine with `{install_hint(package='bitsandbytes')}`."
         )
     try:
         from transformers import BitsAndBytesConfig
     except ImportError as exc:  # pragma: no cover - transformers always has it
-        raise EngineUnavailableError("bitsandbytes quantization needs: pip install bitsandbytes") from exc
+        raise EngineUnavailableError(
+            "bitsandbytes quantization needs: " + install_hint(package="bitsandbytes")
+        ) from exc
     return BitsAndBytesConfig(
         load_in_4bit=bool(params.model_kwargs.get("load_in_4bit")),
         load_in_8bit=bool(params.model_kwargs.get("load_in_8bit")),
@@ -170,7 +172,7 @@ def _apply_adapter(model: Any, adapter: str, *, merge: bool) -> Any:
         from peft import PeftModel
     except ImportError as exc:
         raise EngineUnavailableError(
-            "model.adapter_model needs peft: pip install 'infermux[native]' (or pip install peft)."
+            f"model.adapter_model needs peft: {install_hint('native')} (or {install_hint(package='peft')})."
         ) from exc
     if not Path(adapter).expanduser().is_dir() and "/" not in adapter:
         raise ModelNotFoundError(f"LoRA adapter folder not found: {adapter}. Check model.adapter_model.")

@@ -26,7 +26,7 @@ from transformers import (
 )
 
 from infermux.configs.generation_params import GenerationParams, GuidedDecodingParams
-from infermux.errors import ConfigError, EngineUnavailableError
+from infermux.errors import ConfigError, EngineUnavailableError, install_hint
 
 __all__ = ["PenaltyProcessor", "build_processors", "cut_at_stop", "stop_token_ids", "token_bias"]
 
@@ -133,7 +133,7 @@ def guided_processor(guided: GuidedDecodingParams, tokenizer: Any, vocab_size: i
         from xgrammar.contrib.hf import LogitsProcessor as GrammarProcessor
     except ImportError as exc:
         raise EngineUnavailableError(
-            "Guided decoding on the NATIVE engine needs xgrammar: pip install xgrammar"
+            f"Guided decoding on the NATIVE engine needs xgrammar: {install_hint(package='xgrammar')}"
         ) from exc
     compiler = _compiler(xgr, tokenizer, vocab_size)
     if guided.kind == "json":

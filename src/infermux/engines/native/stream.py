@@ -9,15 +9,14 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 
 from infermux.configs.generation_params import GenerationParams
+from infermux.engines.native.model import LoadedModel
 from infermux.engines.native.params import build_processors, cut_at_stop, stop_token_ids
-
-if TYPE_CHECKING:
-    from infermux.engines.native.engine import NativeTextInferenceEngine
+from infermux.types import FinishReason, Usage
 
 __all__ = ["stream_tokens"]
 
@@ -47,17 +46,17 @@ class _Cancelled(StoppingCriteria):
 
 
 def stream_tokens(
-    engine: NativeTextInferenceEngine,
+    engine: LoadedModel,
     prompt: list[int],
     generation: GenerationParams,
     cancel: threading.Event | None = None,
-) -> Iterator[str | tuple[str, dict[str, Any]]]:
-    """Yield text deltas, then ``(final_text, metadata)``; the deltas add up to the answer.
+) -> Iterator[str | tuple[str, Usage, FinishReason]]:
+    """Yield text deltas, then ``(final_text, usage, finish_reason)``; the deltas add up to the answer.
 
     Setting ``cancel`` ends generation at the next token.
     """
-    torch = engine._torch
-    ids, mask = engine._batch_tensors([prompt])
+    torch = engine.torch
+    ids, mask = engine.batch_tensors([prompt])
     vocab = int(engine.model.config.get_text_config().vocab_size)
     processors = build_processors(generation, engine.tokenizer, vocab, ids.shape[1])
     stop_ids = stop_token_ids(generation, engine.tokenizer, engine.model)
@@ -110,9 +109,9 @@ def stream_tokens(
         raise box["error"]
     tokens = box["output"][0, ids.shape[1] :].tolist()
     cut = next((i + 1 for i, token in enumerate(tokens) if token in stop_ids), len(tokens))
-    _, metadata = engine._finish(prompt, tokens[:cut], generation, stop_ids)
+    _, usage, reason = engine.finish(prompt, tokens[:cut], generation, stop_ids)
     if len(text) > shown:
         yield text[shown:]
     if not generation.exclude_prompt_from_response:
         text = engine.tokenizer.decode(prompt, skip_special_tokens=generation.skip_special_tokens) + text
-    yield (text, metadata)
+    yield (text, usage, reason)

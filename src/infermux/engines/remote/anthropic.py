@@ -21,7 +21,6 @@ from typing import Any
 
 from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams
-from infermux.configs.model_params import ModelParams
 from infermux.configs.remote_params import RemoteParams
 from infermux.engines.capabilities import Capabilities
 from infermux.engines.remote.base import RemoteEngine
@@ -30,13 +29,21 @@ from infermux.engines.remote.http.transport import HttpRequest
 from infermux.engines.remote.json_schema import close_objects
 from infermux.engines.remote.media import image_payload
 from infermux.errors import AuthenticationError, ConfigError, RemoteError, RowError
-from infermux.types import Conversation, Message, Role
+from infermux.types import Conversation, FinishReason, Message, Role, Usage
 
 __all__ = ["ANTHROPIC_VERSION", "AnthropicInferenceEngine", "build_messages"]
 
 ANTHROPIC_VERSION = "2023-06-01"
 _MEDIA_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
-_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls"}
+
+
+def _usage(usage: dict[str, Any]) -> Usage:
+    """Messages API ``usage`` (``input_tokens``, ``output_tokens``, cache counts) in our terms."""
+    return Usage.of(
+        int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0),
+        cached_tokens=usage.get("cache_read_input_tokens"),
+        cache_creation_tokens=usage.get("cache_creation_input_tokens"),
+    )  # fmt: skip
 
 
 def _content_blocks(message: Message) -> list[dict[str, Any]]:
@@ -104,16 +111,9 @@ class AnthropicInferenceEngine(RemoteEngine):
     requires_api_key = False
     api_key_requirement = "required for Anthropic's API; optional for another server set in api_url"
 
-    def __init__(
-        self,
-        model_params: ModelParams,
-        *,
-        generation_params: GenerationParams | None = None,
-        remote_params: RemoteParams | None = None,
-        strict: bool = False,
-    ) -> None:
-        super().__init__(model_params, generation_params=generation_params, remote_params=remote_params, strict=strict)
-        params = remote_params or RemoteParams()
+    def setup(self) -> None:
+        super().setup()
+        params = self.remote_params or RemoteParams()
         if not self._secrets and not params.api_url:
             raise AuthenticationError(self._missing_key_message(params), kind="authentication")
         if self.generation_params.temperature > 1.0:
@@ -174,21 +174,12 @@ class AnthropicInferenceEngine(RemoteEngine):
         if data.get("type") != "message":
             raise ValueError(f"expected a message object, got type {data.get('type')!r}")
         text = "".join(block["text"] for block in data["content"] if block.get("type") == "text")
-        usage = data.get("usage") or {}
-        prompt, completion = int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0)
         stop_reason = data.get("stop_reason")
-        metadata = {
-            "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
-            "finish_reason": _FINISH.get(stop_reason or "", stop_reason),
-            "stop_reason": stop_reason,
-            "model": data.get("model"),
-        }
+        metadata = {"stop_reason": stop_reason, "model": data.get("model")}
         if data.get("stop_sequence"):
             metadata["stop_sequence"] = data["stop_sequence"]
-        return conversation.with_reply(text, metadata)
-
-
-_ANTHROPIC_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls"}
+        usage = _usage(data.get("usage") or {})
+        return conversation.with_reply(text, metadata, usage=usage, finish_reason=FinishReason.parse(stop_reason))
 
 
 class AnthropicStream:
@@ -198,8 +189,7 @@ class AnthropicStream:
         self.conversation = conversation
         self.done = False
         self._text: list[str] = []
-        self._input_tokens = 0
-        self._output_tokens = 0
+        self._usage: dict[str, Any] = {}
         self._metadata: dict[str, Any] = {"finish_reason": None, "stop_reason": None, "model": None}
 
     def feed(self, event: SseEvent) -> str:
@@ -211,7 +201,7 @@ class AnthropicStream:
         if kind == "message_start":
             message = data["message"]
             self._metadata["model"] = message.get("model")
-            self._input_tokens = int((message.get("usage") or {}).get("input_tokens") or 0)
+            self._usage.update(message.get("usage") or {})
         elif kind == "content_block_delta":
             delta = data["delta"]
             if delta.get("type") == "text_delta":
@@ -220,13 +210,12 @@ class AnthropicStream:
         elif kind == "message_delta":
             stop = (data.get("delta") or {}).get("stop_reason")
             self._metadata["stop_reason"] = stop
-            self._metadata["finish_reason"] = _ANTHROPIC_FINISH.get(stop or "", stop)
-            self._output_tokens = int((data.get("usage") or {}).get("output_tokens") or self._output_tokens)
+            self._metadata["finish_reason"] = FinishReason.parse(stop)
+            # message_delta's usage counts are cumulative: they replace the message_start ones.
+            self._usage.update({k: v for k, v in (data.get("usage") or {}).items() if v is not None})
         elif kind == "message_stop":
             self.done = True
         return ""
 
     def result(self) -> Conversation:
-        prompt, completion = self._input_tokens, self._output_tokens
-        usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-        return self.conversation.with_reply("".join(self._text), {**self._metadata, "usage": usage})
+        return self.conversation.with_reply("".join(self._text), self._metadata, usage=_usage(self._usage))

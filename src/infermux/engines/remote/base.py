@@ -19,13 +19,13 @@ resume, ordering and output belong to the batch loop.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
 from infermux.configs.generation_params import GenerationParams
-from infermux.configs.model_params import ModelParams
 from infermux.configs.remote_params import RemoteParams
 from infermux.engines.base import InferenceEngine, StreamEvent
 from infermux.engines.remote.http.sse import StreamDecoder
@@ -36,7 +36,15 @@ from infermux.engines.remote.http.transport import (
     default_error_message,
     redact,
 )
-from infermux.errors import AuthenticationError, ConfigError, InfermuxError, InputError, RemoteError, RowError
+from infermux.errors import (
+    AuthenticationError,
+    ConfigError,
+    ErrorKind,
+    InfermuxError,
+    InputError,
+    RemoteError,
+    RowError,
+)
 from infermux.types import Conversation
 
 __all__ = ["RemoteEngine", "SecretHeaders"]
@@ -70,16 +78,9 @@ class RemoteEngine(InferenceEngine):
     #: Human name of the provider, for messages.
     provider: ClassVar[str] = "the server"
 
-    def __init__(
-        self,
-        model_params: ModelParams,
-        *,
-        generation_params: GenerationParams | None = None,
-        remote_params: RemoteParams | None = None,
-        strict: bool = False,
-    ) -> None:
-        super().__init__(model_params, generation_params=generation_params, remote_params=remote_params, strict=strict)
-        params = remote_params or RemoteParams()
+    def setup(self) -> None:
+        super().setup()
+        params = self.remote_params or RemoteParams()
         overrides: dict[str, Any] = {}
         if "num_workers" not in params.model_fields_set:
             overrides["num_workers"] = self.default_num_workers
@@ -169,7 +170,8 @@ class RemoteEngine(InferenceEngine):
             try:
                 request = self.build_request(conversation, generation)
             except (InfermuxError, ValueError, OSError) as exc:
-                results.append(RowError(kind="invalid_input", message=redact(str(exc), self._secrets)))
+                error = RowError.from_exception(exc, ErrorKind.INVALID_INPUT)
+                results.append(dataclasses.replace(error, message=redact(error.message, self._secrets)))
                 continue
             try:
                 parse = functools.partial(self.parse_reply, conversation)

@@ -21,25 +21,16 @@ from typing import Any, ClassVar
 
 from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams
-from infermux.configs.model_params import ModelParams
 from infermux.configs.remote_params import RemoteParams
 from infermux.engines.base import InferenceEngine
 from infermux.engines.capabilities import Capabilities
 from infermux.engines.remote.media import image_payload
-from infermux.errors import ConfigError, RowError
-from infermux.types import Conversation, Message, Role
+from infermux.errors import AuthenticationError, ConfigError, ErrorKind, RemoteError, RowError
+from infermux.types import Conversation, FinishReason, Message, Role, Usage
 
 __all__ = ["BedrockInferenceEngine", "build_converse_request"]
 
 _FORMATS = frozenset({"png", "jpeg", "gif", "webp"})
-_FINISH = {
-    "end_turn": "stop",
-    "stop_sequence": "stop",
-    "max_tokens": "length",
-    "tool_use": "tool_calls",
-    "guardrail_intervened": "content_filter",
-    "content_filtered": "content_filter",
-}
 _AUTH_CODES = frozenset(
     {"AccessDeniedException", "UnrecognizedClientException", "ExpiredTokenException", "InvalidSignatureException"}
 )
@@ -114,17 +105,15 @@ def parse_converse_response(response: dict[str, Any]) -> tuple[str, dict[str, An
     content = response["output"]["message"]["content"]
     text = "".join(block["text"] for block in content if "text" in block)
     usage = response.get("usage") or {}
-    prompt, completion = int(usage.get("inputTokens") or 0), int(usage.get("outputTokens") or 0)
     stop = response.get("stopReason")
     metadata: dict[str, Any] = {
-        "usage": {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": int(usage.get("totalTokens") or prompt + completion),
-        },
-        "finish_reason": _FINISH.get(stop or "", stop),
+        "usage": Usage.of(
+            int(usage.get("inputTokens") or 0), int(usage.get("outputTokens") or 0), usage.get("totalTokens"),
+            cached_tokens=usage.get("cacheReadInputTokens"), cache_creation_tokens=usage.get("cacheWriteInputTokens"),
+        ).to_json_dict(),
+        "finish_reason": FinishReason.parse(stop),
         "stop_reason": stop,
-    }
+    }  # fmt: skip
     latency = (response.get("metrics") or {}).get("latencyMs")
     if latency is not None:
         metadata["latency_ms"] = latency
@@ -149,22 +138,15 @@ class BedrockInferenceEngine(InferenceEngine):
         "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_PROFILE": "credentials (or `aws configure`, or an IAM role)",
     }
 
-    def __init__(
-        self,
-        model_params: ModelParams,
-        *,
-        generation_params: GenerationParams | None = None,
-        remote_params: RemoteParams | None = None,
-        strict: bool = False,
-    ) -> None:
-        super().__init__(model_params, generation_params=generation_params, remote_params=remote_params, strict=strict)
+    def setup(self) -> None:
+        super().setup()
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
         if not region:
             raise ConfigError(
                 "BEDROCK needs the AWS region: set the AWS_REGION environment variable "
                 "(e.g. export AWS_REGION=us-east-1)."
             )
-        params = remote_params or RemoteParams()
+        params = self.remote_params or RemoteParams()
         self.num_workers = params.num_workers if "num_workers" in params.model_fields_set else 4
         import boto3
         from botocore.config import Config
@@ -214,21 +196,22 @@ class BedrockInferenceEngine(InferenceEngine):
                     self.model_params.model_name, conversation, generation, dict(self.model_params.model_kwargs)
                 )
             except ValueError as exc:
-                results.append(RowError(kind="invalid_input", message=str(exc)))
+                results.append(RowError.from_exception(exc, ErrorKind.INVALID_INPUT))
                 continue
             try:
                 response = await loop.run_in_executor(self._pool, functools.partial(self.client.converse, **request))
                 text, metadata = parse_converse_response(response)
                 results.append(conversation.with_reply(text, metadata))
-            except Exception as exc:  # botocore errors become row errors; see _row_error
-                results.append(_row_error(exc))
+            except Exception as exc:  # botocore errors become row errors; see _remote_error
+                results.append(RowError.from_exception(_remote_error(exc)))
         return results
 
     def close(self) -> None:
         self.client.close()
 
 
-def _row_error(exc: Exception) -> RowError:
+def _remote_error(exc: Exception) -> RemoteError:
+    """A botocore failure as the RemoteError it amounts to (kinds as on every other remote engine)."""
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, ParamValidationError
 
     if isinstance(exc, ClientError):
@@ -237,14 +220,14 @@ def _row_error(exc: Exception) -> RowError:
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         message = f"{code}: {error.get('Message', exc)}"
         if code in _AUTH_CODES:
-            return RowError(kind="authentication", message=f"{message}. {_CREDENTIALS_HINT}", status=status)
-        return RowError(kind="http_error", message=message, status=status, retryable=code in _RETRYABLE_CODES)
+            return AuthenticationError(f"{message}. {_CREDENTIALS_HINT}", status=status, kind=ErrorKind.AUTHENTICATION)
+        return RemoteError(message, status=status, retryable=code in _RETRYABLE_CODES)
     if isinstance(exc, NoCredentialsError):
-        return RowError(kind="authentication", message=f"No AWS credentials found. {_CREDENTIALS_HINT}")
+        return AuthenticationError(f"No AWS credentials found. {_CREDENTIALS_HINT}", kind=ErrorKind.AUTHENTICATION)
     if isinstance(exc, ParamValidationError):
-        return RowError(kind="invalid_request", message=str(exc))
+        return RemoteError(str(exc), kind=ErrorKind.INVALID_INPUT)
     if isinstance(exc, BotoCoreError):
-        return RowError(kind="connection_error", message=str(exc), retryable=True)
+        return RemoteError(str(exc), retryable=True, kind=ErrorKind.CONNECTION_ERROR)
     if isinstance(exc, (KeyError, TypeError)):
-        return RowError(kind="malformed_response", message=f"unexpected Converse reply: {exc!r}")
+        return RemoteError(f"unexpected Converse reply: {exc!r}", kind=ErrorKind.MALFORMED_RESPONSE)
     raise exc

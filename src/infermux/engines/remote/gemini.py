@@ -29,19 +29,10 @@ from infermux.engines.remote.http.transport import HttpRequest, default_error_me
 from infermux.engines.remote.json_schema import to_gemini_schema
 from infermux.engines.remote.media import image_payload
 from infermux.errors import RemoteError, RowError
-from infermux.types import Conversation, Message, Role
+from infermux.types import Conversation, FinishReason, Message, Role, Usage
 
 __all__ = ["GoogleGeminiInferenceEngine", "build_contents", "generation_config"]
 
-_FINISH = {
-    "STOP": "stop",
-    "MAX_TOKENS": "length",
-    "SAFETY": "content_filter",
-    "RECITATION": "content_filter",
-    "BLOCKLIST": "content_filter",
-    "PROHIBITED_CONTENT": "content_filter",
-    "SPII": "content_filter",
-}
 _MAX_STOPS = 5
 
 
@@ -111,27 +102,40 @@ def generation_config(generation: GenerationParams) -> dict[str, Any]:
     return config
 
 
+def parse_usage(usage: dict[str, Any]) -> Usage:
+    """``usageMetadata`` in our terms (thinking tokens are reasoning tokens)."""
+    return Usage.of(
+        int(usage.get("promptTokenCount") or 0), int(usage.get("candidatesTokenCount") or 0),
+        usage.get("totalTokenCount"), cached_tokens=usage.get("cachedContentTokenCount"),
+        reasoning_tokens=usage.get("thoughtsTokenCount"),
+    )  # fmt: skip
+
+
+def blocked_prompt(data: dict[str, Any]) -> dict[str, Any] | None:
+    """Metadata of a reply whose prompt was blocked (``promptFeedback.blockReason``, no candidates)."""
+    feedback = data.get("promptFeedback") or {}
+    if data.get("candidates") or "blockReason" not in feedback:
+        return None
+    blocked = {"finish_reason": FinishReason.CONTENT_FILTER, "block_reason": feedback["blockReason"]}
+    if data.get("usageMetadata"):
+        blocked["usage"] = parse_usage(data["usageMetadata"]).to_json_dict()
+    return blocked
+
+
 def parse_candidate(data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """The answer text and metadata of a ``GenerateContentResponse``."""
     candidates = data.get("candidates")
     if not candidates:
-        feedback = data.get("promptFeedback") or {}
-        if "blockReason" not in feedback:
+        blocked = blocked_prompt(data)
+        if blocked is None:
             raise ValueError("the reply has neither candidates nor promptFeedback")
-        return "", {"finish_reason": "content_filter", "block_reason": feedback["blockReason"]}
+        return "", blocked
     first = candidates[0]
     parts = (first.get("content") or {}).get("parts") or []
     text = "".join(p.get("text", "") for p in parts if not p.get("thought"))
-    usage = data.get("usageMetadata") or {}
-    prompt, completion = int(usage.get("promptTokenCount") or 0), int(usage.get("candidatesTokenCount") or 0)
-    reason = first.get("finishReason")
     metadata: dict[str, Any] = {
-        "usage": {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": int(usage.get("totalTokenCount") or prompt + completion),
-        },
-        "finish_reason": _FINISH.get(reason or "", (reason or "").lower() or None),
+        "usage": parse_usage(data.get("usageMetadata") or {}).to_json_dict(),
+        "finish_reason": FinishReason.parse(first.get("finishReason")),
         "model": data.get("modelVersion"),
     }
     return text, metadata
@@ -205,9 +209,6 @@ class GoogleGeminiInferenceEngine(RemoteEngine):
         return message
 
 
-_GEMINI_FINISH = {"STOP": "stop", "MAX_TOKENS": "length"}
-
-
 class GeminiStream:
     """Decoder of one streamed ``streamGenerateContent`` answer."""
 
@@ -224,16 +225,15 @@ class GeminiStream:
         self._metadata["model"] = data.get("modelVersion") or self._metadata["model"]
         usage = data.get("usageMetadata")
         if usage:
-            prompt, completion = int(usage.get("promptTokenCount") or 0), int(usage.get("candidatesTokenCount") or 0)
-            total = int(usage.get("totalTokenCount") or prompt + completion)
-            self._metadata["usage"] = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total}
+            self._metadata["usage"] = parse_usage(usage).to_json_dict()
         candidates = data.get("candidates") or []
         if not candidates:
+            self._metadata.update(blocked_prompt(data) or {})
             return ""
         first = candidates[0]
         reason = first.get("finishReason")
         if reason:
-            self._metadata["finish_reason"] = _GEMINI_FINISH.get(reason, reason.lower())
+            self._metadata["finish_reason"] = FinishReason.parse(reason)
         parts = (first.get("content") or {}).get("parts") or []
         piece = "".join(p.get("text", "") for p in parts if not p.get("thought"))
         self._text.append(piece)

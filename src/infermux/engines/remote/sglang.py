@@ -18,7 +18,6 @@ from typing import Any, ClassVar
 from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams
 from infermux.configs.model_params import ModelParams
-from infermux.configs.remote_params import RemoteParams
 from infermux.engines.capabilities import Capabilities
 from infermux.engines.remote.base import RemoteEngine
 from infermux.engines.remote.http.sse import SseEvent
@@ -26,11 +25,9 @@ from infermux.engines.remote.http.transport import HttpRequest, default_error_me
 from infermux.engines.remote.media import image_payload
 from infermux.errors import ModelNotFoundError, RemoteError
 from infermux.templates import resolve_chat_template
-from infermux.types import Conversation
+from infermux.types import Conversation, FinishReason, Usage
 
 __all__ = ["SGLangInferenceEngine", "choice_regex", "sampling_params"]
-
-_FINISH = {"stop": "stop", "length": "length", "abort": "abort"}
 
 
 def choice_regex(choices: list[str]) -> str:
@@ -101,21 +98,18 @@ class SGLangInferenceEngine(RemoteEngine):
     default_num_workers = 16
     provider = "the SGLang server"
 
-    def __init__(
-        self,
-        model_params: ModelParams,
-        *,
-        generation_params: GenerationParams | None = None,
-        remote_params: RemoteParams | None = None,
-        strict: bool = False,
-        tokenizer: Any = None,
-    ) -> None:
-        super().__init__(model_params, generation_params=generation_params, remote_params=remote_params, strict=strict)
-        self.tokenizer = tokenizer if tokenizer is not None else _load_tokenizer(model_params)
+    def __init__(self, *args: Any, tokenizer: Any = None, **kwargs: Any) -> None:
+        self.tokenizer = tokenizer  # tests hand in a tokenizer; otherwise loaded in setup()
+        super().__init__(*args, **kwargs)
+
+    def setup(self) -> None:
+        super().setup()
+        if self.tokenizer is None:
+            self.tokenizer = _load_tokenizer(self.model_params)
         # model.chat_template (a built-in name, a template or a file) wins over the tokenizer's own.
-        self.chat_template = resolve_chat_template(model_params.chat_template)
+        self.chat_template = resolve_chat_template(self.model_params.chat_template)
         if self.chat_template is None and not getattr(self.tokenizer, "chat_template", None):
-            name = model_params.tokenizer_name or model_params.model_name
+            name = self.model_params.tokenizer_name or self.model_params.model_name
             raise ModelNotFoundError(
                 f"the tokenizer of {name!r} has no chat template; set model.chat_template to a built-in "
                 "template name (e.g. chat_ml), a Jinja template, or the path of one."
@@ -186,15 +180,7 @@ class SGLangInferenceEngine(RemoteEngine):
         text = data["text"]
         if not isinstance(text, str):
             raise TypeError(f"'text' is {type(text).__name__}, expected a string")
-        meta = data.get("meta_info") or {}
-        finish = meta.get("finish_reason") or {}
-        kind = finish.get("type") if isinstance(finish, dict) else finish
-        prompt, completion = int(meta.get("prompt_tokens") or 0), int(meta.get("completion_tokens") or 0)
-        metadata = {
-            "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
-            "finish_reason": _FINISH.get(str(kind), kind),
-        }
-        return conversation.with_reply(text, metadata)
+        return _answer(conversation, text, data.get("meta_info") or {})
 
 
 class SGLangStream:
@@ -222,8 +208,11 @@ class SGLangStream:
         return delta
 
     def result(self) -> Conversation:
-        finish = self._meta.get("finish_reason") or {}
-        kind = finish.get("type") if isinstance(finish, dict) else finish
-        prompt, completion = int(self._meta.get("prompt_tokens") or 0), int(self._meta.get("completion_tokens") or 0)
-        usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-        return self.conversation.with_reply(self._text, {"finish_reason": kind, "usage": usage})
+        return _answer(self.conversation, self._text, self._meta)
+
+
+def _answer(conversation: Conversation, text: str, meta: dict[str, Any]) -> Conversation:
+    """``conversation`` answered with ``text``; usage and finish reason from SGLang's ``meta_info``."""
+    usage = Usage.of(int(meta.get("prompt_tokens") or 0), int(meta.get("completion_tokens") or 0),
+                     cached_tokens=meta.get("cached_tokens"))  # fmt: skip
+    return conversation.with_reply(text, usage=usage, finish_reason=FinishReason.parse(meta.get("finish_reason")))

@@ -21,7 +21,6 @@ from typing import Any, ClassVar
 
 from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams
-from infermux.configs.model_params import ModelParams
 from infermux.configs.remote_params import RemoteParams
 from infermux.engines.capabilities import Capabilities
 from infermux.engines.remote.http.google_auth import TokenCache, load_credentials
@@ -64,17 +63,14 @@ class GoogleVertexInferenceEngine(RemoteInferenceEngine):
         "(or `remote_params.api_key` set to its path, or `gcloud auth application-default login`)",
     }
 
-    def __init__(
-        self,
-        model_params: ModelParams,
-        *,
-        generation_params: GenerationParams | None = None,
-        remote_params: RemoteParams | None = None,
-        strict: bool = False,
-        credentials: Any = None,
-    ) -> None:
-        super().__init__(model_params, generation_params=generation_params, remote_params=remote_params, strict=strict)
-        key = (remote_params or RemoteParams()).resolve_api_key()
+    def __init__(self, *args: Any, credentials: Any = None, **kwargs: Any) -> None:
+        self._given_credentials = credentials  # tests hand in credentials; otherwise loaded in setup()
+        super().__init__(*args, **kwargs)
+
+    def setup(self) -> None:
+        super().setup()
+        key = (self.remote_params or RemoteParams()).resolve_api_key()
+        credentials = self._given_credentials
         if key and not Path(key).expanduser().is_file():
             raise ConfigError(
                 "GOOGLE_VERTEX authenticates with Google credentials, not an API key: set remote_params.api_key "

@@ -1,8 +1,8 @@
 """REMOTE: any server that speaks OpenAI chat completions (llama.cpp server, vLLM, LM Studio, ...).
 
-The hosted providers (OPENAI, TOGETHER, LAMBDA, DEEPSEEK, SAMBANOVA, PARASAIL) and REMOTE_VLLM are
-subclasses that only change defaults (URL, key variable, concurrency, supported parameters) and, where
-a provider has quirks, :meth:`RemoteInferenceEngine.adjust_body`.
+The hosted providers (OPENAI, TOGETHER, FIREWORKS, ...; one row each in :mod:`.providers`) and
+REMOTE_VLLM are subclasses that only change defaults (URL, key variable, concurrency, supported
+parameters) and, where a provider has quirks, :meth:`RemoteInferenceEngine.adjust_body`.
 
 Guided JSON goes out as OpenAI's ``response_format: {"type": "json_schema", ...}``, which vLLM, SGLang,
 llama.cpp's ``llama-server`` and the hosted providers understand; llama-cpp-python's own server (0.3)
@@ -27,15 +27,11 @@ from infermux.engines.remote.openai.format import (
     generation_fields,
     reply,
 )
+from infermux.engines.remote.openai.providers import OPENAI_PARAMS
 from infermux.engines.remote.openai.stream import ChatCompletionStream
 from infermux.types import Conversation
 
 __all__ = ["OPENAI_PARAMS", "RemoteInferenceEngine"]
-
-#: Generation parameters of OpenAI's chat-completions API itself.
-OPENAI_PARAMS = frozenset(
-    {"temperature", "top_p", "frequency_penalty", "presence_penalty", "stop_strings", "seed", "logit_bias"}
-)
 
 
 class RemoteInferenceEngine(BatchApiMixin, RemoteEngine):

@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from infermux.configs.generation_params import GenerationParams, GuidedDecodingParams
-from infermux.types import ContentItem, Conversation, Message, Type
+from infermux.types import ContentItem, Conversation, FinishReason, Message, Type, Usage
 
 __all__ = [
     "chat_completions_url",
@@ -158,10 +158,13 @@ def parse_chat_completion(data: Any) -> tuple[str, dict[str, Any]]:
     content = message.get("content")
     if content is not None and not isinstance(content, str):
         raise TypeError(f"message.content is {type(content).__name__}, expected a string")
-    metadata: dict[str, Any] = {"finish_reason": choice.get("finish_reason"), "model": data.get("model")}
-    usage = data.get("usage")
-    if isinstance(usage, dict):
-        metadata["usage"] = {k: usage[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens") if k in usage}
+    metadata: dict[str, Any] = {
+        "finish_reason": FinishReason.parse(choice.get("finish_reason")),
+        "model": data.get("model"),
+    }
+    usage = Usage.from_openai(data.get("usage"))
+    if usage is not None:
+        metadata["usage"] = usage.to_json_dict()
     reasoning = message.get("reasoning_content") or message.get("reasoning")
     if reasoning:
         metadata["reasoning_content"] = reasoning

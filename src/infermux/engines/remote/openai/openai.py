@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any, ClassVar
+from typing import Any
 
 from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams
-from infermux.engines.capabilities import Capabilities
-from infermux.engines.remote.openai.engine import OPENAI_PARAMS, RemoteInferenceEngine
+from infermux.engines.remote.openai.engine import RemoteInferenceEngine
 from infermux.engines.remote.openai.format import encode_message
+from infermux.engines.remote.openai.providers import provider_class
 from infermux.types import Conversation, Role
 
 __all__ = ["OpenAIInferenceEngine", "is_reasoning_model"]
@@ -45,22 +45,13 @@ def is_reasoning_model(name: str) -> bool:
     return bool(_REASONING.match(name.lower()))
 
 
+@provider_class(InferenceEngineType.OPENAI)
 class OpenAIInferenceEngine(RemoteInferenceEngine):
-    """OpenAI (``OPENAI_API_KEY``)."""
+    """OpenAI (``OPENAI_API_KEY``).
 
-    engine_type = InferenceEngineType.OPENAI
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        generation_params=OPENAI_PARAMS,
-        guided_decoding=frozenset({"json"}),
-        images=True,
-        notes=("reasoning models (o1/o3/o4/gpt-5) ignore temperature, top_p, penalties, logit_bias, stop",),
-        streaming=True,
-    )
-    default_api_url = "https://api.openai.com/v1"
-    api_key_env = "OPENAI_API_KEY"
-    requires_api_key = True
-    default_num_workers = 50
-    provider = "OpenAI"
+    Its row (URL, key, workers, parameters) is in :mod:`.providers`; the reasoning-model quirks are here.
+    """
+
     max_tokens_field = "max_completion_tokens"
 
     @property

@@ -13,11 +13,9 @@ from typing import Any
 
 from infermux.engines.remote.http.sse import SseEvent
 from infermux.errors import RemoteError
-from infermux.types import Conversation
+from infermux.types import Conversation, FinishReason, Usage
 
 __all__ = ["ChatCompletionStream"]
-
-_USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
 
 
 class ChatCompletionStream:
@@ -43,9 +41,9 @@ class ChatCompletionStream:
             raise RemoteError(f"the server failed mid-answer: {message}", kind="http_error")
         if data.get("model"):
             self._metadata["model"] = data["model"]
-        usage = data.get("usage")
-        if isinstance(usage, dict):
-            self._metadata["usage"] = {k: usage[k] for k in _USAGE_KEYS if k in usage}
+        usage = Usage.from_openai(data.get("usage"))
+        if usage is not None:
+            self._metadata["usage"] = usage.to_json_dict()
         choices = data.get("choices") or []
         if not choices:
             return ""
@@ -53,7 +51,7 @@ class ChatCompletionStream:
         # "message" instead of "delta": a server that ignored stream=true and answered at once.
         delta = choice.get("delta") or choice.get("message") or {}
         if choice.get("finish_reason"):
-            self._metadata["finish_reason"] = choice["finish_reason"]
+            self._metadata["finish_reason"] = FinishReason.parse(choice["finish_reason"])
         reasoning = delta.get("reasoning_content") or delta.get("reasoning")
         if reasoning:
             self._reasoning.append(reasoning)

@@ -1,0 +1,141 @@
+"""Hosted OpenAI-compatible providers, one row each: the only place such a provider is described.
+
+Adding a provider is one :class:`Provider` row here plus its member in
+:class:`~infermux.configs.engine_type.InferenceEngineType`; the registry, ``infermux.inference``, the
+engine docs and ``infermux engines`` all read this table. A row's class (``TogetherInferenceEngine``, ...)
+is a :class:`~infermux.engines.remote.openai.engine.RemoteInferenceEngine` subclass built on first use
+(so importing the table stays light). A provider with quirks names the module that defines its class
+(``quirks``); that class takes the row's attributes with :func:`provider_class` (OpenAI's reasoning
+models in :mod:`.openai`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from infermux.configs.engine_type import InferenceEngineType as E
+from infermux.engines.capabilities import Capabilities
+
+if TYPE_CHECKING:
+    from infermux.engines.remote.openai.engine import RemoteInferenceEngine
+
+__all__ = ["OPENAI_PARAMS", "PROVIDERS", "Provider", "provider_class"]
+
+#: Generation parameters of OpenAI's chat-completions API itself.
+OPENAI_PARAMS = frozenset(
+    {"temperature", "top_p", "frequency_penalty", "presence_penalty", "stop_strings", "seed", "logit_bias"}
+)
+_JSON = frozenset({"json"})
+
+
+@dataclass(frozen=True)
+class Provider:
+    """One hosted OpenAI-compatible provider."""
+
+    engine: E
+    class_name: str
+    label: str  # the provider's name in messages ("Together AI")
+    url: str  # default ``remote_params.api_url``
+    key_env: str  # environment variable holding the API key
+    summary: str  # first line of the class docstring (and of its docs section)
+    workers: int = 20  # default ``remote_params.num_workers``
+    params: frozenset[str] = OPENAI_PARAMS  # generation parameters the provider documents
+    guided: frozenset[str] = _JSON  # guided-decoding kinds (``json`` goes out as ``response_format``)
+    images: bool = True
+    notes: tuple[str, ...] = ()
+    batch_api: bool = True  # OpenAI's Batch API (/v1/files + /v1/batches) is offered to this provider's users
+    quirks: str | None = None  # module defining the class when the provider needs code of its own
+
+    @property
+    def module(self) -> str:
+        return self.quirks or __name__
+
+    @property
+    def target(self) -> str:
+        """``"module:Class"`` for the registry."""
+        return f"{self.module}:{self.class_name}"
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(generation_params=self.params, guided_decoding=self.guided, images=self.images,
+                            streaming=True, notes=self.notes, batch_api=self.batch_api)  # fmt: skip
+
+
+PROVIDERS: dict[E, Provider] = {
+    row.engine: row
+    for row in (
+        Provider(E.OPENAI, "OpenAIInferenceEngine", "OpenAI", "https://api.openai.com/v1", "OPENAI_API_KEY",
+                 "OpenAI (``OPENAI_API_KEY``).", workers=50, quirks="infermux.engines.remote.openai.openai",
+                 notes=("reasoning models (o1/o3/o4/gpt-5) ignore temperature, top_p, penalties, logit_bias, stop",)),
+        Provider(E.TOGETHER, "TogetherInferenceEngine", "Together AI", "https://api.together.xyz/v1",
+                 "TOGETHER_API_KEY", "Together AI (``TOGETHER_API_KEY``); also takes ``min_p`` and JSON-schema output.",
+                 params=OPENAI_PARAMS | {"min_p"}),
+        Provider(E.LAMBDA, "LambdaInferenceEngine", "Lambda", "https://api.lambda.ai/v1", "LAMBDA_API_KEY",
+                 "Lambda's hosted models (``LAMBDA_API_KEY``). Lambda places no rate limit, so 20 workers by default."),
+        Provider(E.DEEPSEEK, "DeepSeekInferenceEngine", "DeepSeek", "https://api.deepseek.com/v1", "DEEPSEEK_API_KEY",
+                 "DeepSeek (``DEEPSEEK_API_KEY``).", images=False, guided=frozenset(),
+                 params=frozenset({"temperature", "top_p", "frequency_penalty", "presence_penalty", "stop_strings"}),
+                 notes=("deepseek-reasoner accepts but ignores temperature, top_p and the penalties",)),
+        Provider(E.SAMBANOVA, "SambanovaInferenceEngine", "SambaNova", "https://api.sambanova.ai/v1",
+                 "SAMBANOVA_API_KEY", "SambaNova Cloud (``SAMBANOVA_API_KEY``). Its API documents temperature, "
+                 "top_p and stop only; free-tier rate limits are low, hence 8 workers.", workers=8, guided=frozenset(),
+                 params=frozenset({"temperature", "top_p", "stop_strings"})),
+        Provider(E.PARASAIL, "ParasailInferenceEngine", "Parasail", "https://api.parasail.io/v1", "PARASAIL_API_KEY",
+                 "Parasail.io (``PARASAIL_API_KEY``)."),
+        Provider(E.FIREWORKS, "FireworksInferenceEngine", "Fireworks AI", "https://api.fireworks.ai/inference/v1",
+                 "FIREWORKS_API_KEY", "Fireworks AI (``FIREWORKS_API_KEY``); model names look like "
+                 "``accounts/fireworks/models/NAME``.", params=OPENAI_PARAMS | {"min_p"}, batch_api=False),
+        Provider(E.OPENROUTER, "OpenRouterInferenceEngine", "OpenRouter", "https://openrouter.ai/api/v1",
+                 "OPENROUTER_API_KEY", "OpenRouter (``OPENROUTER_API_KEY``): one API in front of many providers' "
+                 "models (``vendor/model`` names).", params=OPENAI_PARAMS | {"min_p"},
+                 notes=("OpenRouter drops parameters the routed provider does not support",), batch_api=False),
+        Provider(E.CEREBRAS, "CerebrasInferenceEngine", "Cerebras", "https://api.cerebras.ai/v1", "CEREBRAS_API_KEY",
+                 "Cerebras Inference (``CEREBRAS_API_KEY``). Free-tier rate limits are low, hence 8 workers.",
+                 workers=8, images=False, params=frozenset({"temperature", "top_p", "seed", "stop_strings"}),
+                 batch_api=False),
+        Provider(E.HUGGING_FACE_ROUTER, "HuggingFaceRouterInferenceEngine", "Hugging Face",
+                 "https://router.huggingface.co/v1", "HF_TOKEN", "Hugging Face Inference Providers through its "
+                 "router (``HF_TOKEN``); ``MODEL:provider`` picks the provider.",
+                 notes=("parameters and JSON output depend on the provider the router picks",), batch_api=False),
+    )
+}  # fmt: skip
+
+
+def provider_class(engine: E) -> Any:
+    """Class decorator: give a hand-written provider class its row's attributes (the quirks hook)."""
+    row = PROVIDERS[engine]
+
+    def apply(cls: type[RemoteInferenceEngine]) -> type[RemoteInferenceEngine]:
+        cls.engine_type = row.engine
+        cls.capabilities = row.capabilities
+        cls.default_api_url = row.url
+        cls.api_key_env = row.key_env
+        cls.requires_api_key = True
+        cls.default_num_workers = row.workers
+        cls.provider = row.label
+        cls.supports_batch_api = row.batch_api
+        if not cls.__doc__:
+            cls.__doc__ = row.summary
+        return cls
+
+    return apply
+
+
+def _build(row: Provider) -> type[RemoteInferenceEngine]:
+    from infermux.engines.remote.openai.engine import RemoteInferenceEngine
+
+    namespace = {"__module__": __name__, "__qualname__": row.class_name, "__doc__": row.summary}
+    cls: type[RemoteInferenceEngine] = provider_class(row.engine)(
+        type(row.class_name, (RemoteInferenceEngine,), namespace)
+    )
+    return cls
+
+
+def __getattr__(name: str) -> Any:
+    """The class of a row without quirks, built once on first access (``TogetherInferenceEngine``, ...)."""
+    for row in PROVIDERS.values():
+        if row.class_name == name and row.quirks is None:
+            cls = globals()[name] = _build(row)
+            return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
