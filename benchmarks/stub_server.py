@@ -6,10 +6,10 @@ It answers ``POST /v1/chat/completions`` (and ``/chat/completions``) after a con
 seed, the request body and how many times that body was seen: the same seed gives the same faults
 whatever order concurrent requests arrive in.
 
-Side routes for harnesses: ``GET /v1/models``; ``GET /_stub/stats`` (request count, most requests in flight at
-once, time of the first request, faults injected); ``GET /_stub/log`` (the last user text of every valid request, in arrival
-order, faulted ones included); ``GET /_stub/requests`` (path, headers and body of captured requests, with
-``--capture``); ``POST /_stub/reset``.
+Side routes for harnesses: ``GET /v1/models``; ``GET /_stub/stats`` (request count, most requests in
+flight at once, time of the first request, faults injected); ``GET /_stub/log`` (the last user text of
+every valid request, in arrival order, faulted ones included); ``GET /_stub/requests`` (path, headers
+and body of captured requests, with ``--capture``); ``POST /_stub/reset``.
 
 Run it as a process (prints ``READY <base url>`` on stdout once listening)::
 

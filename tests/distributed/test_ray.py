@@ -23,7 +23,6 @@ import pytest
 from infermux.configs import DistributedParams, GenerationParams, InferenceConfig, ModelParams, RemoteParams
 from infermux.distributed import run_on_ray
 from infermux.engines.registry import build_engine
-from infermux.jobs.rows import validate_file
 from tests.servers import stub_server
 
 ray = pytest.importorskip("ray")
@@ -100,3 +99,133 @@ def test_remote_4_replicas_equal_a_single_process_run(cluster: Any, stub: str, t
     assert report.completion_tokens > 0
     assert Path(cfg.output_path or "").read_bytes() == single_process(cfg, tmp_path)
     assert not Path(str(cfg.output_path) + ".partial.jsonl").exists()
+
+
+def expected_answers(n: int) -> list[str]:
+    return [f"echo: row {i}" for i in range(n)]
+
+
+def answers(path: str | None) -> list[str]:
+    assert path is not None
+    return [json.loads(line)["messages"][-1]["content"] for line in Path(path).read_text().splitlines()]
+
+
+def sent_twice(url: str, n: int) -> int:
+    """Requests beyond one per row, from the stub's log of what it received; every row was asked."""
+    log = _stub(url, "/_stub/log")
+    assert set(log) == {f"row {i}" for i in range(n)}
+    return len(log) - n
+
+
+def test_killing_a_replica_mid_job_loses_and_duplicates_nothing(cluster: Any, stub: str, tmp_path: Path) -> None:
+    _stub(stub, "/_stub/reset", "POST")
+    n, per_call = 400, 16
+    cfg = remote_config(stub, tmp_path, n, rows_per_call=per_call)
+    killed: list[int] = []
+
+    def kill_one(report: Any) -> None:
+        if not killed and report.done >= 100:
+            victim = report.replicas[1]
+            os.kill(victim["pid"], signal.SIGKILL)
+            killed.append(victim["index"])
+
+    report = run_on_ray(cfg, on_progress=kill_one)
+    assert killed and report.ok
+    assert report.resent_rows > 0  # the dead replica's batches really were sent again
+    assert answers(cfg.output_path) == expected_answers(n)  # each row once, in input order
+    in_flight_at_kill = per_call * DistributedParams().calls_in_flight
+    assert sent_twice(stub, n) <= in_flight_at_kill
+
+
+def test_removing_a_node_mid_job_loses_and_duplicates_nothing(cluster: Any, stub: str, tmp_path: Path) -> None:
+    _stub(stub, "/_stub/reset", "POST")
+    node = cluster.add_node(num_cpus=4, object_store_memory=STORE)
+    cluster.wait_for_nodes()
+    n, per_call, replicas = 600, 16, 6
+    cfg = remote_config(stub, tmp_path, n, replicas=replicas, workers=12, rows_per_call=per_call)
+    removed: list[int] = []
+
+    def remove_node(report: Any) -> None:
+        if not removed and report.done >= 150:
+            on_node = [info for info in report.replicas if info["node"] == node.node_id]
+            removed.append(len(on_node))
+            cluster.remove_node(node)
+
+    report = run_on_ray(cfg, on_progress=remove_node)
+    assert removed and removed[0] >= 1, "no replica was placed on the node removed"
+    assert report.ok and report.resent_rows > 0
+    assert answers(cfg.output_path) == expected_answers(n)
+    in_flight_at_kill = removed[0] * per_call * DistributedParams().calls_in_flight
+    assert sent_twice(stub, n) <= in_flight_at_kill
+
+
+def test_killing_the_driver_then_rerunning_resumes_without_repeating_rows(
+    cluster: Any, stub: str, tmp_path: Path
+) -> None:
+    _stub(stub, "/_stub/reset", "POST")
+    n = 600
+    data = write_input(tmp_path / "in.jsonl", n)
+    out = tmp_path / "out.jsonl"
+    config = tmp_path / "job.yaml"
+    config.write_text(
+        "model: {model_name: stub}\nengine: REMOTE\n"
+        f"remote_params: {{api_url: '{stub}/v1', num_workers: 4}}\n"
+        "distributed: {replicas: 2, num_cpus: 0.5, rows_per_call: 16}\n"
+    )
+    cmd = [sys.executable, "-m", "infermux", "infer", "-c", str(config), "--input_path", str(data),
+           "--output_path", str(out), "--ray", cluster.address]  # fmt: skip
+    partial = Path(str(out) + ".partial.jsonl")
+    driver = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 180
+    while not (partial.exists() and partial.read_bytes().count(b"\n") >= 100):
+        assert driver.poll() is None, driver.stderr.read().decode() if driver.stderr else ""
+        assert time.monotonic() < deadline, "the driver wrote nothing in 180 s"
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    written = partial.read_bytes().count(b"\n")
+    assert written < n and not out.exists()
+
+    rerun = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "already done" in rerun.stderr
+    assert answers(str(out)) == expected_answers(n)
+    in_flight_at_kill = 2 * 16 * DistributedParams().calls_in_flight  # replicas × rows per call × calls
+    assert sent_twice(stub, n) <= in_flight_at_kill
+
+
+def test_a_429_storm_on_4_replicas_stays_within_the_job_budget(cluster: Any, tmp_path: Path) -> None:
+    workers, retry_after, latency, n = 4, 0.25, 0.01, 40
+    args = ["--latency-ms", "10", "--fault-rate", "1", "--faults", "429", "--max-faults-per-body", "2"]
+    with stub_server(*args, "--retry-after", str(retry_after)) as url:
+        cfg = remote_config(url, tmp_path, n, replicas=4, workers=workers)
+        assert cfg.remote_params is not None
+        cfg.remote_params.max_retries = 5
+        started = time.time()
+        report = run_on_ray(cfg)
+        ended = time.time()
+        stats = _stub(url, "/_stub/stats")
+    assert report.ok and answers(cfg.output_path) == expected_answers(n)
+    assert stats["requests"] == 3 * n  # two 429s then an answer, per row: nothing sent twice
+    assert stats["max_in_flight"] <= workers  # the replicas share one concurrency budget
+    # Each of the job's `workers` slots waits `retry_after` after each 429: at most 3 requests per
+    # 2·retry_after + 3·latency seconds. Four replicas each with the whole budget would send 4× that.
+    budget_rate = 3 * workers / (2 * retry_after + 3 * latency)
+    rate = stats["requests"] / (ended - max(started, stats["first_request_at"]))
+    assert rate <= 1.5 * budget_rate, f"{rate:.1f} requests/s, budget {budget_rate:.1f}"
+
+
+def test_llamacpp_2_replicas_equal_a_single_process_run(cluster: Any, tmp_path: Path) -> None:
+    prompts = ["Name a colour.", "What is 2+2?", "Say hello.", "Name a fruit.", "Count to three.", "Name a city."]
+    data = tmp_path / "in.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": p}]}) + "\n" for p in prompts))
+    cfg = InferenceConfig(
+        model=ModelParams(model_name="smollm2-135m-instruct", model_kwargs={"n_threads": 1}),
+        generation=GenerationParams(max_new_tokens=8, temperature=0.0),
+        input_path=str(data),
+        output_path=str(tmp_path / "out.jsonl"),
+        distributed=DistributedParams(replicas=2, num_cpus=1, rows_per_call=3),
+    )
+    report = run_on_ray(cfg)
+    assert report.ok and sorted(report.per_replica.values()) == [3, 3]
+    assert Path(cfg.output_path or "").read_bytes() == single_process(cfg, tmp_path)

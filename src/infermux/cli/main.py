@@ -43,12 +43,22 @@ def infer(
     image: list[str] | None = ImageOpt,
     engine: str | None = EngineOpt,
     strict: bool = StrictOpt,
+    ray: str | None = typer.Option(
+        None,
+        "--ray",
+        is_flag=False,
+        flag_value="",
+        metavar="[ADDRESS]",
+        help="Shard the batch job over a Ray cluster (HOST:PORT of its head; no value: distributed.address, "
+        "RAY_ADDRESS, or a one-machine cluster). Needs infermux[ray].",
+    ),
     log_level: str = LogOpt,
 ) -> None:
     """Run a batch job (--input_path) or chat (-i). Extra --section.field VALUE options override the config."""
     from infermux.cli.infer_cmd import run_infer
 
     run_infer(
+        ray=ray,
         config=config,
         overrides=list(ctx.args),
         input_path=input_path,

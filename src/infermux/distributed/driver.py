@@ -237,8 +237,8 @@ def _drive(
     pending: dict[Any, tuple[int, _Batch]] = {}
     resend: deque[_Batch] = deque()
 
-    def submit(replica: int) -> None:
-        batch = resend.popleft() if resend else None
+    def submit(replica: int, *, fresh_only: bool = False) -> None:
+        batch = resend.popleft() if resend and not fresh_only else None
         if batch is None:
             rows = next(fresh, None)
             if rows is None:
@@ -246,41 +246,52 @@ def _drive(
             batch = _Batch(rows)
         pending[actors[replica].infer.remote(batch.rows)] = (replica, batch)
 
+    def _lost(replica: int, batch: _Batch, exc: Exception) -> None:
+        batch.attempts += 1
+        text = str(exc).strip().splitlines()
+        reason = f"{type(exc).__name__}: {text[0] if text else ''}"
+        if batch.attempts > dist.max_resends:
+            logger.warning(
+                "a batch was lost %d times (last on replica %d: %s); its rows are failed",
+                batch.attempts,
+                replica,
+                reason,
+            )
+            error = RowError(
+                kind="replica_lost",
+                message=f"the replica running this row died {batch.attempts} times ({reason})",
+                retryable=True,
+            )
+            for row in batch.rows:
+                writer.record(replica, row, error)
+        else:
+            logger.warning(
+                "replica %d lost a batch of %d rows (%s); sending it again", replica, len(batch.rows), reason
+            )
+            report.resent_rows += len(batch.rows)
+            resend.append(batch)
+
     for _ in range(dist.calls_in_flight):
         for replica in range(len(actors)):
             submit(replica)
-    while pending:
+    while pending or resend:
+        if not pending:  # only lost batches are left: hand them out (restarted replicas queue them)
+            for replica in range(len(actors)):
+                submit(replica)
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
         for ref in ready:
             replica, batch = pending.pop(ref)
             try:
                 results = ray.get(ref)
             except RayError as exc:
-                batch.attempts += 1
-                reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                if batch.attempts > dist.max_resends:
-                    logger.warning(
-                        "replica %d lost a batch %d times (%s); its rows are failed", replica, batch.attempts, reason
-                    )
-                    error = RowError(
-                        kind="replica_lost",
-                        message=f"the replica died {batch.attempts} times running this row ({reason})",
-                        retryable=True,
-                    )
-                    for row in batch.rows:
-                        writer.record(replica, row, error)
-                else:
-                    logger.warning(
-                        "replica %d lost a batch of %d rows (%s); sending it again", replica, len(batch.rows), reason
-                    )
-                    report.resent_rows += len(batch.rows)
-                    resend.append(batch)
-            else:
-                for row, result in zip(batch.rows, results, strict=True):
-                    writer.record(replica, row, result)
+                _lost(replica, batch, exc)
+                # Fresh rows for the restarting replica (they wait for it); the lost batch goes to the
+                # next replica that answers, so it is not stuck behind the restart.
+                submit(replica, fresh_only=True)
+                continue
+            for row, result in zip(batch.rows, results, strict=True):
+                writer.record(replica, row, result)
             submit(replica)
-            if resend:  # a lost batch goes to whichever replica frees up first, this one included
-                submit(replica)
         if on_progress is not None:
             on_progress(report)
 
