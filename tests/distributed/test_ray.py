@@ -229,3 +229,17 @@ def test_llamacpp_2_replicas_equal_a_single_process_run(cluster: Any, tmp_path: 
     report = run_on_ray(cfg)
     assert report.ok and sorted(report.per_replica.values()) == [3, 3]
     assert Path(cfg.output_path or "").read_bytes() == single_process(cfg, tmp_path)
+
+
+def test_a_replica_that_cannot_build_its_engine_is_a_clear_error(cluster: Any, tmp_path: Path) -> None:
+    from infermux.distributed.replica import ReplicaStartError
+
+    cfg = InferenceConfig(
+        model=ModelParams(model_name=str(tmp_path / "missing.gguf")),
+        input_path=str(write_input(tmp_path / "in.jsonl", 3)),
+        output_path=str(tmp_path / "out.jsonl"),
+        distributed=DistributedParams(replicas=2, num_cpus=0.5),
+    )
+    with pytest.raises(ReplicaStartError, match=r"missing\.gguf"):
+        run_on_ray(cfg)
+    assert list(tmp_path.iterdir()) == [tmp_path / "in.jsonl"]  # nothing half-written

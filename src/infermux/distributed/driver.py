@@ -48,6 +48,8 @@ class ClusterReport(BatchReport):
     per_replica: dict[int, int] = field(default_factory=dict)
     resent_rows: int = 0
     duplicates_dropped: int = 0
+    #: Seconds from the job's start until every replica had built its engine.
+    startup_s: float = 0.0
 
 
 @dataclass
@@ -190,7 +192,8 @@ def _run(
 ) -> None:
     actors = [_start_replica(ray, plan, dist) for plan in plans]
     try:
-        report.replicas = ray.get([actor.ready.remote() for actor in actors])
+        report.replicas = _wait_ready(ray, actors)
+        report.startup_s = report.elapsed
         for info in report.replicas:
             if "error" in info:
                 kind, message = info["error"]
@@ -212,6 +215,22 @@ def _run(
             files.close()
     finally:
         _stop(ray, actors)
+
+
+def _wait_ready(ray: Any, actors: list[Any]) -> list[dict[str, Any]]:
+    """Each replica's ``ready()`` answer; a replica that cannot even start is a user-facing error."""
+    from ray.exceptions import RayError
+
+    try:
+        infos: list[dict[str, Any]] = ray.get([actor.ready.remote() for actor in actors])
+    except RayError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        cause = next((line for line in reversed(lines) if "Error" in line), lines[-1] if lines else type(exc).__name__)
+        raise ReplicaStartError(
+            f"a replica could not start: {cause}. Every node needs the same Python and the same infermux "
+            "version with the engine's extra (pip install 'infermux[ray]' plus the engine extra)."
+        ) from None
+    return infos
 
 
 def _rows_per_call(dist: DistributedParams, infos: list[dict[str, Any]]) -> int:
