@@ -104,3 +104,12 @@ def test_cli_ray_errors_are_user_errors(tmp_path: Path) -> None:
     bad.write_text(textwrap.dedent('{"messages": []}\nnot json\n'))
     invalid = run_cli("infer", "--input_path", str(bad), "--output_path", str(tmp_path / "o.jsonl"), "--ray")
     assert invalid.returncode == 2 and "bad.jsonl:2" in invalid.stderr
+
+
+def test_cli_ray_rejects_unsupported_parameters_before_ray_starts(tmp_path: Path) -> None:
+    data = tmp_path / "in.jsonl"
+    data.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
+    args = ["infer", "--input_path", str(data), "--output_path", str(tmp_path / "o.jsonl"), "--ray"]
+    strict = run_cli(*args, "--engine", "REMOTE", "--strict", "--generation.num_beams", "4")
+    assert strict.returncode == 2 and "does not support" in strict.stderr and "num_beams" in strict.stderr
+    assert list(tmp_path.iterdir()) == [data]

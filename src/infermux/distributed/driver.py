@@ -68,6 +68,15 @@ def _import_ray() -> Any:
     return ray
 
 
+def _check_engine(cfg: InferenceConfig) -> None:
+    """What the engine cannot honour, said here once (replicas log to their own nodes), before Ray starts."""
+    from infermux.engines.capabilities import check_params
+    from infermux.engines.registry import engine_class
+
+    cls = engine_class(cfg.resolved_engine())
+    check_params(cls.__name__, cls.capabilities, cfg.generation, cfg.model, strict=cfg.strict)
+
+
 def _connect(ray: Any, dist: DistributedParams) -> bool:
     """Join the cluster (or start a one-machine one); True when this call started Ray."""
     if ray.is_initialized():
@@ -162,6 +171,7 @@ def run_on_ray(
     ids = row_ids if row_ids is not None else validate_file(cfg.input_path)
     files = JobFiles(cfg.output_path, cfg.fingerprint())
     files.check_writable()
+    _check_engine(cfg)
     ray = _import_ray()
     started_ray = _connect(ray, dist)
     try:
