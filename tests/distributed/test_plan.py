@@ -113,3 +113,13 @@ def test_cli_ray_rejects_unsupported_parameters_before_ray_starts(tmp_path: Path
     strict = run_cli(*args, "--engine", "REMOTE", "--strict", "--generation.num_beams", "4")
     assert strict.returncode == 2 and "does not support" in strict.stderr and "num_beams" in strict.stderr
     assert list(tmp_path.iterdir()) == [data]
+
+
+def test_llamacpp_replicas_use_the_cpus_ray_reserved_for_them() -> None:
+    cfg = InferenceConfig(model=ModelParams(model_name="smollm2-135m-instruct"))
+    plans = plan_replicas(cfg, DistributedParams(replicas=2, num_cpus=3), {"CPU": 8.0})
+    assert [p.config.model.model_kwargs["n_threads"] for p in plans] == [3, 3]
+    mine = InferenceConfig(model=ModelParams(model_name="smollm2-135m-instruct", model_kwargs={"n_threads": 1}))
+    assert plan_replicas(mine, DistributedParams(replicas=1, num_cpus=3), {})[0].config.model.model_kwargs == {
+        "n_threads": 1
+    }

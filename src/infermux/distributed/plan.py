@@ -90,6 +90,11 @@ def plan_replicas(cfg: InferenceConfig, dist: DistributedParams, cluster: dict[s
         if remote is not None:
             total, params = remote
             config.remote_params = params.model_copy(update={"num_workers": share(total, count, index)})
+        engine = config.resolved_engine()
+        if engine == InferenceEngineType.LLAMACPP and dist.num_cpus >= 1 and "n_threads" not in cfg.model.model_kwargs:
+            # llama.cpp would take half of the machine's cores per replica: give it the CPUs Ray reserved.
+            kwargs = {**config.model.model_kwargs, "n_threads": int(dist.num_cpus)}
+            config.model = config.model.model_copy(update={"model_kwargs": kwargs})
         bundles = 0
         if parallel > 1:
             bundles = parallel
