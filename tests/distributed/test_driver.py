@@ -21,7 +21,7 @@ def _row(i: int) -> InputRow:
 def test_a_row_answered_twice_is_written_once(tmp_path: Path) -> None:
     files = JobFiles(tmp_path / "out.jsonl", "fp")
     report = ClusterReport(total=3)
-    writer = _Writer(files, report, seen={"r0"})  # r0 was done by an earlier run
+    writer = _Writer(files, report, written=bytearray([1, 0, 0]))  # r0 was done by an earlier run
     files.open()
     try:
         answer = _row(1).conversation.with_reply("hi", {"usage": {"prompt_tokens": 2, "completion_tokens": 3}})
