@@ -243,3 +243,29 @@ def test_a_replica_that_cannot_build_its_engine_is_a_clear_error(cluster: Any, t
     with pytest.raises(ReplicaStartError, match=r"missing\.gguf"):
         run_on_ray(cfg)
     assert list(tmp_path.iterdir()) == [tmp_path / "in.jsonl"]  # nothing half-written
+
+
+def test_failed_rows_get_the_same_records_as_a_single_process_run_and_a_rerun_retries_them(
+    cluster: Any, tmp_path: Path
+) -> None:
+    n = 100
+    args = ["--fault-rate", "0.2", "--faults", "500", "--seed", "3", "--max-faults-per-body", "1"]
+    with stub_server(*args) as url:
+        cfg = remote_config(url, tmp_path, n)
+        assert cfg.remote_params is not None
+        cfg.remote_params.max_retries = 0  # a 500 fails the row at once (the same rows each run: seeded)
+        report = run_on_ray(cfg)
+        _stub(url, "/_stub/reset", "POST")
+        single = single_process(cfg, tmp_path)
+        assert 0 < report.failed < n and report.done == n - report.failed
+        errors = Path(str(cfg.output_path) + ".errors.jsonl")
+        single_errors = tmp_path / "single.jsonl.errors.jsonl"
+        assert sorted(errors.read_text().splitlines()) == sorted(single_errors.read_text().splitlines())
+        assert Path(str(cfg.output_path)).read_bytes() == single
+        # The rerun sends only the failed rows; each body has had its one fault by now, so they pass.
+        before = _stub(url, "/_stub/stats")["requests"]
+        rerun = run_on_ray(cfg)
+        assert rerun.ok and rerun.resumed == n - report.failed and rerun.done == report.failed
+        assert _stub(url, "/_stub/stats")["requests"] - before == report.failed
+    assert answers(cfg.output_path) == expected_answers(n)
+    assert not errors.exists()
