@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -249,20 +250,28 @@ def test_failed_rows_get_the_same_records_as_a_single_process_run_and_a_rerun_re
     cluster: Any, tmp_path: Path
 ) -> None:
     n = 100
-    args = ["--fault-rate", "0.2", "--faults", "500", "--seed", "3", "--max-faults-per-body", "1"]
+    # A faulted body gets a 500 on its first and (half the time) its second try: with one retry, about
+    # a quarter of the rows fail, the same ones in each run (the faults are seeded by body and try), and
+    # a stray connection error under load is retried instead of changing the set of failed rows.
+    args = ["--fault-rate", "0.5", "--faults", "500", "--seed", "3", "--max-faults-per-body", "2"]
     with stub_server(*args) as url:
         cfg = remote_config(url, tmp_path, n)
         assert cfg.remote_params is not None
-        cfg.remote_params.max_retries = 0  # a 500 fails the row at once (the same rows each run: seeded)
+        cfg.remote_params.max_retries = 1
         report = run_on_ray(cfg)
         _stub(url, "/_stub/reset", "POST")
         single = single_process(cfg, tmp_path)
         assert 0 < report.failed < n and report.done == n - report.failed
         errors = Path(str(cfg.output_path) + ".errors.jsonl")
         single_errors = tmp_path / "single.jsonl.errors.jsonl"
-        assert sorted(errors.read_text().splitlines()) == sorted(single_errors.read_text().splitlines())
+        # Records are equal but for the time the transport spent on the row ("... and 0.1s)").
+        got, want = (
+            sorted(re.sub(r"and \d+\.\ds\)", "and Ts)", x) for x in f.read_text().splitlines())
+            for f in (errors, single_errors)
+        )
+        assert got == want, "\n".join(sorted(set(got) ^ set(want)))
         assert Path(str(cfg.output_path)).read_bytes() == single
-        # The rerun sends only the failed rows; each body has had its one fault by now, so they pass.
+        # The rerun sends only the failed rows; each body has had its faults by now, so they pass.
         before = _stub(url, "/_stub/stats")["requests"]
         rerun = run_on_ray(cfg)
         assert rerun.ok and rerun.resumed == n - report.failed and rerun.done == report.failed

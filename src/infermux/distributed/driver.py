@@ -27,9 +27,10 @@ from infermux.configs.inference_config import InferenceConfig
 from infermux.distributed.plan import ReplicaPlan, plan_replicas
 from infermux.distributed.replica import Replica, ReplicaStartError
 from infermux.errors import EngineUnavailableError, InfermuxError, OutputError, RowError
+from infermux.jobs.api import check_output_path, prepare_input
 from infermux.jobs.files import JobFiles
-from infermux.jobs.loop import BatchReport, _count_usage
-from infermux.jobs.rows import InputRow, iter_rows, validate_file
+from infermux.jobs.loop import BatchReport, record_result
+from infermux.jobs.rows import InputRow, iter_rows
 from infermux.types import Conversation
 
 __all__ = ["ClusterReport", "run_on_ray"]
@@ -75,6 +76,10 @@ def _check_engine(cfg: InferenceConfig) -> None:
 
     cls = engine_class(cfg.resolved_engine())
     check_params(cls.__name__, cls.capabilities, cfg.generation, cfg.model, strict=cfg.strict)
+    if hasattr(cls, "default_num_workers"):  # a remote engine is cheap to build: a missing URL or key shows here
+        from infermux.engines.registry import build_engine
+
+        build_engine(cfg).close()
 
 
 def _connect(ray: Any, dist: DistributedParams) -> bool:
@@ -152,13 +157,7 @@ class _Writer:
             self.report.duplicates_dropped += 1
             return
         self.written[row.index] = 1
-        if isinstance(result, RowError):
-            self.report.failed += 1
-            self.files.append_failed(row, result)
-        else:
-            self.report.done += 1
-            _count_usage(self.report, result)
-            self.files.append_done(row, result)
+        record_result(self.report, self.files, row, result)
         self.report.per_replica[replica] = self.report.per_replica.get(replica, 0) + 1
 
 
@@ -172,9 +171,9 @@ def run_on_ray(
     if not cfg.input_path or not cfg.output_path:
         raise OutputError("a job on a cluster needs --input_path and --output_path (answers go to a file).")
     dist = cfg.distributed or DistributedParams()
-    ids = row_ids if row_ids is not None else validate_file(cfg.input_path)
+    ids = row_ids if row_ids is not None else prepare_input(cfg.input_path)
+    check_output_path(cfg.output_path, cfg.input_path)
     files = JobFiles(cfg.output_path, cfg.fingerprint())
-    files.check_writable()
     _check_engine(cfg)
     ray = _import_ray()
     started_ray = _connect(ray, dist)

@@ -10,7 +10,7 @@ import time
 
 from infermux.configs.inference_config import InferenceConfig
 from infermux.distributed.driver import ClusterReport, run_on_ray
-from infermux.jobs.rows import validate_file
+from infermux.jobs.api import prepare_input
 
 __all__ = ["describe", "run_with_progress"]
 
@@ -38,7 +38,7 @@ def run_with_progress(cfg: InferenceConfig) -> ClusterReport:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     assert cfg.input_path is not None
-    row_ids = validate_file(cfg.input_path)
+    row_ids = prepare_input(cfg.input_path)
     console = Console(stderr=True)
     progress = Progress(
         TextColumn("[bold]infer on ray"),
