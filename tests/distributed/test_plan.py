@@ -123,3 +123,11 @@ def test_llamacpp_replicas_use_the_cpus_ray_reserved_for_them() -> None:
     assert plan_replicas(mine, DistributedParams(replicas=1, num_cpus=3), {})[0].config.model.model_kwargs == {
         "n_threads": 1
     }
+
+
+def test_cli_ray_remote_engine_without_url_fails_before_ray_starts(tmp_path: Path) -> None:
+    data = tmp_path / "in.jsonl"
+    data.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
+    args = ["infer", "--input_path", str(data), "--output_path", str(tmp_path / "o.jsonl"), "--ray"]
+    res = run_cli(*args, "--engine", "REMOTE", "--model.model_name", "m")
+    assert res.returncode == 2 and "api_url" in res.stderr and "Traceback" not in res.stderr, res.stderr
