@@ -26,7 +26,7 @@ from infermux.configs.distributed_params import DistributedParams
 from infermux.configs.inference_config import InferenceConfig
 from infermux.distributed.plan import ReplicaPlan, plan_replicas
 from infermux.distributed.replica import Replica, ReplicaStartError
-from infermux.errors import EngineUnavailableError, InfermuxError, OutputError, RowError
+from infermux.errors import EngineUnavailableError, ErrorKind, InfermuxError, OutputError, RowError, install_hint
 from infermux.jobs.api import check_output_path, prepare_input
 from infermux.jobs.files import JobFiles
 from infermux.jobs.loop import BatchReport, record_result
@@ -64,7 +64,7 @@ def _import_ray() -> Any:
         import ray
     except ImportError:
         raise EngineUnavailableError(
-            "--ray needs Ray, which is not installed. Install it with: pip install 'infermux[ray]'"
+            f"--ray needs Ray, which is not installed. Install it with: {install_hint('ray')}"
         ) from None
     return ray
 
@@ -247,7 +247,7 @@ def _wait_ready(ray: Any, actors: list[Any]) -> list[dict[str, Any]]:
         cause = next((line for line in reversed(lines) if "Error" in line), lines[-1] if lines else type(exc).__name__)
         raise ReplicaStartError(
             f"a replica could not start: {cause}. Every node needs the same Python and the same infermux "
-            "version with the engine's extra (pip install 'infermux[ray]' plus the engine extra)."
+            f"version with the engine's extra ({install_hint('ray')} plus the engine's own)."
         ) from None
     return infos
 
@@ -296,7 +296,7 @@ def _drive(
                 reason,
             )
             error = RowError(
-                kind="replica_lost",
+                kind=ErrorKind.REPLICA_LOST,
                 message=f"the replica running this row died {batch.attempts} times ({reason})",
                 retryable=True,
             )

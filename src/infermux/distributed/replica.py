@@ -11,7 +11,7 @@ import os
 from typing import Any
 
 from infermux.configs.inference_config import InferenceConfig
-from infermux.errors import InfermuxError, RowError
+from infermux.errors import ErrorKind, InfermuxError, RowError
 from infermux.jobs.loop import _run_chunks
 from infermux.jobs.rows import InputRow
 from infermux.types import Conversation
@@ -77,7 +77,7 @@ class Replica:
         else:  # a local engine answers one batch at a time; the next one waits here, already delivered
             async with self._serial:
                 await _run_chunks(self.engine, rows, self.generation, keep)
-        return [r if r is not None else RowError(kind="internal", message="no result") for r in results]
+        return [r if r is not None else RowError(kind=ErrorKind.INTERNAL, message="no result") for r in results]
 
     async def close(self) -> None:
         if self.engine is not None:
