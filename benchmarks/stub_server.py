@@ -6,10 +6,10 @@ It answers ``POST /v1/chat/completions`` (and ``/chat/completions``) after a con
 seed, the request body and how many times that body was seen: the same seed gives the same faults
 whatever order concurrent requests arrive in.
 
-Side routes for harnesses: ``GET /v1/models``; ``GET /_stub/stats`` (request count, time of the first
-request, faults injected); ``GET /_stub/log`` (the last user text of every valid request, in arrival
-order, faulted ones included); ``GET /_stub/requests`` (path, headers and body of captured requests, with
-``--capture``); ``POST /_stub/reset``.
+Side routes for harnesses: ``GET /v1/models``; ``GET /_stub/stats`` (request count, most requests in
+flight at once, time of the first request, faults injected); ``GET /_stub/log`` (the last user text of
+every valid request, in arrival order, faulted ones included); ``GET /_stub/requests`` (path, headers
+and body of captured requests, with ``--capture``); ``POST /_stub/reset``.
 
 Run it as a process (prints ``READY <base url>`` on stdout once listening)::
 
@@ -68,6 +68,8 @@ class StubState:
     def reset(self) -> None:
         self.requests = 0
         self.completed = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
         self.first_request_at: float | None = None
         self.seen: dict[str, int] = {}
         self.faults_injected: dict[str, int] = {}
@@ -129,6 +131,14 @@ def make_app(state: StubState) -> web.Application:
     """The aiohttp application serving the stub routes from ``state``."""
 
     async def chat(request: web.Request) -> web.StreamResponse:
+        state.in_flight += 1
+        state.max_in_flight = max(state.max_in_flight, state.in_flight)
+        try:
+            return await _chat(request)
+        finally:
+            state.in_flight -= 1
+
+    async def _chat(request: web.Request) -> web.StreamResponse:
         body = await request.read()
         state.requests += 1
         if state.first_request_at is None:
@@ -181,6 +191,7 @@ def make_app(state: StubState) -> web.Application:
             {
                 "requests": state.requests,
                 "completed": state.completed,
+                "max_in_flight": state.max_in_flight,
                 "first_request_at": state.first_request_at,
                 "faults": state.faults_injected,
             }

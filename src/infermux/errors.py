@@ -27,6 +27,7 @@ exception raised while running a row becomes such a record; its ``kind`` is an :
     generation_failed    a local engine failed while generating
     output_error         the answer could not be written to the job's output
     batch_failed / batch_expired / batch_cancelled / batch_error   a provider Batch API shard or row failed
+    replica_lost         a Ray cluster replica died each time the row was sent (``--ray`` jobs)
     internal             an infermux bug (a row was never run)
 
 A plugin engine may record a kind of its own (any snake_case string); it is written as given.
@@ -71,6 +72,7 @@ class ErrorKind(str, enum.Enum):
     BATCH_EXPIRED = "batch_expired"
     BATCH_CANCELLED = "batch_cancelled"
     BATCH_ERROR = "batch_error"
+    REPLICA_LOST = "replica_lost"
     INTERNAL = "internal"
 
     def __str__(self) -> str:

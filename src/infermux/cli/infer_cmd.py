@@ -30,6 +30,7 @@ def run_infer(
     engine: str | None,
     strict: bool,
     log_level: str,
+    ray: str | None = None,
 ) -> None:
     setup_logging(log_level)
     with user_errors():
@@ -38,7 +39,14 @@ def run_infer(
             cfg.input_path = input_path
         if output_path:
             cfg.output_path = output_path
+        if ray is not None:
+            from infermux.configs.distributed_params import DistributedParams
+
+            dist = cfg.distributed or DistributedParams()
+            cfg.distributed = dist.model_copy(update={"address": ray}) if ray else dist
         if interactive or not cfg.input_path:
+            if ray is not None:
+                fail("--ray runs batch jobs (--input_path and --output_path); chat runs on this machine.")
             if images and cfg.input_path:
                 fail("--image applies to chat; batch rows carry their own images.")
             from infermux.cli.chat_cmd import run_chat
@@ -47,7 +55,12 @@ def run_infer(
             return
         if system_prompt or images:
             fail("--system-prompt and --image apply to chat (-i); batch rows carry their own messages.")
-        code = _run_batch(cfg)
+        if cfg.distributed is not None:  # --ray, or a distributed: section in the config
+            from infermux.distributed.progress import run_with_progress
+
+            code = _summarise(run_with_progress(cfg))
+        else:
+            code = _run_batch(cfg)
     if code:
         raise SystemExit(code)
 

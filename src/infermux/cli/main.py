@@ -43,12 +43,20 @@ def infer(
     image: list[str] | None = ImageOpt,
     engine: str | None = EngineOpt,
     strict: bool = StrictOpt,
+    ray: str | None = typer.Option(
+        None,
+        "--ray",
+        metavar="[ADDRESS]",
+        help="Shard the batch job over a Ray cluster (HOST:PORT of its head; no value: distributed.address, "
+        "RAY_ADDRESS, or a one-machine cluster). Needs infermux[ray].",
+    ),
     log_level: str = LogOpt,
 ) -> None:
     """Run a batch job (--input_path) or chat (-i). Extra --section.field VALUE options override the config."""
     from infermux.cli.infer_cmd import run_infer
 
     run_infer(
+        ray=ray,
         config=config,
         overrides=list(ctx.args),
         input_path=input_path,
@@ -118,9 +126,18 @@ def version() -> None:
     print(__version__)
 
 
+def _optional_values(argv: list[str]) -> list[str]:
+    """``--ray`` may come without its value (typer has no optional option values): give it an empty one."""
+    out = []
+    for i, arg in enumerate(argv):
+        bare = arg == "--ray" and (i + 1 == len(argv) or argv[i + 1].startswith("-"))
+        out.append("--ray=" if bare else arg)
+    return out
+
+
 def main() -> None:
     try:
-        app()
+        app(args=_optional_values(sys.argv[1:]))
     except KeyboardInterrupt:
         sys.stderr.write("\ninterrupted\n")
         sys.exit(130)

@@ -1,5 +1,6 @@
 """Configuration models (Oumi-compatible field names) and the YAML loader."""
 
+from infermux.configs.distributed_params import DistributedParams
 from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams, GuidedDecodingParams
 from infermux.configs.inference_config import DEFAULT_MODEL, InferenceConfig
@@ -9,6 +10,7 @@ from infermux.configs.remote_params import RemoteParams
 
 __all__ = [
     "DEFAULT_MODEL",
+    "DistributedParams",
     "GenerationParams",
     "GuidedDecodingParams",
     "InferenceConfig",

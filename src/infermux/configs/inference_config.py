@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from infermux.configs._base import ConfigModel
+from infermux.configs.distributed_params import DistributedParams
 from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams
 from infermux.configs.model_params import ModelParams
@@ -35,6 +36,8 @@ class InferenceConfig(ConfigModel):
     """Where to write the answered conversations (JSONL)."""
     strict: bool = False
     """Fail, instead of warning, when the engine does not support a requested parameter."""
+    distributed: DistributedParams | None = None
+    """Shard the batch job over a Ray cluster (``--ray``); see docs/distributed.md."""
 
     @field_validator("engine", mode="before")
     @classmethod

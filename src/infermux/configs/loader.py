@@ -19,6 +19,7 @@ import yaml
 from pydantic import ValidationError
 
 from infermux.configs._base import ConfigModel, logger
+from infermux.configs.distributed_params import DistributedParams
 from infermux.configs.generation_params import GenerationParams, GuidedDecodingParams
 from infermux.configs.inference_config import InferenceConfig
 from infermux.configs.model_params import ModelParams
@@ -37,6 +38,7 @@ _SECTIONS: dict[_Path, type[ConfigModel]] = {
     ("generation",): GenerationParams,
     ("generation", "guided_decoding"): GuidedDecodingParams,
     ("remote_params",): RemoteParams,
+    ("distributed",): DistributedParams,
 }
 
 

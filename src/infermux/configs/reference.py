@@ -9,6 +9,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from infermux.configs._base import ConfigModel
+from infermux.configs.distributed_params import DistributedParams
 from infermux.configs.generation_params import GenerationParams, GuidedDecodingParams
 from infermux.configs.inference_config import InferenceConfig
 from infermux.configs.model_params import ModelParams
@@ -20,6 +21,7 @@ SECTIONS: list[tuple[str, type[ConfigModel]]] = [
     ("generation", GenerationParams),
     ("generation.guided_decoding", GuidedDecodingParams),
     ("remote_params", RemoteParams),
+    ("distributed", DistributedParams),
 ]
 
 

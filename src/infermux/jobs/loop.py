@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from infermux.configs.generation_params import GenerationParams
     from infermux.engines.base import InferenceEngine
 
-__all__ = ["BatchReport", "JobFiles", "run_job"]  # JobFiles re-exported
+__all__ = ["BatchReport", "JobFiles", "record_result", "run_job"]  # JobFiles re-exported
 
 logger = logging.getLogger("infermux.jobs")
 
@@ -126,6 +126,32 @@ def _count_usage(report: BatchReport, conversation: Conversation) -> None:
         report.completion_tokens += int(usage.get("completion_tokens") or 0)
 
 
+def record_result(
+    report: BatchReport, files: JobFiles | None, row: InputRow, result: Conversation | RowError
+) -> Conversation | RowError:
+    """Write one finished row to ``files`` and count it; return what was recorded (a reply that cannot be
+    written becomes that row's ``output_error``). Every job writer records rows through here."""
+    if isinstance(result, Conversation):
+        result = scrub_reply(result)
+        if files is not None:
+            try:
+                files.append_done(row, result)
+            except Exception as exc:  # a row that cannot be recorded is that row's failure, not the job's
+                logger.debug("row %s could not be recorded", row.row_id, exc_info=True)
+                result = RowError(
+                    kind="output_error",
+                    message=f"the answer could not be written ({type(exc).__name__}: {exc})"[:1000],
+                )
+    if isinstance(result, RowError):
+        report.failed += 1
+        if files is not None:
+            files.append_failed(row, result)
+    else:
+        report.done += 1
+        _count_usage(report, result)
+    return result
+
+
 async def run_job(
     engine: InferenceEngine,
     rows: Callable[[], Iterable[InputRow]],
@@ -147,24 +173,7 @@ async def run_job(
         files.open()
 
     def on_result(row: InputRow, result: Conversation | RowError) -> None:
-        if isinstance(result, Conversation):
-            result = scrub_reply(result)
-            if files is not None:
-                try:
-                    files.append_done(row, result)
-                except Exception as exc:  # a row that cannot be recorded is that row's failure, not the job's
-                    logger.debug("row %s could not be recorded", row.row_id, exc_info=True)
-                    result = RowError(
-                        kind="output_error",
-                        message=f"the answer could not be written ({type(exc).__name__}: {exc})"[:1000],
-                    )
-        if isinstance(result, RowError):
-            report.failed += 1
-            if files is not None:
-                files.append_failed(row, result)
-        else:
-            report.done += 1
-            _count_usage(report, result)
+        result = record_result(report, files, row, result)
         if on_row is not None:
             on_row(row, result)
         if on_progress is not None:

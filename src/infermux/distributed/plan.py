@@ -1,0 +1,113 @@
+"""What each replica gets: its config (a share of the remote budget, the API key resolved once on the
+driver, vLLM's executor) and its Ray resources. Pure functions: no Ray import, easy to test."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import SecretStr
+
+from infermux.configs.distributed_params import DistributedParams
+from infermux.configs.engine_type import InferenceEngineType
+from infermux.configs.inference_config import InferenceConfig
+from infermux.configs.remote_params import RemoteParams
+
+__all__ = ["ReplicaPlan", "plan_replicas", "share"]
+
+logger = logging.getLogger("infermux.distributed")
+
+
+@dataclass
+class ReplicaPlan:
+    """One replica: the config its engine is built from, and what Ray reserves for it."""
+
+    index: int
+    config: InferenceConfig
+    num_cpus: float
+    num_gpus: float
+    #: vLLM tensor × pipeline parallel size; above 1 the replica gets a placement group of that many bundles.
+    gpu_bundles: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def share(total: int, parts: int, index: int) -> int:
+    """``index``'s part when ``total`` is split into ``parts`` near-equal whole parts (they sum to ``total``)."""
+    return total // parts + (1 if index < total % parts else 0)
+
+
+def _remote_budget(cfg: InferenceConfig) -> tuple[int, RemoteParams] | None:
+    """The job-wide concurrency of a remote engine and its params with the API key resolved."""
+    from infermux.engines.registry import engine_class
+
+    cls = engine_class(cfg.resolved_engine())
+    if not hasattr(cls, "default_num_workers"):
+        return None  # a local engine
+    params = cfg.remote_params or RemoteParams()
+    total = params.num_workers if "num_workers" in params.model_fields_set else int(cls.default_num_workers)
+    # Workers on other machines may not have the driver's environment: resolve the key here once. It travels
+    # to the replicas inside the pickled config (Ray's object store), never on a command line or in a log.
+    key = params.resolve_api_key(getattr(cls, "api_key_env", None))
+    update: dict[str, Any] = {"num_workers": total}
+    if key is not None:
+        update["api_key"] = SecretStr(key)
+    return total, params.model_copy(update=update)
+
+
+def _vllm_parallel(cfg: InferenceConfig) -> int:
+    kwargs = cfg.model.model_kwargs
+    return int(kwargs.get("tensor_parallel_size", 1)) * int(kwargs.get("pipeline_parallel_size", 1))
+
+
+def plan_replicas(cfg: InferenceConfig, dist: DistributedParams, cluster: dict[str, float]) -> list[ReplicaPlan]:
+    """The replicas of a job on a cluster with ``cluster`` resources (``ray.cluster_resources()``)."""
+    parallel = _vllm_parallel(cfg) if cfg.resolved_engine() == InferenceEngineType.VLLM else 1
+    gpus_each = float(parallel) if parallel > 1 else dist.num_gpus
+    count = dist.replicas
+    if count is None:
+        if gpus_each > 0:
+            count = max(1, math.floor(cluster.get("GPU", 0.0) / gpus_each))
+        elif dist.num_cpus > 0:
+            count = max(1, math.floor(cluster.get("CPU", 1.0) / dist.num_cpus))
+        else:
+            count = 1
+    remote = _remote_budget(cfg)
+    if remote is not None and remote[0] < count:
+        logger.warning(
+            "%d replicas asked for but remote_params.num_workers is %d: using %d replicas so the job's "
+            "concurrency stays %d.",
+            count,
+            remote[0],
+            remote[0],
+            remote[0],
+        )
+        count = remote[0]
+    plans = []
+    for index in range(count):
+        config = cfg.model_copy(deep=True)
+        if remote is not None:
+            total, params = remote
+            config.remote_params = params.model_copy(update={"num_workers": share(total, count, index)})
+        engine = config.resolved_engine()
+        if engine == InferenceEngineType.LLAMACPP and dist.num_cpus >= 1 and "n_threads" not in cfg.model.model_kwargs:
+            # llama.cpp would take half of the machine's cores per replica: give it the CPUs Ray reserved.
+            kwargs = {**config.model.model_kwargs, "n_threads": int(dist.num_cpus)}
+            config.model = config.model.model_copy(update={"model_kwargs": kwargs})
+        bundles = 0
+        if parallel > 1:
+            bundles = parallel
+            kwargs = dict(config.model.model_kwargs)
+            kwargs.setdefault("distributed_executor_backend", "ray")
+            config.model = config.model.model_copy(update={"model_kwargs": kwargs})
+        plans.append(
+            ReplicaPlan(
+                index=index,
+                config=config,
+                num_cpus=dist.num_cpus,
+                num_gpus=0.0 if parallel > 1 else dist.num_gpus,
+                gpu_bundles=bundles,
+            )
+        )
+    return plans
