@@ -6,14 +6,12 @@ providers, and any other protocol adapter that needs the same message or image e
 
 from __future__ import annotations
 
-import base64
-import mimetypes
 import re
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from infermux.configs.generation_params import GenerationParams, GuidedDecodingParams
+from infermux.engines.remote.media import image_payload
 from infermux.types import ContentItem, Conversation, FinishReason, Message, Type, Usage
 
 __all__ = [
@@ -46,39 +44,16 @@ def chat_completions_url(api_url: str) -> str:
 
 # ---------------------------------------------------------------------- messages and images
 
-_MAGIC = (
-    (b"\x89PNG\r\n\x1a\n", "image/png"),
-    (b"\xff\xd8\xff", "image/jpeg"),
-    (b"GIF87a", "image/gif"),
-    (b"GIF89a", "image/gif"),
-    (b"BM", "image/bmp"),
-)
-
-
-def _sniff_mime(data: bytes) -> str:
-    for magic, mime in _MAGIC:
-        if data.startswith(magic):
-            return mime
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return "image/png"
-
 
 def image_data_url(item: ContentItem) -> str:
-    """An ``image_url`` value for an image item: URLs as given, files and bytes as base64 data URLs."""
-    if item.type == Type.IMAGE_URL:
+    """An ``image_url`` value for an image item: URLs as given, files and bytes (``binary`` first, as
+    :func:`~infermux.engines.remote.media.image_payload` decides) as base64 data URLs."""
+    if item.type == Type.IMAGE_URL and not item.binary:
         return str(item.content)
-    if item.type == Type.IMAGE_PATH:
-        path = Path(str(item.content)).expanduser()
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise ValueError(f"cannot read image_path {str(path)!r}: {exc.strerror or exc}") from None
-        mime = mimetypes.guess_type(path.name)[0] or _sniff_mime(data)
-    else:
-        data = item.binary or b""
-        mime = _sniff_mime(data)
-    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+    image = image_payload(item)
+    if image.data is None:
+        return str(image.url)
+    return f"data:{image.media_type or 'image/png'};base64,{image.base64}"
 
 
 def encode_message(message: Message, *, role: str | None = None) -> dict[str, Any]:
