@@ -9,6 +9,7 @@ from typing import ClassVar
 from pydantic import Field, SecretStr, field_validator
 
 from infermux.configs._base import ConfigModel
+from infermux.errors import ConfigError
 
 __all__ = ["RemoteParams"]
 
@@ -58,10 +59,21 @@ class RemoteParams(ConfigModel):
         return value
 
     def resolve_api_key(self, default_env: str | None = None) -> str | None:
-        """The key to send: ``api_key``, else ``api_key_env_varname``'s value, else ``default_env``'s."""
+        """The key to send: ``api_key``, else ``api_key_env_varname``'s value, else ``default_env``'s.
+
+        A variable the user named (``api_key_env_varname``) that is unset or empty is an error, not a
+        silent request without a key."""
         if self.api_key is not None and self.api_key.get_secret_value():
             return self.api_key.get_secret_value()
-        for name in (self.api_key_env_varname, default_env):
-            if name and os.environ.get(name):
+        name = self.api_key_env_varname
+        if name:
+            if os.environ.get(name):
                 return os.environ[name]
+            raise ConfigError(
+                f"remote_params.api_key_env_varname names the environment variable {name}, which is "
+                f"{'empty' if name in os.environ else 'not set'}: export {name}=<your key>, or remove "
+                "api_key_env_varname to send requests without a key."
+            )
+        if default_env and os.environ.get(default_env):
+            return os.environ[default_env]
         return None
