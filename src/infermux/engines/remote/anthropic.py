@@ -26,6 +26,7 @@ from infermux.engines.capabilities import Capabilities
 from infermux.engines.remote.base import RemoteEngine
 from infermux.engines.remote.http.sse import SseEvent
 from infermux.engines.remote.http.transport import HttpRequest
+from infermux.engines.remote.http.urls import append_path, endpoint_url
 from infermux.engines.remote.json_schema import close_objects
 from infermux.engines.remote.media import image_payload
 from infermux.errors import AuthenticationError, ConfigError, RemoteError, RowError
@@ -122,10 +123,7 @@ class AnthropicInferenceEngine(RemoteEngine):
             )
 
     def endpoint_url(self, api_url: str) -> str:
-        url = api_url.rstrip("/")
-        if url.endswith("/messages"):
-            return url
-        return url + ("/messages" if url.endswith("/v1") else "/v1/messages")
+        return endpoint_url(api_url, append_path("/messages", base="/v1"))
 
     def build_headers(self, api_key: str | None) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "anthropic-version": ANTHROPIC_VERSION}

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from infermux.configs.generation_params import GenerationParams, GuidedDecodingParams
+from infermux.engines.remote.http.urls import endpoint_url
 from infermux.engines.remote.media import image_payload
 from infermux.types import ContentItem, Conversation, FinishReason, Message, Type, Usage
 
@@ -33,13 +33,7 @@ def chat_completions_url(api_url: str) -> str:
     path → that path + ``/chat/completions``; a URL already ending in ``/chat/completions`` is kept.
     Query strings (``?api-version=...``) are preserved.
     """
-    parts = urlsplit(api_url.strip())
-    if not parts.scheme or not parts.netloc:
-        raise ValueError(f"api_url {api_url!r} is not an absolute http(s) URL (e.g. http://localhost:8000/v1)")
-    path = parts.path.rstrip("/")
-    if not path.endswith(CHAT_PATH):
-        path = (path or "/v1") + CHAT_PATH
-    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+    return endpoint_url(api_url, lambda path: path if path.endswith(CHAT_PATH) else (path or "/v1") + CHAT_PATH)
 
 
 # ---------------------------------------------------------------------- messages and images
