@@ -24,7 +24,7 @@ class RemoteParams(ConfigModel):
         {
             "api_key", "api_key_env_varname", "max_retries", "retry_backoff_base", "retry_backoff_max",
             "connection_timeout", "num_workers", "politeness_policy", "use_adaptive_concurrency",
-            "batch_completion_window",
+            "batch_completion_window", "rate_limit_timeout",
         }
     )  # fmt: skip
 
@@ -42,6 +42,9 @@ class RemoteParams(ConfigModel):
     """Longest single back-off delay in seconds."""
     connection_timeout: float = Field(default=20.0, gt=0)
     """Request timeout in seconds."""
+    rate_limit_timeout: float = Field(default=300.0, ge=0)
+    """Seconds one request keeps waiting out rate limits (429, or 503 with a wait hint) before it fails.
+    Rate-limited retries do not use up ``max_retries``; billing and quota errors are never retried."""
     num_workers: int = Field(default=1, ge=1)
     """Concurrent requests."""
     politeness_policy: float = Field(default=0.0, ge=0)

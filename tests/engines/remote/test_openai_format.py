@@ -142,3 +142,11 @@ def test_reply_metadata_keeps_usage_finish_reason_model_and_reasoning() -> None:
 def test_malformed_replies_raise(bad: object) -> None:
     with pytest.raises((TypeError, KeyError, IndexError, ValueError)):
         parse_chat_completion(bad)
+
+
+def test_a_complete_reply_with_no_choices_is_a_content_filter_block() -> None:
+    text, meta = parse_chat_completion({"id": "c1", "object": "chat.completion", "model": "m", "choices": []})
+    assert text == "" and meta["finish_reason"] == "content_filter"
+    filtered = [{"prompt_index": 0, "content_filter_results": {"violence": {"filtered": True, "severity": "high"}}}]
+    _, meta = parse_chat_completion({"choices": [], "prompt_filter_results": filtered})
+    assert meta["finish_reason"] == "content_filter" and meta["prompt_filter_results"] == filtered

@@ -44,6 +44,10 @@ _RETRYABLE_CODES = frozenset(
         "ModelTimeoutException",
     }
 )
+_QUOTA_HINT = (
+    "This is a service quota of the AWS account, not a momentary throttle: request a quota increase "
+    "(Service Quotas console), use another region or model, or rerun the job later."
+)
 _CREDENTIALS_HINT = (
     "Configure AWS credentials (aws configure, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
     "or an IAM role) with access to this Bedrock model."
@@ -240,7 +244,11 @@ def _remote_error(exc: Exception) -> RemoteError:
         message = f"{code}: {error.get('Message', exc)}"
         if code in _AUTH_CODES:
             return AuthenticationError(f"{message}. {_CREDENTIALS_HINT}", status=status, kind=ErrorKind.AUTHENTICATION)
-        return RemoteError(message, status=status, retryable=code in _RETRYABLE_CODES)
+        if code == "ServiceQuotaExceededException":
+            return RemoteError(f"{message}. {_QUOTA_HINT}", status=status, kind=ErrorKind.QUOTA_EXCEEDED)
+        if code in _RETRYABLE_CODES:
+            return RemoteError(message, status=status, retryable=True)
+        return RemoteError(message, status=status, kind=ErrorKind.INVALID_REQUEST)
     if isinstance(exc, NoCredentialsError):
         return AuthenticationError(f"No AWS credentials found. {_CREDENTIALS_HINT}", kind=ErrorKind.AUTHENTICATION)
     if isinstance(exc, ParamValidationError):

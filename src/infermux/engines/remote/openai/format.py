@@ -118,10 +118,18 @@ def parse_chat_completion(data: Any) -> tuple[str, dict[str, Any]]:
 
     Metadata keeps ``usage``, ``finish_reason``, ``model`` and, when the server sends it,
     ``reasoning_content`` (vLLM, DeepSeek, llama.cpp; also read from ``reasoning``), ``refusal`` and
-    ``tool_calls``.
+    ``tool_calls``. An empty ``choices`` list is a content-filter block (``finish_reason:
+    content_filter``), not a malformed reply.
     """
     if not isinstance(data, dict):
         raise TypeError(f"expected a JSON object, got {type(data).__name__}")
+    if data.get("choices") == [] and (data.get("object") == "chat.completion" or "prompt_filter_results" in data):
+        # A content filter blocked the answer (Azure OpenAI and gateways answer a complete
+        # chat.completion with no choice): a finish reason, not a malformed reply to retry.
+        blocked: dict[str, Any] = {"finish_reason": "content_filter", "model": data.get("model")}
+        if data.get("prompt_filter_results"):
+            blocked["prompt_filter_results"] = data["prompt_filter_results"]
+        return "", blocked
     choice = data["choices"][0]
     message = choice["message"]
     content = message.get("content")
