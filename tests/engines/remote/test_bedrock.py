@@ -203,3 +203,14 @@ def test_claude_models_that_refuse_sampling_get_none_with_one_warning(caplog: py
     assert [a.last_message.text for a in answers] == ["ok", "ok"]
     warnings = [r.getMessage() for r in caplog.records if "sampling" in r.getMessage()]
     assert len(warnings) == 1 and model in warnings[0] and "temperature, top_k" in warnings[0]
+
+
+def test_a_service_quota_is_a_quota_error_with_advice_not_retried(engine: BedrockInferenceEngine) -> None:
+    with Stubber(engine.client) as stub:
+        stub.add_client_error(
+            "converse", "ServiceQuotaExceededException", "Your request exceeds the service quota", 400
+        )
+        [answer] = engine.infer([conv((Role.USER, "q"))])
+        stub.assert_no_pending_responses()
+    error = answer.metadata["error"]
+    assert error["kind"] == "quota_exceeded" and not error["retryable"] and "quota increase" in error["message"]

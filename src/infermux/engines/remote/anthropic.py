@@ -30,7 +30,7 @@ from infermux.engines.remote.http.transport import HttpRequest
 from infermux.engines.remote.http.urls import append_path, endpoint_url
 from infermux.engines.remote.json_schema import close_objects
 from infermux.engines.remote.media import image_payload
-from infermux.errors import AuthenticationError, ConfigError, RemoteError, RowError
+from infermux.errors import AuthenticationError, RemoteError, RowError
 from infermux.types import Conversation, FinishReason, Message, Role, Usage
 
 __all__ = ["ANTHROPIC_VERSION", "AnthropicInferenceEngine", "build_messages"]
@@ -107,6 +107,7 @@ class AnthropicInferenceEngine(RemoteEngine):
             "temperature must be between 0 and 1; recent models accept temperature or top_p, not both.",
             "Opus >= 4.7, Sonnet >= 5 and claude-fable/mythos models take no sampling parameters: none are sent.",
         ),
+        value_ranges={"temperature": (0.0, 1.0)},
     )
     default_api_url = "https://api.anthropic.com"
     api_key_env = "ANTHROPIC_API_KEY"
@@ -123,13 +124,13 @@ class AnthropicInferenceEngine(RemoteEngine):
             raise AuthenticationError(self._missing_key_message(params), kind="authentication")
         self.sends_sampling = not refuses_sampling(model_params.model_name)
         self._warned_sampling = False
-        if self.sends_sampling and self.generation_params.temperature > 1.0:
-            raise ConfigError(
-                f"ANTHROPIC accepts generation.temperature between 0 and 1, got {self.generation_params.temperature}."
-            )
 
     def endpoint_url(self, api_url: str) -> str:
         return endpoint_url(api_url, append_path("/messages", base="/v1"))
+
+    def limit_problems(self, generation: GenerationParams) -> list[str]:
+        # Models that refuse sampling are sent no temperature: its range does not matter then.
+        return [] if refuses_sampling(self.model_params.model_name) else super().limit_problems(generation)
 
     def build_headers(self, api_key: str | None) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "anthropic-version": ANTHROPIC_VERSION}
@@ -160,8 +161,6 @@ class AnthropicInferenceEngine(RemoteEngine):
         return fields
 
     def build_body(self, conversation: Conversation, generation: GenerationParams) -> dict[str, Any]:
-        if self.sends_sampling and generation.temperature > 1.0:
-            raise ValueError(f"ANTHROPIC accepts temperature between 0 and 1, got {generation.temperature}")
         system, messages = build_messages(conversation)
         body: dict[str, Any] = {
             "model": self.model_params.model_name,

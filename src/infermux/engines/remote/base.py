@@ -202,6 +202,7 @@ class RemoteEngine(InferenceEngine):
                 yield whole
             return
         generation = generation or self.generation_params
+        self._check(generation)
         problem = self.check_conversation(conversation)
         if problem is not None:
             raise InputError(problem.message)

@@ -144,6 +144,7 @@ class BedrockInferenceEngine(InferenceEngine):
             "model.model_kwargs are sent as additionalModelRequestFields.",
             "remote_params.api_url, when set, replaces the bedrock-runtime endpoint (e.g. a VPC endpoint).",
         ),
+        value_ranges={"temperature": (0.0, 1.0)},  # Converse's InferenceConfiguration
     )
     extra = "bedrock"
     env_vars: ClassVar[dict[str, str]] = {
