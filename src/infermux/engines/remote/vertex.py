@@ -49,7 +49,7 @@ class GoogleVertexInferenceEngine(RemoteInferenceEngine):
         generation_params=OPENAI_PARAMS - {"logit_bias"},
         guided_decoding=frozenset({"json"}),
         images=True,
-        notes=("Images must be files, bytes, data: URLs or gs:// URIs.", "At most 5 stop strings (Gemini's limit)."),
+        notes=("Images must be files, bytes, data: URLs or gs:// URIs.",),
         max_items={"stop_strings": 5},
         value_ranges={"temperature": (0.0, 2.0)},
     )
