@@ -61,6 +61,9 @@ def test_other_permanent_failures_by_provider() -> None:
         "error": {"type": "invalid_request_error", "message": "prompt is too long: 210000 tokens"},
     }
     assert permanent_failure(400, _b(too_long)).kind == "context_length_exceeded"  # type: ignore[union-attr]
+    google = {"error": {"code": 400, "status": "FAILED_PRECONDITION",
+                        "message": "Gemini API free tier is not available in your country. Please enable billing on your project."}}  # fmt: skip
+    assert permanent_failure(400, _b(google)).kind == "quota_exceeded"  # type: ignore[union-attr]
     # Rate limits and overloads stay transient.
     rate = {"error": {"message": "Rate limit reached for gpt-4o", "type": "requests", "code": "rate_limit_exceeded"}}
     assert permanent_failure(429, _b(rate)) is None

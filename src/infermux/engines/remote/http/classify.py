@@ -32,10 +32,11 @@ _QUOTA_CODES = frozenset(
         "access_terminated",
     }
 )
-#: Anthropic: ``billing_error`` (402), and 400 invalid_request_error messages of credit and spend limits.
+#: Anthropic: ``billing_error`` (402), and 400 invalid_request_error messages of credit and spend limits;
+#: Google: 400 FAILED_PRECONDITION when the project must enable billing first.
 _ANTHROPIC_BILLING_TYPES = frozenset({"billing_error"})
 _BILLING_PHRASES = ("credit balance is too low", "reached your specified api usage limits",
-                    "reached your specified workspace api usage limits")  # fmt: skip
+                    "reached your specified workspace api usage limits", "enable billing")  # fmt: skip
 _CONTEXT_CODES = frozenset({"context_length_exceeded", "string_above_max_length"})
 _CONTEXT_PHRASES = ("prompt is too long", "maximum context length", "context length", "input token count")
 
