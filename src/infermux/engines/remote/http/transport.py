@@ -269,8 +269,10 @@ class Transport(Generic[T]):
                 raise self._final(attempt, failures, waited) from None
         else:
             failures += 1
-            rounds = 2 if self.stats["ok"] > ok_before else 1
-            if not attempt.retry or failures > rounds * (self.settings.max_retries + 1) - 1:
+            m = self.settings.max_retries
+            # A second round (m + 1 more attempts) only while the job's other requests succeed.
+            allowed = 2 * m + 1 if self.stats["ok"] > ok_before else m
+            if not attempt.retry or failures > allowed:
                 raise self._final(attempt, failures, waited) from None
         self.stats["retries"] += 1
         m = self.settings.max_retries
