@@ -142,6 +142,11 @@ class InferenceEngine:
         """Names of the GenerationParams fields this engine honours."""
         return cls.capabilities.supported_params()
 
+    def constructor_extras(self) -> dict[str, Any]:
+        """Keyword arguments this engine was built with beyond the configs (e.g. GOOGLE_VERTEX's
+        ``project_id``), kept when a config passed to ``infer`` rebuilds it for one call."""
+        return {}
+
     def limit_problems(self, generation: GenerationParams) -> list[str]:
         """Values the provider would reject (declared in ``capabilities``); engines may narrow it."""
         label = str(getattr(self.engine_type, "value", self.engine_type) or self.name)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from infermux.configs import GenerationParams, ModelParams, RemoteParams
+from infermux.configs import GenerationParams, InferenceConfig, ModelParams, RemoteParams
 from infermux.engines.remote.vertex import VERTEX_URL_TEMPLATE, GoogleVertexInferenceEngine
 from infermux.errors import ConfigError
 from infermux.types import ContentItem, Conversation, Message, Role, Type
@@ -188,6 +188,10 @@ def test_project_and_region_as_arguments_or_named_variables(fake: FakeVertex, mo
     )
     [answer] = eng.infer([conv((Role.USER, "args"))])
     assert answer.last_message.text.endswith("last=args"), answer.metadata
+    # A config passed to infer rebuilds the engine for that call: the arguments carry over.
+    per_call = InferenceConfig(remote_params=RemoteParams(api_url=url(fake), max_retries=1))
+    [answer] = eng.infer([conv((Role.USER, "per call"))], per_call)
+    assert answer.last_message.text.endswith("last=per call"), answer.metadata
 
 
 def test_api_key_must_be_a_service_account_file() -> None:

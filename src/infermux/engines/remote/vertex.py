@@ -102,6 +102,13 @@ class GoogleVertexInferenceEngine(RemoteInferenceEngine):
         values = {name: self._setting(name) for name in sorted(needed)}
         return api_url.format(**values) if needed else api_url
 
+    def constructor_extras(self) -> dict[str, Any]:
+        extras = {**self._given, **{f"{k}_env_key": v for k, v in self._env_keys.items()}}
+        kept = {k: v for k, v in extras.items() if v}
+        if self.remote_params is None or self.remote_params.api_key is None:
+            kept["credentials"] = self.tokens.credentials  # not from a key file: nothing to reload
+        return kept
+
     def _setting(self, name: str) -> str:
         """``project_id`` or ``region``: the constructor's value, else the variable its ``*_env_key``
         names (which must then be set), else ``model.model_kwargs``, else the usual variables."""
