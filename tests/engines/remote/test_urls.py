@@ -76,7 +76,9 @@ def test_sglang_generate_keeps_the_query() -> None:
 
     for given in (f"{H}/v1?token=t", f"{H}?token=t", f"{H}/generate?token=t"):
         engine = SGLangInferenceEngine(
-            ModelParams(model_name="m"), remote_params=RemoteParams(api_url=given), tokenizer=object()
+            ModelParams(model_name="m", chat_template="chat_ml"),
+            remote_params=RemoteParams(api_url=given),
+            tokenizer=object(),
         )
         assert engine.url == f"{H}/generate?token=t"
 
