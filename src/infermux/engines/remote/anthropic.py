@@ -122,7 +122,7 @@ class AnthropicInferenceEngine(RemoteEngine):
         params = self.remote_params or RemoteParams()
         if not self._secrets and not params.api_url:
             raise AuthenticationError(self._missing_key_message(params), kind="authentication")
-        self.sends_sampling = not refuses_sampling(model_params.model_name)
+        self.sends_sampling = not refuses_sampling(self.model_params.model_name)
         self._warned_sampling = False
 
     def endpoint_url(self, api_url: str) -> str:

@@ -176,7 +176,7 @@ class BedrockInferenceEngine(InferenceEngine):
             read_timeout=max(params.connection_timeout, 60.0),
         )
         self.region = region
-        self.sends_sampling = not refuses_sampling(model_params.model_name)
+        self.sends_sampling = not refuses_sampling(self.model_params.model_name)
         self._warned_sampling = False
         self.client = boto3.client("bedrock-runtime", config=config, endpoint_url=params.api_url or None)
         self._pool: ThreadPoolExecutor | None = None
