@@ -22,7 +22,10 @@ exception raised while running a row becomes such a record; its ``kind`` is an :
     rate_limited         429 after the retries
     timeout              no reply within connection_timeout
     connection_error     the connection failed or the answer stream broke off
-    http_error           any other non-2xx reply (``status`` says which)
+    http_error           any other non-2xx reply, worth retrying later (``status`` says which)
+    invalid_request      the provider refused the request (400, 404, 422, ...): retrying cannot help
+    quota_exceeded       billing, credits, quota or spend limit of the account (OpenAI's 429 insufficient_quota)
+    context_length_exceeded   the conversation is longer than the model accepts
     malformed_response   the reply could not be parsed
     generation_failed    a local engine failed while generating
     output_error         the answer could not be written to the job's output
@@ -65,6 +68,9 @@ class ErrorKind(str, enum.Enum):
     TIMEOUT = "timeout"
     CONNECTION_ERROR = "connection_error"
     HTTP_ERROR = "http_error"
+    INVALID_REQUEST = "invalid_request"  # the provider refused the request (4xx): retrying cannot help
+    QUOTA_EXCEEDED = "quota_exceeded"  # billing, credits, quota or spend limit of the account
+    CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
     MALFORMED_RESPONSE = "malformed_response"
     GENERATION_FAILED = "generation_failed"
     OUTPUT_ERROR = "output_error"

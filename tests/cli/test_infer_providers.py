@@ -46,3 +46,67 @@ def test_missing_key_stops_before_any_request(tmp_path: Path) -> None:
     env.pop("GEMINI_API_KEY", None)
     proc = run_cli("infer", "-c", str(config), "--input_path", str(inp), env=env)
     assert proc.returncode == 2 and "GEMINI_API_KEY" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_openai_quota_exhausted_fails_every_row_at_once_exit_3(tmp_path: Path) -> None:
+    import time
+
+    from tests.fakes import QUOTA_BODY, FakeOpenAIChat
+
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"}]}) + "\n" for i in range(3)))
+    out = tmp_path / "out.jsonl"
+    with FakeOpenAIChat(api_key="sk-test") as fake:
+        fake.fail_next(429, body=QUOTA_BODY, times=100)
+        config = tmp_path / "openai.yaml"
+        config.write_text(
+            f"model:\n  model_name: gpt-4o-mini\nengine: OPENAI\nremote_params:\n  api_url: {fake.url}/v1\n"
+            "  num_workers: 1\n"
+        )
+        started = time.monotonic()
+        proc = run_cli(
+            "infer", "-c", str(config), "--input_path", str(inp), "--output_path", str(out),
+            env=cli_env(OPENAI_API_KEY="sk-test"),
+        )  # fmt: skip
+        elapsed = time.monotonic() - started
+        assert len(fake.requests) == 3  # one per row, none retried
+    assert proc.returncode == 3, proc.stderr
+    assert elapsed < 60  # seconds (start-up included, under load); the bug took 5 minutes per row
+    errors = [json.loads(line) for line in Path(f"{out}.errors.jsonl").read_text().splitlines()]
+    assert len(errors) == 3
+    for error in errors:
+        assert error["status"] == 429 and error["retryable"] is False
+        assert "You exceeded your current quota" in error["message"] and "billing" in error["message"]
+
+
+def test_a_provider_limit_stops_config_check_and_infer_before_sending(tmp_path: Path) -> None:
+    from tests.fakes import FakeOpenAIChat
+
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"}]}) + "\n" for i in range(3)))
+    with FakeOpenAIChat(api_key="sk-test") as fake:
+        for extra, words in (
+            ("  stop_strings: [a, b, c, d, e]\n", "generation.stop_strings has 5 entries; OPENAI accepts at most 4"),
+            ("  logit_bias: {'50256': -150}\n", "between -100 and 100"),
+        ):
+            config = tmp_path / "openai.yaml"
+            config.write_text(
+                f"model:\n  model_name: gpt-4o-mini\nengine: OPENAI\nremote_params:\n  api_url: {fake.url}/v1\n"
+                f"generation:\n{extra}"
+            )
+            env = cli_env(OPENAI_API_KEY="sk-test")
+            check = run_cli("config", "check", "-c", str(config), env=env)
+            assert check.returncode == 2 and words in check.stderr, check.stderr
+            proc = run_cli(
+                "infer",
+                "-c",
+                str(config),
+                "--input_path",
+                str(inp),
+                "--output_path",
+                str(tmp_path / "o.jsonl"),
+                env=env,
+            )
+            assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr
+        assert fake.requests == []  # nothing was sent
+        assert not (tmp_path / "o.jsonl").exists()

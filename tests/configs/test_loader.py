@@ -159,6 +159,10 @@ def test_guided_decoding_forms_and_exclusivity():
 
     assert GuidedDecodingParams(json=Answer).schema_dict()["properties"]["city"]["type"] == "string"
     assert GuidedDecodingParams(json='{"type": "object"}').schema_dict() == {"type": "object"}
+    # An instance stands for its class's schema, in requests and in fingerprints alike.
+    by_instance = GuidedDecodingParams(json=Answer(city="Paris"))
+    assert by_instance.schema_dict() == Answer.model_json_schema()
+    assert by_instance.model_dump_json() == GuidedDecodingParams(json=Answer).model_dump_json()
     assert GuidedDecodingParams(regex="[0-9]+").kind == "regex"
     assert GuidedDecodingParams(choice=["yes", "no"]).kind == "choice"
     with pytest.raises(ValueError, match="exactly one"):

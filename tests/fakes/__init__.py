@@ -8,11 +8,12 @@ from ._server import Exchange, RecordedRequest, tiny_png
 from .anthropic import FakeAnthropic
 from .gemini import FakeGemini
 from .openai_batch import FakeOpenAIBatch
-from .openai_chat import FakeOpenAIChat
+from .openai_chat import QUOTA_BODY, FakeOpenAIChat
 from .sglang import FakeSGLang
 from .vertex import FakeVertex
 
 __all__ = [
+    "QUOTA_BODY",
     "Exchange",
     "FakeAnthropic",
     "FakeGemini",

@@ -22,6 +22,8 @@ what a local server cannot: Anthropic's authentication, its exact error bodies a
   not_found_error (404), rate_limit_error (429), api_error (500), overloaded_error (529).
 * Recent models reject ``temperature`` together with ``top_p``; set ``allow_temperature_and_top_p``
   to model an older one.
+* Models named in ``no_sampling_models`` (exact names, default: a few that refuse sampling, such as
+  ``claude-opus-4-7``) reject any of ``temperature``, ``top_p``, ``top_k`` with a 400.
 """
 
 from __future__ import annotations
@@ -88,11 +90,15 @@ class FakeAnthropic(FakeServer):
         api_key: str = "sk-ant-test",
         responder: Responder = default_responder,
         allow_temperature_and_top_p: bool = False,
+        no_sampling_models: frozenset[str] = frozenset(
+            {"claude-opus-4-7", "claude-opus-4-7-20260101", "claude-sonnet-5", "claude-fable-1"}
+        ),
     ):
         super().__init__()
         self.api_key = api_key
         self.responder = responder
         self.allow_temperature_and_top_p = allow_temperature_and_top_p
+        self.no_sampling_models = no_sampling_models
 
     def routes(self) -> list[tuple[str, str, Handler]]:
         return [("POST", "/v1/messages", self._messages)]
@@ -187,6 +193,9 @@ class FakeAnthropic(FakeServer):
             check_range(body["top_p"], "top_p", 0.0, 1.0)
         if "top_k" in body:
             check_type(body["top_k"], "top_k", int)
+        refused = sorted({"temperature", "top_p", "top_k"} & set(body))
+        if refused and body["model"] in self.no_sampling_models:
+            raise RequestInvalid(f"`{refused[0]}` is not supported for this model.")
         if "temperature" in body and "top_p" in body and not self.allow_temperature_and_top_p:
             raise RequestInvalid(
                 "`temperature` and `top_p` cannot both be specified for this model. Please use only one."

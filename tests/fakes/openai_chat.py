@@ -10,6 +10,11 @@ Written from OpenAI's "Create chat completion" and "The chat completion chunk ob
   ``finish_reason``; with ``stream_options.include_usage`` a last chunk with empty ``choices`` and
   ``usage``; then ``data: [DONE]``.
 
+Also checked as the API does: ``logit_bias`` values within [-100, 100]; with ``api_key`` set,
+``Authorization: Bearer <key>`` (401 ``invalid_api_key`` otherwise). :meth:`FakeServer.fail_next`
+scripts other replies, e.g. :data:`QUOTA_BODY`: the 429 OpenAI sends when the account's quota or
+credits are used up, with no ``Retry-After``.
+
 ``burst=True`` (the default) writes the whole stream in one go, as a server that generates faster than
 the network delivers does: the client receives many events in one read. That is the case where a
 client's per-event work (a spinner to clear, a screen to update) must hold up.
@@ -27,14 +32,26 @@ from aiohttp import web
 from ._openai_chat import chat_completion, validate_chat_body
 from ._server import FakeServer, Handler, RequestInvalid, Responder, default_responder
 
-__all__ = ["FakeOpenAIChat"]
+__all__ = ["QUOTA_BODY", "FakeOpenAIChat"]
+
+QUOTA_BODY = {
+    "error": {
+        "message": "You exceeded your current quota, please check your plan and billing details.",
+        "type": "insufficient_quota",
+        "param": None,
+        "code": "insufficient_quota",
+    }
+}
 
 
 class FakeOpenAIChat(FakeServer):
-    def __init__(self, responder: Responder = default_responder, *, burst: bool = True) -> None:
+    def __init__(
+        self, responder: Responder = default_responder, *, burst: bool = True, api_key: str | None = None
+    ) -> None:
         super().__init__()
         self.responder = responder
         self.burst = burst
+        self.api_key = api_key
 
     def routes(self) -> list[tuple[str, str, Handler]]:
         return [("POST", "/v1/chat/completions", self._handle), ("POST", "/chat/completions", self._handle)]
@@ -44,9 +61,16 @@ class FakeOpenAIChat(FakeServer):
         return {"error": {"message": message, "type": kind, "param": None, "code": None}}
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if self.api_key is not None and request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            error = {"message": "Incorrect API key provided.", "type": "invalid_request_error", "param": None,
+                     "code": "invalid_api_key"}  # fmt: skip
+            return web.json_response({"error": error}, status=401)
         try:
             body = json.loads(await request.read())
             exchange = validate_chat_body(body)
+            for token, bias in (body.get("logit_bias") or {}).items():
+                if not -100 <= bias <= 100:
+                    raise RequestInvalid(f"logit_bias: bias for token {token} must be between -100 and 100")
         except ValueError as exc:
             return web.json_response(self.error_body(400, f"Invalid JSON body: {exc}"), status=400)
         except RequestInvalid as exc:

@@ -5,18 +5,26 @@ from __future__ import annotations
 import json
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_serializer, field_validator, model_validator
+from pydantic import BaseModel, Field, field_serializer, field_validator, model_validator
 
 from infermux.configs._base import ConfigModel
 
 __all__ = ["GenerationParams", "GuidedDecodingParams"]
 
 
+def _model_schema(value: Any) -> dict[str, Any] | None:
+    """The JSON schema of a pydantic model class or of an instance's class; None for anything else."""
+    cls = value if isinstance(value, type) else type(value)
+    if isinstance(cls, type) and issubclass(cls, BaseModel):
+        return dict(cls.model_json_schema())
+    return None
+
+
 class GuidedDecodingParams(ConfigModel):
     """Constrain the output: a JSON schema, a regular expression, or a list of choices (one of them)."""
 
     json_schema_: Any = Field(default=None, alias="json")
-    """JSON schema as a dict, a JSON string, or a pydantic model class."""
+    """JSON schema as a dict, a JSON string, a pydantic model class, or an instance of one (its class's schema)."""
     regex: str | None = None
     """Regular expression the whole output must match."""
     choice: list[str] | None = None
@@ -38,10 +46,9 @@ class GuidedDecodingParams(ConfigModel):
 
     @field_serializer("json_schema_")
     def _serialize_json(self, value: Any) -> Any:
-        # A pydantic model class is kept as given but dumped (configs, fingerprints) as its schema.
-        if isinstance(value, type) and hasattr(value, "model_json_schema"):
-            return value.model_json_schema()
-        return value
+        # A pydantic model class (or instance) is kept as given but dumped (configs, fingerprints) as its schema.
+        schema = _model_schema(value)
+        return value if schema is None else schema
 
     def _value(self, kind: str) -> Any:
         return self.json_schema_ if kind == "json" else getattr(self, kind)
@@ -69,8 +76,9 @@ class GuidedDecodingParams(ConfigModel):
             if not isinstance(loaded, dict):
                 raise ValueError("guided_decoding.json must be a JSON object schema")
             return loaded
-        if isinstance(value, type) and hasattr(value, "model_json_schema"):
-            return dict(value.model_json_schema())
+        schema = _model_schema(value)
+        if schema is not None:
+            return schema
         raise ValueError(f"guided_decoding.json has an unsupported type {type(value).__name__}")
 
 

@@ -9,6 +9,7 @@ from typing import ClassVar
 from pydantic import Field, SecretStr, field_validator
 
 from infermux.configs._base import ConfigModel
+from infermux.errors import ConfigError
 
 __all__ = ["RemoteParams"]
 
@@ -23,7 +24,7 @@ class RemoteParams(ConfigModel):
         {
             "api_key", "api_key_env_varname", "max_retries", "retry_backoff_base", "retry_backoff_max",
             "connection_timeout", "num_workers", "politeness_policy", "use_adaptive_concurrency",
-            "batch_completion_window",
+            "batch_completion_window", "rate_limit_timeout",
         }
     )  # fmt: skip
 
@@ -41,6 +42,9 @@ class RemoteParams(ConfigModel):
     """Longest single back-off delay in seconds."""
     connection_timeout: float = Field(default=20.0, gt=0)
     """Request timeout in seconds."""
+    rate_limit_timeout: float = Field(default=300.0, ge=0)
+    """Seconds one request keeps waiting out rate limits (429, or 503 with a wait hint) before it fails.
+    Rate-limited retries do not use up ``max_retries``; billing and quota errors are never retried."""
     num_workers: int = Field(default=1, ge=1)
     """Concurrent requests."""
     politeness_policy: float = Field(default=0.0, ge=0)
@@ -58,10 +62,21 @@ class RemoteParams(ConfigModel):
         return value
 
     def resolve_api_key(self, default_env: str | None = None) -> str | None:
-        """The key to send: ``api_key``, else ``api_key_env_varname``'s value, else ``default_env``'s."""
+        """The key to send: ``api_key``, else ``api_key_env_varname``'s value, else ``default_env``'s.
+
+        A variable the user named (``api_key_env_varname``) that is unset or empty is an error, not a
+        silent request without a key."""
         if self.api_key is not None and self.api_key.get_secret_value():
             return self.api_key.get_secret_value()
-        for name in (self.api_key_env_varname, default_env):
-            if name and os.environ.get(name):
+        name = self.api_key_env_varname
+        if name:
+            if os.environ.get(name):
                 return os.environ[name]
+            raise ConfigError(
+                f"remote_params.api_key_env_varname names the environment variable {name}, which is "
+                f"{'empty' if name in os.environ else 'not set'}: export {name}=<your key>, or remove "
+                "api_key_env_varname to send requests without a key."
+            )
+        if default_env and os.environ.get(default_env):
+            return os.environ[default_env]
         return None

@@ -32,8 +32,8 @@ from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams
 from infermux.configs.model_params import ModelParams
 from infermux.configs.remote_params import RemoteParams
-from infermux.engines.capabilities import Capabilities, check_params
-from infermux.errors import InputError, RowError
+from infermux.engines.capabilities import Capabilities, check_limits, check_params
+from infermux.errors import ConfigError, InputError, RowError
 from infermux.text import scrub_reply, scrub_surrogates
 from infermux.types import Conversation
 
@@ -142,11 +142,27 @@ class InferenceEngine:
         """Names of the GenerationParams fields this engine honours."""
         return cls.capabilities.supported_params()
 
+    def constructor_extras(self) -> dict[str, Any]:
+        """Keyword arguments this engine was built with beyond the configs (e.g. GOOGLE_VERTEX's
+        ``project_id``), kept when a config passed to ``infer`` rebuilds it for one call."""
+        return {}
+
+    def limit_problems(self, generation: GenerationParams) -> list[str]:
+        """Values the provider would reject (declared in ``capabilities``); engines may narrow it."""
+        label = str(getattr(self.engine_type, "value", self.engine_type) or self.name)
+        return check_limits(label, self.capabilities, generation)
+
     def _check(self, generation: GenerationParams) -> None:
         key = generation.model_dump_json()
         if key not in self._checked:
-            self._checked.add(key)
             check_params(self.name, self.capabilities, generation, self.model_params, strict=self.strict)
+            problems = self.limit_problems(generation)
+            if problems:
+                raise ConfigError(
+                    "; ".join(problems) + ". Every request would be rejected: change these settings "
+                    "(`infermux config check` lists each limit)."
+                )
+            self._checked.add(key)
 
     # ------------------------------------------------------------------ conveniences over infermux.jobs
     def infer(
@@ -205,6 +221,7 @@ class InferenceEngine:
     ) -> AsyncIterator[StreamEvent]:
         """Stream one answer. The default runs the whole answer and yields it once."""
         generation = generation or self.generation_params
+        self._check(generation)
         problem = self.check_conversation(conversation)
         if problem is not None:
             raise InputError(problem.message)

@@ -1,8 +1,14 @@
-"""What an engine supports, declared as data, and the one check that enforces it."""
+"""What an engine supports, declared as data, and the checks that enforce it.
+
+:func:`check_params` warns (or, strict, fails) about parameters an engine ignores; :func:`check_limits`
+finds values outside what the provider accepts (``max_items``, ``value_ranges``): those always fail
+before anything is sent, since every request would be rejected.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,7 +16,7 @@ from infermux.configs.generation_params import GenerationParams
 from infermux.configs.model_params import ModelParams
 from infermux.errors import UnsupportedParamError
 
-__all__ = ["ALWAYS_SUPPORTED", "Capabilities", "check_params"]
+__all__ = ["ALWAYS_SUPPORTED", "Capabilities", "check_limits", "check_params"]
 
 logger = logging.getLogger("infermux.engines")
 
@@ -25,7 +31,9 @@ class Capabilities:
     """An engine's declared support.
 
     ``generation_params`` names the GenerationParams fields the engine maps (beyond
-    ``ALWAYS_SUPPORTED``); ``guided_decoding`` the constraint kinds it can enforce.
+    ``ALWAYS_SUPPORTED``); ``guided_decoding`` the constraint kinds it can enforce. ``max_items``
+    caps list parameters (``{"stop_strings": 4}``); ``value_ranges`` bounds numbers, or each value
+    of a mapping parameter (``{"logit_bias": (-100, 100)}``), as the provider documents them.
     """
 
     generation_params: frozenset[str] = frozenset()
@@ -36,6 +44,8 @@ class Capabilities:
     batch_api: bool = False
     """Offers the provider's asynchronous Batch API (``infermux batch submit|status|fetch``)."""
     notes: tuple[str, ...] = field(default=())
+    max_items: Mapping[str, int] = field(default_factory=dict)
+    value_ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
     def supported_params(self) -> set[str]:
         params = set(ALWAYS_SUPPORTED | self.generation_params)
@@ -58,6 +68,25 @@ def _unsupported(caps: Capabilities, generation: GenerationParams, model: ModelP
             problems.append(f"generation.{name}={value!r}")
     if model is not None and model.adapter_model and not caps.lora:
         problems.append(f"model.adapter_model={model.adapter_model!r} (LoRA adapters)")
+    return problems
+
+
+def check_limits(engine_name: str, caps: Capabilities, generation: GenerationParams) -> list[str]:
+    """Values of ``generation`` the provider rejects, one readable sentence each (empty: none)."""
+    problems: list[str] = []
+    for name, most in caps.max_items.items():
+        value = getattr(generation, name, None)
+        if value is not None and len(value) > most:
+            problems.append(f"generation.{name} has {len(value)} entries; {engine_name} accepts at most {most}")
+    for name, (lo, hi) in caps.value_ranges.items():
+        value = getattr(generation, name, None)
+        if value is None:
+            continue
+        values = value.items() if isinstance(value, Mapping) else [(None, value)]
+        bad = [(key, v) for key, v in values if not lo <= v <= hi]
+        for key, v in bad[:3]:
+            where = f"generation.{name}" + (f"[{key!r}]" if key is not None else "")
+            problems.append(f"{where}={v!r}: {engine_name} accepts values between {lo:g} and {hi:g}")
     return problems
 
 

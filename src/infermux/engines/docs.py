@@ -87,6 +87,10 @@ def _section(name: str, spec: EngineSpec, root: Path) -> list[str]:
     lines.append(f"- Guided decoding: {guided}")
     yes_no = {True: "yes", False: "no"}
     lines.append(f"- Images: {yes_no[caps.images]}; streaming: {yes_no[caps.streaming]}; LoRA: {yes_no[caps.lora]}")
+    limits = [f"at most {n} `{p}`" for p, n in caps.max_items.items()]
+    limits += [f"`{p}` in [{lo:g}, {hi:g}]" for p, (lo, hi) in caps.value_ranges.items()]
+    if limits:
+        lines.append(f"- Limits (checked before sending): {'; '.join(limits)}")
     for note in caps.notes:
         lines.append(f"- Note: {note}")
     example = _example(name, root)

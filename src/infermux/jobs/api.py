@@ -233,6 +233,7 @@ def _engine_for_config(engine: InferenceEngine, config: InferenceConfig) -> Infe
         generation_params=config.generation,
         remote_params=config.remote_params if remote_changed else engine.remote_params,
         strict=engine.strict or config.strict,
+        **engine.constructor_extras(),
     )
 
 

@@ -11,6 +11,7 @@ import pytest
 from infermux.configs import GenerationParams, InferenceConfig, ModelParams, RemoteParams
 from infermux.configs.generation_params import GuidedDecodingParams
 from infermux.engines.remote.anthropic import AnthropicInferenceEngine, build_messages
+from infermux.engines.remote.claude_models import refuses_sampling
 from infermux.errors import AuthenticationError, ConfigError
 from infermux.types import ContentItem, Conversation, Message, Role, Type
 from tests.fakes import FakeAnthropic, tiny_png
@@ -210,3 +211,69 @@ def test_streaming_yields_deltas_and_the_same_answer(fake: FakeAnthropic) -> Non
     assert len(deltas) > 3 and "".join(deltas) == whole.last_message.text == final.last_message.text
     assert final.metadata["finish_reason"] == "stop" and final.metadata["stop_reason"] == "end_turn"
     assert final.metadata["usage"]["completion_tokens"] == whole.metadata["usage"]["completion_tokens"]
+
+
+@pytest.mark.parametrize(
+    ("model", "refuses"),
+    [
+        ("claude-opus-4-7", True),
+        ("claude-opus-4-7-20260101", True),
+        ("claude-opus-4-10", True),
+        ("claude-opus-5", True),
+        ("claude-opus-5-1-20270101", True),
+        ("claude-opus-4-6", False),
+        ("claude-opus-4", False),
+        ("claude-opus-4-1-20250805", False),
+        ("claude-opus-4-20250514", False),
+        ("claude-sonnet-5", True),
+        ("claude-sonnet-5-0", True),
+        ("claude-sonnet-5-20260301", True),
+        ("claude-sonnet-4-5", False),
+        ("claude-sonnet-4-5-20250929", False),
+        ("claude-3-7-sonnet-20250219", False),
+        ("claude-haiku-4-5", False),
+        ("claude-fable-1", True),
+        ("claude-mythos-2-1-20261001", True),
+        ("anthropic.claude-opus-4-7-20260101-v1:0", True),
+        ("us.anthropic.claude-sonnet-4-5-20250929-v1:0", False),
+        ("claude-opus-4-7@20260101", True),
+        ("CLAUDE-OPUS-4-7", True),
+        ("claude-opus-4-7-preview", False),
+        ("my-claude-opus-4-7", False),
+        ("gpt-4o", False),
+    ],
+)
+def test_which_models_refuse_sampling(model: str, refuses: bool) -> None:
+    assert refuses_sampling(model) is refuses
+
+
+def test_models_that_refuse_sampling_get_none_and_one_warning(
+    fake: FakeAnthropic, caplog: pytest.LogCaptureFixture
+) -> None:
+    rows = [conv((Role.USER, f"q{i}")) for i in range(3)]
+    for model in ("claude-opus-4-7", "claude-fable-1"):
+        fake.clear()
+        caplog.clear()
+        quiet = AnthropicInferenceEngine(
+            ModelParams(model_name=model), remote_params=RemoteParams(api_url=fake.url, api_key=KEY)
+        )
+        assert all("error" not in a.metadata for a in quiet.infer(rows))
+        assert all(not {"temperature", "top_p", "top_k"} & set(r.json) for r in fake.requests)
+        assert "sampling" not in caplog.text  # the defaults were not the user's choice: nothing to warn about
+    fake.clear()
+    eng = AnthropicInferenceEngine(
+        ModelParams(model_name="claude-sonnet-5"),
+        generation_params=GenerationParams(temperature=0.7, top_p=0.9),
+        remote_params=RemoteParams(api_url=fake.url, api_key=KEY),
+    )
+    answers = eng.infer(rows)
+    assert all("error" not in a.metadata for a in answers)
+    assert all(not {"temperature", "top_p"} & set(r.json) for r in fake.requests)
+    warnings = [r.getMessage() for r in caplog.records if "sampling" in r.getMessage()]
+    assert len(warnings) == 1 and "claude-sonnet-5" in warnings[0] and "temperature, top_p" in warnings[0]
+    fake.clear()
+    older = AnthropicInferenceEngine(
+        ModelParams(model_name="claude-opus-4-6"), remote_params=RemoteParams(api_url=fake.url, api_key=KEY)
+    )
+    older.infer(rows[:1])
+    assert fake.requests[0].json["temperature"] == 0.0

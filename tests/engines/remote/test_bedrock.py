@@ -180,3 +180,37 @@ def test_retries_and_pool_follow_remote_params() -> None:
     assert config.retries["total_max_attempts"] == 4 and config.retries["mode"] == "adaptive"
     assert config.max_pool_connections == 24 and eng.max_concurrency() == 24
     assert eng.client.meta.region_name == "us-east-1"
+
+
+def test_claude_models_that_refuse_sampling_get_none_with_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    model = "anthropic.claude-opus-4-7-20260101-v1:0"
+    eng = BedrockInferenceEngine(
+        ModelParams(model_name=model, model_kwargs={"top_k": 40}),
+        generation_params=GenerationParams(max_new_tokens=16, temperature=0.5),
+        remote_params=RemoteParams(num_workers=1),
+    )
+    expected = {
+        "modelId": model,
+        "messages": [{"role": "user", "content": [{"text": "hi"}]}],
+        "inferenceConfig": {"maxTokens": 16},
+    }
+    with Stubber(eng.client) as stub:
+        for _ in range(2):
+            stub.add_response("converse", reply("ok"), expected)
+        answers = eng.infer([conv((Role.USER, "hi")), conv((Role.USER, "hi"))])
+        stub.assert_no_pending_responses()
+    eng.close()
+    assert [a.last_message.text for a in answers] == ["ok", "ok"]
+    warnings = [r.getMessage() for r in caplog.records if "sampling" in r.getMessage()]
+    assert len(warnings) == 1 and model in warnings[0] and "temperature, top_k" in warnings[0]
+
+
+def test_a_service_quota_is_a_quota_error_with_advice_not_retried(engine: BedrockInferenceEngine) -> None:
+    with Stubber(engine.client) as stub:
+        stub.add_client_error(
+            "converse", "ServiceQuotaExceededException", "Your request exceeds the service quota", 400
+        )
+        [answer] = engine.infer([conv((Role.USER, "q"))])
+        stub.assert_no_pending_responses()
+    error = answer.metadata["error"]
+    assert error["kind"] == "quota_exceeded" and not error["retryable"] and "quota increase" in error["message"]

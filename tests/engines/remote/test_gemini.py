@@ -193,7 +193,10 @@ def test_streaming_uses_stream_generate_content_sse(fake: FakeGemini) -> None:
 
 def test_a_400_from_the_api_fails_that_row_with_googles_message(fake: FakeGemini) -> None:
     rows = [conv((Role.USER, "fine")), conv((Role.USER, "also fine"))]
-    answers = engine(fake.url, temperature=3.0).infer(rows)  # Gemini accepts temperatures up to 2
+    # Gemini accepts temperatures up to 2; infermux now refuses 3.0 before sending (test_capabilities),
+    # so the API's own 400 for it is scripted here.
+    fake.fail_next(400, "Invalid value at generation_config.temperature: 3.0 is out of range", times=2)
+    answers = engine(fake.url).infer(rows)
     for answer in answers:
         error = answer.metadata["error"]
         assert error["status"] == 400 and not error["retryable"]

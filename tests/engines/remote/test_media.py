@@ -50,3 +50,35 @@ def test_unreadable_inputs_are_clear_errors(tmp_path: Path) -> None:
         image_payload(ContentItem(type=Type.IMAGE_URL, content="data:image/png;base64,@@@"))
     with pytest.raises(ValueError, match="not an image"):
         image_payload(ContentItem(type=Type.TEXT, content="hi"))
+
+
+def test_bytes_carried_by_a_path_or_url_item_are_the_image(tmp_path: Path) -> None:
+    gone = str(tmp_path / "never-written.png")
+    for item in (
+        ContentItem(type=Type.IMAGE_PATH, content=gone, binary=JPEG),
+        ContentItem(type=Type.IMAGE_URL, content="https://example.com/x.png", binary=JPEG),
+    ):
+        image = image_payload(item)
+        assert image.data == JPEG and image.media_type == "image/jpeg"
+
+
+def test_every_protocol_sends_the_bytes_of_an_image_path_item(tmp_path: Path) -> None:
+    from infermux.configs import GenerationParams
+    from infermux.engines.remote.anthropic import build_messages
+    from infermux.engines.remote.bedrock import build_converse_request
+    from infermux.engines.remote.gemini import build_contents
+    from infermux.engines.remote.openai.format import encode_message
+    from infermux.types import Conversation, Message, Role
+
+    png = tiny_png()
+    item = ContentItem(type=Type.IMAGE_PATH, content=str(tmp_path / "gone.png"), binary=png)
+    message = Message(role=Role.USER, content=[item, ContentItem(type=Type.TEXT, content="what?")])
+    conversation = Conversation(messages=[message])
+    b64 = base64.b64encode(png).decode()
+    assert encode_message(message)["content"][0]["image_url"]["url"] == f"data:image/png;base64,{b64}"
+    _, turns = build_messages(conversation)
+    assert turns[0]["content"][0]["source"] == {"type": "base64", "media_type": "image/png", "data": b64}
+    _, contents = build_contents(conversation)
+    assert contents[0]["parts"][0] == {"inlineData": {"mimeType": "image/png", "data": b64}}
+    request = build_converse_request("m", conversation, GenerationParams(), {})
+    assert request["messages"][0]["content"][0]["image"]["source"] == {"bytes": png}

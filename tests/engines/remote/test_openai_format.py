@@ -142,3 +142,37 @@ def test_reply_metadata_keeps_usage_finish_reason_model_and_reasoning() -> None:
 def test_malformed_replies_raise(bad: object) -> None:
     with pytest.raises((TypeError, KeyError, IndexError, ValueError)):
         parse_chat_completion(bad)
+
+
+def test_a_complete_reply_with_no_choices_is_a_content_filter_block() -> None:
+    text, meta = parse_chat_completion({"id": "c1", "object": "chat.completion", "model": "m", "choices": []})
+    assert text == "" and meta["finish_reason"] == "content_filter"
+    filtered = [{"prompt_index": 0, "content_filter_results": {"violence": {"filtered": True, "severity": "high"}}}]
+    _, meta = parse_chat_completion({"choices": [], "prompt_filter_results": filtered})
+    assert meta["finish_reason"] == "content_filter" and meta["prompt_filter_results"] == filtered
+
+
+def test_a_pydantic_instance_as_guided_json_is_its_classs_schema_on_every_protocol() -> None:
+    from infermux.engines.remote.anthropic import AnthropicInferenceEngine
+    from infermux.engines.remote.gemini import generation_config
+    from infermux.engines.remote.openai.format import json_response_format
+
+    class City(BaseModel):
+        name: str
+
+    by_class, by_instance = GuidedDecodingParams(json=City), GuidedDecodingParams(json=City(name="Paris"))
+    assert json_response_format(by_instance) == json_response_format(by_class)
+    gen = GenerationParams
+    assert generation_config(gen(guided_decoding=by_instance)) == generation_config(gen(guided_decoding=by_class))
+    from infermux.configs import ModelParams, RemoteParams
+    from infermux.types import Conversation
+
+    anthropic = AnthropicInferenceEngine(ModelParams(model_name="c"), remote_params=RemoteParams(api_url="http://h"))
+    conversation = Conversation.model_validate({"messages": [{"role": "user", "content": "x"}]})
+    bodies = [anthropic.build_body(conversation, gen(guided_decoding=g)) for g in (by_class, by_instance)]
+    assert bodies[0] == bodies[1] and "output_config" in bodies[0]
+    llama_cpp = pytest.importorskip("llama_cpp", reason="LLAMACPP grammar needs llama-cpp-python")
+    assert llama_cpp is not None
+    from infermux.engines.llamacpp.grammar import grammar_for
+
+    assert grammar_for(by_instance) == grammar_for(by_class)

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 from infermux.configs import GenerationParams, ModelParams, RemoteParams
 from infermux.configs.generation_params import GuidedDecodingParams
@@ -107,6 +108,19 @@ def test_guided_decoding(
     if field == "json_schema":
         assert isinstance(params["json_schema"], str) and json.loads(params["json_schema"])["type"] == "object"
     assert answer.last_message.text == expected_text
+
+
+class _Pick(BaseModel):
+    n: int
+
+
+def test_guided_json_as_a_pydantic_instance_sends_its_classs_schema(fake: FakeSGLang, tokenizer: Any) -> None:
+    guided = GuidedDecodingParams(json=_Pick(n=3))
+    [answer] = engine(fake, tokenizer, guided_decoding=guided).infer([conv((Role.USER, "pick"))])
+    assert "error" not in answer.metadata
+    sent = json.loads(fake.requests[0].json["sampling_params"]["json_schema"])
+    assert sent == _Pick.model_json_schema()
+    assert answer.last_message.text == '{"n": 1}'
 
 
 def test_choice_regex_escapes() -> None:

@@ -260,3 +260,28 @@ def test_hintless_429s_are_retried_until_they_stop(upstream: str) -> None:
         settings = TransportSettings(num_workers=2, max_retries=0, retry_backoff_base=0.01)
         out = asyncio.run(_send_all(proxy + "/v1/chat/completions", ["r", "s"], settings))
         assert out == ["echo: r", "echo: s"]
+
+
+def test_a_request_gets_a_second_round_of_retries_only_while_others_succeed(upstream: str) -> None:
+    # Every body meets five 500s, one more than a round of max_retries=3 allows.
+    with fault_proxy(upstream, "--fault-rate", "1", "--faults", "500", "--max-faults-per-body", "5") as proxy:
+        settings = TransportSettings(num_workers=4, max_retries=3, retry_backoff_base=0.05)
+
+        async def go(with_healthy_traffic: bool) -> tuple[Any, int]:
+            async with Transport(settings) as transport:
+                request = HttpRequest.json(
+                    proxy + "/v1/chat/completions", _body(f"alone={not with_healthy_traffic}"), {}
+                )
+                unlucky = asyncio.ensure_future(transport.send(request, _content))
+                if with_healthy_traffic:  # the same job's other rows go through meanwhile
+                    await asyncio.sleep(0.01)
+                    await transport.send(HttpRequest.json(upstream + "/v1/chat/completions", _body("ok"), {}), _content)
+                try:
+                    return await unlucky, transport.stats["requests"]
+                except RemoteError as exc:
+                    return exc, transport.stats["requests"]
+
+        outcome, _ = asyncio.run(go(with_healthy_traffic=False))
+        assert isinstance(outcome, RemoteError) and "gave up after 4 failed attempts" in str(outcome)
+        outcome, requests = asyncio.run(go(with_healthy_traffic=True))
+        assert outcome == "echo: alone=False" and requests == 6 + 1

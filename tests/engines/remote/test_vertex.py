@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from infermux.configs import GenerationParams, ModelParams, RemoteParams
+from infermux.configs import GenerationParams, InferenceConfig, ModelParams, RemoteParams
 from infermux.engines.remote.vertex import VERTEX_URL_TEMPLATE, GoogleVertexInferenceEngine
 from infermux.errors import ConfigError
 from infermux.types import ContentItem, Conversation, Message, Role, Type
@@ -158,6 +158,40 @@ def test_project_and_region_from_environment_or_a_clear_error(monkeypatch: pytes
         "https://europe-west4-aiplatform.googleapis.com/v1beta1/projects/p1/locations/europe-west4"
         "/endpoints/openapi/chat/completions"
     )
+
+
+def test_project_and_region_as_arguments_or_named_variables(fake: FakeVertex, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("PROJECT_ID", "GOOGLE_CLOUD_PROJECT", "REGION", "GOOGLE_CLOUD_REGION", "GOOGLE_CLOUD_LOCATION"):
+        monkeypatch.delenv(name, raising=False)
+    creds = object()
+    model = ModelParams(model_name="google/gemini-2.0-flash")
+    eng = GoogleVertexInferenceEngine(model, project_id="p", region="r", credentials=creds)
+    assert eng.url == (
+        "https://r-aiplatform.googleapis.com/v1beta1/projects/p/locations/r/endpoints/openapi/chat/completions"
+    )
+    monkeypatch.setenv("MY_PROJECT", "p2")
+    monkeypatch.setenv("MY_REGION", "asia-east1")
+    eng = GoogleVertexInferenceEngine(
+        model, project_id_env_key="MY_PROJECT", region_env_key="MY_REGION", credentials=creds
+    )
+    assert "/projects/p2/locations/asia-east1/" in eng.url and eng.url.startswith("https://asia-east1-")
+    with pytest.raises(ConfigError, match="MY_UNSET_REGION"):
+        GoogleVertexInferenceEngine(model, project_id="p", region_env_key="MY_UNSET_REGION", credentials=creds)
+    # End to end: the arguments fill the URL template that points at the fake.
+    creds_ok = CountingCredentials(fake)
+    eng = GoogleVertexInferenceEngine(
+        ModelParams(model_name="gemini-2.0-flash"),
+        remote_params=RemoteParams(api_url=url(fake), max_retries=0),
+        credentials=creds_ok,
+        project_id=PROJECT,
+        region=REGION,
+    )
+    [answer] = eng.infer([conv((Role.USER, "args"))])
+    assert answer.last_message.text.endswith("last=args"), answer.metadata
+    # A config passed to infer rebuilds the engine for that call: the arguments carry over.
+    per_call = InferenceConfig(remote_params=RemoteParams(api_url=url(fake), max_retries=1))
+    [answer] = eng.infer([conv((Role.USER, "per call"))], per_call)
+    assert answer.last_message.text.endswith("last=per call"), answer.metadata
 
 
 def test_api_key_must_be_a_service_account_file() -> None:

@@ -24,11 +24,13 @@ from infermux.configs.generation_params import GenerationParams
 from infermux.configs.remote_params import RemoteParams
 from infermux.engines.capabilities import Capabilities
 from infermux.engines.remote.base import RemoteEngine
+from infermux.engines.remote.claude_models import SAMPLING_PARAMS, refuses_sampling, warn_dropped_sampling
 from infermux.engines.remote.http.sse import SseEvent
 from infermux.engines.remote.http.transport import HttpRequest
+from infermux.engines.remote.http.urls import append_path, endpoint_url
 from infermux.engines.remote.json_schema import close_objects
 from infermux.engines.remote.media import image_payload
-from infermux.errors import AuthenticationError, ConfigError, RemoteError, RowError
+from infermux.errors import AuthenticationError, RemoteError, RowError
 from infermux.types import Conversation, FinishReason, Message, Role, Usage
 
 __all__ = ["ANTHROPIC_VERSION", "AnthropicInferenceEngine", "build_messages"]
@@ -101,7 +103,11 @@ class AnthropicInferenceEngine(RemoteEngine):
         guided_decoding=frozenset({"json"}),
         images=True,
         streaming=True,
-        notes=("temperature must be between 0 and 1; recent models accept temperature or top_p, not both.",),
+        notes=(
+            "temperature must be between 0 and 1; recent models accept temperature or top_p, not both.",
+            "Opus >= 4.7, Sonnet >= 5 and claude-fable/mythos models take no sampling parameters: none are sent.",
+        ),
+        value_ranges={"temperature": (0.0, 1.0)},
     )
     default_api_url = "https://api.anthropic.com"
     api_key_env = "ANTHROPIC_API_KEY"
@@ -116,16 +122,15 @@ class AnthropicInferenceEngine(RemoteEngine):
         params = self.remote_params or RemoteParams()
         if not self._secrets and not params.api_url:
             raise AuthenticationError(self._missing_key_message(params), kind="authentication")
-        if self.generation_params.temperature > 1.0:
-            raise ConfigError(
-                f"ANTHROPIC accepts generation.temperature between 0 and 1, got {self.generation_params.temperature}."
-            )
+        self.sends_sampling = not refuses_sampling(self.model_params.model_name)
+        self._warned_sampling = False
 
     def endpoint_url(self, api_url: str) -> str:
-        url = api_url.rstrip("/")
-        if url.endswith("/messages"):
-            return url
-        return url + ("/messages" if url.endswith("/v1") else "/v1/messages")
+        return endpoint_url(api_url, append_path("/messages", base="/v1"))
+
+    def limit_problems(self, generation: GenerationParams) -> list[str]:
+        # Models that refuse sampling are sent no temperature: its range does not matter then.
+        return [] if refuses_sampling(self.model_params.model_name) else super().limit_problems(generation)
 
     def build_headers(self, api_key: str | None) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "anthropic-version": ANTHROPIC_VERSION}
@@ -138,9 +143,24 @@ class AnthropicInferenceEngine(RemoteEngine):
             return RowError(kind="unsupported_input", message="ANTHROPIC does not accept tool messages.")
         return super().check_conversation(conversation)
 
+    def _sampling_fields(self, generation: GenerationParams) -> dict[str, Any]:
+        if not self.sends_sampling:
+            explicit = set(SAMPLING_PARAMS) & generation.model_fields_set
+            if explicit and not self._warned_sampling:
+                self._warned_sampling = True
+                warn_dropped_sampling("ANTHROPIC", self.model_params.model_name, explicit)
+            return {}
+        # Anthropic's default temperature is 1; ours is 0 (greedy). Send it unless the user asked for
+        # nucleus sampling only, since recent models refuse temperature together with top_p.
+        fields: dict[str, Any] = {}
+        top_p_set = generation.top_p < 1.0
+        if not (top_p_set and generation.temperature == 0.0):
+            fields["temperature"] = generation.temperature
+        if top_p_set:
+            fields["top_p"] = generation.top_p
+        return fields
+
     def build_body(self, conversation: Conversation, generation: GenerationParams) -> dict[str, Any]:
-        if generation.temperature > 1.0:
-            raise ValueError(f"ANTHROPIC accepts temperature between 0 and 1, got {generation.temperature}")
         system, messages = build_messages(conversation)
         body: dict[str, Any] = {
             "model": self.model_params.model_name,
@@ -149,13 +169,7 @@ class AnthropicInferenceEngine(RemoteEngine):
         }
         if system is not None:
             body["system"] = system
-        # Anthropic's default temperature is 1; ours is 0 (greedy). Send it unless the user asked for
-        # nucleus sampling only, since recent models refuse temperature together with top_p.
-        top_p_set = generation.top_p < 1.0
-        if not (top_p_set and generation.temperature == 0.0):
-            body["temperature"] = generation.temperature
-        if top_p_set:
-            body["top_p"] = generation.top_p
+        body.update(self._sampling_fields(generation))
         if generation.stop_strings:
             body["stop_sequences"] = list(generation.stop_strings)
         guided = generation.guided_decoding

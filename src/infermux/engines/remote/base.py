@@ -92,7 +92,10 @@ class RemoteEngine(InferenceEngine):
         api_url = params.api_url or self.default_api_url
         # Without a URL the engine is still built (a config passed to ``infer`` may bring one, as in
         # Oumi); a job on this engine itself stops before sending anything (``check_ready``).
-        self.url = self.endpoint_url(api_url) if api_url else ""
+        try:
+            self.url = self.endpoint_url(api_url) if api_url else ""
+        except ValueError as exc:
+            raise ConfigError(f"remote_params.api_url: {exc}") from None
         self.headers = SecretHeaders(self.build_headers(api_key))
         self._transport: Transport[Conversation] | None = None
         self._jobs = 0
@@ -199,6 +202,7 @@ class RemoteEngine(InferenceEngine):
                 yield whole
             return
         generation = generation or self.generation_params
+        self._check(generation)
         problem = self.check_conversation(conversation)
         if problem is not None:
             raise InputError(problem.message)

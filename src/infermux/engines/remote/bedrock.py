@@ -24,6 +24,7 @@ from infermux.configs.generation_params import GenerationParams
 from infermux.configs.remote_params import RemoteParams
 from infermux.engines.base import InferenceEngine
 from infermux.engines.capabilities import Capabilities
+from infermux.engines.remote.claude_models import SAMPLING_PARAMS, refuses_sampling, warn_dropped_sampling
 from infermux.engines.remote.media import image_payload
 from infermux.errors import AuthenticationError, ConfigError, ErrorKind, RemoteError, RowError
 from infermux.types import Conversation, FinishReason, Message, Role, Usage
@@ -42,6 +43,10 @@ _RETRYABLE_CODES = frozenset(
         "ModelNotReadyException",
         "ModelTimeoutException",
     }
+)
+_QUOTA_HINT = (
+    "This is a service quota of the AWS account, not a momentary throttle: request a quota increase "
+    "(Service Quotas console), use another region or model, or rerun the job later."
 )
 _CREDENTIALS_HINT = (
     "Configure AWS credentials (aws configure, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
@@ -72,9 +77,15 @@ def _blocks(message: Message) -> list[dict[str, Any]]:
 
 
 def build_converse_request(
-    model_id: str, conversation: Conversation, generation: GenerationParams, extra_fields: dict[str, Any]
+    model_id: str,
+    conversation: Conversation,
+    generation: GenerationParams,
+    extra_fields: dict[str, Any],
+    *,
+    sampling: bool = True,
 ) -> dict[str, Any]:
-    """Keyword arguments of ``client.converse`` for ``conversation``."""
+    """Keyword arguments of ``client.converse`` for ``conversation`` (without temperature and topP when
+    ``sampling`` is False: models that refuse them)."""
     system: list[dict[str, Any]] = []
     messages: list[dict[str, Any]] = []
     for message in conversation.messages:
@@ -88,8 +99,10 @@ def build_converse_request(
             messages.append({"role": message.role.value, "content": _blocks(message)})
     if not messages:
         raise ValueError("the conversation has no user or assistant message to send")
-    config: dict[str, Any] = {"maxTokens": generation.max_new_tokens, "temperature": generation.temperature}
-    if generation.top_p < 1.0:
+    config: dict[str, Any] = {"maxTokens": generation.max_new_tokens}
+    if sampling:
+        config["temperature"] = generation.temperature
+    if sampling and generation.top_p < 1.0:
         config["topP"] = generation.top_p
     if generation.stop_strings:
         config["stopSequences"] = list(generation.stop_strings)
@@ -131,6 +144,7 @@ class BedrockInferenceEngine(InferenceEngine):
             "model.model_kwargs are sent as additionalModelRequestFields.",
             "remote_params.api_url, when set, replaces the bedrock-runtime endpoint (e.g. a VPC endpoint).",
         ),
+        value_ranges={"temperature": (0.0, 1.0)},  # Converse's InferenceConfiguration
     )
     extra = "bedrock"
     env_vars: ClassVar[dict[str, str]] = {
@@ -162,6 +176,8 @@ class BedrockInferenceEngine(InferenceEngine):
             read_timeout=max(params.connection_timeout, 60.0),
         )
         self.region = region
+        self.sends_sampling = not refuses_sampling(self.model_params.model_name)
+        self._warned_sampling = False
         self.client = boto3.client("bedrock-runtime", config=config, endpoint_url=params.api_url or None)
         self._pool: ThreadPoolExecutor | None = None
 
@@ -191,9 +207,17 @@ class BedrockInferenceEngine(InferenceEngine):
         loop = asyncio.get_running_loop()
         results: list[Conversation | RowError] = []
         for conversation in conversations:
+            extra = dict(self.model_params.model_kwargs)
+            if not self.sends_sampling:
+                explicit = set(SAMPLING_PARAMS) & (generation.model_fields_set | set(extra))
+                for name in SAMPLING_PARAMS:
+                    extra.pop(name, None)
+                if explicit and not self._warned_sampling:
+                    self._warned_sampling = True
+                    warn_dropped_sampling("BEDROCK", self.model_params.model_name, explicit)
             try:
                 request = build_converse_request(
-                    self.model_params.model_name, conversation, generation, dict(self.model_params.model_kwargs)
+                    self.model_params.model_name, conversation, generation, extra, sampling=self.sends_sampling
                 )
             except ValueError as exc:
                 results.append(RowError.from_exception(exc, ErrorKind.INVALID_INPUT))
@@ -221,7 +245,11 @@ def _remote_error(exc: Exception) -> RemoteError:
         message = f"{code}: {error.get('Message', exc)}"
         if code in _AUTH_CODES:
             return AuthenticationError(f"{message}. {_CREDENTIALS_HINT}", status=status, kind=ErrorKind.AUTHENTICATION)
-        return RemoteError(message, status=status, retryable=code in _RETRYABLE_CODES)
+        if code == "ServiceQuotaExceededException":
+            return RemoteError(f"{message}. {_QUOTA_HINT}", status=status, kind=ErrorKind.QUOTA_EXCEEDED)
+        if code in _RETRYABLE_CODES:
+            return RemoteError(message, status=status, retryable=True)
+        return RemoteError(message, status=status, kind=ErrorKind.INVALID_REQUEST)
     if isinstance(exc, NoCredentialsError):
         return AuthenticationError(f"No AWS credentials found. {_CREDENTIALS_HINT}", kind=ErrorKind.AUTHENTICATION)
     if isinstance(exc, ParamValidationError):

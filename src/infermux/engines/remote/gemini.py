@@ -26,6 +26,7 @@ from infermux.engines.capabilities import Capabilities
 from infermux.engines.remote.base import RemoteEngine
 from infermux.engines.remote.http.sse import SseEvent
 from infermux.engines.remote.http.transport import HttpRequest, default_error_message
+from infermux.engines.remote.http.urls import endpoint_url
 from infermux.engines.remote.json_schema import to_gemini_schema
 from infermux.engines.remote.media import image_payload
 from infermux.errors import RemoteError, RowError
@@ -153,6 +154,8 @@ class GoogleGeminiInferenceEngine(RemoteEngine):
         images=True,
         streaming=True,
         notes=("At most 5 stop strings.", "JSON schemas are inlined ($ref/$defs) to Gemini's schema subset."),
+        max_items={"stop_strings": _MAX_STOPS},
+        value_ranges={"temperature": (0.0, 2.0)},
     )
     default_api_url = "https://generativelanguage.googleapis.com/v1beta"
     api_key_env = "GEMINI_API_KEY"
@@ -161,12 +164,15 @@ class GoogleGeminiInferenceEngine(RemoteEngine):
 
     def endpoint_url(self, api_url: str) -> str:
         model = self.model_params.model_name.removeprefix("models/")
-        url = api_url.rstrip("/")
-        if ":generateContent" in url:
-            return url.replace("{model}", model)
-        if not url.endswith(("/v1beta", "/v1", "/v1alpha")):
-            url += "/v1beta"
-        return f"{url}/models/{model}:generateContent"
+
+        def build(path: str) -> str:
+            if ":generateContent" in path:
+                return path.replace("{model}", model)
+            if not path.endswith(("/v1beta", "/v1", "/v1alpha")):
+                path += "/v1beta"
+            return f"{path}/models/{model}:generateContent"
+
+        return endpoint_url(api_url, build)
 
     def build_headers(self, api_key: str | None) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}

@@ -66,11 +66,16 @@ class ImagePayload:
 
 
 def image_payload(item: ContentItem) -> ImagePayload:
-    """Turn an image content item into bytes or a URL. Raises ``ValueError`` with a clear message."""
-    if item.type == Type.IMAGE_BINARY:
-        assert item.binary is not None
-        return ImagePayload(data=item.binary, media_type=sniff_image_type(item.binary))
+    """Turn an image content item into bytes or a URL. Raises ``ValueError`` with a clear message.
+
+    Bytes carried by the item (``binary``) are the image, whatever its type: an ``image_path`` or
+    ``image_url`` item is read or kept as a URL only when it carries no bytes (as in Oumi)."""
     content = item.content or ""
+    if item.binary and item.type != Type.TEXT:
+        guessed = mimetypes.guess_type(content.split("?", 1)[0])[0] if content else None
+        return ImagePayload(data=item.binary, media_type=sniff_image_type(item.binary) or guessed)
+    if item.type == Type.IMAGE_BINARY:
+        raise ValueError("an image_binary item carries no bytes")
     if item.type == Type.IMAGE_PATH:
         path = Path(content).expanduser()
         try:

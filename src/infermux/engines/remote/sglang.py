@@ -22,6 +22,7 @@ from infermux.engines.capabilities import Capabilities
 from infermux.engines.remote.base import RemoteEngine
 from infermux.engines.remote.http.sse import SseEvent
 from infermux.engines.remote.http.transport import HttpRequest, default_error_message
+from infermux.engines.remote.http.urls import append_path, endpoint_url
 from infermux.engines.remote.media import image_payload
 from infermux.errors import ModelNotFoundError, RemoteError
 from infermux.templates import resolve_chat_template
@@ -116,10 +117,8 @@ class SGLangInferenceEngine(RemoteEngine):
             )
 
     def endpoint_url(self, api_url: str) -> str:
-        url = api_url.rstrip("/")
-        if url.endswith("/v1"):  # an OpenAI-style base URL: the native API lives at the root
-            url = url[: -len("/v1")]
-        return url if url.endswith("/generate") else url + "/generate"
+        # An OpenAI-style base URL (.../v1): the native API lives at the root.
+        return endpoint_url(api_url, lambda path: append_path("/generate")(path.removesuffix("/v1")))
 
     def render_prompt(self, conversation: Conversation) -> tuple[str, list[str]]:
         """The chat-templated prompt and the images (base64 strings or URLs) in order."""

@@ -3,8 +3,10 @@
 * URL: the SPEC's template
   ``https://{region}-aiplatform.googleapis.com/v1beta1/projects/{project_id}/locations/{region}/endpoints/openapi/chat/completions``;
   ``remote_params.api_url`` may replace it (placeholders are filled in). ``project_id`` and
-  ``region`` come from ``model.model_kwargs`` or the environment (``PROJECT_ID`` /
-  ``GOOGLE_CLOUD_PROJECT``, ``REGION`` / ``GOOGLE_CLOUD_REGION`` / ``GOOGLE_CLOUD_LOCATION``).
+  ``region`` come, first found, from the constructor (``project_id=``, ``region=``), from the
+  variables named by ``project_id_env_key`` / ``region_env_key`` (Oumi's arguments), from
+  ``model.model_kwargs``, or from ``PROJECT_ID`` / ``GOOGLE_CLOUD_PROJECT`` and ``REGION`` /
+  ``GOOGLE_CLOUD_REGION`` / ``GOOGLE_CLOUD_LOCATION``.
 * Auth: ``Authorization: Bearer <access token>`` from google-auth application-default credentials,
   or from a service-account JSON file given as ``remote_params.api_key`` (a path). The token is
   cached and refreshed only when it is missing or within five minutes of expiry, once for all
@@ -48,6 +50,8 @@ class GoogleVertexInferenceEngine(RemoteInferenceEngine):
         guided_decoding=frozenset({"json"}),
         images=True,
         notes=("Images must be files, bytes, data: URLs or gs:// URIs.",),
+        max_items={"stop_strings": 5},
+        value_ranges={"temperature": (0.0, 2.0)},
     )
     extra = "vertex"
     default_api_url = VERTEX_URL_TEMPLATE
@@ -63,8 +67,20 @@ class GoogleVertexInferenceEngine(RemoteInferenceEngine):
         "(or `remote_params.api_key` set to its path, or `gcloud auth application-default login`)",
     }
 
-    def __init__(self, *args: Any, credentials: Any = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        credentials: Any = None,
+        project_id: str | None = None,
+        region: str | None = None,
+        project_id_env_key: str | None = None,
+        region_env_key: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         self._given_credentials = credentials  # tests hand in credentials; otherwise loaded in setup()
+        # Oumi's arguments; read by endpoint_url during setup().
+        self._given = {"project_id": project_id, "region": region}
+        self._env_keys = {"project_id": project_id_env_key, "region": region_env_key}
         super().__init__(*args, **kwargs)
 
     def setup(self) -> None:
@@ -82,20 +98,42 @@ class GoogleVertexInferenceEngine(RemoteInferenceEngine):
         self._token = ""
 
     def endpoint_url(self, api_url: str) -> str:
-        kwargs = self.model_params.model_kwargs
         needed = {name for name in ("project_id", "region") if "{" + name + "}" in api_url}
-        values: dict[str, str] = {}
-        for name, env_names in (("project_id", _PROJECT_ENV), ("region", _REGION_ENV)):
-            if name not in needed:
-                continue
-            value = kwargs.get(name) or next((os.environ[e] for e in env_names if os.environ.get(e)), None)
-            if not value:
-                raise ConfigError(
-                    f"GOOGLE_VERTEX needs the Google Cloud {name}: set model.model_kwargs.{name} or the "
-                    f"{' / '.join(env_names)} environment variable (or give the full remote_params.api_url)."
-                )
-            values[name] = str(value)
+        values = {name: self._setting(name) for name in sorted(needed)}
         return api_url.format(**values) if needed else api_url
+
+    def constructor_extras(self) -> dict[str, Any]:
+        extras = {**self._given, **{f"{k}_env_key": v for k, v in self._env_keys.items()}}
+        kept = {k: v for k, v in extras.items() if v}
+        if self.remote_params is None or self.remote_params.api_key is None:
+            kept["credentials"] = self.tokens.credentials  # not from a key file: nothing to reload
+        return kept
+
+    def _setting(self, name: str) -> str:
+        """``project_id`` or ``region``: the constructor's value, else the variable its ``*_env_key``
+        names (which must then be set), else ``model.model_kwargs``, else the usual variables."""
+        given = getattr(self, "_given", {}).get(name)
+        if given:
+            return given
+        env_key = getattr(self, "_env_keys", {}).get(name)
+        if env_key:
+            if not os.environ.get(env_key):
+                raise ConfigError(
+                    f"GOOGLE_VERTEX reads the Google Cloud {name} from the environment variable {env_key} "
+                    f"({name}_env_key), which is not set: export {env_key}=<{name}>."
+                )
+            return os.environ[env_key]
+        env_names = _PROJECT_ENV if name == "project_id" else _REGION_ENV
+        value = self.model_params.model_kwargs.get(name) or next(
+            (os.environ[e] for e in env_names if os.environ.get(e)), None
+        )
+        if not value:
+            raise ConfigError(
+                f"GOOGLE_VERTEX needs the Google Cloud {name}: pass {name}= (or {name}_env_key=) to the engine, "
+                f"set model.model_kwargs.{name} or the {' / '.join(env_names)} environment variable "
+                "(or give the full remote_params.api_url)."
+            )
+        return str(value)
 
     def build_headers(self, api_key: str | None) -> dict[str, str]:
         return {"Content-Type": "application/json"}

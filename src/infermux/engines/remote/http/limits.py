@@ -15,7 +15,7 @@ import time
 from collections import deque
 from collections.abc import Mapping
 
-__all__ = ["AimdLimiter", "parse_retry_hint"]
+__all__ = ["AimdLimiter", "parse_duration_hint", "parse_retry_hint"]
 
 _MAX_HINT_S = 600.0
 
@@ -67,6 +67,12 @@ def parse_retry_hint(headers: Mapping[str, str]) -> float | None:
     if not parsed:
         return None
     return _clamp(max(parsed) if exhausted else min(parsed))
+
+
+def parse_duration_hint(value: str) -> float | None:
+    """Seconds in a duration such as ``4s``, ``1.5s``, ``250ms`` or ``6m0s`` (clamped), or None."""
+    seconds = _parse_duration(value)
+    return None if seconds is None else _clamp(seconds)
 
 
 def _clamp(seconds: float) -> float:

@@ -23,10 +23,14 @@ What the transport guarantees
 * Retries on 408, 409, 429, 5xx, connection errors, timeouts and unparsable bodies, with exponential
   back-off and full jitter (``retry_backoff_base`` doubling up to ``retry_backoff_max``), up to
   ``max_retries``. No retry on other 4xx: the row fails with the server's message.
+* Never a retry for what cannot succeed: billing, quota and spend-limit errors (OpenAI answers them
+  429), context-length errors (see :mod:`~infermux.engines.remote.http.classify`) fail the row at
+  once with the provider's message and advice.
 * Rate limits (429, or 503 with a hint) honour ``Retry-After`` (seconds or HTTP date),
-  ``retry-after-ms`` and ``x-ratelimit-reset-*``; they pause every worker, not just one, and they
-  are retried for up to ``rate_limit_budget_s`` seconds without using up ``max_retries``, so a
-  minute-long 429 storm loses nothing.
+  ``retry-after-ms``, ``x-ratelimit-reset-*`` and Google's ``RetryInfo.retryDelay`` in the body;
+  they pause every worker, not just one, and they are retried for up to ``rate_limit_budget_s``
+  seconds (``remote_params.rate_limit_timeout``) without using up ``max_retries``, so a minute-long
+  429 storm loses nothing.
 * AIMD concurrency (``use_adaptive_concurrency``): starts at ``num_workers``, halves on overload
   signals (at most once per cool-down), creeps back by one slot per window of successes.
 * ``politeness_policy``: seconds between consecutive requests of one concurrency slot (a slot that
@@ -48,6 +52,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import aiohttp
 
+from infermux.engines.remote.http.classify import body_retry_hint, permanent_failure
 from infermux.engines.remote.http.limits import AimdLimiter, parse_retry_hint
 from infermux.engines.remote.http.sse import SseEvent, iter_sse
 from infermux.errors import AuthenticationError, RemoteError
@@ -88,7 +93,7 @@ class TransportSettings:
     retry_backoff_base: float = 1.0
     retry_backoff_max: float = 30.0
     rate_limit_budget_s: float = 300.0
-    """How long one request keeps waiting out rate limits before it fails."""
+    """How long one request keeps waiting out rate limits before it fails (``rate_limit_timeout``)."""
 
     @classmethod
     def from_remote_params(cls, params: RemoteParams, **overrides: Any) -> TransportSettings:
@@ -101,6 +106,7 @@ class TransportSettings:
             "use_adaptive_concurrency": params.use_adaptive_concurrency,
             "retry_backoff_base": params.retry_backoff_base,
             "retry_backoff_max": params.retry_backoff_max,
+            "rate_limit_budget_s": params.rate_limit_timeout,
         }
         values.update(overrides)
         return cls(**values)
@@ -144,6 +150,13 @@ class _Attempt(Exception):
         self.overload = overload
 
 
+def _sentence(message: str, advice: str) -> str:
+    """``message`` followed by ``advice`` as a new sentence."""
+    if not advice:
+        return message
+    return f"{message}{' ' if message.rstrip().endswith(('.', '!', '?')) else '. '}{advice}"
+
+
 def default_error_message(status: int, body: bytes) -> str:
     """The server's own message from an OpenAI-style ``{"error": {"message": ...}}`` body, or its text."""
     text = body.decode("utf-8", "replace").strip()
@@ -185,7 +198,7 @@ class Transport(Generic[T]):
         self._session: aiohttp.ClientSession | None = None
         self._resume_at = 0.0  # monotonic time before which no request starts (shared rate-limit pause)
         self._rate_streak = 0  # rate-limited replies since the last success
-        self.stats = {"requests": 0, "retries": 0, "rate_limited": 0}
+        self.stats = {"requests": 0, "ok": 0, "retries": 0, "rate_limited": 0}
 
     def __repr__(self) -> str:
         return f"Transport(workers={self.settings.num_workers}, limiter={self.limiter!r})"
@@ -215,6 +228,7 @@ class Transport(Generic[T]):
         With ``raw=True`` ``parse`` gets the body bytes instead of decoded JSON (file downloads)."""
         failures = 0
         started = time.monotonic()
+        ok_before = self.stats["ok"]
         limiter = self.limiter
         while True:
             if self._resume_at:
@@ -225,19 +239,26 @@ class Transport(Generic[T]):
                 result = await self._attempt(request, parse, raw)
             except _Attempt as attempt:
                 limiter.release()
-                failures = await self._after_failure(attempt, failures, started)
+                failures = await self._after_failure(attempt, failures, started, ok_before)
                 continue
             except BaseException:  # cancelled, or a bug in ``parse``: give the slot back before leaving
                 limiter.release_now()
                 raise
             limiter.release()
             limiter.on_success()
+            self.stats["ok"] += 1
             if self._rate_streak:
                 self._rate_streak = 0
             return result
 
-    async def _after_failure(self, attempt: _Attempt, failures: int, started: float) -> int:
-        """Wait before the next try and return the new failure count; raise when there is none."""
+    async def _after_failure(self, attempt: _Attempt, failures: int, started: float, ok_before: int) -> int:
+        """Wait before the next try and return the new failure count; raise when there is none.
+
+        A transient failure (5xx, dropped connection, timeout, unparsable reply) is retried
+        ``max_retries`` times; when those run out while other requests of the job succeeded in the
+        meantime, the faults are scattered rather than an outage and the request gets one more round
+        of ``max_retries`` (back-off restarted). A request that fails alone or during an outage gives
+        up after the first round, as configured."""
         if attempt.overload:
             self.limiter.on_overload()
         waited = time.monotonic() - started
@@ -248,10 +269,14 @@ class Transport(Generic[T]):
                 raise self._final(attempt, failures, waited) from None
         else:
             failures += 1
-            if not attempt.retry or failures > self.settings.max_retries:
+            m = self.settings.max_retries
+            # A second round (m + 1 more attempts) only while the job's other requests succeed.
+            allowed = 2 * m + 1 if self.stats["ok"] > ok_before else m
+            if not attempt.retry or failures > allowed:
                 raise self._final(attempt, failures, waited) from None
         self.stats["retries"] += 1
-        await asyncio.sleep(self._delay(attempt, failures))
+        m = self.settings.max_retries
+        await asyncio.sleep(self._delay(attempt, failures if failures <= m else failures - m))
         return failures
 
     async def stream(self, request: HttpRequest) -> AsyncIterator[SseEvent]:
@@ -265,6 +290,7 @@ class Transport(Generic[T]):
         assert self._session is not None, "use the transport inside `async with`"
         failures = 0
         started = time.monotonic()
+        ok_before = self.stats["ok"]
         ct = self.settings.connection_timeout
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=ct, sock_read=ct)
         while True:
@@ -282,11 +308,11 @@ class Transport(Generic[T]):
             except (asyncio.TimeoutError, *_CONNECTION_ERRORS) as exc:
                 self.limiter.release()
                 attempt = _Attempt("connection_error", f"{type(exc).__name__}: {exc}", retry=True)
-                failures = await self._after_failure(attempt, failures, started)
+                failures = await self._after_failure(attempt, failures, started, ok_before)
                 continue
             except _Attempt as attempt:
                 self.limiter.release()
-                failures = await self._after_failure(attempt, failures, started)
+                failures = await self._after_failure(attempt, failures, started, ok_before)
                 continue
             break
         finished = False
@@ -295,6 +321,7 @@ class Transport(Generic[T]):
                 yield event
             finished = True
             self.limiter.on_success()
+            self.stats["ok"] += 1
         except (asyncio.TimeoutError, *_CONNECTION_ERRORS) as exc:
             raise RemoteError(
                 f"the answer stream broke off ({type(exc).__name__}: {exc})", retryable=True, kind="connection_error"
@@ -336,7 +363,14 @@ class Transport(Generic[T]):
 
     def _status_failure(self, status: int, body: bytes, headers: Mapping[str, str]) -> _Attempt:
         message = f"HTTP {status}: {self._error_message(status, body)}"
+        verdict = permanent_failure(status, body)
+        if verdict is not None:  # e.g. a quota answered 429: waiting never helps
+            return _Attempt(
+                verdict.kind, _sentence(message, verdict.advice), status=status, retry=False, overload=False
+            )
         hint = parse_retry_hint(headers)
+        if hint is None:
+            hint = body_retry_hint(body)
         if status == 429 or (status == 503 and hint is not None):
             return _Attempt("rate_limited", message, status=status, retry=True, hint=hint, rate_limited=True)
         if status in (401, 403):
@@ -344,7 +378,8 @@ class Transport(Generic[T]):
                 message += f". {self._auth_hint}"
             return _Attempt("authentication", message, status=status, retry=False, overload=False)
         retry = status >= 500 or status in RETRY_STATUSES
-        return _Attempt("http_error", message, status=status, retry=retry, hint=hint, overload=retry)
+        kind = "http_error" if retry else "invalid_request"
+        return _Attempt(kind, message, status=status, retry=retry, hint=hint, overload=retry)
 
     def _delay(self, attempt: _Attempt, failures: int) -> float:
         s = self.settings

@@ -6,14 +6,12 @@ providers, and any other protocol adapter that needs the same message or image e
 
 from __future__ import annotations
 
-import base64
-import mimetypes
 import re
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from infermux.configs.generation_params import GenerationParams, GuidedDecodingParams
+from infermux.engines.remote.http.urls import endpoint_url
+from infermux.engines.remote.media import image_payload
 from infermux.types import ContentItem, Conversation, FinishReason, Message, Type, Usage
 
 __all__ = [
@@ -35,50 +33,21 @@ def chat_completions_url(api_url: str) -> str:
     path → that path + ``/chat/completions``; a URL already ending in ``/chat/completions`` is kept.
     Query strings (``?api-version=...``) are preserved.
     """
-    parts = urlsplit(api_url.strip())
-    if not parts.scheme or not parts.netloc:
-        raise ValueError(f"api_url {api_url!r} is not an absolute http(s) URL (e.g. http://localhost:8000/v1)")
-    path = parts.path.rstrip("/")
-    if not path.endswith(CHAT_PATH):
-        path = (path or "/v1") + CHAT_PATH
-    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+    return endpoint_url(api_url, lambda path: path if path.endswith(CHAT_PATH) else (path or "/v1") + CHAT_PATH)
 
 
 # ---------------------------------------------------------------------- messages and images
 
-_MAGIC = (
-    (b"\x89PNG\r\n\x1a\n", "image/png"),
-    (b"\xff\xd8\xff", "image/jpeg"),
-    (b"GIF87a", "image/gif"),
-    (b"GIF89a", "image/gif"),
-    (b"BM", "image/bmp"),
-)
-
-
-def _sniff_mime(data: bytes) -> str:
-    for magic, mime in _MAGIC:
-        if data.startswith(magic):
-            return mime
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return "image/png"
-
 
 def image_data_url(item: ContentItem) -> str:
-    """An ``image_url`` value for an image item: URLs as given, files and bytes as base64 data URLs."""
-    if item.type == Type.IMAGE_URL:
+    """An ``image_url`` value for an image item: URLs as given, files and bytes (``binary`` first, as
+    :func:`~infermux.engines.remote.media.image_payload` decides) as base64 data URLs."""
+    if item.type == Type.IMAGE_URL and not item.binary:
         return str(item.content)
-    if item.type == Type.IMAGE_PATH:
-        path = Path(str(item.content)).expanduser()
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise ValueError(f"cannot read image_path {str(path)!r}: {exc.strerror or exc}") from None
-        mime = mimetypes.guess_type(path.name)[0] or _sniff_mime(data)
-    else:
-        data = item.binary or b""
-        mime = _sniff_mime(data)
-    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+    image = image_payload(item)
+    if image.data is None:
+        return str(image.url)
+    return f"data:{image.media_type or 'image/png'};base64,{image.base64}"
 
 
 def encode_message(message: Message, *, role: str | None = None) -> dict[str, Any]:
@@ -149,10 +118,18 @@ def parse_chat_completion(data: Any) -> tuple[str, dict[str, Any]]:
 
     Metadata keeps ``usage``, ``finish_reason``, ``model`` and, when the server sends it,
     ``reasoning_content`` (vLLM, DeepSeek, llama.cpp; also read from ``reasoning``), ``refusal`` and
-    ``tool_calls``.
+    ``tool_calls``. An empty ``choices`` list is a content-filter block (``finish_reason:
+    content_filter``), not a malformed reply.
     """
     if not isinstance(data, dict):
         raise TypeError(f"expected a JSON object, got {type(data).__name__}")
+    if data.get("choices") == [] and (data.get("object") == "chat.completion" or "prompt_filter_results" in data):
+        # A content filter blocked the answer (Azure OpenAI and gateways answer a complete
+        # chat.completion with no choice): a finish reason, not a malformed reply to retry.
+        blocked: dict[str, Any] = {"finish_reason": "content_filter", "model": data.get("model")}
+        if data.get("prompt_filter_results"):
+            blocked["prompt_filter_results"] = data["prompt_filter_results"]
+        return "", blocked
     choice = data["choices"][0]
     message = choice["message"]
     content = message.get("content")

@@ -58,6 +58,10 @@ class OpenAIInferenceEngine(RemoteInferenceEngine):
     def reasoning(self) -> bool:
         return is_reasoning_model(self.served_model_name())
 
+    def limit_problems(self, generation: GenerationParams) -> list[str]:
+        # Reasoning models are sent none of the limited parameters (see adjust_body).
+        return [] if self.reasoning else super().limit_problems(generation)
+
     def adjust_body(self, body: dict[str, Any], generation: GenerationParams) -> dict[str, Any]:
         if not self.reasoning:
             return body

@@ -11,7 +11,8 @@ models in :mod:`.openai`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from infermux.configs.engine_type import InferenceEngineType as E
@@ -46,6 +47,8 @@ class Provider:
     notes: tuple[str, ...] = ()
     batch_api: bool = True  # OpenAI's Batch API (/v1/files + /v1/batches) is offered to this provider's users
     quirks: str | None = None  # module defining the class when the provider needs code of its own
+    max_items: Mapping[str, int] = field(default_factory=dict)  # documented limits (see Capabilities)
+    value_ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
     @property
     def module(self) -> str:
@@ -59,7 +62,8 @@ class Provider:
     @property
     def capabilities(self) -> Capabilities:
         return Capabilities(generation_params=self.params, guided_decoding=self.guided, images=self.images,
-                            streaming=True, notes=self.notes, batch_api=self.batch_api)  # fmt: skip
+                            streaming=True, notes=self.notes, batch_api=self.batch_api,
+                            max_items=self.max_items, value_ranges=self.value_ranges)  # fmt: skip
 
 
 PROVIDERS: dict[E, Provider] = {
@@ -67,7 +71,9 @@ PROVIDERS: dict[E, Provider] = {
     for row in (
         Provider(E.OPENAI, "OpenAIInferenceEngine", "OpenAI", "https://api.openai.com/v1", "OPENAI_API_KEY",
                  "OpenAI (``OPENAI_API_KEY``).", workers=50, quirks="infermux.engines.remote.openai.openai",
-                 notes=("reasoning models (o1/o3/o4/gpt-5) ignore temperature, top_p, penalties, logit_bias, stop",)),
+                 notes=("reasoning models (o1/o3/o4/gpt-5) ignore temperature, top_p, penalties, logit_bias, stop",),
+                 max_items={"stop_strings": 4},
+                 value_ranges={"temperature": (0.0, 2.0), "logit_bias": (-100.0, 100.0)}),
         Provider(E.TOGETHER, "TogetherInferenceEngine", "Together AI", "https://api.together.xyz/v1",
                  "TOGETHER_API_KEY", "Together AI (``TOGETHER_API_KEY``); also takes ``min_p`` and JSON-schema output.",
                  params=OPENAI_PARAMS | {"min_p"}),

@@ -1,0 +1,56 @@
+"""What every HTTP engine (RemoteEngine subclasses) does before sending anything."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from infermux.configs import ModelParams, RemoteParams
+from infermux.engines.registry import engine_class, engine_specs, is_available
+from infermux.engines.remote.base import RemoteEngine
+from infermux.errors import ConfigError
+from tests.conftest import cli_env, run_cli
+from tests.servers import stub_server
+
+_HTTP_ENGINES = [
+    name
+    for name, spec in engine_specs().items()
+    if spec.remote and is_available(name) and issubclass(engine_class(name), RemoteEngine)
+]
+
+
+@pytest.mark.parametrize("name", _HTTP_ENGINES)
+def test_an_unset_api_key_variable_the_user_named_fails_before_sending(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SOME_UNSET_VAR", raising=False)
+    params = RemoteParams(api_url="http://127.0.0.1:9/v1", api_key_env_varname="SOME_UNSET_VAR")
+    with pytest.raises(ConfigError, match=r"SOME_UNSET_VAR.*not set"):
+        engine_class(name)(ModelParams(model_name="m"), remote_params=params)  # type: ignore[call-arg]
+    monkeypatch.setenv("SOME_UNSET_VAR", "")
+    with pytest.raises(ConfigError, match=r"SOME_UNSET_VAR.*empty"):
+        RemoteParams(api_key_env_varname="SOME_UNSET_VAR").resolve_api_key()
+    monkeypatch.setenv("SOME_UNSET_VAR", "sk-from-the-variable")
+    assert RemoteParams(api_key_env_varname="SOME_UNSET_VAR").resolve_api_key("OTHER") == "sk-from-the-variable"
+
+
+def test_infer_with_an_unset_key_variable_exits_2_and_sends_nothing(tmp_path: Path) -> None:
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
+    with stub_server() as url:
+        config = tmp_path / "remote.yaml"
+        config.write_text(
+            f"model:\n  model_name: m\nengine: REMOTE\nremote_params:\n  api_url: {url}\n"
+            "  api_key_env_varname: SOME_UNSET_VAR\n"
+        )
+        env = cli_env()
+        env.pop("SOME_UNSET_VAR", None)
+        proc = run_cli("infer", "-c", str(config), "--input_path", str(inp), env=env)
+        from urllib.request import urlopen
+
+        with urlopen(url + "/_stub/stats") as resp:
+            stats = json.loads(resp.read())
+    assert proc.returncode == 2 and "SOME_UNSET_VAR" in proc.stderr and "Traceback" not in proc.stderr
+    assert stats["requests"] == 0
