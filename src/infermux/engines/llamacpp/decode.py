@@ -8,9 +8,9 @@ admits waiting requests into free slots, then puts the next token of every gener
 grammar state and random state are per sequence). A finished sequence frees its slot for the next
 request, so slots stay busy whatever the answer lengths, and requests may arrive between steps.
 
-Prompt tokens are evaluated once where they can be (see :mod:`.prefix`): a slot keeps the KV of what it
-last held, so a prompt that starts like it (the next chat turn, the next row with the same system prompt)
-evaluates only the rest; a prompt that shares a prefix with another slot gets that slot's KV copied
+Prompt tokens are evaluated once where they can be (see :mod:`.prefix`): a slot keeps the KV of the
+prompt it last held, so a prompt that starts like it (the next chat turn, the next row with the same
+system prompt) evaluates only the rest; a prompt that shares a prefix with another slot gets that slot's KV copied
 (``llama_memory_seq_cp``) and evaluates only the rest; requests admitted together that share a prefix have
 it evaluated by one of them, then copied. The prompt suffixes of all admitted requests go into shared
 ``llama_decode`` calls.
@@ -124,6 +124,7 @@ class MultiSequenceDecoder:
         self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self._cached: list[list[int]] = [[] for _ in range(n_slots)]  # tokens whose KV each slot holds
+        self._exact = [0] * n_slots  # how many of them were computed as prompt tokens (reusable, see prefix)
         self._owner: list[Request | None] = [None] * n_slots
         self.waiting: list[Request] = []
         self.active: list[Request] = []
@@ -179,6 +180,7 @@ class MultiSequenceDecoder:
         self.active, self.waiting, self._admitting = [], [], []
         self._owner = [None] * self.n_slots
         self._cached = [[] for _ in range(self.n_slots)]
+        self._exact = [0] * self.n_slots
         if self._ctx:
             self._lib.llama_memory_clear(self._mem, True)
 
@@ -232,19 +234,22 @@ class MultiSequenceDecoder:
 
     def _admit(self, requests: list[Request], free: list[int]) -> None:
         """Give each request a slot, reuse or copy what KV it can, evaluate the rest of the prompts."""
-        plan = plan_admissions([r.prompt for r in requests], self._cached, free)
+        reusable = [cached[:exact] for cached, exact in zip(self._cached, self._exact, strict=True)]
+        plan = plan_admissions([r.prompt for r in requests], reusable, free)
         for wave in plan.waves:
             started: list[tuple[Request, Admission]] = []
             for adm in wave:  # copies first: a source's KV must be copied before it is trimmed
                 if adm.source is not None and adm.source != adm.slot:
                     self._lib.llama_memory_seq_cp(self._mem, adm.source, adm.slot, -1, -1)
                     self._cached[adm.slot] = self._cached[adm.source][: adm.keep]
+                    self._exact[adm.slot] = adm.keep
             for adm in wave:
                 req = requests[adm.index]
                 req.slot = adm.slot
                 self._owner[adm.slot] = req
                 self._lib.llama_memory_seq_rm(self._mem, adm.slot, adm.keep, -1)
                 del self._cached[adm.slot][adm.keep :]
+                self._exact[adm.slot] = adm.keep
                 try:
                     req.sampler = self._make_sampler(req.spec)
                 except ValueError as exc:
@@ -277,6 +282,7 @@ class MultiSequenceDecoder:
                 self._decode()
                 done += size
             self._cached[req.slot].extend(rest)
+            self._exact[req.slot] = len(self._cached[req.slot])
             self.active.append(req)
             self._step(req, self._lib.llama_sampler_sample(req.sampler, self._ctx, self._batch.n_tokens - 1))
 
@@ -302,7 +308,7 @@ class MultiSequenceDecoder:
             self._stream(req)
 
     def _release(self, req: Request, outcome: DecodeResult | Exception) -> None:
-        """Free the request's sampler and slot (its KV stays for the next prompt that starts alike)."""
+        """Free the request's sampler and slot (its prompt KV stays for the next prompt that starts alike)."""
         self._lib.llama_sampler_free(req.sampler)
         req.sampler = None
         self.active.remove(req)

@@ -116,7 +116,12 @@ class LlamaCppInferenceEngine(InferenceEngine):
     def stats(self) -> dict[str, int]:
         """Decoder counters: prompt tokens evaluated (not reused), decode steps, most sequences in one step."""
         d = self._decoder
-        return {"prompt_tokens_evaluated": d.prompt_tokens_evaluated, "steps": d.steps, "max_active": d.max_active}
+        return {
+            "prompt_tokens_evaluated": d.prompt_tokens_evaluated,
+            "steps": d.steps,
+            "max_active": d.max_active,
+            "active": len(d.active),
+        }
 
     def _check(self, generation: GenerationParams) -> None:
         super()._check(generation)

@@ -3,8 +3,8 @@
 :func:`plan_admissions` decides, for requests entering free slots together, which slot each takes and
 how many leading prompt tokens it need not evaluate:
 
-- *in place*: a free slot still holds the KV of what it ran last (the previous chat turn, a row with
-  the same system prompt); the common prefix is kept and only the rest is evaluated;
+- *in place*: a free slot still holds the KV of the prompt it ran last (the previous chat turn, a row
+  with the same system prompt); the common prefix is kept and only the rest is evaluated;
 - *copy*: another slot (busy or just taken) holds a longer common prefix; its KV stream is copied
   (``llama_memory_seq_cp``) and trimmed;
 - *follow*: another request admitted at the same time shares a prefix; it is evaluated in the first
@@ -14,7 +14,9 @@ A copy moves a whole KV stream, so it is chosen only when it saves at least ``MI
 than reuse in place. At least the last two prompt tokens are always evaluated: the last one's logits give
 the first answer token, and llama.cpp computes a token alone in its sequence's batch (as a generation
 step) slightly differently from a token among others (as a prompt), so evaluating one token alone would
-make the answer depend on what the cache held.
+make the answer depend on what the cache held. For the same reason only KV computed as prompt tokens is
+reused, not that of generated tokens (each computed alone in a step): a chat turn evaluates the previous
+answer and its new message, and answers exactly as it would without the cache.
 """
 
 from __future__ import annotations
