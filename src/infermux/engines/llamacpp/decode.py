@@ -184,6 +184,10 @@ class MultiSequenceDecoder:
         if self._ctx:
             self._lib.llama_memory_clear(self._mem, True)
 
+    def forget_cache(self) -> None:
+        """Stop reusing the KV the slots hold (benchmarks start each run cold). Call only while idle."""
+        self._exact = [0] * self.n_slots
+
     @staticmethod
     def _done(req: Request, outcome: DecodeResult | Exception) -> None:
         if not req.finished:
