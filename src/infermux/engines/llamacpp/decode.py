@@ -266,29 +266,55 @@ class MultiSequenceDecoder:
     def _prefill(self, started: list[tuple[Request, Admission]]) -> None:
         """Evaluate the uncached prompt tokens of each request, then sample its first token.
 
-        Each prompt gets its own calls, in pieces of at most ``n_batch`` tokens and never a last piece of
-        one token: a multi-sequence batch would be split by llama.cpp into per-sequence pieces of its own
-        choosing, and a token computed alone in its piece comes out slightly different (see ``prefix``).
+        llama.cpp splits a multi-sequence batch into pieces with the same number of tokens per sequence,
+        and a token computed alone in its piece comes out slightly different (see ``prefix``). So
+        prompts whose remaining lengths are equal (and at least 2) share a call, where every sequence's
+        piece is its whole remainder; any other prompt gets calls of its own, in pieces of at most
+        ``n_batch`` tokens and never a last piece of one token.
         """
+        groups: dict[int, list[tuple[Request, int]]] = {}
         for req, adm in started:
-            rest = req.prompt[adm.keep :]
-            req.evaluated = len(rest)
-            self.prompt_tokens_evaluated += len(rest)
-            done = 0
-            while done < len(rest):
-                size = min(self.n_batch, len(rest) - done)
-                if len(rest) - done - size == 1:
-                    size -= 1
-                for k in range(size):
-                    pos = done + k
-                    self._add(k, rest[pos], adm.keep + pos, req.slot, pos == len(rest) - 1)
-                self._batch.n_tokens = size
+            rest = len(req.prompt) - adm.keep
+            req.evaluated = rest
+            self.prompt_tokens_evaluated += rest
+            groups.setdefault(rest, []).append((req, adm.keep))
+        for rest, members in groups.items():
+            per_call = self.n_batch // rest if rest >= 2 else 1
+            for first in range(0, len(members), max(1, per_call)):
+                chunk = members[first : first + max(1, per_call)]
+                if len(chunk) == 1:
+                    self._prefill_one(*chunk[0])
+                    continue
+                n = 0
+                for req, keep in chunk:
+                    for pos in range(keep, len(req.prompt)):
+                        self._add(n, req.prompt[pos], pos, req.slot, pos == len(req.prompt) - 1)
+                        n += 1
+                self._batch.n_tokens = n
                 self._decode()
-                done += size
-            self._cached[req.slot].extend(rest)
-            self._exact[req.slot] = len(self._cached[req.slot])
-            self.active.append(req)
-            self._step(req, self._lib.llama_sampler_sample(req.sampler, self._ctx, self._batch.n_tokens - 1))
+                for k, (req, keep) in enumerate(chunk):
+                    self._started(req, keep, (k + 1) * rest - 1)
+
+    def _prefill_one(self, req: Request, keep: int) -> None:
+        rest = req.prompt[keep:]
+        done = 0
+        while done < len(rest):
+            size = min(self.n_batch, len(rest) - done)
+            if len(rest) - done - size == 1:
+                size -= 1
+            for k in range(size):
+                self._add(k, rest[done + k], keep + done + k, req.slot, done + k == len(rest) - 1)
+            self._batch.n_tokens = size
+            self._decode()
+            done += size
+        self._started(req, keep, self._batch.n_tokens - 1)
+
+    def _started(self, req: Request, keep: int, index: int) -> None:
+        """The prompt is in the slot: record it, then sample the first token from logits row ``index``."""
+        self._cached[req.slot].extend(req.prompt[keep:])
+        self._exact[req.slot] = len(self._cached[req.slot])
+        self.active.append(req)
+        self._step(req, self._lib.llama_sampler_sample(req.sampler, self._ctx, index))
 
     def _decode(self) -> None:
         status = self._lib.llama_decode(self._ctx, self._batch)
