@@ -66,7 +66,8 @@ def plan_admissions(prompts: Sequence[Sequence[int]], cached: Sequence[Sequence[
         limit = max(0, len(prompt) - 2)
         reuse = {s: min(common_prefix(cached[s], prompt), limit) for s in available}
         slot_in = max(available, key=lambda s: (reuse[s], -len(cached[s])))
-        options = [(reuse[slot_in], 0, None, None)]  # (tokens saved, preference, source, leader slot)
+        # (tokens saved, preference, source slot to copy, leader slot to follow)
+        options: list[tuple[int, int, int | None, int | None]] = [(reuse[slot_in], 0, None, None)]
         for s in range(len(cached)):
             if s in available or s in taken_as_copy:  # a free slot is better used in place
                 continue

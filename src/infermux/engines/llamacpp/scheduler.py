@@ -8,6 +8,7 @@ decoder drops it at the next step and frees its slot.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Sequence
 
@@ -60,7 +61,7 @@ class DecodeScheduler:
         if not prompts:
             return results
         for i, prompt in enumerate(prompts):
-            self.submit(Request(list(prompt), max_new_tokens, spec, lambda o, i=i: done(o, i)))
+            self.submit(Request(list(prompt), max_new_tokens, spec, functools.partial(done, i=i)))
         finished.wait()
         return results
 
