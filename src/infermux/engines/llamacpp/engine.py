@@ -68,6 +68,10 @@ class LlamaCppInferenceEngine(InferenceEngine):
             "adapter_model: pass a GGUF LoRA as model_kwargs.lora_path instead.",
             "regex guided decoding: patterns are translated to a grammar; look-arounds, back-references "
             "and flags are refused.",
+            "prompt KV is reused: rows sharing a prefix (a long system prompt, few-shot examples) evaluate it "
+            "once, and a chat turn evaluates only its new tokens; answers are the same as without reuse.",
+            "concurrent streams (infermux serve, several chats) join one running decoder between steps "
+            "(continuous batching); a stream whose client leaves frees its sequence.",
         ),
     )
 
