@@ -60,6 +60,7 @@ def main() -> None:
 
     llm = Llama(model_path=str(gguf_path()), n_ctx=N_CTX, verbose=False)
     print(f"llama.cpp threads: generation {llm.n_threads}, batch {llm.context_params.n_threads_batch}")
+    print(f"OMP_WAIT_POLICY: {os.environ.get('OMP_WAIT_POLICY', '(unset: libgomp default, spin then sleep)')}")
 
     def encode(text: str) -> list[int]:
         return list(llm.tokenize(text.encode("utf-8"), add_bos=False))
