@@ -8,10 +8,15 @@ own streaming API (llama.cpp ``create_chat_completion(stream=True)``, transforme
 two answers are in the history (what a chat sends after a few turns). Greedy, at most 32 new tokens,
 median of ``--repeat`` runs after one warm-up run.
 
-    python benchmarks/bench_chat_ttft.py [--engines LLAMACPP,NATIVE] [--repeat 5]
+    python benchmarks/bench_chat_ttft.py [--engines LLAMACPP,NATIVE] [--repeat 5] [--live LLAMACPP]
 
 Prints one line per engine and turn with the median time to first token (ms) of both sides and the
 ratio ours / raw (1.00 = no overhead).
+
+``--live ENGINES`` also plays whole conversations the way a chat session does (one engine, each turn's
+answer appended to the history, a new first question per conversation) and prints the median time to
+first token of turns 1, 2 and 3 and the ratio turn 3 / turn 1: with the cache kept between turns, a later
+turn evaluates only its new tokens.
 """
 
 from __future__ import annotations
@@ -137,12 +142,60 @@ def raw_transformers() -> Callable[[list[dict[str, str]]], Timing]:
 
 RAW = {"LLAMACPP": raw_llamacpp, "NATIVE": raw_transformers}
 
+LIVE_FOLLOW_UPS = ["Suggest a name for my boat.", "Write a short poem about it."]
+
+
+def live_chat(engine_name: str, repeat: int) -> list[float]:
+    """Median time to first token of turns 1..3 over ``repeat`` conversations played turn by turn."""
+    from infermux.configs.inference_config import InferenceConfig
+    from infermux.engines.registry import build_engine
+    from infermux.types import Conversation
+
+    cfg = InferenceConfig.model_validate({"engine": engine_name, "generation": {"max_new_tokens": MAX_NEW}})
+    engine = build_engine(cfg)
+
+    async def turn(messages: list[dict[str, str]]) -> tuple[float, str]:
+        t0, first, text = time.perf_counter(), None, ""
+        async for event in engine.astream(Conversation.model_validate({"messages": messages}), cfg.generation):
+            if event.delta and first is None:
+                first = time.perf_counter() - t0
+            if event.final and event.conversation is not None:
+                text = event.conversation.last_message.text
+        return (first if first is not None else time.perf_counter() - t0), text
+
+    samples: list[list[float]] = [[], [], []]
+    for k in range(repeat + 1):  # the first conversation warms up
+        history = [
+            {"role": "system", "content": "You are a helpful assistant."},
+            {
+                "role": "user",
+                "content": f"My favourite colour is {['green', 'blue', 'red', 'grey'][k % 4]} "
+                f"and I live by sea number {k}.",
+            },
+        ]
+        for i, follow_up in enumerate([None, *LIVE_FOLLOW_UPS]):
+            if follow_up is not None:
+                history.append({"role": "user", "content": follow_up})
+            ttft, answer = asyncio.run(turn(history))
+            history.append({"role": "assistant", "content": answer})
+            if k:
+                samples[i].append(ttft)
+    engine.close()
+    return [statistics.median(s) for s in samples]
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--engines", default="LLAMACPP,NATIVE")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--live", default="", help="engines whose whole conversations are also timed")
     args = parser.parse_args()
+    for name in [e.strip().upper() for e in args.live.split(",") if e.strip()]:
+        t1, t2, t3 = live_chat(name, args.repeat)
+        print(
+            f"{name:9s} live chat TTFT turn 1 {t1 * 1000:7.1f} ms  turn 2 {t2 * 1000:7.1f} ms  "
+            f"turn 3 {t3 * 1000:7.1f} ms  ratio turn 3 / turn 1 {t3 / t1:5.2f}"
+        )
     print(f"time to first token, default model, greedy, <= {MAX_NEW} new tokens, median of {args.repeat}")
     for name in [e.strip().upper() for e in args.engines.split(",") if e.strip()]:
         try:

@@ -3,9 +3,13 @@
 The raw side is the library's chat API called in a loop (what Oumi's LLAMACPP engine does), greedy,
 64 new tokens, on the embedded SmolLM2-135M GGUF, library defaults otherwise. The engine side runs
 ``engine.infer`` on all prompts (several sequences per llama.cpp decode call). Workloads are those of
-``local_common``; sides alternate, ``INFERMUX_BENCH_REPEATS`` runs each (best kept).
+``local_common`` plus ``prefix`` (the number prompts after a shared ~575-token system prompt); sides
+alternate, ``INFERMUX_BENCH_REPEATS`` runs each (best kept). Each engine run starts from an empty cache
+(as the first chunk of a job does), while the raw library keeps its previous call's prompt prefix.
 
-    .venv/bin/python benchmarks/bench_llamacpp.py [--workload number|mixed|all] [--slots 16,32]
+    .venv/bin/python benchmarks/bench_llamacpp.py [--workload number|mixed|prefix|all] [--slots 16,32]
+
+Prints the load average before each workload: figures taken on a busy machine are not comparable.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from local_common import (
     chat_messages,
     conversations,
     count_tokens,
+    prefix_system,
     repeats_from_env,
     report,
     timed,
@@ -43,7 +48,7 @@ def raw_one_at_a_time(llm: Any, messages: list[list[dict[str, str]]]) -> list[st
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--workload", choices=[*WORKLOADS, "all"], default="all")
+    parser.add_argument("--workload", choices=[*WORKLOADS, "prefix", "all"], default="all")
     parser.add_argument("--slots", default="16", help="comma-separated model_kwargs.n_seq_max values to run")
     args = parser.parse_args()
 
@@ -55,6 +60,7 @@ def main() -> None:
 
     llm = Llama(model_path=str(gguf_path()), n_ctx=N_CTX, verbose=False)
     print(f"llama.cpp threads: generation {llm.n_threads}, batch {llm.context_params.n_threads_batch}")
+    print(f"OMP_WAIT_POLICY: {os.environ.get('OMP_WAIT_POLICY', '(unset: libgomp default, spin then sleep)')}")
 
     def encode(text: str) -> list[int]:
         return list(llm.tokenize(text.encode("utf-8"), add_bos=False))
@@ -70,10 +76,14 @@ def main() -> None:
     for engine in engines.values():
         engine.infer(conversations(["Hello"]))
 
-    names = list(WORKLOADS) if args.workload == "all" else [args.workload]
+    names = [*WORKLOADS, "prefix"] if args.workload == "all" else [args.workload]
     for name in names:
-        prompts = WORKLOADS[name]()
-        messages, convs = chat_messages(prompts), conversations(prompts)
+        system = prefix_system() if name == "prefix" else None
+        prompts = WORKLOADS["number" if name == "prefix" else name]()
+        messages, convs = chat_messages(prompts, system), conversations(prompts, system)
+        if system:
+            print(f"\nshared system prompt: {len(encode(system))} tokens")
+        print(f"load average before '{name}': {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         raw_runs: list[Measurement] = []
         engine_runs: dict[int, list[Measurement]] = {s: [] for s in engines}
 
@@ -85,6 +95,7 @@ def main() -> None:
             for slots, engine in engines.items():
 
                 def ours(engine: LlamaCppInferenceEngine = engine, convs: list = convs) -> list[str]:
+                    engine._decoder.forget_cache()  # no head start from the previous run
                     return [c.last_message.text for c in engine.infer(convs)]
 
                 engine_runs[slots].append(timed(f"infermux LLAMACPP, n_seq_max={slots}", ours))

@@ -6,6 +6,8 @@ most 64 new tokens, and compares our engine with the raw library called directly
 - ``number``: the 32 prompts "Write a sentence about the number {i}."
 - ``mixed``: 32 prompts of very different lengths, short ones interleaved with long ones (a few hundred
   tokens of context), the case where batching by length and dropping finished rows pay off.
+- ``prefix``: the ``number`` prompts after one shared ~575-token system prompt (:func:`prefix_system`),
+  as batch jobs with a long instruction or few-shot prefix have (engines that take it: see each bench).
 
 Throughput is generated tokens per second of wall time, where generated tokens are counted the same way
 for both sides: the answer text re-encoded with the model's tokenizer (no special tokens). Speed is only
@@ -58,21 +60,32 @@ def mixed_prompts(n: int = N_PROMPTS) -> list[str]:
     return prompts
 
 
+def prefix_system(sentences: int = 34) -> str:
+    """The ``prefix`` workload's shared system prompt (~575 tokens on the default model): a long
+    instruction block of the kind batch jobs put before every row."""
+    facts = " ".join(_FACTS[k % len(_FACTS)] for k in range(sentences))
+    return (
+        "You are a careful assistant for a local history society. Background you may draw on:\n\n"
+        f"{facts}\n\nAnswer in one or two sentences."
+    )
+
+
 PROMPTS = number_prompts()
 
 WORKLOADS: dict[str, Callable[[], list[str]]] = {"number": number_prompts, "mixed": mixed_prompts}
 
 
-def chat_messages(prompts: Sequence[str]) -> list[list[dict[str, str]]]:
-    """Each prompt as a one-turn chat (the form every raw library takes)."""
-    return [[{"role": "user", "content": p}] for p in prompts]
+def chat_messages(prompts: Sequence[str], system: str | None = None) -> list[list[dict[str, str]]]:
+    """Each prompt as a one-turn chat (the form every raw library takes), after ``system`` if given."""
+    head = [{"role": "system", "content": system}] if system else []
+    return [[*head, {"role": "user", "content": p}] for p in prompts]
 
 
-def conversations(prompts: Sequence[str]) -> list[Any]:
+def conversations(prompts: Sequence[str], system: str | None = None) -> list[Any]:
     """Each prompt as an infermux Conversation (the form our engines take)."""
     from infermux.types import Conversation
 
-    return [Conversation.model_validate({"messages": m}) for m in chat_messages(prompts)]
+    return [Conversation.model_validate({"messages": m}) for m in chat_messages(prompts, system)]
 
 
 @dataclass

@@ -5,7 +5,11 @@ The model is loaded by ``llama_cpp.Llama`` (``model_kwargs`` pass straight to it
 chat template (or ``model.chat_template``) exactly as ``Llama.create_chat_completion`` renders them, and
 answered by a :class:`~infermux.engines.llamacpp.decode.MultiSequenceDecoder`, which decodes up to
 ``n_seq_max`` sequences per llama.cpp call instead of one conversation at a time; greedy answers are the
-same as ``create_chat_completion``'s. Streaming (chat) runs through the same decoder, token by token.
+same as ``create_chat_completion``'s. One decoder thread (:mod:`.scheduler`) serves batch chunks and
+streams alike: a stream (a chat turn, a server request) joins the sequences already generating between
+two steps, and a stream whose consumer goes away frees its slot. Prompt KV is reused across rows and
+turns (:mod:`.prefix`): a shared system prompt is evaluated once, a chat turn evaluates only its new
+tokens. ``stats`` counts evaluated prompt tokens and the most sequences decoded together.
 
 Engine-specific ``model_kwargs`` (not passed to ``Llama``):
 
@@ -23,7 +27,6 @@ import contextlib
 import difflib
 import inspect
 import os
-import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -31,9 +34,10 @@ from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams
 from infermux.engines.base import InferenceEngine, StreamEvent
 from infermux.engines.capabilities import Capabilities
-from infermux.engines.llamacpp.decode import DecodeResult, MultiSequenceDecoder, SamplingSpec
+from infermux.engines.llamacpp.decode import DecodeResult, MultiSequenceDecoder, Request, SamplingSpec
 from infermux.engines.llamacpp.grammar import grammar_for
 from infermux.engines.llamacpp.model import resolve_gguf
+from infermux.engines.llamacpp.scheduler import DecodeScheduler
 from infermux.errors import ConfigError, EngineUnavailableError, ErrorKind, InputError, RowError, install_hint
 from infermux.templates import resolve_chat_template
 from infermux.types import Conversation, FinishReason, Usage
@@ -64,6 +68,10 @@ class LlamaCppInferenceEngine(InferenceEngine):
             "adapter_model: pass a GGUF LoRA as model_kwargs.lora_path instead.",
             "regex guided decoding: patterns are translated to a grammar; look-arounds, back-references "
             "and flags are refused.",
+            "prompt KV is reused: rows sharing a prefix (a long system prompt, few-shot examples) evaluate it "
+            "once, and a chat turn evaluates only its new tokens; answers are the same as without reuse.",
+            "concurrent streams (infermux serve, several chats) join one running decoder between steps "
+            "(continuous batching); a stream whose client leaves frees its sequence.",
         ),
     )
 
@@ -96,7 +104,7 @@ class LlamaCppInferenceEngine(InferenceEngine):
             batch = self.generation_params.batch_size
             slots = batch if batch > 1 else _default_slots(self._llama, n_ctx_seq)
         self._decoder = MultiSequenceDecoder(self._llama, int(slots), n_ctx_seq)
-        self._lock = threading.Lock()
+        self._scheduler = DecodeScheduler(self._decoder)
         self._specs: dict[str, SamplingSpec] = {}
         self._spec(self.generation_params)
 
@@ -104,6 +112,20 @@ class LlamaCppInferenceEngine(InferenceEngine):
     def chunk_size(self, generation: GenerationParams) -> int:
         # Enough rows that freed slots are refilled at once (continuous batching).
         return max(generation.batch_size, 4 * self._decoder.n_slots)
+
+    def max_concurrency(self) -> int:
+        return 2  # the next chunk joins the decoder while the previous one drains: no chunk tails
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Decoder counters: prompt tokens evaluated (not reused), decode steps, most sequences in one step."""
+        d = self._decoder
+        return {
+            "prompt_tokens_evaluated": d.prompt_tokens_evaluated,
+            "steps": d.steps,
+            "max_active": d.max_active,
+            "active": len(d.active),
+        }
 
     def _check(self, generation: GenerationParams) -> None:
         super()._check(generation)
@@ -121,8 +143,7 @@ class LlamaCppInferenceEngine(InferenceEngine):
         spec = self._spec(generation)
         prompts: list[list[int] | RowError] = [self._prompt(c) for c in conversations]
         runnable = [p for p in prompts if not isinstance(p, RowError)]
-        with self._lock:
-            decoded = iter(self._decoder.generate(runnable, generation.max_new_tokens, spec))
+        decoded = iter(self._scheduler.generate(runnable, generation.max_new_tokens, spec))
         out: list[Conversation | RowError] = []
         for conv, prompt in zip(conversations, prompts, strict=True):
             if isinstance(prompt, RowError):
@@ -156,36 +177,23 @@ class LlamaCppInferenceEngine(InferenceEngine):
         prompt = problem or self._prompt(conversation)
         if isinstance(prompt, RowError):
             raise InputError(prompt.message)
+        spec = self._spec(generation)
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[str | None] = asyncio.Queue()
-        cancel = threading.Event()  # set when the consumer stops listening (Ctrl-C in chat)
+        queue: asyncio.Queue[str | DecodeResult | Exception] = asyncio.Queue()
 
-        def put(item: str | None) -> None:
+        def put(item: str | DecodeResult | Exception) -> None:
             with contextlib.suppress(RuntimeError):  # the event loop may be gone after a cancel
                 loop.call_soon_threadsafe(queue.put_nowait, item)
 
-        def on_text(_index: int, delta: str) -> None:
-            if cancel.is_set():
-                raise _Cancelled  # ends generate() at this token; its finally frees the sampler
-            put(delta)
-
-        def run() -> DecodeResult | Exception:
-            try:
-                spec = self._spec(generation)
-                with self._lock:
-                    return self._decoder.generate([prompt], generation.max_new_tokens, spec, on_text)[0]
-            except _Cancelled as stopped:
-                return stopped
-            finally:
-                put(None)
-
-        task = asyncio.ensure_future(asyncio.to_thread(run))
+        request = Request(prompt, generation.max_new_tokens, spec, on_done=put, on_text=put)
+        self._scheduler.submit(request)
         try:
-            while (delta := await queue.get()) is not None:
-                yield StreamEvent(delta=delta)
-            result = await task
+            while isinstance(item := await queue.get(), str):
+                yield StreamEvent(delta=item)
         finally:
-            cancel.set()
+            if not request.finished:
+                self._scheduler.cancel(request)  # the consumer went away: free the slot
+        result = item
         if isinstance(result, Exception):
             raise InputError(str(result))
         reply = self._reply(conversation, prompt, result, generation)
@@ -246,17 +254,13 @@ class LlamaCppInferenceEngine(InferenceEngine):
         return int(ids[0]), float(bias)
 
     def close(self) -> None:
-        decoder = getattr(self, "_decoder", None)
-        if decoder is not None:
-            decoder.close()
+        scheduler = getattr(self, "_scheduler", None)
+        if scheduler is not None:
+            scheduler.close()
         llama = getattr(self, "_llama", None)
         if llama is not None:
             llama.close()
             del self._llama
-
-
-class _Cancelled(Exception):
-    """Raised inside generation to stop a stream whose consumer went away."""
 
 
 def _check_llama_kwargs(llama_class: Any, kwargs: dict[str, Any]) -> None:

@@ -1,0 +1,93 @@
+"""Where each admitted prompt gets its KV from: the slot's own cache, a copy of another slot, or nothing.
+
+:func:`plan_admissions` decides, for requests entering free slots together, which slot each takes and
+how many leading prompt tokens it need not evaluate:
+
+- *in place*: a free slot still holds the KV of the prompt it ran last (the previous chat turn, a row
+  with the same system prompt); the common prefix is kept and only the rest is evaluated;
+- *copy*: another slot (busy or just taken) holds a longer common prefix; its KV stream is copied
+  (``llama_memory_seq_cp``) and trimmed;
+- *follow*: another request admitted at the same time shares a prefix; it is evaluated in the first
+  wave and copied into the follower's slot for the second wave.
+
+A copy moves a whole KV stream, so it is chosen only when it saves at least ``MIN_COPY`` tokens more
+than reuse in place. At least the last two prompt tokens are always evaluated: the last one's logits give
+the first answer token, and llama.cpp computes a token alone in its sequence's batch (as a generation
+step) slightly differently from a token among others (as a prompt), so evaluating one token alone would
+make the answer depend on what the cache held. For the same reason only KV computed as prompt tokens is
+reused, not that of generated tokens (each computed alone in a step): a chat turn evaluates the previous
+answer and its new message, and answers exactly as it would without the cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+__all__ = ["MIN_COPY", "Admission", "Plan", "common_prefix", "plan_admissions"]
+
+MIN_COPY = 16
+
+
+@dataclass(frozen=True)
+class Admission:
+    index: int  # which request
+    slot: int  # the slot it takes
+    source: int | None  # the slot whose KV is copied into ``slot`` first (None: reuse in place)
+    keep: int  # leading prompt tokens whose KV is reused
+
+
+@dataclass
+class Plan:
+    waves: list[list[Admission]] = field(default_factory=lambda: [[], []])
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the common prefix of two token lists (slice comparisons run in C)."""
+    lo, hi = 0, min(len(a), len(b))
+    if a[:hi] == b[:hi]:
+        return hi
+    while lo < hi:  # invariant: a[:lo] == b[:lo] and a[:hi + 1] != b[:hi + 1]
+        mid = (lo + hi + 1) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def plan_admissions(prompts: Sequence[Sequence[int]], cached: Sequence[Sequence[int]], free: Sequence[int]) -> Plan:
+    """Assign each prompt (``len(prompts) <= len(free)``) a slot and a KV source; see the module docs."""
+    plan = Plan()
+    available = list(free)
+    taken_as_copy: set[int] = set()  # destinations: their KV is not what ``cached`` says
+    leaders: list[tuple[int, int]] = []  # (prompt index, slot) of the first wave
+    for i, prompt in enumerate(prompts):
+        limit = max(0, len(prompt) - 2)
+        reuse = {s: min(common_prefix(cached[s], prompt), limit) for s in available}
+        slot_in = max(available, key=lambda s: (reuse[s], -len(cached[s])))
+        # (tokens saved, preference, source slot to copy, leader slot to follow)
+        options: list[tuple[int, int, int | None, int | None]] = [(reuse[slot_in], 0, None, None)]
+        for s in range(len(cached)):
+            if s in available or s in taken_as_copy:  # a free slot is better used in place
+                continue
+            keep = min(common_prefix(cached[s], prompt), limit)
+            options.append((keep - MIN_COPY, 1, s, None))
+        for j, slot in leaders:
+            keep = min(common_prefix(prompts[j], prompt), limit)
+            options.append((keep - MIN_COPY, 2, None, slot))
+        saved, _, source, leader = max(options, key=lambda o: (o[0], -o[1]))
+        if source is None and leader is None:
+            available.remove(slot_in)
+            plan.waves[0].append(Admission(i, slot_in, None, saved))
+            leaders.append((i, slot_in))
+            continue
+        slot = min(available, key=lambda s: (reuse[s], len(cached[s])))
+        available.remove(slot)
+        taken_as_copy.add(slot)
+        if source is not None:
+            plan.waves[0].append(Admission(i, slot, source, saved + MIN_COPY))
+            leaders.append((i, slot))
+        else:
+            plan.waves[1].append(Admission(i, slot, leader, saved + MIN_COPY))
+    return plan

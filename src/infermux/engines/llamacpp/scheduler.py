@@ -1,0 +1,95 @@
+"""One thread drives the LLAMACPP decoder; requests from any thread or event loop join it between steps.
+
+Batch chunks, chat turns and concurrent server requests all go through :meth:`DecodeScheduler.submit`:
+a request waits in an inbox until the decoder thread's next step, then takes a free slot beside the
+sequences already generating (continuous batching). :meth:`DecodeScheduler.cancel` marks a request; the
+decoder drops it at the next step and frees its slot.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Sequence
+
+from infermux.engines.llamacpp.decode import DecodeResult, MultiSequenceDecoder, Request, SamplingSpec
+
+__all__ = ["DecodeScheduler"]
+
+
+class DecodeScheduler:
+    """Owns ``decoder`` once started: only the scheduler's thread calls its methods."""
+
+    def __init__(self, decoder: MultiSequenceDecoder) -> None:
+        self.decoder = decoder
+        self._inbox: list[Request] = []
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def submit(self, request: Request) -> None:
+        with self._wake:
+            if self._closed:
+                raise RuntimeError("the LLAMACPP engine is closed")
+            self._inbox.append(request)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="infermux-llamacpp-decoder", daemon=True)
+                self._thread.start()
+            self._wake.notify()
+
+    def cancel(self, request: Request) -> None:
+        request.cancelled = True
+        with self._wake:
+            self._wake.notify()
+
+    def generate(
+        self, prompts: Sequence[list[int]], max_new_tokens: int, spec: SamplingSpec
+    ) -> list[DecodeResult | Exception]:
+        """Answer ``prompts`` (blocking); they share the decoder with whatever else is running."""
+        results: list[DecodeResult | Exception] = [RuntimeError("not run")] * len(prompts)
+        remaining = [len(prompts)]
+        finished = threading.Event()
+        lock = threading.Lock()
+
+        def done(outcome: DecodeResult | Exception, i: int) -> None:
+            results[i] = outcome
+            with lock:
+                remaining[0] -= 1
+                if remaining[0] == 0:
+                    finished.set()
+
+        if not prompts:
+            return results
+        for i, prompt in enumerate(prompts):
+            self.submit(Request(list(prompt), max_new_tokens, spec, functools.partial(done, i=i)))
+        finished.wait()
+        return results
+
+    def _run(self) -> None:
+        decoder = self.decoder
+        while True:
+            with self._wake:
+                while not self._inbox and not decoder.busy and not self._closed:
+                    self._wake.wait()
+                if self._closed:
+                    inbox, self._inbox = self._inbox, []
+                    break
+                inbox, self._inbox = self._inbox, []
+            for request in inbox:
+                decoder.submit(request)
+            try:
+                decoder.step()
+            except Exception as exc:  # llama_decode failed: every request in flight fails with it
+                decoder.fail_all(exc)
+        closed = RuntimeError("the LLAMACPP engine was closed before this request finished")
+        for request in inbox:
+            MultiSequenceDecoder._done(request, closed)
+        decoder.fail_all(closed)
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join()
+        self.decoder.close()

@@ -1,0 +1,47 @@
+"""LLAMACPP prompt-KV planning (no model): which slot each admitted prompt takes and what it reuses."""
+
+from __future__ import annotations
+
+from infermux.engines.llamacpp.prefix import MIN_COPY, common_prefix, plan_admissions
+
+
+def test_common_prefix_lengths():
+    assert common_prefix([], [1, 2]) == 0
+    assert common_prefix([1, 2, 3], [1, 2, 3]) == 3
+    assert common_prefix([1, 2, 3], [1, 2]) == 2
+    assert common_prefix([1, 2, 3, 4, 5], [1, 2, 9, 4, 5]) == 2
+    long = list(range(1000))
+    assert common_prefix(long, [*long[:777], -1, *long[778:]]) == 777
+
+
+def test_requests_admitted_together_share_their_prefix_through_one_leader():
+    system = list(range(100, 200))  # a long shared system prompt
+    prompts = [[*system, 1, 2, 3], [7, 8, 9, 10], [*system, 4, 5], [*system, 6, 6, 6, 6]]
+    plan = plan_admissions(prompts, [[] for _ in range(4)], [0, 1, 2, 3])
+    first, second = plan.waves
+    assert [a.index for a in first] == [0, 1] and all(a.keep == 0 and a.source is None for a in first)
+    leader_slot = first[0].slot
+    assert [(a.index, a.source, a.keep) for a in second] == [(2, leader_slot, 100), (3, leader_slot, 100)]
+    assert len({a.slot for a in first + second}) == 4
+
+
+def test_a_free_slot_is_reused_in_place_and_a_busy_one_is_copied():
+    system = list(range(50, 90))
+    cached = [[*system, 1, 1], [*system, 2, 2, 2], [9, 9]]
+    # slot 0 is busy, slots 1 and 2 free: the new prompt reuses slot 1 in place (42 tokens).
+    plan = plan_admissions([[*system, 2, 2, 3, 3]], cached, [1, 2])
+    (adm,) = plan.waves[0]
+    assert (adm.slot, adm.source, adm.keep) == (1, None, 42)
+    # only slot 2 free: copying busy slot 0's 40-token prefix beats 0 tokens in place
+    plan = plan_admissions([[*system, 5, 5]], cached, [2])
+    (adm,) = plan.waves[0]
+    assert (adm.slot, adm.source, adm.keep) == (2, 0, 40)
+
+
+def test_short_shares_are_not_worth_a_copy_and_two_prompt_tokens_are_always_evaluated():
+    short = list(range(MIN_COPY - 1))
+    plan = plan_admissions([[*short, 1, 2], [*short, 3, 4]], [[], []], [0, 1])
+    assert [a.source for a in plan.waves[0]] == [None, None] and plan.waves[1] == []
+    same = [5, 6, 7, 8]
+    (adm,) = plan_admissions([same], [[*same, 9]], [0]).waves[0]
+    assert adm.keep == 2  # the whole prompt is cached, yet its last two tokens are evaluated again

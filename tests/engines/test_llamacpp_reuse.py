@@ -1,0 +1,171 @@
+"""LLAMACPP prompt-KV reuse and continuous batching on the real library and the default GGUF.
+
+Shared prefixes are evaluated once, chat turns evaluate only their new tokens, and concurrent streams
+join one decoder; in each case the greedy answers are those computed without the reuse (or alone).
+The counters asserted on are the engine's ``stats``; speed is measured in benchmarks/, not here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+pytest.importorskip("llama_cpp")
+
+from infermux.configs import GenerationParams, InferenceConfig, ModelParams
+from infermux.engines.llamacpp.engine import LlamaCppInferenceEngine
+from infermux.models import gguf_path
+from infermux.types import Conversation
+
+pytestmark = pytest.mark.slow
+
+N_CTX = 1024
+SYSTEM = " ".join(
+    f"Rule {i}: answer politely, in plain English, and mention the harbour of village number {i} when useful."
+    for i in range(12)
+)  # ~300 tokens shared by the prefix rows
+QUESTIONS = [
+    "What is the capital of France?",
+    "Write a sentence about the number 7.",
+    "Name three primary colors.",
+    "Why is the sky blue?",
+    "Give me a short tip for learning to cook.",
+    "Write a haiku about the sea.",
+]
+
+
+def make_engine(slots: int) -> LlamaCppInferenceEngine:
+    return LlamaCppInferenceEngine(
+        ModelParams(model_name="smollm2-135m-instruct", model_kwargs={"n_ctx": N_CTX, "n_seq_max": slots}),
+        generation_params=GenerationParams(max_new_tokens=24),
+    )
+
+
+def conv(messages: list[dict[str, str]]) -> Conversation:
+    return Conversation.model_validate({"messages": messages})
+
+
+def ask(text: str, system: str | None = None) -> list[dict[str, str]]:
+    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+
+
+def infer(engine: LlamaCppInferenceEngine, convs: list[Conversation], **gen) -> list[str]:
+    cfg = InferenceConfig(model=engine.model_params, generation=GenerationParams(**{"max_new_tokens": 24, **gen}))
+    return [c.last_message.text for c in engine.infer(convs, cfg)]
+
+
+@pytest.fixture(scope="module")
+def raw():
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(gguf_path()), n_ctx=N_CTX, verbose=False)
+    yield llm
+    llm.close()
+
+
+def raw_answer(llm, messages: list[dict[str, str]], max_tokens: int = 24) -> str:
+    out = llm.create_chat_completion(messages, temperature=0.0, max_tokens=max_tokens, top_k=0, min_p=0.0, top_p=1.0)
+    return out["choices"][0]["message"]["content"]
+
+
+def test_shared_system_prompt_is_evaluated_once_and_answers_equal_the_library(raw):
+    """Rows with the long system prompt, interleaved with rows without it, through 3 slots."""
+    rows = [ask(q, SYSTEM) if i % 3 != 1 else ask(q) for i, q in enumerate(QUESTIONS * 2)]
+    engine = make_engine(3)
+    try:
+        prompt_lengths = [len(engine.prompt_tokens(conv(m))) for m in rows]
+        shared = len(engine.prompt_tokens(conv(ask("", SYSTEM)))) - 8
+        got = infer(engine, [conv(m) for m in rows])
+        evaluated = engine.stats["prompt_tokens_evaluated"]
+    finally:
+        engine.close()
+    assert got == [raw_answer(raw, m) for m in rows]
+    with_system = sum(1 for i in range(len(rows)) if i % 3 != 1)
+    assert shared > 250
+    # the system prompt is computed about once, not once per row that carries it
+    assert evaluated <= sum(prompt_lengths) - (with_system - 1) * shared
+
+
+def test_chat_turns_evaluate_only_the_new_tokens_and_answer_as_without_reuse():
+    history = ask("My favourite colour is green and I live by the sea.", "You are a helpful assistant.")
+    follow_ups = ["Suggest a name for my boat.", "Write a short poem about it."]
+    engine, fresh = make_engine(2), make_engine(2)
+    try:
+        turn_prompts, evaluated = [], []
+        for text in [None, *follow_ups]:
+            if text is not None:
+                history = [*history, {"role": "user", "content": text}]
+            before = engine.stats["prompt_tokens_evaluated"]
+            (answer,) = infer(engine, [conv(history)], max_new_tokens=32)
+            evaluated.append(engine.stats["prompt_tokens_evaluated"] - before)
+            turn_prompts.append(engine.prompt_tokens(conv(history)))
+            history = [*history, {"role": "assistant", "content": answer}]
+        third = conv(history[:-1])
+        assert infer(fresh, [third], max_new_tokens=32) == [history[-1]["content"]]
+        assert fresh.stats["prompt_tokens_evaluated"] == len(turn_prompts[2])
+    finally:
+        engine.close()
+        fresh.close()
+    assert evaluated[0] == len(turn_prompts[0])
+    # turn 3 evaluates the tokens after turn 2's prompt (turn 2's answer, the new question), not the history
+    assert evaluated[2] <= len(turn_prompts[2]) - len(turn_prompts[1])
+    assert evaluated[2] < len(turn_prompts[2]) / 2
+
+
+def test_concurrent_streams_join_one_decoder_and_answer_as_alone():
+    engine = make_engine(8)
+    gen = GenerationParams(max_new_tokens=32)
+    prompts = [conv(ask(q)) for q in [*QUESTIONS, "Tell me about owls.", "What is 12 times 12?"]]
+
+    async def stream(c: Conversation) -> str:
+        parts, final = [], None
+        async for event in engine.astream(c, gen):
+            if event.final:
+                final = event.conversation
+            else:
+                parts.append(event.delta)
+        assert final is not None and "".join(parts) == final.last_message.text
+        return final.last_message.text
+
+    async def together() -> list[str]:
+        return list(await asyncio.gather(*(stream(c) for c in prompts)))
+
+    async def alone() -> list[str]:
+        return [await stream(c) for c in prompts]
+
+    try:
+        concurrent = asyncio.run(together())
+        assert engine.stats["max_active"] == 8  # all eight streams were decoded in the same steps
+        assert concurrent == asyncio.run(alone())
+    finally:
+        engine.close()
+
+
+def test_a_stream_whose_consumer_leaves_frees_its_sequence():
+    engine = make_engine(2)
+    gen = GenerationParams(max_new_tokens=300)
+    question = conv(ask("Write a very long story about a dragon and a lighthouse."))
+
+    async def leave_early() -> int:
+        pieces = 0
+        stream = engine.astream(question, gen)
+        async for _event in stream:
+            pieces += 1
+            if pieces == 3:
+                break
+        await stream.aclose()
+        return pieces
+
+    try:
+        assert asyncio.run(leave_early()) == 3
+        deadline = time.monotonic() + 60
+        while engine.stats["active"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert engine.stats["active"] == 0
+        steps = engine.stats["steps"]
+        assert steps < 100  # generation stopped long before the 300-token limit
+        assert infer(engine, [conv(ask("Say hello."))], max_new_tokens=4)[0]
+    finally:
+        engine.close()
