@@ -77,3 +77,9 @@ def test_no_other_module_spells_the_install_command():
         if p.name != "errors.py" and "pip install 'infermux[" in p.read_text(encoding="utf-8")
     ]  # fmt: skip
     assert not offenders
+
+
+def test_every_error_kind_is_documented_in_batch_md() -> None:
+    table = (Path(__file__).resolve().parents[1] / "docs" / "batch.md").read_text(encoding="utf-8")
+    missing = [kind.value for kind in ErrorKind if f"`{kind.value}`" not in table]
+    assert not missing, f"docs/batch.md's table of kinds lacks {missing}"

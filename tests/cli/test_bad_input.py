@@ -29,6 +29,8 @@ def assert_user_error(res, *needles: str) -> None:
 
 INPUTS = {
     "malformed_json": (GOOD + "\n{not json\n", ["in.jsonl:2", "not valid JSON"]),
+    "truncated_json": (GOOD + '\n{"messages": [\n', ["in.jsonl:2", "not valid JSON", "the line ends early"]),
+    "json_column": (GOOD + '\n{"messages": [] x}\r\n', ["in.jsonl:2", "at column 17"]),
     "unknown_role": (json.dumps({"messages": [{"role": "robot", "content": "x"}]}) + "\n", ["in.jsonl:1", "unknown role 'robot'"]),
     "empty_messages": ('{"messages": []}\n', ["in.jsonl:1", "'messages' is empty"]),
     "missing_content": ('{"messages": [{"role": "user"}]}\n', ["in.jsonl:1", "content: missing"]),

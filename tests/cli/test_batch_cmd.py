@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -67,6 +68,22 @@ def test_submit_status_fetch_and_rerun_failed_rows(fake: FakeOpenAIBatch, job: t
     assert online == ["q2"]
     answers = [json.loads(line) for line in out.read_text().splitlines()]
     assert [a["messages"][-1]["content"].split("last=")[1] for a in answers] == ["q0", "q1", "q2", "q3"]
+
+
+def test_submit_suggests_a_status_command_that_keeps_the_overrides(
+    fake: FakeOpenAIBatch, job: tuple[Path, Path, Path]
+) -> None:
+    """A URL given on the command line must reach the suggested `status` too, or it would ask api.openai.com."""
+    config, inp, out = job
+    config.write_text(config.read_text().replace(f"  api_url: {fake.url}/v1\n", ""))
+    url = ["--remote_params.api_url", f"{fake.url}/v1"]
+    code, text = batch("submit", "-c", str(config), "--input_path", str(inp), "--output_path", str(out), *url)
+    assert code == 0, text
+    line = next(x for x in text.splitlines() if x.startswith("check with: "))
+    suggested = shlex.split(line.removeprefix("check with: "))
+    assert suggested[:3] == ["infermux", "batch", "status"] and suggested[-2:] == url, line
+    code, text = batch(*suggested[2:])
+    assert code == 0 and "batch record" in text, text
 
 
 def test_engines_without_a_batch_api_are_refused(tmp_path: Path) -> None:

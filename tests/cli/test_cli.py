@@ -87,6 +87,19 @@ def test_help_and_import_do_not_load_heavy_libraries():
     assert not loaded & set(HEAVY)
 
 
+def test_engines_listing_loads_no_ml_library():
+    """`infermux engines` reads each engine's declared capabilities: importing an engine class must not
+    import its library (the NATIVE engine once pulled in torch and transformers through a helper)."""
+    res = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "infermux", "engines"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert res.returncode == 0 and "NATIVE" in res.stdout, res.stderr[-2000:]
+    names = {line.split("|")[-1].strip() for line in res.stderr.splitlines() if "|" in line}
+    # ``google`` alone is the namespace package that looking for google-auth imports; nothing under it may load.
+    heavy = {n for n in names if n.split(".")[0] in HEAVY and n != "google"}
+    assert not heavy, sorted(heavy)[:10]
+
+
 # ---------------------------------------------------------------------------- chat preset (no config)
 def _piped_params(*args: str) -> str:
     remote = ["--engine", "REMOTE", "--remote_params.api_url", "http://127.0.0.1:9", "--model.model_name", "m"]

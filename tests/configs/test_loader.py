@@ -103,6 +103,17 @@ def test_unknown_key_names_file_line_and_suggestion(tmp_path):
     assert f"{path}:4" in msg and "generation.max_new_token" in msg and "Did you mean 'max_new_tokens'" in msg
 
 
+def test_every_unknown_key_is_reported_at_once(tmp_path):
+    path = write(tmp_path, "model:\n  model_nmae: x\ngeneration:\n  temprature: 0.1\nremote_param:\n  num_workers: 2\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert msg.startswith("3 unknown keys:")
+    assert f"{path}:2" in msg and "Did you mean 'model_name'" in msg
+    assert f"{path}:4" in msg and "Did you mean 'temperature'" in msg
+    assert f"{path}:5" in msg and "Did you mean 'remote_params'" in msg
+
+
 def test_unknown_override_key_is_reported(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(write(tmp_path, "model:\n  model_name: a\n"), ["--model.modle_name", "b"])

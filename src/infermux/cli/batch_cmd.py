@@ -50,6 +50,14 @@ def _setup(
     return cfg, build_engine(cfg)
 
 
+def _command(name: str, ctx: typer.Context, config: str | None, engine: str | None, output_path: str) -> str:
+    """The ``infermux batch NAME`` line to run next, with the same config, engine and overrides."""
+    import shlex
+
+    args = ["infermux", "batch", name, *(["-c", config] if config else []), *(["--engine", engine] if engine else [])]
+    return shlex.join([*args, "--output_path", output_path, *ctx.args])
+
+
 def _print_state(state: BatchJobState) -> None:
     print(f"batch record: {state.path}")
     for shard in state.shards:
@@ -81,7 +89,7 @@ def submit(
             fail("give --input_path (or input_path in the config).")
         state = eng.submit_batch(cfg.input_path, cfg.output_path, fingerprint=cfg.fingerprint())
         _print_state(state)
-        print(f"check with: infermux batch status -c {config or 'CONFIG'} --output_path {cfg.output_path}")
+        print(f"check with: {_command('status', ctx, config, engine, str(cfg.output_path))}")
 
 
 @batch_app.command("status", context_settings=EXTRA_ARGS)

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+import os
+from typing import Any
+
 import yaml
 
 from infermux.cli.common import fail, load_cli_config, setup_logging, user_errors
-from infermux.errors import install_hint
+from infermux.errors import ConfigError, install_hint
+
+logger = logging.getLogger("infermux.cli")
 
 
 def run_config_check(config: str | None, overrides: list[str], log_level: str, *, engine: str | None = None) -> None:
@@ -32,8 +38,30 @@ def run_config_check(config: str | None, overrides: list[str], log_level: str, *
             cls = engine_class(engine_name)
             problems = check_params(cls.__name__, cls.capabilities, cfg.generation, cfg.model, strict=cfg.strict)
             limits = check_limits(engine_name, cls.capabilities, cfg.generation)
+            _warn_missing_key(cls, cfg)
             if not problems and not limits:
                 print("# every requested parameter is supported by this engine")
         print(f"# fingerprint: {cfg.fingerprint()}")
         if limits:
             fail("; ".join(limits) + ". Every request would be rejected: change these settings.")
+
+
+def _warn_missing_key(cls: Any, cfg: Any) -> None:
+    """A remote engine whose key is not in this environment: a warning (the job may run elsewhere)."""
+    if not hasattr(cls, "requires_api_key"):
+        return
+    params = cfg.remote_params
+    # Engines such as ANTHROPIC need the key for the provider's own API, not for a server set in api_url.
+    required = cls.requires_api_key or (cls.api_key_env is not None and not (params is not None and params.api_url))
+    try:
+        if params is not None:
+            key = params.resolve_api_key(cls.api_key_env, required=required)
+        else:
+            key = os.environ.get(cls.api_key_env) or None if cls.api_key_env else None
+    except ConfigError as exc:
+        logger.warning("%s A job would stop here before sending anything.", exc)
+        return
+    if key is None and required:
+        where = f"the {cls.api_key_env} environment variable" if cls.api_key_env else "remote_params.api_key"
+        logger.warning("%s needs an API key and %s is not set: a job would stop before sending anything.",
+                       cls.__name__, where)  # fmt: skip

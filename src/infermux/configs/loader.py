@@ -177,7 +177,10 @@ def apply_overrides(
     return data
 
 
-def _check_keys(data: dict[str, Any], path: _Path, where: _Where) -> None:
+def _check_keys(data: dict[str, Any], path: _Path, where: _Where, unknown: list[str] | None = None) -> None:
+    """Reject unknown keys, all of them in one error (a user fixes every typo in one round)."""
+    top = unknown is None
+    unknown = [] if unknown is None else unknown
     cls = _SECTIONS[path]
     for key in list(data):
         value = data[key]
@@ -188,11 +191,12 @@ def _check_keys(data: dict[str, Any], path: _Path, where: _Where) -> None:
             valid = ", ".join(
                 sorted(cls.model_fields if cls is not GuidedDecodingParams else ["json", "regex", "choice"])
             )
-            raise ConfigError(
+            unknown.append(
                 f"{where.at((*path, key))}unknown key '{_dotted((*path, key))}'."
                 + (f" Did you mean '{hint}'?" if hint else "")
                 + f" Valid keys{' under ' + _dotted(path) if path else ''}: {valid}."
             )
+            continue
         if key in cls.oumi_ignored:
             logger.warning(
                 "%s'%s' is an Oumi setting that infermux does not use; ignored.",
@@ -203,7 +207,11 @@ def _check_keys(data: dict[str, Any], path: _Path, where: _Where) -> None:
             continue
         sub = (*path, key)
         if sub in _SECTIONS and isinstance(value, dict):
-            _check_keys(value, sub, where)
+            _check_keys(value, sub, where, unknown)
+    if top and len(unknown) == 1:
+        raise ConfigError(unknown[0])
+    if top and unknown:
+        raise ConfigError(f"{len(unknown)} unknown keys:\n  " + "\n  ".join(unknown))
 
 
 def _validation_message(exc: ValidationError, where: _Where) -> str:

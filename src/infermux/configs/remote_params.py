@@ -61,21 +61,26 @@ class RemoteParams(ConfigModel):
             raise ValueError("batch_completion_window looks like '24h' (a number and s, m, h or d)")
         return value
 
-    def resolve_api_key(self, default_env: str | None = None) -> str | None:
+    def resolve_api_key(self, default_env: str | None = None, *, required: bool = False) -> str | None:
         """The key to send: ``api_key``, else ``api_key_env_varname``'s value, else ``default_env``'s.
 
         A variable the user named (``api_key_env_varname``) that is unset or empty is an error, not a
-        silent request without a key."""
+        silent request without a key. ``required``: the engine cannot send requests without one (the
+        error then does not suggest going without)."""
         if self.api_key is not None and self.api_key.get_secret_value():
             return self.api_key.get_secret_value()
         name = self.api_key_env_varname
         if name:
             if os.environ.get(name):
                 return os.environ[name]
+            instead = (
+                "or set remote_params.api_key"
+                if required
+                else "or remove api_key_env_varname to send requests without a key"
+            )
             raise ConfigError(
                 f"remote_params.api_key_env_varname names the environment variable {name}, which is "
-                f"{'empty' if name in os.environ else 'not set'}: export {name}=<your key>, or remove "
-                "api_key_env_varname to send requests without a key."
+                f"{'empty' if name in os.environ else 'not set'}: export {name}=<your key>, {instead}."
             )
         if default_env and os.environ.get(default_env):
             return os.environ[default_env]

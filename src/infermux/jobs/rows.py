@@ -76,11 +76,13 @@ def _parse_slow(raw: bytes, path: str, line: int) -> Conversation:
         raise InputError(
             f"not valid UTF-8 (byte {exc.start}). Re-encode the file as UTF-8.", path=path, line=line
         ) from None
+    text = text.rstrip("\r\n")  # so that a column points into the line, not past its newline
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
+        where = "the line ends early" if exc.pos >= len(text.rstrip()) else f"at column {exc.colno}"
         raise InputError(
-            f"not valid JSON ({exc.msg} at column {exc.colno}). Each line must be one JSON object "
+            f"not valid JSON ({exc.msg}; {where}). Each line must be one JSON object "
             'like {"messages": [{"role": "user", "content": "Hi"}]}.',
             path=path,
             line=line,

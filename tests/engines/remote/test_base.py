@@ -36,6 +36,35 @@ def test_an_unset_api_key_variable_the_user_named_fails_before_sending(
     assert RemoteParams(api_key_env_varname="SOME_UNSET_VAR").resolve_api_key("OTHER") == "sk-from-the-variable"
 
 
+@pytest.mark.parametrize("name", _HTTP_ENGINES)
+def test_the_unset_key_hint_suggests_going_without_only_where_the_engine_allows_it(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SOME_UNSET_VAR", raising=False)
+    cls = engine_class(name)
+    params = RemoteParams(api_url="http://127.0.0.1:9/v1", api_key_env_varname="SOME_UNSET_VAR")
+    with pytest.raises(ConfigError) as err:
+        cls(ModelParams(model_name="m"), remote_params=params)  # type: ignore[call-arg]
+    assert ("without a key" in str(err.value)) is (not cls.requires_api_key), str(err.value)
+
+
+def test_config_check_warns_about_a_missing_key_and_still_passes(tmp_path: Path) -> None:
+    env = cli_env()
+    for var in ("SOME_UNSET_VAR", "ANTHROPIC_API_KEY"):
+        env.pop(var, None)
+    named = tmp_path / "named.yaml"
+    named.write_text("model:\n  model_name: m\nengine: OPENAI\nremote_params:\n  api_key_env_varname: SOME_UNSET_VAR\n")
+    default = tmp_path / "default.yaml"
+    default.write_text("model:\n  model_name: m\nengine: ANTHROPIC\n")
+    for config, needle in ((named, "SOME_UNSET_VAR, which is not set"), (default, "ANTHROPIC_API_KEY environment")):
+        proc = run_cli("config", "check", "-c", str(config), env=env)
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+        assert "warning:" in proc.stderr and needle in proc.stderr and "without a key" not in proc.stderr, proc.stderr
+    env["SOME_UNSET_VAR"] = "sk-set"
+    proc = run_cli("config", "check", "-c", str(named), env=env)
+    assert proc.returncode == 0 and "warning" not in proc.stderr and "sk-set" not in proc.stdout + proc.stderr
+
+
 def test_infer_with_an_unset_key_variable_exits_2_and_sends_nothing(tmp_path: Path) -> None:
     inp = tmp_path / "in.jsonl"
     inp.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")

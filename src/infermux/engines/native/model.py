@@ -10,10 +10,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from infermux.configs.generation_params import GenerationParams
-from infermux.engines.native.params import cut_at_stop
 from infermux.types import FinishReason, Usage
 
-__all__ = ["LoadedModel"]
+__all__ = ["LoadedModel", "cut_at_stop"]
+
+
+def cut_at_stop(text: str, stop_strings: list[str] | None) -> tuple[str, bool]:
+    """``text`` up to the earliest stop string (excluded), and whether one was found."""
+    if not stop_strings:
+        return text, False
+    cuts = [i for i in (text.find(s) for s in stop_strings) if i >= 0]
+    if not cuts:
+        return text, False
+    return text[: min(cuts)], True
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from transformers import (
 )
 
 from infermux.configs.generation_params import GenerationParams, GuidedDecodingParams
+from infermux.engines.native.model import cut_at_stop  # torch-free; re-exported here
 from infermux.errors import ConfigError, EngineUnavailableError, install_hint
 
 __all__ = ["PenaltyProcessor", "build_processors", "cut_at_stop", "stop_token_ids", "token_bias"]
@@ -114,16 +115,6 @@ def build_processors(
         if generation.min_p > 0.0:
             processors.append(MinPLogitsWarper(generation.min_p))
     return processors
-
-
-def cut_at_stop(text: str, stop_strings: list[str] | None) -> tuple[str, bool]:
-    """``text`` up to the earliest stop string (excluded), and whether one was found."""
-    if not stop_strings:
-        return text, False
-    cuts = [i for i in (text.find(s) for s in stop_strings) if i >= 0]
-    if not cuts:
-        return text, False
-    return text[: min(cuts)], True
 
 
 def guided_processor(guided: GuidedDecodingParams, tokenizer: Any, vocab_size: int) -> LogitsProcessor:

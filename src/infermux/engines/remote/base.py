@@ -85,7 +85,9 @@ class RemoteEngine(InferenceEngine):
         if "num_workers" not in params.model_fields_set:
             overrides["num_workers"] = self.default_num_workers
         self.settings = TransportSettings.from_remote_params(params, **overrides)
-        api_key = params.resolve_api_key(self.api_key_env)
+        # The provider's own API (no api_url given) needs its key even where another server may not.
+        required = self.requires_api_key or (self.api_key_env is not None and not params.api_url)
+        api_key = params.resolve_api_key(self.api_key_env, required=required)
         if api_key is None and self.requires_api_key:
             raise AuthenticationError(self._missing_key_message(params), kind="authentication")
         self._secrets: tuple[str, ...] = (api_key,) if api_key else ()
