@@ -58,6 +58,11 @@ class ModelParams(ConfigModel):
     llava, phi3-instruct, qwen2-vl-instruct, zephyr), a Jinja template, or the path of a file holding one."""
     model_kwargs: dict[str, Any] = {}
     """Extra keyword arguments for the engine's model constructor (e.g. vLLM's LLM, llama.cpp's Llama)."""
+    tool_call_parser: str | None = None
+    """How to read tool calls out of the model's text, by vLLM's parser names (``hermes``, ``llama3_json``,
+    ``mistral``, ``qwen3_coder``, ...); local engines that parse tool calls use it."""
+    chat_template_kwargs: dict[str, Any] = {}
+    """Extra variables for the chat template (e.g. ``enable_thinking: false``); sent to vLLM servers too."""
 
     @field_validator("chat_template")
     @classmethod

@@ -205,5 +205,6 @@ def test_deepseek_reasoning_content_is_kept() -> None:
             ModelParams(model_name="deepseek-reasoner"), remote_params=RemoteParams(api_url=url, api_key=KEY)
         )
         (answered,) = engine.infer([_conv()])
-    assert answered.metadata["reasoning_content"] == "thinking about: Hi"
+    assert answered.messages[-1].reasoning_content == "thinking about: Hi"  # on the answer, not in metadata
+    assert "reasoning_content" not in answered.metadata
     assert answered.messages[-1].content == "echo: Hi"

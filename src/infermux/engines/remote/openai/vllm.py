@@ -29,6 +29,7 @@ class RemoteVLLMInferenceEngine(RemoteInferenceEngine):
         images=True,
         lora=True,
         streaming=True,
+        tools=True,
     )
     requires_api_key = False
     default_num_workers = 32
