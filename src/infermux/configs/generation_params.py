@@ -149,7 +149,9 @@ class GenerationParams(ConfigModel):
             function = value.get("function")
             if value.get("type", "function") == "function" and isinstance(function, dict) and function.get("name"):
                 return {"type": "function", "function": {"name": str(function["name"])}}
-        raise ValueError('tool_choice as an object looks like {"type": "function", "function": {"name": "get_weather"}}')
+        raise ValueError(
+            'tool_choice as an object looks like {"type": "function", "function": {"name": "get_weather"}}'
+        )
 
     @property
     def forced_tool(self) -> str | None:

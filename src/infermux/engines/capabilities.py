@@ -63,9 +63,7 @@ class Capabilities:
         return params
 
 
-def _unsupported(
-    caps: Capabilities, generation: GenerationParams, model: ModelParams | None, tools: bool
-) -> list[str]:
+def _unsupported(caps: Capabilities, generation: GenerationParams, model: ModelParams | None, tools: bool) -> list[str]:
     problems: list[str] = []
     if tools and not caps.tools:
         problems.append("tools in the input (tool calling)")

@@ -187,7 +187,10 @@ def test_a_pydantic_instance_as_guided_json_is_its_classs_schema_on_every_protoc
 _TOOLS = [
     {
         "type": "function",
-        "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}},
+        "function": {
+            "name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
     }
 ]
 
@@ -219,7 +222,11 @@ def test_history_with_calls_and_tool_results_is_encoded_as_openai_names_it() -> 
         "role": "assistant",
         "content": None,
         "tool_calls": [
-            {"id": "id_Paris", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
+            {
+                "id": "id_Paris",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+            },
             {"id": "id_Rome", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'}},
         ],
     }  # reasoning is not sent back

@@ -49,8 +49,8 @@ def _usage(usage: dict[str, Any]) -> Usage:
 
 
 def _content_blocks(message: Message) -> list[dict[str, Any]]:
-    if isinstance(message.content, str):
-        return [{"type": "text", "text": message.content}]
+    if not isinstance(message.content, list):
+        return [{"type": "text", "text": message.text}]
     blocks: list[dict[str, Any]] = []
     for item in message.content:
         if not item.is_image:

@@ -80,7 +80,8 @@ def encode_message(message: Message, *, role: str | None = None) -> dict[str, An
 
 def encode_tool_call(call: ToolCall) -> dict[str, Any]:
     """A call in a request's history: OpenAI's fields only (keys kept from other providers stay home)."""
-    out: dict[str, Any] = {"type": "function", "function": {"name": call.function.name, "arguments": call.function.arguments}}
+    function = {"name": call.function.name, "arguments": call.function.arguments}
+    out: dict[str, Any] = {"type": "function", "function": function}
     if call.id is not None:
         out["id"] = call.id
     return out

@@ -3,8 +3,9 @@
 Each event's ``data`` is a chunk whose ``choices[0].delta`` carries the next piece of ``content`` (and,
 on reasoning servers, ``reasoning_content``/``reasoning``, and pieces of ``tool_calls``, which carry an
 ``index``: the first piece of a call brings its ``id`` and function ``name``, later ones more of its
-``arguments`` string); the chunk with a ``finish_reason`` ends the choice; with ``stream_options.include_usage`` a last chunk with empty ``choices`` carries ``usage``;
-``data: [DONE]`` ends the stream. An ``{"error": ...}`` object inside the stream is a failure.
+``arguments`` string); the chunk with a ``finish_reason`` ends the choice; with
+``stream_options.include_usage`` a last chunk with empty ``choices`` carries ``usage``; ``data: [DONE]``
+ends the stream. An ``{"error": ...}`` object inside the stream is a failure.
 """
 
 from __future__ import annotations
