@@ -154,6 +154,11 @@ class InferenceEngine:
         label = str(getattr(self.engine_type, "value", self.engine_type) or self.name)
         return check_limits(label, self.capabilities, generation)
 
+    def check_params(self, generation: GenerationParams | None = None, *, tools: bool = False) -> None:
+        """Say (a warning, or an error in strict mode) what of ``generation`` this engine cannot honour, and
+        whether it cannot take the tools an input offers (``tools``); callers run it before any row."""
+        self._check(generation or self.generation_params, tools=tools)
+
     def _check(self, generation: GenerationParams, *, tools: bool = False) -> None:
         """Say once (warning, or error when strict) what of ``generation`` (and of an input that offers
         ``tools``) this engine cannot honour, before any row runs; values the provider would reject are

@@ -12,12 +12,13 @@ from typing import Any
 from infermux.configs.generation_params import GenerationParams, GuidedDecodingParams
 from infermux.engines.remote.http.urls import endpoint_url
 from infermux.engines.remote.media import image_payload
-from infermux.types import ContentItem, Conversation, FinishReason, Message, Role, ToolCall, Type, Usage
+from infermux.types import ContentItem, Conversation, FinishReason, Message, Role, Tool, ToolCall, Type, Usage
 
 __all__ = [
     "chat_completions_url",
     "encode_message",
     "encode_messages",
+    "encode_tool",
     "encode_tool_call",
     "generation_fields",
     "image_data_url",
@@ -109,12 +110,22 @@ def encode_messages(messages: list[Message], *, system_role: str | None = None) 
     return out
 
 
+_FUNCTION_FIELDS = ("name", "description", "parameters", "strict")
+
+
+def encode_tool(tool: Tool) -> dict[str, Any]:
+    """A tool as OpenAI defines one (``name``, ``description``, ``parameters``, ``strict``); other keys a
+    conversation carries stay in the data but are not sent (OpenAI rejects unknown fields)."""
+    given = tool.function.to_json_dict()
+    return {"type": "function", "function": {k: given[k] for k in _FUNCTION_FIELDS if k in given}}
+
+
 def tool_fields(conversation: Conversation, generation: GenerationParams) -> dict[str, Any]:
     """``tools``, ``tool_choice`` and ``parallel_tool_calls`` for a conversation that offers tools
     (servers reject ``tool_choice`` without ``tools``, so none is sent without them)."""
     if not conversation.tools:
         return {}
-    out: dict[str, Any] = {"tools": [tool.to_json_dict() for tool in conversation.tools]}
+    out: dict[str, Any] = {"tools": [encode_tool(tool) for tool in conversation.tools]}
     if generation.tool_choice is not None:
         out["tool_choice"] = generation.tool_choice
     if not generation.parallel_tool_calls:
