@@ -428,8 +428,22 @@ def test_named_function_then_the_tool_result_gets_an_answer(engine):
     second_input = Conversation.model_validate({**first.to_dict(), "messages": [*first.to_dict()["messages"], result]})
     (second,) = engine.infer([second_input], gen_config(engine, max_new_tokens=24))
     assert "error" not in second.metadata, second.metadata
-    assert second.last_message.role.value == "assistant" and second.last_message.text.strip()
     assert [m.role.value for m in second.messages] == ["user", "assistant", "tool", "assistant"]
+    # The history (call and result) reached the model: same answer as LLM.chat given those messages.
+    from vllm import SamplingParams
+
+    from infermux.engines.tool_calls import template_messages, template_tools
+
+    (raw,) = engine.llm.chat(
+        [template_messages(second_input)],
+        SamplingParams(temperature=0.0, max_tokens=24),
+        use_tqdm=False,
+        tools=template_tools(second_input),
+        chat_template_kwargs={"enable_thinking": False},
+    )
+    assert second.last_message.text == raw.outputs[0].text
+    assert second.metadata["usage"]["prompt_tokens"] == len(raw.prompt_token_ids)
+    assert len(raw.prompt_token_ids) > first.metadata["usage"]["prompt_tokens"]
 
 
 @pytest.mark.slow
@@ -441,7 +455,7 @@ def test_auto_reads_hermes_markup_with_vllms_parser(engine):
     )
     (out,) = engine.infer(
         [tool_conv("Weather in Rome?", [WEATHER])],
-        gen_config(engine, max_new_tokens=64, guided_decoding=GuidedDecodingParams(regex=markup)),
+        gen_config(engine, max_new_tokens=160, guided_decoding=GuidedDecodingParams(regex=markup)),
     )
     assert "error" not in out.metadata, out.metadata
     (call,) = out.last_message.tool_calls or []
