@@ -92,7 +92,8 @@ class RemoteInferenceEngine(BatchApiMixin, RemoteEngine):
     def build_body(self, conversation: Conversation, generation: GenerationParams) -> dict[str, Any]:
         body = {"messages": self.encode_messages(conversation)}
         body.update(self._fields(generation))
-        body.update(tool_fields(conversation, generation))
+        if self.capabilities.tools:  # an engine that says it cannot do tools does not send them
+            body.update(tool_fields(conversation, generation))
         return body
 
     def parse_reply(self, conversation: Conversation, data: Any) -> Conversation:
