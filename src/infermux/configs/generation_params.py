@@ -93,6 +93,7 @@ class GenerationParams(ConfigModel):
     """Generation settings (the SPEC's ``generation:`` section)."""
 
     not_fingerprinted: ClassVar[frozenset[str]] = frozenset({"batch_size", "use_cache"})
+    fingerprinted_when_set: ClassVar[frozenset[str]] = frozenset({"tool_choice", "parallel_tool_calls"})
 
     max_new_tokens: int = Field(default=256, ge=1)
     """Maximum number of tokens to generate."""
@@ -175,10 +176,14 @@ class GenerationParams(ConfigModel):
         return value
 
     def fingerprint_data(self) -> dict[str, Any]:
-        data = self.model_dump(mode="json", exclude={"guided_decoding", *self.not_fingerprinted})
+        data = self.model_dump(
+            mode="json", exclude={"guided_decoding", *self.not_fingerprinted, *self._at_default_and_new()}
+        )
         if self.guided_decoding is not None:
             gd = self.guided_decoding
             data["guided_decoding"] = {"kind": gd.kind, "value": gd.schema_dict() or gd.regex or gd.choice}
+            if gd.strict is not None:
+                data["guided_decoding"]["strict"] = gd.strict
         return data
 
     @property

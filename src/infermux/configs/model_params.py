@@ -27,6 +27,8 @@ class ModelParams(ConfigModel):
         {"shard_for_eval", "model_engine", "processor_kwargs", "enable_liger_kernel", "freeze_layers"}
     )
 
+    fingerprinted_when_set: ClassVar[frozenset[str]] = frozenset({"tool_call_parser", "chat_template_kwargs"})
+
     model_name: str = Field(min_length=1)
     """Model id, local folder, ``.gguf`` file, served model name, or ``smollm2-135m-instruct``."""
     adapter_model: str | None = None

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from infermux.errors import InputError
 from infermux.text import first_surrogate
-from infermux.types import Conversation, Tool
+from infermux.types import Conversation, Message, Tool
 
 __all__ = [
     "MAX_LINE_BYTES",
@@ -111,7 +111,8 @@ def _parse_slow(raw: bytes, path: str, line: int) -> Conversation:
 
 def _check_size(conv: Conversation, path: str, line: int) -> None:
     for number, message in enumerate(conv.messages):
-        _check_encodable(message.content, number, path, line)
+        for text in _texts(message):
+            _check_encodable(text, number, path, line)
         if len(message.text) > MAX_TEXT_CHARS:
             raise InputError(
                 f"messages.{number} has {len(message.text):,} characters of text, more than any model's "
@@ -124,23 +125,35 @@ def _check_size(conv: Conversation, path: str, line: int) -> None:
 
 def check_encodable(conversation: Conversation, *, path: str, line: int | None = None) -> None:
     """Raise :class:`InputError` (naming ``path``, ``line`` and the message index) when a message cannot
-    be encoded as UTF-8 for sending."""
+    be encoded as UTF-8 for sending (its text, reasoning, tool calls or tool-call id)."""
     for number, message in enumerate(conversation.messages):
-        _check_encodable(message.content, number, path, line)
+        for text in _texts(message):
+            _check_encodable(text, number, path, line)
 
 
-def _check_encodable(content: object, number: int, path: str, line: int | None) -> None:
+def _texts(message: Message) -> Iterator[str]:
+    if isinstance(message.content, str):
+        yield message.content
+    elif message.content is not None:
+        yield from (i.content for i in message.content if i.content is not None)
+    for value in (message.reasoning_content, message.tool_call_id):
+        if value is not None:
+            yield value
+    for call in message.tool_calls or ():
+        yield call.function.name
+        yield call.function.arguments
+
+
+def _check_encodable(text: str, number: int, path: str, line: int | None) -> None:
     """A lone UTF-16 surrogate (``"\\ud83d"`` alone: valid JSON, not valid UTF-8) cannot be sent."""
-    texts = [content] if isinstance(content, str) else [getattr(i, "content", None) for i in content]  # type: ignore[attr-defined]
-    for text in texts:
-        if isinstance(text, str) and (at := first_surrogate(text)) is not None:
-            raise InputError(
-                f"messages.{number} has a lone UTF-16 surrogate \\u{ord(text[at]):04x} at character "
-                f"{at} (half of an emoji or other character; no server can read it). Remove it or "
-                "write the whole character.",
-                path=path,
-                line=line,
-            )
+    if (at := first_surrogate(text)) is not None:
+        raise InputError(
+            f"messages.{number} has a lone UTF-16 surrogate \\u{ord(text[at]):04x} at character "
+            f"{at} (half of an emoji or other character; no server can read it). Remove it or "
+            "write the whole character.",
+            path=path,
+            line=line,
+        )
 
 
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:

@@ -88,12 +88,15 @@ def test_lora_adapter_by_name(vllm_url: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- tool calling
+# "strict": true asks the server to hold the arguments to the schema (OpenAI's strict function calling;
+# vLLM pins argument schemas only for strict tools, by default).
 
 WEATHER = {
     "type": "function",
     "function": {
         "name": "get_weather",
         "description": "Current weather in a city.",
+        "strict": True,
         "parameters": {
             "type": "object",
             "properties": {"city": {"type": "string", "enum": ["Paris", "Rome", "Oslo"]}},
@@ -106,6 +109,7 @@ ALARM = {
     "type": "function",
     "function": {
         "name": "set_alarm",
+        "strict": True,
         "parameters": {
             "type": "object",
             "properties": {"hour": {"type": "integer"}},
