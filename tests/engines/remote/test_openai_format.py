@@ -269,3 +269,12 @@ def test_strict_json_schema_is_sent_when_set() -> None:
     guided = GuidedDecodingParams(json={"type": "object"}, strict=True)
     assert json_response_format(guided)["json_schema"]["strict"] is True
     assert "strict" not in json_response_format(GuidedDecodingParams(json={"type": "object"}))["json_schema"]
+
+
+def test_usage_keeps_cached_tokens_computes_total_and_is_absent_when_not_sent() -> None:
+    answer = {"choices": [{"message": {"content": "x"}, "finish_reason": "stop"}]}
+    _, meta, _, _ = parse_chat_completion(answer)
+    assert "usage" not in meta
+    usage = {"prompt_tokens": 10, "completion_tokens": 2, "prompt_tokens_details": {"cached_tokens": 8}}
+    _, meta, _, _ = parse_chat_completion({**answer, "usage": usage})
+    assert meta["usage"] == {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12, "cached_tokens": 8}
