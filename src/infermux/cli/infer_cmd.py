@@ -63,7 +63,7 @@ def run_infer(
             fail("--system-prompt and --image apply to chat (-i); batch rows carry their own messages.")
         if cfg.distributed is not None:  # --ray, or a distributed: section in the config
             if tools:
-                fail("--tools does not apply to distributed (--ray) jobs yet; put the tools in the rows' \"tools\".")
+                fail('--tools does not apply to distributed (--ray) jobs yet; put the tools in the rows\' "tools".')
             from infermux.distributed.progress import run_with_progress
 
             code = _summarise(run_with_progress(cfg))
