@@ -167,10 +167,8 @@ def test_greedy_output_equals_raw_llm_chat(engine):
     assert texts(out) == [r.outputs[0].text for r in raw]
     assert all(t.strip() for t in texts(out))
     usage = out[0].metadata["usage"]
-    assert usage == {
-        "prompt_tokens": len(raw[0].prompt_token_ids),
-        "completion_tokens": len(raw[0].outputs[0].token_ids),
-    }
+    prompt, completion = len(raw[0].prompt_token_ids), len(raw[0].outputs[0].token_ids)
+    assert usage == {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 @pytest.mark.slow
