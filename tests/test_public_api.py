@@ -13,7 +13,8 @@ import infermux.types
 
 PUBLIC = [
     # data and configs
-    "Conversation", "ContentItem", "Message", "Role", "Usage", "FinishReason", "GenerationParams", "GuidedDecodingParams",
+    "Conversation", "ContentItem", "Message", "Role", "Tool", "ToolCall", "Usage", "FinishReason",
+    "GenerationParams", "GuidedDecodingParams",
     "InferenceConfig", "InferenceEngineType", "ModelParams", "RemoteParams", "load_config",
     # engines and jobs
     "build_engine", "InferenceEngine", "Capabilities", "BatchReport",

@@ -4,7 +4,7 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from infermux.types import ContentItem, Conversation, Message, Role, Type
+from infermux.types import ContentItem, Conversation, FunctionCall, Message, Role, ToolCall, Type
 
 
 def test_minimal_line_round_trips_to_full_dump():
@@ -127,3 +127,138 @@ def test_no_finish_reason_stays_none_and_with_reply_writes_plain_json():
     assert type(answered.metadata["finish_reason"]) is str
     # A raw spelling in metadata goes through the same normaliser.
     assert conv.with_reply("x", {"finish_reason": "end_turn"}).metadata["finish_reason"] == "stop"
+
+
+# ---------------------------------------------------------------------- tool calling (Oumi's current shape)
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        "strict": True,
+    },
+    "x-vendor": {"cache": "ephemeral"},
+}
+
+
+def _tool_line() -> dict:
+    return {
+        "conversation_id": "t-1",
+        "messages": [
+            {"role": "system", "content": "Use tools."},
+            {"role": "user", "content": "Weather in Paris?"},
+            {
+                "content": None,
+                "role": "assistant",
+                "tool_calls": [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                        "index": 0,
+                    }
+                ],
+                "reasoning_content": "The user wants the weather; call the tool.",
+            },
+            {"content": "18 C, sunny", "role": "tool", "tool_call_id": "call_1"},
+            {"content": "It is 18 C and sunny.", "role": "assistant"},
+        ],
+        "metadata": {},
+        "tools": [WEATHER_TOOL],
+    }
+
+
+def test_tool_calling_conversation_round_trips_with_unknown_keys():
+    line = _tool_line()
+    conv = Conversation.model_validate(line)
+    call = conv.messages[2].tool_calls[0]
+    assert call.function.name == "get_weather" and call.function.parsed_arguments() == {"city": "Paris"}
+    assert conv.messages[2].content is None and conv.messages[2].text == ""
+    assert conv.messages[3].tool_call_id == "call_1"
+    assert conv.tools[0].name == "get_weather"
+    assert conv.to_json_dict() == line  # unknown keys ("index", "strict", "x-vendor") kept verbatim
+    assert Conversation.from_json(conv.to_json()) == conv
+    assert Conversation.from_dict(conv.to_dict()) == conv
+
+
+def test_plain_oumi_dump_with_null_tool_fields_loads():
+    dump = {
+        "conversation_id": None,
+        "messages": [
+            {"id": None, "content": "Hi", "role": "user", "tool_calls": None, "tool_call_id": None,
+             "reasoning_content": None},
+        ],
+        "metadata": {},
+        "tools": None,
+    }  # fmt: skip
+    conv = Conversation.model_validate(dump)
+    assert conv.tools is None and conv.messages[0].tool_calls is None
+    assert conv.to_json_dict() == {
+        "conversation_id": None,
+        "messages": [{"content": "Hi", "role": "user"}],
+        "metadata": {},
+    }
+
+
+def test_arguments_given_as_a_dict_are_serialised_to_a_json_string():
+    msg = Message.model_validate(
+        {"role": "assistant", "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": {"n": "ü"}}}]}
+    )
+    call = msg.tool_calls[0]
+    assert msg.content is None  # a call-only turn may leave content out
+    assert call.type == "function" and call.function.arguments == '{"n": "ü"}'
+    assert msg.to_json_dict()["tool_calls"] == [
+        {"id": "c", "type": "function", "function": {"name": "f", "arguments": '{"n": "ü"}'}}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("bad", "says"),
+    [
+        ({"role": "user", "content": None}, "only an assistant message with tool_calls"),
+        ({"role": "assistant", "content": None}, "only an assistant message with tool_calls"),
+        (
+            {"role": "user", "content": "x", "tool_calls": [{"id": "c", "function": {"name": "f"}}]},
+            "belong on an assistant",
+        ),
+        ({"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "f"}, "type": "web"}]}, "function"),
+    ],
+)
+def test_invalid_tool_fields_are_rejected(bad, says):
+    with pytest.raises(ValidationError, match=says):
+        Message.model_validate(bad)
+
+
+def test_only_function_tools_are_accepted():
+    with pytest.raises(ValidationError):
+        Conversation.model_validate({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "web"}]})
+
+
+def test_oumi_accessors_last_message_as_attribute_and_as_method():
+    conv = Conversation.model_validate(_tool_line())
+    last = conv.last_message
+    assert last.text == "It is 18 C and sunny." and last.role is Role.ASSISTANT  # attribute use
+    assert isinstance(last, Message) and last == conv.messages[-1] and conv.messages[-1] == last
+    assert conv.last_message() == conv.messages[-1]  # Oumi's method use
+    assert conv.last_message(Role.TOOL) == conv.messages[3]
+    assert conv.last_message("user").text == "Weather in Paris?"
+    assert Conversation.model_validate({"messages": [{"role": "user", "content": "x"}]}).last_message("tool") is None
+    assert repr(last).startswith("Message(")
+    assert conv.first_message().role is Role.SYSTEM and conv.first_message(Role.ASSISTANT) == conv.messages[2]
+    assert conv.first_message(Role.TOOL).tool_call_id == "call_1"
+    assert conv.filter_messages(Role.ASSISTANT) == [conv.messages[2], conv.messages[4]]
+    assert conv.filter_messages(filter_fn=lambda m: bool(m.tool_calls)) == [conv.messages[2]]
+    assert conv[1].text == "Weather in Paris?"
+
+
+def test_with_reply_puts_calls_and_reasoning_on_the_answer():
+    conv = Conversation.model_validate({"messages": [{"role": "user", "content": "hi"}], "tools": [WEATHER_TOOL]})
+    call = ToolCall(id="c1", function=FunctionCall(name="get_weather", arguments={"city": "Rome"}))
+    out = conv.with_reply("", {"finish_reason": "tool_calls"}, tool_calls=[call], reasoning_content="think")
+    answer = out.last_message
+    assert answer.content is None and answer.tool_calls == [call] and answer.reasoning_content == "think"
+    assert out.tools == conv.tools and out.metadata == {"finish_reason": "tool_calls"}
+    assert "tool_calls" not in out.metadata and "reasoning_content" not in out.metadata
+    assert Conversation.from_json(out.to_json()) == out

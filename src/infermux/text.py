@@ -44,25 +44,18 @@ def scrub_surrogates(value: Any) -> Any:
 
 
 def scrub_reply(conversation: Conversation) -> Conversation:
-    """``conversation`` with lone UTF-16 surrogates in its reply replaced by U+FFFD (a server that stops
-    inside an emoji may send ``"\\ud83d"``: valid JSON, but no UTF-8 file or terminal can take it)."""
+    """``conversation`` with lone UTF-16 surrogates in its reply (text, reasoning, tool-call arguments)
+    replaced by U+FFFD (a server that stops inside an emoji may send ``"\\ud83d"``: valid JSON, but no
+    UTF-8 file or terminal can take it)."""
     if not conversation.messages:
         return conversation
     last = conversation.messages[-1]
-    if isinstance(last.content, str):
-        if not has_surrogate(last.content):
-            return conversation
-        fixed = last.model_copy(update={"content": _SURROGATE.sub("\ufffd", last.content)})
-    else:
-        items = last.content
-        if not any(i.content and has_surrogate(i.content) for i in items):
-            return conversation
-        fixed = last.model_copy(
-            update={
-                "content": [
-                    i.model_copy(update={"content": _SURROGATE.sub("\ufffd", i.content)}) if i.content else i
-                    for i in items
-                ]
-            }
-        )
+    plain = isinstance(last.content, str) and not last.tool_calls and not last.reasoning_content
+    if plain and not has_surrogate(str(last.content)):  # the common case, checked without a copy
+        return conversation
+    data = last.to_json_dict()
+    cleaned = scrub_surrogates(data)
+    if cleaned == data:
+        return conversation
+    fixed = type(last).model_validate(cleaned)
     return conversation.model_copy(update={"messages": [*conversation.messages[:-1], fixed]})

@@ -1,20 +1,54 @@
 """Conversation data model, JSON-compatible with Oumi's Conversation JSONL.
 
 A line of input is either the minimal form ``{"messages": [{"role": "user", "content": "Hi"}]}``
-or a full dump with ``conversation_id``, ``metadata`` and per-message ``id``. Content is a string or
-a list of content items (``text``, ``image_path``, ``image_url``, ``image_binary``); binary images
-travel as base64 strings in JSON.
+or a full dump with ``conversation_id``, ``metadata``, per-message ``id`` and the tool-calling fields.
+Content is a string or a list of content items (``text``, ``image_path``, ``image_url``,
+``image_binary``); binary images travel as base64 strings in JSON.
+
+Tool calling follows OpenAI's chat format (which Oumi's Conversation also uses)::
+
+    {"tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {...}}}],
+     "messages": [
+       {"role": "user", "content": "Weather in Paris?"},
+       {"role": "assistant", "content": null, "reasoning_content": "I should call the tool.",
+        "tool_calls": [{"id": "call_1", "type": "function",
+                        "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+       {"role": "tool", "tool_call_id": "call_1", "content": "18 C, sunny"}]}
+
+Keys this model does not know inside a tool or a tool call are kept and written back unchanged.
 """
 
 from __future__ import annotations
 
 import base64
 import enum
-from typing import Any
+import json
+from collections.abc import Callable
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
-__all__ = ["ContentItem", "Conversation", "FinishReason", "Message", "Role", "Type", "Usage"]
+__all__ = [
+    "ContentItem",
+    "Conversation",
+    "FinishReason",
+    "FunctionCall",
+    "FunctionDefinition",
+    "Message",
+    "Role",
+    "Tool",
+    "ToolCall",
+    "Type",
+    "Usage",
+]
 
 
 class Role(str, enum.Enum):
@@ -171,25 +205,137 @@ class ContentItem(BaseModel):
         return out
 
 
+# ---------------------------------------------------------------------- tools and tool calls
+
+
+class _Open(BaseModel):
+    """A frozen model that keeps keys it does not declare (provider extensions round-trip)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """Declared fields that are set (not None), then every unknown key exactly as given."""
+        out: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, _Open):
+                out[name] = value.to_json_dict()
+            elif value is not None:
+                out[name] = value
+        out.update(self.__pydantic_extra__ or {})
+        return out
+
+
+class FunctionCall(_Open):
+    """The function a tool call invokes: its ``name`` and its ``arguments`` as a JSON string."""
+
+    name: str
+    arguments: str = "{}"
+
+    @field_validator("arguments", mode="before")
+    @classmethod
+    def _serialise_arguments(cls, value: Any) -> Any:
+        if isinstance(value, (dict, list)):
+            return json.dumps(value, ensure_ascii=False)
+        return value
+
+    def parsed_arguments(self) -> Any:
+        """``arguments`` decoded from JSON (raises ``ValueError`` when the model wrote invalid JSON)."""
+        return json.loads(self.arguments)
+
+
+class ToolCall(_Open):
+    """One call an assistant turn makes (OpenAI's ``tool_calls`` item)."""
+
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+    def to_json_dict(self) -> dict[str, Any]:
+        out = super().to_json_dict()
+        out.setdefault("type", self.type)
+        return out
+
+
+class FunctionDefinition(_Open):
+    """A function the model may call: ``name``, ``description`` and a JSON-schema ``parameters``."""
+
+    name: str = Field(min_length=1)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class Tool(_Open):
+    """An OpenAI-style function tool offered to the model (``Conversation.tools`` item)."""
+
+    type: Literal["function"] = "function"
+    function: FunctionDefinition
+
+    def to_json_dict(self) -> dict[str, Any]:
+        out = super().to_json_dict()
+        out.setdefault("type", self.type)
+        return out
+
+    @property
+    def name(self) -> str:
+        return self.function.name
+
+
+# ---------------------------------------------------------------------- messages and conversations
+
+
 class Message(BaseModel):
-    """One turn of a conversation."""
+    """One turn of a conversation.
+
+    ``content`` may be ``None`` on an assistant turn that carries ``tool_calls`` (or only
+    ``reasoning_content``). A ``tool`` turn answers the call named by ``tool_call_id``.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: str | None = None
     role: Role
-    content: str | list[ContentItem]
+    content: str | list[ContentItem] | None
+    tool_calls: list[ToolCall] | None = None
+    """Calls an assistant turn makes (OpenAI's shape)."""
+    tool_call_id: str | None = None
+    """On a ``tool`` turn: the id of the call this message answers."""
+    reasoning_content: str | None = None
+    """The model's reasoning (thinking) that came with an assistant turn, kept apart from ``content``."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _content_optional_with_calls(cls, data: Any) -> Any:
+        # OpenAI lets an assistant turn that calls tools leave out "content" altogether.
+        if isinstance(data, dict) and "content" not in data and data.get("tool_calls"):
+            return {**data, "content": None}
+        return data
+
+    @model_validator(mode="after")
+    def _check_tool_fields(self) -> Message:
+        if self.tool_calls and self.role != Role.ASSISTANT:
+            raise ValueError(f"'tool_calls' belong on an assistant message, not on a {self.role.value} message")
+        if self.content is None and not (
+            self.role == Role.ASSISTANT and (self.tool_calls or self.reasoning_content is not None)
+        ):
+            raise ValueError(
+                "'content' is null: only an assistant message with tool_calls may omit its content; "
+                'use "" for an empty message'
+            )
+        return self
 
     @property
     def text(self) -> str:
-        """The message's text parts joined by newlines (images left out)."""
+        """The message's text parts joined by newlines (images left out); "" when content is null."""
+        if self.content is None:
+            return ""
         if isinstance(self.content, str):
             return self.content
         return "\n".join(i.content or "" for i in self.content if i.type == Type.TEXT)
 
     @property
     def images(self) -> list[ContentItem]:
-        if isinstance(self.content, str):
+        if not isinstance(self.content, list):
             return []
         return [i for i in self.content if i.is_image]
 
@@ -197,22 +343,59 @@ class Message(BaseModel):
         out: dict[str, Any] = {}
         if self.id is not None:
             out["id"] = self.id
-        if isinstance(self.content, str):
-            out["content"] = self.content
-        else:
+        if isinstance(self.content, list):
             out["content"] = [i.to_json_dict() for i in self.content]
+        else:
+            out["content"] = self.content
         out["role"] = self.role.value
+        if self.tool_calls is not None:
+            out["tool_calls"] = [c.to_json_dict() for c in self.tool_calls]
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        if self.reasoning_content is not None:
+            out["reasoning_content"] = self.reasoning_content
         return out
 
 
+class _LastMessage(Message):
+    """``conversation.last_message``: the last message itself (``.text``, ``.role``, ...), and also
+    callable like Oumi's method, ``conversation.last_message(role=None)`` → the last message with that
+    role, or None."""
+
+    _messages: list[Message] = PrivateAttr(default_factory=list)
+
+    def __call__(self, role: Role | str | None = None) -> Message | None:
+        for message in reversed(self._messages):
+            if role is None or message.role == role:
+                return message
+        return None
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Message):  # equal to the plain message it stands for
+            return self.__dict__ == other.__dict__
+        return NotImplemented
+
+    __hash__ = Message.__hash__
+
+    def __repr_name__(self) -> str:
+        return "Message"
+
+
 class Conversation(BaseModel):
-    """A list of messages with an optional id and free-form metadata."""
+    """A list of messages with an optional id, the tools offered to the model, and free-form metadata."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     conversation_id: str | None = None
     messages: list[Message]
     metadata: dict[str, Any] = Field(default_factory=dict)
+    tools: list[Tool] | None = None
+    """Function tools the model may call (OpenAI's ``tools`` shape)."""
+
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _null_metadata(cls, value: Any) -> Any:
+        return {} if value is None else value
 
     @model_validator(mode="after")
     def _check_messages(self) -> Conversation:
@@ -220,9 +403,26 @@ class Conversation(BaseModel):
             raise ValueError("'messages' is empty: a conversation needs at least one message")
         return self
 
+    def __getitem__(self, index: int) -> Message:
+        return self.messages[index]
+
     @property
-    def last_message(self) -> Message:
-        return self.messages[-1]
+    def last_message(self) -> _LastMessage:
+        """The last message; also callable as ``last_message(role=None)`` (Oumi's method form)."""
+        last = self.messages[-1]
+        proxy = _LastMessage.model_construct(_fields_set=last.model_fields_set, **last.__dict__)
+        proxy._messages = self.messages
+        return proxy
+
+    def first_message(self, role: Role | str | None = None) -> Message | None:
+        """The first message (with ``role``, when given), or None."""
+        return next((m for m in self.messages if role is None or m.role == role), None)
+
+    def filter_messages(
+        self, role: Role | str | None = None, *, filter_fn: Callable[[Message], bool] | None = None
+    ) -> list[Message]:
+        """The messages with ``role`` (all when None) for which ``filter_fn`` (when given) is true."""
+        return [m for m in self.messages if (role is None or m.role == role) and (filter_fn is None or filter_fn(m))]
 
     @property
     def has_images(self) -> bool:
@@ -230,13 +430,16 @@ class Conversation(BaseModel):
 
     def with_reply(
         self,
-        text: str,
+        text: str | None,
         metadata: dict[str, Any] | None = None,
         *,
         usage: Usage | None = None,
         finish_reason: FinishReason | str | None = None,
+        tool_calls: list[ToolCall] | None = None,
+        reasoning_content: str | None = None,
     ) -> Conversation:
-        """Return a copy ending with an assistant message ``text``.
+        """Return a copy ending with an assistant message: ``text``, the ``tool_calls`` it makes and the
+        ``reasoning_content`` that came with it. An answer that only calls tools has null content.
 
         ``metadata`` (model, ...) is merged into the conversation metadata; ``usage`` and ``finish_reason``
         go in as ``metadata["usage"]`` (a dict) and ``metadata["finish_reason"]`` (a string), normalised.
@@ -249,20 +452,43 @@ class Conversation(BaseModel):
         if finish_reason is not None or "finish_reason" in merged:
             reason = FinishReason.parse(finish_reason if finish_reason is not None else merged["finish_reason"])
             merged["finish_reason"] = reason.value if reason is not None else None
-        return Conversation(
-            conversation_id=self.conversation_id,
-            messages=[*self.messages, Message(role=Role.ASSISTANT, content=text)],
-            metadata=merged,
+        content = None if tool_calls and not text else (text or "")
+        answer = Message(
+            role=Role.ASSISTANT,
+            content=content,
+            tool_calls=tool_calls or None,
+            reasoning_content=reasoning_content or None,
         )
+        return self.model_copy(update={"messages": [*self.messages, answer], "metadata": merged})
 
     def to_json_dict(self) -> dict[str, Any]:
         """The Oumi-compatible JSON object for this conversation."""
-        return {
+        out: dict[str, Any] = {
             "conversation_id": self.conversation_id,
             "messages": [m.to_json_dict() for m in self.messages],
             "metadata": self.metadata,
         }
+        if self.tools is not None:
+            out["tools"] = [t.to_json_dict() for t in self.tools]
+        return out
 
     @classmethod
     def from_json_dict(cls, data: Any) -> Conversation:
         return cls.model_validate(data)
+
+    # Oumi's names for the same conversions.
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object for this conversation (Oumi's name; same as :meth:`to_json_dict`)."""
+        return self.to_json_dict()
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Conversation:
+        return cls.model_validate(data)
+
+    def to_json(self) -> str:
+        """One JSONL line's worth of JSON for this conversation."""
+        return json.dumps(self.to_json_dict(), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, data: str | bytes) -> Conversation:
+        return cls.model_validate_json(data)

@@ -168,3 +168,26 @@ def test_params_shows_the_preset_and_it_can_be_overridden() -> None:
     session.run("/params top_p=1")
     assert "chat preset" not in session.run("/params").text
     assert "chat preset" not in make().run("/params").text  # a config was given: no preset
+
+
+def test_tool_results_answer_the_waiting_calls_then_the_model_goes_on() -> None:
+    from infermux.types import FunctionCall, Message, Tool, ToolCall
+
+    weather = Tool.model_validate({"type": "function", "function": {"name": "get_weather"}})
+    session = make(tools=[weather])
+    assert session.ask("Weather in Oslo and Rome?").tools == [weather]
+    assert session.run("/tool 5 C").error  # nothing is waiting yet
+    calls = [ToolCall(id=f"c{n}", function=FunctionCall(name="get_weather", arguments={"city": c}))
+             for n, c in enumerate(("Oslo", "Rome"))]  # fmt: skip
+    session.answered(Message(role=Role.ASSISTANT, content=None, tool_calls=calls))
+    assert session.unanswered_calls() == ["c0", "c1"]
+    first = session.run("/tool c1 25 C")  # by id
+    assert not first.ask and "1 more" in first.text
+    last = session.run("/tool -3 C")  # the oldest one still waiting
+    assert last.ask and session.unanswered_calls() == []
+    pending = session.pending()
+    assert [(m.role, m.tool_call_id, m.text) for m in pending.messages[-2:]] == [
+        (Role.TOOL, "c1", "25 C"),
+        (Role.TOOL, "c0", "-3 C"),
+    ]
+    assert pending.tools == [weather] and pending.messages[1].tool_calls == calls

@@ -72,6 +72,7 @@ def test_engines_lists_all_sixteen():
     assert res.returncode == 0, res.stderr
     for name in ("NATIVE", "VLLM", "LLAMACPP", "REMOTE", "ANTHROPIC", "BEDROCK", "GOOGLE_VERTEX", "ECHO"):
         assert name in res.stdout
+    assert "tools" in res.stdout  # the tool-calling column
 
 
 def test_help_and_import_do_not_load_heavy_libraries():

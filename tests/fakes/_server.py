@@ -244,6 +244,7 @@ class Exchange:
     turns: list[tuple[str, str]]  # (role, text) in the provider's own role names
     images: int
     schema: dict | None = None
+    tools: list[dict] | None = None
 
 
 Responder = Callable[[Exchange], str]

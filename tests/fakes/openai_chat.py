@@ -5,8 +5,12 @@ Written from OpenAI's "Create chat completion" and "The chat completion chunk ob
 * ``POST /v1/chat/completions`` (also ``/chat/completions``) with a chat body checked by
   :func:`~tests.fakes._openai_chat.validate_chat_body`; errors come back as
   ``{"error": {"message", "type", "param", "code"}}``.
+* Tools, ``tool_choice``, ``parallel_tool_calls`` and the tool messages of the history are checked, and
+  calls made, as :mod:`._openai_chat` describes.
 * ``"stream": true``: ``text/event-stream`` of ``chat.completion.chunk`` objects: a first chunk with
-  ``delta.role``, one chunk per word of the answer in ``delta.content``, a chunk with the
+  ``delta.role``, one chunk per word of the answer in ``delta.content`` (or, for calls, ``tool_calls``
+  pieces, each with its ``index``: the first piece of a call carries ``id``, ``type`` and the function
+  ``name`` with empty ``arguments``, the next ones the ``arguments`` in two halves), a chunk with the
   ``finish_reason``; with ``stream_options.include_usage`` a last chunk with empty ``choices`` and
   ``usage``; then ``data: [DONE]``.
 
@@ -95,8 +99,15 @@ class FakeOpenAIChat(FakeServer):
             return {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
 
         text = choice["message"]["content"]
-        chunks = [chunk({"role": "assistant", "content": ""})]
-        chunks += [chunk({"content": word}) for word in re.split(r"(?<= )", text) if word]
+        chunks = [chunk({"role": "assistant", "content": "" if text is not None else None})]
+        chunks += [chunk({"content": word}) for word in re.split(r"(?<= )", text or "") if word]
+        for n, call in enumerate(choice["message"].get("tool_calls") or []):
+            function, arguments = call["function"], call["function"]["arguments"]
+            first = {"index": n, "id": call["id"], "type": "function"}
+            chunks.append(chunk({"tool_calls": [{**first, "function": {"name": function["name"], "arguments": ""}}]}))
+            half = len(arguments) // 2
+            for piece in (arguments[:half], arguments[half:]):
+                chunks.append(chunk({"tool_calls": [{"index": n, "function": {"arguments": piece}}]}))
         chunks.append(chunk({}, choice["finish_reason"]))
         if (body.get("stream_options") or {}).get("include_usage"):
             chunks.append({**base, "choices": [], "usage": reply["usage"]})

@@ -59,3 +59,30 @@ def test_transport_reads_every_shared_remote_param() -> None:
     for name in shared - {"max_retries"}:
         assert getattr(settings, name) == getattr(params, name), name
     assert settings.max_retries == 1  # overrides win
+
+
+def test_tool_calling_settings_count_only_when_set() -> None:
+    base = InferenceConfig(model=ModelParams(model_name="m"))
+    unchanged = InferenceConfig(
+        model=ModelParams(model_name="m"),
+        generation=GenerationParams(parallel_tool_calls=True),
+        remote_params=None,
+    )
+    assert unchanged.fingerprint() == base.fingerprint()
+    changed = [
+        InferenceConfig(model=ModelParams(model_name="m"), generation=GenerationParams(tool_choice="required")),
+        InferenceConfig(model=ModelParams(model_name="m"), generation=GenerationParams(parallel_tool_calls=False)),
+        InferenceConfig(model=ModelParams(model_name="m", tool_call_parser="hermes")),
+        InferenceConfig(model=ModelParams(model_name="m", chat_template_kwargs={"enable_thinking": False})),
+        InferenceConfig(
+            model=ModelParams(model_name="m"),
+            generation=GenerationParams(guided_decoding=GuidedDecodingParams(json={"type": "object"}, strict=True)),
+        ),
+    ]
+    prints = {c.fingerprint() for c in changed}
+    assert len(prints) == len(changed) and base.fingerprint() not in prints
+    with_user = InferenceConfig(model=ModelParams(model_name="m"), remote_params=RemoteParams(user_id="u1"))
+    assert (
+        with_user.fingerprint()
+        == InferenceConfig(model=ModelParams(model_name="m"), remote_params=RemoteParams()).fingerprint()
+    )

@@ -34,10 +34,17 @@ class CutEmojiServer(FakeServer):
     async def _chat(self, request: web.Request) -> web.Response:
         body = await request.json()
         prompt = body["messages"][-1]["content"]
-        content = CUT if "emoji" in prompt else f"ok: {prompt}"
+        content = '"' + (CUT if "emoji" in prompt else f"ok: {prompt}") + '"'
+        extra = ""
+        if "call" in prompt:  # the cut emoji inside a tool call's arguments and in the reasoning
+            content = "null"
+            extra = (
+                ',"reasoning_content":"' + CUT + '","tool_calls":[{"id":"c","type":"function",'
+                '"function":{"name":"f","arguments":"{\\"x\\": \\"' + CUT + '\\"}"}}]'
+            )
         raw = (
             '{"id":"c1","object":"chat.completion","created":1,"model":"' + body["model"] + '",'
-            '"choices":[{"index":0,"message":{"role":"assistant","content":"' + content + '"},'
+            '"choices":[{"index":0,"message":{"role":"assistant","content":' + content + extra + "},"
             '"finish_reason":"length"}],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}'
         )
         return web.Response(body=raw.encode(), content_type="application/json")
@@ -87,6 +94,30 @@ def test_in_memory_infer_replaces_the_surrogate(server: CutEmojiServer, tmp_path
     out = tmp_path / "deep" / "out.jsonl"  # missing folders are created (issue 10 item 9)
     answered = engine.infer(convs, InferenceConfig(model=ModelParams(model_name="m"), output_path=str(out)))
     assert json.loads(out.read_text(encoding="utf-8").splitlines()[0])["messages"][-1]["content"].endswith("\ufffd")
+
+
+def test_cut_emoji_in_tool_call_arguments_and_reasoning_is_replaced_too(server: CutEmojiServer) -> None:
+    engine = RemoteInferenceEngine(ModelParams(model_name="m"), remote_params=RemoteParams(api_url=server.url))
+    (answered,) = engine.infer([_conv("an emoji call please")])
+    answer = answered.messages[-1]
+    assert "error" not in answered.metadata, answered.metadata
+    assert answer.reasoning_content == "Here you go: \ufffd"
+    assert answer.tool_calls is not None and answer.tool_calls[0].function.parsed_arguments() == {
+        "x": "Here you go: \ufffd"
+    }
+    answered.to_json().encode("utf-8")  # writable
+
+
+def test_lone_surrogate_in_an_input_tool_call_is_an_input_error() -> None:
+    from infermux.jobs.rows import check_encodable
+
+    bad = Conversation.model_validate(
+        {"messages": [{"role": "user", "content": "hi"},
+                      {"role": "assistant", "content": None,
+                       "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": '{"x": "\ud83d"}'}}]}]}
+    )  # fmt: skip
+    with pytest.raises(InputError, match=r"messages\.1 has a lone UTF-16 surrogate"):
+        check_encodable(bad, path="input[0]")
 
 
 class UnrecordableEngine(InferenceEngine):

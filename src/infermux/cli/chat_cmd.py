@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from infermux.configs.generation_params import GenerationParams
     from infermux.configs.inference_config import InferenceConfig
     from infermux.engines.base import InferenceEngine
-    from infermux.types import Conversation
+    from infermux.types import Conversation, Message, Tool
 
 __all__ = ["Answer", "format_footer", "run_chat", "stream_answer"]
 
@@ -54,6 +54,8 @@ class Answer:
     deltas: int = 0
     metadata: dict[str, Any] = field(default_factory=dict)
     stopped: bool = False
+    message: Message | None = None
+    """The whole answer once it is complete (with its tool calls and reasoning)."""
 
     @property
     def text(self) -> str:
@@ -69,15 +71,25 @@ async def stream_answer(
         async for event in events:
             if event.final:
                 answer.metadata = dict(event.metadata or (event.conversation.metadata if event.conversation else {}))
-                final_text = event.conversation.last_message.text if event.conversation else ""
+                final = event.conversation.messages[-1] if event.conversation else None
+                final_text = final.text if final is not None else ""
                 if not answer.parts and final_text:
                     _arrived(answer, final_text, write)
+                answer.message = final
+                if final is not None and final.tool_calls:
+                    write(("\n" if answer.parts else "") + _calls_text(final))
             elif event.delta:
                 _arrived(answer, event.delta, write)
     finally:
         answer.ended = time.perf_counter()
         with contextlib.suppress(Exception):
             await events.aclose()  # type: ignore[attr-defined]
+
+
+def _calls_text(message: Message) -> str:
+    return "\n".join(
+        f"[tool call {c.id or '-'}] {c.function.name}({c.function.arguments})" for c in message.tool_calls or []
+    )
 
 
 def _arrived(answer: Answer, text: str, write: Any) -> None:
@@ -111,11 +123,18 @@ def format_footer(answer: Answer) -> str:
 # ---------------------------------------------------------------------- entry point
 
 
-def run_chat(cfg: InferenceConfig, *, system_prompt: str | None, images: list[str], preset: bool = False) -> None:
+def run_chat(
+    cfg: InferenceConfig,
+    *,
+    system_prompt: str | None,
+    images: list[str],
+    preset: bool = False,
+    tools: list[Tool] | None = None,
+) -> None:
     """Chat with the engine ``cfg`` selects, interactively on a terminal, line by line otherwise.
 
     ``preset``: no config file was given, so generation settings the user did not set come from
-    :data:`~infermux.cli.chat_session.CHAT_PRESET`.
+    :data:`~infermux.cli.chat_session.CHAT_PRESET`. ``tools`` are offered to the model on every turn.
     """
     from infermux.engines.registry import build_engine
 
@@ -139,7 +158,10 @@ def run_chat(cfg: InferenceConfig, *, system_prompt: str | None, images: list[st
             model_name=cfg.model.model_name,
             supported_params=supported,
             preset=chat_preset(cfg.generation, supported, engine_name) if preset else None,
+            tools=tools,
         )
+        if tools:
+            engine.check_params(cfg.generation, tools=True)
         for notice in session.notices:
             sys.stderr.write(f"note: {notice}\n")
         code = asyncio.run(_interactive(engine, session) if interactive else _piped(engine, session))
@@ -163,16 +185,18 @@ async def _piped(engine: InferenceEngine, session: ChatSession, stdin: TextIO | 
                 sys.stderr.write(result.text + "\n")
             if result.exit:
                 break
-            continue
+            if not result.ask:
+                continue
+        conversation = session.pending() if session.is_command(text) else session.ask(session.message_text(text))
         answer = Answer()
         try:
-            await stream_answer(engine, session.ask(session.message_text(text)), session.generation, answer, _out)
+            await stream_answer(engine, conversation, session.generation, answer, _out)
         except Exception as exc:
             session.withdraw()
             failed += 1
             sys.stderr.write(f"error: {_describe(exc)}\n")
             continue
-        session.answered(answer.text)
+        session.answered(answer.message or answer.text)
         _out("\n")
     return 3 if failed else 0
 
@@ -229,12 +253,14 @@ async def _interactive(engine: InferenceEngine, session: ChatSession) -> int:
                 _out(f"{_RED if result.error else _DIM}{result.text}{_RESET}\n")
             if result.exit:
                 return 0
+            if result.ask:
+                await _answer_on_screen(engine, session, None)
             continue
         await _answer_on_screen(engine, session, session.message_text(text))
 
 
-async def _answer_on_screen(engine: InferenceEngine, session: ChatSession, text: str) -> None:
-    conversation = session.ask(text)
+async def _answer_on_screen(engine: InferenceEngine, session: ChatSession, text: str | None) -> None:
+    conversation = session.ask(text) if text is not None else session.pending()
     answer = Answer()
     spinner = _Spinner(answer.started)
 
@@ -263,7 +289,7 @@ async def _answer_on_screen(engine: InferenceEngine, session: ChatSession, text:
         else:
             session.withdraw()
         return
-    session.answered(answer.text)
+    session.answered(answer.message or answer.text)
     _out(f"\n{_DIM}  {format_footer(answer)}{_RESET}\n")
 
 

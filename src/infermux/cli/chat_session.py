@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from infermux.configs.generation_params import GenerationParams
-from infermux.types import ContentItem, Conversation, Message, Role, Type
+from infermux.types import ContentItem, Conversation, Message, Role, Tool, Type
 
 __all__ = ["CHAT_PRESET", "HELP", "ChatSession", "CommandResult", "chat_preset", "image_item", "join_continuations"]
 
@@ -29,6 +29,7 @@ Commands:
   /reset             forget the conversation (system prompt and parameters are kept)
   /system [TEXT]     show, or set, the system prompt (/system - removes it)
   /image PATH|URL    attach an image to your next message
+  /tool [ID] RESULT  answer the model's tool call (the oldest unanswered one, or call ID) and let it go on
   /save FILE         write the conversation to FILE as Conversation JSONL (infermux infer --input_path FILE)
   /params [K=V ...]  show, or change, generation parameters (e.g. /params temperature=0.7 max_new_tokens=64)
   /exit              leave (Ctrl-D too)
@@ -62,6 +63,8 @@ class CommandResult:
     text: str = ""
     exit: bool = False
     error: bool = False
+    ask: bool = False
+    """The model should answer now (a tool result was added)."""
 
 
 def image_item(ref: str) -> ContentItem:
@@ -93,6 +96,7 @@ class ChatSession:
         model_name: str = "",
         supported_params: set[str] | None = None,
         preset: dict[str, float] | None = None,
+        tools: list[Tool] | None = None,
     ) -> None:
         self.preset = dict(preset or {})
         self.generation = generation.model_copy(update=self.preset) if self.preset else generation
@@ -101,6 +105,7 @@ class ChatSession:
         self.engine_name = engine_name
         self.model_name = model_name
         self.supported_params = supported_params
+        self.tools = tools or None
         self.turns: list[Message] = []
         self.pending_images: list[ContentItem] = []
         self.conversation_id = uuid.uuid4().hex[:12]
@@ -123,15 +128,32 @@ class ChatSession:
             content = text
         self.pending_images = []
         self.turns.append(Message(role=Role.USER, content=content))
-        return Conversation(conversation_id=self.conversation_id, messages=self.messages())
+        return self.pending()
 
-    def answered(self, text: str) -> None:
-        """Record the answer to the last question."""
-        self.turns.append(Message(role=Role.ASSISTANT, content=text))
+    def pending(self) -> Conversation:
+        """The conversation as it stands, to be answered (after a question or a tool result)."""
+        return Conversation(conversation_id=self.conversation_id, messages=self.messages(), tools=self.tools)
+
+    def answered(self, answer: str | Message) -> None:
+        """Record the answer to the last question (its text, or the whole message with its tool calls)."""
+        if isinstance(answer, str):
+            answer = Message(role=Role.ASSISTANT, content=answer)
+        self.turns.append(answer)
+
+    def unanswered_calls(self) -> list[str]:
+        """Ids of the last answer's tool calls that no tool message answers yet."""
+        for index in range(len(self.turns) - 1, -1, -1):
+            message = self.turns[index]
+            if message.role == Role.ASSISTANT and message.tool_calls:
+                answered = {m.tool_call_id for m in self.turns[index + 1 :] if m.role == Role.TOOL}
+                return [c.id or "" for c in message.tool_calls if c.id not in answered]
+            if message.role != Role.TOOL:
+                return []
+        return []
 
     def withdraw(self) -> None:
         """Forget the last question (its answer failed or was stopped before any text)."""
-        if self.turns and self.turns[-1].role == Role.USER:
+        if self.turns and self.turns[-1].role in (Role.USER, Role.TOOL):
             self.turns.pop()
 
     def conversation(self) -> Conversation | None:
@@ -139,7 +161,9 @@ class ChatSession:
         if not messages:
             return None
         metadata = {"engine": self.engine_name, "model": self.model_name} if self.model_name else {}
-        return Conversation(conversation_id=self.conversation_id, messages=messages, metadata=metadata)
+        return Conversation(
+            conversation_id=self.conversation_id, messages=messages, metadata=metadata, tools=self.tools
+        )
 
     def attach(self, ref: str) -> str | None:
         """Queue an image for the next turn; the reason it was refused, or None."""
@@ -173,6 +197,7 @@ class ChatSession:
             "/system": self._system,
             "/image": self._image,
             "/save": self._save,
+            "/tool": self._tool,
             "/params": self._params,
             "/exit": self._exit,
             "/quit": self._exit,
@@ -206,6 +231,20 @@ class ChatSession:
         if problem:
             return CommandResult(problem, error=True)
         return CommandResult(f"image attached to your next message ({len(self.pending_images)} waiting).")
+
+    def _tool(self, arg: str) -> CommandResult:
+        waiting = self.unanswered_calls()
+        if not waiting:
+            return CommandResult("no tool call is waiting for a result.", error=True)
+        first, _, rest = arg.partition(" ")
+        call_id, result = (first, rest.strip()) if first in waiting and rest.strip() else (waiting[0], arg)
+        if not result:
+            return CommandResult("usage: /tool [ID] RESULT", error=True)
+        self.turns.append(Message(role=Role.TOOL, content=result, tool_call_id=call_id or None))
+        left = len(waiting) - 1
+        if left:
+            return CommandResult(f"result recorded; {left} more call(s) wait for a result.")
+        return CommandResult(ask=True)
 
     def _save(self, arg: str) -> CommandResult:
         if not arg:

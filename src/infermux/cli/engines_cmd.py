@@ -15,7 +15,7 @@ def run_engines() -> None:
     table = Table(title="infermux engines", show_lines=False)
     table.add_column("engine", no_wrap=True)
     table.add_column("class", no_wrap=True)
-    for col in ("installed", "images", "stream", "guided", "lora", "generation params"):
+    for col in ("installed", "images", "stream", "guided", "lora", "tools", "generation params"):
         table.add_column(col, overflow="fold")
     for name, spec in engine_specs().items():
         installed = is_available(name)
@@ -26,13 +26,14 @@ def run_engines() -> None:
             row[2] = escape(f"error: {exc}")
             caps = None
         if caps is None:
-            row += ["?", "?", "?", "?", "?"]
+            row += ["?", "?", "?", "?", "?", "?"]
         else:
             row += [
                 "yes" if caps.images else "no",
                 "yes" if caps.streaming else "no",
                 ",".join(sorted(caps.guided_decoding)) or "-",
                 "yes" if caps.lora else "no",
+                "yes" if caps.tools else "no",
                 ", ".join(sorted(caps.generation_params)),
             ]
         table.add_row(*row)

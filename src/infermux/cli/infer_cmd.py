@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from infermux.errors import RowError
     from infermux.jobs.loop import BatchReport
     from infermux.jobs.rows import InputRow
-    from infermux.types import Conversation
+    from infermux.types import Conversation, Message, Tool
 
 
 def run_infer(
@@ -31,10 +31,16 @@ def run_infer(
     strict: bool,
     log_level: str,
     ray: str | None = None,
+    tools_path: str | None = None,
 ) -> None:
     setup_logging(log_level)
     with user_errors():
         cfg = load_cli_config(config, overrides, engine=engine, strict=strict)
+        tools = None
+        if tools_path:
+            from infermux.jobs.rows import load_tools
+
+            tools = load_tools(tools_path)
         if input_path:
             cfg.input_path = input_path
         if output_path:
@@ -51,21 +57,23 @@ def run_infer(
                 fail("--image applies to chat; batch rows carry their own images.")
             from infermux.cli.chat_cmd import run_chat
 
-            run_chat(cfg, system_prompt=system_prompt, images=images, preset=config is None)
+            run_chat(cfg, system_prompt=system_prompt, images=images, preset=config is None, tools=tools)
             return
         if system_prompt or images:
             fail("--system-prompt and --image apply to chat (-i); batch rows carry their own messages.")
         if cfg.distributed is not None:  # --ray, or a distributed: section in the config
+            if tools:
+                fail('--tools does not apply to distributed (--ray) jobs yet; put the tools in the rows\' "tools".')
             from infermux.distributed.progress import run_with_progress
 
             code = _summarise(run_with_progress(cfg))
         else:
-            code = _run_batch(cfg)
+            code = _run_batch(cfg, tools)
     if code:
         raise SystemExit(code)
 
 
-def _run_batch(cfg: InferenceConfig) -> int:
+def _run_batch(cfg: InferenceConfig, tools: list[Tool] | None = None) -> int:
     answered: dict[int, Conversation | RowError] = {}
     on_row = None
     if not cfg.output_path:
@@ -73,14 +81,16 @@ def _run_batch(cfg: InferenceConfig) -> int:
         def on_row(row: InputRow, result: Conversation | RowError) -> None:
             answered[row.index] = result
 
-    report = _with_progress(cfg, on_row)
+    report = _with_progress(cfg, on_row, tools)
     if not cfg.output_path:
         _print_answers(answered)
     return _summarise(report)
 
 
 def _with_progress(
-    cfg: InferenceConfig, on_row: Callable[[InputRow, Conversation | RowError], None] | None
+    cfg: InferenceConfig,
+    on_row: Callable[[InputRow, Conversation | RowError], None] | None,
+    tools: list[Tool] | None = None,
 ) -> BatchReport:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -113,7 +123,7 @@ def _with_progress(
         )
 
     with progress:
-        return asyncio.run(run_config_job(cfg, on_progress=on_progress, on_row=on_row))
+        return asyncio.run(run_config_job(cfg, on_progress=on_progress, on_row=on_row, tools=tools))
 
 
 def _print_answers(answered: dict[int, Conversation | RowError]) -> None:
@@ -125,9 +135,16 @@ def _print_answers(answered: dict[int, Conversation | RowError]) -> None:
         if isinstance(result, RowError):
             print(f"[failed: {result.kind}] {result.message}")
             continue
-        for message in result.messages[:-1]:
-            print(f"{message.role.value}: {message.text}")
-        print(f"assistant: {result.last_message.text}")
+        for message in result.messages:
+            print(f"{message.role.value}: {describe_message(message)}")
+
+
+def describe_message(message: Message) -> str:
+    """A message's text, then one ``[tool call ID] NAME(ARGUMENTS)`` line per call it makes."""
+    lines = [message.text] if message.text or not message.tool_calls else []
+    for call in message.tool_calls or []:
+        lines.append(f"[tool call {call.id or '-'}] {call.function.name}({call.function.arguments})")
+    return "\n".join(lines)
 
 
 def _summarise(report: BatchReport) -> int:

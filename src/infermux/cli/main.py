@@ -17,6 +17,7 @@ from infermux.cli.options import (
     OutputOpt,
     StrictOpt,
     SystemPromptOpt,
+    ToolsOpt,
 )
 
 app = typer.Typer(
@@ -50,6 +51,7 @@ def infer(
         help="Shard the batch job over a Ray cluster (HOST:PORT of its head; no value: distributed.address, "
         "RAY_ADDRESS, or a one-machine cluster). Needs infermux[ray].",
     ),
+    tools: str | None = ToolsOpt,
     log_level: str = LogOpt,
 ) -> None:
     """Run a batch job (--input_path) or chat (-i). Extra --section.field VALUE options override the config."""
@@ -57,6 +59,7 @@ def infer(
 
     run_infer(
         ray=ray,
+        tools_path=tools,
         config=config,
         overrides=list(ctx.args),
         input_path=input_path,
@@ -78,12 +81,14 @@ def chat(
     image: list[str] | None = ImageOpt,
     engine: str | None = EngineOpt,
     strict: bool = StrictOpt,
+    tools: str | None = ToolsOpt,
     log_level: str = LogOpt,
 ) -> None:
     """Chat with a model (same as `infer -i`). Reads stdin line by line when it is not a terminal."""
     from infermux.cli.infer_cmd import run_infer
 
     run_infer(
+        tools_path=tools,
         config=config,
         overrides=list(ctx.args),
         input_path=None,

@@ -22,6 +22,7 @@ __all__ = [
     "OutputOpt",
     "StrictOpt",
     "SystemPromptOpt",
+    "ToolsOpt",
 ]
 
 #: Context settings of commands that take ``--section.field VALUE`` overrides.
@@ -35,3 +36,6 @@ StrictOpt: Any = typer.Option(False, "--strict", help="Unsupported parameters ar
 LogOpt: Any = typer.Option("info", "--log-level", "--log_level", help="debug, info, warning or error.")
 SystemPromptOpt: Any = typer.Option(None, "--system-prompt", "--system_prompt", help="System prompt for chat.")
 ImageOpt: Any = typer.Option(None, "--image", help="Image path or URL for the first turn.")
+ToolsOpt: Any = typer.Option(
+    None, "--tools", help="JSON file with a list of tools, given to every conversation that has none."
+)

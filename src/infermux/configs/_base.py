@@ -25,6 +25,9 @@ class ConfigModel(BaseModel):
     #: the job fingerprint, so resuming with, say, more workers still counts finished rows as done. Each
     #: section declares its own; every other field counts.
     not_fingerprinted: ClassVar[frozenset[str]] = frozenset()
+    #: Fields added after jobs were first fingerprinted: they count only when set away from their
+    #: default, so a job written before they existed still resumes under the same fingerprint.
+    fingerprinted_when_set: ClassVar[frozenset[str]] = frozenset()
 
     @model_validator(mode="before")
     @classmethod
@@ -43,7 +46,15 @@ class ConfigModel(BaseModel):
 
     def fingerprint_data(self) -> dict[str, Any]:
         """This section's fields that change outputs, as JSON data (what the job fingerprint hashes)."""
-        return self.model_dump(mode="json", exclude=set(self.not_fingerprinted))
+        return self.model_dump(mode="json", exclude=set(self.not_fingerprinted) | self._at_default_and_new())
+
+    def _at_default_and_new(self) -> set[str]:
+        fields = type(self).model_fields
+        return {
+            n
+            for n in self.fingerprinted_when_set
+            if getattr(self, n) == fields[n].get_default(call_default_factory=True)
+        }
 
     @classmethod
     def known_keys(cls) -> set[str]:

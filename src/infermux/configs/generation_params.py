@@ -9,7 +9,11 @@ from pydantic import BaseModel, Field, field_serializer, field_validator, model_
 
 from infermux.configs._base import ConfigModel
 
-__all__ = ["GenerationParams", "GuidedDecodingParams"]
+__all__ = ["GenerationParams", "GuidedDecodingParams", "ToolChoice"]
+
+#: ``auto`` | ``none`` | ``required`` | ``{"type": "function", "function": {"name": ...}}``.
+ToolChoice = Literal["auto", "none", "required"] | dict[str, Any]
+_TOOL_CHOICES = ("auto", "none", "required")
 
 
 def _model_schema(value: Any) -> dict[str, Any] | None:
@@ -29,6 +33,9 @@ class GuidedDecodingParams(ConfigModel):
     """Regular expression the whole output must match."""
     choice: list[str] | None = None
     """The output must be exactly one of these strings."""
+    strict: bool | None = None
+    """Ask the provider to enforce the JSON schema strictly (OpenAI's ``json_schema.strict``); null:
+    the provider's default."""
 
     model_config = {**ConfigModel.model_config, "populate_by_name": True}
 
@@ -86,6 +93,7 @@ class GenerationParams(ConfigModel):
     """Generation settings (the SPEC's ``generation:`` section)."""
 
     not_fingerprinted: ClassVar[frozenset[str]] = frozenset({"batch_size", "use_cache"})
+    fingerprinted_when_set: ClassVar[frozenset[str]] = frozenset({"tool_choice", "parallel_tool_calls"})
 
     max_new_tokens: int = Field(default=256, ge=1)
     """Maximum number of tokens to generate."""
@@ -121,6 +129,37 @@ class GenerationParams(ConfigModel):
     """Constrain output to a JSON schema, regex or list of choices."""
     skip_special_tokens: bool = True
     """Drop special tokens when decoding."""
+    tool_choice: ToolChoice | None = None
+    """Whether and which tool the model must call: ``auto``, ``none``, ``required``, or
+    ``{"type": "function", "function": {"name": NAME}}``; null: the engine's default (``auto`` when the
+    conversation has tools)."""
+    parallel_tool_calls: bool = True
+    """Let the model make several tool calls in one turn (sent to the provider only when false)."""
+
+    @field_validator("tool_choice", mode="before")
+    @classmethod
+    def _check_tool_choice(cls, value: Any) -> Any:
+        if value is None or value in _TOOL_CHOICES:
+            return value
+        if isinstance(value, str):
+            raise ValueError(
+                f"tool_choice {value!r} is not one of auto, none, required, "
+                'or {"type": "function", "function": {"name": ...}}'
+            )
+        if isinstance(value, dict):
+            function = value.get("function")
+            if value.get("type", "function") == "function" and isinstance(function, dict) and function.get("name"):
+                return {"type": "function", "function": {"name": str(function["name"])}}
+        raise ValueError(
+            'tool_choice as an object looks like {"type": "function", "function": {"name": "get_weather"}}'
+        )
+
+    @property
+    def forced_tool(self) -> str | None:
+        """The function name ``tool_choice`` forces, if it names one."""
+        if isinstance(self.tool_choice, dict):
+            return str(self.tool_choice["function"]["name"])
+        return None
 
     @field_validator("logit_bias", mode="before")
     @classmethod
@@ -137,10 +176,14 @@ class GenerationParams(ConfigModel):
         return value
 
     def fingerprint_data(self) -> dict[str, Any]:
-        data = self.model_dump(mode="json", exclude={"guided_decoding", *self.not_fingerprinted})
+        data = self.model_dump(
+            mode="json", exclude={"guided_decoding", *self.not_fingerprinted, *self._at_default_and_new()}
+        )
         if self.guided_decoding is not None:
             gd = self.guided_decoding
             data["guided_decoding"] = {"kind": gd.kind, "value": gd.schema_dict() or gd.regex or gd.choice}
+            if gd.strict is not None:
+                data["guided_decoding"]["strict"] = gd.strict
         return data
 
     @property

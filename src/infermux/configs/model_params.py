@@ -27,6 +27,8 @@ class ModelParams(ConfigModel):
         {"shard_for_eval", "model_engine", "processor_kwargs", "enable_liger_kernel", "freeze_layers"}
     )
 
+    fingerprinted_when_set: ClassVar[frozenset[str]] = frozenset({"tool_call_parser", "chat_template_kwargs"})
+
     model_name: str = Field(min_length=1)
     """Model id, local folder, ``.gguf`` file, served model name, or ``smollm2-135m-instruct``."""
     adapter_model: str | None = None
@@ -58,6 +60,11 @@ class ModelParams(ConfigModel):
     llava, phi3-instruct, qwen2-vl-instruct, zephyr), a Jinja template, or the path of a file holding one."""
     model_kwargs: dict[str, Any] = {}
     """Extra keyword arguments for the engine's model constructor (e.g. vLLM's LLM, llama.cpp's Llama)."""
+    tool_call_parser: str | None = None
+    """How to read tool calls out of the model's text, by vLLM's parser names (``hermes``, ``llama3_json``,
+    ``mistral``, ``qwen3_coder``, ...); local engines that parse tool calls use it."""
+    chat_template_kwargs: dict[str, Any] = {}
+    """Extra variables for the chat template (e.g. ``enable_thinking: false``); sent to vLLM servers too."""
 
     @field_validator("chat_template")
     @classmethod

@@ -19,12 +19,12 @@ _WINDOW = re.compile(r"^\d+[smhd]$")
 class RemoteParams(ConfigModel):
     """The SPEC's ``remote_params:`` section. ``api_key`` is a secret: never printed."""
 
-    # Only ``api_url`` (where the answers come from) counts for resume.
+    # Only ``api_url`` (where the answers come from) counts for resume (``user_id`` only labels requests).
     not_fingerprinted: ClassVar[frozenset[str]] = frozenset(
         {
             "api_key", "api_key_env_varname", "max_retries", "retry_backoff_base", "retry_backoff_max",
             "connection_timeout", "num_workers", "politeness_policy", "use_adaptive_concurrency",
-            "batch_completion_window", "rate_limit_timeout",
+            "batch_completion_window", "rate_limit_timeout", "user_id",
         }
     )  # fmt: skip
 
@@ -53,6 +53,9 @@ class RemoteParams(ConfigModel):
     """Completion window for batch APIs (e.g. ``24h``)."""
     use_adaptive_concurrency: bool = True
     """Lower concurrency on errors and rate limits, raise it back on success (AIMD)."""
+    user_id: str | None = None
+    """An end-user id sent with each request for the provider's abuse monitoring (OpenAI ``user``,
+    Anthropic ``metadata.user_id``)."""
 
     @field_validator("batch_completion_window")
     @classmethod

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from infermux.configs.inference_config import InferenceConfig
     from infermux.jobs.loop import BatchReport
     from infermux.jobs.rows import InputRow
+    from infermux.types import Tool
 
 __all__ = ["InferenceEngine", "StreamEvent"]
 
@@ -89,6 +90,7 @@ class InferenceEngine:
         self.strict = strict
         self.last_report: BatchReport | None = None
         self._checked: set[str] = set()
+        self._warned: set[str] = set()
         self._check(self.generation_params)
         self.setup()
 
@@ -152,10 +154,26 @@ class InferenceEngine:
         label = str(getattr(self.engine_type, "value", self.engine_type) or self.name)
         return check_limits(label, self.capabilities, generation)
 
-    def _check(self, generation: GenerationParams) -> None:
-        key = generation.model_dump_json()
+    def check_params(self, generation: GenerationParams | None = None, *, tools: bool = False) -> None:
+        """Say (a warning, or an error in strict mode) what of ``generation`` this engine cannot honour, and
+        whether it cannot take the tools an input offers (``tools``); callers run it before any row."""
+        self._check(generation or self.generation_params, tools=tools)
+
+    def _check(self, generation: GenerationParams, *, tools: bool = False) -> None:
+        """Say once (warning, or error when strict) what of ``generation`` (and of an input that offers
+        ``tools``) this engine cannot honour, before any row runs; values the provider would reject are
+        an error."""
+        key = generation.model_dump_json() + ("+tools" if tools else "")
         if key not in self._checked:
-            check_params(self.name, self.capabilities, generation, self.model_params, strict=self.strict)
+            check_params(
+                self.name,
+                self.capabilities,
+                generation,
+                self.model_params,
+                strict=self.strict,
+                tools=tools,
+                warned=self._warned,
+            )
             problems = self.limit_problems(generation)
             if problems:
                 raise ConfigError(
@@ -201,6 +219,7 @@ class InferenceEngine:
         on_progress: Callable[[BatchReport], None] | None = None,
         on_row: Callable[[InputRow, Conversation | RowError], None] | None = None,
         row_ids: list[str] | None = None,
+        tools: list[Tool] | None = None,
     ) -> BatchReport:
         """The durable batch job ``input_path`` → ``output_path``: see :func:`infermux.jobs.api.run_job_file`."""
         from infermux.jobs import api
@@ -214,6 +233,7 @@ class InferenceEngine:
             on_progress=on_progress,
             on_row=on_row,
             row_ids=row_ids,
+            tools=tools,
         )
 
     async def astream(

@@ -16,12 +16,15 @@ from infermux.configs.generation_params import GenerationParams
 from infermux.configs.model_params import ModelParams
 from infermux.errors import UnsupportedParamError
 
-__all__ = ["ALWAYS_SUPPORTED", "Capabilities", "check_limits", "check_params"]
+__all__ = ["ALWAYS_SUPPORTED", "TOOL_PARAMS", "Capabilities", "check_limits", "check_params"]
 
 logger = logging.getLogger("infermux.engines")
 
 # Generation fields every engine honours or that do not concern the engine.
 ALWAYS_SUPPORTED = frozenset({"max_new_tokens", "batch_size", "exclude_prompt_from_response", "use_cache"})
+
+#: Generation fields that only an engine with the ``tools`` capability honours.
+TOOL_PARAMS = frozenset({"tool_choice", "parallel_tool_calls"})
 
 _DEFAULTS = GenerationParams()
 
@@ -34,6 +37,8 @@ class Capabilities:
     ``ALWAYS_SUPPORTED``); ``guided_decoding`` the constraint kinds it can enforce. ``max_items``
     caps list parameters (``{"stop_strings": 4}``); ``value_ranges`` bounds numbers, or each value
     of a mapping parameter (``{"logit_bias": (-100, 100)}``), as the provider documents them.
+    ``tools``: whether it can offer the conversation's ``tools`` to the model and return its tool
+    calls (which brings ``tool_choice`` and ``parallel_tool_calls`` with it).
     """
 
     generation_params: frozenset[str] = frozenset()
@@ -43,6 +48,8 @@ class Capabilities:
     lora: bool = False
     batch_api: bool = False
     """Offers the provider's asynchronous Batch API (``infermux batch submit|status|fetch``)."""
+    tools: bool = False
+    """Offers the conversation's ``tools`` to the model and returns its tool calls."""
     notes: tuple[str, ...] = field(default=())
     max_items: Mapping[str, int] = field(default_factory=dict)
     value_ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
@@ -51,11 +58,15 @@ class Capabilities:
         params = set(ALWAYS_SUPPORTED | self.generation_params)
         if self.guided_decoding:
             params.add("guided_decoding")
+        if self.tools:
+            params |= TOOL_PARAMS
         return params
 
 
-def _unsupported(caps: Capabilities, generation: GenerationParams, model: ModelParams | None) -> list[str]:
+def _unsupported(caps: Capabilities, generation: GenerationParams, model: ModelParams | None, tools: bool) -> list[str]:
     problems: list[str] = []
+    if tools and not caps.tools:
+        problems.append("tools in the input (tool calling)")
     supported = caps.supported_params()
     for name in GenerationParams.model_fields:
         value: Any = getattr(generation, name)
@@ -97,15 +108,25 @@ def check_params(
     model: ModelParams | None = None,
     *,
     strict: bool = False,
+    tools: bool = False,
+    warned: set[str] | None = None,
 ) -> list[str]:
-    """Warn (or, in strict mode, raise) about requested parameters the engine cannot honour."""
-    problems = _unsupported(caps, generation, model)
+    """Warn (or, in strict mode, raise) about requested parameters the engine cannot honour.
+
+    ``tools``: the input offers tools to the model (some conversation has ``tools``). Problems already
+    in ``warned`` are not warned about again (and the new ones are added to it).
+    """
+    problems = _unsupported(caps, generation, model, tools)
     if problems and strict:
         raise UnsupportedParamError(
             f"{engine_name} does not support: {'; '.join(problems)}. "
             "Remove these settings or choose an engine that supports them (see `infermux engines`)."
         )
     for problem in problems:
+        if warned is not None:
+            if problem in warned:
+                continue
+            warned.add(problem)
         logger.warning(
             "%s does not support %s; it is ignored. Set strict: true (or --strict) to make this an error.",
             engine_name,

@@ -86,7 +86,10 @@ def _section(name: str, spec: EngineSpec, root: Path) -> list[str]:
     guided = ", ".join(sorted(caps.guided_decoding)) or "no"
     lines.append(f"- Guided decoding: {guided}")
     yes_no = {True: "yes", False: "no"}
-    lines.append(f"- Images: {yes_no[caps.images]}; streaming: {yes_no[caps.streaming]}; LoRA: {yes_no[caps.lora]}")
+    lines.append(
+        f"- Images: {yes_no[caps.images]}; streaming: {yes_no[caps.streaming]}; LoRA: {yes_no[caps.lora]}; "
+        f"tool calling: {yes_no[caps.tools]}" + (" ([docs/tools.md](tools.md))" if caps.tools else "")
+    )
     limits = [f"at most {n} `{p}`" for p, n in caps.max_items.items()]
     limits += [f"`{p}` in [{lo:g}, {hi:g}]" for p, (lo, hi) in caps.value_ranges.items()]
     if limits:
@@ -104,10 +107,13 @@ def render_engines_markdown(root: str | Path = ".") -> str:
     root = Path(root)
     out = [_HEADER]
     specs = ENGINES  # built-in engines; plugins document themselves
-    out.append("| Engine | Kind | Extra |")
-    out.append("|---|---|---|")
+    out.append("| Engine | Kind | Extra | Tools |")
+    out.append("|---|---|---|---|")
     for name, spec in specs.items():
-        out.append(f"| [{name}](#{name.lower()}) | {'remote' if spec.remote else 'local'} | {spec.extra or '-'} |")
+        cls = _load(spec)
+        tools = "-" if cls is None else ("yes" if cls.capabilities.tools else "no")
+        kind = "remote" if spec.remote else "local"
+        out.append(f"| [{name}](#{name.lower()}) | {kind} | {spec.extra or '-'} | {tools} |")
     out.append("")
     for name, spec in specs.items():
         out += _section(name, spec, root)

@@ -27,10 +27,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from infermux.configs.engine_type import InferenceEngineType
-from infermux.configs.generation_params import GenerationParams
+from infermux.configs.generation_params import GenerationParams, GuidedDecodingParams
 from infermux.configs.model_params import ModelParams
 from infermux.engines.base import InferenceEngine
 from infermux.engines.capabilities import Capabilities
+from infermux.engines.tool_calls import calls_from_forced, forced_schema, template_messages, template_tools, tools_key
+from infermux.engines.vllm_tools import vllm_tool_parser
 from infermux.errors import ConfigError, EngineUnavailableError, ErrorKind, ModelNotFoundError, RowError, install_hint
 from infermux.models.default import DEFAULT_MODEL_ALIAS
 from infermux.templates import resolve_chat_template
@@ -175,7 +177,10 @@ class VLLMInferenceEngine(InferenceEngine):
         generation_params=frozenset(_SAMPLING_FIELDS),
         guided_decoding=frozenset({"json", "regex", "choice"}),
         lora=True,
+        tools=True,
         notes=(
+            "tools through the model's chat template; calls read by vLLM's parser named in "
+            "model.tool_call_parser (tool_choice required or a named function: constrained to the tool schemas)",
             "num_beams is not mapped: vLLM runs beam search through a separate API.",
             "without a GPU: enforce_eager and a 2 GiB KV cache unless model_kwargs (kv_cache_memory_bytes, "
             "gpu_memory_utilization, enforce_eager) or VLLM_CPU_KVCACHE_SPACE say otherwise",
@@ -213,6 +218,7 @@ class VLLMInferenceEngine(InferenceEngine):
             self._lora = LoRARequest(_LORA_NAME, 1, _local_adapter(model_params.adapter_model))
         self._sampling_cache: dict[str, Any] = {}
         self._llm: Any = vllm.LLM(**self.llm_kwargs)
+        self._tool_parser = vllm_tool_parser(model_params.tool_call_parser, self._llm)
 
     @property
     def llm(self) -> Any:
@@ -291,17 +297,39 @@ class VLLMInferenceEngine(InferenceEngine):
         return out
 
     def _chat(self, conversations: list[Conversation], params: Any) -> list[Any]:
+        """One ``LLM.chat`` call; the conversations offer the same tools (or none)."""
         return list(
             self._llm.chat(
-                [_messages(c) for c in conversations],
+                [template_messages(c) for c in conversations],
                 sampling_params=params,
                 use_tqdm=False,
                 lora_request=self._lora,
                 chat_template=self._chat_template,
+                tools=template_tools(conversations[0]),
+                chat_template_kwargs=self.model_params.chat_template_kwargs or None,
             )
         )
 
     def _run(self, conversations: list[Conversation], generation: GenerationParams) -> list[Conversation | RowError]:
+        groups: dict[str, list[int]] = {}
+        for index, conversation in enumerate(conversations):
+            groups.setdefault(tools_key(conversation), []).append(index)
+        results: list[Conversation | RowError | None] = [None] * len(conversations)
+        for indices in groups.values():
+            group = [conversations[i] for i in indices]
+            for i, result in zip(indices, self._run_group(group, generation), strict=True):
+                results[i] = result
+        return [r if r is not None else RowError(kind=ErrorKind.INTERNAL, message="no result") for r in results]
+
+    def _run_group(
+        self, conversations: list[Conversation], generation: GenerationParams
+    ) -> list[Conversation | RowError]:
+        try:
+            forced = forced_schema(conversations[0].tools, generation)
+        except ValueError as exc:
+            return [RowError(kind=ErrorKind.UNSUPPORTED_INPUT, message=str(exc)) for _ in conversations]
+        if forced is not None:  # the call is constrained to the tools' schemas
+            generation = generation.model_copy(update={"guided_decoding": GuidedDecodingParams(json=forced)})
         params = self.sampling_params(generation)
         try:
             outputs = self._chat(conversations, params)
@@ -311,11 +339,11 @@ class VLLMInferenceEngine(InferenceEngine):
             # vLLM rejects the whole call when one prompt is bad (too long, ...): run the rows one by one
             # so only the bad ones fail.
             logger.warning("vLLM rejected a chunk of %d rows; retrying them one at a time.", len(conversations))
-            return [self._run_one(c, params, generation) for c in conversations]
-        return [_reply(c, o, generation) for c, o in zip(conversations, outputs, strict=True)]
+            return [self._run_one(c, params, generation, forced) for c in conversations]
+        return [self._reply(c, o, generation, forced) for c, o in zip(conversations, outputs, strict=True)]
 
     def _run_one(
-        self, conversation: Conversation, params: Any, generation: GenerationParams
+        self, conversation: Conversation, params: Any, generation: GenerationParams, forced: Any
     ) -> Conversation | RowError:
         try:
             (output,) = self._chat([conversation], params)
@@ -324,7 +352,32 @@ class VLLMInferenceEngine(InferenceEngine):
             return RowError.from_exception(
                 exc, ErrorKind.INVALID_INPUT if isinstance(exc, ValueError) else ErrorKind.GENERATION_FAILED
             )
-        return _reply(conversation, output, generation)
+        return self._reply(conversation, output, generation, forced)
+
+    def _reply(
+        self, conversation: Conversation, output: Any, generation: GenerationParams, forced: Any
+    ) -> Conversation | RowError:
+        completion = output.outputs[0]
+        text = completion.text
+        usage = Usage.of(len(output.prompt_token_ids or []), len(completion.token_ids))
+        calls = None
+        if forced is not None:
+            try:
+                calls = calls_from_forced(text, generation)
+            except (ValueError, KeyError, TypeError) as exc:
+                return RowError(
+                    kind=ErrorKind.MALFORMED_RESPONSE,
+                    message=f"the forced tool call is not complete JSON ({exc}); raise max_new_tokens.",
+                )
+            text = ""
+        elif conversation.tools and generation.tool_choice != "none" and self._tool_parser is not None:
+            text, calls = self._tool_parser(text, conversation)
+        reason = FinishReason.parse(completion.finish_reason)
+        if calls and reason == FinishReason.STOP:
+            reason = FinishReason.TOOL_CALLS
+        if not generation.exclude_prompt_from_response and output.prompt:
+            text = output.prompt + (text or "")
+        return conversation.with_reply(text, usage=usage, finish_reason=reason, tool_calls=calls)
 
     def close(self) -> None:
         llm = self.__dict__.pop("_llm", None)
@@ -339,16 +392,3 @@ def _local_adapter(adapter: str) -> str:
     if path.is_dir():
         return str(path)
     return str(_hub_file(adapter, "adapter_config.json").parent)
-
-
-def _messages(conversation: Conversation) -> list[dict[str, Any]]:
-    return [{"role": m.role.value, "content": m.text} for m in conversation.messages]
-
-
-def _reply(conversation: Conversation, output: Any, generation: GenerationParams) -> Conversation:
-    completion = output.outputs[0]
-    text = completion.text
-    if not generation.exclude_prompt_from_response and output.prompt:
-        text = output.prompt + text
-    usage = Usage.of(len(output.prompt_token_ids or []), len(completion.token_ids))
-    return conversation.with_reply(text, usage=usage, finish_reason=FinishReason.parse(completion.finish_reason))

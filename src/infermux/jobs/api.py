@@ -33,9 +33,18 @@ from typing import TYPE_CHECKING
 
 from infermux.errors import InputError, OutputError, RowError
 from infermux.jobs.loop import BatchReport, JobFiles, run_job
-from infermux.jobs.rows import InputRow, check_encodable, iter_rows, row_id_for, unique_id, validate_file
+from infermux.jobs.rows import (
+    InputRow,
+    check_encodable,
+    iter_rows,
+    row_id_for,
+    tools_fingerprint,
+    unique_id,
+    validate_file,
+    with_default_tools,
+)
 from infermux.jobs.sync import run_sync
-from infermux.types import Conversation
+from infermux.types import Conversation, Tool
 
 if TYPE_CHECKING:
     from infermux.configs.generation_params import GenerationParams
@@ -57,9 +66,15 @@ OnRow = Callable[[InputRow, "Conversation | RowError"], None]
 OnProgress = Callable[[BatchReport], None]
 
 
-def prepare_input(input_path: str | Path) -> list[str]:
-    """Check every line of the input file; return its row ids in order (see the module docstring)."""
-    return validate_file(input_path)
+def prepare_input(input_path: str | Path, *, offered_tools: list[bool] | None = None) -> list[str]:
+    """Check every line of the input file; return its row ids in order (see the module docstring).
+
+    ``offered_tools`` receives, per row, whether it offers tools (for the engine's capability check,
+    ``engine._check(generation, tools=any(offered_tools))``, before any row runs).
+    """
+    if offered_tools is None:
+        return validate_file(input_path)
+    return validate_file(input_path, on_row=lambda row: offered_tools.append(bool(row.conversation.tools)))
 
 
 def check_output_path(output_path: str | os.PathLike[str], input_path: str | os.PathLike[str] | None = None) -> Path:
@@ -114,39 +129,60 @@ async def run_job_file(
     on_progress: OnProgress | None = None,
     on_row: OnRow | None = None,
     row_ids: list[str] | None = None,
+    tools: list[Tool] | None = None,
 ) -> BatchReport:
     """The durable batch job: ``input_path`` (JSONL) → ``output_path`` (JSONL), resumable.
 
-    ``row_ids`` is what :func:`prepare_input` returned when the caller already checked the file (the
-    check is otherwise done here, before any row runs). ``fingerprint`` defaults to the engine's.
+    ``row_ids`` is what :func:`prepare_input` returned when the caller already checked the file (and
+    checked the engine against what it found, see :func:`prepare_input`); the check is otherwise done
+    here, before any row runs. ``fingerprint`` defaults to the engine's. ``tools`` are given to every
+    row that has none (the CLI's ``--tools``); they count for resume.
     """
     generation = generation or engine.generation_params
-    engine._check(generation)
-    ids = row_ids if row_ids is not None else prepare_input(input_path)
+    if row_ids is None:
+        offered: list[bool] = []
+        row_ids = prepare_input(input_path, offered_tools=offered)
+        engine._check(generation, tools=bool(tools) or any(offered))
+    else:
+        engine._check(generation, tools=bool(tools))
     files = None
     if output_path:
         check_output_path(output_path, input_path)
-        files = JobFiles(output_path, fingerprint or engine_fingerprint(engine, generation))
+        fingerprint = fingerprint or engine_fingerprint(engine, generation)
+        files = JobFiles(output_path, tools_fingerprint(fingerprint, tools) if tools else fingerprint)
     report = await run_job(
-        engine, lambda: iter_rows(input_path), ids, generation, files=files, on_row=on_row, on_progress=on_progress
+        engine,
+        lambda: with_default_tools(iter_rows(input_path), tools),
+        row_ids,
+        generation,
+        files=files,
+        on_row=on_row,
+        on_progress=on_progress,
     )
     engine.last_report = report
     return report
 
 
 async def run_config_job(
-    config: InferenceConfig, *, on_progress: OnProgress | None = None, on_row: OnRow | None = None
+    config: InferenceConfig,
+    *,
+    on_progress: OnProgress | None = None,
+    on_row: OnRow | None = None,
+    tools: list[Tool] | None = None,
 ) -> BatchReport:
-    """Run ``config.input_path`` → ``config.output_path`` (printing is the caller's: pass ``on_row``)."""
+    """Run ``config.input_path`` → ``config.output_path`` (printing is the caller's: pass ``on_row``);
+    ``tools`` go to every row without tools."""
     from infermux.engines.registry import build_engine
 
     if not config.input_path:
         raise InputError("no input: set input_path (or --input_path).")
-    row_ids = prepare_input(config.input_path)  # before loading a model
+    offered: list[bool] = []
+    row_ids = prepare_input(config.input_path, offered_tools=offered)  # before loading a model
     if config.output_path:
         check_output_path(config.output_path, config.input_path)
     engine = build_engine(config)
     try:
+        engine._check(config.generation, tools=bool(tools) or any(offered))  # before any row runs
         return await run_job_file(
             engine,
             config.input_path,
@@ -156,6 +192,7 @@ async def run_config_job(
             on_progress=on_progress,
             on_row=on_row,
             row_ids=row_ids,
+            tools=tools,
         )
     finally:
         engine.close()
@@ -181,7 +218,9 @@ async def _ainfer(
     engine: InferenceEngine, conversations: Sequence[Conversation] | None, config: InferenceConfig | None
 ) -> list[Conversation]:
     generation = config.generation if config else engine.generation_params
-    engine._check(generation)
+    if conversations is not None:
+        conversations = list(conversations)
+        engine._check(generation, tools=any(c.tools for c in conversations))
     output_path = config.output_path if config else None
     if conversations is None:
         if config is None or not config.input_path:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,9 +14,20 @@ from pydantic import ValidationError
 
 from infermux.errors import InputError
 from infermux.text import first_surrogate
-from infermux.types import Conversation
+from infermux.types import Conversation, Message, Tool
 
-__all__ = ["MAX_LINE_BYTES", "InputRow", "check_encodable", "iter_rows", "row_id_for", "unique_id", "validate_file"]
+__all__ = [
+    "MAX_LINE_BYTES",
+    "InputRow",
+    "check_encodable",
+    "iter_rows",
+    "load_tools",
+    "row_id_for",
+    "tools_fingerprint",
+    "unique_id",
+    "validate_file",
+    "with_default_tools",
+]
 
 MAX_LINE_BYTES = 64 * 1024 * 1024
 # About 2M tokens, beyond the largest context windows offered today: a longer text is a data error.
@@ -99,7 +111,8 @@ def _parse_slow(raw: bytes, path: str, line: int) -> Conversation:
 
 def _check_size(conv: Conversation, path: str, line: int) -> None:
     for number, message in enumerate(conv.messages):
-        _check_encodable(message.content, number, path, line)
+        for text in _texts(message):
+            _check_encodable(text, number, path, line)
         if len(message.text) > MAX_TEXT_CHARS:
             raise InputError(
                 f"messages.{number} has {len(message.text):,} characters of text, more than any model's "
@@ -112,23 +125,35 @@ def _check_size(conv: Conversation, path: str, line: int) -> None:
 
 def check_encodable(conversation: Conversation, *, path: str, line: int | None = None) -> None:
     """Raise :class:`InputError` (naming ``path``, ``line`` and the message index) when a message cannot
-    be encoded as UTF-8 for sending."""
+    be encoded as UTF-8 for sending (its text, reasoning, tool calls or tool-call id)."""
     for number, message in enumerate(conversation.messages):
-        _check_encodable(message.content, number, path, line)
+        for text in _texts(message):
+            _check_encodable(text, number, path, line)
 
 
-def _check_encodable(content: object, number: int, path: str, line: int | None) -> None:
+def _texts(message: Message) -> Iterator[str]:
+    if isinstance(message.content, str):
+        yield message.content
+    elif message.content is not None:
+        yield from (i.content for i in message.content if i.content is not None)
+    for value in (message.reasoning_content, message.tool_call_id):
+        if value is not None:
+            yield value
+    for call in message.tool_calls or ():
+        yield call.function.name
+        yield call.function.arguments
+
+
+def _check_encodable(text: str, number: int, path: str, line: int | None) -> None:
     """A lone UTF-16 surrogate (``"\\ud83d"`` alone: valid JSON, not valid UTF-8) cannot be sent."""
-    texts = [content] if isinstance(content, str) else [getattr(i, "content", None) for i in content]  # type: ignore[attr-defined]
-    for text in texts:
-        if isinstance(text, str) and (at := first_surrogate(text)) is not None:
-            raise InputError(
-                f"messages.{number} has a lone UTF-16 surrogate \\u{ord(text[at]):04x} at character "
-                f"{at} (half of an emoji or other character; no server can read it). Remove it or "
-                "write the whole character.",
-                path=path,
-                line=line,
-            )
+    if (at := first_surrogate(text)) is not None:
+        raise InputError(
+            f"messages.{number} has a lone UTF-16 surrogate \\u{ord(text[at]):04x} at character "
+            f"{at} (half of an emoji or other character; no server can read it). Remove it or "
+            "write the whole character.",
+            path=path,
+            line=line,
+        )
 
 
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
@@ -161,6 +186,49 @@ def _scan(path: Path) -> Iterator[InputRow | InputError]:
         index += 1
 
 
+def with_default_tools(rows: Iterable[InputRow], tools: Sequence[Tool] | None) -> Iterator[InputRow]:
+    """``rows``, each row without ``tools`` given ``tools`` (the CLI's ``--tools FILE``)."""
+    for row in rows:
+        if tools and not row.conversation.tools:
+            conversation = row.conversation.model_copy(update={"tools": list(tools)})
+            row = dataclasses.replace(row, conversation=conversation)
+        yield row
+
+
+def tools_fingerprint(fingerprint: str, tools: Sequence[Tool]) -> str:
+    """``fingerprint`` combined with default ``tools`` (they change answers, so they count for resume)."""
+    blob = json.dumps([t.to_json_dict() for t in tools], sort_keys=True)
+    return hashlib.sha256(f"{fingerprint}|{blob}".encode()).hexdigest()[:16]
+
+
+def load_tools(path: str | Path) -> list[Tool]:
+    """The JSON list of OpenAI-style function tools in ``path`` (``--tools FILE``)."""
+    where = str(path)
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError("tools file not found. Check --tools.", path=where) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read the tools file: {exc}.", path=where) from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"not valid JSON ({exc.msg}, line {exc.lineno} column {exc.colno}).", path=where) from None
+    if isinstance(data, dict) and isinstance(data.get("tools"), list):
+        data = data["tools"]
+    if not isinstance(data, list) or not data:
+        raise InputError(
+            'expected a non-empty JSON list of tools like [{"type": "function", "function": {"name": "get_weather", '
+            '"parameters": {...}}}].',
+            path=where,
+        )
+    tools: list[Tool] = []
+    for number, item in enumerate(data):
+        try:
+            tools.append(Tool.model_validate(item))
+        except ValidationError as exc:
+            raise InputError(f"tool {number}: {_explain(exc)}.", path=where) from None
+    return tools
+
+
 def iter_rows(path: str | Path) -> Iterator[InputRow]:
     """Stream the rows of a Conversation JSONL file (blank lines skipped); raise on a bad line."""
     for item in _scan(Path(path)):
@@ -169,8 +237,11 @@ def iter_rows(path: str | Path) -> Iterator[InputRow]:
         yield item
 
 
-def validate_file(path: str | Path) -> list[str]:
-    """Check every line of ``path``; return the row ids in order, or raise one error listing bad lines."""
+def validate_file(path: str | Path, *, on_row: Callable[[InputRow], None] | None = None) -> list[str]:
+    """Check every line of ``path``; return the row ids in order, or raise one error listing bad lines.
+
+    ``on_row`` sees each valid row during the same pass (to learn, say, whether any row offers tools).
+    """
     path = Path(path)
     ids: list[str] = []
     problems: list[InputError] = []
@@ -179,6 +250,8 @@ def validate_file(path: str | Path) -> list[str]:
             problems.append(item)
         else:
             ids.append(item.row_id)
+            if on_row is not None:
+                on_row(item)
     if problems:
         shown = "\n  ".join(str(p) for p in problems[:_MAX_REPORTED])
         more = f"\n  ... and {len(problems) - _MAX_REPORTED} more" if len(problems) > _MAX_REPORTED else ""

@@ -109,6 +109,16 @@ def test_guided_json_becomes_output_config(fake: FakeAnthropic) -> None:
     assert json.loads(answer.last_message.text) == {"city": "text"}
 
 
+def test_user_id_is_sent_as_metadata_user_id(fake: FakeAnthropic) -> None:
+    fake.clear()
+    eng = AnthropicInferenceEngine(
+        ModelParams(model_name="claude-test"), remote_params=RemoteParams(api_url=fake.url, api_key=KEY, user_id="u-7")
+    )
+    [answer] = eng.infer([conv((Role.USER, "hi"))])
+    assert "error" not in answer.metadata, answer.metadata
+    assert fake.requests[0].json["metadata"] == {"user_id": "u-7"}
+
+
 def test_wrong_key_fails_rows_with_a_message_naming_the_variable(fake: FakeAnthropic) -> None:
     [answer] = engine(fake.url, key="sk-ant-wrong").infer([conv((Role.USER, "hi"))])
     error = answer.metadata["error"]

@@ -13,11 +13,15 @@ from infermux.engines.remote.openai.engine import OPENAI_PARAMS
 from infermux.engines.remote.openai.format import (
     chat_completions_url,
     encode_message,
+    encode_messages,
     generation_fields,
     image_data_url,
+    json_response_format,
     parse_chat_completion,
+    reply,
+    tool_fields,
 )
-from infermux.types import ContentItem, Message, Role, Type
+from infermux.types import ContentItem, Conversation, Message, Role, Type
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
 
@@ -126,16 +130,16 @@ def test_reply_metadata_keeps_usage_finish_reason_model_and_reasoning() -> None:
         ],
         "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7, "extra": {"x": 1}},
     }
-    text, meta = parse_chat_completion(data)
-    assert text == "4"
+    text, meta, calls, reasoning = parse_chat_completion(data)
+    assert text == "4" and calls is None
+    assert reasoning == "2+2"  # on the answer message, not in metadata
     assert meta == {
         "finish_reason": "length",
         "model": "deepseek-reasoner",
-        "reasoning_content": "2+2",
         "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
     }
-    _, meta = parse_chat_completion({"choices": [{"message": {"content": None, "reasoning": "hm"}}]})
-    assert meta["reasoning_content"] == "hm"
+    *_, reasoning = parse_chat_completion({"choices": [{"message": {"content": None, "reasoning": "hm"}}]})
+    assert reasoning == "hm"
 
 
 @pytest.mark.parametrize("bad", [[], {"choices": []}, {"choices": [{}]}, {"choices": [{"message": {"content": 3}}]}])
@@ -145,10 +149,10 @@ def test_malformed_replies_raise(bad: object) -> None:
 
 
 def test_a_complete_reply_with_no_choices_is_a_content_filter_block() -> None:
-    text, meta = parse_chat_completion({"id": "c1", "object": "chat.completion", "model": "m", "choices": []})
+    text, meta, *_ = parse_chat_completion({"id": "c1", "object": "chat.completion", "model": "m", "choices": []})
     assert text == "" and meta["finish_reason"] == "content_filter"
     filtered = [{"prompt_index": 0, "content_filter_results": {"violence": {"filtered": True, "severity": "high"}}}]
-    _, meta = parse_chat_completion({"choices": [], "prompt_filter_results": filtered})
+    _, meta, *_ = parse_chat_completion({"choices": [], "prompt_filter_results": filtered})
     assert meta["finish_reason"] == "content_filter" and meta["prompt_filter_results"] == filtered
 
 
@@ -176,3 +180,101 @@ def test_a_pydantic_instance_as_guided_json_is_its_classs_schema_on_every_protoc
     from infermux.engines.llamacpp.grammar import grammar_for
 
     assert grammar_for(by_instance) == grammar_for(by_class)
+
+
+# ---------------------------------------------------------------------- tool calling
+
+_TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+]
+
+
+def _tool_history(with_ids: bool = True) -> Conversation:
+    calls = [
+        {"function": {"name": "get_weather", "arguments": {"city": c}}, **({"id": f"id_{c}"} if with_ids else {})}
+        for c in ("Paris", "Rome")
+    ]
+    tool_turns = [
+        {"role": "tool", "content": t, **({"tool_call_id": f"id_{c}"} if with_ids else {})}
+        for c, t in (("Paris", "18 C"), ("Rome", "25 C"))
+    ]
+    return Conversation.model_validate(
+        {
+            "tools": _TOOLS,
+            "messages": [
+                {"role": "user", "content": "Weather?"},
+                {"role": "assistant", "content": None, "tool_calls": calls, "reasoning_content": "call it"},
+                *tool_turns,
+            ],
+        }
+    )
+
+
+def test_history_with_calls_and_tool_results_is_encoded_as_openai_names_it() -> None:
+    encoded = encode_messages(_tool_history().messages)
+    assert encoded[1] == {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": "id_Paris",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+            },
+            {"id": "id_Rome", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'}},
+        ],
+    }  # reasoning is not sent back
+    assert encoded[2] == {"role": "tool", "content": "18 C", "tool_call_id": "id_Paris"}
+    assert encoded[3] == {"role": "tool", "content": "25 C", "tool_call_id": "id_Rome"}
+
+
+def test_calls_and_results_without_ids_are_paired_in_order() -> None:
+    encoded = encode_messages(_tool_history(with_ids=False).messages)
+    ids = [c["id"] for c in encoded[1]["tool_calls"]]
+    assert ids == ["call_1_0", "call_1_1"]
+    assert [encoded[2]["tool_call_id"], encoded[3]["tool_call_id"]] == ids
+
+
+def test_tool_fields_only_with_tools_and_parallel_sent_only_when_false() -> None:
+    conv = _tool_history()
+    assert tool_fields(conv, GenerationParams()) == {"tools": _TOOLS}
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    fields = tool_fields(conv, GenerationParams(tool_choice=named, parallel_tool_calls=False))
+    assert fields == {"tools": _TOOLS, "tool_choice": named, "parallel_tool_calls": False}
+    plain = Conversation.model_validate({"messages": [{"role": "user", "content": "hi"}]})
+    assert tool_fields(plain, GenerationParams(tool_choice="required")) == {}
+
+
+def test_reply_with_tool_calls_goes_on_the_answer_and_finish_reason_says_so() -> None:
+    call = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}}
+    data = {
+        "model": "m",
+        "choices": [{"message": {"role": "assistant", "content": None, "tool_calls": [call]}, "finish_reason": "stop"}],
+    }
+    answered = reply(_tool_history(), data)
+    answer = answered.last_message
+    assert answer.content is None and answer.tool_calls[0].to_json_dict() == call
+    assert answered.metadata["finish_reason"] == "tool_calls" and "tool_calls" not in answered.metadata
+    assert answered.tools == _tool_history().tools
+    assert Conversation.from_json(answered.to_json()) == answered  # valid input for the next turn
+
+
+def test_strict_json_schema_is_sent_when_set() -> None:
+    guided = GuidedDecodingParams(json={"type": "object"}, strict=True)
+    assert json_response_format(guided)["json_schema"]["strict"] is True
+    assert "strict" not in json_response_format(GuidedDecodingParams(json={"type": "object"}))["json_schema"]
+
+
+def test_usage_keeps_cached_tokens_computes_total_and_is_absent_when_not_sent() -> None:
+    answer = {"choices": [{"message": {"content": "x"}, "finish_reason": "stop"}]}
+    _, meta, _, _ = parse_chat_completion(answer)
+    assert "usage" not in meta
+    usage = {"prompt_tokens": 10, "completion_tokens": 2, "prompt_tokens_details": {"cached_tokens": 8}}
+    _, meta, _, _ = parse_chat_completion({**answer, "usage": usage})
+    assert meta["usage"] == {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12, "cached_tokens": 8}

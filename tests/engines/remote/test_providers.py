@@ -34,7 +34,7 @@ PUBLISHED = {
     "CEREBRAS": ("https://api.cerebras.ai/v1", "CEREBRAS_API_KEY", set()),
     "HUGGING_FACE_ROUTER": ("https://router.huggingface.co/v1", "HF_TOKEN", set()),
     "REMOTE": (None, None, {"min_p", "stop_token_ids"}),
-    "REMOTE_VLLM": (None, None, {"min_p", "stop_token_ids", "structured_outputs"}),
+    "REMOTE_VLLM": (None, None, {"min_p", "stop_token_ids", "structured_outputs", "chat_template_kwargs"}),
 }
 
 
@@ -173,13 +173,14 @@ def test_remote_vllm_structured_outputs_and_adapter_name(capture: str) -> None:
     body = json.loads(_captured(capture)[0]["body"])
     assert body["model"] == "my-lora" and body["structured_outputs"] == {"regex": r"\d+"} and body["min_p"] == 0.05
     engine = cls(
-        ModelParams(model_name="base-model"),
+        ModelParams(model_name="base-model", chat_template_kwargs={"enable_thinking": False}),
         generation_params=GenerationParams(guided_decoding=GuidedDecodingParams(choice=["yes", "no"])),
         remote_params=RemoteParams(api_url=capture),
     )
     engine.infer([_conv()])
     body = json.loads(_captured(capture)[0]["body"])
     assert body["model"] == "base-model" and body["structured_outputs"] == {"choice": ["yes", "no"]}
+    assert body["chat_template_kwargs"] == {"enable_thinking": False}
 
 
 def test_regex_guidance_is_rejected_where_unsupported_in_strict_mode() -> None:
@@ -205,5 +206,6 @@ def test_deepseek_reasoning_content_is_kept() -> None:
             ModelParams(model_name="deepseek-reasoner"), remote_params=RemoteParams(api_url=url, api_key=KEY)
         )
         (answered,) = engine.infer([_conv()])
-    assert answered.metadata["reasoning_content"] == "thinking about: Hi"
+    assert answered.messages[-1].reasoning_content == "thinking about: Hi"  # on the answer, not in metadata
+    assert "reasoning_content" not in answered.metadata
     assert answered.messages[-1].content == "echo: Hi"

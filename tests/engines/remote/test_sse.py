@@ -62,12 +62,36 @@ def test_chat_completion_stream_collects_text_usage_and_reasoning() -> None:
     assert decoder.done
     answered = decoder.result()
     assert answered.last_message.text == "Hello"
+    assert answered.last_message.reasoning_content == "think"
     assert answered.metadata == {
         "finish_reason": "stop",
         "model": "m",
         "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},  # total computed (Usage)
-        "reasoning_content": "think",
     }
+
+
+def test_chat_completion_stream_assembles_parallel_tool_call_deltas_by_index() -> None:
+    conv = Conversation(messages=[{"role": "user", "content": "weather in Paris and Rome?"}])  # type: ignore[list-item]
+    decoder = ChatCompletionStream(conv)
+    first = {"index": 0, "id": "call_a", "type": "function", "function": {"name": "get_weather", "arguments": ""}}
+    second = {"index": 1, "id": "call_b", "type": "function", "function": {"name": "get_weather", "arguments": '{"ci'}}
+    for delta in (
+        {"role": "assistant", "content": None, "tool_calls": [first]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": '{"city": '}}]},
+        {"tool_calls": [second]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]},
+        {"tool_calls": [{"index": 1, "function": {"arguments": 'ty": "Rome"}'}}]},
+    ):
+        assert decoder.feed(_chunk(model="m", choices=[{"index": 0, "delta": delta}])) == ""
+    decoder.feed(_chunk(model="m", choices=[{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]))
+    decoder.feed(SseEvent("[DONE]"))
+    answer = decoder.result().last_message
+    assert answer.content is None
+    assert [(c.id, c.function.name, c.function.parsed_arguments()) for c in answer.tool_calls] == [
+        ("call_a", "get_weather", {"city": "Paris"}),
+        ("call_b", "get_weather", {"city": "Rome"}),
+    ]
+    assert decoder.result().metadata["finish_reason"] == "tool_calls"
 
 
 def test_chat_completion_stream_rejects_errors_and_garbage() -> None:

@@ -127,8 +127,8 @@ class LlamaCppInferenceEngine(InferenceEngine):
             "active": len(d.active),
         }
 
-    def _check(self, generation: GenerationParams) -> None:
-        super()._check(generation)
+    def _check(self, generation: GenerationParams, *, tools: bool = False) -> None:
+        super()._check(generation, tools=tools)
         if hasattr(self, "_specs"):
             self._spec(generation)  # an invalid grammar or bias fails before the job starts
 

@@ -49,8 +49,8 @@ def _usage(usage: dict[str, Any]) -> Usage:
 
 
 def _content_blocks(message: Message) -> list[dict[str, Any]]:
-    if isinstance(message.content, str):
-        return [{"type": "text", "text": message.content}]
+    if not isinstance(message.content, list):
+        return [{"type": "text", "text": message.text}]
     blocks: list[dict[str, Any]] = []
     for item in message.content:
         if not item.is_image:
@@ -176,6 +176,9 @@ class AnthropicInferenceEngine(RemoteEngine):
         if guided is not None and guided.kind == "json":
             schema = close_objects(guided.schema_dict() or {})
             body["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
+        user = self.remote_params.user_id if self.remote_params is not None else None
+        if user:
+            body["metadata"] = {"user_id": user}
         return body
 
     def build_stream_request(self, conversation: Conversation, generation: GenerationParams) -> HttpRequest:

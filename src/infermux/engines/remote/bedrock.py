@@ -55,8 +55,8 @@ _CREDENTIALS_HINT = (
 
 
 def _blocks(message: Message) -> list[dict[str, Any]]:
-    if isinstance(message.content, str):
-        return [{"text": message.content}]
+    if not isinstance(message.content, list):
+        return [{"text": message.text}]
     blocks: list[dict[str, Any]] = []
     for item in message.content:
         if not item.is_image:

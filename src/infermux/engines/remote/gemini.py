@@ -38,8 +38,8 @@ _MAX_STOPS = 5
 
 
 def _parts(message: Message) -> list[dict[str, Any]]:
-    if isinstance(message.content, str):
-        return [{"text": message.content}]
+    if not isinstance(message.content, list):
+        return [{"text": message.text}]
     parts: list[dict[str, Any]] = []
     for item in message.content:
         if not item.is_image:

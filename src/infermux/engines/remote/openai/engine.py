@@ -23,9 +23,10 @@ from infermux.engines.remote.http.transport import HttpRequest
 from infermux.engines.remote.openai.batch_api import BatchApiMixin
 from infermux.engines.remote.openai.format import (
     chat_completions_url,
-    encode_message,
+    encode_messages,
     generation_fields,
     reply,
+    tool_fields,
 )
 from infermux.engines.remote.openai.providers import OPENAI_PARAMS
 from infermux.engines.remote.openai.stream import ChatCompletionStream
@@ -43,6 +44,7 @@ class RemoteInferenceEngine(BatchApiMixin, RemoteEngine):
         guided_decoding=frozenset({"json"}),
         images=True,
         streaming=True,
+        tools=True,
         notes=("min_p and stop_token_ids are sent as extra fields; servers that do not know them may reject them",),
     )
     requires_api_key = False
@@ -71,7 +73,7 @@ class RemoteInferenceEngine(BatchApiMixin, RemoteEngine):
         return {}
 
     def encode_messages(self, conversation: Conversation) -> list[dict[str, Any]]:
-        return [encode_message(m) for m in conversation.messages]
+        return encode_messages(conversation.messages)
 
     # ------------------------------------------------------------------ the protocol seam
     def _fields(self, generation: GenerationParams) -> dict[str, Any]:
@@ -80,6 +82,9 @@ class RemoteInferenceEngine(BatchApiMixin, RemoteEngine):
             fields = {"model": self.served_model_name()}
             fields.update(generation_fields(generation, supported, max_tokens_field=self.max_tokens_field))
             fields.update(self.extra_fields(generation))
+            user = self.remote_params.user_id if self.remote_params is not None else None
+            if user:
+                fields["user"] = user
             self._cached_fields = self.adjust_body(fields, generation)
             self._cached_generation = generation
         return self._cached_fields
@@ -87,6 +92,8 @@ class RemoteInferenceEngine(BatchApiMixin, RemoteEngine):
     def build_body(self, conversation: Conversation, generation: GenerationParams) -> dict[str, Any]:
         body = {"messages": self.encode_messages(conversation)}
         body.update(self._fields(generation))
+        if self.capabilities.tools:  # an engine that says it cannot do tools does not send them
+            body.update(tool_fields(conversation, generation))
         return body
 
     def parse_reply(self, conversation: Conversation, data: Any) -> Conversation:

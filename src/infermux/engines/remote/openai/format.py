@@ -12,15 +12,20 @@ from typing import Any
 from infermux.configs.generation_params import GenerationParams, GuidedDecodingParams
 from infermux.engines.remote.http.urls import endpoint_url
 from infermux.engines.remote.media import image_payload
-from infermux.types import ContentItem, Conversation, FinishReason, Message, Type, Usage
+from infermux.types import ContentItem, Conversation, FinishReason, Message, Role, Tool, ToolCall, Type, Usage
 
 __all__ = [
     "chat_completions_url",
     "encode_message",
+    "encode_messages",
+    "encode_tool",
+    "encode_tool_call",
     "generation_fields",
     "image_data_url",
     "json_response_format",
     "parse_chat_completion",
+    "parse_tool_calls",
+    "tool_fields",
 ]
 
 CHAT_PATH = "/chat/completions"
@@ -51,7 +56,8 @@ def image_data_url(item: ContentItem) -> str:
 
 
 def encode_message(message: Message, *, role: str | None = None) -> dict[str, Any]:
-    """One message: plain string content when it is text only, else text and ``image_url`` parts."""
+    """One message: plain string content when it is text only, else text and ``image_url`` parts; an
+    assistant turn's ``tool_calls`` and a tool turn's ``tool_call_id`` as OpenAI names them."""
     content = message.content
     if isinstance(content, list):
         if any(item.is_image for item in content):
@@ -65,7 +71,66 @@ def encode_message(message: Message, *, role: str | None = None) -> dict[str, An
             content_out = message.text
     else:
         content_out = content
-    return {"role": role or message.role.value, "content": content_out}
+    out: dict[str, Any] = {"role": role or message.role.value, "content": content_out}
+    if message.tool_calls:
+        out["tool_calls"] = [encode_tool_call(call) for call in message.tool_calls]
+    if message.tool_call_id is not None:
+        out["tool_call_id"] = message.tool_call_id
+    return out
+
+
+def encode_tool_call(call: ToolCall) -> dict[str, Any]:
+    """A call in a request's history: OpenAI's fields only (keys kept from other providers stay home)."""
+    function = {"name": call.function.name, "arguments": call.function.arguments}
+    out: dict[str, Any] = {"type": "function", "function": function}
+    if call.id is not None:
+        out["id"] = call.id
+    return out
+
+
+def encode_messages(messages: list[Message], *, system_role: str | None = None) -> list[dict[str, Any]]:
+    """The ``messages`` of a request. Calls without an id get one (``call_<turn>_<n>``) and a tool turn
+    without ``tool_call_id`` answers the next unanswered call, so data written without ids still makes a
+    request OpenAI-compatible servers accept."""
+    out: list[dict[str, Any]] = []
+    pending: list[str] = []
+    for turn, message in enumerate(messages):
+        encoded = encode_message(message, role=system_role if system_role and message.role == Role.SYSTEM else None)
+        if message.tool_calls:
+            pending = []
+            for n, call in enumerate(encoded["tool_calls"]):
+                call.setdefault("id", f"call_{turn}_{n}")
+                pending.append(call["id"])
+        elif message.role == Role.TOOL:
+            if "tool_call_id" not in encoded and pending:
+                encoded["tool_call_id"] = pending[0]
+            if encoded.get("tool_call_id") in pending:
+                pending.remove(encoded["tool_call_id"])
+        out.append(encoded)
+    return out
+
+
+_FUNCTION_FIELDS = ("name", "description", "parameters", "strict")
+
+
+def encode_tool(tool: Tool) -> dict[str, Any]:
+    """A tool as OpenAI defines one (``name``, ``description``, ``parameters``, ``strict``); other keys a
+    conversation carries stay in the data but are not sent (OpenAI rejects unknown fields)."""
+    given = tool.function.to_json_dict()
+    return {"type": "function", "function": {k: given[k] for k in _FUNCTION_FIELDS if k in given}}
+
+
+def tool_fields(conversation: Conversation, generation: GenerationParams) -> dict[str, Any]:
+    """``tools``, ``tool_choice`` and ``parallel_tool_calls`` for a conversation that offers tools
+    (servers reject ``tool_choice`` without ``tools``, so none is sent without them)."""
+    if not conversation.tools:
+        return {}
+    out: dict[str, Any] = {"tools": [encode_tool(tool) for tool in conversation.tools]}
+    if generation.tool_choice is not None:
+        out["tool_choice"] = generation.tool_choice
+    if not generation.parallel_tool_calls:
+        out["parallel_tool_calls"] = False
+    return out
 
 
 # ---------------------------------------------------------------------- generation parameters
@@ -77,7 +142,10 @@ def json_response_format(guided: GuidedDecodingParams) -> dict[str, Any]:
     """``response_format`` for a JSON-schema constraint (OpenAI's structured outputs shape)."""
     schema = guided.schema_dict() or {}
     name = _NAME_OK.sub("_", str(schema.get("title") or "output"))[:64] or "output"
-    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema}}
+    spec: dict[str, Any] = {"name": name, "schema": schema}
+    if guided.strict is not None:
+        spec["strict"] = guided.strict
+    return {"type": "json_schema", "json_schema": spec}
 
 
 def generation_fields(
@@ -113,13 +181,27 @@ def generation_fields(
 # ---------------------------------------------------------------------- replies
 
 
-def parse_chat_completion(data: Any) -> tuple[str, dict[str, Any]]:
-    """(answer text, metadata) from a chat-completion reply; raises on a malformed one.
+def parse_tool_calls(raw: Any) -> list[ToolCall] | None:
+    """A reply's ``tool_calls`` (None when there are none); raises on a malformed list."""
+    if not raw:
+        return None
+    if not isinstance(raw, list):
+        raise TypeError(f"message.tool_calls is {type(raw).__name__}, expected a list")
+    return [ToolCall.model_validate(call) for call in raw]
 
-    Metadata keeps ``usage``, ``finish_reason``, ``model`` and, when the server sends it,
-    ``reasoning_content`` (vLLM, DeepSeek, llama.cpp; also read from ``reasoning``), ``refusal`` and
-    ``tool_calls``. An empty ``choices`` list is a content-filter block (``finish_reason:
-    content_filter``), not a malformed reply.
+
+def finish_reason_for(reason: Any, tool_calls: list[ToolCall] | None) -> Any:
+    """The finish reason, ``tool_calls`` when the answer is a call that ended normally (vLLM says ``stop``
+    for a call it was made to produce)."""
+    return "tool_calls" if tool_calls and reason in (None, "stop") else reason
+
+
+def parse_chat_completion(data: Any) -> tuple[str, dict[str, Any], list[ToolCall] | None, str | None]:
+    """(answer text, metadata, tool calls, reasoning) from a chat-completion reply; raises on a malformed one.
+
+    Metadata keeps ``usage``, ``finish_reason``, ``model`` and ``refusal`` when the server sends one;
+    reasoning is read from ``reasoning_content`` (vLLM, DeepSeek, llama.cpp) or ``reasoning``. An empty
+    ``choices`` list is a content-filter block (``finish_reason: content_filter``), not a malformed reply.
     """
     if not isinstance(data, dict):
         raise TypeError(f"expected a JSON object, got {type(data).__name__}")
@@ -129,29 +211,27 @@ def parse_chat_completion(data: Any) -> tuple[str, dict[str, Any]]:
         blocked: dict[str, Any] = {"finish_reason": "content_filter", "model": data.get("model")}
         if data.get("prompt_filter_results"):
             blocked["prompt_filter_results"] = data["prompt_filter_results"]
-        return "", blocked
+        return "", blocked, None, None
     choice = data["choices"][0]
     message = choice["message"]
     content = message.get("content")
     if content is not None and not isinstance(content, str):
         raise TypeError(f"message.content is {type(content).__name__}, expected a string")
+    tool_calls = parse_tool_calls(message.get("tool_calls"))
     metadata: dict[str, Any] = {
-        "finish_reason": FinishReason.parse(choice.get("finish_reason")),
+        "finish_reason": FinishReason.parse(finish_reason_for(choice.get("finish_reason"), tool_calls)),
         "model": data.get("model"),
     }
     usage = Usage.from_openai(data.get("usage"))
     if usage is not None:
         metadata["usage"] = usage.to_json_dict()
-    reasoning = message.get("reasoning_content") or message.get("reasoning")
-    if reasoning:
-        metadata["reasoning_content"] = reasoning
-    for key in ("refusal", "tool_calls"):
-        if message.get(key):
-            metadata[key] = message[key]
-    return content or "", metadata
+    if message.get("refusal"):
+        metadata["refusal"] = message["refusal"]
+    reasoning = message.get("reasoning_content") or message.get("reasoning") or None
+    return content or "", metadata, tool_calls, reasoning
 
 
 def reply(conversation: Conversation, data: Any) -> Conversation:
     """``conversation`` answered with the reply in ``data``."""
-    text, metadata = parse_chat_completion(data)
-    return conversation.with_reply(text, metadata)
+    text, metadata, tool_calls, reasoning = parse_chat_completion(data)
+    return conversation.with_reply(text, metadata, tool_calls=tool_calls, reasoning_content=reasoning)

@@ -17,7 +17,7 @@ from typing import Any
 from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams
 from infermux.engines.remote.openai.engine import RemoteInferenceEngine
-from infermux.engines.remote.openai.format import encode_message
+from infermux.engines.remote.openai.format import encode_messages
 from infermux.engines.remote.openai.providers import provider_class
 from infermux.types import Conversation, Role
 
@@ -91,15 +91,11 @@ class OpenAIInferenceEngine(RemoteInferenceEngine):
         if not self.reasoning or not any(m.role == Role.SYSTEM for m in conversation.messages):
             return super().encode_messages(conversation)
         if not _NO_SYSTEM.match(self.served_model_name().lower()):
-            return [
-                encode_message(m, role="developer" if m.role == Role.SYSTEM else None) for m in conversation.messages
-            ]
+            return encode_messages(conversation.messages, system_role="developer")
         system = "\n\n".join(m.text for m in conversation.messages if m.role == Role.SYSTEM)
         out: list[dict[str, Any]] = []
-        for message in conversation.messages:
-            if message.role == Role.SYSTEM:
-                continue
-            encoded = encode_message(message)
+        turns = [m for m in conversation.messages if m.role != Role.SYSTEM]
+        for message, encoded in zip(turns, encode_messages(turns), strict=True):
             if system and message.role == Role.USER:
                 content = encoded["content"]
                 if isinstance(content, str):

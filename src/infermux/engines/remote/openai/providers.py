@@ -46,6 +46,7 @@ class Provider:
     images: bool = True
     notes: tuple[str, ...] = ()
     batch_api: bool = True  # OpenAI's Batch API (/v1/files + /v1/batches) is offered to this provider's users
+    tools: bool = True  # OpenAI's function calling (tools, tool_choice, tool_calls)
     quirks: str | None = None  # module defining the class when the provider needs code of its own
     max_items: Mapping[str, int] = field(default_factory=dict)  # documented limits (see Capabilities)
     value_ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
@@ -62,7 +63,7 @@ class Provider:
     @property
     def capabilities(self) -> Capabilities:
         return Capabilities(generation_params=self.params, guided_decoding=self.guided, images=self.images,
-                            streaming=True, notes=self.notes, batch_api=self.batch_api,
+                            streaming=True, notes=self.notes, batch_api=self.batch_api, tools=self.tools,
                             max_items=self.max_items, value_ranges=self.value_ranges)  # fmt: skip
 
 

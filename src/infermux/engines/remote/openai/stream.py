@@ -1,9 +1,11 @@
 """Streamed OpenAI chat completions: ``chat.completion.chunk`` events in, text deltas and the answer out.
 
 Each event's ``data`` is a chunk whose ``choices[0].delta`` carries the next piece of ``content`` (and,
-on reasoning servers, ``reasoning_content``/``reasoning``); the chunk with a ``finish_reason`` ends the
-choice; with ``stream_options.include_usage`` a last chunk with empty ``choices`` carries ``usage``;
-``data: [DONE]`` ends the stream. An ``{"error": ...}`` object inside the stream is a failure.
+on reasoning servers, ``reasoning_content``/``reasoning``, and pieces of ``tool_calls``, which carry an
+``index``: the first piece of a call brings its ``id`` and function ``name``, later ones more of its
+``arguments`` string); the chunk with a ``finish_reason`` ends the choice; with
+``stream_options.include_usage`` a last chunk with empty ``choices`` carries ``usage``; ``data: [DONE]``
+ends the stream. An ``{"error": ...}`` object inside the stream is a failure.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ import json
 from typing import Any
 
 from infermux.engines.remote.http.sse import SseEvent
+from infermux.engines.remote.openai.format import finish_reason_for
 from infermux.errors import RemoteError
-from infermux.types import Conversation, FinishReason, Usage
+from infermux.types import Conversation, FinishReason, FunctionCall, ToolCall, Usage
 
 __all__ = ["ChatCompletionStream"]
 
@@ -27,6 +30,7 @@ class ChatCompletionStream:
         self._text: list[str] = []
         self._reasoning: list[str] = []
         self._metadata: dict[str, Any] = {"finish_reason": None, "model": None}
+        self._calls: dict[int, dict[str, Any]] = {}
 
     def feed(self, event: SseEvent) -> str:
         if event.data.strip() == "[DONE]":
@@ -55,6 +59,8 @@ class ChatCompletionStream:
         reasoning = delta.get("reasoning_content") or delta.get("reasoning")
         if reasoning:
             self._reasoning.append(reasoning)
+        for piece in delta.get("tool_calls") or ():
+            self._add_call_piece(piece)
         content = delta.get("content")
         if content is None:
             return ""
@@ -63,8 +69,32 @@ class ChatCompletionStream:
         self._text.append(content)
         return content
 
+    def _add_call_piece(self, piece: Any) -> None:
+        if not isinstance(piece, dict):
+            raise TypeError(f"delta.tool_calls item is {type(piece).__name__}, expected an object")
+        index = piece.get("index", len(self._calls))
+        call = self._calls.setdefault(int(index), {"id": None, "name": "", "arguments": []})
+        if piece.get("id"):
+            call["id"] = piece["id"]
+        function = piece.get("function") or {}
+        if function.get("name"):
+            call["name"] += function["name"]
+        if function.get("arguments"):
+            call["arguments"].append(function["arguments"])
+
+    def tool_calls(self) -> list[ToolCall] | None:
+        """The calls assembled so far, in index order."""
+        if not self._calls:
+            return None
+        return [
+            ToolCall(id=c["id"], function=FunctionCall(name=c["name"], arguments="".join(c["arguments"]) or "{}"))
+            for _, c in sorted(self._calls.items())
+        ]
+
     def result(self) -> Conversation:
         metadata = dict(self._metadata)
-        if self._reasoning:
-            metadata["reasoning_content"] = "".join(self._reasoning)
-        return self.conversation.with_reply("".join(self._text), metadata)
+        calls = self.tool_calls()
+        metadata["finish_reason"] = finish_reason_for(metadata.get("finish_reason"), calls)
+        return self.conversation.with_reply(
+            "".join(self._text), metadata, tool_calls=calls, reasoning_content="".join(self._reasoning) or None
+        )

@@ -3,6 +3,8 @@
 * Guided decoding: ``json`` through ``response_format`` (as for any OpenAI server); ``regex`` and
   ``choice`` through vLLM's ``structured_outputs`` request field.
 * ``min_p`` and ``stop_token_ids`` are vLLM sampling parameters and are sent when set.
+* ``model.chat_template_kwargs`` (e.g. ``enable_thinking: false``) go out as vLLM's
+  ``chat_template_kwargs`` request field.
 * LoRA by name: with ``model.adapter_model`` set, requests name the adapter (as registered with
   ``vllm serve --enable-lora --lora-modules NAME=PATH``) instead of the base model.
 """
@@ -29,6 +31,7 @@ class RemoteVLLMInferenceEngine(RemoteInferenceEngine):
         images=True,
         lora=True,
         streaming=True,
+        tools=True,
     )
     requires_api_key = False
     default_num_workers = 32
@@ -38,9 +41,12 @@ class RemoteVLLMInferenceEngine(RemoteInferenceEngine):
         return self.model_params.adapter_model or self.model_params.model_name
 
     def extra_fields(self, generation: GenerationParams) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.model_params.chat_template_kwargs:
+            out["chat_template_kwargs"] = dict(self.model_params.chat_template_kwargs)
         guided = generation.guided_decoding
-        if guided is None or guided.kind == "json":
-            return {}
-        if guided.kind == "regex":
-            return {"structured_outputs": {"regex": guided.regex}}
-        return {"structured_outputs": {"choice": list(guided.choice or [])}}
+        if guided is not None and guided.kind == "regex":
+            out["structured_outputs"] = {"regex": guided.regex}
+        elif guided is not None and guided.kind == "choice":
+            out["structured_outputs"] = {"choice": list(guided.choice or [])}
+        return out

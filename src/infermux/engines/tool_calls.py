@@ -1,0 +1,146 @@
+"""Tool calling for engines that render a chat template and generate text themselves (VLLM, and the
+pieces NATIVE and LLAMACPP can share).
+
+* :func:`template_messages` / :func:`template_tools`: a conversation as the dicts Hugging Face chat
+  templates (and ``vllm.LLM.chat``) expect: calls with their ``arguments`` decoded to objects, tool
+  results with their ``tool_call_id``.
+* :func:`forced_schema` and :func:`calls_from_forced`: with ``tool_choice: required`` or a named
+  function, decoding is constrained to a JSON schema (the named function's ``parameters``; for
+  ``required``, a list of ``{"name", "parameters"}`` objects, one of the tools each, as vLLM's server
+  does) and the JSON read back as calls, so every call is valid JSON matching a tool's schema.
+* :func:`parse_hermes`: calls written in the Hermes ``<tool_call>{"name", "arguments"}</tool_call>``
+  markup, for engines without a parser library.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from typing import Any
+
+from infermux.configs.generation_params import GenerationParams
+from infermux.types import Conversation, FunctionCall, Tool, ToolCall
+
+__all__ = [
+    "calls_from_forced",
+    "forced_schema",
+    "new_call_id",
+    "parse_hermes",
+    "template_messages",
+    "template_tools",
+    "tools_key",
+]
+
+
+def new_call_id() -> str:
+    """A fresh id for a call a local model made (OpenAI's ``call_`` prefix)."""
+    return "call_" + uuid.uuid4().hex[:24]
+
+
+def _arguments_object(arguments: str) -> Any:
+    try:
+        return json.loads(arguments)
+    except ValueError:
+        return arguments  # invalid JSON from an earlier turn: the template gets the text as written
+
+
+def template_messages(conversation: Conversation) -> list[dict[str, Any]]:
+    """The conversation's messages for a chat template (text content; images are not rendered here)."""
+    out: list[dict[str, Any]] = []
+    for message in conversation.messages:
+        item: dict[str, Any] = {"role": message.role.value, "content": message.text}
+        if message.tool_calls:
+            item["tool_calls"] = [
+                {
+                    "id": call.id or new_call_id(),
+                    "type": "function",
+                    "function": {"name": call.function.name, "arguments": _arguments_object(call.function.arguments)},
+                }
+                for call in message.tool_calls
+            ]
+        if message.tool_call_id is not None:
+            item["tool_call_id"] = message.tool_call_id
+        out.append(item)
+    return out
+
+
+def template_tools(conversation: Conversation) -> list[dict[str, Any]] | None:
+    """The conversation's tools as chat templates read them (OpenAI's shape)."""
+    if not conversation.tools:
+        return None
+    return [tool.to_json_dict() for tool in conversation.tools]
+
+
+def tools_key(conversation: Conversation) -> str:
+    """Equal for conversations that offer the same tools (engines that take one tool list per call group
+    rows by it)."""
+    return json.dumps(template_tools(conversation), sort_keys=True)
+
+
+def _parameters(tool: Tool) -> dict[str, Any]:
+    return tool.function.parameters or {"type": "object", "properties": {}}
+
+
+def forced_schema(tools: list[Tool] | None, generation: GenerationParams) -> dict[str, Any] | None:
+    """The JSON schema that forces a call, for ``tool_choice`` ``required`` or a named function; None
+    when the model chooses freely. Raises ``ValueError`` when the named function is not among ``tools``."""
+    if not tools:
+        return None
+    forced = generation.forced_tool
+    if forced is not None:
+        for tool in tools:
+            if tool.name == forced:
+                return _parameters(tool)
+        raise ValueError(f"tool_choice names {forced!r}, which is not among this conversation's tools")
+    if generation.tool_choice != "required":
+        return None
+    one_of = [
+        {
+            "type": "object",
+            "properties": {"name": {"type": "string", "enum": [tool.name]}, "parameters": _parameters(tool)},
+            "required": ["name", "parameters"],
+        }
+        for tool in tools
+    ]
+    schema: dict[str, Any] = {"type": "array", "minItems": 1, "items": {"anyOf": one_of}}
+    if not generation.parallel_tool_calls:
+        schema["maxItems"] = 1
+    return schema
+
+
+def calls_from_forced(text: str, generation: GenerationParams) -> list[ToolCall]:
+    """The calls in ``text``, generated under :func:`forced_schema`; raises ``ValueError`` when the text
+    is not that JSON (a generation cut short by ``max_new_tokens``)."""
+    data = json.loads(text)
+    forced = generation.forced_tool
+    if forced is not None:
+        return [ToolCall(id=new_call_id(), function=FunctionCall(name=forced, arguments=data))]
+    if not isinstance(data, list):
+        raise ValueError("expected a JSON list of calls")
+    return [
+        ToolCall(id=new_call_id(), function=FunctionCall(name=item["name"], arguments=item.get("parameters", {})))
+        for item in data
+    ]
+
+
+_HERMES = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
+
+
+def parse_hermes(text: str) -> tuple[str | None, list[ToolCall] | None]:
+    """(text before the calls, calls) from Hermes markup; ``(text, None)`` when there is no valid call."""
+    start = text.find("<tool_call>")
+    if start < 0:
+        return text, None
+    calls: list[ToolCall] = []
+    for body in _HERMES.findall(text[start:]):
+        try:
+            data = json.loads(body)
+            calls.append(
+                ToolCall(
+                    id=new_call_id(), function=FunctionCall(name=data["name"], arguments=data.get("arguments", {}))
+                )
+            )
+        except (ValueError, KeyError, TypeError):
+            return text, None  # malformed markup stays text rather than becoming a half-call
+    return (text[:start].strip() or None), calls or None
