@@ -36,6 +36,7 @@ logger = logging.getLogger("infermux.serve")
 
 STATIC = Path(__file__).resolve().parent / "static"
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
+_INPUT_KINDS = frozenset({"invalid_input", "chat_template_error", "bad_conversation", "unsupported_input"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -242,7 +243,7 @@ class _Run:
             if self.state.batcher is not None:
                 result = await self.state.batcher.answer(conversation, generation)
                 if isinstance(result, RowError):
-                    raise RemoteError(result.message, status=result.status, kind=result.kind)
+                    raise self._row_error(result)
                 self._started()
                 yield StreamEvent(delta=result.last_message.text)
                 yield StreamEvent(conversation=result, metadata=dict(result.metadata))
@@ -255,6 +256,13 @@ class _Run:
         except InfermuxError as exc:
             raise self._api_error(exc) from None
 
+    def _row_error(self, error: RowError) -> ApiError:
+        message = self.state.redact(error.message)
+        logger.warning("request failed (%s): %s", error.kind, message)
+        if error.kind in _INPUT_KINDS:
+            return ApiError(message, status=400, code=error.kind)
+        return ApiError(f"The engine failed on this request: {message}", status=500, type="server_error")
+
     def _api_error(self, exc: InfermuxError) -> ApiError:
         message = self.state.redact(str(exc))
         if isinstance(exc, RemoteError):
@@ -263,7 +271,7 @@ class _Run:
                 return ApiError(message, status=429, type="rate_limit_error", code="rate_limit_exceeded")
             if exc.status in (400, 404, 413, 422):
                 return ApiError(message, status=400, code="upstream_rejected")
-            if exc.kind in ("invalid_input", "generation_error", "chat_template_error", "unsupported_input"):
+            if exc.kind in _INPUT_KINDS:
                 return ApiError(message, status=400, code=exc.kind)
             return ApiError(f"The upstream server failed: {message}", status=502, type="server_error")
         if isinstance(exc, InputError):
