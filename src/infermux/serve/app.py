@@ -224,6 +224,13 @@ class _Run:
 
     def finish(self) -> None:
         metrics = self.state.metrics
+        logger.info(
+            "chat %s %s: %.2fs, first token %s",
+            self.cid,
+            "stream" if self.prepared.stream else "whole",
+            time.monotonic() - self.start,
+            f"{self.first - self.start:.2f}s" if self.first is not None else "-",
+        )
         if self.first is None:
             metrics.queued -= 1
         if self.generating:
