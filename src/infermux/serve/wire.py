@@ -135,10 +135,11 @@ def parse_request(data: Any) -> ChatRequest:
 
 
 def _from_validation(exc: ValidationError) -> ApiError:
-    err = exc.errors(include_url=False)[0]
-    loc = [str(p) for p in err["loc"] if not (isinstance(p, str) and p in ("TextPart", "ImagePart"))]
-    # Union members add their type names to the location: keep the path the client wrote.
-    loc = [p for p in loc if not p.startswith(("str", "list[", "function-", "literal"))]
+    # Union members add their type names to the location: keep only the path the client wrote. Of the
+    # errors a union reports (one per member), the deepest is the one that says what is wrong.
+    errors = exc.errors(include_url=False)
+    located = [([str(p) for p in e["loc"] if not _is_union_tag(p)], e) for e in errors]
+    loc, err = max(located, key=lambda pair: len(pair[0]))
     param = ".".join(loc) or None
     if err["type"] == "extra_forbidden":
         return ApiError(f"Unrecognized request argument supplied: {param}", param=param)
@@ -147,6 +148,13 @@ def _from_validation(exc: ValidationError) -> ApiError:
     value = err.get("input")
     shown = repr(value)[:80] if not isinstance(value, (dict, list)) else type(value).__name__
     return ApiError(f"Invalid value for '{param}': {err['msg']} (got {shown}).", param=param, code="invalid_value")
+
+
+_TAGS = frozenset({"str", "int", "float", "bool", "none", "TextPart", "ImagePart"})
+
+
+def _is_union_tag(part: str | int) -> bool:
+    return isinstance(part, str) and (part in _TAGS or part.startswith(("list[", "dict[", "function-", "literal[")))
 
 
 # ---------------------------------------------------------------------- request → infermux
