@@ -149,6 +149,10 @@ def test_unsupported_parameter_is_refused_before_the_upstream(gateway: Served, f
     assert not fake.requests
 
 
-def test_config_file_shows_no_key(gateway: Served) -> None:
+def test_no_route_shows_a_key(gateway: Served) -> None:
+    for path in ("/health", "/metrics", "/v1/models", "/"):
+        request = urllib.request.Request(gateway.url + path, headers={"Authorization": f"Bearer {GATEWAY_KEY}"})
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            assert_no_keys(resp.read().decode() + str(resp.headers))
     assert Path(gateway.log_path).exists()
     assert_no_keys(gateway.log())

@@ -307,7 +307,11 @@ class _Run:
                 async for event in events:
                     if response is None:  # headers go out with the first event: earlier errors get a status
                         response = web.StreamResponse(
-                            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+                            headers={
+                                "Content-Type": "text/event-stream",
+                                "Cache-Control": "no-cache",
+                                "X-Accel-Buffering": "no",
+                            }
                         )
                         await response.prepare(request)
                         await self._send(response, {"role": "assistant", "content": ""})
