@@ -324,9 +324,13 @@ class _Run:
                 raise
             self.state.metrics.errors[str(exc.status)] += 1
             await _write(response, exc.body())
-        except (ConnectionResetError, asyncio.CancelledError):
+        except asyncio.CancelledError:
             self.state.metrics.errors["499"] += 1  # the client went away: its generation was stopped
             raise
+        except ConnectionResetError:  # noticed on a write: leaving the ``async with`` stopped the generation
+            self.state.metrics.errors["499"] += 1
+            assert response is not None
+            return response
         except Exception as exc:
             if response is None:
                 raise
