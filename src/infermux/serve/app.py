@@ -24,7 +24,7 @@ from aiohttp import web
 
 from infermux.configs.generation_params import GenerationParams
 from infermux.engines.base import InferenceEngine, StreamEvent
-from infermux.errors import InfermuxError, InputError, RemoteError, RowError
+from infermux.errors import ErrorKind, InfermuxError, InputError, RemoteError, RowError
 from infermux.serve import wire
 from infermux.serve.batcher import Batcher, needs_batcher
 from infermux.serve.metrics import CONTENT_TYPE, Metrics
@@ -36,7 +36,7 @@ logger = logging.getLogger("infermux.serve")
 
 STATIC = Path(__file__).resolve().parent / "static"
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
-_INPUT_KINDS = frozenset({"invalid_input", "chat_template_error", "bad_conversation", "unsupported_input"})
+_INPUT_KINDS = frozenset({ErrorKind.INVALID_INPUT, ErrorKind.UNSUPPORTED_INPUT})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -274,7 +274,7 @@ class _Run:
         message = self.state.redact(str(exc))
         if isinstance(exc, RemoteError):
             logger.warning("upstream error (%s): %s", exc.status or exc.kind, message)
-            if exc.status == 429:
+            if exc.status == 429 or exc.kind == ErrorKind.RATE_LIMITED:
                 return ApiError(message, status=429, type="rate_limit_error", code="rate_limit_exceeded")
             if exc.status in (400, 404, 413, 422):
                 return ApiError(message, status=400, code="upstream_rejected")

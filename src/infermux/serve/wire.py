@@ -319,10 +319,13 @@ def usage_of(metadata: dict[str, Any]) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": done, "total_tokens": prompt + done}
 
 
+_OPENAI_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter"})
+
+
 def finish_reason_of(metadata: dict[str, Any]) -> str:
-    reason = metadata.get("finish_reason")
-    reason = getattr(reason, "value", reason)  # a FinishReason enum, once engines return one
-    return str(reason) if reason else "stop"
+    """OpenAI's finish reason for an answer (ours has ``error``/``unknown`` too, which OpenAI has not)."""
+    reason = str(getattr(metadata.get("finish_reason"), "value", metadata.get("finish_reason")) or "")
+    return reason if reason in _OPENAI_REASONS else "stop"
 
 
 def completion(cid: str, model: str, created: int, text: str, metadata: dict[str, Any]) -> dict[str, Any]:
