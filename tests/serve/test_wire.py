@@ -127,6 +127,9 @@ def test_response_objects() -> None:
     assert done["usage"] == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
     assert wire.chunk("id1", "m", 1, None, usage=done["usage"], include_usage=True)["choices"] == []
     assert "usage" not in wire.chunk("id1", "m", 1, {"content": "x"})
+    assert [wire.finish_reason_of({"finish_reason": r}) for r in ("length", "unknown", "error", None)] == [
+        "length", "stop", "stop", "stop"
+    ]  # fmt: skip
 
 
 def test_metrics_render_histograms_cumulatively() -> None:
