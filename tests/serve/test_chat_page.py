@@ -101,7 +101,7 @@ def test_streams_an_answer_and_shows_tokens_per_second(browser: Any) -> None:
 
 def test_multi_turn_history_system_prompt_and_api_key(browser: Any) -> None:
     key = "gw-browser-key-4242"
-    with FakeOpenAIChat(key="sk-up-1234567890") as fake:
+    with FakeOpenAIChat(api_key="sk-up-1234567890") as fake:
         assert isinstance(fake, FakeOpenAIChat)
         args = ("--engine", "REMOTE", "--model.model_name", "gpt-fake", "--remote_params.api_url", fake.url + "/v1",
                 "--remote_params.api_key", "sk-up-1234567890")  # fmt: skip

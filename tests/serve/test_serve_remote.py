@@ -23,7 +23,7 @@ GATEWAY_KEY = "gw-key-51c0ffee9a7b"
 
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[FakeOpenAIChat]:
-    with FakeOpenAIChat(key=UPSTREAM_KEY) as fake:
+    with FakeOpenAIChat(api_key=UPSTREAM_KEY) as fake:
         assert isinstance(fake, FakeOpenAIChat)
         yield fake
 
@@ -45,10 +45,10 @@ def gateway(upstream: FakeOpenAIChat, tmp_path_factory: pytest.TempPathFactory) 
 @pytest.fixture
 def fake(upstream: FakeOpenAIChat) -> Iterator[FakeOpenAIChat]:
     upstream.clear()
-    upstream.key = UPSTREAM_KEY
+    upstream.api_key = UPSTREAM_KEY
     yield upstream
     upstream.clear()
-    upstream.key = UPSTREAM_KEY
+    upstream.api_key = UPSTREAM_KEY
 
 
 def sdk(gateway: Served, key: str = GATEWAY_KEY) -> openai.OpenAI:
@@ -110,7 +110,7 @@ def test_a_rate_limit_storm_is_ridden_out_and_lasting_failures_are_502(gateway: 
 
 
 def test_upstream_key_never_reaches_the_client_or_the_log(gateway: Served, fake: FakeOpenAIChat) -> None:
-    fake.key = "sk-some-other-key-000"  # now the upstream rejects ours and echoes it back, as OpenAI does
+    fake.api_key = "sk-some-other-key-000"  # now the upstream rejects ours and echoes it back, as OpenAI does
     with pytest.raises(openai.APIStatusError) as caught:
         chat(gateway, "hi")
     assert caught.value.status_code == 502  # the gateway's own credentials failed, not the client's
@@ -123,7 +123,7 @@ def test_upstream_key_never_reaches_the_client_or_the_log(gateway: Served, fake:
             )
         )
     assert_no_keys(json.dumps(streamed.value.body))
-    fake.key = UPSTREAM_KEY
+    fake.api_key = UPSTREAM_KEY
     assert chat(gateway, "ok").choices[0].message.content
     log = gateway.log()
     assert "upstream" in log.lower()  # the failure was logged...
