@@ -62,8 +62,18 @@ $(VENV)/.ray: | $(VENV)/.core
 	$(PIP) install -q '$(RAY)'
 	touch $@
 
+# A real browser for the chat page's test (`infermux serve`): Debian's chromium and its driver. Skipped
+# quietly when they are already there; needs root (or sudo) for apt-get the first time.
+$(VENV)/.browser: | $(VENV)/.core
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq >/dev/null && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	fi
+	touch $@
+
 install-demo: $(VENV)/.core $(VENV)/.llamacpp
-install-test: $(VENV)/.core $(VENV)/.llamacpp $(VENV)/.native $(VENV)/.vllm $(VENV)/.cloud $(VENV)/.ray
+install-test: $(VENV)/.core $(VENV)/.llamacpp $(VENV)/.native $(VENV)/.vllm $(VENV)/.cloud $(VENV)/.ray $(VENV)/.browser
 install: install-test
 
 demo: install-demo

@@ -1,3 +1,4 @@
 from infermux.cli.main import main
 
-main()
+if __name__ == "__main__":  # vLLM starts workers with spawn, which re-imports this module
+    main()

@@ -18,6 +18,8 @@ Also checked as the API does: ``logit_bias`` values within [-100, 100]; with ``a
 ``Authorization: Bearer <key>`` (401 ``invalid_api_key`` otherwise). :meth:`FakeServer.fail_next`
 scripts other replies, e.g. :data:`QUOTA_BODY`: the 429 OpenAI sends when the account's quota or
 credits are used up, with no ``Retry-After``.
+The 401 echoes the key it got, as OpenAI's does (a gateway must not pass that on).
+``GET /v1/models`` lists ``model``.
 
 ``burst=True`` (the default) writes the whole stream in one go, as a server that generates faster than
 the network delivers does: the client receives many events in one read. That is the case where a
@@ -50,15 +52,28 @@ QUOTA_BODY = {
 
 class FakeOpenAIChat(FakeServer):
     def __init__(
-        self, responder: Responder = default_responder, *, burst: bool = True, api_key: str | None = None
+        self,
+        responder: Responder = default_responder,
+        *,
+        burst: bool = True,
+        api_key: str | None = None,
+        model: str = "gpt-fake",
     ) -> None:
         super().__init__()
         self.responder = responder
         self.burst = burst
         self.api_key = api_key
+        self.model = model
 
     def routes(self) -> list[tuple[str, str, Handler]]:
-        return [("POST", "/v1/chat/completions", self._handle), ("POST", "/chat/completions", self._handle)]
+        return [
+            ("POST", "/v1/chat/completions", self._handle),
+            ("POST", "/chat/completions", self._handle),
+            ("GET", "/v1/models", self._models),
+        ]
+
+    async def _models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": self.model, "object": "model"}]})
 
     def error_body(self, status: int, message: str) -> Any:
         kind = "invalid_request_error" if status < 500 else "server_error"
@@ -66,8 +81,9 @@ class FakeOpenAIChat(FakeServer):
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         if self.api_key is not None and request.headers.get("Authorization") != f"Bearer {self.api_key}":
-            error = {"message": "Incorrect API key provided.", "type": "invalid_request_error", "param": None,
-                     "code": "invalid_api_key"}  # fmt: skip
+            shown = request.headers.get("Authorization", "").removeprefix("Bearer ")
+            error = {"message": f"Incorrect API key provided: {shown}.", "type": "invalid_request_error",
+                     "param": None, "code": "invalid_api_key"}  # fmt: skip
             return web.json_response({"error": error}, status=401)
         try:
             body = json.loads(await request.read())

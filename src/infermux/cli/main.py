@@ -22,7 +22,7 @@ from infermux.cli.options import (
 
 app = typer.Typer(
     name="infermux",
-    help="Run LLM inference on local or remote engines: batch JSONL jobs and interactive chat.",
+    help="Run LLM inference on local or remote engines: batch JSONL jobs, chat, an OpenAI-compatible server.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -98,6 +98,38 @@ def chat(
         images=image or [],
         engine=engine,
         strict=strict,
+        log_level=log_level,
+    )
+
+
+@app.command(context_settings=EXTRA_ARGS)
+def serve(
+    ctx: typer.Context,
+    config: str | None = ConfigOpt,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; other than loopback needs --api-key."),
+    port: int = typer.Option(8000, "--port", help="TCP port (0 picks a free one)."),
+    api_key: str | None = typer.Option(
+        None, "--api-key", envvar="INFERMUX_API_KEY", show_envvar=True, help="Key clients must send as a Bearer token."
+    ),
+    engine: str | None = EngineOpt,
+    model_name: str | None = typer.Option(
+        None, "--served-model-name", help="Model name clients send (default: the config's model_name)."
+    ),
+    max_body_mb: float = typer.Option(8.0, "--max-body-mb", help="Largest request body accepted, in MiB."),
+    log_level: str = LogOpt,
+) -> None:
+    """Serve the config's model over an OpenAI-compatible HTTP API, with a chat page at /."""
+    from infermux.cli.serve_cmd import run_serve
+
+    run_serve(
+        config=config,
+        overrides=list(ctx.args),
+        engine=engine,
+        host=host,
+        port=port,
+        api_key=api_key,
+        model_name=model_name,
+        max_body_mb=max_body_mb,
         log_level=log_level,
     )
 

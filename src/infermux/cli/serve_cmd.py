@@ -1,0 +1,81 @@
+"""``infermux serve``: load the engine, check the binding is safe, run the OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import sys
+
+from infermux.cli.common import fail, load_cli_config, setup_logging, user_errors
+
+API_KEY_ENV = "INFERMUX_API_KEY"
+
+logger = logging.getLogger("infermux.serve")
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def run_serve(
+    *,
+    config: str | None,
+    overrides: list[str],
+    engine: str | None,
+    host: str,
+    port: int,
+    api_key: str | None,
+    model_name: str | None,
+    max_body_mb: float,
+    log_level: str,
+) -> None:
+    setup_logging(log_level)
+    api_key = api_key or None
+    if not is_loopback(host) and not api_key:
+        fail(
+            f"refusing to serve on {host} without an API key: anyone who can reach this machine could use it. "
+            f"Set --api-key (or the {API_KEY_ENV} environment variable), or bind 127.0.0.1."
+        )
+    if api_key is not None and len(api_key) < 8:
+        fail("--api-key must be at least 8 characters.")
+    if not 0 <= port <= 65535:
+        fail(f"--port {port} is not a TCP port (0-65535).")
+    if max_body_mb <= 0:
+        fail("--max-body-mb must be positive.")
+    with user_errors():
+        cfg = load_cli_config(config, overrides, engine=engine)
+        if cfg.input_path or cfg.output_path:
+            logger.warning("input_path/output_path in the config are ignored by serve.")
+        from infermux.engines.registry import build_engine
+
+        built = build_engine(cfg)
+    try:
+        _serve(built, cfg.generation, model_name or cfg.model.model_name, host, port, api_key, max_body_mb)
+    finally:
+        built.close()
+
+
+def _serve(engine, defaults, served: str, host: str, port: int, api_key: str | None, max_body_mb: float) -> None:  # type: ignore[no-untyped-def]
+    from aiohttp import web
+
+    from infermux.serve.app import create_app
+
+    app = create_app(engine, served_model=served, defaults=defaults, api_key=api_key, max_body=int(max_body_mb * 2**20))
+    shown = f"[{host}]" if ":" in host else host
+
+    def announce(message: object) -> None:
+        sys.stderr.write(
+            f"serving {served} on {engine.name} at http://{shown}:{port}  (OpenAI API under /v1, chat page at /)"
+            f"{'; API key required' if api_key else ''}\n"
+        )
+        sys.stderr.flush()
+
+    try:
+        web.run_app(app, host=host, port=port, print=announce, access_log=None, handler_cancellation=True)
+    except OSError as exc:
+        fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}. Choose another --port or --host.")

@@ -1,0 +1,361 @@
+"""The aiohttp application: OpenAI routes over one infermux engine, metrics, health and the chat page.
+
+Each chat request runs as its own task and calls ``engine.astream`` (engines that batch, like LLAMACPP's
+multi-sequence decoder, join concurrent calls; local engines without streaming go through a
+:class:`~infermux.serve.batcher.Batcher`). The engine's job is opened once for the server's life, so a
+remote engine keeps one transport: its retries, ``Retry-After`` handling and adaptive concurrency apply
+across all clients. A client that disconnects cancels its request's task, which stops its generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from infermux.configs.generation_params import GenerationParams
+from infermux.engines.base import InferenceEngine, StreamEvent
+from infermux.errors import ErrorKind, InfermuxError, InputError, RemoteError, RowError
+from infermux.serve import wire
+from infermux.serve.batcher import Batcher, needs_batcher
+from infermux.serve.metrics import CONTENT_TYPE, Metrics
+from infermux.serve.wire import ApiError
+
+__all__ = ["DEFAULT_MAX_BODY", "ServerState", "create_app"]
+
+logger = logging.getLogger("infermux.serve")
+
+STATIC = Path(__file__).resolve().parent / "static"
+DEFAULT_MAX_BODY = 8 * 1024 * 1024
+_INPUT_KINDS = frozenset({ErrorKind.INVALID_INPUT, ErrorKind.UNSUPPORTED_INPUT})
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class ServerState:
+    engine: InferenceEngine
+    served_model: str
+    defaults: GenerationParams
+    api_key: str | None = None
+    metrics: Metrics = field(init=False)
+    batcher: Batcher | None = None
+    secrets: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.metrics = Metrics(self.served_model, self.engine.name)
+        self.secrets = tuple(s for s in (*getattr(self.engine, "_secrets", ()), self.api_key) if s)
+
+    def redact(self, text: str) -> str:
+        for secret in self.secrets:
+            if len(secret) >= 4:
+                text = text.replace(secret, "***")
+        return text
+
+
+STATE: Any = web.AppKey("infermux_state", ServerState) if hasattr(web, "AppKey") else "infermux_state"
+
+
+def create_app(
+    engine: InferenceEngine,
+    *,
+    served_model: str,
+    defaults: GenerationParams | None = None,
+    api_key: str | None = None,
+    max_body: int = DEFAULT_MAX_BODY,
+) -> web.Application:
+    state = ServerState(engine, served_model, defaults or engine.generation_params, api_key)
+    app = web.Application(middlewares=[_errors, _auth], client_max_size=max_body)
+    app[STATE] = state
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/v1/models/{model:.+}", model_info)
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/", index)
+    app.router.add_static("/static/", STATIC, follow_symlinks=False)
+    app.on_startup.append(_start)
+    app.on_cleanup.append(_stop)
+    return app
+
+
+async def _start(app: web.Application) -> None:
+    state: ServerState = app[STATE]
+    if needs_batcher(state.engine):
+        state.batcher = Batcher(state.engine)
+    await state.engine._start_job()  # one job for the server's life (a remote engine keeps its transport)
+
+
+async def _stop(app: web.Application) -> None:
+    state: ServerState = app[STATE]
+    if state.batcher is not None:
+        await state.batcher.close()
+    await state.engine._end_job()
+
+
+# ---------------------------------------------------------------------- middlewares
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    state: ServerState = request.app[STATE]
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        error = exc
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.status)
+        message = f"{request.method} {request.path}: {exc.reason}."
+        if exc.status == 413:
+            message = f"The request body is larger than this server's limit of {request.app._client_max_size} bytes."
+        error = ApiError(message, status=exc.status, code=code)
+    except Exception as exc:  # a bug or an engine failure: the client gets a message, never a traceback
+        logger.error("internal error on %s %s: %s", request.method, request.path, state.redact(repr(exc)))
+        logger.debug("traceback", exc_info=True)
+        error = ApiError("The server had an error while processing your request.", status=500, type="server_error")
+    state.metrics.errors[str(error.status)] += 1
+    return web.json_response(error.body(), status=error.status, headers=error.headers)
+
+
+@web.middleware
+async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    key = request.app[STATE].api_key
+    if key and (request.path.startswith("/v1/") or request.path == "/metrics"):
+        given = request.headers.get("Authorization", "")
+        token = given[7:] if given[:7].lower() == "bearer " else ""
+        if not hmac.compare_digest(token.encode(), key.encode()):
+            raise ApiError(
+                "Incorrect or missing API key: send 'Authorization: Bearer <key>' with the server's --api-key.",
+                status=401,
+                code="invalid_api_key",
+            )
+    return await handler(request)
+
+
+# ---------------------------------------------------------------------- simple routes
+
+
+def _model_card(state: ServerState) -> dict[str, Any]:
+    return {"id": state.served_model, "object": "model", "created": 0, "owned_by": "infermux"}
+
+
+async def models(request: web.Request) -> web.Response:
+    return web.json_response({"object": "list", "data": [_model_card(request.app[STATE])]})
+
+
+async def model_info(request: web.Request) -> web.Response:
+    state: ServerState = request.app[STATE]
+    if request.match_info["model"] != state.served_model:
+        raise ApiError(f"The model `{request.match_info['model']}` does not exist.", status=404, code="model_not_found")
+    return web.json_response(_model_card(state))
+
+
+async def health(request: web.Request) -> web.Response:
+    state: ServerState = request.app[STATE]
+    return web.json_response({"status": "ok", "model": state.served_model, "engine": state.engine.name})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[STATE].metrics.render()
+    return web.Response(body=body.encode(), headers={"Content-Type": CONTENT_TYPE})
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+# ---------------------------------------------------------------------- chat completions
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    state: ServerState = request.app[STATE]
+    body = await request.read()
+    try:
+        data = json.loads(body)
+    except ValueError as exc:
+        raise ApiError(f"We could not parse the JSON body of your request ({exc}).", code="invalid_json") from None
+    prepared = wire.prepare(
+        data,
+        served_model=state.served_model,
+        defaults=state.defaults,
+        caps=state.engine.capabilities,
+        engine_name=state.engine.name,
+    )
+    state.metrics.requests["stream" if prepared.stream else "non_stream"] += 1
+    run = _Run(state, prepared)
+    try:
+        if prepared.stream:
+            return await run.stream(request)
+        return await run.whole()
+    finally:
+        run.finish()
+
+
+class _Run:
+    """One request from acceptance to its last byte, keeping the metrics' gauges right."""
+
+    def __init__(self, state: ServerState, prepared: wire.Prepared) -> None:
+        self.state = state
+        self.prepared = prepared
+        self.cid = wire.new_id()
+        self.created = wire.now()
+        self.start = time.monotonic()
+        self.first: float | None = None
+        self.generating = False
+        state.metrics.queued += 1
+
+    def _started(self) -> None:
+        if self.first is None:
+            self.first = time.monotonic()
+            self.state.metrics.ttft.observe(self.first - self.start)
+            self.state.metrics.queued -= 1
+            self.state.metrics.in_flight += 1
+            self.generating = True
+
+    def finish(self) -> None:
+        metrics = self.state.metrics
+        logger.info(
+            "chat %s %s: %.2fs, first token %s",
+            self.cid,
+            "stream" if self.prepared.stream else "whole",
+            time.monotonic() - self.start,
+            f"{self.first - self.start:.2f}s" if self.first is not None else "-",
+        )
+        if self.first is None:
+            metrics.queued -= 1
+        if self.generating:
+            metrics.in_flight -= 1
+            self.generating = False
+            metrics.latency.observe(time.monotonic() - self.start)
+
+    def _count(self, final: StreamEvent) -> None:
+        usage = wire.usage_of(final.metadata)
+        self.state.metrics.prompt_tokens += usage["prompt_tokens"]
+        self.state.metrics.completion_tokens += usage["completion_tokens"]
+
+    async def events(self) -> AsyncIterator[StreamEvent]:
+        """The engine's events, with engine failures turned into :class:`ApiError`."""
+        conversation, generation = self.prepared.conversation, self.prepared.generation
+        try:
+            if self.state.batcher is not None:
+                result = await self.state.batcher.answer(conversation, generation)
+                if isinstance(result, RowError):
+                    raise self._row_error(result)
+                self._started()
+                yield StreamEvent(delta=result.last_message.text)
+                yield StreamEvent(conversation=result, metadata=dict(result.metadata))
+                return
+            stream = self.state.engine.astream(conversation, generation)
+            async with contextlib.aclosing(stream):  # type: ignore[type-var]
+                async for event in stream:
+                    self._started()
+                    yield event
+        except InfermuxError as exc:
+            raise self._api_error(exc) from None
+
+    def _row_error(self, error: RowError) -> ApiError:
+        message = self.state.redact(error.message)
+        logger.warning("request failed (%s): %s", error.kind, message)
+        if error.kind in _INPUT_KINDS:
+            return ApiError(message, status=400, code=error.kind)
+        return ApiError(f"The engine failed on this request: {message}", status=500, type="server_error")
+
+    def _api_error(self, exc: InfermuxError) -> ApiError:
+        message = self.state.redact(str(exc))
+        if isinstance(exc, RemoteError):
+            logger.warning("upstream error (%s): %s", exc.status or exc.kind, message)
+            if exc.status == 429 or exc.kind == ErrorKind.RATE_LIMITED:
+                return ApiError(message, status=429, type="rate_limit_error", code="rate_limit_exceeded")
+            if exc.status in (400, 404, 413, 422):
+                return ApiError(message, status=400, code="upstream_rejected")
+            if exc.kind in _INPUT_KINDS:
+                return ApiError(message, status=400, code=exc.kind)
+            return ApiError(f"The upstream server failed: {message}", status=502, type="server_error")
+        if isinstance(exc, InputError):
+            return ApiError(message, status=400, code="invalid_input")
+        return ApiError(message, status=400)
+
+    async def whole(self) -> web.Response:
+        text: list[str] = []
+        final: StreamEvent | None = None
+        async for event in self.events():
+            if event.final:
+                final = event
+            else:
+                text.append(event.delta)
+        assert final is not None and final.conversation is not None
+        self._count(final)
+        reply = final.conversation.last_message.text if final.conversation else "".join(text)
+        model = self.state.served_model
+        return web.json_response(wire.completion(self.cid, model, self.created, reply, final.metadata))
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        events = self.events()
+        response: web.StreamResponse | None = None
+        try:
+            async with contextlib.aclosing(events):  # type: ignore[type-var]
+                async for event in events:
+                    if response is None:  # headers go out with the first event: earlier errors get a status
+                        response = web.StreamResponse(
+                            headers={
+                                "Content-Type": "text/event-stream",
+                                "Cache-Control": "no-cache",
+                                "X-Accel-Buffering": "no",
+                            }
+                        )
+                        await response.prepare(request)
+                        await self._send(response, {"role": "assistant", "content": ""})
+                    if event.final:
+                        await self._finish_stream(response, event)
+                    elif event.delta:
+                        await self._send(response, {"content": event.delta})
+        except ApiError as exc:
+            if response is None:
+                raise
+            self.state.metrics.errors[str(exc.status)] += 1
+            await _write(response, exc.body())
+        except asyncio.CancelledError:
+            self.state.metrics.errors["499"] += 1  # the client went away: its generation was stopped
+            raise
+        except ConnectionResetError:  # noticed on a write: leaving the ``async with`` stopped the generation
+            self.state.metrics.errors["499"] += 1
+            assert response is not None
+            return response
+        except Exception as exc:
+            if response is None:
+                raise
+            logger.error("internal error while streaming: %s", self.state.redact(repr(exc)))
+            error = ApiError("The server had an error while processing your request.", status=500, type="server_error")
+            self.state.metrics.errors["500"] += 1
+            await _write(response, error.body())
+        assert response is not None
+        await response.write_eof()
+        return response
+
+    async def _send(self, response: web.StreamResponse, delta: dict[str, Any]) -> None:
+        inc = self.prepared.include_usage
+        await _write(response, wire.chunk(self.cid, self.state.served_model, self.created, delta, include_usage=inc))
+
+    async def _finish_stream(self, response: web.StreamResponse, final: StreamEvent) -> None:
+        self._count(final)
+        model, inc = self.state.served_model, self.prepared.include_usage
+        reason = wire.finish_reason_of(final.metadata)
+        await _write(response, wire.chunk(self.cid, model, self.created, {}, reason, include_usage=inc))
+        if inc:
+            usage = wire.usage_of(final.metadata)
+            await _write(response, wire.chunk(self.cid, model, self.created, None, usage=usage, include_usage=True))
+        await response.write(b"data: [DONE]\n\n")
+
+
+async def _write(response: web.StreamResponse, data: dict[str, Any]) -> None:
+    await response.write(b"data: " + json.dumps(data, ensure_ascii=False).encode() + b"\n\n")

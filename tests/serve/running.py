@@ -1,0 +1,73 @@
+"""``infermux serve`` as a child process for tests: started on a free port, waited for, stopped."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.conftest import ROOT, cli_env
+from tests.servers import free_port
+
+
+@dataclass
+class Served:
+    url: str  # http://127.0.0.1:PORT
+    log_path: Path
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def api(self) -> str:
+        return self.url + "/v1"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+@contextlib.contextmanager
+def serve(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> Iterator[Served]:
+    """Run ``python -m infermux serve ARGS --port FREE`` until it answers ``/health``."""
+    port = free_port()
+    fd, name = tempfile.mkstemp(prefix="infermux-serve-", suffix=".log")
+    os.close(fd)
+    log = Path(name)
+    with log.open("wb") as out:
+        cmd = [sys.executable, "-m", "infermux", "serve", "--port", str(port), *args]
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env or cli_env(), cwd=str(ROOT))
+    served = Served(f"http://127.0.0.1:{port}", log, proc)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"infermux serve exited with {proc.returncode}:\n{served.log()[-3000:]}")
+            try:
+                with urllib.request.urlopen(served.url + "/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"infermux serve not ready after {timeout:.0f}s:\n{served.log()[-3000:]}")
+            time.sleep(0.25)
+        yield served
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        with contextlib.suppress(OSError):
+            log.unlink()

@@ -1,0 +1,129 @@
+"""The app in-process on the ECHO test engine (no model): routes, auth, errors, the batcher for local engines."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp.test_utils import TestClient, TestServer
+
+from infermux.configs.generation_params import GenerationParams
+from infermux.configs.model_params import ModelParams
+from infermux.engines.registry import engine_class
+from infermux.serve.app import create_app
+from infermux.serve.batcher import needs_batcher
+
+MODEL = "echo-model"
+
+
+def echo_engine(batch_size: int = 16, **model_kwargs: Any) -> Any:
+    generation = GenerationParams(batch_size=batch_size)  # the engine's chunk size: rows per engine call
+    return engine_class("ECHO")(ModelParams(model_name=MODEL, model_kwargs=model_kwargs), generation_params=generation)
+
+
+def run(check: Callable[[TestClient, Any], Awaitable[None]], engine: Any = None, **app_kw: Any) -> None:
+    engine = engine or echo_engine()
+
+    async def main() -> None:
+        app = create_app(engine, served_model=MODEL, **app_kw)
+        async with TestClient(TestServer(app)) as client:
+            await check(client, engine)
+
+    asyncio.run(main())
+
+
+def body(text: str, **kw: Any) -> dict[str, Any]:
+    return {"model": MODEL, "messages": [{"role": "user", "content": text}], **kw}
+
+
+def test_concurrent_requests_on_a_local_engine_share_engine_calls() -> None:
+    engine = echo_engine()
+    engine.delay = 0.2
+    assert needs_batcher(engine) and not needs_batcher(echo_engine(concurrency=4))
+
+    async def check(client: TestClient, engine: Any) -> None:
+        replies = await asyncio.gather(*(client.post("/v1/chat/completions", json=body(f"q{i}")) for i in range(12)))
+        answers = [(await r.json())["choices"][0]["message"]["content"] for r in replies]
+        assert answers == [f"echo: q{i}" for i in range(12)]
+        assert engine.calls <= 3  # one call that was running, then the rest together (not 12 calls)
+
+    run(check, engine)
+
+
+def test_streaming_on_an_engine_that_cannot_stream_sends_the_answer_as_one_chunk() -> None:
+    async def check(client: TestClient, engine: Any) -> None:
+        r = await client.post(
+            "/v1/chat/completions", json=body("hi", stream=True, stream_options={"include_usage": True})
+        )
+        assert r.status == 200 and r.headers["Content-Type"].startswith("text/event-stream")
+        events = [line[6:] for line in (await r.text()).splitlines() if line.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        chunks = [json.loads(e) for e in events[:-1]]
+        assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+        assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]) == "echo: hi"
+        assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
+        assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 2
+
+    run(check)
+
+
+def test_a_failed_row_is_an_error_and_the_next_request_is_served() -> None:
+    async def check(client: TestClient, engine: Any) -> None:
+        r = await client.post("/v1/chat/completions", json=body("please FAIL"))
+        assert r.status == 500
+        error = (await r.json())["error"]
+        assert error["type"] == "server_error" and "asked to fail" in error["message"]
+        r = await client.post("/v1/chat/completions", json=body("fine"))
+        assert r.status == 200
+
+    run(check)
+
+
+def test_auth_protects_the_api_and_metrics_not_health_or_page() -> None:
+    async def check(client: TestClient, engine: Any) -> None:
+        for path in ("/v1/models", "/metrics"):
+            r = await client.get(path)
+            assert r.status == 401 and (await r.json())["error"]["code"] == "invalid_api_key"
+            r = await client.get(path, headers={"Authorization": "Bearer secret-key-1"})
+            assert r.status == 200
+        assert (await client.get("/health")).status == 200
+        page = await client.get("/")
+        assert page.status == 200 and "chat.js" in await page.text()
+        assert (await client.get("/static/chat.js")).status == 200
+        assert (await client.get("/static/../app.py")).status in (403, 404)
+
+    run(check, api_key="secret-key-1")
+
+
+def test_unknown_routes_methods_and_oversized_bodies_are_openai_errors() -> None:
+    async def check(client: TestClient, engine: Any) -> None:
+        r = await client.get("/v1/chat/completions")
+        assert r.status == 405 and set((await r.json())["error"]) == {"message", "type", "param", "code"}
+        r = await client.post("/v2/nothing", json={})
+        assert r.status == 404
+        r = await client.post("/v1/chat/completions", data=b"x" * 5000, headers={"Content-Type": "application/json"})
+        assert r.status == 413 and (await r.json())["error"]["code"] == "request_too_large"
+        assert (await client.post("/v1/chat/completions", json=body("ok"))).status == 200
+
+    run(check, max_body=4096)
+
+
+def test_a_request_abandoned_while_queued_is_never_run(tmp_path: Any) -> None:
+    engine = echo_engine()
+    engine.delay = 0.5
+    engine.log = str(tmp_path / "seen.txt")
+
+    async def check(client: TestClient, engine: Any) -> None:
+        first = asyncio.ensure_future(client.post("/v1/chat/completions", json=body("first")))
+        await asyncio.sleep(0.1)  # the engine is busy with "first"
+        gone = asyncio.ensure_future(client.post("/v1/chat/completions", json=body("abandoned")))
+        await asyncio.sleep(0.1)
+        gone.cancel()  # the client goes away while its request waits for the engine
+        assert (await first).status == 200
+        await asyncio.sleep(0.8)
+        assert (await client.post("/v1/chat/completions", json=body("next"))).status == 200
+        assert (tmp_path / "seen.txt").read_text().split() == ["first", "next"]
+
+    run(check, engine)

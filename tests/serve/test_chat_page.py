@@ -1,0 +1,134 @@
+"""The chat page at ``/`` in a real headless Chromium (Debian's chromium + chromedriver, driven by Selenium)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from tests.conftest import cli_env
+from tests.fakes.openai_chat import FakeOpenAIChat
+from tests.serve.running import Served, serve
+
+webdriver = pytest.importorskip("selenium.webdriver")
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+if not (shutil.which("chromium") and shutil.which("chromedriver")):
+    pytestmark = [pytest.mark.slow, pytest.mark.skip(reason="needs chromium and chromium-driver (make install-test)")]
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="infermux-chromium-")
+    options = Options()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
+    ):  # fmt: skip
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    driver.set_page_load_timeout(120)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 300, every: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"condition not met in {timeout:.0f}s")
+
+
+def bubbles(driver: Any, role: str) -> list[str]:
+    from selenium.webdriver.common.by import By
+
+    return [e.text for e in driver.find_elements(By.CSS_SELECTOR, f"#log .msg.{role}")]
+
+
+def say(driver: Any, text: str) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    box = driver.find_element(By.ID, "input")
+    box.send_keys(text)
+    box.send_keys(Keys.ENTER)
+
+
+def set_field(driver: Any, field: str, value: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    element = driver.find_element(By.ID, field)
+    element.clear()
+    element.send_keys(value)
+
+
+def test_streams_an_answer_and_shows_tokens_per_second(browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+
+    with serve() as served:  # the default model on LLAMACPP
+        browser.get(served.url + "/")
+        wait_for(lambda: "smollm2" in browser.find_element(By.ID, "model").text, timeout=60)
+        set_field(browser, "max_tokens", "120")
+        say(browser, "Write a long story about a cat.")
+        # Text shows while the answer is still being generated (the Stop button is live): it streams.
+        partial = wait_for(
+            lambda: (bubbles(browser, "assistant") or [""])[-1] and browser.find_element(By.ID, "stop").is_enabled()
+        )
+        assert partial
+        status = wait_for(lambda: browser.find_element(By.ID, "status").get_attribute("data-done") == "2", timeout=600)
+        assert status
+        text = browser.find_element(By.ID, "status").text
+        assert "tokens/s" in text and "first token" in text
+        assert not bubbles(browser, "error")
+
+
+def test_multi_turn_history_system_prompt_and_api_key(browser: Any) -> None:
+    key = "gw-browser-key-4242"
+    with FakeOpenAIChat(api_key="sk-up-1234567890") as fake:
+        assert isinstance(fake, FakeOpenAIChat)
+        args = ("--engine", "REMOTE", "--model.model_name", "gpt-fake", "--remote_params.api_url", fake.url + "/v1",
+                "--remote_params.api_key", "sk-up-1234567890")  # fmt: skip
+        with serve(*args, env=cli_env(INFERMUX_API_KEY=key), timeout=120) as served:
+            _chat_twice(browser, served, key)
+            assert "sk-up-1234567890" not in browser.page_source
+
+
+def _chat_twice(browser: Any, served: Served, key: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.get(served.url + "/")
+    wait_for(lambda: "could not list models" in browser.find_element(By.ID, "model").text, timeout=60)
+    set_field(browser, "api_key", key)
+    browser.find_element(By.ID, "system").click()  # leaving the key field fires its change event
+    wait_for(lambda: "gpt-fake" in browser.find_element(By.ID, "model").text, timeout=60)
+    set_field(browser, "system", "Be terse.")
+    say(browser, "My name is Ada.")
+    wait_for(lambda: browser.find_element(By.ID, "status").get_attribute("data-done") == "2")
+    say(browser, "What is my name?")
+    wait_for(lambda: browser.find_element(By.ID, "status").get_attribute("data-done") == "4")
+    answers = bubbles(browser, "assistant")
+    assert answers[0] == "system=Be terse. | turns=1 | images=0 | last=My name is Ada."
+    assert answers[1] == "system=Be terse. | turns=3 | images=0 | last=What is my name?"  # history was sent
+    assert bubbles(browser, "user") == ["My name is Ada.", "What is my name?"]
+    browser.find_element(By.ID, "reset").click()
+    assert bubbles(browser, "assistant") == []
+    say(browser, "Fresh start.")
+    wait_for(lambda: browser.find_element(By.ID, "status").get_attribute("data-done") == "2")
+    assert bubbles(browser, "assistant")[-1].endswith("turns=1 | images=0 | last=Fresh start.")

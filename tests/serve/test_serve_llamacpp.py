@@ -1,0 +1,247 @@
+"""``infermux serve`` on the default model (LLAMACPP), driven by the official openai SDK and raw HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import socket
+import time
+import urllib.request
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.serve.running import Served, serve
+
+openai = pytest.importorskip("openai")
+pytest.importorskip("llama_cpp")
+
+pytestmark = pytest.mark.slow
+
+MODEL = "smollm2-135m-instruct"
+PROMPTS = [f"Write one short sentence about the number {i}." for i in range(16)]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Served]:
+    with serve() as served:  # no config: the embedded default model on LLAMACPP
+        yield served
+
+
+def client(server: Served) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.api, api_key="unused", max_retries=0, timeout=600)
+
+
+def ask(server: Served, prompt: str, **kw: object) -> str:
+    reply = client(server).chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": prompt}], max_tokens=24, temperature=0, **kw
+    )
+    return reply.choices[0].message.content or ""
+
+
+def metric(server: Served, name: str) -> float:
+    with urllib.request.urlopen(server.url + "/metrics", timeout=30) as resp:
+        text = resp.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_sync_sdk_answers_with_usage_and_models(server: Served) -> None:
+    sdk = client(server)
+    assert [m.id for m in sdk.models.list().data] == [MODEL]
+    reply = sdk.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Say hello."}], max_tokens=8, temperature=0
+    )
+    assert reply.object == "chat.completion" and reply.model == MODEL
+    assert reply.choices[0].message.role == "assistant" and reply.choices[0].message.content
+    assert reply.choices[0].finish_reason in ("stop", "length")
+    assert reply.usage is not None and reply.usage.prompt_tokens > 0 and 0 < reply.usage.completion_tokens <= 8
+
+
+def test_streaming_sdk_matches_non_streaming_and_reports_usage(server: Served) -> None:
+    whole = ask(server, PROMPTS[0])
+    stream = client(server).chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": PROMPTS[0]}],
+        max_tokens=24,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 1  # streamed, not at once
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens > 0
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in ("stop", "length")
+
+
+def test_async_sdk_and_stop_and_seed(server: Served) -> None:
+    async def run() -> str:
+        sdk = openai.AsyncOpenAI(base_url=server.api, api_key="unused", max_retries=0, timeout=600)
+        reply = await sdk.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "system", "content": "You count."}, {"role": "user", "content": "Count: 1, 2, 3,"}],
+            max_tokens=30,
+            stop=["5"],
+            seed=3,
+            temperature=0,
+        )
+        await sdk.close()
+        return reply.choices[0].message.content or ""
+
+    text = asyncio.run(run())
+    assert "5" not in text
+
+
+def test_json_schema_response_format_is_enforced(server: Served) -> None:
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    reply = client(server).chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Give me a number as JSON."}],
+        max_tokens=40,
+        response_format={"type": "json_schema", "json_schema": {"name": "num", "schema": schema}},
+    )
+    assert isinstance(json.loads(reply.choices[0].message.content or "")["n"], int)
+
+
+def test_sixteen_concurrent_clients_get_their_alone_answers(server: Served) -> None:
+    alone = [ask(server, p) for p in PROMPTS]
+
+    async def together() -> list[str]:
+        sdk = openai.AsyncOpenAI(base_url=server.api, api_key="unused", max_retries=0, timeout=900)
+
+        async def one(i: int) -> str:
+            messages = [{"role": "user", "content": PROMPTS[i]}]
+            if i % 2:  # half of them stream
+                stream = await sdk.chat.completions.create(
+                    model=MODEL, messages=messages, max_tokens=24, temperature=0, stream=True
+                )
+                return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+            reply = await sdk.chat.completions.create(model=MODEL, messages=messages, max_tokens=24, temperature=0)
+            return reply.choices[0].message.content or ""
+
+        try:
+            return list(await asyncio.gather(*(one(i) for i in range(len(PROMPTS)))))
+        finally:
+            await sdk.close()
+
+    assert asyncio.run(together()) == alone
+    assert metric(server, "infermux_in_flight_rows") == 0
+    assert metric(server, "infermux_queue_depth") == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        (b'{"model": "smollm2-135m-instruct", "messages": [', 400, None),
+        (json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}).encode(), 404, "model"),
+        (
+            json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": -1}).encode(),
+            400,
+            "max_tokens",
+        ),
+        (
+            json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "colour": 1}).encode(),
+            400,
+            "colour",
+        ),
+        (json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "n": 2}).encode(), 400, "n"),
+        (json.dumps({"model": MODEL, "messages": [{"role": "wizard", "content": "hi"}]}).encode(), 400, None),
+        (b"[1, 2]", 400, None),
+    ],
+)
+def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(
+    server: Served, body: bytes, status: int, param: str | None
+) -> None:
+    request = urllib.request.Request(server.api + "/chat/completions", data=body, method="POST")
+    request.add_header("Content-Type", "application/json")
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=60)
+    assert caught.value.code == status
+    error = json.loads(caught.value.read())["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    assert "Traceback" not in error["message"]
+    if param is not None:
+        assert error["param"] == param
+    assert ask(server, "Say hi.")  # still serving
+
+
+def test_sdk_raises_its_typed_errors(server: Served) -> None:
+    sdk = client(server)
+    with pytest.raises(openai.NotFoundError):
+        sdk.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(openai.BadRequestError, match="logprobs"):
+        sdk.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], logprobs=True)
+
+
+def test_ten_megabyte_body_is_refused(server: Served) -> None:
+    big = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x" * (10 * 2**20)}]}).encode()
+    request = urllib.request.Request(server.api + "/chat/completions", data=big, method="POST")
+    request.add_header("Content-Type", "application/json")
+    try:
+        urllib.request.urlopen(request, timeout=120)
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 413
+        assert json.loads(exc.read())["error"]["code"] == "request_too_large"
+    except (ConnectionError, urllib.error.URLError):
+        pass  # the server may close the connection before the client has sent everything: also a refusal
+    else:
+        pytest.fail("a 10 MB body was accepted")
+    assert server.alive() and ask(server, "Say hi.")
+
+
+def test_client_disconnecting_mid_stream_cancels_its_generation(server: Served) -> None:
+    before = metric(server, 'infermux_errors_total{status="499"}')
+    body = json.dumps(
+        {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "Write a very long story about a dragon."}],
+            "max_tokens": 1500,
+            "stream": True,
+        }
+    ).encode()
+    parts = urlsplit(server.url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=120) as sock:
+        head = (
+            f"POST /v1/chat/completions HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        sock.sendall(head + body)
+        seen = b""
+        while seen.count(b"data: ") < 3:  # a few tokens have been streamed
+            data = sock.recv(65536)
+            assert data, "server closed the stream early"
+            seen += data
+        assert b" 200 " in seen.split(b"\r\n", 1)[0]
+    deadline = time.monotonic() + 120
+    while metric(server, "infermux_in_flight_rows") != 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert metric(server, "infermux_in_flight_rows") == 0
+    assert metric(server, 'infermux_errors_total{status="499"}') == before + 1
+    assert server.alive() and ask(server, "Say hi.")
+
+
+def test_metrics_are_prometheus_text(server: Served) -> None:
+    ask(server, "Say hi.")
+    with urllib.request.urlopen(server.url + "/metrics", timeout=30) as resp:
+        assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = resp.read().decode()
+    for name in (
+        "infermux_requests_total",
+        "infermux_errors_total",
+        "infermux_prompt_tokens_total",
+        "infermux_completion_tokens_total",
+        "infermux_time_to_first_token_seconds_bucket",
+        "infermux_request_latency_seconds_count",
+        "infermux_queue_depth",
+        "infermux_in_flight_rows",
+    ):
+        assert re.search(rf"^{name}(\{{[^}}]*\}})? \d", text, re.M), name
+    assert metric(server, "infermux_completion_tokens_total") > 0

@@ -1,0 +1,158 @@
+"""``infermux serve`` as a gateway (REMOTE) in front of a fake OpenAI API: retries, streaming, key hiding."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import cli_env
+from tests.fakes.openai_chat import FakeOpenAIChat
+from tests.serve.running import Served, serve
+
+openai = pytest.importorskip("openai")
+
+pytestmark = pytest.mark.slow
+
+UPSTREAM_KEY = "sk-upstream-7f3a9c1e5b2d"
+GATEWAY_KEY = "gw-key-51c0ffee9a7b"
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[FakeOpenAIChat]:
+    with FakeOpenAIChat(api_key=UPSTREAM_KEY) as fake:
+        assert isinstance(fake, FakeOpenAIChat)
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def gateway(upstream: FakeOpenAIChat, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    config = tmp_path_factory.mktemp("gw") / "gateway.yaml"
+    config.write_text(
+        "engine: REMOTE\n"
+        "model:\n  model_name: gpt-fake\n"
+        "generation:\n  max_new_tokens: 64\n"
+        f"remote_params:\n  api_url: {upstream.url}/v1\n  api_key: {UPSTREAM_KEY}\n"
+        "  max_retries: 3\n  retry_backoff_base: 0.05\n  retry_backoff_max: 0.2\n  num_workers: 8\n"
+    )
+    with serve("-c", str(config), env=cli_env(INFERMUX_API_KEY=GATEWAY_KEY), timeout=120) as served:
+        yield served
+
+
+@pytest.fixture
+def fake(upstream: FakeOpenAIChat) -> Iterator[FakeOpenAIChat]:
+    upstream.clear()
+    upstream.api_key = UPSTREAM_KEY
+    yield upstream
+    upstream.clear()
+    upstream.api_key = UPSTREAM_KEY
+
+
+def sdk(gateway: Served, key: str = GATEWAY_KEY) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gateway.api, api_key=key, max_retries=0, timeout=120)
+
+
+def chat(gateway: Served, text: str, **kw: object) -> openai.types.chat.ChatCompletion:
+    return sdk(gateway).chat.completions.create(model="gpt-fake", messages=[{"role": "user", "content": text}], **kw)
+
+
+def assert_no_keys(text: str) -> None:
+    assert UPSTREAM_KEY not in text
+    assert GATEWAY_KEY not in text
+
+
+def test_answers_through_the_upstream_with_the_upstream_key(gateway: Served, fake: FakeOpenAIChat) -> None:
+    reply = chat(gateway, "hello there", max_tokens=20, temperature=0.5, seed=7, stop=["zzz"])
+    assert reply.choices[0].message.content == "system=- | turns=1 | images=0 | last=hello there"
+    assert reply.usage is not None and reply.usage.completion_tokens > 0
+    (sent,) = [r for r in fake.requests if r.path == "/v1/chat/completions"]
+    assert sent.header("Authorization") == f"Bearer {UPSTREAM_KEY}"  # the client's key is not forwarded
+    assert sent.json["max_tokens"] == 20 and sent.json["temperature"] == 0.5 and sent.json["seed"] == 7
+    assert sent.json["stop"] == ["zzz"]
+    assert_no_keys(reply.model_dump_json())
+
+
+def test_streams_with_usage(gateway: Served, fake: FakeOpenAIChat) -> None:
+    stream = sdk(gateway).chat.completions.create(
+        model="gpt-fake",
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "one two three"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "system=Be brief. | turns=1 | images=0 | last=one two three"
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 3
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+
+
+def test_retries_rate_limits_and_server_errors_honouring_retry_after(gateway: Served, fake: FakeOpenAIChat) -> None:
+    fake.fail_next(429, "slow down", times=2, headers={"Retry-After": "0"})
+    fake.fail_next(503, "overloaded")
+    assert chat(gateway, "persist").choices[0].message.content.endswith("last=persist")  # type: ignore[union-attr]
+    assert len(fake.requests) == 4
+
+
+def test_a_rate_limit_storm_is_ridden_out_and_lasting_failures_are_502(gateway: Served, fake: FakeOpenAIChat) -> None:
+    fake.fail_next(429, "slow down", times=6, headers={"Retry-After": "0"})  # 429s do not use up max_retries
+    assert chat(gateway, "storm").choices[0].message.content
+    assert len(fake.requests) == 7
+    fake.clear()
+    fake.fail_next(500, "broken", times=10)
+    with pytest.raises(openai.InternalServerError) as caught:
+        chat(gateway, "again")
+    assert caught.value.status_code == 502 and len(fake.requests) == 4  # first try + max_retries
+    fake.clear()
+    assert chat(gateway, "after").choices[0].message.content  # still serving
+
+
+def test_upstream_key_never_reaches_the_client_or_the_log(gateway: Served, fake: FakeOpenAIChat) -> None:
+    fake.api_key = "sk-some-other-key-000"  # now the upstream rejects ours and echoes it back, as OpenAI does
+    with pytest.raises(openai.APIStatusError) as caught:
+        chat(gateway, "hi")
+    assert caught.value.status_code == 502  # the gateway's own credentials failed, not the client's
+    assert_no_keys(json.dumps(caught.value.body))
+    assert_no_keys(str(caught.value))
+    with pytest.raises(openai.APIStatusError) as streamed:
+        list(
+            sdk(gateway).chat.completions.create(
+                model="gpt-fake", messages=[{"role": "user", "content": "x"}], stream=True
+            )
+        )
+    assert_no_keys(json.dumps(streamed.value.body))
+    fake.api_key = UPSTREAM_KEY
+    assert chat(gateway, "ok").choices[0].message.content
+    log = gateway.log()
+    assert "upstream" in log.lower()  # the failure was logged...
+    assert_no_keys(log)  # ...without either key
+
+
+def test_gateway_key_is_required_on_the_api_but_not_for_health(gateway: Served, fake: FakeOpenAIChat) -> None:
+    with pytest.raises(openai.AuthenticationError) as caught:
+        sdk(gateway, key="wrong-key-123").models.list()
+    assert "wrong-key-123" not in str(caught.value.body)
+    with urllib.request.urlopen(gateway.url + "/health", timeout=30) as resp:
+        assert json.loads(resp.read())["status"] == "ok"
+    with urllib.request.urlopen(gateway.url + "/", timeout=30) as resp:
+        page = resp.read().decode()
+    assert "<script" in page and "http" not in page.split("<body>", 1)[1]  # no CDN: everything is local
+    assert not list(fake.requests)
+
+
+def test_unsupported_parameter_is_refused_before_the_upstream(gateway: Served, fake: FakeOpenAIChat) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        chat(gateway, "x", extra_body={"min_p": 0.5, "top_k": 3})
+    assert caught.value.body["param"] == "top_k"  # type: ignore[index]
+    assert not fake.requests
+
+
+def test_no_route_shows_a_key(gateway: Served) -> None:
+    for path in ("/health", "/metrics", "/v1/models", "/"):
+        request = urllib.request.Request(gateway.url + path, headers={"Authorization": f"Bearer {GATEWAY_KEY}"})
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            assert_no_keys(resp.read().decode() + str(resp.headers))
+    assert Path(gateway.log_path).exists()
+    assert_no_keys(gateway.log())

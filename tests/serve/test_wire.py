@@ -1,0 +1,145 @@
+"""Requests in, checked against an engine's capabilities; completion objects and chunks out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from infermux.configs.generation_params import GenerationParams
+from infermux.engines.capabilities import Capabilities
+from infermux.serve import wire
+from infermux.serve.metrics import Histogram, Metrics
+from infermux.serve.wire import ApiError
+from infermux.types import Role, Type
+
+FULL = Capabilities(
+    generation_params=frozenset({"temperature", "top_p", "seed", "stop_strings", "logit_bias", "min_p"}),
+    guided_decoding=frozenset({"json"}),
+    images=True,
+)
+BARE = Capabilities()
+DEFAULTS = GenerationParams(max_new_tokens=100)
+
+
+def prep(body: dict[str, Any], caps: Capabilities = FULL) -> wire.Prepared:
+    full = {"model": "m", "messages": [{"role": "user", "content": "hi"}], **body}
+    return wire.prepare(full, served_model="m", defaults=DEFAULTS, caps=caps, engine_name="E")
+
+
+def error(body: dict[str, Any], caps: Capabilities = FULL) -> ApiError:
+    with pytest.raises(ApiError) as caught:
+        prep(body, caps)
+    return caught.value
+
+
+def test_parameters_map_onto_generation_params() -> None:
+    p = prep(
+        {
+            "max_completion_tokens": 7,
+            "temperature": 0.7,
+            "top_p": 0.9,
+            "seed": 3,
+            "stop": "END",
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "array"}}},
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+    )
+    g = p.generation
+    assert (g.max_new_tokens, g.temperature, g.top_p, g.seed, g.stop_strings) == (7, 0.7, 0.9, 3, ["END"])
+    assert g.guided_decoding is not None and g.guided_decoding.schema_dict() == {"type": "array"}
+    assert p.stream and p.include_usage
+
+
+def test_defaults_come_from_the_server_config() -> None:
+    p = prep({})
+    assert p.generation.max_new_tokens == 100 and p.generation.temperature == 0.0
+    assert not p.stream and not p.include_usage
+
+
+def test_messages_roles_and_images() -> None:
+    p = prep(
+        {
+            "messages": [
+                {"role": "developer", "content": "be kind"},
+                {"role": "user", "content": [{"type": "text", "text": "look"},
+                                             {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]},
+                {"role": "assistant", "content": "ok"},
+                {"role": "user", "content": "and?"},
+            ]
+        }
+    )  # fmt: skip
+    roles = [m.role for m in p.conversation.messages]
+    assert roles == [Role.SYSTEM, Role.USER, Role.ASSISTANT, Role.USER]
+    item = p.conversation.messages[1].content[1]  # type: ignore[index]
+    assert item.type == Type.IMAGE_BINARY and item.binary.startswith(b"\x89PNG")  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "status"),
+    [
+        ({"max_tokens": -1}, "max_tokens", 400),
+        ({"max_tokens": 0}, "max_tokens", 400),
+        ({"temperature": 3}, "temperature", 400),
+        ({"colour": "red"}, "colour", 400),
+        ({"model": "other"}, "model", 404),
+        ({"n": 3}, "n", 400),
+        ({"stream": "maybe"}, "stream", 400),
+        ({"stop": 5}, "stop", 400),
+        ({"tool_choice": 5}, "tool_choice", 400),
+        ({"messages": [{"role": "user", "content": [{"type": "text"}]}]}, "messages.0.content.0.text", 400),
+        ({"messages": []}, "messages", 400),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop", 400),
+        ({"stream_options": {"include_usage": True}}, "stream_options", 400),
+        ({"messages": [{"role": "user", "content": "x", "bogus": 1}]}, "messages.0.bogus", 400),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "ftp://x"}}]}]},
+         "messages.0.content.0.image_url.url", 400),
+    ],
+)  # fmt: skip
+def test_bad_values_name_their_parameter(body: dict[str, Any], param: str, status: int) -> None:
+    err = error(body)
+    assert (err.param, err.status) == (param, status)
+    assert set(err.body()["error"]) == {"message", "type", "param", "code"}
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"temperature": 0.5}, "temperature"),
+        ({"seed": 1}, "seed"),
+        ({"stop": ["x"]}, "stop"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}]},
+         "messages"),
+    ],
+)  # fmt: skip
+def test_parameters_the_engine_cannot_honour_are_400s(body: dict[str, Any], param: str) -> None:
+    err = error(body, BARE)
+    assert err.param == param and err.code == "unsupported_parameter"
+    assert "E " in err.message or "E does" in err.message or "E cannot" in err.message
+
+
+def test_response_objects() -> None:
+    meta = {"usage": {"prompt_tokens": 3, "completion_tokens": 2}, "finish_reason": "length"}
+    done = wire.completion("id1", "m", 1, "hi", meta)
+    assert done["choices"][0]["message"]["content"] == "hi" and done["choices"][0]["finish_reason"] == "length"
+    assert done["usage"] == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    assert wire.chunk("id1", "m", 1, None, usage=done["usage"], include_usage=True)["choices"] == []
+    assert "usage" not in wire.chunk("id1", "m", 1, {"content": "x"})
+    assert [wire.finish_reason_of({"finish_reason": r}) for r in ("length", "unknown", "error", None)] == [
+        "length", "stop", "stop", "stop"
+    ]  # fmt: skip
+
+
+def test_metrics_render_histograms_cumulatively() -> None:
+    h = Histogram((0.1, 1.0))
+    for v in (0.05, 0.5, 5.0):
+        h.observe(v)
+    assert h.lines("x") == ['x_bucket{le="0.1"} 1', 'x_bucket{le="1.0"} 2', 'x_bucket{le="+Inf"} 3',
+                            "x_sum 5.550000", "x_count 3"]  # fmt: skip
+    m = Metrics('we"ird', "E")
+    m.errors["400"] += 2
+    text = m.render()
+    assert 'infermux_info{model="we\\"ird",engine="E"} 1' in text
+    assert 'infermux_errors_total{status="400"} 2' in text and text.endswith("\n")
