@@ -156,3 +156,69 @@ def test_no_route_shows_a_key(gateway: Served) -> None:
             assert_no_keys(resp.read().decode() + str(resp.headers))
     assert Path(gateway.log_path).exists()
     assert_no_keys(gateway.log())
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+
+
+def test_tool_calls_round_trip_through_the_gateway(gateway: Served, fake: FakeOpenAIChat) -> None:
+    client = sdk(gateway)
+    messages: list = [{"role": "user", "content": "What is the weather in Paris?"}]
+    first = client.chat.completions.create(
+        model="gpt-fake", messages=messages, tools=[WEATHER], tool_choice="required", parallel_tool_calls=False
+    )
+    choice = first.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content is None
+    (call,) = choice.message.tool_calls or []
+    assert call.function.name == "get_weather" and isinstance(json.loads(call.function.arguments), dict)
+    sent = [r for r in fake.requests if r.path == "/v1/chat/completions"][-1].json
+    assert sent["tools"][0]["function"]["name"] == "get_weather"
+    assert sent["tool_choice"] == "required" and sent["parallel_tool_calls"] is False
+
+    messages += [
+        choice.message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": "18 C"},
+    ]
+    second = client.chat.completions.create(model="gpt-fake", messages=messages, tools=[WEATHER])
+    assert second.choices[0].finish_reason == "stop" and second.choices[0].message.content
+    history = [r for r in fake.requests if r.path == "/v1/chat/completions"][-1].json["messages"]
+    assert history[1]["tool_calls"][0]["id"] == call.id and history[2]["tool_call_id"] == call.id
+
+
+def test_streamed_tool_calls_are_assembled_by_the_sdk(gateway: Served, fake: FakeOpenAIChat) -> None:
+    stream = sdk(gateway).chat.completions.create(
+        model="gpt-fake",
+        messages=[{"role": "user", "content": "Weather in Rome?"}],
+        tools=[WEATHER],
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        stream=True,
+    )
+    names, arguments, reasons = [], [], []
+    for part in stream:
+        for choice in part.choices:
+            reasons.append(choice.finish_reason)
+            for delta in choice.delta.tool_calls or []:
+                if delta.function and delta.function.name:
+                    names.append(delta.function.name)
+                if delta.function and delta.function.arguments:
+                    arguments.append(delta.function.arguments)
+    assert names == ["get_weather"]
+    assert isinstance(json.loads("".join(arguments)), dict)
+    assert "tool_calls" in reasons
+
+
+def test_a_tool_message_without_its_call_id_is_a_400(gateway: Served, fake: FakeOpenAIChat) -> None:
+    with pytest.raises(openai.BadRequestError) as err:
+        sdk(gateway).chat.completions.create(
+            model="gpt-fake", messages=[{"role": "user", "content": "x"}, {"role": "tool", "content": "18 C"}]
+        )
+    assert "tool_call_id" in str(err.value)
+    assert not [r for r in fake.requests if r.path == "/v1/chat/completions"]

@@ -143,3 +143,43 @@ def test_metrics_render_histograms_cumulatively() -> None:
     text = m.render()
     assert 'infermux_info{model="we\\"ird",engine="E"} 1' in text
     assert 'infermux_errors_total{status="400"} 2' in text and text.endswith("\n")
+
+
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
+TOOLS = Capabilities(tools=True)
+
+
+def test_tools_and_tool_history_become_a_conversation() -> None:
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    p = prep(
+        {
+            "messages": [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": None, "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "c1", "content": "42"},
+            ],
+            "tools": [TOOL],
+            "tool_choice": "required",
+            "parallel_tool_calls": False,
+        },
+        TOOLS,
+    )
+    assert p.conversation.tools is not None and p.conversation.tools[0].function.name == "f"
+    assistant, tool = p.conversation.messages[1], p.conversation.messages[2]
+    assert assistant.content is None and assistant.tool_calls is not None and assistant.tool_calls[0].id == "c1"
+    assert tool.role == Role.TOOL and tool.tool_call_id == "c1"
+    assert p.generation.tool_choice == "required" and p.generation.parallel_tool_calls is False
+
+
+@pytest.mark.parametrize("body", [{"tools": [TOOL]}, {"tools": [TOOL], "tool_choice": "required"}])
+def test_tools_on_an_engine_without_them_are_a_400(body: dict[str, Any]) -> None:
+    err = error(body, FULL)
+    assert err.status == 400 and err.code == "unsupported_parameter" and "tool" in err.message
+
+
+def test_answer_tool_calls_go_out_in_openai_shape() -> None:
+    calls = [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
+    body = wire.completion("id", "m", 0, "", {"finish_reason": "tool_calls"}, calls)
+    message = body["choices"][0]["message"]
+    assert message["content"] is None and message["tool_calls"] == calls
+    assert body["choices"][0]["finish_reason"] == "tool_calls"

@@ -297,7 +297,8 @@ class _Run:
         self._count(final)
         reply = final.conversation.last_message.text if final.conversation else "".join(text)
         model = self.state.served_model
-        return web.json_response(wire.completion(self.cid, model, self.created, reply, final.metadata))
+        calls = wire.tool_calls_of(final.conversation.last_message if final.conversation else None)
+        return web.json_response(wire.completion(self.cid, model, self.created, reply, final.metadata, calls))
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         events = self.events()
@@ -350,6 +351,10 @@ class _Run:
         self._count(final)
         model, inc = self.state.served_model, self.prepared.include_usage
         reason = wire.finish_reason_of(final.metadata)
+        calls = wire.tool_calls_of(final.conversation.last_message if final.conversation else None)
+        if calls:  # the calls go out whole, in one delta, before the finish chunk
+            delta = {"tool_calls": [{"index": i, **call} for i, call in enumerate(calls)]}
+            await _write(response, wire.chunk(self.cid, model, self.created, delta, include_usage=inc))
         await _write(response, wire.chunk(self.cid, model, self.created, {}, reason, include_usage=inc))
         if inc:
             usage = wire.usage_of(final.metadata)

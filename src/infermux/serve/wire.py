@@ -19,8 +19,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from infermux.configs.generation_params import GenerationParams, GuidedDecodingParams
-from infermux.engines.capabilities import Capabilities
-from infermux.types import ContentItem, Conversation, Message, Role, Type
+from infermux.engines.capabilities import TOOL_PARAMS, Capabilities
+from infermux.types import ContentItem, Conversation, Message, Role, Tool, ToolCall, Type
 
 __all__ = ["ApiError", "ChatRequest", "Prepared", "chunk", "completion", "error_body", "prepare"]
 
@@ -196,9 +196,11 @@ def prepare(
         raise ApiError("logprobs are not supported by this server.", param="logprobs", code="unsupported_parameter")
     if req.stream_options is not None and not req.stream:
         raise ApiError("stream_options is only allowed when stream is true.", param="stream_options")
-    conversation = Conversation(messages=[_message(m, i) for i, m in enumerate(req.messages)])
+    conversation = Conversation(messages=[_message(m, i) for i, m in enumerate(req.messages)], tools=_tools(req))
     if conversation.has_images and not caps.images:
         raise ApiError(f"{engine_name} does not accept images.", param="messages", code="unsupported_parameter")
+    if conversation.tools and not caps.tools:
+        raise ApiError(f"{engine_name} cannot call tools.", param="tools", code="unsupported_parameter")
     generation = _generation(req, defaults)
     _check_caps(req, generation, defaults, caps, engine_name)
     include_usage = bool(req.stream and req.stream_options and req.stream_options.include_usage)
@@ -206,23 +208,43 @@ def prepare(
 
 
 def _message(m: ChatMessage, index: int) -> Message:
-    if m.tool_calls or m.role == "tool":
-        fields = Message.model_fields
-        if "tool_calls" not in fields:  # TODO(tools-core): pass tool calls through once Message carries them
+    extra: dict[str, Any] = {}
+    if m.tool_calls:
+        if m.role != "assistant":
+            raise ApiError("Only assistant messages carry tool_calls.", param=f"messages.{index}.tool_calls")
+        try:
+            extra["tool_calls"] = [ToolCall.model_validate(call) for call in m.tool_calls]
+        except ValidationError as exc:
             raise ApiError(
-                "Tool calls are not supported by this server yet.",
-                param=f"messages.{index}",
-                code="unsupported_parameter",
+                f"Invalid tool call: {exc.errors(include_url=False)[0]['msg']}.", param=f"messages.{index}.tool_calls"
+            ) from None
+    if m.role == "tool":
+        if not m.tool_call_id:
+            raise ApiError(
+                "A tool message needs the tool_call_id of the call it answers.",
+                param=f"messages.{index}.tool_call_id",
+                code="missing_required_parameter",
             )
+        extra["tool_call_id"] = m.tool_call_id
     if m.content is None or isinstance(m.content, str):
-        return Message(role=_ROLES[m.role], content=m.content or "")
+        content = m.content if m.content is not None or m.tool_calls else ""  # null only beside tool calls
+        return Message(role=_ROLES[m.role], content=content, **extra)
     items: list[ContentItem] = []
     for j, part in enumerate(m.content):
         if isinstance(part, TextPart):
             items.append(ContentItem(type=Type.TEXT, content=part.text))
         else:
             items.append(_image(part.image_url.url, f"messages.{index}.content.{j}.image_url.url"))
-    return Message(role=_ROLES[m.role], content=items)
+    return Message(role=_ROLES[m.role], content=items, **extra)
+
+
+def _tools(req: ChatRequest) -> list[Tool] | None:
+    if not req.tools:
+        return None
+    try:
+        return [Tool.model_validate(tool) for tool in req.tools]
+    except ValidationError as exc:
+        raise ApiError(f"Invalid tool: {exc.errors(include_url=False)[0]['msg']}.", param="tools") from None
 
 
 def _image(url: str, param: str) -> ContentItem:
@@ -265,12 +287,10 @@ def _generation(req: ChatRequest, defaults: GenerationParams) -> GenerationParam
                 raise ApiError("response_format.json_schema.schema must be an object.", param="response_format")
             schema = spec.get("schema") or {"type": "object"}
         update["guided_decoding"] = GuidedDecodingParams(json=schema)
-    if req.tools is not None or req.tool_choice is not None:
-        for name in ("tools", "tool_choice"):
-            if name in GenerationParams.model_fields:
-                update[name] = getattr(req, name)
-            elif getattr(req, name) is not None:  # TODO(tools-core): GenerationParams.tools / tool_choice
-                raise ApiError(f"{name} is not supported by this server yet.", param=name, code="unsupported_parameter")
+    if req.tool_choice is not None:
+        update["tool_choice"] = req.tool_choice
+    if req.parallel_tool_calls is not None:
+        update["parallel_tool_calls"] = req.parallel_tool_calls
     data = defaults.model_dump()
     data.update(update)
     try:
@@ -298,6 +318,9 @@ def _check_caps(
                     param=param,
                     code="unsupported_parameter",
                 )
+        elif name in TOOL_PARAMS:
+            if not caps.tools:
+                raise ApiError(f"{engine_name} cannot call tools.", param=param, code="unsupported_parameter")
         elif name not in supported:
             raise ApiError(f"{engine_name} does not support '{param}'.", param=param, code="unsupported_parameter")
 
@@ -328,7 +351,25 @@ def finish_reason_of(metadata: dict[str, Any]) -> str:
     return reason if reason in _OPENAI_REASONS else "stop"
 
 
-def completion(cid: str, model: str, created: int, text: str, metadata: dict[str, Any]) -> dict[str, Any]:
+def tool_calls_of(message: Message | None) -> list[dict[str, Any]] | None:
+    """The answer's tool calls in OpenAI's shape, or None."""
+    if message is None or not message.tool_calls:
+        return None
+    return [call.to_json_dict() for call in message.tool_calls]
+
+
+def completion(
+    cid: str,
+    model: str,
+    created: int,
+    text: str,
+    metadata: dict[str, Any],
+    tool_calls: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": text if text or not tool_calls else None}
+    message["refusal"] = None
+    if tool_calls:
+        message["tool_calls"] = tool_calls
     return {
         "id": cid,
         "object": "chat.completion",
@@ -337,7 +378,7 @@ def completion(cid: str, model: str, created: int, text: str, metadata: dict[str
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": text, "refusal": None},
+                "message": message,
                 "logprobs": None,
                 "finish_reason": finish_reason_of(metadata),
             }
