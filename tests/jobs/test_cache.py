@@ -62,4 +62,6 @@ def test_concurrent_processes_share_one_store(tmp_path: Path) -> None:
         p.join(120)
         assert p.exitcode == 0
     cache = AnswerCache(path)
-    assert all(cache.get(cache_key("fp", {"i": n * 1000 + i})) == {"i": n * 1000 + i} for n in range(3) for i in range(150))
+    assert all(
+        cache.get(cache_key("fp", {"i": n * 1000 + i})) == {"i": n * 1000 + i} for n in range(3) for i in range(150)
+    )

@@ -6,9 +6,9 @@ import pytest
 
 pytest.importorskip("genai_prices")
 
-from genai_prices import Usage, calc_price  # noqa: E402
+from genai_prices import Usage, calc_price
 
-from infermux.jobs.cost import CostTotals, pricing_for  # noqa: E402
+from infermux.jobs.cost import CostTotals, pricing_for
 
 
 def test_known_model_matches_the_library() -> None:

@@ -79,7 +79,8 @@ class Pricing:
             cache_write_tokens=created or None,
         )
         try:
-            result = calc_price(usage, self.model, provider_id=self.provider_id, price_context=_BATCH if batch else None)
+            context = _BATCH if batch else None
+            result = calc_price(usage, self.model, provider_id=self.provider_id, price_context=context)
         except (LookupError, ValueError) as exc:  # the model left the tables, or an odd usage
             logger.debug("no price for %s/%s: %s", self.provider_id, self.model, exc)
             return None
