@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 from infermux.errors import InputError, OutputError, RowError
 from infermux.jobs.loop import BatchReport, JobFiles, run_job
+from infermux.jobs.options import JobOptions
 from infermux.jobs.rows import InputRow, check_encodable, iter_rows, row_id_for, unique_id, validate_file
 from infermux.jobs.sync import run_sync
 from infermux.types import Conversation
@@ -46,6 +47,7 @@ __all__ = [
     "BatchReport",
     "ainfer",
     "check_output_path",
+    "default_options",
     "engine_fingerprint",
     "infer",
     "prepare_input",
@@ -114,24 +116,41 @@ async def run_job_file(
     on_progress: OnProgress | None = None,
     on_row: OnRow | None = None,
     row_ids: list[str] | None = None,
+    options: JobOptions | None = None,
 ) -> BatchReport:
     """The durable batch job: ``input_path`` (JSONL) → ``output_path`` (JSONL), resumable.
 
     ``row_ids`` is what :func:`prepare_input` returned when the caller already checked the file (the
     check is otherwise done here, before any row runs). ``fingerprint`` defaults to the engine's.
+    ``options`` (answer cache, prices, budget) default to :func:`default_options`.
     """
     generation = generation or engine.generation_params
     engine._check(generation)
     ids = row_ids if row_ids is not None else prepare_input(input_path)
+    fingerprint = fingerprint or engine_fingerprint(engine, generation)
     files = None
     if output_path:
         check_output_path(output_path, input_path)
-        files = JobFiles(output_path, fingerprint or engine_fingerprint(engine, generation))
-    report = await run_job(
-        engine, lambda: iter_rows(input_path), ids, generation, files=files, on_row=on_row, on_progress=on_progress
-    )
+        files = JobFiles(output_path, fingerprint)
+    owned = options is None
+    options = options or default_options(engine, generation)
+    options.fingerprint = options.fingerprint or fingerprint
+    try:
+        report = await run_job(
+            engine, lambda: iter_rows(input_path), ids, generation,
+            files=files, on_row=on_row, on_progress=on_progress, options=options,
+        )  # fmt: skip
+    finally:
+        if owned:
+            options.close()
     engine.last_report = report
     return report
+
+
+def default_options(engine: InferenceEngine, generation: GenerationParams) -> JobOptions:
+    """Answer cache on for greedy or seeded generation (``$INFERMUX_CACHE_DIR``), prices, no budget."""
+    name = engine.engine_type if engine.engine_type is not None else engine.name
+    return JobOptions.build(str(getattr(name, "value", name)), engine.model_params.model_name, generation)
 
 
 async def run_config_job(
@@ -145,20 +164,25 @@ async def run_config_job(
     row_ids = prepare_input(config.input_path)  # before loading a model
     if config.output_path:
         check_output_path(config.output_path, config.input_path)
-    engine = build_engine(config)
+    options = JobOptions.from_config(config)  # before loading a model: an unenforceable budget is exit 2
     try:
-        return await run_job_file(
-            engine,
-            config.input_path,
-            config.output_path,
-            generation=config.generation,
-            fingerprint=config.fingerprint(),
-            on_progress=on_progress,
-            on_row=on_row,
-            row_ids=row_ids,
-        )
+        engine = build_engine(config)
+        try:
+            return await run_job_file(
+                engine,
+                config.input_path,
+                config.output_path,
+                generation=config.generation,
+                fingerprint=config.fingerprint(),
+                on_progress=on_progress,
+                on_row=on_row,
+                row_ids=row_ids,
+                options=options,
+            )
+        finally:
+            engine.close()
     finally:
-        engine.close()
+        options.close()
 
 
 async def ainfer(
@@ -199,12 +223,19 @@ async def _ainfer(
     ids = [r.row_id for r in rows]
     collect: list[Conversation | RowError | None] = [None] * len(rows)
     files = None
+    fingerprint = engine_fingerprint(engine, generation)
     if output_path:
         check_output_path(output_path)
-        files = JobFiles(output_path, engine_fingerprint(engine, generation))
-    report = await run_job(
-        engine, lambda: rows, ids, generation, files=files, on_row=lambda row, r: collect.__setitem__(row.index, r)
-    )
+        files = JobFiles(output_path, fingerprint)
+    options = default_options(engine, generation)
+    options.fingerprint = fingerprint
+    try:
+        report = await run_job(
+            engine, lambda: rows, ids, generation, files=files,
+            on_row=lambda row, r: collect.__setitem__(row.index, r), options=options,
+        )  # fmt: skip
+    finally:
+        options.close()
     engine.last_report = report
     return [as_conversation(rows[i].conversation, r) for i, r in enumerate(collect)]
 
