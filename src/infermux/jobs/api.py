@@ -25,6 +25,8 @@ Shapes
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -154,9 +156,41 @@ def default_options(engine: InferenceEngine, generation: GenerationParams) -> Jo
 
 
 async def run_config_job(
+    config: InferenceConfig,
+    *,
+    on_progress: OnProgress | None = None,
+    on_row: OnRow | None = None,
+    progress_lines: Callable[[str], None] | None = None,
+) -> BatchReport:
+    """Run ``config.input_path`` → ``config.output_path`` (printing is the caller's: pass ``on_row``).
+
+    Every ``config.progress_interval_s`` seconds a progress line goes to ``progress_lines`` (when given)
+    and the progress JSON to ``config.progress_path`` (when set); see :mod:`infermux.jobs.progress`."""
+    from infermux.jobs.progress import ProgressTicker
+
+    ticker = ProgressTicker(config.progress_interval_s, lines=progress_lines, path=config.progress_path)
+    if not ticker.active:
+        return await _run_config_job(config, on_progress=on_progress, on_row=on_row)
+
+    def seen(report: BatchReport) -> None:
+        ticker.see(report)
+        if on_progress is not None:
+            on_progress(report)
+
+    task = asyncio.ensure_future(ticker.run())
+    try:
+        report = await _run_config_job(config, on_progress=seen, on_row=on_row)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    ticker.finish(report)
+    return report
+
+
+async def _run_config_job(
     config: InferenceConfig, *, on_progress: OnProgress | None = None, on_row: OnRow | None = None
 ) -> BatchReport:
-    """Run ``config.input_path`` → ``config.output_path`` (printing is the caller's: pass ``on_row``)."""
     from infermux.engines.registry import build_engine
 
     if not config.input_path:

@@ -258,6 +258,8 @@ async def run_job(
                 reserved[row.row_id] = estimate
             yield row
 
+    if on_progress is not None:
+        on_progress(report)  # once before any row: progress displays get the report (and the total)
     try:
         await engine._start_job()
         try:
