@@ -9,7 +9,13 @@ Protocol mapping (from Anthropic's API reference):
 * ``max_tokens`` is required (``max_new_tokens``); ``temperature`` (0-1), ``top_p``,
   ``stop_sequences``; guided JSON becomes ``output_config.format`` (``json_schema``, objects closed
   with ``additionalProperties: false`` as structured outputs require);
-* the reply's text blocks are joined; ``usage`` and ``stop_reason`` go to the metadata.
+* the reply's text blocks are joined; ``usage`` and ``stop_reason`` go to the metadata;
+* prompt caching (``remote_params.anthropic_prompt_caching``): the system prompt goes as one text
+  block, and the last tool definition (when tools are sent), with ``cache_control: {type: ephemeral}``,
+  which caches the prompt up to that point. Usage then reports ``cache_read_input_tokens`` and
+  ``cache_creation_input_tokens`` next to ``input_tokens`` (which excludes both); the row's usage has
+  ``prompt_tokens`` = all three, ``cached_tokens`` = the cache reads, ``cache_creation_tokens`` = the
+  cache writes (priced at their own rates).
 
 Auth is the ``x-api-key`` header (``ANTHROPIC_API_KEY``) plus ``anthropic-version``.
 """
@@ -40,12 +46,15 @@ _MEDIA_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 
 
 def _usage(usage: dict[str, Any]) -> Usage:
-    """Messages API ``usage`` (``input_tokens``, ``output_tokens``, cache counts) in our terms."""
-    return Usage.of(
-        int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0),
-        cached_tokens=usage.get("cache_read_input_tokens"),
-        cache_creation_tokens=usage.get("cache_creation_input_tokens"),
-    )  # fmt: skip
+    """Messages API ``usage`` in our terms: Anthropic's ``input_tokens`` excludes the prompt tokens read
+    from or written to the prompt cache; our ``prompt_tokens`` counts them all, and ``cached_tokens`` /
+    ``cache_creation_tokens`` say how many were read / written."""
+    read, created = usage.get("cache_read_input_tokens"), usage.get("cache_creation_input_tokens")
+    prompt = int(usage.get("input_tokens") or 0) + int(read or 0) + int(created or 0)
+    return Usage.of(prompt, int(usage.get("output_tokens") or 0), cached_tokens=read, cache_creation_tokens=created)
+
+
+_EPHEMERAL = {"cache_control": {"type": "ephemeral"}}
 
 
 def _content_blocks(message: Message) -> list[dict[str, Any]]:
@@ -167,8 +176,9 @@ class AnthropicInferenceEngine(RemoteEngine):
             "max_tokens": generation.max_new_tokens,
             "messages": messages,
         }
+        caching = self.remote_params is not None and self.remote_params.anthropic_prompt_caching
         if system is not None:
-            body["system"] = system
+            body["system"] = [{"type": "text", "text": system, **_EPHEMERAL}] if caching else system
         body.update(self._sampling_fields(generation))
         if generation.stop_strings:
             body["stop_sequences"] = list(generation.stop_strings)
@@ -176,6 +186,8 @@ class AnthropicInferenceEngine(RemoteEngine):
         if guided is not None and guided.kind == "json":
             schema = close_objects(guided.schema_dict() or {})
             body["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
+        if caching and body.get("tools"):
+            body["tools"] = [*body["tools"][:-1], {**body["tools"][-1], **_EPHEMERAL}]
         return body
 
     def build_stream_request(self, conversation: Conversation, generation: GenerationParams) -> HttpRequest:
