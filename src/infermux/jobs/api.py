@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import json
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -119,12 +119,14 @@ async def run_job_file(
     on_row: OnRow | None = None,
     row_ids: list[str] | None = None,
     options: JobOptions | None = None,
+    settled: Mapping[str, RowError] | None = None,
 ) -> BatchReport:
     """The durable batch job: ``input_path`` (JSONL) → ``output_path`` (JSONL), resumable.
 
     ``row_ids`` is what :func:`prepare_input` returned when the caller already checked the file (the
     check is otherwise done here, before any row runs). ``fingerprint`` defaults to the engine's.
-    ``options`` (answer cache, prices, budget) default to :func:`default_options`.
+    ``options`` (answer cache, prices, budget) default to :func:`default_options`. Rows in ``settled``
+    (row id → error) are recorded as failed without being sent.
     """
     generation = generation or engine.generation_params
     engine._check(generation)
@@ -140,7 +142,7 @@ async def run_job_file(
     try:
         report = await run_job(
             engine, lambda: iter_rows(input_path), ids, generation,
-            files=files, on_row=on_row, on_progress=on_progress, options=options,
+            files=files, on_row=on_row, on_progress=on_progress, options=options, settled=settled,
         )  # fmt: skip
     finally:
         if owned:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -101,7 +101,7 @@ async def _run_chunks(
     rows: Iterable[InputRow],
     generation: GenerationParams,
     on_result: OnResult,
-    lookup: Callable[[InputRow], Conversation | None] | None = None,
+    lookup: Callable[[InputRow], Conversation | RowError | None] | None = None,
 ) -> None:
     """Feed ``rows`` to the engine in chunks, ``engine.max_concurrency()`` chunks at a time; rows that
     ``lookup`` answers (the cache) skip the engine."""
@@ -199,8 +199,12 @@ async def run_job(
     on_row: OnResult | None = None,
     on_progress: Callable[[BatchReport], None] | None = None,
     options: JobOptions | None = None,
+    settled: Mapping[str, RowError] | None = None,
 ) -> BatchReport:
-    """Run every row not already done; record results in ``files`` and pass each to ``on_row``."""
+    """Run every row not already done; record results in ``files`` and pass each to ``on_row``.
+
+    Rows in ``settled`` (row id → error) are recorded as failed without running: failures already
+    known not to be worth another request (a Batch API said the request itself is wrong)."""
     options = options or JobOptions()
     report = BatchReport(total=len(row_ids))
     cache, pricing = options.cache, options.pricing
@@ -236,8 +240,11 @@ async def run_job(
         if on_progress is not None:
             on_progress(report)
 
-    def lookup(row: InputRow) -> Conversation | None:
-        assert cache is not None
+    def lookup(row: InputRow) -> Conversation | RowError | None:
+        if settled and row.row_id in settled:
+            return settled[row.row_id]
+        if cache is None:
+            return None
         key = cache_key(options.fingerprint, request_of(row.conversation))
         stored = cache.get(key)
         hit = _from_cache(row.conversation, stored) if stored is not None else None
@@ -263,14 +270,15 @@ async def run_job(
     try:
         await engine._start_job()
         try:
-            await _run_chunks(engine, todo(), generation, on_result, lookup if cache is not None else None)
+            use_lookup = cache is not None or bool(settled)
+            await _run_chunks(engine, todo(), generation, on_result, lookup if use_lookup else None)
         finally:
             await engine._end_job()
     finally:
         if files is not None:
             files.close()
     if files is not None:
-        files.assemble(row_ids, complete=report.failed == 0 and not report.budget_stopped)
+        files.assemble(row_ids, complete=report.failed == 0 and report.not_started == 0)
         if report.failed:
             report.errors_path = str(files.errors)
     return report

@@ -17,7 +17,8 @@ Protocol mapping (from Anthropic's API reference):
   ``prompt_tokens`` = all three, ``cached_tokens`` = the cache reads, ``cache_creation_tokens`` = the
   cache writes (priced at their own rates).
 
-Auth is the ``x-api-key`` header (``ANTHROPIC_API_KEY``) plus ``anthropic-version``.
+Auth is the ``x-api-key`` header (``ANTHROPIC_API_KEY``) plus ``anthropic-version``. Message Batches
+(``infermux batch ...``) live in :mod:`.anthropic_batch`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams
 from infermux.configs.remote_params import RemoteParams
 from infermux.engines.capabilities import Capabilities
+from infermux.engines.remote.anthropic_batch import MessageBatchesMixin
 from infermux.engines.remote.base import RemoteEngine
 from infermux.engines.remote.claude_models import SAMPLING_PARAMS, refuses_sampling, warn_dropped_sampling
 from infermux.engines.remote.http.sse import SseEvent
@@ -103,7 +105,7 @@ def build_messages(conversation: Conversation) -> tuple[str | None, list[dict[st
     return ("\n\n".join(system) if system else None), turns
 
 
-class AnthropicInferenceEngine(RemoteEngine):
+class AnthropicInferenceEngine(MessageBatchesMixin, RemoteEngine):
     """Claude models through Anthropic's Messages API (or any server speaking it, like ``vllm serve``)."""
 
     engine_type = InferenceEngineType.ANTHROPIC

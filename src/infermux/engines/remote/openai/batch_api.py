@@ -53,6 +53,8 @@ class BatchFetchReport:
     pending: int
     output_path: str
     errors_path: str | None
+    settled: dict[str, RowError] = dataclasses.field(default_factory=dict)
+    """Failed rows not worth answering online (the request itself is wrong), by row id."""
 
 
 class BatchApi:
@@ -271,6 +273,7 @@ async def afetch(engine: RemoteEngine, input_path: str, output_path: str, finger
     files.check_writable()
     done_before = files.load_done()
     done, failed, pending = len(done_before & set(row_ids)), 0, 0
+    settled: dict[str, RowError] = {}
     files.open()
     try:
         for row in iter_rows(input_path):
@@ -282,6 +285,8 @@ async def afetch(engine: RemoteEngine, input_path: str, output_path: str, finger
             elif isinstance(result, RowError):
                 failed += 1
                 files.append_failed(row, result)
+                if not result.retryable:
+                    settled[row.row_id] = result
             else:
                 done += 1
                 files.append_done(row, result)
@@ -289,7 +294,7 @@ async def afetch(engine: RemoteEngine, input_path: str, output_path: str, finger
         files.close()
     files.assemble(row_ids, complete=failed == 0 and pending == 0)
     errors = str(files.errors) if files.errors.exists() else None
-    return BatchFetchReport(done, failed, pending, str(files.output), errors)
+    return BatchFetchReport(done, failed, pending, str(files.output), errors, settled)
 
 
 def _result(
