@@ -116,14 +116,13 @@ def test_concurrent_jobs_share_the_cache(tmp_path: Path, server: CountingChat) -
     inp = _write_rows(tmp_path / "in.jsonl", [f"shared {i}" for i in range(40)])
     config = _config(tmp_path, server, engine="REMOTE", model="stub")
     env = cli_env(INFERMUX_CACHE_DIR=str(tmp_path / "shared-cache"))
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "infermux", "infer", "-c", str(config), "--input_path", str(inp),
-             "--output_path", str(tmp_path / f"out{i}.jsonl")],
-            env=env, cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        for i in range(2)
-    ]
+
+    def start(i: int) -> subprocess.Popen[str]:
+        cmd = [sys.executable, "-m", "infermux", "infer", "-c", str(config), "--input_path", str(inp),
+               "--output_path", str(tmp_path / f"out{i}.jsonl")]  # fmt: skip
+        return subprocess.Popen(cmd, env=env, cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    procs = [start(0), start(1)]
     for proc in procs:
         _, err = proc.communicate(timeout=180)
         assert proc.returncode == 0, err

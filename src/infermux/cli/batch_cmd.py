@@ -197,7 +197,8 @@ def list_(
         for batch in eng.list_batches(limit):
             counts = batch.get("request_counts") or {}
             shown = " ".join(f"{k}={v}" for k, v in counts.items() if v)
-            print(f"{batch['id']}  {batch.get('processing_status', batch.get('status'))}  {batch.get('created_at')}  {shown}")
+            status = batch.get("processing_status", batch.get("status"))
+            print(f"{batch['id']}  {status}  {batch.get('created_at')}  {shown}")
 
 
 @batch_app.command("run", context_settings=EXTRA_ARGS)

@@ -72,9 +72,14 @@ def run_batch_job(
         try:
             report.online = run_sync(
                 lambda: run_job_file(
-                    engine, str(config.input_path), config.output_path, generation=config.generation,
-                    fingerprint=fingerprint, options=options, settled=fetched.settled,
-                )  # fmt: skip
+                    engine,
+                    str(config.input_path),
+                    config.output_path,
+                    generation=config.generation,
+                    fingerprint=fingerprint,
+                    options=options,
+                    settled=fetched.settled,
+                )
             )
         finally:
             options.close()

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from infermux.errors import RowError
-from infermux.jobs.cost import CostTotals
 from infermux.jobs.cache import cache_key
+from infermux.jobs.cost import CostTotals
 from infermux.jobs.files import JobFiles
 from infermux.jobs.options import Budget, JobOptions, estimated_prompt_tokens, request_of
 from infermux.jobs.rows import InputRow

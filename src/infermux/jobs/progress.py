@@ -55,8 +55,8 @@ def snapshot(report: BatchReport, state: str = "running") -> dict[str, Any]:
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
 
@@ -95,9 +95,7 @@ class ProgressTicker:
     for the job's duration; call :meth:`finish` with the final report.
     """
 
-    def __init__(
-        self, interval: float, *, lines: Callable[[str], None] | None = None, path: str | None = None
-    ) -> None:
+    def __init__(self, interval: float, *, lines: Callable[[str], None] | None = None, path: str | None = None) -> None:
         self.interval = interval
         self.lines = lines
         self.path = path

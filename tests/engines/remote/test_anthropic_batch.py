@@ -98,7 +98,9 @@ def test_interrupted_create_finds_the_batch_instead_of_creating_another(
     assert count(fake, "POST", "/v1/messages/batches") == 1
 
 
-def test_batch_run_finishes_expired_and_errored_rows_online(fake: FakeAnthropicBatches, rows: Path, tmp_path: Path) -> None:
+def test_batch_run_finishes_expired_and_errored_rows_online(
+    fake: FakeAnthropicBatches, rows: Path, tmp_path: Path
+) -> None:
     custom = ids(rows)
     fake.outcomes = {custom[1]: "expired", custom[2]: "errored", custom[4]: "invalid"}
     config = tmp_path / "anthropic.yaml"

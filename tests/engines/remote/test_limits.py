@@ -23,7 +23,9 @@ SPAN = WINDOW * 0.75
 
 
 def _rows(n: int, text: str) -> list[Conversation]:
-    return [Conversation.model_validate({"messages": [{"role": "user", "content": f"{text}{i:02d}"}]}) for i in range(n)]
+    return [
+        Conversation.model_validate({"messages": [{"role": "user", "content": f"{text}{i:02d}"}]}) for i in range(n)
+    ]
 
 
 def _run(server: CountingChat, rows: list[Conversation], max_new_tokens: int = 8, **limits: int) -> float:
