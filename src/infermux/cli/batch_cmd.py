@@ -144,10 +144,8 @@ def fetch(
 
             from infermux.jobs import run_job_file
 
-            job = run_job_file(
-                eng, cfg.input_path, cfg.output_path, generation=cfg.generation, fingerprint=fingerprint,
-                settled=report.settled,
-            )  # fmt: skip
+            # every failed row, as asked (batch run skips those refused as invalid)
+            job = run_job_file(eng, cfg.input_path, cfg.output_path, generation=cfg.generation, fingerprint=fingerprint)
             result = asyncio.run(job)
             failed = result.failed
             print(f"online: {result.done} rows done, {result.failed} failed")
