@@ -46,7 +46,7 @@ def _setup(
     if not cfg.output_path:
         fail("give --output_path: results and the batch record are written beside it.")
     if not engine_class(cfg.resolved_engine()).capabilities.batch_api:
-        fail(f"the {cfg.resolved_engine()} engine does not support a batch API; use OPENAI, REMOTE or ANTHROPIC.")
+        fail(f"the {cfg.resolved_engine()} engine does not support the Batch API; use OPENAI, REMOTE or ANTHROPIC.")
     check_output_path(cfg.output_path, cfg.input_path)
     return cfg, build_engine(cfg)
 
