@@ -246,7 +246,11 @@ async def run_job(
         if cache is None:
             return None
         key = cache_key(options.fingerprint, request_of(row.conversation))
-        stored = cache.get(key)
+        try:
+            stored = cache.get(key)
+        except Exception:  # a locked or damaged cache file: answer the row instead
+            logger.warning("the answer cache could not be read", exc_info=True)
+            stored = None
         hit = _from_cache(row.conversation, stored) if stored is not None else None
         if hit is None:
             keys[row.row_id] = key

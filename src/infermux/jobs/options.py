@@ -17,6 +17,7 @@ is loaded only for engines that have prices, the cache only when it is used.
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from infermux.jobs.cache import AnswerCache
     from infermux.jobs.cost import Pricing
     from infermux.types import Conversation
+
+logger = logging.getLogger("infermux.jobs")
 
 __all__ = ["Budget", "JobOptions", "cache_wanted", "estimated_prompt_tokens", "request_of"]
 
@@ -117,9 +120,14 @@ class JobOptions:
             )
         answer_cache = None
         if cache_wanted(cache, generation):
+            import sqlite3
+
             from infermux.jobs.cache import AnswerCache
 
-            answer_cache = AnswerCache(cache_path, max_bytes=cache_max_mb * (1 << 20))
+            try:
+                answer_cache = AnswerCache(cache_path, max_bytes=cache_max_mb * (1 << 20))
+            except (OSError, sqlite3.Error) as exc:  # an unwritable home must not stop the job
+                logger.warning("answer cache not used (%s: %s); set cache_path or --no-cache", cache_path or "", exc)
         return cls(cache=answer_cache, pricing=pricing, max_cost=max_cost, owns_cache=answer_cache is not None)
 
     @classmethod
