@@ -13,6 +13,7 @@ from infermux.configs import GenerationParams, ModelParams, RemoteParams
 from infermux.engines.remote.anthropic import AnthropicInferenceEngine
 from infermux.engines.remote.anthropic_batch import custom_id_for
 from infermux.engines.remote.openai.batch_state import BatchJobState
+from infermux.jobs.cost import pricing_for
 from infermux.jobs.rows import iter_rows
 from tests.conftest import run_cli
 from tests.fakes import FakeAnthropicBatches, FakeOpenAIBatch
@@ -149,3 +150,10 @@ def test_batch_run_with_openai_answers_failed_rows_online(rows: Path, tmp_path: 
         answers = [json.loads(line) for line in out.read_text().splitlines()]
         assert [a["messages"][0]["content"] for a in answers] == [f"question {i}" for i in range(6)]
         assert not Path(str(out) + ".partial.jsonl").exists()
+        # batch rows at the batch price (half), online rows at the online price, from genai-prices
+        pricing = pricing_for("OPENAI", "gpt-4o-mini")
+        assert pricing is not None
+        for i, answer in enumerate(answers):
+            usage = answer["metadata"]["usage"]
+            batch = i not in (0, 3)
+            assert answer["metadata"]["cost_usd"] == pytest.approx(pricing.cost(usage, batch=batch), rel=1e-6)

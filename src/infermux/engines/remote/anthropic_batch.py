@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from infermux.engines.remote.http.transport import HttpRequest, Transport
-from infermux.engines.remote.openai.batch_api import BatchFetchReport, _digest, _object
+from infermux.engines.remote.openai.batch_api import BatchFetchReport, _digest, _object, price_batch_row
 from infermux.engines.remote.openai.batch_state import BatchJobState, ShardState, state_path
 from infermux.errors import ConfigError, InfermuxError, RowError
 from infermux.jobs.loop import JobFiles
@@ -262,7 +262,7 @@ async def afetch(engine: RemoteEngine, input_path: str, output_path: str, finger
                     settled[row.row_id] = result
             else:
                 done += 1
-                files.append_done(row, result)
+                files.append_done(row, price_batch_row(engine, result))
     finally:
         files.close()
     files.assemble(row_ids, complete=failed == 0 and pending == 0)

@@ -289,12 +289,26 @@ async def afetch(engine: RemoteEngine, input_path: str, output_path: str, finger
                     settled[row.row_id] = result
             else:
                 done += 1
-                files.append_done(row, result)
+                files.append_done(row, price_batch_row(engine, result))
     finally:
         files.close()
     files.assemble(row_ids, complete=failed == 0 and pending == 0)
     errors = str(files.errors) if files.errors.exists() else None
     return BatchFetchReport(done, failed, pending, str(files.output), errors, settled)
+
+
+def price_batch_row(engine: RemoteEngine, answered: Conversation) -> Conversation:
+    """``answered`` with ``metadata["cost_usd"]`` at the provider's batch price, when it is known."""
+    from infermux.jobs.cost import PRICE_PROVIDERS, pricing_for
+
+    name = str(getattr(engine.engine_type, "value", engine.engine_type))
+    if name.upper() not in PRICE_PROVIDERS:
+        return answered
+    pricing = pricing_for(name, engine.model_params.model_name)
+    cost = pricing.cost(answered.metadata.get("usage"), batch=True) if pricing is not None else None
+    if cost is not None:
+        answered.metadata["cost_usd"] = round(cost, 10)
+    return answered
 
 
 def _result(
