@@ -56,7 +56,17 @@ def cache_key(fingerprint: str, request: dict[str, Any]) -> str:
 
 
 class AnswerCache:
-    """Answers by key, in one SQLite file; safe to share between threads and processes."""
+    """Answers by key, in one SQLite file; safe to share between threads and processes.
+
+    Writes are grouped: new answers and "recently used" marks are kept in memory and written in one
+    transaction every ``FLUSH_ROWS`` answers or ``FLUSH_S`` seconds (and on :meth:`close`), so a row costs
+    a dictionary insert, not a database commit. Answers not yet written are still found by :meth:`get`
+    in this process; another process sees them after the next flush. (The job's partial file, not the
+    cache, is what makes a job durable.)
+    """
+
+    FLUSH_ROWS = 256
+    FLUSH_S = 1.0
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.path = Path(path) if path is not None else default_cache_path()
@@ -65,6 +75,9 @@ class AnswerCache:
         self.misses = 0
         self._lock = threading.Lock()
         self._written = 0
+        self._pending: dict[str, tuple[bytes, float]] = {}
+        self._touched: dict[str, float] = {}
+        self._flushed = time.monotonic()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -74,27 +87,60 @@ class AnswerCache:
     def get(self, key: str) -> dict[str, Any] | None:
         """The stored answer for ``key``, or None."""
         with self._lock:
-            row = self._db.execute("SELECT value FROM answers WHERE key = ?", (key,)).fetchone()
-            if row is None:
-                self.misses += 1
-                return None
+            pending = self._pending.get(key)
+            if pending is not None:
+                blob: bytes = pending[0]
+            else:
+                row = self._db.execute("SELECT value FROM answers WHERE key = ?", (key,)).fetchone()
+                if row is None:
+                    self.misses += 1
+                    return None
+                blob = row[0]
+                self._touched[key] = time.time()
+                self._maybe_flush()
             self.hits += 1
-            self._db.execute("UPDATE answers SET used = ? WHERE key = ?", (time.time(), key))
-        value: dict[str, Any] = json.loads(row[0])
+        value: dict[str, Any] = json.loads(blob)
         return value
 
     def put(self, key: str, value: dict[str, Any]) -> None:
         """Store ``value`` (a JSON object) under ``key``; drop the oldest answers past the size cap."""
         blob = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
         with self._lock:
-            self._db.execute(
+            self._pending[key] = (blob, time.time())
+            self._maybe_flush()
+
+    def flush(self) -> None:
+        """Write what is kept in memory now."""
+        with self._lock:
+            self._flush()
+
+    def _maybe_flush(self) -> None:
+        if len(self._pending) + len(self._touched) >= self.FLUSH_ROWS or (
+            time.monotonic() - self._flushed >= self.FLUSH_S
+        ):
+            self._flush()
+
+    def _flush(self) -> None:
+        self._flushed = time.monotonic()
+        if not self._pending and not self._touched:
+            return
+        pending, self._pending = self._pending, {}
+        touched, self._touched = self._touched, {}
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.executemany(
                 "INSERT OR REPLACE INTO answers(key, value, size, used) VALUES (?, ?, ?, ?)",
-                (key, blob, len(blob), time.time()),
+                [(key, blob, len(blob), used) for key, (blob, used) in pending.items()],
             )
-            self._written += len(blob)
-            if self._written > self.max_bytes // 64:  # check the cap now and then, not on every row
+            self._db.executemany("UPDATE answers SET used = ? WHERE key = ?", [(t, k) for k, t in touched.items()])
+            self._written += sum(len(blob) for blob, _ in pending.values())
+            if self._written > self.max_bytes // 64:  # check the cap now and then, not on every flush
                 self._written = 0
                 self._evict()
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
 
     def _evict(self) -> None:
         (total,) = self._db.execute("SELECT COALESCE(SUM(size), 0) FROM answers").fetchone()
@@ -110,6 +156,7 @@ class AnswerCache:
 
     def close(self) -> None:
         with self._lock, contextlib.suppress(sqlite3.Error):
+            self._flush()
             self._evict()
             self._db.close()
 
