@@ -151,10 +151,11 @@ async def run_job_file(
     return report
 
 
-def default_options(engine: InferenceEngine, generation: GenerationParams) -> JobOptions:
-    """Answer cache on for greedy or seeded generation (``$INFERMUX_CACHE_DIR``), prices, no budget."""
+def default_options(engine: InferenceEngine, generation: GenerationParams, *, cache: bool | None = None) -> JobOptions:
+    """Prices, no budget, and the answer cache: ``cache`` None uses it for greedy or seeded generation
+    (file jobs), False never (in-memory ``engine.infer`` unless its config says ``cache: true``)."""
     name = engine.engine_type if engine.engine_type is not None else engine.name
-    return JobOptions.build(str(getattr(name, "value", name)), engine.model_params.model_name, generation)
+    return JobOptions.build(str(getattr(name, "value", name)), engine.model_params.model_name, generation, cache=cache)
 
 
 async def run_config_job(
@@ -263,7 +264,9 @@ async def _ainfer(
     if output_path:
         check_output_path(output_path)
         files = JobFiles(output_path, fingerprint)
-    options = default_options(engine, generation)
+    # In memory, answers come from the cache only when asked (``cache: true``): a library call that
+    # samples again with the same seed expects the engine to run.
+    options = default_options(engine, generation, cache=bool(config is not None and config.cache))
     options.fingerprint = fingerprint
     try:
         report = await run_job(
