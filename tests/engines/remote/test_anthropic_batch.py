@@ -79,7 +79,7 @@ def test_submit_status_fetch_cancel_and_list(fake: FakeAnthropicBatches, rows: P
     report = eng.fetch_batch(str(rows), str(out2))
     assert (report.done, report.failed, report.settled) == (0, 6, {})
     errors = [json.loads(line) for line in Path(str(out2) + ".errors.jsonl").read_text().splitlines()]
-    assert {e["kind"] for e in errors} == {"batch_canceled"}
+    assert {e["kind"] for e in errors} == {"batch_cancelled"}
     listed = eng.list_batches(limit=1)  # most recent first, one page of one
     assert [b["id"] for b in listed] == [BatchJobState.require(out2).shards[0].batch_id]
     assert len(eng.list_batches(limit=5)) == 2
@@ -121,7 +121,7 @@ def test_batch_run_finishes_expired_and_errored_rows_online(
     answers = [json.loads(line) for line in out.read_text().splitlines()]
     assert [a["messages"][0]["content"] for a in answers] == [f"question {i}" for i in (0, 1, 2, 3, 5)]
     [error] = [json.loads(line) for line in Path(str(out) + ".errors.jsonl").read_text().splitlines()]
-    assert error["kind"] == "batch_errored" and error["line"] == 5 and "invalid_request_error" in error["message"]
+    assert error["kind"] == "batch_error" and error["line"] == 5 and "invalid_request_error" in error["message"]
     # rerun: nothing submitted or answered twice
     before = len(fake.requests)
     again = run_cli(*args)

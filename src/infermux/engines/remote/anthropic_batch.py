@@ -6,8 +6,9 @@ allows ``[a-zA-Z0-9_-]{1,64}``; ``params`` = the body the engine would send onli
 within the API's limits (100,000 requests, 256 MB), and creates them; ``status`` polls
 (``processing_status``: ``in_progress``, ``canceling``, ``ended``); ``fetch`` reads each ended batch's
 results (JSON Lines, any order) and maps them back by ``custom_id``: ``succeeded`` rows are answered,
-``errored``, ``expired`` and ``canceled`` rows are failures (``errored`` with ``invalid_request_error``
-is not worth retrying; the others are answered online by ``infermux batch run`` or a rerun).
+``errored``, ``expired`` and ``canceled`` rows are failures (``batch_error``, ``batch_expired``,
+``batch_cancelled``; ``errored`` with ``invalid_request_error`` is not worth retrying, the others are
+answered online by ``infermux batch run`` or a rerun).
 
 The job record is the same as the OpenAI Batch API's (:mod:`.openai.batch_state`, ``<output>.batch.json``),
 saved after every step. Message batches carry no metadata, so an interrupted creation is found again by
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from infermux.engines.remote.http.transport import HttpRequest, Transport
 from infermux.engines.remote.openai.batch_api import BatchFetchReport, _digest, _object, price_batch_row
 from infermux.engines.remote.openai.batch_state import BatchJobState, ShardState, state_path
-from infermux.errors import ConfigError, InfermuxError, RowError
+from infermux.errors import ConfigError, ErrorKind, InfermuxError, RowError
 from infermux.jobs.loop import JobFiles
 from infermux.jobs.rows import iter_rows, validate_file
 from infermux.types import Conversation
@@ -279,28 +280,30 @@ def _row_result(
     results: dict[str, dict[str, Any]],
 ) -> Conversation | RowError | None:
     if row_id in state.build_errors:
-        return RowError(kind="invalid_input", message=state.build_errors[row_id])
+        return RowError(ErrorKind.INVALID_INPUT, state.build_errors[row_id])
     result = results.get(custom_id_for(row_id))
     if result is None:
         shard = next((s for s in state.shards if s.first_index <= index <= s.last_index), None)
         if shard is None or not shard.terminal:
             return None
-        return RowError(kind="batch_missing", message="the ended batch has no result for this row", retryable=True)
+        return RowError(ErrorKind.BATCH_FAILED, "the ended batch has no result for this row", retryable=True)
     kind = result.get("type")
     if kind == "succeeded":
         try:
             return engine.parse_reply(conversation, result["message"])
         except (ValueError, KeyError, TypeError, IndexError) as exc:
-            return RowError(kind="malformed_response", message=f"unparsable batch result: {exc}", retryable=True)
+            return RowError(ErrorKind.MALFORMED_RESPONSE, f"unparsable batch result: {exc}", retryable=True)
     if kind == "errored":
         error = (result.get("error") or {}).get("error") or {}
         etype = str(error.get("type") or "api_error")
         return RowError(
-            kind="batch_errored", message=f"{etype}: {error.get('message', '')}", retryable=etype not in _PERMANENT
+            ErrorKind.BATCH_ERROR, f"{etype}: {error.get('message', '')}", retryable=etype not in _PERMANENT
         )
-    if kind in ("expired", "canceled"):
-        return RowError(kind=f"batch_{kind}", message=f"the batch request {kind} before it ran", retryable=True)
-    return RowError(kind="malformed_response", message=f"unknown batch result type {kind!r}", retryable=True)
+    if kind == "expired":
+        return RowError(ErrorKind.BATCH_EXPIRED, "the batch request expired before it ran", retryable=True)
+    if kind == "canceled":
+        return RowError(ErrorKind.BATCH_CANCELLED, "the batch request was canceled before it ran", retryable=True)
+    return RowError(ErrorKind.MALFORMED_RESPONSE, f"unknown batch result type {kind!r}", retryable=True)
 
 
 # ---------------------------------------------------------------------------------------- engine methods
