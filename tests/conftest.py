@@ -35,6 +35,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _own_answer_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test gets an empty answer cache (``$INFERMUX_CACHE_DIR``, inherited by the CLI in
+    subprocesses), so no test is answered from another's rows."""
+    monkeypatch.setenv("INFERMUX_CACHE_DIR", str(tmp_path_factory.mktemp("answer-cache")))
+
+
 def cli_env(**extra: str) -> dict[str, str]:
     """Environment for running the CLI in a subprocess, with the echo plugin importable."""
     env = dict(os.environ)

@@ -124,9 +124,10 @@ def test_no_import_cycles() -> None:
 
 def test_layers_import_only_downwards() -> None:
     """configs/types/errors/text ← engines ← jobs (and distributed) ← cli (docs/architecture.md), at module level."""
-    # The OpenAI Batch API module is a job runner of its own (submit/fetch read input rows and write job
-    # files): the one engine module allowed to use the job layer's files and rows.
-    allowed = {"infermux.engines.remote.openai.batch_api"}
+    # The Batch API modules (OpenAI's, Anthropic's Message Batches) are job runners of their own
+    # (submit/fetch read input rows and write job files): the engine modules allowed to use the job
+    # layer's files and rows.
+    allowed = {"infermux.engines.remote.openai.batch_api", "infermux.engines.remote.anthropic_batch"}
     order = {"configs": 0, "types": 0, "errors": 0, "text": 0, "engines": 1, "jobs": 2, "distributed": 2, "cli": 3}
     graph = import_graph()
     wrong = []

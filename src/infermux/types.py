@@ -127,7 +127,9 @@ class Usage(BaseModel):
     completion_tokens: int | None = None
     total_tokens: int | None = None
     cached_tokens: int | None = None
+    """Prompt tokens read from the provider's prompt cache (part of ``prompt_tokens``, as in OpenAI's usage)."""
     cache_creation_tokens: int | None = None
+    """Prompt tokens written to the prompt cache (Anthropic; part of ``prompt_tokens``)."""
     reasoning_tokens: int | None = None
 
     @model_validator(mode="after")

@@ -30,7 +30,8 @@ def test_gemini_job_and_a_wrong_key(tmp_path: Path) -> None:
         assert answers[1]["messages"][-1]["content"] == "system=- | turns=3 | images=0 | last=three"
 
         out.unlink()
-        proc = run_cli(*args, env=cli_env(GEMINI_API_KEY="wrong-key"))
+        # --no-cache: the same rows would otherwise come from the answer cache, without a request
+        proc = run_cli(*args, "--no-cache", env=cli_env(GEMINI_API_KEY="wrong-key"))
         assert proc.returncode == 3, proc.stderr
         errors = [json.loads(line) for line in Path(f"{out}.errors.jsonl").read_text().splitlines()]
         assert len(errors) == 2 and all("GEMINI_API_KEY" in e["message"] for e in errors)

@@ -6,6 +6,7 @@ answers in the provider's own success and error formats.
 
 from ._server import Exchange, RecordedRequest, tiny_png
 from .anthropic import FakeAnthropic
+from .anthropic_batches import FakeAnthropicBatches
 from .gemini import FakeGemini
 from .openai_batch import FakeOpenAIBatch
 from .openai_chat import QUOTA_BODY, FakeOpenAIChat
@@ -16,6 +17,7 @@ __all__ = [
     "QUOTA_BODY",
     "Exchange",
     "FakeAnthropic",
+    "FakeAnthropicBatches",
     "FakeGemini",
     "FakeOpenAIBatch",
     "FakeOpenAIChat",

@@ -24,6 +24,11 @@ what a local server cannot: Anthropic's authentication, its exact error bodies a
   to model an older one.
 * Models named in ``no_sampling_models`` (exact names, default: a few that refuse sampling, such as
   ``claude-opus-4-7``) reject any of ``temperature``, ``top_p``, ``top_k`` with a 400.
+* Prompt caching: a ``cache_control: {"type": "ephemeral"}`` (optional ``ttl`` ``5m``/``1h``) on a
+  system block or a tool caches the prompt prefix up to it. The first request with that prefix reports
+  its tokens as ``cache_creation_input_tokens``, later ones as ``cache_read_input_tokens``; ``input_tokens``
+  counts only the rest. (The real API also needs a minimum prefix length, 1024+ tokens; the fake does not.)
+  Every reply's usage carries both cache fields (0 when unused), as the API's does.
 """
 
 from __future__ import annotations
@@ -99,6 +104,7 @@ class FakeAnthropic(FakeServer):
         self.responder = responder
         self.allow_temperature_and_top_p = allow_temperature_and_top_p
         self.no_sampling_models = no_sampling_models
+        self.prompt_cache: set[str] = set()
 
     def routes(self) -> list[tuple[str, str, Handler]]:
         return [("POST", "/v1/messages", self._messages)]
@@ -136,8 +142,12 @@ class FakeAnthropic(FakeServer):
         text, truncated = truncate_words(text, body["max_tokens"])
         stop_reason = "stop_sequence" if matched else ("max_tokens" if truncated else "end_turn")
         input_tokens = sum(len(t.split()) for _, t in exchange.turns) + len((exchange.system or "").split())
+        try:
+            usage = self._cache_usage(body, exchange, input_tokens)
+        except RequestInvalid as exc:
+            return self._error(exc.status, str(exc))
         if body.get("stream"):
-            return await self._stream(request, body, text, stop_reason, matched, input_tokens)
+            return await self._stream(request, body, text, stop_reason, matched, usage)
         return web.json_response(
             {
                 "id": f"msg_fake{len(self.requests)}",
@@ -147,12 +157,36 @@ class FakeAnthropic(FakeServer):
                 "content": [{"type": "text", "text": text}],
                 "stop_reason": stop_reason,
                 "stop_sequence": matched,
-                "usage": {"input_tokens": input_tokens, "output_tokens": len(text.split())},
+                "usage": {**usage, "output_tokens": len(text.split())},
             }
         )
 
+    def _cache_usage(self, body: dict, exchange: Exchange, input_tokens: int) -> dict[str, int]:
+        """Input usage, with the cached prefix (system, tools marked with cache_control) split out."""
+        marked = []
+        system = body.get("system")
+        if isinstance(system, list):
+            marked += [b for b in system if isinstance(b, dict) and "cache_control" in b]
+        marked += [t for t in body.get("tools") or [] if isinstance(t, dict) and "cache_control" in t]
+        for block in marked:
+            control = check_keys(block["cache_control"], "cache_control", {"type", "ttl"}, {"type"})
+            if control["type"] != "ephemeral":
+                raise RequestInvalid("cache_control.type: Input should be 'ephemeral'")
+            if control.get("ttl", "5m") not in ("5m", "1h"):
+                raise RequestInvalid("cache_control.ttl: Input should be '5m' or '1h'")
+        usage = {"input_tokens": input_tokens, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+        if not marked:
+            return usage
+        prefix = json.dumps([body.get("tools") or [], exchange.system or ""], sort_keys=True)
+        tools = body.get("tools")
+        tokens = len((exchange.system or "").split()) + (len(json.dumps(tools).split()) if tools else 0)
+        usage["input_tokens"] = max(0, input_tokens - len((exchange.system or "").split()))
+        usage["cache_read_input_tokens" if prefix in self.prompt_cache else "cache_creation_input_tokens"] = tokens
+        self.prompt_cache.add(prefix)
+        return usage
+
     async def _stream(
-        self, request: web.Request, body: dict, text: str, stop_reason: str, matched: str | None, input_tokens: int
+        self, request: web.Request, body: dict, text: str, stop_reason: str, matched: str | None, usage: dict
     ) -> web.StreamResponse:
         """The Messages streaming event sequence for an answer ``text``."""
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -160,7 +194,7 @@ class FakeAnthropic(FakeServer):
         message = {
             "id": f"msg_fake{len(self.requests)}", "type": "message", "role": "assistant", "model": body["model"],
             "content": [], "stop_reason": None, "stop_sequence": None,
-            "usage": {"input_tokens": input_tokens, "output_tokens": 1},
+            "usage": {**usage, "output_tokens": 1},
         }  # fmt: skip
         events: list[tuple[str, dict]] = [
             ("message_start", {"type": "message_start", "message": message}),

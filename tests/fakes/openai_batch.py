@@ -82,6 +82,7 @@ class FakeOpenAIBatch(FakeServer):
         completion_windows: tuple[str, ...] = ("24h",),
         advance_on_poll: bool = True,
         fail_custom_ids: set[str] | None = None,
+        fail_status: int = 400,
     ):
         super().__init__()
         self.api_key = api_key
@@ -91,6 +92,7 @@ class FakeOpenAIBatch(FakeServer):
         self.completion_windows = completion_windows
         self.advance_on_poll = advance_on_poll
         self.fail_custom_ids = set(fail_custom_ids or ())
+        self.fail_status = fail_status  # 400: the request is wrong; 500: the provider failed it (worth retrying)
         #: Create the next N batches but answer 502, as when a reply is lost after the server acted.
         self.lose_create_replies = 0
         self.files: dict[str, _File] = {}
@@ -392,7 +394,7 @@ class FakeOpenAIBatch(FakeServer):
             record: dict[str, Any] = {"id": self._new_id("batch_req_"), "custom_id": line["custom_id"], "error": None}
             try:
                 if line["custom_id"] in self.fail_custom_ids:
-                    raise RequestInvalid("This request was rejected by the fake (fail_custom_ids).")
+                    raise RequestInvalid("This request was rejected by the fake (fail_custom_ids).", self.fail_status)
                 exchange = validate_chat_body(line["body"])
                 reply = chat_completion(line["body"], exchange, self.responder, f"chatcmpl-{request_id}")
                 record["response"] = {"status_code": 200, "request_id": request_id, "body": reply}

@@ -49,11 +49,13 @@ def test_transport_reads_every_shared_remote_param() -> None:
     shared = {f.name for f in dataclasses.fields(TransportSettings)} & set(RemoteParams.model_fields)
     assert shared == {
         "num_workers", "max_retries", "connection_timeout", "politeness_policy", "use_adaptive_concurrency",
-        "retry_backoff_base", "retry_backoff_max",
+        "retry_backoff_base", "retry_backoff_max", "requests_per_minute", "input_tokens_per_minute",
+        "output_tokens_per_minute",
     }  # fmt: skip
     params = RemoteParams(
         num_workers=9, max_retries=8, connection_timeout=7.0, politeness_policy=0.5,
         use_adaptive_concurrency=False, retry_backoff_base=0.25, retry_backoff_max=3.0,
+        requests_per_minute=6, input_tokens_per_minute=5, output_tokens_per_minute=4,
     )  # fmt: skip
     settings = TransportSettings.from_remote_params(params, max_retries=1)
     for name in shared - {"max_retries"}:

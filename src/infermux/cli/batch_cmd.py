@@ -1,4 +1,5 @@
-"""``infermux batch submit|status|fetch``: run a job through a provider's Batch API (OpenAI files + batches).
+"""``infermux batch submit|status|fetch|cancel|list|run``: a job through a provider's batch API (OpenAI's
+files + batches, Anthropic's Message Batches).
 
 Only typer is imported here; the engine and the Batch API code load when a command runs.
 """
@@ -16,8 +17,8 @@ if TYPE_CHECKING:
     from infermux.engines.remote.openai.batch_state import BatchJobState
 
 batch_app = typer.Typer(
-    help="Submit a JSONL job to a Batch API (OPENAI, or any server with /v1/files and /v1/batches), "
-    "poll it, and fetch the results.",
+    help="Run a JSONL job through a batch API (OPENAI or any server with /v1/files and /v1/batches; "
+    "ANTHROPIC Message Batches): submit, status, fetch, cancel, list, or all at once with run.",
     no_args_is_help=True,
 )
 
@@ -45,7 +46,7 @@ def _setup(
     if not cfg.output_path:
         fail("give --output_path: results and the batch record are written beside it.")
     if not engine_class(cfg.resolved_engine()).capabilities.batch_api:
-        fail(f"the {cfg.resolved_engine()} engine does not support the Batch API; use OPENAI or REMOTE.")
+        fail(f"the {cfg.resolved_engine()} engine does not support the Batch API; use OPENAI, REMOTE or ANTHROPIC.")
     check_output_path(cfg.output_path, cfg.input_path)
     return cfg, build_engine(cfg)
 
@@ -62,8 +63,10 @@ def _print_state(state: BatchJobState) -> None:
     print(f"batch record: {state.path}")
     for shard in state.shards:
         counts = shard.request_counts
-        progress = f"{counts.get('completed', 0)}/{counts.get('total', shard.requests)} done" if counts else ""
-        failed = f", {counts['failed']} failed" if counts.get("failed") else ""
+        done = counts.get("completed", counts.get("succeeded", 0))
+        progress = f"{done}/{counts.get('total', shard.requests)} done" if counts else ""
+        lost = sum(counts.get(k, 0) for k in ("failed", "errored", "expired", "canceled"))
+        failed = f", {lost} failed or expired" if lost else ""
         print(f"  {shard.batch_id}  {shard.status or 'unknown':<11} {shard.requests} requests  {progress}{failed}")
         for error in shard.errors:
             print(f"      {error}")
@@ -141,6 +144,7 @@ def fetch(
 
             from infermux.jobs import run_job_file
 
+            # every failed row, as asked (batch run skips those refused as invalid)
             job = run_job_file(eng, cfg.input_path, cfg.output_path, generation=cfg.generation, fingerprint=fingerprint)
             result = asyncio.run(job)
             failed = result.failed
@@ -148,5 +152,90 @@ def fetch(
         if failed:
             print(f"failed rows are listed in {cfg.output_path}.errors.jsonl")
         if failed or report.pending:
+            raise SystemExit(EXIT_ROWS_FAILED)
+        print(f"wrote {cfg.output_path}")
+
+
+@batch_app.command("cancel", context_settings=EXTRA_ARGS)
+def cancel(
+    ctx: typer.Context,
+    config: str | None = ConfigOpt,
+    output_path: str | None = OutputOpt,
+    engine: str | None = EngineOpt,
+    log_level: str = LogOpt,
+) -> None:
+    """Cancel the unfinished batches of the job recorded beside --output_path (fetch what they answered)."""
+    from infermux.cli.common import fail, user_errors
+
+    with user_errors():
+        cfg, eng = _setup(ctx, config, None, output_path, engine, log_level)
+        if not hasattr(eng, "cancel_batch"):
+            fail(f"cancel is not available for {eng.name}; cancel in the provider's console.")
+        _print_state(eng.cancel_batch(cfg.output_path))
+        print("then run `infermux batch fetch` (add --rerun-failed to answer the canceled rows online)")
+
+
+@batch_app.command("list", context_settings=EXTRA_ARGS)
+def list_(
+    ctx: typer.Context,
+    config: str | None = ConfigOpt,
+    engine: str | None = EngineOpt,
+    limit: int = typer.Option(20, "--limit", min=1, help="How many of the most recent batches to show."),
+    log_level: str = LogOpt,
+) -> None:
+    """List the account's most recent batches (ANTHROPIC), whatever job created them."""
+    from infermux.cli.common import fail, load_cli_config, setup_logging, user_errors
+    from infermux.engines.registry import build_engine
+
+    setup_logging(log_level)
+    with user_errors():
+        eng = build_engine(load_cli_config(config, list(ctx.args), engine=engine))
+        if not hasattr(eng, "list_batches"):
+            fail(f"list is not available for {eng.name}.")
+        for batch in eng.list_batches(limit):
+            counts = batch.get("request_counts") or {}
+            shown = " ".join(f"{k}={v}" for k, v in counts.items() if v)
+            status = batch.get("processing_status", batch.get("status"))
+            print(f"{batch['id']}  {status}  {batch.get('created_at')}  {shown}")
+
+
+@batch_app.command("run", context_settings=EXTRA_ARGS)
+def run(
+    ctx: typer.Context,
+    config: str | None = ConfigOpt,
+    input_path: str | None = InputOpt,
+    output_path: str | None = OutputOpt,
+    engine: str | None = EngineOpt,
+    poll_interval: float = typer.Option(
+        30.0, "--poll-interval", "--poll_interval", min=0.0, help="Seconds between status checks."
+    ),
+    log_level: str = LogOpt,
+) -> None:
+    """Submit, wait (printing progress), fetch, and answer online the rows the batch failed or let expire.
+
+    Resumable: rerun the same command after an interruption; no row is submitted or answered twice."""
+    from infermux.cli.common import EXIT_ROWS_FAILED, fail, user_errors
+    from infermux.jobs.batch_run import run_batch_job
+
+    with user_errors():
+        cfg, eng = _setup(ctx, config, input_path, output_path, engine, log_level)
+        if not cfg.input_path:
+            fail("give --input_path (or input_path in the config).")
+
+        def show(state: BatchJobState) -> None:
+            total = sum(s.requests for s in state.shards)
+            done = sum(s.request_counts.get("completed", s.request_counts.get("succeeded", 0)) for s in state.shards)
+            ended = sum(1 for s in state.shards if s.terminal)
+            print(f"batch: {ended}/{len(state.shards)} batches ended, {done}/{total} requests answered", flush=True)
+
+        try:
+            report = run_batch_job(eng, cfg, poll_interval=poll_interval, on_status=show)
+        finally:
+            eng.close()
+        print(f"batch: {report.batch_done} rows answered, {report.batch_failed} not")
+        if report.online is not None:
+            print(f"online: {report.online.done} rows answered, {report.online.failed} failed")
+        if report.failed:
+            print(f"failed rows are listed in {cfg.output_path}.errors.jsonl")
             raise SystemExit(EXIT_ROWS_FAILED)
         print(f"wrote {cfg.output_path}")

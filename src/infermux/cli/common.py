@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
 EXIT_USER_ERROR = 2
 EXIT_ROWS_FAILED = 3
+EXIT_BUDGET = 4  # --max-cost stopped the job before every row started (resumable)
 
 _debug = False
 

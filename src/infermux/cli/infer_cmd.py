@@ -6,7 +6,7 @@ import asyncio
 import sys
 from typing import TYPE_CHECKING
 
-from infermux.cli.common import EXIT_ROWS_FAILED, fail, load_cli_config, setup_logging, user_errors
+from infermux.cli.common import EXIT_BUDGET, EXIT_ROWS_FAILED, fail, load_cli_config, setup_logging, user_errors
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -32,6 +32,9 @@ def run_infer(
     log_level: str,
     ray: str | None = None,
     tools_path: str | None = None,
+    no_cache: bool = False,
+    max_cost: float | None = None,
+    dry_run: bool = False,
 ) -> None:
     setup_logging(log_level)
     with user_errors():
@@ -50,6 +53,20 @@ def run_infer(
 
             dist = cfg.distributed or DistributedParams()
             cfg.distributed = dist.model_copy(update={"address": ray}) if ray else dist
+        if no_cache:
+            cfg.cache = False
+        if max_cost is not None:
+            if max_cost < 0:
+                fail("--max-cost must be a number of US dollars, 0 or more.")
+            cfg.max_cost = max_cost
+        if dry_run:
+            if interactive or not cfg.input_path:
+                fail("--dry-run plans a batch job: give --input_path (or input_path in the config).")
+            from infermux.jobs.plan import plan_job
+
+            engine_name = cfg.resolved_engine()
+            print(plan_job(cfg).describe(str(getattr(engine_name, "value", engine_name)), cfg.model.model_name))
+            return
         if interactive or not cfg.input_path:
             if ray is not None:
                 fail("--ray runs batch jobs (--input_path and --output_path); chat runs on this machine.")
@@ -104,12 +121,12 @@ def _with_progress(
         MofNCompleteColumn(),
         TextColumn("{task.fields[rate]} rows/s"),
         TimeRemainingColumn(),
-        TextColumn("failed {task.fields[failed]}  tokens {task.fields[tokens]}"),
+        TextColumn("failed {task.fields[failed]}  tokens {task.fields[tokens]}  {task.fields[cost]}"),
         console=console,
         transient=False,
         disable=not console.is_terminal,
     )
-    task = progress.add_task("infer", total=None, rate="-", failed=0, tokens=0)
+    task = progress.add_task("infer", total=None, rate="-", failed=0, tokens=0, cost="")
 
     def on_progress(report: BatchReport) -> None:
         elapsed = max(report.elapsed, 1e-6)
@@ -120,10 +137,19 @@ def _with_progress(
             rate=f"{report.done / elapsed:.1f}",
             failed=report.failed,
             tokens=report.completion_tokens,
+            cost=report.cost.describe() if report.cost.priced or report.cost.unpriced else "",
         )
 
+    def line(text: str) -> None:
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+    # Not a terminal (nohup, CI, Slurm, Kubernetes): a plain line every progress_interval_s seconds.
+    lines = None if console.is_terminal else line
     with progress:
-        return asyncio.run(run_config_job(cfg, on_progress=on_progress, on_row=on_row, tools=tools))
+        return asyncio.run(
+            run_config_job(cfg, on_progress=on_progress, on_row=on_row, tools=tools, progress_lines=lines)
+        )
 
 
 def _print_answers(answered: dict[int, Conversation | RowError]) -> None:
@@ -149,12 +175,23 @@ def describe_message(message: Message) -> str:
 
 def _summarise(report: BatchReport) -> int:
     parts = [f"{report.done} answered"]
+    if report.cached:
+        parts.append(f"{report.cached} of them from the answer cache")
     if report.resumed:
         parts.append(f"{report.resumed} already done")
     if report.failed:
         parts.append(f"{report.failed} failed")
     where = f" → {report.output_path}" if report.output_path else ""
     sys.stderr.write(f"{', '.join(parts)} of {report.total} rows in {report.elapsed:.1f}s{where}\n")
+    tokens = f"tokens: {report.prompt_tokens} in, {report.completion_tokens} out"
+    sys.stderr.write(f"{tokens}; cost: {report.cost.describe()}\n")
+    if report.budget_stopped:
+        kept = f"kept in {report.output_path}.partial.jsonl" if report.output_path else "printed above"
+        sys.stderr.write(
+            f"stopped: --max-cost reached with {report.not_started} rows not started; the finished rows are "
+            f"{kept}. Rerun the same command with a higher --max-cost to go on.\n"
+        )
+        return EXIT_BUDGET
     if report.failed:
         sys.stderr.write(
             f"failed rows are listed in {report.errors_path or 'the log above'}; "

@@ -10,10 +10,13 @@ from infermux.cli.batch_cmd import batch_app  # light: typer only; its commands 
 from infermux.cli.options import (
     EXTRA_ARGS,
     ConfigOpt,
+    DryRunOpt,
     EngineOpt,
     ImageOpt,
     InputOpt,
     LogOpt,
+    MaxCostOpt,
+    NoCacheOpt,
     OutputOpt,
     StrictOpt,
     SystemPromptOpt,
@@ -53,6 +56,9 @@ def infer(
     ),
     tools: str | None = ToolsOpt,
     log_level: str = LogOpt,
+    no_cache: bool = NoCacheOpt,
+    max_cost: float | None = MaxCostOpt,
+    dry_run: bool = DryRunOpt,
 ) -> None:
     """Run a batch job (--input_path) or chat (-i). Extra --section.field VALUE options override the config."""
     from infermux.cli.infer_cmd import run_infer
@@ -60,6 +66,9 @@ def infer(
     run_infer(
         ray=ray,
         tools_path=tools,
+        no_cache=no_cache,
+        max_cost=max_cost,
+        dry_run=dry_run,
         config=config,
         overrides=list(ctx.args),
         input_path=input_path,

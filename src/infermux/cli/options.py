@@ -15,10 +15,13 @@ import typer
 __all__ = [
     "EXTRA_ARGS",
     "ConfigOpt",
+    "DryRunOpt",
     "EngineOpt",
     "ImageOpt",
     "InputOpt",
     "LogOpt",
+    "MaxCostOpt",
+    "NoCacheOpt",
     "OutputOpt",
     "StrictOpt",
     "SystemPromptOpt",
@@ -38,4 +41,11 @@ SystemPromptOpt: Any = typer.Option(None, "--system-prompt", "--system_prompt", 
 ImageOpt: Any = typer.Option(None, "--image", help="Image path or URL for the first turn.")
 ToolsOpt: Any = typer.Option(
     None, "--tools", help="JSON file with a list of tools, given to every conversation that has none."
+)
+NoCacheOpt: Any = typer.Option(False, "--no-cache", help="Do not read or write the per-row answer cache.")
+MaxCostOpt: Any = typer.Option(
+    None, "--max-cost", "--max_cost", help="Budget in USD: start no row that would pass it (exit 4, resumable)."
+)
+DryRunOpt: Any = typer.Option(
+    False, "--dry-run", help="Print rows, estimated tokens, cost (online and batch API) and time; send nothing."
 )

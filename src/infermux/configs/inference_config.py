@@ -38,6 +38,21 @@ class InferenceConfig(ConfigModel):
     """Fail, instead of warning, when the engine does not support a requested parameter."""
     distributed: DistributedParams | None = None
     """Shard the batch job over a Ray cluster (``--ray``); see docs/distributed.md."""
+    max_cost: float | None = Field(default=None, ge=0)
+    """Budget in US dollars (``--max-cost``): no new row starts once its estimated cost would pass it; the
+    job stops resumable (exit 4). Needs a model with known prices."""
+    cache: bool | None = None
+    """The per-row answer cache: None (default) uses it for greedy or seeded generation only; ``false``
+    (``--no-cache``) never; ``true`` also for sampling without a seed."""
+    cache_path: str | None = None
+    """The answer cache file (default ``$INFERMUX_CACHE_DIR/answers.sqlite``, else
+    ``~/.cache/infermux/answers.sqlite``)."""
+    cache_max_mb: int = Field(default=1024, ge=1)
+    """Size cap of the answer cache in MiB; the least recently used answers go first."""
+    progress_path: str | None = None
+    """Also write the job's progress as JSON to this file (replaced atomically) for dashboards."""
+    progress_interval_s: float = Field(default=10.0, gt=0)
+    """Seconds between progress lines when stderr is not a terminal (and between progress_path writes)."""
 
     @field_validator("engine", mode="before")
     @classmethod

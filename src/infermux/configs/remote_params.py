@@ -24,7 +24,8 @@ class RemoteParams(ConfigModel):
         {
             "api_key", "api_key_env_varname", "max_retries", "retry_backoff_base", "retry_backoff_max",
             "connection_timeout", "num_workers", "politeness_policy", "use_adaptive_concurrency",
-            "batch_completion_window", "rate_limit_timeout", "user_id",
+            "batch_completion_window", "rate_limit_timeout", "user_id", "requests_per_minute",
+            "input_tokens_per_minute", "output_tokens_per_minute", "anthropic_prompt_caching",
         }
     )  # fmt: skip
 
@@ -56,6 +57,18 @@ class RemoteParams(ConfigModel):
     user_id: str | None = None
     """An end-user id sent with each request for the provider's abuse monitoring (OpenAI ``user``,
     Anthropic ``metadata.user_id``)."""
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    """Most requests started in any 60 s window, job-wide (retries count); None: no limit."""
+    input_tokens_per_minute: int | None = Field(default=None, ge=1)
+    """Most prompt tokens sent in any 60 s window, job-wide. Tokens are estimated before sending
+    (characters / 4 over the request's text, scaled by what the server reported so far) and corrected
+    from each reply's usage; None: no limit."""
+    output_tokens_per_minute: int | None = Field(default=None, ge=1)
+    """Most completion tokens in any 60 s window, job-wide (a request reserves ``max_new_tokens`` until
+    replies report usage, then the average completion seen); None: no limit."""
+    anthropic_prompt_caching: bool = False
+    """ANTHROPIC only: mark the system prompt (and the tools, when present) with
+    ``cache_control: {type: ephemeral}``; cache reads and writes are reported in the row's usage."""
 
     @field_validator("batch_completion_window")
     @classmethod

@@ -77,7 +77,7 @@ def _section(name: str, spec: EngineSpec, root: Path) -> list[str]:
         if workers:
             lines.append(f"- Concurrent requests by default: {workers} (`remote_params.num_workers`)")
         if cls.capabilities.batch_api:
-            lines.append("- Batch API: `infermux batch submit|status|fetch` ([docs/batch-api.md](batch-api.md))")
+            lines.append("- Batch API: `infermux batch run|submit|status|fetch` ([docs/batch-api.md](batch-api.md))")
     for var, meaning in dict(getattr(cls, "env_vars", {}) or {}).items():
         lines.append(f"- Environment: `{var}`: {meaning}")
     caps = cls.capabilities

@@ -25,14 +25,17 @@ Shapes
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from infermux.errors import InputError, OutputError, RowError
 from infermux.jobs.loop import BatchReport, JobFiles, run_job
+from infermux.jobs.options import JobOptions
 from infermux.jobs.rows import (
     InputRow,
     check_encodable,
@@ -55,6 +58,7 @@ __all__ = [
     "BatchReport",
     "ainfer",
     "check_output_path",
+    "default_options",
     "engine_fingerprint",
     "infer",
     "prepare_input",
@@ -130,13 +134,17 @@ async def run_job_file(
     on_row: OnRow | None = None,
     row_ids: list[str] | None = None,
     tools: list[Tool] | None = None,
+    options: JobOptions | None = None,
+    settled: Mapping[str, RowError] | None = None,
 ) -> BatchReport:
     """The durable batch job: ``input_path`` (JSONL) → ``output_path`` (JSONL), resumable.
 
     ``row_ids`` is what :func:`prepare_input` returned when the caller already checked the file (and
     checked the engine against what it found, see :func:`prepare_input`); the check is otherwise done
     here, before any row runs. ``fingerprint`` defaults to the engine's. ``tools`` are given to every
-    row that has none (the CLI's ``--tools``); they count for resume.
+    row that has none (the CLI's ``--tools``); they count for resume. ``options`` (answer cache, prices,
+    budget) default to :func:`default_options`. Rows in ``settled`` (row id → error) are recorded as
+    failed without being sent.
     """
     generation = generation or engine.generation_params
     if row_ids is None:
@@ -145,22 +153,34 @@ async def run_job_file(
         engine._check(generation, tools=bool(tools) or any(offered))
     else:
         engine._check(generation, tools=bool(tools))
+    fingerprint = fingerprint or engine_fingerprint(engine, generation)
+    if tools:
+        fingerprint = tools_fingerprint(fingerprint, tools)
     files = None
     if output_path:
         check_output_path(output_path, input_path)
-        fingerprint = fingerprint or engine_fingerprint(engine, generation)
-        files = JobFiles(output_path, tools_fingerprint(fingerprint, tools) if tools else fingerprint)
-    report = await run_job(
-        engine,
-        lambda: with_default_tools(iter_rows(input_path), tools),
-        row_ids,
-        generation,
-        files=files,
-        on_row=on_row,
-        on_progress=on_progress,
-    )
+        files = JobFiles(output_path, fingerprint)
+    owned = options is None
+    options = options or default_options(engine, generation)
+    options.fingerprint = options.fingerprint or fingerprint
+    ids = row_ids
+    try:
+        report = await run_job(
+            engine, lambda: with_default_tools(iter_rows(input_path), tools), ids, generation,
+            files=files, on_row=on_row, on_progress=on_progress, options=options, settled=settled,
+        )  # fmt: skip
+    finally:
+        if owned:
+            options.close()
     engine.last_report = report
     return report
+
+
+def default_options(engine: InferenceEngine, generation: GenerationParams, *, cache: bool | None = None) -> JobOptions:
+    """Prices, no budget, and the answer cache: ``cache`` None uses it for greedy or seeded generation
+    (file jobs), False never (in-memory ``engine.infer`` unless its config says ``cache: true``)."""
+    name = engine.engine_type if engine.engine_type is not None else engine.name
+    return JobOptions.build(str(getattr(name, "value", name)), engine.model_params.model_name, generation, cache=cache)
 
 
 async def run_config_job(
@@ -169,9 +189,42 @@ async def run_config_job(
     on_progress: OnProgress | None = None,
     on_row: OnRow | None = None,
     tools: list[Tool] | None = None,
+    progress_lines: Callable[[str], None] | None = None,
 ) -> BatchReport:
     """Run ``config.input_path`` → ``config.output_path`` (printing is the caller's: pass ``on_row``);
-    ``tools`` go to every row without tools."""
+    ``tools`` go to every row without tools.
+
+    Every ``config.progress_interval_s`` seconds a progress line goes to ``progress_lines`` (when given)
+    and the progress JSON to ``config.progress_path`` (when set); see :mod:`infermux.jobs.progress`."""
+    from infermux.jobs.progress import ProgressTicker
+
+    ticker = ProgressTicker(config.progress_interval_s, lines=progress_lines, path=config.progress_path)
+    if not ticker.active:
+        return await _run_config_job(config, on_progress=on_progress, on_row=on_row, tools=tools)
+
+    def seen(report: BatchReport) -> None:
+        ticker.see(report)
+        if on_progress is not None:
+            on_progress(report)
+
+    task = asyncio.ensure_future(ticker.run())
+    try:
+        report = await _run_config_job(config, on_progress=seen, on_row=on_row, tools=tools)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    ticker.finish(report)
+    return report
+
+
+async def _run_config_job(
+    config: InferenceConfig,
+    *,
+    on_progress: OnProgress | None = None,
+    on_row: OnRow | None = None,
+    tools: list[Tool] | None = None,
+) -> BatchReport:
     from infermux.engines.registry import build_engine
 
     if not config.input_path:
@@ -180,22 +233,27 @@ async def run_config_job(
     row_ids = prepare_input(config.input_path, offered_tools=offered)  # before loading a model
     if config.output_path:
         check_output_path(config.output_path, config.input_path)
-    engine = build_engine(config)
+    options = JobOptions.from_config(config)  # before loading a model: an unenforceable budget is exit 2
     try:
-        engine._check(config.generation, tools=bool(tools) or any(offered))  # before any row runs
-        return await run_job_file(
-            engine,
-            config.input_path,
-            config.output_path,
-            generation=config.generation,
-            fingerprint=config.fingerprint(),
-            on_progress=on_progress,
-            on_row=on_row,
-            row_ids=row_ids,
-            tools=tools,
-        )
+        engine = build_engine(config)
+        try:
+            engine._check(config.generation, tools=bool(tools) or any(offered))  # before any row runs
+            return await run_job_file(
+                engine,
+                config.input_path,
+                config.output_path,
+                generation=config.generation,
+                fingerprint=config.fingerprint(),
+                on_progress=on_progress,
+                on_row=on_row,
+                row_ids=row_ids,
+                tools=tools,
+                options=options,
+            )
+        finally:
+            engine.close()
     finally:
-        engine.close()
+        options.close()
 
 
 async def ainfer(
@@ -238,12 +296,21 @@ async def _ainfer(
     ids = [r.row_id for r in rows]
     collect: list[Conversation | RowError | None] = [None] * len(rows)
     files = None
+    fingerprint = engine_fingerprint(engine, generation)
     if output_path:
         check_output_path(output_path)
-        files = JobFiles(output_path, engine_fingerprint(engine, generation))
-    report = await run_job(
-        engine, lambda: rows, ids, generation, files=files, on_row=lambda row, r: collect.__setitem__(row.index, r)
-    )
+        files = JobFiles(output_path, fingerprint)
+    # In memory, answers come from the cache only when asked (``cache: true``): a library call that
+    # samples again with the same seed expects the engine to run.
+    options = default_options(engine, generation, cache=bool(config is not None and config.cache))
+    options.fingerprint = fingerprint
+    try:
+        report = await run_job(
+            engine, lambda: rows, ids, generation, files=files,
+            on_row=lambda row, r: collect.__setitem__(row.index, r), options=options,
+        )  # fmt: skip
+    finally:
+        options.close()
     engine.last_report = report
     return [as_conversation(rows[i].conversation, r) for i, r in enumerate(collect)]
 

@@ -9,6 +9,11 @@ row is done the output is assembled in input order into a temporary file and mov
 write) is discarded on resume.
 
 Memory stays flat in the number of rows: the loop keeps row ids and byte offsets, never the rows.
+
+With :class:`~infermux.jobs.options.JobOptions` the loop also answers rows from the answer cache
+(recorded like answered rows, ``metadata["cached"] = true``), prices answered rows
+(``metadata["cost_usd"]``) and stops starting rows once the budget would be passed
+(``report.budget_stopped``; the job stays resumable).
 """
 
 from __future__ import annotations
@@ -16,12 +21,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from infermux.errors import RowError
+from infermux.jobs.cache import cache_key
+from infermux.jobs.cost import CostTotals
 from infermux.jobs.files import JobFiles
+from infermux.jobs.options import Budget, JobOptions, estimated_prompt_tokens, request_of
 from infermux.jobs.rows import InputRow
 from infermux.text import scrub_reply
 from infermux.types import Conversation
@@ -29,6 +37,8 @@ from infermux.types import Conversation
 if TYPE_CHECKING:
     from infermux.configs.generation_params import GenerationParams
     from infermux.engines.base import InferenceEngine
+    from infermux.jobs.cache import AnswerCache
+    from infermux.jobs.cost import Pricing
 
 __all__ = ["BatchReport", "JobFiles", "record_result", "run_job"]  # JobFiles re-exported
 
@@ -45,9 +55,23 @@ class BatchReport:
     failed: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached: int = 0
+    """Rows answered from the answer cache (counted in ``done`` too)."""
+    cost: CostTotals = field(default_factory=CostTotals)
+    budget_stopped: bool = False
+    """The budget (``max_cost``) stopped the job before every row started; rerun to go on."""
     started: float = field(default_factory=time.monotonic)
     output_path: str | None = None
     errors_path: str | None = None
+
+    @property
+    def finished(self) -> int:
+        """Rows with a result: resumed, answered or failed."""
+        return self.resumed + self.done + self.failed
+
+    @property
+    def not_started(self) -> int:
+        return max(0, self.total - self.finished)
 
     @property
     def elapsed(self) -> float:
@@ -77,8 +101,10 @@ async def _run_chunks(
     rows: Iterable[InputRow],
     generation: GenerationParams,
     on_result: OnResult,
+    lookup: Callable[[InputRow], Conversation | RowError | None] | None = None,
 ) -> None:
-    """Feed ``rows`` to the engine in chunks, ``engine.max_concurrency()`` chunks at a time."""
+    """Feed ``rows`` to the engine in chunks, ``engine.max_concurrency()`` chunks at a time; rows that
+    ``lookup`` answers (the cache) skip the engine."""
     size = max(1, engine.chunk_size(generation))
     workers = max(1, engine.max_concurrency())
     # Workers pull from one shared iterator (``next`` never awaits, so no two workers interleave inside
@@ -87,6 +113,17 @@ async def _run_chunks(
 
     async def work() -> None:
         for chunk in chunks:
+            if lookup is not None:
+                misses = []
+                for row in chunk:
+                    hit = lookup(row)
+                    if hit is None:
+                        misses.append(row)
+                    else:
+                        on_result(row, hit)
+                chunk = misses
+                if not chunk:
+                    continue
             for row, result in zip(chunk, await _infer_safely(engine, chunk, generation), strict=True):
                 on_result(row, result)
 
@@ -163,9 +200,19 @@ async def run_job(
     files: JobFiles | None = None,
     on_row: OnResult | None = None,
     on_progress: Callable[[BatchReport], None] | None = None,
+    options: JobOptions | None = None,
+    settled: Mapping[str, RowError] | None = None,
 ) -> BatchReport:
-    """Run every row not already done; record results in ``files`` and pass each to ``on_row``."""
+    """Run every row not already done; record results in ``files`` and pass each to ``on_row``.
+
+    Rows in ``settled`` (row id → error) are recorded as failed without running: failures already
+    known not to be worth another request (a Batch API said the request itself is wrong)."""
+    options = options or JobOptions()
     report = BatchReport(total=len(row_ids))
+    cache, pricing = options.cache, options.pricing
+    budget = Budget(options.max_cost) if options.max_cost is not None and pricing is not None else None
+    reserved: dict[str, float] = {}
+    keys: dict[str, str] = {}
     done: set[str] = set()
     if files is not None:
         files.check_writable()
@@ -175,24 +222,113 @@ async def run_job(
         files.open()
 
     def on_result(row: InputRow, result: Conversation | RowError) -> None:
+        key = keys.pop(row.row_id, None)
+        cost: float | None = None
+        if isinstance(result, Conversation):
+            if result.metadata.get("cached") is True:
+                report.cached += 1
+                cost = 0.0
+            else:
+                cost = _price_row(result, pricing)
+                if cache is not None and key is not None:
+                    _remember(cache, key, row.conversation, result)
         result = record_result(report, files, row, result)
+        if isinstance(result, Conversation) and pricing is not None:
+            report.cost.add(cost)
+        if budget is not None:
+            budget.settle(reserved.pop(row.row_id, 0.0), cost)
         if on_row is not None:
             on_row(row, result)
         if on_progress is not None:
             on_progress(report)
 
-    todo = (row for row in rows() if row.row_id not in done)
+    def lookup(row: InputRow) -> Conversation | RowError | None:
+        if settled and row.row_id in settled:
+            return settled[row.row_id]
+        if cache is None:
+            return None
+        key = cache_key(options.fingerprint, request_of(row.conversation))
+        try:
+            stored = cache.get(key)
+        except Exception:  # a locked or damaged cache file: answer the row instead
+            logger.warning("the answer cache could not be read", exc_info=True)
+            stored = None
+        hit = _from_cache(row.conversation, stored) if stored is not None else None
+        if hit is None:
+            keys[row.row_id] = key
+        return hit
+
+    def todo() -> Iterator[InputRow]:
+        for row in rows():
+            if row.row_id in done:
+                continue
+            if budget is not None and pricing is not None:
+                estimate = _estimate_cost(row.conversation, pricing, generation, report)
+                if not budget.reserve(estimate):
+                    report.budget_stopped = True
+                    logger.warning("max_cost $%.4f reached: no new rows are started", budget.limit)
+                    return
+                reserved[row.row_id] = estimate
+            yield row
+
+    if on_progress is not None:
+        on_progress(report)  # once before any row: progress displays get the report (and the total)
     try:
         await engine._start_job()
         try:
-            await _run_chunks(engine, todo, generation, on_result)
+            use_lookup = cache is not None or bool(settled)
+            await _run_chunks(engine, todo(), generation, on_result, lookup if use_lookup else None)
         finally:
             await engine._end_job()
     finally:
         if files is not None:
             files.close()
     if files is not None:
-        files.assemble(row_ids, complete=report.failed == 0)
+        files.assemble(row_ids, complete=report.failed == 0 and report.not_started == 0)
         if report.failed:
             report.errors_path = str(files.errors)
     return report
+
+
+def _price_row(result: Conversation, pricing: Pricing | None) -> float | None:
+    """The row's cost from its reported usage, also written to ``metadata["cost_usd"]``."""
+    if pricing is None:
+        return None
+    cost = pricing.cost(result.metadata.get("usage"))
+    if cost is not None:
+        result.metadata["cost_usd"] = round(cost, 10)
+    return cost
+
+
+def _estimate_cost(
+    conversation: Conversation, pricing: Pricing, generation: GenerationParams, report: BatchReport
+) -> float:
+    answered = report.done - report.cached
+    completion = round(report.completion_tokens / answered) if answered > 0 else generation.max_new_tokens
+    estimate = pricing.estimate(estimated_prompt_tokens(conversation), completion)
+    return estimate or 0.0
+
+
+def _remember(cache: AnswerCache, key: str, original: Conversation, answered: Conversation) -> None:
+    """Store what the engine added to the row: the new messages and the metadata it set."""
+    added = {k: v for k, v in answered.metadata.items() if original.metadata.get(k, _MISSING) != v}
+    added.pop("cost_usd", None)
+    reply = [m.to_json_dict() for m in answered.messages[len(original.messages) :]]
+    try:
+        cache.put(key, {"messages": reply, "metadata": added})
+    except Exception:  # a full disk or a locked file must not fail the row
+        logger.warning("the answer cache could not store a row", exc_info=True)
+
+
+def _from_cache(original: Conversation, stored: dict[str, Any]) -> Conversation | None:
+    try:
+        data = original.to_json_dict()
+        data["messages"] = [*data["messages"], *stored["messages"]]
+        data["metadata"] = {**original.metadata, **stored["metadata"], "cached": True}
+        return Conversation.from_json_dict(data)
+    except Exception:  # an entry from another version: answer the row again
+        logger.debug("unreadable cache entry", exc_info=True)
+        return None
+
+
+_MISSING = object()

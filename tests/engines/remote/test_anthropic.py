@@ -287,3 +287,28 @@ def test_models_that_refuse_sampling_get_none_and_one_warning(
     )
     older.infer(rows[:1])
     assert fake.requests[0].json["temperature"] == 0.0
+
+
+def test_prompt_caching_marks_the_system_prompt_and_reports_cached_tokens(fake: FakeAnthropic) -> None:
+    from infermux.jobs.cost import Pricing
+
+    remote = RemoteParams(api_url=fake.url, api_key=KEY, anthropic_prompt_caching=True, num_workers=1)
+    eng = AnthropicInferenceEngine(ModelParams(model_name="claude-3-5-haiku-latest"), remote_params=remote)
+    system = "You answer questions about a long shared document. " * 20
+    rows = [conv((Role.SYSTEM, system), (Role.USER, f"Question {i}?")) for i in range(3)]
+    answers = eng.infer(rows)
+    body = fake.requests[0].json
+    assert body["system"] == [{"type": "text", "text": system, "cache_control": {"type": "ephemeral"}}]
+    system_tokens = len(system.split())
+    first, second, _ = (a.metadata["usage"] for a in answers)
+    assert first["cache_creation_tokens"] == system_tokens and first["cached_tokens"] == 0
+    assert second["cached_tokens"] == system_tokens and second["cache_creation_tokens"] == 0
+    assert second["prompt_tokens"] == system_tokens + 2  # prompt tokens include the cached ones
+    # cache reads are priced below fresh input by the price library
+    pricing = Pricing("anthropic", "claude-3-5-haiku-latest")
+    uncached = {**second, "cached_tokens": 0}
+    assert (pricing.cost(second) or 0) < (pricing.cost(uncached) or 0)
+    # off by default: the system prompt stays a plain string
+    fake.clear()
+    engine(fake.url).infer([rows[0]])
+    assert fake.requests[0].json["system"] == system

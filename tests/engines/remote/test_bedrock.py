@@ -214,3 +214,18 @@ def test_a_service_quota_is_a_quota_error_with_advice_not_retried(engine: Bedroc
         stub.assert_no_pending_responses()
     error = answer.metadata["error"]
     assert error["kind"] == "quota_exceeded" and not error["retryable"] and "quota increase" in error["message"]
+
+
+def test_prompt_tokens_include_prompt_cache_reads_and_writes() -> None:
+    from infermux.engines.remote.bedrock import parse_converse_response
+
+    response = {
+        "output": {"message": {"role": "assistant", "content": [{"text": "ok"}]}},
+        "stopReason": "end_turn",
+        "usage": {"inputTokens": 10, "outputTokens": 2, "totalTokens": 12, "cacheReadInputTokens": 30,
+                  "cacheWriteInputTokens": 5},
+    }  # fmt: skip
+    _, metadata = parse_converse_response(response)
+    assert metadata["usage"] == {
+        "prompt_tokens": 45, "completion_tokens": 2, "total_tokens": 47, "cached_tokens": 30, "cache_creation_tokens": 5
+    }  # fmt: skip

@@ -9,9 +9,16 @@ Protocol mapping (from Anthropic's API reference):
 * ``max_tokens`` is required (``max_new_tokens``); ``temperature`` (0-1), ``top_p``,
   ``stop_sequences``; guided JSON becomes ``output_config.format`` (``json_schema``, objects closed
   with ``additionalProperties: false`` as structured outputs require);
-* the reply's text blocks are joined; ``usage`` and ``stop_reason`` go to the metadata.
+* the reply's text blocks are joined; ``usage`` and ``stop_reason`` go to the metadata;
+* prompt caching (``remote_params.anthropic_prompt_caching``): the system prompt goes as one text
+  block, and the last tool definition (when tools are sent), with ``cache_control: {type: ephemeral}``,
+  which caches the prompt up to that point. Usage then reports ``cache_read_input_tokens`` and
+  ``cache_creation_input_tokens`` next to ``input_tokens`` (which excludes both); the row's usage has
+  ``prompt_tokens`` = all three, ``cached_tokens`` = the cache reads, ``cache_creation_tokens`` = the
+  cache writes (priced at their own rates).
 
-Auth is the ``x-api-key`` header (``ANTHROPIC_API_KEY``) plus ``anthropic-version``.
+Auth is the ``x-api-key`` header (``ANTHROPIC_API_KEY``) plus ``anthropic-version``. Message Batches
+(``infermux batch ...``) live in :mod:`.anthropic_batch`.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams
 from infermux.configs.remote_params import RemoteParams
 from infermux.engines.capabilities import Capabilities
+from infermux.engines.remote.anthropic_batch import MessageBatchesMixin
 from infermux.engines.remote.base import RemoteEngine
 from infermux.engines.remote.claude_models import SAMPLING_PARAMS, refuses_sampling, warn_dropped_sampling
 from infermux.engines.remote.http.sse import SseEvent
@@ -40,12 +48,15 @@ _MEDIA_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 
 
 def _usage(usage: dict[str, Any]) -> Usage:
-    """Messages API ``usage`` (``input_tokens``, ``output_tokens``, cache counts) in our terms."""
-    return Usage.of(
-        int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0),
-        cached_tokens=usage.get("cache_read_input_tokens"),
-        cache_creation_tokens=usage.get("cache_creation_input_tokens"),
-    )  # fmt: skip
+    """Messages API ``usage`` in our terms: Anthropic's ``input_tokens`` excludes the prompt tokens read
+    from or written to the prompt cache; our ``prompt_tokens`` counts them all, and ``cached_tokens`` /
+    ``cache_creation_tokens`` say how many were read / written."""
+    read, created = usage.get("cache_read_input_tokens"), usage.get("cache_creation_input_tokens")
+    prompt = int(usage.get("input_tokens") or 0) + int(read or 0) + int(created or 0)
+    return Usage.of(prompt, int(usage.get("output_tokens") or 0), cached_tokens=read, cache_creation_tokens=created)
+
+
+_EPHEMERAL = {"cache_control": {"type": "ephemeral"}}
 
 
 def _content_blocks(message: Message) -> list[dict[str, Any]]:
@@ -94,7 +105,7 @@ def build_messages(conversation: Conversation) -> tuple[str | None, list[dict[st
     return ("\n\n".join(system) if system else None), turns
 
 
-class AnthropicInferenceEngine(RemoteEngine):
+class AnthropicInferenceEngine(MessageBatchesMixin, RemoteEngine):
     """Claude models through Anthropic's Messages API (or any server speaking it, like ``vllm serve``)."""
 
     engine_type = InferenceEngineType.ANTHROPIC
@@ -167,8 +178,9 @@ class AnthropicInferenceEngine(RemoteEngine):
             "max_tokens": generation.max_new_tokens,
             "messages": messages,
         }
+        caching = self.remote_params is not None and self.remote_params.anthropic_prompt_caching
         if system is not None:
-            body["system"] = system
+            body["system"] = [{"type": "text", "text": system, **_EPHEMERAL}] if caching else system
         body.update(self._sampling_fields(generation))
         if generation.stop_strings:
             body["stop_sequences"] = list(generation.stop_strings)
@@ -179,6 +191,8 @@ class AnthropicInferenceEngine(RemoteEngine):
         user = self.remote_params.user_id if self.remote_params is not None else None
         if user:
             body["metadata"] = {"user_id": user}
+        if caching and body.get("tools"):
+            body["tools"] = [*body["tools"][:-1], {**body["tools"][-1], **_EPHEMERAL}]
         return body
 
     def build_stream_request(self, conversation: Conversation, generation: GenerationParams) -> HttpRequest:

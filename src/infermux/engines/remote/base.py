@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 from infermux.configs.generation_params import GenerationParams
 from infermux.configs.remote_params import RemoteParams
 from infermux.engines.base import InferenceEngine, StreamEvent
+from infermux.engines.remote.http.limits import estimate_tokens
 from infermux.engines.remote.http.sse import StreamDecoder
 from infermux.engines.remote.http.transport import (
     HttpRequest,
@@ -62,6 +63,23 @@ class SecretHeaders(dict):  # type: ignore[type-arg]
         return f"SecretHeaders({shown!r})"
 
     __str__ = __repr__
+
+
+def request_chars(conversation: Conversation) -> int:
+    """Characters of a request's text (every message; images count nothing), for token estimates."""
+    return sum(len(message.text) for message in conversation.messages)
+
+
+def reported_usage(result: Conversation) -> tuple[int | None, int | None]:
+    """(prompt, completion) tokens from an answered row's ``metadata["usage"]`` (None where absent)."""
+    usage = result.metadata.get("usage")
+    if not isinstance(usage, dict):
+        return None, None
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    return (
+        int(prompt) if isinstance(prompt, int | float) else None,
+        int(completion) if isinstance(completion, int | float) else None,
+    )
 
 
 class RemoteEngine(InferenceEngine):
@@ -180,7 +198,8 @@ class RemoteEngine(InferenceEngine):
                 continue
             try:
                 parse = functools.partial(self.parse_reply, conversation)
-                results.append(await self._transport.send(request, parse))
+                tokens = (estimate_tokens(request_chars(conversation)), generation.max_new_tokens)
+                results.append(await self._transport.send(request, parse, tokens=tokens, usage=reported_usage))
             except RemoteError as exc:
                 results.append(exc.to_row_error())
         return results
@@ -216,7 +235,8 @@ class RemoteEngine(InferenceEngine):
             except (ValueError, OSError) as exc:
                 raise InputError(redact(str(exc), self._secrets)) from None
             decoder = self.stream_decoder(conversation)
-            events = self._transport.stream(request)
+            tokens = (estimate_tokens(request_chars(conversation)), generation.max_new_tokens)
+            events = self._transport.stream(request, tokens=tokens)
             try:
                 async for event in events:
                     try:

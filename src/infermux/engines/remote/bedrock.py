@@ -114,16 +114,24 @@ def build_converse_request(
     return request
 
 
+def _usage(usage: dict[str, Any]) -> Usage:
+    """Converse ``usage`` in our terms: ``inputTokens`` leaves out the prompt-cache reads and writes
+    (``cacheReadInputTokens``, ``cacheWriteInputTokens``); our ``prompt_tokens`` counts them, as OpenAI's
+    and the price library's do."""
+    read, written = usage.get("cacheReadInputTokens"), usage.get("cacheWriteInputTokens")
+    prompt = int(usage.get("inputTokens") or 0) + int(read or 0) + int(written or 0)
+    total = usage.get("totalTokens") if not (read or written) else None  # recomputed when the cache counts
+    completion = int(usage.get("outputTokens") or 0)
+    return Usage.of(prompt, completion, total, cached_tokens=read, cache_creation_tokens=written)
+
+
 def parse_converse_response(response: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     content = response["output"]["message"]["content"]
     text = "".join(block["text"] for block in content if "text" in block)
     usage = response.get("usage") or {}
     stop = response.get("stopReason")
     metadata: dict[str, Any] = {
-        "usage": Usage.of(
-            int(usage.get("inputTokens") or 0), int(usage.get("outputTokens") or 0), usage.get("totalTokens"),
-            cached_tokens=usage.get("cacheReadInputTokens"), cache_creation_tokens=usage.get("cacheWriteInputTokens"),
-        ).to_json_dict(),
+        "usage": _usage(usage).to_json_dict(),
         "finish_reason": FinishReason.parse(stop),
         "stop_reason": stop,
     }  # fmt: skip

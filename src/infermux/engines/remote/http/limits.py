@@ -4,18 +4,29 @@
   an HTTP date, ``retry-after-ms``, ``x-ratelimit-reset-*`` durations such as ``6m0s``).
 - :class:`AimdLimiter` is the async semaphore whose size follows AIMD (additive increase,
   multiplicative decrease) and which keeps ``politeness`` seconds between uses of one slot.
+- :class:`WindowLimiter` keeps a job under requests, input tokens and output tokens per minute
+  (``remote_params.requests_per_minute`` and friends) over a sliding window.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import os
 import re
 import time
 from collections import deque
 from collections.abc import Mapping
+from dataclasses import dataclass
 
-__all__ = ["AimdLimiter", "parse_duration_hint", "parse_retry_hint"]
+__all__ = [
+    "AimdLimiter",
+    "WindowLimiter",
+    "estimate_tokens",
+    "parse_duration_hint",
+    "parse_retry_hint",
+    "rate_window_s",
+]
 
 _MAX_HINT_S = 600.0
 
@@ -155,3 +166,126 @@ class AimdLimiter:
         if now - self._last_decrease >= self.cooldown_s:
             self._last_decrease = now
             self.limit = max(float(self.minimum), self.limit / 2.0)
+
+
+def rate_window_s() -> float:
+    """The length of a "minute" for the per-minute limits: 60 s, or ``$INFERMUX_RATE_WINDOW_S`` (tests
+    compress the window with it; a shorter window scales every limit down with it)."""
+    raw = os.environ.get("INFERMUX_RATE_WINDOW_S")
+    try:
+        return max(0.01, float(raw)) if raw else 60.0
+    except ValueError:
+        return 60.0
+
+
+def estimate_tokens(text_chars: int) -> int:
+    """The documented estimate of a prompt's tokens before sending: one token per 4 characters (at least 1)."""
+    return max(1, (text_chars + 3) // 4)
+
+
+@dataclass(eq=False)
+class _Use:
+    at: float
+    input: int
+    output: int
+    raw_input: int  # the unscaled estimate, for the reported/estimated ratio
+    live: bool = True  # still counted in the window sums
+
+
+class WindowLimiter:
+    """Requests, input tokens and output tokens per ``window`` seconds, over a sliding window, job-wide.
+
+    :meth:`acquire` waits until one more request (with its estimated tokens) fits in the last window and
+    returns its record; :meth:`settle` replaces the estimate by what the reply reported. The ratio of
+    reported to estimated prompt tokens so far scales later estimates, and the average completion seen
+    replaces ``max_new_tokens`` as the output reservation (:meth:`expected_output`).
+    A request bigger than a whole window's budget is let through alone, once the window is empty.
+    """
+
+    def __init__(
+        self,
+        *,
+        requests: int | None = None,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+        window: float | None = None,
+    ) -> None:
+        self.requests = requests
+        self.input_tokens = input_tokens
+        self.output_tokens = output_tokens
+        self.window = window if window is not None else rate_window_s()
+        self._uses: deque[_Use] = deque()
+        self._sum_in = 0
+        self._sum_out = 0
+        self._estimated = 0  # prompt tokens estimated for settled requests
+        self._reported = 0  # prompt tokens the server reported for them
+        self._completions = 0
+        self._completion_tokens = 0
+        self.waited_s = 0.0
+
+    @property
+    def active(self) -> bool:
+        return any(v is not None for v in (self.requests, self.input_tokens, self.output_tokens))
+
+    def _scale_input(self, estimate: int) -> int:
+        """``estimate`` corrected by the reported/estimated ratio seen so far."""
+        if self._estimated <= 0 or self._reported <= 0:
+            return estimate
+        return max(1, round(estimate * self._reported / self._estimated))
+
+    def expected_output(self, max_new_tokens: int) -> int:
+        """Completion tokens to reserve: ``max_new_tokens`` until replies report usage, then their mean."""
+        if self._completions == 0:
+            return max_new_tokens
+        return max(1, min(max_new_tokens, round(self._completion_tokens / self._completions)))
+
+    def _purge(self, now: float) -> None:
+        horizon = now - self.window
+        while self._uses and self._uses[0].at <= horizon:
+            use = self._uses.popleft()
+            use.live = False
+            self._sum_in -= use.input
+            self._sum_out -= use.output
+
+    def _fits(self, input_tokens: int, output_tokens: int) -> bool:
+        if not self._uses:
+            return True
+        if self.requests is not None and len(self._uses) + 1 > self.requests:
+            return False
+        if self.input_tokens is not None and self._sum_in + input_tokens > self.input_tokens:
+            return False
+        return self.output_tokens is None or self._sum_out + output_tokens <= self.output_tokens
+
+    async def acquire(self, estimated_input: int = 0, max_output: int = 0) -> _Use:
+        """Wait until a request of ``estimated_input`` prompt tokens (the raw estimate) and at most
+        ``max_output`` completion tokens fits; record it (started now) and return its record."""
+        started = time.monotonic()
+        while True:
+            now = time.monotonic()
+            self._purge(now)
+            input_tokens = self._scale_input(estimated_input)
+            output_tokens = self.expected_output(max_output) if max_output else 0
+            if self._fits(input_tokens, output_tokens):
+                use = _Use(now, input_tokens, output_tokens, estimated_input)
+                self._uses.append(use)
+                self._sum_in += input_tokens
+                self._sum_out += output_tokens
+                self.waited_s += now - started
+                return use
+            # the oldest record leaves the window first; look again then
+            await asyncio.sleep(max(0.001, self._uses[0].at + self.window - now))
+
+    def settle(self, use: _Use, input_tokens: int | None, output_tokens: int | None) -> None:
+        """Replace ``use``'s estimates by the reported usage (None: keep the estimate)."""
+        if input_tokens is not None:
+            self._estimated += use.raw_input
+            self._reported += input_tokens
+            if use.live:
+                self._sum_in += input_tokens - use.input
+            use.input = input_tokens
+        if output_tokens is not None:
+            self._completions += 1
+            self._completion_tokens += output_tokens
+            if use.live:
+                self._sum_out += output_tokens - use.output
+            use.output = output_tokens

@@ -35,6 +35,11 @@ What the transport guarantees
   signals (at most once per cool-down), creeps back by one slot per window of successes.
 * ``politeness_policy``: seconds between consecutive requests of one concurrency slot (a slot that
   finishes a request becomes usable again only that long after; results are not held back).
+* ``requests_per_minute``, ``input_tokens_per_minute``, ``output_tokens_per_minute``: a sliding-window
+  limiter (:class:`~infermux.engines.remote.http.limits.WindowLimiter`) shared by every worker of the
+  job, checked before a concurrency slot is taken; every attempt (retries too) counts as a request.
+  Callers pass each request's estimated tokens to :meth:`Transport.send` and how to read the reported
+  usage from the result, which corrects the estimate.
 * Secrets (API keys) are scrubbed from every error message and never part of any repr.
 """
 
@@ -53,7 +58,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import aiohttp
 
 from infermux.engines.remote.http.classify import body_retry_hint, permanent_failure
-from infermux.engines.remote.http.limits import AimdLimiter, parse_retry_hint
+from infermux.engines.remote.http.limits import AimdLimiter, WindowLimiter, parse_retry_hint
 from infermux.engines.remote.http.sse import SseEvent, iter_sse
 from infermux.errors import AuthenticationError, RemoteError
 
@@ -94,6 +99,9 @@ class TransportSettings:
     retry_backoff_max: float = 30.0
     rate_limit_budget_s: float = 300.0
     """How long one request keeps waiting out rate limits before it fails (``rate_limit_timeout``)."""
+    requests_per_minute: int | None = None
+    input_tokens_per_minute: int | None = None
+    output_tokens_per_minute: int | None = None
 
     @classmethod
     def from_remote_params(cls, params: RemoteParams, **overrides: Any) -> TransportSettings:
@@ -107,6 +115,9 @@ class TransportSettings:
             "retry_backoff_base": params.retry_backoff_base,
             "retry_backoff_max": params.retry_backoff_max,
             "rate_limit_budget_s": params.rate_limit_timeout,
+            "requests_per_minute": params.requests_per_minute,
+            "input_tokens_per_minute": params.input_tokens_per_minute,
+            "output_tokens_per_minute": params.output_tokens_per_minute,
         }
         values.update(overrides)
         return cls(**values)
@@ -195,6 +206,11 @@ class Transport(Generic[T]):
         self.limiter = AimdLimiter(
             settings.num_workers, adaptive=settings.use_adaptive_concurrency, politeness=settings.politeness_policy
         )
+        self.window = WindowLimiter(
+            requests=settings.requests_per_minute,
+            input_tokens=settings.input_tokens_per_minute,
+            output_tokens=settings.output_tokens_per_minute,
+        )
         self._session: aiohttp.ClientSession | None = None
         self._resume_at = 0.0  # monotonic time before which no request starts (shared rate-limit pause)
         self._rate_streak = 0  # rate-limited replies since the last success
@@ -222,17 +238,29 @@ class Transport(Generic[T]):
 
     # ------------------------------------------------------------------ one request, with retries
 
-    async def send(self, request: HttpRequest, parse: Callable[[Any], T], *, raw: bool = False) -> T:
+    async def send(
+        self,
+        request: HttpRequest,
+        parse: Callable[[Any], T],
+        *,
+        raw: bool = False,
+        tokens: tuple[int, int] = (0, 0),
+        usage: Callable[[T], tuple[int | None, int | None]] | None = None,
+    ) -> T:
         """Send ``request`` until it succeeds and ``parse`` accepts the JSON reply, or retries run out.
 
-        With ``raw=True`` ``parse`` gets the body bytes instead of decoded JSON (file downloads)."""
+        With ``raw=True`` ``parse`` gets the body bytes instead of decoded JSON (file downloads).
+        ``tokens`` is the request's (estimated prompt tokens, max completion tokens) for the per-minute
+        limits, and ``usage`` reads (prompt, completion) tokens from the result to correct them."""
         failures = 0
         started = time.monotonic()
         ok_before = self.stats["ok"]
         limiter = self.limiter
+        window = self.window if self.window.active else None
         while True:
             if self._resume_at:
                 await self._wait_rate_pause()
+            use = await window.acquire(*tokens) if window is not None else None
             if not limiter.try_acquire():
                 await limiter.acquire()
             try:
@@ -249,6 +277,8 @@ class Transport(Generic[T]):
             self.stats["ok"] += 1
             if self._rate_streak:
                 self._rate_streak = 0
+            if use is not None and window is not None and usage is not None:
+                window.settle(use, *usage(result))
             return result
 
     async def _after_failure(self, attempt: _Attempt, failures: int, started: float, ok_before: int) -> int:
@@ -279,7 +309,7 @@ class Transport(Generic[T]):
         await asyncio.sleep(self._delay(attempt, failures if failures <= m else failures - m))
         return failures
 
-    async def stream(self, request: HttpRequest) -> AsyncIterator[SseEvent]:
+    async def stream(self, request: HttpRequest, *, tokens: tuple[int, int] = (0, 0)) -> AsyncIterator[SseEvent]:
         """Send ``request`` and yield the server-sent events of the reply as they arrive.
 
         Failures before the reply starts are retried like :meth:`send`; once events flow, a broken
@@ -295,6 +325,8 @@ class Transport(Generic[T]):
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=ct, sock_read=ct)
         while True:
             await self._wait_rate_pause()
+            if self.window.active:
+                await self.window.acquire(*tokens)
             await self.limiter.acquire()
             self.stats["requests"] += 1
             try:

@@ -53,6 +53,8 @@ class BatchFetchReport:
     pending: int
     output_path: str
     errors_path: str | None
+    settled: dict[str, RowError] = dataclasses.field(default_factory=dict)
+    """Failed rows not worth answering online (the request itself is wrong), by row id."""
 
 
 class BatchApi:
@@ -271,6 +273,7 @@ async def afetch(engine: RemoteEngine, input_path: str, output_path: str, finger
     files.check_writable()
     done_before = files.load_done()
     done, failed, pending = len(done_before & set(row_ids)), 0, 0
+    settled: dict[str, RowError] = {}
     files.open()
     try:
         for row in iter_rows(input_path):
@@ -282,14 +285,30 @@ async def afetch(engine: RemoteEngine, input_path: str, output_path: str, finger
             elif isinstance(result, RowError):
                 failed += 1
                 files.append_failed(row, result)
+                if not result.retryable:
+                    settled[row.row_id] = result
             else:
                 done += 1
-                files.append_done(row, result)
+                files.append_done(row, price_batch_row(engine, result))
     finally:
         files.close()
     files.assemble(row_ids, complete=failed == 0 and pending == 0)
     errors = str(files.errors) if files.errors.exists() else None
-    return BatchFetchReport(done, failed, pending, str(files.output), errors)
+    return BatchFetchReport(done, failed, pending, str(files.output), errors, settled)
+
+
+def price_batch_row(engine: RemoteEngine, answered: Conversation) -> Conversation:
+    """``answered`` with ``metadata["cost_usd"]`` at the provider's batch price, when it is known."""
+    from infermux.jobs.cost import PRICE_PROVIDERS, pricing_for
+
+    name = str(getattr(engine.engine_type, "value", engine.engine_type))
+    if name.upper() not in PRICE_PROVIDERS:
+        return answered
+    pricing = pricing_for(name, engine.model_params.model_name)
+    cost = pricing.cost(answered.metadata.get("usage"), batch=True) if pricing is not None else None
+    if cost is not None:
+        answered.metadata["cost_usd"] = round(cost, 10)
+    return answered
 
 
 def _result(

@@ -19,7 +19,8 @@ from infermux.errors import ConfigError
 
 __all__ = ["TERMINAL_STATUSES", "BatchJobState", "ShardState", "state_path"]
 
-TERMINAL_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
+# OpenAI's final batch statuses, and Anthropic's ``processing_status: ended``.
+TERMINAL_STATUSES = frozenset({"completed", "failed", "expired", "cancelled", "ended"})
 _VERSION = 1
 
 
@@ -45,6 +46,7 @@ class ShardState:
     error_file_id: str | None = None
     request_counts: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    create_started_at: str | None = None  # UTC time the creation was asked for (Anthropic: find it again)
 
     @property
     def terminal(self) -> bool:

@@ -1,0 +1,86 @@
+"""``infermux batch run``: a provider batch job that finishes.
+
+Submit the input to the engine's batch API (OpenAI's Batch API, Anthropic's Message Batches), poll
+until every batch ended, fetch the results into the output, then answer ONLINE (the ordinary job loop,
+same config, same output) the rows the batch did not answer: expired, canceled, or errored for a
+reason worth retrying. Rows the provider refused as invalid are recorded as failed, not resent.
+
+Every step is resumable: the batch record beside the output means a rerun never submits twice, the
+fetch skips rows already in the partial file, and the online phase runs only rows still missing, so
+each row is answered exactly once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from infermux.errors import ConfigError, InputError
+from infermux.jobs.loop import BatchReport
+
+if TYPE_CHECKING:
+    from infermux.configs.inference_config import InferenceConfig
+
+__all__ = ["BatchRunReport", "run_batch_job"]
+
+
+@dataclass
+class BatchRunReport:
+    batch_done: int
+    batch_failed: int
+    online: BatchReport | None
+    output_path: str
+
+    @property
+    def failed(self) -> int:
+        return self.online.failed if self.online is not None else self.batch_failed
+
+
+def run_batch_job(
+    engine: Any,
+    config: InferenceConfig,
+    *,
+    poll_interval: float = 30.0,
+    on_status: Callable[[Any], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> BatchRunReport:
+    """Submit, wait, fetch, finish online (see the module docstring). ``engine`` has the batch methods
+    (``submit_batch``, ``batch_status``, ``fetch_batch``)."""
+    from infermux.jobs.api import run_job_file
+    from infermux.jobs.options import JobOptions
+    from infermux.jobs.sync import run_sync
+
+    if not config.input_path or not config.output_path:
+        raise InputError("batch run needs --input_path and --output_path.")
+    if not hasattr(engine, "submit_batch"):
+        raise ConfigError(f"{engine.name} has no batch API; use OPENAI, REMOTE or ANTHROPIC.")
+    fingerprint = config.fingerprint()
+    state = engine.submit_batch(config.input_path, config.output_path, fingerprint=fingerprint)
+    if on_status is not None:
+        on_status(state)
+    while not state.all_terminal:
+        sleep(poll_interval)
+        state = engine.batch_status(config.output_path)
+        if on_status is not None:
+            on_status(state)
+    fetched = engine.fetch_batch(config.input_path, config.output_path, fingerprint=fingerprint)
+    report = BatchRunReport(fetched.done, fetched.failed, None, fetched.output_path)
+    if fetched.failed:
+        options = JobOptions.from_config(config)
+        try:
+            report.online = run_sync(
+                lambda: run_job_file(
+                    engine,
+                    str(config.input_path),
+                    config.output_path,
+                    generation=config.generation,
+                    fingerprint=fingerprint,
+                    options=options,
+                    settled=fetched.settled,
+                )
+            )
+        finally:
+            options.close()
+    return report

@@ -1,0 +1,141 @@
+"""What answers cost, in US dollars, from the maintained price tables of ``genai-prices``.
+
+infermux keeps no price table of its own: prices change every month and a stale table is worse than
+none. :func:`pricing_for` maps an engine to the provider id ``genai-prices`` uses and looks the model up
+once; an engine that runs locally, or a model the library does not know, has no pricing (``None``), and
+costs are then reported as unknown, never guessed.
+
+Token counts follow :class:`infermux.types.Usage` (``prompt_tokens`` includes cached prompt tokens;
+``cached_tokens`` and ``cache_creation_tokens`` are priced at the provider's cache read and write rates).
+Batch prices (OpenAI's Batch API, Anthropic's Message Batches) come from the same tables (their
+``processing: batch`` variant).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["PRICE_PROVIDERS", "CostTotals", "Pricing", "pricing_for"]
+
+logger = logging.getLogger("infermux.cost")
+
+#: Engine name → provider id in ``genai-prices``. Engines not listed (local engines, REMOTE, REMOTE_VLLM,
+#: SGLANG, ...) run on the user's own hardware or an unknown server: no price.
+PRICE_PROVIDERS: dict[str, str] = {
+    "OPENAI": "openai",
+    "ANTHROPIC": "anthropic",
+    "GOOGLE_GEMINI": "google",
+    "GEMINI": "google",
+    "GOOGLE_VERTEX": "google",
+    "BEDROCK": "aws",
+    "TOGETHER": "together",
+    "DEEPSEEK": "deepseek",
+    "FIREWORKS": "fireworks",
+    "OPENROUTER": "openrouter",
+    "CEREBRAS": "cerebras",
+}
+
+_BATCH = {"processing": "batch"}
+
+
+@dataclass(frozen=True)
+class Pricing:
+    """The price of one model at one provider; :meth:`cost` prices a usage record."""
+
+    provider_id: str
+    model: str
+
+    def cost(self, usage: Mapping[str, Any] | None, *, batch: bool = False) -> float | None:
+        """Dollars for ``usage`` (a usage dict as written in a row's metadata); None when unknown."""
+        if not usage:
+            return None
+        prompt = int(usage.get("prompt_tokens") or 0)
+        completion = int(usage.get("completion_tokens") or 0)
+        return self._price(
+            prompt,
+            completion,
+            cached=int(usage.get("cached_tokens") or 0),
+            created=int(usage.get("cache_creation_tokens") or 0),
+            batch=batch,
+        )
+
+    def estimate(self, prompt_tokens: int, completion_tokens: int, *, batch: bool = False) -> float | None:
+        """Dollars for a request of that many prompt and completion tokens (no cache)."""
+        return self._price(prompt_tokens, completion_tokens, batch=batch)
+
+    def _price(
+        self, prompt: int, completion: int, *, cached: int = 0, created: int = 0, batch: bool = False
+    ) -> float | None:
+        from genai_prices import Usage, calc_price
+
+        usage = Usage(
+            input_tokens=prompt,
+            output_tokens=completion,
+            cache_read_tokens=cached or None,
+            cache_write_tokens=created or None,
+        )
+        try:
+            context = _BATCH if batch else None
+            result = calc_price(usage, self.model, provider_id=self.provider_id, price_context=context)
+        except (LookupError, ValueError) as exc:  # the model left the tables, or an odd usage
+            logger.debug("no price for %s/%s: %s", self.provider_id, self.model, exc)
+            return None
+        return float(result.total_price)
+
+
+_lock = threading.Lock()
+_known: dict[tuple[str, str], Pricing | None] = {}
+
+
+def pricing_for(engine: str, model: str) -> Pricing | None:
+    """The pricing of ``model`` on ``engine``, or None (local engine, unknown provider or model)."""
+    provider = PRICE_PROVIDERS.get(str(engine).upper())
+    if provider is None or not model:
+        return None
+    key = (provider, model)
+    with _lock:
+        if key in _known:
+            return _known[key]
+    pricing: Pricing | None = Pricing(provider, model)
+    assert pricing is not None
+    if pricing.estimate(1000, 1000) is None:
+        pricing = None
+    with _lock:
+        _known[key] = pricing
+    return pricing
+
+
+@dataclass
+class CostTotals:
+    """Running totals of a job: dollars of the rows priced, and how many rows had no price."""
+
+    dollars: float = 0.0
+    priced: int = 0
+    unpriced: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, cost: float | None) -> None:
+        with self._lock:
+            if cost is None:
+                self.unpriced += 1
+            else:
+                self.dollars += cost
+                self.priced += 1
+
+    @property
+    def known(self) -> bool:
+        """Whether every row counted so far had a price."""
+        return self.unpriced == 0 and self.priced > 0
+
+    def describe(self) -> str:
+        """``$0.0123``, ``$0.0123 (+3 rows unpriced)``, or ``cost unknown``."""
+        if self.priced == 0:
+            return "cost unknown"
+        text = f"${self.dollars:.4f}"
+        if self.unpriced:
+            text += f" (+{self.unpriced} rows unpriced)"
+        return text
