@@ -36,6 +36,8 @@ from typing import Any
 from aiohttp import web
 
 FAULT_KINDS = ("429", "500", "503", "drop", "truncate")
+#: Also accepted by ``--faults``, never a default: a permanent client error (400), which must not be retried.
+EXTRA_FAULT_KINDS = ("400",)
 
 
 class StubState:
@@ -171,7 +173,7 @@ def make_app(state: StubState) -> web.Application:
             state.faults_injected[fault] = state.faults_injected.get(fault, 0) + 1
             if fault == "429":
                 return _error(429, "rate limited (stub)", {"Retry-After": state.retry_after})
-            if fault in ("500", "503"):
+            if fault in ("400", "500", "503"):
                 return _error(int(fault), f"injected {fault} (stub)")
             if fault == "drop":
                 if request.transport is not None:
@@ -245,7 +247,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--reasoning", action="store_true", help="add reasoning_content to replies")
     p.add_argument("--require-key", default="", help="answer 401 unless 'Authorization: Bearer KEY'")
     args = p.parse_args(argv)
-    unknown = set(args.faults.split(",")) - set(FAULT_KINDS)
+    unknown = set(args.faults.split(",")) - set(FAULT_KINDS) - set(EXTRA_FAULT_KINDS)
     if unknown:
         p.error(f"unknown fault kinds {sorted(unknown)}; choose from {', '.join(FAULT_KINDS)}")
     return args
