@@ -70,6 +70,8 @@ def sum_usage(usages: Iterable[Usage | None]) -> Usage | None:
     for usage in known:
         for key, value in usage.to_json_dict().items():
             totals[key] = totals.get(key, 0) + value
+    if "prompt_tokens" in totals and "completion_tokens" in totals:
+        totals.pop("total_tokens", None)  # recomputed: parts may have had no total of their own
     return Usage(**totals)
 
 
