@@ -42,7 +42,7 @@ class LogitsRecorder:
         alternatives: list[tuple[int, float]] = []
         if self.top:
             best = np.argpartition(-logprobs, self.top)[: self.top]
-            best = best[np.argsort(-logprobs[best], kind="stable")]
+            best = best[np.argsort(-logprobs[best])]
             alternatives = [(int(t), float(logprobs[t])) for t in best]
         self._steps[index].append((int(token), float(logprobs[token]), alternatives))
 
