@@ -53,12 +53,11 @@ def _finite(value: float) -> float:
 
 
 def token_logprob(token: str, logprob: float, top: Iterable[tuple[str, float]] = ()) -> TokenLogprob:
-    """A :class:`TokenLogprob` from plain values (``-inf`` becomes -9999.0, as OpenAI reports it)."""
-    return TokenLogprob(
-        token=token,
-        logprob=_finite(float(logprob)),
-        top_logprobs=[TopLogprob(token=t, logprob=_finite(float(lp))) for t, lp in top],
-    )
+    """A :class:`TokenLogprob` from plain values: alternatives most likely first (servers do not all
+    sort them), ``-inf`` as -9999.0 (as OpenAI reports it)."""
+    alternatives = [TopLogprob(token=t, logprob=_finite(float(lp))) for t, lp in top]
+    alternatives.sort(key=lambda a: -a.logprob)
+    return TokenLogprob(token=token, logprob=_finite(float(logprob)), top_logprobs=alternatives)
 
 
 def sum_usage(usages: Iterable[Usage | None]) -> Usage | None:
