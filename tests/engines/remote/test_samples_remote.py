@@ -170,3 +170,20 @@ def test_greedy_n_warns_once(caplog: pytest.LogCaptureFixture, openai_fake: Fake
         engine.infer(conversation())
     warnings = [r for r in caplog.records if "will be identical" in r.getMessage()]
     assert len(warnings) == 1 and "generation.n=2" in warnings[0].getMessage()
+
+
+def test_chat_stream_with_n_gives_the_whole_answer_with_its_samples(openai_fake: FakeOpenAIChat) -> None:
+    import asyncio
+
+    openai_fake.clear()
+    engine = RemoteInferenceEngine(ModelParams(model_name="m"), generation_params=GenerationParams(n=2, temperature=1),
+                                   remote_params=remote(openai_fake.url))  # fmt: skip
+
+    async def collect() -> list:
+        return [event async for event in engine.astream(conversation("s")[0])]
+
+    events = asyncio.run(collect())
+    assert "stream" not in openai_fake.requests[0].json
+    final = events[-1].conversation
+    assert final is not None and len(final.metadata["samples"]) == 2
+    assert "".join(e.delta for e in events) == final.last_message.text

@@ -47,7 +47,7 @@ from infermux.errors import (
     RemoteError,
     RowError,
 )
-from infermux.samples import merge_replies
+from infermux.samples import merge_replies, wants_samples
 from infermux.types import Conversation
 
 __all__ = ["RemoteEngine", "SecretHeaders"]
@@ -228,7 +228,8 @@ class RemoteEngine(InferenceEngine):
         self, conversation: Conversation, generation: GenerationParams | None = None
     ) -> AsyncIterator[StreamEvent]:
         """Stream one answer over server-sent events (engines without streaming answer at once)."""
-        if not self.capabilities.streaming:
+        # Several answers or log-probabilities come whole: a stream shows one answer's text.
+        if not self.capabilities.streaming or wants_samples(generation or self.generation_params):
             async for whole in super().astream(conversation, generation):
                 yield whole
             return
