@@ -1,8 +1,8 @@
 """LLAMACPP: n answers per prompt and token log-probabilities, on top of the multi-sequence decoder.
 
-The n answers of a prompt are n sequences of the decoder (through its scheduler, so they share the
-prompt's KV cache with the decoder's prefix reuse) (sample k is seeded ``seed + k``, so the
-first sample is the answer ``n: 1`` gives and every sample is reproducible). A token's log-probability
+The n answers of a prompt are n passes over the chunk's prompts through the decoder's scheduler: pass
+k reuses the prompt's KV cache left by the earlier ones (the decoder's prefix reuse), and is seeded
+``seed + k``, so the first sample is the answer ``n: 1`` gives and every sample is reproducible. A token's log-probability
 is ``log_softmax`` of the model's logits at the position it was sampled from, as llama-cpp-python
 reports them (before the samplers: bias, penalties, temperature).
 """
