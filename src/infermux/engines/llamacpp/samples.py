@@ -2,9 +2,9 @@
 
 The n answers of a prompt are n passes over the chunk's prompts through the decoder's scheduler: pass
 k reuses the prompt's KV cache left by the earlier ones (the decoder's prefix reuse), and is seeded
-``seed + k``, so the first sample is the answer ``n: 1`` gives and every sample is reproducible. A token's log-probability
-is ``log_softmax`` of the model's logits at the position it was sampled from, as llama-cpp-python
-reports them (before the samplers: bias, penalties, temperature).
+``seed + k``, so the first sample is the answer ``n: 1`` gives and every sample is reproducible.
+A token's log-probability is ``log_softmax`` of the model's logits at the position it was sampled
+from, as llama-cpp-python reports them (before the samplers: bias, penalties, temperature).
 """
 
 from __future__ import annotations
