@@ -44,8 +44,11 @@ __all__ = [
     "FunctionDefinition",
     "Message",
     "Role",
+    "Sample",
+    "TokenLogprob",
     "Tool",
     "ToolCall",
+    "TopLogprob",
     "Type",
     "Usage",
 ]
@@ -163,6 +166,51 @@ class Usage(BaseModel):
     def to_json_dict(self) -> dict[str, int]:
         """The counts that are known (``None`` left out), in the OpenAI order."""
         return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+class TopLogprob(BaseModel):
+    """One likely alternative at a token position: its text and log-probability."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    token: str
+    logprob: float
+
+
+class TokenLogprob(BaseModel):
+    """An answer token, its log-probability, and (with ``top_logprobs``) the most likely alternatives."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    token: str
+    logprob: float
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+class Sample(BaseModel):
+    """One answer to a prompt (``generation.n`` of them per row, in ``metadata["samples"]``).
+
+    ``usage`` is this answer's share: its own completion tokens (and the prompt's, counted once per
+    row in the row's ``metadata["usage"]``); ``logprobs`` is None unless ``generation.logprobs`` is set.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    text: str
+    finish_reason: FinishReason | None = None
+    usage: Usage | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    logprobs: list[TokenLogprob] | None = None
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The stable JSON shape: every key present (None when unknown), usage without unknown counts."""
+        return {
+            "text": self.text,
+            "finish_reason": self.finish_reason.value if self.finish_reason is not None else None,
+            "usage": self.usage.to_json_dict() if self.usage is not None else None,
+            "tool_calls": self.tool_calls,
+            "logprobs": [t.model_dump() for t in self.logprobs] if self.logprobs is not None else None,
+        }
 
 
 class ContentItem(BaseModel):

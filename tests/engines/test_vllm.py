@@ -467,3 +467,24 @@ def gen_config(eng: VLLMInferenceEngine, **gen):
     from infermux.configs import InferenceConfig
 
     return InferenceConfig(model=eng.model_params, generation=GenerationParams(**gen))
+
+
+@pytest.mark.slow
+def test_n_samples_and_logprobs_equal_raw_llm_chat(engine):
+    prompts = QUESTIONS[:2]
+    out = run(engine, prompts, n=3, temperature=1.0, seed=5, logprobs=True, top_logprobs=2, max_new_tokens=12)
+    raw = raw_chat(engine, prompts, n=3, temperature=1.0, seed=5, logprobs=2, max_tokens=12)
+    for row, expected in zip(out, raw, strict=True):
+        samples = row.metadata["samples"]
+        assert [s["text"] for s in samples] == [o.text for o in expected.outputs]
+        assert row.last_message.text == samples[0]["text"]
+        assert len({s["text"] for s in samples}) > 1
+        for sample, o in zip(samples, expected.outputs, strict=True):
+            chosen = [o.logprobs[i][token].logprob for i, token in enumerate(o.token_ids)]
+            assert [t["logprob"] for t in sample["logprobs"]] == pytest.approx(chosen, abs=1e-6)
+            assert "".join(t["token"] for t in sample["logprobs"]).startswith(o.text)
+            assert all(len(t["top_logprobs"]) == 2 for t in sample["logprobs"])
+            assert sample["usage"] == {"completion_tokens": len(o.token_ids)}
+        assert row.metadata["usage"]["completion_tokens"] == sum(len(o.token_ids) for o in expected.outputs)
+    again = run(engine, prompts, n=3, temperature=1.0, seed=5, logprobs=True, top_logprobs=2, max_new_tokens=12)
+    assert [r.metadata["samples"] for r in again] == [r.metadata["samples"] for r in out]

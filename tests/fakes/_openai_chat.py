@@ -21,6 +21,12 @@ Function calling, from the same reference and OpenAI's function-calling guide:
   "tool_calls"``: here when ``tool_choice`` is ``required`` (every tool once, or only the first when
   ``parallel_tool_calls`` is false) or names a function, and under ``auto`` when the last turn is a
   user turn and the user text names a tool. Arguments are sampled from the tool's ``parameters``.
+
+``n`` (1-128) gives n choices, each from its own call of the responder (``index`` 0..n-1).
+``logprobs: true`` adds ``choices[i].logprobs = {"content": [...], "refusal": null}``: one
+``{"token", "logprob", "bytes", "top_logprobs"}`` entry per answer token (a word and the space after
+it, here), with ``top_logprobs`` (0-20, only valid with ``logprobs: true``) alternatives, the
+chosen token first; a choice without logprobs has ``"logprobs": null``.
 """
 
 from __future__ import annotations
@@ -116,9 +122,17 @@ def validate_chat_body(
     ):
         if name in body:
             check_range(body[name], name, lo, hi)
-    for name in ("max_tokens", "max_completion_tokens", "n", "seed"):
+    for name in ("max_tokens", "max_completion_tokens", "n", "seed", "top_logprobs"):
         if name in body and body[name] is not None:
             check_type(body[name], name, int)
+    if body.get("n") is not None:
+        check_range(body["n"], "n", 1, 128)
+    if body.get("logprobs") is not None:
+        check_type(body["logprobs"], "logprobs", bool)
+    if body.get("top_logprobs") is not None:
+        check_range(body["top_logprobs"], "top_logprobs", 0, 20)
+        if not body.get("logprobs"):
+            raise RequestInvalid("top_logprobs: requires logprobs to be set to true")
     if "stop" in body and body["stop"] is not None:
         stops = body["stop"]
         if isinstance(stops, str):
@@ -275,6 +289,20 @@ def _response_format(fmt: Any) -> dict | None:
     return check_type(spec.get("schema", {"type": "object"}), "response_format.json_schema.schema", dict)
 
 
+def _token_logprobs(text: str, top: int) -> dict:
+    tokens = [t for t in re.split(r"(?<= )", text) if t]
+
+    def entry(token: str, logprob: float) -> dict:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+
+    content = []
+    for i, token in enumerate(tokens):
+        chosen = -0.25 * (1 + i % 4)
+        alternatives = [entry(token, chosen)] + [entry(f"alt{k}", chosen - k) for k in range(1, top)]
+        content.append({**entry(token, chosen), "top_logprobs": alternatives[:top]})
+    return {"content": content, "refusal": None}
+
+
 def chat_completion(body: dict, exchange: Exchange, responder: Responder, completion_id: str) -> dict:
     """The chat.completion object a server would return for ``body``."""
     calls = tool_calls_for(body, exchange, completion_id)
@@ -300,26 +328,29 @@ def chat_completion(body: dict, exchange: Exchange, responder: Responder, comple
                 "total_tokens": prompt_tokens + completion_tokens,
             },
         }
-    text = responder(exchange)
     stops = body.get("stop")
-    text, matched = apply_stops(text, [stops] if isinstance(stops, str) else stops)
     limit = body.get("max_completion_tokens") or body.get("max_tokens")
-    text, truncated = truncate_words(text, limit)
+    choices = []
+    completion_tokens = 0
+    for index in range(body.get("n") or 1):
+        text, matched = apply_stops(responder(exchange), [stops] if isinstance(stops, str) else stops)
+        text, truncated = truncate_words(text, limit)
+        completion_tokens += len(text.split())
+        choices.append(
+            {
+                "index": index,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": "length" if truncated and matched is None else "stop",
+                "logprobs": _token_logprobs(text, body.get("top_logprobs") or 0) if body.get("logprobs") else None,
+            }
+        )
     prompt_tokens = sum(len(t.split()) for _, t in exchange.turns) + len((exchange.system or "").split())
-    completion_tokens = len(text.split())
     return {
         "id": completion_id,
         "object": "chat.completion",
         "created": int(time.time()),
         "model": body["model"],
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": "length" if truncated and matched is None else "stop",
-                "logprobs": None,
-            }
-        ],
+        "choices": choices,
         "usage": {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,

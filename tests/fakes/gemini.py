@@ -13,6 +13,11 @@ Written from Google's REST reference for ``models.generateContent`` and
   rejected ("Invalid JSON payload received. Unknown name ...").
 * ``generationConfig.responseSchema`` is an OpenAPI-subset Schema: no ``$ref``/``$defs``,
   no ``additionalProperties``; it needs ``responseMimeType: application/json``.
+* ``generationConfig.candidateCount`` (1-8) answers with that many ``candidates`` (``index`` 0..n-1);
+  ``responseLogprobs: true`` adds ``avgLogprobs`` and ``logprobsResult`` to each candidate:
+  ``chosenCandidates`` (one ``{token, tokenId, logProbability}`` per decoding step) and, with
+  ``logprobs`` (0-20, only valid with ``responseLogprobs``), ``topCandidates`` (per step,
+  ``{"candidates": [...]}`` sorted by log-probability, highest first).
 * Errors: ``{"error": {"code", "message", "status", "details"}}``.
 """
 
@@ -194,20 +199,26 @@ class FakeGemini(FakeServer):
             return self._error(400, f"Invalid JSON payload received. {exc}")
         except RequestInvalid as exc:
             return self._error(exc.status, str(exc))
-        text, finish = self._generate(exchange, config)
+        candidates = []
+        completion_tokens = 0
+        for index in range(config.get("candidateCount", 1)):
+            text, finish = self._generate(exchange, config)
+            completion_tokens += len(text.split())
+            candidate: dict[str, Any] = {
+                "content": {"parts": [{"text": text}], "role": "model"},
+                "finishReason": finish,
+                "index": index,
+            }
+            if config.get("responseLogprobs"):
+                candidate.update(_logprobs(text, config.get("logprobs", 0)))
+            candidates.append(candidate)
         prompt_tokens = sum(len(t.split()) for _, t in exchange.turns) + len((exchange.system or "").split())
         reply = {
-            "candidates": [
-                {
-                    "content": {"parts": [{"text": text}], "role": "model"},
-                    "finishReason": finish,
-                    "index": 0,
-                }
-            ],
+            "candidates": candidates,
             "usageMetadata": {
                 "promptTokenCount": prompt_tokens,
-                "candidatesTokenCount": len(text.split()),
-                "totalTokenCount": prompt_tokens + len(text.split()),
+                "candidatesTokenCount": completion_tokens,
+                "totalTokenCount": prompt_tokens + completion_tokens,
             },
             "modelVersion": model,
             "responseId": f"resp-{len(self.requests)}",
@@ -299,9 +310,17 @@ class FakeGemini(FakeServer):
                 check_range(config[name], f"generation_config.{name}", 0.0, 2.0)
         if "topP" in config:
             check_range(config["topP"], "generation_config.top_p", 0.0, 1.0)
-        for name in ("maxOutputTokens", "candidateCount", "topK", "seed"):
+        for name in ("maxOutputTokens", "candidateCount", "topK", "seed", "logprobs"):
             if name in config:
                 check_type(config[name], f"generation_config.{name}", int)
+        if "candidateCount" in config:
+            check_range(config["candidateCount"], "generation_config.candidate_count", 1, 8)
+        if "responseLogprobs" in config:
+            check_type(config["responseLogprobs"], "generation_config.response_logprobs", bool)
+        if "logprobs" in config:
+            check_range(config["logprobs"], "generation_config.logprobs", 0, 20)
+            if not config.get("responseLogprobs"):
+                raise RequestInvalid("generation_config.logprobs: only valid if response_logprobs is true")
         for name in ("presencePenalty", "frequencyPenalty"):
             if name in config:
                 check_range(config[name], f"generation_config.{name}", -2.0, 2.0)
@@ -328,6 +347,21 @@ class FakeGemini(FakeServer):
         text, stop = apply_stops(text, config.get("stopSequences"))
         text, truncated = truncate_words(text, config.get("maxOutputTokens"))
         return text, "MAX_TOKENS" if truncated and stop is None else "STOP"
+
+
+def _logprobs(text: str, top: int) -> dict:
+    """``avgLogprobs`` and ``logprobsResult`` for ``text`` (a word and the space after it per token)."""
+    tokens = [t for t in re.split(r"(?<= )", text) if t]
+    chosen = [{"token": t, "tokenId": 100 + i, "logProbability": -0.5 * (1 + i % 3)} for i, t in enumerate(tokens)]
+    result: dict[str, Any] = {"chosenCandidates": chosen}
+    if top:
+        result["topCandidates"] = [
+            {"candidates": [c] + [{"token": f"alt{k}", "tokenId": k, "logProbability": c["logProbability"] - k}
+                                  for k in range(1, top)]}
+            for c in chosen
+        ]  # fmt: skip
+    average = sum(c["logProbability"] for c in chosen) / len(chosen) if chosen else 0.0
+    return {"avgLogprobs": average, "logprobsResult": result}
 
 
 def _check_schema(schema: Any, where: str) -> None:

@@ -88,3 +88,14 @@ def test_tool_calling_settings_count_only_when_set() -> None:
         with_user.fingerprint()
         == InferenceConfig(model=ModelParams(model_name="m"), remote_params=RemoteParams()).fingerprint()
     )
+
+
+def test_samples_fields_count_only_when_set() -> None:
+    base = InferenceConfig(model=ModelParams(model_name="m"))
+    assert base.model_copy(update={"generation": GenerationParams(n=1, logprobs=False)}).fingerprint() == (
+        base.fingerprint()
+    )
+    seen = {base.fingerprint()}
+    for change in ({"n": 2}, {"logprobs": True}, {"logprobs": True, "top_logprobs": 3}):
+        seen.add(base.model_copy(update={"generation": GenerationParams(**change)}).fingerprint())
+    assert len(seen) == 4

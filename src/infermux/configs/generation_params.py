@@ -93,7 +93,9 @@ class GenerationParams(ConfigModel):
     """Generation settings (the SPEC's ``generation:`` section)."""
 
     not_fingerprinted: ClassVar[frozenset[str]] = frozenset({"batch_size", "use_cache"})
-    fingerprinted_when_set: ClassVar[frozenset[str]] = frozenset({"tool_choice", "parallel_tool_calls"})
+    fingerprinted_when_set: ClassVar[frozenset[str]] = frozenset(
+        {"tool_choice", "parallel_tool_calls", "n", "logprobs", "top_logprobs"}
+    )
 
     max_new_tokens: int = Field(default=256, ge=1)
     """Maximum number of tokens to generate."""
@@ -129,6 +131,12 @@ class GenerationParams(ConfigModel):
     """Constrain output to a JSON schema, regex or list of choices."""
     skip_special_tokens: bool = True
     """Drop special tokens when decoding."""
+    n: int = Field(default=1, ge=1)
+    """Answers (samples) per prompt; the first is the assistant message, all are in ``metadata["samples"]``."""
+    logprobs: bool = False
+    """Keep each answer token's log-probability in ``metadata["samples"]`` (see docs/samples.md)."""
+    top_logprobs: int = Field(default=0, ge=0, le=20)
+    """Also keep, per token, this many most likely alternatives with their log-probabilities (needs logprobs)."""
     tool_choice: ToolChoice | None = None
     """Whether and which tool the model must call: ``auto``, ``none``, ``required``, or
     ``{"type": "function", "function": {"name": NAME}}``; null: the engine's default (``auto`` when the
@@ -174,6 +182,12 @@ class GenerationParams(ConfigModel):
         if value is not None and any(s == "" for s in value):
             raise ValueError("stop_strings must not contain an empty string")
         return value
+
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self) -> GenerationParams:
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("generation.top_logprobs needs generation.logprobs: true")
+        return self
 
     def fingerprint_data(self) -> dict[str, Any]:
         data = self.model_dump(

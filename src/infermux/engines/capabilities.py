@@ -117,6 +117,10 @@ def check_params(
     in ``warned`` are not warned about again (and the new ones are added to it).
     """
     problems = _unsupported(caps, generation, model, tools)
+    if "n" in caps.supported_params():
+        from infermux.samples import warn_identical_samples
+
+        warn_identical_samples(generation, engine_name)
     if problems and strict:
         raise UnsupportedParamError(
             f"{engine_name} does not support: {'; '.join(problems)}. "

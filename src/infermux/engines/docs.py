@@ -42,6 +42,13 @@ def _load(spec: EngineSpec) -> Any:
         return None
 
 
+def _samples(cls: Any) -> str:
+    if cls is None:
+        return "-"
+    params = cls.capabilities.supported_params()
+    return " / ".join("yes" if p in params else "no" for p in ("n", "logprobs"))
+
+
 def _example(name: str, root: Path) -> str | None:
     for candidate in sorted((root / _EXAMPLES).glob("*.yaml")):
         text = candidate.read_text(encoding="utf-8")
@@ -107,13 +114,13 @@ def render_engines_markdown(root: str | Path = ".") -> str:
     root = Path(root)
     out = [_HEADER]
     specs = ENGINES  # built-in engines; plugins document themselves
-    out.append("| Engine | Kind | Extra | Tools |")
-    out.append("|---|---|---|---|")
+    out.append("| Engine | Kind | Extra | Tools | `n` / `logprobs` ([samples](samples.md)) |")
+    out.append("|---|---|---|---|---|")
     for name, spec in specs.items():
         cls = _load(spec)
         tools = "-" if cls is None else ("yes" if cls.capabilities.tools else "no")
         kind = "remote" if spec.remote else "local"
-        out.append(f"| [{name}](#{name.lower()}) | {kind} | {spec.extra or '-'} | {tools} |")
+        out.append(f"| [{name}](#{name.lower()}) | {kind} | {spec.extra or '-'} | {tools} | {_samples(cls)} |")
     out.append("")
     for name, spec in specs.items():
         out += _section(name, spec, root)

@@ -35,8 +35,9 @@ from infermux.engines.tool_calls import calls_from_forced, forced_schema, templa
 from infermux.engines.vllm_tools import vllm_tool_parser
 from infermux.errors import ConfigError, EngineUnavailableError, ErrorKind, ModelNotFoundError, RowError, install_hint
 from infermux.models.default import DEFAULT_MODEL_ALIAS
+from infermux.samples import reply_with_samples, token_logprob
 from infermux.templates import resolve_chat_template
-from infermux.types import Conversation, FinishReason, Usage
+from infermux.types import Conversation, FinishReason, Sample, TokenLogprob, Usage
 
 __all__ = ["VLLMInferenceEngine", "llm_kwargs", "lora_rank", "resolve_model"]
 
@@ -63,6 +64,9 @@ _SAMPLING_FIELDS = [
     "stop_token_ids",
     "logit_bias",
     "skip_special_tokens",
+    "n",
+    "logprobs",
+    "top_logprobs",
 ]
 
 
@@ -257,7 +261,10 @@ class VLLMInferenceEngine(InferenceEngine):
             "stop": list(generation.stop_strings or []),
             "stop_token_ids": list(generation.stop_token_ids or []),
             "skip_special_tokens": generation.skip_special_tokens,
+            "n": generation.n,
         }
+        if generation.logprobs:
+            kwargs["logprobs"] = generation.top_logprobs
         if generation.logit_bias:
             kwargs["logit_bias"] = self._token_bias(generation.logit_bias)
         if generation.guided_decoding is not None:
@@ -357,9 +364,33 @@ class VLLMInferenceEngine(InferenceEngine):
     def _reply(
         self, conversation: Conversation, output: Any, generation: GenerationParams, forced: Any
     ) -> Conversation | RowError:
-        completion = output.outputs[0]
+        samples: list[Sample] = []
+        first_calls = None
+        for completion in output.outputs:  # generation.n of them
+            answer = self._answer(conversation, completion, generation, forced)
+            if isinstance(answer, RowError):
+                return answer
+            text, calls, reason = answer
+            if not generation.exclude_prompt_from_response and output.prompt:
+                text = output.prompt + (text or "")
+            first_calls = first_calls if samples else calls
+            samples.append(
+                Sample(
+                    text=text or "",
+                    finish_reason=reason,
+                    usage=Usage.of(completion=len(completion.token_ids)),
+                    tool_calls=[c.to_json_dict() for c in calls] if calls else None,
+                    logprobs=_logprobs(completion, generation.top_logprobs) if generation.logprobs else None,
+                )
+            )
+        completion_tokens = sum(len(c.token_ids) for c in output.outputs)
+        usage = Usage.of(len(output.prompt_token_ids or []), completion_tokens)
+        return reply_with_samples(conversation, samples, usage=usage, generation=generation, tool_calls=first_calls)
+
+    def _answer(
+        self, conversation: Conversation, completion: Any, generation: GenerationParams, forced: Any
+    ) -> tuple[str, Any, FinishReason | None] | RowError:
         text = completion.text
-        usage = Usage.of(len(output.prompt_token_ids or []), len(completion.token_ids))
         calls = None
         if forced is not None:
             try:
@@ -375,9 +406,7 @@ class VLLMInferenceEngine(InferenceEngine):
         reason = FinishReason.parse(completion.finish_reason)
         if calls and reason == FinishReason.STOP:
             reason = FinishReason.TOOL_CALLS
-        if not generation.exclude_prompt_from_response and output.prompt:
-            text = output.prompt + (text or "")
-        return conversation.with_reply(text, usage=usage, finish_reason=reason, tool_calls=calls)
+        return text, calls, reason
 
     def close(self) -> None:
         llm = self.__dict__.pop("_llm", None)
@@ -392,3 +421,16 @@ def _local_adapter(adapter: str) -> str:
     if path.is_dir():
         return str(path)
     return str(_hub_file(adapter, "adapter_config.json").parent)
+
+
+def _logprobs(completion: Any, top: int) -> list[TokenLogprob]:
+    """vLLM's per-token ``{token_id: Logprob}`` dicts as typed entries (the chosen token, then the top ones)."""
+    out = []
+    for token_id, position in zip(completion.token_ids, completion.logprobs or [], strict=False):
+        chosen = position[token_id]
+        ranked = sorted(
+            (lp for lp in position.values() if lp.rank is not None and lp.rank <= top), key=lambda lp: lp.rank
+        )
+        alternatives = [(lp.decoded_token or "", lp.logprob) for lp in ranked]
+        out.append(token_logprob(chosen.decoded_token or "", chosen.logprob, alternatives))
+    return out

@@ -185,3 +185,20 @@ def test_streamed_required_call_is_assembled(vllm_url: str) -> None:
     calls = final.last_message.tool_calls or []
     assert len(calls) == 1
     _check_call(calls[0])
+
+
+def test_n_and_logprobs_come_back_as_samples(vllm_url: str) -> None:
+    generation = GenerationParams(max_new_tokens=10, n=3, temperature=1.0, seed=4, logprobs=True, top_logprobs=2)
+    answered = _answer(vllm_url, generation, PROMPT)
+    samples = answered.metadata["samples"]
+    assert len(samples) == 3 and answered.messages[-1].content == samples[0]["text"]
+    assert len({s["text"] for s in samples}) > 1
+    for sample in samples:
+        tokens = sample["logprobs"]
+        assert tokens and "".join(t["token"] for t in tokens).startswith(sample["text"])
+        assert all(t["logprob"] <= 0 and len(t["top_logprobs"]) == 2 for t in tokens)
+        assert all(t["top_logprobs"][0]["logprob"] >= t["top_logprobs"][1]["logprob"] for t in tokens)
+    total = answered.metadata["usage"]["completion_tokens"]
+    assert total == sum(len(s["logprobs"]) for s in samples)
+    again = _answer(vllm_url, generation, PROMPT)
+    assert again.metadata["samples"] == samples

@@ -72,6 +72,8 @@ class Cancelled(Exception):
 OnText = Callable[[str], None]
 #: Called once with the request's outcome.
 OnDone = Callable[["DecodeResult | Exception"], None]
+#: Called with each sampled token and a pointer to the logits it was sampled from (log-probabilities).
+OnLogits = Callable[[int, Any], None]
 
 
 @dataclass(eq=False)
@@ -83,6 +85,7 @@ class Request:
     spec: SamplingSpec
     on_done: OnDone
     on_text: OnText | None = None
+    on_logits: OnLogits | None = None
     cancelled: bool = False  # set from any thread; honoured between steps
     finished: bool = False
     slot: int = -1
@@ -234,7 +237,7 @@ class MultiSequenceDecoder:
         self.steps += 1
         self._decode()
         for i, req in enumerate(list(self.active)):
-            self._step(req, self._lib.llama_sampler_sample(req.sampler, self._ctx, i))
+            self._step(req, self._sample(req, i))
 
     def _admit(self, requests: list[Request], free: list[int]) -> None:
         """Give each request a slot, reuse or copy what KV it can, evaluate the rest of the prompts."""
@@ -314,7 +317,13 @@ class MultiSequenceDecoder:
         self._cached[req.slot].extend(req.prompt[keep:])
         self._exact[req.slot] = len(self._cached[req.slot])
         self.active.append(req)
-        self._step(req, self._lib.llama_sampler_sample(req.sampler, self._ctx, index))
+        self._step(req, self._sample(req, index))
+
+    def _sample(self, req: Request, index: int) -> int:
+        token = int(self._lib.llama_sampler_sample(req.sampler, self._ctx, index))
+        if req.on_logits is not None:
+            req.on_logits(token, self._lib.llama_get_logits_ith(self._ctx, index))
+        return token
 
     def _decode(self) -> None:
         status = self._lib.llama_decode(self._ctx, self._batch)

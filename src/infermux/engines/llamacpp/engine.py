@@ -37,10 +37,12 @@ from infermux.engines.capabilities import Capabilities
 from infermux.engines.llamacpp.decode import DecodeResult, MultiSequenceDecoder, Request, SamplingSpec
 from infermux.engines.llamacpp.grammar import grammar_for
 from infermux.engines.llamacpp.model import resolve_gguf
+from infermux.engines.llamacpp.samples import generate_samples
 from infermux.engines.llamacpp.scheduler import DecodeScheduler
 from infermux.errors import ConfigError, EngineUnavailableError, ErrorKind, InputError, RowError, install_hint
+from infermux.samples import reply_with_samples, wants_samples
 from infermux.templates import resolve_chat_template
-from infermux.types import Conversation, FinishReason, Usage
+from infermux.types import Conversation, FinishReason, Sample, Usage
 
 __all__ = ["LlamaCppInferenceEngine"]
 
@@ -51,6 +53,7 @@ _OWN_KWARGS = frozenset({"filename", "n_seq_max"})
 _SUPPORTED = frozenset(
     {"seed", "temperature", "top_p", "min_p", "frequency_penalty", "presence_penalty"}
     | {"stop_strings", "stop_token_ids", "logit_bias", "use_sampling", "skip_special_tokens"}
+    | {"n", "logprobs", "top_logprobs"}
 )
 
 
@@ -143,6 +146,8 @@ class LlamaCppInferenceEngine(InferenceEngine):
         spec = self._spec(generation)
         prompts: list[list[int] | RowError] = [self._prompt(c) for c in conversations]
         runnable = [p for p in prompts if not isinstance(p, RowError)]
+        if wants_samples(generation):
+            return self._generate_samples(conversations, prompts, runnable, generation, spec)
         decoded = iter(self._scheduler.generate(runnable, generation.max_new_tokens, spec))
         out: list[Conversation | RowError] = []
         for conv, prompt in zip(conversations, prompts, strict=True):
@@ -154,6 +159,39 @@ class LlamaCppInferenceEngine(InferenceEngine):
                 out.append(RowError.from_exception(result))
             else:
                 out.append(self._reply(conv, prompt, result, generation))
+        return out
+
+    def _generate_samples(
+        self,
+        conversations: list[Conversation],
+        prompts: list[list[int] | RowError],
+        runnable: list[list[int]],
+        generation: GenerationParams,
+        spec: SamplingSpec,
+    ) -> list[Conversation | RowError]:
+        """``generation.n`` answers per row and/or log-probabilities (:mod:`.samples`)."""
+        decoded = iter(generate_samples(self._scheduler, self._llama, runnable, generation.max_new_tokens, spec,
+                                        n=generation.n, logprobs=generation.logprobs,
+                                        top_logprobs=generation.top_logprobs))  # fmt: skip
+        out: list[Conversation | RowError] = []
+        for conv, prompt in zip(conversations, prompts, strict=True):
+            answers = prompt if isinstance(prompt, RowError) else next(decoded)
+            if isinstance(answers, RowError):
+                out.append(answers)
+            elif isinstance(answers, Exception):
+                out.append(RowError.from_exception(answers))
+            else:
+                samples = [
+                    Sample(
+                        text=self._reply(conv, prompt, result, generation).last_message.text,  # type: ignore[arg-type]
+                        finish_reason=FinishReason.parse(result.finish_reason),
+                        usage=Usage.of(completion=len(result.tokens)),
+                        logprobs=logprobs,
+                    )
+                    for result, logprobs in answers
+                ]
+                usage = Usage.of(answers[0][0].prompt_tokens, sum(len(res.tokens) for res, _ in answers))
+                out.append(reply_with_samples(conv, samples, usage=usage, generation=generation))
         return out
 
     def _reply(
@@ -172,6 +210,10 @@ class LlamaCppInferenceEngine(InferenceEngine):
     ) -> AsyncIterator[StreamEvent]:
         """Yield text as the tokens are generated, then the final conversation."""
         generation = generation or self.generation_params
+        if wants_samples(generation):  # several answers or log-probabilities: the whole answer at once
+            async for event in super().astream(conversation, generation):
+                yield event
+            return
         self._check(generation)
         problem = self.check_conversation(conversation)
         prompt = problem or self._prompt(conversation)

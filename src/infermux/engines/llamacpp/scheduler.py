@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from infermux.engines.llamacpp.decode import DecodeResult, MultiSequenceDecoder, Request, SamplingSpec
 
@@ -43,9 +44,14 @@ class DecodeScheduler:
             self._wake.notify()
 
     def generate(
-        self, prompts: Sequence[list[int]], max_new_tokens: int, spec: SamplingSpec
+        self,
+        prompts: Sequence[list[int]],
+        max_new_tokens: int,
+        spec: SamplingSpec,
+        on_logits: Callable[[int, int, Any], None] | None = None,
     ) -> list[DecodeResult | Exception]:
-        """Answer ``prompts`` (blocking); they share the decoder with whatever else is running."""
+        """Answer ``prompts`` (blocking); they share the decoder with whatever else is running.
+        ``on_logits(prompt index, token, logits)`` sees every sampled token (log-probabilities)."""
         results: list[DecodeResult | Exception] = [RuntimeError("not run")] * len(prompts)
         remaining = [len(prompts)]
         finished = threading.Event()
@@ -61,7 +67,8 @@ class DecodeScheduler:
         if not prompts:
             return results
         for i, prompt in enumerate(prompts):
-            self.submit(Request(list(prompt), max_new_tokens, spec, functools.partial(done, i=i)))
+            logits = functools.partial(on_logits, i) if on_logits is not None else None
+            self.submit(Request(list(prompt), max_new_tokens, spec, functools.partial(done, i=i), on_logits=logits))
         finished.wait()
         return results
 

@@ -160,12 +160,15 @@ def decode(
     stop_ids: list[int],
     should_stop: Callable[[int, list[int]], bool] | None = None,
     generator: torch.Generator | None = None,
+    on_step: Callable[[list[int], torch.Tensor, torch.Tensor], None] | None = None,
 ) -> list[list[int]]:
     """Generate up to ``max_new_tokens`` for each prompt; return the new token ids per row.
 
     A row ends after a token of ``stop_ids`` (kept in its output, like ``generate``), when
     ``should_stop(row, tokens)`` says so (stop strings), or at ``max_new_tokens``. Processors see the
     prompts left-padded to the longest one, then the generated tokens (as with ``generate``).
+    ``on_step(rows, scores, tokens)``, when given, sees each step's processed scores of the rows still
+    decoding and the tokens chosen (log-probabilities, :mod:`.scores`).
     """
     device = next(model.parameters()).device
     width = max(len(p) for p in prompts)
@@ -180,6 +183,8 @@ def decode(
             tokens = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1, generator=generator).squeeze(1)
         else:
             tokens = torch.argmax(scores, dim=-1)
+        if on_step is not None:
+            on_step(alive, scores, tokens)
         token_list = tokens.tolist()
         finished = torch.isin(tokens, stop_tensor).tolist()
         for position, row in enumerate(alive):

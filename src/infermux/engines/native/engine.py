@@ -28,15 +28,17 @@ from infermux.configs.model_params import ModelParams
 from infermux.engines.base import InferenceEngine, StreamEvent
 from infermux.engines.capabilities import Capabilities
 from infermux.engines.native.model import LoadedModel
+from infermux.engines.native.scores import ScoreRecorder
 from infermux.errors import EngineUnavailableError, ErrorKind, InputError, RowError, install_hint
-from infermux.types import Conversation, FinishReason, Usage
+from infermux.samples import reply_with_samples, sum_usage, wants_samples
+from infermux.types import Conversation, FinishReason, Sample, TokenLogprob, Usage
 
 __all__ = ["NativeTextInferenceEngine"]
 
 logger = logging.getLogger("infermux.engines.native.engine")
 
 _SUPPORTED = """seed temperature top_p min_p use_sampling num_beams stop_strings stop_token_ids
-    frequency_penalty presence_penalty logit_bias skip_special_tokens"""
+    frequency_penalty presence_penalty logit_bias skip_special_tokens n logprobs top_logprobs"""
 # Chunks hold several batches, so rows can be grouped by length across them.
 _BATCHES_PER_CHUNK = 4
 
@@ -102,8 +104,8 @@ class NativeTextInferenceEngine(InferenceEngine):
         for start in range(0, len(order), generation.batch_size):
             rows = order[start : start + generation.batch_size]
             try:
-                with self._lock:
-                    answers = self._generate([prompts[i] for i in rows], generation)
+                with self._lock:  # n sequences per prompt, next to each other
+                    answers = self._generate([prompts[i] for i in rows for _ in range(generation.n)], generation)
             except Exception as exc:
                 if isinstance(exc, (EngineUnavailableError, InputError)):
                     raise
@@ -111,8 +113,9 @@ class NativeTextInferenceEngine(InferenceEngine):
                 for i in rows:
                     results[i] = RowError.from_exception(exc)
                 continue
-            for i, (text, usage, reason) in zip(rows, answers, strict=True):
-                results[i] = conversations[i].with_reply(text, usage=usage, finish_reason=reason)
+            n = generation.n
+            for k, i in enumerate(rows):
+                results[i] = _row_reply(conversations[i], answers[k * n : (k + 1) * n], generation)
         return [r if r is not None else RowError(kind=ErrorKind.INTERNAL, message="row was not run") for r in results]
 
     # ------------------------------------------------------------------ pieces
@@ -131,7 +134,7 @@ class NativeTextInferenceEngine(InferenceEngine):
 
     def _generate(
         self, prompts: list[list[int]], generation: GenerationParams
-    ) -> list[tuple[str, Usage, FinishReason]]:
+    ) -> list[tuple[str, Usage, FinishReason, list[TokenLogprob] | None]]:
         from infermux.engines.native import params
 
         torch = self._torch
@@ -145,6 +148,7 @@ class NativeTextInferenceEngine(InferenceEngine):
             torch.manual_seed(generation.seed)
             generator = torch.Generator(device=self._device).manual_seed(generation.seed)
         fast = self._fast_decode and generation.num_beams == 1 and generation.guided_decoding is None
+        recorder = ScoreRecorder(len(prompts), generation.top_logprobs) if generation.logprobs else None
         with torch.inference_mode():
             if fast:
                 from infermux.engines.native.decode import decode
@@ -159,16 +163,18 @@ class NativeTextInferenceEngine(InferenceEngine):
                     stop_ids=stop_ids,
                     should_stop=self._stop_string_check(generation),
                     generator=generator,
+                    on_step=recorder,
                 )
             else:
-                new_tokens = self._hf_generate(ids, mask, generation, processors, stop_ids, vocab)
+                new_tokens = self._hf_generate(ids, mask, generation, processors, stop_ids, vocab, recorder)
         return [
-            loaded.finish(prompt, tokens, generation, stop_ids)
-            for prompt, tokens in zip(prompts, new_tokens, strict=True)
-        ]
+            (*loaded.finish(prompt, tokens, generation, stop_ids),
+             recorder.logprobs(row, len(tokens), self.tokenizer) if recorder is not None else None)
+            for row, (prompt, tokens) in enumerate(zip(prompts, new_tokens, strict=True))
+        ]  # fmt: skip
 
     def _hf_generate(self, ids: Any, mask: Any, generation: GenerationParams, processors: Any, stop_ids: list[int],
-                     vocab: int) -> list[list[int]]:  # fmt: skip
+                     vocab: int, recorder: ScoreRecorder | None = None) -> list[list[int]]:  # fmt: skip
         from infermux.engines.native import params
 
         if generation.guided_decoding is not None:
@@ -188,7 +194,15 @@ class NativeTextInferenceEngine(InferenceEngine):
             use_cache=True,
             # Sampling settings are in `processors`; neutralise the model's own defaults.
             temperature=None, top_p=None, top_k=None, min_p=None,
+            output_scores=recorder is not None, return_dict_in_generate=recorder is not None,
         )  # fmt: skip
+        if recorder is not None:
+            # Per step, the processed scores of every sequence (beam search: of the beams, not the answers).
+            new = output.sequences[:, ids.shape[1] :]
+            if generation.num_beams == 1:
+                for step, scores in enumerate(output.scores):
+                    recorder(list(range(new.shape[0])), scores, new[:, step])
+            output = output.sequences
         rows = []
         for row in output[:, ids.shape[1] :].tolist():
             cut = next((i + 1 for i, token in enumerate(row) if token in stop_ids), len(row))
@@ -218,7 +232,7 @@ class NativeTextInferenceEngine(InferenceEngine):
         problem = self.check_conversation(conversation)
         if problem is not None:
             raise InputError(problem.message)
-        if generation.guided_decoding is not None or generation.num_beams > 1:
+        if generation.guided_decoding is not None or generation.num_beams > 1 or wants_samples(generation):
             async for event in super().astream(conversation, generation):
                 yield event
             return
@@ -261,6 +275,21 @@ class NativeTextInferenceEngine(InferenceEngine):
     def close(self) -> None:
         self.model = None
         self.tokenizer = None
+
+
+def _row_reply(
+    conversation: Conversation,
+    answers: list[tuple[str, Usage, FinishReason, list[TokenLogprob] | None]],
+    generation: GenerationParams,
+) -> Conversation:
+    """One row from its n answers: the prompt counted once, each sample's own completion tokens."""
+    samples = [
+        Sample(text=text, finish_reason=reason, usage=Usage.of(completion=usage.completion_tokens), logprobs=logprobs)
+        for text, usage, reason, logprobs in answers
+    ]
+    prompt_usage = Usage.of(answers[0][1].prompt_tokens, 0)
+    return reply_with_samples(conversation, samples, usage=sum_usage([prompt_usage, *(s.usage for s in samples)]),
+                              generation=generation)  # fmt: skip
 
 
 def _prompt_limit(params: ModelParams, tokenizer: Any) -> int | None:

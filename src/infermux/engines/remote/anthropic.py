@@ -110,16 +110,18 @@ class AnthropicInferenceEngine(MessageBatchesMixin, RemoteEngine):
 
     engine_type = InferenceEngineType.ANTHROPIC
     capabilities = Capabilities(
-        generation_params=frozenset({"temperature", "top_p", "stop_strings"}),
+        generation_params=frozenset({"temperature", "top_p", "stop_strings", "n"}),
         guided_decoding=frozenset({"json"}),
         images=True,
         streaming=True,
         notes=(
             "temperature must be between 0 and 1; recent models accept temperature or top_p, not both.",
             "Opus >= 4.7, Sonnet >= 5 and claude-fable/mythos models take no sampling parameters: none are sent.",
+            "n > 1 sends n requests per row; no log-probabilities.",
         ),
         value_ranges={"temperature": (0.0, 1.0)},
     )
+    repeat_for_n = True
     default_api_url = "https://api.anthropic.com"
     api_key_env = "ANTHROPIC_API_KEY"
     provider = "Anthropic"

@@ -19,6 +19,7 @@ resume, ordering and output belong to the batch loop.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import logging
@@ -46,6 +47,7 @@ from infermux.errors import (
     RemoteError,
     RowError,
 )
+from infermux.samples import merge_replies, wants_samples
 from infermux.types import Conversation
 
 __all__ = ["RemoteEngine", "SecretHeaders"]
@@ -95,6 +97,8 @@ class RemoteEngine(InferenceEngine):
     default_num_workers: ClassVar[int] = 8
     #: Human name of the provider, for messages.
     provider: ClassVar[str] = "the server"
+    #: The API has no ``n``: ``generation.n > 1`` sends n requests per row (see :mod:`infermux.samples`).
+    repeat_for_n: ClassVar[bool] = False
 
     def setup(self) -> None:
         super().setup()
@@ -199,7 +203,13 @@ class RemoteEngine(InferenceEngine):
             try:
                 parse = functools.partial(self.parse_reply, conversation)
                 tokens = (estimate_tokens(request_chars(conversation)), generation.max_new_tokens)
-                results.append(await self._transport.send(request, parse, tokens=tokens, usage=reported_usage))
+                send = functools.partial(self._transport.send, request, parse, tokens=tokens, usage=reported_usage)
+                if self.repeat_for_n and generation.n > 1:
+                    # A row is done only when all n answers are in: one failure fails the row.
+                    answers = await asyncio.gather(*(send() for _ in range(generation.n)))
+                    results.append(merge_replies(conversation, answers, generation))
+                else:
+                    results.append(await send())
             except RemoteError as exc:
                 results.append(exc.to_row_error())
         return results
@@ -218,7 +228,8 @@ class RemoteEngine(InferenceEngine):
         self, conversation: Conversation, generation: GenerationParams | None = None
     ) -> AsyncIterator[StreamEvent]:
         """Stream one answer over server-sent events (engines without streaming answer at once)."""
-        if not self.capabilities.streaming:
+        # Several answers or log-probabilities come whole: a stream shows one answer's text.
+        if not self.capabilities.streaming or wants_samples(generation or self.generation_params):
             async for whole in super().astream(conversation, generation):
                 yield whole
             return

@@ -27,6 +27,7 @@ from infermux.engines.capabilities import Capabilities
 from infermux.engines.remote.claude_models import SAMPLING_PARAMS, refuses_sampling, warn_dropped_sampling
 from infermux.engines.remote.media import image_payload
 from infermux.errors import AuthenticationError, ConfigError, ErrorKind, RemoteError, RowError
+from infermux.samples import merge_replies
 from infermux.types import Conversation, FinishReason, Message, Role, Usage
 
 __all__ = ["BedrockInferenceEngine", "build_converse_request"]
@@ -146,9 +147,10 @@ class BedrockInferenceEngine(InferenceEngine):
 
     engine_type = InferenceEngineType.BEDROCK
     capabilities: ClassVar[Capabilities] = Capabilities(
-        generation_params=frozenset({"temperature", "top_p", "stop_strings"}),
+        generation_params=frozenset({"temperature", "top_p", "stop_strings", "n"}),
         images=True,
         notes=(
+            "n > 1 sends n Converse calls per row; no log-probabilities.",
             "model.model_kwargs are sent as additionalModelRequestFields.",
             "remote_params.api_url, when set, replaces the bedrock-runtime endpoint (e.g. a VPC endpoint).",
         ),
@@ -231,9 +233,11 @@ class BedrockInferenceEngine(InferenceEngine):
                 results.append(RowError.from_exception(exc, ErrorKind.INVALID_INPUT))
                 continue
             try:
-                response = await loop.run_in_executor(self._pool, functools.partial(self.client.converse, **request))
-                text, metadata = parse_converse_response(response)
-                results.append(conversation.with_reply(text, metadata))
+                # Converse has no ``n``: n calls per row, the row done only when all are in.
+                calls = [functools.partial(self.client.converse, **request) for _ in range(generation.n)]
+                responses = await asyncio.gather(*(loop.run_in_executor(self._pool, call) for call in calls))
+                answers = [conversation.with_reply(*parse_converse_response(r)) for r in responses]
+                results.append(answers[0] if generation.n == 1 else merge_replies(conversation, answers, generation))
             except Exception as exc:  # botocore errors become row errors; see _remote_error
                 results.append(RowError.from_exception(_remote_error(exc)))
         return results

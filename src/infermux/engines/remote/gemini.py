@@ -11,6 +11,8 @@ Protocol mapping (from Google's Gemini API reference):
 * guided JSON: ``responseMimeType: application/json`` with ``responseSchema``, the JSON schema
   rewritten to Gemini's OpenAPI subset (``$ref``/``$defs`` inlined); guided choice:
   ``text/x.enum`` with a string enum;
+* ``n``: ``candidateCount``; log-probabilities: ``responseLogprobs`` and ``logprobs`` (top alternatives),
+  read back from each candidate's ``logprobsResult`` (``chosenCandidates``, ``topCandidates``);
 * auth: the ``x-goog-api-key`` header (``GEMINI_API_KEY``). Google answers a bad key with 400
   ``API_KEY_INVALID``; the error message then says which variable to fix.
 """
@@ -30,7 +32,8 @@ from infermux.engines.remote.http.urls import endpoint_url
 from infermux.engines.remote.json_schema import to_gemini_schema
 from infermux.engines.remote.media import image_payload
 from infermux.errors import RemoteError, RowError
-from infermux.types import Conversation, FinishReason, Message, Role, Usage
+from infermux.samples import reply_with_samples, token_logprob
+from infermux.types import Conversation, FinishReason, Message, Role, Sample, TokenLogprob, Usage
 
 __all__ = ["GoogleGeminiInferenceEngine", "build_contents", "generation_config"]
 
@@ -93,6 +96,12 @@ def generation_config(generation: GenerationParams) -> dict[str, Any]:
         config["presencePenalty"] = generation.presence_penalty
     if generation.frequency_penalty:
         config["frequencyPenalty"] = generation.frequency_penalty
+    if generation.n > 1:
+        config["candidateCount"] = generation.n
+    if generation.logprobs:
+        config["responseLogprobs"] = True
+        if generation.top_logprobs:
+            config["logprobs"] = generation.top_logprobs
     guided = generation.guided_decoding
     if guided is not None and guided.kind == "json":
         config["responseMimeType"] = "application/json"
@@ -142,6 +151,35 @@ def parse_candidate(data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return text, metadata
 
 
+def candidate_logprobs(candidate: dict[str, Any]) -> list[TokenLogprob] | None:
+    """A candidate's ``logprobsResult`` as typed token log-probabilities (None when not sent)."""
+    result = candidate.get("logprobsResult")
+    if result is None:
+        return None
+    tops = result.get("topCandidates") or []
+    out = []
+    for step, chosen in enumerate(result.get("chosenCandidates") or []):
+        alternatives = (tops[step].get("candidates") or []) if step < len(tops) else []
+        top = [(a.get("token", ""), a.get("logProbability", 0.0)) for a in alternatives]
+        out.append(token_logprob(chosen.get("token", ""), chosen.get("logProbability", 0.0), top))
+    return out
+
+
+def candidate_samples(data: dict[str, Any]) -> list[Sample]:
+    """Every candidate of a reply (``candidateCount`` > 1) as a :class:`Sample`, in ``index`` order."""
+    samples = []
+    for candidate in sorted(data.get("candidates") or [], key=lambda c: c.get("index", 0)):
+        parts = (candidate.get("content") or {}).get("parts") or []
+        samples.append(
+            Sample(
+                text="".join(p.get("text", "") for p in parts if not p.get("thought")),
+                finish_reason=FinishReason.parse(candidate.get("finishReason")),
+                logprobs=candidate_logprobs(candidate),
+            )
+        )
+    return samples
+
+
 class GoogleGeminiInferenceEngine(RemoteEngine):
     """Gemini models through the Gemini API with an API key."""
 
@@ -149,7 +187,8 @@ class GoogleGeminiInferenceEngine(RemoteEngine):
     capabilities = Capabilities(
         generation_params=frozenset(
             {"temperature", "top_p", "stop_strings", "seed", "presence_penalty", "frequency_penalty"}
-        ),
+        )
+        | {"n", "logprobs", "top_logprobs"},
         guided_decoding=frozenset({"json", "choice"}),
         images=True,
         streaming=True,
@@ -202,6 +241,10 @@ class GoogleGeminiInferenceEngine(RemoteEngine):
 
     def parse_reply(self, conversation: Conversation, data: Any) -> Conversation:
         text, metadata = parse_candidate(data)
+        samples = candidate_samples(data)
+        if len(samples) > 1 or (samples and samples[0].logprobs is not None):
+            usage = metadata.pop("usage", None)
+            return reply_with_samples(conversation, samples, metadata, usage=Usage(**usage) if usage else None)
         return conversation.with_reply(text, metadata)
 
     def error_message(self, status: int, body: bytes) -> str:

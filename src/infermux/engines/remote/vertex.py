@@ -28,6 +28,7 @@ from infermux.engines.capabilities import Capabilities
 from infermux.engines.remote.http.google_auth import TokenCache, load_credentials
 from infermux.engines.remote.http.transport import HttpRequest, default_error_message
 from infermux.engines.remote.openai.engine import OPENAI_PARAMS, RemoteInferenceEngine
+from infermux.engines.remote.openai.providers import SAMPLE_PARAMS
 from infermux.errors import AuthenticationError, ConfigError, RowError
 from infermux.types import Conversation, Type
 
@@ -46,7 +47,7 @@ class GoogleVertexInferenceEngine(RemoteInferenceEngine):
 
     engine_type = InferenceEngineType.GOOGLE_VERTEX
     capabilities: ClassVar[Capabilities] = Capabilities(
-        generation_params=OPENAI_PARAMS - {"logit_bias"},
+        generation_params=(OPENAI_PARAMS | SAMPLE_PARAMS) - {"logit_bias"},
         guided_decoding=frozenset({"json"}),
         images=True,
         notes=("Images must be files, bytes, data: URLs or gs:// URIs.",),

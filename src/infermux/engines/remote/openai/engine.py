@@ -28,7 +28,7 @@ from infermux.engines.remote.openai.format import (
     reply,
     tool_fields,
 )
-from infermux.engines.remote.openai.providers import OPENAI_PARAMS
+from infermux.engines.remote.openai.providers import OPENAI_PARAMS, SAMPLE_PARAMS
 from infermux.engines.remote.openai.stream import ChatCompletionStream
 from infermux.types import Conversation
 
@@ -40,7 +40,7 @@ class RemoteInferenceEngine(BatchApiMixin, RemoteEngine):
 
     engine_type = InferenceEngineType.REMOTE
     capabilities: ClassVar[Capabilities] = Capabilities(
-        generation_params=OPENAI_PARAMS | {"min_p", "stop_token_ids"},
+        generation_params=OPENAI_PARAMS | SAMPLE_PARAMS | {"min_p", "stop_token_ids"},
         guided_decoding=frozenset({"json"}),
         images=True,
         streaming=True,

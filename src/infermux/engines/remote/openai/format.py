@@ -12,10 +12,25 @@ from typing import Any
 from infermux.configs.generation_params import GenerationParams, GuidedDecodingParams
 from infermux.engines.remote.http.urls import endpoint_url
 from infermux.engines.remote.media import image_payload
-from infermux.types import ContentItem, Conversation, FinishReason, Message, Role, Tool, ToolCall, Type, Usage
+from infermux.samples import reply_with_samples, token_logprob
+from infermux.types import (
+    ContentItem,
+    Conversation,
+    FinishReason,
+    Message,
+    Role,
+    Sample,
+    TokenLogprob,
+    Tool,
+    ToolCall,
+    Type,
+    Usage,
+)
 
 __all__ = [
     "chat_completions_url",
+    "choice_logprobs",
+    "choice_samples",
     "encode_message",
     "encode_messages",
     "encode_tool",
@@ -169,6 +184,9 @@ def generation_fields(
         ("logit_bias", "logit_bias", g.logit_bias or None, None),
         ("min_p", "min_p", g.min_p, 0.0),
         ("stop_token_ids", "stop_token_ids", g.stop_token_ids, None),
+        ("n", "n", g.n, 1),
+        ("logprobs", "logprobs", g.logprobs, False),
+        ("top_logprobs", "top_logprobs", g.top_logprobs, 0),
     )
     for param, field, value, neutral in optional:
         if param in supported and value != neutral:
@@ -231,7 +249,39 @@ def parse_chat_completion(data: Any) -> tuple[str, dict[str, Any], list[ToolCall
     return content or "", metadata, tool_calls, reasoning
 
 
+def choice_logprobs(choice: dict[str, Any]) -> list[TokenLogprob] | None:
+    """A choice's ``logprobs.content`` as typed token log-probabilities (None when not sent)."""
+    content = (choice.get("logprobs") or {}).get("content")
+    if content is None:
+        return None
+    return [
+        token_logprob(t["token"], t["logprob"], [(a["token"], a["logprob"]) for a in t.get("top_logprobs") or []])
+        for t in content
+    ]
+
+
+def choice_samples(data: dict[str, Any]) -> list[Sample]:
+    """Every choice of a reply (``n`` > 1) as a :class:`Sample`, in ``index`` order."""
+    samples = []
+    for choice in sorted(data["choices"], key=lambda c: c.get("index", 0)):
+        message = choice.get("message") or {}
+        samples.append(
+            Sample(
+                text=message.get("content") or "",
+                finish_reason=FinishReason.parse(choice.get("finish_reason")),
+                tool_calls=message.get("tool_calls") or None,
+                logprobs=choice_logprobs(choice),
+            )
+        )
+    return samples
+
+
 def reply(conversation: Conversation, data: Any) -> Conversation:
-    """``conversation`` answered with the reply in ``data``."""
+    """``conversation`` answered with the reply in ``data`` (all its choices as samples when n > 1)."""
     text, metadata, tool_calls, reasoning = parse_chat_completion(data)
+    samples = choice_samples(data) if data.get("choices") else []  # no choices: a content-filter block
+    if len(samples) > 1 or (samples and samples[0].logprobs is not None):
+        usage = metadata.pop("usage", None)
+        return reply_with_samples(conversation, samples, metadata, usage=Usage(**usage) if usage else None,
+                                  tool_calls=tool_calls, reasoning_content=reasoning)  # fmt: skip
     return conversation.with_reply(text, metadata, tool_calls=tool_calls, reasoning_content=reasoning)

@@ -21,12 +21,14 @@ from infermux.engines.capabilities import Capabilities
 if TYPE_CHECKING:
     from infermux.engines.remote.openai.engine import RemoteInferenceEngine
 
-__all__ = ["OPENAI_PARAMS", "PROVIDERS", "Provider", "provider_class"]
+__all__ = ["OPENAI_PARAMS", "PROVIDERS", "SAMPLE_PARAMS", "Provider", "provider_class"]
 
 #: Generation parameters of OpenAI's chat-completions API itself.
 OPENAI_PARAMS = frozenset(
     {"temperature", "top_p", "frequency_penalty", "presence_penalty", "stop_strings", "seed", "logit_bias"}
 )
+#: Several answers per request and token log-probabilities (``n``, ``logprobs``, ``top_logprobs``).
+SAMPLE_PARAMS = frozenset({"n", "logprobs", "top_logprobs"})
 _JSON = frozenset({"json"})
 
 
@@ -72,7 +74,9 @@ PROVIDERS: dict[E, Provider] = {
     for row in (
         Provider(E.OPENAI, "OpenAIInferenceEngine", "OpenAI", "https://api.openai.com/v1", "OPENAI_API_KEY",
                  "OpenAI (``OPENAI_API_KEY``).", workers=50, quirks="infermux.engines.remote.openai.openai",
-                 notes=("reasoning models (o1/o3/o4/gpt-5) ignore temperature, top_p, penalties, logit_bias, stop",),
+                 params=OPENAI_PARAMS | SAMPLE_PARAMS,
+                 notes=("reasoning models (o1/o3/o4/gpt-5) ignore temperature, top_p, penalties, logit_bias, stop",
+                        "reasoning models refuse logprobs"),
                  max_items={"stop_strings": 4},
                  value_ranges={"temperature": (0.0, 2.0), "logit_bias": (-100.0, 100.0)}),
         Provider(E.TOGETHER, "TogetherInferenceEngine", "Together AI", "https://api.together.xyz/v1",

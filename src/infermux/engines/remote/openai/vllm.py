@@ -17,6 +17,7 @@ from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams
 from infermux.engines.capabilities import Capabilities
 from infermux.engines.remote.openai.engine import OPENAI_PARAMS, RemoteInferenceEngine
+from infermux.engines.remote.openai.providers import SAMPLE_PARAMS
 
 __all__ = ["RemoteVLLMInferenceEngine"]
 
@@ -26,7 +27,7 @@ class RemoteVLLMInferenceEngine(RemoteInferenceEngine):
 
     engine_type = InferenceEngineType.REMOTE_VLLM
     capabilities: ClassVar[Capabilities] = Capabilities(
-        generation_params=OPENAI_PARAMS | {"min_p", "stop_token_ids"},
+        generation_params=OPENAI_PARAMS | SAMPLE_PARAMS | {"min_p", "stop_token_ids"},
         guided_decoding=frozenset({"json", "regex", "choice"}),
         images=True,
         lora=True,

@@ -1,0 +1,85 @@
+"""LLAMACPP: n answers per prompt and token log-probabilities, on top of the multi-sequence decoder.
+
+The n answers of a prompt are n passes over the chunk's prompts through the decoder's scheduler: pass
+k reuses the prompt's KV cache left by the earlier ones (the decoder's prefix reuse), and is seeded
+``seed + k``, so the first sample is the answer ``n: 1`` gives and every sample is reproducible.
+A token's log-probability is ``log_softmax`` of the model's logits at the position it was sampled
+from, as llama-cpp-python reports them (before the samplers: bias, penalties, temperature).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+from infermux.engines.llamacpp.decode import DecodeResult, SamplingSpec
+from infermux.engines.llamacpp.scheduler import DecodeScheduler
+from infermux.samples import token_logprob
+from infermux.types import TokenLogprob
+
+__all__ = ["Answer", "LogitsRecorder", "generate_samples"]
+
+#: One sample of a prompt: the decoded answer and its token log-probabilities (None unless asked).
+Answer = tuple[DecodeResult, list[TokenLogprob] | None]
+
+
+class LogitsRecorder:
+    """Per request, the sampled tokens' log-probabilities and the ``top`` best alternatives."""
+
+    def __init__(self, llama: Any, requests: int, top: int) -> None:
+        self._llama = llama
+        self._n_vocab = int(llama.n_vocab())
+        self.top = top
+        self._steps: list[list[tuple[int, float, list[tuple[int, float]]]]] = [[] for _ in range(requests)]
+
+    def __call__(self, index: int, token: int, logits: Any) -> None:
+        import numpy as np
+
+        row = np.ctypeslib.as_array(logits, shape=(self._n_vocab,)).astype(np.float64)
+        peak = row.max()
+        logprobs = row - (peak + np.log(np.exp(row - peak).sum()))
+        alternatives: list[tuple[int, float]] = []
+        if self.top:
+            best = np.argpartition(-logprobs, self.top)[: self.top]
+            best = best[np.argsort(-logprobs[best])]
+            alternatives = [(int(t), float(logprobs[t])) for t in best]
+        self._steps[index].append((int(token), float(logprobs[token]), alternatives))
+
+    def _text(self, token: int) -> str:
+        return bytes(self._llama.detokenize([token], special=True)).decode("utf-8", errors="replace")
+
+    def logprobs(self, index: int, length: int) -> list[TokenLogprob]:
+        """The first ``length`` tokens of request ``index`` (an end-of-generation token is not kept)."""
+        return [
+            token_logprob(self._text(token), value, [(self._text(t), lp) for t, lp in alternatives])
+            for token, value, alternatives in self._steps[index][:length]
+        ]
+
+
+def generate_samples(
+    decoder: DecodeScheduler,
+    llama: Any,
+    prompts: Sequence[list[int]],
+    max_new_tokens: int,
+    spec: SamplingSpec,
+    *,
+    n: int,
+    logprobs: bool,
+    top_logprobs: int,
+) -> list[list[Answer] | Exception]:
+    """Per prompt its n answers, or the first problem one of them had (the row fails whole)."""
+    out: list[list[Answer] | Exception] = [[] for _ in prompts]
+    for k in range(n):
+        seeded = spec if spec.seed is None or k == 0 else dataclasses.replace(spec, seed=spec.seed + k)
+        recorder = LogitsRecorder(llama, len(prompts), top_logprobs) if logprobs else None
+        results = decoder.generate(prompts, max_new_tokens, seeded, on_logits=recorder)
+        for i, result in enumerate(results):
+            answers = out[i]
+            if isinstance(answers, Exception):
+                continue
+            if isinstance(result, Exception):
+                out[i] = result
+            else:
+                answers.append((result, recorder.logprobs(i, len(result.tokens)) if recorder is not None else None))
+    return out

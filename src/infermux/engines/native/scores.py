@@ -1,0 +1,49 @@
+"""Token log-probabilities of NATIVE answers, recorded from the decode loop's scores.
+
+A token's log-probability is ``log_softmax`` of the scores it was chosen from, after the logits
+processors (temperature, top-p, penalties, ...), as vLLM and OpenAI report them; with greedy decoding
+and no processors that is the model's own distribution. Token texts are decoded once, at the end.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from infermux.samples import token_logprob
+from infermux.types import TokenLogprob
+
+__all__ = ["ScoreRecorder"]
+
+
+class ScoreRecorder:
+    """Collects, per sequence, the chosen token's log-probability and the ``top`` best alternatives."""
+
+    def __init__(self, sequences: int, top: int) -> None:
+        self.top = top
+        self._chosen: list[list[tuple[int, float]]] = [[] for _ in range(sequences)]
+        self._alternatives: list[list[list[tuple[int, float]]]] = [[] for _ in range(sequences)]
+
+    def __call__(self, rows: list[int], scores: Any, tokens: Any) -> None:
+        """One decoding step: ``scores`` (batch, vocab) for the sequences ``rows``, ``tokens`` chosen."""
+        import torch
+
+        logprobs = torch.log_softmax(scores.to(torch.float32), dim=-1)
+        chosen = logprobs.gather(1, tokens[:, None]).squeeze(1).tolist()
+        token_list = tokens.tolist()
+        if self.top:
+            values, indices = torch.topk(logprobs, self.top, dim=-1)
+            tops = [list(zip(i, v, strict=True)) for i, v in zip(indices.tolist(), values.tolist(), strict=True)]
+        for position, row in enumerate(rows):
+            self._chosen[row].append((token_list[position], chosen[position]))
+            self._alternatives[row].append(tops[position] if self.top else [])
+
+    def logprobs(self, row: int, length: int, tokenizer: Any) -> list[TokenLogprob]:
+        """The first ``length`` recorded tokens of sequence ``row``, with their texts."""
+        chosen = self._chosen[row][:length]
+        alternatives = self._alternatives[row][:length]
+        ids = {t for t, _ in chosen} | {t for step in alternatives for t, _ in step}
+        text = {t: tokenizer.decode([t]) for t in ids}
+        return [
+            token_logprob(text[token], value, [(text[t], lp) for t, lp in step])
+            for (token, value), step in zip(chosen, alternatives, strict=True)
+        ]

@@ -1,0 +1,83 @@
+"""LLAMACPP: several samples per prompt and token log-probabilities, against llama.cpp's own logits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+pytest.importorskip("llama_cpp")
+
+from infermux.configs import GenerationParams, InferenceConfig, ModelParams
+from infermux.engines.llamacpp.engine import LlamaCppInferenceEngine
+from infermux.models import gguf_path
+from infermux.samples import read_samples
+from infermux.types import Conversation
+
+pytestmark = pytest.mark.slow
+
+N_CTX = 512
+QUESTIONS = ["What is the capital of France?", "Name three primary colors."]
+
+
+@pytest.fixture(scope="module")
+def engine() -> Any:
+    eng = LlamaCppInferenceEngine(
+        ModelParams(model_name="smollm2-135m-instruct", model_kwargs={"n_ctx": N_CTX, "n_seq_max": 4})
+    )
+    yield eng
+    eng.close()
+
+
+def conv(text: str) -> Conversation:
+    return Conversation.model_validate({"messages": [{"role": "user", "content": text}]})
+
+
+def run(engine: LlamaCppInferenceEngine, **generation: Any) -> list[Conversation]:
+    config = InferenceConfig(model=engine.model_params, generation=GenerationParams(**generation))
+    out = engine.infer([conv(q) for q in QUESTIONS], config)
+    assert all("error" not in c.metadata for c in out), [c.metadata for c in out]
+    return out
+
+
+def test_greedy_logprobs_equal_llama_cpp_logits(engine: LlamaCppInferenceEngine) -> None:
+    import numpy as np
+    from llama_cpp import Llama
+
+    out = run(engine, max_new_tokens=12, logprobs=True, top_logprobs=3)
+    plain = run(engine, max_new_tokens=12)
+    assert [c.last_message.text for c in out] == [c.last_message.text for c in plain]
+    raw = Llama(model_path=str(gguf_path()), n_ctx=N_CTX, logits_all=True, verbose=False)
+    try:
+        for question, row in zip(QUESTIONS, out, strict=True):
+            [sample] = read_samples(row)
+            assert sample.logprobs
+            prompt = engine.prompt_tokens(conv(question))
+            raw.reset()
+            raw.eval(prompt)
+            for entry in sample.logprobs:  # greedy decoding by hand on the library's logits
+                logits = np.asarray(raw.scores[raw.n_tokens - 1], dtype=np.float64)
+                expected = logits - (logits.max() + np.log(np.exp(logits - logits.max()).sum()))
+                token = int(np.argmax(expected))
+                assert entry.token == raw.detokenize([token], special=True).decode("utf-8", errors="replace")
+                assert entry.logprob == pytest.approx(expected[token], abs=1e-3)
+                top = np.argsort(-expected)[:3]
+                assert [t.logprob for t in entry.top_logprobs] == pytest.approx(expected[top].tolist(), abs=1e-3)
+                raw.eval([token])
+            assert sample.usage is not None and sample.usage.completion_tokens == len(sample.logprobs)
+    finally:
+        raw.close()
+
+
+def test_n_seeded_samples_are_distinct_and_reproducible(engine: LlamaCppInferenceEngine) -> None:
+    settings = {"n": 4, "temperature": 1.0, "seed": 3, "max_new_tokens": 16}
+    first = run(engine, **settings)
+    again = run(engine, **settings)
+    assert [c.metadata["samples"] for c in first] == [c.metadata["samples"] for c in again]
+    single = run(engine, temperature=1.0, seed=3, max_new_tokens=16)
+    for row, alone in zip(first, single, strict=True):
+        samples = read_samples(row)
+        assert len(samples) == 4 and len({s.text for s in samples}) > 1
+        assert samples[0].text == alone.last_message.text == row.last_message.text
+        usage = row.metadata["usage"]
+        assert usage["completion_tokens"] == sum(s.usage.completion_tokens for s in samples if s.usage)

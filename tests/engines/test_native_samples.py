@@ -1,0 +1,82 @@
+"""NATIVE: several samples per prompt and token log-probabilities, against raw transformers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from infermux.configs import GenerationParams, InferenceConfig, ModelParams  # noqa: E402
+from infermux.engines.native.engine import NativeTextInferenceEngine  # noqa: E402
+from infermux.models import hf_folder  # noqa: E402
+from infermux.samples import read_samples  # noqa: E402
+from infermux.types import Conversation  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+QUESTIONS = ["What is the capital of France?", "Name three colours of the rainbow, please."]
+MODEL = ModelParams(model_name="smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="module")
+def engine() -> NativeTextInferenceEngine:
+    return NativeTextInferenceEngine(MODEL)
+
+
+def conv(text: str) -> Conversation:
+    return Conversation.model_validate({"messages": [{"role": "user", "content": text}]})
+
+
+def run(engine: NativeTextInferenceEngine, questions: list[str], **generation: Any) -> list[Conversation]:
+    config = InferenceConfig(model=MODEL, generation=GenerationParams(**generation))
+    out = engine.infer([conv(q) for q in questions], config)
+    assert all("error" not in c.metadata for c in out), [c.metadata for c in out]
+    return out
+
+
+def test_greedy_logprobs_equal_raw_generate_scores(engine: NativeTextInferenceEngine) -> None:
+    out = run(engine, QUESTIONS, max_new_tokens=12, logprobs=True, top_logprobs=3, batch_size=2)
+    folder = hf_folder()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, padding_side="left")
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    for question, row in zip(QUESTIONS, out, strict=True):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                             tokenize=False)  # fmt: skip
+        batch = tokenizer([text], return_tensors="pt", add_special_tokens=False)
+        with torch.inference_mode():
+            raw = model.generate(**batch, do_sample=False, max_new_tokens=12, output_scores=True,
+                                 return_dict_in_generate=True, temperature=None, top_p=None, top_k=None)  # fmt: skip
+        new = raw.sequences[0, batch["input_ids"].shape[1] :].tolist()
+        [sample] = read_samples(row)
+        assert sample.logprobs is not None and len(sample.logprobs) == len(new)
+        for step, (token, entry) in enumerate(zip(new, sample.logprobs, strict=True)):
+            expected = torch.log_softmax(raw.scores[step][0].float(), dim=-1)
+            assert entry.token == tokenizer.decode([token])
+            assert entry.logprob == pytest.approx(float(expected[token]), abs=1e-3)
+            values, ids = torch.topk(expected, 3)
+            assert [t.token for t in entry.top_logprobs] == [tokenizer.decode([i]) for i in ids.tolist()]
+            assert [t.logprob for t in entry.top_logprobs] == pytest.approx(values.tolist(), abs=1e-3)
+        assert row.last_message.text == tokenizer.decode(new, skip_special_tokens=True)
+
+
+def test_n_seeded_samples_are_distinct_and_reproducible(engine: NativeTextInferenceEngine) -> None:
+    settings = {"n": 4, "temperature": 1.0, "seed": 11, "max_new_tokens": 16}
+    first = run(engine, QUESTIONS, **settings)
+    again = run(engine, QUESTIONS, **settings)
+    assert [c.metadata["samples"] for c in first] == [c.metadata["samples"] for c in again]
+    for row in first:
+        samples = read_samples(row)
+        assert len(samples) == 4 and len({s.text for s in samples}) > 1
+        assert row.last_message.text == samples[0].text
+        assert all(s.usage is not None and s.usage.completion_tokens for s in samples)
+        usage = row.metadata["usage"]
+        assert usage["completion_tokens"] == sum(s.usage.completion_tokens for s in samples if s.usage)
+        assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+
+
+def test_plain_answers_carry_no_samples(engine: NativeTextInferenceEngine) -> None:
+    [row] = run(engine, QUESTIONS[:1], max_new_tokens=4)
+    assert "samples" not in row.metadata
