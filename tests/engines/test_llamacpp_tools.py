@@ -17,33 +17,9 @@ from infermux.configs import GenerationParams, InferenceConfig, ModelParams
 from infermux.configs.generation_params import GuidedDecodingParams
 from infermux.engines.llamacpp.engine import LlamaCppInferenceEngine
 from infermux.types import Conversation, Message, Role
+from tests.engines.tool_data import SCHEMAS, TIME, WEATHER
 
 pytestmark = pytest.mark.slow
-
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather in a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["C", "F"]}},
-            "required": ["city", "unit"],
-        },
-    },
-}
-TIME = {
-    "type": "function",
-    "function": {
-        "name": "get_time",
-        "parameters": {
-            "type": "object",
-            "properties": {"tz": {"type": "string"}, "hours": {"type": "integer"}},
-            "required": ["tz"],
-        },
-    },
-}
-SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in (WEATHER, TIME)}
 
 
 @pytest.fixture(scope="module")
