@@ -213,7 +213,11 @@ class FakeAnthropic(FakeServer):
                 raise RequestInvalid("cache_control.type: Input should be 'ephemeral'")
             if control.get("ttl", "5m") not in ("5m", "1h"):
                 raise RequestInvalid("cache_control.ttl: Input should be '5m' or '1h'")
-        usage = {"input_tokens": input_tokens, "cache_creation_input_tokens": 0, "cache_read_input_tokens": self.cache_read}
+        usage = {
+            "input_tokens": input_tokens,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": self.cache_read,
+        }
         if not marked:
             return usage
         prefix = json.dumps([body.get("tools") or [], exchange.system or ""], sort_keys=True)

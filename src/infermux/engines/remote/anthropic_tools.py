@@ -101,4 +101,3 @@ def reply_parts(
         kept[str(calls[0].id)] = thinking
         update[THINKING_KEY] = kept
     return text, calls or None, reasoning, update
-
