@@ -259,12 +259,13 @@ class AnthropicStream:
             self._metadata["model"] = message.get("model")
             self._usage.update(message.get("usage") or {})
         elif kind == "content_block_start":
-            self._blocks[data["index"]] = dict(data["content_block"])
-        elif kind == "content_block_delta":
-            return self._delta(data["index"], data["delta"])
-        elif kind == "content_block_stop" and data["index"] in self._json:
-            raw = "".join(self._json.pop(data["index"]))
-            self._blocks[data["index"]]["input"] = json.loads(raw) if raw else {}
+            self._blocks[data.get("index", 0)] = dict(data["content_block"])
+        elif kind == "content_block_delta":  # some servers leave out the index of a lone text block
+            return self._delta(data.get("index", 0), data["delta"])
+        elif kind == "content_block_stop" and data.get("index", 0) in self._json:
+            index = data.get("index", 0)
+            raw = "".join(self._json.pop(index))
+            self._blocks[index]["input"] = json.loads(raw) if raw else {}
         elif kind == "message_delta":
             stop = (data.get("delta") or {}).get("stop_reason")
             self._metadata["stop_reason"] = stop
