@@ -15,8 +15,23 @@ what a local server cannot: Anthropic's authentication, its exact error bodies a
 * Reply: ``{"id", "type": "message", "role": "assistant", "model", "content": [{"type":
   "text", "text"}], "stop_reason": "end_turn"|"max_tokens"|"stop_sequence", "stop_sequence",
   "usage": {"input_tokens", "output_tokens"}}``.
+* Tools: ``tools`` items ``{"name" (^[a-zA-Z0-9_-]{1,64}$), "description"?, "input_schema" (an object
+  schema, required), "cache_control"?, "strict"?, "type"?: "custom"}``; ``tool_choice`` ``{"type": "auto" |
+  "any" | "tool" (+ "name") | "none", "disable_parallel_tool_use"?}``. Assistant turns may hold
+  ``tool_use`` blocks (``id``, ``name``, ``input`` object) and ``thinking`` / ``redacted_thinking`` blocks;
+  every ``tool_use`` must be answered by a ``tool_result`` block (``tool_use_id``, ``content``,
+  ``is_error``?) in the very next user turn, results before any other block. The fake model calls tools
+  when ``tool_choice`` is ``any`` (every tool, or the first with ``disable_parallel_tool_use``) or names
+  one, and under ``auto`` when the last user text names a tool; the answer then has ``tool_use`` blocks
+  (input sampled from the schema) and ``stop_reason: "tool_use"``.
+* ``thinking: {"type": "enabled", "budget_tokens" (>= 1024, < max_tokens)}`` adds a ``thinking`` block
+  with a ``signature`` first; with thinking on, forced tool use (``any`` / ``tool``) is refused, and the
+  assistant turn whose tool results are being returned must start with its thinking block, signature
+  unchanged. Usage reports ``cache_read_input_tokens`` / ``cache_creation_input_tokens`` (0 here unless
+  ``cache_read`` is set).
 * ``"stream": true`` answers with the event sequence message_start, content_block_start, ping,
-  content_block_delta (``text_delta``)..., content_block_stop, message_delta, message_stop.
+  content_block_delta (``text_delta``, ``thinking_delta``, ``signature_delta``, ``input_json_delta``)...,
+  content_block_stop, message_delta, message_stop.
 * Errors: ``{"type": "error", "error": {"type", "message"}, "request_id"}`` with types
   invalid_request_error (400), authentication_error (401), permission_error (403),
   not_found_error (404), rate_limit_error (429), api_error (500), overloaded_error (529).
@@ -35,6 +50,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import re
 from typing import Any
@@ -52,6 +68,7 @@ from ._server import (
     check_range,
     check_type,
     default_responder,
+    sample_from_schema,
     truncate_words,
 )
 
@@ -87,6 +104,12 @@ _BODY_FIELDS = {
     "speed",
 }
 _MEDIA_TYPES = {"image/jpeg", "image/png", "image/gif", "image/webp"}
+_TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+
+
+def signature_of(thinking: str) -> str:
+    """The signature this fake gives a thinking text (checked when the block comes back)."""
+    return "sig_" + hashlib.sha256(thinking.encode()).hexdigest()[:32]
 
 
 class FakeAnthropic(FakeServer):
@@ -98,8 +121,10 @@ class FakeAnthropic(FakeServer):
         no_sampling_models: frozenset[str] = frozenset(
             {"claude-opus-4-7", "claude-opus-4-7-20260101", "claude-sonnet-5", "claude-fable-1"}
         ),
+        cache_read: int = 0,
     ):
         super().__init__()
+        self.cache_read = cache_read
         self.api_key = api_key
         self.responder = responder
         self.allow_temperature_and_top_p = allow_temperature_and_top_p
@@ -137,27 +162,41 @@ class FakeAnthropic(FakeServer):
             return self._error(400, f"There was an issue with your request body: {exc}")
         except RequestInvalid as exc:
             return self._error(exc.status, str(exc))
-        text = self.responder(exchange)
-        text, matched = apply_stops(text, body.get("stop_sequences"))
-        text, truncated = truncate_words(text, body["max_tokens"])
-        stop_reason = "stop_sequence" if matched else ("max_tokens" if truncated else "end_turn")
+        blocks: list[dict] = []
+        if exchange.thinking:
+            thought = f"The user wrote {len(exchange.turns)} turns."
+            blocks.append({"type": "thinking", "thinking": thought, "signature": signature_of(thought)})
+        calls = self._tool_uses(body, exchange)
+        matched = None
+        if calls:
+            blocks += calls
+            stop_reason = "tool_use"
+        else:
+            text = self.responder(exchange)
+            text, matched = apply_stops(text, body.get("stop_sequences"))
+            text, truncated = truncate_words(text, body["max_tokens"])
+            stop_reason = "stop_sequence" if matched else ("max_tokens" if truncated else "end_turn")
+            blocks.append({"type": "text", "text": text})
         input_tokens = sum(len(t.split()) for _, t in exchange.turns) + len((exchange.system or "").split())
         try:
             usage = self._cache_usage(body, exchange, input_tokens)
         except RequestInvalid as exc:
             return self._error(exc.status, str(exc))
+        usage["output_tokens"] = sum(len(json.dumps(b).split()) for b in blocks if b["type"] != "text") + sum(
+            len(b["text"].split()) for b in blocks if b["type"] == "text"
+        )
         if body.get("stream"):
-            return await self._stream(request, body, text, stop_reason, matched, usage)
+            return await self._stream(request, body, blocks, stop_reason, matched, usage)
         return web.json_response(
             {
                 "id": f"msg_fake{len(self.requests)}",
                 "type": "message",
                 "role": "assistant",
                 "model": body["model"],
-                "content": [{"type": "text", "text": text}],
+                "content": blocks,
                 "stop_reason": stop_reason,
                 "stop_sequence": matched,
-                "usage": {**usage, "output_tokens": len(text.split())},
+                "usage": usage,
             }
         )
 
@@ -174,7 +213,11 @@ class FakeAnthropic(FakeServer):
                 raise RequestInvalid("cache_control.type: Input should be 'ephemeral'")
             if control.get("ttl", "5m") not in ("5m", "1h"):
                 raise RequestInvalid("cache_control.ttl: Input should be '5m' or '1h'")
-        usage = {"input_tokens": input_tokens, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+        usage = {
+            "input_tokens": input_tokens,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": self.cache_read,
+        }
         if not marked:
             return usage
         prefix = json.dumps([body.get("tools") or [], exchange.system or ""], sort_keys=True)
@@ -185,30 +228,59 @@ class FakeAnthropic(FakeServer):
         self.prompt_cache.add(prefix)
         return usage
 
+    def _tool_uses(self, body: dict, exchange: Exchange) -> list[dict]:
+        tools = exchange.tools or []
+        choice = body.get("tool_choice") or {"type": "auto"}
+        last_role, last_text = exchange.turns[-1] if exchange.turns else ("user", "")
+        if choice["type"] == "tool":
+            chosen = [t for t in tools if t["name"] == choice["name"]]
+        elif choice["type"] == "any":
+            chosen = tools[:1] if choice.get("disable_parallel_tool_use") else tools
+        elif choice["type"] == "auto" and last_role == "user" and not exchange.tool_results:
+            chosen = [t for t in tools if t["name"] in last_text]
+            chosen = chosen[:1] if choice.get("disable_parallel_tool_use") else chosen
+        else:
+            chosen = []
+        return [
+            {"type": "tool_use", "id": f"toolu_fake{len(self.requests)}_{n}", "name": t["name"],
+             "input": sample_from_schema(t["input_schema"])}
+            for n, t in enumerate(chosen)
+        ]  # fmt: skip
+
     async def _stream(
-        self, request: web.Request, body: dict, text: str, stop_reason: str, matched: str | None, usage: dict
+        self, request: web.Request, body: dict, blocks: list[dict], stop_reason: str, matched: str | None, usage: dict
     ) -> web.StreamResponse:
-        """The Messages streaming event sequence for an answer ``text``."""
+        """The Messages streaming event sequence for an answer made of ``blocks``."""
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         message = {
             "id": f"msg_fake{len(self.requests)}", "type": "message", "role": "assistant", "model": body["model"],
-            "content": [], "stop_reason": None, "stop_sequence": None,
-            "usage": {**usage, "output_tokens": 1},
+            "content": [], "stop_reason": None, "stop_sequence": None, "usage": {**usage, "output_tokens": 1},
         }  # fmt: skip
-        events: list[tuple[str, dict]] = [
-            ("message_start", {"type": "message_start", "message": message}),
-            ("content_block_start", {"type": "content_block_start", "index": 0,
-                                     "content_block": {"type": "text", "text": ""}}),
-            ("ping", {"type": "ping"}),
-        ]  # fmt: skip
-        for piece in [p for p in re.split(r"(?<= )", text) if p]:
-            delta = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}}
-            events.append(("content_block_delta", delta))
+        events: list[tuple[str, dict]] = [("message_start", {"type": "message_start", "message": message})]
+        for index, block in enumerate(blocks):
+            kind = block["type"]
+            start = {"text": {"type": "text", "text": ""}, "thinking": {"type": "thinking", "thinking": ""},
+                     "tool_use": {**block, "input": {}}}[kind]  # fmt: skip
+            events.append(
+                ("content_block_start", {"type": "content_block_start", "index": index, "content_block": start})
+            )
+            if index == 0:
+                events.append(("ping", {"type": "ping"}))
+            if kind == "text":
+                deltas = [{"type": "text_delta", "text": p} for p in re.split(r"(?<= )", block["text"]) if p]
+            elif kind == "thinking":
+                deltas = [{"type": "thinking_delta", "thinking": block["thinking"]},
+                          {"type": "signature_delta", "signature": block["signature"]}]  # fmt: skip
+            else:
+                raw = json.dumps(block["input"])
+                deltas = [{"type": "input_json_delta", "partial_json": raw[i : i + 7]} for i in range(0, len(raw), 7)]
+            for delta in deltas:
+                events.append(("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}))
+            events.append(("content_block_stop", {"type": "content_block_stop", "index": index}))
         events += [
-            ("content_block_stop", {"type": "content_block_stop", "index": 0}),
             ("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": matched},
-                               "usage": {"output_tokens": len(text.split())}}),
+                               "usage": {"output_tokens": usage["output_tokens"]}}),
             ("message_stop", {"type": "message_stop"}),
         ]  # fmt: skip
         for name, data in events:
@@ -238,7 +310,9 @@ class FakeAnthropic(FakeServer):
             for i, stop in enumerate(check_type(body["stop_sequences"], "stop_sequences", list)):
                 check_type(stop, f"stop_sequences.{i}", str)
         system = self._system(body.get("system"))
-        turns, images = self._turns(check_type(body["messages"], "messages", list))
+        tools = self._tools(body)
+        thinking = self._thinking(body)
+        turns, images = self._turns(check_type(body["messages"], "messages", list), thinking)
         schema = None
         if "output_config" in body:
             config = check_keys(body["output_config"], "output_config", {"format", "effort"})
@@ -247,7 +321,66 @@ class FakeAnthropic(FakeServer):
                 if fmt["type"] != "json_schema":
                     raise RequestInvalid("output_config.format.type: Input should be 'json_schema'")
                 schema = check_type(fmt["schema"], "output_config.format.schema", dict)
-        return Exchange(system=system, turns=turns, images=images, schema=schema)
+        exchange = Exchange(system=system, turns=turns, images=images, schema=schema, tools=tools)
+        exchange.thinking = thinking  # type: ignore[attr-defined]
+        exchange.tool_results = self._last_results  # type: ignore[attr-defined]
+        return exchange
+
+    def _tools(self, body: dict) -> list[dict] | None:
+        if "tools" not in body:
+            if "tool_choice" in body and body["tool_choice"].get("type") != "none":
+                raise RequestInvalid("tool_choice: may only be specified while providing tools")
+            return None
+        names = []
+        for k, tool in enumerate(check_type(body["tools"], "tools", list)):
+            where = f"tools.{k}"
+            allowed = {"name", "description", "input_schema", "cache_control", "strict", "type"}
+            check_keys(tool, where, allowed, {"name", "input_schema"})
+            if not _TOOL_NAME.match(check_type(tool["name"], f"{where}.name", str)):
+                raise RequestInvalid(f"{where}.name: String should match pattern '^[a-zA-Z0-9_-]{{1,64}}$'")
+            if tool.get("type", "custom") != "custom":
+                raise RequestInvalid(f"{where}.type: Input should be 'custom'")
+            schema = check_type(tool["input_schema"], f"{where}.input_schema", dict)
+            if schema.get("type") != "object":
+                raise RequestInvalid(f"{where}.input_schema.type: Field required; Input should be 'object'")
+            if tool["name"] in names:
+                raise RequestInvalid("tools: Tool names must be unique.")
+            names.append(tool["name"])
+        choice = body.get("tool_choice")
+        if choice is not None:
+            kind = check_type(choice, "tool_choice", dict).get("type")
+            if kind == "tool":
+                check_keys(choice, "tool_choice", {"type", "name", "disable_parallel_tool_use"}, {"type", "name"})
+                if choice["name"] not in names:
+                    raise RequestInvalid(f"tool_choice.name: Tool '{choice['name']}' not found in tools")
+            elif kind in ("auto", "any"):
+                check_keys(choice, "tool_choice", {"type", "disable_parallel_tool_use"})
+            elif kind == "none":
+                check_keys(choice, "tool_choice", {"type"})
+            else:
+                raise RequestInvalid("tool_choice.type: Input should be 'auto', 'any', 'tool' or 'none'")
+            if "disable_parallel_tool_use" in choice:
+                check_type(choice["disable_parallel_tool_use"], "tool_choice.disable_parallel_tool_use", bool)
+        return body["tools"]  # type: ignore[no-any-return]
+
+    def _thinking(self, body: dict) -> bool:
+        if "thinking" not in body:
+            return False
+        thinking = check_type(body["thinking"], "thinking", dict)
+        if thinking.get("type") == "disabled":
+            check_keys(thinking, "thinking", {"type"})
+            return False
+        check_keys(thinking, "thinking", {"type", "budget_tokens"}, {"type", "budget_tokens"})
+        if thinking["type"] != "enabled":
+            raise RequestInvalid("thinking.type: Input should be 'enabled' or 'disabled'")
+        budget = check_type(thinking["budget_tokens"], "thinking.budget_tokens", int)
+        if budget < 1024 or budget >= body["max_tokens"]:
+            raise RequestInvalid("thinking.budget_tokens: must be >= 1024 and less than max_tokens")
+        if "temperature" in body and body["temperature"] != 1:
+            raise RequestInvalid("`temperature` may only be set to 1 when thinking is enabled.")
+        if (body.get("tool_choice") or {}).get("type") in ("any", "tool"):
+            raise RequestInvalid("Thinking may not be enabled when tool_choice forces tool use.")
+        return True
 
     def _system(self, system: Any) -> str | None:
         if system is None or isinstance(system, str):
@@ -261,11 +394,13 @@ class FakeAnthropic(FakeServer):
             texts.append(check_type(block["text"], f"system.{i}.text", str))
         return "\n".join(texts)
 
-    def _turns(self, messages: list) -> tuple[list[tuple[str, str]], int]:
+    def _turns(self, messages: list, thinking: bool) -> tuple[list[tuple[str, str]], int]:
         if not messages:
             raise RequestInvalid("messages: at least one message is required")
         turns: list[tuple[str, str]] = []
         images = 0
+        pending: list[str] = []  # tool_use ids the next user turn must answer
+        self._last_results = False
         for i, message in enumerate(messages):
             check_keys(message, f"messages.{i}", {"role", "content"}, {"role", "content"})
             role = message["role"]
@@ -277,11 +412,10 @@ class FakeAnthropic(FakeServer):
             if role not in ("user", "assistant"):
                 raise RequestInvalid(f"messages.{i}.role: Input should be 'user' or 'assistant'")
             content = message["content"]
-            if isinstance(content, str):
-                turns.append((role, content))
-                continue
+            blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content
             texts = []
-            for j, block in enumerate(check_type(content, f"messages.{i}.content", list)):
+            answered: list[str] = []
+            for j, block in enumerate(check_type(blocks, f"messages.{i}.content", list)):
                 where = f"messages.{i}.content.{j}"
                 kind = block.get("type") if isinstance(block, dict) else None
                 if kind == "text":
@@ -293,10 +427,58 @@ class FakeAnthropic(FakeServer):
                     if role != "user":
                         raise RequestInvalid(f"{where}: image blocks are only allowed in user turns")
                     images += 1
+                elif kind == "tool_use" and role == "assistant":
+                    check_keys(
+                        block, where, {"type", "id", "name", "input", "cache_control"}, {"type", "id", "name", "input"}
+                    )
+                    check_type(block["input"], f"{where}.input", dict)
+                    answered.append(check_type(block["id"], f"{where}.id", str))
+                elif kind == "tool_result" and role == "user":
+                    allowed = {"type", "tool_use_id", "content", "is_error", "cache_control"}
+                    check_keys(block, where, allowed, {"type", "tool_use_id"})
+                    if block["tool_use_id"] not in pending or any(b.get("type") != "tool_result" for b in blocks[:j]):
+                        raise RequestInvalid(
+                            f"{where}: unexpected `tool_use_id` found in `tool_result` blocks: {block['tool_use_id']}. "
+                            "Each `tool_result` block must have a corresponding `tool_use` block in the previous "
+                            "message, and tool_result blocks must come first."
+                        )
+                    pending.remove(block["tool_use_id"])
+                    result = block.get("content", "")
+                    texts.append(result if isinstance(result, str) else json.dumps(result))
+                elif kind in ("thinking", "redacted_thinking") and role == "assistant":
+                    self._check_thinking(block, where)
                 else:
-                    raise RequestInvalid(f"{where}.type: unsupported content block type {kind!r}")
+                    raise RequestInvalid(f"{where}.type: unsupported content block type {kind!r} in a {role} turn")
+            if pending:
+                raise RequestInvalid(
+                    f"messages.{i}: `tool_use` ids were found without `tool_result` blocks immediately after: "
+                    + ", ".join(pending)
+                )
+            if (
+                answered
+                and thinking
+                and i == len(messages) - 2
+                and blocks[0].get("type") not in ("thinking", "redacted_thinking")
+            ):
+                raise RequestInvalid(
+                    f"messages.{i}.content.0.type: Expected `thinking` or `redacted_thinking`, but found "
+                    f"{blocks[0].get('type')!r}. When `thinking` is enabled, a final `assistant` message must start "
+                    "with a thinking block (preceeding the lastmost set of `tool_use` and `tool_result` blocks)."
+                )
+            self._last_results = role == "user" and any(b.get("type") == "tool_result" for b in blocks)
+            pending = answered
             turns.append((role, "".join(texts)))
+        if pending:
+            raise RequestInvalid("messages: the last assistant turn's `tool_use` blocks have no `tool_result`")
         return turns, images
+
+    def _check_thinking(self, block: dict, where: str) -> None:
+        if block["type"] == "redacted_thinking":
+            check_keys(block, where, {"type", "data"}, {"type", "data"})
+            return
+        check_keys(block, where, {"type", "thinking", "signature"}, {"type", "thinking", "signature"})
+        if block["signature"] != signature_of(check_type(block["thinking"], f"{where}.thinking", str)):
+            raise RequestInvalid(f"{where}.signature: Invalid `signature` in `thinking` block")
 
     def _image_source(self, source: Any, where: str) -> None:
         kind = source.get("type") if isinstance(source, dict) else None

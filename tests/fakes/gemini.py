@@ -18,6 +18,18 @@ Written from Google's REST reference for ``models.generateContent`` and
   ``chosenCandidates`` (one ``{token, tokenId, logProbability}`` per decoding step) and, with
   ``logprobs`` (0-20, only valid with ``responseLogprobs``), ``topCandidates`` (per step,
   ``{"candidates": [...]}`` sorted by log-probability, highest first).
+* Function calling: ``tools: [{"functionDeclarations": [{"name" (letter or _ first, then letters,
+  digits, ``_ . : -``, at most 64), "description"?, "parameters"? (a Schema), ...}]}]``; ``toolConfig:
+  {"functionCallingConfig": {"mode": AUTO|ANY|NONE|VALIDATED, "allowedFunctionNames"? (ANY and
+  VALIDATED only)}}``. A ``model`` turn's ``functionCall`` parts (``name``, ``args``, ``id``?) come right
+  after a user turn or a function-response turn, and the next turn has exactly as many
+  ``functionResponse`` parts (``name``, ``response`` object, ``id``?). The fake model calls functions
+  under ANY (every allowed one) and under AUTO when the last user text names one and the last turn is
+  not function responses; it answers with ``functionCall`` parts (args sampled from the schema) and
+  ``finishReason: STOP``, as Gemini does.
+* ``generationConfig.thinkingConfig.includeThoughts`` adds a ``thought: true`` text part first and a
+  ``thoughtSignature`` on the first call part; with thinking on, the latest function-call turn sent back
+  must carry that signature unchanged ("missing a thought_signature").
 * Errors: ``{"error": {"code", "message", "status", "details"}}``.
 """
 
@@ -25,6 +37,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import re
 from typing import Any
@@ -41,6 +54,7 @@ from ._server import (
     check_range,
     check_type,
     default_responder,
+    sample_from_schema,
     truncate_words,
 )
 
@@ -121,6 +135,18 @@ _SCHEMA_FIELDS = {
     "maximum",
 }
 _SCHEMA_TYPES = {"TYPE_UNSPECIFIED", "STRING", "NUMBER", "INTEGER", "BOOLEAN", "ARRAY", "OBJECT", "NULL"}
+_FUNCTION_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_.:-]{0,63}$")
+_DECLARATION_FIELDS = {"name", "description", "parameters", "parametersJsonSchema", "response",
+                       "responseJsonSchema", "behavior"}  # fmt: skip
+_TOOL_FIELDS = {"functionDeclarations", "googleSearchRetrieval", "codeExecution", "googleSearch", "urlContext"}
+_MODES = {"MODE_UNSPECIFIED", "AUTO", "ANY", "NONE", "VALIDATED"}
+
+
+def signature_of(name: str, args: Any) -> str:
+    """The thought signature this fake gives a call (checked when the call comes back)."""
+    return base64.b64encode(hashlib.sha256(json.dumps([name, args], sort_keys=True).encode()).digest()).decode()
+
+
 _MIME_IMAGE = re.compile(r"^image/(png|jpeg|webp|heic|heif|gif)$")
 
 
@@ -153,6 +179,10 @@ class FakeGemini(FakeServer):
         super().__init__()
         self.api_key = api_key
         self.responder = responder
+        self._calls_pending: list[str] = []
+        self._last_call_turn: list[dict] = []
+        self._last_was_responses = False
+        self._calling: dict = {}
 
     def routes(self) -> list[tuple[str, str, Handler]]:
         return [("POST", "/v1beta/models/{model_action}", self._handle)]
@@ -200,25 +230,26 @@ class FakeGemini(FakeServer):
         except RequestInvalid as exc:
             return self._error(exc.status, str(exc))
         candidates = []
-        completion_tokens = 0
+        output_tokens = 0
         for index in range(config.get("candidateCount", 1)):
-            text, finish = self._generate(exchange, config)
-            completion_tokens += len(text.split())
-            candidate: dict[str, Any] = {
-                "content": {"parts": [{"text": text}], "role": "model"},
-                "finishReason": finish,
-                "index": index,
-            }
+            parts = self._calls(exchange, body, config)
+            finish = "STOP"
+            if not any("functionCall" in p for p in parts):
+                text, finish = self._generate(exchange, config)
+                parts.append({"text": text})
+            output_tokens += sum(len(json.dumps(p).split()) for p in parts)
+            candidate: dict[str, Any] = {"content": {"parts": parts, "role": "model"}, "finishReason": finish}
+            candidate["index"] = index
             if config.get("responseLogprobs"):
-                candidate.update(_logprobs(text, config.get("logprobs", 0)))
+                candidate.update(_logprobs(" ".join(p.get("text", "") for p in parts), config.get("logprobs", 0)))
             candidates.append(candidate)
         prompt_tokens = sum(len(t.split()) for _, t in exchange.turns) + len((exchange.system or "").split())
         reply = {
             "candidates": candidates,
             "usageMetadata": {
                 "promptTokenCount": prompt_tokens,
-                "candidatesTokenCount": completion_tokens,
-                "totalTokenCount": prompt_tokens + completion_tokens,
+                "candidatesTokenCount": output_tokens,
+                "totalTokenCount": prompt_tokens + output_tokens,
             },
             "modelVersion": model,
             "responseId": f"resp-{len(self.requests)}",
@@ -232,11 +263,15 @@ class FakeGemini(FakeServer):
             return web.json_response([reply])
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
-        text = reply["candidates"][0]["content"]["parts"][0]["text"]
-        pieces = [p for p in re.split(r"(?<= )", text) if p] or [""]
-        for i, piece in enumerate(pieces):
-            chunk = {"candidates": [{"content": {"parts": [{"text": piece}], "role": "model"}, "index": 0}]}
-            if i == len(pieces) - 1:
+        chunks: list[list[dict]] = []
+        for part in reply["candidates"][0]["content"]["parts"]:
+            if "text" in part and not part.get("thought"):
+                chunks += [[{"text": p}] for p in re.split(r"(?<= )", part["text"]) if p] or [[{"text": ""}]]
+            else:
+                chunks.append([part])
+        for i, parts in enumerate(chunks):
+            chunk: dict[str, Any] = {"candidates": [{"content": {"parts": parts, "role": "model"}, "index": 0}]}
+            if i == len(chunks) - 1:
                 chunk["candidates"][0]["finishReason"] = reply["candidates"][0]["finishReason"]
                 chunk["usageMetadata"] = reply["usageMetadata"]
             await response.write(f"data: {json.dumps(chunk)}\r\n\r\n".encode())
@@ -251,14 +286,24 @@ class FakeGemini(FakeServer):
             raise RequestInvalid("* GenerateContentRequest.contents: contents is not specified")
         turns: list[tuple[str, str]] = []
         images = 0
+        self._calls_pending: list[str] = []
+        self._last_call_turn: list[dict] = []
+        self._last_was_responses = False
         for i, item in enumerate(contents):
             content = _normalize(item, f"contents[{i}]", _CONTENT_FIELDS, {"parts"})
             role = content.get("role", "user")
             if role not in ("user", "model"):
                 raise RequestInvalid("Please use a valid role: user, model.")
-            text, n_images = self._parts(content["parts"], f"contents[{i}].parts")
+            text, n_images = self._parts(content["parts"], f"contents[{i}].parts", role)
             images += n_images
             turns.append((role, text))
+        if self._calls_pending:
+            raise RequestInvalid(
+                "Please ensure that the number of function response parts is equal to the number of function "
+                "call parts of the function call turn."
+            )
+        responses_last = self._last_was_responses
+        tools = self._tools(body)
         system = None
         if "systemInstruction" in body:
             sys_content = _normalize(body["systemInstruction"], "system_instruction", _CONTENT_FIELDS, {"parts"})
@@ -267,14 +312,91 @@ class FakeGemini(FakeServer):
                 raise RequestInvalid("system_instruction: only text parts are supported")
         config = _normalize(body.get("generationConfig", {}), "generation_config", _GEN_CONFIG_FIELDS)
         schema = self._check_config(config)
-        return Exchange(system=system, turns=turns, images=images, schema=schema), config
+        if (config.get("thinkingConfig") or {}).get("includeThoughts") and self._last_call_turn:
+            first = self._last_call_turn[0]
+            if "thoughtSignature" not in first:
+                raise RequestInvalid(
+                    f"Function call is missing a thought_signature in functionCall parts: {first['functionCall']['name']}"
+                )
+        exchange = Exchange(system=system, turns=turns, images=images, schema=schema, tools=tools)
+        exchange.responses_last = responses_last  # type: ignore[attr-defined]
+        return exchange, config
 
-    def _parts(self, parts: Any, where: str) -> tuple[str, int]:
+    def _tools(self, body: dict) -> list[dict] | None:
+        declarations: list[dict] = []
+        for k, raw in enumerate(check_type(body.get("tools", []), "tools", list)):
+            tool = _normalize(raw, f"tools[{k}]", _TOOL_FIELDS)
+            for n, decl in enumerate(check_type(tool.get("functionDeclarations", []), "function_declarations", list)):
+                where = f"tools[{k}].function_declarations[{n}]"
+                decl = _normalize(decl, where, _DECLARATION_FIELDS, frozenset({"name"}))
+                if not _FUNCTION_NAME.match(check_type(decl["name"], f"{where}.name", str)):
+                    raise RequestInvalid(f"* GenerateContentRequest.{where}.name: Invalid function name.")
+                if "parameters" in decl:
+                    _check_schema(decl["parameters"], f"{where}.parameters")
+                    if decl["parameters"].get("type") == "OBJECT" and not decl["parameters"].get("properties"):
+                        raise RequestInvalid(
+                            f"* GenerateContentRequest.{where}.parameters.properties: should be non-empty for OBJECT type"
+                        )
+                declarations.append(decl)
+        names = [d["name"] for d in declarations]
+        config = _normalize(body.get("toolConfig", {}), "tool_config", {"functionCallingConfig", "retrievalConfig"})
+        calling = _normalize(config.get("functionCallingConfig", {}), "tool_config.function_calling_config",
+                             {"mode", "allowedFunctionNames"})  # fmt: skip
+        if calling.get("mode", "AUTO") not in _MODES:
+            raise RequestInvalid(f"Invalid value at 'tool_config.function_calling_config.mode', \"{calling['mode']}\"")
+        allowed = calling.get("allowedFunctionNames")
+        if allowed is not None:
+            if calling.get("mode") not in ("ANY", "VALIDATED"):
+                raise RequestInvalid("* GenerateContentRequest.tool_config.function_calling_config.allowed_function_names: "
+                                     "only allowed when mode is ANY or VALIDATED")  # fmt: skip
+            for name in allowed:
+                if name not in names:
+                    raise RequestInvalid(f"allowed_function_names: function {name!r} is not declared in tools")
+        self._calling = calling
+        return declarations or None
+
+    def _calls(self, exchange: Exchange, body: dict, config: dict) -> list[dict]:
+        declarations = exchange.tools or []
+        mode = self._calling.get("mode", "AUTO")
+        last_role, last_text = exchange.turns[-1]
+        if mode == "ANY":
+            allowed = self._calling.get("allowedFunctionNames")
+            chosen = [d for d in declarations if allowed is None or d["name"] in allowed]
+        elif mode in ("AUTO", "VALIDATED") and last_role == "user" and not exchange.responses_last:  # type: ignore[attr-defined]
+            chosen = [d for d in declarations if d["name"] in last_text]
+        else:
+            chosen = []
+        parts: list[dict] = []
+        thinking = bool((config.get("thinkingConfig") or {}).get("includeThoughts"))
+        if thinking:
+            parts.append({"text": f"Thinking about {len(exchange.turns)} turns.", "thought": True})
+        for n, decl in enumerate(chosen):
+            args = sample_from_schema(decl["parameters"]) if "parameters" in decl else {}
+            part: dict[str, Any] = {"functionCall": {"name": decl["name"], "args": args}}
+            if thinking and n == 0:
+                part["thoughtSignature"] = signature_of(decl["name"], args)
+            parts.append(part)
+        return parts
+
+    def _parts(self, parts: Any, where: str, role: str = "user") -> tuple[str, int]:
         check_type(parts, where, list)
         if not parts:
             raise RequestInvalid(f"* GenerateContentRequest.{where}: must not be empty")
         texts: list[str] = []
         images = 0
+        calls = [p for p in parts if isinstance(p, dict) and "functionCall" in p]
+        responses = [p for p in parts if isinstance(p, dict) and "functionResponse" in p]
+        if self._calls_pending and len(responses) != len(self._calls_pending):
+            raise RequestInvalid(
+                "Please ensure that the number of function response parts is equal to the number of function "
+                "call parts of the function call turn."
+            )
+        if responses and not self._calls_pending:
+            raise RequestInvalid(
+                "Please ensure that function response turn comes immediately after a function call turn."
+            )
+        if calls and (role != "model"):
+            raise RequestInvalid(f"{where}: function_call parts belong to model turns")
         for j, raw in enumerate(parts):
             part = _normalize(raw, f"{where}[{j}]", _PART_FIELDS)
             data = [k for k in part if k in _PART_DATA]
@@ -282,6 +404,23 @@ class FakeGemini(FakeServer):
                 raise RequestInvalid(f"{where}[{j}]: exactly one data field is required, got {data}")
             if "text" in part:
                 texts.append(check_type(part["text"], f"{where}[{j}].text", str))
+            elif "functionCall" in part:
+                call = _normalize(part["functionCall"], f"{where}[{j}].function_call", {"id", "name", "args"},
+                                  frozenset({"name"}))  # fmt: skip
+                check_type(call.get("args", {}), f"{where}[{j}].function_call.args", dict)
+                if "thoughtSignature" in part and part["thoughtSignature"] != signature_of(
+                    call["name"], call.get("args", {})
+                ):
+                    raise RequestInvalid(f"{where}[{j}].thought_signature: Invalid thought signature.")
+            elif "functionResponse" in part:
+                resp = _normalize(part["functionResponse"], f"{where}[{j}].function_response",
+                                  {"id", "name", "response", "parts", "willContinue", "scheduling"},
+                                  frozenset({"name", "response"}))  # fmt: skip
+                check_type(resp["response"], f"{where}[{j}].function_response.response", dict)
+                if resp["name"] not in self._calls_pending:
+                    raise RequestInvalid(f"{where}[{j}].function_response.name: no pending call of {resp['name']!r}")
+                self._calls_pending.remove(resp["name"])
+                texts.append(json.dumps(resp["response"]))
             elif "inlineData" in part:
                 blob = _normalize(
                     part["inlineData"], f"{where}[{j}].inline_data", {"mimeType", "data"}, {"mimeType", "data"}
@@ -301,7 +440,11 @@ class FakeGemini(FakeServer):
                     raise RequestInvalid(f"Invalid file_uri: {ref['fileUri']}")
                 images += 1
             else:
-                raise RequestInvalid(f"{where}[{j}]: this fake only understands text and image parts")
+                raise RequestInvalid(f"{where}[{j}]: this fake only understands text, image and function parts")
+        if calls:
+            self._calls_pending = [p["functionCall"]["name"] for p in calls]
+            self._last_call_turn = calls
+        self._last_was_responses = bool(responses)
         return "".join(texts), images
 
     def _check_config(self, config: dict) -> dict | None:

@@ -175,9 +175,10 @@ def test_temperature_above_one_is_rejected_up_front() -> None:
         engine("http://127.0.0.1:9", temperature=1.5)
 
 
-def test_tool_messages_are_an_unsupported_row(fake: FakeAnthropic) -> None:
+def test_a_tool_result_that_answers_no_call_is_an_invalid_row(fake: FakeAnthropic) -> None:
     [answer] = engine(fake.url).infer([conv((Role.USER, "hi"), (Role.TOOL, "42"))])
-    assert answer.metadata["error"]["kind"] == "unsupported_input"
+    assert answer.metadata["error"]["kind"] == "invalid_input"
+    assert "no earlier assistant turn called a tool" in answer.metadata["error"]["message"]
     assert fake.requests == []
 
 

@@ -155,7 +155,7 @@ def test_botocore_validation_is_live_on_the_engines_client(engine: BedrockInfere
         engine.client.converse(modelId=MODEL, messages=[{"role": "user", "content": [{"txt": "typo"}]}])
 
 
-def test_http_image_urls_and_tool_messages_fail_their_row(engine: BedrockInferenceEngine) -> None:
+def test_http_image_urls_and_tool_results_without_a_call_fail_their_row(engine: BedrockInferenceEngine) -> None:
     rows = [
         conv((Role.USER, [ContentItem(type=Type.IMAGE_URL, content="https://x/y.png")])),
         conv((Role.USER, "q"), (Role.TOOL, "42")),
@@ -164,7 +164,8 @@ def test_http_image_urls_and_tool_messages_fail_their_row(engine: BedrockInferen
         answers = engine.infer(rows)
         stub.assert_no_pending_responses()
     assert "s3://" in answers[0].metadata["error"]["message"]
-    assert answers[1].metadata["error"]["kind"] == "unsupported_input"
+    assert answers[1].metadata["error"]["kind"] == "invalid_input"
+    assert "no earlier assistant turn called a tool" in answers[1].metadata["error"]["message"]
 
 
 def test_region_is_required(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -225,7 +226,8 @@ def test_prompt_tokens_include_prompt_cache_reads_and_writes() -> None:
         "usage": {"inputTokens": 10, "outputTokens": 2, "totalTokens": 12, "cacheReadInputTokens": 30,
                   "cacheWriteInputTokens": 5},
     }  # fmt: skip
-    _, metadata = parse_converse_response(response)
+    conversation = Conversation(messages=[Message(role=Role.USER, content="hi")])
+    metadata = parse_converse_response(response, conversation, GenerationParams()).metadata
     assert metadata["usage"] == {
         "prompt_tokens": 45, "completion_tokens": 2, "total_tokens": 47, "cached_tokens": 30, "cache_creation_tokens": 5
     }  # fmt: skip

@@ -247,3 +247,21 @@ def test_application_default_credentials(fake: FakeVertex, tmp_path: Path, monke
     )
     [answer] = eng.infer([conv((Role.USER, "adc"))])
     assert answer.last_message.text.endswith("last=adc")
+
+
+def test_tool_calls_three_turns_and_parallel_false_not_sent(fake: FakeVertex) -> None:
+    weather = {"type": "function", "function": {"name": "get_weather",
+               "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}  # fmt: skip
+    clock = {"type": "function", "function": {"name": "get_time"}}
+    ask = Conversation.model_validate({"messages": [{"role": "user", "content": "hi"}], "tools": [weather, clock]})
+    eng = engine(fake, CountingCredentials(fake), tool_choice="required", parallel_tool_calls=False)
+    [first] = eng.infer([ask])
+    assert "error" not in first.metadata, first.metadata.get("error")
+    assert "parallel_tool_calls" not in fake.requests[-1].json and fake.requests[-1].json["tool_choice"] == "required"
+    calls = first.last_message.tool_calls or []
+    assert [c.function.name for c in calls] == ["get_weather"] and first.metadata["finish_reason"] == "tool_calls"
+    result = Message(role=Role.TOOL, content="sunny", tool_call_id=calls[0].id)
+    follow = first.model_copy(update={"messages": [*first.messages, result]})
+    [second] = engine(fake, CountingCredentials(fake), tool_choice="none").infer([follow])
+    assert "error" not in second.metadata, second.metadata.get("error")
+    assert "sunny" in second.last_message.text

@@ -17,6 +17,9 @@ Engine-specific ``model_kwargs`` (not passed to ``Llama``):
 - ``n_seq_max``: sequences decoded together (default: ``generation.batch_size`` when above 1, else 16,
   fewer if their KV cache would exceed 1 GiB). Each sequence has its own ``n_ctx`` of KV cache.
 
+Tool calling: see :mod:`infermux.engines.tool_prompting` (rows that force a call decode under their
+tools' grammar).
+
 ``n_ctx`` is the context of each sequence; it defaults to ``model.model_max_length``, else 2048.
 """
 
@@ -32,6 +35,7 @@ from typing import Any
 
 from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams
+from infermux.engines import tool_prompting
 from infermux.engines.base import InferenceEngine, StreamEvent
 from infermux.engines.capabilities import Capabilities
 from infermux.engines.llamacpp.decode import DecodeResult, MultiSequenceDecoder, Request, SamplingSpec
@@ -66,7 +70,10 @@ class LlamaCppInferenceEngine(InferenceEngine):
         generation_params=_SUPPORTED,
         guided_decoding=frozenset({"json", "choice", "regex"}),
         streaming=True,
+        tools=True,
         notes=(
+            "tools: rendered by the chat template, or as a Hermes system block; forced calls are grammar-"
+            "constrained, others parsed from <tool_call> markup (docs/tools.md).",
             "num_beams: llama.cpp has no beam search.",
             "adapter_model: pass a GGUF LoRA as model_kwargs.lora_path instead.",
             "regex guided decoding: patterns are translated to a grammar; look-arounds, back-references "
@@ -102,6 +109,7 @@ class LlamaCppInferenceEngine(InferenceEngine):
         except ValueError as exc:
             raise ConfigError(f"llama.cpp could not load {self.model_path}: {exc}") from exc
         self._template = _chat_formatter(self._llama, self.model_params.chat_template)
+        self._template_has_tools = tool_prompting.renders_tools(self._template.template)
         n_ctx_seq = int(self._llama.n_ctx())
         if slots is None:
             batch = self.generation_params.batch_size
@@ -143,18 +151,31 @@ class LlamaCppInferenceEngine(InferenceEngine):
     def _generate(
         self, conversations: list[Conversation], generation: GenerationParams
     ) -> list[Conversation | RowError]:
-        spec = self._spec(generation)
-        prompts: list[list[int] | RowError] = [self._prompt(c) for c in conversations]
-        runnable = [p for p in prompts if not isinstance(p, RowError)]
+        prompts: list[list[int] | RowError] = [self._prompt(c, generation) for c in conversations]
         if wants_samples(generation):
-            return self._generate_samples(conversations, prompts, runnable, generation, spec)
-        decoded = iter(self._scheduler.generate(runnable, generation.max_new_tokens, spec))
+            runnable = [p for p in prompts if not isinstance(p, RowError)]
+            return self._generate_samples(conversations, prompts, runnable, generation, self._spec(generation))
+        # Rows whose tool_choice forces a call decode under their tools' grammar: one scheduler call per grammar.
+        groups: dict[str, list[int]] = {}
+        settings: dict[str, GenerationParams] = {}
+        for index, (conv, prompt) in enumerate(zip(conversations, prompts, strict=True)):
+            if not isinstance(prompt, RowError):
+                row_generation = tool_prompting.constrained_generation(conv, generation)
+                key = row_generation.model_dump_json()
+                groups.setdefault(key, []).append(index)
+                settings[key] = row_generation
+        results: dict[int, DecodeResult | Exception] = {}
+        for key, rows in groups.items():
+            spec = self._spec(settings[key])
+            runnable = [p for p in (prompts[i] for i in rows) if not isinstance(p, RowError)]
+            decoded = self._scheduler.generate(runnable, generation.max_new_tokens, spec)
+            results.update(zip(rows, decoded, strict=True))
         out: list[Conversation | RowError] = []
-        for conv, prompt in zip(conversations, prompts, strict=True):
+        for index, (conv, prompt) in enumerate(zip(conversations, prompts, strict=True)):
             if isinstance(prompt, RowError):
                 out.append(prompt)
                 continue
-            result = next(decoded)
+            result = results[index]
             if isinstance(result, Exception):
                 out.append(RowError.from_exception(result))
             else:
@@ -197,12 +218,13 @@ class LlamaCppInferenceEngine(InferenceEngine):
     def _reply(
         self, conv: Conversation, prompt: list[int], result: DecodeResult, generation: GenerationParams
     ) -> Conversation:
-        text = result.text
+        text, calls = tool_prompting.finish(result.text, conv, generation)
         if not generation.exclude_prompt_from_response:
             special = not generation.skip_special_tokens
-            text = self._llama.detokenize(prompt, special=special).decode("utf-8", errors="ignore") + text
+            text = self._llama.detokenize(prompt, special=special).decode("utf-8", errors="ignore") + (text or "")
         usage = Usage.of(result.prompt_tokens, len(result.tokens))
-        return conv.with_reply(text, usage=usage, finish_reason=FinishReason.parse(result.finish_reason))
+        finish_reason = FinishReason.TOOL_CALLS if calls else FinishReason.parse(result.finish_reason)
+        return conv.with_reply(text, usage=usage, finish_reason=finish_reason, tool_calls=calls)
 
     # ------------------------------------------------------------------ streaming
     async def astream(
@@ -216,10 +238,10 @@ class LlamaCppInferenceEngine(InferenceEngine):
             return
         self._check(generation)
         problem = self.check_conversation(conversation)
-        prompt = problem or self._prompt(conversation)
+        prompt = problem or self._prompt(conversation, generation)
         if isinstance(prompt, RowError):
             raise InputError(prompt.message)
-        spec = self._spec(generation)
+        spec = self._spec(tool_prompting.constrained_generation(conversation, generation))
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[str | DecodeResult | Exception] = asyncio.Queue()
 
@@ -249,10 +271,11 @@ class LlamaCppInferenceEngine(InferenceEngine):
             raise InputError(prompt.message)
         return prompt
 
-    def _prompt(self, conversation: Conversation) -> list[int] | RowError:
-        messages = [{"role": m.role.value, "content": m.text} for m in conversation.messages]
+    def _prompt(self, conversation: Conversation, generation: GenerationParams | None = None) -> list[int] | RowError:
+        generation = generation or self.generation_params
         try:
-            rendered = self._template(messages=messages)
+            messages, tools = tool_prompting.chat_inputs(conversation, generation, self._template_has_tools)
+            rendered = self._template(messages=messages, tools=tools)
         except Exception as exc:  # the template's own raise_exception, or a Jinja error
             return RowError.from_exception(
                 exc, ErrorKind.INVALID_INPUT, context="the chat template rejected this conversation"

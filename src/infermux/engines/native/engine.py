@@ -9,6 +9,8 @@
   rows from the batch; beam search and guided decoding (xgrammar) run through ``model.generate``.
 - Sampling happens whenever ``temperature > 0`` (or ``use_sampling``): a temperature means the user
   wants sampling, so it is never silently ignored.
+- Tool calling: :mod:`infermux.engines.tool_prompting` (rows that force a call decode under their tools'
+  schema, in batches of their own).
 - Answers exclude the prompt (unless ``exclude_prompt_from_response`` is false), are decoded with
   ``skip_special_tokens``, and are cut before the first stop string.
 """
@@ -25,6 +27,7 @@ from typing import Any, ClassVar
 from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams
 from infermux.configs.model_params import ModelParams
+from infermux.engines import tool_prompting
 from infermux.engines.base import InferenceEngine, StreamEvent
 from infermux.engines.capabilities import Capabilities
 from infermux.engines.native.model import LoadedModel
@@ -54,7 +57,12 @@ class NativeTextInferenceEngine(InferenceEngine):
         images=False,
         streaming=True,
         lora=True,
-        notes=("text-only models; guided decoding through xgrammar",),
+        tools=True,
+        notes=(
+            "text-only models; guided decoding through xgrammar",
+            "tools: rendered by the chat template, or as a Hermes system block; forced calls are schema-"
+            "constrained, others parsed from <tool_call> markup (docs/tools.md).",
+        ),
     )
 
     def setup(self) -> None:
@@ -76,6 +84,7 @@ class NativeTextInferenceEngine(InferenceEngine):
         from infermux.engines.native.decode import supports_fast_decode
 
         self._fast_decode = supports_fast_decode(self.model)
+        self._template_has_tools = tool_prompting.renders_tools(getattr(self.tokenizer, "chat_template", None))
 
     @property
     def loaded(self) -> LoadedModel:
@@ -97,15 +106,21 @@ class NativeTextInferenceEngine(InferenceEngine):
         prompts: dict[int, list[int]] = {}
         for index, conversation in enumerate(conversations):
             try:
-                prompts[index] = self._prompt_ids(conversation, index)
+                prompts[index] = self._prompt_ids(conversation, index, generation)
             except Exception as exc:  # a template error is this row's problem only
                 results[index] = RowError.from_exception(exc, ErrorKind.INVALID_INPUT, context="chat template failed")
-        order = sorted(prompts, key=lambda i: len(prompts[i]))
-        for start in range(0, len(order), generation.batch_size):
-            rows = order[start : start + generation.batch_size]
+        # Rows whose tool_choice forces a call decode under their tools' schema: batches never mix settings.
+        settings = {i: tool_prompting.constrained_generation(conversations[i], generation) for i in prompts}
+        groups: dict[str, list[int]] = {}
+        for i in sorted(prompts, key=lambda i: len(prompts[i])):
+            groups.setdefault(settings[i].model_dump_json(), []).append(i)
+        batches = [
+            g[s : s + generation.batch_size] for g in groups.values() for s in range(0, len(g), generation.batch_size)
+        ]
+        for rows in batches:
             try:
                 with self._lock:  # n sequences per prompt, next to each other
-                    answers = self._generate([prompts[i] for i in rows for _ in range(generation.n)], generation)
+                    answers = self._generate([prompts[i] for i in rows for _ in range(generation.n)], settings[rows[0]])
             except Exception as exc:
                 if isinstance(exc, (EngineUnavailableError, InputError)):
                     raise
@@ -119,9 +134,12 @@ class NativeTextInferenceEngine(InferenceEngine):
         return [r if r is not None else RowError(kind=ErrorKind.INTERNAL, message="row was not run") for r in results]
 
     # ------------------------------------------------------------------ pieces
-    def _prompt_ids(self, conversation: Conversation, index: int = 0) -> list[int]:
-        messages = [{"role": m.role.value, "content": m.text} for m in conversation.messages]
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    def _prompt_ids(
+        self, conversation: Conversation, index: int = 0, generation: GenerationParams | None = None
+    ) -> list[int]:
+        generation = generation or self.generation_params
+        messages, tools = tool_prompting.chat_inputs(conversation, generation, self._template_has_tools)
+        text = self.tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
         ids: list[int] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         if self._max_length is not None and len(ids) > self._max_length:
             logger.warning(
@@ -232,7 +250,8 @@ class NativeTextInferenceEngine(InferenceEngine):
         problem = self.check_conversation(conversation)
         if problem is not None:
             raise InputError(problem.message)
-        if generation.guided_decoding is not None or generation.num_beams > 1 or wants_samples(generation):
+        forced = tool_prompting.constrained_generation(conversation, generation) is not generation
+        if generation.guided_decoding is not None or generation.num_beams > 1 or forced or wants_samples(generation):
             async for event in super().astream(conversation, generation):
                 yield event
             return
@@ -240,7 +259,7 @@ class NativeTextInferenceEngine(InferenceEngine):
 
         queue: asyncio.Queue[Any] = asyncio.Queue()
         loop = asyncio.get_running_loop()
-        prompt = self._prompt_ids(conversation)
+        prompt = self._prompt_ids(conversation, 0, generation)
         cancel = threading.Event()  # set when the consumer stops listening (Ctrl-C in chat)
 
         def put(item: Any) -> None:
@@ -266,7 +285,7 @@ class NativeTextInferenceEngine(InferenceEngine):
                     yield StreamEvent(delta=item)
                 else:
                     text, usage, reason = item
-                    reply = conversation.with_reply(text, usage=usage, finish_reason=reason)
+                    reply = _reply(conversation, text, usage, reason, generation)
                     metadata = {"usage": reply.metadata["usage"], "finish_reason": reply.metadata["finish_reason"]}
                     yield StreamEvent(conversation=reply, metadata=metadata)
         finally:
@@ -283,6 +302,9 @@ def _row_reply(
     generation: GenerationParams,
 ) -> Conversation:
     """One row from its n answers: the prompt counted once, each sample's own completion tokens."""
+    if len(answers) == 1 and answers[0][3] is None:  # one plain answer: with the tool calls it makes
+        text, usage, reason, _ = answers[0]
+        return _reply(conversation, text, usage, reason, generation)
     samples = [
         Sample(text=text, finish_reason=reason, usage=Usage.of(completion=usage.completion_tokens), logprobs=logprobs)
         for text, usage, reason, logprobs in answers
@@ -290,6 +312,16 @@ def _row_reply(
     prompt_usage = Usage.of(answers[0][1].prompt_tokens, 0)
     return reply_with_samples(conversation, samples, usage=sum_usage([prompt_usage, *(s.usage for s in samples)]),
                               generation=generation)  # fmt: skip
+
+
+def _reply(
+    conversation: Conversation, text: str, usage: Usage, reason: FinishReason | None, generation: GenerationParams
+) -> Conversation:
+    """The answer, with the tool calls it makes (forced JSON or Hermes markup) on the message."""
+    answer, calls = tool_prompting.finish(text, conversation, generation)
+    if calls:
+        reason = FinishReason.TOOL_CALLS
+    return conversation.with_reply(answer, usage=usage, finish_reason=reason, tool_calls=calls)
 
 
 def _prompt_limit(params: ModelParams, tokenizer: Any) -> int | None:

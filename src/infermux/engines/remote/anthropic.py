@@ -10,6 +10,7 @@ Protocol mapping (from Anthropic's API reference):
   ``stop_sequences``; guided JSON becomes ``output_config.format`` (``json_schema``, objects closed
   with ``additionalProperties: false`` as structured outputs require);
 * the reply's text blocks are joined; ``usage`` and ``stop_reason`` go to the metadata;
+* tools, ``tool_use`` / ``tool_result`` blocks and thinking: see :mod:`.anthropic_tools`;
 * prompt caching (``remote_params.anthropic_prompt_caching``): the system prompt goes as one text
   block, and the last tool definition (when tools are sent), with ``cache_control: {type: ephemeral}``,
   which caches the prompt up to that point. Usage then reports ``cache_read_input_tokens`` and
@@ -31,6 +32,7 @@ from infermux.configs.generation_params import GenerationParams
 from infermux.configs.remote_params import RemoteParams
 from infermux.engines.capabilities import Capabilities
 from infermux.engines.remote.anthropic_batch import MessageBatchesMixin
+from infermux.engines.remote.anthropic_tools import assistant_blocks, reply_parts, tool_fields, tool_result_block
 from infermux.engines.remote.base import RemoteEngine
 from infermux.engines.remote.claude_models import SAMPLING_PARAMS, refuses_sampling, warn_dropped_sampling
 from infermux.engines.remote.http.sse import SseEvent
@@ -38,7 +40,7 @@ from infermux.engines.remote.http.transport import HttpRequest
 from infermux.engines.remote.http.urls import append_path, endpoint_url
 from infermux.engines.remote.json_schema import close_objects
 from infermux.engines.remote.media import image_payload
-from infermux.errors import AuthenticationError, RemoteError, RowError
+from infermux.errors import AuthenticationError, RemoteError
 from infermux.types import Conversation, FinishReason, Message, Role, Usage
 
 __all__ = ["ANTHROPIC_VERSION", "AnthropicInferenceEngine", "build_messages"]
@@ -83,20 +85,32 @@ def _content_blocks(message: Message) -> list[dict[str, Any]]:
 
 
 def build_messages(conversation: Conversation) -> tuple[str | None, list[dict[str, Any]]]:
-    """The ``system`` string and the ``messages`` list for ``conversation``."""
+    """The ``system`` string and the ``messages`` list for ``conversation``. Calls without an id get one
+    (``toolu_<turn>_<n>``) and a tool message without ``tool_call_id`` answers the next unanswered call."""
     system: list[str] = []
     turns: list[dict[str, Any]] = []
-    for message in conversation.messages:
+    pending: list[str] = []
+    for index, message in enumerate(conversation.messages):
         if message.role == Role.SYSTEM:
             system.append(message.text)
             continue
+        role = "user" if message.role == Role.TOOL else message.role.value
         if message.role == Role.TOOL:
-            raise ValueError("ANTHROPIC cannot send tool messages without tool-use ids; remove them")
-        blocks = _content_blocks(message)
-        if turns and turns[-1]["role"] == message.role.value:
+            call_id = message.tool_call_id or (pending[0] if pending else None)
+            if call_id is None:
+                raise ValueError(f"message {index} is a tool result but no earlier assistant turn called a tool")
+            pending = [p for p in pending if p != call_id]
+            blocks = [tool_result_block(message, call_id)]
+        elif message.tool_calls:
+            ids = [call.id or f"toolu_{index}_{n}" for n, call in enumerate(message.tool_calls)]
+            pending = ids
+            blocks = assistant_blocks(message, ids, conversation.metadata)
+        else:
+            blocks = _content_blocks(message)
+        if turns and turns[-1]["role"] == role:
             turns[-1]["content"].extend(blocks)
         else:
-            turns.append({"role": message.role.value, "content": blocks})
+            turns.append({"role": role, "content": blocks})
     for turn in turns:  # a lone text block reads better (and is shorter) as a plain string
         if len(turn["content"]) == 1 and turn["content"][0]["type"] == "text":
             turn["content"] = turn["content"][0]["text"]
@@ -114,10 +128,12 @@ class AnthropicInferenceEngine(MessageBatchesMixin, RemoteEngine):
         guided_decoding=frozenset({"json"}),
         images=True,
         streaming=True,
+        tools=True,
         notes=(
             "temperature must be between 0 and 1; recent models accept temperature or top_p, not both.",
             "Opus >= 4.7, Sonnet >= 5 and claude-fable/mythos models take no sampling parameters: none are sent.",
             "n > 1 sends n requests per row; no log-probabilities.",
+            "With model_kwargs.thinking (extended thinking) no temperature is sent.",
         ),
         value_ranges={"temperature": (0.0, 1.0)},
     )
@@ -151,11 +167,6 @@ class AnthropicInferenceEngine(MessageBatchesMixin, RemoteEngine):
             headers["x-api-key"] = api_key
         return headers
 
-    def check_conversation(self, conversation: Conversation) -> RowError | None:
-        if any(m.role == Role.TOOL for m in conversation.messages):
-            return RowError(kind="unsupported_input", message="ANTHROPIC does not accept tool messages.")
-        return super().check_conversation(conversation)
-
     def _sampling_fields(self, generation: GenerationParams) -> dict[str, Any]:
         if not self.sends_sampling:
             explicit = set(SAMPLING_PARAMS) & generation.model_fields_set
@@ -164,10 +175,12 @@ class AnthropicInferenceEngine(MessageBatchesMixin, RemoteEngine):
                 warn_dropped_sampling("ANTHROPIC", self.model_params.model_name, explicit)
             return {}
         # Anthropic's default temperature is 1; ours is 0 (greedy). Send it unless the user asked for
-        # nucleus sampling only, since recent models refuse temperature together with top_p.
+        # nucleus sampling only, since recent models refuse temperature together with top_p, or for
+        # extended thinking, which takes no temperature.
         fields: dict[str, Any] = {}
         top_p_set = generation.top_p < 1.0
-        if not (top_p_set and generation.temperature == 0.0):
+        thinking = self.model_params.model_kwargs.get("thinking")
+        if not (top_p_set and generation.temperature == 0.0) and thinking is None:
             fields["temperature"] = generation.temperature
         if top_p_set:
             fields["top_p"] = generation.top_p
@@ -183,6 +196,9 @@ class AnthropicInferenceEngine(MessageBatchesMixin, RemoteEngine):
         caching = self.remote_params is not None and self.remote_params.anthropic_prompt_caching
         if system is not None:
             body["system"] = [{"type": "text", "text": system, **_EPHEMERAL}] if caching else system
+        thinking = self.model_params.model_kwargs.get("thinking")
+        if thinking is not None:  # Anthropic's extended thinking object, passed as given
+            body["thinking"] = thinking
         body.update(self._sampling_fields(generation))
         if generation.stop_strings:
             body["stop_sequences"] = list(generation.stop_strings)
@@ -190,6 +206,7 @@ class AnthropicInferenceEngine(MessageBatchesMixin, RemoteEngine):
         if guided is not None and guided.kind == "json":
             schema = close_objects(guided.schema_dict() or {})
             body["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
+        body.update(tool_fields(conversation, generation))
         user = self.remote_params.user_id if self.remote_params is not None else None
         if user:
             body["metadata"] = {"user_id": user}
@@ -206,22 +223,30 @@ class AnthropicInferenceEngine(MessageBatchesMixin, RemoteEngine):
     def parse_reply(self, conversation: Conversation, data: Any) -> Conversation:
         if data.get("type") != "message":
             raise ValueError(f"expected a message object, got type {data.get('type')!r}")
-        text = "".join(block["text"] for block in data["content"] if block.get("type") == "text")
+        text, calls, reasoning, update = reply_parts(data["content"], conversation.metadata)
         stop_reason = data.get("stop_reason")
-        metadata = {"stop_reason": stop_reason, "model": data.get("model")}
+        metadata = {**update, "stop_reason": stop_reason, "model": data.get("model")}
         if data.get("stop_sequence"):
             metadata["stop_sequence"] = data["stop_sequence"]
-        usage = _usage(data.get("usage") or {})
-        return conversation.with_reply(text, metadata, usage=usage, finish_reason=FinishReason.parse(stop_reason))
+        return conversation.with_reply(
+            text,
+            metadata,
+            usage=_usage(data.get("usage") or {}),
+            finish_reason=FinishReason.parse(stop_reason),
+            tool_calls=calls,
+            reasoning_content=reasoning,
+        )
 
 
 class AnthropicStream:
-    """Decoder of one streamed Messages API answer."""
+    """Decoder of one streamed Messages API answer: text deltas are yielded; thinking (with its
+    signature) and ``tool_use`` input (``input_json_delta`` pieces) are assembled per content block."""
 
     def __init__(self, conversation: Conversation) -> None:
         self.conversation = conversation
         self.done = False
-        self._text: list[str] = []
+        self._blocks: dict[int, dict[str, Any]] = {}
+        self._json: dict[int, list[str]] = {}
         self._usage: dict[str, Any] = {}
         self._metadata: dict[str, Any] = {"finish_reason": None, "stop_reason": None, "model": None}
 
@@ -235,11 +260,14 @@ class AnthropicStream:
             message = data["message"]
             self._metadata["model"] = message.get("model")
             self._usage.update(message.get("usage") or {})
-        elif kind == "content_block_delta":
-            delta = data["delta"]
-            if delta.get("type") == "text_delta":
-                self._text.append(delta["text"])
-                return str(delta["text"])
+        elif kind == "content_block_start":
+            self._blocks[data.get("index", 0)] = dict(data["content_block"])
+        elif kind == "content_block_delta":  # some servers leave out the index of a lone text block
+            return self._delta(data.get("index", 0), data["delta"])
+        elif kind == "content_block_stop" and data.get("index", 0) in self._json:
+            index = data.get("index", 0)
+            raw = "".join(self._json.pop(index))
+            self._blocks[index]["input"] = json.loads(raw) if raw else {}
         elif kind == "message_delta":
             stop = (data.get("delta") or {}).get("stop_reason")
             self._metadata["stop_reason"] = stop
@@ -250,5 +278,24 @@ class AnthropicStream:
             self.done = True
         return ""
 
+    def _delta(self, index: int, delta: dict[str, Any]) -> str:
+        block = self._blocks.setdefault(index, {"type": "text", "text": ""})
+        kind = delta.get("type")
+        if kind == "text_delta":
+            block["text"] = block.get("text", "") + delta["text"]
+            return str(delta["text"])
+        if kind == "thinking_delta":
+            block["thinking"] = block.get("thinking", "") + delta["thinking"]
+        elif kind == "signature_delta":
+            block["signature"] = block.get("signature", "") + delta["signature"]
+        elif kind == "input_json_delta":
+            self._json.setdefault(index, []).append(delta["partial_json"])
+        return ""
+
     def result(self) -> Conversation:
-        return self.conversation.with_reply("".join(self._text), self._metadata, usage=_usage(self._usage))
+        blocks = [self._blocks[i] for i in sorted(self._blocks)]
+        text, calls, reasoning, update = reply_parts(blocks, self.conversation.metadata)
+        metadata = {**self._metadata, **update}
+        return self.conversation.with_reply(
+            text, metadata, usage=_usage(self._usage), tool_calls=calls, reasoning_content=reasoning
+        )

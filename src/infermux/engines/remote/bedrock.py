@@ -8,6 +8,7 @@ Request mapping (from the Converse API reference): system messages → ``system`
 user/assistant turns (consecutive same-role turns merged) with ``text`` and ``image`` blocks (every
 image of a message, as bytes with its format, or an ``s3Location``); ``inferenceConfig`` with
 maxTokens, temperature, topP, stopSequences; ``model.model_kwargs`` → ``additionalModelRequestFields``.
+Tools: ``toolConfig``, ``toolUse`` / ``toolResult`` blocks and reasoning, see :mod:`.bedrock_tools`.
 The reply's text blocks are joined; ``usage``, ``stopReason`` and latency go to the metadata.
 """
 
@@ -24,6 +25,7 @@ from infermux.configs.generation_params import GenerationParams
 from infermux.configs.remote_params import RemoteParams
 from infermux.engines.base import InferenceEngine
 from infermux.engines.capabilities import Capabilities
+from infermux.engines.remote.bedrock_tools import reply_parts, tool_config, tool_result_block, tool_use_blocks
 from infermux.engines.remote.claude_models import SAMPLING_PARAMS, refuses_sampling, warn_dropped_sampling
 from infermux.engines.remote.media import image_payload
 from infermux.errors import AuthenticationError, ConfigError, ErrorKind, RemoteError, RowError
@@ -89,15 +91,27 @@ def build_converse_request(
     ``sampling`` is False: models that refuse them)."""
     system: list[dict[str, Any]] = []
     messages: list[dict[str, Any]] = []
-    for message in conversation.messages:
+    pending: list[str] = []
+    for index, message in enumerate(conversation.messages):
         if message.role == Role.SYSTEM:
             system.append({"text": message.text})
-        elif message.role == Role.TOOL:
-            raise ValueError("BEDROCK cannot send tool messages without tool-use ids; remove them")
-        elif messages and messages[-1]["role"] == message.role.value:
-            messages[-1]["content"].extend(_blocks(message))
+            continue
+        role = "user" if message.role == Role.TOOL else message.role.value
+        if message.role == Role.TOOL:
+            call_id = message.tool_call_id or (pending[0] if pending else None)
+            if call_id is None:
+                raise ValueError(f"message {index} is a tool result but no earlier assistant turn called a tool")
+            pending = [p for p in pending if p != call_id]
+            blocks = [tool_result_block(message, call_id)]
+        elif message.tool_calls:
+            pending = [call.id or f"tooluse_{index}_{n}" for n, call in enumerate(message.tool_calls)]
+            blocks = tool_use_blocks(message, pending, conversation.metadata)
         else:
-            messages.append({"role": message.role.value, "content": _blocks(message)})
+            blocks = _blocks(message)
+        if messages and messages[-1]["role"] == role:
+            messages[-1]["content"].extend(blocks)
+        else:
+            messages.append({"role": role, "content": blocks})
     if not messages:
         raise ValueError("the conversation has no user or assistant message to send")
     config: dict[str, Any] = {"maxTokens": generation.max_new_tokens}
@@ -112,6 +126,9 @@ def build_converse_request(
         request["system"] = system
     if extra_fields:
         request["additionalModelRequestFields"] = extra_fields
+    tools = tool_config(conversation, generation)
+    if tools is not None:
+        request["toolConfig"] = tools
     return request
 
 
@@ -126,12 +143,16 @@ def _usage(usage: dict[str, Any]) -> Usage:
     return Usage.of(prompt, completion, total, cached_tokens=read, cache_creation_tokens=written)
 
 
-def parse_converse_response(response: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+def parse_converse_response(
+    response: dict[str, Any], conversation: Conversation, generation: GenerationParams
+) -> Conversation:
+    """``conversation`` with the Converse answer (text, tool calls, reasoning) and its metadata."""
     content = response["output"]["message"]["content"]
-    text = "".join(block["text"] for block in content if "text" in block)
+    text, calls, reasoning, update = reply_parts(content, conversation.metadata, generation)
     usage = response.get("usage") or {}
     stop = response.get("stopReason")
     metadata: dict[str, Any] = {
+        **update,
         "usage": _usage(usage).to_json_dict(),
         "finish_reason": FinishReason.parse(stop),
         "stop_reason": stop,
@@ -139,7 +160,7 @@ def parse_converse_response(response: dict[str, Any]) -> tuple[str, dict[str, An
     latency = (response.get("metrics") or {}).get("latencyMs")
     if latency is not None:
         metadata["latency_ms"] = latency
-    return text, metadata
+    return conversation.with_reply(text, metadata, tool_calls=calls, reasoning_content=reasoning)
 
 
 class BedrockInferenceEngine(InferenceEngine):
@@ -149,8 +170,10 @@ class BedrockInferenceEngine(InferenceEngine):
     capabilities: ClassVar[Capabilities] = Capabilities(
         generation_params=frozenset({"temperature", "top_p", "stop_strings", "n"}),
         images=True,
+        tools=True,
         notes=(
             "n > 1 sends n Converse calls per row; no log-probabilities.",
+            "Converse has no tool_choice none or parallel_tool_calls switch (see docs/tools.md).",
             "model.model_kwargs are sent as additionalModelRequestFields.",
             "remote_params.api_url, when set, replaces the bedrock-runtime endpoint (e.g. a VPC endpoint).",
         ),
@@ -206,11 +229,6 @@ class BedrockInferenceEngine(InferenceEngine):
         if pool is not None:
             pool.shutdown(wait=False)
 
-    def check_conversation(self, conversation: Conversation) -> RowError | None:
-        if any(m.role == Role.TOOL for m in conversation.messages):
-            return RowError(kind="unsupported_input", message="BEDROCK does not accept tool messages.")
-        return super().check_conversation(conversation)
-
     async def _infer_chunk(
         self, conversations: list[Conversation], generation: GenerationParams
     ) -> list[Conversation | RowError]:
@@ -236,7 +254,7 @@ class BedrockInferenceEngine(InferenceEngine):
                 # Converse has no ``n``: n calls per row, the row done only when all are in.
                 calls = [functools.partial(self.client.converse, **request) for _ in range(generation.n)]
                 responses = await asyncio.gather(*(loop.run_in_executor(self._pool, call) for call in calls))
-                answers = [conversation.with_reply(*parse_converse_response(r)) for r in responses]
+                answers = [parse_converse_response(r, conversation, generation) for r in responses]
                 results.append(answers[0] if generation.n == 1 else merge_replies(conversation, answers, generation))
             except Exception as exc:  # botocore errors become row errors; see _remote_error
                 results.append(RowError.from_exception(_remote_error(exc)))

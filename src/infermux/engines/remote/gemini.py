@@ -13,6 +13,7 @@ Protocol mapping (from Google's Gemini API reference):
   ``text/x.enum`` with a string enum;
 * ``n``: ``candidateCount``; log-probabilities: ``responseLogprobs`` and ``logprobs`` (top alternatives),
   read back from each candidate's ``logprobsResult`` (``chosenCandidates``, ``topCandidates``);
+* function calling and thoughts: see :mod:`.gemini_tools`;
 * auth: the ``x-goog-api-key`` header (``GEMINI_API_KEY``). Google answers a bad key with 400
   ``API_KEY_INVALID``; the error message then says which variable to fix.
 """
@@ -26,12 +27,13 @@ from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams
 from infermux.engines.capabilities import Capabilities
 from infermux.engines.remote.base import RemoteEngine
+from infermux.engines.remote.gemini_tools import call_parts, function_response_part, reply_parts, tool_fields
 from infermux.engines.remote.http.sse import SseEvent
 from infermux.engines.remote.http.transport import HttpRequest, default_error_message
 from infermux.engines.remote.http.urls import endpoint_url
 from infermux.engines.remote.json_schema import to_gemini_schema
 from infermux.engines.remote.media import image_payload
-from infermux.errors import RemoteError, RowError
+from infermux.errors import RemoteError
 from infermux.samples import reply_with_samples, token_logprob
 from infermux.types import Conversation, FinishReason, Message, Role, Sample, TokenLogprob, Usage
 
@@ -59,20 +61,34 @@ def _parts(message: Message) -> list[dict[str, Any]]:
 
 
 def build_contents(conversation: Conversation) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-    """The ``systemInstruction`` (or None) and ``contents`` of a request for ``conversation``."""
+    """The ``systemInstruction`` (or None) and ``contents`` of a request for ``conversation``. A tool
+    message without ``tool_call_id`` answers the next unanswered call."""
     system: list[str] = []
     contents: list[dict[str, Any]] = []
-    for message in conversation.messages:
+    names: dict[str, str] = {}  # call id -> function name, for functionResponse parts
+    pending: list[str] = []
+    for index, message in enumerate(conversation.messages):
         if message.role == Role.SYSTEM:
             system.append(message.text)
             continue
         if message.role == Role.TOOL:
-            raise ValueError("GOOGLE_GEMINI cannot send tool messages without function-call parts")
+            call_id = message.tool_call_id or (pending[0] if pending else None)
+            if call_id is None or call_id not in names:
+                raise ValueError(f"message {index} is a tool result that answers no earlier function call")
+            pending = [p for p in pending if p != call_id]
+            parts = [function_response_part(message, names[call_id])]
+        elif message.tool_calls:
+            ids = [call.id or f"call_{index}_{n}" for n, call in enumerate(message.tool_calls)]
+            names.update({i: call.function.name for i, call in zip(ids, message.tool_calls, strict=True)})
+            pending = ids
+            parts = call_parts(message, ids, conversation.metadata)
+        else:
+            parts = _parts(message)
         role = "model" if message.role == Role.ASSISTANT else "user"
         if contents and contents[-1]["role"] == role:
-            contents[-1]["parts"].extend(_parts(message))
+            contents[-1]["parts"].extend(parts)
         else:
-            contents.append({"role": role, "parts": _parts(message)})
+            contents.append({"role": role, "parts": parts})
     if not contents:
         raise ValueError("the conversation has no user or assistant message to send")
     instruction = {"parts": [{"text": "\n\n".join(system)}]} if system else None
@@ -132,23 +148,32 @@ def blocked_prompt(data: dict[str, Any]) -> dict[str, Any] | None:
     return blocked
 
 
-def parse_candidate(data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """The answer text and metadata of a ``GenerateContentResponse``."""
+def parse_candidate(data: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The answer's parts and the metadata of a ``GenerateContentResponse``."""
     candidates = data.get("candidates")
     if not candidates:
         blocked = blocked_prompt(data)
         if blocked is None:
             raise ValueError("the reply has neither candidates nor promptFeedback")
-        return "", blocked
+        return [], blocked
     first = candidates[0]
     parts = (first.get("content") or {}).get("parts") or []
-    text = "".join(p.get("text", "") for p in parts if not p.get("thought"))
     metadata: dict[str, Any] = {
         "usage": parse_usage(data.get("usageMetadata") or {}).to_json_dict(),
         "finish_reason": FinishReason.parse(first.get("finishReason")),
         "model": data.get("modelVersion"),
     }
-    return text, metadata
+    return parts, metadata
+
+
+def reply(
+    conversation: Conversation, parts: list[dict[str, Any]], metadata: dict[str, Any], generation: GenerationParams
+) -> Conversation:
+    """``conversation`` with the answer made of ``parts`` (text, function calls, thoughts)."""
+    text, calls, reasoning, update = reply_parts(parts, conversation, generation)
+    if calls and metadata.get("finish_reason") == FinishReason.STOP:
+        metadata["finish_reason"] = FinishReason.TOOL_CALLS
+    return conversation.with_reply(text, {**metadata, **update}, tool_calls=calls, reasoning_content=reasoning)
 
 
 def candidate_logprobs(candidate: dict[str, Any]) -> list[TokenLogprob] | None:
@@ -192,6 +217,7 @@ class GoogleGeminiInferenceEngine(RemoteEngine):
         guided_decoding=frozenset({"json", "choice"}),
         images=True,
         streaming=True,
+        tools=True,
         notes=("At most 5 stop strings.", "JSON schemas are inlined ($ref/$defs) to Gemini's schema subset."),
         max_items={"stop_strings": _MAX_STOPS},
         value_ranges={"temperature": (0.0, 2.0)},
@@ -219,16 +245,15 @@ class GoogleGeminiInferenceEngine(RemoteEngine):
             headers["x-goog-api-key"] = api_key
         return headers
 
-    def check_conversation(self, conversation: Conversation) -> RowError | None:
-        if any(m.role == Role.TOOL for m in conversation.messages):
-            return RowError(kind="unsupported_input", message="GOOGLE_GEMINI does not accept tool messages.")
-        return super().check_conversation(conversation)
-
     def build_body(self, conversation: Conversation, generation: GenerationParams) -> dict[str, Any]:
         system, contents = build_contents(conversation)
         body: dict[str, Any] = {"contents": contents, "generationConfig": generation_config(generation)}
         if system is not None:
             body["systemInstruction"] = system
+        thinking = self.model_params.model_kwargs.get("thinking_config")
+        if thinking is not None:  # Gemini's thinkingConfig (e.g. {"includeThoughts": true}), passed as given
+            body["generationConfig"]["thinkingConfig"] = thinking
+        body.update(tool_fields(conversation, generation))
         return body
 
     def build_stream_request(self, conversation: Conversation, generation: GenerationParams) -> HttpRequest:
@@ -237,15 +262,15 @@ class GoogleGeminiInferenceEngine(RemoteEngine):
         return HttpRequest.json(url, self.build_body(conversation, generation), self.headers)
 
     def stream_decoder(self, conversation: Conversation) -> GeminiStream:
-        return GeminiStream(conversation)
+        return GeminiStream(conversation, self.generation_params)
 
     def parse_reply(self, conversation: Conversation, data: Any) -> Conversation:
-        text, metadata = parse_candidate(data)
+        parts, metadata = parse_candidate(data)
         samples = candidate_samples(data)
         if len(samples) > 1 or (samples and samples[0].logprobs is not None):
             usage = metadata.pop("usage", None)
             return reply_with_samples(conversation, samples, metadata, usage=Usage(**usage) if usage else None)
-        return conversation.with_reply(text, metadata)
+        return reply(conversation, parts, metadata, self.generation_params)
 
     def error_message(self, status: int, body: bytes) -> str:
         message = default_error_message(status, body)
@@ -259,12 +284,13 @@ class GoogleGeminiInferenceEngine(RemoteEngine):
 
 
 class GeminiStream:
-    """Decoder of one streamed ``streamGenerateContent`` answer."""
+    """Decoder of one streamed ``streamGenerateContent`` answer (text yielded; calls and thoughts kept)."""
 
-    def __init__(self, conversation: Conversation) -> None:
+    def __init__(self, conversation: Conversation, generation: GenerationParams) -> None:
         self.conversation = conversation
+        self.generation = generation
         self.done = False
-        self._text: list[str] = []
+        self._parts: list[dict[str, Any]] = []
         self._metadata: dict[str, Any] = {"finish_reason": None, "model": None}
 
     def feed(self, event: SseEvent) -> str:
@@ -284,9 +310,8 @@ class GeminiStream:
         if reason:
             self._metadata["finish_reason"] = FinishReason.parse(reason)
         parts = (first.get("content") or {}).get("parts") or []
-        piece = "".join(p.get("text", "") for p in parts if not p.get("thought"))
-        self._text.append(piece)
-        return piece
+        self._parts.extend(parts)
+        return "".join(p.get("text", "") for p in parts if not p.get("thought"))
 
     def result(self) -> Conversation:
-        return self.conversation.with_reply("".join(self._text), dict(self._metadata))
+        return reply(self.conversation, self._parts, dict(self._metadata), self.generation)

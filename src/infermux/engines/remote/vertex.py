@@ -11,8 +11,9 @@
   or from a service-account JSON file given as ``remote_params.api_key`` (a path). The token is
   cached and refreshed only when it is missing or within five minutes of expiry, once for all
   workers (Oumi refreshes on every request).
-* Body: OpenAI chat completions (shared with REMOTE), limited to what Vertex accepts for Google
-  models; images as ``data:`` URLs or ``gs://`` URIs (plain http(s) image URLs are not accepted).
+* Body: OpenAI chat completions (shared with REMOTE, tools included), limited to what Vertex accepts
+  for Google models (no ``parallel_tool_calls``); images as ``data:`` URLs or ``gs://`` URIs (plain
+  http(s) image URLs are not accepted).
 """
 
 from __future__ import annotations
@@ -50,7 +51,11 @@ class GoogleVertexInferenceEngine(RemoteInferenceEngine):
         generation_params=(OPENAI_PARAMS | SAMPLE_PARAMS) - {"logit_bias"},
         guided_decoding=frozenset({"json"}),
         images=True,
-        notes=("Images must be files, bytes, data: URLs or gs:// URIs.",),
+        tools=True,
+        notes=(
+            "Images must be files, bytes, data: URLs or gs:// URIs.",
+            "Vertex takes no parallel_tool_calls: with false, only the answer's first call is kept.",
+        ),
         max_items={"stop_strings": 5},
         value_ranges={"temperature": (0.0, 2.0)},
     )
@@ -169,6 +174,19 @@ class GoogleVertexInferenceEngine(RemoteInferenceEngine):
     def build_request(self, conversation: Conversation, generation: GenerationParams) -> HttpRequest:
         headers = {**self.headers, "Authorization": f"Bearer {self._token}"}
         return HttpRequest.json(self.url, self.build_body(conversation, generation), headers)
+
+    def build_body(self, conversation: Conversation, generation: GenerationParams) -> dict[str, Any]:
+        body = super().build_body(conversation, generation)
+        body.pop("parallel_tool_calls", None)  # not among the OpenAI parameters Vertex accepts
+        return body
+
+    def parse_reply(self, conversation: Conversation, data: Any) -> Conversation:
+        answer = super().parse_reply(conversation, data)
+        calls = answer.last_message.tool_calls
+        if calls and len(calls) > 1 and not self.generation_params.parallel_tool_calls:
+            last = answer.messages[-1].model_copy(update={"tool_calls": calls[:1]})
+            return answer.model_copy(update={"messages": [*answer.messages[:-1], last]})
+        return answer
 
     def error_message(self, status: int, body: bytes) -> str:
         # Vertex may wrap Google's error object in a one-element list.
