@@ -237,7 +237,7 @@ class FakeGemini(FakeServer):
             if not any("functionCall" in p for p in parts):
                 text, finish = self._generate(exchange, config)
                 parts.append({"text": text})
-            output_tokens += sum(len(json.dumps(p).split()) for p in parts)
+            output_tokens += sum(len(p["text"].split()) if "text" in p else len(json.dumps(p).split()) for p in parts)
             candidate: dict[str, Any] = {"content": {"parts": parts, "role": "model"}, "finishReason": finish}
             candidate["index"] = index
             if config.get("responseLogprobs"):
