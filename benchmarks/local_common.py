@@ -70,9 +70,16 @@ def prefix_system(sentences: int = 34) -> str:
     )
 
 
+def prefix_messages(n: int = N_PROMPTS) -> list[list[dict[str, str]]]:
+    """The prefix workload as chats: the number questions, each after :func:`prefix_system`."""
+    return chat_messages(number_prompts(n), prefix_system())
+
+
 PROMPTS = number_prompts()
 
 WORKLOADS: dict[str, Callable[[], list[str]]] = {"number": number_prompts, "mixed": mixed_prompts}
+#: Workloads given as whole chats (a system prompt and a question), not as single prompts.
+CHAT_WORKLOADS: dict[str, Callable[[], list[list[dict[str, str]]]]] = {"prefix": prefix_messages}
 
 
 def chat_messages(prompts: Sequence[str], system: str | None = None) -> list[list[dict[str, str]]]:
@@ -81,11 +88,17 @@ def chat_messages(prompts: Sequence[str], system: str | None = None) -> list[lis
     return [[*head, {"role": "user", "content": p}] for p in prompts]
 
 
-def conversations(prompts: Sequence[str], system: str | None = None) -> list[Any]:
-    """Each prompt as an infermux Conversation (the form our engines take)."""
+def conversations(prompts: Sequence[str] | Sequence[list[dict[str, str]]], system: str | None = None) -> list[Any]:
+    """Each prompt (or whole chat) as an infermux Conversation (the form our engines take)."""
     from infermux.types import Conversation
 
-    return [Conversation.model_validate({"messages": m}) for m in chat_messages(prompts, system)]
+    chats = [chat_messages([p], system)[0] if isinstance(p, str) else p for p in prompts]
+    return [Conversation.model_validate({"messages": m}) for m in chats]
+
+
+def workload_chats(name: str) -> list[list[dict[str, str]]]:
+    """The chats of workload ``name`` (from ``WORKLOADS`` or ``CHAT_WORKLOADS``)."""
+    return CHAT_WORKLOADS[name]() if name in CHAT_WORKLOADS else chat_messages(WORKLOADS[name]())
 
 
 @dataclass

@@ -76,6 +76,10 @@ class NativeTextInferenceEngine(InferenceEngine):
         from infermux.engines.native.decode import supports_fast_decode
 
         self._fast_decode = supports_fast_decode(self.model)
+        from infermux.engines.native.stream import PromptCache
+
+        #: The last streamed answer's KV cache, reused by the next turn of a chat (plain caches only).
+        self.prompt_cache = PromptCache() if self._fast_decode else None
 
     @property
     def loaded(self) -> LoadedModel:
@@ -100,7 +104,7 @@ class NativeTextInferenceEngine(InferenceEngine):
                 prompts[index] = self._prompt_ids(conversation, index)
             except Exception as exc:  # a template error is this row's problem only
                 results[index] = RowError.from_exception(exc, ErrorKind.INVALID_INPUT, context="chat template failed")
-        order = sorted(prompts, key=lambda i: len(prompts[i]))
+        order = _batch_order(prompts)
         for start in range(0, len(order), generation.batch_size):
             rows = order[start : start + generation.batch_size]
             try:
@@ -250,7 +254,7 @@ class NativeTextInferenceEngine(InferenceEngine):
         def produce() -> None:
             try:
                 with self._lock:
-                    for item in stream_tokens(self.loaded, prompt, generation, cancel):
+                    for item in stream_tokens(self.loaded, prompt, generation, cancel, self.prompt_cache):
                         put(item)
             except BaseException as exc:
                 put(exc)
@@ -290,6 +294,19 @@ def _row_reply(
     prompt_usage = Usage.of(answers[0][1].prompt_tokens, 0)
     return reply_with_samples(conversation, samples, usage=sum_usage([prompt_usage, *(s.usage for s in samples)]),
                               generation=generation)  # fmt: skip
+
+
+def _batch_order(prompts: dict[int, list[int]]) -> list[int]:
+    """Rows sorted by prompt length, except that rows opening with the same long prefix (a shared system
+    prompt, a few-shot block) stay together, at their shortest member's place, so they share a batch and
+    the decode loop evaluates their prefix once, wherever they are in the input."""
+    from infermux.engines.native.decode import PREFIX_MIN
+
+    families: dict[tuple[int, ...], list[int]] = {}
+    for index, ids in prompts.items():
+        families.setdefault(tuple(ids[:PREFIX_MIN]) if len(ids) > PREFIX_MIN else (-1 - index,), []).append(index)
+    place = {i: (min(len(prompts[j]) for j in rows), n) for n, rows in enumerate(families.values()) for i in rows}
+    return sorted(prompts, key=lambda i: (*place[i], len(prompts[i])))
 
 
 def _prompt_limit(params: ModelParams, tokenizer: Any) -> int | None:
