@@ -75,9 +75,18 @@ def prefix_messages(n: int = N_PROMPTS) -> list[list[dict[str, str]]]:
     return chat_messages(number_prompts(n), prefix_system())
 
 
+def stream_prompts(n: int = 512) -> list[str]:
+    """The VLLM stream workload: many rows whose answers run from a few words to the 64-token cap."""
+    asks = ["Name one colour.", "Write a sentence about the number {i}.", "Describe the sea in a few sentences.",
+            "In two words, what is {i} plus one?", "Tell a short story about a lighthouse keeper."]  # fmt: skip
+    return [asks[i % len(asks)].format(i=i) for i in range(n)]
+
+
 PROMPTS = number_prompts()
 
 WORKLOADS: dict[str, Callable[[], list[str]]] = {"number": number_prompts, "mixed": mixed_prompts}
+#: Larger workloads, run only where named (VLLM's continuous feeding).
+LARGE_WORKLOADS: dict[str, Callable[[], list[str]]] = {"stream": stream_prompts}
 #: Workloads given as whole chats (a system prompt and a question), not as single prompts.
 CHAT_WORKLOADS: dict[str, Callable[[], list[list[dict[str, str]]]]] = {"prefix": prefix_messages}
 
@@ -98,7 +107,9 @@ def conversations(prompts: Sequence[str] | Sequence[list[dict[str, str]]], syste
 
 def workload_chats(name: str) -> list[list[dict[str, str]]]:
     """The chats of workload ``name`` (from ``WORKLOADS`` or ``CHAT_WORKLOADS``)."""
-    return CHAT_WORKLOADS[name]() if name in CHAT_WORKLOADS else chat_messages(WORKLOADS[name]())
+    if name in CHAT_WORKLOADS:
+        return CHAT_WORKLOADS[name]()
+    return chat_messages({**WORKLOADS, **LARGE_WORKLOADS}[name]())
 
 
 @dataclass

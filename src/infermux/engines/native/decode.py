@@ -174,8 +174,9 @@ def _prefill(model: Any, prompts: list[list[int]], pad_id: int, capacity: int, d
         if shared:
             model(input_ids=torch.tensor([prompts[rows[0]][:shared]], device=device), past_key_values=cache,
                   use_cache=True, logits_to_keep=1)  # fmt: skip
-            cache.layers = [_GrowingLayer(layer.keys.expand(len(rows), -1, -1, -1),
-                                          layer.values.expand(len(rows), -1, -1, -1), shared + tail_width)
+            cache.layers = [_GrowingLayer(layer.keys.expand(len(rows), -1, -1, -1),  # type: ignore[union-attr]
+                                          layer.values.expand(len(rows), -1, -1, -1),  # type: ignore[union-attr]
+                                          shared + tail_width)
                             for layer in cache.layers]  # fmt: skip
             mask = torch.cat([mask.new_ones((len(rows), shared)), mask], dim=-1)
         out = model(
