@@ -4,8 +4,10 @@ Per step it computes what greedy/sampled ``generate`` computes (float32 logits o
 the same logits processors, argmax or multinomial, left padding with matching position ids), and avoids
 three kinds of waste that ``generate`` has on a batch:
 
-- **Padding in the prefill.** Rows arrive sorted by length; they are prefilled in groups of similar
-  length, and the groups' KV caches are then joined (left-padded) into one decode batch.
+- **Padding in the prefill.** Rows are prefilled in groups of similar length, and the groups' KV caches
+  are then joined (left-padded) into one decode batch.
+- **Shared prefixes.** Rows opening with the same ``PREFIX_MIN`` or more tokens share a prefill group,
+  which evaluates the common prefix once and expands its KV cache to every row of the group.
 - **Finished rows.** ``generate`` keeps computing every row until the last one ends; here a row leaves the
   batch (and the KV cache) as soon as it ends, and left-padding columns no remaining row needs are cut.
 - **Cache copies.** The KV cache grows in place in a preallocated buffer instead of being concatenated

@@ -5,6 +5,9 @@
 - Each chunk of conversations is rendered with the chat template, tokenized, sorted by length and cut
   into batches of ``generation.batch_size`` rows (so rows of similar length share a batch and little
   compute goes to padding), left-padded with an attention mask, and generated with the KV cache.
+- Rows opening with the same long prefix (a shared system prompt) are kept in one batch; the decode loop
+  evaluates that prefix once and shares its KV cache across them.
+- Streaming (chat) keeps the last answer's KV cache, so the next turn evaluates only its new tokens.
 - Greedy and sampled decoding run in the engine's own loop (:mod:`.decode`), which drops finished
   rows from the batch; beam search and guided decoding (xgrammar) run through ``model.generate``.
 - Sampling happens whenever ``temperature > 0`` (or ``use_sampling``): a temperature means the user
