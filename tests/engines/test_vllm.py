@@ -506,7 +506,9 @@ def test_rows_stream_into_vllm_without_draining_at_chunk_ends(engine, tmp_path, 
     monkeypatch.setattr(vllm_engine, "CHUNK_SIZE", 4)
     monkeypatch.setattr(vllm_engine, "CHUNKS_IN_FLIGHT", 2)
     monkeypatch.setattr(engine, "_feeder", None)  # a feeder of its own, closed below
-    questions = [f"{q} Answer in {n} words." for n in (3, 30) for q in QUESTIONS] * 2  # 24 rows, mixed lengths
+    from infermux.jobs.api import default_options, run_job_file
+
+    questions = [f"{q} Answer in {n} words." for n in (3, 8, 20, 30) for q in QUESTIONS]  # 24 rows, mixed lengths
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     src.write_text("".join(json.dumps(conv(q, f"c{i}").to_json_dict()) + "\n" for i, q in enumerate(questions)))
     events: list[tuple[str, int]] = []
@@ -520,10 +522,14 @@ def test_rows_stream_into_vllm_without_draining_at_chunk_ends(engine, tmp_path, 
     generation = GenerationParams(max_new_tokens=40)
     try:
         report = asyncio.run(
-            engine.run_file(str(src), str(out), generation=generation, on_row=lambda row, r: events.append(("row", 0)))
-        )
+            run_job_file(
+                engine, str(src), str(out), generation=generation, on_row=lambda row, r: events.append(("row", 0)),
+                options=default_options(engine, generation, cache=False),  # every row through vLLM
+            )
+        )  # fmt: skip
     finally:
-        engine._feeder.close()
+        if engine._feeder is not None:
+            engine._feeder.close()
     assert report.ok and report.done == len(questions)
     adds = [i for i, (what, _) in enumerate(events) if what == "add"]
     rows = [i for i, (what, _) in enumerate(events) if what == "row"]
