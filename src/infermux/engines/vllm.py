@@ -246,7 +246,7 @@ class VLLMInferenceEngine(InferenceEngine):
         if self._feeder is None:
             from infermux.engines.vllm_feed import Feeder
 
-            self._feeder = Feeder(self._llm, self._enqueue)
+            self._feeder = Feeder(self._llm)
         groups: dict[str, list[int]] = {}
         for index, conversation in enumerate(conversations):
             groups.setdefault(tools_key(conversation), []).append(index)
@@ -347,7 +347,7 @@ class VLLMInferenceEngine(InferenceEngine):
         if forced is not None:  # the call is constrained to the tools' schemas
             generation = generation.model_copy(update={"guided_decoding": GuidedDecodingParams(json=forced)})
         params = (self.sampling_params(generation), template_tools(conversations[0]))
-        outputs = await self._feeder.run([template_messages(c) for c in conversations], params)
+        outputs = await self._feeder.run([template_messages(c) for c in conversations], params, self._enqueue)
         results: list[Conversation | RowError] = []
         for conversation, output in zip(conversations, outputs, strict=True):
             if isinstance(output, BaseException):  # vLLM refused the row (ValueError: its input) or failed

@@ -27,6 +27,7 @@ logger = logging.getLogger("infermux.engines.vllm")
 class _Chunk:
     conversations: list[Any]  # the chats, as vLLM takes them
     params: Any
+    enqueue: Callable[[Any, list[Any], Any], list[str]]
     done: Callable[[list[Any]], None]  # called (in the feeder thread) with one output or exception per row
     outputs: list[Any] = field(default_factory=list)
     pending: dict[str, int] = field(default_factory=dict)  # vLLM request id -> row
@@ -41,18 +42,20 @@ def _key(request_id: str) -> str:
 class Feeder:
     """Steps ``llm``'s engine in one thread; :meth:`run` adds a chunk and awaits its rows' outputs.
 
-    ``enqueue(llm, chats, params)`` adds requests and returns their ids (``LLM.enqueue_chat`` with the
+    ``run``'s ``enqueue(llm, chats, params)`` adds requests and returns their ids (``LLM.enqueue_chat`` with the
     engine's template and LoRA); a chunk vLLM rejects as a whole is added row by row, so only the bad rows
     fail (their exception is their output).
     """
 
-    def __init__(self, llm: Any, enqueue: Callable[[Any, list[Any], Any], list[str]]) -> None:
-        self._llm, self._enqueue = llm, enqueue
+    def __init__(self, llm: Any) -> None:
+        self._llm = llm
         self._inbox: queue.Queue[_Chunk | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    async def run(self, conversations: list[Any], params: Any) -> list[Any]:
+    async def run(
+        self, conversations: list[Any], params: Any, enqueue: Callable[[Any, list[Any], Any], list[str]]
+    ) -> list[Any]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Any]] = loop.create_future()
 
@@ -65,7 +68,7 @@ class Feeder:
                 loop.call_soon_threadsafe(settle)
 
         self._start()
-        self._inbox.put(_Chunk(conversations, params, done))
+        self._inbox.put(_Chunk(conversations, params, enqueue, done))
         return await future
 
     def close(self) -> None:
@@ -84,14 +87,14 @@ class Feeder:
     def _add(self, chunk: _Chunk) -> None:
         chunk.outputs = [None] * len(chunk.conversations)
         try:
-            ids = self._enqueue(self._llm, chunk.conversations, chunk.params)
+            ids = chunk.enqueue(self._llm, chunk.conversations, chunk.params)
             chunk.pending = {_key(rid): row for row, rid in enumerate(ids)}
         except Exception:
             if len(chunk.conversations) > 1:
                 logger.warning("vLLM rejected a chunk of %d rows; adding them one at a time.", len(chunk.conversations))
             for row, conversation in enumerate(chunk.conversations):
                 try:
-                    (rid,) = self._enqueue(self._llm, [conversation], chunk.params)
+                    (rid,) = chunk.enqueue(self._llm, [conversation], chunk.params)
                     chunk.pending[_key(rid)] = row
                 except Exception as exc:  # this row's input (too long, ...)
                     chunk.outputs[row] = exc
