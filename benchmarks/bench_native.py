@@ -5,9 +5,10 @@ one left-padded batch with its attention mask, ``model.generate(max_new_tokens=6
 (KV cache on), decode the new tokens. The engine side runs ``engine.infer`` with ``batch_size: 32`` (the
 durable batch loop, length grouping, and the engine's decode loop that drops finished rows). Both sides
 use the same loaded model, so the ratio is the engine's own doing. Workloads are those of
-``local_common``; sides alternate, ``INFERMUX_BENCH_REPEATS`` runs each (best kept).
+``local_common`` (``prefix``: 32 questions after one ~575-token system prompt, which the engine
+evaluates once); sides alternate, ``INFERMUX_BENCH_REPEATS`` runs each (best kept).
 
-    .venv/bin/python benchmarks/bench_native.py [--workload number|mixed|all] [--dtype bfloat16]
+    .venv/bin/python benchmarks/bench_native.py [--workload number|mixed|prefix|all] [--dtype bfloat16]
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from local_common import (
+    CHAT_WORKLOADS,
     MAX_NEW_TOKENS,
     N_PROMPTS,
     WORKLOADS,
@@ -33,6 +35,7 @@ from local_common import (
     repeats_from_env,
     report,
     timed,
+    workload_chats,
 )
 
 
@@ -49,7 +52,7 @@ def raw_generate(model: Any, tokenizer: Any, messages: list[list[dict[str, str]]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--workload", choices=[*WORKLOADS, "all"], default="all")
+    parser.add_argument("--workload", choices=[*WORKLOADS, *CHAT_WORKLOADS, "all"], default="all")
     parser.add_argument("--dtype", default="bfloat16", help="torch_dtype_str for both sides")
     args = parser.parse_args()
 
@@ -68,10 +71,10 @@ def main() -> None:
 
     raw_generate(model, tokenizer, chat_messages(["Hello"]))  # warm-up
     engine.infer(conversations(["Hello"]))
-    names = list(WORKLOADS) if args.workload == "all" else [args.workload]
+    names = [*WORKLOADS, *CHAT_WORKLOADS] if args.workload == "all" else [args.workload]
     for name in names:
-        prompts = WORKLOADS[name]()
-        messages, convs = chat_messages(prompts), conversations(prompts)
+        messages = workload_chats(name)
+        convs = conversations(messages)
 
         def raw(messages: list = messages) -> list[str]:
             return raw_generate(model, tokenizer, messages)
@@ -87,7 +90,7 @@ def main() -> None:
         best_raw = count_tokens(min(raw_runs, key=lambda m: m.seconds), encode)
         best_engine = count_tokens(min(engine_runs, key=lambda m: m.seconds), encode)
         title = (
-            f"NATIVE ({args.dtype}), workload '{name}' ({len(prompts)} prompts, batch {N_PROMPTS}, "
+            f"NATIVE ({args.dtype}), workload '{name}' ({len(messages)} prompts, batch {N_PROMPTS}, "
             f"<= {MAX_NEW_TOKENS} new tokens, greedy)"
         )
         report(title, best_raw, best_engine)

@@ -2,11 +2,13 @@
 
 Both sides use the same ``vllm.LLM`` (built once by the engine, eager mode, bf16): the raw side calls
 ``LLM.chat`` with ``SamplingParams(temperature=0, max_tokens=64)`` on all prompts at once, the engine side
-runs ``engine.infer`` (the durable batch loop, chunks of 256 rows). The ratio is therefore the engine's own
-overhead. Workloads are those of ``local_common`` (32 number prompts; 32 mixed-length prompts); each side
-runs ``INFERMUX_BENCH_REPEATS`` times (best kept), alternating.
+runs ``engine.infer`` (the durable batch loop feeding vLLM continuously, small chunks in flight). The
+ratio is therefore the engine's own overhead. Workloads are those of ``local_common`` (32 number prompts;
+32 mixed-length prompts; 32 questions after one ~575-token system prompt, ``prefix``; 512 rows of answers
+from a few words to 64 tokens, ``stream``); each side runs ``INFERMUX_BENCH_REPEATS`` times (best kept),
+alternating.
 
-    .venv/bin/python benchmarks/bench_vllm.py [--workload number|mixed|all]
+    .venv/bin/python benchmarks/bench_vllm.py [--workload number|mixed|prefix|stream|all]
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -23,6 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from local_common import (
+    CHAT_WORKLOADS,
+    LARGE_WORKLOADS,
     MAX_NEW_TOKENS,
     WORKLOADS,
     Measurement,
@@ -32,12 +35,14 @@ from local_common import (
     repeats_from_env,
     report,
     timed,
+    workload_chats,
 )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--workload", choices=[*WORKLOADS, "all"], default="all")
+    every = [*WORKLOADS, *CHAT_WORKLOADS, *LARGE_WORKLOADS]
+    parser.add_argument("--workload", choices=[*every, "all"], default="all")
     args = parser.parse_args()
 
     from vllm import SamplingParams
@@ -56,27 +61,14 @@ def main() -> None:
     def encode(text: str) -> list[int]:
         return list(tokenizer.encode(text, add_special_tokens=False))
 
-    # Time spent inside LLM.chat during engine.infer: the rest is the engine's own work (row ids, the
-    # batch loop, conversations), a figure that other load on the machine barely disturbs.
-    inside = [0.0]
-    chat = engine._chat
-
-    def timed_chat(*args: object) -> list:
-        start = time.perf_counter()
-        try:
-            return chat(*args)  # type: ignore[arg-type]
-        finally:
-            inside[0] += time.perf_counter() - start
-
-    engine._chat = timed_chat  # type: ignore[method-assign]
     params = SamplingParams(temperature=0.0, max_tokens=MAX_NEW_TOKENS)
-    names = list(WORKLOADS) if args.workload == "all" else [args.workload]
+    names = every if args.workload == "all" else [args.workload]
     try:
         llm.chat(chat_messages(["Hello"]), params, use_tqdm=False)  # warm-up
         engine.infer(conversations(["Hello"]))
         for name in names:
-            prompts = WORKLOADS[name]()
-            messages, convs = chat_messages(prompts), conversations(prompts)
+            messages = workload_chats(name)
+            convs = conversations(messages)
 
             def raw(messages: list = messages) -> list[str]:
                 return [o.outputs[0].text for o in llm.chat(messages, params, use_tqdm=False)]
@@ -86,17 +78,13 @@ def main() -> None:
 
             raw_runs: list[Measurement] = []
             engine_runs: list[Measurement] = []
-            overheads: list[float] = []
             for _ in range(repeats_from_env(3)):
                 raw_runs.append(timed("raw vLLM LLM.chat", raw))
-                inside[0] = 0.0
                 engine_runs.append(timed("infermux VLLM engine", ours))
-                overheads.append(engine_runs[-1].seconds - inside[0])
             best_raw = count_tokens(min(raw_runs, key=lambda m: m.seconds), encode)
             best_engine = count_tokens(min(engine_runs, key=lambda m: m.seconds), encode)
-            report(f"VLLM, workload '{name}' ({len(prompts)} prompts, <= {MAX_NEW_TOKENS} new tokens, greedy)",
+            report(f"VLLM, workload '{name}' ({len(messages)} prompts, <= {MAX_NEW_TOKENS} new tokens, greedy)",
                    best_raw, best_engine)  # fmt: skip
-            print(f"  engine work outside LLM.chat: {min(overheads) * 1000:.1f} ms per {len(prompts)}-row job")
     finally:
         engine.close()
 

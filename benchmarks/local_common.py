@@ -70,9 +70,25 @@ def prefix_system(sentences: int = 34) -> str:
     )
 
 
+def prefix_messages(n: int = N_PROMPTS) -> list[list[dict[str, str]]]:
+    """The prefix workload as chats: the number questions, each after :func:`prefix_system`."""
+    return chat_messages(number_prompts(n), prefix_system())
+
+
+def stream_prompts(n: int = 512) -> list[str]:
+    """The VLLM stream workload: many rows whose answers run from a few words to the 64-token cap."""
+    asks = ["Name one colour.", "Write a sentence about the number {i}.", "Describe the sea in a few sentences.",
+            "In two words, what is {i} plus one?", "Tell a short story about a lighthouse keeper."]  # fmt: skip
+    return [asks[i % len(asks)].format(i=i) for i in range(n)]
+
+
 PROMPTS = number_prompts()
 
 WORKLOADS: dict[str, Callable[[], list[str]]] = {"number": number_prompts, "mixed": mixed_prompts}
+#: Larger workloads, run only where named (VLLM's continuous feeding).
+LARGE_WORKLOADS: dict[str, Callable[[], list[str]]] = {"stream": stream_prompts}
+#: Workloads given as whole chats (a system prompt and a question), not as single prompts.
+CHAT_WORKLOADS: dict[str, Callable[[], list[list[dict[str, str]]]]] = {"prefix": prefix_messages}
 
 
 def chat_messages(prompts: Sequence[str], system: str | None = None) -> list[list[dict[str, str]]]:
@@ -81,11 +97,19 @@ def chat_messages(prompts: Sequence[str], system: str | None = None) -> list[lis
     return [[*head, {"role": "user", "content": p}] for p in prompts]
 
 
-def conversations(prompts: Sequence[str], system: str | None = None) -> list[Any]:
-    """Each prompt as an infermux Conversation (the form our engines take)."""
+def conversations(prompts: Sequence[str] | Sequence[list[dict[str, str]]], system: str | None = None) -> list[Any]:
+    """Each prompt (or whole chat) as an infermux Conversation (the form our engines take)."""
     from infermux.types import Conversation
 
-    return [Conversation.model_validate({"messages": m}) for m in chat_messages(prompts, system)]
+    chats = [chat_messages([p], system)[0] if isinstance(p, str) else p for p in prompts]
+    return [Conversation.model_validate({"messages": m}) for m in chats]
+
+
+def workload_chats(name: str) -> list[list[dict[str, str]]]:
+    """The chats of workload ``name`` (from ``WORKLOADS`` or ``CHAT_WORKLOADS``)."""
+    if name in CHAT_WORKLOADS:
+        return CHAT_WORKLOADS[name]()
+    return chat_messages({**WORKLOADS, **LARGE_WORKLOADS}[name]())
 
 
 @dataclass

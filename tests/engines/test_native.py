@@ -360,3 +360,96 @@ def test_builtin_chat_template_name_becomes_the_tokenizers_template() -> None:
         == render_chat_template("phi3-instruct", messages)
         == "<|system|>\nBe brief.<|end|>\n<|user|>\nHi!<|end|>\n<|assistant|>\n"
     )
+
+
+# ---------------------------------------------------------------- shared prefixes and chat turns
+SYSTEM = "You are a careful assistant for a local history society. Background notes: " + " ".join(
+    f"In year {1800 + y} the harbour of the village handled {y * 37 % 500} ships and {y * 11 % 90} storms."
+    for y in range(14)
+)
+
+
+def chat(*turns: str, system: str | None = None) -> list[dict[str, str]]:
+    messages = [{"role": "system", "content": system}] if system else []
+    for i, text in enumerate(turns):
+        messages.append({"role": "user" if i % 2 == 0 else "assistant", "content": text})
+    return messages
+
+
+def raw_chat(raw: tuple[Any, Any], messages: list[dict[str, str]], max_new_tokens: int) -> str:
+    model, tokenizer = raw
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    batch = tokenizer([text], return_tensors="pt", add_special_tokens=False)
+    with torch.inference_mode():
+        out = model.generate(**batch, do_sample=False, max_new_tokens=max_new_tokens)
+    return str(tokenizer.decode(out[0, batch["input_ids"].shape[1] :], skip_special_tokens=True))
+
+
+def test_shared_prefix_rows_equal_raw_generate_row_by_row(
+    engine: NativeTextInferenceEngine, raw: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows sharing a long system prompt, not adjacent in the input: the prefix is evaluated once for
+    them (counted below) and every answer equals transformers generating that row alone."""
+    from infermux.engines.native import decode
+
+    chats = [chat(q, system=SYSTEM) for q in QUESTIONS[:4]]
+    rows = [chats[0], chat("Say hello."), chats[1], chats[2], chat("Name a fruit."), chats[3]]
+    prefill_widths: list[int] = []
+    forward = engine.model.forward
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("logits_to_keep") == 1:  # a prefill call (decode steps keep all logits)
+            prefill_widths.append(int(kwargs["input_ids"].shape[0] * kwargs["input_ids"].shape[1]))
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(engine.model, "forward", counting)
+    ours = engine.infer(
+        [Conversation.model_validate({"messages": m}) for m in rows], _config(max_new_tokens=16, batch_size=6)
+    )
+    monkeypatch.undo()
+    prompt_tokens = [c.metadata["usage"]["prompt_tokens"] for c in ours]
+    assert min(prompt_tokens[i] for i in (0, 2, 3, 5)) > 300
+    # Without sharing, the prefill would evaluate at least the four long prompts in full.
+    assert sum(prefill_widths) < sum(prompt_tokens[i] for i in (0, 2, 3, 5)) // 2
+    assert texts(ours) == [raw_chat(raw, m, 16) for m in rows]
+    assert decode.PREFIX_MIN < 300
+
+
+def test_chat_turns_reuse_the_previous_turns_cache(engine: NativeTextInferenceEngine) -> None:
+    """Streaming a chat turn by turn: turn 3 evaluates only the tokens after what the cache holds, and
+    the answers equal those of a fresh cache (greedy)."""
+    generation = GenerationParams(max_new_tokens=24)
+    assert engine.prompt_cache is not None
+    engine.prompt_cache.cache = None  # turn 1 starts cold (an earlier test's cache shares a few tokens)
+
+    def stream(messages: list[dict[str, str]]) -> str:
+        async def run() -> str:
+            final = None
+            async for event in engine.astream(Conversation.model_validate({"messages": messages}), generation):
+                final = event.conversation if event.final else final
+            assert final is not None
+            return final.last_message.text
+
+        return asyncio.run(run())
+
+    questions = [FRANCE, "And of Italy?", "Which of the two is larger?"]
+    turns: list[str] = []
+    evaluated, totals = [], []
+    for question in questions:
+        turns.append(question)
+        messages = chat(*turns, system=SYSTEM)
+        turns.append(stream(messages))
+        evaluated.append(engine.prompt_cache.last_evaluated)
+        totals.append(len(engine._prompt_ids(Conversation.model_validate({"messages": messages}))))
+    # Turn 3: only the new turn's tokens (its text and a dozen tokens of chat markup) were evaluated.
+    assert evaluated[0] == totals[0]
+    assert evaluated[2] <= len(engine.tokenizer(questions[2], add_special_tokens=False)["input_ids"]) + 12
+    assert evaluated[2] < totals[2] // 4
+
+    fresh: list[str] = []
+    for i, question in enumerate(questions):
+        engine.prompt_cache.cache = None  # no reuse: every turn evaluates its whole prompt
+        fresh.append(question)
+        fresh.append(stream(chat(*fresh, system=SYSTEM)))
+        assert engine.prompt_cache.last_evaluated == totals[i]
+    assert fresh == turns

@@ -488,3 +488,55 @@ def test_n_samples_and_logprobs_equal_raw_llm_chat(engine):
         assert row.metadata["usage"]["completion_tokens"] == sum(len(o.token_ids) for o in expected.outputs)
     again = run(engine, prompts, n=3, temperature=1.0, seed=5, logprobs=True, top_logprobs=2, max_new_tokens=12)
     assert [r.metadata["samples"] for r in again] == [r.metadata["samples"] for r in out]
+
+
+# ------------------------------------------------------------------ continuous feeding, prefix caching
+@pytest.mark.slow
+def test_prefix_caching_is_on_by_default(engine):
+    assert engine.llm.llm_engine.vllm_config.cache_config.enable_prefix_caching is True
+
+
+@pytest.mark.slow
+def test_rows_stream_into_vllm_without_draining_at_chunk_ends(engine, tmp_path, monkeypatch):
+    """Small chunks, several in flight: a chunk joins while others still decode (vLLM never drains between
+    chunks), rows are written before the job has handed vLLM its last rows, the rows held in vLLM stay
+    bounded, and every answer equals one raw ``LLM.chat`` over all rows."""
+    import infermux.engines.vllm as vllm_engine
+
+    monkeypatch.setattr(vllm_engine, "CHUNK_SIZE", 4)
+    monkeypatch.setattr(vllm_engine, "CHUNKS_IN_FLIGHT", 2)
+    monkeypatch.setattr(engine, "_feeder", None)  # a feeder of its own, closed below
+    from infermux.jobs.api import default_options, run_job_file
+
+    questions = [f"{q} Answer in {n} words." for n in (3, 8, 20, 30) for q in QUESTIONS]  # 24 rows, mixed lengths
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text("".join(json.dumps(conv(q, f"c{i}").to_json_dict()) + "\n" for i, q in enumerate(questions)))
+    events: list[tuple[str, int]] = []
+    enqueue = engine._enqueue
+
+    def counting_enqueue(llm, chats, params):
+        events.append(("add", llm.llm_engine.get_num_unfinished_requests()))
+        return enqueue(llm, chats, params)
+
+    monkeypatch.setattr(engine, "_enqueue", counting_enqueue)
+    generation = GenerationParams(max_new_tokens=40)
+    try:
+        report = asyncio.run(
+            run_job_file(
+                engine, str(src), str(out), generation=generation, on_row=lambda row, r: events.append(("row", 0)),
+                options=default_options(engine, generation, cache=False),  # every row through vLLM
+            )
+        )  # fmt: skip
+    finally:
+        if engine._feeder is not None:
+            engine._feeder.close()
+    assert report.ok and report.done == len(questions)
+    adds = [i for i, (what, _) in enumerate(events) if what == "add"]
+    rows = [i for i, (what, _) in enumerate(events) if what == "row"]
+    assert len(adds) == len(questions) // 4 and len(rows) == len(questions)
+    assert rows[0] < adds[-1]  # rows were written while the job was still feeding vLLM
+    assert any(busy > 0 for what, busy in events[1:] if what == "add")  # joined a running batch
+    assert max(busy for what, busy in events if what == "add") <= 2 * 4  # bounded: chunks in flight x size
+    answers = [json.loads(line)["messages"][-1]["content"] for line in out.read_text().splitlines()]
+    raw = raw_chat(engine, questions, temperature=0.0, max_tokens=40)
+    assert answers == [r.outputs[0].text for r in raw]

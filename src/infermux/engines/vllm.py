@@ -12,14 +12,17 @@
 - A ``.gguf`` model (with ``tokenizer_name``) is passed to vLLM when the installed release reads GGUF;
   the default model's packaged GGUF maps to its derived Hugging Face folder.
 
-vLLM schedules every prompt of an ``LLM.chat`` call together (continuous batching), so the engine takes
-large chunks: the batch loop writes each row as its chunk finishes, so a chunk is also the most work a
-crash can lose.
+- Automatic prefix caching is vLLM's own default wherever the model supports it (vLLM 0.32, CPU builds
+  included): rows sharing a system prompt or few-shot block compute it once. ``enable_prefix_caching:
+  false`` in ``model_kwargs`` turns it off.
+
+Rows reach vLLM continuously (:mod:`.vllm_feed`): the job keeps ``max_concurrency()`` small chunks in
+flight, each chunk joins the running engine at its next step and is written as soon as its own rows end,
+so vLLM's batch never drains at a chunk's tail and the rows held in vLLM stay bounded.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -43,9 +46,9 @@ __all__ = ["VLLMInferenceEngine", "llm_kwargs", "lora_rank", "resolve_model"]
 
 logger = logging.getLogger("infermux.engines.vllm")
 
-#: Rows per ``LLM.chat`` call: enough for vLLM to fill its batches (its CPU default schedules up to
-#: 256 sequences at once), small enough that a crash loses little finished work.
-CHUNK_SIZE = 256
+#: Rows per chunk, and chunks in flight: together more than vLLM schedules at once (its CPU default is
+#: 256 sequences), so its batch stays full; a chunk is written as soon as its rows end.
+CHUNK_SIZE, CHUNKS_IN_FLIGHT = 32, 16
 #: KV cache on CPU when neither the user nor ``VLLM_CPU_KVCACHE_SPACE`` sizes it.
 CPU_KV_CACHE_BYTES = 2 * 1024**3
 # The ranks vLLM's LoRA kernels are built for; an adapter's rank is rounded up to the next one.
@@ -221,6 +224,7 @@ class VLLMInferenceEngine(InferenceEngine):
 
             self._lora = LoRARequest(_LORA_NAME, 1, _local_adapter(model_params.adapter_model))
         self._sampling_cache: dict[str, Any] = {}
+        self._feeder: Any = None
         self._llm: Any = vllm.LLM(**self.llm_kwargs)
         self._tool_parser = vllm_tool_parser(model_params.tool_call_parser, self._llm)
 
@@ -233,10 +237,39 @@ class VLLMInferenceEngine(InferenceEngine):
     def chunk_size(self, generation: GenerationParams) -> int:
         return max(CHUNK_SIZE, generation.batch_size)
 
+    def max_concurrency(self) -> int:
+        return CHUNKS_IN_FLIGHT
+
     async def _infer_chunk(
         self, conversations: list[Conversation], generation: GenerationParams
     ) -> list[Conversation | RowError]:
-        return await asyncio.to_thread(self._run, conversations, generation)
+        if self._feeder is None:
+            from infermux.engines.vllm_feed import Feeder
+
+            self._feeder = Feeder(self._llm)
+        groups: dict[str, list[int]] = {}
+        for index, conversation in enumerate(conversations):
+            groups.setdefault(tools_key(conversation), []).append(index)
+        results: list[Conversation | RowError | None] = [None] * len(conversations)
+        for indices in groups.values():
+            group = [conversations[i] for i in indices]
+            for i, result in zip(indices, await self._run_group(group, generation), strict=True):
+                results[i] = result
+        return [r if r is not None else RowError(kind=ErrorKind.INTERNAL, message="no result") for r in results]
+
+    def _enqueue(self, llm: Any, chats: list[Any], params: Any) -> list[str]:
+        """Add ``chats`` to the running engine (``params``: sampling params and the offered tools)."""
+        sampling, tools = params
+        ids = llm.enqueue_chat(
+            chats,
+            sampling_params=sampling,
+            use_tqdm=False,
+            lora_request=self._lora,
+            chat_template=self._chat_template,
+            tools=tools,
+            chat_template_kwargs=self.model_params.chat_template_kwargs or None,
+        )
+        return list(ids)
 
     # ------------------------------------------------------------------ vLLM calls
     def sampling_params(self, generation: GenerationParams) -> Any:
@@ -303,63 +336,26 @@ class VLLMInferenceEngine(InferenceEngine):
                 out[int(ids[0])] = value
         return out
 
-    def _chat(self, conversations: list[Conversation], params: Any) -> list[Any]:
-        """One ``LLM.chat`` call; the conversations offer the same tools (or none)."""
-        return list(
-            self._llm.chat(
-                [template_messages(c) for c in conversations],
-                sampling_params=params,
-                use_tqdm=False,
-                lora_request=self._lora,
-                chat_template=self._chat_template,
-                tools=template_tools(conversations[0]),
-                chat_template_kwargs=self.model_params.chat_template_kwargs or None,
-            )
-        )
-
-    def _run(self, conversations: list[Conversation], generation: GenerationParams) -> list[Conversation | RowError]:
-        groups: dict[str, list[int]] = {}
-        for index, conversation in enumerate(conversations):
-            groups.setdefault(tools_key(conversation), []).append(index)
-        results: list[Conversation | RowError | None] = [None] * len(conversations)
-        for indices in groups.values():
-            group = [conversations[i] for i in indices]
-            for i, result in zip(indices, self._run_group(group, generation), strict=True):
-                results[i] = result
-        return [r if r is not None else RowError(kind=ErrorKind.INTERNAL, message="no result") for r in results]
-
-    def _run_group(
+    async def _run_group(
         self, conversations: list[Conversation], generation: GenerationParams
     ) -> list[Conversation | RowError]:
+        """Rows offering the same tools (or none): one feed into the running vLLM engine."""
         try:
             forced = forced_schema(conversations[0].tools, generation)
         except ValueError as exc:
             return [RowError(kind=ErrorKind.UNSUPPORTED_INPUT, message=str(exc)) for _ in conversations]
         if forced is not None:  # the call is constrained to the tools' schemas
             generation = generation.model_copy(update={"guided_decoding": GuidedDecodingParams(json=forced)})
-        params = self.sampling_params(generation)
-        try:
-            outputs = self._chat(conversations, params)
-        except Exception:
-            if len(conversations) == 1:
-                raise
-            # vLLM rejects the whole call when one prompt is bad (too long, ...): run the rows one by one
-            # so only the bad ones fail.
-            logger.warning("vLLM rejected a chunk of %d rows; retrying them one at a time.", len(conversations))
-            return [self._run_one(c, params, generation, forced) for c in conversations]
-        return [self._reply(c, o, generation, forced) for c, o in zip(conversations, outputs, strict=True)]
-
-    def _run_one(
-        self, conversation: Conversation, params: Any, generation: GenerationParams, forced: Any
-    ) -> Conversation | RowError:
-        try:
-            (output,) = self._chat([conversation], params)
-        except Exception as exc:
-            # vLLM raises ValueError for a prompt it cannot take (too long, ...): this row's input.
-            return RowError.from_exception(
-                exc, ErrorKind.INVALID_INPUT if isinstance(exc, ValueError) else ErrorKind.GENERATION_FAILED
-            )
-        return self._reply(conversation, output, generation, forced)
+        params = (self.sampling_params(generation), template_tools(conversations[0]))
+        outputs = await self._feeder.run([template_messages(c) for c in conversations], params, self._enqueue)
+        results: list[Conversation | RowError] = []
+        for conversation, output in zip(conversations, outputs, strict=True):
+            if isinstance(output, BaseException):  # vLLM refused the row (ValueError: its input) or failed
+                kind = ErrorKind.INVALID_INPUT if isinstance(output, ValueError) else ErrorKind.GENERATION_FAILED
+                results.append(RowError.from_exception(output, kind))
+            else:
+                results.append(self._reply(conversation, output, generation, forced))
+        return results
 
     def _reply(
         self, conversation: Conversation, output: Any, generation: GenerationParams, forced: Any
@@ -409,6 +405,9 @@ class VLLMInferenceEngine(InferenceEngine):
         return text, calls, reason
 
     def close(self) -> None:
+        feeder = self.__dict__.pop("_feeder", None)
+        if feeder is not None:
+            feeder.close()
         llm = self.__dict__.pop("_llm", None)
         engine = getattr(llm, "llm_engine", None)
         core = getattr(engine, "engine_core", None)

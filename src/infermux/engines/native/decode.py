@@ -4,8 +4,10 @@ Per step it computes what greedy/sampled ``generate`` computes (float32 logits o
 the same logits processors, argmax or multinomial, left padding with matching position ids), and avoids
 three kinds of waste that ``generate`` has on a batch:
 
-- **Padding in the prefill.** Rows arrive sorted by length; they are prefilled in groups of similar
-  length, and the groups' KV caches are then joined (left-padded) into one decode batch.
+- **Padding in the prefill.** Rows are prefilled in groups of similar length, and the groups' KV caches
+  are then joined (left-padded) into one decode batch.
+- **Shared prefixes.** Rows opening with the same ``PREFIX_MIN`` or more tokens share a prefill group,
+  which evaluates the common prefix once and expands its KV cache to every row of the group.
 - **Finished rows.** ``generate`` keeps computing every row until the last one ends; here a row leaves the
   batch (and the KV cache) as soon as it ends, and left-padding columns no remaining row needs are cut.
 - **Cache copies.** The KV cache grows in place in a preallocated buffer instead of being concatenated
@@ -33,6 +35,8 @@ _TRIM_MIN = 8
 _GROUP_RATIO, _GROUP_SLACK = 1.25, 16
 # ... and at most this many tokens including padding (bounds prefill memory).
 _GROUP_TOKENS = 16384
+# Rows sharing at least this many leading tokens evaluate them once (see ``_prefill``).
+PREFIX_MIN = 64
 
 
 def supports_fast_decode(model: Any) -> bool:
@@ -113,29 +117,77 @@ def _left_pad(prompts: list[list[int]], width: int, pad_id: int, device: Any) ->
     return ids.to(device), mask.to(device)
 
 
-def _prefill(model: Any, prompts: list[list[int]], pad_id: int, capacity: int, device: Any) -> tuple[Any, ...]:
-    """Prefill ``prompts`` group by group; return (logits, joined cache, mask, last positions, ids)."""
+def _common_prefix(prompts: list[list[int]]) -> int:
+    """How many leading tokens all ``prompts`` share (0 for a single prompt: nothing to share)."""
+    if len(prompts) < 2:
+        return 0
+    first, shortest = prompts[0], min(len(p) for p in prompts)
+    for n in range(shortest):
+        token = first[n]
+        if any(p[n] != token for p in prompts):
+            return n
+    return shortest
+
+
+def _prefill_groups(prompts: list[list[int]]) -> list[tuple[list[int], int]]:
+    """Prefill groups as (rows, shared prefix length): rows are first split by their opening tokens, so
+    rows with a long common prefix (a shared system prompt or few-shot block) land in one group wherever
+    they are in the batch, then by length; a group computes a prefix of ``PREFIX_MIN`` or more once."""
     lengths = [len(p) for p in prompts]
-    width = max(lengths)
-    ids, mask = _left_pad(prompts, width, pad_id, device)
-    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    families: dict[tuple[int, ...], list[int]] = {}
+    for row, prompt in enumerate(prompts):
+        head = tuple(prompt[:PREFIX_MIN]) if len(prompt) > PREFIX_MIN else (-1 - row,)
+        families.setdefault(head, []).append(row)
+    shared = [rows for rows in families.values() if len(rows) > 1]
+    alone = sorted((rows[0] for rows in families.values() if len(rows) == 1), key=lambda r: lengths[r])
+    groups: list[tuple[list[int], int]] = []
+    for rows in [*shared, alone]:
+        rows = sorted(rows, key=lambda r: lengths[r])
+        for part in _groups([lengths[r] for r in rows]):
+            members = [rows[i] for i in part]
+            prefix = min(_common_prefix([prompts[r] for r in members]), min(lengths[r] for r in members) - 1)
+            groups.append((members, prefix if prefix >= PREFIX_MIN else 0))
+    return groups
+
+
+def _prefill(model: Any, prompts: list[list[int]], pad_id: int, capacity: int, device: Any) -> tuple[Any, ...]:
+    """Prefill ``prompts`` group by group; return (logits, joined cache, mask, last positions, ids, rows).
+
+    A group whose rows share a prefix evaluates it once (batch of one) and expands its KV cache to the
+    group, then evaluates each row's own tokens after it. A group's cache is laid out as [shared prefix |
+    padding | row tokens]; groups are left-padded to one width and joined; ``rows`` is the original row
+    of each batch position (groups reorder rows).
+    """
+    lengths = [len(p) for p in prompts]
+    history, _ = _left_pad(prompts, max(lengths), pad_id, device)  # what logits processors see
     logits: list[torch.Tensor] = []
     keys: list[list[torch.Tensor]] = []
     values: list[list[torch.Tensor]] = []
-    for group in _groups(lengths) if lengths == sorted(lengths) else [list(range(len(prompts)))]:
-        group_width = max(lengths[i] for i in group)
-        rows = torch.tensor(group, device=device)
+    masks: list[torch.Tensor] = []
+    order: list[int] = []
+    groups = _prefill_groups(prompts)
+    width = max(shared + max(lengths[r] - shared for r in rows) for rows, shared in groups)
+    for rows, shared in groups:
+        tails = [prompts[r][shared:] for r in rows]
+        tail_width = max(len(t) for t in tails)
+        ids, mask = _left_pad(tails, tail_width, pad_id, device)
+        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0) + shared
         cache = DynamicCache(config=model.config)
+        if shared:
+            model(input_ids=torch.tensor([prompts[rows[0]][:shared]], device=device), past_key_values=cache,
+                  use_cache=True, logits_to_keep=1)  # fmt: skip
+            cache.layers = [_GrowingLayer(layer.keys.expand(len(rows), -1, -1, -1),  # type: ignore[union-attr]
+                                          layer.values.expand(len(rows), -1, -1, -1),  # type: ignore[union-attr]
+                                          shared + tail_width)
+                            for layer in cache.layers]  # fmt: skip
+            mask = torch.cat([mask.new_ones((len(rows), shared)), mask], dim=-1)
         out = model(
-            input_ids=ids[rows, width - group_width :],
-            attention_mask=mask[rows, width - group_width :],
-            position_ids=positions[rows, width - group_width :],
-            past_key_values=cache,
-            use_cache=True,
+            input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
             logits_to_keep=1,
-        )
+        )  # fmt: skip
         logits.append(out.logits[:, -1].to(dtype=torch.float32))
-        pad = width - group_width
+        pad = width - shared - tail_width
+        masks.append(torch.nn.functional.pad(mask, (pad, 0)))
         layer: Any
         for i, layer in enumerate(cache.layers):
             if i == len(keys):
@@ -143,10 +195,12 @@ def _prefill(model: Any, prompts: list[list[int]], pad_id: int, capacity: int, d
                 values.append([])
             keys[i].append(torch.nn.functional.pad(layer.keys, (0, 0, pad, 0)))
             values[i].append(torch.nn.functional.pad(layer.values, (0, 0, pad, 0)))
+        order.extend(rows)
         del out, cache
     joined = DynamicCache(config=model.config)
     joined.layers = [_GrowingLayer(torch.cat(k), torch.cat(v), capacity) for k, v in zip(keys, values, strict=True)]
-    return torch.cat(logits), joined, mask, positions[:, -1:], ids
+    last = torch.tensor([[lengths[r] - 1] for r in order], device=device)
+    return torch.cat(logits), joined, torch.cat(masks), last, history[torch.tensor(order, device=device)], order
 
 
 def decode(
@@ -171,10 +225,9 @@ def decode(
     decoding and the tokens chosen (log-probabilities, :mod:`.scores`).
     """
     device = next(model.parameters()).device
-    width = max(len(p) for p in prompts)
-    logits, cache, mask, last_position, history = _prefill(model, prompts, pad_id, width + max_new_tokens, device)
-    results: list[list[int]] = [[] for _ in prompts]
-    alive = list(range(len(prompts)))  # original row of each batch position
+    capacity = max(len(p) for p in prompts) + max_new_tokens
+    logits, cache, mask, last_position, history, alive = _prefill(model, prompts, pad_id, capacity, device)
+    results: list[list[int]] = [[] for _ in prompts]  # alive: the original row of each batch position
     stop_tensor = torch.tensor(stop_ids or [-1], device=device)
 
     for step in range(max_new_tokens):

@@ -5,6 +5,9 @@
 - Each chunk of conversations is rendered with the chat template, tokenized, sorted by length and cut
   into batches of ``generation.batch_size`` rows (so rows of similar length share a batch and little
   compute goes to padding), left-padded with an attention mask, and generated with the KV cache.
+- Rows opening with the same long prefix (a shared system prompt) are kept in one batch; the decode loop
+  evaluates that prefix once and shares its KV cache across them.
+- Streaming (chat) keeps the last answer's KV cache, so the next turn evaluates only its new tokens.
 - Greedy and sampled decoding run in the engine's own loop (:mod:`.decode`), which drops finished
   rows from the batch; beam search and guided decoding (xgrammar) run through ``model.generate``.
 - Sampling happens whenever ``temperature > 0`` (or ``use_sampling``): a temperature means the user
@@ -85,6 +88,10 @@ class NativeTextInferenceEngine(InferenceEngine):
 
         self._fast_decode = supports_fast_decode(self.model)
         self._template_has_tools = tool_prompting.renders_tools(getattr(self.tokenizer, "chat_template", None))
+        from infermux.engines.native.stream import PromptCache
+
+        #: The last streamed answer's KV cache, reused by the next turn of a chat (plain caches only).
+        self.prompt_cache = PromptCache() if self._fast_decode else None
 
     @property
     def loaded(self) -> LoadedModel:
@@ -110,13 +117,15 @@ class NativeTextInferenceEngine(InferenceEngine):
             except Exception as exc:  # a template error is this row's problem only
                 results[index] = RowError.from_exception(exc, ErrorKind.INVALID_INPUT, context="chat template failed")
         # Rows whose tool_choice forces a call decode under their tools' schema: batches never mix settings.
+        # Within a setting, rows sharing a long prefix are batched together (see _batch_order).
         settings = {i: tool_prompting.constrained_generation(conversations[i], generation) for i in prompts}
-        groups: dict[str, list[int]] = {}
-        for i in sorted(prompts, key=lambda i: len(prompts[i])):
-            groups.setdefault(settings[i].model_dump_json(), []).append(i)
-        batches = [
-            g[s : s + generation.batch_size] for g in groups.values() for s in range(0, len(g), generation.batch_size)
-        ]
+        groups: dict[str, dict[int, list[int]]] = {}
+        for i in prompts:
+            groups.setdefault(settings[i].model_dump_json(), {})[i] = prompts[i]
+        batches: list[list[int]] = []
+        for group in groups.values():
+            order = _batch_order(group)
+            batches += [order[s : s + generation.batch_size] for s in range(0, len(order), generation.batch_size)]
         for rows in batches:
             try:
                 with self._lock:  # n sequences per prompt, next to each other
@@ -269,7 +278,7 @@ class NativeTextInferenceEngine(InferenceEngine):
         def produce() -> None:
             try:
                 with self._lock:
-                    for item in stream_tokens(self.loaded, prompt, generation, cancel):
+                    for item in stream_tokens(self.loaded, prompt, generation, cancel, self.prompt_cache):
                         put(item)
             except BaseException as exc:
                 put(exc)
@@ -322,6 +331,19 @@ def _reply(
     if calls:
         reason = FinishReason.TOOL_CALLS
     return conversation.with_reply(answer, usage=usage, finish_reason=reason, tool_calls=calls)
+
+
+def _batch_order(prompts: dict[int, list[int]]) -> list[int]:
+    """Rows sorted by prompt length, except that rows opening with the same long prefix (a shared system
+    prompt, a few-shot block) stay together, at their shortest member's place, so they share a batch and
+    the decode loop evaluates their prefix once, wherever they are in the input."""
+    from infermux.engines.native.decode import PREFIX_MIN
+
+    families: dict[tuple[int, ...], list[int]] = {}
+    for index, ids in prompts.items():
+        families.setdefault(tuple(ids[:PREFIX_MIN]) if len(ids) > PREFIX_MIN else (-1 - index,), []).append(index)
+    place = {i: (min(len(prompts[j]) for j in rows), n) for n, rows in enumerate(families.values()) for i in rows}
+    return sorted(prompts, key=lambda i: (*place[i], len(prompts[i])))
 
 
 def _prompt_limit(params: ModelParams, tokenizer: Any) -> int | None:

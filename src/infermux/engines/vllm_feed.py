@@ -1,0 +1,146 @@
+"""Feeding vLLM continuously: one thread owns the ``LLM`` and steps its engine while chunks come and go.
+
+``LLM.chat`` schedules one call's prompts together but returns only when the last of them ends, so a job
+cut into chunks would idle vLLM's batch at every chunk's tail. Here the job loop keeps several small
+chunks in flight (``chunk_size`` x ``max_concurrency`` rows); each chunk's conversations join the running
+engine at its next step (``LLM.enqueue_chat``), and a chunk's results are handed back as soon as its own
+rows have finished, while the others keep decoding. Rows in vLLM stay bounded, whatever the job's size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Feeder"]
+
+logger = logging.getLogger("infermux.engines.vllm")
+
+
+@dataclass
+class _Chunk:
+    conversations: list[Any]  # the chats, as vLLM takes them
+    params: Any
+    enqueue: Callable[[Any, list[Any], Any], list[str]]
+    done: Callable[[list[Any]], None]  # called (in the feeder thread) with one output or exception per row
+    outputs: list[Any] = field(default_factory=list)
+    pending: dict[str, int] = field(default_factory=dict)  # vLLM request id -> row
+
+
+def _key(request_id: str) -> str:
+    """The id ``LLM`` gave a request (a counter): vLLM's engine adds a suffix to the ids it returns on
+    adding a request, while its outputs carry the id it was given."""
+    return request_id.partition("-")[0]
+
+
+class Feeder:
+    """Steps ``llm``'s engine in one thread; :meth:`run` adds a chunk and awaits its rows' outputs.
+
+    ``run``'s ``enqueue(llm, chats, params)`` adds requests and returns their ids (``LLM.enqueue_chat`` with the
+    engine's template and LoRA); a chunk vLLM rejects as a whole is added row by row, so only the bad rows
+    fail (their exception is their output).
+    """
+
+    def __init__(self, llm: Any) -> None:
+        self._llm = llm
+        self._inbox: queue.Queue[_Chunk | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    async def run(
+        self, conversations: list[Any], params: Any, enqueue: Callable[[Any, list[Any], Any], list[str]]
+    ) -> list[Any]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Any]] = loop.create_future()
+
+        def done(outputs: list[Any]) -> None:
+            def settle() -> None:
+                if not future.done():
+                    future.set_result(outputs)
+
+            with contextlib.suppress(RuntimeError):  # the event loop may be closed after a cancel
+                loop.call_soon_threadsafe(settle)
+
+        self._start()
+        self._inbox.put(_Chunk(conversations, params, enqueue, done))
+        return await future
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._inbox.put(None)
+            self._thread.join(timeout=60)
+            self._thread = None
+
+    # ------------------------------------------------------------------ the feeder thread
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="infermux-vllm-feeder", daemon=True)
+                self._thread.start()
+
+    def _add(self, chunk: _Chunk) -> None:
+        chunk.outputs = [None] * len(chunk.conversations)
+        try:
+            ids = chunk.enqueue(self._llm, chunk.conversations, chunk.params)
+            chunk.pending = {_key(rid): row for row, rid in enumerate(ids)}
+        except Exception:
+            if len(chunk.conversations) > 1:
+                logger.warning("vLLM rejected a chunk of %d rows; adding them one at a time.", len(chunk.conversations))
+            for row, conversation in enumerate(chunk.conversations):
+                try:
+                    (rid,) = chunk.enqueue(self._llm, [conversation], chunk.params)
+                    chunk.pending[_key(rid)] = row
+                except Exception as exc:  # this row's input (too long, ...)
+                    chunk.outputs[row] = exc
+
+    def _loop(self) -> None:
+        engine = self._llm.llm_engine
+        live: dict[str, _Chunk] = {}
+        while True:
+            try:  # take every chunk that arrived; wait for one only when vLLM has nothing to do
+                item = self._inbox.get(block=not live)
+                while True:
+                    if item is None:
+                        self._fail(live, RuntimeError("the VLLM engine was closed"))
+                        return
+                    self._add(item)
+                    live.update(dict.fromkeys(item.pending, item))
+                    if not item.pending:
+                        item.done(item.outputs)
+                    item = self._inbox.get_nowait()
+            except queue.Empty:
+                pass
+            if not live:
+                continue
+            try:
+                step = engine.step()
+            except Exception as exc:  # the engine itself failed: every row in it fails
+                logger.exception("vLLM engine step failed")
+                self._fail(live, exc)
+                live.clear()
+                continue
+            for output in step:
+                key = _key(output.request_id)
+                chunk = live.pop(key, None) if output.finished else None
+                if chunk is None:
+                    continue
+                chunk.outputs[chunk.pending.pop(key)] = output
+                if not chunk.pending:
+                    chunk.done(chunk.outputs)
+            if live and not engine.has_unfinished_requests():  # never spin on rows vLLM no longer has
+                self._fail(live, RuntimeError("vLLM ended without answering this row"))
+                live.clear()
+
+    @staticmethod
+    def _fail(live: dict[str, _Chunk], exc: BaseException) -> None:
+        for chunk in {id(c): c for c in live.values()}.values():
+            for row in chunk.pending.values():
+                chunk.outputs[row] = exc
+            chunk.pending.clear()
+            chunk.done(chunk.outputs)
