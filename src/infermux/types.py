@@ -100,6 +100,9 @@ class FinishReason(str, enum.Enum):
         """
         if isinstance(value, FinishReason):
             return value
+        known = _FINISH_SPELLINGS.get(value) if isinstance(value, str) else None
+        if known is not None:  # the common case: already a lower-case spelling
+            return known
         if isinstance(value, dict):
             value = value.get("type")
         if value is None or value == "":
@@ -148,24 +151,50 @@ class Usage(BaseModel):
         def num(v: Any) -> int | None:
             return None if v is None or v == "" else int(v)
 
-        fields = {k: num(v) for k, v in extra.items()}
-        return cls(prompt_tokens=num(prompt), completion_tokens=num(completion), total_tokens=num(total) or None,
-                   **fields)  # fmt: skip
+        unknown = extra.keys() - cls.model_fields.keys()
+        if unknown:
+            raise TypeError(f"Usage has no field {', '.join(sorted(unknown))}")
+        values: dict[str, Any] = {k: num(v) for k, v in extra.items()}
+        p, c, t = num(prompt), num(completion), num(total) or None
+        if t is None and p is not None and c is not None:
+            t = p + c
+        values.update(prompt_tokens=p, completion_tokens=c, total_tokens=t)
+        # Counts are ints already: no validation pass (this runs once per answered row).
+        return cls.model_construct(None, **values)
 
     @classmethod
     def from_openai(cls, data: Any) -> Usage | None:
         """Read an OpenAI-shaped ``usage`` object (also llama.cpp, vLLM, SGLang and most gateways)."""
+        counts = cls.openai_json(data)
+        return None if counts is None else cls.model_construct(None, **counts)
+
+    @staticmethod
+    def openai_json(data: Any) -> dict[str, int] | None:
+        """``Usage.from_openai(data).to_json_dict()`` without building the model: the per-row hot path of
+        every OpenAI-compatible reply (a pydantic model costs more than the rest of the parse)."""
         if not isinstance(data, dict):
             return None
         prompt_details = data.get("prompt_tokens_details") or {}
         completion_details = data.get("completion_tokens_details") or {}
-        return cls.of(data.get("prompt_tokens"), data.get("completion_tokens"), data.get("total_tokens"),
-                      cached_tokens=prompt_details.get("cached_tokens"),
-                      reasoning_tokens=completion_details.get("reasoning_tokens"))  # fmt: skip
+        raw = (
+            ("prompt_tokens", data.get("prompt_tokens")),
+            ("completion_tokens", data.get("completion_tokens")),
+            ("total_tokens", data.get("total_tokens") or None),
+            ("cached_tokens", prompt_details.get("cached_tokens")),
+            ("reasoning_tokens", completion_details.get("reasoning_tokens")),
+        )
+        out = {k: int(v) for k, v in raw if v is not None and v != ""}
+        if "total_tokens" not in out and "prompt_tokens" in out and "completion_tokens" in out:
+            out["total_tokens"] = out["prompt_tokens"] + out["completion_tokens"]
+        return {k: out[k] for k in _USAGE_ORDER if k in out}
 
     def to_json_dict(self) -> dict[str, int]:
         """The counts that are known (``None`` left out), in the OpenAI order."""
-        return {k: v for k, v in self.model_dump().items() if v is not None}
+        return {k: v for k in _USAGE_FIELDS if (v := getattr(self, k)) is not None}
+
+
+_USAGE_FIELDS = tuple(Usage.model_fields)
+_USAGE_ORDER = _USAGE_FIELDS
 
 
 class TopLogprob(BaseModel):

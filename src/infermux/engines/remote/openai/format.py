@@ -240,9 +240,9 @@ def parse_chat_completion(data: Any) -> tuple[str, dict[str, Any], list[ToolCall
         "finish_reason": FinishReason.parse(finish_reason_for(choice.get("finish_reason"), tool_calls)),
         "model": data.get("model"),
     }
-    usage = Usage.from_openai(data.get("usage"))
+    usage = Usage.openai_json(data.get("usage"))
     if usage is not None:
-        metadata["usage"] = usage.to_json_dict()
+        metadata["usage"] = usage
     if message.get("refusal"):
         metadata["refusal"] = message["refusal"]
     reasoning = message.get("reasoning_content") or message.get("reasoning") or None
@@ -279,7 +279,9 @@ def choice_samples(data: dict[str, Any]) -> list[Sample]:
 def reply(conversation: Conversation, data: Any) -> Conversation:
     """``conversation`` answered with the reply in ``data`` (all its choices as samples when n > 1)."""
     text, metadata, tool_calls, reasoning = parse_chat_completion(data)
-    samples = choice_samples(data) if data.get("choices") else []  # no choices: a content-filter block
+    choices = data.get("choices") or []  # no choices: a content-filter block
+    # The common answer (one choice, no log-probabilities) skips building samples.
+    samples = choice_samples(data) if len(choices) > 1 or (choices and choices[0].get("logprobs")) else []
     if len(samples) > 1 or (samples and samples[0].logprobs is not None):
         usage = metadata.pop("usage", None)
         return reply_with_samples(conversation, samples, metadata, usage=Usage(**usage) if usage else None,
