@@ -23,10 +23,12 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from infermux.engines.remote.batch_jobs import CancellableBatchJobsMixin
 from infermux.engines.remote.http.transport import HttpRequest, Transport
 from infermux.engines.remote.openai.batch_api import BatchFetchReport, _digest, _object, price_batch_row
 from infermux.engines.remote.openai.batch_state import BatchJobState, ShardState, state_path
@@ -309,46 +311,7 @@ def _row_result(
 # ---------------------------------------------------------------------------------------- engine methods
 
 
-class MessageBatchesMixin:
+class MessageBatchesMixin(CancellableBatchJobsMixin):
     """Message Batches operations as engine methods (the same names as the OpenAI Batch API's)."""
 
-    supports_batch_api = True
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        caps = getattr(cls, "capabilities", None)
-        if caps is not None and caps.batch_api != cls.supports_batch_api:
-            cls.capabilities = dataclasses.replace(caps, batch_api=cls.supports_batch_api)  # type: ignore[attr-defined]
-
-    def submit_batch(self, input_path: str, output_path: str, *, fingerprint: str | None = None) -> BatchJobState:
-        """Create the message batches of ``input_path`` (resumable; never creates one twice on purpose)."""
-        from infermux.jobs.api import engine_fingerprint
-        from infermux.jobs.sync import run_sync
-
-        engine: Any = self
-        fp = fingerprint or engine_fingerprint(engine, engine.generation_params)
-        return run_sync(lambda: asubmit(engine, input_path, output_path, engine.generation_params, fp))  # type: ignore[no-any-return]
-
-    def batch_status(self, output_path: str) -> BatchJobState:
-        from infermux.jobs.sync import run_sync
-
-        return run_sync(lambda: astatus(self, output_path))  # type: ignore[arg-type, no-any-return]
-
-    def fetch_batch(self, input_path: str, output_path: str, *, fingerprint: str | None = None) -> BatchFetchReport:
-        from infermux.jobs.api import engine_fingerprint
-        from infermux.jobs.sync import run_sync
-
-        engine: Any = self
-        fp = fingerprint or engine_fingerprint(engine, engine.generation_params)
-        return run_sync(lambda: afetch(engine, input_path, output_path, fp))  # type: ignore[no-any-return]
-
-    def cancel_batch(self, output_path: str) -> BatchJobState:
-        """Ask every unfinished batch of the job to stop (its unprocessed requests end ``canceled``)."""
-        from infermux.jobs.sync import run_sync
-
-        return run_sync(lambda: acancel(self, output_path))  # type: ignore[arg-type, no-any-return]
-
-    def list_batches(self, limit: int = 20) -> list[dict[str, Any]]:
-        from infermux.jobs.sync import run_sync
-
-        return run_sync(lambda: alist(self, limit))  # type: ignore[arg-type, no-any-return]
+    batch_protocol = sys.modules[__name__]

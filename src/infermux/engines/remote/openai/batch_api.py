@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
+from infermux.engines.remote.batch_jobs import BatchJobsMixin
 from infermux.engines.remote.http.transport import HttpRequest, Transport, default_error_message
 from infermux.engines.remote.openai.batch_state import BatchJobState, ShardState, state_path
 from infermux.errors import ConfigError, InfermuxError, RemoteError, RowError
@@ -365,40 +367,9 @@ class _api:
         await self.transport.__aexit__(*exc)
 
 
-class BatchApiMixin:
+class BatchApiMixin(BatchJobsMixin):
     """Batch API operations as engine methods (for engines built on :class:`RemoteEngine`)."""
 
-    supports_batch_api = True
+    batch_protocol = sys.modules[__name__]
     batch_max_requests = MAX_REQUESTS
     batch_max_bytes = MAX_BYTES
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        # The declared flag the CLI reads: ``Capabilities.batch_api`` follows ``supports_batch_api``.
-        super().__init_subclass__(**kwargs)
-        caps = getattr(cls, "capabilities", None)
-        if caps is not None and caps.batch_api != cls.supports_batch_api:
-            cls.capabilities = dataclasses.replace(caps, batch_api=cls.supports_batch_api)  # type: ignore[attr-defined]
-
-    def submit_batch(self, input_path: str, output_path: str, *, fingerprint: str | None = None) -> BatchJobState:
-        """Upload ``input_path`` as batch files and create their batches (resumable; never resubmits)."""
-        from infermux.jobs.api import engine_fingerprint
-        from infermux.jobs.sync import run_sync
-
-        engine: Any = self
-        fp = fingerprint or engine_fingerprint(engine, engine.generation_params)
-        return run_sync(lambda: asubmit(engine, input_path, output_path, engine.generation_params, fp))  # type: ignore[no-any-return]
-
-    def batch_status(self, output_path: str) -> BatchJobState:
-        """Poll every batch of the job recorded beside ``output_path``."""
-        from infermux.jobs.sync import run_sync
-
-        return run_sync(lambda: astatus(self, output_path))  # type: ignore[arg-type, no-any-return]
-
-    def fetch_batch(self, input_path: str, output_path: str, *, fingerprint: str | None = None) -> BatchFetchReport:
-        """Download finished results into ``output_path`` (failed rows into its errors file)."""
-        from infermux.jobs.api import engine_fingerprint
-        from infermux.jobs.sync import run_sync
-
-        engine: Any = self
-        fp = fingerprint or engine_fingerprint(engine, engine.generation_params)
-        return run_sync(lambda: afetch(engine, input_path, output_path, fp))  # type: ignore[no-any-return]
