@@ -28,13 +28,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from infermux.engines.remote.batch_jobs import CancellableBatchJobsMixin
+from infermux.engines.remote.batch_jobs import BatchFetchReport, CancellableBatchJobsMixin, record_batch_results
 from infermux.engines.remote.http.transport import HttpRequest, Transport
-from infermux.engines.remote.openai.batch_api import BatchFetchReport, _digest, _object, price_batch_row
+from infermux.engines.remote.openai.batch_api import _digest, _object, price_batch_row
 from infermux.engines.remote.openai.batch_state import BatchJobState, ShardState, state_path
 from infermux.errors import ConfigError, ErrorKind, InfermuxError, RowError
-from infermux.jobs.loop import JobFiles
-from infermux.jobs.rows import iter_rows, validate_file
+from infermux.jobs.rows import InputRow, iter_rows, validate_file
 from infermux.types import Conversation
 
 if TYPE_CHECKING:
@@ -245,32 +244,12 @@ async def afetch(engine: RemoteEngine, input_path: str, output_path: str, finger
                     if raw.strip():
                         record = json.loads(raw)
                         results[str(record.get("custom_id"))] = record.get("result") or {}
-    files = JobFiles(output_path, fingerprint)
-    files.check_writable()
-    done_before = files.load_done()
-    done, failed, pending = len(done_before & set(row_ids)), 0, 0
-    settled: dict[str, RowError] = {}
-    files.open()
-    try:
-        for row in iter_rows(input_path):
-            if row.row_id in done_before:
-                continue
-            result = _row_result(engine, state, row.row_id, row.index, row.conversation, results)
-            if result is None:
-                pending += 1
-            elif isinstance(result, RowError):
-                failed += 1
-                files.append_failed(row, result)
-                if not result.retryable:
-                    settled[row.row_id] = result
-            else:
-                done += 1
-                files.append_done(row, price_batch_row(engine, result))
-    finally:
-        files.close()
-    files.assemble(row_ids, complete=failed == 0 and pending == 0)
-    errors = str(files.errors) if files.errors.exists() else None
-    return BatchFetchReport(done, failed, pending, str(files.output), errors, settled)
+
+    def result_for(row: InputRow) -> Conversation | RowError | None:
+        result = _row_result(engine, state, row.row_id, row.index, row.conversation, results)
+        return price_batch_row(engine, result) if isinstance(result, Conversation) else result
+
+    return record_batch_results(input_path, output_path, fingerprint, row_ids, result_for)
 
 
 def _row_result(

@@ -11,10 +11,71 @@ batch``) reads :attr:`Capabilities.batch_api` and calls these methods.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-__all__ = ["BatchJobsMixin", "CancellableBatchJobsMixin"]
+from infermux.errors import RowError
+
+if TYPE_CHECKING:
+    from infermux.jobs.rows import InputRow
+    from infermux.types import Conversation
+
+__all__ = ["BatchFetchReport", "BatchJobsMixin", "CancellableBatchJobsMixin", "record_batch_results"]
+
+
+@dataclasses.dataclass
+class BatchFetchReport:
+    """What ``fetch`` wrote: ``done`` rows in the output, ``failed`` in the errors file, ``pending`` not back yet."""
+
+    done: int
+    failed: int
+    pending: int
+    output_path: str
+    errors_path: str | None
+    settled: dict[str, RowError] = dataclasses.field(default_factory=dict)
+    """Failed rows not worth answering online (the request itself is wrong), by row id."""
+
+
+def record_batch_results(
+    input_path: str,
+    output_path: str,
+    fingerprint: str,
+    row_ids: list[str],
+    result_for: Callable[[InputRow], Conversation | RowError | None],
+) -> BatchFetchReport:
+    """Write each row's fetched batch result (``result_for``: the answer, a failure, or None while pending)
+    into the job's files, like an online job would; rows already done are kept; the output is assembled
+    in input order (complete only when nothing failed or is pending)."""
+    from infermux.jobs.files import JobFiles
+    from infermux.jobs.rows import iter_rows
+
+    files = JobFiles(output_path, fingerprint)
+    files.check_writable()
+    done_before = files.load_done()
+    done, failed, pending = len(done_before & set(row_ids)), 0, 0
+    settled: dict[str, RowError] = {}
+    files.open()
+    try:
+        for row in iter_rows(input_path):
+            if row.row_id in done_before:
+                continue
+            result = result_for(row)
+            if result is None:
+                pending += 1
+            elif isinstance(result, RowError):
+                failed += 1
+                files.append_failed(row, result)
+                if not result.retryable:
+                    settled[row.row_id] = result
+            else:
+                done += 1
+                files.append_done(row, result)
+    finally:
+        files.close()
+    files.assemble(row_ids, complete=failed == 0 and pending == 0)
+    errors = str(files.errors) if files.errors.exists() else None
+    return BatchFetchReport(done, failed, pending, str(files.output), errors, settled)
 
 
 class BatchJobsMixin:

@@ -27,11 +27,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from infermux.engines.remote.batch_jobs import BatchJobsMixin
+from infermux.engines.remote.batch_jobs import BatchFetchReport, BatchJobsMixin, record_batch_results
 from infermux.engines.remote.http.transport import HttpRequest, Transport, default_error_message
 from infermux.engines.remote.openai.batch_state import BatchJobState, ShardState, state_path
 from infermux.errors import ConfigError, InfermuxError, RemoteError, RowError
-from infermux.jobs.loop import JobFiles
 from infermux.jobs.rows import InputRow, iter_rows, validate_file
 from infermux.types import Conversation
 
@@ -47,18 +46,6 @@ _RETRYABLE = frozenset({408, 409, 429, 500, 502, 503, 504})
 
 
 @dataclass
-class BatchFetchReport:
-    """What ``fetch`` wrote: ``done`` rows in the output, ``failed`` in the errors file, ``pending`` not back yet."""
-
-    done: int
-    failed: int
-    pending: int
-    output_path: str
-    errors_path: str | None
-    settled: dict[str, RowError] = dataclasses.field(default_factory=dict)
-    """Failed rows not worth answering online (the request itself is wrong), by row id."""
-
-
 class BatchApi:
     """Files and Batches calls against the server behind an OpenAI-compatible engine."""
 
@@ -271,32 +258,12 @@ async def afetch(engine: RemoteEngine, input_path: str, output_path: str, finger
                         if raw.strip():
                             record = json.loads(raw)
                             records[str(record.get("custom_id"))] = record
-    files = JobFiles(output_path, fingerprint)
-    files.check_writable()
-    done_before = files.load_done()
-    done, failed, pending = len(done_before & set(row_ids)), 0, 0
-    settled: dict[str, RowError] = {}
-    files.open()
-    try:
-        for row in iter_rows(input_path):
-            if row.row_id in done_before:
-                continue
-            result = _result(engine, state, row, records)
-            if result is None:
-                pending += 1
-            elif isinstance(result, RowError):
-                failed += 1
-                files.append_failed(row, result)
-                if not result.retryable:
-                    settled[row.row_id] = result
-            else:
-                done += 1
-                files.append_done(row, price_batch_row(engine, result))
-    finally:
-        files.close()
-    files.assemble(row_ids, complete=failed == 0 and pending == 0)
-    errors = str(files.errors) if files.errors.exists() else None
-    return BatchFetchReport(done, failed, pending, str(files.output), errors, settled)
+
+    def result_for(row: InputRow) -> Conversation | RowError | None:
+        result = _result(engine, state, row, records)
+        return price_batch_row(engine, result) if isinstance(result, Conversation) else result
+
+    return record_batch_results(input_path, output_path, fingerprint, row_ids, result_for)
 
 
 def price_batch_row(engine: RemoteEngine, answered: Conversation) -> Conversation:
