@@ -68,6 +68,19 @@ class StreamEvent:
         return self.conversation is not None
 
 
+#: Distinct generation settings an engine keeps derived objects for (a long-running ``serve`` sees a new
+#: one per client seed or ``max_tokens``): past this, the oldest is dropped.
+SETTINGS_CACHE_SIZE = 256
+
+
+def remember(cache: dict[Any, Any], key: Any, value: Any, limit: int = SETTINGS_CACHE_SIZE) -> Any:
+    """Store ``value`` under ``key``, dropping the oldest entry past ``limit``; return ``value``."""
+    if key not in cache and len(cache) >= limit:
+        del cache[next(iter(cache))]
+    cache[key] = value
+    return value
+
+
 class InferenceEngine:
     """Base class of every engine. See the module docstring for the seam to implement."""
 
@@ -89,7 +102,7 @@ class InferenceEngine:
         self.remote_params = remote_params
         self.strict = strict
         self.last_report: BatchReport | None = None
-        self._checked: set[str] = set()
+        self._checked: dict[str, None] = {}  # insertion-ordered, bounded: see remember()
         self._warned: set[str] = set()
         self._check(self.generation_params)
         self.setup()
@@ -180,7 +193,7 @@ class InferenceEngine:
                     "; ".join(problems) + ". Every request would be rejected: change these settings "
                     "(`infermux config check` lists each limit)."
                 )
-            self._checked.add(key)
+            remember(self._checked, key, None)
 
     # ------------------------------------------------------------------ conveniences over infermux.jobs
     def infer(

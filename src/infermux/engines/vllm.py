@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams, GuidedDecodingParams
 from infermux.configs.model_params import ModelParams
-from infermux.engines.base import InferenceEngine
+from infermux.engines.base import InferenceEngine, remember
 from infermux.engines.capabilities import Capabilities
 from infermux.engines.tool_calls import calls_from_forced, forced_schema, template_messages, template_tools, tools_key
 from infermux.engines.vllm_tools import vllm_tool_parser
@@ -276,7 +276,7 @@ class VLLMInferenceEngine(InferenceEngine):
         """The ``SamplingParams`` for ``generation`` (built once per distinct generation settings)."""
         key = generation.model_dump_json()
         if key not in self._sampling_cache:
-            self._sampling_cache[key] = self._build_sampling_params(generation)
+            remember(self._sampling_cache, key, self._build_sampling_params(generation))
         return self._sampling_cache[key]
 
     def _build_sampling_params(self, generation: GenerationParams) -> Any:

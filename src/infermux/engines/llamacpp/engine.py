@@ -36,7 +36,7 @@ from typing import Any
 from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams
 from infermux.engines import tool_prompting
-from infermux.engines.base import InferenceEngine, StreamEvent
+from infermux.engines.base import InferenceEngine, StreamEvent, remember
 from infermux.engines.capabilities import Capabilities
 from infermux.engines.llamacpp.decode import DecodeResult, MultiSequenceDecoder, Request, SamplingSpec
 from infermux.engines.llamacpp.grammar import grammar_for
@@ -286,7 +286,7 @@ class LlamaCppInferenceEngine(InferenceEngine):
     def _spec(self, generation: GenerationParams) -> SamplingSpec:
         key = generation.model_dump_json()
         if key not in self._specs:
-            self._specs[key] = SamplingSpec(
+            remember(self._specs, key, SamplingSpec(
                 greedy=not generation.sampling,
                 temperature=generation.temperature,
                 top_p=generation.top_p,
@@ -299,7 +299,7 @@ class LlamaCppInferenceEngine(InferenceEngine):
                 stop_strings=tuple(generation.stop_strings or ()),
                 stop_token_ids=frozenset(generation.stop_token_ids or ()),
                 special=not generation.skip_special_tokens,
-            )
+            ))  # fmt: skip
         return self._specs[key]
 
     def _bias_token(self, key: str, bias: float) -> tuple[int, float]:
