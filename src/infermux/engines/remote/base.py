@@ -202,7 +202,11 @@ class RemoteEngine(InferenceEngine):
                 continue
             try:
                 parse = functools.partial(self.parse_reply, conversation)
-                tokens = (estimate_tokens(request_chars(conversation)), generation.max_new_tokens)
+                tokens = (  # estimated only when per-minute token limits are set
+                    (estimate_tokens(request_chars(conversation)), generation.max_new_tokens)
+                    if self._transport.window.active
+                    else (0, 0)
+                )
                 send = functools.partial(self._transport.send, request, parse, tokens=tokens, usage=reported_usage)
                 if self.repeat_for_n and generation.n > 1:
                     # A row is done only when all n answers are in: one failure fails the row.
