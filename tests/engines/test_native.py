@@ -22,6 +22,7 @@ from infermux.configs import GenerationParams, ModelParams  # noqa: E402
 from infermux.configs.generation_params import GuidedDecodingParams  # noqa: E402
 from infermux.engines.native.engine import NativeTextInferenceEngine  # noqa: E402
 from infermux.errors import EngineUnavailableError, ModelNotFoundError  # noqa: E402
+from infermux.jobs.api import default_options, run_job_file  # noqa: E402
 from infermux.jobs.loop import JobFiles  # noqa: E402
 from infermux.jobs.rows import iter_rows  # noqa: E402
 from infermux.models import hf_folder  # noqa: E402
@@ -270,7 +271,9 @@ def test_file_job_and_resume(engine: NativeTextInferenceEngine, tmp_path: Path) 
     for row, done in zip(rows[:2], expected[:2], strict=True):
         files.append_done(row, Conversation.model_validate(done))
     files.close()
-    report = asyncio.run(engine.run_file(str(src), str(out), generation=generation))
+    # Without the answer cache: the two missing rows must be answered by the engine, not the first run's cache.
+    no_cache = default_options(engine, generation, cache=False)
+    report = asyncio.run(run_job_file(engine, str(src), str(out), generation=generation, options=no_cache))
     assert report.resumed == 2 and report.done == 2 and report.ok
     assert [json.loads(line) for line in out.read_text().splitlines()] == expected
     assert report.completion_tokens > 0
