@@ -174,6 +174,14 @@ class Usage(BaseModel):
         every OpenAI-compatible reply (a pydantic model costs more than the rest of the parse)."""
         if not isinstance(data, dict):
             return None
+        p, c, t = data.get("prompt_tokens"), data.get("completion_tokens"), data.get("total_tokens")
+        if (
+            type(p) is int
+            and type(c) is int
+            and not data.get("prompt_tokens_details")
+            and not data.get("completion_tokens_details")
+        ):  # the common reply: three plain counts
+            return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": t if type(t) is int and t else p + c}
         prompt_details = data.get("prompt_tokens_details") or {}
         completion_details = data.get("completion_tokens_details") or {}
         raw = (
@@ -538,7 +546,17 @@ class Conversation(BaseModel):
             tool_calls=tool_calls or None,
             reasoning_content=reasoning_content or None,
         )
-        return self.model_copy(update={"messages": [*self.messages, answer], "metadata": merged})
+        return self.replace(messages=[*self.messages, answer], metadata=merged)
+
+    def replace(self, **changes: Any) -> Conversation:
+        """A copy with ``changes`` (field names and already valid values: no validation pass, as
+        ``model_copy``, in a third of its time; this runs at least once for every answered row)."""
+        copy = object.__new__(type(self))
+        object.__setattr__(copy, "__dict__", {**self.__dict__, **changes})
+        object.__setattr__(copy, "__pydantic_fields_set__", self.__pydantic_fields_set__ | changes.keys())
+        object.__setattr__(copy, "__pydantic_extra__", None)
+        object.__setattr__(copy, "__pydantic_private__", None)
+        return copy
 
     def to_json_dict(self) -> dict[str, Any]:
         """The Oumi-compatible JSON object for this conversation."""

@@ -171,7 +171,7 @@ def record_result(
     if isinstance(result, Conversation):
         result = scrub_reply(result)
         if result.conversation_id is None:  # output rows are valid input for the next turn, with a stable id
-            result = result.model_copy(update={"conversation_id": row.row_id})
+            result = result.replace(conversation_id=row.row_id)
         if files is not None:
             try:
                 files.append_done(row, result)
