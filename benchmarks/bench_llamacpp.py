@@ -49,13 +49,15 @@ def raw_one_at_a_time(llm: Any, messages: list[list[dict[str, str]]]) -> list[st
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--workload", choices=[*WORKLOADS, "prefix", "all"], default="all")
-    parser.add_argument("--slots", default="16", help="comma-separated model_kwargs.n_seq_max values to run")
+    parser.add_argument("--slots", default="32", help="comma-separated model_kwargs.n_seq_max values to run")
     args = parser.parse_args()
 
+    from infermux.engines.llamacpp.engine import LlamaCppInferenceEngine, choose_omp_wait_policy
+
+    choose_omp_wait_policy()  # what the engine would choose, before llama.cpp loads (both sides share it)
     from llama_cpp import Llama
 
     from infermux.configs import GenerationParams, ModelParams
-    from infermux.engines.llamacpp.engine import LlamaCppInferenceEngine
     from infermux.models import gguf_path
 
     llm = Llama(model_path=str(gguf_path()), n_ctx=N_CTX, verbose=False)

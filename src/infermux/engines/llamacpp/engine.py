@@ -14,8 +14,14 @@ tokens. ``stats`` counts evaluated prompt tokens and the most sequences decoded 
 Engine-specific ``model_kwargs`` (not passed to ``Llama``):
 
 - ``filename``: the ``.gguf`` file inside a folder or a cached hub repository (a name or a glob);
-- ``n_seq_max``: sequences decoded together (default: ``generation.batch_size`` when above 1, else 16,
-  fewer if their KV cache would exceed 1 GiB). Each sequence has its own ``n_ctx`` of KV cache.
+- ``n_seq_max``: sequences decoded together (default: ``generation.batch_size`` when above 1, else 32,
+  fewer if their KV cache would exceed 1.5 GiB). Each sequence has its own ``n_ctx`` of KV cache.
+
+Threads wait for each other hundreds of times per decode step. llama.cpp's OpenMP threads spin while they
+wait, which is fastest on an idle machine and many times slower on a busy one (a thread spins while the
+one it waits for is not scheduled). Unless ``OMP_WAIT_POLICY`` is set, the engine keeps OpenMP's default
+(spin briefly, then sleep) when the machine is idle at start-up (1-minute load average under 1) and sets
+``PASSIVE`` otherwise; see :func:`choose_omp_wait_policy`.
 
 Tool calling: see :mod:`infermux.engines.tool_prompting` (rows that force a call decode under their
 tools' grammar).
@@ -51,8 +57,8 @@ from infermux.types import Conversation, FinishReason, Sample, Usage
 __all__ = ["LlamaCppInferenceEngine"]
 
 DEFAULT_N_CTX = 2048
-DEFAULT_SLOTS = 16
-KV_BUDGET_BYTES = 1 << 30  # the default slot count keeps the KV cache (f16) under this
+DEFAULT_SLOTS = 32
+KV_BUDGET_BYTES = 3 << 29  # the default slot count keeps the KV cache (f16) under this
 _OWN_KWARGS = frozenset({"filename", "n_seq_max"})
 _SUPPORTED = frozenset(
     {"seed", "temperature", "top_p", "min_p", "frequency_penalty", "presence_penalty"}
@@ -87,10 +93,7 @@ class LlamaCppInferenceEngine(InferenceEngine):
 
     def setup(self) -> None:
         super().setup()
-        # llama.cpp's OpenMP threads busy-wait between graph computations by default; on a machine whose
-        # cores are shared that turns every decode into a scheduling fight (measured: a 36-token prompt
-        # took 7.7 s instead of 0.45 s at load 4 on 2 cores). Passive waiting costs one wake-up per token.
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        choose_omp_wait_policy()
         try:
             import llama_cpp
         except ImportError as exc:
@@ -336,6 +339,26 @@ def _check_llama_kwargs(llama_class: Any, kwargs: dict[str, Any]) -> None:
             close = difflib.get_close_matches(key, sorted(known | _OWN_KWARGS), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"model.model_kwargs.{key} is not a llama_cpp.Llama argument.{hint}")
+
+
+def choose_omp_wait_policy(load: float | None = None) -> str | None:
+    """Set ``OMP_WAIT_POLICY`` for llama.cpp's OpenMP threads before the library loads; returns what was set.
+
+    A user's own setting wins. On a busy machine (1-minute ``load`` average of 1 or more) the threads
+    sleep while they wait (``PASSIVE``): spinning there made a 36-token prompt take 7.7 s instead of
+    0.45 s (load 4, 2 cores) and a 32-row batch 42.9 s instead of 20.0 s (load 5). On an idle machine
+    OpenMP's default (spin a little, then sleep) is kept: passive waiting there cost ~30 % of batched
+    throughput (docs/benchmarks.md, LLAMACPP). OpenMP reads the variable once, when the library loads:
+    a process that loaded llama.cpp before keeps what it had.
+    """
+    if "OMP_WAIT_POLICY" in os.environ:
+        return None
+    if load is None:
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if load < 1.0:
+        return None
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    return "PASSIVE"
 
 
 def _default_slots(llama: Any, n_ctx_seq: int) -> int:
