@@ -149,11 +149,17 @@ def main() -> None:
     print(
         f"{'server':<18} {'tok/s':>8} {'req/s':>7} {'TTFT p50 ms':>12} {'TTFT p90 ms':>12} {'tokens':>7} {'wall s':>7}"
     )
+    results: dict[str, dict[str, float]] = {}
     for target in args.targets.split(","):
         with start(target.strip()) as (api, model):
-            r = asyncio.run(load(api, model, args.clients, args.requests, args.max_tokens))
+            r = results[target.strip()] = asyncio.run(load(api, model, args.clients, args.requests, args.max_tokens))
         print(f"{target:<18} {r['tok_s']:8.1f} {r['req_s']:7.2f} {r['ttft_p50_ms']:12.0f} {r['ttft_p90_ms']:12.0f} "
               f"{r['tokens']:7.0f} {r['wall_s']:7.1f}", flush=True)  # fmt: skip
+    for ours, theirs in (("serve-llamacpp", "llama_cpp.server"), ("serve-vllm", "vllm-serve")):
+        if ours in results and theirs in results:
+            a, b = results[ours], results[theirs]
+            print(f"{ours} / {theirs}: throughput {a['tok_s'] / b['tok_s']:.2f}x, "
+                  f"TTFT p50 {a['ttft_p50_ms']:.0f} ms vs {b['ttft_p50_ms']:.0f} ms")  # fmt: skip
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 

@@ -1,6 +1,6 @@
 """Run every benchmark, one after another (never side by side: they would skew each other).
 
-Run: .venv/bin/python benchmarks/run_all.py [--only core,remote,native,llamacpp,vllm,chat,ray]
+Run: .venv/bin/python benchmarks/run_all.py [--only core,remote,native,llamacpp,vllm,chat,serve,ray]
 Each benchmark prints its own table with ratios against the raw library or a bare baseline; the
 figures we keep are in docs/benchmarks.md.
 """
@@ -22,6 +22,7 @@ BENCHES = {
     "llamacpp": ["bench_llamacpp.py", "--workload", "all"],
     "vllm": ["bench_vllm.py", "--workload", "all"],
     "chat": ["bench_chat_ttft.py"],
+    "serve": ["bench_serve.py"],
     "ray": ["bench_ray.py"],
 }
 
