@@ -35,6 +35,7 @@ def run_infer(
     no_cache: bool = False,
     max_cost: float | None = None,
     dry_run: bool = False,
+    job_dir: str | None = None,
 ) -> None:
     setup_logging(log_level)
     with user_errors():
@@ -48,6 +49,8 @@ def run_infer(
             cfg.input_path = input_path
         if output_path:
             cfg.output_path = output_path
+        if job_dir:
+            cfg.job_dir = job_dir
         if ray is not None:
             from infermux.configs.distributed_params import DistributedParams
 
@@ -79,11 +82,9 @@ def run_infer(
         if system_prompt or images:
             fail("--system-prompt and --image apply to chat (-i); batch rows carry their own messages.")
         if cfg.distributed is not None:  # --ray, or a distributed: section in the config
-            if tools:
-                fail('--tools does not apply to distributed (--ray) jobs yet; put the tools in the rows\' "tools".')
             from infermux.distributed.progress import run_with_progress
 
-            code = _summarise(run_with_progress(cfg))
+            code = _summarise(run_with_progress(cfg, tools))
         else:
             code = _run_batch(cfg, tools)
     if code:
@@ -186,7 +187,7 @@ def _summarise(report: BatchReport) -> int:
     tokens = f"tokens: {report.prompt_tokens} in, {report.completion_tokens} out"
     sys.stderr.write(f"{tokens}; cost: {report.cost.describe()}\n")
     if report.budget_stopped:
-        kept = f"kept in {report.output_path}.partial.jsonl" if report.output_path else "printed above"
+        kept = f"kept in {report.partial_path}" if report.partial_path else "printed above"
         sys.stderr.write(
             f"stopped: --max-cost reached with {report.not_started} rows not started; the finished rows are "
             f"{kept}. Rerun the same command with a higher --max-cost to go on.\n"

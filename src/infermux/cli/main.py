@@ -59,11 +59,19 @@ def infer(
     no_cache: bool = NoCacheOpt,
     max_cost: float | None = MaxCostOpt,
     dry_run: bool = DryRunOpt,
+    job_dir: str | None = typer.Option(
+        None,
+        "--job_dir",
+        "--job-dir",
+        help="Local folder for the job's partial and errors files (default: beside the output; for an s3:// "
+        "output, infermux-jobs/NAME-HASH here).",
+    ),
 ) -> None:
     """Run a batch job (--input_path) or chat (-i). Extra --section.field VALUE options override the config."""
     from infermux.cli.infer_cmd import run_infer
 
     run_infer(
+        job_dir=job_dir,
         ray=ray,
         tools_path=tools,
         no_cache=no_cache,

@@ -33,7 +33,10 @@ class InferenceConfig(ConfigModel):
     input_path: str | None = None
     """Input Conversation JSONL (batch mode)."""
     output_path: str | None = None
-    """Where to write the answered conversations (JSONL)."""
+    """Where to write the answered conversations (JSONL): a local path or a URI pyarrow writes (``s3://``)."""
+    job_dir: str | None = None
+    """Local folder for the job's partial and errors files (its resume state). Null: beside the output, or
+    for an output URI ``infermux-jobs/<name>-<hash>`` under the current directory (docs/batch.md)."""
     strict: bool = False
     """Fail, instead of warning, when the engine does not support a requested parameter."""
     distributed: DistributedParams | None = None

@@ -30,8 +30,8 @@ from infermux.errors import EngineUnavailableError, ErrorKind, InfermuxError, Ou
 from infermux.jobs.api import check_output_path, prepare_input
 from infermux.jobs.files import JobFiles
 from infermux.jobs.loop import BatchReport, record_result
-from infermux.jobs.rows import InputRow, iter_rows
-from infermux.types import Conversation
+from infermux.jobs.rows import InputRow, iter_rows, tools_fingerprint
+from infermux.types import Conversation, Tool
 
 __all__ = ["ClusterReport", "run_on_ray"]
 
@@ -69,13 +69,13 @@ def _import_ray() -> Any:
     return ray
 
 
-def _check_engine(cfg: InferenceConfig) -> None:
+def _check_engine(cfg: InferenceConfig, *, tools: bool) -> None:
     """What the engine cannot honour, said here once (replicas log to their own nodes), before Ray starts."""
     from infermux.engines.capabilities import check_params
     from infermux.engines.registry import engine_class
 
     cls = engine_class(cfg.resolved_engine())
-    check_params(cls.__name__, cls.capabilities, cfg.generation, cfg.model, strict=cfg.strict)
+    check_params(cls.__name__, cls.capabilities, cfg.generation, cfg.model, strict=cfg.strict, tools=tools)
     if hasattr(cls, "default_num_workers"):  # a remote engine is cheap to build: a missing URL or key shows here
         from infermux.engines.registry import build_engine
 
@@ -107,7 +107,7 @@ def _connect(ray: Any, dist: DistributedParams) -> bool:
     return True
 
 
-def _start_replica(ray: Any, plan: ReplicaPlan, dist: DistributedParams) -> Any:
+def _start_replica(ray: Any, plan: ReplicaPlan, dist: DistributedParams, tools: list[Tool] | None) -> Any:
     options: dict[str, Any] = {
         "num_cpus": plan.num_cpus,
         "num_gpus": plan.num_gpus,
@@ -128,7 +128,7 @@ def _start_replica(ray: Any, plan: ReplicaPlan, dist: DistributedParams) -> Any:
         options["num_cpus"] = min(plan.num_cpus, 1.0)
     else:
         options["scheduling_strategy"] = "SPREAD"
-    return ray.remote(Replica).options(**options).remote(plan.config, plan.index)
+    return ray.remote(Replica).options(**options).remote(plan.config, plan.index, tools)
 
 
 def _batches(rows: Iterable[InputRow], size: int) -> Iterator[list[InputRow]]:
@@ -166,24 +166,35 @@ def run_on_ray(
     *,
     row_ids: list[str] | None = None,
     on_progress: Callable[[ClusterReport], None] | None = None,
+    tools: list[Tool] | None = None,
+    offers_tools: bool = False,
 ) -> ClusterReport:
-    """Run ``cfg``'s batch job (``input_path`` → ``output_path``) on a Ray cluster; resumable."""
+    """Run ``cfg``'s batch job (``input_path`` → ``output_path``) on a Ray cluster; resumable.
+
+    ``tools`` go to every row without its own (``--tools``) and count for resume, as in a one-machine job.
+    ``row_ids`` (with ``offers_tools``: whether a row has tools) is what ``prepare_input`` returned when
+    the caller already checked the input."""
     if not cfg.input_path or not cfg.output_path:
         raise OutputError("a job on a cluster needs --input_path and --output_path (answers go to a file).")
     dist = cfg.distributed or DistributedParams()
-    ids = row_ids if row_ids is not None else prepare_input(cfg.input_path)
+    if row_ids is None:
+        offered: list[bool] = []
+        row_ids = prepare_input(cfg.input_path, offered_tools=offered)
+        offers_tools = any(offered)
+    ids = row_ids
     check_output_path(cfg.output_path, cfg.input_path)
-    files = JobFiles(cfg.output_path, cfg.fingerprint())
-    _check_engine(cfg)
+    fingerprint = tools_fingerprint(cfg.fingerprint(), tools) if tools else cfg.fingerprint()
+    files = JobFiles(cfg.output_path, fingerprint, job_dir=cfg.job_dir)
+    _check_engine(cfg, tools=bool(tools) or offers_tools)
     ray = _import_ray()
     started_ray = _connect(ray, dist)
     try:
         plans = plan_replicas(cfg, dist, ray.cluster_resources())
-        report = ClusterReport(total=len(ids), output_path=str(files.output))
+        report = ClusterReport(total=len(ids), output_path=files.destination, partial_path=str(files.partial))
         written = _already_written(files, ids)
         report.resumed = sum(written)
         if report.resumed < len(ids):
-            _run(ray, cfg, dist, plans, files, report, written, on_progress)
+            _run(ray, cfg, dist, plans, files, report, written, on_progress, tools)
         files.assemble(ids, complete=report.failed == 0)
         if report.failed:
             report.errors_path = str(files.errors)
@@ -208,8 +219,9 @@ def _run(
     report: ClusterReport,
     written: bytearray,
     on_progress: Callable[[ClusterReport], None] | None,
+    tools: list[Tool] | None,
 ) -> None:
-    actors = [_start_replica(ray, plan, dist) for plan in plans]
+    actors = [_start_replica(ray, plan, dist, tools) for plan in plans]
     try:
         report.replicas = _wait_ready(ray, actors)
         report.startup_s = report.elapsed
@@ -220,6 +232,7 @@ def _run(
         report.per_replica = {i: 0 for i in range(len(actors))}
         assert cfg.input_path is not None
         todo = (row for row in iter_rows(cfg.input_path) if not written[row.index])
+        files.check_writable()  # makes the job folder (nothing is written before the replicas are up)
         files.open()
         try:
             _drive(

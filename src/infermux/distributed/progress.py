@@ -11,6 +11,7 @@ import time
 from infermux.configs.inference_config import InferenceConfig
 from infermux.distributed.driver import ClusterReport, run_on_ray
 from infermux.jobs.api import prepare_input
+from infermux.types import Tool
 
 __all__ = ["describe", "run_with_progress"]
 
@@ -32,13 +33,15 @@ def describe(report: ClusterReport) -> str:
     )
 
 
-def run_with_progress(cfg: InferenceConfig) -> ClusterReport:
-    """Validate the input (before Ray starts), then run the job with a progress display."""
+def run_with_progress(cfg: InferenceConfig, tools: list[Tool] | None = None) -> ClusterReport:
+    """Validate the input (before Ray starts), then run the job with a progress display; ``tools`` go to
+    every row without its own."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     assert cfg.input_path is not None
-    row_ids = prepare_input(cfg.input_path)
+    offered: list[bool] = []
+    row_ids = prepare_input(cfg.input_path, offered_tools=offered)
     console = Console(stderr=True)
     progress = Progress(
         TextColumn("[bold]infer on ray"),
@@ -61,7 +64,7 @@ def run_with_progress(cfg: InferenceConfig) -> ClusterReport:
             logger.info("%s", line)
 
     with progress:
-        report = run_on_ray(cfg, row_ids=row_ids, on_progress=on_progress)
+        report = run_on_ray(cfg, row_ids=row_ids, on_progress=on_progress, tools=tools, offers_tools=any(offered))
     logger.info("%s", describe(report))
     for info in report.replicas:
         logger.info(

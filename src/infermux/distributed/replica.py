@@ -13,8 +13,8 @@ from typing import Any
 from infermux.configs.inference_config import InferenceConfig
 from infermux.errors import ErrorKind, InfermuxError, RowError
 from infermux.jobs.loop import _run_chunks
-from infermux.jobs.rows import InputRow
-from infermux.types import Conversation
+from infermux.jobs.rows import InputRow, with_default_tools
+from infermux.types import Conversation, Tool
 
 __all__ = ["Replica", "ReplicaStartError"]
 
@@ -26,8 +26,9 @@ class ReplicaStartError(InfermuxError):
 class Replica:
     """Plain class; the driver wraps it with ``ray.remote`` (Ray stays out of this module's imports)."""
 
-    def __init__(self, config: InferenceConfig, index: int) -> None:
+    def __init__(self, config: InferenceConfig, index: int, tools: list[Tool] | None = None) -> None:
         self.index = index
+        self.tools = tools  # the job's --tools, for rows without their own (sent once, not with every row)
         self.generation = config.generation
         self.error: tuple[str, str] | None = None
         self.engine: Any = None
@@ -66,6 +67,8 @@ class Replica:
             await self.engine._start_job()
         if self._serial is None:
             self._serial = asyncio.Lock()
+        if self.tools:
+            rows = list(with_default_tools(rows, self.tools))
         position = {row.row_id: i for i, row in enumerate(rows)}
         results: list[Conversation | RowError | None] = [None] * len(rows)
 

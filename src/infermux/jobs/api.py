@@ -5,9 +5,10 @@ Shapes
 * :func:`prepare_input` ``(input_path) -> list[str]``: checks every line of a Conversation JSONL file
   before anything runs (raises one :class:`~infermux.errors.InputError` naming file, line and message)
   and returns the row ids in input order.
-* :func:`check_output_path` ``(output_path, input_path=None) -> Path``: refuses an output that is the
-  input (resolved paths, symlinks followed) or a directory, creates missing parent folders, checks the
-  folder is writable; raises :class:`~infermux.errors.OutputError` / ``InputError`` (exit 2).
+* :func:`check_output_path` ``(output_path, input_path=None) -> Path | str``: refuses an output that is
+  the input (resolved paths, symlinks followed) or a directory, creates missing parent folders, checks the
+  folder is writable (a URI: its bucket and credentials, see :mod:`infermux.jobs.storage`); raises
+  :class:`~infermux.errors.OutputError` / ``InputError`` (exit 2).
 * :func:`run_job_file` ``(engine, input_path, output_path, *, generation, fingerprint, on_progress,
   on_row, row_ids) -> BatchReport``: the durable, resumable file job (async).
 * :func:`run_config_job` ``(config, *, on_progress, on_row) -> BatchReport``: the whole file job of a
@@ -46,6 +47,7 @@ from infermux.jobs.rows import (
     validate_file,
     with_default_tools,
 )
+from infermux.jobs.storage import check_output_uri, is_uri
 from infermux.jobs.sync import run_sync
 from infermux.types import Conversation, Tool
 
@@ -81,10 +83,17 @@ def prepare_input(input_path: str | Path, *, offered_tools: list[bool] | None = 
     return validate_file(input_path, on_row=lambda row: offered_tools.append(bool(row.conversation.tools)))
 
 
-def check_output_path(output_path: str | os.PathLike[str], input_path: str | os.PathLike[str] | None = None) -> Path:
-    """Make sure the job can write ``output_path`` without touching its input; return it as a Path."""
+def check_output_path(
+    output_path: str | os.PathLike[str], input_path: str | os.PathLike[str] | None = None
+) -> Path | str:
+    """Make sure the job can write ``output_path`` without touching its input; return it as a Path.
+
+    A URI (``s3://...``) is checked on its file system (bucket, credentials) and returned as given."""
+    if is_uri(output_path):
+        check_output_uri(str(output_path), str(input_path) if input_path is not None else None)
+        return str(output_path)
     output = Path(output_path)
-    if input_path is not None and _same_file(output, Path(input_path)):
+    if input_path is not None and not is_uri(input_path) and _same_file(output, Path(input_path)):
         raise OutputError(
             f"{output}: --output_path is the input file; answers would replace your prompts. "
             "Choose another --output_path."
@@ -136,6 +145,7 @@ async def run_job_file(
     tools: list[Tool] | None = None,
     options: JobOptions | None = None,
     settled: Mapping[str, RowError] | None = None,
+    job_dir: str | None = None,
 ) -> BatchReport:
     """The durable batch job: ``input_path`` (JSONL) → ``output_path`` (JSONL), resumable.
 
@@ -144,7 +154,7 @@ async def run_job_file(
     here, before any row runs. ``fingerprint`` defaults to the engine's. ``tools`` are given to every
     row that has none (the CLI's ``--tools``); they count for resume. ``options`` (answer cache, prices,
     budget) default to :func:`default_options`. Rows in ``settled`` (row id → error) are recorded as
-    failed without being sent.
+    failed without being sent. ``job_dir`` holds the partial and errors files (default: beside the output).
     """
     generation = generation or engine.generation_params
     if row_ids is None:
@@ -159,7 +169,7 @@ async def run_job_file(
     files = None
     if output_path:
         check_output_path(output_path, input_path)
-        files = JobFiles(output_path, fingerprint)
+        files = JobFiles(output_path, fingerprint, job_dir=job_dir)
     owned = options is None
     options = options or default_options(engine, generation)
     options.fingerprint = options.fingerprint or fingerprint
@@ -249,6 +259,7 @@ async def _run_config_job(
                 row_ids=row_ids,
                 tools=tools,
                 options=options,
+                job_dir=config.job_dir,
             )
         finally:
             engine.close()
@@ -288,7 +299,9 @@ async def _ainfer(
         def keep(row: InputRow, result: Conversation | RowError) -> None:
             answered[row.index] = as_conversation(row.conversation, result)
 
-        await run_job_file(engine, config.input_path, output_path, generation=generation, on_row=keep)
+        await run_job_file(
+            engine, config.input_path, output_path, generation=generation, on_row=keep, job_dir=config.job_dir
+        )
         if output_path is not None:
             return [Conversation.model_validate_json(line) for line in _read_lines(output_path)]
         return [answered[i] for i in sorted(answered)]
@@ -299,7 +312,7 @@ async def _ainfer(
     fingerprint = engine_fingerprint(engine, generation)
     if output_path:
         check_output_path(output_path)
-        files = JobFiles(output_path, fingerprint)
+        files = JobFiles(output_path, fingerprint, job_dir=config.job_dir if config else None)
     # In memory, answers come from the cache only when asked (``cache: true``): a library call that
     # samples again with the same seed expects the engine to run.
     options = default_options(engine, generation, cache=bool(config is not None and config.cache))
@@ -369,7 +382,12 @@ def as_conversation(original: Conversation, result: Conversation | RowError | No
     return original.model_copy(update={"metadata": meta})
 
 
-def _read_lines(path: str) -> Iterable[str]:
+def _read_lines(path: str) -> Iterable[str | bytes]:
+    if is_uri(path):
+        from infermux.jobs.storage import read_lines
+
+        yield from (line for line in read_lines(path) if line.strip())
+        return
     with open(path, encoding="utf-8") as fh:
         for line in fh:
             if line.strip():

@@ -2,6 +2,9 @@
 row id and the config fingerprint), ``<output>.errors.jsonl`` (failed rows) and the output itself,
 assembled in input order and moved into place with ``os.replace``.
 
+The partial and errors files sit beside the output, or in ``job_dir`` when given. An output URI
+(``s3://...``, see :mod:`infermux.jobs.storage`) is assembled in that local job folder and then uploaded.
+
 A torn last line (``kill -9`` during a write) or a line written under another fingerprint is dropped
 when the job resumes.
 """
@@ -28,15 +31,41 @@ __all__ = ["JobFiles"]
 class JobFiles:
     """The output, partial and errors files of one job, and the resume state read from them."""
 
-    def __init__(self, output_path: str | os.PathLike[str], fingerprint: str) -> None:
-        self.output = Path(output_path)
-        self.partial = self.output.with_name(self.output.name + ".partial.jsonl")
-        self.errors = self.output.with_name(self.output.name + ".errors.jsonl")
+    def __init__(
+        self, output_path: str | os.PathLike[str], fingerprint: str, *, job_dir: str | os.PathLike[str] | None = None
+    ) -> None:
+        from infermux.jobs import storage
+
+        #: The output URI (``s3://...``) when the output is uploaded; ``output`` is then its local copy.
+        self.remote: str | None = None
+        #: Where the output goes, as shown to the user.
+        self.destination = str(output_path)
+        if storage.is_uri(output_path):
+            self.remote = str(output_path)
+            self.destination = storage.shown(self.remote)
+            folder = storage.job_folder(self.remote, job_dir)
+            self.output = folder / (self.remote.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] or "output")
+        else:
+            self.output = Path(output_path)
+            folder = Path(job_dir) if job_dir else self.output.parent
+        self.folder = folder
+        self._own_folder = self.remote is not None and not job_dir
+        self.partial = folder / (self.output.name + ".partial.jsonl")
+        self.errors = folder / (self.output.name + ".errors.jsonl")
         self.fingerprint = fingerprint
         self._partial_fh: Any = None
         self._errors_fh: Any = None
 
     def check_writable(self) -> None:
+        if self.folder != self.output.parent or self.remote is not None:
+            try:
+                self.folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise OutputError(f"{self.folder}: cannot create the job folder ({exc.strerror}).") from None
+            if not os.access(self.folder, os.W_OK):
+                raise OutputError(f"{self.folder}: the job folder is not writable. Choose another job_dir.")
+            if self.remote is not None:
+                return
         parent = self.output.parent if str(self.output.parent) else Path(".")
         if self.output.is_dir():
             raise OutputError(f"{self.output}: is a directory; --output_path must name a file.")
@@ -124,13 +153,26 @@ class JobFiles:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
+        if self.remote is not None:
+            from infermux.jobs.storage import upload
+
+            upload(self.output, self.remote)  # raises with the partial file kept: a rerun uploads again
+            self.output.unlink()
         if complete:
             for leftover in (self.partial, self.errors):
                 with contextlib.suppress(FileNotFoundError):
                     leftover.unlink()
+            if self._own_folder:
+                self._remove_own_folder()
         elif self.errors.exists() and self.errors.stat().st_size == 0:
             self.errors.unlink()
         return written
+
+    def _remove_own_folder(self) -> None:
+        """The job folder infermux named (``infermux-jobs/NAME-HASH``) and its parent, once empty."""
+        for folder in (self.folder, self.folder.parent):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 _CONV_KEY = b',"conversation":'

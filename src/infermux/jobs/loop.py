@@ -63,6 +63,8 @@ class BatchReport:
     started: float = field(default_factory=time.monotonic)
     output_path: str | None = None
     errors_path: str | None = None
+    #: The finished rows of an unfinished job (the resume state), when the job writes a file.
+    partial_path: str | None = None
 
     @property
     def finished(self) -> int:
@@ -218,7 +220,8 @@ async def run_job(
         files.check_writable()
         done = files.load_done() & set(row_ids)
         report.resumed = len(done)
-        report.output_path = str(files.output)
+        report.output_path = files.destination
+        report.partial_path = str(files.partial)
         files.open()
 
     def on_result(row: InputRow, result: Conversation | RowError) -> None:

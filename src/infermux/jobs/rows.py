@@ -156,7 +156,14 @@ def _check_encodable(text: str, number: int, path: str, line: int | None) -> Non
         )
 
 
-def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+def _lines(path: Path | str) -> Iterator[tuple[int, bytes]]:
+    if isinstance(path, str):  # a URI (s3://...): streamed through pyarrow, see infermux.jobs.storage
+        from infermux.jobs.storage import read_lines
+
+        for number, raw in enumerate(read_lines(path), start=1):
+            if raw.strip():
+                yield number, raw
+        return
     try:
         handle = path.open("rb")
     except FileNotFoundError:
@@ -171,12 +178,13 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
                 yield number, raw
 
 
-def _scan(path: Path) -> Iterator[InputRow | InputError]:
+def _scan(path: Path | str) -> Iterator[InputRow | InputError]:
     index = 0
     seen: dict[str, int] = {}
+    where = _shown(path)
     for number, raw in _lines(path):
         try:
-            conv = _parse(raw, str(path), number)
+            conv = _parse(raw, where, number)
         except InputError as exc:
             yield exc
             continue
@@ -231,7 +239,7 @@ def load_tools(path: str | Path) -> list[Tool]:
 
 def iter_rows(path: str | Path) -> Iterator[InputRow]:
     """Stream the rows of a Conversation JSONL file (blank lines skipped); raise on a bad line."""
-    for item in _scan(Path(path)):
+    for item in _scan(_local_or_uri(path)):
         if isinstance(item, InputError):
             raise item
         yield item
@@ -242,7 +250,7 @@ def validate_file(path: str | Path, *, on_row: Callable[[InputRow], None] | None
 
     ``on_row`` sees each valid row during the same pass (to learn, say, whether any row offers tools).
     """
-    path = Path(path)
+    path = _local_or_uri(path)
     ids: list[str] = []
     problems: list[InputError] = []
     for item in _scan(path):
@@ -257,5 +265,20 @@ def validate_file(path: str | Path, *, on_row: Callable[[InputRow], None] | None
         more = f"\n  ... and {len(problems) - _MAX_REPORTED} more" if len(problems) > _MAX_REPORTED else ""
         raise InputError(f"{len(problems)} invalid line(s) in the input; nothing was run:\n  {shown}{more}")
     if not ids:
-        raise InputError("the input has no conversations.", path=str(path))
+        raise InputError("the input has no conversations.", path=_shown(path))
     return ids
+
+
+def _local_or_uri(path: str | Path) -> Path | str:
+    """A local input as a Path; a URI (``s3://...``) stays a string (a Path would fold its ``//``)."""
+    from infermux.jobs.storage import is_uri
+
+    return path if isinstance(path, str) and is_uri(path) else Path(path)
+
+
+def _shown(path: Path | str) -> str:
+    if isinstance(path, str):
+        from infermux.jobs.storage import shown
+
+        return shown(path)
+    return str(path)
