@@ -31,7 +31,7 @@ class InferenceConfig(ConfigModel):
     remote_params: RemoteParams | None = None
     """Remote server settings (remote engines only)."""
     input_path: str | None = None
-    """Input Conversation JSONL (batch mode)."""
+    """Input Conversation JSONL (batch mode): a local path or a URI pyarrow reads (``s3://``)."""
     output_path: str | None = None
     """Where to write the answered conversations (JSONL): a local path or a URI pyarrow writes (``s3://``)."""
     job_dir: str | None = None

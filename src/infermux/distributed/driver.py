@@ -92,6 +92,7 @@ def _connect(ray: Any, dist: DistributedParams) -> bool:
         if address:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=not quiet)
         else:
+            _quiet_default_auth_note()
             ray.init(
                 include_dashboard=False,
                 logging_level=logging.WARNING,
@@ -107,7 +108,21 @@ def _connect(ray: Any, dist: DistributedParams) -> bool:
     return True
 
 
-def _start_replica(ray: Any, plan: ReplicaPlan, dist: DistributedParams, tools: list[Tool] | None) -> Any:
+class _DropNote(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
+
+
+def _quiet_default_auth_note() -> None:
+    """Ray 2.60 starts a new local cluster with token authentication and logs a WARNING saying so on
+    every ``ray.init()``: a note about its default, not a problem, so it is dropped. Ray's warning that
+    authentication is *disabled* (``RAY_AUTH_MODE=disabled``, or a cluster without a token) still shows."""
+    auth_logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    if not any(isinstance(f, _DropNote) for f in auth_logger.filters):
+        auth_logger.addFilter(_DropNote())
+
+
+def _start_replica(replica_class: Any, plan: ReplicaPlan, dist: DistributedParams, tools: list[Tool] | None) -> Any:
     options: dict[str, Any] = {
         "num_cpus": plan.num_cpus,
         "num_gpus": plan.num_gpus,
@@ -128,7 +143,7 @@ def _start_replica(ray: Any, plan: ReplicaPlan, dist: DistributedParams, tools: 
         options["num_cpus"] = min(plan.num_cpus, 1.0)
     else:
         options["scheduling_strategy"] = "SPREAD"
-    return ray.remote(Replica).options(**options).remote(plan.config, plan.index, tools)
+    return replica_class.options(**options).remote(plan.config, plan.index, tools)
 
 
 def _batches(rows: Iterable[InputRow], size: int) -> Iterator[list[InputRow]]:
@@ -221,7 +236,8 @@ def _run(
     on_progress: Callable[[ClusterReport], None] | None,
     tools: list[Tool] | None,
 ) -> None:
-    actors = [_start_replica(ray, plan, dist, tools) for plan in plans]
+    replica_class = ray.remote(Replica)  # one actor class for all: Ray exports its definition once
+    actors = [_start_replica(replica_class, plan, dist, tools) for plan in plans]  # all start at once
     try:
         report.replicas = _wait_ready(ray, actors)
         report.startup_s = report.elapsed
