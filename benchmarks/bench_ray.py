@@ -157,7 +157,7 @@ def r3(tmp: Path, rows: int, workers: int, replicas: int) -> None:
 
 def _driver_child(config: str, data: str, output: str) -> None:
     """Run the job as ``infermux infer --ray`` does, then print this process's peak RSS (kB)."""
-    from infermux.cli.infer import run_infer
+    from infermux.cli.infer_cmd import run_infer
 
     try:
         run_infer(

@@ -24,7 +24,9 @@ import pytest
 from infermux.configs import DistributedParams, GenerationParams, InferenceConfig, ModelParams, RemoteParams
 from infermux.distributed import run_on_ray
 from infermux.engines.registry import build_engine
-from tests.servers import stub_server
+from infermux.jobs.storage import job_folder
+from infermux.types import Tool
+from tests.servers import S3Server, s3_server, stub_server
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
@@ -287,3 +289,92 @@ def test_failed_rows_get_the_same_records_as_a_single_process_run_and_a_rerun_re
         assert _stub(url, "/_stub/stats")["requests"] - before == report.failed
     assert answers(cfg.output_path) == expected_answers(n)
     assert not errors.exists()
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[S3Server]:
+    pytest.importorskip("moto")
+    with s3_server() as server:
+        yield server
+
+
+def test_s3_input_and_output_equal_a_local_run_and_a_killed_driver_resumes(
+    cluster: Any, stub: str, s3: S3Server, tmp_path: Path
+) -> None:
+    _stub(stub, "/_stub/reset", "POST")
+    n = 600
+    source = s3.put("ray/in.jsonl", write_input(tmp_path / "in.jsonl", n).read_bytes())
+    target = f"s3://{s3.bucket}/ray/out.jsonl"
+    config = tmp_path / "job.yaml"
+    config.write_text(
+        "model: {model_name: stub}\nengine: REMOTE\n"
+        f"remote_params: {{api_url: '{stub}/v1', num_workers: 4}}\n"
+        "distributed: {replicas: 2, num_cpus: 0.5, rows_per_call: 16}\n"
+    )
+    cmd = [sys.executable, "-m", "infermux", "infer", "-c", str(config), "--input_path", source,
+           "--output_path", target, "--ray", cluster.address]  # fmt: skip
+    env = {**os.environ, **s3.env()}
+    folder = tmp_path / job_folder(target)  # the default job folder, under the command's directory
+    partial = folder / "out.jsonl.partial.jsonl"
+    driver = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 180
+    while not (partial.exists() and partial.read_bytes().count(b"\n") >= 100):
+        assert driver.poll() is None, driver.stderr.read().decode() if driver.stderr else ""
+        assert time.monotonic() < deadline, "the driver wrote nothing in 180 s"
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    assert s3.get("ray/out.jsonl") is None  # nothing uploaded before the job is done
+
+    rerun = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "already done" in rerun.stderr and target in rerun.stderr
+    assert sent_twice(stub, n) <= 2 * 16 * DistributedParams().calls_in_flight  # as for a local output
+    cfg = remote_config(stub, tmp_path, n, workers=4)
+    assert s3.get("ray/out.jsonl") == single_process(cfg, tmp_path)
+    assert not (tmp_path / "infermux-jobs").exists()  # the job folder goes once the output is uploaded
+
+
+def test_tools_on_a_cluster_answer_as_a_single_process_job_and_share_its_fingerprint(
+    cluster: Any, tmp_path: Path
+) -> None:
+    import asyncio
+
+    from infermux.jobs import run_job_file
+    from infermux.jobs.api import default_options
+
+    weather = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    own = {"type": "function", "function": {"name": "own_tool", "parameters": {"type": "object"}}}
+    tools = [Tool.model_validate(weather)]
+    n = 40
+    data = tmp_path / "tools-in.jsonl"
+    lines = [{"messages": [{"role": "user", "content": f"row {i}"}]} for i in range(n)]
+    lines[3]["tools"] = [own]  # a row's own tools win over --tools
+    data.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+    def single(output: Path, url: str, cfg: InferenceConfig) -> Any:
+        engine = build_engine(cfg.model_copy(update={"remote_params": RemoteParams(api_url=url + "/v1")}))
+        options = default_options(engine, cfg.generation, cache=False)  # every row answered by the server
+        job = run_job_file(engine, str(data), str(output), fingerprint=cfg.fingerprint(), tools=tools, options=options)
+        try:
+            return asyncio.run(job)
+        finally:
+            options.close()
+            engine.close()
+
+    # Half the bodies get a 400 on their first try: the Ray job leaves failed rows and its partial file.
+    args = ["--fault-rate", "0.5", "--faults", "400", "--seed", "3", "--max-faults-per-body", "1"]
+    with stub_server(*args) as url:
+        cfg = remote_config(url, tmp_path, n, replicas=2, workers=4)
+        cfg.input_path = str(data)
+        report = run_on_ray(cfg, tools=tools)
+        assert 0 < report.failed < n
+        # The single-process job finds those rows done: same fingerprint (config + tools).
+        resumed = single(Path(str(cfg.output_path)), url, cfg)
+        assert resumed.ok and resumed.resumed == n - report.failed
+        fresh = single(tmp_path / "fresh.jsonl", url, cfg)
+        assert fresh.ok and fresh.resumed == 0
+    assert Path(str(cfg.output_path)).read_bytes() == (tmp_path / "fresh.jsonl").read_bytes()
+    rows = [json.loads(line) for line in (tmp_path / "fresh.jsonl").read_text().splitlines()]
+    calls = [row["messages"][-1]["tool_calls"][0]["function"]["name"] for row in rows]
+    assert calls == ["get_weather"] * 3 + ["own_tool"] + ["get_weather"] * (n - 4)
