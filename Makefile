@@ -55,7 +55,7 @@ $(VENV)/.vllm: | $(VENV)/.native
 	touch $@
 
 $(VENV)/.cloud: | $(VENV)/.core
-	$(PIP) install -q boto3 google-auth requests
+	$(PIP) install -q boto3 google-auth requests 'moto[server]'  # moto: the S3 server of tests/jobs/test_storage.py
 	touch $@
 
 # Ray, for jobs sharded over a cluster (docs/distributed.md); a wheel, ~15 s.
