@@ -130,3 +130,9 @@ def test_unreadable_or_unwritable_uris_are_clear_errors(s3: S3Server, tmp_path: 
         assert says in done.stderr and "Traceback" not in done.stderr
         assert "not-the-secret" not in done.stderr and s3.secret_key not in done.stderr
     assert s3.get("out.jsonl") is None and not list(tmp_path.glob("**/*.partial.jsonl"))
+
+
+def test_provider_batch_jobs_keep_their_record_beside_a_local_output(tmp_path: Path) -> None:
+    args = ["--engine", "OPENAI", "--model.model_name", "m", "--input_path", str(tmp_path / "in.jsonl")]
+    done = run_cli("batch", "submit", *args, "--output_path", "s3://jobs/out.jsonl")
+    assert done.returncode == 2 and "give a local path" in done.stderr and "Traceback" not in done.stderr

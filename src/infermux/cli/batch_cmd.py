@@ -45,6 +45,11 @@ def _setup(
     cfg.output_path = output_path or cfg.output_path
     if not cfg.output_path:
         fail("give --output_path: results and the batch record are written beside it.")
+    from infermux.jobs.storage import is_uri
+
+    if is_uri(cfg.output_path):
+        fail("infermux batch writes its batch record beside --output_path: give a local path (URIs such as s3:// "
+             "work with `infermux infer`).")  # fmt: skip
     if not engine_class(cfg.resolved_engine()).capabilities.batch_api:
         fail(f"the {cfg.resolved_engine()} engine does not support the Batch API; use OPENAI, REMOTE or ANTHROPIC.")
     check_output_path(cfg.output_path, cfg.input_path)
