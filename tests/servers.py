@@ -167,19 +167,22 @@ def vllm_server(
 
 @dataclasses.dataclass
 class S3Server:
-    """A moto S3 server (``moto[server]``, protocol-faithful, signatures checked) with one bucket and a user
-    allowed ``s3:*``: :meth:`env` holds what pyarrow and boto3 read (endpoint, keys, region)."""
+    """A moto S3 server (``moto[server]``, protocol-faithful, signatures checked) with one bucket, a user
+    allowed ``s3:*`` and one allowed only to read: :meth:`env` holds what pyarrow and boto3 read (endpoint,
+    keys, region; ``reader=True`` for the read-only user's keys)."""
 
     endpoint: str
     bucket: str
     access_key: str
     secret_key: str
+    reader_keys: tuple[str, str]
 
-    def env(self, **changes: str) -> dict[str, str]:
+    def env(self, *, reader: bool = False, **changes: str) -> dict[str, str]:
+        key, secret = self.reader_keys if reader else (self.access_key, self.secret_key)
         return {
             "AWS_ENDPOINT_URL": self.endpoint,
-            "AWS_ACCESS_KEY_ID": self.access_key,
-            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_ACCESS_KEY_ID": key,
+            "AWS_SECRET_ACCESS_KEY": secret,
             "AWS_DEFAULT_REGION": "us-east-1",
             "AWS_REGION": "us-east-1",
             "AWS_EC2_METADATA_DISABLED": "true",
@@ -213,16 +216,20 @@ def s3_server(bucket: str = "jobs") -> Iterator[S3Server]:
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    # moto lets the first N AWS requests through unauthenticated: the three that create the user and key.
-    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"}
+    # moto lets the first N AWS requests through unauthenticated: the six that create the users and keys.
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "6"}
     cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
     with _http_server(cmd, url + "/moto-api/", timeout=60, env=env):
         admin = {"endpoint_url": url, "region_name": "us-east-1", "aws_access_key_id": "admin", "aws_secret_access_key": "admin"}  # fmt: skip
         iam = boto3.client("iam", **admin)
-        iam.create_user(UserName="infermux")
-        policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
-        iam.put_user_policy(UserName="infermux", PolicyName="s3", PolicyDocument=json.dumps(policy))
-        key = iam.create_access_key(UserName="infermux")["AccessKey"]
-        server = S3Server(url, bucket, key["AccessKeyId"], key["SecretAccessKey"])
+        keys = []
+        for user, actions in (("infermux", ["s3:*"]), ("reader", ["s3:Get*", "s3:List*", "s3:Head*"])):
+            iam.create_user(UserName=user)
+            statement = {"Effect": "Allow", "Action": actions, "Resource": "*"}
+            policy = {"Version": "2012-10-17", "Statement": [statement]}
+            iam.put_user_policy(UserName=user, PolicyName="s3", PolicyDocument=json.dumps(policy))
+            key = iam.create_access_key(UserName=user)["AccessKey"]
+            keys.append((key["AccessKeyId"], key["SecretAccessKey"]))
+        server = S3Server(url, bucket, *keys[0], reader_keys=keys[1])
         server.client().create_bucket(Bucket=bucket)
         yield server

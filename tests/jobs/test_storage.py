@@ -136,3 +136,24 @@ def test_provider_batch_jobs_keep_their_record_beside_a_local_output(tmp_path: P
     args = ["--engine", "OPENAI", "--model.model_name", "m", "--input_path", str(tmp_path / "in.jsonl")]
     done = run_cli("batch", "submit", *args, "--output_path", "s3://jobs/out.jsonl")
     assert done.returncode == 2 and "give a local path" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_a_refused_upload_keeps_the_answers_and_a_rerun_uploads_them(
+    s3_env: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from infermux.errors import OutputError
+
+    source = s3_env.put("in/upload.jsonl", jsonl(ROWS[:4]))
+    target = "s3://jobs/out/upload.jsonl"
+    for name, value in s3_env.env(reader=True).items():  # may read the bucket, not write to it
+        monkeypatch.setenv(name, value)
+    with pytest.raises(OutputError, match=r"s3://jobs/out/upload.jsonl: could not upload the output: access denied"):
+        asyncio.run(run_config_job(echo_job(source, target)))
+    partial = job_folder(target) / "upload.jsonl.partial.jsonl"
+    assert partial.read_bytes().count(b"\n") == 4 and s3_env.get("out/upload.jsonl") is None
+    for name, value in s3_env.env().items():
+        monkeypatch.setenv(name, value)
+    rerun = asyncio.run(run_config_job(echo_job(source, target)))
+    assert rerun.ok and rerun.resumed == 4 and rerun.done == 0
+    assert (s3_env.get("out/upload.jsonl") or b"").count(b"\n") == 4 and not partial.exists()
