@@ -87,15 +87,15 @@ def remote_config(url: str, tmp: Path, n: int, *, replicas: int = 4, workers: in
     )
 
 
-def single_process(cfg: InferenceConfig, tmp: Path) -> bytes:
-    """The one-machine job's output file for the same config."""
+def single_process(cfg: InferenceConfig, tmp: Path, tools: list[Tool] | None = None) -> bytes:
+    """The one-machine job's output file for the same config (and ``--tools``)."""
     import asyncio
 
     assert cfg.input_path is not None
     out = tmp / "single.jsonl"
     engine = build_engine(cfg)
     try:
-        asyncio.run(engine.run_file(cfg.input_path, str(out), fingerprint=cfg.fingerprint()))
+        asyncio.run(engine.run_file(cfg.input_path, str(out), fingerprint=cfg.fingerprint(), tools=tools))
     finally:
         engine.close()
     return out.read_bytes()
@@ -301,7 +301,10 @@ def s3() -> Iterator[S3Server]:
 def test_s3_input_and_output_equal_a_local_run_and_a_killed_driver_resumes(
     cluster: Any, stub: str, s3: S3Server, tmp_path: Path
 ) -> None:
+    """Through the CLI, with ``--tools`` (the stub answers each row with a call of the tool)."""
     _stub(stub, "/_stub/reset", "POST")
+    weather = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    (tmp_path / "tools.json").write_text(json.dumps([weather]))
     n = 600
     source = s3.put("ray/in.jsonl", write_input(tmp_path / "in.jsonl", n).read_bytes())
     target = f"s3://{s3.bucket}/ray/out.jsonl"
@@ -312,7 +315,7 @@ def test_s3_input_and_output_equal_a_local_run_and_a_killed_driver_resumes(
         "distributed: {replicas: 2, num_cpus: 0.5, rows_per_call: 16}\n"
     )
     cmd = [sys.executable, "-m", "infermux", "infer", "-c", str(config), "--input_path", source,
-           "--output_path", target, "--ray", cluster.address]  # fmt: skip
+           "--output_path", target, "--ray", cluster.address, "--tools", str(tmp_path / "tools.json")]  # fmt: skip
     env = {**os.environ, **s3.env()}
     folder = tmp_path / job_folder(target)  # the default job folder, under the command's directory
     partial = folder / "out.jsonl.partial.jsonl"
@@ -331,7 +334,9 @@ def test_s3_input_and_output_equal_a_local_run_and_a_killed_driver_resumes(
     assert "already done" in rerun.stderr and target in rerun.stderr
     assert sent_twice(stub, n) <= 2 * 16 * DistributedParams().calls_in_flight  # as for a local output
     cfg = remote_config(stub, tmp_path, n, workers=4)
-    assert s3.get("ray/out.jsonl") == single_process(cfg, tmp_path)
+    uploaded = s3.get("ray/out.jsonl") or b""
+    assert uploaded == single_process(cfg, tmp_path, tools=[Tool.model_validate(weather)])
+    assert uploaded.count(b'"name":"get_weather"') == 2 * n  # each row offers the tool and calls it
     assert not (tmp_path / "infermux-jobs").exists()  # the job folder goes once the output is uploaded
 
 
