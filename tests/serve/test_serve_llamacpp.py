@@ -100,6 +100,44 @@ def test_async_sdk_and_stop_and_seed(server: Served) -> None:
     assert "5" not in text
 
 
+def test_n_seeded_choices_and_logprobs(server: Served) -> None:
+    sdk = client(server)
+    messages = [{"role": "user", "content": "Name a fruit."}]
+    settings = {"model": MODEL, "messages": messages, "max_tokens": 12, "temperature": 1.0, "seed": 11}
+    reply = sdk.chat.completions.create(n=3, **settings)  # type: ignore[call-overload]
+    assert [c.index for c in reply.choices] == [0, 1, 2]
+    assert all(c.message.content and c.finish_reason in ("stop", "length") for c in reply.choices)
+    assert all(c.logprobs is None for c in reply.choices)
+    again = sdk.chat.completions.create(n=3, **settings)  # type: ignore[call-overload]
+    assert [c.message.content for c in again.choices] == [c.message.content for c in reply.choices]  # seeded
+    assert reply.usage is not None and reply.usage.completion_tokens >= 3
+
+    k = 3
+    scored = sdk.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=12, temperature=0, logprobs=True, top_logprobs=k
+    )  # type: ignore[call-overload]
+    (choice,) = scored.choices
+    assert choice.logprobs is not None and choice.logprobs.content
+    tokens = choice.logprobs.content
+    assert "".join(t.token for t in tokens) == choice.message.content
+    assert all(len(t.top_logprobs) == k and t.logprob <= 0 for t in tokens)
+    assert all(t.bytes == list(t.token.encode()) for t in tokens)
+    assert all(t.top_logprobs[0].logprob >= t.top_logprobs[-1].logprob for t in tokens)
+    assert all(t.token == t.top_logprobs[0].token for t in tokens)  # greedy: the chosen token is the likeliest
+
+    # Streamed: each choice arrives whole, with its index (and its log-probabilities).
+    stream = sdk.chat.completions.create(n=2, logprobs=True, stream=True, **settings)  # type: ignore[call-overload]
+    chunks = [c for c in stream if c.choices]
+    texts = {0: "", 1: ""}
+    for c in chunks:
+        texts[c.choices[0].index] += c.choices[0].delta.content or ""
+    finishes = {c.choices[0].index: c.choices[0].finish_reason for c in chunks if c.choices[0].finish_reason}
+    assert all(texts.values()) and set(finishes) == {0, 1}
+    streamed_tokens = [t.token for c in chunks if c.choices[0].index == 0 and c.choices[0].logprobs
+                       for t in c.choices[0].logprobs.content or []]  # fmt: skip
+    assert "".join(streamed_tokens) == texts[0]
+
+
 def test_json_schema_response_format_is_enforced(server: Served) -> None:
     schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
     reply = client(server).chat.completions.create(
@@ -152,7 +190,7 @@ def test_sixteen_concurrent_clients_get_their_alone_answers(server: Served) -> N
             400,
             "colour",
         ),
-        (json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "n": 2}).encode(), 400, "n"),
+        (json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "n": 0}).encode(), 400, "n"),
         (json.dumps({"model": MODEL, "messages": [{"role": "wizard", "content": "hi"}]}).encode(), 400, None),
         (b"[1, 2]", 400, None),
     ],
@@ -177,8 +215,8 @@ def test_sdk_raises_its_typed_errors(server: Served) -> None:
     sdk = client(server)
     with pytest.raises(openai.NotFoundError):
         sdk.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
-    with pytest.raises(openai.BadRequestError, match="logprobs"):
-        sdk.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], logprobs=True)
+    with pytest.raises(openai.BadRequestError, match="top_logprobs"):
+        sdk.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], top_logprobs=3)
 
 
 def test_ten_megabyte_body_is_refused(server: Served) -> None:

@@ -85,6 +85,9 @@ def test_messages_roles_and_images() -> None:
         ({"colour": "red"}, "colour", 400),
         ({"model": "other"}, "model", 404),
         ({"n": 3}, "n", 400),
+        ({"n": 0}, "n", 400),
+        ({"top_logprobs": 2}, "top_logprobs", 400),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs", 400),
         ({"stream": "maybe"}, "stream", 400),
         ({"stop": 5}, "stop", 400),
         ({"tool_choice": 5}, "tool_choice", 400),
@@ -108,6 +111,9 @@ def test_bad_values_name_their_parameter(body: dict[str, Any], param: str, statu
     [
         ({"temperature": 0.5}, "temperature"),
         ({"seed": 1}, "seed"),
+        ({"n": 2}, "n"),
+        ({"logprobs": True}, "logprobs"),
+        ({"logprobs": True, "top_logprobs": 3}, "logprobs"),
         ({"stop": ["x"]}, "stop"),
         ({"response_format": {"type": "json_object"}}, "response_format"),
         ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}]},
@@ -183,3 +189,46 @@ def test_answer_tool_calls_go_out_in_openai_shape() -> None:
     message = body["choices"][0]["message"]
     assert message["content"] is None and message["tool_calls"] == calls
     assert body["choices"][0]["finish_reason"] == "tool_calls"
+
+
+SAMPLES = Capabilities(generation_params=frozenset({"temperature", "seed", "n", "logprobs", "top_logprobs"}))
+
+
+def test_n_and_logprobs_map_onto_generation_params() -> None:
+    p = prep({"n": 3, "temperature": 0.8, "seed": 5, "logprobs": True, "top_logprobs": 4}, SAMPLES)
+    g = p.generation
+    assert (g.n, g.logprobs, g.top_logprobs, g.seed) == (3, True, 4, 5) and p.samples
+    assert prep({"logprobs": True}, SAMPLES).generation.top_logprobs == 0
+    plain = prep({"n": 1, "logprobs": False}, SAMPLES)
+    assert not plain.samples and plain.generation.n == 1 and not plain.generation.logprobs
+
+
+def test_samples_answer_as_openai_choices_with_logprobs() -> None:
+    token = {
+        "token": "é",
+        "logprob": -0.5,
+        "top_logprobs": [{"token": "é", "logprob": -0.5}, {"token": "a", "logprob": -2.0}],
+    }
+    samples = [
+        {"text": "é", "finish_reason": "stop", "usage": None, "tool_calls": None, "logprobs": [token]},
+        {"text": "bb", "finish_reason": "length", "usage": None, "tool_calls": None, "logprobs": []},
+    ]
+    meta = {"usage": {"prompt_tokens": 3, "completion_tokens": 4}, "finish_reason": "stop", "samples": samples}
+    body = wire.completion("id", "m", 0, "é", meta)
+    assert [c["index"] for c in body["choices"]] == [0, 1]
+    assert [c["message"]["content"] for c in body["choices"]] == ["é", "bb"]
+    assert [c["finish_reason"] for c in body["choices"]] == ["stop", "length"]
+    (entry,) = body["choices"][0]["logprobs"]["content"]
+    assert entry == {
+        "token": "é",
+        "logprob": -0.5,
+        "bytes": [195, 169],
+        "top_logprobs": [
+            {"token": "é", "logprob": -0.5, "bytes": [195, 169]},
+            {"token": "a", "logprob": -2.0, "bytes": [97]},
+        ],
+    }
+    assert body["choices"][1]["logprobs"] == {"content": [], "refusal": None}
+    assert body["usage"]["total_tokens"] == 7
+    piece = wire.chunk("id", "m", 0, {"content": "bb"}, index=1, logprobs={"content": [], "refusal": None})
+    assert piece["choices"][0]["index"] == 1 and piece["choices"][0]["logprobs"] == {"content": [], "refusal": None}

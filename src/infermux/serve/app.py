@@ -1,8 +1,10 @@
 """The aiohttp application: OpenAI routes over one infermux engine, metrics, health and the chat page.
 
 Each chat request runs as its own task and calls ``engine.astream`` (engines that batch, like LLAMACPP's
-multi-sequence decoder, join concurrent calls; local engines without streaming go through a
-:class:`~infermux.serve.batcher.Batcher`). The engine's job is opened once for the server's life, so a
+multi-sequence decoder and VLLM's running engine, join concurrent calls between steps; local engines
+without streaming go through a :class:`~infermux.serve.batcher.Batcher`). Requests for ``n`` answers or
+log-probabilities get them from the final answer's samples: when streamed, each choice arrives whole, in
+one chunk carrying its index (and its log-probabilities). The engine's job is opened once for the server's life, so a
 remote engine keeps one transport: its retries, ``Retry-After`` handling and adaptive concurrency apply
 across all clients. A client that disconnects cancels its request's task, which stops its generation.
 """
@@ -315,10 +317,11 @@ class _Run:
                             }
                         )
                         await response.prepare(request)
-                        await self._send(response, {"role": "assistant", "content": ""})
+                        if not self.prepared.samples:
+                            await self._send(response, {"role": "assistant", "content": ""})
                     if event.final:
                         await self._finish_stream(response, event)
-                    elif event.delta:
+                    elif event.delta and not self.prepared.samples:  # samples: each choice whole, at the end
                         await self._send(response, {"content": event.delta})
         except ApiError as exc:
             if response is None:
@@ -350,12 +353,21 @@ class _Run:
     async def _finish_stream(self, response: web.StreamResponse, final: StreamEvent) -> None:
         self._count(final)
         model, inc = self.state.served_model, self.prepared.include_usage
-        reason = wire.finish_reason_of(final.metadata)
-        calls = wire.tool_calls_of(final.conversation.last_message if final.conversation else None)
-        if calls:  # the calls go out whole, in one delta, before the finish chunk
-            delta = {"tool_calls": [{"index": i, **call} for i, call in enumerate(calls)]}
-            await _write(response, wire.chunk(self.cid, model, self.created, delta, include_usage=inc))
-        await _write(response, wire.chunk(self.cid, model, self.created, {}, reason, include_usage=inc))
+        message = final.conversation.last_message if final.conversation else None
+        choices = wire.choices_of(message.text if message else "", final.metadata, wire.tool_calls_of(message))
+        if not self.prepared.samples:
+            choices = choices[:1]
+        for index, choice in enumerate(choices):
+            if self.prepared.samples:  # the choice's text, whole, with its log-probabilities
+                delta: dict[str, Any] = {"role": "assistant", "content": choice.text}
+                await _write(response, wire.chunk(self.cid, model, self.created, delta, include_usage=inc,
+                                                  index=index, logprobs=choice.logprobs))  # fmt: skip
+            if choice.tool_calls:  # the calls go out whole, in one delta, before the finish chunk
+                delta = {"tool_calls": [{"index": i, **call} for i, call in enumerate(choice.tool_calls)]}
+                await _write(response, wire.chunk(self.cid, model, self.created, delta, include_usage=inc, index=index))
+        for index, choice in enumerate(choices):
+            finish = wire.chunk(self.cid, model, self.created, {}, choice.finish_reason, include_usage=inc, index=index)
+            await _write(response, finish)
         if inc:
             usage = wire.usage_of(final.metadata)
             await _write(response, wire.chunk(self.cid, model, self.created, None, usage=usage, include_usage=True))

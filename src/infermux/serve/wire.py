@@ -22,7 +22,17 @@ from infermux.configs.generation_params import GenerationParams, GuidedDecodingP
 from infermux.engines.capabilities import TOOL_PARAMS, Capabilities
 from infermux.types import ContentItem, Conversation, Message, Role, Tool, ToolCall, Type
 
-__all__ = ["ApiError", "ChatRequest", "Prepared", "chunk", "completion", "error_body", "prepare"]
+__all__ = [
+    "ApiError",
+    "ChatRequest",
+    "Choice",
+    "Prepared",
+    "choices_of",
+    "chunk",
+    "completion",
+    "error_body",
+    "prepare",
+]
 
 
 class ApiError(Exception):
@@ -103,7 +113,7 @@ class ChatRequest(_Strict):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, ge=0.0, le=1.0)
-    n: int | None = Field(default=None, ge=1)
+    n: int | None = Field(default=None, ge=1, le=128)
     stop: str | list[str] | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
@@ -112,7 +122,7 @@ class ChatRequest(_Strict):
     seed: int | None = None
     logit_bias: dict[str, float] | None = None
     logprobs: bool | None = None
-    top_logprobs: int | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
     response_format: ResponseFormat | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
@@ -169,6 +179,8 @@ class Prepared:
     generation: GenerationParams
     stream: bool
     include_usage: bool
+    samples: bool = False
+    """Answered as ``generation.n`` choices and/or with log-probabilities (from ``metadata["samples"]``)."""
 
 
 _ROLES = {"system": Role.SYSTEM, "developer": Role.SYSTEM, "user": Role.USER, "assistant": Role.ASSISTANT}
@@ -190,10 +202,8 @@ def prepare(
             param="model",
             code="model_not_found",
         )
-    if req.n not in (None, 1):
-        raise ApiError("Only n=1 is supported.", param="n", code="unsupported_parameter")
-    if req.logprobs or req.top_logprobs:
-        raise ApiError("logprobs are not supported by this server.", param="logprobs", code="unsupported_parameter")
+    if req.top_logprobs is not None and not req.logprobs:
+        raise ApiError("top_logprobs requires logprobs to be set to true.", param="top_logprobs")
     if req.stream_options is not None and not req.stream:
         raise ApiError("stream_options is only allowed when stream is true.", param="stream_options")
     conversation = Conversation(messages=[_message(m, i) for i, m in enumerate(req.messages)], tools=_tools(req))
@@ -204,7 +214,8 @@ def prepare(
     generation = _generation(req, defaults)
     _check_caps(req, generation, defaults, caps, engine_name)
     include_usage = bool(req.stream and req.stream_options and req.stream_options.include_usage)
-    return Prepared(req, conversation, generation, bool(req.stream), include_usage)
+    samples = generation.n > 1 or generation.logprobs
+    return Prepared(req, conversation, generation, bool(req.stream), include_usage, samples)
 
 
 def _message(m: ChatMessage, index: int) -> Message:
@@ -267,7 +278,7 @@ def _generation(req: ChatRequest, defaults: GenerationParams) -> GenerationParam
     limit = req.max_completion_tokens or req.max_tokens
     if limit is not None:
         update["max_new_tokens"] = limit
-    for name in ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty", "min_p"):
+    for name in ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty", "min_p", "n", "logprobs"):
         value = getattr(req, name)
         if value is not None:
             update[name] = value
@@ -278,6 +289,8 @@ def _generation(req: ChatRequest, defaults: GenerationParams) -> GenerationParam
         update["stop_strings"] = stops or None
     if req.logit_bias is not None:
         update["logit_bias"] = req.logit_bias
+    if req.logprobs:
+        update["top_logprobs"] = req.top_logprobs or 0
     fmt = req.response_format
     if fmt is not None and fmt.type != "text":
         schema: Any = {"type": "object"}
@@ -358,6 +371,45 @@ def tool_calls_of(message: Message | None) -> list[dict[str, Any]] | None:
     return [call.to_json_dict() for call in message.tool_calls]
 
 
+@dataclass
+class Choice:
+    """One answer of a completion: its text, tool calls, finish reason and OpenAI-shaped log-probabilities."""
+
+    text: str
+    tool_calls: list[dict[str, Any]] | None
+    finish_reason: str
+    logprobs: dict[str, Any] | None = None
+
+
+def choices_of(text: str, metadata: dict[str, Any], tool_calls: list[dict[str, Any]] | None) -> list[Choice]:
+    """The answer's choices: one per entry of ``metadata["samples"]`` (n > 1, logprobs), else the one answer."""
+    samples = metadata.get("samples")
+    if not isinstance(samples, list) or not samples:
+        return [Choice(text, tool_calls, finish_reason_of(metadata))]
+    return [
+        Choice(
+            s.get("text") or "",
+            s.get("tool_calls") or None,
+            finish_reason_of({"finish_reason": s.get("finish_reason")}),
+            logprobs_of(s.get("logprobs")),
+        )
+        for s in samples
+    ]
+
+
+def logprobs_of(tokens: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    """A sample's :class:`~infermux.types.TokenLogprob` entries in OpenAI's ``choices[i].logprobs`` shape."""
+    if tokens is None:
+        return None
+
+    def entry(token: dict[str, Any]) -> dict[str, Any]:
+        text = str(token.get("token", ""))
+        return {"token": text, "logprob": token.get("logprob"), "bytes": list(text.encode("utf-8"))}
+
+    content = [{**entry(t), "top_logprobs": [entry(a) for a in t.get("top_logprobs") or []]} for t in tokens]
+    return {"content": content, "refusal": None}
+
+
 def completion(
     cid: str,
     model: str,
@@ -366,23 +418,21 @@ def completion(
     metadata: dict[str, Any],
     tool_calls: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": text if text or not tool_calls else None}
-    message["refusal"] = None
-    if tool_calls:
-        message["tool_calls"] = tool_calls
+    choices = []
+    for index, choice in enumerate(choices_of(text, metadata, tool_calls)):
+        content = choice.text if choice.text or not choice.tool_calls else None
+        message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
+        if choice.tool_calls:
+            message["tool_calls"] = choice.tool_calls
+        choices.append(
+            {"index": index, "message": message, "logprobs": choice.logprobs, "finish_reason": choice.finish_reason}
+        )
     return {
         "id": cid,
         "object": "chat.completion",
         "created": created,
         "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": message,
-                "logprobs": None,
-                "finish_reason": finish_reason_of(metadata),
-            }
-        ],
+        "choices": choices,
         "usage": usage_of(metadata),
     }
 
@@ -395,10 +445,15 @@ def chunk(
     finish_reason: str | None = None,
     usage: dict[str, int] | None = None,
     include_usage: bool = False,
+    *,
+    index: int = 0,
+    logprobs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model}
     out["choices"] = (
-        [] if delta is None else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
+        []
+        if delta is None
+        else [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}]
     )
     if include_usage:
         out["usage"] = usage
