@@ -128,7 +128,7 @@ def test_gguf_models(tmp_path):
 # ---------------------------------------------------------------------------------------------- real vLLM
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def engine(vllm_engine):
     """The session's VLLM engine (tests/engines/conftest.py): the tool parser and template variables only
     act on rows that offer tools."""

@@ -222,3 +222,21 @@ def test_a_tool_message_without_its_call_id_is_a_400(gateway: Served, fake: Fake
         )
     assert "tool_call_id" in str(err.value)
     assert not [r for r in fake.requests if r.path == "/v1/chat/completions"]
+
+
+def test_n_choices_and_logprobs_through_the_gateway(gateway: Served, fake: FakeOpenAIChat) -> None:
+    reply = chat(gateway, "pick one", n=3, seed=4, temperature=0.9, logprobs=True, top_logprobs=2)
+    assert [c.index for c in reply.choices] == [0, 1, 2]
+    (sent,) = [r for r in fake.requests if r.path == "/v1/chat/completions"]
+    assert (sent.json["n"], sent.json["logprobs"], sent.json["top_logprobs"], sent.json["seed"]) == (3, True, 2, 4)
+    for choice in reply.choices:
+        assert choice.message.content == "system=- | turns=1 | images=0 | last=pick one"
+        assert choice.logprobs is not None and choice.logprobs.content
+        assert "".join(t.token for t in choice.logprobs.content) == choice.message.content
+        assert all(len(t.top_logprobs) == 2 and t.bytes == list(t.token.encode()) for t in choice.logprobs.content)
+    stream = sdk(gateway).chat.completions.create(
+        model="gpt-fake", messages=[{"role": "user", "content": "pick"}], n=2, stream=True
+    )
+    chunks = [c for c in stream if c.choices]
+    assert {c.choices[0].index for c in chunks} == {0, 1}
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices[0].index == 1).endswith("last=pick")

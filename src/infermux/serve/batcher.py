@@ -1,11 +1,12 @@
 """Concurrent requests gathered into one engine call, for local engines that cannot stream themselves.
 
 An engine whose ``astream`` is the base default answers one conversation per ``_infer_chunk`` call; on
-a local engine (``max_concurrency() == 1``, e.g. VLLM's offline ``LLM.chat``) concurrent calls would
-run one after another, or race on one model. The :class:`Batcher` queues requests and, whenever the
-engine is free, hands every waiting request with the same generation settings to one ``_infer_chunk``
-call (up to ``chunk_size``), so requests that arrive while a batch runs join the next one. Requests
-whose client went away before their batch starts are dropped; a batch already running finishes.
+a local engine that takes one chunk at a time (``max_concurrency() == 1``) concurrent calls would run
+one after another, or race on one model (LLAMACPP, NATIVE and VLLM stream themselves). The
+:class:`Batcher` queues requests and, whenever the engine is free, hands every waiting request with the
+same generation settings to one ``_infer_chunk`` call (up to ``chunk_size``), so requests that arrive
+while a batch runs join the next one. Requests whose client went away before their batch starts are
+dropped; a batch already running finishes.
 """
 
 from __future__ import annotations
