@@ -156,7 +156,10 @@ class Feeder:
         key = _key(stream.request_id)
         if stream.request_id and streams.get(key) is stream:
             del streams[key]
-            self._llm.llm_engine.abort_request([stream.request_id], internal=True)
+            try:
+                self._llm.llm_engine.abort_request([stream.request_id], internal=True)
+            except Exception:  # the request may have ended meanwhile: the feeder keeps running
+                logger.warning("vLLM could not abort request %s", stream.request_id, exc_info=True)
 
     def _loop(self) -> None:
         engine = self._llm.llm_engine

@@ -75,8 +75,11 @@ async def stream_reply(
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Any] = asyncio.Queue()
 
-    def push(item: Any) -> None:  # in the feeder thread
-        piece = item if isinstance(item, BaseException) else _piece(item)
+    def push(item: Any) -> None:  # in the feeder thread: never raises
+        try:
+            piece = item if isinstance(item, BaseException) else _piece(item)
+        except Exception as exc:  # an output this code cannot read: the stream fails, the feeder goes on
+            piece = exc
         with contextlib.suppress(RuntimeError):  # the event loop may be gone after a cancel
             loop.call_soon_threadsafe(queue.put_nowait, piece)
 
