@@ -7,7 +7,9 @@
   compute goes to padding), left-padded with an attention mask, and generated with the KV cache.
 - Rows opening with the same long prefix (a shared system prompt) are kept in one batch; the decode loop
   evaluates that prefix once and shares its KV cache across them.
-- Streaming (chat) keeps the last answer's KV cache, so the next turn evaluates only its new tokens.
+- Streaming: concurrent ``astream`` calls (``infermux serve``) decode together in one batch that new
+  requests join between steps and finished or abandoned ones leave (:mod:`.scheduler`). The last answer's
+  KV cache is kept, so a chat's next turn evaluates only its new tokens.
 - Greedy and sampled decoding run in the engine's own loop (:mod:`.decode`), which drops finished
   rows from the batch; beam search and guided decoding (xgrammar) run through ``model.generate``.
 - Sampling happens whenever ``temperature > 0`` (or ``use_sampling``): a temperature means the user
@@ -47,6 +49,8 @@ _SUPPORTED = """seed temperature top_p min_p use_sampling num_beams stop_strings
     frequency_penalty presence_penalty logit_bias skip_special_tokens n logprobs top_logprobs"""
 # Chunks hold several batches, so rows can be grouped by length across them.
 _BATCHES_PER_CHUNK = 4
+# Concurrent streams decoded together at most (more wait for a free row).
+_STREAM_ROWS = 32
 
 
 class NativeTextInferenceEngine(InferenceEngine):
@@ -88,10 +92,17 @@ class NativeTextInferenceEngine(InferenceEngine):
 
         self._fast_decode = supports_fast_decode(self.model)
         self._template_has_tools = tool_prompting.renders_tools(getattr(self.tokenizer, "chat_template", None))
-        from infermux.engines.native.stream import PromptCache
+        self.prompt_cache: Any = None
+        self._scheduler: Any = None
+        if self._fast_decode:  # concurrent streams decode together (plain full-attention caches only)
+            from infermux.engines.native.scheduler import PromptCache, StreamScheduler
 
-        #: The last streamed answer's KV cache, reused by the next turn of a chat (plain caches only).
-        self.prompt_cache = PromptCache() if self._fast_decode else None
+            #: The last streamed answer's KV cache, reused by the next turn of a chat.
+            self.prompt_cache = PromptCache()
+            rows = max(_STREAM_ROWS, self.generation_params.batch_size)
+            self._scheduler = StreamScheduler(
+                self.model, self.tokenizer.pad_token_id, self._lock, self.prompt_cache, rows
+            )
 
     @property
     def loaded(self) -> LoadedModel:
@@ -253,7 +264,7 @@ class NativeTextInferenceEngine(InferenceEngine):
     async def astream(
         self, conversation: Conversation, generation: GenerationParams | None = None
     ) -> AsyncIterator[StreamEvent]:
-        """Stream one answer token by token (transformers' ``TextIteratorStreamer``)."""
+        """Stream one answer token by token; concurrent calls decode together (:mod:`.scheduler`)."""
         generation = generation or self.generation_params
         self._check(generation)
         problem = self.check_conversation(conversation)
@@ -264,32 +275,17 @@ class NativeTextInferenceEngine(InferenceEngine):
             async for event in super().astream(conversation, generation):
                 yield event
             return
-        from infermux.engines.native.stream import stream_tokens
+        from infermux.engines.native import stream
 
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        loop = asyncio.get_running_loop()
         prompt = self._prompt_ids(conversation, 0, generation)
-        cancel = threading.Event()  # set when the consumer stops listening (Ctrl-C in chat)
-
-        def put(item: Any) -> None:
-            with contextlib.suppress(RuntimeError):  # the event loop may be gone after a cancel
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-
-        def produce() -> None:
-            try:
-                with self._lock:
-                    for item in stream_tokens(self.loaded, prompt, generation, cancel, self.prompt_cache):
-                        put(item)
-            except BaseException as exc:
-                put(exc)
-            put(None)
-
-        worker = threading.Thread(target=produce, name="infermux-native-stream", daemon=True)
-        worker.start()
-        try:
-            while (item := await queue.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
+        if self._scheduler is not None:
+            stop = self._stop_string_check(generation)
+            source = stream.scheduled(self.loaded, self._scheduler, prompt, generation,
+                                      (lambda tokens: stop(0, tokens)) if stop is not None else None)  # fmt: skip
+        else:
+            source = stream.threaded(self.loaded, self._lock, prompt, generation)
+        async with contextlib.aclosing(source):
+            async for item in source:
                 if isinstance(item, str):
                     yield StreamEvent(delta=item)
                 else:
@@ -297,10 +293,18 @@ class NativeTextInferenceEngine(InferenceEngine):
                     reply = _reply(conversation, text, usage, reason, generation)
                     metadata = {"usage": reply.metadata["usage"], "finish_reason": reply.metadata["finish_reason"]}
                     yield StreamEvent(conversation=reply, metadata=metadata)
-        finally:
-            cancel.set()
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Streaming decoder counters: decode steps, most rows in one step, requests admitted (and of
+        those, joined to a running batch), cancelled, tokens generated, prompt tokens evaluated."""
+        if self._scheduler is None:
+            return {}
+        return {**self._scheduler.stats, "active": self._scheduler.active}
 
     def close(self) -> None:
+        if getattr(self, "_scheduler", None) is not None:
+            self._scheduler.close()
         self.model = None
         self.tokenizer = None
 

@@ -1,17 +1,22 @@
-"""Streaming one NATIVE answer: ``model.generate`` with a transformers text streamer.
+"""Streaming NATIVE answers, as text deltas and then ``(final_text, usage, finish_reason)``.
 
-The streamer decodes word by word; stop strings end the answer before they are shown, so the text that
-could still turn out to be the start of a stop string is held back until it cannot.
+- :func:`scheduled`: models the engine's decode loop can drive; the request joins the
+  :class:`~infermux.engines.native.scheduler.StreamScheduler`'s batch (concurrent streams decode
+  together) and its tokens are turned into text here, as they arrive.
+- :func:`threaded`: other models; ``model.generate`` with a transformers text streamer in a thread, one
+  stream at a time (under the engine's lock).
 
-A :class:`PromptCache` keeps the KV cache of the last streamed answer: the next turn of the same chat
-starts from it (cropped where the new prompt first differs), so only the new turn's tokens are evaluated.
+Stop strings end the answer before they are shown: text that could still turn out to be the start of a
+stop string is held back until it cannot.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from typing import Any
 
 from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
@@ -19,38 +24,125 @@ from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 from infermux.configs.generation_params import GenerationParams
 from infermux.engines.native.model import LoadedModel
 from infermux.engines.native.params import build_processors, cut_at_stop, stop_token_ids
+from infermux.engines.native.scheduler import Request, StreamScheduler
 from infermux.types import FinishReason, Usage
 
-__all__ = ["PromptCache", "stream_tokens"]
+__all__ = ["TextDeltas", "scheduled", "stream_tokens", "threaded"]
 
 
-class PromptCache:
-    """The KV cache (and its tokens) of the last streamed answer, kept for the chat's next turn."""
+Item = str | tuple[str, Usage, FinishReason]
 
-    def __init__(self) -> None:
+
+class TextDeltas:
+    """Token ids in, text deltas out: the answer so far is decoded whole at each token (decoding is not
+    always additive per token), cut at a stop string, and shown up to what cannot change any more."""
+
+    def __init__(self, tokenizer: Any, generation: GenerationParams) -> None:
+        self.tokenizer, self.skip = tokenizer, generation.skip_special_tokens
+        self.stops = generation.stop_strings or []
+        self.hold = max((len(s) for s in self.stops), default=1) - 1
         self.tokens: list[int] = []
-        self.cache: Any = None
-        #: Prompt tokens the model evaluated for the last streamed answer (the rest came from the cache).
-        self.last_evaluated = 0
+        self.shown = ""
+        self.stopped = False
 
-    def take(self, prompt: list[int]) -> tuple[Any, int]:
-        """The kept cache cropped to its longest prefix of ``prompt`` (at least one token left to
-        evaluate), and that prefix's length; ``(None, 0)`` when nothing can be reused."""
-        cache, tokens = self.cache, self.tokens
-        self.cache, self.tokens = None, []  # taken: a failure below must not leave a half-updated cache
-        shared = 0
-        for a, b in zip(tokens, prompt[: len(prompt) - 1], strict=False):
-            if a != b:
-                break
-            shared += 1
-        if cache is None or shared == 0:
-            return None, 0
-        cache.crop(shared)
-        return cache, shared
+    def add(self, token: int) -> str:
+        self.tokens.append(token)
+        if self.stopped:
+            return ""
+        text, self.stopped = cut_at_stop(self.text(), self.stops)
+        safe = len(text) if self.stopped else len(text) - self.hold
+        safe = min(safe, len(text[:safe].rstrip("\ufffd")))  # an unfinished multi-byte character waits
+        if safe <= len(self.shown) or not text.startswith(self.shown):
+            return ""
+        delta, self.shown = text[len(self.shown) : safe], text[:safe]
+        return delta
 
-    def keep(self, tokens: list[int], cache: Any) -> None:
-        """Keep ``cache``, which holds the first ``cache.get_seq_length()`` of ``tokens``."""
-        self.tokens, self.cache = tokens[: cache.get_seq_length()], cache
+    def text(self) -> str:
+        return str(self.tokenizer.decode(self.tokens, skip_special_tokens=self.skip))
+
+    def rest(self, answer: str) -> str:
+        """What is left to show of the final ``answer``."""
+        return answer[len(self.shown) :] if answer.startswith(self.shown) else ""
+
+
+async def scheduled(
+    engine: LoadedModel,
+    scheduler: StreamScheduler,
+    prompt: list[int],
+    generation: GenerationParams,
+    should_stop: Callable[[list[int]], bool] | None,
+) -> AsyncGenerator[Item, None]:
+    """Stream one answer from the scheduler's shared batch; closing this generator frees its row."""
+    torch = engine.torch
+    loop = asyncio.get_running_loop()
+    inbox: asyncio.Queue[int | BaseException | None] = asyncio.Queue()
+
+    def put(item: int | BaseException | None) -> None:
+        with contextlib.suppress(RuntimeError):  # the event loop may be gone after a cancel
+            loop.call_soon_threadsafe(inbox.put_nowait, item)
+
+    vocab = int(engine.model.config.get_text_config().vocab_size)
+    stop_ids = stop_token_ids(generation, engine.tokenizer, engine.model)
+    generator = None
+    if generation.seed is not None and generation.sampling:
+        generator = torch.Generator(device=engine.device).manual_seed(generation.seed)
+    request = Request(
+        prompt=prompt,
+        max_new_tokens=generation.max_new_tokens,
+        stop_ids=frozenset(stop_ids),
+        on_token=put,
+        on_done=put,
+        processors=build_processors(generation, engine.tokenizer, vocab, len(prompt)),
+        sample=generation.sampling,
+        generator=generator,
+        should_stop=should_stop,
+    )
+    deltas = TextDeltas(engine.tokenizer, generation)
+    scheduler.submit(request)
+    try:
+        while isinstance(item := await inbox.get(), int):
+            if delta := deltas.add(item):
+                yield delta
+    finally:
+        if not request.finished:
+            scheduler.cancel(request)  # the consumer went away: free the row at the next step
+    if item is not None:
+        raise item
+    text, usage, reason = engine.finish(prompt, request.tokens, generation, stop_ids)
+    answer, _ = cut_at_stop(deltas.text(), generation.stop_strings)
+    if rest := deltas.rest(answer):
+        yield rest
+    yield (text, usage, reason)
+
+
+async def threaded(engine: LoadedModel, lock: threading.Lock, prompt: list[int], generation: GenerationParams
+                   ) -> AsyncGenerator[Item, None]:  # fmt: skip
+    """Stream one answer with :func:`stream_tokens` in a thread, holding ``lock`` (one at a time)."""
+    inbox: asyncio.Queue[Any] = asyncio.Queue()
+    loop = asyncio.get_running_loop()
+    cancel = threading.Event()  # set when the consumer stops listening (Ctrl-C in chat)
+
+    def put(item: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the event loop may be gone after a cancel
+            loop.call_soon_threadsafe(inbox.put_nowait, item)
+
+    def produce() -> None:
+        try:
+            with lock:
+                for item in stream_tokens(engine, prompt, generation, cancel):
+                    put(item)
+        except BaseException as exc:
+            put(exc)
+        put(None)
+
+    threading.Thread(target=produce, name="infermux-native-stream", daemon=True).start()
+    try:
+        while (item := await inbox.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        cancel.set()
 
 
 class _QueueStreamer(TextStreamer):
@@ -82,13 +174,9 @@ def stream_tokens(
     prompt: list[int],
     generation: GenerationParams,
     cancel: threading.Event | None = None,
-    prompt_cache: PromptCache | None = None,
 ) -> Iterator[str | tuple[str, Usage, FinishReason]]:
     """Yield text deltas, then ``(final_text, usage, finish_reason)``; the deltas add up to the answer.
-
-    Setting ``cancel`` ends generation at the next token. With ``prompt_cache``, generation starts from
-    the previous answer's KV cache where the prompts agree, and leaves its own cache there.
-    """
+    Setting ``cancel`` ends generation at the next token."""
     torch = engine.torch
     ids, mask = engine.batch_tensors([prompt])
     vocab = int(engine.model.config.get_text_config().vocab_size)
@@ -99,12 +187,6 @@ def stream_tokens(
     pieces: queue.Queue[Any] = queue.Queue()
     streamer = _QueueStreamer(engine.tokenizer, pieces, generation.skip_special_tokens)
     box: dict[str, Any] = {}
-    cache, reused = prompt_cache.take(prompt) if prompt_cache is not None else (None, 0)
-    if prompt_cache is not None:
-        from transformers import DynamicCache
-
-        cache = cache if cache is not None else DynamicCache(config=engine.model.config)
-        prompt_cache.last_evaluated = len(prompt) - reused
 
     def run() -> None:
         try:
@@ -120,7 +202,6 @@ def stream_tokens(
                     stop_strings=generation.stop_strings or None,
                     tokenizer=engine.tokenizer if generation.stop_strings else None,
                     streamer=streamer,
-                    past_key_values=cache,
                     stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]) if cancel is not None else None,
                     temperature=None,
                     top_p=None,
@@ -148,8 +229,6 @@ def stream_tokens(
     worker.join()
     if "error" in box:
         raise box["error"]
-    if prompt_cache is not None:
-        prompt_cache.keep(box["output"][0].tolist(), cache)
     tokens = box["output"][0, ids.shape[1] :].tolist()
     cut = next((i + 1 for i, token in enumerate(tokens) if token in stop_ids), len(tokens))
     _, usage, reason = engine.finish(prompt, tokens[:cut], generation, stop_ids)

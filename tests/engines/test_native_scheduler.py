@@ -1,0 +1,134 @@
+"""Concurrent NATIVE streams decode in one batch (engines/native/scheduler.py), on the real default model.
+
+float32 (the ModelParams default): each stream's answer must equal the answer it gets alone, whatever
+joins or leaves the batch around it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from infermux.configs import GenerationParams, ModelParams
+from infermux.engines.native.engine import NativeTextInferenceEngine
+from infermux.types import Conversation
+
+pytestmark = pytest.mark.slow
+
+END_OF_TURN = "2"  # <|im_end|> in SmolLM2's vocabulary
+PROMPTS = [
+    "Say hello.",
+    "Name three colours.",
+    "What is two plus two?",
+    "Write a sentence about the number 7.",
+    "What is the capital of France?",
+    "Name a fruit.",
+    "Why is the sky blue? Answer briefly.",
+    "Count: 1, 2, 3,",
+]
+# Rows with different settings share the decode steps, each with its own processors and stops.
+SETTINGS: list[dict[str, Any]] = [
+    {},
+    {"stop_strings": [","]},
+    {"frequency_penalty": 0.8},
+    {"temperature": 0.8, "seed": 11},
+    {"max_new_tokens": 6},
+    {"logit_bias": {END_OF_TURN: -100.0}},
+    {"presence_penalty": 0.5, "stop_token_ids": [30]},
+    {"temperature": 0.7, "top_p": 0.9, "seed": 5},
+]
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[NativeTextInferenceEngine]:
+    built = NativeTextInferenceEngine(ModelParams(model_name="smollm2-135m-instruct"))
+    yield built
+    built.close()
+
+
+def conv(text: str) -> Conversation:
+    return Conversation.model_validate({"messages": [{"role": "user", "content": text}]})
+
+
+def generation(i: int) -> GenerationParams:
+    return GenerationParams(**{"max_new_tokens": 16, **SETTINGS[i]})
+
+
+async def stream(
+    engine: NativeTextInferenceEngine, i: int, started: asyncio.Event | None = None, wait: asyncio.Event | None = None
+) -> tuple[str, int]:
+    """Stream prompt ``i`` (after ``wait``); set ``started`` at its first delta; the text and token count."""
+    if wait is not None:
+        await wait.wait()
+    deltas: list[str] = []
+    async for event in engine.astream(conv(PROMPTS[i]), generation(i)):
+        if event.final:
+            assert event.conversation is not None
+            assert "".join(deltas) == event.conversation.last_message.text
+            return event.conversation.last_message.text, event.metadata["usage"]["completion_tokens"]
+        deltas.append(event.delta)
+        if started is not None:
+            started.set()
+    raise AssertionError("no final event")
+
+
+def test_concurrent_streams_join_mid_decode_and_answer_as_alone(engine: NativeTextInferenceEngine) -> None:
+    alone = [asyncio.run(stream(engine, i)) for i in range(len(PROMPTS))]
+    assert engine._scheduler is not None
+    engine._scheduler.max_rows = 4  # the rest wait for a free row
+    before = dict(engine.stats)
+
+    async def together() -> list[tuple[str, int]]:
+        # Each stream starts once the previous one is producing text: it joins a batch mid-decode.
+        started = [asyncio.Event() for _ in PROMPTS]
+        tasks = [stream(engine, i, started[i], started[i - 1] if i else None) for i in range(len(PROMPTS))]
+        return list(await asyncio.gather(*tasks))
+
+    try:
+        assert asyncio.run(together()) == alone
+    finally:
+        engine._scheduler.max_rows = 32
+    stats = engine.stats
+    assert 1 < stats["max_rows"] <= 4
+    assert stats["joined_mid_decode"] - before["joined_mid_decode"] >= 1
+    assert stats["generated_tokens"] - before["generated_tokens"] == sum(n for _, n in alone)
+    assert stats["active"] == 0
+
+
+def test_a_cancelled_stream_frees_its_row_and_the_others_finish(engine: NativeTextInferenceEngine) -> None:
+    """A stream that cannot end on its own (end of turn banned, 24 tokens) is cancelled after its first
+    text, as `infermux serve` does when a client disconnects: it leaves the batch, the others answer as alone."""
+    others = [0, 2, 5]
+    alone = [asyncio.run(stream(engine, i)) for i in others]
+    endless = GenerationParams(max_new_tokens=24, logit_bias={END_OF_TURN: -100.0})
+    before = dict(engine.stats)
+
+    async def run() -> list[tuple[str, int]]:
+        first = asyncio.Event()
+
+        async def doomed() -> None:
+            async for event in engine.astream(conv("Tell me a long story."), endless):
+                if event.delta:
+                    first.set()
+            raise AssertionError("the cancelled stream finished")
+
+        victim = asyncio.create_task(doomed())
+        tasks = [asyncio.create_task(stream(engine, i)) for i in others]
+        await first.wait()
+        victim.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await victim
+        return list(await asyncio.gather(*tasks))
+
+    assert asyncio.run(run()) == alone
+    stats = engine.stats
+    assert stats["cancelled"] - before["cancelled"] == 1
+    assert stats["active"] == 0
+    doomed_tokens = stats["generated_tokens"] - before["generated_tokens"] - sum(n for _, n in alone)
+    assert 1 <= doomed_tokens < 24  # it left the batch early, and was not left running
