@@ -69,6 +69,8 @@ class NativeTextInferenceEngine(InferenceEngine):
             "text-only models; guided decoding through xgrammar",
             "tools: rendered by the chat template, or as a Hermes system block; forced calls are schema-"
             "constrained, others parsed from <tool_call> markup (docs/tools.md).",
+            "streaming: concurrent streams (infermux serve) decode in one batch that new requests join between "
+            "steps (beam search, guided decoding, n > 1 and logprobs: one request at a time).",
         ),
     )
 

@@ -160,15 +160,15 @@ class StreamScheduler:
                 room = self.max_rows - self.active
                 inbox, self._inbox = self._inbox[:room], self._inbox[room:]
             with self.lock, torch.inference_mode():
-                if inbox:
-                    self._admit(inbox)
-                if self._batch is not None:
-                    try:
+                try:
+                    if inbox:
+                        self._admit(inbox)
+                    if self._batch is not None:
                         self._step(self._batch)
-                    except Exception as exc:  # the model failed: every row in flight fails with it
-                        rows, self._batch = self._batch.rows, None
-                        for request in rows:
-                            _finish(request, exc)
+                except Exception as exc:  # the model failed: every row in flight fails with it
+                    rows, self._batch = self._batch.rows if self._batch is not None else [], None
+                    for request in [*rows, *inbox]:
+                        _finish(request, exc)
         closed = RuntimeError("the NATIVE engine was closed before this request finished")
         for request in [*self._inbox, *(self._batch.rows if self._batch is not None else [])]:
             _finish(request, closed)

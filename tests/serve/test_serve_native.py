@@ -1,0 +1,62 @@
+"""``infermux serve`` on NATIVE (transformers, float32): concurrent streaming SDK clients share one decode
+batch (engines/native/scheduler.py) and each gets the answer it gets alone; a client that leaves early
+does not disturb the others."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.serve.running import Served, serve
+
+openai = pytest.importorskip("openai")
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+pytestmark = pytest.mark.slow
+
+MODEL = "smollm2-135m-instruct"
+PROMPTS = [f"Write one short sentence about the number {i}." for i in range(8)]
+
+
+async def ask(sdk: openai.AsyncOpenAI, prompt: str, max_tokens: int = 16) -> str:
+    stream = await sdk.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": prompt}],
+        max_tokens=max_tokens,
+        temperature=0,
+        stream=True,
+    )
+    return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+
+
+async def leave_early(sdk: openai.AsyncOpenAI) -> None:
+    """Open a long stream and close it after the first text: the server drops that row."""
+    stream = await sdk.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Tell me a long story."}], max_tokens=24, stream=True
+    )
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            break
+    await stream.close()
+
+
+def test_eight_concurrent_streaming_clients_answer_as_alone() -> None:
+    with serve("--engine", "NATIVE", "--model.model_name", MODEL, "--model.torch_dtype_str", "float32") as served:
+
+        async def run(server: Served) -> tuple[list[str], list[str], str]:
+            sdk = openai.AsyncOpenAI(base_url=server.api, api_key="unused", max_retries=0, timeout=900)
+            try:
+                alone = [await ask(sdk, p) for p in PROMPTS]
+                together = await asyncio.gather(leave_early(sdk), *(ask(sdk, p) for p in PROMPTS))
+                after = await ask(sdk, PROMPTS[0])  # still serving, same answer
+                return alone, list(together[1:]), after
+            finally:
+                await sdk.close()
+
+        alone, together, after = asyncio.run(run(served))
+        assert all(alone)
+        assert together == alone
+        assert after == alone[0]
+        assert served.alive() and "Traceback" not in served.log()
