@@ -29,7 +29,7 @@ def _private_engine_uses(module: str) -> list[str]:
 
 
 def test_stream_and_model_do_not_import_the_engine() -> None:
-    for module in ("stream", "model"):
+    for module in ("stream", "model", "scheduler"):
         assert "infermux.engines.native.engine" not in _imports(module), module
     assert not _private_engine_uses("stream")
 
