@@ -132,3 +132,42 @@ def test_a_cancelled_stream_frees_its_row_and_the_others_finish(engine: NativeTe
     assert stats["active"] == 0
     doomed_tokens = stats["generated_tokens"] - before["generated_tokens"] - sum(n for _, n in alone)
     assert 1 <= doomed_tokens < 24  # it left the batch early, and was not left running
+
+
+def test_a_request_cancelled_while_waiting_for_a_row_leaves_at_once(engine: NativeTextInferenceEngine) -> None:
+    """One row only: B waits behind A; cancelling B takes it out of the queue while A still decodes."""
+    scheduler = engine._scheduler
+    assert scheduler is not None
+    endless = GenerationParams(max_new_tokens=24, logit_bias={END_OF_TURN: -100.0})
+    before = dict(engine.stats)
+
+    async def run() -> None:
+        first = asyncio.Event()
+
+        async def consume(text: str) -> int:
+            async for event in engine.astream(conv(text), endless):
+                first.set()
+                if event.final:
+                    return int(event.metadata["usage"]["completion_tokens"])
+            raise AssertionError("no final event")
+
+        a = asyncio.create_task(consume("Tell me a long story."))
+        await first.wait()
+        b = asyncio.create_task(consume("Say hello."))
+        while not scheduler._inbox:  # B is queued behind A
+            await asyncio.sleep(0.01)
+        b.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await b
+        while scheduler._inbox:
+            await asyncio.sleep(0.01)
+        assert not a.done()  # B left the queue before A's row was free
+        assert await a == 24
+
+    scheduler.max_rows = 1
+    try:
+        asyncio.run(run())
+    finally:
+        scheduler.max_rows = 32
+    assert engine.stats["cancelled"] - before["cancelled"] == 1
+    assert engine.stats["admitted"] - before["admitted"] == 1  # B never took a row

@@ -157,8 +157,11 @@ class StreamScheduler:
                     self._wake.wait()
                 if self._closed:
                     break
-                room = self.max_rows - self.active
-                inbox, self._inbox = self._inbox[:room], self._inbox[room:]
+                # Cancelled requests leave the inbox at once, even while the batch is full.
+                waiting = [r for r in self._inbox if not r.cancelled]
+                room = max(0, self.max_rows - self.active)
+                inbox = [r for r in self._inbox if r.cancelled] + waiting[:room]
+                self._inbox = waiting[room:]
             with self.lock, torch.inference_mode():
                 try:
                     if inbox:
