@@ -91,7 +91,7 @@ def ours(engine_name: str) -> tuple[Callable[[list[dict[str, str]]], Timing], fl
 
 
 def raw_llamacpp() -> Callable[[list[dict[str, str]]], Timing]:
-    from infermux.engines.llamacpp.engine import choose_omp_wait_policy
+    from infermux.engines.llamacpp.threads import choose_omp_wait_policy
 
     choose_omp_wait_policy()  # as the engine would, before llama.cpp loads (both sides share the process)
     from llama_cpp import Llama

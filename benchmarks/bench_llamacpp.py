@@ -52,7 +52,8 @@ def main() -> None:
     parser.add_argument("--slots", default="32", help="comma-separated model_kwargs.n_seq_max values to run")
     args = parser.parse_args()
 
-    from infermux.engines.llamacpp.engine import LlamaCppInferenceEngine, choose_omp_wait_policy
+    from infermux.engines.llamacpp.engine import LlamaCppInferenceEngine
+    from infermux.engines.llamacpp.threads import choose_omp_wait_policy
 
     choose_omp_wait_policy()  # what the engine would choose, before llama.cpp loads (both sides share it)
     from llama_cpp import Llama

@@ -3,25 +3,44 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 
 import pytest
 
-from infermux.engines.llamacpp.engine import choose_omp_wait_policy
+from infermux.engines.llamacpp.threads import busy_cores, choose_omp_wait_policy
 
 
 def test_a_busy_machine_gets_passive_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    assert choose_omp_wait_policy(load=4.0) == "PASSIVE"
+    assert choose_omp_wait_policy(busy=1.7) == "PASSIVE"
     assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
 
 
 def test_an_idle_machine_keeps_openmps_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    assert choose_omp_wait_policy(load=0.3) is None
+    assert choose_omp_wait_policy(busy=0.1) is None
     assert "OMP_WAIT_POLICY" not in os.environ
 
 
 def test_the_users_setting_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    assert choose_omp_wait_policy(load=9.0) is None
+    assert choose_omp_wait_policy(busy=9.0) is None
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="Linux /proc/stat")
+def test_busy_cores_sees_a_spinning_thread() -> None:
+    stop = time.monotonic() + 1.0
+
+    def spin() -> None:
+        while time.monotonic() < stop:
+            pass
+
+    thread = threading.Thread(target=spin)
+    thread.start()
+    try:
+        measured = busy_cores(0.3)
+    finally:
+        thread.join()
+    assert 0.7 <= measured <= (os.cpu_count() or 1)

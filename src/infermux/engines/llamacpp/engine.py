@@ -17,11 +17,9 @@ Engine-specific ``model_kwargs`` (not passed to ``Llama``):
 - ``n_seq_max``: sequences decoded together (default: ``generation.batch_size`` when above 1, else 32,
   fewer if their KV cache would exceed 1.5 GiB). Each sequence has its own ``n_ctx`` of KV cache.
 
-Threads wait for each other hundreds of times per decode step. llama.cpp's OpenMP threads spin while they
-wait, which is fastest on an idle machine and many times slower on a busy one (a thread spins while the
-one it waits for is not scheduled). Unless ``OMP_WAIT_POLICY`` is set, the engine keeps OpenMP's default
-(spin briefly, then sleep) when the machine is idle at start-up (1-minute load average under 1) and sets
-``PASSIVE`` otherwise; see :func:`choose_omp_wait_policy`.
+Unless ``OMP_WAIT_POLICY`` is set, llama.cpp's threads wait passively for each other when other work
+keeps the machine busy at start-up, and keep OpenMP's default (spin, then sleep) on an idle machine:
+see :mod:`.threads`.
 
 Tool calling: see :mod:`infermux.engines.tool_prompting` (rows that force a call decode under their
 tools' grammar).
@@ -35,7 +33,6 @@ import asyncio
 import contextlib
 import difflib
 import inspect
-import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -49,6 +46,7 @@ from infermux.engines.llamacpp.grammar import grammar_for
 from infermux.engines.llamacpp.model import resolve_gguf
 from infermux.engines.llamacpp.samples import generate_samples
 from infermux.engines.llamacpp.scheduler import DecodeScheduler
+from infermux.engines.llamacpp.threads import choose_omp_wait_policy
 from infermux.errors import ConfigError, EngineUnavailableError, ErrorKind, InputError, RowError, install_hint
 from infermux.samples import reply_with_samples, wants_samples
 from infermux.templates import resolve_chat_template
@@ -339,26 +337,6 @@ def _check_llama_kwargs(llama_class: Any, kwargs: dict[str, Any]) -> None:
             close = difflib.get_close_matches(key, sorted(known | _OWN_KWARGS), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"model.model_kwargs.{key} is not a llama_cpp.Llama argument.{hint}")
-
-
-def choose_omp_wait_policy(load: float | None = None) -> str | None:
-    """Set ``OMP_WAIT_POLICY`` for llama.cpp's OpenMP threads before the library loads; returns what was set.
-
-    A user's own setting wins. On a busy machine (1-minute ``load`` average of 1 or more) the threads
-    sleep while they wait (``PASSIVE``): spinning there made a 36-token prompt take 7.7 s instead of
-    0.45 s (load 4, 2 cores) and a 32-row batch 42.9 s instead of 20.0 s (load 5). On an idle machine
-    OpenMP's default (spin a little, then sleep) is kept: passive waiting there cost ~30 % of batched
-    throughput (docs/benchmarks.md, LLAMACPP). OpenMP reads the variable once, when the library loads:
-    a process that loaded llama.cpp before keeps what it had.
-    """
-    if "OMP_WAIT_POLICY" in os.environ:
-        return None
-    if load is None:
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    if load < 1.0:
-        return None
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    return "PASSIVE"
 
 
 def _default_slots(llama: Any, n_ctx_seq: int) -> int:
