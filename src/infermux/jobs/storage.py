@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
-from infermux.errors import InputError, OutputError
+from infermux.errors import InputError, OutputError, install_hint
 
 __all__ = ["RemoteFile", "check_output_uri", "is_uri", "job_folder", "open_remote", "read_lines", "shown", "upload"]
 
@@ -79,7 +79,7 @@ def open_remote(uri: str, *, output: bool = False) -> RemoteFile:
     except ImportError:
         raise error(
             f"{shown(uri)}: URIs are read and written through pyarrow, which is not installed. Install it with: "
-            "pip install 'infermux[storage]'"
+            + install_hint("storage")
         ) from None
     try:
         filesystem, path = pafs.FileSystem.from_uri(uri)
