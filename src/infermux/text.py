@@ -51,9 +51,9 @@ def scrub_reply(conversation: Conversation) -> Conversation:
         return conversation
     last = conversation.messages[-1]
     content = last.content
-    if isinstance(content, str) and not last.tool_calls and not last.reasoning_content:
-        if content.isascii() or not has_surrogate(content):  # the common case, checked without a copy
-            return conversation
+    plain = not last.tool_calls and not last.reasoning_content
+    if plain and isinstance(content, str) and (content.isascii() or not has_surrogate(content)):
+        return conversation  # the common case, checked without a copy
     data = last.to_json_dict()
     cleaned = scrub_surrogates(data)
     if cleaned == data:

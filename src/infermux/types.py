@@ -544,14 +544,14 @@ class Conversation(BaseModel):
         if not tool_calls and type(content) is str and (reasoning is None or type(reasoning) is str):
             # A text answer (every row of most jobs): these values are valid as they are, so the
             # message is built without a validation pass (the same fields as below).
-            values = {"id": None, "role": Role.ASSISTANT, "content": content, "tool_calls": None,
+            fields = {"id": None, "role": Role.ASSISTANT, "content": content, "tool_calls": None,
                       "tool_call_id": None, "reasoning_content": reasoning}  # fmt: skip
-            answer = _unvalidated(Message, values, set(_ANSWER_FIELDS))
+            answer = _unvalidated(Message, fields, set(_ANSWER_FIELDS))
         else:
             answer = Message(role=Role.ASSISTANT, content=content, tool_calls=tool_calls or None,
                              reasoning_content=reasoning)  # fmt: skip
-        changes = {"messages": [*self.messages, answer], "metadata": merged}
-        return _unvalidated(type(self), {**self.__dict__, **changes}, self.__pydantic_fields_set__ | changes.keys())
+        values = {**self.__dict__, "messages": [*self.messages, answer], "metadata": merged}
+        return _unvalidated(type(self), values, self.__pydantic_fields_set__ | _REPLY_CHANGES)
 
     def replace(self, **changes: Any) -> Conversation:
         """A copy with ``changes`` (field names and already valid values: no validation pass, as
@@ -592,6 +592,7 @@ class Conversation(BaseModel):
 
 
 _ANSWER_FIELDS = frozenset({"role", "content", "tool_calls", "reasoning_content"})
+_REPLY_CHANGES = frozenset({"messages", "metadata"})
 
 _M = TypeVar("_M", bound=BaseModel)
 
@@ -600,11 +601,17 @@ def _unvalidated(cls: type[_M], values: dict[str, Any], fields_set: set[str]) ->
     """An instance of ``cls`` (a model without private attributes or extra fields) holding ``values``
     (every field, already valid) as they are: what ``model_construct`` does, without its per-field loop."""
     obj = _new(cls)
-    _set(obj, "__dict__", values)
-    _set(obj, "__pydantic_fields_set__", fields_set)
-    _set(obj, "__pydantic_extra__", None)
-    _set(obj, "__pydantic_private__", None)
+    _set_dict(obj, values)
+    _set_fields_set(obj, fields_set)
+    _set_extra(obj, None)
+    _set_private(obj, None)
     return obj
 
 
-_new, _set = object.__new__, object.__setattr__
+# The setters of BaseModel's own slots, called directly: ``object.__setattr__`` does the same after a
+# lookup and an argument copy (this runs for every answered row).
+_new = object.__new__
+_set_dict = BaseModel.__dict__["__dict__"].__set__
+_set_fields_set = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
+_set_private = BaseModel.__dict__["__pydantic_private__"].__set__
