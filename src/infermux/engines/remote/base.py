@@ -207,7 +207,7 @@ class RemoteEngine(InferenceEngine):
                 parse = functools.partial(self.parse_reply, conversation)
                 tokens = (  # estimated only when per-minute token limits are set
                     (estimate_tokens(request_chars(conversation)), generation.max_new_tokens)
-                    if transport.window.active
+                    if transport.per_minute_limits
                     else _NO_TOKENS
                 )
                 if self.repeat_for_n and generation.n > 1:

@@ -141,7 +141,7 @@ class HttpRequest:
 def _json_of(body: bytes) -> Any:
     """``json.loads(body)``. For bytes it first detects the encoding (a Python-level step per reply): a
     body that opens with ``{`` and no NUL byte after it is UTF-8 by that same rule, so it is decoded at once."""
-    if body[:1] == b"{" and body[1:2] != b"\x00":
+    if len(body) > 1 and body[0] == 0x7B and body[1]:  # "{", then not NUL
         return _DECODE(body.decode("utf-8", "surrogatepass"))
     return json.loads(body)
 
@@ -220,7 +220,9 @@ class Transport(Generic[T]):
             input_tokens=settings.input_tokens_per_minute,
             output_tokens=settings.output_tokens_per_minute,
         )
-        self._window = self.window if self.window.active else None  # (settings are frozen: read once)
+        #: Whether per-minute limits are set (settings are frozen: read once, not per request).
+        self.per_minute_limits = self.window.active
+        self._window = self.window if self.per_minute_limits else None
         self._session: aiohttp.ClientSession | None = None
         self._resume_at = 0.0  # monotonic time before which no request starts (shared rate-limit pause)
         self._rate_streak = 0  # rate-limited replies since the last success
