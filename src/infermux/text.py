@@ -50,9 +50,10 @@ def scrub_reply(conversation: Conversation) -> Conversation:
     if not conversation.messages:
         return conversation
     last = conversation.messages[-1]
-    plain = isinstance(last.content, str) and not last.tool_calls and not last.reasoning_content
-    if plain and not has_surrogate(str(last.content)):  # the common case, checked without a copy
-        return conversation
+    content = last.content
+    plain = not last.tool_calls and not last.reasoning_content
+    if plain and isinstance(content, str) and (content.isascii() or not has_surrogate(content)):
+        return conversation  # the common case, checked without a copy
     data = last.to_json_dict()
     cleaned = scrub_surrogates(data)
     if cleaned == data:

@@ -140,7 +140,7 @@ class InferenceEngine:
 
     def check_conversation(self, conversation: Conversation) -> RowError | None:
         """A row-level reason this engine cannot run ``conversation``, or None."""
-        if conversation.has_images and not self.capabilities.images:
+        if not self.capabilities.images and conversation.has_images:  # the cheap test first: runs per row
             return RowError(
                 kind="unsupported_input",
                 message=f"{self.name} does not accept images; remove them or use an engine that does.",

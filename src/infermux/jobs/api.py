@@ -40,6 +40,7 @@ from infermux.jobs.options import JobOptions
 from infermux.jobs.rows import (
     InputRow,
     check_encodable,
+    is_plain_ascii,
     iter_rows,
     row_id_for,
     tools_fingerprint,
@@ -361,7 +362,8 @@ def rows_from_memory(conversations: Iterable[Conversation], *, durable: bool = T
     rows = []
     seen: dict[str, int] = {}
     for index, conv in enumerate(conversations):
-        check_encodable(conv, path=f"input[{index}]")
+        if not is_plain_ascii(conv):  # the common row needs no check (nor its path formatted)
+            check_encodable(conv, path=f"input[{index}]")
         if durable:
             raw = json.dumps(conv.to_json_dict(), sort_keys=True).encode()
             rid = row_id_for(index, conv.conversation_id, raw)

@@ -245,6 +245,16 @@ async def run_job(
         if on_progress is not None:
             on_progress(report)
 
+    def on_plain_result(row: InputRow, result: Conversation | RowError) -> None:
+        """``on_result`` without prices, budget or cache (nothing to price or remember per row)."""
+        if isinstance(result, Conversation) and result.metadata.get("cached") is True:
+            report.cached += 1
+        result = record_result(report, files, row, result)
+        if on_row is not None:
+            on_row(row, result)
+        if on_progress is not None:
+            on_progress(report)
+
     def lookup(row: InputRow) -> Conversation | RowError | None:
         if settled and row.row_id in settled:
             return settled[row.row_id]
@@ -280,7 +290,12 @@ async def run_job(
         await engine._start_job()
         try:
             use_lookup = cache is not None or bool(settled)
-            await _run_chunks(engine, todo(), generation, on_result, lookup if use_lookup else None)
+            # Nothing to skip and no budget (in-memory jobs): the rows as they come, without a filter.
+            pending = todo() if done or budget is not None else rows()
+            plain = cache is None and pricing is None  # no pricing: no budget either
+            await _run_chunks(
+                engine, pending, generation, on_plain_result if plain else on_result, lookup if use_lookup else None
+            )
         finally:
             await engine._end_job()
     finally:

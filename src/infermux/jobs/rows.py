@@ -20,6 +20,7 @@ __all__ = [
     "MAX_LINE_BYTES",
     "InputRow",
     "check_encodable",
+    "is_plain_ascii",
     "iter_rows",
     "load_tools",
     "row_id_for",
@@ -129,6 +130,18 @@ def check_encodable(conversation: Conversation, *, path: str, line: int | None =
     for number, message in enumerate(conversation.messages):
         for text in _texts(message):
             _check_encodable(text, number, path, line)
+
+
+def is_plain_ascii(conversation: Conversation) -> bool:
+    """Whether every message is ASCII text alone: the common row, which :func:`check_encodable` never
+    rejects (a cheap test for callers that check rows one by one)."""
+    for message in conversation.messages:
+        content = message.content
+        if not (type(content) is str and content.isascii()):
+            return False
+        if message.reasoning_content is not None or message.tool_call_id is not None or message.tool_calls:
+            return False
+    return True
 
 
 def _texts(message: Message) -> Iterator[str]:

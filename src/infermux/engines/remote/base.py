@@ -54,6 +54,8 @@ __all__ = ["RemoteEngine", "SecretHeaders"]
 
 logger = logging.getLogger("infermux.remote")
 
+_NO_TOKENS = (0, 0)
+
 
 class SecretHeaders(dict):  # type: ignore[type-arg]
     """Request headers whose repr hides credential values."""
@@ -191,7 +193,8 @@ class RemoteEngine(InferenceEngine):
     async def _infer_chunk(
         self, conversations: list[Conversation], generation: GenerationParams
     ) -> list[Conversation | RowError]:
-        assert self._transport is not None, "the batch loop starts the job before inferring"
+        transport = self._transport
+        assert transport is not None, "the batch loop starts the job before inferring"
         results: list[Conversation | RowError] = []
         for conversation in conversations:
             try:
@@ -204,16 +207,16 @@ class RemoteEngine(InferenceEngine):
                 parse = functools.partial(self.parse_reply, conversation)
                 tokens = (  # estimated only when per-minute token limits are set
                     (estimate_tokens(request_chars(conversation)), generation.max_new_tokens)
-                    if self._transport.window.active
-                    else (0, 0)
+                    if transport.per_minute_limits
+                    else _NO_TOKENS
                 )
-                send = functools.partial(self._transport.send, request, parse, tokens=tokens, usage=reported_usage)
                 if self.repeat_for_n and generation.n > 1:
                     # A row is done only when all n answers are in: one failure fails the row.
+                    send = functools.partial(transport.send, request, parse, tokens=tokens, usage=reported_usage)
                     answers = await asyncio.gather(*(send() for _ in range(generation.n)))
                     results.append(merge_replies(conversation, answers, generation))
                 else:
-                    results.append(await send())
+                    results.append(await transport.send(request, parse, tokens=tokens, usage=reported_usage))
             except RemoteError as exc:
                 results.append(exc.to_row_error())
         return results

@@ -225,7 +225,8 @@ class WindowLimiter:
 
     @property
     def active(self) -> bool:
-        return any(v is not None for v in (self.requests, self.input_tokens, self.output_tokens))
+        # Read twice per request: plain tests, no generator.
+        return self.requests is not None or self.input_tokens is not None or self.output_tokens is not None
 
     def _scale_input(self, estimate: int) -> int:
         """``estimate`` corrected by the reported/estimated ratio seen so far."""

@@ -83,6 +83,7 @@ _PARSE_ERRORS = (ValueError, KeyError, TypeError, IndexError)
 _CONNECTION_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError)
 # One encoder for every body: compact, UTF-8 as is (``json.dumps`` with options builds a new encoder per call).
 _ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_DECODE = json.JSONDecoder().decode  # what ``json.loads`` calls, without its per-call checks
 _PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 
 
@@ -135,6 +136,14 @@ class HttpRequest:
     @classmethod
     def json(cls, url: str, payload: Any, headers: Mapping[str, str]) -> HttpRequest:
         return cls(url, _ENCODE(payload).encode(), headers)
+
+
+def _json_of(body: bytes) -> Any:
+    """``json.loads(body)``. For bytes it first detects the encoding (a Python-level step per reply): a
+    body that opens with ``{`` and no NUL byte after it is UTF-8 by that same rule, so it is decoded at once."""
+    if len(body) > 1 and body[0] == 0x7B and body[1]:  # "{", then not NUL
+        return _DECODE(body.decode("utf-8", "surrogatepass"))
+    return json.loads(body)
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
@@ -211,6 +220,9 @@ class Transport(Generic[T]):
             input_tokens=settings.input_tokens_per_minute,
             output_tokens=settings.output_tokens_per_minute,
         )
+        #: Whether per-minute limits are set (settings are frozen: read once, not per request).
+        self.per_minute_limits = self.window.active
+        self._window = self.window if self.per_minute_limits else None
         self._session: aiohttp.ClientSession | None = None
         self._resume_at = 0.0  # monotonic time before which no request starts (shared rate-limit pause)
         self._rate_streak = 0  # rate-limited replies since the last success
@@ -256,7 +268,7 @@ class Transport(Generic[T]):
         started = time.monotonic()
         ok_before = self.stats["ok"]
         limiter = self.limiter
-        window = self.window if self.window.active else None
+        window = self._window
         while True:
             if self._resume_at:
                 await self._wait_rate_pause()
@@ -385,7 +397,7 @@ class Transport(Generic[T]):
         if status >= 400:
             raise self._status_failure(status, body, headers)
         try:
-            return parse(body if raw else json.loads(body))
+            return parse(body if raw else _json_of(body))
         except _PARSE_ERRORS as exc:
             snippet = body[:200].decode("utf-8", "replace")
             raise _Attempt(

@@ -92,7 +92,7 @@ class RemoteInferenceEngine(BatchApiMixin, RemoteEngine):
     def build_body(self, conversation: Conversation, generation: GenerationParams) -> dict[str, Any]:
         body = {"messages": self.encode_messages(conversation)}
         body.update(self._fields(generation))
-        if self.capabilities.tools:  # an engine that says it cannot do tools does not send them
+        if conversation.tools and self.capabilities.tools:  # an engine that cannot do tools does not send them
             body.update(tool_fields(conversation, generation))
         return body
 

@@ -86,7 +86,7 @@ def encode_message(message: Message, *, role: str | None = None) -> dict[str, An
             content_out = message.text
     else:
         content_out = content
-    out: dict[str, Any] = {"role": role or message.role.value, "content": content_out}
+    out: dict[str, Any] = {"role": role or message.role._value_, "content": content_out}  # _value_: no property call
     if message.tool_calls:
         out["tool_calls"] = [encode_tool_call(call) for call in message.tool_calls]
     if message.tool_call_id is not None:
@@ -116,8 +116,8 @@ def encode_messages(messages: list[Message], *, system_role: str | None = None) 
             for n, call in enumerate(encoded["tool_calls"]):
                 call.setdefault("id", f"call_{turn}_{n}")
                 pending.append(call["id"])
-        elif message.role == Role.TOOL:
-            if "tool_call_id" not in encoded and pending:
+        elif pending and message.role == Role.TOOL:  # (a tool turn with no call before it is kept as is)
+            if "tool_call_id" not in encoded:
                 encoded["tool_call_id"] = pending[0]
             if encoded.get("tool_call_id") in pending:
                 pending.remove(encoded["tool_call_id"])
@@ -235,9 +235,11 @@ def parse_chat_completion(data: Any) -> tuple[str, dict[str, Any], list[ToolCall
     content = message.get("content")
     if content is not None and not isinstance(content, str):
         raise TypeError(f"message.content is {type(content).__name__}, expected a string")
-    tool_calls = parse_tool_calls(message.get("tool_calls"))
+    raw_calls = message.get("tool_calls")
+    tool_calls = parse_tool_calls(raw_calls) if raw_calls else None
+    reason = choice.get("finish_reason")
     metadata: dict[str, Any] = {
-        "finish_reason": FinishReason.parse(finish_reason_for(choice.get("finish_reason"), tool_calls)),
+        "finish_reason": FinishReason.parse(finish_reason_for(reason, tool_calls) if tool_calls else reason),
         "model": data.get("model"),
     }
     usage = Usage.openai_json(data.get("usage"))
@@ -279,11 +281,12 @@ def choice_samples(data: dict[str, Any]) -> list[Sample]:
 def reply(conversation: Conversation, data: Any) -> Conversation:
     """``conversation`` answered with the reply in ``data`` (all its choices as samples when n > 1)."""
     text, metadata, tool_calls, reasoning = parse_chat_completion(data)
-    choices = data.get("choices") or []  # no choices: a content-filter block
+    choices = data["choices"]  # a list (parse_chat_completion read it); empty: a content-filter block
     # The common answer (one choice, no log-probabilities) skips building samples.
-    samples = choice_samples(data) if len(choices) > 1 or (choices and choices[0].get("logprobs")) else []
-    if len(samples) > 1 or (samples and samples[0].logprobs is not None):
-        usage = metadata.pop("usage", None)
-        return reply_with_samples(conversation, samples, metadata, usage=Usage(**usage) if usage else None,
-                                  tool_calls=tool_calls, reasoning_content=reasoning)  # fmt: skip
+    if len(choices) > 1 or (choices and choices[0].get("logprobs")):
+        samples = choice_samples(data)
+        if len(samples) > 1 or samples[0].logprobs is not None:
+            usage = metadata.pop("usage", None)
+            return reply_with_samples(conversation, samples, metadata, usage=Usage(**usage) if usage else None,
+                                      tool_calls=tool_calls, reasoning_content=reasoning)  # fmt: skip
     return conversation.with_reply(text, metadata, tool_calls=tool_calls, reasoning_content=reasoning)
