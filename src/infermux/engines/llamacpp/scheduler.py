@@ -13,35 +13,18 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from infermux.engines.decoder_thread import DecoderThread
 from infermux.engines.llamacpp.decode import DecodeResult, MultiSequenceDecoder, Request, SamplingSpec
 
 __all__ = ["DecodeScheduler"]
 
 
-class DecodeScheduler:
+class DecodeScheduler(DecoderThread[Request]):
     """Owns ``decoder`` once started: only the scheduler's thread calls its methods."""
 
     def __init__(self, decoder: MultiSequenceDecoder) -> None:
+        super().__init__("LLAMACPP")
         self.decoder = decoder
-        self._inbox: list[Request] = []
-        self._wake = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._closed = False
-
-    def submit(self, request: Request) -> None:
-        with self._wake:
-            if self._closed:
-                raise RuntimeError("the LLAMACPP engine is closed")
-            self._inbox.append(request)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="infermux-llamacpp-decoder", daemon=True)
-                self._thread.start()
-            self._wake.notify()
-
-    def cancel(self, request: Request) -> None:
-        request.cancelled = True
-        with self._wake:
-            self._wake.notify()
 
     def generate(
         self,
@@ -94,9 +77,5 @@ class DecodeScheduler:
         decoder.fail_all(closed)
 
     def close(self) -> None:
-        with self._wake:
-            self._closed = True
-            self._wake.notify()
-        if self._thread is not None:
-            self._thread.join()
+        super().close()
         self.decoder.close()

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache, LogitsProcessorList
 
+from infermux.engines.decoder_thread import DecoderThread
 from infermux.engines.native.decode import _GrowingLayer, _prefill, _trim_left_padding
 
 __all__ = ["PromptCache", "Request", "StreamScheduler"]
@@ -105,49 +106,23 @@ class _Batch:
         self.mask = _trim_left_padding(self.cache, self.mask)
 
 
-class StreamScheduler:
+class StreamScheduler(DecoderThread[Request]):
     """Owns the model's streaming decode once started: only its thread runs the batch."""
 
     def __init__(self, model: Any, pad_id: int, lock: threading.Lock, prompt_cache: PromptCache | None,
                  max_rows: int = 32) -> None:  # fmt: skip
+        super().__init__("NATIVE")
         self.model, self.pad_id, self.lock, self.prompt_cache = model, pad_id, lock, prompt_cache
         self.max_rows = max_rows
         self.device = next(model.parameters()).device
         self.stats = {"steps": 0, "max_rows": 0, "admitted": 0, "joined_mid_decode": 0, "cancelled": 0,
                       "generated_tokens": 0, "prompt_tokens_evaluated": 0}  # fmt: skip
-        self._inbox: list[Request] = []
         self._batch: _Batch | None = None
-        self._wake = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._closed = False
 
     @property
     def active(self) -> int:
         batch = self._batch
         return len(batch.rows) if batch is not None else 0
-
-    def submit(self, request: Request) -> None:
-        with self._wake:
-            if self._closed:
-                raise RuntimeError("the NATIVE engine is closed")
-            self._inbox.append(request)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="infermux-native-decoder", daemon=True)
-                self._thread.start()
-            self._wake.notify()
-
-    def cancel(self, request: Request) -> None:
-        """Drop ``request`` at the next step (nothing happens once it has finished)."""
-        request.cancelled = True
-        with self._wake:
-            self._wake.notify()
-
-    def close(self) -> None:
-        with self._wake:
-            self._closed = True
-            self._wake.notify()
-        if self._thread is not None:
-            self._thread.join()
 
     # ------------------------------------------------------------------ the decoder thread
     def _run(self) -> None:
