@@ -187,14 +187,7 @@ def test_killing_the_driver_then_rerunning_resumes_without_repeating_rows(
     cmd = [sys.executable, "-m", "infermux", "infer", "-c", str(config), "--input_path", str(data),
            "--output_path", str(out), "--ray", cluster.address]  # fmt: skip
     partial = Path(str(out) + ".partial.jsonl")
-    driver = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 180
-    while not (partial.exists() and partial.read_bytes().count(b"\n") >= 100):
-        assert driver.poll() is None, driver.stderr.read().decode() if driver.stderr else ""
-        assert time.monotonic() < deadline, "the driver wrote nothing in 180 s"
-        time.sleep(0.05)
-    driver.send_signal(signal.SIGKILL)
-    driver.wait()
+    _kill_driver_once_written(cmd, partial, 100, cwd=ROOT)
     written = partial.read_bytes().count(b"\n")
     assert written < n and not out.exists()
 
@@ -319,14 +312,7 @@ def test_s3_input_and_output_equal_a_local_run_and_a_killed_driver_resumes(
     env = {**os.environ, **s3.env()}
     folder = tmp_path / job_folder(target)  # the default job folder, under the command's directory
     partial = folder / "out.jsonl.partial.jsonl"
-    driver = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 180
-    while not (partial.exists() and partial.read_bytes().count(b"\n") >= 100):
-        assert driver.poll() is None, driver.stderr.read().decode() if driver.stderr else ""
-        assert time.monotonic() < deadline, "the driver wrote nothing in 180 s"
-        time.sleep(0.05)
-    driver.send_signal(signal.SIGKILL)
-    driver.wait()
+    _kill_driver_once_written(cmd, partial, 100, cwd=tmp_path, env=env)
     assert s3.get("ray/out.jsonl") is None  # nothing uploaded before the job is done
 
     rerun = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
@@ -383,3 +369,15 @@ def test_tools_on_a_cluster_answer_as_a_single_process_job_and_share_its_fingerp
     rows = [json.loads(line) for line in (tmp_path / "fresh.jsonl").read_text().splitlines()]
     calls = [row["messages"][-1]["tool_calls"][0]["function"]["name"] for row in rows]
     assert calls == ["get_weather"] * 3 + ["own_tool"] + ["get_weather"] * (n - 4)
+
+
+def _kill_driver_once_written(cmd: list[str], partial: Path, rows: int, **popen: Any) -> None:
+    """Start the driver ``cmd`` and SIGKILL it once ``partial`` holds ``rows`` answered rows."""
+    driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **popen)
+    deadline = time.monotonic() + 180
+    while not (partial.exists() and partial.read_bytes().count(b"\n") >= rows):
+        assert driver.poll() is None, driver.stderr.read().decode() if driver.stderr else ""
+        assert time.monotonic() < deadline, "the driver wrote nothing in 180 s"
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
