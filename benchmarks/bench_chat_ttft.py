@@ -149,7 +149,8 @@ LIVE_FOLLOW_UPS = ["Suggest a name for my boat.", "Write a short poem about it."
 
 
 def live_chat(engine_name: str, repeat: int) -> list[float]:
-    """Median time to first token of turns 1..3 over ``repeat`` conversations played turn by turn."""
+    """Median time to first token of turns 1..3 over ``repeat`` conversations played turn by turn, each
+    started from an empty prompt cache."""
     from infermux.configs.inference_config import InferenceConfig
     from infermux.engines.registry import build_engine
     from infermux.types import Conversation
@@ -166,8 +167,19 @@ def live_chat(engine_name: str, repeat: int) -> list[float]:
                 text = event.conversation.last_message.text
         return (first if first is not None else time.perf_counter() - t0), text
 
+    def new_chat() -> None:
+        """Forget the KV the engine kept from the previous conversation: turn 1 is a new chat's first turn
+        (else it would start from the previous chat's shared system prompt and opening words)."""
+        decoder = getattr(engine, "_decoder", None)  # LLAMACPP's slots
+        if decoder is not None:
+            decoder.forget_cache()
+        kept = getattr(engine, "prompt_cache", None)  # NATIVE's last answer
+        if kept is not None:
+            kept.take([])
+
     samples: list[list[float]] = [[], [], []]
     for k in range(repeat + 1):  # the first conversation warms up
+        new_chat()
         history = [
             {"role": "system", "content": "You are a helpful assistant."},
             {
