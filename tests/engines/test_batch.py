@@ -104,6 +104,29 @@ def test_resume_skips_done_rows_only_for_same_fingerprint_and_drops_torn_line(tm
     assert report.resumed == 1 and report.done == 2
     assert log.read_text().split() == ["b", "c"]
     assert read_answers(out) == ["from before", "echo: b", "echo: c"]
+    # The other config's answer is not reused, and not lost either.
+    (stale,) = [json.loads(line) for line in (tmp_path / "out.jsonl.stale.jsonl").read_text().splitlines()]
+    assert stale == {"id": rows[1].row_id, "fp": "other", "conversation": {}}
+
+
+def test_a_dry_run_leaves_the_partial_file_as_it_is(tmp_path):
+    from infermux.jobs.plan import plan_job
+
+    src = write_input(tmp_path / "in.jsonl", ["a", "b"])
+    out = tmp_path / "out.jsonl"
+    partial = tmp_path / "out.jsonl.partial.jsonl"
+    from infermux.jobs.rows import iter_rows
+
+    rows = list(iter_rows(src))
+    before = (  # a row answered under another config, then a torn line
+        json.dumps({"id": rows[0].row_id, "fp": "other", "conversation": {}}).encode() + b"\n" + b'{"id": "x", "fp'
+    )
+    partial.write_bytes(before)
+    config = InferenceConfig(engine="ECHO", model=ModelParams(model_name="echo"), input_path=str(src),
+                             output_path=str(out))  # fmt: skip
+    plan = plan_job(config)
+    assert plan.already_done == 0 and plan.to_send == 2
+    assert partial.read_bytes() == before and not (tmp_path / "out.jsonl.stale.jsonl").exists()
 
 
 def test_rows_with_images_fail_cleanly_on_text_only_engine(tmp_path):

@@ -73,7 +73,7 @@ def test_unknown_model_cost_is_unknown_and_a_budget_is_refused(tmp_path: Path, s
     out = tmp_path / "out.jsonl"
     proc = run_cli("infer", "-c", str(config), "--input_path", str(inp), "--output_path", str(out))
     assert proc.returncode == 0, proc.stderr
-    assert "cost: cost unknown" in proc.stderr
+    assert "cost unknown (no price for this model)" in proc.stderr
     assert all("cost_usd" not in row["metadata"] for row in _outputs(out))
     refused = run_cli("infer", "-c", str(config), "--input_path", str(inp), "--max-cost", "1")
     assert refused.returncode == 2 and "max_cost" in refused.stderr and "Traceback" not in refused.stderr

@@ -185,7 +185,12 @@ def _summarise(report: BatchReport) -> int:
     where = f" → {report.output_path}" if report.output_path else ""
     sys.stderr.write(f"{', '.join(parts)} of {report.total} rows in {report.elapsed:.1f}s{where}\n")
     tokens = f"tokens: {report.prompt_tokens} in, {report.completion_tokens} out"
-    sys.stderr.write(f"{tokens}; cost: {report.cost.describe()}\n")
+    cost = report.cost  # nothing to say for engines without prices (local models)
+    if cost.priced:
+        tokens += f"; cost: {cost.describe()}"
+    elif cost.unpriced:
+        tokens += "; cost unknown (no price for this model)"
+    sys.stderr.write(tokens + "\n")
     if report.budget_stopped:
         kept = f"kept in {report.partial_path}" if report.partial_path else "printed above"
         sys.stderr.write(

@@ -63,8 +63,8 @@ def infer(
         None,
         "--job_dir",
         "--job-dir",
-        help="Local folder for the job's partial and errors files (default: beside the output; for an s3:// "
-        "output, infermux-jobs/NAME-HASH here).",
+        help="Local folder for the job's partial and errors files (default: beside the output; for a URI output "
+        "such as s3:// or gs://, infermux-jobs/NAME-HASH under the current folder).",
     ),
 ) -> None:
     """Run a batch job (--input_path) or chat (-i). Extra --section.field VALUE options override the config."""

@@ -32,8 +32,18 @@ __all__ = [
 EXTRA_ARGS: dict[str, Any] = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 ConfigOpt: Any = typer.Option(None, "-c", "--config", help="YAML config (Oumi InferenceConfig format).")
-InputOpt: Any = typer.Option(None, "--input_path", "--input-path", help="Input JSONL (default: the config's).")
-OutputOpt: Any = typer.Option(None, "--output_path", "--output-path", help="Output JSONL (default: the config's).")
+InputOpt: Any = typer.Option(
+    None,
+    "--input_path",
+    "--input-path",
+    help="Input JSONL: a path, or a URI such as s3://bucket/in.jsonl (default: the config's).",
+)
+OutputOpt: Any = typer.Option(
+    None,
+    "--output_path",
+    "--output-path",
+    help="Output JSONL: a path, or a URI such as s3://bucket/out.jsonl (default: the config's).",
+)
 EngineOpt: Any = typer.Option(None, "--engine", help="Engine name (overrides the config).")
 StrictOpt: Any = typer.Option(False, "--strict", help="Unsupported parameters are errors, not warnings.")
 LogOpt: Any = typer.Option("info", "--log-level", "--log_level", help="debug, info, warning or error.")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -26,6 +27,8 @@ from infermux.text import scrub_surrogates
 from infermux.types import Conversation
 
 __all__ = ["JobFiles"]
+
+logger = logging.getLogger("infermux.jobs")
 
 
 class JobFiles:
@@ -52,6 +55,10 @@ class JobFiles:
         self._own_folder = self.remote is not None and not job_dir
         self.partial = folder / (self.output.name + ".partial.jsonl")
         self.errors = folder / (self.output.name + ".errors.jsonl")
+        #: Rows answered under an earlier config (another fingerprint), kept when a run with a new config
+        #: starts: the same records as the partial file's.
+        self.stale = folder / (self.output.name + ".stale.jsonl")
+        self.stale_rows = 0
         self.fingerprint = fingerprint
         self._partial_fh: Any = None
         self._errors_fh: Any = None
@@ -74,22 +81,44 @@ class JobFiles:
         if not os.access(parent, os.W_OK):
             raise OutputError(f"{parent}: output directory is not writable. Choose another --output_path.")
 
-    def load_done(self) -> set[str]:
-        """Row ids already finished under this fingerprint; compacts a torn or stale partial file."""
+    def load_done(self, *, compact: bool = True) -> set[str]:
+        """Row ids already finished under this fingerprint.
+
+        With ``compact`` the partial file is rewritten without torn lines and repeated rows, and rows
+        answered under another fingerprint (the config changed since) are moved to :attr:`stale`
+        (appended), never dropped; ``stale_rows`` counts them. Without it (a dry run) nothing is written.
+        """
+        self.stale_rows = 0
         if not self.partial.exists():
             return set()
         done: set[str] = set()
         keep: list[bytes] = []
+        stale: list[bytes] = []
         dirty = False
         with self.partial.open("rb") as fh:
             for raw in fh:
                 record = _parse_record(raw)
-                if record is None or record.get("fp") != self.fingerprint or record.get("id") in done:
+                if record is None or record.get("id") in done:
                     dirty = True
-                    continue
-                done.add(record["id"])
-                keep.append(raw)
-        if dirty:
+                elif record.get("fp") != self.fingerprint:
+                    dirty = True
+                    stale.append(raw)
+                else:
+                    done.add(record["id"])
+                    keep.append(raw)
+        if dirty and compact:
+            if stale:
+                with self.stale.open("ab") as out:
+                    out.writelines(stale)
+                    out.flush()
+                    os.fsync(out.fileno())
+                self.stale_rows = len(stale)
+                logger.warning(
+                    "%d rows were answered under a different config (model, generation or engine settings "
+                    "changed): they are not reused, and were moved to %s",
+                    self.stale_rows,
+                    self.stale,
+                )
             tmp = self.partial.with_name(self.partial.name + ".tmp")
             with tmp.open("wb") as out:
                 out.writelines(keep)

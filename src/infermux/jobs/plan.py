@@ -64,7 +64,7 @@ def plan_job(config: InferenceConfig) -> JobPlan:
     fingerprint = config.fingerprint()
     done: set[str] = set()
     if config.output_path:
-        done = JobFiles(config.output_path, fingerprint, job_dir=config.job_dir).load_done() & set(ids)
+        done = JobFiles(config.output_path, fingerprint, job_dir=config.job_dir).load_done(compact=False) & set(ids)
     cache = None
     if cache_wanted(config.cache, config.generation):
         from infermux.jobs.cache import AnswerCache, cache_key
