@@ -84,7 +84,7 @@ def run_infer(
         if cfg.distributed is not None:  # --ray, or a distributed: section in the config
             from infermux.distributed.progress import run_with_progress
 
-            code = _summarise(run_with_progress(cfg, tools))
+            code = _summarise(run_with_progress(cfg, tools), cfg)
         else:
             code = _run_batch(cfg, tools)
     if code:
@@ -102,7 +102,7 @@ def _run_batch(cfg: InferenceConfig, tools: list[Tool] | None = None) -> int:
     report = _with_progress(cfg, on_row, tools)
     if not cfg.output_path:
         _print_answers(answered)
-    return _summarise(report)
+    return _summarise(report, cfg)
 
 
 def _with_progress(
@@ -174,7 +174,7 @@ def describe_message(message: Message) -> str:
     return "\n".join(lines)
 
 
-def _summarise(report: BatchReport) -> int:
+def _summarise(report: BatchReport, cfg: InferenceConfig) -> int:
     parts = [f"{report.done} answered"]
     if report.cached:
         parts.append(f"{report.cached} of them from the answer cache")
@@ -185,11 +185,12 @@ def _summarise(report: BatchReport) -> int:
     where = f" → {report.output_path}" if report.output_path else ""
     sys.stderr.write(f"{', '.join(parts)} of {report.total} rows in {report.elapsed:.1f}s{where}\n")
     tokens = f"tokens: {report.prompt_tokens} in, {report.completion_tokens} out"
-    cost = report.cost  # nothing to say for engines without prices (local models)
-    if cost.priced:
-        tokens += f"; cost: {cost.describe()}"
-    elif cost.unpriced:
-        tokens += "; cost unknown (no price for this model)"
+    from infermux.jobs.cost import PRICE_PROVIDERS
+
+    if report.cost.priced:
+        tokens += f"; cost: {report.cost.describe()}"
+    elif str(getattr(cfg.resolved_engine(), "value", cfg.resolved_engine())).upper() in PRICE_PROVIDERS:
+        tokens += "; cost unknown (no price for this model)"  # engines without prices (local ones): nothing
     sys.stderr.write(tokens + "\n")
     if report.budget_stopped:
         kept = f"kept in {report.partial_path}" if report.partial_path else "printed above"
