@@ -20,7 +20,7 @@ import uuid
 from typing import Any
 
 from infermux.configs.generation_params import GenerationParams
-from infermux.types import Conversation, FunctionCall, Tool, ToolCall
+from infermux.types import Conversation, FunctionCall, Message, Tool, ToolCall
 
 __all__ = [
     "calls_from_forced",
@@ -144,3 +144,24 @@ def parse_hermes(text: str) -> tuple[str | None, list[ToolCall] | None]:
         except (ValueError, KeyError, TypeError):
             return text, None  # malformed markup stays text rather than becoming a half-call
     return (text[:start].strip() or None), calls or None
+
+
+class CallPairing:
+    """Which call each tool result answers, walking a conversation in order (Anthropic, Bedrock and Gemini
+    require every result to name its call): its ``tool_call_id``, else the earliest call of the last
+    assistant turn not answered yet. Calls without an id get ``<prefix>_<message index>_<n>``."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.pending: list[str] = []
+
+    def calls(self, message: Message, index: int) -> list[str]:
+        """The ids of ``message``'s tool calls (message ``index`` of the conversation), now unanswered."""
+        self.pending = [c.id or f"{self.prefix}_{index}_{n}" for n, c in enumerate(message.tool_calls or [])]
+        return self.pending
+
+    def answer(self, message: Message) -> str | None:
+        """The id of the call the tool result ``message`` answers (None when there is none)."""
+        call_id = message.tool_call_id or (self.pending[0] if self.pending else None)
+        self.pending = [p for p in self.pending if p != call_id]
+        return call_id

@@ -40,6 +40,7 @@ from infermux.engines.remote.http.transport import HttpRequest
 from infermux.engines.remote.http.urls import append_path, endpoint_url
 from infermux.engines.remote.json_schema import close_objects
 from infermux.engines.remote.media import image_payload
+from infermux.engines.tool_calls import CallPairing
 from infermux.errors import AuthenticationError, RemoteError
 from infermux.types import Conversation, FinishReason, Message, Role, Usage
 
@@ -89,22 +90,19 @@ def build_messages(conversation: Conversation) -> tuple[str | None, list[dict[st
     (``toolu_<turn>_<n>``) and a tool message without ``tool_call_id`` answers the next unanswered call."""
     system: list[str] = []
     turns: list[dict[str, Any]] = []
-    pending: list[str] = []
+    pairing = CallPairing("toolu")
     for index, message in enumerate(conversation.messages):
         if message.role == Role.SYSTEM:
             system.append(message.text)
             continue
         role = "user" if message.role == Role.TOOL else message.role.value
         if message.role == Role.TOOL:
-            call_id = message.tool_call_id or (pending[0] if pending else None)
+            call_id = pairing.answer(message)
             if call_id is None:
                 raise ValueError(f"message {index} is a tool result but no earlier assistant turn called a tool")
-            pending = [p for p in pending if p != call_id]
             blocks = [tool_result_block(message, call_id)]
         elif message.tool_calls:
-            ids = [call.id or f"toolu_{index}_{n}" for n, call in enumerate(message.tool_calls)]
-            pending = ids
-            blocks = assistant_blocks(message, ids, conversation.metadata)
+            blocks = assistant_blocks(message, pairing.calls(message, index), conversation.metadata)
         else:
             blocks = _content_blocks(message)
         if turns and turns[-1]["role"] == role:

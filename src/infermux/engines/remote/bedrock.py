@@ -28,6 +28,7 @@ from infermux.engines.capabilities import Capabilities
 from infermux.engines.remote.bedrock_tools import reply_parts, tool_config, tool_result_block, tool_use_blocks
 from infermux.engines.remote.claude_models import SAMPLING_PARAMS, refuses_sampling, warn_dropped_sampling
 from infermux.engines.remote.media import image_payload
+from infermux.engines.tool_calls import CallPairing
 from infermux.errors import AuthenticationError, ConfigError, ErrorKind, RemoteError, RowError
 from infermux.samples import merge_replies
 from infermux.types import Conversation, FinishReason, Message, Role, Usage
@@ -91,21 +92,19 @@ def build_converse_request(
     ``sampling`` is False: models that refuse them)."""
     system: list[dict[str, Any]] = []
     messages: list[dict[str, Any]] = []
-    pending: list[str] = []
+    pairing = CallPairing("tooluse")
     for index, message in enumerate(conversation.messages):
         if message.role == Role.SYSTEM:
             system.append({"text": message.text})
             continue
         role = "user" if message.role == Role.TOOL else message.role.value
         if message.role == Role.TOOL:
-            call_id = message.tool_call_id or (pending[0] if pending else None)
+            call_id = pairing.answer(message)
             if call_id is None:
                 raise ValueError(f"message {index} is a tool result but no earlier assistant turn called a tool")
-            pending = [p for p in pending if p != call_id]
             blocks = [tool_result_block(message, call_id)]
         elif message.tool_calls:
-            pending = [call.id or f"tooluse_{index}_{n}" for n, call in enumerate(message.tool_calls)]
-            blocks = tool_use_blocks(message, pending, conversation.metadata)
+            blocks = tool_use_blocks(message, pairing.calls(message, index), conversation.metadata)
         else:
             blocks = _blocks(message)
         if messages and messages[-1]["role"] == role:

@@ -33,6 +33,7 @@ from infermux.engines.remote.http.transport import HttpRequest, default_error_me
 from infermux.engines.remote.http.urls import endpoint_url
 from infermux.engines.remote.json_schema import to_gemini_schema
 from infermux.engines.remote.media import image_payload
+from infermux.engines.tool_calls import CallPairing
 from infermux.errors import RemoteError
 from infermux.samples import reply_with_samples, token_logprob
 from infermux.types import Conversation, FinishReason, Message, Role, Sample, TokenLogprob, Usage
@@ -66,21 +67,19 @@ def build_contents(conversation: Conversation) -> tuple[dict[str, Any] | None, l
     system: list[str] = []
     contents: list[dict[str, Any]] = []
     names: dict[str, str] = {}  # call id -> function name, for functionResponse parts
-    pending: list[str] = []
+    pairing = CallPairing("call")
     for index, message in enumerate(conversation.messages):
         if message.role == Role.SYSTEM:
             system.append(message.text)
             continue
         if message.role == Role.TOOL:
-            call_id = message.tool_call_id or (pending[0] if pending else None)
+            call_id = pairing.answer(message)
             if call_id is None or call_id not in names:
                 raise ValueError(f"message {index} is a tool result that answers no earlier function call")
-            pending = [p for p in pending if p != call_id]
             parts = [function_response_part(message, names[call_id])]
         elif message.tool_calls:
-            ids = [call.id or f"call_{index}_{n}" for n, call in enumerate(message.tool_calls)]
+            ids = pairing.calls(message, index)
             names.update({i: call.function.name for i, call in zip(ids, message.tool_calls, strict=True)})
-            pending = ids
             parts = call_parts(message, ids, conversation.metadata)
         else:
             parts = _parts(message)
