@@ -169,3 +169,45 @@ def test_a_stream_whose_consumer_leaves_frees_its_sequence():
         assert infer(engine, [conv(ask("Say hello."))], max_new_tokens=4)[0]
     finally:
         engine.close()
+
+
+def test_chat_streams_reuse_the_answer_kv_and_answer_as_the_library_chat_loop(raw):
+    """A streamed chat (``infermux chat``, ``serve`` with ``stream``) keeps each answer's KV: the next turn
+    evaluates only its new message and markup. llama-cpp-python's own chat loop reuses its cache the same
+    way, and the answers are equal to it turn by turn."""
+    engine = make_engine(2)
+    gen = GenerationParams(max_new_tokens=32)
+    questions = ["My favourite colour is green and I live by the sea.", "Suggest a name for my boat.",
+                 "Write a short poem about it."]
+
+    async def turn(messages: list[dict[str, str]]) -> str:
+        final = None
+        async for event in engine.astream(conv(messages), gen):
+            if event.final:
+                final = event.conversation
+        assert final is not None
+        return final.last_message.text
+
+    try:
+        ours: list[dict[str, str]] = [{"role": "system", "content": "You are a helpful assistant."}]
+        library = list(ours)
+        evaluated, prompts, answers = [], [], []
+        raw.reset()
+        for question in questions:
+            ours.append({"role": "user", "content": question})
+            library.append({"role": "user", "content": question})
+            before = engine.stats["prompt_tokens_evaluated"]
+            answer = asyncio.run(turn(ours))
+            evaluated.append(engine.stats["prompt_tokens_evaluated"] - before)
+            prompts.append(len(engine.prompt_tokens(conv(ours))))
+            answers.append(len(engine._llama.tokenize(answer.encode(), add_bos=False, special=False)))
+            assert answer == raw_answer(raw, library, max_tokens=32)
+            ours.append({"role": "assistant", "content": answer})
+            library.append({"role": "assistant", "content": answer})
+    finally:
+        engine.close()
+    assert evaluated[0] == prompts[0]
+    # turns 2 and 3 evaluate their question and chat markup, not the previous answer (±2 tokens where the
+    # answer's end is tokenized differently in the history than as it was generated)
+    for k in (1, 2):
+        assert evaluated[k] <= prompts[k] - prompts[k - 1] - answers[k - 1] + 2

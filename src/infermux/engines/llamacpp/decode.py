@@ -86,6 +86,7 @@ class Request:
     on_done: OnDone
     on_text: OnText | None = None
     on_logits: OnLogits | None = None
+    keep_answer: bool = False  # the answer's KV stays reusable: a chat's next turn evaluates only its new part
     cancelled: bool = False  # set from any thread; honoured between steps
     finished: bool = False
     slot: int = -1
@@ -347,11 +348,14 @@ class MultiSequenceDecoder:
             self._stream(req)
 
     def _release(self, req: Request, outcome: DecodeResult | Exception) -> None:
-        """Free the request's sampler and slot (its prompt KV stays for the next prompt that starts alike)."""
+        """Free the request's sampler and slot (its prompt KV stays for the next prompt that starts alike;
+        with ``keep_answer``, the KV of the answer's tokens too)."""
         self._lib.llama_sampler_free(req.sampler)
         req.sampler = None
         self.active.remove(req)
         self._owner[req.slot] = None
+        if req.keep_answer and not isinstance(outcome, Exception):
+            self._exact[req.slot] = len(self._cached[req.slot])
         self._done(req, outcome)
 
     def _accept(self, req: Request, token: int) -> str | None:

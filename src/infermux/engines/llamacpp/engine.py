@@ -250,7 +250,8 @@ class LlamaCppInferenceEngine(InferenceEngine):
             with contextlib.suppress(RuntimeError):  # the event loop may be gone after a cancel
                 loop.call_soon_threadsafe(queue.put_nowait, item)
 
-        request = Request(prompt, generation.max_new_tokens, spec, on_done=put, on_text=put)
+        # A stream is a chat turn: its answer's KV is kept, so the next turn evaluates only its new message.
+        request = Request(prompt, generation.max_new_tokens, spec, on_done=put, on_text=put, keep_answer=True)
         self._scheduler.submit(request)
         try:
             while isinstance(item := await queue.get(), str):

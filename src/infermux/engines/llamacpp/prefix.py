@@ -14,9 +14,10 @@ A copy moves a whole KV stream, so it is chosen only when it saves at least ``MI
 than reuse in place. At least the last two prompt tokens are always evaluated: the last one's logits give
 the first answer token, and llama.cpp computes a token alone in its sequence's batch (as a generation
 step) slightly differently from a token among others (as a prompt), so evaluating one token alone would
-make the answer depend on what the cache held. For the same reason only KV computed as prompt tokens is
-reused, not that of generated tokens (each computed alone in a step): a chat turn evaluates the previous
-answer and its new message, and answers exactly as it would without the cache.
+make the answer depend on what the cache held. For the same reason a batch row reuses only KV computed as
+prompt tokens, not that of generated tokens (each computed alone in a step), and answers exactly as it
+would without the cache. A streamed chat turn (``Request.keep_answer``) also keeps its answer's KV, so the
+next turn evaluates only its new message, as llama-cpp-python's own chat loop does (and answers as it does).
 """
 
 from __future__ import annotations
