@@ -83,7 +83,8 @@ class LlamaCppInferenceEngine(InferenceEngine):
             "regex guided decoding: patterns are translated to a grammar; look-arounds, back-references "
             "and flags are refused.",
             "prompt KV is reused: rows sharing a prefix (a long system prompt, few-shot examples) evaluate it "
-            "once, and a chat turn evaluates only its new tokens; answers are the same as without reuse.",
+            "once, with the same answers as without reuse; a streamed chat turn keeps its answer's KV, so the "
+            "next turn evaluates only its new message (answers as llama-cpp-python's own chat loop).",
             "concurrent streams (infermux serve, several chats) join one running decoder between steps "
             "(continuous batching); a stream whose client leaves frees its sequence.",
         ),
