@@ -33,7 +33,7 @@ def _setup(
     input_path: str | None,
     output_path: str | None,
     engine_name: str | None,
-    log_level: str,
+    log_level: str | None,
 ) -> tuple[InferenceConfig, Any]:
     from infermux.cli.common import fail, load_cli_config, setup_logging
     from infermux.engines.registry import build_engine, engine_class
@@ -86,7 +86,7 @@ def submit(
     input_path: str | None = InputOpt,
     output_path: str | None = OutputOpt,
     engine: str | None = EngineOpt,
-    log_level: str = LogOpt,
+    log_level: str | None = LogOpt,
 ) -> None:
     """Upload the input as batch files and create their batches. Rerunning never resubmits a batch."""
     from infermux.cli.common import fail, user_errors
@@ -106,7 +106,7 @@ def status(
     config: str | None = ConfigOpt,
     output_path: str | None = OutputOpt,
     engine: str | None = EngineOpt,
-    log_level: str = LogOpt,
+    log_level: str | None = LogOpt,
 ) -> None:
     """Poll every batch of the job recorded beside --output_path."""
     from infermux.cli.common import user_errors
@@ -128,7 +128,7 @@ def fetch(
         False, "--rerun-failed", "--rerun_failed", help="Then run the rows the batch failed online (same config)."
     ),
     engine: str | None = EngineOpt,
-    log_level: str = LogOpt,
+    log_level: str | None = LogOpt,
 ) -> None:
     """Download finished results into --output_path (by custom_id, in input order); failures go to the errors file."""
     from infermux.cli.common import EXIT_ROWS_FAILED, fail, user_errors
@@ -167,7 +167,7 @@ def cancel(
     config: str | None = ConfigOpt,
     output_path: str | None = OutputOpt,
     engine: str | None = EngineOpt,
-    log_level: str = LogOpt,
+    log_level: str | None = LogOpt,
 ) -> None:
     """Cancel the unfinished batches of the job recorded beside --output_path (fetch what they answered)."""
     from infermux.cli.common import fail, user_errors
@@ -186,7 +186,7 @@ def list_(
     config: str | None = ConfigOpt,
     engine: str | None = EngineOpt,
     limit: int = typer.Option(20, "--limit", min=1, help="How many of the most recent batches to show."),
-    log_level: str = LogOpt,
+    log_level: str | None = LogOpt,
 ) -> None:
     """List the account's most recent batches (ANTHROPIC), whatever job created them."""
     from infermux.cli.common import fail, load_cli_config, setup_logging, user_errors
@@ -214,7 +214,7 @@ def run(
     poll_interval: float = typer.Option(
         30.0, "--poll-interval", "--poll_interval", min=0.0, help="Seconds between status checks."
     ),
-    log_level: str = LogOpt,
+    log_level: str | None = LogOpt,
 ) -> None:
     """Submit, wait (printing progress), fetch, and answer online the rows the batch failed or let expire.
 

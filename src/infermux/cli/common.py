@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, NoReturn
@@ -26,12 +27,15 @@ class _Formatter(logging.Formatter):
         return f"{level}: {record.getMessage()}" if record.levelno >= logging.WARNING else record.getMessage()
 
 
-def setup_logging(level: str) -> None:
+def setup_logging(level: str | None) -> None:
+    """Our log lines at ``level`` (default info) on stderr; the engine libraries' own at ``level`` when the
+    user gave one, else at warning (see :func:`quiet_libraries`)."""
     global _debug
-    name = level.strip().upper()
+    name = (level or "info").strip().upper()
     numeric = getattr(logging, name, None)
     if not isinstance(numeric, int):
         fail(f"unknown --log-level {level!r}: use debug, info, warning or error.")
+    quiet_libraries(numeric if level else None)
     _debug = numeric <= logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter() if not _debug else logging.Formatter("%(levelname)s %(name)s: %(message)s"))
@@ -39,6 +43,19 @@ def setup_logging(level: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING if not _debug else logging.DEBUG)
     logging.getLogger("infermux").setLevel(numeric)
+
+
+def quiet_libraries(level: int | None) -> None:
+    """Set the heavy libraries' log levels through their environment variables, before they are imported:
+    vLLM reads ``VLLM_LOGGING_LEVEL`` at import (INFO by default, a screenful per job, on stdout) and its
+    engine core and workers are child processes, which inherit the environment; transformers reads
+    ``TRANSFORMERS_VERBOSITY``. ``level`` None (no --log-level): WARNING. A variable the user set wins.
+    vLLM's lines go to stderr, so stdout keeps only answers. (Ray gets its level in ``ray.init``; llama.cpp
+    is silenced by the engine's ``verbose=False``.)"""
+    name = logging.getLevelName(max(level, logging.DEBUG) if level is not None else logging.WARNING)
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", name)
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", name.lower())
 
 
 def fail(message: str, code: int = EXIT_USER_ERROR) -> NoReturn:

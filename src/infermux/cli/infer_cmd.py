@@ -29,7 +29,7 @@ def run_infer(
     images: list[str],
     engine: str | None,
     strict: bool,
-    log_level: str,
+    log_level: str | None,
     ray: str | None = None,
     tools_path: str | None = None,
     no_cache: bool = False,

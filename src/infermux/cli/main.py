@@ -55,7 +55,7 @@ def infer(
         "RAY_ADDRESS, or a one-machine cluster). Needs infermux[ray].",
     ),
     tools: str | None = ToolsOpt,
-    log_level: str = LogOpt,
+    log_level: str | None = LogOpt,
     no_cache: bool = NoCacheOpt,
     max_cost: float | None = MaxCostOpt,
     dry_run: bool = DryRunOpt,
@@ -99,7 +99,7 @@ def chat(
     engine: str | None = EngineOpt,
     strict: bool = StrictOpt,
     tools: str | None = ToolsOpt,
-    log_level: str = LogOpt,
+    log_level: str | None = LogOpt,
 ) -> None:
     """Chat with a model (same as `infer -i`). Reads stdin line by line when it is not a terminal."""
     from infermux.cli.infer_cmd import run_infer
@@ -133,7 +133,7 @@ def serve(
         None, "--served-model-name", help="Model name clients send (default: the config's model_name)."
     ),
     max_body_mb: float = typer.Option(8.0, "--max-body-mb", help="Largest request body accepted, in MiB."),
-    log_level: str = LogOpt,
+    log_level: str | None = LogOpt,
 ) -> None:
     """Serve the config's model over an OpenAI-compatible HTTP API, with a chat page at /."""
     from infermux.cli.serve_cmd import run_serve
@@ -156,7 +156,7 @@ def config_check(
     ctx: typer.Context,
     config: str | None = ConfigOpt,
     engine: str | None = EngineOpt,
-    log_level: str = LogOpt,
+    log_level: str | None = LogOpt,
 ) -> None:
     """Validate a config and print it resolved, with the engine it selects (no model is loaded)."""
     from infermux.cli.config_cmd import run_config_check

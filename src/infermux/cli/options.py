@@ -46,7 +46,12 @@ OutputOpt: Any = typer.Option(
 )
 EngineOpt: Any = typer.Option(None, "--engine", help="Engine name (overrides the config).")
 StrictOpt: Any = typer.Option(False, "--strict", help="Unsupported parameters are errors, not warnings.")
-LogOpt: Any = typer.Option("info", "--log-level", "--log_level", help="debug, info, warning or error.")
+LogOpt: Any = typer.Option(
+    None,
+    "--log-level",
+    "--log_level",
+    help="debug, info, warning or error (default: info for infermux, warning for the engine libraries).",
+)
 SystemPromptOpt: Any = typer.Option(None, "--system-prompt", "--system_prompt", help="System prompt for chat.")
 ImageOpt: Any = typer.Option(None, "--image", help="Image path or URL for the first turn.")
 ToolsOpt: Any = typer.Option(

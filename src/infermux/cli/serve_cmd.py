@@ -32,7 +32,7 @@ def run_serve(
     api_key: str | None,
     model_name: str | None,
     max_body_mb: float,
-    log_level: str,
+    log_level: str | None,
 ) -> None:
     setup_logging(log_level)
     api_key = api_key or None
