@@ -381,3 +381,24 @@ def _kill_driver_once_written(cmd: list[str], partial: Path, rows: int, **popen:
         time.sleep(0.05)
     driver.send_signal(signal.SIGKILL)
     driver.wait()
+
+
+def test_the_cli_writes_the_final_progress_line_once(cluster: Any, stub: str, tmp_path: Path) -> None:
+    """Not a terminal: a progress line every progress_interval_s while rows are left, then the final line
+    once (the last tick of the driver used to repeat it), then the summary."""
+    n = 200
+    data = write_input(tmp_path / "in.jsonl", n)
+    config = tmp_path / "job.yaml"
+    config.write_text(
+        "model: {model_name: stub}\nengine: REMOTE\nprogress_interval_s: 0.01\n"
+        f"remote_params: {{api_url: '{stub}/v1', num_workers: 2}}\n"
+        "distributed: {replicas: 2, num_cpus: 0.5, rows_per_call: 8}\n"
+    )
+    cmd = [sys.executable, "-m", "infermux", "infer", "-c", str(config), "--input_path", str(data),
+           "--output_path", str(tmp_path / "out.jsonl"), "--ray", cluster.address]  # fmt: skip
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    progress = re.findall(r"^(\d+)/200 rows, .* rows/s, ETA ", done.stderr, re.MULTILINE)
+    assert progress.count("200") == 1, done.stderr
+    assert len(progress) > 1 and progress[-1] == "200", done.stderr  # lines while running, the final one last
+    assert done.stderr.count(f"{n} answered of {n} rows") == 1

@@ -1,6 +1,7 @@
 """Progress of a job on a cluster, shown by the driver: rows/s, ETA, failures, tokens, rows per replica.
 
-A progress bar on a terminal; otherwise (logs, CI) one line every ``_LOG_EVERY_S`` seconds.
+A progress bar on a terminal; otherwise (logs, CI) one line every ``progress_interval_s`` seconds while
+rows are left, and the final line once when the job ends (on a terminal the bar's last state is that line).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from infermux.types import Tool
 __all__ = ["describe", "run_with_progress"]
 
 logger = logging.getLogger("infermux.distributed")
-_LOG_EVERY_S = 10.0
 
 
 def describe(report: ClusterReport) -> str:
@@ -59,13 +59,16 @@ def run_with_progress(cfg: InferenceConfig, tools: list[Tool] | None = None) -> 
         finished = report.resumed + report.done + report.failed
         line = describe(report)
         progress.update(task, completed=finished, line=line.split(", ", 1)[1])
-        if not console.is_terminal and time.monotonic() - last_log[0] >= _LOG_EVERY_S:
+        if finished >= report.total:  # the final line is written once, below
+            return
+        if not console.is_terminal and time.monotonic() - last_log[0] >= cfg.progress_interval_s:
             last_log[0] = time.monotonic()
             logger.info("%s", line)
 
     with progress:
         report = run_on_ray(cfg, row_ids=row_ids, on_progress=on_progress, tools=tools, offers_tools=any(offered))
-    logger.info("%s", describe(report))
+    if not console.is_terminal:
+        logger.info("%s", describe(report))
     for info in report.replicas:
         logger.info(
             "replica %d (node %s, pid %d): %d rows",

@@ -112,7 +112,10 @@ class ProgressTicker:
         if self.report is None:
             return
         snap = snapshot(self.report, state)
-        if self.lines is not None:
+        # Every row finished but the job not yet returned (closing the engine, assembling the output): the
+        # line would repeat the final one that finish() writes, so only the JSON file is updated.
+        last = state == "running" and bool(self.report.total) and self.report.finished >= self.report.total
+        if self.lines is not None and not last:
             self.lines(format_line(snap))
         if self.path is not None:
             try:
