@@ -13,7 +13,7 @@ import pytest
 from infermux.configs import InferenceConfig, ModelParams
 from infermux.jobs import run_config_job
 from infermux.jobs.storage import job_folder, shown
-from tests.conftest import cli_env, run_cli
+from tests.conftest import ROOT, cli_env, run_cli
 from tests.servers import S3Server, s3_server
 
 ROWS = [f"row {i}" for i in range(12)]
@@ -114,7 +114,26 @@ def test_unreadable_or_unwritable_uris_are_clear_errors(s3: S3Server, tmp_path: 
     source = s3.put("in/two.jsonl", jsonl(ROWS[:2]))
     wrong_secret = s3.env(AWS_SECRET_ACCESS_KEY="not-the-secret")
     cases = [
-        (["--input_path", "s3://jobs/in/missing.jsonl"], s3.env(), "s3://jobs/in/missing.jsonl: input file not found"),
+        (
+            ["--input_path", "s3://jobs/in/missing.jsonl"],
+            s3.env(),
+            "s3://jobs/in/missing.jsonl: input file not found: bucket 'jobs' has no object 'in/missing.jsonl'.",
+        ),
+        (
+            ["--input_path", "s3://no-such-bucket/in.jsonl"],
+            s3.env(),
+            "s3://no-such-bucket/in.jsonl: input file not found: bucket 'no-such-bucket' does not exist.",
+        ),
+        (
+            ["--input_path", source, "--output_path", "s3://jobs/out.jsonl", "--job_dir", "s3://jobs/state"],
+            s3.env(),
+            "s3://jobs/state: job_dir must be a local folder",
+        ),
+        (
+            ["--input_path", str(local), "--output_path", str(tmp_path / "out.jsonl"), "--job_dir", "gs://b/state"],
+            s3.env(),
+            "gs://b/state: job_dir must be a local folder",
+        ),
         (
             ["--input_path", source, "--output_path", "s3://no-such-bucket/out.jsonl"],
             s3.env(),
@@ -130,6 +149,7 @@ def test_unreadable_or_unwritable_uris_are_clear_errors(s3: S3Server, tmp_path: 
         assert says in done.stderr and "Traceback" not in done.stderr
         assert "not-the-secret" not in done.stderr and s3.secret_key not in done.stderr
     assert s3.get("out.jsonl") is None and not list(tmp_path.glob("**/*.partial.jsonl"))
+    assert not (tmp_path / "out.jsonl").exists() and not (ROOT / "s3:").exists() and not (ROOT / "gs:").exists()
 
 
 def test_provider_batch_jobs_keep_their_record_beside_a_local_output(tmp_path: Path) -> None:

@@ -43,6 +43,8 @@ class JobFiles:
         self.remote: str | None = None
         #: Where the output goes, as shown to the user.
         self.destination = str(output_path)
+        if job_dir:
+            storage.check_job_dir(job_dir)
         if storage.is_uri(output_path):
             self.remote = str(output_path)
             self.destination = storage.shown(self.remote)

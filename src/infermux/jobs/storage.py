@@ -25,7 +25,17 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from infermux.errors import InputError, OutputError, install_hint
 
-__all__ = ["RemoteFile", "check_output_uri", "is_uri", "job_folder", "open_remote", "read_lines", "shown", "upload"]
+__all__ = [
+    "RemoteFile",
+    "check_job_dir",
+    "check_output_uri",
+    "is_uri",
+    "job_folder",
+    "open_remote",
+    "read_lines",
+    "shown",
+    "upload",
+]
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
 #: Query parameters that carry secrets (pyarrow's S3, GCS and Azure URI options): never shown.
@@ -117,6 +127,26 @@ def _explain(exc: BaseException) -> str:
     return _first_line(exc)
 
 
+def _not_found(remote: RemoteFile) -> str:
+    """Why nothing is at ``remote``: on an object store, its bucket does not exist or has no such object."""
+    if remote.fs.type_name not in _ATOMIC_UPLOAD:
+        return "nothing at this path."
+    bucket, _, key = remote.path.partition("/")
+    if remote.fs.get_file_info(bucket).type.name == "NotFound":
+        return f"bucket {bucket!r} does not exist."
+    return f"bucket {bucket!r} has no object {key!r}."
+
+
+def check_job_dir(job_dir: str | os.PathLike[str]) -> None:
+    """A job folder is local: its partial and errors files are appended row by row, which no object store
+    does (the output may still be a URI: it is uploaded when the job ends)."""
+    if is_uri(str(job_dir)):
+        raise OutputError(
+            f"{shown(str(job_dir))}: job_dir must be a local folder: the job appends its partial and errors files "
+            "row by row, which an object store cannot do. Give a local path (--output_path may stay a URI)."
+        )
+
+
 def read_lines(uri: str) -> Iterator[bytes]:
     """The raw lines of the file at ``uri`` (streamed); :class:`InputError` naming it when it cannot be read."""
     remote = open_remote(uri)
@@ -124,7 +154,7 @@ def read_lines(uri: str) -> Iterator[bytes]:
     try:
         info = remote.fs.get_file_info(remote.path)
         if info.type.name == "NotFound":
-            raise InputError("input file not found. Check --input_path.", path=where)
+            raise InputError(f"input file not found: {_not_found(remote)} Check --input_path.", path=where)
         if info.type.name == "Directory":
             raise InputError("is a directory; --input_path must be a JSONL file.", path=where)
         stream = remote.fs.open_input_stream(remote.path, compression=None, buffer_size=_READ_BUFFER)
@@ -167,6 +197,7 @@ def check_output_uri(uri: str, input_path: str | None = None) -> RemoteFile:
 def job_folder(output_uri: str, job_dir: str | os.PathLike[str] | None = None) -> Path:
     """The local folder holding the partial and errors files of the job writing ``output_uri``."""
     if job_dir:
+        check_job_dir(job_dir)
         return Path(job_dir)
     digest = hashlib.sha256(_key(output_uri).encode()).hexdigest()[:12]
     name = urlsplit(output_uri).path.rstrip("/").rsplit("/", 1)[-1] or "output"
