@@ -14,7 +14,9 @@ from infermux.errors import ConfigError, install_hint
 logger = logging.getLogger("infermux.cli")
 
 
-def run_config_check(config: str | None, overrides: list[str], log_level: str | None, *, engine: str | None = None) -> None:
+def run_config_check(
+    config: str | None, overrides: list[str], log_level: str | None, *, engine: str | None = None
+) -> None:
     """``--strict true`` stays an override here (``strict`` is a config field), so a stricter check reads
     the same as in the config file."""
     setup_logging(log_level)
