@@ -402,3 +402,17 @@ def test_the_cli_writes_the_final_progress_line_once(cluster: Any, stub: str, tm
     assert progress.count("200") == 1, done.stderr
     assert len(progress) > 1 and progress[-1] == "200", done.stderr  # lines while running, the final one last
     assert done.stderr.count(f"{n} answered of {n} rows") == 1
+
+    # On a terminal the bar's last state is the final line: it is not written again below it.
+    pexpect, pyte = pytest.importorskip("pexpect"), pytest.importorskip("pyte")
+    (tmp_path / "out.jsonl").unlink()
+    child = pexpect.spawn(
+        cmd[0], cmd[1:], cwd=str(ROOT), timeout=300, dimensions=(50, 250), env={**os.environ, "TERM": "xterm"}
+    )
+    seen = child.read().decode()
+    child.close()
+    assert child.exitstatus == 0, seen
+    screen = pyte.Screen(250, 50)
+    pyte.Stream(screen).feed(seen)
+    finals = [line.strip() for line in screen.display if "200/200" in line]
+    assert len(finals) == 1 and finals[0].startswith("infer on ray"), screen.display
