@@ -177,8 +177,11 @@ def test_chat_streams_reuse_the_answer_kv_and_answer_as_the_library_chat_loop(ra
     way, and the answers are equal to it turn by turn."""
     engine = make_engine(2)
     gen = GenerationParams(max_new_tokens=32)
-    questions = ["My favourite colour is green and I live by the sea.", "Suggest a name for my boat.",
-                 "Write a short poem about it."]
+    questions = [
+        "My favourite colour is green and I live by the sea.",
+        "Suggest a name for my boat.",
+        "Write a short poem about it.",
+    ]
 
     async def turn(messages: list[dict[str, str]]) -> str:
         final = None
