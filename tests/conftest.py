@@ -35,11 +35,28 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(skip)
 
 
+_DERIVED_MARKER = "infermux_derived.json"  # infermux.models.default: a complete derived model folder
+
+
 @pytest.fixture(autouse=True)
-def _own_answer_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+def _own_answer_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Each test gets an empty answer cache (``$INFERMUX_CACHE_DIR``, inherited by the CLI in
-    subprocesses), so no test is answered from another's rows."""
-    monkeypatch.setenv("INFERMUX_CACHE_DIR", str(tmp_path_factory.mktemp("answer-cache")))
+    subprocesses), so no test is answered from another's rows.
+
+    The default model's derived Hugging Face folder lives in the same directory; deriving it takes
+    ~30 s, so the first test that derives it shares it with every later one (a link in each test's
+    directory), instead of each test that loads NATIVE or VLLM deriving its own."""
+    cache = tmp_path_factory.mktemp("answer-cache")
+    shared = tmp_path_factory.getbasetemp() / "derived-models"
+    shared.mkdir(exist_ok=True)
+    for folder in shared.iterdir():
+        (cache / folder.name).symlink_to(folder.resolve(), target_is_directory=True)
+    monkeypatch.setenv("INFERMUX_CACHE_DIR", str(cache))
+    yield
+    for folder in cache.iterdir():
+        derived = folder.is_dir() and not folder.is_symlink() and (folder / _DERIVED_MARKER).is_file()
+        if derived and not (shared / folder.name).exists():
+            (shared / folder.name).symlink_to(folder, target_is_directory=True)
 
 
 def cli_env(**extra: str) -> dict[str, str]:
