@@ -273,7 +273,12 @@ class NativeTextInferenceEngine(InferenceEngine):
         if problem is not None:
             raise InputError(problem.message)
         forced = tool_prompting.constrained_generation(conversation, generation) is not generation
-        if generation.guided_decoding is not None or generation.num_beams > 1 or forced or wants_samples(generation):
+        samples = wants_samples(generation)
+        # Beam search and guided decoding (forced tool calls too) run through model.generate, which owns
+        # its whole batch and cache: they cannot join the scheduler's steps, so they take the model lock.
+        # n > 1 and logprobs without a scheduler (models the decode loop cannot drive) take it as well.
+        whole = generation.guided_decoding is not None or generation.num_beams > 1 or forced
+        if whole or (samples and self._scheduler is None):
             async for event in super().astream(conversation, generation):
                 yield event
             return
@@ -283,13 +288,17 @@ class NativeTextInferenceEngine(InferenceEngine):
         if self._scheduler is not None:
             stop = self._stop_string_check(generation)
             source = stream.scheduled(self.loaded, self._scheduler, prompt, generation,
-                                      (lambda tokens: stop(0, tokens)) if stop is not None else None)  # fmt: skip
+                                      (lambda tokens: stop(0, tokens)) if stop is not None else None,
+                                      samples=samples)  # fmt: skip
         else:
             source = stream.threaded(self.loaded, self._lock, prompt, generation)
         async with contextlib.aclosing(source):
             async for item in source:
                 if isinstance(item, str):
                     yield StreamEvent(delta=item)
+                elif isinstance(item, list):  # n answers and/or logprobs: the shape `infer` gives them
+                    reply = _row_reply(conversation, item, generation)
+                    yield StreamEvent(conversation=reply, metadata=dict(reply.metadata))
                 else:
                     text, usage, reason = item
                     reply = _reply(conversation, text, usage, reason, generation)
