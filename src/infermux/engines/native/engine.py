@@ -8,8 +8,9 @@
 - Rows opening with the same long prefix (a shared system prompt) are kept in one batch; the decode loop
   evaluates that prefix once and shares its KV cache across them.
 - Streaming: concurrent ``astream`` calls (``infermux serve``) decode together in one batch that new
-  requests join between steps and finished or abandoned ones leave (:mod:`.scheduler`). The last answer's
-  KV cache is kept, so a chat's next turn evaluates only its new tokens.
+  requests join between steps and finished or abandoned ones leave (:mod:`.scheduler`); a request for
+  ``n`` answers or log-probabilities joins as ``n`` rows and is answered as ``infer`` answers it. The
+  last answer's KV cache is kept, so a chat's next turn evaluates only its new tokens.
 - Greedy and sampled decoding run in the engine's own loop (:mod:`.decode`), which drops finished
   rows from the batch; beam search and guided decoding (xgrammar) run through ``model.generate``.
 - Sampling happens whenever ``temperature > 0`` (or ``use_sampling``): a temperature means the user
@@ -70,7 +71,7 @@ class NativeTextInferenceEngine(InferenceEngine):
             "tools: rendered by the chat template, or as a Hermes system block; forced calls are schema-"
             "constrained, others parsed from <tool_call> markup (docs/tools.md).",
             "streaming: concurrent streams (infermux serve) decode in one batch that new requests join between "
-            "steps (beam search, guided decoding, n > 1 and logprobs: one request at a time).",
+            "steps, n > 1 as n rows, logprobs included (beam search and guided decoding: one request at a time).",
         ),
     )
 

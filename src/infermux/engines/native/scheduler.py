@@ -6,11 +6,14 @@ admits what waits there (continuous batching): the new prompts are prefilled (gr
 :class:`PromptCache`), and their KV caches are joined to the running batch, the narrower side left-padded
 under the attention mask. Each step then picks one token per row with that row's own logits processors,
 stop ids, stop strings and token budget, so requests with different settings share a step. A finished or
-cancelled row leaves the batch (and the KV cache) before the next step.
+cancelled row leaves the batch (and the KV cache) before the next step. One request's ``n`` answers are
+``n`` rows admitted in the same step (a *group*); a row may report its processed scores each step
+(log-probabilities, ``on_scores``).
 
 Every row computes what it would alone: processors see only the row's own prompt and tokens, a seeded
-row samples from its own generator, and left padding is masked with matching position ids (float32
-answers equal the answers alone; lower precisions may round differently with the batch's shape).
+row samples from its own generator (a seeded group's rows draw together from theirs, as the batch decode
+draws a request's n copies), and left padding is masked with matching position ids (float32 answers
+equal the answers alone; lower precisions may round differently with the batch's shape).
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 - :func:`scheduled`: models the engine's decode loop can drive; the request joins the
   :class:`~infermux.engines.native.scheduler.StreamScheduler`'s batch (concurrent streams decode
-  together) and its tokens are turned into text here, as they arrive.
+  together) and its tokens are turned into text here, as they arrive; ``n`` answers and
+  log-probabilities are ``n`` rows, and end with every answer instead.
 - :func:`threaded`: other models; ``model.generate`` with a transformers text streamer in a thread, one
   stream at a time (under the engine's lock).
 
