@@ -1,10 +1,11 @@
 """``infermux serve`` on NATIVE (transformers, float32): concurrent streaming SDK clients share one decode
 batch (engines/native/scheduler.py) and each gets the answer it gets alone; a client that leaves early
-does not disturb the others."""
+does not disturb the others; a request for n answers with log-probabilities joins the same batch."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -31,6 +32,21 @@ async def ask(sdk: openai.AsyncOpenAI, prompt: str, max_tokens: int = 16) -> str
     return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
 
 
+async def choices(sdk: openai.AsyncOpenAI) -> list[tuple[str | None, list[float]]]:
+    """Two seeded answers with log-probabilities, streamed (each choice arrives whole)."""
+    stream = await sdk.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Name a fruit."}], max_tokens=8, n=2, temperature=1.0,
+        seed=5, logprobs=True, top_logprobs=2, stream=True,
+    )  # fmt: skip
+    found: dict[int, tuple[str | None, list[float]]] = {}
+    async for chunk in stream:
+        for choice in chunk.choices:
+            if choice.delta.content is not None:
+                content = choice.logprobs.content if choice.logprobs else None
+                found[choice.index] = (choice.delta.content, [t.logprob for t in content or []])
+    return [found[i] for i in sorted(found)]
+
+
 async def leave_early(sdk: openai.AsyncOpenAI) -> None:
     """Open a long stream and close it after the first text: the server drops that row."""
     stream = await sdk.chat.completions.create(
@@ -45,11 +61,11 @@ async def leave_early(sdk: openai.AsyncOpenAI) -> None:
 def test_eight_concurrent_streaming_clients_answer_as_alone() -> None:
     with serve("--engine", "NATIVE", "--model.model_name", MODEL, "--model.torch_dtype_str", "float32") as served:
 
-        async def run(server: Served) -> tuple[list[str], list[str], str]:
+        async def run(server: Served) -> tuple[list[Any], list[Any], str]:
             sdk = openai.AsyncOpenAI(base_url=server.api, api_key="unused", max_retries=0, timeout=900)
             try:
-                alone = [await ask(sdk, p) for p in PROMPTS]
-                together = await asyncio.gather(leave_early(sdk), *(ask(sdk, p) for p in PROMPTS))
+                alone = [await ask(sdk, p) for p in PROMPTS] + [await choices(sdk)]
+                together = await asyncio.gather(leave_early(sdk), *(ask(sdk, p) for p in PROMPTS), choices(sdk))
                 after = await ask(sdk, PROMPTS[0])  # still serving, same answer
                 return alone, list(together[1:]), after
             finally:
@@ -57,6 +73,10 @@ def test_eight_concurrent_streaming_clients_answer_as_alone() -> None:
 
         alone, together, after = asyncio.run(run(served))
         assert all(alone)
-        assert together == alone
+        assert len(alone[-1]) == 2 and all(text and logprobs for text, logprobs in alone[-1])
+        assert together[:-1] == alone[:-1]
+        assert [text for text, _ in together[-1]] == [text for text, _ in alone[-1]]
+        for (_, got), (_, want) in zip(together[-1], alone[-1], strict=True):
+            assert got == pytest.approx(want, abs=1e-4)  # float32: the batch's shape may move the last bits
         assert after == alone[0]
         assert served.alive() and "Traceback" not in served.log()

@@ -8,8 +8,9 @@
 - Rows opening with the same long prefix (a shared system prompt) are kept in one batch; the decode loop
   evaluates that prefix once and shares its KV cache across them.
 - Streaming: concurrent ``astream`` calls (``infermux serve``) decode together in one batch that new
-  requests join between steps and finished or abandoned ones leave (:mod:`.scheduler`). The last answer's
-  KV cache is kept, so a chat's next turn evaluates only its new tokens.
+  requests join between steps and finished or abandoned ones leave (:mod:`.scheduler`); a request for
+  ``n`` answers or log-probabilities joins as ``n`` rows and is answered as ``infer`` answers it. The
+  last answer's KV cache is kept, so a chat's next turn evaluates only its new tokens.
 - Greedy and sampled decoding run in the engine's own loop (:mod:`.decode`), which drops finished
   rows from the batch; beam search and guided decoding (xgrammar) run through ``model.generate``.
 - Sampling happens whenever ``temperature > 0`` (or ``use_sampling``): a temperature means the user
@@ -70,7 +71,7 @@ class NativeTextInferenceEngine(InferenceEngine):
             "tools: rendered by the chat template, or as a Hermes system block; forced calls are schema-"
             "constrained, others parsed from <tool_call> markup (docs/tools.md).",
             "streaming: concurrent streams (infermux serve) decode in one batch that new requests join between "
-            "steps (beam search, guided decoding, n > 1 and logprobs: one request at a time).",
+            "steps, n > 1 as n rows, logprobs included (beam search and guided decoding: one request at a time).",
         ),
     )
 
@@ -273,7 +274,12 @@ class NativeTextInferenceEngine(InferenceEngine):
         if problem is not None:
             raise InputError(problem.message)
         forced = tool_prompting.constrained_generation(conversation, generation) is not generation
-        if generation.guided_decoding is not None or generation.num_beams > 1 or forced or wants_samples(generation):
+        samples = wants_samples(generation)
+        # Beam search and guided decoding (forced tool calls too) run through model.generate, which owns
+        # its whole batch and cache: they cannot join the scheduler's steps, so they take the model lock.
+        # n > 1 and logprobs without a scheduler (models the decode loop cannot drive) take it as well.
+        whole = generation.guided_decoding is not None or generation.num_beams > 1 or forced
+        if whole or (samples and self._scheduler is None):
             async for event in super().astream(conversation, generation):
                 yield event
             return
@@ -283,13 +289,17 @@ class NativeTextInferenceEngine(InferenceEngine):
         if self._scheduler is not None:
             stop = self._stop_string_check(generation)
             source = stream.scheduled(self.loaded, self._scheduler, prompt, generation,
-                                      (lambda tokens: stop(0, tokens)) if stop is not None else None)  # fmt: skip
+                                      (lambda tokens: stop(0, tokens)) if stop is not None else None,
+                                      samples=samples)  # fmt: skip
         else:
             source = stream.threaded(self.loaded, self._lock, prompt, generation)
         async with contextlib.aclosing(source):
             async for item in source:
                 if isinstance(item, str):
                     yield StreamEvent(delta=item)
+                elif isinstance(item, list):  # n answers and/or logprobs: the shape `infer` gives them
+                    reply = _row_reply(conversation, item, generation)
+                    yield StreamEvent(conversation=reply, metadata=dict(reply.metadata))
                 else:
                     text, usage, reason = item
                     reply = _reply(conversation, text, usage, reason, generation)

@@ -6,11 +6,14 @@ admits what waits there (continuous batching): the new prompts are prefilled (gr
 :class:`PromptCache`), and their KV caches are joined to the running batch, the narrower side left-padded
 under the attention mask. Each step then picks one token per row with that row's own logits processors,
 stop ids, stop strings and token budget, so requests with different settings share a step. A finished or
-cancelled row leaves the batch (and the KV cache) before the next step.
+cancelled row leaves the batch (and the KV cache) before the next step. One request's ``n`` answers are
+``n`` rows admitted in the same step (a *group*); a row may report its processed scores each step
+(log-probabilities, ``on_scores``).
 
 Every row computes what it would alone: processors see only the row's own prompt and tokens, a seeded
-row samples from its own generator, and left padding is masked with matching position ids (float32
-answers equal the answers alone; lower precisions may round differently with the batch's shape).
+row samples from its own generator (a seeded group's rows draw together from theirs, as the batch decode
+draws a request's n copies), and left padding is masked with matching position ids (float32 answers
+equal the answers alone; lower precisions may round differently with the batch's shape).
 """
 
 from __future__ import annotations
@@ -76,6 +79,10 @@ class Request:
     sample: bool = False
     generator: torch.Generator | None = None
     should_stop: Callable[[list[int]], bool] | None = None
+    #: Called with the row's processed scores ([1, vocab]) and chosen token ([1]) at each step (logprobs).
+    on_scores: Callable[[torch.Tensor, torch.Tensor], None] | None = None
+    #: Requests with the same ``group`` (one request's n answers) are admitted in the same step.
+    group: object | None = None
     tokens: list[int] = field(default_factory=list)
     cancelled: bool = False
     finished: bool = False
@@ -119,6 +126,12 @@ class StreamScheduler(DecoderThread[Request]):
                       "generated_tokens": 0, "prompt_tokens_evaluated": 0}  # fmt: skip
         self._batch: _Batch | None = None
 
+    def submit_group(self, requests: list[Request]) -> None:
+        """Queue ``requests`` (one request's n answers) at once, next to each other in the inbox."""
+        with self._wake:  # reentrant: the decoder thread sees all of them or none
+            for request in requests:
+                self.submit(request)
+
     @property
     def active(self) -> int:
         batch = self._batch
@@ -134,7 +147,7 @@ class StreamScheduler(DecoderThread[Request]):
                     break
                 # Cancelled requests leave the inbox at once, even while the batch is full.
                 waiting = [r for r in self._inbox if not r.cancelled]
-                room = max(0, self.max_rows - self.active)
+                room = _fit(waiting, max(0, self.max_rows - self.active), self._batch is None)
                 inbox = [r for r in self._inbox if r.cancelled] + waiting[:room]
                 self._inbox = waiting[room:]
             with self.lock, torch.inference_mode():
@@ -280,20 +293,31 @@ class StreamScheduler(DecoderThread[Request]):
         return bool(keep)
 
     def _choose(self, batch: _Batch) -> torch.Tensor:
-        """Each row's next token: greedy rows by one argmax; rows with processors or sampling alone."""
+        """Each row's next token: greedy rows by one argmax; rows with processors or sampling alone, except
+        that rows sharing a generator (one seeded request's n answers) draw together, in batch order, as
+        :func:`.decode.decode` draws its batch, so they pick what they pick there."""
         tokens = torch.argmax(batch.logits, dim=-1)
+        scored: dict[int, Any] = {}
+        draws: dict[int, list[int]] = {}
         for i, request in enumerate(batch.rows):
-            if not request.processors and not request.sample:
+            if not request.processors and not request.sample and request.on_scores is None:
                 continue
             scores: Any = batch.logits[i : i + 1]
             if request.processors:
                 history: Any = torch.tensor([request.prompt + request.tokens], device=scores.device)
                 scores = request.processors(history, scores)
+            scored[i] = scores
             if request.sample:
-                probs = torch.softmax(scores, dim=-1)
-                tokens[i] = torch.multinomial(probs, num_samples=1, generator=request.generator)[0, 0]
-            else:
+                draws.setdefault(id(request.generator) if request.generator is not None else -1 - i, []).append(i)
+            elif request.processors:
                 tokens[i] = torch.argmax(scores, dim=-1)[0]
+        for rows in draws.values():
+            probs = torch.softmax(torch.cat([scored[i] for i in rows]), dim=-1)
+            picked = torch.multinomial(probs, num_samples=1, generator=batch.rows[rows[0]].generator)[:, 0]
+            tokens[torch.tensor(rows, device=tokens.device)] = picked
+        for i, scores in scored.items():
+            if (record := batch.rows[i].on_scores) is not None:
+                record(scores, tokens[i : i + 1])
         return tokens
 
     def _remember(self, batch: _Batch, i: int) -> None:
@@ -304,6 +328,20 @@ class StreamScheduler(DecoderThread[Request]):
         kept = [(layer.keys[i][:, valid][None], layer.values[i][:, valid][None]) for layer in batch.cache.layers]
         request = batch.rows[i]
         self.prompt_cache.keep(request.prompt + request.tokens, kept)
+
+
+def _fit(waiting: list[Request], room: int, empty: bool) -> int:
+    """How many of ``waiting`` to admit in order within ``room`` rows: whole groups only (n answers start
+    together); a group larger than the batch (n > max_rows) is admitted alone into an empty batch."""
+    taken = 0
+    while taken < len(waiting):
+        group, size = waiting[taken].group, 1
+        while group is not None and taken + size < len(waiting) and waiting[taken + size].group is group:
+            size += 1
+        if taken + size > room:
+            return size if taken == 0 and empty else taken
+        taken += size
+    return taken
 
 
 def _finish(request: Request, error: BaseException | None) -> None:

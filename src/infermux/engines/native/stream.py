@@ -2,7 +2,8 @@
 
 - :func:`scheduled`: models the engine's decode loop can drive; the request joins the
   :class:`~infermux.engines.native.scheduler.StreamScheduler`'s batch (concurrent streams decode
-  together) and its tokens are turned into text here, as they arrive.
+  together) and its tokens are turned into text here, as they arrive; ``n`` answers and
+  log-probabilities are ``n`` rows, and end with every answer instead.
 - :func:`threaded`: other models; ``model.generate`` with a transformers text streamer in a thread, one
   stream at a time (under the engine's lock).
 
@@ -25,12 +26,15 @@ from infermux.configs.generation_params import GenerationParams
 from infermux.engines.native.model import LoadedModel
 from infermux.engines.native.params import build_processors, cut_at_stop, stop_token_ids
 from infermux.engines.native.scheduler import Request, StreamScheduler
-from infermux.types import FinishReason, Usage
+from infermux.engines.native.scores import ScoreRecorder
+from infermux.types import FinishReason, TokenLogprob, Usage
 
 __all__ = ["TextDeltas", "scheduled", "stream_tokens", "threaded"]
 
 
-Item = str | tuple[str, Usage, FinishReason]
+Answer = tuple[str, Usage, FinishReason]
+#: A text delta, the answer, or (``samples``) every answer with its log-probabilities.
+Item = str | Answer | list[tuple[str, Usage, FinishReason, list[TokenLogprob] | None]]
 
 
 class TextDeltas:
@@ -71,48 +75,85 @@ async def scheduled(
     prompt: list[int],
     generation: GenerationParams,
     should_stop: Callable[[list[int]], bool] | None,
+    *,
+    samples: bool = False,
 ) -> AsyncGenerator[Item, None]:
-    """Stream one answer from the scheduler's shared batch; closing this generator frees its row."""
+    """Stream one answer from the scheduler's shared batch; closing this generator frees its rows.
+
+    With ``samples`` (``n`` answers and/or log-probabilities), the ``n`` answers are ``n`` rows of the
+    batch, admitted together; a seeded request's rows share one generator and draw together, as the
+    engine's batch decode draws its ``n`` copies, so they get the same answers. The deltas are the first
+    answer's, and the last item is every answer as ``(text, usage, finish_reason, logprobs)``.
+    """
     torch = engine.torch
     loop = asyncio.get_running_loop()
-    inbox: asyncio.Queue[int | BaseException | None] = asyncio.Queue()
+    inbox: asyncio.Queue[tuple[int, int | BaseException | None]] = asyncio.Queue()
 
-    def put(item: int | BaseException | None) -> None:
-        with contextlib.suppress(RuntimeError):  # the event loop may be gone after a cancel
-            loop.call_soon_threadsafe(inbox.put_nowait, item)
+    def sink(row: int) -> Callable[[int | BaseException | None], None]:
+        def put(item: int | BaseException | None) -> None:
+            with contextlib.suppress(RuntimeError):  # the event loop may be gone after a cancel
+                loop.call_soon_threadsafe(inbox.put_nowait, (row, item))
+
+        return put
 
     vocab = int(engine.model.config.get_text_config().vocab_size)
     stop_ids = stop_token_ids(generation, engine.tokenizer, engine.model)
     generator = None
     if generation.seed is not None and generation.sampling:
         generator = torch.Generator(device=engine.device).manual_seed(generation.seed)
-    request = Request(
-        prompt=prompt,
-        max_new_tokens=generation.max_new_tokens,
-        stop_ids=frozenset(stop_ids),
-        on_token=put,
-        on_done=put,
-        processors=build_processors(generation, engine.tokenizer, vocab, len(prompt)),
-        sample=generation.sampling,
-        generator=generator,
-        should_stop=should_stop,
-    )
+    n = generation.n if samples else 1
+    recorder = ScoreRecorder(n, generation.top_logprobs) if samples and generation.logprobs else None
+    processors = build_processors(generation, engine.tokenizer, vocab, len(prompt))  # stateless: shared
+    group = object() if n > 1 else None
+    requests = [
+        Request(
+            prompt=prompt,
+            max_new_tokens=generation.max_new_tokens,
+            stop_ids=frozenset(stop_ids),
+            on_token=sink(row),
+            on_done=sink(row),
+            processors=processors,
+            sample=generation.sampling,
+            generator=generator,
+            should_stop=should_stop,
+            on_scores=_recording(recorder, row) if recorder is not None else None,
+            group=group,
+        )
+        for row in range(n)
+    ]
     deltas = TextDeltas(engine.tokenizer, generation)
-    scheduler.submit(request)
+    scheduler.submit_group(requests)
+    done = 0
     try:
-        while isinstance(item := await inbox.get(), int):
-            if delta := deltas.add(item):
+        while done < n:
+            row, item = await inbox.get()
+            if item is None:
+                done += 1
+            elif not isinstance(item, int):
+                raise item
+            elif row == 0 and (delta := deltas.add(item)):
                 yield delta
     finally:
-        if not request.finished:
-            scheduler.cancel(request)  # the consumer went away: free the row at the next step
-    if item is not None:
-        raise item
-    text, usage, reason = engine.finish(prompt, request.tokens, generation, stop_ids)
+        for request in requests:
+            if not request.finished:
+                scheduler.cancel(request)  # the consumer went away: free the row at the next step
+    answers = [engine.finish(prompt, r.tokens, generation, stop_ids) for r in requests]
     answer, _ = cut_at_stop(deltas.text(), generation.stop_strings)
     if rest := deltas.rest(answer):
         yield rest
-    yield (text, usage, reason)
+    if not samples:
+        yield answers[0]
+        return
+    tokenizer = engine.tokenizer
+    yield [
+        (*finished, recorder.logprobs(row, len(r.tokens), tokenizer) if recorder is not None else None)
+        for row, (finished, r) in enumerate(zip(answers, requests, strict=True))
+    ]
+
+
+def _recording(recorder: ScoreRecorder, row: int) -> Callable[[Any, Any], None]:
+    """A row's ``on_scores``: its processed scores and chosen token go to ``recorder`` as sequence ``row``."""
+    return lambda scores, token: recorder([row], scores, token)
 
 
 async def threaded(engine: LoadedModel, lock: threading.Lock, prompt: list[int], generation: GenerationParams

@@ -1,0 +1,123 @@
+"""NATIVE streams asking for n answers or log-probabilities join the scheduler's batch (one row per answer),
+on the real default model in float32: answers equal what the same request gets through ``infer`` alone."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from infermux.configs import GenerationParams, ModelParams
+from infermux.engines.native.engine import NativeTextInferenceEngine
+from infermux.samples import read_samples
+from infermux.types import Conversation
+
+pytestmark = pytest.mark.slow
+
+END_OF_TURN = "2"  # <|im_end|> in SmolLM2's vocabulary
+SAMPLED = GenerationParams(n=2, temperature=1.0, seed=7, max_new_tokens=10)
+SCORED = GenerationParams(logprobs=True, top_logprobs=3, max_new_tokens=10)
+PLAIN = GenerationParams(max_new_tokens=24, logit_bias={END_OF_TURN: -100.0})  # runs all 24 steps
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[NativeTextInferenceEngine]:
+    built = NativeTextInferenceEngine(ModelParams(model_name="smollm2-135m-instruct"))
+    yield built
+    built.close()
+
+
+def conv(text: str) -> Conversation:
+    return Conversation.model_validate({"messages": [{"role": "user", "content": text}]})
+
+
+async def final(engine: NativeTextInferenceEngine, text: str, generation: GenerationParams) -> Conversation:
+    deltas: list[str] = []
+    async for event in engine.astream(conv(text), generation):
+        if event.final:
+            assert event.conversation is not None
+            assert "".join(deltas) == event.conversation.last_message.text
+            return event.conversation
+        deltas.append(event.delta)
+    raise AssertionError("no final event")
+
+
+def logprob_values(row: Conversation) -> list[list[Any]]:
+    return [
+        [(t.token, t.logprob, [(a.token, a.logprob) for a in t.top_logprobs]) for t in s.logprobs or []]
+        for s in read_samples(row)
+    ]
+
+
+def test_samples_and_logprobs_share_steps_with_other_streams_and_answer_as_alone(
+    engine: NativeTextInferenceEngine,
+) -> None:
+    # Today's non-scheduled path (the batch decode under the model lock) gives the reference answers.
+    [sampled_alone] = engine.answer([conv("Name a fruit.")], SAMPLED)
+    [scored_alone] = engine.answer([conv("What is the capital of France?")], SCORED)
+    assert isinstance(sampled_alone, Conversation) and isinstance(scored_alone, Conversation)
+    assert engine._scheduler is not None
+    engine._scheduler.stats["max_rows"] = 0  # the most rows in one step, from here on
+    before = dict(engine.stats)
+
+    async def run() -> tuple[Conversation, Conversation]:
+        first = asyncio.Event()
+
+        async def plain(text: str) -> None:
+            async for event in engine.astream(conv(text), PLAIN):
+                first.set()
+                if event.final:
+                    return
+            raise AssertionError("no final event")
+
+        others = [asyncio.create_task(plain(t)) for t in ("Tell me a story.", "Describe the sea.")]
+        await first.wait()  # both join a batch that is already decoding
+        sampled, scored = await asyncio.gather(
+            final(engine, "Name a fruit.", SAMPLED), final(engine, "What is the capital of France?", SCORED)
+        )
+        await asyncio.gather(*others)
+        return sampled, scored
+
+    sampled, scored = asyncio.run(run())
+    stats = engine.stats
+    assert stats["max_rows"] >= 4  # 2 plain rows + 2 sample rows (+ 1 scored row) in one step
+    assert stats["joined_mid_decode"] - before["joined_mid_decode"] >= 3
+    assert stats["active"] == 0
+
+    assert sampled.metadata["samples"] == sampled_alone.metadata["samples"]
+    assert len(read_samples(sampled)) == 2 and sampled.last_message.text == sampled_alone.last_message.text
+    assert sampled.metadata["usage"] == sampled_alone.metadata["usage"]
+
+    assert [s.text for s in read_samples(scored)] == [s.text for s in read_samples(scored_alone)]
+    assert scored.metadata["usage"] == scored_alone.metadata["usage"]
+    got, want = logprob_values(scored), logprob_values(scored_alone)
+    assert len(got[0]) == len(want[0]) > 0 and len(got[0][0][2]) == 3
+    for (token, value, top), (token_alone, value_alone, top_alone) in zip(got[0], want[0], strict=True):
+        assert token == token_alone and value == pytest.approx(value_alone, abs=1e-4)
+        assert [t for t, _ in top] == [t for t, _ in top_alone]
+        assert [v for _, v in top] == pytest.approx([v for _, v in top_alone], abs=1e-4)
+
+
+def test_an_abandoned_n_stream_frees_all_its_rows(engine: NativeTextInferenceEngine) -> None:
+    endless = GenerationParams(n=3, temperature=1.0, seed=3, max_new_tokens=24, logit_bias={END_OF_TURN: -100.0})
+    before = dict(engine.stats)
+
+    async def run() -> None:
+        stream = engine.astream(conv("Tell me a long story."), endless)
+        await anext(stream)  # the first answer's first text: all three rows are decoding
+        await stream.aclose()  # the client went away
+        for _ in range(500):
+            if engine.stats["active"] == 0:
+                return
+            await asyncio.sleep(0.01)
+
+    asyncio.run(run())
+    stats = engine.stats
+    assert stats["active"] == 0
+    assert stats["cancelled"] - before["cancelled"] == 3
+    assert 3 <= stats["generated_tokens"] - before["generated_tokens"] < 3 * 24
