@@ -1,8 +1,9 @@
 """The chat on local engines (LLAMACPP, NATIVE) with the default model, in a pseudo-terminal.
 
-History is checked against the engine itself: the chat's second answer must equal what the same engine
-answers, in batch mode, to the saved conversation up to that question (greedy decoding), and differ from
-its answer to the question alone. Ctrl-C is pressed while an answer that cannot end on its own (the
+History is checked against a reference: the chat's second answer must equal, for NATIVE, what the same
+engine answers in batch mode to the saved conversation up to that question, and for LLAMACPP (whose chat
+keeps the first answer's KV, as llama-cpp-python's own chat loop does) what that chat loop answers
+(greedy decoding); and it must differ from the answer to the question alone. Ctrl-C is pressed while an answer that cannot end on its own (the
 end-of-turn token is banned) is streaming: "[stopped]" proves the text was on screen before generation
 finished, and the next turn proves the session and the engine carry on.
 """
@@ -56,6 +57,32 @@ def saved_conversation(chat: ChatDriver, path: Path, count: int) -> Conversation
     return row.conversation
 
 
+def library_chat_loop(questions: list[str]) -> list[str]:
+    """User and assistant texts of a greedy chat held with llama-cpp-python's own loop on the default GGUF
+    (each call reuses the KV of the previous prompt and answer)."""
+    from llama_cpp import Llama
+
+    from infermux.models import gguf_path
+
+    llm = Llama(model_path=str(gguf_path()), n_ctx=2048, verbose=False)
+    try:
+        messages: list[dict[str, str]] = []
+        for question in questions:
+            messages.append({"role": "user", "content": question})
+            out = llm.create_chat_completion(
+                messages,
+                temperature=0.0,
+                max_tokens=MAX_NEW,
+                top_k=0,
+                min_p=0.0,
+                top_p=1.0,  # type: ignore[arg-type]
+            )
+            messages.append({"role": "assistant", "content": out["choices"][0]["message"]["content"]})  # type: ignore[index]
+        return [m["content"] for m in messages]
+    finally:
+        llm.close()
+
+
 def test_two_turns_carry_history_and_reset_clears_it(engine_name: str, engine: InferenceEngine, tmp_path: Path) -> None:
     # Greedy, as the engine fixture: command-line settings win over the chat preset (no config is given).
     greedy = ["--generation.temperature", "0", "--generation.frequency_penalty", "0"]
@@ -73,8 +100,13 @@ def test_two_turns_carry_history_and_reset_clears_it(engine_name: str, engine: I
         question = Conversation(messages=conversation.messages[:3])
         alone = Conversation(messages=[conversation.messages[2]])
         with_history, without = engine.infer([question, alone])
-        assert conversation.messages[3].text == with_history.last_message.text
-        assert with_history.last_message.text != without.last_message.text  # the history mattered
+        if engine_name == "LLAMACPP":
+            assert [m.text for m in conversation.messages] == library_chat_loop(
+                [m.text for m in conversation.messages[::2]]
+            )
+        else:
+            assert conversation.messages[3].text == with_history.last_message.text
+        assert conversation.messages[3].text != without.last_message.text  # the history mattered
 
         chat.command("/reset", "conversation cleared")
         chat.say("Hello!")
