@@ -4,7 +4,8 @@ The n answers of a prompt are n passes over the chunk's prompts through the deco
 k reuses the prompt's KV cache left by the earlier ones (the decoder's prefix reuse), and is seeded
 ``seed + k``, so the first sample is the answer ``n: 1`` gives and every sample is reproducible.
 A token's log-probability is ``log_softmax`` of the model's logits at the position it was sampled
-from, as llama-cpp-python reports them (before the samplers: bias, penalties, temperature).
+from, as llama-cpp-python reports them (before the samplers: bias, penalties, temperature). Each token
+keeps its raw piece as ``bytes`` (a piece may be part of a multi-byte character).
 """
 
 from __future__ import annotations
@@ -46,13 +47,14 @@ class LogitsRecorder:
             alternatives = [(int(t), float(logprobs[t])) for t in best]
         self._steps[index].append((int(token), float(logprobs[token]), alternatives))
 
-    def _text(self, token: int) -> str:
-        return bytes(self._llama.detokenize([token], special=True)).decode("utf-8", errors="replace")
+    def _piece(self, token: int) -> bytes:
+        # The token's own bytes (llama_token_to_piece): possibly part of a multi-byte character.
+        return bytes(self._llama.detokenize([token], special=True))
 
     def logprobs(self, index: int, length: int) -> list[TokenLogprob]:
         """The first ``length`` tokens of request ``index`` (an end-of-generation token is not kept)."""
         return [
-            token_logprob(self._text(token), value, [(self._text(t), lp) for t, lp in alternatives])
+            token_logprob(self._piece(token), value, [(self._piece(t), lp) for t, lp in alternatives])
             for token, value, alternatives in self._steps[index][:length]
         ]
 
