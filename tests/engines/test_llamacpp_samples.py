@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from infermux.engines.llamacpp.engine import LlamaCppInferenceEngine
 from infermux.models import gguf_path
 from infermux.samples import read_samples
 from infermux.types import Conversation
+from tests.logprob_bytes import SPLIT_PROMPT, SPLIT_TOKENS, assert_exact_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -81,3 +83,15 @@ def test_n_seeded_samples_are_distinct_and_reproducible(engine: LlamaCppInferenc
         assert samples[0].text == alone.last_message.text == row.last_message.text
         usage = row.metadata["usage"]
         assert usage["completion_tokens"] == sum(s.usage.completion_tokens for s in samples if s.usage)
+
+
+def test_logprobs_carry_each_tokens_bytes_through_the_output_file(engine: LlamaCppInferenceEngine) -> None:
+    config = InferenceConfig(
+        model=engine.model_params,
+        generation=GenerationParams(max_new_tokens=SPLIT_TOKENS, logprobs=True, top_logprobs=3),
+    )
+    [row] = engine.infer([conv(SPLIT_PROMPT)], config)
+    reread = Conversation.from_json_dict(json.loads(row.to_json()))  # as a job's output line stores it
+    [sample] = read_samples(reread)
+    assert sample.logprobs is not None
+    assert_exact_bytes(sample.text, sample.logprobs)
