@@ -95,3 +95,23 @@ def test_logprobs_carry_each_tokens_bytes_through_the_output_file(engine: LlamaC
     [sample] = read_samples(reread)
     assert sample.logprobs is not None
     assert_exact_bytes(sample.text, sample.logprobs)
+
+
+def test_stream_carries_each_tokens_logprobs_with_its_text(engine: LlamaCppInferenceEngine) -> None:
+    import asyncio
+
+    generation = GenerationParams(max_new_tokens=SPLIT_TOKENS, logprobs=True, top_logprobs=2)
+
+    async def collect() -> list[Any]:
+        return [event async for event in engine.astream(conv(SPLIT_PROMPT), generation)]
+
+    events = asyncio.run(collect())
+    *pieces, final = events
+    streamed = [t for e in pieces for t in e.logprobs or []]
+    assert all(e.logprobs is not None for e in pieces) and len(pieces) > 3
+    assert "".join(e.delta for e in pieces) == final.conversation.last_message.text
+    assert_exact_bytes(final.conversation.last_message.text, streamed)
+    [sample] = read_samples(final.conversation)  # the row keeps them too, as a job writes them
+    assert sample.logprobs == streamed
+    [row] = engine.infer([conv(SPLIT_PROMPT)], InferenceConfig(model=engine.model_params, generation=generation))
+    assert [(t.token, t.bytes) for t in read_samples(row)[0].logprobs or []] == [(t.token, t.bytes) for t in streamed]

@@ -147,11 +147,18 @@ def test_logprobs_bytes_are_each_tokens_own_streamed_or_not(server: Served) -> N
     assert choice.logprobs is not None and choice.logprobs.content
     assert_exact_bytes(choice.message.content or "", choice.logprobs.content)
 
+    # Streamed: each chunk carries the tokens behind its text (a partial character's token waits for the rest).
     chunks = [c for c in client(server).chat.completions.create(stream=True, **settings) if c.choices]
     text = "".join(c.choices[0].delta.content or "" for c in chunks)
     tokens = [t for c in chunks if c.choices[0].logprobs for t in c.choices[0].logprobs.content or []]
     assert text == choice.message.content
     assert_exact_bytes(text, tokens)
+    scored = [c.choices[0] for c in chunks if c.choices[0].logprobs]
+    assert len(scored) > 3 and chunks[-1].choices[0].finish_reason == "length"
+    for piece in scored:
+        assert (
+            b"".join(bytes(t.bytes or []) for t in piece.logprobs.content or []) == (piece.delta.content or "").encode()
+        )
 
 
 def test_json_schema_response_format_is_enforced(server: Served) -> None:
