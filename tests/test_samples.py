@@ -61,3 +61,20 @@ def test_merge_replies_of_separate_requests() -> None:
     assert [s.text for s in read_samples(row)] == ["r0", "r1", "r2"]
     assert row.metadata["usage"] == {"prompt_tokens": 12, "completion_tokens": 6, "total_tokens": 18}
     assert row.metadata["finish_reason"] == "stop" and row.metadata["model"] == "m" and row.metadata["k"] == 1
+
+
+def test_token_bytes_are_kept_and_rows_without_them_still_load() -> None:
+    entry = token_logprob(b"\xe6", -0.1, [(b"\xe6", -0.1), ("text only", -2.0), (("\u6674", b"\xb4"), -3.0)])
+    assert (entry.token, entry.bytes) == ("\ufffd", [0xE6])
+    assert [(a.token, a.bytes) for a in entry.top_logprobs] == [("\ufffd", [0xE6]), ("text only", None),
+                                                                ("\u6674", [0xB4])]  # fmt: skip
+    row = reply_with_samples(QUESTION, [Sample(text="x", logprobs=[entry])])
+    stored = json.loads(row.to_json())["metadata"]["samples"][0]["logprobs"][0]
+    assert stored["bytes"] == [0xE6] and "bytes" not in stored["top_logprobs"][1]  # unknown: left out
+    old = {
+        "text": "a",
+        "logprobs": [{"token": "a", "logprob": -0.5, "top_logprobs": [{"token": "a", "logprob": -0.5}]}],
+    }
+    (token,) = Sample.model_validate(old).logprobs or []
+    assert token.bytes is None and token.top_logprobs[0].bytes is None
+    assert Sample.model_validate(old).to_json_dict()["logprobs"] == old["logprobs"]  # unchanged when rewritten

@@ -18,6 +18,7 @@ from infermux.configs.generation_params import GenerationParams
 from infermux.types import Conversation, FinishReason, Sample, TokenLogprob, ToolCall, TopLogprob, Usage
 
 __all__ = [
+    "Piece",
     "merge_replies",
     "read_samples",
     "reply_with_samples",
@@ -52,12 +53,31 @@ def _finite(value: float) -> float:
     return value if math.isfinite(value) else -9999.0
 
 
-def token_logprob(token: str, logprob: float, top: Iterable[tuple[str, float]] = ()) -> TokenLogprob:
+#: A token as an engine knows it: its text (bytes unknown), its raw bytes (the text is their lenient
+#: decoding: a piece of a multi-byte character shows as U+FFFD), or both (bytes may be None).
+Piece = str | bytes | tuple[str, bytes | list[int] | None]
+
+
+def _piece(token: Piece) -> tuple[str, list[int] | None]:
+    if isinstance(token, tuple):
+        text, raw = token
+        return text, list(raw) if raw is not None else None
+    if isinstance(token, bytes):
+        return token.decode("utf-8", errors="replace"), list(token)
+    return token, None
+
+
+def token_logprob(token: Piece, logprob: float, top: Iterable[tuple[Piece, float]] = ()) -> TokenLogprob:
     """A :class:`TokenLogprob` from plain values: alternatives most likely first (servers do not all
-    sort them), ``-inf`` as -9999.0 (as OpenAI reports it)."""
-    alternatives = [TopLogprob(token=t, logprob=_finite(float(lp))) for t, lp in top]
+    sort them), ``-inf`` as -9999.0 (as OpenAI reports it). Each token is a :data:`Piece`: with its
+    bytes where the engine knows them, so that joining an answer's bytes gives its exact UTF-8."""
+    alternatives = []
+    for alternative, lp in top:
+        text, raw = _piece(alternative)
+        alternatives.append(TopLogprob(token=text, logprob=_finite(float(lp)), bytes=raw))
     alternatives.sort(key=lambda a: -a.logprob)
-    return TokenLogprob(token=token, logprob=_finite(float(logprob)), top_logprobs=alternatives)
+    text, raw = _piece(token)
+    return TokenLogprob(token=text, logprob=_finite(float(logprob)), bytes=raw, top_logprobs=alternatives)
 
 
 def sum_usage(usages: Iterable[Usage | None]) -> Usage | None:

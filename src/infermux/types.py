@@ -206,12 +206,18 @@ _USAGE_ORDER = _USAGE_FIELDS
 
 
 class TopLogprob(BaseModel):
-    """One likely alternative at a token position: its text and log-probability."""
+    """One likely alternative at a token position: its text, log-probability and raw bytes.
+
+    ``bytes`` are the token's own bytes (a token may hold part of a multi-byte character, whose
+    ``token`` text then shows U+FFFD): joining the answer tokens' bytes gives the answer's exact
+    UTF-8. None where the engine does not know them (rows written before they were kept, some providers).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     token: str
     logprob: float
+    bytes: list[int] | None = None
 
 
 class TokenLogprob(BaseModel):
@@ -221,6 +227,8 @@ class TokenLogprob(BaseModel):
 
     token: str
     logprob: float
+    bytes: list[int] | None = None
+    """The token's raw bytes, as in :class:`TopLogprob`."""
     top_logprobs: list[TopLogprob] = Field(default_factory=list)
 
 
@@ -246,7 +254,7 @@ class Sample(BaseModel):
             "finish_reason": self.finish_reason.value if self.finish_reason is not None else None,
             "usage": self.usage.to_json_dict() if self.usage is not None else None,
             "tool_calls": self.tool_calls,
-            "logprobs": [t.model_dump() for t in self.logprobs] if self.logprobs is not None else None,
+            "logprobs": [t.model_dump(exclude_none=True) for t in self.logprobs] if self.logprobs is not None else None,
         }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from infermux.engines.llamacpp.engine import LlamaCppInferenceEngine
 from infermux.models import gguf_path
 from infermux.samples import read_samples
 from infermux.types import Conversation
+from tests.logprob_bytes import SPLIT_PROMPT, SPLIT_TOKENS, assert_exact_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -81,3 +83,35 @@ def test_n_seeded_samples_are_distinct_and_reproducible(engine: LlamaCppInferenc
         assert samples[0].text == alone.last_message.text == row.last_message.text
         usage = row.metadata["usage"]
         assert usage["completion_tokens"] == sum(s.usage.completion_tokens for s in samples if s.usage)
+
+
+def test_logprobs_carry_each_tokens_bytes_through_the_output_file(engine: LlamaCppInferenceEngine) -> None:
+    config = InferenceConfig(
+        model=engine.model_params,
+        generation=GenerationParams(max_new_tokens=SPLIT_TOKENS, logprobs=True, top_logprobs=3),
+    )
+    [row] = engine.infer([conv(SPLIT_PROMPT)], config)
+    reread = Conversation.from_json_dict(json.loads(row.to_json()))  # as a job's output line stores it
+    [sample] = read_samples(reread)
+    assert sample.logprobs is not None
+    assert_exact_bytes(sample.text, sample.logprobs)
+
+
+def test_stream_carries_each_tokens_logprobs_with_its_text(engine: LlamaCppInferenceEngine) -> None:
+    import asyncio
+
+    generation = GenerationParams(max_new_tokens=SPLIT_TOKENS, logprobs=True, top_logprobs=2)
+
+    async def collect() -> list[Any]:
+        return [event async for event in engine.astream(conv(SPLIT_PROMPT), generation)]
+
+    events = asyncio.run(collect())
+    *pieces, final = events
+    streamed = [t for e in pieces for t in e.logprobs or []]
+    assert all(e.logprobs is not None for e in pieces) and len(pieces) > 3
+    assert "".join(e.delta for e in pieces) == final.conversation.last_message.text
+    assert_exact_bytes(final.conversation.last_message.text, streamed)
+    [sample] = read_samples(final.conversation)  # the row keeps them too, as a job writes them
+    assert sample.logprobs == streamed
+    [row] = engine.infer([conv(SPLIT_PROMPT)], InferenceConfig(model=engine.model_params, generation=generation))
+    assert [(t.token, t.bytes) for t in read_samples(row)[0].logprobs or []] == [(t.token, t.bytes) for t in streamed]

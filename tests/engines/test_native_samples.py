@@ -14,6 +14,7 @@ from infermux.engines.native.engine import NativeTextInferenceEngine  # noqa: E4
 from infermux.models import hf_folder  # noqa: E402
 from infermux.samples import read_samples  # noqa: E402
 from infermux.types import Conversation  # noqa: E402
+from tests.logprob_bytes import SPLIT_PROMPT, SPLIT_TOKENS, assert_exact_bytes  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -80,3 +81,10 @@ def test_n_seeded_samples_are_distinct_and_reproducible(engine: NativeTextInfere
 def test_plain_answers_carry_no_samples(engine: NativeTextInferenceEngine) -> None:
     [row] = run(engine, QUESTIONS[:1], max_new_tokens=4)
     assert "samples" not in row.metadata
+
+
+def test_logprobs_carry_each_tokens_bytes(engine: NativeTextInferenceEngine) -> None:
+    [row] = run(engine, [SPLIT_PROMPT], max_new_tokens=SPLIT_TOKENS, logprobs=True, top_logprobs=3)
+    [sample] = read_samples(row)
+    assert sample.logprobs is not None
+    assert_exact_bytes(sample.text, sample.logprobs)

@@ -16,6 +16,7 @@ from infermux.configs import GenerationParams, ModelParams
 from infermux.engines.native.engine import NativeTextInferenceEngine
 from infermux.samples import read_samples
 from infermux.types import Conversation
+from tests.logprob_bytes import SPLIT_PROMPT, SPLIT_TOKENS, assert_exact_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -121,3 +122,10 @@ def test_an_abandoned_n_stream_frees_all_its_rows(engine: NativeTextInferenceEng
     assert stats["active"] == 0
     assert stats["cancelled"] - before["cancelled"] == 3
     assert 3 <= stats["generated_tokens"] - before["generated_tokens"] < 3 * 24
+
+
+def test_streamed_logprobs_carry_each_tokens_bytes(engine: NativeTextInferenceEngine) -> None:
+    generation = GenerationParams(logprobs=True, top_logprobs=3, max_new_tokens=SPLIT_TOKENS)
+    [sample] = read_samples(asyncio.run(final(engine, SPLIT_PROMPT, generation)))
+    assert sample.logprobs is not None
+    assert_exact_bytes(sample.text, sample.logprobs)

@@ -21,6 +21,7 @@ from infermux.engines.vllm import CPU_KV_CACHE_BYTES, VLLMInferenceEngine, llm_k
 from infermux.errors import ConfigError, ModelNotFoundError
 from infermux.models import gguf_path, hf_folder
 from infermux.types import Conversation
+from tests.logprob_bytes import SPLIT_PROMPT, SPLIT_TOKENS, assert_exact_bytes
 
 MAX_LEN = 1024
 #: Test engines share the machine with other models: a small KV cache is plenty for these prompts.
@@ -486,6 +487,13 @@ def test_n_samples_and_logprobs_equal_raw_llm_chat(engine):
         assert row.metadata["usage"]["completion_tokens"] == sum(len(o.token_ids) for o in expected.outputs)
     again = run(engine, prompts, n=3, temperature=1.0, seed=5, logprobs=True, top_logprobs=2, max_new_tokens=12)
     assert [r.metadata["samples"] for r in again] == [r.metadata["samples"] for r in out]
+
+
+@pytest.mark.slow
+def test_logprobs_carry_each_tokens_bytes(engine):
+    (row,) = run(engine, [SPLIT_PROMPT], logprobs=True, top_logprobs=3, max_new_tokens=SPLIT_TOKENS)
+    (sample,) = row.metadata["samples"]
+    assert_exact_bytes(sample["text"], sample["logprobs"])
 
 
 # ------------------------------------------------------------------ continuous feeding, prefix caching

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from tests.logprob_bytes import SPLIT_PROMPT, SPLIT_TOKENS, assert_exact_bytes
 from tests.serve.running import Served, serve
 
 openai = pytest.importorskip("openai")
@@ -136,6 +137,28 @@ def test_n_seeded_choices_and_logprobs(server: Served) -> None:
     streamed_tokens = [t.token for c in chunks if c.choices[0].index == 0 and c.choices[0].logprobs
                        for t in c.choices[0].logprobs.content or []]  # fmt: skip
     assert "".join(streamed_tokens) == texts[0]
+
+
+def test_logprobs_bytes_are_each_tokens_own_streamed_or_not(server: Served) -> None:
+    settings = {"model": MODEL, "messages": [{"role": "user", "content": SPLIT_PROMPT}], "max_tokens": SPLIT_TOKENS,
+                "temperature": 0, "logprobs": True, "top_logprobs": 3}  # fmt: skip
+    reply = client(server).chat.completions.create(**settings)  # type: ignore[call-overload]
+    (choice,) = reply.choices
+    assert choice.logprobs is not None and choice.logprobs.content
+    assert_exact_bytes(choice.message.content or "", choice.logprobs.content)
+
+    # Streamed: each chunk carries the tokens behind its text (a partial character's token waits for the rest).
+    chunks = [c for c in client(server).chat.completions.create(stream=True, **settings) if c.choices]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    tokens = [t for c in chunks if c.choices[0].logprobs for t in c.choices[0].logprobs.content or []]
+    assert text == choice.message.content
+    assert_exact_bytes(text, tokens)
+    scored = [c.choices[0] for c in chunks if c.choices[0].logprobs]
+    assert len(scored) > 3 and chunks[-1].choices[0].finish_reason == "length"
+    for piece in scored:
+        assert (
+            b"".join(bytes(t.bytes or []) for t in piece.logprobs.content or []) == (piece.delta.content or "").encode()
+        )
 
 
 def test_json_schema_response_format_is_enforced(server: Served) -> None:

@@ -232,3 +232,15 @@ def test_samples_answer_as_openai_choices_with_logprobs() -> None:
     assert body["usage"]["total_tokens"] == 7
     piece = wire.chunk("id", "m", 0, {"content": "bb"}, index=1, logprobs={"content": [], "refusal": None})
     assert piece["choices"][0]["index"] == 1 and piece["choices"][0]["logprobs"] == {"content": [], "refusal": None}
+
+
+def test_logprobs_bytes_are_the_stored_ones_else_the_texts_unless_lossy() -> None:
+    partial = {"token": "\ufffd", "logprob": -0.1, "bytes": [230]}
+    tokens = [
+        {**partial, "top_logprobs": [partial]},
+        {"token": "\ufffd", "logprob": -0.2},  # an older row: no bytes, and the text is lossy
+        {"token": "ok", "logprob": -0.3},
+    ]
+    content = wire.logprobs_of(tokens)["content"]  # type: ignore[index]
+    assert [t["bytes"] for t in content] == [[230], None, [111, 107]]
+    assert content[0]["top_logprobs"][0]["bytes"] == [230]

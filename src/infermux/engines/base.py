@@ -35,7 +35,7 @@ from infermux.configs.remote_params import RemoteParams
 from infermux.engines.capabilities import Capabilities, check_limits, check_params
 from infermux.errors import ConfigError, InputError, RowError
 from infermux.text import scrub_reply, scrub_surrogates
-from infermux.types import Conversation
+from infermux.types import Conversation, TokenLogprob
 
 if TYPE_CHECKING:
     from infermux.configs.inference_config import InferenceConfig
@@ -55,6 +55,9 @@ class StreamEvent:
     delta: str = ""
     conversation: Conversation | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: With ``generation.logprobs``, on engines that stream them: the tokens sampled since the last event
+    #: (a token that is part of a character may come with an empty ``delta``); None otherwise.
+    logprobs: list[TokenLogprob] | None = None
 
     def __post_init__(self) -> None:
         # Lone UTF-16 surrogates (a reply cut inside an emoji) cannot be printed or saved: U+FFFD instead.

@@ -37,6 +37,7 @@ from infermux.configs.generation_params import GenerationParams, GuidedDecodingP
 from infermux.configs.model_params import ModelParams
 from infermux.engines.base import InferenceEngine, StreamEvent, remember
 from infermux.engines.capabilities import Capabilities
+from infermux.engines.token_bytes import TokenBytes
 from infermux.engines.tool_calls import calls_from_forced, forced_schema, template_messages, template_tools, tools_key
 from infermux.engines.vllm_feed import rejected_input
 from infermux.engines.vllm_tools import vllm_tool_parser
@@ -234,6 +235,7 @@ class VLLMInferenceEngine(InferenceEngine):
         self._feeder: Any = None
         self._llm: Any = vllm.LLM(**self.llm_kwargs)
         self._tool_parser = vllm_tool_parser(model_params.tool_call_parser, self._llm)
+        self._bytes_of: TokenBytes | None = None  # token id -> raw bytes, for log-probabilities
 
     @property
     def llm(self) -> Any:
@@ -338,6 +340,11 @@ class VLLMInferenceEngine(InferenceEngine):
             return {"structured_outputs": sp.StructuredOutputsParams(**spec)}
         return {"guided_decoding": sp.GuidedDecodingParams(**spec)}  # type: ignore[attr-defined]  # older releases
 
+    def _token_bytes(self) -> TokenBytes:
+        if self._bytes_of is None:
+            self._bytes_of = TokenBytes(self._llm.get_tokenizer())
+        return self._bytes_of
+
     def _token_bias(self, bias: dict[str, float]) -> dict[int, float]:
         """``logit_bias`` keys are token ids (as strings) or tokens of the model's vocabulary."""
         tokenizer = self._llm.get_tokenizer()
@@ -398,7 +405,9 @@ class VLLMInferenceEngine(InferenceEngine):
                     finish_reason=reason,
                     usage=Usage.of(completion=len(completion.token_ids)),
                     tool_calls=[c.to_json_dict() for c in calls] if calls else None,
-                    logprobs=_logprobs(completion, generation.top_logprobs) if generation.logprobs else None,
+                    logprobs=_logprobs(completion, generation.top_logprobs, self._token_bytes())
+                    if generation.logprobs
+                    else None,
                 )
             )
         completion_tokens = sum(len(c.token_ids) for c in output.outputs)
@@ -444,14 +453,15 @@ def _local_adapter(adapter: str) -> str:
     return str(_hub_file(adapter, "adapter_config.json").parent)
 
 
-def _logprobs(completion: Any, top: int) -> list[TokenLogprob]:
-    """vLLM's per-token ``{token_id: Logprob}`` dicts as typed entries (the chosen token, then the top ones)."""
+def _logprobs(completion: Any, top: int, raw: TokenBytes) -> list[TokenLogprob]:
+    """vLLM's per-token ``{token_id: Logprob}`` dicts as typed entries (the chosen token, then the top
+    ones): the text is vLLM's ``decoded_token``, the bytes the token's own (``raw``)."""
     out = []
     for token_id, position in zip(completion.token_ids, completion.logprobs or [], strict=False):
         chosen = position[token_id]
         ranked = sorted(
-            (lp for lp in position.values() if lp.rank is not None and lp.rank <= top), key=lambda lp: lp.rank
+            ((t, lp) for t, lp in position.items() if lp.rank is not None and lp.rank <= top), key=lambda p: p[1].rank
         )
-        alternatives = [(lp.decoded_token or "", lp.logprob) for lp in ranked]
-        out.append(token_logprob(chosen.decoded_token or "", chosen.logprob, alternatives))
+        alternatives = [((lp.decoded_token or "", raw(t)), lp.logprob) for t, lp in ranked]
+        out.append(token_logprob((chosen.decoded_token or "", raw(token_id)), chosen.logprob, alternatives))
     return out

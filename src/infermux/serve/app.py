@@ -215,6 +215,7 @@ class _Run:
         self.start = time.monotonic()
         self.first: float | None = None
         self.generating = False
+        self.tokens_streamed = False  # the answer went out token by token, with its log-probabilities
         state.metrics.queued += 1
 
     def _started(self) -> None:
@@ -324,6 +325,8 @@ class _Run:
                         await self._finish_stream(response, event)
                     elif event.delta and not self.prepared.samples:  # samples: each choice whole, at the end
                         await self._send(response, {"content": event.delta})
+                    elif event.logprobs is not None and self.prepared.generation.n == 1:
+                        await self._send_tokens(response, event)  # an engine that streams log-probabilities
         except ApiError as exc:
             if response is None:
                 raise
@@ -351,6 +354,16 @@ class _Run:
         inc = self.prepared.include_usage
         await _write(response, wire.chunk(self.cid, self.state.served_model, self.created, delta, include_usage=inc))
 
+    async def _send_tokens(self, response: web.StreamResponse, event: StreamEvent) -> None:
+        """Text with the log-probabilities of the tokens behind it, in one chunk (OpenAI's streamed shape)."""
+        delta: dict[str, Any] = {"content": event.delta}
+        if not self.tokens_streamed:
+            delta = {"role": "assistant", **delta}
+            self.tokens_streamed = True
+        logprobs = wire.logprobs_of([t.model_dump(exclude_none=True) for t in event.logprobs or []])
+        await _write(response, wire.chunk(self.cid, self.state.served_model, self.created, delta,
+                                          include_usage=self.prepared.include_usage, logprobs=logprobs))  # fmt: skip
+
     async def _finish_stream(self, response: web.StreamResponse, final: StreamEvent) -> None:
         self._count(final)
         model, inc = self.state.served_model, self.prepared.include_usage
@@ -359,7 +372,7 @@ class _Run:
         if not self.prepared.samples:
             choices = choices[:1]
         for index, choice in enumerate(choices):
-            if self.prepared.samples:  # the choice's text, whole, with its log-probabilities
+            if self.prepared.samples and not self.tokens_streamed:  # the choice's text, whole, with its logprobs
                 delta: dict[str, Any] = {"role": "assistant", "content": choice.text}
                 await _write(response, wire.chunk(self.cid, model, self.created, delta, include_usage=inc,
                                                   index=index, logprobs=choice.logprobs))  # fmt: skip

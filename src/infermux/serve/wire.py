@@ -404,10 +404,19 @@ def logprobs_of(tokens: list[dict[str, Any]] | None) -> dict[str, Any] | None:
 
     def entry(token: dict[str, Any]) -> dict[str, Any]:
         text = str(token.get("token", ""))
-        return {"token": text, "logprob": token.get("logprob"), "bytes": list(text.encode("utf-8"))}
+        return {"token": text, "logprob": token.get("logprob"), "bytes": _bytes_of(text, token.get("bytes"))}
 
     content = [{**entry(t), "top_logprobs": [entry(a) for a in t.get("top_logprobs") or []]} for t in tokens]
     return {"content": content, "refusal": None}
+
+
+def _bytes_of(text: str, raw: list[int] | None) -> list[int] | None:
+    """A token's own bytes as the engine recorded them; for rows without them (older rows, providers
+    that send only text) the text's UTF-8, unless the text is lossy (U+FFFD): then ``null``, as OpenAI
+    allows, rather than the bytes of a replacement character."""
+    if raw is not None:
+        return list(raw)
+    return None if "\ufffd" in text else list(text.encode("utf-8"))
 
 
 def completion(

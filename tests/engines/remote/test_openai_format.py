@@ -12,6 +12,7 @@ from infermux.configs.generation_params import GenerationParams, GuidedDecodingP
 from infermux.engines.remote.openai.engine import OPENAI_PARAMS
 from infermux.engines.remote.openai.format import (
     chat_completions_url,
+    choice_logprobs,
     encode_message,
     encode_messages,
     generation_fields,
@@ -278,3 +279,18 @@ def test_usage_keeps_cached_tokens_computes_total_and_is_absent_when_not_sent() 
     usage = {"prompt_tokens": 10, "completion_tokens": 2, "prompt_tokens_details": {"cached_tokens": 8}}
     _, meta, _, _ = parse_chat_completion({**answer, "usage": usage})
     assert meta["usage"] == {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12, "cached_tokens": 8}
+
+
+def test_logprobs_keep_the_servers_bytes_of_partial_tokens() -> None:
+    # Two tokens that together are "é" (0xC3 0xA9): the server sends each token's own bytes, or null.
+    choice = {"logprobs": {"content": [
+        {"token": "bytes:\\xc3", "logprob": -0.1, "bytes": [195],
+         "top_logprobs": [{"token": "bytes:\\xc3", "logprob": -0.1, "bytes": [195]}, {"token": "e", "logprob": -3.0}]},
+        {"token": "bytes:\\xa9", "logprob": -0.2, "bytes": [169], "top_logprobs": []},
+        {"token": "<x>", "logprob": -0.3, "bytes": None, "top_logprobs": []},
+    ]}}  # fmt: skip
+    tokens = choice_logprobs(choice)
+    assert tokens is not None
+    assert [t.bytes for t in tokens] == [[195], [169], None] and bytes([195, 169]).decode() == "é"
+    assert [t.token for t in tokens] == ["bytes:\\xc3", "bytes:\\xa9", "<x>"]
+    assert [a.bytes for a in tokens[0].top_logprobs] == [[195], None]

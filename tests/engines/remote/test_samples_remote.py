@@ -72,7 +72,8 @@ def test_openai_n_logprobs_top_logprobs(openai_fake: FakeOpenAIChat) -> None:
     tokens = samples[1]["logprobs"]
     assert "".join(t["token"] for t in tokens) == "answer 1 to hi"
     assert tokens[0]["logprob"] == -0.25 and len(tokens[0]["top_logprobs"]) == 2
-    assert tokens[0]["top_logprobs"][0] == {"token": "answer ", "logprob": -0.25}
+    assert tokens[0]["top_logprobs"][0] == {"token": "answer ", "logprob": -0.25, "bytes": list(b"answer ")}
+    assert b"".join(bytes(t["bytes"]) for t in tokens) == b"answer 1 to hi"  # the server's bytes, kept
     assert answer.metadata["usage"]["completion_tokens"] == 12  # the whole request's usage, once
     typed = read_samples(answer)
     assert typed[2].logprobs is not None and typed[2].logprobs[1].token == "2 "

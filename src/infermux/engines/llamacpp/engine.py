@@ -44,13 +44,13 @@ from infermux.engines.capabilities import Capabilities
 from infermux.engines.llamacpp.decode import DecodeResult, MultiSequenceDecoder, Request, SamplingSpec
 from infermux.engines.llamacpp.grammar import grammar_for
 from infermux.engines.llamacpp.model import resolve_gguf
-from infermux.engines.llamacpp.samples import generate_samples
+from infermux.engines.llamacpp.samples import StreamedLogprobs, generate_samples
 from infermux.engines.llamacpp.scheduler import DecodeScheduler
 from infermux.engines.llamacpp.threads import choose_omp_wait_policy
 from infermux.errors import ConfigError, EngineUnavailableError, ErrorKind, InputError, RowError, install_hint
 from infermux.samples import reply_with_samples, wants_samples
 from infermux.templates import resolve_chat_template
-from infermux.types import Conversation, FinishReason, Sample, Usage
+from infermux.types import Conversation, FinishReason, Sample, TokenLogprob, Usage
 
 __all__ = ["LlamaCppInferenceEngine"]
 
@@ -58,6 +58,8 @@ DEFAULT_N_CTX = 2048
 DEFAULT_SLOTS = 32
 KV_BUDGET_BYTES = 3 << 29  # the default slot count keeps the KV cache (f16) under this
 _OWN_KWARGS = frozenset({"filename", "n_seq_max"})
+#: A streamed piece of text and, with logprobs, the tokens behind it.
+_Text = tuple[str, list[TokenLogprob] | None]
 _SUPPORTED = frozenset(
     {"seed", "temperature", "top_p", "min_p", "frequency_penalty", "presence_penalty"}
     | {"stop_strings", "stop_token_ids", "logit_bias", "use_sampling", "skip_special_tokens"}
@@ -232,9 +234,10 @@ class LlamaCppInferenceEngine(InferenceEngine):
     async def astream(
         self, conversation: Conversation, generation: GenerationParams | None = None
     ) -> AsyncIterator[StreamEvent]:
-        """Yield text as the tokens are generated, then the final conversation."""
+        """Yield text as the tokens are generated (with their log-probabilities when asked), then the final
+        conversation."""
         generation = generation or self.generation_params
-        if wants_samples(generation):  # several answers or log-probabilities: the whole answer at once
+        if generation.n > 1:  # several answers: the whole answer at once
             async for event in super().astream(conversation, generation):
                 yield event
             return
@@ -245,18 +248,23 @@ class LlamaCppInferenceEngine(InferenceEngine):
             raise InputError(prompt.message)
         spec = self._spec(tool_prompting.constrained_generation(conversation, generation))
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[str | DecodeResult | Exception] = asyncio.Queue()
+        queue: asyncio.Queue[_Text | DecodeResult | Exception] = asyncio.Queue()
+        scores = StreamedLogprobs(self._llama, generation.top_logprobs) if generation.logprobs else None
 
-        def put(item: str | DecodeResult | Exception) -> None:
+        def put(item: _Text | DecodeResult | Exception) -> None:
             with contextlib.suppress(RuntimeError):  # the event loop may be gone after a cancel
                 loop.call_soon_threadsafe(queue.put_nowait, item)
 
+        def text(delta: str) -> None:  # on the decoder's thread: the tokens behind this text go with it
+            put((delta, scores.take(len(request.tokens)) if scores is not None else None))
+
         # A stream is a chat turn: its answer's KV is kept, so the next turn evaluates only its new message.
-        request = Request(prompt, generation.max_new_tokens, spec, on_done=put, on_text=put, keep_answer=True)
+        request = Request(prompt, generation.max_new_tokens, spec, on_done=put, on_text=text, keep_answer=True,
+                          on_logits=scores.on_logits if scores is not None else None)  # fmt: skip
         self._scheduler.submit(request)
         try:
-            while isinstance(item := await queue.get(), str):
-                yield StreamEvent(delta=item)
+            while isinstance(item := await queue.get(), tuple):
+                yield StreamEvent(delta=item[0], logprobs=item[1])
         finally:
             if not request.finished:
                 self._scheduler.cancel(request)  # the consumer went away: free the slot
@@ -264,6 +272,10 @@ class LlamaCppInferenceEngine(InferenceEngine):
         if isinstance(result, Exception):
             raise InputError(str(result))
         reply = self._reply(conversation, prompt, result, generation)
+        if scores is not None:  # tokens that made no text (a cut character, a stop string), then the row's samples
+            if rest := scores.take(len(result.tokens)):
+                yield StreamEvent(logprobs=rest)
+            reply = scores.answer(conversation, reply, result)
         yield StreamEvent(conversation=reply, metadata=dict(reply.metadata))
 
     # ------------------------------------------------------------------ helpers

@@ -4,7 +4,8 @@ The n answers of a prompt are n passes over the chunk's prompts through the deco
 k reuses the prompt's KV cache left by the earlier ones (the decoder's prefix reuse), and is seeded
 ``seed + k``, so the first sample is the answer ``n: 1`` gives and every sample is reproducible.
 A token's log-probability is ``log_softmax`` of the model's logits at the position it was sampled
-from, as llama-cpp-python reports them (before the samplers: bias, penalties, temperature).
+from, as llama-cpp-python reports them (before the samplers: bias, penalties, temperature). Each token
+keeps its raw piece as ``bytes`` (a piece may be part of a multi-byte character).
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from typing import Any
 
 from infermux.engines.llamacpp.decode import DecodeResult, SamplingSpec
 from infermux.engines.llamacpp.scheduler import DecodeScheduler
-from infermux.samples import token_logprob
-from infermux.types import TokenLogprob
+from infermux.samples import reply_with_samples, token_logprob
+from infermux.types import Conversation, FinishReason, Sample, TokenLogprob, Usage
 
-__all__ = ["Answer", "LogitsRecorder", "generate_samples"]
+__all__ = ["Answer", "LogitsRecorder", "StreamedLogprobs", "generate_samples"]
 
 #: One sample of a prompt: the decoded answer and its token log-probabilities (None unless asked).
 Answer = tuple[DecodeResult, list[TokenLogprob] | None]
@@ -46,15 +47,43 @@ class LogitsRecorder:
             alternatives = [(int(t), float(logprobs[t])) for t in best]
         self._steps[index].append((int(token), float(logprobs[token]), alternatives))
 
-    def _text(self, token: int) -> str:
-        return bytes(self._llama.detokenize([token], special=True)).decode("utf-8", errors="replace")
+    def _piece(self, token: int) -> bytes:
+        # The token's own bytes (llama_token_to_piece): possibly part of a multi-byte character.
+        return bytes(self._llama.detokenize([token], special=True))
 
-    def logprobs(self, index: int, length: int) -> list[TokenLogprob]:
-        """The first ``length`` tokens of request ``index`` (an end-of-generation token is not kept)."""
+    def logprobs(self, index: int, length: int, start: int = 0) -> list[TokenLogprob]:
+        """Tokens ``start`` to ``length`` of request ``index`` (an end-of-generation token is not kept)."""
         return [
-            token_logprob(self._text(token), value, [(self._text(t), lp) for t, lp in alternatives])
-            for token, value, alternatives in self._steps[index][:length]
+            token_logprob(self._piece(token), value, [(self._piece(t), lp) for t, lp in alternatives])
+            for token, value, alternatives in self._steps[index][start:length]
         ]
+
+
+class StreamedLogprobs:
+    """One streamed request's token log-probabilities, handed out with the text they produced."""
+
+    def __init__(self, llama: Any, top: int) -> None:
+        self._recorder = LogitsRecorder(llama, 1, top)
+        self._sent = 0
+
+    def on_logits(self, token: int, logits: Any) -> None:
+        self._recorder(0, token, logits)
+
+    def take(self, upto: int) -> list[TokenLogprob]:
+        """The answer's tokens up to ``upto`` not handed out yet."""
+        out = self._recorder.logprobs(0, upto, self._sent)
+        self._sent = max(self._sent, upto)
+        return out
+
+    def answer(self, conversation: Conversation, reply: Conversation, result: DecodeResult) -> Conversation:
+        """The stream's ``reply`` with its one sample, all its tokens' log-probabilities, in ``metadata["samples"]``."""
+        message, n = reply.last_message, len(result.tokens)
+        calls = [c.to_json_dict() for c in message.tool_calls or []] or None
+        reason = FinishReason.parse(reply.metadata.get("finish_reason"))
+        sample = Sample(text=message.text or "", finish_reason=reason, usage=Usage.of(completion=n), tool_calls=calls,
+                        logprobs=self._recorder.logprobs(0, n))  # fmt: skip
+        return reply_with_samples(conversation, [sample], usage=Usage.of(result.prompt_tokens, n),
+                                  tool_calls=message.tool_calls)  # fmt: skip
 
 
 def generate_samples(

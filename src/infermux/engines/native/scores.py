@@ -2,13 +2,15 @@
 
 A token's log-probability is ``log_softmax`` of the scores it was chosen from, after the logits
 processors (temperature, top-p, penalties, ...), as vLLM and OpenAI report them; with greedy decoding
-and no processors that is the model's own distribution. Token texts are decoded once, at the end.
+and no processors that is the model's own distribution. Token texts are decoded once, at the end,
+with each token's raw bytes (see :mod:`infermux.engines.token_bytes`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from infermux.engines.token_bytes import TokenBytes
 from infermux.samples import token_logprob
 from infermux.types import TokenLogprob
 
@@ -42,8 +44,9 @@ class ScoreRecorder:
         chosen = self._chosen[row][:length]
         alternatives = self._alternatives[row][:length]
         ids = {t for t, _ in chosen} | {t for step in alternatives for t, _ in step}
-        text = {t: tokenizer.decode([t]) for t in ids}
+        raw = TokenBytes(tokenizer)
+        piece = {t: (tokenizer.decode([t]), raw(t)) for t in ids}
         return [
-            token_logprob(text[token], value, [(text[t], lp) for t, lp in step])
+            token_logprob(piece[token], value, [(piece[t], lp) for t, lp in step])
             for (token, value), step in zip(chosen, alternatives, strict=True)
         ]

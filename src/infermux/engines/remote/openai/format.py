@@ -257,9 +257,15 @@ def choice_logprobs(choice: dict[str, Any]) -> list[TokenLogprob] | None:
     if content is None:
         return None
     return [
-        token_logprob(t["token"], t["logprob"], [(a["token"], a["logprob"]) for a in t.get("top_logprobs") or []])
+        token_logprob(_piece(t), t["logprob"], [(_piece(a), a["logprob"]) for a in t.get("top_logprobs") or []])
         for t in content
     ]
+
+
+def _piece(token: dict[str, Any]) -> tuple[str, list[int] | None]:
+    # The server's ``bytes`` are the token's own (a token may be part of a character): kept as sent.
+    raw = token.get("bytes")
+    return token["token"], [int(b) for b in raw] if isinstance(raw, list) else None
 
 
 def choice_samples(data: dict[str, Any]) -> list[Sample]:
