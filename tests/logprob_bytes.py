@@ -35,3 +35,10 @@ def assert_exact_bytes(text: str, tokens: Sequence[Any]) -> None:
     assert all(raw is not None for raw in alternatives)
     assert any(_partial(bytes(raw)) for raw in alternatives), "some alternatives should be partial characters"
     assert all(_field(t, "bytes") != REPLACEMENT for t in tokens) and REPLACEMENT not in alternatives
+
+
+def assert_joins(text: str, tokens: Sequence[Any]) -> None:
+    """An answer that ended by itself: its tokens' bytes join to its text, with no end-of-turn token listed."""
+    joined = b"".join(bytes(_field(t, "bytes")) for t in tokens)
+    assert joined == text.encode("utf-8"), (joined, text)
+    assert all("<|" not in _field(t, "token") for t in tokens)

@@ -14,7 +14,7 @@ from infermux.engines.llamacpp.engine import LlamaCppInferenceEngine
 from infermux.models import gguf_path
 from infermux.samples import read_samples
 from infermux.types import Conversation
-from tests.logprob_bytes import SPLIT_PROMPT, SPLIT_TOKENS, assert_exact_bytes
+from tests.logprob_bytes import SPLIT_PROMPT, SPLIT_TOKENS, assert_exact_bytes, assert_joins
 
 pytestmark = pytest.mark.slow
 
@@ -115,3 +115,11 @@ def test_stream_carries_each_tokens_logprobs_with_its_text(engine: LlamaCppInfer
     assert sample.logprobs == streamed
     [row] = engine.infer([conv(SPLIT_PROMPT)], InferenceConfig(model=engine.model_params, generation=generation))
     assert [(t.token, t.bytes) for t in read_samples(row)[0].logprobs or []] == [(t.token, t.bytes) for t in streamed]
+
+
+def test_an_answer_that_ends_lists_no_end_token(engine: LlamaCppInferenceEngine) -> None:
+    config = InferenceConfig(model=engine.model_params, generation=GenerationParams(max_new_tokens=64, logprobs=True))
+    [row] = engine.infer([conv("Say hello.")], config)
+    [sample] = read_samples(row)
+    assert row.metadata["finish_reason"] == "stop" and sample.logprobs
+    assert_joins(sample.text, sample.logprobs)

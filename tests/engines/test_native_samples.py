@@ -14,7 +14,7 @@ from infermux.engines.native.engine import NativeTextInferenceEngine  # noqa: E4
 from infermux.models import hf_folder  # noqa: E402
 from infermux.samples import read_samples  # noqa: E402
 from infermux.types import Conversation  # noqa: E402
-from tests.logprob_bytes import SPLIT_PROMPT, SPLIT_TOKENS, assert_exact_bytes  # noqa: E402
+from tests.logprob_bytes import SPLIT_PROMPT, SPLIT_TOKENS, assert_exact_bytes, assert_joins  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -51,6 +51,8 @@ def test_greedy_logprobs_equal_raw_generate_scores(engine: NativeTextInferenceEn
             raw = model.generate(**batch, do_sample=False, max_new_tokens=12, output_scores=True,
                                  return_dict_in_generate=True, temperature=None, top_p=None, top_k=None)  # fmt: skip
         new = raw.sequences[0, batch["input_ids"].shape[1] :].tolist()
+        if new and new[-1] == tokenizer.eos_token_id:  # the end of turn is not listed (as in OpenAI's API)
+            new = new[:-1]
         [sample] = read_samples(row)
         assert sample.logprobs is not None and len(sample.logprobs) == len(new)
         for step, (token, entry) in enumerate(zip(new, sample.logprobs, strict=True)):
@@ -88,3 +90,10 @@ def test_logprobs_carry_each_tokens_bytes(engine: NativeTextInferenceEngine) -> 
     [sample] = read_samples(row)
     assert sample.logprobs is not None
     assert_exact_bytes(sample.text, sample.logprobs)
+
+
+def test_an_answer_that_ends_lists_no_end_token(engine: NativeTextInferenceEngine) -> None:
+    [row] = run(engine, ["Say hello."], max_new_tokens=64, logprobs=True)
+    [sample] = read_samples(row)
+    assert row.metadata["finish_reason"] == "stop" and sample.logprobs
+    assert_joins(sample.text, sample.logprobs)

@@ -21,7 +21,7 @@ from infermux.engines.vllm import CPU_KV_CACHE_BYTES, VLLMInferenceEngine, llm_k
 from infermux.errors import ConfigError, ModelNotFoundError
 from infermux.models import gguf_path, hf_folder
 from infermux.types import Conversation
-from tests.logprob_bytes import SPLIT_PROMPT, SPLIT_TOKENS, assert_exact_bytes
+from tests.logprob_bytes import SPLIT_PROMPT, SPLIT_TOKENS, assert_exact_bytes, assert_joins
 
 MAX_LEN = 1024
 #: Test engines share the machine with other models: a small KV cache is plenty for these prompts.
@@ -479,7 +479,10 @@ def test_n_samples_and_logprobs_equal_raw_llm_chat(engine):
         assert row.last_message.text == samples[0]["text"]
         assert len({s["text"] for s in samples}) > 1
         for sample, o in zip(samples, expected.outputs, strict=True):
-            chosen = [o.logprobs[i][token].logprob for i, token in enumerate(o.token_ids)]
+            listed = list(o.token_ids)
+            if o.finish_reason == "stop" and not isinstance(o.stop_reason, str):
+                listed.pop()  # the end of turn is not listed (as in OpenAI's API)
+            chosen = [o.logprobs[i][token].logprob for i, token in enumerate(listed)]
             assert [t["logprob"] for t in sample["logprobs"]] == pytest.approx(chosen, abs=1e-6)
             assert "".join(t["token"] for t in sample["logprobs"]).startswith(o.text)
             assert all(len(t["top_logprobs"]) == 2 for t in sample["logprobs"])
@@ -546,3 +549,11 @@ def test_rows_stream_into_vllm_without_draining_at_chunk_ends(engine, tmp_path, 
     answers = [json.loads(line)["messages"][-1]["content"] for line in out.read_text().splitlines()]
     raw = raw_chat(engine, questions, temperature=0.0, max_tokens=40)
     assert answers == [r.outputs[0].text for r in raw]
+
+
+@pytest.mark.slow
+def test_an_answer_that_ends_lists_no_end_token(engine):
+    [row] = run(engine, ["Say hello."], logprobs=True, max_new_tokens=64)
+    [sample] = row.metadata["samples"]
+    assert row.metadata["finish_reason"] == "stop" and sample["logprobs"]
+    assert_joins(sample["text"], sample["logprobs"])

@@ -455,9 +455,14 @@ def _local_adapter(adapter: str) -> str:
 
 def _logprobs(completion: Any, top: int, raw: TokenBytes) -> list[TokenLogprob]:
     """vLLM's per-token ``{token_id: Logprob}`` dicts as typed entries (the chosen token, then the top
-    ones): the text is vLLM's ``decoded_token``, the bytes the token's own (``raw``)."""
+    ones): the text is vLLM's ``decoded_token``, the bytes the token's own (``raw``). The token that
+    ended the answer (end of sequence or a stop token id: not part of the text) is left out, as OpenAI
+    and the other engines do, so the tokens' bytes join to the answer."""
+    token_ids = list(completion.token_ids)
+    if token_ids and completion.finish_reason == "stop" and not isinstance(completion.stop_reason, str):
+        token_ids.pop()
     out = []
-    for token_id, position in zip(completion.token_ids, completion.logprobs or [], strict=False):
+    for token_id, position in zip(token_ids, completion.logprobs or [], strict=False):
         chosen = position[token_id]
         ranked = sorted(
             ((t, lp) for t, lp in position.items() if lp.rank is not None and lp.rank <= top), key=lambda p: p[1].rank

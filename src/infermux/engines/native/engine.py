@@ -210,7 +210,7 @@ class NativeTextInferenceEngine(InferenceEngine):
                 new_tokens = self._hf_generate(ids, mask, generation, processors, stop_ids, vocab, recorder)
         return [
             (*loaded.finish(prompt, tokens, generation, stop_ids),
-             recorder.logprobs(row, len(tokens), self.tokenizer) if recorder is not None else None)
+             recorder.logprobs(row, len(tokens), self.tokenizer, stop_ids) if recorder is not None else None)
             for row, (prompt, tokens) in enumerate(zip(prompts, new_tokens, strict=True))
         ]  # fmt: skip
 

@@ -8,6 +8,7 @@ with each token's raw bytes (see :mod:`infermux.engines.token_bytes`).
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from infermux.engines.token_bytes import TokenBytes
@@ -39,8 +40,12 @@ class ScoreRecorder:
             self._chosen[row].append((token_list[position], chosen[position]))
             self._alternatives[row].append(tops[position] if self.top else [])
 
-    def logprobs(self, row: int, length: int, tokenizer: Any) -> list[TokenLogprob]:
-        """The first ``length`` recorded tokens of sequence ``row``, with their texts."""
+    def logprobs(self, row: int, length: int, tokenizer: Any, end_ids: Collection[int] = ()) -> list[TokenLogprob]:
+        """The first ``length`` recorded tokens of sequence ``row``, with their texts. A last token in
+        ``end_ids`` (the end of the answer, not part of its text) is left out, as OpenAI and the other
+        engines do, so the tokens' bytes join to the answer."""
+        if length and self._chosen[row][length - 1][0] in end_ids:
+            length -= 1
         chosen = self._chosen[row][:length]
         alternatives = self._alternatives[row][:length]
         ids = {t for t, _ in chosen} | {t for step in alternatives for t, _ in step}

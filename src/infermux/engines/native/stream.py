@@ -146,7 +146,7 @@ async def scheduled(
         return
     tokenizer = engine.tokenizer
     yield [
-        (*finished, recorder.logprobs(row, len(r.tokens), tokenizer) if recorder is not None else None)
+        (*finished, recorder.logprobs(row, len(r.tokens), tokenizer, stop_ids) if recorder is not None else None)
         for row, (finished, r) in enumerate(zip(answers, requests, strict=True))
     ]
 
