@@ -35,6 +35,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _logging_put_back() -> Iterator[None]:
+    """A test that runs a command in-process (``setup_logging``: root handlers, the ``infermux`` logger's
+    level) leaves logging as it found it; else a later test's warnings fall below a level set earlier."""
+    import logging
+
+    import infermux.cli.common as common
+
+    root, ours = logging.getLogger(), logging.getLogger("infermux")
+    handlers, root_level, our_level, debug = root.handlers[:], root.level, ours.level, common._debug
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(root_level)
+    ours.setLevel(our_level)
+    common._debug = debug
+
+
 _DERIVED_MARKER = "infermux_derived.json"  # infermux.models.default: a complete derived model folder
 
 
