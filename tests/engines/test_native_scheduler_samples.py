@@ -129,3 +129,25 @@ def test_streamed_logprobs_carry_each_tokens_bytes(engine: NativeTextInferenceEn
     [sample] = read_samples(asyncio.run(final(engine, SPLIT_PROMPT, generation)))
     assert sample.logprobs is not None
     assert_exact_bytes(sample.text, sample.logprobs)
+
+
+def test_a_streamed_answer_sends_each_tokens_logprobs_with_its_text(engine: NativeTextInferenceEngine) -> None:
+    """One answer with logprobs: every text delta carries the scores of the tokens behind it (serve sends
+    them in that chunk, as OpenAI does); together they are the row's, and a part-character token waits
+    for the rest of its character."""
+    generation = GenerationParams(logprobs=True, top_logprobs=3, max_new_tokens=SPLIT_TOKENS)
+
+    async def collect() -> list[Any]:
+        return [event async for event in engine.astream(conv(SPLIT_PROMPT), generation)]
+
+    *pieces, last = asyncio.run(collect())
+    assert last.final and last.conversation is not None and len(pieces) > 3
+    assert all(e.logprobs is not None for e in pieces)
+    assert "".join(e.delta for e in pieces) == last.conversation.last_message.text
+    for event in pieces:
+        if event.delta:  # the tokens behind a delta are its text, byte for byte
+            assert b"".join(bytes(t.bytes) for t in event.logprobs) == event.delta.encode("utf-8")
+    streamed = [t for e in pieces for t in e.logprobs]
+    [sample] = read_samples(last.conversation)
+    assert sample.logprobs == streamed
+    assert_exact_bytes(sample.text, streamed)

@@ -47,6 +47,19 @@ async def choices(sdk: openai.AsyncOpenAI) -> list[tuple[str | None, list[float]
     return [found[i] for i in sorted(found)]
 
 
+async def scored_chunks(sdk: openai.AsyncOpenAI) -> list[tuple[str, list[bytes]]]:
+    """One greedy answer with logprobs, streamed: each chunk's text and its tokens' bytes."""
+    stream = await sdk.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Name a fruit."}], max_tokens=8, temperature=0,
+        logprobs=True, top_logprobs=2, stream=True,
+    )  # fmt: skip
+    return [
+        (c.choices[0].delta.content or "", [bytes(t.bytes or []) for t in c.choices[0].logprobs.content or []])
+        async for c in stream
+        if c.choices and c.choices[0].logprobs
+    ]
+
+
 async def leave_early(sdk: openai.AsyncOpenAI) -> None:
     """Open a long stream and close it after the first text: the server drops that row."""
     stream = await sdk.chat.completions.create(
@@ -61,17 +74,19 @@ async def leave_early(sdk: openai.AsyncOpenAI) -> None:
 def test_eight_concurrent_streaming_clients_answer_as_alone() -> None:
     with serve("--engine", "NATIVE", "--model.model_name", MODEL, "--model.torch_dtype_str", "float32") as served:
 
-        async def run(server: Served) -> tuple[list[Any], list[Any], str]:
+        async def run(server: Served) -> tuple[list[Any], list[Any], str, list[tuple[str, list[bytes]]]]:
             sdk = openai.AsyncOpenAI(base_url=server.api, api_key="unused", max_retries=0, timeout=900)
             try:
                 alone = [await ask(sdk, p) for p in PROMPTS] + [await choices(sdk)]
                 together = await asyncio.gather(leave_early(sdk), *(ask(sdk, p) for p in PROMPTS), choices(sdk))
                 after = await ask(sdk, PROMPTS[0])  # still serving, same answer
-                return alone, list(together[1:]), after
+                return alone, list(together[1:]), after, await scored_chunks(sdk)
             finally:
                 await sdk.close()
 
-        alone, together, after = asyncio.run(run(served))
+        alone, together, after, scored = asyncio.run(run(served))
+        # n = 1 with logprobs streams token by token: each chunk carries the tokens behind its text
+        assert len(scored) > 1 and all(b"".join(raw) == text.encode() for text, raw in scored)
         assert all(alone)
         assert len(alone[-1]) == 2 and all(text and logprobs for text, logprobs in alone[-1])
         assert together[:-1] == alone[:-1]

@@ -297,6 +297,8 @@ class NativeTextInferenceEngine(InferenceEngine):
             async for item in source:
                 if isinstance(item, str):
                     yield StreamEvent(delta=item)
+                elif isinstance(item, stream.ScoredDelta):  # one answer's text with its tokens' scores
+                    yield StreamEvent(delta=item.text, logprobs=item.logprobs)
                 elif isinstance(item, list):  # n answers and/or logprobs: the shape `infer` gives them
                     reply = _row_reply(conversation, item, generation)
                     yield StreamEvent(conversation=reply, metadata=dict(reply.metadata))

@@ -40,14 +40,16 @@ class ScoreRecorder:
             self._chosen[row].append((token_list[position], chosen[position]))
             self._alternatives[row].append(tops[position] if self.top else [])
 
-    def logprobs(self, row: int, length: int, tokenizer: Any, end_ids: Collection[int] = ()) -> list[TokenLogprob]:
-        """The first ``length`` recorded tokens of sequence ``row``, with their texts. A last token in
+    def logprobs(
+        self, row: int, length: int, tokenizer: Any, end_ids: Collection[int] = (), start: int = 0
+    ) -> list[TokenLogprob]:
+        """Recorded tokens ``start`` to ``length`` of sequence ``row``, with their texts. A last token in
         ``end_ids`` (the end of the answer, not part of its text) is left out, as OpenAI and the other
         engines do, so the tokens' bytes join to the answer."""
         if length and self._chosen[row][length - 1][0] in end_ids:
             length -= 1
-        chosen = self._chosen[row][:length]
-        alternatives = self._alternatives[row][:length]
+        chosen = self._chosen[row][start:length]
+        alternatives = self._alternatives[row][start:length]
         ids = {t for t, _ in chosen} | {t for step in alternatives for t, _ in step}
         raw = TokenBytes(tokenizer)
         piece = {t: (tokenizer.decode([t]), raw(t)) for t in ids}

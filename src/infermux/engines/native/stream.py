@@ -18,6 +18,7 @@ import contextlib
 import queue
 import threading
 from collections.abc import AsyncGenerator, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
@@ -29,12 +30,23 @@ from infermux.engines.native.scheduler import Request, StreamScheduler
 from infermux.engines.native.scores import ScoreRecorder
 from infermux.types import FinishReason, TokenLogprob, Usage
 
-__all__ = ["TextDeltas", "scheduled", "stream_tokens", "threaded"]
+__all__ = ["ScoredDelta", "TextDeltas", "scheduled", "stream_tokens", "threaded"]
 
 
 Answer = tuple[str, Usage, FinishReason]
-#: A text delta, the answer, or (``samples``) every answer with its log-probabilities.
-Item = str | Answer | list[tuple[str, Usage, FinishReason, list[TokenLogprob] | None]]
+
+
+@dataclass(frozen=True)
+class ScoredDelta:
+    """A text delta with the log-probabilities of the tokens behind it (a streamed ``logprobs`` answer)."""
+
+    text: str
+    logprobs: list[TokenLogprob]
+
+
+#: A text delta (with its tokens' log-probabilities when asked), the answer, or (``samples``) every answer
+#: with its log-probabilities.
+Item = str | ScoredDelta | Answer | list[tuple[str, Usage, FinishReason, list[TokenLogprob] | None]]
 
 
 class TextDeltas:
@@ -83,7 +95,9 @@ async def scheduled(
     With ``samples`` (``n`` answers and/or log-probabilities), the ``n`` answers are ``n`` rows of the
     batch, admitted together; a seeded request's rows share one generator and draw together, as the
     engine's batch decode draws its ``n`` copies, so they get the same answers. The deltas are the first
-    answer's, and the last item is every answer as ``(text, usage, finish_reason, logprobs)``.
+    answer's, and the last item is every answer as ``(text, usage, finish_reason, logprobs)``. With one
+    answer and log-probabilities, each delta is a :class:`ScoredDelta` carrying its tokens' scores, and
+    tokens that made no text (the part of a character a cut answer ends with) come in a last one.
     """
     torch = engine.torch
     loop = asyncio.get_running_loop()
@@ -122,6 +136,16 @@ async def scheduled(
         for row in range(n)
     ]
     deltas = TextDeltas(engine.tokenizer, generation)
+    scored = recorder if n == 1 else None  # one answer's log-probabilities go out with its text
+    taken = 0  # tokens whose log-probabilities went out
+
+    def scores_up_to(count: int) -> list[TokenLogprob]:
+        nonlocal taken
+        assert scored is not None
+        entries = scored.logprobs(0, count, engine.tokenizer, stop_ids, start=taken) if count > taken else []
+        taken = max(taken, count)
+        return entries
+
     scheduler.submit_group(requests)
     done = 0
     try:
@@ -132,14 +156,18 @@ async def scheduled(
             elif not isinstance(item, int):
                 raise item
             elif row == 0 and (delta := deltas.add(item)):
-                yield delta
+                yield ScoredDelta(delta, scores_up_to(len(deltas.tokens))) if scored is not None else delta
     finally:
         for request in requests:
             if not request.finished:
                 scheduler.cancel(request)  # the consumer went away: free the row at the next step
     answers = [engine.finish(prompt, r.tokens, generation, stop_ids) for r in requests]
     answer, _ = cut_at_stop(deltas.text(), generation.stop_strings)
-    if rest := deltas.rest(answer):
+    rest = deltas.rest(answer)
+    if scored is not None:
+        if (last := scores_up_to(len(requests[0].tokens))) or rest:
+            yield ScoredDelta(rest, last)
+    elif rest:
         yield rest
     if not samples:
         yield answers[0]
