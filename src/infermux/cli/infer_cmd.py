@@ -189,7 +189,7 @@ def _summarise(report: BatchReport, cfg: InferenceConfig) -> int:
 
     if report.cost.priced:
         tokens += f"; cost: {report.cost.describe()}"
-    elif str(getattr(cfg.resolved_engine(), "value", cfg.resolved_engine())).upper() in PRICE_PROVIDERS:
+    elif str(getattr(engine := cfg.resolved_engine(), "value", engine)).upper() in PRICE_PROVIDERS:
         tokens += "; cost unknown (no price for this model)"  # engines without prices (local ones): nothing
     sys.stderr.write(tokens + "\n")
     if report.budget_stopped:

@@ -33,6 +33,7 @@ class LogitsRecorder:
         self._n_vocab = int(llama.n_vocab())
         self.top = top
         self._steps: list[list[tuple[int, float, list[tuple[int, float]]]]] = [[] for _ in range(requests)]
+        self._pieces: dict[int, bytes] = {}
 
     def __call__(self, index: int, token: int, logits: Any) -> None:
         import numpy as np
@@ -49,7 +50,10 @@ class LogitsRecorder:
 
     def _piece(self, token: int) -> bytes:
         # The token's own bytes (llama_token_to_piece): possibly part of a multi-byte character.
-        return bytes(self._llama.detokenize([token], special=True))
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._pieces[token] = bytes(self._llama.detokenize([token], special=True))
+        return piece
 
     def logprobs(self, index: int, length: int, start: int = 0) -> list[TokenLogprob]:
         """Tokens ``start`` to ``length`` of request ``index`` (an end-of-generation token is not kept)."""

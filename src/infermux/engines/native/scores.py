@@ -25,6 +25,8 @@ class ScoreRecorder:
         self.top = top
         self._chosen: list[list[tuple[int, float]]] = [[] for _ in range(sequences)]
         self._alternatives: list[list[list[tuple[int, float]]]] = [[] for _ in range(sequences)]
+        self._raw: TokenBytes | None = None
+        self._pieces: dict[int, tuple[str, bytes]] = {}  # token id -> (text, bytes), kept across calls
 
     def __call__(self, rows: list[int], scores: Any, tokens: Any) -> None:
         """One decoding step: ``scores`` (batch, vocab) for the sequences ``rows``, ``tokens`` chosen."""
@@ -50,9 +52,12 @@ class ScoreRecorder:
             length -= 1
         chosen = self._chosen[row][start:length]
         alternatives = self._alternatives[row][start:length]
-        ids = {t for t, _ in chosen} | {t for step in alternatives for t, _ in step}
-        raw = TokenBytes(tokenizer)
-        piece = {t: (tokenizer.decode([t]), raw(t)) for t in ids}
+        if self._raw is None:
+            self._raw = TokenBytes(tokenizer)
+        raw, piece = self._raw, self._pieces
+        for t in {t for t, _ in chosen} | {t for step in alternatives for t, _ in step}:
+            if t not in piece:
+                piece[t] = (tokenizer.decode([t]), raw(t))
         return [
             token_logprob(piece[token], value, [(piece[t], lp) for t, lp in step])
             for (token, value), step in zip(chosen, alternatives, strict=True)
