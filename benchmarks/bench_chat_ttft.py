@@ -96,9 +96,11 @@ def raw_llamacpp() -> Callable[[list[dict[str, str]]], Timing]:
     choose_omp_wait_policy()  # as the engine would, before llama.cpp loads (both sides share the process)
     from llama_cpp import Llama
 
+    from infermux.engines.llamacpp.cpu import model_defaults
     from infermux.models.default import gguf_path
 
-    llama = Llama(str(gguf_path()), n_ctx=2048, verbose=False)
+    with model_defaults():  # the engine's load settings (AMX guard), so both sides run the same kernels
+        llama = Llama(str(gguf_path()), n_ctx=2048, verbose=False)
 
     def turn(messages: list[dict[str, str]]) -> Timing:
         t0 = time.perf_counter()

@@ -49,7 +49,7 @@ def start(target: str) -> Iterator[tuple[str, str]]:
     """Start ``target``; yield (base URL with /v1, model name to send)."""
     from tests.conftest import cli_env
     from tests.serve.running import serve
-    from tests.servers import _http_server, default_gguf, free_port, vllm_server
+    from tests.servers import LLAMA_CPP_SERVER, _http_server, default_gguf, free_port, vllm_server
 
     if target == "serve-llamacpp":
         with serve(timeout=600) as served:
@@ -58,7 +58,7 @@ def start(target: str) -> Iterator[tuple[str, str]]:
         # By default it aborts the running answer when a new request arrives (interrupt_requests): turn
         # that off, so every client gets its whole answer, as from ours.
         cmd = [
-            sys.executable, "-m", "llama_cpp.server", "--model", str(default_gguf()), "--model_alias", DEFAULT_MODEL,
+            sys.executable, str(LLAMA_CPP_SERVER), "--model", str(default_gguf()), "--model_alias", DEFAULT_MODEL,
             "--host", "127.0.0.1", "--port", str(port := free_port()), "--n_ctx", "2048", "--n_threads", "2",
             "--interrupt_requests", "False",
         ]  # fmt: skip

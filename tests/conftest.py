@@ -36,6 +36,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(autouse=True)
+def _servers_alive() -> Iterator[None]:
+    """A test whose server died fails at once, naming it (:mod:`tests.watchdog`), instead of waiting for
+    its timeouts; one that dies while the test runs interrupts it."""
+    from tests.watchdog import check, running_test
+
+    check()
+    with running_test():
+        yield
+
+
+@pytest.fixture(autouse=True)
 def _logging_put_back() -> Iterator[None]:
     """A test that runs a command in-process (``setup_logging``: root handlers, the ``infermux`` logger's
     level) leaves logging as it found it; else a later test's warnings fall below a level set earlier."""

@@ -28,9 +28,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from tests.watchdog import watched
+
 ROOT = Path(__file__).resolve().parent.parent
 STUB_SERVER = ROOT / "benchmarks" / "stub_server.py"
 FAULT_PROXY = ROOT / "tests" / "fakes" / "fault_proxy.py"
+#: ``llama_cpp.server`` with the model loaded as the LLAMACPP engine loads it (AMX guard).
+LLAMA_CPP_SERVER = ROOT / "benchmarks" / "llama_cpp_server.py"
 
 
 def free_port() -> int:
@@ -58,7 +62,8 @@ def _ready_line_server(cmd: list[str]) -> Iterator[str]:
         line = proc.stdout.readline()
         if not line.startswith("READY "):
             raise RuntimeError(f"{cmd[1]} did not start (said {line!r}, exit code {proc.poll()})")
-        yield line.split()[1]
+        with watched(_name(cmd), proc, lambda: "(its output is read by the test)"):
+            yield line.split()[1]
     finally:
         _stop(proc)
 
@@ -93,12 +98,18 @@ def _http_server(
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{cmd[0]} not ready after {timeout:.0f}s:\n{_tail(log.name)}")
             time.sleep(0.25)
-        yield
+        with watched(_name(cmd), proc, lambda: _tail(log.name)):
+            yield
     finally:
         _stop(proc)
         log.close()
         with contextlib.suppress(OSError):
             os.unlink(log.name)
+
+
+def _name(cmd: Sequence[str]) -> str:
+    """``python -m mod ...`` -> "mod"; ``python path/script.py ...`` -> "script.py"."""
+    return cmd[2] if cmd[1] == "-m" else Path(cmd[1]).name
 
 
 def _tail(path: str, lines: int = 40) -> str:
@@ -117,7 +128,7 @@ def llama_cpp_server(model: str | Path | None = None, *, n_ctx: int = 2048, alia
     """``llama_cpp.server`` serving ``model`` (default: the packaged SmolLM2 GGUF) as ``alias``."""
     port = free_port()
     cmd = [
-        sys.executable, "-m", "llama_cpp.server",
+        sys.executable, str(LLAMA_CPP_SERVER),
         "--model", str(model or default_gguf()), "--model_alias", alias,
         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", "2",
     ]  # fmt: skip

@@ -62,9 +62,11 @@ def library_chat_loop(questions: list[str]) -> list[str]:
     (each call reuses the KV of the previous prompt and answer)."""
     from llama_cpp import Llama
 
+    from infermux.engines.llamacpp.cpu import model_defaults
     from infermux.models import gguf_path
 
-    llm = Llama(model_path=str(gguf_path()), n_ctx=2048, verbose=False)
+    with model_defaults():  # as the engine loads it (AMX guard)
+        llm = Llama(model_path=str(gguf_path()), n_ctx=2048, verbose=False)
     try:
         messages: list[dict[str, str]] = []
         for question in questions:

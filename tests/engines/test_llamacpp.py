@@ -52,7 +52,10 @@ def engine():
 def raw():
     from llama_cpp import Llama
 
-    llm = Llama(model_path=str(gguf_path()), n_ctx=N_CTX, verbose=False)
+    from infermux.engines.llamacpp.cpu import model_defaults
+
+    with model_defaults():  # as the engine loads it (AMX guard)
+        llm = Llama(model_path=str(gguf_path()), n_ctx=N_CTX, verbose=False)
     yield llm
     llm.close()
 

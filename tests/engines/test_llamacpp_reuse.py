@@ -60,7 +60,10 @@ def infer(engine: LlamaCppInferenceEngine, convs: list[Conversation], **gen) -> 
 def raw():
     from llama_cpp import Llama
 
-    llm = Llama(model_path=str(gguf_path()), n_ctx=N_CTX, verbose=False)
+    from infermux.engines.llamacpp.cpu import model_defaults
+
+    with model_defaults():  # as the engine loads it (AMX guard)
+        llm = Llama(model_path=str(gguf_path()), n_ctx=N_CTX, verbose=False)
     yield llm
     llm.close()
 

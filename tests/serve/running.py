@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tests.conftest import ROOT, cli_env
 from tests.servers import free_port
+from tests.watchdog import watched
 
 
 @dataclass
@@ -60,7 +61,8 @@ def serve(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -
             if time.monotonic() > deadline:
                 raise RuntimeError(f"infermux serve not ready after {timeout:.0f}s:\n{served.log()[-3000:]}")
             time.sleep(0.25)
-        yield served
+        with watched("infermux serve", proc, lambda: served.log()[-3000:]):
+            yield served
     finally:
         if proc.poll() is None:
             proc.terminate()

@@ -15,7 +15,10 @@ Engine-specific ``model_kwargs`` (not passed to ``Llama``):
 
 - ``filename``: the ``.gguf`` file inside a folder or a cached hub repository (a name or a glob);
 - ``n_seq_max``: sequences decoded together (default: ``generation.batch_size`` when above 1, else 32,
-  fewer if their KV cache would exceed 1.5 GiB). Each sequence has its own ``n_ctx`` of KV cache.
+  fewer if their KV cache would exceed 1.5 GiB). Each sequence has its own ``n_ctx`` of KV cache;
+- ``use_extra_bufts``: llama.cpp's extra buffer types (AMX, weight repacking). Default: on, except on a
+  CPU with AMX under a build with AMX kernels, whose path crashes (see :mod:`.cpu`); ``true`` turns them
+  back on for a build known to work there.
 
 Unless ``OMP_WAIT_POLICY`` is set, llama.cpp's threads wait passively for each other when other work
 keeps the machine busy at start-up, and keep OpenMP's default (spin, then sleep) on an idle machine:
@@ -33,6 +36,7 @@ import asyncio
 import contextlib
 import difflib
 import inspect
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -41,6 +45,7 @@ from infermux.configs.generation_params import GenerationParams
 from infermux.engines import tool_prompting
 from infermux.engines.base import InferenceEngine, StreamEvent, remember
 from infermux.engines.capabilities import Capabilities
+from infermux.engines.llamacpp.cpu import model_defaults
 from infermux.engines.llamacpp.decode import DecodeResult, MultiSequenceDecoder, Request, SamplingSpec
 from infermux.engines.llamacpp.grammar import grammar_for
 from infermux.engines.llamacpp.model import resolve_gguf
@@ -54,10 +59,12 @@ from infermux.types import Conversation, FinishReason, Sample, TokenLogprob, Usa
 
 __all__ = ["LlamaCppInferenceEngine"]
 
+log = logging.getLogger(__name__)
+
 DEFAULT_N_CTX = 2048
 DEFAULT_SLOTS = 32
 KV_BUDGET_BYTES = 3 << 29  # the default slot count keeps the KV cache (f16) under this
-_OWN_KWARGS = frozenset({"filename", "n_seq_max"})
+_OWN_KWARGS = frozenset({"filename", "n_seq_max", "use_extra_bufts"})
 #: A streamed piece of text and, with logprobs, the tokens behind it.
 _Text = tuple[str, list[TokenLogprob] | None]
 _SUPPORTED = frozenset(
@@ -104,14 +111,20 @@ class LlamaCppInferenceEngine(InferenceEngine):
         kwargs = dict(self.model_params.model_kwargs)
         filename = kwargs.pop("filename", None)
         slots = kwargs.pop("n_seq_max", None)
+        extra_bufts = kwargs.pop("use_extra_bufts", None)
+        if extra_bufts is not None and not isinstance(extra_bufts, bool):
+            raise ConfigError(f"model.model_kwargs.use_extra_bufts must be true or false, not {extra_bufts!r}.")
         _check_llama_kwargs(llama_cpp.Llama, kwargs)
         self.model_path = resolve_gguf(self.model_params.model_name, filename, self.model_params.model_revision)
         kwargs.setdefault("n_ctx", self.model_params.model_max_length or DEFAULT_N_CTX)
         kwargs.setdefault("verbose", False)
         try:
-            self._llama = llama_cpp.Llama(model_path=str(self.model_path), **kwargs)
+            with model_defaults(use_extra_bufts=extra_bufts) as extra_bufts:
+                self._llama = llama_cpp.Llama(model_path=str(self.model_path), **kwargs)
         except ValueError as exc:
             raise ConfigError(f"llama.cpp could not load {self.model_path}: {exc}") from exc
+        if not extra_bufts:
+            log.info("llama.cpp: extra buffer types (AMX, weight repacking) off for %s", self.model_path.name)
         self._template = _chat_formatter(self._llama, self.model_params.chat_template)
         self._template_has_tools = tool_prompting.renders_tools(self._template.template)
         n_ctx_seq = int(self._llama.n_ctx())
