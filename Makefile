@@ -80,7 +80,10 @@ install: install-test
 demo: install-demo
 	@bash scripts/demo.sh $(PY)
 
+# The default engine's first answer comes first (a few seconds): a native crash or a hang fails here, with
+# its likely cause, instead of as a suite of failures and timeouts.
 test: install-test
+	$(PY) scripts/check_first_answer.py
 	$(PY) -m pytest -q
 
 test-fast: $(VENV)/.core

@@ -8,6 +8,8 @@ CONFIG=configs/examples/smollm2_llamacpp.yaml
 mkdir -p out
 rm -f out/demo_answers.jsonl
 
+"$PY" scripts/check_first_answer.py --timeout 180
+
 echo "== batch: configs/examples/conversations.jsonl -> out/demo_answers.jsonl (engine LLAMACPP, SmolLM2-135M-Instruct)"
 "$PY" -m infermux infer -c "$CONFIG" \
     --input_path configs/examples/conversations.jsonl --output_path out/demo_answers.jsonl

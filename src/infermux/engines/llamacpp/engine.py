@@ -96,6 +96,9 @@ class LlamaCppInferenceEngine(InferenceEngine):
             "next turn evaluates only its new message (answers as llama-cpp-python's own chat loop).",
             "concurrent streams (infermux serve, several chats) join one running decoder between steps "
             "(continuous batching); a stream whose client leaves frees its sequence.",
+            "CPUs with AMX: llama.cpp's AMX path crashes (llama.cpp #20824), so a build with AMX kernels loads "
+            "with its extra buffer types (AMX, weight repacking) off there; model_kwargs.use_extra_bufts: true "
+            "turns them back on. `infermux engines --verbose` shows what was chosen.",
         ),
     )
 
