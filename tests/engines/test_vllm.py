@@ -21,6 +21,7 @@ from infermux.engines.vllm import CPU_KV_CACHE_BYTES, VLLMInferenceEngine, llm_k
 from infermux.errors import ConfigError, ModelNotFoundError
 from infermux.models import gguf_path, hf_folder
 from infermux.types import Conversation
+from tests.greedy import assert_greedy, reset_prefix_cache
 from tests.logprob_bytes import SPLIT_PROMPT, SPLIT_TOKENS, assert_exact_bytes, assert_joins
 
 MAX_LEN = 1024
@@ -355,7 +356,10 @@ WEATHER = {
         "name": "get_weather",
         "parameters": {
             "type": "object",
-            "properties": {"city": {"type": "string", "enum": ["Paris", "Rome", "Oslo"]}, "days": {"type": "integer"}},
+            "properties": {
+                "city": {"type": "string", "enum": ["Paris", "Rome", "Oslo"]},
+                "days": {"type": "integer", "minimum": 1, "maximum": 14},
+            },
             "required": ["city", "days"],
             "additionalProperties": False,
         },
@@ -367,7 +371,9 @@ ALARM = {
         "name": "set_alarm",
         "parameters": {
             "type": "object",
-            "properties": {"hour": {"type": "integer"}, "loud": {"type": "boolean"}},
+            # Bounded: an unbounded integer lets greedy decoding run on digits until max_new_tokens cuts the
+            # JSON, which this small model does on some CPUs (their rounding picks another greedy path).
+            "properties": {"hour": {"type": "integer", "minimum": 0, "maximum": 23}, "loud": {"type": "boolean"}},
             "required": ["hour", "loud"],
             "additionalProperties": False,
         },
@@ -388,7 +394,10 @@ def _valid_call(call, tools: list[dict]) -> bool:
     kinds = {"string": str, "integer": int, "boolean": bool}
     props = schema["properties"]
     return set(args) == set(props) and all(
-        isinstance(args[k], kinds[p["type"]]) and ("enum" not in p or args[k] in p["enum"]) for k, p in props.items()
+        isinstance(args[k], kinds[p["type"]])
+        and ("enum" not in p or args[k] in p["enum"])
+        and p.get("minimum", args[k]) <= args[k] <= p.get("maximum", args[k])
+        for k, p in props.items()
     )
 
 
@@ -419,10 +428,13 @@ def test_named_function_then_the_tool_result_gets_an_answer(engine):
         [tool_conv("Wake me at seven.", [WEATHER, ALARM])],
         gen_config(engine, max_new_tokens=64, tool_choice=named),
     )[0]
+    assert "error" not in first.metadata, first.metadata
     (call,) = first.last_message.tool_calls or []
     assert call.function.name == "set_alarm" and _valid_call(call, [ALARM])
     result = {"role": "tool", "tool_call_id": call.id, "content": "alarm set for 07:00"}
     second_input = Conversation.model_validate({**first.to_dict(), "messages": [*first.to_dict()["messages"], result]})
+    # Like with like: one request alone on each side, each prefilled whole (no cached blocks).
+    reset_prefix_cache(engine.llm)
     (second,) = engine.infer([second_input], gen_config(engine, max_new_tokens=24))
     assert "error" not in second.metadata, second.metadata
     assert [m.role.value for m in second.messages] == ["user", "assistant", "tool", "assistant"]
@@ -431,6 +443,7 @@ def test_named_function_then_the_tool_result_gets_an_answer(engine):
 
     from infermux.engines.tool_calls import template_messages, template_tools
 
+    reset_prefix_cache(engine.llm)
     (raw,) = engine.llm.chat(
         [template_messages(second_input)],
         SamplingParams(temperature=0.0, max_tokens=24),
@@ -509,7 +522,10 @@ def test_prefix_caching_is_on_by_default(engine):
 def test_rows_stream_into_vllm_without_draining_at_chunk_ends(engine, tmp_path, monkeypatch):
     """Small chunks, several in flight: a chunk joins while others still decode (vLLM never drains between
     chunks), rows are written before the job has handed vLLM its last rows, the rows held in vLLM stay
-    bounded, and every answer equals one raw ``LLM.chat`` over all rows."""
+    bounded, and every row's answer is vLLM's answer to that row's request: its prompt is what a raw
+    ``LLM.chat`` renders for the row, and its answer is greedy (tests/greedy.py). The rows shared batches
+    that came and went with the chunks, which no raw run reproduces, so the answers are not compared with
+    one raw ``LLM.chat`` over all rows: vLLM does not promise a row the same tokens in another batch."""
     import infermux.engines.vllm as vllm_engine
 
     monkeypatch.setattr(vllm_engine, "CHUNK_SIZE", 4)
@@ -528,6 +544,16 @@ def test_rows_stream_into_vllm_without_draining_at_chunk_ends(engine, tmp_path, 
         return enqueue(llm, chats, params)
 
     monkeypatch.setattr(engine, "_enqueue", counting_enqueue)
+    outputs: dict[str, tuple[list[int], list[int], str]] = {}  # row id -> (prompt ids, answer ids, text)
+    reply = engine._reply
+
+    def recording_reply(conversation, output, generation, forced):
+        (completion,) = output.outputs
+        ids = (list(output.prompt_token_ids), list(completion.token_ids), completion.text)
+        outputs[conversation.conversation_id] = ids
+        return reply(conversation, output, generation, forced)
+
+    monkeypatch.setattr(engine, "_reply", recording_reply)
     generation = GenerationParams(max_new_tokens=40)
     try:
         report = asyncio.run(
@@ -546,9 +572,12 @@ def test_rows_stream_into_vllm_without_draining_at_chunk_ends(engine, tmp_path, 
     assert rows[0] < adds[-1]  # rows were written while the job was still feeding vLLM
     assert any(busy > 0 for what, busy in events[1:] if what == "add")  # joined a running batch
     assert max(busy for what, busy in events if what == "add") <= 2 * 4  # bounded: chunks in flight x size
-    answers = [json.loads(line)["messages"][-1]["content"] for line in out.read_text().splitlines()]
-    raw = raw_chat(engine, questions, temperature=0.0, max_tokens=40)
-    assert answers == [r.outputs[0].text for r in raw]
+    written = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["conversation_id"] for r in written] == [f"c{i}" for i in range(len(questions))]
+    assert [r["messages"][-1]["content"] for r in written] == [outputs[f"c{i}"][2] for i in range(len(questions))]
+    rendered = raw_chat(engine, questions, temperature=0.0, max_tokens=1)  # the raw library's prompts
+    assert [outputs[f"c{i}"][0] for i in range(len(questions))] == [list(r.prompt_token_ids) for r in rendered]
+    assert_greedy(engine.llm, [outputs[f"c{i}"][:2] for i in range(len(questions))], max_tokens=40)
 
 
 @pytest.mark.slow

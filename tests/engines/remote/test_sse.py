@@ -102,3 +102,61 @@ def test_chat_completion_stream_rejects_errors_and_garbage() -> None:
         ChatCompletionStream(conv).feed(SseEvent("{not json"))
     with pytest.raises(TypeError):
         ChatCompletionStream(conv).feed(_chunk(choices=[{"delta": {"content": 5}}]))
+
+
+# vLLM's own streamer of tool_choice "required" (what `vllm serve` runs for every streamed forced call): its
+# model output is a JSON array of {"name", "parameters"} objects, whose text arrives in pieces of any size.
+REQUIRED_OUTPUTS = [
+    '[{"name": "get_weather", "parameters": {"city": "Rome"}}]',
+    '[ {\n  "name" : "set_alarm",\n  "parameters" : { "hour" : 17 }\n} ]',
+    '[{"name": "get_weather", "parameters": {"city": "Paris"}}, {"name": "set_alarm", "parameters": {"hour": 7}}]',
+    '[{"name": "note", "parameters": {"text": "a \\"}\\" b {", "tags": [1, {"x": [2]}], "é": "日本"}}]',
+]
+
+
+def _splits(size: int) -> list[list[int]]:
+    """Piece ends: the text whole, cut once at every place, one character at a time, and random cuts."""
+    import random
+
+    rng = random.Random(5)
+    cuts = [[size], *([at, size] for at in range(1, size)), list(range(1, size + 1))]
+    for _ in range(50):
+        cuts.append(sorted({*rng.sample(range(1, size), k=min(size - 1, 6)), size}))
+    return cuts
+
+
+@pytest.mark.parametrize("output", REQUIRED_OUTPUTS)
+def test_vllms_required_call_stream_is_assembled_whatever_the_pieces(output: str) -> None:
+    """The chunks ``vllm serve`` sends (its streamer and its response classes, serialized as it does), for
+    every way of cutting the model's text: the assembled calls equal the whole text's."""
+    streaming = pytest.importorskip("vllm.tool_parsers.streaming")
+    from vllm.entrypoints.openai.chat_completion.protocol import (
+        ChatCompletionResponseStreamChoice,
+        ChatCompletionStreamResponse,
+    )
+
+    conv = Conversation(messages=[{"role": "user", "content": "call"}])  # type: ignore[list-item]
+    expected = [(c["name"], c["parameters"]) for c in json.loads(output)]
+    for ends in _splits(len(output)):
+        decoder, previous, ids = ChatCompletionStream(conv), "", []
+        for end in ends:
+            current = output[:end]
+            delta, _ = streaming.extract_required_tool_call_streaming(
+                previous_text=previous, current_text=current, tool_call_idx=None, tool_call_id_type="random"
+            )
+            if delta is not None:
+                choice = ChatCompletionResponseStreamChoice(index=0, delta=delta)
+                decoder.feed(
+                    SseEvent(
+                        ChatCompletionStreamResponse(model="m", choices=[choice]).model_dump_json(exclude_unset=True)
+                    )
+                )
+                ids += [c.id for c in delta.tool_calls if c.id]
+            previous = current
+        stop = ChatCompletionResponseStreamChoice(index=0, delta={}, finish_reason="tool_calls")
+        decoder.feed(
+            SseEvent(ChatCompletionStreamResponse(model="m", choices=[stop]).model_dump_json(exclude_unset=True))
+        )
+        calls = decoder.result().last_message.tool_calls or []
+        assert [(c.function.name, c.function.parsed_arguments()) for c in calls] == expected, ends
+        assert [c.id for c in calls] == ids and len(set(ids)) == len(expected)
