@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from infermux.engines.llamacpp.threads import busy_cores, choose_omp_wait_policy
+from infermux.engines.llamacpp.threads import busy_cores, choose_omp_wait_policy, omp_wait_policy
 
 
 def test_a_busy_machine_gets_passive_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -44,3 +44,9 @@ def test_busy_cores_sees_a_spinning_thread() -> None:
     finally:
         thread.join()
     assert 0.7 <= measured <= (os.cpu_count() or 1)
+
+
+def test_the_policy_can_be_asked_without_setting_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert omp_wait_policy(1.7) == "PASSIVE" and omp_wait_policy(0.1) is None
+    assert "OMP_WAIT_POLICY" not in os.environ

@@ -1,6 +1,9 @@
-"""``infermux engines``: what each engine needs and supports."""
+"""``infermux engines``: what each engine needs and supports; ``--verbose`` adds what this machine is."""
 
 from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
@@ -8,8 +11,11 @@ from rich.table import Table
 
 from infermux.errors import install_hint
 
+if TYPE_CHECKING:
+    from infermux.engines.machine import Section
 
-def run_engines() -> None:
+
+def run_engines(*, verbose: bool = False) -> None:
     from infermux.engines.registry import engine_class, engine_specs, is_available
 
     table = Table(title="infermux engines", show_lines=False)
@@ -41,3 +47,19 @@ def run_engines() -> None:
     if not console.is_terminal:
         console = Console(width=200)
     console.print(table)
+    if verbose:
+        from infermux.engines.machine import report
+
+        sys.stdout.flush()
+        print(render_report(report()), flush=True)
+
+
+def render_report(sections: list[Section]) -> str:
+    """Plain text, one ``label: value`` line per fact under each section's title: it pastes unchanged into
+    an issue (no colours or box characters, no wrapping)."""
+    lines: list[str] = []
+    for section in sections:
+        lines.append(f"\n[{section.title}]")
+        width = max((len(label) for label, _ in section.rows), default=0)
+        lines += [f"  {label + ':':<{width + 1}} {value}" for label, value in section.rows]
+    return "\n".join(lines)

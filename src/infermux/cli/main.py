@@ -165,11 +165,19 @@ def config_check(
 
 
 @app.command()
-def engines() -> None:
+def engines(
+    verbose: bool = typer.Option(
+        False,
+        "--verbose",
+        "-v",
+        help="Also report this machine (CPU, flags, memory) and what llama.cpp, torch and vLLM detected and "
+        "chose on it (instruction sets, AMX, threads): plain text to paste into a bug report. Imports them.",
+    ),
+) -> None:
     """List every engine, whether its extra is installed, and what it supports."""
     from infermux.cli.engines_cmd import run_engines
 
-    run_engines()
+    run_engines(verbose=verbose)
 
 
 @app.command()

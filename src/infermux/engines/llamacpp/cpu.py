@@ -22,6 +22,7 @@ loads (the engine, the raw-library baselines in ``benchmarks/``, the ``llama_cpp
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections.abc import Iterator
 from functools import cache
@@ -32,8 +33,10 @@ __all__ = [
     "amx_crash_risk",
     "cpu_flags",
     "default_use_extra_bufts",
+    "load_summary",
     "model_defaults",
     "system_info",
+    "system_info_text",
 ]
 
 #: CPU flags (``/proc/cpuinfo``) of the AMX units whose llama.cpp path crashes.
@@ -59,9 +62,14 @@ def system_info() -> dict[str, dict[str, str]]:
     """``llama_print_system_info()`` parsed: backend name -> feature -> value, e.g.
     ``{"CPU": {"AVX2": "1", "AMX_INT8": "1", "REPACK": "1", ...}}``. Features are the ones the loaded
     CPU backend was compiled with (with runtime dispatch, the variant chosen for this CPU)."""
+    return parse_system_info(system_info_text())
+
+
+def system_info_text() -> str:
+    """``llama_print_system_info()`` as the library prints it (one line)."""
     import llama_cpp
 
-    return parse_system_info(llama_cpp.llama_print_system_info().decode("utf-8", "replace"))
+    return llama_cpp.llama_print_system_info().decode("utf-8", "replace").strip()
 
 
 def parse_system_info(text: str) -> dict[str, dict[str, str]]:
@@ -89,6 +97,20 @@ def amx_crash_risk(info: dict[str, dict[str, str]], flags: frozenset[str]) -> bo
 def default_use_extra_bufts() -> bool:
     """The ``use_extra_bufts`` infermux loads with on this machine: False only under :func:`amx_crash_risk`."""
     return not amx_crash_risk(system_info(), cpu_flags())
+
+
+def load_summary(llama: Any, use_extra_bufts: bool) -> str:
+    """One line for the log when a model has loaded: the CPU features the library runs with, the extra
+    buffer types, the threads of ``llama`` (a ``llama_cpp.Llama``) and ``OMP_WAIT_POLICY``."""
+    import llama_cpp
+
+    features = " ".join(k for feats in system_info().values() for k, v in feats.items() if v == "1")
+    bufts = "on" if use_extra_bufts else "off (AMX crash risk, llama.cpp #20824)"
+    return (
+        f"llama-cpp-python {llama_cpp.__version__}, {features or 'no CPU features reported'}; "
+        f"extra buffer types {bufts}; n_threads {llama.n_threads}, n_threads_batch {llama.n_threads_batch}; "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}"
+    )
 
 
 @contextlib.contextmanager

@@ -45,7 +45,7 @@ from infermux.configs.generation_params import GenerationParams
 from infermux.engines import tool_prompting
 from infermux.engines.base import InferenceEngine, StreamEvent, remember
 from infermux.engines.capabilities import Capabilities
-from infermux.engines.llamacpp.cpu import model_defaults
+from infermux.engines.llamacpp.cpu import load_summary, model_defaults
 from infermux.engines.llamacpp.decode import DecodeResult, MultiSequenceDecoder, Request, SamplingSpec
 from infermux.engines.llamacpp.grammar import grammar_for
 from infermux.engines.llamacpp.model import resolve_gguf
@@ -126,8 +126,7 @@ class LlamaCppInferenceEngine(InferenceEngine):
                 self._llama = llama_cpp.Llama(model_path=str(self.model_path), **kwargs)
         except ValueError as exc:
             raise ConfigError(f"llama.cpp could not load {self.model_path}: {exc}") from exc
-        if not extra_bufts:
-            log.info("llama.cpp: extra buffer types (AMX, weight repacking) off for %s", self.model_path.name)
+        log.info("llama.cpp loaded %s: %s", self.model_path.name, load_summary(self._llama, extra_bufts))
         self._template = _chat_formatter(self._llama, self.model_params.chat_template)
         self._template_has_tools = tool_prompting.renders_tools(self._template.template)
         n_ctx_seq = int(self._llama.n_ctx())

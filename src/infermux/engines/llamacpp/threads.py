@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 
-__all__ = ["busy_cores", "choose_omp_wait_policy"]
+__all__ = ["busy_cores", "choose_omp_wait_policy", "omp_wait_policy"]
 
 #: Other work on the machine, in cores, above which llama.cpp's threads wait passively.
 BUSY_THRESHOLD = 0.5
@@ -50,9 +50,13 @@ def choose_omp_wait_policy(busy: float | None = None) -> str | None:
     """
     if "OMP_WAIT_POLICY" in os.environ:
         return None
-    if busy is None:
-        busy = busy_cores()
-    if busy < BUSY_THRESHOLD:
-        return None
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    return "PASSIVE"
+    policy = omp_wait_policy(busy_cores() if busy is None else busy)
+    if policy is not None:
+        os.environ["OMP_WAIT_POLICY"] = policy
+    return policy
+
+
+def omp_wait_policy(busy: float) -> str | None:
+    """The policy :func:`choose_omp_wait_policy` sets when ``busy`` cores are taken by other work (None:
+    OpenMP's default), without setting it."""
+    return "PASSIVE" if busy >= BUSY_THRESHOLD else None
