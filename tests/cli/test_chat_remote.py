@@ -23,7 +23,7 @@ from tests.servers import free_port, llama_cpp_server
 
 pytestmark = pytest.mark.slow
 
-HOLD_S = 300  # how long to wait for the proxy to reach its hold point (a loaded 2-core machine is slow)
+HOLD_S = 240  # how long to wait for the proxy to reach its hold point (a loaded 2-core machine is slow)
 
 
 @pytest.fixture(scope="module")
