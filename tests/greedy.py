@@ -78,3 +78,25 @@ def _end_tokens(llm: Any) -> list[int]:
     ):
         ids.extend(found if isinstance(found, list) else [found])
     return [i for i in ids if isinstance(i, int)]
+
+
+def assert_same_or_near_tie(text: str, reference: Sequence[Any], *, slack: float = GREEDY_SLACK) -> None:
+    """``text`` is the greedy answer whose tokens and top-2 alternatives are ``reference`` (OpenAI-shaped
+    ``logprobs.content``: ``.token``, ``.top_logprobs``), computed in another batch: equal to it, or equal up
+    to a token where the reference's two best choices were within ``slack`` nats and ``text`` took the second
+    (another batch shape may round that near-tie the other way; the two answers are unrelated after it).
+    A wrong row, a mixed-up stream or a sampled answer leaves the reference where its choice was clear."""
+    pos = 0
+    for step, entry in enumerate(reference):
+        if text.startswith(entry.token, pos):
+            pos += len(entry.token)
+            continue
+        best = sorted(entry.top_logprobs, key=lambda alt: alt.logprob, reverse=True)
+        assert len(best) >= 2, f"token {step}: the reference needs top_logprobs >= 2"
+        gap = best[0].logprob - best[1].logprob
+        assert gap <= slack and text.startswith(best[1].token, pos), (
+            f"token {step}: {text[pos : pos + 20]!r} leaves the reference's {entry.token!r} where its top choice led "
+            f"by {gap:.3f} nats (slack {slack}): not the same greedy answer\n{text!r}"
+        )
+        return
+    assert pos == len(text), f"longer than the reference: {text[pos:]!r} after its {len(reference)} tokens"

@@ -1,0 +1,38 @@
+"""tests/greedy.py's near-tie comparison fails where answers really differ (it guards other tests)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from tests.greedy import assert_same_or_near_tie
+
+
+def entry(token: str, logprob: float, second: str, second_logprob: float) -> SimpleNamespace:
+    alts = [SimpleNamespace(token=token, logprob=logprob), SimpleNamespace(token=second, logprob=second_logprob)]
+    return SimpleNamespace(token=token, top_logprobs=alts)
+
+
+# "The answer is 4." where " is" led " was" by 0.2 nats (a near-tie) and " 4" led " four" by 3 nats.
+REFERENCE = [entry("The", -0.1, "A", -3.0), entry(" answer", -0.2, " sum", -2.5),
+             entry(" is", -0.6, " was", -0.8), entry(" 4", -0.05, " four", -3.05), entry(".", -0.1, "!", -4.0)]  # fmt: skip
+
+
+def test_the_same_answer_and_a_flip_at_a_near_tie_pass() -> None:
+    assert_same_or_near_tie("The answer is 4.", REFERENCE)
+    assert_same_or_near_tie("The answer was 4 for sure", REFERENCE)  # unrelated after the flip
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "The answer is four.",  # left the reference where its choice was clear
+        "The answer seems 4.",  # not even the reference's second choice
+        "A cat sat.",  # a wrong row: differs at the first, clear token
+        "The answer is 4. And more",  # longer than the reference
+    ],
+)
+def test_real_differences_fail(text: str) -> None:
+    with pytest.raises(AssertionError):
+        assert_same_or_near_tie(text, REFERENCE)
