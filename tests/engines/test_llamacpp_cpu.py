@@ -158,7 +158,7 @@ def test_loading_a_model_logs_features_extra_buffer_types_and_threads(caplog: py
     from infermux.engines.llamacpp.cpu import default_use_extra_bufts, system_info
     from infermux.engines.llamacpp.engine import LlamaCppInferenceEngine
 
-    caplog.set_level(logging.INFO, logger="infermux")
+    caplog.set_level(logging.DEBUG, logger="infermux")
     engine = LlamaCppInferenceEngine(ModelParams(model_name="smollm2-135m-instruct", model_kwargs={"n_ctx": 256}))
     try:
         llama = engine._llama

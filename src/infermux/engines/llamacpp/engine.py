@@ -126,7 +126,7 @@ class LlamaCppInferenceEngine(InferenceEngine):
                 self._llama = llama_cpp.Llama(model_path=str(self.model_path), **kwargs)
         except ValueError as exc:
             raise ConfigError(f"llama.cpp could not load {self.model_path}: {exc}") from exc
-        log.info("llama.cpp loaded %s: %s", self.model_path.name, load_summary(self._llama, extra_bufts))
+        log.debug("llama.cpp loaded %s: %s", self.model_path.name, load_summary(self._llama, extra_bufts))
         self._template = _chat_formatter(self._llama, self.model_params.chat_template)
         self._template_has_tools = tool_prompting.renders_tools(self._template.template)
         n_ctx_seq = int(self._llama.n_ctx())
