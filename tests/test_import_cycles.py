@@ -1,30 +1,15 @@
 """src/infermux has no import cycles among its module-level imports.
 
 An AST walk over every module: imports at module level count (also inside ``try``/``if`` blocks), while
-imports inside functions and under ``if TYPE_CHECKING:`` do not (they run later, or never).
+imports inside functions and under ``if TYPE_CHECKING:`` do not (they run later, or never). The layer
+contract, which counts every import, is tests/test_layers.py.
 """
 
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
-import infermux
-
-ROOT = Path(infermux.__file__).parent
-
-
-def _module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
-    if parts[-1] == "__init__":
-        parts.pop()
-    return ".".join(parts)
-
-
-def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
+from tests.test_layers import ROOT, is_type_checking, module_name, resolve
 
 
 def _top_level_imports(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
@@ -35,7 +20,7 @@ def _top_level_imports(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
             if isinstance(node, ast.Import | ast.ImportFrom):
                 found.append(node)
             elif isinstance(node, ast.If):
-                if not _is_type_checking(node.test):
+                if not is_type_checking(node.test):
                     visit(node.body)
                 visit(node.orelse)
             elif isinstance(node, ast.Try):
@@ -51,18 +36,8 @@ def _top_level_imports(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
     return found
 
 
-def _resolve(module: str, is_package: bool, node: ast.ImportFrom) -> str:
-    if node.level == 0:
-        return node.module or ""
-    base = module.split(".")
-    if not is_package:
-        base = base[:-1]
-    base = base[: len(base) - (node.level - 1)]
-    return ".".join(base + ([node.module] if node.module else []))
-
-
 def import_graph() -> dict[str, set[str]]:
-    modules = {_module_name(p): p for p in ROOT.rglob("*.py")}
+    modules = {module_name(p): p for p in ROOT.rglob("*.py")}
     graph: dict[str, set[str]] = {name: set() for name in modules}
     for name, path in modules.items():
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
@@ -71,7 +46,7 @@ def import_graph() -> dict[str, set[str]]:
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
             else:
-                base = _resolve(name, path.name == "__init__.py", node)
+                base = resolve(name, path.name == "__init__.py", node)
                 targets = [f"{base}.{alias.name}" for alias in node.names] + [base]
             for target in targets:
                 # the longest prefix that is one of our modules (``from a.b import c`` may name a module c)
@@ -120,25 +95,3 @@ def test_the_walk_finds_a_planted_cycle() -> None:
 def test_no_import_cycles() -> None:
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
-
-
-def test_layers_import_only_downwards() -> None:
-    """configs/types/errors/text ← engines ← jobs (and distributed) ← cli (docs/architecture.md), at module level."""
-    # The Batch API modules (OpenAI's, Anthropic's Message Batches) are job runners of their own
-    # (submit/fetch read input rows and write job files): the engine modules allowed to use the job
-    # layer's files and rows.
-    allowed = {"infermux.engines.remote.openai.batch_api", "infermux.engines.remote.anthropic_batch"}
-    order = {"configs": 0, "types": 0, "errors": 0, "text": 0, "engines": 1, "jobs": 2, "distributed": 2, "cli": 3}
-    graph = import_graph()
-    wrong = []
-    for module, targets in graph.items():
-        layer = order.get(module.split(".")[1]) if module.count(".") else None
-        for target in targets:
-            target_layer = order.get(target.split(".")[1]) if target.count(".") else None
-            if module in allowed and target.startswith(
-                ("infermux.jobs.files", "infermux.jobs.loop", "infermux.jobs.rows")
-            ):
-                continue
-            if layer is not None and target_layer is not None and target_layer > layer:
-                wrong.append(f"{module} -> {target}")
-    assert not wrong, wrong

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 from infermux.configs._base import ConfigModel
 from infermux.configs.distributed_params import DistributedParams
 from infermux.configs.engine_type import InferenceEngineType
+from infermux.configs.fingerprint import config_fingerprint
 from infermux.configs.generation_params import GenerationParams
 from infermux.configs.model_params import ModelParams
 from infermux.configs.remote_params import RemoteParams
@@ -83,6 +84,4 @@ class InferenceConfig(ConfigModel):
 
     def fingerprint(self) -> str:
         """A stable hash of everything that changes outputs (see ``ConfigModel.not_fingerprinted``)."""
-        from infermux.jobs.fingerprint import config_fingerprint
-
         return config_fingerprint(self.resolved_engine(), self.model, self.generation, self.remote_params)

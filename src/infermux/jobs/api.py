@@ -124,7 +124,7 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def engine_fingerprint(engine: InferenceEngine, generation: GenerationParams) -> str:
-    """The fingerprint of a job run by ``engine`` with ``generation`` (see :mod:`infermux.jobs.fingerprint`)."""
+    """The fingerprint of a job run by ``engine`` with ``generation`` (see :mod:`infermux.configs.fingerprint`)."""
     from infermux.configs.inference_config import InferenceConfig
 
     config = InferenceConfig(
