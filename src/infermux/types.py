@@ -36,6 +36,8 @@ from pydantic import (
     model_validator,
 )
 
+_T = TypeVar("_T")
+
 __all__ = [
     "ContentItem",
     "Conversation",
@@ -200,6 +202,38 @@ class Usage(BaseModel):
         """The counts that are known (``None`` left out), in the OpenAI order."""
         return {k: v for k in _USAGE_FIELDS if (v := getattr(self, k)) is not None}
 
+    @classmethod
+    def from_json_dict(cls, data: Any) -> Usage | None:
+        """Read a stored ``metadata["usage"]`` (what :meth:`to_json_dict` wrote, or an older row's):
+        None unless it is a dict; counts that are not numbers are unknown, keys not known here ignored,
+        ``total_tokens`` filled in as the model does."""
+        if isinstance(data, Usage):
+            return data
+        if not isinstance(data, dict):
+            return None
+        values: dict[str, int | None] = dict.fromkeys(_USAGE_FIELDS)
+        fields_set = set()
+        for key, stored in data.items():  # the stored keys (three, mostly), not every field
+            if key in values and (count := stored if type(stored) is int else _count(stored)) is not None:
+                values[key] = count
+                fields_set.add(key)
+        p, c = values["prompt_tokens"], values["completion_tokens"]
+        if values["total_tokens"] is None and p is not None and c is not None:
+            values["total_tokens"] = p + c
+        return _unvalidated(cls, values, fields_set)
+
+
+def _count(value: Any) -> int | None:
+    """A stored token count as an int (as ``int(value)``), or None when it is missing or not a number."""
+    if type(value) is int:
+        return value
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
 
 _USAGE_FIELDS = tuple(Usage.model_fields)
 _USAGE_ORDER = _USAGE_FIELDS
@@ -256,6 +290,11 @@ class Sample(BaseModel):
             "tool_calls": self.tool_calls,
             "logprobs": [t.model_dump(exclude_none=True) for t in self.logprobs] if self.logprobs is not None else None,
         }
+
+    @classmethod
+    def from_json_list(cls, data: Any) -> list[Sample] | None:
+        """Read a stored ``metadata["samples"]`` (a list of :meth:`to_json_dict` objects); None unless a list."""
+        return [cls.model_validate(s) for s in data] if isinstance(data, list) else None
 
 
 class ContentItem(BaseModel):
@@ -480,6 +519,10 @@ class Conversation(BaseModel):
     """A list of messages with an optional id, the tools offered to the model, and free-form metadata."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    # The answer fields parsed from ``metadata`` (see ``usage``): a slot, not a pydantic private attribute,
+    # so it costs nothing until read (a private attribute adds to every validation and copy) and it is no
+    # part of equality, copies or pickles (they start without it).
+    __slots__ = ("_answers",)
 
     conversation_id: str | None = None
     messages: list[Message]
@@ -522,6 +565,52 @@ class Conversation(BaseModel):
     @property
     def has_images(self) -> bool:
         return any(m.images for m in self.messages)
+
+    # The answer, read back from ``metadata`` (its stored, Oumi-compatible form, written by ``with_reply``
+    # and the job): each field parsed on first read and kept with the stored value it came from, so a
+    # read after ``metadata[key]`` is replaced parses again. Stored values are replaced, never edited.
+
+    @property
+    def usage(self) -> Usage | None:
+        """The answer's token counts (``metadata["usage"]``), or None when the row has none."""
+        return self._answer_field("usage", Usage.from_json_dict)
+
+    @property
+    def finish_reason(self) -> FinishReason | None:
+        """Why the answer ended (``metadata["finish_reason"]``, normalised), or None."""
+        return self._answer_field("finish_reason", FinishReason.parse)
+
+    @property
+    def samples(self) -> list[Sample] | None:
+        """The answers kept with the row (``metadata["samples"]``: several per prompt, or with
+        log-probabilities), or None when the row keeps none. Do not edit the list."""
+        return self._answer_field("samples", Sample.from_json_list)
+
+    @property
+    def cost_usd(self) -> float | None:
+        """The row's price in dollars (``metadata["cost_usd"]``, written by a priced job), or None."""
+        return self._answer_field("cost_usd", _read_cost)
+
+    @property
+    def cached(self) -> bool:
+        """Whether the job answered the row from its answer cache (``metadata["cached"] is True``)."""
+        return self.metadata.get("cached") is True
+
+    def _answer_field(self, key: str, parse: Callable[[Any], _T]) -> _T:
+        """``parse(metadata.get(key))``, kept with the stored value it was parsed from (key -> (stored,
+        parsed)), so a later read of the same stored value does not parse again."""
+        stored = self.metadata.get(key)
+        try:
+            answers: dict[str, tuple[Any, Any]] = _get_answers(self)
+        except AttributeError:  # the first read
+            answers = {}
+            _set_answers(self, answers)
+        seen = answers.get(key)
+        if seen is not None and seen[0] is stored:
+            return seen[1]  # type: ignore[no-any-return]
+        value = parse(stored)
+        answers[key] = (stored, value)
+        return value
 
     def with_reply(
         self,
@@ -616,6 +705,10 @@ def _unvalidated(cls: type[_M], values: dict[str, Any], fields_set: set[str]) ->
     return obj
 
 
+def _read_cost(stored: Any) -> float | None:
+    return float(stored) if isinstance(stored, int | float) and not isinstance(stored, bool) else None
+
+
 # The setters of BaseModel's own slots, called directly: ``object.__setattr__`` does the same after a
 # lookup and an argument copy (this runs for every answered row).
 _new = object.__new__
@@ -623,3 +716,6 @@ _set_dict = BaseModel.__dict__["__dict__"].__set__
 _set_fields_set = BaseModel.__dict__["__pydantic_fields_set__"].__set__
 _set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
 _set_private = BaseModel.__dict__["__pydantic_private__"].__set__
+# The slot of a Conversation's parsed answer fields (unset until the first read).
+_get_answers = Conversation.__dict__["_answers"].__get__
+_set_answers = Conversation.__dict__["_answers"].__set__
