@@ -35,7 +35,7 @@ from infermux.configs.remote_params import RemoteParams
 from infermux.engines.capabilities import Capabilities, check_limits, check_params
 from infermux.errors import ConfigError, InputError, RowError
 from infermux.text import scrub_reply, scrub_surrogates
-from infermux.types import Conversation, TokenLogprob
+from infermux.types import Conversation, TokenLogprob, Usage
 
 if TYPE_CHECKING:
     from infermux.configs.inference_config import InferenceConfig
@@ -69,6 +69,11 @@ class StreamEvent:
     @property
     def final(self) -> bool:
         return self.conversation is not None
+
+    @property
+    def usage(self) -> Usage | None:
+        """The answer's token counts, from the final event's ``metadata["usage"]`` (None on deltas)."""
+        return Usage.from_json_dict(self.metadata.get("usage"))
 
 
 #: Distinct generation settings an engine keeps derived objects for (a long-running ``serve`` sees a new
