@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from infermux.configs.generation_params import GenerationParams
-from infermux.types import Conversation, FinishReason, Sample, TokenLogprob, ToolCall, TopLogprob, Usage
+from infermux.types import Conversation, Sample, TokenLogprob, ToolCall, TopLogprob, Usage
 
 __all__ = [
     "Piece",
@@ -89,9 +89,11 @@ def sum_usage(usages: Iterable[Usage | None]) -> Usage | None:
     for usage in known:
         for key, value in usage.to_json_dict().items():
             totals[key] = totals.get(key, 0) + value
-    if "prompt_tokens" in totals and "completion_tokens" in totals:
-        totals.pop("total_tokens", None)  # recomputed: parts may have had no total of their own
-    return Usage(**totals)
+    summed = Usage(**totals)
+    if summed.prompt_tokens is not None and summed.completion_tokens is not None:
+        # recomputed: parts may have had no total of their own
+        summed = summed.model_copy(update={"total_tokens": summed.prompt_tokens + summed.completion_tokens})
+    return summed
 
 
 def reply_with_samples(
@@ -129,17 +131,13 @@ def reply_with_samples(
 
 
 def _sample_of(answer: Conversation) -> Sample:
-    meta = answer.metadata
-    usage = Usage(**meta["usage"]) if isinstance(meta.get("usage"), dict) else None
-    logprobs = None
-    inner = meta.get("samples")
-    if isinstance(inner, list) and inner and inner[0].get("logprobs") is not None:
-        logprobs = [TokenLogprob.model_validate(t) for t in inner[0]["logprobs"]]
+    inner = answer.samples
+    logprobs = inner[0].logprobs if inner else None
     calls = answer.last_message.tool_calls
     return Sample(
         text=answer.last_message.text,
-        finish_reason=FinishReason.parse(meta.get("finish_reason")),
-        usage=usage,
+        finish_reason=answer.finish_reason,
+        usage=answer.usage,
         tool_calls=[c.to_json_dict() for c in calls] if calls else None,
         logprobs=logprobs,
     )
@@ -163,15 +161,14 @@ def merge_replies(
 
 def read_samples(conversation: Conversation) -> list[Sample]:
     """The samples of an answered row: ``metadata["samples"]``, or its one assistant answer."""
-    stored = conversation.metadata.get("samples")
-    if isinstance(stored, list):
-        return [Sample.model_validate(s) for s in stored]
-    meta = conversation.metadata
+    stored = conversation.samples
+    if stored is not None:
+        return list(stored)
     return [
         Sample(
             text=conversation.last_message.text,
-            finish_reason=FinishReason.parse(meta.get("finish_reason")),
-            usage=Usage(**meta["usage"]) if isinstance(meta.get("usage"), dict) else None,
+            finish_reason=conversation.finish_reason,
+            usage=conversation.usage,
             tool_calls=[c.to_json_dict() for c in conversation.last_message.tool_calls or []] or None,
         )
     ]

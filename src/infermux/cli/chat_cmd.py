@@ -104,8 +104,10 @@ def format_footer(answer: Answer) -> str:
     """``12 tokens · 85.1 tokens/s · first token 0.09 s · 0.23 s`` (parts the engine did not report are left out)."""
     end = answer.ended or time.perf_counter()
     total = end - answer.started
-    usage = answer.metadata.get("usage") or {}
-    tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
+    from infermux.types import Usage
+
+    usage = Usage.from_json_dict(answer.metadata.get("usage"))
+    tokens = usage.completion_tokens if usage is not None else None
     streamed = answer.deltas > 1 and answer.first_at is not None
     parts = []
     if isinstance(tokens, int) and tokens > 0:

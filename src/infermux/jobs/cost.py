@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from infermux.types import Usage
+
 __all__ = ["PRICE_PROVIDERS", "CostTotals", "Pricing", "pricing_for"]
 
 logger = logging.getLogger("infermux.cost")
@@ -49,17 +51,18 @@ class Pricing:
     provider_id: str
     model: str
 
-    def cost(self, usage: Mapping[str, Any] | None, *, batch: bool = False) -> float | None:
-        """Dollars for ``usage`` (a usage dict as written in a row's metadata); None when unknown."""
-        if not usage:
+    def cost(self, usage: Usage | Mapping[str, Any] | None, *, batch: bool = False) -> float | None:
+        """Dollars for ``usage`` (a row's :attr:`~infermux.types.Conversation.usage`, or a usage dict as
+        stored in its metadata); None when unknown."""
+        if usage is not None and not isinstance(usage, Usage):
+            usage = Usage.from_json_dict(dict(usage)) if usage else None
+        if usage is None or not usage.to_json_dict():
             return None
-        prompt = int(usage.get("prompt_tokens") or 0)
-        completion = int(usage.get("completion_tokens") or 0)
         return self._price(
-            prompt,
-            completion,
-            cached=int(usage.get("cached_tokens") or 0),
-            created=int(usage.get("cache_creation_tokens") or 0),
+            usage.prompt_tokens or 0,
+            usage.completion_tokens or 0,
+            cached=usage.cached_tokens or 0,
+            created=usage.cache_creation_tokens or 0,
             batch=batch,
         )
 

@@ -159,10 +159,10 @@ async def _infer_safely(
 
 
 def _count_usage(report: BatchReport, conversation: Conversation) -> None:
-    usage = conversation.metadata.get("usage")
-    if isinstance(usage, dict):
-        report.prompt_tokens += int(usage.get("prompt_tokens") or 0)
-        report.completion_tokens += int(usage.get("completion_tokens") or 0)
+    usage = conversation.usage
+    if usage is not None:
+        report.prompt_tokens += usage.prompt_tokens or 0
+        report.completion_tokens += usage.completion_tokens or 0
 
 
 def record_result(
@@ -228,7 +228,7 @@ async def run_job(
         key = keys.pop(row.row_id, None)
         cost: float | None = None
         if isinstance(result, Conversation):
-            if result.metadata.get("cached") is True:
+            if result.cached:
                 report.cached += 1
                 cost = 0.0
             else:
@@ -247,7 +247,7 @@ async def run_job(
 
     def on_plain_result(row: InputRow, result: Conversation | RowError) -> None:
         """``on_result`` without prices, budget or cache (nothing to price or remember per row)."""
-        if isinstance(result, Conversation) and result.metadata.get("cached") is True:
+        if isinstance(result, Conversation) and result.cached:
             report.cached += 1
         result = record_result(report, files, row, result)
         if on_row is not None:
@@ -312,7 +312,7 @@ def _price_row(result: Conversation, pricing: Pricing | None) -> float | None:
     """The row's cost from its reported usage, also written to ``metadata["cost_usd"]``."""
     if pricing is None:
         return None
-    cost = pricing.cost(result.metadata.get("usage"))
+    cost = pricing.cost(result.usage)
     if cost is not None:
         result.metadata["cost_usd"] = round(cost, 10)
     return cost

@@ -243,9 +243,10 @@ class _Run:
             metrics.latency.observe(time.monotonic() - self.start)
 
     def _count(self, final: StreamEvent) -> None:
-        usage = wire.usage_of(final.metadata)
-        self.state.metrics.prompt_tokens += usage["prompt_tokens"]
-        self.state.metrics.completion_tokens += usage["completion_tokens"]
+        usage = final.usage
+        if usage is not None:
+            self.state.metrics.prompt_tokens += usage.prompt_tokens or 0
+            self.state.metrics.completion_tokens += usage.completion_tokens or 0
 
     async def events(self) -> AsyncIterator[StreamEvent]:
         """The engine's events, with engine failures turned into :class:`ApiError`."""
@@ -360,7 +361,7 @@ class _Run:
         if not self.tokens_streamed:
             delta = {"role": "assistant", **delta}
             self.tokens_streamed = True
-        logprobs = wire.logprobs_of([t.model_dump(exclude_none=True) for t in event.logprobs or []])
+        logprobs = wire.logprobs_of(event.logprobs or [])
         await _write(response, wire.chunk(self.cid, self.state.served_model, self.created, delta,
                                           include_usage=self.prepared.include_usage, logprobs=logprobs))  # fmt: skip
 

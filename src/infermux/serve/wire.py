@@ -13,6 +13,7 @@ import base64
 import binascii
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -20,7 +21,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from infermux.configs.generation_params import GenerationParams, GuidedDecodingParams
 from infermux.engines.capabilities import TOOL_PARAMS, Capabilities
-from infermux.types import ContentItem, Conversation, Message, Role, Tool, ToolCall, Type
+from infermux.types import (
+    ContentItem,
+    Conversation,
+    FinishReason,
+    Message,
+    Role,
+    Sample,
+    TokenLogprob,
+    Tool,
+    ToolCall,
+    TopLogprob,
+    Type,
+    Usage,
+)
 
 __all__ = [
     "ApiError",
@@ -346,13 +360,15 @@ def new_id() -> str:
 
 
 def usage_of(metadata: dict[str, Any]) -> dict[str, int]:
-    usage: Any = metadata.get("usage")
-    if usage is not None and hasattr(usage, "model_dump"):  # a typed Usage, once engines return one
-        usage = usage.model_dump()
-    usage = usage if isinstance(usage, dict) else {}
-    prompt = int(usage.get("prompt_tokens") or 0)
-    done = int(usage.get("completion_tokens") or 0)
-    return {"prompt_tokens": prompt, "completion_tokens": done, "total_tokens": prompt + done}
+    """OpenAI's ``usage`` object for an answer's stored ``metadata``."""
+    return openai_usage(Usage.from_json_dict(metadata.get("usage")))
+
+
+def openai_usage(usage: Usage | None) -> dict[str, int]:
+    """OpenAI's ``usage`` object: prompt, completion and total tokens, 0 where unknown."""
+    prompt = (usage.prompt_tokens or 0) if usage is not None else 0
+    done = (usage.completion_tokens or 0) if usage is not None else 0
+    return Usage.of(prompt, done, prompt + done).to_json_dict()
 
 
 _OPENAI_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter"})
@@ -360,8 +376,12 @@ _OPENAI_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter"})
 
 def finish_reason_of(metadata: dict[str, Any]) -> str:
     """OpenAI's finish reason for an answer (ours has ``error``/``unknown`` too, which OpenAI has not)."""
-    reason = str(getattr(metadata.get("finish_reason"), "value", metadata.get("finish_reason")) or "")
-    return reason if reason in _OPENAI_REASONS else "stop"
+    return openai_finish_reason(FinishReason.parse(metadata.get("finish_reason")))
+
+
+def openai_finish_reason(reason: FinishReason | None) -> str:
+    """OpenAI's spelling of ``reason``: ``stop`` for none and for the reasons OpenAI has not."""
+    return reason.value if reason is not None and reason.value in _OPENAI_REASONS else "stop"
 
 
 def tool_calls_of(message: Message | None) -> list[dict[str, Any]] | None:
@@ -383,30 +403,26 @@ class Choice:
 
 def choices_of(text: str, metadata: dict[str, Any], tool_calls: list[dict[str, Any]] | None) -> list[Choice]:
     """The answer's choices: one per entry of ``metadata["samples"]`` (n > 1, logprobs), else the one answer."""
-    samples = metadata.get("samples")
-    if not isinstance(samples, list) or not samples:
+    samples = Sample.from_json_list(metadata.get("samples"))
+    if not samples:
         return [Choice(text, tool_calls, finish_reason_of(metadata))]
     return [
-        Choice(
-            s.get("text") or "",
-            s.get("tool_calls") or None,
-            finish_reason_of({"finish_reason": s.get("finish_reason")}),
-            logprobs_of(s.get("logprobs")),
-        )
+        Choice(s.text, s.tool_calls or None, openai_finish_reason(s.finish_reason), logprobs_of(s.logprobs))
         for s in samples
     ]
 
 
-def logprobs_of(tokens: list[dict[str, Any]] | None) -> dict[str, Any] | None:
-    """A sample's :class:`~infermux.types.TokenLogprob` entries in OpenAI's ``choices[i].logprobs`` shape."""
+def logprobs_of(tokens: Sequence[TokenLogprob | dict[str, Any]] | None) -> dict[str, Any] | None:
+    """A sample's :class:`~infermux.types.TokenLogprob` entries (or their JSON) in OpenAI's
+    ``choices[i].logprobs`` shape."""
     if tokens is None:
         return None
 
-    def entry(token: dict[str, Any]) -> dict[str, Any]:
-        text = str(token.get("token", ""))
-        return {"token": text, "logprob": token.get("logprob"), "bytes": _bytes_of(text, token.get("bytes"))}
+    def entry(token: TokenLogprob | TopLogprob) -> dict[str, Any]:
+        return {"token": token.token, "logprob": token.logprob, "bytes": _bytes_of(token.token, token.bytes)}
 
-    content = [{**entry(t), "top_logprobs": [entry(a) for a in t.get("top_logprobs") or []]} for t in tokens]
+    typed = [t if isinstance(t, TokenLogprob) else TokenLogprob.model_validate(t) for t in tokens]
+    content = [{**entry(t), "top_logprobs": [entry(a) for a in t.top_logprobs]} for t in typed]
     return {"content": content, "refusal": None}
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from infermux.engines.llamacpp.decode import DecodeResult, SamplingSpec
 from infermux.engines.llamacpp.scheduler import DecodeScheduler
 from infermux.samples import reply_with_samples, token_logprob
-from infermux.types import Conversation, FinishReason, Sample, TokenLogprob, Usage
+from infermux.types import Conversation, Sample, TokenLogprob, Usage
 
 __all__ = ["Answer", "LogitsRecorder", "StreamedLogprobs", "generate_samples"]
 
@@ -83,7 +83,7 @@ class StreamedLogprobs:
         """The stream's ``reply`` with its one sample, all its tokens' log-probabilities, in ``metadata["samples"]``."""
         message, n = reply.last_message, len(result.tokens)
         calls = [c.to_json_dict() for c in message.tool_calls or []] or None
-        reason = FinishReason.parse(reply.metadata.get("finish_reason"))
+        reason = reply.finish_reason
         sample = Sample(text=message.text or "", finish_reason=reason, usage=Usage.of(completion=n), tool_calls=calls,
                         logprobs=self._recorder.logprobs(0, n))  # fmt: skip
         return reply_with_samples(conversation, [sample], usage=Usage.of(result.prompt_tokens, n),

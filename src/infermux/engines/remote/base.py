@@ -76,14 +76,8 @@ def request_chars(conversation: Conversation) -> int:
 
 def reported_usage(result: Conversation) -> tuple[int | None, int | None]:
     """(prompt, completion) tokens from an answered row's ``metadata["usage"]`` (None where absent)."""
-    usage = result.metadata.get("usage")
-    if not isinstance(usage, dict):
-        return None, None
-    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    return (
-        int(prompt) if isinstance(prompt, int | float) else None,
-        int(completion) if isinstance(completion, int | float) else None,
-    )
+    usage = result.usage
+    return (None, None) if usage is None else (usage.prompt_tokens, usage.completion_tokens)
 
 
 class RemoteEngine(InferenceEngine):

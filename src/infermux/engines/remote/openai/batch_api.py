@@ -274,7 +274,7 @@ def price_batch_row(engine: RemoteEngine, answered: Conversation) -> Conversatio
     if name.upper() not in PRICE_PROVIDERS:
         return answered
     pricing = pricing_for(name, engine.model_params.model_name)
-    cost = pricing.cost(answered.metadata.get("usage"), batch=True) if pricing is not None else None
+    cost = pricing.cost(answered.usage, batch=True) if pricing is not None else None
     if cost is not None:
         answered.metadata["cost_usd"] = round(cost, 10)
     return answered
