@@ -25,6 +25,20 @@ from typing import Any
 #: A sampled token is usually far below the top: over a 40-token answer, one such step fails the check.
 GREEDY_SLACK = 0.5
 
+#: The same for float32 (NATIVE's default dtype): another batch shape (padding, rows joining mid-decode, a
+#: shared prefix evaluated once) reorders float32 sums, about 1e-6 relative. Measured here (SmolLM2-135M,
+#: 8 streams of 32 tokens decoded together vs alone): log-probabilities moved by at most 2.2e-5 nats.
+#: 1e-3 nats is some 45 times that, and 5 times below the closest top-2 gap in these tests' answers
+#: (0.0053 nats over some 1,200 reference tokens; the median is about 1.2 nats): a clear choice never passes.
+FLOAT32_SLACK = 1e-3
+
+#: llama.cpp computes in float32 (on Q4_1 weights, with activations quantized per row, which the batch does
+#: not change), so a batch shape moves its logits by float32 rounding too. Measured here: the same 8 streams
+#: gave bit-identical log-probabilities together and alone (the same kernels ran for 1 and 8 sequences);
+#: CPUs whose multi-row kernels differ (repacked or AMX buffers) reorder the sums, which float32 rounding
+#: bounds as above. Same slack, same margin below the closest gap (0.0053 nats, through ``infermux serve``).
+LLAMACPP_SLACK = FLOAT32_SLACK
+
 
 def reset_prefix_cache(llm: Any) -> None:
     """Empty vLLM's prefix cache, so that the next run prefills its prompts whole (a run that reuses cached
@@ -80,23 +94,36 @@ def _end_tokens(llm: Any) -> list[int]:
     return [i for i in ids if isinstance(i, int)]
 
 
-def assert_same_or_near_tie(text: str, reference: Sequence[Any], *, slack: float = GREEDY_SLACK) -> None:
+def assert_same_or_near_tie(
+    text: str, reference: Sequence[Any], *, slack: float = GREEDY_SLACK, reference_text: str | None = None
+) -> float:
     """``text`` is the greedy answer whose tokens and top-2 alternatives are ``reference`` (OpenAI-shaped
     ``logprobs.content``: ``.token``, ``.top_logprobs``), computed in another batch: equal to it, or equal up
     to a token where the reference's two best choices were within ``slack`` nats and ``text`` took the second
     (another batch shape may round that near-tie the other way; the two answers are unrelated after it).
-    A wrong row, a mixed-up stream or a sampled answer leaves the reference where its choice was clear."""
+    A wrong row, a mixed-up stream or a sampled answer leaves the reference where its choice was clear.
+    ``reference_text`` (the reference's answer, where a stop string cut it inside its tokens): equal passes.
+    Returns the smallest top-2 gap of the reference tokens compared (what the slack must stay below)."""
+    gaps = [_top2_gap(step, entry) for step, entry in enumerate(reference)]
+    closest = min(gaps, default=float("inf"))
+    if text == reference_text:
+        return closest
     pos = 0
-    for step, entry in enumerate(reference):
+    for step, (entry, gap) in enumerate(zip(reference, gaps, strict=True)):
+        best = sorted(entry.top_logprobs, key=lambda alt: alt.logprob, reverse=True)
         if text.startswith(entry.token, pos):
             pos += len(entry.token)
             continue
-        best = sorted(entry.top_logprobs, key=lambda alt: alt.logprob, reverse=True)
-        assert len(best) >= 2, f"token {step}: the reference needs top_logprobs >= 2"
-        gap = best[0].logprob - best[1].logprob
         assert gap <= slack and text.startswith(best[1].token, pos), (
             f"token {step}: {text[pos : pos + 20]!r} leaves the reference's {entry.token!r} where its top choice led "
             f"by {gap:.3f} nats (slack {slack}): not the same greedy answer\n{text!r}"
         )
-        return
+        return closest
     assert pos == len(text), f"longer than the reference: {text[pos:]!r} after its {len(reference)} tokens"
+    return closest
+
+
+def _top2_gap(step: int, entry: Any) -> float:
+    best = sorted((alt.logprob for alt in entry.top_logprobs), reverse=True)
+    assert len(best) >= 2, f"token {step}: the reference needs top_logprobs >= 2"
+    return float(best[0] - best[1])

@@ -36,3 +36,10 @@ def test_the_same_answer_and_a_flip_at_a_near_tie_pass() -> None:
 def test_real_differences_fail(text: str) -> None:
     with pytest.raises(AssertionError):
         assert_same_or_near_tie(text, REFERENCE)
+
+
+def test_a_reference_cut_by_a_stop_string_passes_equal_and_the_closest_gap_is_returned() -> None:
+    # A stop string cut the reference after " answer": its tokens run on, its text does not.
+    assert assert_same_or_near_tie("The answer", REFERENCE, reference_text="The answer") == pytest.approx(0.2)
+    with pytest.raises(AssertionError):
+        assert_same_or_near_tie("The answer", REFERENCE)  # without the cut text: shorter than the reference

@@ -1,7 +1,9 @@
 """Concurrent NATIVE streams decode in one batch (engines/native/scheduler.py), on the real default model.
 
 float32 (the ModelParams default): each stream's answer must equal the answer it gets alone, whatever
-joins or leaves the batch around it.
+joins or leaves the batch around it, up to a float32 near-tie of the alone answer (tests/greedy.py: the
+batch's shape orders the sums). Sampled rows are compared exactly: a draw changes only where it lands within
+the rounding of a boundary of the cumulative distribution, and no top-2 gap can stand for that.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ pytest.importorskip("transformers")
 
 from infermux.configs import GenerationParams, ModelParams
 from infermux.engines.native.engine import NativeTextInferenceEngine
+from infermux.samples import read_samples
 from infermux.types import Conversation
+from tests.greedy import FLOAT32_SLACK, assert_same_or_near_tie
 
 pytestmark = pytest.mark.slow
 
@@ -56,8 +60,42 @@ def conv(text: str) -> Conversation:
     return Conversation.model_validate({"messages": [{"role": "user", "content": text}]})
 
 
-def generation(i: int) -> GenerationParams:
-    return GenerationParams(**{"max_new_tokens": 16, **SETTINGS[i]})
+def generation(i: int, **extra: Any) -> GenerationParams:
+    return GenerationParams(**{"max_new_tokens": 16, **SETTINGS[i], **extra})
+
+
+def alone_scored(engine: NativeTextInferenceEngine, i: int) -> tuple[str, int, list[Any]]:
+    """Prompt ``i`` streamed alone with its tokens' top-2 log-probabilities (after its processors: what
+    greedy chose from): the text, the token count and the tokens."""
+    texts: list[str] = []
+    final: Any = None
+
+    async def run() -> None:
+        nonlocal final
+        async for event in engine.astream(conv(PROMPTS[i]), generation(i, logprobs=True, top_logprobs=2)):
+            if event.final:
+                final = event
+            else:
+                texts.append(event.delta)
+
+    asyncio.run(run())
+    assert final is not None and final.conversation is not None
+    text = final.conversation.last_message.text
+    assert "".join(texts) == text
+    [sample] = read_samples(final.conversation)
+    assert sample.logprobs is not None
+    return text, final.metadata["usage"]["completion_tokens"], sample.logprobs
+
+
+def assert_as_alone(got: list[tuple[str, int]], alone: list[tuple[str, int, list[Any]]], rows: list[int]) -> None:
+    """Each stream's (text, tokens) equals its alone answer; a greedy row may differ at a float32 near-tie
+    (and then in its token count: the answers are unrelated after it)."""
+    for i, (text, count), (want, want_count, entries) in zip(rows, got, alone, strict=True):
+        if "temperature" in SETTINGS[i]:
+            assert (text, count) == (want, want_count), f"prompt {i} (sampled)"
+            continue
+        assert_same_or_near_tie(text, entries, slack=FLOAT32_SLACK, reference_text=want)
+        assert count == want_count or text != want, f"prompt {i}"
 
 
 async def stream(
@@ -79,7 +117,7 @@ async def stream(
 
 
 def test_concurrent_streams_join_mid_decode_and_answer_as_alone(engine: NativeTextInferenceEngine) -> None:
-    alone = [asyncio.run(stream(engine, i)) for i in range(len(PROMPTS))]
+    alone = [alone_scored(engine, i) for i in range(len(PROMPTS))]
     assert engine._scheduler is not None
     engine._scheduler.max_rows = 4  # the rest wait for a free row
     before = dict(engine.stats)
@@ -91,13 +129,14 @@ def test_concurrent_streams_join_mid_decode_and_answer_as_alone(engine: NativeTe
         return list(await asyncio.gather(*tasks))
 
     try:
-        assert asyncio.run(together()) == alone
+        got = asyncio.run(together())
+        assert_as_alone(got, alone, list(range(len(PROMPTS))))
     finally:
         engine._scheduler.max_rows = 32
     stats = engine.stats
     assert 1 < stats["max_rows"] <= 4
     assert stats["joined_mid_decode"] - before["joined_mid_decode"] >= 1
-    assert stats["generated_tokens"] - before["generated_tokens"] == sum(n for _, n in alone)
+    assert stats["generated_tokens"] - before["generated_tokens"] == sum(n for _, n in got)
     assert stats["active"] == 0
 
 
@@ -105,7 +144,7 @@ def test_a_cancelled_stream_frees_its_row_and_the_others_finish(engine: NativeTe
     """A stream that cannot end on its own (end of turn banned, 24 tokens) is cancelled after its first
     text, as `infermux serve` does when a client disconnects: it leaves the batch, the others answer as alone."""
     others = [0, 2, 5]
-    alone = [asyncio.run(stream(engine, i)) for i in others]
+    alone = [alone_scored(engine, i) for i in others]
     endless = GenerationParams(max_new_tokens=24, logit_bias={END_OF_TURN: -100.0})
     before = dict(engine.stats)
 
@@ -126,11 +165,12 @@ def test_a_cancelled_stream_frees_its_row_and_the_others_finish(engine: NativeTe
             await victim
         return list(await asyncio.gather(*tasks))
 
-    assert asyncio.run(run()) == alone
+    got = asyncio.run(run())
+    assert_as_alone(got, alone, others)
     stats = engine.stats
     assert stats["cancelled"] - before["cancelled"] == 1
     assert stats["active"] == 0
-    doomed_tokens = stats["generated_tokens"] - before["generated_tokens"] - sum(n for _, n in alone)
+    doomed_tokens = stats["generated_tokens"] - before["generated_tokens"] - sum(n for _, n in got)
     assert 1 <= doomed_tokens < 24  # it left the batch early, and was not left running
 
 

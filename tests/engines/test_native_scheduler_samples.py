@@ -1,5 +1,7 @@
 """NATIVE streams asking for n answers or log-probabilities join the scheduler's batch (one row per answer),
-on the real default model in float32: answers equal what the same request gets through ``infer`` alone."""
+on the real default model in float32: answers equal what the same request gets through ``infer`` alone
+(a greedy one up to a float32 near-tie of the alone answer, tests/greedy.py: the batch's shape orders the
+sums; sampled ones exactly, as a draw moves only where it lands within the rounding of a boundary)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from infermux.configs import GenerationParams, ModelParams
 from infermux.engines.native.engine import NativeTextInferenceEngine
 from infermux.samples import read_samples
 from infermux.types import Conversation
+from tests.greedy import FLOAT32_SLACK, assert_same_or_near_tie
 from tests.logprob_bytes import SPLIT_PROMPT, SPLIT_TOKENS, assert_exact_bytes
 
 pytestmark = pytest.mark.slow
@@ -94,12 +97,19 @@ def test_samples_and_logprobs_share_steps_with_other_streams_and_answer_as_alone
     assert len(read_samples(sampled)) == 2 and sampled.last_message.text == sampled_alone.last_message.text
     assert sampled.metadata["usage"] == sampled_alone.metadata["usage"]
 
-    assert [s.text for s in read_samples(scored)] == [s.text for s in read_samples(scored_alone)]
-    assert scored.metadata["usage"] == scored_alone.metadata["usage"]
+    [answer], [reference] = read_samples(scored), read_samples(scored_alone)
+    assert reference.logprobs is not None
+    assert_same_or_near_tie(answer.text, reference.logprobs, slack=FLOAT32_SLACK, reference_text=reference.text)
+    same = answer.text == reference.text
+    if same:  # after a near-tie flip the two answers are unrelated
+        assert scored.metadata["usage"] == scored_alone.metadata["usage"]
     got, want = logprob_values(scored), logprob_values(scored_alone)
-    assert len(got[0]) == len(want[0]) > 0 and len(got[0][0][2]) == 3
-    for (token, value, top), (token_alone, value_alone, top_alone) in zip(got[0], want[0], strict=True):
-        assert token == token_alone and value == pytest.approx(value_alone, abs=1e-4)
+    assert len(got[0]) > 0 and len(want[0]) > 0 and len(got[0][0][2]) == 3
+    assert len(got[0]) == len(want[0]) or not same
+    for (token, value, top), (token_alone, value_alone, top_alone) in zip(got[0], want[0], strict=same):
+        if token != token_alone:
+            break  # the near-tie flip checked above
+        assert value == pytest.approx(value_alone, abs=1e-4)
         assert [t for t, _ in top] == [t for t, _ in top_alone]
         assert [v for _, v in top] == pytest.approx([v for _, v in top_alone], abs=1e-4)
 
