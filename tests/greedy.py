@@ -127,3 +127,15 @@ def _top2_gap(step: int, entry: Any) -> float:
     best = sorted((alt.logprob for alt in entry.top_logprobs), reverse=True)
     assert len(best) >= 2, f"token {step}: the reference needs top_logprobs >= 2"
     return float(best[0] - best[1])
+
+
+def llama_cpp_logprobs(reply: dict[str, Any]) -> list[Any]:
+    """``create_chat_completion(logprobs=True)``'s first choice's tokens (dicts) as the attributes
+    :func:`assert_same_or_near_tie` reads."""
+    from types import SimpleNamespace
+
+    def entry(item: dict[str, Any]) -> Any:
+        alts = [SimpleNamespace(token=a["token"], logprob=a["logprob"]) for a in item["top_logprobs"]]
+        return SimpleNamespace(token=item["token"], top_logprobs=alts)
+
+    return [entry(item) for item in reply["choices"][0]["logprobs"]["content"]]

@@ -19,7 +19,7 @@ from infermux.engines.llamacpp.model import resolve_gguf
 from infermux.errors import ConfigError, ModelNotFoundError, UnsupportedParamError
 from infermux.models import gguf_path
 from infermux.types import Conversation
-from tests.greedy import LLAMACPP_SLACK, assert_same_or_near_tie
+from tests.greedy import LLAMACPP_SLACK, assert_same_or_near_tie, llama_cpp_logprobs
 
 pytestmark = pytest.mark.slow
 
@@ -96,20 +96,12 @@ def test_greedy_batch_equals_raw_create_chat_completion(engine, raw_scored):
             logprobs=True, top_logprobs=2,
         )  # fmt: skip
         want = ref["choices"][0]["message"]["content"]
-        tokens = [_openai_token(t) for t in ref["choices"][0]["logprobs"]["content"]]
+        tokens = llama_cpp_logprobs(ref)
         assert_same_or_near_tie(got.last_message.text, tokens, slack=LLAMACPP_SLACK, reference_text=want)
         assert got.metadata["usage"]["prompt_tokens"] == ref["usage"]["prompt_tokens"]
         if got.last_message.text == want:  # after a near-tie flip the answers are unrelated
             assert got.metadata["usage"]["completion_tokens"] == ref["usage"]["completion_tokens"]
             assert got.metadata["finish_reason"] == ref["choices"][0]["finish_reason"]
-
-
-def _openai_token(entry: dict) -> object:
-    """A ``create_chat_completion`` logprobs entry (a dict) as the attributes tests/greedy.py reads."""
-    from types import SimpleNamespace
-
-    alts = [SimpleNamespace(token=a["token"], logprob=a["logprob"]) for a in entry["top_logprobs"]]
-    return SimpleNamespace(token=entry["token"], top_logprobs=alts)
 
 
 def test_system_prompt_goes_through_the_models_template(engine, raw):

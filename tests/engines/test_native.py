@@ -477,20 +477,24 @@ def test_shared_prefix_rows_equal_raw_generate_row_by_row(
 
 def test_chat_turns_reuse_the_previous_turns_cache(engine: NativeTextInferenceEngine) -> None:
     """Streaming a chat turn by turn: turn 3 evaluates only the tokens after what the cache holds, and
-    the answers equal those of a fresh cache (greedy)."""
+    each answer equals the same turn streamed from a fresh cache (greedy), up to a float32 near-tie (a
+    partial prefill sums in another order than a whole one)."""
     generation = GenerationParams(max_new_tokens=24)
     assert engine.prompt_cache is not None
     engine.prompt_cache.cache = None  # turn 1 starts cold (an earlier test's cache shares a few tokens)
 
-    def stream(messages: list[dict[str, str]]) -> str:
-        async def run() -> str:
+    def stream_final(messages: list[dict[str, str]], params: GenerationParams) -> Conversation:
+        async def run() -> Conversation:
             final = None
-            async for event in engine.astream(Conversation.model_validate({"messages": messages}), generation):
+            async for event in engine.astream(Conversation.model_validate({"messages": messages}), params):
                 final = event.conversation if event.final else final
             assert final is not None
-            return final.last_message.text
+            return final
 
         return asyncio.run(run())
+
+    def stream(messages: list[dict[str, str]]) -> str:
+        return stream_final(messages, generation).last_message.text
 
     questions = [FRANCE, "And of Italy?", "Which of the two is larger?"]
     turns: list[str] = []
@@ -506,10 +510,13 @@ def test_chat_turns_reuse_the_previous_turns_cache(engine: NativeTextInferenceEn
     assert evaluated[2] <= len(engine.tokenizer(questions[2], add_special_tokens=False)["input_ids"]) + 12
     assert evaluated[2] < totals[2] // 4
 
-    fresh: list[str] = []
-    for i, question in enumerate(questions):
-        engine.prompt_cache.cache = None  # no reuse: every turn evaluates its whole prompt
-        fresh.append(question)
-        fresh.append(stream(chat(*fresh, system=SYSTEM)))
+    scored = GenerationParams(max_new_tokens=24, logprobs=True, top_logprobs=2)
+    for i in range(len(questions)):
+        engine.prompt_cache.cache = None  # no reuse: the turn evaluates its whole prompt
+        final = stream_final(chat(*turns[: 2 * i + 1], system=SYSTEM), scored)  # the history the cached turn saw
         assert engine.prompt_cache.last_evaluated == totals[i]
-    assert fresh == turns
+        [sample] = read_samples(final)
+        assert sample.logprobs is not None
+        assert_same_or_near_tie(
+            turns[2 * i + 1], sample.logprobs, slack=FLOAT32_SLACK, reference_text=final.last_message.text
+        )
