@@ -14,6 +14,7 @@ from infermux.engines.llamacpp.engine import LlamaCppInferenceEngine
 from infermux.models import gguf_path
 from infermux.samples import read_samples
 from infermux.types import Conversation
+from tests.greedy import LLAMACPP_SLACK
 from tests.logprob_bytes import SPLIT_PROMPT, SPLIT_TOKENS, assert_exact_bytes, assert_joins
 
 pytestmark = pytest.mark.slow
@@ -64,7 +65,11 @@ def test_greedy_logprobs_equal_llama_cpp_logits(engine: LlamaCppInferenceEngine)
                 logits = np.asarray(raw.scores[raw.n_tokens - 1], dtype=np.float64)
                 expected = logits - (logits.max() + np.log(np.exp(logits - logits.max()).sum()))
                 token = int(np.argmax(expected))
-                assert entry.token == raw.detokenize([token], special=True).decode("utf-8", errors="replace")
+                text = raw.detokenize([token], special=True).decode("utf-8", errors="replace")
+                if entry.token != text:  # only where the library's two best were a near-tie (tests/greedy.py)
+                    first, second = np.sort(expected)[-1], np.sort(expected)[-2]
+                    assert first - second <= LLAMACPP_SLACK, f"{entry.token!r} where the library chose {text!r}"
+                    break  # the answers are unrelated after a flip
                 assert entry.logprob == pytest.approx(expected[token], abs=1e-3)
                 top = np.argsort(-expected)[:3]
                 assert [t.logprob for t in entry.top_logprobs] == pytest.approx(expected[top].tolist(), abs=1e-3)

@@ -14,6 +14,7 @@ from infermux.engines.native.engine import NativeTextInferenceEngine  # noqa: E4
 from infermux.models import hf_folder  # noqa: E402
 from infermux.samples import read_samples  # noqa: E402
 from infermux.types import Conversation  # noqa: E402
+from tests.greedy import FLOAT32_SLACK  # noqa: E402
 from tests.logprob_bytes import SPLIT_PROMPT, SPLIT_TOKENS, assert_exact_bytes, assert_joins  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -54,15 +55,30 @@ def test_greedy_logprobs_equal_raw_generate_scores(engine: NativeTextInferenceEn
         if new and new[-1] == tokenizer.eos_token_id:  # the end of turn is not listed (as in OpenAI's API)
             new = new[:-1]
         [sample] = read_samples(row)
-        assert sample.logprobs is not None and len(sample.logprobs) == len(new)
-        for step, (token, entry) in enumerate(zip(new, sample.logprobs, strict=True)):
+        assert sample.logprobs is not None
+        # The engine ran the rows two by two, the library one alone: other shapes, the same answer up to a
+        # float32 near-tie (tests/greedy.py), after which the two are unrelated.
+        flipped = False
+        for step, (token, entry) in enumerate(zip(new, sample.logprobs, strict=False)):  # compared below
             expected = torch.log_softmax(raw.scores[step][0].float(), dim=-1)
-            assert entry.token == tokenizer.decode([token])
-            assert entry.logprob == pytest.approx(float(expected[token]), abs=1e-3)
             values, ids = torch.topk(expected, 3)
-            assert [t.token for t in entry.top_logprobs] == [tokenizer.decode([i]) for i in ids.tolist()]
+            if entry.token != tokenizer.decode([token]):
+                assert float(values[0] - values[1]) <= FLOAT32_SLACK and entry.token == tokenizer.decode([ids[1]])
+                flipped = True
+                break
+            assert entry.logprob == pytest.approx(float(expected[token]), abs=1e-3)
             assert [t.logprob for t in entry.top_logprobs] == pytest.approx(values.tolist(), abs=1e-3)
-        assert row.last_message.text == tokenizer.decode(new, skip_special_tokens=True)
+            alternatives = [tokenizer.decode([i]) for i in ids.tolist()]
+            for k, alt in enumerate(entry.top_logprobs):  # two alternatives within rounding may swap places
+                tied = [
+                    a
+                    for a, v in zip(alternatives, values.tolist(), strict=True)
+                    if abs(v - float(values[k])) <= FLOAT32_SLACK
+                ]
+                assert alt.token in tied, f"step {step}: alternative {alt.token!r}, the library's {alternatives}"
+        if not flipped:
+            assert len(sample.logprobs) == len(new)
+            assert row.last_message.text == tokenizer.decode(new, skip_special_tokens=True)
 
 
 def test_n_seeded_samples_are_distinct_and_reproducible(engine: NativeTextInferenceEngine) -> None:
