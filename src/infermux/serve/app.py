@@ -52,6 +52,8 @@ class ServerState:
     metrics: Metrics = field(init=False)
     batcher: Batcher | None = None
     secrets: tuple[str, ...] = ()
+    #: The engine's session, held from start-up to clean-up.
+    session: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack, repr=False)
 
     def __post_init__(self) -> None:
         self.metrics = Metrics(self.served_model, self.engine.name)
@@ -94,14 +96,15 @@ async def _start(app: web.Application) -> None:
     state: ServerState = app[STATE]
     if needs_batcher(state.engine):
         state.batcher = Batcher(state.engine)
-    await state.engine._start_job()  # one job for the server's life (a remote engine keeps its transport)
+    # one session for the server's life (a remote engine keeps its transport)
+    await state.session.enter_async_context(state.engine.session())
 
 
 async def _stop(app: web.Application) -> None:
     state: ServerState = app[STATE]
     if state.batcher is not None:
         await state.batcher.close()
-    await state.engine._end_job()
+    await state.session.aclose()
 
 
 # ---------------------------------------------------------------------- middlewares
@@ -259,7 +262,7 @@ class _Run:
                 yield StreamEvent(delta=result.last_message.text)
                 yield StreamEvent(conversation=result, metadata=dict(result.metadata))
                 return
-            stream = self.state.engine.astream(conversation, generation)
+            stream = self.state.engine.stream(conversation, generation)
             async with contextlib.aclosing(stream):  # type: ignore[type-var]
                 async for event in stream:
                     self._started()
