@@ -1,10 +1,10 @@
 """The aiohttp application: OpenAI routes over one infermux engine, metrics, health and the chat page.
 
-Each chat request runs as its own task and calls ``engine.astream`` (engines that batch, like LLAMACPP's
+Each chat request runs as its own task and calls ``engine.stream`` (engines that batch, like LLAMACPP's
 multi-sequence decoder, NATIVE's stream scheduler and VLLM's running engine, join concurrent calls between
 steps; local engines without streaming go through a :class:`~infermux.serve.batcher.Batcher`). Requests
 for ``n`` answers or log-probabilities get them from the final answer's samples: when streamed, each
-choice arrives whole, in one chunk carrying its index (and its log-probabilities). The engine's job is
+choice arrives whole, in one chunk carrying its index (and its log-probabilities). The engine's session is
 opened once for the server's life, so a remote engine keeps one transport: its retries, ``Retry-After``
 handling and adaptive concurrency apply across all clients. A client that disconnects cancels its
 request's task, which stops its generation.
