@@ -117,8 +117,11 @@ class InferenceEngine:
         self._checked: dict[str, None] = {}  # insertion-ordered, bounded: see remember()
         self._warned: set[str] = set()
         self._sessions = 0
+        # Settings the engine declares it cannot honour fail before a model loads or a key is read; the
+        # whole check (an engine's own _check may use what setup() loaded) runs once setup() is done.
+        self._check_declared(self.generation_params)
         self.setup()
-        self.check(self.generation_params)  # after setup(): a check may use what setup() loaded
+        self.check(self.generation_params)
 
     def setup(self) -> None:
         """Engine-specific start-up once the configs are stored (load the model, read credentials, ...).
@@ -289,9 +292,14 @@ class InferenceEngine:
         self.check(generation, tools=tools)
 
     def _check(self, generation: GenerationParams, *, tools: bool = False) -> None:
+        """The hook behind :meth:`check`: engines that can refuse more (a grammar that does not compile)
+        extend it, calling ``super()._check``; it runs after :meth:`setup`."""
+        self._check_declared(generation, tools=tools)
+
+    def _check_declared(self, generation: GenerationParams, *, tools: bool = False) -> None:
         """Say once (warning, or error when strict) what of ``generation`` (and of an input that offers
-        ``tools``) this engine cannot honour, before any row runs; values the provider would reject are
-        an error."""
+        ``tools``) this engine's declared capabilities and limits cannot honour; values the provider
+        would reject are an error. It needs only the configs, so ``__init__`` runs it before ``setup()``."""
         key = generation.model_dump_json() + ("+tools" if tools else "")
         if key not in self._checked:
             check_params(
