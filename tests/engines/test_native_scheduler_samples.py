@@ -62,8 +62,8 @@ def test_samples_and_logprobs_share_steps_with_other_streams_and_answer_as_alone
     engine: NativeTextInferenceEngine,
 ) -> None:
     # Today's non-scheduled path (the batch decode under the model lock) gives the reference answers.
-    [sampled_alone] = engine.answer([conv("Name a fruit.")], SAMPLED)
-    [scored_alone] = engine.answer([conv("What is the capital of France?")], SCORED)
+    [sampled_alone] = engine.answer_blocking([conv("Name a fruit.")], SAMPLED)
+    [scored_alone] = engine.answer_blocking([conv("What is the capital of France?")], SCORED)
     assert isinstance(sampled_alone, Conversation) and isinstance(scored_alone, Conversation)
     assert engine._scheduler is not None
     engine._scheduler.stats["max_rows"] = 0  # the most rows in one step, from here on

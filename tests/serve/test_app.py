@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from infermux.configs.generation_params import GenerationParams
 from infermux.configs.model_params import ModelParams
 from infermux.engines.registry import engine_class
+from infermux.errors import RowError
 from infermux.serve.app import create_app
 from infermux.serve.batcher import needs_batcher
 
@@ -79,6 +80,39 @@ def test_a_failed_row_is_an_error_and_the_next_request_is_served() -> None:
         assert r.status == 200
 
     run(check)
+
+
+def test_a_row_the_engine_refuses_is_the_same_400_with_or_without_the_batcher() -> None:
+    """The row check runs before a request reaches the engine, on the batcher's path as on the stream's."""
+
+    def refusing(concurrency: int) -> Any:
+        engine = echo_engine(concurrency=concurrency)
+
+        def check_conversation(conversation: Any) -> RowError | None:
+            if "secret" in conversation.last_message.text:
+                return RowError(kind="unsupported_input", message="ECHO does not repeat secrets.")
+            return None
+
+        engine.check_conversation = check_conversation
+        return engine
+
+    seen = []
+    for engine in (refusing(1), refusing(4)):
+
+        async def check(client: TestClient, engine: Any) -> None:
+            calls = engine.calls
+            for stream in (False, True):
+                r = await client.post("/v1/chat/completions", json=body("my secret", stream=stream))
+                assert r.status == 400
+                seen.append((await r.json())["error"])
+            assert engine.calls == calls  # refused before the engine ran
+            r = await client.post("/v1/chat/completions", json=body("fine"))
+            assert r.status == 200
+
+        run(check, engine)
+    assert needs_batcher(refusing(1)) and not needs_batcher(refusing(4))
+    assert seen[0]["message"] == "ECHO does not repeat secrets." and seen[0]["code"] == "invalid_input"
+    assert all(error == seen[0] for error in seen)
 
 
 def test_auth_protects_the_api_and_metrics_not_health_or_page() -> None:

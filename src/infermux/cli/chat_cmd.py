@@ -66,7 +66,7 @@ async def stream_answer(
     engine: InferenceEngine, conversation: Conversation, generation: GenerationParams, answer: Answer, write: Any
 ) -> None:
     """Stream ``engine``'s answer to ``conversation`` through ``write``, recording it in ``answer``."""
-    events = engine.astream(conversation, generation)
+    events = engine.stream(conversation, generation)
     try:
         async for event in events:
             if event.final:
@@ -163,7 +163,7 @@ def run_chat(
             tools=tools,
         )
         if tools:
-            engine.check_params(cfg.generation, tools=True)
+            engine.check(cfg.generation, tools=True)
         for notice in session.notices:
             sys.stderr.write(f"note: {notice}\n")
         code = asyncio.run(_interactive(engine, session) if interactive else _piped(engine, session))

@@ -7,12 +7,13 @@ so a batch lost with its replica is simply sent again and a row is written once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from typing import Any
 
 from infermux.configs.inference_config import InferenceConfig
 from infermux.errors import ErrorKind, InfermuxError, RowError
-from infermux.jobs.loop import _run_chunks
+from infermux.jobs.loop import run_chunks
 from infermux.jobs.rows import InputRow, with_default_tools
 from infermux.types import Conversation, Tool
 
@@ -38,7 +39,7 @@ class Replica:
             self.engine = build_engine(config)
         except Exception as exc:  # reported by ready(): a constructor error would only say "actor died"
             self.error = (type(exc).__name__, str(exc))
-        self._started = False
+        self._session: contextlib.AsyncExitStack | None = None  # the engine's session, from the first batch
         self._serial: asyncio.Lock | None = None
 
     async def ready(self) -> dict[str, Any]:
@@ -62,9 +63,9 @@ class Replica:
         """Answer ``rows`` in order (failures as ``RowError``), exactly as the one-machine job loop does."""
         if self.engine is None:
             raise ReplicaStartError(self.error[1] if self.error else "engine not built")
-        if not self._started:
-            self._started = True
-            await self.engine._start_job()
+        if self._session is None:
+            self._session = contextlib.AsyncExitStack()
+            await self._session.enter_async_context(self.engine.session())
         if self._serial is None:
             self._serial = asyncio.Lock()
         if self.tools:
@@ -76,14 +77,15 @@ class Replica:
             results[position[row.row_id]] = result
 
         if self.engine.max_concurrency() > 1:  # a remote engine: its transport bounds the requests
-            await _run_chunks(self.engine, rows, self.generation, keep)
+            await run_chunks(self.engine, rows, self.generation, keep)
         else:  # a local engine answers one batch at a time; the next one waits here, already delivered
             async with self._serial:
-                await _run_chunks(self.engine, rows, self.generation, keep)
+                await run_chunks(self.engine, rows, self.generation, keep)
         return [r if r is not None else RowError(kind=ErrorKind.INTERNAL, message="no result") for r in results]
 
     async def close(self) -> None:
         if self.engine is not None:
-            if self._started:
-                await self.engine._end_job()
+            if self._session is not None:
+                session, self._session = self._session, None
+                await session.aclose()
             self.engine.close()

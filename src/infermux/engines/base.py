@@ -1,7 +1,16 @@
 """The engine contract.
 
-An engine subclasses :class:`InferenceEngine`, declares its :class:`Capabilities`, and implements one
-seam::
+Runners (the batch loop, ``serve``, chat, the Ray replica) call four public entry points, which engines
+do not override:
+
+- :meth:`InferenceEngine.answer` answers a chunk of conversations, each failure a :class:`RowError`
+  (the row check, exceptions turned into errors, the length check: what happens before a row runs);
+- :meth:`InferenceEngine.stream` streams one answer (the settings and the row checked first);
+- :meth:`InferenceEngine.session` holds the engine's connections open while inside (it nests);
+- :meth:`InferenceEngine.check` checks generation settings before any row runs.
+
+An engine subclasses :class:`InferenceEngine`, declares its :class:`Capabilities`, and implements
+protected hooks: ``setup`` (load the model, read credentials), and::
 
     async def _infer_chunk(self, conversations, generation) -> list[Conversation | RowError]
 
@@ -10,10 +19,8 @@ metadata)``, each failure a :class:`RowError`). ``chunk_size()`` and ``max_concu
 batch loop how to feed it: a local engine takes large chunks one at a time (and runs its blocking
 library call through ``asyncio.to_thread``); a remote engine takes one row per chunk with many chunks
 in flight. Everything else (reading input, resume, ordering, progress, errors as data) is the batch
-loop's, in :mod:`infermux.jobs.loop`.
-
-Streaming (chat) uses :meth:`InferenceEngine.astream`, which engines that can stream override; the
-default yields the whole answer at once.
+loop's, in :mod:`infermux.jobs.loop`. Engines that stream implement ``_stream`` (the default yields the
+whole answer at once); engines with sessions implement ``_open``/``_close``.
 
 The engine is the model adapter only. Jobs (input files, resume, fingerprints, row ids) live in
 :mod:`infermux.jobs`; ``infer``, ``ainfer`` and ``run_file`` here are conveniences over
@@ -24,6 +31,8 @@ Engines import their heavy library in ``__init__`` (first use), never at module 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -112,8 +121,12 @@ class InferenceEngine:
         self.last_report: BatchReport | None = None
         self._checked: dict[str, None] = {}  # insertion-ordered, bounded: see remember()
         self._warned: set[str] = set()
-        self._check(self.generation_params)
+        self._sessions = 0
+        # Settings the engine declares it cannot honour fail before a model loads or a key is read; the
+        # whole check (an engine's own _check may use what setup() loaded) runs once setup() is done.
+        self._check_declared(self.generation_params)
         self.setup()
+        self.check(self.generation_params)
 
     def setup(self) -> None:
         """Engine-specific start-up once the configs are stored (load the model, read credentials, ...).
@@ -121,26 +134,130 @@ class InferenceEngine:
         Engines override this (calling ``super().setup()``) instead of repeating the constructor.
         """
 
-    # ------------------------------------------------------------------ the seam
+    # ------------------------------------------------------------------ entry points (runners call these)
+    async def answer(
+        self, conversations: list[Conversation], generation: GenerationParams
+    ) -> list[Conversation | RowError]:
+        """Answer ``conversations`` in order, each failure as a :class:`RowError` (never raises for a row).
+
+        Rows :meth:`check_conversation` refuses fail without reaching the engine; a chunk-wide exception
+        becomes the error of each row that ran. Call it inside :meth:`session`. Not overridden: engines
+        implement :meth:`_infer_chunk`.
+        """
+        results: list[Conversation | RowError | None] = [None] * len(conversations)
+        runnable: list[int] = []
+        for i, conversation in enumerate(conversations):
+            problem = self.check_conversation(conversation)
+            if problem is not None:
+                results[i] = problem
+            else:
+                runnable.append(i)
+        if runnable:
+            try:
+                out = await self._infer_chunk([conversations[i] for i in runnable], generation)
+                if len(out) != len(runnable):
+                    raise RuntimeError(f"engine returned {len(out)} results for {len(runnable)} rows")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a chunk-wide failure becomes a failure of each of its rows
+                error = RowError.from_exception(exc)
+                out = [error] * len(runnable)
+            for i, result in zip(runnable, out, strict=True):
+                results[i] = result
+        return [r if r is not None else RowError(kind="internal", message="no result") for r in results]
+
+    async def stream(
+        self, conversation: Conversation, generation: GenerationParams | None = None
+    ) -> AsyncIterator[StreamEvent]:
+        """Stream one answer: text deltas, then one final event with the conversation.
+
+        The settings and the row are checked first (:meth:`check`: an :class:`~infermux.errors.InputError`
+        for a row the engine cannot run), and the answer runs inside a :meth:`session`. Not overridden:
+        engines that stream implement :meth:`_stream`.
+        """
+        generation = generation or self.generation_params
+        self.check(generation, conversation=conversation)
+        async with self.session():
+            stream = self._stream(conversation, generation)
+            async with contextlib.aclosing(stream):  # type: ignore[type-var]
+                async for event in stream:
+                    yield event
+
+    #: Oumi's name for :meth:`stream`.
+    astream = stream
+
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[None]:
+        """Hold the engine's sessions open (a remote engine's connection pool) while inside.
+
+        Sessions nest and may overlap (a server, its requests, several runners on one engine): the first
+        to enter opens (:meth:`_open`), the last to leave closes (:meth:`_close`).
+        """
+        if self._sessions == 0:
+            await self._open()
+        self._sessions += 1
+        try:
+            yield
+        finally:
+            self._sessions -= 1
+            if self._sessions == 0:
+                await self._close()
+
+    def check(
+        self,
+        generation: GenerationParams | None = None,
+        *,
+        tools: bool = False,
+        conversation: Conversation | None = None,
+    ) -> None:
+        """Say (a warning, or an error in strict mode) what of ``generation`` this engine cannot honour, and
+        whether it cannot take the tools an input offers (``tools``); callers run it before any row.
+
+        With ``conversation`` (one request, as ``serve`` and chat have), a row this engine cannot run
+        raises :class:`~infermux.errors.InputError`.
+        """
+        self._check(generation or self.generation_params, tools=tools)
+        if conversation is not None:
+            problem = self.check_conversation(conversation)
+            if problem is not None:
+                raise InputError(problem.message)
+
+    @classmethod
+    def streams_itself(cls) -> bool:
+        """Whether this engine implements :meth:`_stream` (rather than answering a stream at once)."""
+        return cls._stream is not InferenceEngine._stream
+
+    # ------------------------------------------------------------------ hooks (engines implement these)
     async def _infer_chunk(
         self, conversations: list[Conversation], generation: GenerationParams
     ) -> list[Conversation | RowError]:
         """Answer ``conversations`` in order. Subclasses implement this."""
         raise NotImplementedError
 
+    async def _stream(self, conversation: Conversation, generation: GenerationParams) -> AsyncIterator[StreamEvent]:
+        """Stream one checked answer inside a session. The default runs the whole answer and yields it once;
+        engines that stream override it."""
+        (result,) = await self._infer_chunk([conversation], generation)
+        if isinstance(result, RowError):
+            from infermux.errors import RemoteError
+
+            raise RemoteError(result.message, status=result.status, retryable=result.retryable, kind=result.kind)
+        yield StreamEvent(delta=result.last_message.text)
+        yield StreamEvent(conversation=result, metadata=dict(result.metadata))
+
+    async def _open(self) -> None:
+        """Open sessions (connections, pools) when the first :meth:`session` starts, in its event loop."""
+
+    async def _close(self) -> None:
+        """Close them when the last :meth:`session` ends."""
+
     def chunk_size(self, generation: GenerationParams) -> int:
-        """Rows handed to one ``_infer_chunk`` call."""
+        """Rows handed to one :meth:`answer` call."""
         return generation.batch_size
 
     def max_concurrency(self) -> int:
-        """``_infer_chunk`` calls in flight at once."""
+        """:meth:`answer` calls in flight at once."""
         return 1
-
-    async def _start_job(self) -> None:
-        """Called in the job's event loop before the first chunk (open sessions here)."""
-
-    async def _end_job(self) -> None:
-        """Called in the job's event loop after the last chunk (close sessions here)."""
 
     def check_ready(self) -> None:
         """Raise :class:`~infermux.errors.ConfigError` when the engine cannot run a job as built (for
@@ -176,14 +293,18 @@ class InferenceEngine:
         return check_limits(label, self.capabilities, generation)
 
     def check_params(self, generation: GenerationParams | None = None, *, tools: bool = False) -> None:
-        """Say (a warning, or an error in strict mode) what of ``generation`` this engine cannot honour, and
-        whether it cannot take the tools an input offers (``tools``); callers run it before any row."""
-        self._check(generation or self.generation_params, tools=tools)
+        """Older name of :meth:`check`."""
+        self.check(generation, tools=tools)
 
     def _check(self, generation: GenerationParams, *, tools: bool = False) -> None:
+        """The hook behind :meth:`check`: engines that can refuse more (a grammar that does not compile)
+        extend it, calling ``super()._check``; it runs after :meth:`setup`."""
+        self._check_declared(generation, tools=tools)
+
+    def _check_declared(self, generation: GenerationParams, *, tools: bool = False) -> None:
         """Say once (warning, or error when strict) what of ``generation`` (and of an input that offers
-        ``tools``) this engine cannot honour, before any row runs; values the provider would reject are
-        an error."""
+        ``tools``) this engine's declared capabilities and limits cannot honour; values the provider
+        would reject are an error. It needs only the configs, so ``__init__`` runs it before ``setup()``."""
         key = generation.model_dump_json() + ("+tools" if tools else "")
         if key not in self._checked:
             check_params(
@@ -256,27 +377,6 @@ class InferenceEngine:
             row_ids=row_ids,
             tools=tools,
         )
-
-    async def astream(
-        self, conversation: Conversation, generation: GenerationParams | None = None
-    ) -> AsyncIterator[StreamEvent]:
-        """Stream one answer. The default runs the whole answer and yields it once."""
-        generation = generation or self.generation_params
-        self._check(generation)
-        problem = self.check_conversation(conversation)
-        if problem is not None:
-            raise InputError(problem.message)
-        await self._start_job()
-        try:
-            (result,) = await self._infer_chunk([conversation], generation)
-        finally:
-            await self._end_job()
-        if isinstance(result, RowError):
-            from infermux.errors import RemoteError
-
-            raise RemoteError(result.message, status=result.status, retryable=result.retryable, kind=result.kind)
-        yield StreamEvent(delta=result.last_message.text)
-        yield StreamEvent(conversation=result, metadata=dict(result.metadata))
 
     def close(self) -> None:
         """Release the model or connections (engines override as needed)."""

@@ -18,7 +18,7 @@
 
 Rows reach vLLM continuously (:mod:`.vllm_feed`): the job keeps ``max_concurrency()`` small chunks in
 flight, each chunk joins the running engine at its next step and is written as soon as its own rows end,
-so vLLM's batch never drains at a chunk's tail and the rows held in vLLM stay bounded. ``astream``
+so vLLM's batch never drains at a chunk's tail and the rows held in vLLM stay bounded. ``stream``
 (:mod:`.vllm_stream`) feeds one conversation the same way and yields its text step by step, so
 concurrent chats and ``infermux serve`` requests join vLLM's running batch between steps.
 """
@@ -271,14 +271,12 @@ class VLLMInferenceEngine(InferenceEngine):
             self._feeder = Feeder(self._llm)
         return self._feeder
 
-    async def astream(
-        self, conversation: Conversation, generation: GenerationParams | None = None
-    ) -> AsyncIterator[StreamEvent]:
+    async def _stream(self, conversation: Conversation, generation: GenerationParams) -> AsyncIterator[StreamEvent]:
         """Yield text as vLLM generates it (the request joins the running engine between steps), then the
         final conversation: see :mod:`.vllm_stream`."""
         from infermux.engines.vllm_stream import stream_reply
 
-        async for event in stream_reply(self, conversation, generation or self.generation_params):
+        async for event in stream_reply(self, conversation, generation):
             yield event
 
     def _enqueue(self, llm: Any, chats: list[Any], params: Any) -> list[str]:

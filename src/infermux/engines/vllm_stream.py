@@ -65,13 +65,9 @@ async def stream_reply(
     would answer it: same text, finish reason and usage). Several answers, log-probabilities and rows
     that offer tools (their text is parsed into calls at the end) come whole, as one delta."""
     if wants_samples(generation) or conversation.tools:
-        async for event in InferenceEngine.astream(engine, conversation, generation):
+        async for event in InferenceEngine._stream(engine, conversation, generation):
             yield event
         return
-    engine.check_params(generation)
-    problem = engine.check_conversation(conversation)
-    if problem is not None:
-        raise InputError(problem.message)
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Any] = asyncio.Queue()
 

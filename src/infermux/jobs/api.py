@@ -77,7 +77,7 @@ def prepare_input(input_path: str | Path, *, offered_tools: list[bool] | None = 
     """Check every line of the input file; return its row ids in order (see the module docstring).
 
     ``offered_tools`` receives, per row, whether it offers tools (for the engine's capability check,
-    ``engine._check(generation, tools=any(offered_tools))``, before any row runs).
+    ``engine.check(generation, tools=any(offered_tools))``, before any row runs).
     """
     if offered_tools is None:
         return validate_file(input_path)
@@ -161,9 +161,9 @@ async def run_job_file(
     if row_ids is None:
         offered: list[bool] = []
         row_ids = prepare_input(input_path, offered_tools=offered)
-        engine._check(generation, tools=bool(tools) or any(offered))
+        engine.check(generation, tools=bool(tools) or any(offered))
     else:
-        engine._check(generation, tools=bool(tools))
+        engine.check(generation, tools=bool(tools))
     fingerprint = fingerprint or engine_fingerprint(engine, generation)
     if tools:
         fingerprint = tools_fingerprint(fingerprint, tools)
@@ -248,7 +248,7 @@ async def _run_config_job(
     try:
         engine = build_engine(config)
         try:
-            engine._check(config.generation, tools=bool(tools) or any(offered))  # before any row runs
+            engine.check(config.generation, tools=bool(tools) or any(offered))  # before any row runs
             return await run_job_file(
                 engine,
                 config.input_path,
@@ -290,7 +290,7 @@ async def _ainfer(
     generation = config.generation if config else engine.generation_params
     if conversations is not None:
         conversations = list(conversations)
-        engine._check(generation, tools=any(c.tools for c in conversations))
+        engine.check(generation, tools=any(c.tools for c in conversations))
     output_path = config.output_path if config else None
     if conversations is None:
         if config is None or not config.input_path:

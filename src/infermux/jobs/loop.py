@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from infermux.jobs.cache import AnswerCache
     from infermux.jobs.cost import Pricing
 
-__all__ = ["BatchReport", "JobFiles", "record_result", "run_job"]  # JobFiles re-exported
+__all__ = ["BatchReport", "JobFiles", "record_result", "run_chunks", "run_job"]  # JobFiles re-exported
 
 logger = logging.getLogger("infermux.jobs")
 
@@ -98,7 +98,7 @@ def _chunks(rows: Iterable[InputRow], size: int) -> Iterator[list[InputRow]]:
 OnResult = Callable[[InputRow, "Conversation | RowError"], None]
 
 
-async def _run_chunks(
+async def run_chunks(
     engine: InferenceEngine,
     rows: Iterable[InputRow],
     generation: GenerationParams,
@@ -126,36 +126,11 @@ async def _run_chunks(
                 chunk = misses
                 if not chunk:
                     continue
-            for row, result in zip(chunk, await _infer_safely(engine, chunk, generation), strict=True):
+            answers = await engine.answer([row.conversation for row in chunk], generation)
+            for row, result in zip(chunk, answers, strict=True):
                 on_result(row, result)
 
     await asyncio.gather(*(work() for _ in range(workers)))
-
-
-async def _infer_safely(
-    engine: InferenceEngine, chunk: list[InputRow], generation: GenerationParams
-) -> list[Conversation | RowError]:
-    results: list[Conversation | RowError | None] = [None] * len(chunk)
-    runnable: list[int] = []
-    for i, row in enumerate(chunk):
-        problem = engine.check_conversation(row.conversation)
-        if problem is not None:
-            results[i] = problem
-        else:
-            runnable.append(i)
-    if runnable:
-        try:
-            out = await engine._infer_chunk([chunk[i].conversation for i in runnable], generation)
-            if len(out) != len(runnable):
-                raise RuntimeError(f"engine returned {len(out)} results for {len(runnable)} rows")
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # a chunk-wide failure becomes a failure of each of its rows
-            error = RowError.from_exception(exc)
-            out = [error] * len(runnable)
-        for i, result in zip(runnable, out, strict=True):
-            results[i] = result
-    return [r if r is not None else RowError(kind="internal", message="no result") for r in results]
 
 
 def _count_usage(report: BatchReport, conversation: Conversation) -> None:
@@ -287,17 +262,14 @@ async def run_job(
     if on_progress is not None:
         on_progress(report)  # once before any row: progress displays get the report (and the total)
     try:
-        await engine._start_job()
-        try:
+        async with engine.session():
             use_lookup = cache is not None or bool(settled)
             # Nothing to skip and no budget (in-memory jobs): the rows as they come, without a filter.
             pending = todo() if done or budget is not None else rows()
             plain = cache is None and pricing is None  # no pricing: no budget either
-            await _run_chunks(
+            await run_chunks(
                 engine, pending, generation, on_plain_result if plain else on_result, lookup if use_lookup else None
             )
-        finally:
-            await engine._end_job()
     finally:
         if files is not None:
             files.close()

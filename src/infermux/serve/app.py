@@ -1,10 +1,10 @@
 """The aiohttp application: OpenAI routes over one infermux engine, metrics, health and the chat page.
 
-Each chat request runs as its own task and calls ``engine.astream`` (engines that batch, like LLAMACPP's
+Each chat request runs as its own task and calls ``engine.stream`` (engines that batch, like LLAMACPP's
 multi-sequence decoder, NATIVE's stream scheduler and VLLM's running engine, join concurrent calls between
 steps; local engines without streaming go through a :class:`~infermux.serve.batcher.Batcher`). Requests
 for ``n`` answers or log-probabilities get them from the final answer's samples: when streamed, each
-choice arrives whole, in one chunk carrying its index (and its log-probabilities). The engine's job is
+choice arrives whole, in one chunk carrying its index (and its log-probabilities). The engine's session is
 opened once for the server's life, so a remote engine keeps one transport: its retries, ``Retry-After``
 handling and adaptive concurrency apply across all clients. A client that disconnects cancels its
 request's task, which stops its generation.
@@ -52,6 +52,8 @@ class ServerState:
     metrics: Metrics = field(init=False)
     batcher: Batcher | None = None
     secrets: tuple[str, ...] = ()
+    #: The engine's session, held from start-up to clean-up.
+    session: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack, repr=False)
 
     def __post_init__(self) -> None:
         self.metrics = Metrics(self.served_model, self.engine.name)
@@ -94,14 +96,15 @@ async def _start(app: web.Application) -> None:
     state: ServerState = app[STATE]
     if needs_batcher(state.engine):
         state.batcher = Batcher(state.engine)
-    await state.engine._start_job()  # one job for the server's life (a remote engine keeps its transport)
+    # one session for the server's life (a remote engine keeps its transport)
+    await state.session.enter_async_context(state.engine.session())
 
 
 async def _stop(app: web.Application) -> None:
     state: ServerState = app[STATE]
     if state.batcher is not None:
         await state.batcher.close()
-    await state.engine._end_job()
+    await state.session.aclose()
 
 
 # ---------------------------------------------------------------------- middlewares
@@ -260,7 +263,7 @@ class _Run:
                 yield StreamEvent(delta=result.last_message.text)
                 yield StreamEvent(conversation=result, metadata=dict(result.metadata))
                 return
-            stream = self.state.engine.astream(conversation, generation)
+            stream = self.state.engine.stream(conversation, generation)
             async with contextlib.aclosing(stream):  # type: ignore[type-var]
                 async for event in stream:
                     self._started()

@@ -1,12 +1,15 @@
 """Concurrent requests gathered into one engine call, for local engines that cannot stream themselves.
 
-An engine whose ``astream`` is the base default answers one conversation per ``_infer_chunk`` call; on
-a local engine that takes one chunk at a time (``max_concurrency() == 1``) concurrent calls would run
-one after another, or race on one model (LLAMACPP, NATIVE and VLLM stream themselves). The
-:class:`Batcher` queues requests and, whenever the engine is free, hands every waiting request with the
-same generation settings to one ``_infer_chunk`` call (up to ``chunk_size``), so requests that arrive
-while a batch runs join the next one. Requests whose client went away before their batch starts are
-dropped; a batch already running finishes.
+An engine that does not stream itself answers one conversation per ``engine.stream`` call; on a local
+engine that takes one chunk at a time (``max_concurrency() == 1``) concurrent calls would run one after
+another, or race on one model (LLAMACPP, NATIVE and VLLM stream themselves). The :class:`Batcher`
+queues requests and, whenever the engine is free, hands every waiting request with the same generation
+settings to one ``engine.answer`` call (up to ``chunk_size``), so requests that arrive while a batch
+runs join the next one. Requests whose client went away before their batch starts are dropped; a batch
+already running finishes.
+
+A request is checked as ``engine.stream`` checks it (``engine.check`` with the conversation) before it
+is queued: a row the engine cannot run fails with the same :class:`~infermux.errors.InputError`.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ __all__ = ["Batcher", "needs_batcher"]
 
 def needs_batcher(engine: InferenceEngine) -> bool:
     """Whether concurrent requests on ``engine`` should go through a :class:`Batcher`."""
-    return type(engine).astream is InferenceEngine.astream and engine.max_concurrency() == 1
+    return not engine.streams_itself() and engine.max_concurrency() == 1
 
 
 @dataclass
@@ -45,6 +48,8 @@ class Batcher:
         self._task: asyncio.Task[None] | None = None
 
     async def answer(self, conversation: Conversation, generation: GenerationParams) -> Conversation | RowError:
+        """The answer to one request, or its error; raises what ``engine.check`` raises for it."""
+        self.engine.check(generation, conversation=conversation)
         if self._task is None:
             self._task = asyncio.create_task(self._run())
         pending = _Pending(conversation, generation)
@@ -75,8 +80,8 @@ class Batcher:
 
     async def _answer(self, batch: list[_Pending]) -> None:
         try:
-            results = await self.engine._infer_chunk([p.conversation for p in batch], batch[0].generation)
-        except Exception as exc:
+            results = await self.engine.answer([p.conversation for p in batch], batch[0].generation)
+        except Exception as exc:  # answer() turns the engine's errors into rows: this is a last resort
             results = [RowError.from_exception(exc)] * len(batch)
         for pending, result in zip(batch, results, strict=True):
             if not pending.future.done():

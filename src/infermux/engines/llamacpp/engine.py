@@ -159,8 +159,7 @@ class LlamaCppInferenceEngine(InferenceEngine):
 
     def _check(self, generation: GenerationParams, *, tools: bool = False) -> None:
         super()._check(generation, tools=tools)
-        if hasattr(self, "_specs"):
-            self._spec(generation)  # an invalid grammar or bias fails before the job starts
+        self._spec(generation)  # an invalid grammar or bias fails before the job starts
 
     async def _infer_chunk(
         self, conversations: list[Conversation], generation: GenerationParams
@@ -246,19 +245,14 @@ class LlamaCppInferenceEngine(InferenceEngine):
         return conv.with_reply(text, usage=usage, finish_reason=finish_reason, tool_calls=calls)
 
     # ------------------------------------------------------------------ streaming
-    async def astream(
-        self, conversation: Conversation, generation: GenerationParams | None = None
-    ) -> AsyncIterator[StreamEvent]:
+    async def _stream(self, conversation: Conversation, generation: GenerationParams) -> AsyncIterator[StreamEvent]:
         """Yield text as the tokens are generated (with their log-probabilities when asked), then the final
         conversation."""
-        generation = generation or self.generation_params
         if generation.n > 1:  # several answers: the whole answer at once
-            async for event in super().astream(conversation, generation):
+            async for event in super()._stream(conversation, generation):
                 yield event
             return
-        self._check(generation)
-        problem = self.check_conversation(conversation)
-        prompt = problem or self._prompt(conversation, generation)
+        prompt = self._prompt(conversation, generation)
         if isinstance(prompt, RowError):
             raise InputError(prompt.message)
         spec = self._spec(tool_prompting.constrained_generation(conversation, generation))

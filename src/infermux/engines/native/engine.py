@@ -7,7 +7,7 @@
   compute goes to padding), left-padded with an attention mask, and generated with the KV cache.
 - Rows opening with the same long prefix (a shared system prompt) are kept in one batch; the decode loop
   evaluates that prefix once and shares its KV cache across them.
-- Streaming: concurrent ``astream`` calls (``infermux serve``) decode together in one batch that new
+- Streaming: concurrent ``stream`` calls (``infermux serve``) decode together in one batch that new
   requests join between steps and finished or abandoned ones leave (:mod:`.scheduler`); a request for
   ``n`` answers or log-probabilities joins as ``n`` rows and is answered as ``infer`` answers it. The
   last answer's KV cache is kept, so a chat's next turn evaluates only its new tokens.
@@ -119,9 +119,11 @@ class NativeTextInferenceEngine(InferenceEngine):
     async def _infer_chunk(
         self, conversations: list[Conversation], generation: GenerationParams
     ) -> list[Conversation | RowError]:
-        return await asyncio.to_thread(self.answer, conversations, generation)
+        return await asyncio.to_thread(self.answer_blocking, conversations, generation)
 
-    def answer(self, conversations: list[Conversation], generation: GenerationParams) -> list[Conversation | RowError]:
+    def answer_blocking(
+        self, conversations: list[Conversation], generation: GenerationParams
+    ) -> list[Conversation | RowError]:
         """Answer ``conversations`` in order, blocking (the batch loop calls this in a thread)."""
         results: list[Conversation | RowError | None] = [None] * len(conversations)
         prompts: dict[int, list[int]] = {}
@@ -264,15 +266,8 @@ class NativeTextInferenceEngine(InferenceEngine):
         return should_stop
 
     # ------------------------------------------------------------------ streaming
-    async def astream(
-        self, conversation: Conversation, generation: GenerationParams | None = None
-    ) -> AsyncIterator[StreamEvent]:
+    async def _stream(self, conversation: Conversation, generation: GenerationParams) -> AsyncIterator[StreamEvent]:
         """Stream one answer token by token; concurrent calls decode together (:mod:`.scheduler`)."""
-        generation = generation or self.generation_params
-        self._check(generation)
-        problem = self.check_conversation(conversation)
-        if problem is not None:
-            raise InputError(problem.message)
         forced = tool_prompting.constrained_generation(conversation, generation) is not generation
         samples = wants_samples(generation)
         # Beam search and guided decoding (forced tool calls too) run through model.generate, which owns
@@ -280,7 +275,7 @@ class NativeTextInferenceEngine(InferenceEngine):
         # n > 1 and logprobs without a scheduler (models the decode loop cannot drive) take it as well.
         whole = generation.guided_decoding is not None or generation.num_beams > 1 or forced
         if whole or (samples and self._scheduler is None):
-            async for event in super().astream(conversation, generation):
+            async for event in super()._stream(conversation, generation):
                 yield event
             return
         from infermux.engines.native import stream

@@ -118,7 +118,6 @@ class RemoteEngine(InferenceEngine):
             raise ConfigError(f"remote_params.api_url: {exc}") from None
         self.headers = SecretHeaders(self.build_headers(api_key))
         self._transport: Transport[Conversation] | None = None
-        self._jobs = 0
 
     def _missing_key_message(self, params: RemoteParams) -> str:
         names = [n for n in (params.api_key_env_varname, self.api_key_env) if n]
@@ -165,9 +164,8 @@ class RemoteEngine(InferenceEngine):
                 "http://localhost:8000/v1) or its full endpoint URL."
             )
 
-    async def _start_job(self) -> None:
+    async def _open(self) -> None:
         self.check_ready()
-        self._jobs += 1
         if self._transport is None:
             auth_hint = ""
             if self.api_key_env:
@@ -178,9 +176,8 @@ class RemoteEngine(InferenceEngine):
             await transport.__aenter__()
             self._transport = transport
 
-    async def _end_job(self) -> None:
-        self._jobs -= 1
-        if self._jobs <= 0 and self._transport is not None:
+    async def _close(self) -> None:
+        if self._transport is not None:
             transport, self._transport = self._transport, None
             await transport.__aexit__(None, None, None)
 
@@ -225,48 +222,37 @@ class RemoteEngine(InferenceEngine):
         """The decoder of this protocol's streamed events."""
         raise NotImplementedError
 
-    async def astream(
-        self, conversation: Conversation, generation: GenerationParams | None = None
-    ) -> AsyncIterator[StreamEvent]:
+    async def _stream(self, conversation: Conversation, generation: GenerationParams) -> AsyncIterator[StreamEvent]:
         """Stream one answer over server-sent events (engines without streaming answer at once)."""
         # Several answers or log-probabilities come whole: a stream shows one answer's text.
-        if not self.capabilities.streaming or wants_samples(generation or self.generation_params):
-            async for whole in super().astream(conversation, generation):
+        if not self.capabilities.streaming or wants_samples(generation):
+            async for whole in super()._stream(conversation, generation):
                 yield whole
             return
-        generation = generation or self.generation_params
-        self._check(generation)
-        problem = self.check_conversation(conversation)
-        if problem is not None:
-            raise InputError(problem.message)
-        await self._start_job()
+        assert self._transport is not None
         try:
-            assert self._transport is not None
-            try:
-                request = self.build_stream_request(conversation, generation)
-            except (ValueError, OSError) as exc:
-                raise InputError(redact(str(exc), self._secrets)) from None
-            decoder = self.stream_decoder(conversation)
-            tokens = (estimate_tokens(request_chars(conversation)), generation.max_new_tokens)
-            events = self._transport.stream(request, tokens=tokens)
-            try:
-                async for event in events:
-                    try:
-                        delta = decoder.feed(event)
-                    except (ValueError, KeyError, TypeError, IndexError) as exc:
-                        raise RemoteError(
-                            f"unparsable streamed event ({type(exc).__name__}: {exc}): {event.data[:200]!r}",
-                            kind="malformed_response",
-                        ) from None
-                    if delta:
-                        yield StreamEvent(delta=delta)
-                    if decoder.done:
-                        break
-            finally:
-                await events.aclose()  # type: ignore[attr-defined]
-            result = decoder.result()
+            request = self.build_stream_request(conversation, generation)
+        except (ValueError, OSError) as exc:
+            raise InputError(redact(str(exc), self._secrets)) from None
+        decoder = self.stream_decoder(conversation)
+        tokens = (estimate_tokens(request_chars(conversation)), generation.max_new_tokens)
+        events = self._transport.stream(request, tokens=tokens)
+        try:
+            async for event in events:
+                try:
+                    delta = decoder.feed(event)
+                except (ValueError, KeyError, TypeError, IndexError) as exc:
+                    raise RemoteError(
+                        f"unparsable streamed event ({type(exc).__name__}: {exc}): {event.data[:200]!r}",
+                        kind="malformed_response",
+                    ) from None
+                if delta:
+                    yield StreamEvent(delta=delta)
+                if decoder.done:
+                    break
         finally:
-            await self._end_job()
+            await events.aclose()  # type: ignore[attr-defined]
+        result = decoder.result()
         yield StreamEvent(conversation=result, metadata=dict(result.metadata))
 
     def __repr__(self) -> str:

@@ -219,11 +219,11 @@ class BedrockInferenceEngine(InferenceEngine):
     def max_concurrency(self) -> int:
         return self.num_workers
 
-    async def _start_job(self) -> None:
+    async def _open(self) -> None:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=self.num_workers, thread_name_prefix="infermux-bedrock")
 
-    async def _end_job(self) -> None:
+    async def _close(self) -> None:
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=False)
