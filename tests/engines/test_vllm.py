@@ -153,15 +153,24 @@ def texts(out: list[Conversation]) -> list[str]:
 
 
 def raw_chat(eng: VLLMInferenceEngine, prompts: list[str], lora=None, **sampling):
+    """Raw ``LLM.chat`` from an empty prefix cache, as :func:`cold_run` runs the engine: the same batch and
+    the same whole prefills on both sides (a warm cache prefills only the rest: other shapes, other sums)."""
     from vllm import SamplingParams
 
     messages = [[{"role": "user", "content": p}] for p in prompts]
+    reset_prefix_cache(eng.llm)
     return eng.llm.chat(messages, SamplingParams(**sampling), use_tqdm=False, lora_request=lora)
+
+
+def cold_run(eng: VLLMInferenceEngine, prompts: list[str], **gen) -> list[Conversation]:
+    """:func:`run` from an empty prefix cache (see :func:`raw_chat`)."""
+    reset_prefix_cache(eng.llm)
+    return run(eng, prompts, **gen)
 
 
 @pytest.mark.slow
 def test_greedy_output_equals_raw_llm_chat(engine):
-    out = run(engine, QUESTIONS, max_new_tokens=40)
+    out = cold_run(engine, QUESTIONS, max_new_tokens=40)
     raw = raw_chat(engine, QUESTIONS, temperature=0.0, max_tokens=40)
     assert texts(out) == [r.outputs[0].text for r in raw]
     assert all(t.strip() for t in texts(out))
@@ -207,15 +216,15 @@ def test_max_new_tokens_and_stops(engine):
     (full,) = raw_chat(engine, prompt, temperature=0.0, max_tokens=40)
     ids, text = full.outputs[0].token_ids, full.outputs[0].text
 
-    (short,) = run(engine, prompt, max_new_tokens=5)
+    (short,) = cold_run(engine, prompt, max_new_tokens=5)
     assert short.metadata["usage"]["completion_tokens"] == 5 and short.metadata["finish_reason"] == "length"
     assert text.startswith(short.last_message.text)
 
     word = text.split()[3]
-    (stopped,) = run(engine, prompt, max_new_tokens=40, stop_strings=[word])
+    (stopped,) = cold_run(engine, prompt, max_new_tokens=40, stop_strings=[word])
     assert stopped.last_message.text == text[: text.index(word)]
 
-    (by_id,) = run(engine, prompt, max_new_tokens=40, stop_token_ids=[ids[4]])
+    (by_id,) = cold_run(engine, prompt, max_new_tokens=40, stop_token_ids=[ids[4]])
     assert by_id.metadata["finish_reason"] == "stop"
     assert by_id.metadata["usage"]["completion_tokens"] == ids.index(ids[4]) + 1
 
@@ -290,14 +299,16 @@ def test_chat_template_override(engine, tmp_path):
     eng = copy.copy(engine)  # the same LLM, another chat template (a second LLM would cost a minute)
     eng._chat_template = resolve_chat_template(str(template))
     assert eng._chat_template.startswith("{% for")
-    (out,) = run(eng, ["2+2="], max_new_tokens=8)
+    (out,) = cold_run(eng, ["2+2="], max_new_tokens=8)
     from vllm import SamplingParams
 
+    reset_prefix_cache(engine.llm)
     (raw,) = engine.llm.generate(["2+2=\nAnswer: "], SamplingParams(temperature=0.0, max_tokens=8), use_tqdm=False)
     assert out.last_message.text == raw.outputs[0].text
     # A built-in template name (what VLLMInferenceEngine.__init__ resolves model.chat_template with).
     eng._chat_template = resolve_chat_template("default")
-    (out,) = run(eng, ["2+2="], max_new_tokens=8)
+    (out,) = cold_run(eng, ["2+2="], max_new_tokens=8)
+    reset_prefix_cache(engine.llm)
     (raw,) = engine.llm.generate(
         ["User: 2+2=\nAssistant:"], SamplingParams(temperature=0.0, max_tokens=8), use_tqdm=False
     )
@@ -317,7 +328,7 @@ def lora_engine(tiny_lora: Path, engine):
 @pytest.mark.slow
 def test_lora_adapter_is_applied_with_its_rank(lora_engine, engine, tiny_lora):
     assert lora_engine.llm_kwargs["enable_lora"] is True and lora_engine.llm_kwargs["max_lora_rank"] == 8
-    adapted = texts(run(lora_engine, QUESTIONS[:4], max_new_tokens=24))
+    adapted = texts(cold_run(lora_engine, QUESTIONS[:4], max_new_tokens=24))
     from vllm.lora.request import LoRARequest
 
     raw = raw_chat(
@@ -484,7 +495,7 @@ def gen_config(eng: VLLMInferenceEngine, **gen):
 @pytest.mark.slow
 def test_n_samples_and_logprobs_equal_raw_llm_chat(engine):
     prompts = QUESTIONS[:2]
-    out = run(engine, prompts, n=3, temperature=1.0, seed=5, logprobs=True, top_logprobs=2, max_new_tokens=12)
+    out = cold_run(engine, prompts, n=3, temperature=1.0, seed=5, logprobs=True, top_logprobs=2, max_new_tokens=12)
     raw = raw_chat(engine, prompts, n=3, temperature=1.0, seed=5, logprobs=2, max_tokens=12)
     for row, expected in zip(out, raw, strict=True):
         samples = row.metadata["samples"]
