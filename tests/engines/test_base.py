@@ -1,6 +1,9 @@
-"""StreamEvent: the typed usage of a final event."""
+"""StreamEvent: the typed usage of a final event; an engine written against the earlier seam still streams."""
 
-from infermux.engines.base import StreamEvent
+import asyncio
+
+from infermux.configs import ModelParams
+from infermux.engines.base import InferenceEngine, StreamEvent
 from infermux.types import Conversation, Usage
 
 
@@ -11,3 +14,29 @@ def test_stream_event_usage() -> None:
     final = StreamEvent(conversation=reply, metadata=dict(reply.metadata))
     assert final.usage == Usage.of(2, 3)
     assert StreamEvent(delta="x").usage is None
+
+
+class _OldSeamEngine(InferenceEngine):
+    """A plugin written before ``_stream``: it overrode ``astream``."""
+
+    engine_type = "OLD_SEAM"
+
+    async def _infer_chunk(self, conversations, generation):  # type: ignore[no-untyped-def]
+        return [c.with_reply("whole") for c in conversations]
+
+    async def astream(self, conversation, generation=None):  # type: ignore[no-untyped-def,override]
+        yield StreamEvent(delta="pie")
+        yield StreamEvent(delta="ces")
+        reply = conversation.with_reply("pieces")
+        yield StreamEvent(conversation=reply, metadata=dict(reply.metadata))
+
+
+def test_an_engine_that_overrode_astream_streams_through_the_entry_points() -> None:
+    engine = _OldSeamEngine(ModelParams(model_name="m"))
+    conversation = Conversation.model_validate({"messages": [{"role": "user", "content": "hi"}]})
+
+    async def collect(method: str) -> list[str]:
+        return [e.delta async for e in getattr(engine, method)(conversation) if e.delta]
+
+    assert asyncio.run(collect("stream")) == asyncio.run(collect("astream")) == ["pie", "ces"]
+    assert _OldSeamEngine.streams_itself()

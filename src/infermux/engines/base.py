@@ -106,6 +106,15 @@ class InferenceEngine:
     #: The pip extra that installs this engine's dependencies (for error messages).
     extra: ClassVar[str | None] = None
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        legacy = cls.__dict__.get("astream")
+        if legacy is not None and legacy is not InferenceEngine.stream and "_stream" not in cls.__dict__:
+            # An engine written against the earlier seam overrode ``astream``: that is its stream hook now,
+            # and runners still check the row and open a session around it through :meth:`stream`.
+            cls._stream = legacy  # type: ignore[method-assign]
+            cls.astream = InferenceEngine.stream  # type: ignore[method-assign]
+
     def __init__(
         self,
         model_params: ModelParams,
