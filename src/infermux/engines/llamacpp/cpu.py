@@ -39,8 +39,6 @@ __all__ = [
     "system_info_text",
 ]
 
-#: CPU flags (``/proc/cpuinfo``) of the AMX units whose llama.cpp path crashes.
-AMX_FLAGS = frozenset({"amx_tile", "amx_int8", "amx_bf16"})
 _swap_lock = threading.RLock()
 
 
