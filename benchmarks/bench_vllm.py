@@ -48,7 +48,7 @@ def main() -> None:
     from vllm import SamplingParams
 
     from infermux.configs import GenerationParams, ModelParams
-    from infermux.engines.vllm import VLLMInferenceEngine
+    from infermux.engines.vllm.engine import VLLMInferenceEngine
 
     engine = VLLMInferenceEngine(
         ModelParams(model_name="smollm2-135m-instruct", model_max_length=2048),

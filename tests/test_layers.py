@@ -178,7 +178,7 @@ def test_the_walk_sees_lazy_type_only_and_string_imports() -> None:
     assert ("infermux.jobs.api", "infermux.jobs.loop", "module") in edges
     assert ("infermux.engines.base", "infermux.jobs.api", "lazy") in edges
     assert ("infermux.jobs.loop", "infermux.engines.base", "type") in edges
-    assert ("infermux.engines.registry", "infermux.engines.vllm", "string") in edges
+    assert ("infermux.engines.registry", "infermux.engines.vllm.engine", "string") in edges
 
 
 def test_registry_rows_name_engine_modules() -> None:

