@@ -17,7 +17,8 @@ import pytest
 from infermux.configs import GenerationParams, ModelParams
 from infermux.configs.generation_params import GuidedDecodingParams
 from infermux.configs.loader import load_config
-from infermux.engines.vllm.engine import CPU_KV_CACHE_BYTES, VLLMInferenceEngine, llm_kwargs, lora_rank, resolve_model
+from infermux.engines.vllm.engine import VLLMInferenceEngine
+from infermux.engines.vllm.loading import CPU_KV_CACHE_BYTES, llm_kwargs, lora_rank, resolve_model
 from infermux.errors import ConfigError, ModelNotFoundError
 from infermux.models import gguf_path, hf_folder
 from infermux.types import Conversation

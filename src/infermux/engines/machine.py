@@ -316,7 +316,7 @@ def _vllm_attention() -> str:
 
 
 def _vllm_kv_cache() -> str:
-    from infermux.engines.vllm.engine import CPU_KV_CACHE_BYTES
+    from infermux.engines.vllm.loading import CPU_KV_CACHE_BYTES
 
     space = os.environ.get("VLLM_CPU_KVCACHE_SPACE")
     if space:

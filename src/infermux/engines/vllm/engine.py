@@ -16,6 +16,7 @@
   included): rows sharing a system prompt or few-shot block compute it once. ``enable_prefix_caching:
   false`` in ``model_kwargs`` turns it off.
 
+Loading (what ``LLM`` loads, its keyword arguments, the LoRA rank) is in :mod:`.loading`.
 Rows reach vLLM continuously (:mod:`.feed`): the job keeps ``max_concurrency()`` small chunks in
 flight, each chunk joins the running engine at its next step and is written as soon as its own rows end,
 so vLLM's batch never drains at a chunk's tail and the rows held in vLLM stay bounded. ``stream``
@@ -25,25 +26,21 @@ concurrent chats and ``infermux serve`` requests join vLLM's running batch betwe
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any, ClassVar
 
 from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams, GuidedDecodingParams
-from infermux.configs.model_params import ModelParams
 from infermux.engines.base import InferenceEngine, StreamEvent, remember
 from infermux.engines.capabilities import Capabilities
 from infermux.engines.token_bytes import TokenBytes
 from infermux.engines.tool_calls import calls_from_forced, forced_schema, template_messages, template_tools, tools_key
 from infermux.engines.vllm.feed import rejected_input
+from infermux.engines.vllm.loading import llm_kwargs, local_adapter, lora_rank, resolve_model
 from infermux.engines.vllm.tools import vllm_tool_parser
-from infermux.errors import ConfigError, EngineUnavailableError, ErrorKind, ModelNotFoundError, RowError, install_hint
-from infermux.models.default import DEFAULT_MODEL_ALIAS
-from infermux.samples import reply_with_samples, token_logprob
+from infermux.errors import ConfigError, EngineUnavailableError, ErrorKind, RowError, install_hint
+from infermux.samples import reply_with_samples, token_logprob, wants_samples
 from infermux.templates import resolve_chat_template
 from infermux.types import Conversation, FinishReason, Sample, TokenLogprob, Usage
 
@@ -54,10 +51,6 @@ logger = logging.getLogger("infermux.engines.vllm")
 #: Rows per chunk, and chunks in flight: together more than vLLM schedules at once (its CPU default is
 #: 256 sequences), so its batch stays full; a chunk is written as soon as its rows end.
 CHUNK_SIZE, CHUNKS_IN_FLIGHT = 32, 16
-#: KV cache on CPU when neither the user nor ``VLLM_CPU_KVCACHE_SPACE`` sizes it.
-CPU_KV_CACHE_BYTES = 2 * 1024**3
-# The ranks vLLM's LoRA kernels are built for; an adapter's rank is rounded up to the next one.
-_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 _LORA_NAME = "infermux_adapter"
 # GenerationParams fields mapped onto SamplingParams (beyond the ones every engine honours).
 _SAMPLING_FIELDS = [
@@ -76,108 +69,6 @@ _SAMPLING_FIELDS = [
     "logprobs",
     "top_logprobs",
 ]
-
-
-def lora_rank(adapter: str) -> int:
-    """The LoRA rank ``r`` of ``adapter`` (a local folder, or a hub id already in the local cache)."""
-    config_file = Path(adapter).expanduser() / "adapter_config.json"
-    if not config_file.is_file():
-        if Path(adapter).expanduser().exists():
-            raise ModelNotFoundError(
-                f"{adapter}: not a LoRA adapter folder (no adapter_config.json). "
-                "Point model.adapter_model at the folder peft's save_pretrained wrote."
-            )
-        config_file = _hub_file(adapter, "adapter_config.json")
-    try:
-        rank = json.loads(config_file.read_text(encoding="utf-8"))["r"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"{config_file}: cannot read the LoRA rank 'r' ({exc}).") from exc
-    if not isinstance(rank, int) or rank < 1:
-        raise ConfigError(f"{config_file}: LoRA rank 'r' must be a positive integer, got {rank!r}.")
-    return rank
-
-
-def _hub_file(repo_id: str, filename: str) -> Path:
-    try:
-        from huggingface_hub import hf_hub_download
-
-        return Path(hf_hub_download(repo_id, filename))
-    except Exception as exc:
-        raise ModelNotFoundError(
-            f"LoRA adapter {repo_id!r} is neither a local folder nor in the Hugging Face cache, and could not "
-            f"be downloaded ({type(exc).__name__}: {exc}). Download it first or give a local path."
-        ) from exc
-
-
-def _vllm_lora_rank(rank: int) -> int:
-    for allowed in _LORA_RANKS:
-        if rank <= allowed:
-            return allowed
-    raise ConfigError(f"LoRA rank {rank} is larger than vLLM supports (at most {_LORA_RANKS[-1]}).")
-
-
-def llm_kwargs(model_params: ModelParams, model: str, *, on_gpu: bool) -> dict[str, Any]:
-    """Keyword arguments for ``vllm.LLM``: derived from the model fields, then ``model_kwargs`` on top."""
-    kwargs: dict[str, Any] = {"model": model, "trust_remote_code": model_params.trust_remote_code}
-    # ModelParams defaults to float32 (Oumi's default); unless the user asked for a dtype, let vLLM use
-    # the checkpoint's own (bf16/fp16 models would otherwise run at half speed and twice the memory).
-    if "torch_dtype_str" in model_params.model_fields_set:
-        kwargs["dtype"] = model_params.torch_dtype_str
-    if model_params.tokenizer_name:
-        kwargs["tokenizer"] = model_params.tokenizer_name
-    if model_params.model_revision:
-        kwargs["revision"] = model_params.model_revision
-    if model_params.model_max_length:
-        kwargs["max_model_len"] = model_params.model_max_length
-    if model_params.adapter_model:
-        kwargs["enable_lora"] = True
-        kwargs["max_lora_rank"] = _vllm_lora_rank(lora_rank(model_params.adapter_model))
-    if not on_gpu:
-        kwargs["enforce_eager"] = True
-        sized = {"kv_cache_memory_bytes", "gpu_memory_utilization"} & set(model_params.model_kwargs)
-        if not sized and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
-            kwargs["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
-    kwargs.update(model_params.model_kwargs)
-    return kwargs
-
-
-def _vllm_reads_gguf() -> bool:
-    try:
-        from vllm.model_executor.layers.quantization import QUANTIZATION_METHODS
-    except ImportError:
-        return False
-    return "gguf" in QUANTIZATION_METHODS
-
-
-def resolve_model(model_params: ModelParams, engine: object) -> str:
-    """What ``vllm.LLM`` should load for ``model_params.model_name``.
-
-    The default model's alias, and its packaged GGUF, map to its derived Hugging Face folder. Another
-    ``.gguf`` file is passed through (with ``tokenizer_name``) when the installed vLLM reads GGUF, and is
-    refused with a clear message when it does not (support was dropped from recent releases).
-    """
-    from infermux.models.default import gguf_path, resolve_model_name
-
-    model = resolve_model_name(model_params.model_name, engine)
-    if not model.endswith(".gguf"):
-        return model
-    try:
-        if Path(model).expanduser().resolve() == gguf_path().resolve():
-            return resolve_model_name(DEFAULT_MODEL_ALIAS, engine)
-    except EngineUnavailableError:
-        pass
-    if not _vllm_reads_gguf():
-        raise ConfigError(
-            f"model.model_name={model!r}: the installed vLLM cannot load GGUF files. Use the original Hugging "
-            "Face checkpoint (a folder or hub id) with the VLLM engine, or run the GGUF with engine: LLAMACPP."
-        )
-    if not model_params.tokenizer_name:
-        logger.warning(
-            "%s is a GGUF file and no tokenizer_name is set: vLLM will convert the GGUF tokenizer, which is "
-            "slow and not always faithful. Set model.tokenizer_name to the base model's tokenizer.",
-            model,
-        )
-    return model
 
 
 class VLLMInferenceEngine(InferenceEngine):
@@ -230,7 +121,7 @@ class VLLMInferenceEngine(InferenceEngine):
         if model_params.adapter_model:
             from vllm.lora.request import LoRARequest
 
-            self._lora = LoRARequest(_LORA_NAME, 1, _local_adapter(model_params.adapter_model))
+            self._lora = LoRARequest(_LORA_NAME, 1, local_adapter(model_params.adapter_model))
         self._sampling_cache: dict[str, Any] = {}
         self._feeder: Any = None
         self._llm: Any = vllm.LLM(**self.llm_kwargs)
@@ -273,10 +164,20 @@ class VLLMInferenceEngine(InferenceEngine):
 
     async def _stream(self, conversation: Conversation, generation: GenerationParams) -> AsyncIterator[StreamEvent]:
         """Yield text as vLLM generates it (the request joins the running engine between steps), then the
-        final conversation: see :mod:`.stream`."""
+        final conversation: see :mod:`.stream`. Several answers, log-probabilities and rows that offer
+        tools (their text is parsed into calls at the end) come whole, as one delta."""
+        if wants_samples(generation) or conversation.tools:
+            async for event in super()._stream(conversation, generation):
+                yield event
+            return
         from infermux.engines.vllm.stream import stream_reply
 
-        async for event in stream_reply(self, conversation, generation):
+        params = (self.sampling_params(generation), template_tools(conversation))
+
+        def answer(output: Any) -> Conversation | RowError:  # the whole output, answered as a batch row is
+            return self._reply(conversation, output, generation, None)
+
+        async for event in stream_reply(self.feeder(), template_messages(conversation), params, self._enqueue, answer):
             yield event
 
     def _enqueue(self, llm: Any, chats: list[Any], params: Any) -> list[str]:
@@ -442,13 +343,6 @@ class VLLMInferenceEngine(InferenceEngine):
         core = getattr(engine, "engine_core", None)
         if core is not None and hasattr(core, "shutdown"):
             core.shutdown()
-
-
-def _local_adapter(adapter: str) -> str:
-    path = Path(adapter).expanduser()
-    if path.is_dir():
-        return str(path)
-    return str(_hub_file(adapter, "adapter_config.json").parent)
 
 
 def _logprobs(completion: Any, top: int, raw: TokenBytes) -> list[TokenLogprob]:

@@ -10,20 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from infermux.configs.generation_params import GenerationParams
-from infermux.engines.base import InferenceEngine, StreamEvent
-from infermux.engines.tool_calls import template_messages, template_tools
+from infermux.engines.base import StreamEvent
 from infermux.engines.vllm.feed import rejected_input
-from infermux.errors import InputError
-from infermux.samples import wants_samples
+from infermux.errors import InputError, RowError
 from infermux.types import Conversation
 
 if TYPE_CHECKING:
-    from infermux.engines.vllm.engine import VLLMInferenceEngine
+    from infermux.engines.vllm.feed import Feeder
 
 __all__ = ["stream_reply"]
 
@@ -59,15 +56,15 @@ def _piece(output: Any) -> tuple[str, list[int], _Output | None]:
 
 
 async def stream_reply(
-    engine: VLLMInferenceEngine, conversation: Conversation, generation: GenerationParams
+    feeder: Feeder,
+    chat: list[Any],
+    params: Any,
+    enqueue: Callable[[Any, list[Any], Any], list[str]],
+    reply: Callable[[Any], Conversation | RowError],
 ) -> AsyncIterator[StreamEvent]:
-    """Yield ``conversation``'s answer as vLLM generates it, then the final conversation (as ``infer``
-    would answer it: same text, finish reason and usage). Several answers, log-probabilities and rows
-    that offer tools (their text is parsed into calls at the end) come whole, as one delta."""
-    if wants_samples(generation) or conversation.tools:
-        async for event in InferenceEngine._stream(engine, conversation, generation):
-            yield event
-        return
+    """Feed ``chat`` (with ``params``: sampling params and offered tools) to the running engine through
+    ``enqueue``, yield its text as vLLM generates it, then the final conversation that ``reply`` makes of
+    the whole output (as ``infer`` would answer it: same text, finish reason and usage)."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Any] = asyncio.Queue()
 
@@ -79,9 +76,7 @@ async def stream_reply(
         with contextlib.suppress(RuntimeError):  # the event loop may be gone after a cancel
             loop.call_soon_threadsafe(queue.put_nowait, piece)
 
-    params = (engine.sampling_params(generation), template_tools(conversation))
-    feeder = engine.feeder()
-    handle = feeder.stream(template_messages(conversation), params, engine._enqueue, push)
+    handle = feeder.stream(chat, params, enqueue, push)
     whole = _Output()
     done = False
     try:
@@ -104,7 +99,7 @@ async def stream_reply(
     finally:
         if not done:
             feeder.abort(handle)  # the consumer went away: vLLM drops the request at its next step
-    reply = engine._reply(conversation, whole, generation, None)
-    if not isinstance(reply, Conversation):  # no tools, no forced call: _reply answers every output
-        raise InputError(reply.message)
-    yield StreamEvent(conversation=reply, metadata=dict(reply.metadata))
+    answer = reply(whole)
+    if not isinstance(answer, Conversation):  # no tools, no forced call: the engine answers every output
+        raise InputError(answer.message)
+    yield StreamEvent(conversation=answer, metadata=dict(answer.metadata))
