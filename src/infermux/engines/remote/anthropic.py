@@ -40,9 +40,10 @@ from infermux.engines.remote.http.transport import HttpRequest
 from infermux.engines.remote.http.urls import append_path, endpoint_url
 from infermux.engines.remote.json_schema import close_objects
 from infermux.engines.remote.media import image_payload
+from infermux.engines.remote.messages import merge_turns
 from infermux.engines.tool_calls import CallPairing
 from infermux.errors import AuthenticationError, RemoteError
-from infermux.types import Conversation, FinishReason, Message, Role, Usage
+from infermux.types import Conversation, FinishReason, Message, Usage
 
 __all__ = ["ANTHROPIC_VERSION", "AnthropicInferenceEngine", "build_messages"]
 
@@ -88,32 +89,16 @@ def _content_blocks(message: Message) -> list[dict[str, Any]]:
 def build_messages(conversation: Conversation) -> tuple[str | None, list[dict[str, Any]]]:
     """The ``system`` string and the ``messages`` list for ``conversation``. Calls without an id get one
     (``toolu_<turn>_<n>``) and a tool message without ``tool_call_id`` answers the next unanswered call."""
-    system: list[str] = []
-    turns: list[dict[str, Any]] = []
-    pairing = CallPairing("toolu")
-    for index, message in enumerate(conversation.messages):
-        if message.role == Role.SYSTEM:
-            system.append(message.text)
-            continue
-        role = "user" if message.role == Role.TOOL else message.role.value
-        if message.role == Role.TOOL:
-            call_id = pairing.answer(message)
-            if call_id is None:
-                raise ValueError(f"message {index} is a tool result but no earlier assistant turn called a tool")
-            blocks = [tool_result_block(message, call_id)]
-        elif message.tool_calls:
-            blocks = assistant_blocks(message, pairing.calls(message, index), conversation.metadata)
-        else:
-            blocks = _content_blocks(message)
-        if turns and turns[-1]["role"] == role:
-            turns[-1]["content"].extend(blocks)
-        else:
-            turns.append({"role": role, "content": blocks})
+    system, turns = merge_turns(
+        conversation,
+        CallPairing("toolu"),
+        content=_content_blocks,
+        calls=lambda message, ids: assistant_blocks(message, ids, conversation.metadata),
+        result=tool_result_block,
+    )
     for turn in turns:  # a lone text block reads better (and is shorter) as a plain string
         if len(turn["content"]) == 1 and turn["content"][0]["type"] == "text":
             turn["content"] = turn["content"][0]["text"]
-    if not turns:
-        raise ValueError("the conversation has no user or assistant message to send")
     return ("\n\n".join(system) if system else None), turns
 
 

@@ -28,10 +28,11 @@ from infermux.engines.capabilities import Capabilities
 from infermux.engines.remote.bedrock_tools import reply_parts, tool_config, tool_result_block, tool_use_blocks
 from infermux.engines.remote.claude_models import SAMPLING_PARAMS, refuses_sampling, warn_dropped_sampling
 from infermux.engines.remote.media import image_payload
+from infermux.engines.remote.messages import merge_turns
 from infermux.engines.tool_calls import CallPairing
 from infermux.errors import AuthenticationError, ConfigError, ErrorKind, RemoteError, RowError
 from infermux.samples import merge_replies
-from infermux.types import Conversation, FinishReason, Message, Role, Usage
+from infermux.types import Conversation, FinishReason, Message, Usage
 
 __all__ = ["BedrockInferenceEngine", "build_converse_request"]
 
@@ -90,29 +91,14 @@ def build_converse_request(
 ) -> dict[str, Any]:
     """Keyword arguments of ``client.converse`` for ``conversation`` (without temperature and topP when
     ``sampling`` is False: models that refuse them)."""
-    system: list[dict[str, Any]] = []
-    messages: list[dict[str, Any]] = []
-    pairing = CallPairing("tooluse")
-    for index, message in enumerate(conversation.messages):
-        if message.role == Role.SYSTEM:
-            system.append({"text": message.text})
-            continue
-        role = "user" if message.role == Role.TOOL else message.role.value
-        if message.role == Role.TOOL:
-            call_id = pairing.answer(message)
-            if call_id is None:
-                raise ValueError(f"message {index} is a tool result but no earlier assistant turn called a tool")
-            blocks = [tool_result_block(message, call_id)]
-        elif message.tool_calls:
-            blocks = tool_use_blocks(message, pairing.calls(message, index), conversation.metadata)
-        else:
-            blocks = _blocks(message)
-        if messages and messages[-1]["role"] == role:
-            messages[-1]["content"].extend(blocks)
-        else:
-            messages.append({"role": role, "content": blocks})
-    if not messages:
-        raise ValueError("the conversation has no user or assistant message to send")
+    texts, messages = merge_turns(
+        conversation,
+        CallPairing("tooluse"),
+        content=_blocks,
+        calls=lambda message, ids: tool_use_blocks(message, ids, conversation.metadata),
+        result=tool_result_block,
+    )
+    system = [{"text": text} for text in texts]
     config: dict[str, Any] = {"maxTokens": generation.max_new_tokens}
     if sampling:
         config["temperature"] = generation.temperature

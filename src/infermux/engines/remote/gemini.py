@@ -33,10 +33,11 @@ from infermux.engines.remote.http.transport import HttpRequest, default_error_me
 from infermux.engines.remote.http.urls import endpoint_url
 from infermux.engines.remote.json_schema import to_gemini_schema
 from infermux.engines.remote.media import image_payload
+from infermux.engines.remote.messages import merge_turns
 from infermux.engines.tool_calls import CallPairing
 from infermux.errors import RemoteError
 from infermux.samples import reply_with_samples, token_logprob
-from infermux.types import Conversation, FinishReason, Message, Role, Sample, TokenLogprob, Usage
+from infermux.types import Conversation, FinishReason, Message, Sample, TokenLogprob, Usage
 
 __all__ = ["GoogleGeminiInferenceEngine", "build_contents", "generation_config"]
 
@@ -64,32 +65,25 @@ def _parts(message: Message) -> list[dict[str, Any]]:
 def build_contents(conversation: Conversation) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     """The ``systemInstruction`` (or None) and ``contents`` of a request for ``conversation``. A tool
     message without ``tool_call_id`` answers the next unanswered call."""
-    system: list[str] = []
-    contents: list[dict[str, Any]] = []
     names: dict[str, str] = {}  # call id -> function name, for functionResponse parts
-    pairing = CallPairing("call")
-    for index, message in enumerate(conversation.messages):
-        if message.role == Role.SYSTEM:
-            system.append(message.text)
-            continue
-        if message.role == Role.TOOL:
-            call_id = pairing.answer(message)
-            if call_id is None or call_id not in names:
-                raise ValueError(f"message {index} is a tool result that answers no earlier function call")
-            parts = [function_response_part(message, names[call_id])]
-        elif message.tool_calls:
-            ids = pairing.calls(message, index)
-            names.update({i: call.function.name for i, call in zip(ids, message.tool_calls, strict=True)})
-            parts = call_parts(message, ids, conversation.metadata)
-        else:
-            parts = _parts(message)
-        role = "model" if message.role == Role.ASSISTANT else "user"
-        if contents and contents[-1]["role"] == role:
-            contents[-1]["parts"].extend(parts)
-        else:
-            contents.append({"role": role, "parts": parts})
-    if not contents:
-        raise ValueError("the conversation has no user or assistant message to send")
+
+    def calls(message: Message, ids: list[str]) -> list[dict[str, Any]]:
+        names.update({i: call.function.name for i, call in zip(ids, message.tool_calls or [], strict=True)})
+        return call_parts(message, ids, conversation.metadata)
+
+    def result(message: Message, call_id: str) -> dict[str, Any] | None:
+        return function_response_part(message, names[call_id]) if call_id in names else None
+
+    system, contents = merge_turns(
+        conversation,
+        CallPairing("call"),
+        content=_parts,
+        calls=calls,
+        result=result,
+        assistant="model",
+        key="parts",
+        unanswered="is a tool result that answers no earlier function call",
+    )
     instruction = {"parts": [{"text": "\n\n".join(system)}]} if system else None
     return instruction, contents
 
