@@ -51,10 +51,10 @@ ENGINES: dict[str, EngineSpec] = {
         EngineSpec(E.REMOTE_VLLM.value, _R + "openai.vllm:RemoteVLLMInferenceEngine", remote=True),
         # Hosted OpenAI-compatible providers: one row each in remote/openai/providers.py.
         *(EngineSpec(p.engine.value, p.target, remote=True) for p in PROVIDERS.values()),
-        EngineSpec(E.ANTHROPIC.value, _R + "anthropic:AnthropicInferenceEngine", remote=True),
-        EngineSpec(E.GOOGLE_GEMINI.value, _R + "gemini:GoogleGeminiInferenceEngine", remote=True),
+        EngineSpec(E.ANTHROPIC.value, _R + "anthropic.engine:AnthropicInferenceEngine", remote=True),
+        EngineSpec(E.GOOGLE_GEMINI.value, _R + "gemini.engine:GoogleGeminiInferenceEngine", remote=True),
         EngineSpec(E.GOOGLE_VERTEX.value, _R + "vertex:GoogleVertexInferenceEngine", "vertex", ("google.auth",), remote=True),
-        EngineSpec(E.BEDROCK.value, _R + "bedrock:BedrockInferenceEngine", "bedrock", ("boto3",), remote=True),
+        EngineSpec(E.BEDROCK.value, _R + "bedrock.engine:BedrockInferenceEngine", "bedrock", ("boto3",), remote=True),
         EngineSpec(E.SGLANG.value, _R + "sglang:SGLangInferenceEngine", "native", ("transformers",), remote=True),
     )
 }  # fmt: skip

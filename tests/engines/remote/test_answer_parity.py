@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from infermux.configs import ModelParams, RemoteParams
-from infermux.engines.remote.anthropic import AnthropicInferenceEngine
-from infermux.engines.remote.gemini import GoogleGeminiInferenceEngine
+from infermux.engines.remote.anthropic.engine import AnthropicInferenceEngine
+from infermux.engines.remote.gemini.engine import GoogleGeminiInferenceEngine
 from infermux.engines.remote.http.sse import SseEvent
 from infermux.engines.remote.openai.format import reply as openai_reply
 from infermux.engines.remote.openai.stream import ChatCompletionStream

@@ -10,8 +10,8 @@ import pytest
 
 from infermux.configs import GenerationParams, InferenceConfig, ModelParams, RemoteParams
 from infermux.configs.generation_params import GuidedDecodingParams
-from infermux.engines.remote.anthropic import AnthropicInferenceEngine, build_messages
-from infermux.engines.remote.claude_models import refuses_sampling
+from infermux.engines.remote.anthropic.engine import AnthropicInferenceEngine, build_messages
+from infermux.engines.remote.anthropic.models import refuses_sampling
 from infermux.errors import AuthenticationError, ConfigError
 from infermux.types import ContentItem, Conversation, Message, Role, Type
 from tests.fakes import FakeAnthropic, tiny_png

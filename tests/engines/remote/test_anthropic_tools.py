@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from infermux.configs import GenerationParams, ModelParams, RemoteParams
-from infermux.engines.remote.anthropic import AnthropicInferenceEngine
-from infermux.engines.remote.anthropic_tools import THINKING_KEY
+from infermux.engines.remote.anthropic.engine import AnthropicInferenceEngine
+from infermux.engines.remote.anthropic.tools import THINKING_KEY
 from infermux.types import Conversation, Message, Role
 from tests.fakes import FakeAnthropic
 

@@ -15,7 +15,7 @@ import pytest
 
 from infermux.configs import GenerationParams, ModelParams, RemoteParams
 from infermux.configs.generation_params import GuidedDecodingParams
-from infermux.engines.remote.anthropic import AnthropicInferenceEngine
+from infermux.engines.remote.anthropic.engine import AnthropicInferenceEngine
 from infermux.types import ContentItem, Conversation, Message, Role, Type
 from tests.fakes import tiny_png
 

@@ -14,7 +14,7 @@ from botocore.exceptions import ParamValidationError
 from botocore.stub import ANY, Stubber
 
 from infermux.configs import GenerationParams, ModelParams, RemoteParams
-from infermux.engines.remote.bedrock import BedrockInferenceEngine
+from infermux.engines.remote.bedrock.engine import BedrockInferenceEngine
 from infermux.errors import ConfigError
 from infermux.types import ContentItem, Conversation, Message, Role, Type
 from tests.fakes import tiny_png
@@ -218,7 +218,7 @@ def test_a_service_quota_is_a_quota_error_with_advice_not_retried(engine: Bedroc
 
 
 def test_prompt_tokens_include_prompt_cache_reads_and_writes() -> None:
-    from infermux.engines.remote.bedrock import parse_converse_response
+    from infermux.engines.remote.bedrock.engine import parse_converse_response
 
     response = {
         "output": {"message": {"role": "assistant", "content": [{"text": "ok"}]}},

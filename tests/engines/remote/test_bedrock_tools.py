@@ -14,8 +14,8 @@ pytest.importorskip("boto3")
 from botocore.stub import ANY, Stubber
 
 from infermux.configs import GenerationParams, ModelParams, RemoteParams
-from infermux.engines.remote.bedrock import BedrockInferenceEngine
-from infermux.engines.remote.bedrock_tools import REASONING_KEY
+from infermux.engines.remote.bedrock.engine import BedrockInferenceEngine
+from infermux.engines.remote.bedrock.tools import REASONING_KEY
 from infermux.types import Conversation, Message, Role
 
 MODEL = "anthropic.claude-3-5-sonnet-20240620-v1:0"

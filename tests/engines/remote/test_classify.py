@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import pytest
 
 from infermux.configs import ModelParams, RemoteParams
-from infermux.engines.remote.anthropic import AnthropicInferenceEngine
-from infermux.engines.remote.gemini import GoogleGeminiInferenceEngine
+from infermux.engines.remote.anthropic.engine import AnthropicInferenceEngine
+from infermux.engines.remote.gemini.engine import GoogleGeminiInferenceEngine
 from infermux.engines.remote.http.classify import body_retry_hint, permanent_failure
 from infermux.engines.remote.openai.openai import OpenAIInferenceEngine
 from infermux.types import Conversation

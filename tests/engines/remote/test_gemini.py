@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from infermux.configs import GenerationParams, ModelParams, RemoteParams
 from infermux.configs.generation_params import GuidedDecodingParams
-from infermux.engines.remote.gemini import GoogleGeminiInferenceEngine, generation_config
+from infermux.engines.remote.gemini.engine import GoogleGeminiInferenceEngine, generation_config
 from infermux.errors import AuthenticationError
 from infermux.types import ContentItem, Conversation, Message, Role, Type
 from tests.fakes import FakeGemini, tiny_png

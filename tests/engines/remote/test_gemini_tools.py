@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from infermux.configs import GenerationParams, ModelParams, RemoteParams
-from infermux.engines.remote.gemini import GoogleGeminiInferenceEngine
-from infermux.engines.remote.gemini_tools import SIGNATURES_KEY
+from infermux.engines.remote.gemini.engine import GoogleGeminiInferenceEngine
+from infermux.engines.remote.gemini.tools import SIGNATURES_KEY
 from infermux.types import Conversation, Message, Role
 from tests.fakes import FakeGemini
 

@@ -64,9 +64,9 @@ def test_bytes_carried_by_a_path_or_url_item_are_the_image(tmp_path: Path) -> No
 
 def test_every_protocol_sends_the_bytes_of_an_image_path_item(tmp_path: Path) -> None:
     from infermux.configs import GenerationParams
-    from infermux.engines.remote.anthropic import build_messages
-    from infermux.engines.remote.bedrock import build_converse_request
-    from infermux.engines.remote.gemini import build_contents
+    from infermux.engines.remote.anthropic.engine import build_messages
+    from infermux.engines.remote.bedrock.engine import build_converse_request
+    from infermux.engines.remote.gemini.engine import build_contents
     from infermux.engines.remote.openai.format import encode_message
     from infermux.types import Conversation, Message, Role
 

@@ -158,8 +158,8 @@ def test_a_complete_reply_with_no_choices_is_a_content_filter_block() -> None:
 
 
 def test_a_pydantic_instance_as_guided_json_is_its_classs_schema_on_every_protocol() -> None:
-    from infermux.engines.remote.anthropic import AnthropicInferenceEngine
-    from infermux.engines.remote.gemini import generation_config
+    from infermux.engines.remote.anthropic.engine import AnthropicInferenceEngine
+    from infermux.engines.remote.gemini.engine import generation_config
     from infermux.engines.remote.openai.format import json_response_format
 
     class City(BaseModel):

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from infermux.configs import GenerationParams, ModelParams, RemoteParams
-from infermux.engines.remote.anthropic import AnthropicInferenceEngine
-from infermux.engines.remote.gemini import GoogleGeminiInferenceEngine
+from infermux.engines.remote.anthropic.engine import AnthropicInferenceEngine
+from infermux.engines.remote.gemini.engine import GoogleGeminiInferenceEngine
 from infermux.engines.remote.openai.engine import RemoteInferenceEngine
 from infermux.errors import UnsupportedParamError
 from infermux.samples import read_samples

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import pytest
 
 from infermux.configs import ModelParams, RemoteParams
-from infermux.engines.remote.anthropic import AnthropicInferenceEngine
-from infermux.engines.remote.gemini import GoogleGeminiInferenceEngine
+from infermux.engines.remote.anthropic.engine import AnthropicInferenceEngine
+from infermux.engines.remote.gemini.engine import GoogleGeminiInferenceEngine
 from infermux.engines.remote.http.urls import append_path, endpoint_url
 from infermux.engines.remote.openai.format import chat_completions_url
 from infermux.errors import ConfigError

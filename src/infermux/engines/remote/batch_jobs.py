@@ -1,7 +1,7 @@
 """Provider batch APIs as engine methods, written once for every protocol that has one.
 
 A protocol module (OpenAI's Batch API in :mod:`.openai.batch_api`, Anthropic's Message Batches in
-:mod:`.anthropic_batch`) provides the coroutines ``asubmit(engine, input_path, output_path, generation,
+:mod:`.anthropic.batches`) provides the coroutines ``asubmit(engine, input_path, output_path, generation,
 fingerprint)``, ``astatus(engine, output_path)`` and ``afetch(engine, input_path, output_path, fingerprint)``,
 and where the provider has them ``acancel(engine, output_path)`` and ``alist(engine, limit)``. An engine
 class mixes in :class:`BatchJobsMixin` and names that module in ``batch_protocol``; the CLI (``infermux

@@ -13,7 +13,7 @@ Protocol mapping (from Google's Gemini API reference):
   ``text/x.enum`` with a string enum;
 * ``n``: ``candidateCount``; log-probabilities: ``responseLogprobs`` and ``logprobs`` (top alternatives),
   read back from each candidate's ``logprobsResult`` (``chosenCandidates``, ``topCandidates``);
-* function calling and thoughts: see :mod:`.gemini_tools`;
+* function calling and thoughts: see :mod:`.tools`;
 * auth: the ``x-goog-api-key`` header (``GEMINI_API_KEY``). Google answers a bad key with 400
   ``API_KEY_INVALID``; the error message then says which variable to fix.
 """
@@ -27,7 +27,7 @@ from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams
 from infermux.engines.capabilities import Capabilities
 from infermux.engines.remote.base import RemoteEngine
-from infermux.engines.remote.gemini_tools import call_parts, function_response_part, reply_parts, tool_fields
+from infermux.engines.remote.gemini.tools import call_parts, function_response_part, reply_parts, tool_fields
 from infermux.engines.remote.http.sse import SseEvent
 from infermux.engines.remote.http.transport import HttpRequest, default_error_message
 from infermux.engines.remote.http.urls import endpoint_url

@@ -10,7 +10,7 @@ Protocol mapping (from Anthropic's API reference):
   ``stop_sequences``; guided JSON becomes ``output_config.format`` (``json_schema``, objects closed
   with ``additionalProperties: false`` as structured outputs require);
 * the reply's text blocks are joined; ``usage`` and ``stop_reason`` go to the metadata;
-* tools, ``tool_use`` / ``tool_result`` blocks and thinking: see :mod:`.anthropic_tools`;
+* tools, ``tool_use`` / ``tool_result`` blocks and thinking: see :mod:`.tools`;
 * prompt caching (``remote_params.anthropic_prompt_caching``): the system prompt goes as one text
   block, and the last tool definition (when tools are sent), with ``cache_control: {type: ephemeral}``,
   which caches the prompt up to that point. Usage then reports ``cache_read_input_tokens`` and
@@ -19,7 +19,7 @@ Protocol mapping (from Anthropic's API reference):
   cache writes (priced at their own rates).
 
 Auth is the ``x-api-key`` header (``ANTHROPIC_API_KEY``) plus ``anthropic-version``. Message Batches
-(``infermux batch ...``) live in :mod:`.anthropic_batch`.
+(``infermux batch ...``) live in :mod:`.batches`.
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams
 from infermux.configs.remote_params import RemoteParams
 from infermux.engines.capabilities import Capabilities
-from infermux.engines.remote.anthropic_batch import MessageBatchesMixin
-from infermux.engines.remote.anthropic_tools import assistant_blocks, reply_parts, tool_fields, tool_result_block
+from infermux.engines.remote.anthropic.batches import MessageBatchesMixin
+from infermux.engines.remote.anthropic.models import SAMPLING_PARAMS, refuses_sampling, warn_dropped_sampling
+from infermux.engines.remote.anthropic.tools import assistant_blocks, reply_parts, tool_fields, tool_result_block
 from infermux.engines.remote.base import RemoteEngine
-from infermux.engines.remote.claude_models import SAMPLING_PARAMS, refuses_sampling, warn_dropped_sampling
 from infermux.engines.remote.http.sse import SseEvent
 from infermux.engines.remote.http.transport import HttpRequest
 from infermux.engines.remote.http.urls import append_path, endpoint_url

@@ -8,7 +8,7 @@ Request mapping (from the Converse API reference): system messages → ``system`
 user/assistant turns (consecutive same-role turns merged) with ``text`` and ``image`` blocks (every
 image of a message, as bytes with its format, or an ``s3Location``); ``inferenceConfig`` with
 maxTokens, temperature, topP, stopSequences; ``model.model_kwargs`` → ``additionalModelRequestFields``.
-Tools: ``toolConfig``, ``toolUse`` / ``toolResult`` blocks and reasoning, see :mod:`.bedrock_tools`.
+Tools: ``toolConfig``, ``toolUse`` / ``toolResult`` blocks and reasoning, see :mod:`.tools`.
 The reply's text blocks are joined; ``usage``, ``stopReason`` and latency go to the metadata.
 """
 
@@ -25,8 +25,8 @@ from infermux.configs.generation_params import GenerationParams
 from infermux.configs.remote_params import RemoteParams
 from infermux.engines.base import InferenceEngine
 from infermux.engines.capabilities import Capabilities
-from infermux.engines.remote.bedrock_tools import reply_parts, tool_config, tool_result_block, tool_use_blocks
-from infermux.engines.remote.claude_models import SAMPLING_PARAMS, refuses_sampling, warn_dropped_sampling
+from infermux.engines.remote.anthropic.models import SAMPLING_PARAMS, refuses_sampling, warn_dropped_sampling
+from infermux.engines.remote.bedrock.tools import reply_parts, tool_config, tool_result_block, tool_use_blocks
 from infermux.engines.remote.media import image_payload
 from infermux.engines.remote.messages import merge_turns
 from infermux.engines.tool_calls import CallPairing
