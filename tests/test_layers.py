@@ -47,10 +47,6 @@ ALLOWED: dict[str, tuple[set[str], str]] = {
     "infermux.engines.remote.batch_jobs": ({_JOBS + m for m in ("api", "files", "rows", "sync")}, "batch runner"),
     "infermux.engines.remote.openai.batch_api": ({_JOBS + m for m in ("cost", "rows")}, "batch runner"),
     "infermux.engines.remote.anthropic.batches": ({_JOBS + "rows"}, "batch runner"),
-    # Issue 22 (W3): a plugin engine's name is checked against the registry (entry points), and the error
-    # lists the names in the registry's order; moving that into configs changes the message. It goes with
-    # the one identity row per engine.
-    "infermux.configs.inference_config": ({"infermux.engines.registry"}, "engine names"),
 }
 
 _TARGET = re.compile(r"infermux(\.\w+)+:\w+")

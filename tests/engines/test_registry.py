@@ -61,3 +61,48 @@ def test_missing_extra_names_the_pip_command(monkeypatch):
     monkeypatch.setattr(registry, "_module_present", lambda m: m != "boto3")
     with pytest.raises(EngineUnavailableError, match=r"pip install 'infermux\[bedrock\]'"):
         engine_class("BEDROCK")
+
+
+@pytest.mark.parametrize("name", sorted(ENGINES))
+def test_the_row_says_local_or_remote_and_its_batch_client_as_the_class_does(name):
+    """The identity row is the one place kind and batch client are written; the classes must agree."""
+    from infermux.engines.registry import BATCH_OPERATIONS
+
+    spec = ENGINES[name]
+    assert spec.kind in ("local", "remote") and spec.remote == (spec.kind == "remote")
+    assert spec.batch is None or spec.batch in BATCH_OPERATIONS
+    if not is_available(name):
+        return
+    cls = engine_class(name)
+    local = cls.__module__.startswith(("infermux.engines.native", "infermux.engines.llamacpp", "infermux.engines.vllm"))
+    assert spec.kind == ("local" if local else "remote")
+    assert (spec.batch is not None) == cls.capabilities.batch_api
+
+
+def test_batch_operations_come_from_the_row_and_for_plugins_from_their_methods():
+    from infermux.configs import ModelParams, RemoteParams
+    from infermux.engines.registry import batch_operations
+
+    model, params = ModelParams(model_name="m"), RemoteParams(api_key="k")
+    anthropic = engine_class("ANTHROPIC")(model, remote_params=params)
+    openai = engine_class("OPENAI")(model, remote_params=params)
+    gemini = engine_class("GOOGLE_GEMINI")(model, remote_params=params)
+    assert batch_operations(anthropic) == {"submit", "status", "fetch", "cancel", "list"}
+    assert batch_operations(openai) == {"submit", "status", "fetch"}
+    assert batch_operations(gemini) == frozenset()
+
+    class Plugin(type(gemini)):  # type: ignore[misc]
+        engine_type = "MY_PLUGIN"
+
+        def submit_batch(self) -> None: ...
+
+        def batch_status(self) -> None: ...
+
+    assert batch_operations(Plugin(model, remote_params=params)) == {"submit", "status"}
+
+
+def test_configs_know_plugin_names_without_the_registry():
+    from infermux.configs.engine_type import engine_name, plugin_targets
+
+    assert plugin_targets()["ECHO"] == engine_specs()["ECHO"].target
+    assert engine_name(InferenceEngineType.GEMINI) == "GOOGLE_GEMINI" and engine_name("ECHO") == "ECHO"

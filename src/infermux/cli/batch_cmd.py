@@ -174,7 +174,9 @@ def cancel(
 
     with user_errors():
         cfg, eng = _setup(ctx, config, None, output_path, engine, log_level)
-        if not hasattr(eng, "cancel_batch"):
+        from infermux.engines.registry import batch_operations
+
+        if "cancel" not in batch_operations(eng):
             fail(f"cancel is not available for {eng.name}; cancel in the provider's console.")
         _print_state(eng.cancel_batch(cfg.output_path))
         print("then run `infermux batch fetch` (add --rerun-failed to answer the canceled rows online)")
@@ -190,12 +192,12 @@ def list_(
 ) -> None:
     """List the account's most recent batches (ANTHROPIC), whatever job created them."""
     from infermux.cli.common import fail, load_cli_config, setup_logging, user_errors
-    from infermux.engines.registry import build_engine
+    from infermux.engines.registry import batch_operations, build_engine
 
     setup_logging(log_level)
     with user_errors():
-        eng = build_engine(load_cli_config(config, list(ctx.args), engine=engine))
-        if not hasattr(eng, "list_batches"):
+        eng: Any = build_engine(load_cli_config(config, list(ctx.args), engine=engine))
+        if "list" not in batch_operations(eng):
             fail(f"list is not available for {eng.name}.")
         for batch in eng.list_batches(limit):
             counts = batch.get("request_counts") or {}

@@ -7,6 +7,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from infermux.cli.common import EXIT_BUDGET, EXIT_ROWS_FAILED, fail, load_cli_config, setup_logging, user_errors
+from infermux.configs.engine_type import engine_name
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -67,8 +68,7 @@ def run_infer(
                 fail("--dry-run plans a batch job: give --input_path (or input_path in the config).")
             from infermux.jobs.plan import plan_job
 
-            engine_name = cfg.resolved_engine()
-            print(plan_job(cfg).describe(str(getattr(engine_name, "value", engine_name)), cfg.model.model_name))
+            print(plan_job(cfg).describe(engine_name(cfg.resolved_engine()), cfg.model.model_name))
             return
         if interactive or not cfg.input_path:
             if ray is not None:

@@ -1,10 +1,20 @@
-"""The names of the engines, as the SPEC spells them."""
+"""The names of the engines, as the SPEC spells them, and the names plugins add.
+
+Configs check an ``engine:`` name here, without importing the engine registry: the built-in names are
+the members of :class:`InferenceEngineType`, a plugin's name is its entry in the ``infermux.engines``
+entry-point group (:func:`plugin_targets`, which the registry reads too).
+"""
 
 from __future__ import annotations
 
 import enum
+from functools import lru_cache
+from importlib.metadata import entry_points
 
-__all__ = ["InferenceEngineType"]
+__all__ = ["ENTRY_POINT_GROUP", "InferenceEngineType", "engine_name", "plugin_targets"]
+
+#: The entry-point group through which third-party packages add engines (name -> "module:Class").
+ENTRY_POINT_GROUP = "infermux.engines"
 
 
 class InferenceEngineType(str, enum.Enum):
@@ -40,3 +50,16 @@ class InferenceEngineType(str, enum.Enum):
     def _missing_(cls, value: object) -> InferenceEngineType | None:
         # By name as well as by value, case-insensitive: "gemini" and "GEMINI" are GOOGLE_GEMINI.
         return cls.__members__.get(str(value).strip().upper())
+
+
+def engine_name(engine: object) -> str:
+    """The name an engine goes by in configs, files and messages: a member's value, a plugin's name as
+    given (``str`` of a member is its value, so this is ``str``; one name for the one rule)."""
+    return str(engine)
+
+
+@lru_cache(maxsize=1)
+def plugin_targets() -> dict[str, str]:
+    """Engines registered by installed plugins: name -> ``"module:Class"`` (built-in names win)."""
+    builtin = {member.value for member in InferenceEngineType}
+    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name not in builtin}

@@ -8,7 +8,7 @@ from pydantic import Field, field_validator
 
 from infermux.configs._base import ConfigModel
 from infermux.configs.distributed_params import DistributedParams
-from infermux.configs.engine_type import InferenceEngineType
+from infermux.configs.engine_type import InferenceEngineType, plugin_targets
 from infermux.configs.fingerprint import config_fingerprint
 from infermux.configs.generation_params import GenerationParams
 from infermux.configs.model_params import ModelParams
@@ -66,11 +66,10 @@ class InferenceConfig(ConfigModel):
         name = str(value).strip().upper()
         if name in InferenceEngineType.__members__:
             return InferenceEngineType(name)
-        from infermux.engines.registry import engine_specs
-
-        if name in engine_specs():
+        plugins = plugin_targets()
+        if name in plugins:
             return name
-        known = ", ".join(engine_specs())
+        known = ", ".join([*dict.fromkeys(m.value for m in InferenceEngineType), *plugins])
         raise ValueError(f"unknown engine {value!r}; use one of {known}")
 
     def resolved_engine(self) -> InferenceEngineType | str:

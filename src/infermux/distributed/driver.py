@@ -76,7 +76,9 @@ def _check_engine(cfg: InferenceConfig, *, tools: bool) -> None:
 
     cls = engine_class(cfg.resolved_engine())
     check_params(cls.__name__, cls.capabilities, cfg.generation, cfg.model, strict=cfg.strict, tools=tools)
-    if hasattr(cls, "default_num_workers"):  # a remote engine is cheap to build: a missing URL or key shows here
+    from infermux.engines.remote.base import RemoteEngine
+
+    if issubclass(cls, RemoteEngine):  # an HTTP engine is cheap to build: a missing URL or key shows here
         from infermux.engines.registry import build_engine
 
         build_engine(cfg).close()

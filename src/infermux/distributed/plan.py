@@ -41,10 +41,11 @@ def share(total: int, parts: int, index: int) -> int:
 def _remote_budget(cfg: InferenceConfig) -> tuple[int, RemoteParams] | None:
     """The job-wide concurrency of a remote engine and its params with the API key resolved."""
     from infermux.engines.registry import engine_class
+    from infermux.engines.remote.base import RemoteEngine
 
     cls = engine_class(cfg.resolved_engine())
-    if not hasattr(cls, "default_num_workers"):
-        return None  # a local engine
+    if not issubclass(cls, RemoteEngine):
+        return None  # a local engine, or one without an HTTP worker budget (BEDROCK: boto3's own pool)
     params = cfg.remote_params or RemoteParams()
     total = params.num_workers if "num_workers" in params.model_fields_set else int(cls.default_num_workers)
     # Workers on other machines may not have the driver's environment: resolve the key here once. It travels

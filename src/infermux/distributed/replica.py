@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 from infermux.configs.inference_config import InferenceConfig
+from infermux.engines.remote.base import RemoteEngine
 from infermux.errors import ErrorKind, InfermuxError, RowError
 from infermux.jobs.loop import run_chunks
 from infermux.jobs.rows import InputRow, with_default_tools
@@ -56,7 +57,7 @@ class Replica:
             return info
         info["chunk_size"] = max(1, self.engine.chunk_size(self.generation))
         info["max_concurrency"] = max(1, self.engine.max_concurrency())
-        info["remote"] = hasattr(self.engine, "settings")
+        info["remote"] = isinstance(self.engine, RemoteEngine)  # its rows per call follow its HTTP workers
         return info
 
     async def infer(self, rows: list[InputRow]) -> list[Conversation | RowError]:

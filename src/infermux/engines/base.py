@@ -37,7 +37,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from infermux.configs.engine_type import InferenceEngineType
+from infermux.configs.engine_type import InferenceEngineType, engine_name
 from infermux.configs.generation_params import GenerationParams
 from infermux.configs.model_params import ModelParams
 from infermux.configs.remote_params import RemoteParams
@@ -298,7 +298,7 @@ class InferenceEngine:
 
     def limit_problems(self, generation: GenerationParams) -> list[str]:
         """Values the provider would reject (declared in ``capabilities``); engines may narrow it."""
-        label = str(getattr(self.engine_type, "value", self.engine_type) or self.name)
+        label = engine_name(self.engine_type or self.name)
         return check_limits(label, self.capabilities, generation)
 
     def check_params(self, generation: GenerationParams | None = None, *, tools: bool = False) -> None:

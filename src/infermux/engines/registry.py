@@ -1,7 +1,10 @@
-"""Engine name → ``"module:Class"``, imported only when an engine is built.
+"""One identity row per engine: name, ``"module:Class"``, pip extra, local or remote, batch client.
 
-Third-party packages add engines through the ``infermux.engines`` entry-point group: the entry's name
-is the engine name used in configs, its value ``"package.module:Class"``.
+The rows are the only place an engine's identity is written; everything that asks "is it remote?",
+"which extra installs it?" or "has it a provider batch API?" reads them. Classes are imported only
+when an engine is built. Third-party packages add engines through the ``infermux.engines`` entry-point
+group (:func:`~infermux.configs.engine_type.plugin_targets`): the entry's name is the engine name used
+in configs, its value ``"package.module:Class"``.
 """
 
 from __future__ import annotations
@@ -9,10 +12,9 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from dataclasses import dataclass
-from functools import lru_cache
-from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
+from infermux.configs.engine_type import ENTRY_POINT_GROUP, engine_name, plugin_targets
 from infermux.configs.engine_type import InferenceEngineType as E
 from infermux.engines.remote.openai.providers import PROVIDERS
 from infermux.errors import ConfigError, EngineUnavailableError, install_hint
@@ -21,9 +23,26 @@ if TYPE_CHECKING:
     from infermux.configs.inference_config import InferenceConfig
     from infermux.engines.base import InferenceEngine
 
-__all__ = ["ENGINES", "EngineSpec", "build_engine", "engine_class", "engine_specs", "is_available"]
+__all__ = [
+    "BATCH_OPERATIONS",
+    "ENGINES",
+    "ENTRY_POINT_GROUP",
+    "EngineSpec",
+    "batch_operations",
+    "build_engine",
+    "engine_class",
+    "engine_spec",
+    "engine_specs",
+    "is_available",
+]
 
-ENTRY_POINT_GROUP = "infermux.engines"
+Kind = Literal["local", "remote"]
+#: What each provider batch client offers (``infermux batch ...``): OpenAI's Batch API (files +
+#: batches) and Anthropic's Message Batches, which can also cancel a job's batches and list an account's.
+BATCH_OPERATIONS: dict[str, frozenset[str]] = {
+    "openai": frozenset({"submit", "status", "fetch"}),
+    "anthropic": frozenset({"submit", "status", "fetch", "cancel", "list"}),
+}
 
 
 @dataclass(frozen=True)
@@ -32,11 +51,17 @@ class EngineSpec:
     target: str  # "module:Class"
     extra: str | None = None  # pip extra that installs the requirements
     requires: tuple[str, ...] = ()  # importable modules the engine needs
-    remote: bool = False
+    kind: Kind = "local"  # remote: answers come from a service over the network
+    batch: str | None = None  # its provider batch client (a key of BATCH_OPERATIONS), if it has one
+    plugin: bool = False  # registered through an entry point (its row says no more than name and target)
 
     @property
     def class_name(self) -> str:
         return self.target.split(":", 1)[1]
+
+    @property
+    def remote(self) -> bool:
+        return self.kind == "remote"
 
 
 _R = "infermux.engines.remote."
@@ -47,26 +72,22 @@ ENGINES: dict[str, EngineSpec] = {
         EngineSpec(E.NATIVE.value, "infermux.engines.native.engine:NativeTextInferenceEngine", "native", ("torch", "transformers")),
         EngineSpec(E.VLLM.value, "infermux.engines.vllm.engine:VLLMInferenceEngine", "vllm", ("vllm",)),
         EngineSpec(E.LLAMACPP.value, "infermux.engines.llamacpp.engine:LlamaCppInferenceEngine", "llamacpp", ("llama_cpp",)),
-        EngineSpec(E.REMOTE.value, _R + "openai.engine:RemoteInferenceEngine", remote=True),
-        EngineSpec(E.REMOTE_VLLM.value, _R + "openai.vllm:RemoteVLLMInferenceEngine", remote=True),
+        EngineSpec(E.REMOTE.value, _R + "openai.engine:RemoteInferenceEngine", kind="remote", batch="openai"),
+        EngineSpec(E.REMOTE_VLLM.value, _R + "openai.vllm:RemoteVLLMInferenceEngine", kind="remote", batch="openai"),
         # Hosted OpenAI-compatible providers: one row each in remote/openai/providers.py.
-        *(EngineSpec(p.engine.value, p.target, remote=True) for p in PROVIDERS.values()),
-        EngineSpec(E.ANTHROPIC.value, _R + "anthropic.engine:AnthropicInferenceEngine", remote=True),
-        EngineSpec(E.GOOGLE_GEMINI.value, _R + "gemini.engine:GoogleGeminiInferenceEngine", remote=True),
-        EngineSpec(E.GOOGLE_VERTEX.value, _R + "vertex:GoogleVertexInferenceEngine", "vertex", ("google.auth",), remote=True),
-        EngineSpec(E.BEDROCK.value, _R + "bedrock.engine:BedrockInferenceEngine", "bedrock", ("boto3",), remote=True),
-        EngineSpec(E.SGLANG.value, _R + "sglang:SGLangInferenceEngine", "native", ("transformers",), remote=True),
+        *(EngineSpec(p.engine.value, p.target, kind="remote", batch="openai" if p.batch_api else None)
+          for p in PROVIDERS.values()),
+        EngineSpec(E.ANTHROPIC.value, _R + "anthropic.engine:AnthropicInferenceEngine", kind="remote", batch="anthropic"),
+        EngineSpec(E.GOOGLE_GEMINI.value, _R + "gemini.engine:GoogleGeminiInferenceEngine", kind="remote"),
+        EngineSpec(E.GOOGLE_VERTEX.value, _R + "vertex:GoogleVertexInferenceEngine", "vertex", ("google.auth",), kind="remote"),
+        EngineSpec(E.BEDROCK.value, _R + "bedrock.engine:BedrockInferenceEngine", "bedrock", ("boto3",), kind="remote"),
+        EngineSpec(E.SGLANG.value, _R + "sglang:SGLangInferenceEngine", "native", ("transformers",), kind="remote"),
     )
 }  # fmt: skip
 
 
-@lru_cache(maxsize=1)
 def _plugin_specs() -> dict[str, EngineSpec]:
-    found: dict[str, EngineSpec] = {}
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name not in ENGINES:
-            found[ep.name] = EngineSpec(ep.name, ep.value)
-    return found
+    return {name: EngineSpec(name, target, plugin=True) for name, target in plugin_targets().items()}
 
 
 def engine_specs() -> dict[str, EngineSpec]:
@@ -74,7 +95,8 @@ def engine_specs() -> dict[str, EngineSpec]:
     return {**ENGINES, **_plugin_specs()}
 
 
-def _spec(name: str | E) -> EngineSpec:
+def engine_spec(name: str | E) -> EngineSpec:
+    """The identity row of the engine called ``name`` (a member, its name or value, or a plugin's name)."""
     key = name.value if isinstance(name, E) else str(name).strip().upper()
     if key in E.__members__:
         key = E[key].value  # an alias such as GEMINI names its member's engine
@@ -93,12 +115,12 @@ def _module_present(module: str) -> bool:
 
 def is_available(name: str | E) -> bool:
     """Whether the engine's optional dependencies are installed (without importing them)."""
-    return all(_module_present(m) for m in _spec(name).requires)
+    return all(_module_present(m) for m in engine_spec(name).requires)
 
 
 def engine_class(name: str | E) -> type[InferenceEngine]:
     """Import and return the engine class, or say which extra to install."""
-    spec = _spec(name)
+    spec = engine_spec(name)
     missing = [m for m in spec.requires if not _module_present(m)]
     if missing:
         extra = install_hint(spec.extra, missing[0])
@@ -123,3 +145,14 @@ def build_engine(config: InferenceConfig, **kwargs: Any) -> InferenceEngine:
     )
     engine.check_ready()
     return engine
+
+
+def batch_operations(engine: InferenceEngine) -> frozenset[str]:
+    """What ``infermux batch`` can do with ``engine`` (``submit``, ``status``, ``fetch``, ``cancel``,
+    ``list``), from its row's batch client. A plugin's row names no client: its class's methods say."""
+    spec = ENGINES.get(engine_name(engine.engine_type))
+    if spec is not None:
+        return BATCH_OPERATIONS[spec.batch] if spec.batch else frozenset()
+    methods = {"submit": "submit_batch", "status": "batch_status", "fetch": "fetch_batch"}
+    methods |= {"cancel": "cancel_batch", "list": "list_batches"}
+    return frozenset(op for op, method in methods.items() if callable(getattr(engine, method, None)))

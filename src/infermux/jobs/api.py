@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from infermux.configs.engine_type import engine_name
 from infermux.errors import InputError, OutputError, RowError
 from infermux.jobs.loop import BatchReport, JobFiles, run_job
 from infermux.jobs.options import JobOptions
@@ -191,7 +192,7 @@ def default_options(engine: InferenceEngine, generation: GenerationParams, *, ca
     """Prices, no budget, and the answer cache: ``cache`` None uses it for greedy or seeded generation
     (file jobs), False never (in-memory ``engine.infer`` unless its config says ``cache: true``)."""
     name = engine.engine_type if engine.engine_type is not None else engine.name
-    return JobOptions.build(str(getattr(name, "value", name)), engine.model_params.model_name, generation, cache=cache)
+    return JobOptions.build(engine_name(name), engine.model_params.model_name, generation, cache=cache)
 
 
 async def run_config_job(

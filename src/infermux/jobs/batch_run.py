@@ -54,7 +54,9 @@ def run_batch_job(
 
     if not config.input_path or not config.output_path:
         raise InputError("batch run needs --input_path and --output_path.")
-    if not hasattr(engine, "submit_batch"):
+    from infermux.engines.registry import batch_operations
+
+    if "submit" not in batch_operations(engine):
         raise ConfigError(f"{engine.name} has no batch API; use OPENAI, REMOTE or ANTHROPIC.")
     fingerprint = config.fingerprint()
     state = engine.submit_batch(config.input_path, config.output_path, fingerprint=fingerprint)

@@ -22,6 +22,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from infermux.configs.engine_type import engine_name
 from infermux.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -134,7 +135,7 @@ class JobOptions:
     def from_config(cls, config: InferenceConfig) -> JobOptions:
         engine = config.resolved_engine()
         return cls.build(
-            str(getattr(engine, "value", engine)),
+            engine_name(engine),
             config.model.model_name,
             config.generation,
             cache=config.cache,

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from infermux.configs.engine_type import engine_name
 from infermux.jobs.options import cache_wanted, estimated_prompt_tokens, request_of
 from infermux.jobs.rows import iter_rows, validate_file
 
@@ -85,7 +86,7 @@ def plan_job(config: InferenceConfig) -> JobPlan:
             cache.close()
     completion = to_send * config.generation.max_new_tokens
     engine = config.resolved_engine()
-    name = str(getattr(engine, "value", engine))
+    name = engine_name(engine)
     pricing = pricing_for(name, config.model.model_name) if name.upper() in PRICE_PROVIDERS else None
     online = pricing.estimate(prompt, completion) if pricing else None
     batch = pricing.estimate(prompt, completion, batch=True) if pricing else None

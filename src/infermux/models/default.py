@@ -21,6 +21,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from infermux.configs.engine_type import engine_name
 from infermux.errors import EngineUnavailableError, ModelNotFoundError, install_hint
 
 __all__ = [
@@ -102,10 +103,10 @@ def resolve_model_name(name: str, engine: object) -> str:
     """
     if not is_default_model(name):
         return name
-    engine_name = str(getattr(engine, "value", engine)).upper()
-    if engine_name in _GGUF_ENGINES:
+    key = engine_name(engine).upper()
+    if key in _GGUF_ENGINES:
         return str(gguf_path())
-    if engine_name in _HF_ENGINES:
+    if key in _HF_ENGINES:
         return str(hf_folder())
     return name
 

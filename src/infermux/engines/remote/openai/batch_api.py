@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
+from infermux.configs.engine_type import engine_name
 from infermux.engines.remote.batch_jobs import BatchFetchReport, BatchJobsMixin, record_batch_results
 from infermux.engines.remote.http.transport import HttpRequest, Transport, default_error_message
 from infermux.engines.remote.openai.batch_state import BatchJobState, ShardState, state_path
@@ -270,7 +271,7 @@ def price_batch_row(engine: RemoteEngine, answered: Conversation) -> Conversatio
     """``answered`` with ``metadata["cost_usd"]`` at the provider's batch price, when it is known."""
     from infermux.jobs.cost import PRICE_PROVIDERS, pricing_for
 
-    name = str(getattr(engine.engine_type, "value", engine.engine_type))
+    name = engine_name(engine.engine_type)
     if name.upper() not in PRICE_PROVIDERS:
         return answered
     pricing = pricing_for(name, engine.model_params.model_name)
