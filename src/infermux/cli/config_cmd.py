@@ -50,7 +50,9 @@ def run_config_check(
 
 def _warn_missing_key(cls: Any, cfg: Any) -> None:
     """A remote engine whose key is not in this environment: a warning (the job may run elsewhere)."""
-    if not hasattr(cls, "requires_api_key"):
+    from infermux.engines.remote.base import RemoteEngine
+
+    if not issubclass(cls, RemoteEngine):  # local, or keyed by its own SDK (BEDROCK: AWS credentials)
         return
     params = cfg.remote_params
     # Engines such as ANTHROPIC need the key for the provider's own API, not for a server set in api_url.

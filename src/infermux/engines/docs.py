@@ -1,4 +1,5 @@
-"""``docs/engines.md``, rendered from what the engines declare, so the page cannot drift from the code.
+"""``docs/engines.md`` and the engine tables of ``README.md`` and ``docs/remote.md``, rendered from what
+the engines declare, so the pages cannot drift from the code.
 
 Each section is built from the registry entry (module, extra, required modules) and the engine class:
 its docstring, :class:`~infermux.engines.capabilities.Capabilities`, and, for remote engines, the
@@ -6,12 +7,14 @@ provider defaults (URL, key variable, concurrency). Engines may also declare ``e
 what it is for). Regenerate with::
 
     python -m infermux.engines.docs > docs/engines.md
+    python -m infermux.engines.docs --tables    # rewrites the marked tables in README.md, docs/remote.md
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,7 @@ from infermux.engines.capabilities import ALWAYS_SUPPORTED
 from infermux.engines.registry import ENGINES, EngineSpec
 from infermux.errors import install_hint
 
-__all__ = ["render_engines_markdown"]
+__all__ = ["TABLES", "render_engines_markdown", "render_provider_table", "render_readme_table", "with_tables"]
 
 _EXAMPLES = Path("configs") / "examples"
 _HEADER = """\
@@ -127,5 +130,73 @@ def render_engines_markdown(root: str | Path = ".") -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
+def render_readme_table() -> str:
+    """The README's engine table: one line per kind of backend (the rows' ``runs_on``), with its extras."""
+    from infermux.configs.engine_type import InferenceEngineType
+
+    aliases: dict[str, list[str]] = {}
+    for alias, member in InferenceEngineType.__members__.items():
+        if alias != member.value:
+            aliases.setdefault(member.value, []).append(alias)
+    groups: dict[str, list[EngineSpec]] = {}
+    for spec in ENGINES.values():
+        groups.setdefault(spec.runs_on, []).append(spec)
+    lines = ["| engine | runs on | extra |", "|---|---|---|"]
+    for runs_on, specs in groups.items():
+        names = ", ".join(f"`{s.name}`" + "".join(f" (or `{a}`)" for a in aliases.get(s.name, ())) for s in specs)
+        extras = list(dict.fromkeys(s.extra for s in specs))
+        if extras == [None]:
+            extra = "—"
+        elif None not in extras:
+            extra = ", ".join(f"`{e}`" for e in extras)
+        else:
+            some = ", ".join(f"`{s.extra}` for `{s.name}`" for s in specs if s.extra)
+            extra = f"— ({some})"
+        lines.append(f"| {names} | {runs_on} | {extra} |")
+    return "\n".join(lines) + "\n"
+
+
+def render_provider_table() -> str:
+    """``docs/remote.md``'s table of the OpenAI-compatible engines' defaults: the hosted providers' rows
+    (remote/openai/providers.py), then the engines for a server of your own."""
+    from infermux.configs.engine_type import InferenceEngineType as E
+    from infermux.engines.remote.openai.providers import PROVIDERS
+
+    lines = ["| Engine | Default URL | Key variable | Workers by default |", "|---|---|---|---|"]
+    for row in PROVIDERS.values():
+        lines.append(f"| {row.engine.value} | `{row.url}` | `{row.key_env}` | {row.workers} |")
+    for name in (E.REMOTE.value, E.REMOTE_VLLM.value):
+        cls = _load(ENGINES[name])
+        url = f"`{cls.default_api_url}`" if cls.default_api_url else "none: set `api_url`"
+        key = f"`{cls.api_key_env}`" if cls.requires_api_key and cls.api_key_env else "optional"
+        lines.append(f"| {name} | {url} | {key} | {cls.default_num_workers} |")
+    return "\n".join(lines) + "\n"
+
+
+#: Page -> (table name, renderer): the tables generated into hand-written pages, between the markers
+#: ``<!-- generated: NAME -->`` and ``<!-- end generated: NAME -->``.
+TABLES = {
+    "README.md": ("engines", render_readme_table),
+    "docs/remote.md": ("providers", render_provider_table),
+}
+
+
+def with_tables(path: str, text: str) -> str:
+    """``text`` (the page at ``path``) with its generated table replaced by the current one."""
+    name, render = TABLES[path]
+    begin = f"<!-- generated: {name} (python -m infermux.engines.docs --tables; edit the engine rows) -->\n"
+    end = f"<!-- end generated: {name} -->"
+    head, found, rest = text.partition(begin)
+    if not found or end not in rest:
+        raise ValueError(f"{path}: the markers of the generated {name} table are missing")
+    return head + begin + render() + end + rest.split(end, 1)[1]
+
+
 if __name__ == "__main__":
-    print(render_engines_markdown(Path(__file__).resolve().parents[3]), end="")
+    repo = Path(__file__).resolve().parents[3]
+    if sys.argv[1:] == ["--tables"]:
+        for page in TABLES:
+            target = repo / page
+            target.write_text(with_tables(page, target.read_text(encoding="utf-8")), encoding="utf-8")
+    else:
+        print(render_engines_markdown(repo), end="")

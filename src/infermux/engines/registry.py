@@ -54,6 +54,7 @@ class EngineSpec:
     kind: Kind = "local"  # remote: answers come from a service over the network
     batch: str | None = None  # its provider batch client (a key of BATCH_OPERATIONS), if it has one
     plugin: bool = False  # registered through an entry point (its row says no more than name and target)
+    runs_on: str = ""  # what answers, in a few words (the README's engine table)
 
     @property
     def class_name(self) -> str:
@@ -66,22 +67,32 @@ class EngineSpec:
 
 _R = "infermux.engines.remote."
 
+_OWN, _CLOUD = "your own server", "cloud APIs"
+
 ENGINES: dict[str, EngineSpec] = {
     spec.name: spec
     for spec in (
-        EngineSpec(E.NATIVE.value, "infermux.engines.native.engine:NativeTextInferenceEngine", "native", ("torch", "transformers")),
-        EngineSpec(E.VLLM.value, "infermux.engines.vllm.engine:VLLMInferenceEngine", "vllm", ("vllm",)),
-        EngineSpec(E.LLAMACPP.value, "infermux.engines.llamacpp.engine:LlamaCppInferenceEngine", "llamacpp", ("llama_cpp",)),
-        EngineSpec(E.REMOTE.value, _R + "openai.engine:RemoteInferenceEngine", kind="remote", batch="openai"),
-        EngineSpec(E.REMOTE_VLLM.value, _R + "openai.vllm:RemoteVLLMInferenceEngine", kind="remote", batch="openai"),
+        EngineSpec(E.NATIVE.value, "infermux.engines.native.engine:NativeTextInferenceEngine", "native", ("torch", "transformers"),
+                   runs_on="transformers (CPU/GPU)"),
+        EngineSpec(E.VLLM.value, "infermux.engines.vllm.engine:VLLMInferenceEngine", "vllm", ("vllm",),
+                   runs_on="vLLM (GPU; CPU build works too)"),
+        EngineSpec(E.LLAMACPP.value, "infermux.engines.llamacpp.engine:LlamaCppInferenceEngine", "llamacpp", ("llama_cpp",),
+                   runs_on="llama.cpp (GGUF)"),
+        EngineSpec(E.REMOTE.value, _R + "openai.engine:RemoteInferenceEngine", kind="remote", batch="openai", runs_on=_OWN),
+        EngineSpec(E.REMOTE_VLLM.value, _R + "openai.vllm:RemoteVLLMInferenceEngine", kind="remote", batch="openai",
+                   runs_on=_OWN),
         # Hosted OpenAI-compatible providers: one row each in remote/openai/providers.py.
-        *(EngineSpec(p.engine.value, p.target, kind="remote", batch="openai" if p.batch_api else None)
+        *(EngineSpec(p.engine.value, p.target, kind="remote", batch="openai" if p.batch_api else None, runs_on=_CLOUD)
           for p in PROVIDERS.values()),
-        EngineSpec(E.ANTHROPIC.value, _R + "anthropic.engine:AnthropicInferenceEngine", kind="remote", batch="anthropic"),
-        EngineSpec(E.GOOGLE_GEMINI.value, _R + "gemini.engine:GoogleGeminiInferenceEngine", kind="remote"),
-        EngineSpec(E.GOOGLE_VERTEX.value, _R + "vertex:GoogleVertexInferenceEngine", "vertex", ("google.auth",), kind="remote"),
-        EngineSpec(E.BEDROCK.value, _R + "bedrock.engine:BedrockInferenceEngine", "bedrock", ("boto3",), kind="remote"),
-        EngineSpec(E.SGLANG.value, _R + "sglang:SGLangInferenceEngine", "native", ("transformers",), kind="remote"),
+        EngineSpec(E.ANTHROPIC.value, _R + "anthropic.engine:AnthropicInferenceEngine", kind="remote", batch="anthropic",
+                   runs_on=_CLOUD),
+        EngineSpec(E.GOOGLE_GEMINI.value, _R + "gemini.engine:GoogleGeminiInferenceEngine", kind="remote", runs_on=_CLOUD),
+        EngineSpec(E.GOOGLE_VERTEX.value, _R + "vertex:GoogleVertexInferenceEngine", "vertex", ("google.auth",), kind="remote",
+                   runs_on="Vertex AI"),
+        EngineSpec(E.BEDROCK.value, _R + "bedrock.engine:BedrockInferenceEngine", "bedrock", ("boto3",), kind="remote",
+                   runs_on="AWS Bedrock"),
+        EngineSpec(E.SGLANG.value, _R + "sglang:SGLangInferenceEngine", "native", ("transformers",), kind="remote",
+                   runs_on=_OWN),
     )
 }  # fmt: skip
 
