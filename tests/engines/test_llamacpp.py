@@ -15,7 +15,7 @@ from infermux.configs import GenerationParams, ModelParams
 from infermux.configs.generation_params import GuidedDecodingParams
 from infermux.engines.llamacpp.engine import LlamaCppInferenceEngine
 from infermux.engines.llamacpp.grammar import choice_to_gbnf, regex_to_gbnf
-from infermux.engines.llamacpp.model import resolve_gguf
+from infermux.engines.llamacpp.loading import resolve_gguf
 from infermux.errors import ConfigError, ModelNotFoundError, UnsupportedParamError
 from infermux.models import gguf_path
 from infermux.types import Conversation

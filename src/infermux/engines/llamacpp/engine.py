@@ -48,7 +48,7 @@ from infermux.engines.capabilities import Capabilities
 from infermux.engines.llamacpp.cpu import load_summary, model_defaults
 from infermux.engines.llamacpp.decode import DecodeResult, MultiSequenceDecoder, Request, SamplingSpec
 from infermux.engines.llamacpp.grammar import grammar_for
-from infermux.engines.llamacpp.model import resolve_gguf
+from infermux.engines.llamacpp.loading import resolve_gguf
 from infermux.engines.llamacpp.samples import StreamedLogprobs, generate_samples
 from infermux.engines.llamacpp.scheduler import DecodeScheduler
 from infermux.engines.llamacpp.threads import choose_omp_wait_policy

@@ -222,7 +222,7 @@ def decode(
     ``should_stop(row, tokens)`` says so (stop strings), or at ``max_new_tokens``. Processors see the
     prompts left-padded to the longest one, then the generated tokens (as with ``generate``).
     ``on_step(rows, scores, tokens)``, when given, sees each step's processed scores of the rows still
-    decoding and the tokens chosen (log-probabilities, :mod:`.scores`).
+    decoding and the tokens chosen (log-probabilities, :mod:`.logprobs`).
     """
     device = next(model.parameters()).device
     capacity = max(len(p) for p in prompts) + max_new_tokens

@@ -36,8 +36,8 @@ from infermux.configs.model_params import ModelParams
 from infermux.engines import tool_prompting
 from infermux.engines.base import InferenceEngine, StreamEvent
 from infermux.engines.capabilities import Capabilities
+from infermux.engines.native.logprobs import ScoreRecorder
 from infermux.engines.native.model import LoadedModel
-from infermux.engines.native.scores import ScoreRecorder
 from infermux.errors import EngineUnavailableError, ErrorKind, InputError, RowError, install_hint
 from infermux.samples import reply_with_samples, sum_usage, wants_samples
 from infermux.types import Conversation, FinishReason, Sample, TokenLogprob, Usage

@@ -24,10 +24,10 @@ from typing import Any
 from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 
 from infermux.configs.generation_params import GenerationParams
+from infermux.engines.native.logprobs import ScoreRecorder
 from infermux.engines.native.model import LoadedModel
 from infermux.engines.native.params import build_processors, cut_at_stop, stop_token_ids
 from infermux.engines.native.scheduler import Request, StreamScheduler
-from infermux.engines.native.scores import ScoreRecorder
 from infermux.types import FinishReason, TokenLogprob, Usage
 
 __all__ = ["ScoredDelta", "TextDeltas", "scheduled", "stream_tokens", "threaded"]
