@@ -77,6 +77,7 @@ def test_the_row_says_local_or_remote_and_its_batch_client_as_the_class_does(nam
     local = cls.__module__.startswith(("infermux.engines.native", "infermux.engines.llamacpp", "infermux.engines.vllm"))
     assert spec.kind == ("local" if local else "remote")
     assert (spec.batch is not None) == cls.capabilities.batch_api
+    assert not any("extra" in vars(c) for c in cls.__mro__), "the pip extra is written in the row only"
 
 
 def test_batch_operations_come_from_the_row_and_for_plugins_from_their_methods():

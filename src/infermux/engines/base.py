@@ -103,8 +103,6 @@ class InferenceEngine:
 
     engine_type: ClassVar[InferenceEngineType | str | None] = None
     capabilities: ClassVar[Capabilities] = Capabilities()
-    #: The pip extra that installs this engine's dependencies (for error messages).
-    extra: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

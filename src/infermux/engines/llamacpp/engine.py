@@ -78,7 +78,6 @@ class LlamaCppInferenceEngine(InferenceEngine):
     """Local GGUF inference with llama.cpp (CPU, or GPU layers with ``n_gpu_layers``)."""
 
     engine_type = InferenceEngineType.LLAMACPP
-    extra = "llamacpp"
     capabilities = Capabilities(
         generation_params=_SUPPORTED,
         guided_decoding=frozenset({"json", "choice", "regex"}),

@@ -58,7 +58,6 @@ class NativeTextInferenceEngine(InferenceEngine):
     """Hugging Face transformers on this machine (see the module docstring)."""
 
     engine_type: ClassVar[InferenceEngineType | str | None] = InferenceEngineType.NATIVE
-    extra: ClassVar[str | None] = "native"
     capabilities: ClassVar[Capabilities] = Capabilities(
         generation_params=frozenset(_SUPPORTED.split()),
         guided_decoding=frozenset({"json", "regex", "choice"}),

@@ -92,7 +92,6 @@ class SGLangInferenceEngine(RemoteEngine):
         streaming=True,
         notes=("Prompts are rendered with the model's chat template from local tokenizer files.",),
     )
-    extra = "native"
     default_api_url = None
     api_key_env = None
     requires_api_key = False

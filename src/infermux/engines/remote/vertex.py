@@ -59,7 +59,6 @@ class GoogleVertexInferenceEngine(RemoteInferenceEngine):
         max_items={"stop_strings": 5},
         value_ranges={"temperature": (0.0, 2.0)},
     )
-    extra = "vertex"
     default_api_url = VERTEX_URL_TEMPLATE
     api_key_env = None
     requires_api_key = False

@@ -75,7 +75,6 @@ class VLLMInferenceEngine(InferenceEngine):
     """Local vLLM (``LLM.chat``); ``model_kwargs`` reach the ``LLM`` constructor."""
 
     engine_type = InferenceEngineType.VLLM
-    extra = "vllm"
     capabilities: ClassVar[Capabilities] = Capabilities(
         generation_params=frozenset(_SAMPLING_FIELDS),
         guided_decoding=frozenset({"json", "regex", "choice"}),

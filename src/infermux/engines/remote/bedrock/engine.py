@@ -164,7 +164,6 @@ class BedrockInferenceEngine(InferenceEngine):
         ),
         value_ranges={"temperature": (0.0, 1.0)},  # Converse's InferenceConfiguration
     )
-    extra = "bedrock"
     env_vars: ClassVar[dict[str, str]] = {
         "AWS_REGION": "required: the Bedrock region, e.g. us-east-1",
         "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_PROFILE": "credentials (or `aws configure`, or an IAM role)",
