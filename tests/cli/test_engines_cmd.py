@@ -100,3 +100,18 @@ def test_plain_engines_prints_the_table_alone() -> None:
     res = run_cli("engines")
     assert res.returncode == 0, res.stderr
     assert "LLAMACPP" in res.stdout and "[machine]" not in res.stdout
+
+
+def test_the_table_shows_each_engines_identity_row() -> None:
+    """Kind and batch client come from the registry rows (a plugin's row says only that it is one)."""
+    res = run_cli("engines")
+    assert res.returncode == 0, res.stderr
+    cells = {}
+    for line in res.stdout.splitlines():
+        parts = [p.strip() for p in line.strip("│ ").split("│")]
+        if len(parts) > 4 and parts[0]:
+            cells[parts[0]] = parts[2:4]
+    assert cells["NATIVE"] == ["local", "-"]
+    assert cells["ANTHROPIC"] == ["remote", "anthropic"]
+    assert cells["OPENAI"] == ["remote", "openai"] and cells["GOOGLE_GEMINI"] == ["remote", "-"]
+    assert cells["ECHO"] == ["plugin", "-"]

@@ -21,15 +21,18 @@ def run_engines(*, verbose: bool = False) -> None:
     table = Table(title="infermux engines", show_lines=False)
     table.add_column("engine", no_wrap=True)
     table.add_column("class", no_wrap=True)
+    table.add_column("kind", no_wrap=True)  # from the engine's identity row (a plugin's says no more)
+    table.add_column("batch API", no_wrap=True)
     for col in ("installed", "images", "stream", "guided", "lora", "tools", "generation params"):
         table.add_column(col, overflow="fold")
     for name, spec in engine_specs().items():
         installed = is_available(name)
-        row = [name, spec.class_name, "yes" if installed else escape(f"no: {install_hint(spec.extra)}")]
+        identity = ["plugin" if spec.plugin else spec.kind, spec.batch or "-"]
+        row = [name, spec.class_name, *identity, "yes" if installed else escape(f"no: {install_hint(spec.extra)}")]
         try:
             caps = engine_class(name).capabilities if installed else None
         except Exception as exc:  # an engine module that fails to import is reported, not fatal
-            row[2] = escape(f"error: {exc}")
+            row[4] = escape(f"error: {exc}")
             caps = None
         if caps is None:
             row += ["?", "?", "?", "?", "?", "?"]
