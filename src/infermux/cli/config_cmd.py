@@ -55,17 +55,18 @@ def _warn_missing_key(cls: Any, cfg: Any) -> None:
     if not issubclass(cls, RemoteEngine):  # local, or keyed by its own SDK (BEDROCK: AWS credentials)
         return
     params = cfg.remote_params
+    info = cls.provider_info()
     # Engines such as ANTHROPIC need the key for the provider's own API, not for a server set in api_url.
-    required = cls.requires_api_key or (cls.api_key_env is not None and not (params is not None and params.api_url))
+    required = info.key_required(params.api_url if params is not None else None)
     try:
         if params is not None:
-            key = params.resolve_api_key(cls.api_key_env, required=required)
+            key = params.resolve_api_key(info.key_env, required=required)
         else:
-            key = os.environ.get(cls.api_key_env) or None if cls.api_key_env else None
+            key = os.environ.get(info.key_env) or None if info.key_env else None
     except ConfigError as exc:
         logger.warning("%s A job would stop here before sending anything.", exc)
         return
     if key is None and required:
-        where = f"the {cls.api_key_env} environment variable" if cls.api_key_env else "remote_params.api_key"
+        where = f"the {info.key_env} environment variable" if info.key_env else "remote_params.api_key"
         logger.warning("%s needs an API key and %s is not set: a job would stop before sending anything.",
                        cls.__name__, where)  # fmt: skip

@@ -47,10 +47,11 @@ def _remote_budget(cfg: InferenceConfig) -> tuple[int, RemoteParams] | None:
     if not issubclass(cls, RemoteEngine):
         return None  # a local engine, or one without an HTTP worker budget (BEDROCK: boto3's own pool)
     params = cfg.remote_params or RemoteParams()
-    total = params.num_workers if "num_workers" in params.model_fields_set else int(cls.default_num_workers)
+    info = cls.provider_info()
+    total = params.num_workers if "num_workers" in params.model_fields_set else info.workers
     # Workers on other machines may not have the driver's environment: resolve the key here once. It travels
     # to the replicas inside the pickled config (Ray's object store), never on a command line or in a log.
-    key = params.resolve_api_key(getattr(cls, "api_key_env", None))
+    key = params.resolve_api_key(info.key_env)
     update: dict[str, Any] = {"num_workers": total}
     if key is not None:
         update["api_key"] = SecretStr(key)

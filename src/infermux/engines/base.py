@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -103,6 +103,8 @@ class InferenceEngine:
 
     engine_type: ClassVar[InferenceEngineType | str | None] = None
     capabilities: ClassVar[Capabilities] = Capabilities()
+    #: Environment variables the engine reads, name -> what for (docs/engines.md lists them).
+    env_vars: ClassVar[Mapping[str, str]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

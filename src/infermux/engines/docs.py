@@ -2,9 +2,9 @@
 the engines declare, so the pages cannot drift from the code.
 
 Each section is built from the registry entry (module, extra, required modules) and the engine class:
-its docstring, :class:`~infermux.engines.capabilities.Capabilities`, and, for remote engines, the
-provider defaults (URL, key variable, concurrency). Engines may also declare ``env_vars`` (name →
-what it is for). Regenerate with::
+its docstring, :class:`~infermux.engines.capabilities.Capabilities`, and, for HTTP engines, their
+:class:`~infermux.engines.remote.base.ProviderInfo` (URL, key variable and rule, concurrency). Engines
+may also declare ``env_vars`` (name → what it is for). Regenerate with::
 
     python -m infermux.engines.docs > docs/engines.md
     python -m infermux.engines.docs --tables    # rewrites the marked tables in README.md, docs/remote.md
@@ -20,6 +20,7 @@ from typing import Any
 
 from infermux.engines.capabilities import ALWAYS_SUPPORTED
 from infermux.engines.registry import ENGINES, EngineSpec
+from infermux.engines.remote.base import RemoteEngine
 from infermux.errors import install_hint
 
 __all__ = ["TABLES", "render_engines_markdown", "render_provider_table", "render_readme_table", "with_tables"]
@@ -75,20 +76,18 @@ def _section(name: str, spec: EngineSpec, root: Path) -> list[str]:
     else:
         lines.append(f"- Needs: nothing beyond `{install_hint()}`")
     if spec.remote:
-        if hasattr(cls, "default_api_url"):
-            url = cls.default_api_url
-            lines.append(f"- Endpoint: `{url}`" if url else "- Endpoint: set `remote_params.api_url` (no default)")
-        key_env = getattr(cls, "api_key_env", None)
-        if key_env:
-            required = "required" if getattr(cls, "requires_api_key", False) else "optional"
-            required = getattr(cls, "api_key_requirement", None) or required
-            lines.append(f"- API key: `{key_env}` ({required}; or `remote_params.api_key` / `api_key_env_varname`)")
-        workers = getattr(cls, "default_num_workers", None)
-        if workers:
-            lines.append(f"- Concurrent requests by default: {workers} (`remote_params.num_workers`)")
+        if issubclass(cls, RemoteEngine):  # an HTTP engine (BEDROCK goes through boto3: its env_vars say)
+            info = cls.provider_info()
+            lines.append(
+                f"- Endpoint: `{info.url}`" if info.url else "- Endpoint: set `remote_params.api_url` (no default)"
+            )
+            if info.key_env:
+                how = "or `remote_params.api_key` / `api_key_env_varname`"
+                lines.append(f"- API key: `{info.key_env}` ({info.key_text}; {how})")
+            lines.append(f"- Concurrent requests by default: {info.workers} (`remote_params.num_workers`)")
         if cls.capabilities.batch_api:
             lines.append("- Batch API: `infermux batch run|submit|status|fetch` ([docs/batch-api.md](batch-api.md))")
-    for var, meaning in dict(getattr(cls, "env_vars", {}) or {}).items():
+    for var, meaning in cls.env_vars.items():
         lines.append(f"- Environment: `{var}`: {meaning}")
     caps = cls.capabilities
     params = ", ".join(f"`{p}`" for p in sorted(caps.generation_params)) or "none beyond the always-supported"
@@ -166,10 +165,10 @@ def render_provider_table() -> str:
     for row in PROVIDERS.values():
         lines.append(f"| {row.engine.value} | `{row.url}` | `{row.key_env}` | {row.workers} |")
     for name in (E.REMOTE.value, E.REMOTE_VLLM.value):
-        cls = _load(ENGINES[name])
-        url = f"`{cls.default_api_url}`" if cls.default_api_url else "none: set `api_url`"
-        key = f"`{cls.api_key_env}`" if cls.requires_api_key and cls.api_key_env else "optional"
-        lines.append(f"| {name} | {url} | {key} | {cls.default_num_workers} |")
+        info = _load(ENGINES[name]).provider_info()
+        url = f"`{info.url}`" if info.url else "none: set `api_url`"
+        key = f"`{info.key_env}`" if info.key_rule == "required" and info.key_env else "optional"
+        lines.append(f"| {name} | {url} | {key} | {info.workers} |")
     return "\n".join(lines) + "\n"
 
 

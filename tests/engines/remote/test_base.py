@@ -83,3 +83,16 @@ def test_infer_with_an_unset_key_variable_exits_2_and_sends_nothing(tmp_path: Pa
             stats = json.loads(resp.read())
     assert proc.returncode == 2 and "SOME_UNSET_VAR" in proc.stderr and "Traceback" not in proc.stderr
     assert stats["requests"] == 0
+
+
+def test_provider_info_states_each_engines_key_rule_as_data() -> None:
+    """One typed row per HTTP engine: what docs, ``config check``, the Ray planner and ``setup`` read."""
+    openai, anthropic, remote = (engine_class(n).provider_info() for n in ("OPENAI", "ANTHROPIC", "REMOTE"))
+    assert (openai.url, openai.key_env, openai.key_rule, openai.workers) == (
+        "https://api.openai.com/v1", "OPENAI_API_KEY", "required", 50,
+    )  # fmt: skip
+    assert anthropic.key_rule == "required-without-api_url" and anthropic.workers == 5
+    assert anthropic.key_required(None) and not anthropic.key_required("http://127.0.0.1:1/v1")
+    assert "Anthropic's own API" in anthropic.key_text
+    assert remote.key_rule == "optional" and remote.url is None and not remote.key_required(None)
+    assert openai.key_required("http://127.0.0.1:1/v1")

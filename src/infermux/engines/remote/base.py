@@ -24,7 +24,7 @@ import dataclasses
 import functools
 import logging
 from collections.abc import AsyncIterator
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from infermux.configs.generation_params import GenerationParams
 from infermux.configs.remote_params import RemoteParams
@@ -50,11 +50,39 @@ from infermux.errors import (
 from infermux.samples import merge_replies, wants_samples
 from infermux.types import Conversation
 
-__all__ = ["RemoteEngine", "SecretHeaders"]
+__all__ = ["KeyRule", "ProviderInfo", "RemoteEngine", "SecretHeaders"]
 
 logger = logging.getLogger("infermux.remote")
 
 _NO_TOKENS = (0, 0)
+
+
+#: When a request needs an API key: always; only for the provider's own API (no ``api_url`` given: another
+#: server, such as ``vllm serve``, may take none); or never (a key is sent when there is one).
+KeyRule = Literal["required", "required-without-api_url", "optional"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ProviderInfo:
+    """What a remote engine's provider is, as data: the docs, ``infermux config check`` and the Ray
+    planner read this instead of probing the class's attributes."""
+
+    provider: str  # for messages ("Anthropic", "the server")
+    url: str | None  # default ``remote_params.api_url`` (None: the user sets it)
+    key_env: str | None  # the variable read for the key
+    key_rule: KeyRule
+    workers: int  # default ``remote_params.num_workers``
+
+    def key_required(self, api_url: str | None) -> bool:
+        """Whether a request needs a key when the user set ``api_url`` (or did not)."""
+        return self.key_rule == "required" or (self.key_rule == "required-without-api_url" and not api_url)
+
+    @property
+    def key_text(self) -> str:
+        """The rule in words (docs/engines.md)."""
+        if self.key_rule == "required-without-api_url":
+            return f"required for {self.provider}'s own API; optional for another server set in api_url"
+        return self.key_rule
 
 
 class SecretHeaders(dict):  # type: ignore[type-arg]
@@ -96,6 +124,15 @@ class RemoteEngine(InferenceEngine):
     #: The API has no ``n``: ``generation.n > 1`` sends n requests per row (see :mod:`infermux.samples`).
     repeat_for_n: ClassVar[bool] = False
 
+    @classmethod
+    def provider_info(cls) -> ProviderInfo:
+        """The class's provider defaults as one typed row (the key rule follows from ``requires_api_key``
+        and ``api_key_env``)."""
+        rule: KeyRule = "required" if cls.requires_api_key else "optional"
+        if not cls.requires_api_key and cls.api_key_env is not None:
+            rule = "required-without-api_url"
+        return ProviderInfo(cls.provider, cls.default_api_url, cls.api_key_env, rule, cls.default_num_workers)
+
     def setup(self) -> None:
         super().setup()
         params = self.remote_params or RemoteParams()
@@ -104,7 +141,7 @@ class RemoteEngine(InferenceEngine):
             overrides["num_workers"] = self.default_num_workers
         self.settings = TransportSettings.from_remote_params(params, **overrides)
         # The provider's own API (no api_url given) needs its key even where another server may not.
-        required = self.requires_api_key or (self.api_key_env is not None and not params.api_url)
+        required = self.provider_info().key_required(params.api_url)
         api_key = params.resolve_api_key(self.api_key_env, required=required)
         if api_key is None and self.requires_api_key:
             raise AuthenticationError(self._missing_key_message(params), kind="authentication")

@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -65,7 +66,7 @@ class GoogleVertexInferenceEngine(RemoteInferenceEngine):
     default_num_workers = 8
     provider = "Vertex AI"
     supports_batch_api = False  # Vertex batch prediction is a different API
-    env_vars: ClassVar[dict[str, str]] = {
+    env_vars: ClassVar[Mapping[str, str]] = {
         "PROJECT_ID / GOOGLE_CLOUD_PROJECT": "the Google Cloud project (or `model.model_kwargs.project_id`)",
         "REGION / GOOGLE_CLOUD_REGION / GOOGLE_CLOUD_LOCATION": "the region (or `model.model_kwargs.region`)",
         "GOOGLE_APPLICATION_CREDENTIALS": "a service-account file for application-default credentials "

@@ -127,7 +127,6 @@ class AnthropicInferenceEngine(MessageBatchesMixin, RemoteEngine):
     default_num_workers = 5
     # Checked in __init__: Anthropic's own API needs a key, another server (vllm serve) may not.
     requires_api_key = False
-    api_key_requirement = "required for Anthropic's API; optional for another server set in api_url"
 
     def setup(self) -> None:
         super().setup()

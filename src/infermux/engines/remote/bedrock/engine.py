@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
@@ -164,7 +165,7 @@ class BedrockInferenceEngine(InferenceEngine):
         ),
         value_ranges={"temperature": (0.0, 1.0)},  # Converse's InferenceConfiguration
     )
-    env_vars: ClassVar[dict[str, str]] = {
+    env_vars: ClassVar[Mapping[str, str]] = {
         "AWS_REGION": "required: the Bedrock region, e.g. us-east-1",
         "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_PROFILE": "credentials (or `aws configure`, or an IAM role)",
     }
