@@ -75,10 +75,10 @@ def encode_message(message: Message, *, role: str | None = None) -> dict[str, An
     assistant turn's ``tool_calls`` and a tool turn's ``tool_call_id`` as OpenAI names them."""
     content = message.content
     if isinstance(content, list):
-        if any(item.is_image for item in content):
+        if any(item.is_image() for item in content):
             content_out: Any = [
                 {"type": "image_url", "image_url": {"url": image_data_url(item)}}
-                if item.is_image
+                if item.is_image()
                 else {"type": "text", "text": item.content or ""}
                 for item in content
             ]
