@@ -397,7 +397,7 @@ class Message(BaseModel):
 
     id: str | None = None
     role: Role
-    content: str | list[ContentItem] | None = None
+    content: str | list[ContentItem] | None
     tool_calls: list[ToolCall] | None = None
     """Calls an assistant turn makes (OpenAI's shape)."""
     tool_call_id: str | None = None
@@ -405,13 +405,21 @@ class Message(BaseModel):
     reasoning_content: str | None = None
     """The model's reasoning (thinking) that came with an assistant turn, kept apart from ``content``."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _content_optional_with_calls(cls, data: Any) -> Any:
+        # OpenAI lets an assistant turn that calls tools leave out "content" altogether.
+        if isinstance(data, dict) and "content" not in data and data.get("tool_calls"):
+            return {**data, "content": None}
+        return data
+
     @model_validator(mode="after")
     def _check_tool_fields(self) -> Message:
         if self.tool_calls and self.role != Role.ASSISTANT:
             raise ValueError(f"'tool_calls' belong on an assistant message, not on a {self.role.value} message")
         if self.content is None and not (self.role == Role.ASSISTANT and self.tool_calls):
             raise ValueError(
-                "'content' is null (or missing): only an assistant message with tool_calls (a non-empty list) "
+                "'content' is null: only an assistant message with tool_calls (a non-empty list) "
                 'may omit its content; reasoning_content alone is not enough. Use "" for an empty message'
             )
         return self
