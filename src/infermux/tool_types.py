@@ -191,7 +191,6 @@ class FunctionDefinition(_Open):
     name: str = Field(min_length=1)
     description: str | None = None
     parameters: JSONSchema | None = None
-    strict: bool | None = None
 
 
 class Tool(_Open):
