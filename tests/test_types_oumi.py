@@ -169,7 +169,10 @@ def test_function_call_arguments_coercion():
 
 def test_append_id_to_string():
     # conversation.py:584-593.
-    assert Conversation(messages=[], conversation_id="c1").append_id_to_string("Failed. ") == "Failed. Conversation id: c1."
+    assert (
+        Conversation(messages=[], conversation_id="c1").append_id_to_string("Failed. ")
+        == "Failed. Conversation id: c1."
+    )
     assert Conversation(messages=[], conversation_id="c1").append_id_to_string("") == "Conversation id: c1."
     assert Conversation(messages=[]).append_id_to_string("Failed.") == "Failed."
 
@@ -214,7 +217,7 @@ def test_a_function_without_docstring_or_a_non_tool_is_refused_clearly():
 
     with pytest.raises(ValidationError, match="docstring"):
         Conversation(messages=[Message(role=Role.USER, content="Hi")], tools=[no_docstring])
-    with pytest.raises(ValidationError, match="dict.*callable"):
+    with pytest.raises(ValidationError, match=r"dict.*callable"):
         Conversation(messages=[Message(role=Role.USER, content="Hi")], tools=[123])  # type: ignore[list-item]
 
 
@@ -232,7 +235,10 @@ def test_tool_parameters_are_typed_and_still_a_dict():
     assert isinstance(params, JSONSchema) and isinstance(params, dict) and params == schema
     assert params.required == ["tags"] and params.type == "object" and params.title is None
     assert params.additionalProperties is False
-    assert params.properties["tags"].items_schema.type == "string" and params["properties"]["tags"]["items"].default is None
+    assert (
+        params.properties["tags"].items_schema.type == "string"
+        and params["properties"]["tags"]["items"].default is None
+    )
     assert json.dumps(params) == json.dumps(schema)  # same keys, same order, explicit nulls kept
     assert conv.to_json_dict()["tools"][0]["function"]["parameters"] == schema
     with pytest.raises(ValidationError, match="not a JSON schema type"):
