@@ -296,3 +296,13 @@ def test_logprobs_keep_the_servers_bytes_of_partial_tokens() -> None:
     assert [t.bytes for t in tokens] == [[195], [169], None] and bytes([195, 169]).decode() == "é"
     assert [t.token for t in tokens] == ["bytes:\\xc3", "bytes:\\xa9", "<x>"]
     assert [a.bytes for a in tokens[0].top_logprobs] == [[195], None]
+
+
+def test_a_call_the_server_sent_without_an_id_gets_one() -> None:
+    # Issue 24: a tool call needs an id (as in Oumi); an answer must stay valid input for the next turn.
+    data = {"model": "m", "choices": [{"message": {"role": "assistant", "content": None, "tool_calls": [
+        {"type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]}, "finish_reason": "tool_calls"}]}  # fmt: skip
+    answered = reply(_tool_history(), data)
+    call_id = answered.last_message.tool_calls[0].id
+    assert call_id.startswith("call_") and len(call_id) > len("call_")
+    assert Conversation.from_json(answered.to_json()) == answered
