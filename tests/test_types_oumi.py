@@ -265,6 +265,7 @@ def test_conversation_can_be_built_step_by_step_and_start_empty():
         conv.messages[0].content = "x"  # type: ignore[misc]
     with pytest.raises(IndexError, match="no messages"):
         _ = Conversation(messages=[]).last_message.text
+    assert repr(Conversation(messages=[])) == "" and repr(Conversation(messages=[]).last_message) == "(no messages)"
 
 
 # ---------------------------------------------------------------------- 5. validation Oumi does

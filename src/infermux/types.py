@@ -539,6 +539,9 @@ class _LastMessage(Message):
     def __bool__(self) -> bool:
         return bool(self._messages)
 
+    def __repr__(self) -> str:
+        return super().__repr__() if self._messages else "(no messages)"
+
     def __getattr__(self, name: str) -> Any:
         if name in Message.model_fields and not self._messages:
             raise IndexError(f"the conversation has no messages, so last_message has no {name!r}")
