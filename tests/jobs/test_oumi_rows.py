@@ -103,3 +103,29 @@ def test_a_job_gives_every_row_back_with_its_answer(rows: list[dict[str, Any]]) 
             got["metadata"] = {k: v for k, v in got["metadata"].items() if k in expected["metadata"]}
             assert got == expected
             assert Conversation.from_json(line).messages[:-1] == Conversation.from_dict(row).messages
+
+
+_CONV_KEYS = {"conversation_id", "messages", "metadata", "tools"}
+_MESSAGE_KEYS = {"id", "role", "content", "tool_calls", "tool_call_id", "reasoning_content"}
+_ITEM_KEYS = {"type", "content", "binary"}
+
+
+def _unknown(data: dict[str, Any], known: set[str]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if k not in known}
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_rows_with_extras())
+def test_from_json_to_json_keeps_unknown_keys_at_every_level(row: dict[str, Any]) -> None:
+    conv = Conversation.from_json(json.dumps(row))
+    line = conv.to_json()
+    written = json.loads(line)
+    assert Conversation.from_json(line) == conv and Conversation.from_json(line).to_json() == line
+    assert _unknown(written, _CONV_KEYS) == _unknown(row, _CONV_KEYS)
+    assert ("conversation_id" in written) == ("conversation_id" in row)  # nothing added that was not given
+    assert ("metadata" in written) == ("metadata" in row)
+    for got, given_message in zip(written["messages"], row["messages"], strict=True):
+        assert _unknown(got, _MESSAGE_KEYS) == _unknown(given_message, _MESSAGE_KEYS)
+        if isinstance(given_message["content"], list):
+            for got_item, given_item in zip(got["content"], given_message["content"], strict=True):
+                assert _unknown(got_item, _ITEM_KEYS) == _unknown(given_item, _ITEM_KEYS)
