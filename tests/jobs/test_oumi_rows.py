@@ -129,3 +129,17 @@ def test_from_json_to_json_keeps_unknown_keys_at_every_level(row: dict[str, Any]
         if isinstance(given_message["content"], list):
             for got_item, given_item in zip(got["content"], given_message["content"], strict=True):
                 assert _unknown(got_item, _ITEM_KEYS) == _unknown(given_item, _ITEM_KEYS)
+
+
+def test_unknown_keys_do_not_count_for_the_answer_cache() -> None:
+    from infermux.jobs.options import request_of
+
+    plain = {"messages": [{"role": "user", "content": [{"type": "text", "content": "hi"}]}]}
+    marked = {
+        "messages": [{"role": "user", "name": "ann", "content": [{"type": "text", "content": "hi", "detail": 1}]}],
+        "split": "train",
+    }
+    assert request_of(Conversation.from_dict(marked)) == request_of(Conversation.from_dict(plain))
+    assert request_of(Conversation.from_dict(marked)) != request_of(
+        Conversation.from_dict({"messages": [{"role": "user", "content": "other"}]})
+    )
