@@ -27,7 +27,7 @@ ROOT = Path(infermux.__file__).parent
 #: Lowest first. A top-level module or package missing here fails the test: place it when you add it.
 LAYERS: dict[str, int] = {
     # the vocabulary: types, errors, configs, and the helpers engines and configs share
-    **dict.fromkeys(("types", "errors", "text", "configs", "templates", "models"), 0),
+    **dict.fromkeys(("types", "tool_types", "tool_schema", "errors", "text", "configs", "templates", "models"), 0),
     # engines; samples.py is how engines write several answers; inference.py re-exports engine classes
     **dict.fromkeys(("engines", "samples", "inference"), 1),
     "jobs": 2,

@@ -43,8 +43,7 @@ _ARGUMENTS = st.one_of(_TEXT, st.dictionaries(_KEY, _JSON, max_size=3))
 def _tool_call(draw: st.DrawFn) -> dict[str, Any]:
     function = {"name": draw(_KEY), "arguments": draw(_ARGUMENTS), **draw(_extras({"name", "arguments"}))}
     call: dict[str, Any] = {"function": function, **draw(_extras({"id", "type", "function"}))}
-    if draw(st.booleans()):
-        call["id"] = draw(_KEY)
+    call["id"] = draw(_KEY)  # required since issue 24, as in Oumi's ToolCall
     if draw(st.booleans()):
         call["type"] = "function"
     return call

@@ -15,7 +15,9 @@ Tool calling follows OpenAI's chat format (which Oumi's Conversation also uses):
                         "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
        {"role": "tool", "tool_call_id": "call_1", "content": "18 C, sunny"}]}
 
-Keys this model does not know inside a tool or a tool call are kept and written back unchanged.
+Keys this model does not know, at any level (a row's ``source`` or ``split``, a message's ``name``, a
+content item's ``detail``), are kept and written back unchanged. Tools, tool calls and their JSON
+schemas live in :mod:`infermux.tool_types` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import base64
 import enum
 import json
 from collections.abc import Callable
-from typing import Any, Literal, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -36,14 +38,18 @@ from pydantic import (
     model_validator,
 )
 
+from infermux.tool_types import FunctionCall, FunctionDefinition, JSONSchema, Tool, ToolCall
+
 _T = TypeVar("_T")
 
 __all__ = [
     "ContentItem",
+    "ContentItemCounts",
     "Conversation",
     "FinishReason",
     "FunctionCall",
     "FunctionDefinition",
+    "JSONSchema",
     "Message",
     "Role",
     "Sample",
@@ -297,10 +303,36 @@ class Sample(BaseModel):
         return [cls.model_validate(s) for s in data] if isinstance(data, list) else None
 
 
+class _Flag(int):
+    """A bool that is also callable: ``item.is_image`` (read as a property) and ``item.is_image()`` (Oumi's
+    method) both answer. It compares equal to True/False; ``is True`` does not hold."""
+
+    __slots__ = ()
+
+    def __call__(self) -> bool:
+        return self != 0
+
+    def __repr__(self) -> str:
+        return "True" if self else "False"
+
+    __str__ = __repr__
+
+
+_YES, _NO = _Flag(1), _Flag(0)
+
+
+class ContentItemCounts(NamedTuple):
+    """How many content items a message has, by kind (:meth:`Message.count_content_items`)."""
+
+    total_items: int
+    text_items: int
+    image_items: int
+
+
 class ContentItem(BaseModel):
     """One part of a multimodal message: text, or an image given by path, URL or bytes."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True)
 
     type: Type
     content: str | None = None
@@ -327,8 +359,17 @@ class ContentItem(BaseModel):
         return self
 
     @property
-    def is_image(self) -> bool:
-        return self.type != Type.TEXT
+    def is_image(self) -> _Flag:
+        """Whether the item is an image; also callable, ``is_image()``, as Oumi's method."""
+        return _NO if self.type == Type.TEXT else _YES
+
+    @property
+    def is_text(self) -> _Flag:
+        """Whether the item is text; also callable, ``is_text()``, as Oumi's method."""
+        return _YES if self.type == Type.TEXT else _NO
+
+    def __repr__(self) -> str:
+        return f"{self.content}" if self.type == Type.TEXT else f"<{self.type.value.upper()}>"
 
     def to_json_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": self.type.value}
@@ -336,83 +377,9 @@ class ContentItem(BaseModel):
             out["content"] = self.content
         if self.binary is not None:
             out["binary"] = base64.b64encode(self.binary).decode("ascii")
+        if self.__pydantic_extra__:
+            out.update(self.__pydantic_extra__)
         return out
-
-
-# ---------------------------------------------------------------------- tools and tool calls
-
-
-class _Open(BaseModel):
-    """A frozen model that keeps keys it does not declare (provider extensions round-trip)."""
-
-    model_config = ConfigDict(extra="allow", frozen=True)
-
-    def to_json_dict(self) -> dict[str, Any]:
-        """Declared fields that are set (not None), then every unknown key exactly as given."""
-        out: dict[str, Any] = {}
-        for name in type(self).model_fields:
-            value = getattr(self, name)
-            if isinstance(value, _Open):
-                out[name] = value.to_json_dict()
-            elif value is not None:
-                out[name] = value
-        out.update(self.__pydantic_extra__ or {})
-        return out
-
-
-class FunctionCall(_Open):
-    """The function a tool call invokes: its ``name`` and its ``arguments`` as a JSON string."""
-
-    name: str
-    arguments: str = "{}"
-
-    @field_validator("arguments", mode="before")
-    @classmethod
-    def _serialise_arguments(cls, value: Any) -> Any:
-        if isinstance(value, (dict, list)):
-            return json.dumps(value, ensure_ascii=False)
-        return value
-
-    def parsed_arguments(self) -> Any:
-        """``arguments`` decoded from JSON (raises ``ValueError`` when the model wrote invalid JSON)."""
-        return json.loads(self.arguments)
-
-
-class ToolCall(_Open):
-    """One call an assistant turn makes (OpenAI's ``tool_calls`` item)."""
-
-    id: str | None = None
-    type: Literal["function"] = "function"
-    function: FunctionCall
-
-    def to_json_dict(self) -> dict[str, Any]:
-        out = super().to_json_dict()
-        out.setdefault("type", self.type)
-        return out
-
-
-class FunctionDefinition(_Open):
-    """A function the model may call: ``name``, ``description`` and a JSON-schema ``parameters``."""
-
-    name: str = Field(min_length=1)
-    description: str | None = None
-    parameters: dict[str, Any] | None = None
-
-
-class Tool(_Open):
-    """An OpenAI-style function tool offered to the model (``Conversation.tools`` item)."""
-
-    type: Literal["function"] = "function"
-    function: FunctionDefinition
-
-    def to_json_dict(self) -> dict[str, Any]:
-        out = super().to_json_dict()
-        out.setdefault("type", self.type)
-        return out
-
-    @property
-    def name(self) -> str:
-        return self.function.name
 
 
 # ---------------------------------------------------------------------- messages and conversations
@@ -421,11 +388,12 @@ class Tool(_Open):
 class Message(BaseModel):
     """One turn of a conversation.
 
-    ``content`` may be ``None`` on an assistant turn that carries ``tool_calls`` (or only
-    ``reasoning_content``). A ``tool`` turn answers the call named by ``tool_call_id``.
+    ``content`` may be ``None`` only on an assistant turn that carries ``tool_calls`` (as in Oumi and
+    OpenAI). A ``tool`` turn answers the call named by ``tool_call_id``. Keys not declared here are kept
+    and written back.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True)
 
     id: str | None = None
     role: Role
@@ -449,12 +417,10 @@ class Message(BaseModel):
     def _check_tool_fields(self) -> Message:
         if self.tool_calls and self.role != Role.ASSISTANT:
             raise ValueError(f"'tool_calls' belong on an assistant message, not on a {self.role.value} message")
-        if self.content is None and not (
-            self.role == Role.ASSISTANT and (self.tool_calls or self.reasoning_content is not None)
-        ):
+        if self.content is None and not (self.role == Role.ASSISTANT and self.tool_calls):
             raise ValueError(
-                "'content' is null: only an assistant message with tool_calls may omit its content; "
-                'use "" for an empty message'
+                "'content' is null: only an assistant message with tool_calls (a non-empty list) "
+                'may omit its content; reasoning_content alone is not enough. Use "" for an empty message'
             )
         return self
 
@@ -471,7 +437,70 @@ class Message(BaseModel):
     def images(self) -> list[ContentItem]:
         if not isinstance(self.content, list):
             return []
-        return [i for i in self.content if i.is_image]
+        return [i for i in self.content if i.type != Type.TEXT]
+
+    # Oumi's accessors: a string content counts as one text item.
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """A field (or a key kept from the input) by name, dict-style, else ``default`` (chat templates
+        read messages this way); methods and properties are not keys."""
+        if key in type(self).model_fields:
+            return getattr(self, key)
+        extra = self.__pydantic_extra__
+        return extra.get(key, default) if extra else default
+
+    @property
+    def content_items(self) -> list[ContentItem]:
+        """Every content item (a string content as one text item; none when content is null)."""
+        if isinstance(self.content, str):
+            return [ContentItem(type=Type.TEXT, content=self.content)]
+        return list(self.content) if self.content is not None else []
+
+    @property
+    def text_content_items(self) -> list[ContentItem]:
+        return [i for i in self.content_items if i.type == Type.TEXT]
+
+    @property
+    def image_content_items(self) -> list[ContentItem]:
+        return self.images
+
+    def count_content_items(self) -> ContentItemCounts:
+        items = self.content_items
+        texts = sum(1 for i in items if i.type == Type.TEXT)
+        return ContentItemCounts(total_items=len(items), text_items=texts, image_items=len(items) - texts)
+
+    def compute_flattened_text_content(self, separator: str = " ") -> str:
+        """The text items joined by ``separator`` (Oumi's; :attr:`text` joins them by newlines)."""
+        return separator.join(i.content or "" for i in self.text_content_items)
+
+    def contains_text(self) -> bool:
+        return isinstance(self.content, str) or any(i.type == Type.TEXT for i in self.content or ())
+
+    def contains_images(self) -> bool:
+        return isinstance(self.content, list) and any(i.type != Type.TEXT for i in self.content)
+
+    def contains_text_content_items_only(self) -> bool:
+        """At least one item, all of them text."""
+        counts = self.count_content_items()
+        return counts.text_items > 0 and counts.text_items == counts.total_items
+
+    def contains_image_content_items_only(self) -> bool:
+        """At least one item, all of them images."""
+        counts = self.count_content_items()
+        return counts.image_items > 0 and counts.image_items == counts.total_items
+
+    def contains_single_text_content_item_only(self) -> bool:
+        counts = self.count_content_items()
+        return counts.text_items == 1 and counts.total_items == 1
+
+    def contains_single_image_content_item_only(self) -> bool:
+        counts = self.count_content_items()
+        return counts.image_items == 1 and counts.total_items == 1
+
+    def __repr__(self) -> str:
+        """Oumi's form: ``1 - USER: Hello`` (an id first when set), content items joined by `` | ``."""
+        head = f"{self.id} - " if self.id else ""
+        return f"{head}{self.role.value.upper()}: " + " | ".join(repr(i) for i in self.content_items)
 
     def to_json_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -488,13 +517,16 @@ class Message(BaseModel):
             out["tool_call_id"] = self.tool_call_id
         if self.reasoning_content is not None:
             out["reasoning_content"] = self.reasoning_content
+        if self.__pydantic_extra__:
+            out.update(self.__pydantic_extra__)
         return out
 
 
 class _LastMessage(Message):
     """``conversation.last_message``: the last message itself (``.text``, ``.role``, ...), and also
     callable like Oumi's method, ``conversation.last_message(role=None)`` → the last message with that
-    role, or None."""
+    role, or None. For a conversation without messages it is falsy, its call returns None and reading a
+    field raises ``IndexError``."""
 
     _messages: list[Message] = PrivateAttr(default_factory=list)
 
@@ -504,21 +536,37 @@ class _LastMessage(Message):
                 return message
         return None
 
+    def __bool__(self) -> bool:
+        return bool(self._messages)
+
+    def __repr__(self) -> str:
+        return super().__repr__() if self._messages else "(no messages)"
+
+    def __getattr__(self, name: str) -> Any:
+        if name in Message.model_fields and not self._messages:
+            raise IndexError(f"the conversation has no messages, so last_message has no {name!r}")
+        return super().__getattr__(name)  # type: ignore[misc]
+
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Message):  # equal to the plain message it stands for
-            return self.__dict__ == other.__dict__
+            return self.__dict__ == other.__dict__ and (self.__pydantic_extra__ or {}) == (
+                other.__pydantic_extra__ or {}
+            )
         return NotImplemented
 
     __hash__ = Message.__hash__
 
-    def __repr_name__(self) -> str:
-        return "Message"
-
 
 class Conversation(BaseModel):
-    """A list of messages with an optional id, the tools offered to the model, and free-form metadata."""
+    """A list of messages with an optional id, the tools offered to the model, and free-form metadata.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Like Oumi's, it may be changed after it is built (``conversation.messages.append(...)``; assigned
+    fields are validated) and may have no messages yet; a job refuses a row without messages. ``tools``
+    takes tools, OpenAI-style dicts or Python functions (see :mod:`infermux.tool_schema`). Keys not
+    declared here are kept and written back.
+    """
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
     # The answer fields parsed from ``metadata`` (see ``usage``): a slot, not a pydantic private attribute,
     # so it costs nothing until read (a private attribute adds to every validation and copy) and it is no
     # part of equality, copies or pickles (they start without it).
@@ -535,22 +583,55 @@ class Conversation(BaseModel):
     def _null_metadata(cls, value: Any) -> Any:
         return {} if value is None else value
 
-    @model_validator(mode="after")
-    def _check_messages(self) -> Conversation:
-        if not self.messages:
-            raise ValueError("'messages' is empty: a conversation needs at least one message")
-        return self
+    @field_validator("tools", mode="before")
+    @classmethod
+    def _tools_from_functions(cls, value: Any) -> Any:
+        if not isinstance(value, list) or all(isinstance(t, (dict, Tool)) for t in value):
+            return value
+        from infermux.tool_schema import get_json_schema
+
+        out = []
+        for tool in value:
+            if isinstance(tool, (dict, Tool)):
+                out.append(tool)
+            elif callable(tool):
+                out.append(get_json_schema(tool))
+            else:
+                raise ValueError(
+                    f"each tool must be a Tool, a dict (OpenAI's tool schema) or a Python function (a callable); "
+                    f"got {type(tool).__name__}"
+                )
+        return out
 
     def __getitem__(self, index: int) -> Message:
         return self.messages[index]
 
+    def __repr__(self) -> str:
+        """Oumi's form: one ``ROLE: text`` line per message."""
+        return "\n".join(repr(m) for m in self.messages)
+
     @property
     def last_message(self) -> _LastMessage:
         """The last message; also callable as ``last_message(role=None)`` (Oumi's method form)."""
-        last = self.messages[-1]
-        proxy = _LastMessage.model_construct(_fields_set=last.model_fields_set, **last.__dict__)
-        proxy._messages = self.messages
+        proxy = _new(_LastMessage)
+        if self.messages:
+            last = self.messages[-1]
+            _set_dict(proxy, dict(last.__dict__))
+            _set_fields_set(proxy, last.__pydantic_fields_set__)
+            _set_extra(proxy, last.__pydantic_extra__)
+        else:
+            _set_dict(proxy, {})
+            _set_fields_set(proxy, set())
+            _set_extra(proxy, None)
+        _set_private(proxy, {"_messages": self.messages})
         return proxy
+
+    def append_id_to_string(self, s: str) -> str:
+        """``s`` followed by ``Conversation id: ID.`` (for log and error messages); ``s`` alone without an id."""
+        if not self.conversation_id:
+            return s
+        suffix = f"Conversation id: {self.conversation_id}."
+        return f"{s.strip()} {suffix}" if s else suffix
 
     def first_message(self, role: Role | str | None = None) -> Message | None:
         """The first message (with ``role``, when given), or None."""
@@ -648,22 +729,29 @@ class Conversation(BaseModel):
             answer = Message(role=Role.ASSISTANT, content=content, tool_calls=tool_calls or None,
                              reasoning_content=reasoning)  # fmt: skip
         values = {**self.__dict__, "messages": [*self.messages, answer], "metadata": merged}
-        return _unvalidated(type(self), values, self.__pydantic_fields_set__ | _REPLY_CHANGES)
+        return _unvalidated(type(self), values, self.__pydantic_fields_set__ | _REPLY_CHANGES, self.__pydantic_extra__)
 
     def replace(self, **changes: Any) -> Conversation:
         """A copy with ``changes`` (field names and already valid values: no validation pass, as
         ``model_copy``, in a third of its time; this runs at least once for every answered row)."""
-        return _unvalidated(type(self), {**self.__dict__, **changes}, self.__pydantic_fields_set__ | changes.keys())
+        values = {**self.__dict__, **changes}
+        return _unvalidated(type(self), values, self.__pydantic_fields_set__ | changes.keys(), self.__pydantic_extra__)
 
     def to_json_dict(self) -> dict[str, Any]:
-        """The Oumi-compatible JSON object for this conversation."""
-        out: dict[str, Any] = {
-            "conversation_id": self.conversation_id,
-            "messages": [m.to_json_dict() for m in self.messages],
-            "metadata": self.metadata,
-        }
+        """The Oumi-compatible JSON object for this conversation: ``conversation_id`` and ``metadata`` only
+        when given or set (a row without them comes back without them), ``tools`` when there are tools,
+        then the keys kept from the input."""
+        given = self.__pydantic_fields_set__
+        out: dict[str, Any] = {}
+        if self.conversation_id is not None or "conversation_id" in given:
+            out["conversation_id"] = self.conversation_id
+        out["messages"] = [m.to_json_dict() for m in self.messages]
+        if self.metadata or "metadata" in given:
+            out["metadata"] = self.metadata
         if self.tools is not None:
             out["tools"] = [t.to_json_dict() for t in self.tools]
+        if self.__pydantic_extra__:
+            out.update(self.__pydantic_extra__)
         return out
 
     @classmethod
@@ -680,8 +768,8 @@ class Conversation(BaseModel):
         return cls.model_validate(data)
 
     def to_json(self) -> str:
-        """One JSONL line's worth of JSON for this conversation."""
-        return json.dumps(self.to_json_dict(), ensure_ascii=False)
+        """One JSONL line's worth of JSON for this conversation, compact as Oumi writes it."""
+        return json.dumps(self.to_json_dict(), ensure_ascii=False, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, data: str | bytes) -> Conversation:
@@ -694,13 +782,16 @@ _REPLY_CHANGES = frozenset({"messages", "metadata"})
 _M = TypeVar("_M", bound=BaseModel)
 
 
-def _unvalidated(cls: type[_M], values: dict[str, Any], fields_set: set[str]) -> _M:
-    """An instance of ``cls`` (a model without private attributes or extra fields) holding ``values``
-    (every field, already valid) as they are: what ``model_construct`` does, without its per-field loop."""
+def _unvalidated(
+    cls: type[_M], values: dict[str, Any], fields_set: set[str], extra: dict[str, Any] | None = None
+) -> _M:
+    """An instance of ``cls`` (a model without private attributes) holding ``values`` (every field, already
+    valid) and the undeclared keys ``extra`` (copied) as they are: what ``model_construct`` does, without
+    its per-field loop."""
     obj = _new(cls)
     _set_dict(obj, values)
     _set_fields_set(obj, fields_set)
-    _set_extra(obj, None)
+    _set_extra(obj, dict(extra) if extra else None)
     _set_private(obj, None)
     return obj
 

@@ -274,6 +274,8 @@ class InferenceEngine:
 
     def check_conversation(self, conversation: Conversation) -> RowError | None:
         """A row-level reason this engine cannot run ``conversation``, or None."""
+        if not conversation.messages:
+            return RowError(kind="invalid_input", message="the conversation has no messages; add at least one.")
         if not self.capabilities.images and conversation.has_images:  # the cheap test first: runs per row
             return RowError(
                 kind="unsupported_input",

@@ -39,6 +39,7 @@ from infermux.errors import InputError, OutputError, RowError
 from infermux.jobs.loop import BatchReport, JobFiles, run_job
 from infermux.jobs.options import JobOptions
 from infermux.jobs.rows import (
+    EMPTY_ROW,
     InputRow,
     check_encodable,
     is_plain_ascii,
@@ -363,10 +364,15 @@ def rows_from_memory(conversations: Iterable[Conversation], *, durable: bool = T
     rows = []
     seen: dict[str, int] = {}
     for index, conv in enumerate(conversations):
+        if not conv.messages:
+            raise InputError(EMPTY_ROW, path=f"input[{index}]")
         if not is_plain_ascii(conv):  # the common row needs no check (nor its path formatted)
             check_encodable(conv, path=f"input[{index}]")
         if durable:
-            raw = json.dumps(conv.to_json_dict(), sort_keys=True).encode()
+            data = conv.to_json_dict()
+            data.setdefault("conversation_id", None)  # the shape row ids were derived from before issue 24
+            data.setdefault("metadata", {})
+            raw = json.dumps(data, sort_keys=True).encode()
             rid = row_id_for(index, conv.conversation_id, raw)
         else:
             rid = conv.conversation_id or f"row-{index}"

@@ -38,16 +38,30 @@ __all__ = ["Budget", "JobOptions", "cache_wanted", "estimated_prompt_tokens", "r
 
 
 def request_of(conversation: Conversation) -> dict[str, Any]:
-    """What decides a row's answer: its messages (role and content, not ids) and its tools."""
+    """What decides a row's answer: its messages (role and content, not ids) and its tools. Keys the data
+    model does not know (kept for the output, never sent to a model) do not count."""
     data = conversation.to_json_dict()
-    request: dict[str, Any] = {
-        key: value for key, value in data.items() if key not in ("conversation_id", "metadata", "messages")
-    }
-    request["messages"] = [{k: v for k, v in m.items() if k != "id"} for m in data["messages"]]
+    request: dict[str, Any] = {}
+    if "tools" in data:
+        request["tools"] = data["tools"]
+    request["messages"] = [
+        {k: (_known_items(v) if k == "content" else v) for k, v in m.items() if k in _MESSAGE_KEYS}
+        for m in data["messages"]
+    ]
     tools = conversation.metadata.get("tools")
     if tools is not None and "tools" not in request:
         request["tools"] = tools
     return request
+
+
+_MESSAGE_KEYS = frozenset({"content", "role", "tool_calls", "tool_call_id", "reasoning_content"})
+_ITEM_KEYS = frozenset({"type", "content", "binary"})
+
+
+def _known_items(content: Any) -> Any:
+    if not isinstance(content, list):
+        return content
+    return [item if item.keys() <= _ITEM_KEYS else {k: item[k] for k in item if k in _ITEM_KEYS} for item in content]
 
 
 def estimated_prompt_tokens(conversation: Conversation) -> int:

@@ -17,6 +17,7 @@ from infermux.text import first_surrogate
 from infermux.types import Conversation, Message, Tool
 
 __all__ = [
+    "EMPTY_ROW",
     "MAX_LINE_BYTES",
     "InputRow",
     "check_encodable",
@@ -34,6 +35,7 @@ MAX_LINE_BYTES = 64 * 1024 * 1024
 # About 2M tokens, beyond the largest context windows offered today: a longer text is a data error.
 MAX_TEXT_CHARS = int(os.environ.get("INFERMUX_MAX_MESSAGE_CHARS", 8_000_000))
 _MAX_REPORTED = 5
+EMPTY_ROW = "'messages' is empty: a conversation needs at least one message to answer."
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,8 @@ def _parse(raw: bytes, path: str, line: int) -> Conversation:
         conv = Conversation.model_validate_json(raw)
     except ValidationError:
         conv = _parse_slow(raw, path, line)
+    if not conv.messages:  # a Conversation may be empty (built step by step); a row to answer may not
+        raise InputError(EMPTY_ROW, path=path, line=line)
     _check_size(conv, path, line)
     return conv
 

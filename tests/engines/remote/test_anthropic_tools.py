@@ -163,12 +163,14 @@ def test_cache_tokens_count_as_prompt_tokens_and_are_reported_apart(fake: FakeAn
 
 
 def test_history_without_ids_gets_paired_ids_and_bad_arguments_fail_the_row(fake: FakeAnthropic) -> None:
+    # Calls carry an id (required since issue 24, as in Oumi's ToolCall); the tool turn without a
+    # tool_call_id is paired with it.
     history = Conversation.model_validate(
         {
             "messages": [
                 {"role": "user", "content": "weather?"},
                 {"role": "assistant", "content": None, "tool_calls": [
-                    {"function": {"name": "get_weather", "arguments": {"city": "Rome"}}}]},
+                    {"id": "toolu_1_0", "function": {"name": "get_weather", "arguments": {"city": "Rome"}}}]},
                 {"role": "tool", "content": "hot"},
             ],
             "tools": [WEATHER],

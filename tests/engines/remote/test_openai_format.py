@@ -197,9 +197,9 @@ _TOOLS = [
 
 
 def _tool_history(with_ids: bool = True) -> Conversation:
+    # Calls always carry an id (required since issue 24, as in Oumi); tool turns may leave theirs out.
     calls = [
-        {"function": {"name": "get_weather", "arguments": {"city": c}}, **({"id": f"id_{c}"} if with_ids else {})}
-        for c in ("Paris", "Rome")
+        {"function": {"name": "get_weather", "arguments": {"city": c}}, "id": f"id_{c}"} for c in ("Paris", "Rome")
     ]
     tool_turns = [
         {"role": "tool", "content": t, **({"tool_call_id": f"id_{c}"} if with_ids else {})}
@@ -235,10 +235,12 @@ def test_history_with_calls_and_tool_results_is_encoded_as_openai_names_it() -> 
     assert encoded[3] == {"role": "tool", "content": "25 C", "tool_call_id": "id_Rome"}
 
 
-def test_calls_and_results_without_ids_are_paired_in_order() -> None:
+def test_results_without_ids_are_paired_in_order() -> None:
+    # Issue 24: a call without an id is refused on load (as Oumi's ToolCall); tool turns without a
+    # tool_call_id still answer the calls in order.
     encoded = encode_messages(_tool_history(with_ids=False).messages)
     ids = [c["id"] for c in encoded[1]["tool_calls"]]
-    assert ids == ["call_1_0", "call_1_1"]
+    assert ids == ["id_Paris", "id_Rome"]
     assert [encoded[2]["tool_call_id"], encoded[3]["tool_call_id"]] == ids
 
 
@@ -294,3 +296,13 @@ def test_logprobs_keep_the_servers_bytes_of_partial_tokens() -> None:
     assert [t.bytes for t in tokens] == [[195], [169], None] and bytes([195, 169]).decode() == "é"
     assert [t.token for t in tokens] == ["bytes:\\xc3", "bytes:\\xa9", "<x>"]
     assert [a.bytes for a in tokens[0].top_logprobs] == [[195], None]
+
+
+def test_a_call_the_server_sent_without_an_id_gets_one() -> None:
+    # Issue 24: a tool call needs an id (as in Oumi); an answer must stay valid input for the next turn.
+    data = {"model": "m", "choices": [{"message": {"role": "assistant", "content": None, "tool_calls": [
+        {"type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]}, "finish_reason": "tool_calls"}]}  # fmt: skip
+    answered = reply(_tool_history(), data)
+    call_id = answered.last_message.tool_calls[0].id
+    assert call_id.startswith("call_") and len(call_id) > len("call_")
+    assert Conversation.from_json(answered.to_json()) == answered

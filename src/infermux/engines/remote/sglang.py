@@ -129,7 +129,7 @@ class SGLangInferenceEngine(RemoteEngine):
                 continue
             parts: list[dict[str, Any]] = []
             for item in message.content if isinstance(message.content, list) else []:
-                if item.is_image:
+                if item.is_image():
                     image = image_payload(item)
                     images.append(image.base64 if image.data is not None else str(image.url))
                     parts.append({"type": "image"})

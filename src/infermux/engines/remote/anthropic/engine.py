@@ -68,7 +68,7 @@ def _content_blocks(message: Message) -> list[dict[str, Any]]:
         return [{"type": "text", "text": message.text}]
     blocks: list[dict[str, Any]] = []
     for item in message.content:
-        if not item.is_image:
+        if not item.is_image():
             blocks.append({"type": "text", "text": item.content or ""})
             continue
         image = image_payload(item)

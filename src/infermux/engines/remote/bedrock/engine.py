@@ -65,7 +65,7 @@ def _blocks(message: Message) -> list[dict[str, Any]]:
         return [{"text": message.text}]
     blocks: list[dict[str, Any]] = []
     for item in message.content:
-        if not item.is_image:
+        if not item.is_image():
             if item.content:
                 blocks.append({"text": item.content})
             continue

@@ -49,7 +49,7 @@ def _parts(message: Message) -> list[dict[str, Any]]:
         return [{"text": message.text}]
     parts: list[dict[str, Any]] = []
     for item in message.content:
-        if not item.is_image:
+        if not item.is_image():
             parts.append({"text": item.content or ""})
             continue
         image = image_payload(item)

@@ -12,6 +12,7 @@ from typing import Any
 from infermux.configs.generation_params import GenerationParams, GuidedDecodingParams
 from infermux.engines.remote.http.urls import endpoint_url
 from infermux.engines.remote.media import image_payload
+from infermux.engines.tool_calls import new_call_id
 from infermux.samples import reply_with_samples, token_logprob
 from infermux.types import (
     ContentItem,
@@ -75,10 +76,10 @@ def encode_message(message: Message, *, role: str | None = None) -> dict[str, An
     assistant turn's ``tool_calls`` and a tool turn's ``tool_call_id`` as OpenAI names them."""
     content = message.content
     if isinstance(content, list):
-        if any(item.is_image for item in content):
+        if any(item.is_image() for item in content):
             content_out: Any = [
                 {"type": "image_url", "image_url": {"url": image_data_url(item)}}
-                if item.is_image
+                if item.is_image()
                 else {"type": "text", "text": item.content or ""}
                 for item in content
             ]
@@ -200,12 +201,18 @@ def generation_fields(
 
 
 def parse_tool_calls(raw: Any) -> list[ToolCall] | None:
-    """A reply's ``tool_calls`` (None when there are none); raises on a malformed list."""
+    """A reply's ``tool_calls`` (None when there are none); raises on a malformed list. A call the server
+    sent without an id gets a fresh one (a call needs one, as in Oumi, for the tool turn to name it)."""
     if not raw:
         return None
     if not isinstance(raw, list):
         raise TypeError(f"message.tool_calls is {type(raw).__name__}, expected a list")
-    return [ToolCall.model_validate(call) for call in raw]
+    return [
+        ToolCall.model_validate(
+            {**call, "id": new_call_id()} if isinstance(call, dict) and not call.get("id") else call
+        )
+        for call in raw
+    ]
 
 
 def finish_reason_for(reason: Any, tool_calls: list[ToolCall] | None) -> Any:

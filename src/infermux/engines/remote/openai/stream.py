@@ -15,6 +15,7 @@ from typing import Any
 
 from infermux.engines.remote.http.sse import SseEvent
 from infermux.engines.remote.openai.format import finish_reason_for
+from infermux.engines.tool_calls import new_call_id
 from infermux.errors import RemoteError
 from infermux.types import Conversation, FinishReason, FunctionCall, ToolCall, Usage
 
@@ -87,7 +88,10 @@ class ChatCompletionStream:
         if not self._calls:
             return None
         return [
-            ToolCall(id=c["id"], function=FunctionCall(name=c["name"], arguments="".join(c["arguments"]) or "{}"))
+            ToolCall(
+                id=c["id"] or new_call_id(),
+                function=FunctionCall(name=c["name"], arguments="".join(c["arguments"]) or "{}"),
+            )
             for _, c in sorted(self._calls.items())
         ]
 
