@@ -312,5 +312,10 @@ class GeminiStream:
         self._parts.extend(parts)
         return "".join(p.get("text", "") for p in parts if not p.get("thought"))
 
+    @property
+    def finished(self) -> bool:
+        # Gemini has no end marker: the last chunk carries the finishReason (a blocked prompt sets one too).
+        return self._metadata["finish_reason"] is not None
+
     def result(self) -> Conversation:
         return reply(self.conversation, self._parts, dict(self._metadata), self.generation)
