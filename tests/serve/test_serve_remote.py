@@ -294,3 +294,22 @@ def test_parallel_calls_sharing_index_0_reach_the_client_as_separate_calls(
     calls = reply.choices[0].message.tool_calls or []
     assert [c.function.name for c in calls] == ["get_weather", "get_time"]  # type: ignore[union-attr]
     assert len({c.id for c in calls}) == 2
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"tool_choice": {"type": "function", "function": {"name": "get_weather"}}},
+        {"tool_choice": "required"},
+        {"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "get_time"}}},
+    ],
+)
+def test_a_tool_choice_that_does_not_fit_the_tools_is_a_400(
+    gateway: Served, fake: FakeOpenAIChat, extra: dict[str, object]
+) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk(gateway).chat.completions.create(
+            model="gpt-fake", messages=[{"role": "user", "content": "x"}], **extra  # type: ignore[call-overload]
+        )
+    assert caught.value.status_code == 400 and caught.value.param == "tool_choice"
+    assert not [r for r in fake.requests if r.path == "/v1/chat/completions"]
