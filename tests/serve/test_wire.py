@@ -199,6 +199,13 @@ def test_a_tool_choice_that_does_not_fit_the_tools_is_a_400_naming_it(body: dict
     assert prep({"tool_choice": "none"}, TOOLS).generation.tool_choice == "none"
 
 
+@pytest.mark.parametrize("seed", [2**63, -(2**63) - 1, 2**64, 10**30])
+def test_a_seed_outside_the_signed_64_bit_range_is_a_400_naming_it(seed: int) -> None:
+    err = error({"seed": seed})
+    assert (err.status, err.param, err.code) == (400, "seed", "invalid_value")
+    assert prep({"seed": -(2**63)}).generation.seed == -(2**63) and prep({"seed": 2**63 - 1}).generation.seed
+
+
 def test_answer_tool_calls_go_out_in_openai_shape() -> None:
     calls = [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
     body = wire.completion("id", "m", 0, "", {"finish_reason": "tool_calls"}, calls)

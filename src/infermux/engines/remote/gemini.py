@@ -33,6 +33,7 @@ from infermux.engines.remote.http.transport import HttpRequest, default_error_me
 from infermux.engines.remote.http.urls import endpoint_url
 from infermux.engines.remote.json_schema import to_gemini_schema
 from infermux.engines.remote.media import image_payload
+from infermux.engines.seeds import GEMINI_SEEDS, fold_seed
 from infermux.engines.tool_calls import CallPairing
 from infermux.errors import RemoteError
 from infermux.samples import reply_with_samples, token_logprob
@@ -106,7 +107,7 @@ def generation_config(generation: GenerationParams) -> dict[str, Any]:
             raise ValueError(f"Gemini takes at most {_MAX_STOPS} stop strings, got {len(generation.stop_strings)}")
         config["stopSequences"] = list(generation.stop_strings)
     if generation.seed is not None:
-        config["seed"] = generation.seed
+        config["seed"] = fold_seed(generation.seed, *GEMINI_SEEDS)
     if generation.presence_penalty:
         config["presencePenalty"] = generation.presence_penalty
     if generation.frequency_penalty:
