@@ -18,6 +18,7 @@ import pytest
 from infermux.jobs.rows import iter_rows
 from tests.cli.chat_driver import PROMPT, ChatDriver, plain
 from tests.conftest import ROOT, cli_env
+from tests.fakes.openai_chat import FakeOpenAIChat
 from tests.fakes.stream_proxy import StreamProxy
 from tests.servers import free_port, llama_cpp_server
 
@@ -147,3 +148,11 @@ def test_piped_failure_is_reported_on_stderr_with_a_nonzero_exit(command: tuple[
     assert done.returncode == 3
     assert done.stdout == ""
     assert "error:" in done.stderr and "cannot connect" in done.stderr.lower()
+
+
+@pytest.mark.parametrize("command", [("chat",), ("infer", "-i")])
+def test_a_stream_cut_short_fails_with_exit_3_not_a_short_answer(command: tuple[str, ...]) -> None:
+    with FakeOpenAIChat(lambda ex: "The answer is 4", stream_style="cut") as fake:
+        done = _run_piped(remote_args(f"{fake.url}/v1", "--remote_params.max_retries", "0"), "2+2?\n", command)
+    assert done.returncode == 3, done.stderr
+    assert "ended before the answer did" in done.stderr and "Traceback" not in done.stderr

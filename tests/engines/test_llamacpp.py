@@ -145,6 +145,14 @@ def test_seed_reproduces_sampling_and_other_seeds_differ(engine):
     assert len(set(first)) > 1
 
 
+@pytest.mark.parametrize("seed", [-1, 0xFFFFFFFF, -(2**63), 2**63 - 1])
+def test_every_seed_reproduces_sampling_even_llama_cpps_random_sentinel(engine, seed):
+    # llama.cpp reads seed 0xFFFFFFFF as "random": seeds that truncate to it must be mapped, not passed on.
+    question = ["Write a sentence about the number 7."]
+    runs = [answers(engine, question, temperature=1.0, seed=seed, max_new_tokens=16)[0].last_message.text for _ in "ab"]
+    assert runs[0] == runs[1] and runs[0]
+
+
 def test_top_p_and_min_p_narrow_sampling_to_the_top_token(engine):
     question = ["Write a sentence about the number 7."]
     (greedy,) = answers(engine, question)

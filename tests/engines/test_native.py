@@ -238,6 +238,12 @@ def test_seed_reproduces_sampling_and_temperature_samples(engine: NativeTextInfe
     assert any(t != greedy for t in first)  # temperature > 0 samples without use_sampling
 
 
+@pytest.mark.parametrize("seed", [-1, 0xFFFFFFFF, -(2**63), 2**63 - 1])
+def test_every_seed_of_the_documented_range_reproduces_sampling(engine: NativeTextInferenceEngine, seed: int) -> None:
+    runs = [answer(engine, QUESTIONS[3], max_new_tokens=16, temperature=1.0, seed=seed).last_message.text for _ in "ab"]
+    assert runs[0] == runs[1] and runs[0]
+
+
 def test_top_p_and_min_p_narrow_sampling_to_greedy(engine: NativeTextInferenceEngine) -> None:
     greedy = answer(engine, QUESTIONS[3], max_new_tokens=16).last_message.text
     nucleus = answer(engine, QUESTIONS[3], max_new_tokens=16, temperature=1.5, top_p=1e-6, seed=5)

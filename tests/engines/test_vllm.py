@@ -247,6 +247,13 @@ def test_seed_reproduces_sampling_and_samplers_are_applied(engine):
     assert penalised != texts(run(engine, prompts, max_new_tokens=48))
 
 
+def test_every_seed_of_the_documented_range_reproduces_sampling(engine):
+    prompts = ["Write a sentence about the number 7."]
+    for seed in (-1, 0xFFFFFFFF, -(2**63), 2**63 - 1):
+        first = texts(run(engine, prompts, temperature=1.0, seed=seed, max_new_tokens=12))
+        assert texts(run(engine, prompts, temperature=1.0, seed=seed, max_new_tokens=12)) == first, seed
+
+
 @pytest.mark.slow
 def test_logit_bias_and_skip_special_tokens(engine):
     tokenizer = engine.llm.get_tokenizer()

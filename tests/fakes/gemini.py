@@ -458,6 +458,8 @@ class FakeGemini(FakeServer):
                 check_type(config[name], f"generation_config.{name}", int)
         if "candidateCount" in config:
             check_range(config["candidateCount"], "generation_config.candidate_count", 1, 8)
+        if "seed" in config:  # GenerationConfig.seed is an int32
+            check_range(config["seed"], "generation_config.seed", -(2**31), 2**31 - 1)
         if "responseLogprobs" in config:
             check_type(config["responseLogprobs"], "generation_config.response_logprobs", bool)
         if "logprobs" in config:

@@ -21,6 +21,14 @@ credits are used up, with no ``Retry-After``.
 The 401 echoes the key it got, as OpenAI's does (a gateway must not pass that on).
 ``GET /v1/models`` lists ``model``.
 
+``stream_style`` plays servers seen in the wild (default ``"standard"``, as above):
+
+* ``"cut"``: the stream stops after the text, with no ``finish_reason`` chunk and no ``[DONE]`` (an
+  upstream that died mid-answer behind a proxy that closed the response cleanly);
+* ``"plain_json"``: ``stream: true`` is ignored and the whole ``chat.completion`` comes back as JSON;
+* ``"shared_index"``: each tool call comes whole in one piece, every one with ``index: 0`` and its own
+  ``id`` (Ollama's and some gateways' parallel calls).
+
 ``burst=True`` (the default) writes the whole stream in one go, as a server that generates faster than
 the network delivers does: the client receives many events in one read. That is the case where a
 client's per-event work (a spinner to clear, a screen to update) must hold up.
@@ -58,8 +66,10 @@ class FakeOpenAIChat(FakeServer):
         burst: bool = True,
         api_key: str | None = None,
         model: str = "gpt-fake",
+        stream_style: str = "standard",
     ) -> None:
         super().__init__()
+        self.stream_style = stream_style
         self.responder = responder
         self.burst = burst
         self.api_key = api_key
@@ -96,7 +106,7 @@ class FakeOpenAIChat(FakeServer):
         except RequestInvalid as exc:
             return web.json_response(self.error_body(exc.status, str(exc)), status=exc.status)
         reply = chat_completion(body, exchange, self.responder, f"chatcmpl-{len(self.requests)}")
-        if not body.get("stream"):
+        if not body.get("stream") or self.stream_style == "plain_json":
             return web.json_response(reply)
         return await self._stream(request, body, reply)
 
@@ -119,15 +129,22 @@ class FakeOpenAIChat(FakeServer):
         chunks += [chunk({"content": word}) for word in re.split(r"(?<= )", text or "") if word]
         for n, call in enumerate(choice["message"].get("tool_calls") or []):
             function, arguments = call["function"], call["function"]["arguments"]
+            if self.stream_style == "shared_index":
+                chunks.append(chunk({"tool_calls": [{"index": 0, **call}]}))
+                continue
             first = {"index": n, "id": call["id"], "type": "function"}
             chunks.append(chunk({"tool_calls": [{**first, "function": {"name": function["name"], "arguments": ""}}]}))
             half = len(arguments) // 2
             for piece in (arguments[:half], arguments[half:]):
                 chunks.append(chunk({"tool_calls": [{"index": n, "function": {"arguments": piece}}]}))
-        chunks.append(chunk({}, choice["finish_reason"]))
-        if (body.get("stream_options") or {}).get("include_usage"):
-            chunks.append({**base, "choices": [], "usage": reply["usage"]})
-        events = [b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks] + [b"data: [DONE]\n\n"]
+        ending = [b"data: [DONE]\n\n"]
+        if self.stream_style == "cut":
+            ending = []
+        else:
+            chunks.append(chunk({}, choice["finish_reason"]))
+            if (body.get("stream_options") or {}).get("include_usage"):
+                chunks.append({**base, "choices": [], "usage": reply["usage"]})
+        events = [b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks] + ending
         if self.burst:
             await response.write(b"".join(events))
         else:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import cli_env
+from tests.fakes._server import default_responder
 from tests.fakes.openai_chat import FakeOpenAIChat
 from tests.serve.running import Served, serve
 
@@ -49,6 +50,8 @@ def fake(upstream: FakeOpenAIChat) -> Iterator[FakeOpenAIChat]:
     yield upstream
     upstream.clear()
     upstream.api_key = UPSTREAM_KEY
+    upstream.stream_style = "standard"
+    upstream.responder = default_responder
 
 
 def sdk(gateway: Served, key: str = GATEWAY_KEY) -> openai.OpenAI:
@@ -240,3 +243,73 @@ def test_n_choices_and_logprobs_through_the_gateway(gateway: Served, fake: FakeO
     chunks = [c for c in stream if c.choices]
     assert {c.choices[0].index for c in chunks} == {0, 1}
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices[0].index == 1).endswith("last=pick")
+
+
+def test_an_upstream_stream_cut_short_is_an_error_for_the_client(gateway: Served, fake: FakeOpenAIChat) -> None:
+    fake.stream_style = "cut"  # the text, then the connection closes: no finish_reason, no [DONE]
+    with pytest.raises(openai.InternalServerError) as caught:
+        chat(gateway, "two plus two")
+    assert caught.value.status_code == 502 and "ended before the answer did" in str(caught.value)
+    reasons, text = [], []
+    with pytest.raises(openai.APIError, match="ended before the answer did"):
+        for part in sdk(gateway).chat.completions.create(
+            model="gpt-fake", messages=[{"role": "user", "content": "two plus two"}], stream=True
+        ):
+            for choice in part.choices:
+                reasons.append(choice.finish_reason)
+                text.append(choice.delta.content or "")
+    assert "last=two plus two" in "".join(text)  # what came was passed on...
+    assert reasons and not any(reasons)  # ...but never called finished
+
+
+def test_an_upstream_that_ignores_stream_true_still_answers(gateway: Served, fake: FakeOpenAIChat) -> None:
+    fake.stream_style = "plain_json"
+    parts = list(
+        sdk(gateway).chat.completions.create(
+            model="gpt-fake", messages=[{"role": "user", "content": "whole"}], stream=True
+        )
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in parts if c.choices).endswith("last=whole")
+    assert parts[-1].choices and parts[-1].choices[0].finish_reason == "stop"
+
+
+def test_a_1_2_mb_answer_in_one_event_passes_through(gateway: Served, fake: FakeOpenAIChat) -> None:
+    big = "z" * 1_200_000
+    fake.responder = lambda ex: big
+    assert chat(gateway, "big").choices[0].message.content == big
+    streamed = sdk(gateway).chat.completions.create(
+        model="gpt-fake", messages=[{"role": "user", "content": "big"}], stream=True
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == big
+
+
+def test_parallel_calls_sharing_index_0_reach_the_client_as_separate_calls(
+    gateway: Served, fake: FakeOpenAIChat
+) -> None:
+    fake.stream_style = "shared_index"
+    tools = [WEATHER, {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}]
+    reply = sdk(gateway).chat.completions.create(
+        model="gpt-fake", messages=[{"role": "user", "content": "x"}], tools=tools, tool_choice="required"
+    )
+    calls = reply.choices[0].message.tool_calls or []
+    assert [c.function.name for c in calls] == ["get_weather", "get_time"]  # type: ignore[union-attr]
+    assert len({c.id for c in calls}) == 2
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"tool_choice": {"type": "function", "function": {"name": "get_weather"}}},
+        {"tool_choice": "required"},
+        {"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "get_time"}}},
+    ],
+)
+def test_a_tool_choice_that_does_not_fit_the_tools_is_a_400(
+    gateway: Served, fake: FakeOpenAIChat, extra: dict[str, object]
+) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk(gateway).chat.completions.create(
+            model="gpt-fake", messages=[{"role": "user", "content": "x"}], **extra  # type: ignore[call-overload]
+        )
+    assert caught.value.status_code == 400 and caught.value.param == "tool_choice"
+    assert not [r for r in fake.requests if r.path == "/v1/chat/completions"]

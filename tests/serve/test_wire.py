@@ -183,6 +183,29 @@ def test_tools_on_an_engine_without_them_are_a_400(body: dict[str, Any]) -> None
     assert err.status == 400 and err.code == "unsupported_parameter" and "tool" in err.message
 
 
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ({"tool_choice": {"type": "function", "function": {"name": "f"}}}, "no tools are offered"),
+        ({"tool_choice": "required"}, "no tools are offered"),
+        ({"tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "g"}}}, "'g', which is not among"),
+    ],
+)
+def test_a_tool_choice_that_does_not_fit_the_tools_is_a_400_naming_it(body: dict[str, Any], says: str) -> None:
+    err = error(body, TOOLS)
+    assert (err.status, err.param, err.code) == (400, "tool_choice", "invalid_value")
+    assert says in err.message and err.body()["error"]["param"] == "tool_choice"
+    assert prep({"tool_choice": "auto"}, TOOLS).generation.tool_choice == "auto"  # auto and none need no tools
+    assert prep({"tool_choice": "none"}, TOOLS).generation.tool_choice == "none"
+
+
+@pytest.mark.parametrize("seed", [2**63, -(2**63) - 1, 2**64, 10**30])
+def test_a_seed_outside_the_signed_64_bit_range_is_a_400_naming_it(seed: int) -> None:
+    err = error({"seed": seed})
+    assert (err.status, err.param, err.code) == (400, "seed", "invalid_value")
+    assert prep({"seed": -(2**63)}).generation.seed == -(2**63) and prep({"seed": 2**63 - 1}).generation.seed
+
+
 def test_answer_tool_calls_go_out_in_openai_shape() -> None:
     calls = [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
     body = wire.completion("id", "m", 0, "", {"finish_reason": "tool_calls"}, calls)

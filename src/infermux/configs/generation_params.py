@@ -9,7 +9,10 @@ from pydantic import BaseModel, Field, field_serializer, field_validator, model_
 
 from infermux.configs._base import ConfigModel
 
-__all__ = ["GenerationParams", "GuidedDecodingParams", "ToolChoice"]
+__all__ = ["SEED_MAX", "SEED_MIN", "GenerationParams", "GuidedDecodingParams", "ToolChoice"]
+
+#: The seeds accepted (a signed 64-bit integer; engines with a narrower seed map onto it: ``engines/seeds.py``).
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
 
 #: ``auto`` | ``none`` | ``required`` | ``{"type": "function", "function": {"name": ...}}``.
 ToolChoice = Literal["auto", "none", "required"] | dict[str, Any]
@@ -103,8 +106,9 @@ class GenerationParams(ConfigModel):
     """Sequences generated together by local engines."""
     exclude_prompt_from_response: bool = True
     """Return only the new text, not the prompt."""
-    seed: int | None = None
-    """Seed for reproducible sampling."""
+    seed: int | None = Field(default=None, ge=SEED_MIN, le=SEED_MAX)
+    """Seed for reproducible sampling: any signed 64-bit integer (every one, -1 included, gives repeatable
+    answers on every engine)."""
     temperature: float = Field(default=0.0, ge=0.0)
     """Sampling temperature; 0 means greedy."""
     top_p: float = Field(default=1.0, ge=0.0, le=1.0)

@@ -42,6 +42,7 @@ from infermux.configs.generation_params import GenerationParams
 from infermux.configs.model_params import ModelParams
 from infermux.configs.remote_params import RemoteParams
 from infermux.engines.capabilities import Capabilities, check_limits, check_params
+from infermux.engines.tool_calls import tool_choice_problem
 from infermux.errors import ConfigError, InputError, RowError
 from infermux.text import scrub_reply, scrub_surrogates
 from infermux.types import Conversation, TokenLogprob, Usage
@@ -156,7 +157,7 @@ class InferenceEngine:
         results: list[Conversation | RowError | None] = [None] * len(conversations)
         runnable: list[int] = []
         for i, conversation in enumerate(conversations):
-            problem = self.check_conversation(conversation)
+            problem = self._row_problem(conversation, generation)
             if problem is not None:
                 results[i] = problem
             else:
@@ -225,11 +226,22 @@ class InferenceEngine:
         With ``conversation`` (one request, as ``serve`` and chat have), a row this engine cannot run
         raises :class:`~infermux.errors.InputError`.
         """
-        self._check(generation or self.generation_params, tools=tools)
+        generation = generation or self.generation_params
+        self._check(generation, tools=tools)
         if conversation is not None:
-            problem = self.check_conversation(conversation)
+            problem = self._row_problem(conversation, generation)
             if problem is not None:
                 raise InputError(problem.message)
+
+    def _row_problem(self, conversation: Conversation, generation: GenerationParams) -> RowError | None:
+        """:meth:`check_conversation`, then whether ``generation.tool_choice`` fits the tools the row offers (a
+        job's ``tool_choice`` is for the rows with tools: the others answer freely)."""
+        problem = self.check_conversation(conversation)
+        if problem is None and conversation.tools and generation.forced_tool is not None:
+            message = tool_choice_problem(conversation.tools, generation)
+            if message is not None:
+                problem = RowError(kind="invalid_input", message=message)
+        return problem
 
     @classmethod
     def streams_itself(cls) -> bool:

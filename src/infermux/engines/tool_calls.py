@@ -8,6 +8,8 @@ pieces NATIVE and LLAMACPP can share).
   function, decoding is constrained to a JSON schema (the named function's ``parameters``; for
   ``required``, a list of ``{"name", "parameters"}`` objects, one of the tools each, as vLLM's server
   does) and the JSON read back as calls, so every call is valid JSON matching a tool's schema.
+* :func:`tool_choice_problem`: why a ``tool_choice`` cannot apply to a request's tools (``serve`` answers
+  400; in a job, a row whose tools lack the named function fails before anything is sent or generated).
 * :func:`parse_hermes`: calls written in the Hermes ``<tool_call>{"name", "arguments"}</tool_call>``
   markup, for engines without a parser library.
 """
@@ -29,6 +31,7 @@ __all__ = [
     "parse_hermes",
     "template_messages",
     "template_tools",
+    "tool_choice_problem",
     "tools_key",
 ]
 
@@ -76,6 +79,22 @@ def tools_key(conversation: Conversation) -> str:
     """Equal for conversations that offer the same tools (engines that take one tool list per call group
     rows by it)."""
     return json.dumps(template_tools(conversation), sort_keys=True)
+
+
+def tool_choice_problem(tools: list[Tool] | None, generation: GenerationParams) -> str | None:
+    """Why ``generation.tool_choice`` cannot apply to a request offering ``tools``, or None: a forced call
+    (``required`` or a named function) needs tools, and a named function must be one of them. (A job's
+    ``tool_choice`` applies to the rows that offer tools: the engines call this only for those.)"""
+    forced = generation.forced_tool
+    if forced is None and generation.tool_choice != "required":
+        return None
+    if not tools:
+        shown = f"names the function {forced!r}" if forced is not None else "is 'required'"
+        return f"tool_choice {shown}, but no tools are offered: give the tools, or leave tool_choice out."
+    names = [tool.name for tool in tools]
+    if forced is not None and forced not in names:
+        return f"tool_choice names the function {forced!r}, which is not among the tools ({', '.join(names)})."
+    return None
 
 
 def _parameters(tool: Tool) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from infermux.configs.generation_params import GenerationParams, GuidedDecodingParams
 from infermux.engines.capabilities import TOOL_PARAMS, Capabilities
+from infermux.engines.tool_calls import tool_choice_problem
 from infermux.types import (
     ContentItem,
     Conversation,
@@ -227,6 +228,10 @@ def prepare(
         raise ApiError(f"{engine_name} cannot call tools.", param="tools", code="unsupported_parameter")
     generation = _generation(req, defaults)
     _check_caps(req, generation, defaults, caps, engine_name)
+    if req.tool_choice is not None:  # the client's own choice must fit its tools (the server's is checked per row)
+        problem = tool_choice_problem(conversation.tools, generation)
+        if problem is not None:
+            raise ApiError(problem, param="tool_choice", code="invalid_value")
     include_usage = bool(req.stream and req.stream_options and req.stream_options.include_usage)
     samples = generation.n > 1 or generation.logprobs
     return Prepared(req, conversation, generation, bool(req.stream), include_usage, samples)

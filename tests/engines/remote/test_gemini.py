@@ -202,3 +202,14 @@ def test_a_400_from_the_api_fails_that_row_with_googles_message(fake: FakeGemini
         assert error["status"] == 400 and not error["retryable"]
         assert "generation_config.temperature: 3.0 is out of range" in error["message"]
     assert len(fake.requests) == 2  # a 400 is not retried
+
+
+def test_seeds_outside_int32_are_mapped_into_it_the_same_way_every_time(fake: FakeGemini) -> None:
+    sent = []
+    for seed in (7, -1, 2**31, 2**63 - 1, 2**31, -(2**63)):
+        fake.clear()
+        [answer] = engine(fake.url, temperature=1.0, seed=seed).infer([conv((Role.USER, "hello"))])
+        assert "error" not in answer.metadata, answer.metadata
+        sent.append(fake.requests[0].json["generationConfig"]["seed"])
+    assert sent[:2] == [7, -1]  # seeds Gemini takes go out unchanged
+    assert all(-(2**31) <= s < 2**31 for s in sent) and sent[2] == sent[4] and len(set(sent)) == 5

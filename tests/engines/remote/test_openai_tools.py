@@ -95,6 +95,19 @@ def test_named_function_and_none(fake: FakeOpenAIChat) -> None:
     assert plain.last_message.tool_calls is None and plain.last_message.text
 
 
+def test_a_tool_choice_that_does_not_fit_a_rows_tools_fails_that_row_only(fake: FakeOpenAIChat) -> None:
+    before = len(fake.requests)
+    plain = Conversation.model_validate({"messages": [{"role": "user", "content": "hi"}]})
+    named = {"type": "function", "function": {"name": "get_time"}}
+    rows = _engine(fake, tool_choice=named).infer([_ask("hello", [WEATHER, TIME]), _ask("hello"), plain])
+    assert [c.function.name for c in rows[0].last_message.tool_calls or []] == ["get_time"]
+    assert rows[1].metadata["error"]["kind"] == "invalid_input"
+    assert "'get_time', which is not among the tools (get_weather)" in rows[1].metadata["error"]["message"]
+    assert "error" not in rows[2].metadata and rows[2].last_message.text  # a job's choice is for rows with tools
+    assert "tool_choice" not in _last_body(fake) and "tools" not in _last_body(fake)
+    assert len(fake.requests) == before + 2  # the row whose tools lack the function was not sent
+
+
 def test_streamed_calls_are_assembled_on_the_answer(fake: FakeOpenAIChat) -> None:
     engine = _engine(fake, tool_choice="required")
 

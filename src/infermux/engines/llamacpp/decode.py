@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from infermux.engines.llamacpp.prefix import Admission, plan_admissions
+from infermux.engines.seeds import LLAMA_CPP_SEEDS, fold_seed
 
 __all__ = ["Cancelled", "DecodeResult", "MultiSequenceDecoder", "Request", "SamplingSpec"]
 
@@ -430,6 +431,6 @@ class MultiSequenceDecoder:
             lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_p(spec.top_p, 1))
             lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_min_p(spec.min_p, 1))
             lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_temp(spec.temperature))
-            seed = DEFAULT_SEED if spec.seed is None else spec.seed & 0xFFFFFFFF
+            seed = DEFAULT_SEED if spec.seed is None else fold_seed(spec.seed, *LLAMA_CPP_SEEDS)
             lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(seed))
         return chain

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar, Literal
@@ -30,7 +31,7 @@ from infermux.configs.generation_params import GenerationParams
 from infermux.configs.remote_params import RemoteParams
 from infermux.engines.base import InferenceEngine, StreamEvent
 from infermux.engines.remote.http.limits import estimate_tokens
-from infermux.engines.remote.http.sse import StreamDecoder
+from infermux.engines.remote.http.sse import WHOLE_REPLY, StreamDecoder
 from infermux.engines.remote.http.transport import (
     HttpRequest,
     Transport,
@@ -274,9 +275,14 @@ class RemoteEngine(InferenceEngine):
         decoder = self.stream_decoder(conversation)
         tokens = (estimate_tokens(request_chars(conversation)), generation.max_new_tokens)
         events = self._transport.stream(request, tokens=tokens)
+        answered: Conversation | None = None
+        received = 0
         try:
             async for event in events:
                 try:
+                    if event.event == WHOLE_REPLY:  # the server ignored the stream flag: one JSON answer
+                        answered = self.parse_reply(conversation, json.loads(event.data))
+                        break
                     delta = decoder.feed(event)
                 except (ValueError, KeyError, TypeError, IndexError) as exc:
                     raise RemoteError(
@@ -284,11 +290,24 @@ class RemoteEngine(InferenceEngine):
                         kind="malformed_response",
                     ) from None
                 if delta:
+                    received += len(delta)
                     yield StreamEvent(delta=delta)
                 if decoder.done:
                     break
         finally:
             await events.aclose()  # type: ignore[attr-defined]
+        if answered is not None:
+            if answered.last_message.text:
+                yield StreamEvent(delta=answered.last_message.text)
+            yield StreamEvent(conversation=answered, metadata=dict(answered.metadata))
+            return
+        if not decoder.finished:
+            raise RemoteError(
+                f"the answer stream ended before the answer did: no finish reason and no end-of-stream marker "
+                f"from {self.provider} after {received} characters. The text shown is incomplete.",
+                retryable=True,
+                kind="connection_error",
+            )
         result = decoder.result()
         yield StreamEvent(conversation=result, metadata=dict(result.metadata))
 

@@ -205,6 +205,10 @@ class SGLangStream:
         self._meta = data.get("meta_info") or self._meta
         return delta
 
+    @property
+    def finished(self) -> bool:
+        return self.done or bool(self._meta.get("finish_reason"))
+
     def result(self) -> Conversation:
         return _answer(self.conversation, self._text, self._meta)
 

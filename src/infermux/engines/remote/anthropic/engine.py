@@ -260,6 +260,10 @@ class AnthropicStream:
             self.done = True
         return ""
 
+    @property
+    def finished(self) -> bool:
+        return self.done or self._metadata["stop_reason"] is not None
+
     def _delta(self, index: int, delta: dict[str, Any]) -> str:
         block = self._blocks.setdefault(index, {"type": "text", "text": ""})
         kind = delta.get("type")

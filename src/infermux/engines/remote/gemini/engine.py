@@ -34,6 +34,7 @@ from infermux.engines.remote.http.urls import endpoint_url
 from infermux.engines.remote.json_schema import to_gemini_schema
 from infermux.engines.remote.media import image_payload
 from infermux.engines.remote.messages import merge_turns
+from infermux.engines.seeds import GEMINI_SEEDS, fold_seed
 from infermux.engines.tool_calls import CallPairing
 from infermux.errors import RemoteError
 from infermux.samples import reply_with_samples, token_logprob
@@ -100,7 +101,7 @@ def generation_config(generation: GenerationParams) -> dict[str, Any]:
             raise ValueError(f"Gemini takes at most {_MAX_STOPS} stop strings, got {len(generation.stop_strings)}")
         config["stopSequences"] = list(generation.stop_strings)
     if generation.seed is not None:
-        config["seed"] = generation.seed
+        config["seed"] = fold_seed(generation.seed, *GEMINI_SEEDS)
     if generation.presence_penalty:
         config["presencePenalty"] = generation.presence_penalty
     if generation.frequency_penalty:
@@ -305,6 +306,11 @@ class GeminiStream:
         parts = (first.get("content") or {}).get("parts") or []
         self._parts.extend(parts)
         return "".join(p.get("text", "") for p in parts if not p.get("thought"))
+
+    @property
+    def finished(self) -> bool:
+        # Gemini has no end marker: the last chunk carries the finishReason (a blocked prompt sets one too).
+        return self._metadata["finish_reason"] is not None
 
     def result(self) -> Conversation:
         return reply(self.conversation, self._parts, dict(self._metadata), self.generation)

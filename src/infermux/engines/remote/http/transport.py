@@ -59,7 +59,7 @@ import aiohttp
 
 from infermux.engines.remote.http.classify import body_retry_hint, permanent_failure
 from infermux.engines.remote.http.limits import AimdLimiter, WindowLimiter, parse_retry_hint
-from infermux.engines.remote.http.sse import SseEvent, iter_sse
+from infermux.engines.remote.http.sse import WHOLE_REPLY, SseEvent, iter_lines, iter_sse
 from infermux.errors import AuthenticationError, RemoteError
 
 if TYPE_CHECKING:
@@ -85,6 +85,10 @@ _CONNECTION_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError,
 _ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _DECODE = json.JSONDecoder().decode  # what ``json.loads`` calls, without its per-call checks
 _PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
+# aiohttp's limits, set here rather than left to the installed version's defaults: the read buffer, and
+# the longest status or header line and header field of a reply (long request ids and signed headers
+# happen). Streamed bodies are split into lines by :func:`iter_lines`, with its own limit.
+_SESSION_LIMITS: dict[str, Any] = {"read_bufsize": 2**18, "max_line_size": 65536, "max_field_size": 65536}
 
 
 @dataclass(frozen=True)
@@ -239,7 +243,7 @@ class Transport(Generic[T]):
         # trust_env makes aiohttp look up proxy settings on every request: only pay for it when set.
         trust_env = any(os.environ.get(v) for v in _PROXY_VARS)
         self._session = aiohttp.ClientSession(
-            connector=connector, timeout=timeout, raise_for_status=False, trust_env=trust_env
+            connector=connector, timeout=timeout, raise_for_status=False, trust_env=trust_env, **_SESSION_LIMITS
         )
         return self
 
@@ -327,7 +331,8 @@ class Transport(Generic[T]):
         Failures before the reply starts are retried like :meth:`send`; once events flow, a broken
         stream raises :class:`RemoteError` (what was already shown cannot be taken back). The read
         timeout applies between chunks, not to the whole answer. Closing the iterator early closes the
-        connection, which tells the server to stop generating.
+        connection, which tells the server to stop generating. A server that ignores the stream flag and
+        answers with one JSON document gives one event named :data:`~.sse.WHOLE_REPLY` holding it.
         """
         assert self._session is not None, "use the transport inside `async with`"
         failures = 0
@@ -361,8 +366,11 @@ class Transport(Generic[T]):
             break
         finished = False
         try:
-            async for event in iter_sse(resp.content):
-                yield event
+            if resp.content_type == "application/json" or resp.content_type.endswith("+json"):
+                yield SseEvent((await resp.read()).decode("utf-8", "replace"), WHOLE_REPLY)
+            else:
+                async for event in iter_sse(iter_lines(resp.content.iter_any())):
+                    yield event
             finished = True
             self.limiter.on_success()
             self.stats["ok"] += 1
@@ -370,6 +378,8 @@ class Transport(Generic[T]):
             raise RemoteError(
                 f"the answer stream broke off ({type(exc).__name__}: {exc})", retryable=True, kind="connection_error"
             ) from None
+        except ValueError as exc:  # a line longer than iter_lines reads
+            raise RemoteError(f"unreadable answer stream: {exc}", kind="malformed_response") from None
         finally:
             self.limiter.release()
             if finished:

@@ -3,7 +3,10 @@
 Each event's ``data`` is a chunk whose ``choices[0].delta`` carries the next piece of ``content`` (and,
 on reasoning servers, ``reasoning_content``/``reasoning``, and pieces of ``tool_calls``, which carry an
 ``index``: the first piece of a call brings its ``id`` and function ``name``, later ones more of its
-``arguments`` string); the chunk with a ``finish_reason`` ends the choice; with
+``arguments`` string). Some servers (Ollama, some gateways) send each of several parallel calls whole
+with ``index: 0``: a piece that brings a new ``id`` at an index starts a new call; a piece without an
+``index`` continues the last call (or starts one when it brings a new ``id``). Only the choice with
+``index`` 0 is read (a stream asks for one answer); the chunk with a ``finish_reason`` ends the choice; with
 ``stream_options.include_usage`` a last chunk with empty ``choices`` carries ``usage``; ``data: [DONE]``
 ends the stream. An ``{"error": ...}`` object inside the stream is a failure.
 """
@@ -31,7 +34,8 @@ class ChatCompletionStream:
         self._text: list[str] = []
         self._reasoning: list[str] = []
         self._metadata: dict[str, Any] = {"finish_reason": None, "model": None}
-        self._calls: dict[int, dict[str, Any]] = {}
+        self._calls: list[dict[str, Any]] = []
+        self._at_index: dict[int, dict[str, Any]] = {}  # the latest call streamed under each index
 
     def feed(self, event: SseEvent) -> str:
         if event.data.strip() == "[DONE]":
@@ -49,10 +53,9 @@ class ChatCompletionStream:
         usage = Usage.from_openai(data.get("usage"))
         if usage is not None:
             self._metadata["usage"] = usage.to_json_dict()
-        choices = data.get("choices") or []
-        if not choices:
+        choice = next((c for c in data.get("choices") or () if isinstance(c, dict) and not c.get("index")), None)
+        if choice is None:
             return ""
-        choice = choices[0]
         # "message" instead of "delta": a server that ignored stream=true and answered at once.
         delta = choice.get("delta") or choice.get("message") or {}
         if choice.get("finish_reason"):
@@ -73,18 +76,27 @@ class ChatCompletionStream:
     def _add_call_piece(self, piece: Any) -> None:
         if not isinstance(piece, dict):
             raise TypeError(f"delta.tool_calls item is {type(piece).__name__}, expected an object")
-        index = piece.get("index", len(self._calls))
-        call = self._calls.setdefault(int(index), {"id": None, "name": "", "arguments": []})
-        if piece.get("id"):
-            call["id"] = piece["id"]
+        index, call_id = piece.get("index"), piece.get("id")
+        call = self._calls[-1] if index is None and self._calls else self._at_index.get(int(index or 0))
+        if call is None or (call_id and call["id"] and call_id != call["id"]):
+            call = {"id": None, "name": "", "arguments": []}
+            self._calls.append(call)
+            if index is not None:
+                self._at_index[int(index)] = call
+        if call_id:
+            call["id"] = call_id
         function = piece.get("function") or {}
         if function.get("name"):
             call["name"] += function["name"]
         if function.get("arguments"):
             call["arguments"].append(function["arguments"])
 
+    @property
+    def finished(self) -> bool:
+        return self.done or self._metadata["finish_reason"] is not None
+
     def tool_calls(self) -> list[ToolCall] | None:
-        """The calls assembled so far, in index order."""
+        """The calls assembled so far, in the order they started."""
         if not self._calls:
             return None
         return [
@@ -92,7 +104,7 @@ class ChatCompletionStream:
                 id=c["id"] or new_call_id(),
                 function=FunctionCall(name=c["name"], arguments="".join(c["arguments"]) or "{}"),
             )
-            for _, c in sorted(self._calls.items())
+            for c in self._calls
         ]
 
     def result(self) -> Conversation:
