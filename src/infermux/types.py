@@ -194,6 +194,15 @@ class Usage(BaseModel):
             ("reasoning_tokens", completion_details.get("reasoning_tokens")),
         )
         out = {k: int(v) for k, v in raw if v is not None and v != ""}
+        reasoning, completion = out.get("reasoning_tokens", 0), out.get("completion_tokens")
+        if (
+            reasoning
+            and completion is not None
+            and out.get("total_tokens") == sum((out.get("prompt_tokens", 0), completion, reasoning))
+        ):
+            # a server that counts reasoning apart from the completion (total = prompt + completion +
+            # reasoning): reasoning is billed as output, and our completion_tokens includes it, as OpenAI's
+            out["completion_tokens"] = completion + reasoning
         if "total_tokens" not in out and "prompt_tokens" in out and "completion_tokens" in out:
             out["total_tokens"] = out["prompt_tokens"] + out["completion_tokens"]
         return {k: out[k] for k in _USAGE_ORDER if k in out}

@@ -122,8 +122,11 @@ class FakeAnthropic(FakeServer):
             {"claude-opus-4-7", "claude-opus-4-7-20260101", "claude-sonnet-5", "claude-fable-1"}
         ),
         cache_read: int = 0,
+        report_usage: bool = True,
     ):
         super().__init__()
+        # False: answer without ``usage``, as some servers speaking the protocol do (absent, not zero)
+        self.report_usage = report_usage
         self.cache_read = cache_read
         self.api_key = api_key
         self.responder = responder
@@ -187,18 +190,19 @@ class FakeAnthropic(FakeServer):
         )
         if body.get("stream"):
             return await self._stream(request, body, blocks, stop_reason, matched, usage)
-        return web.json_response(
-            {
-                "id": f"msg_fake{len(self.requests)}",
-                "type": "message",
-                "role": "assistant",
-                "model": body["model"],
-                "content": blocks,
-                "stop_reason": stop_reason,
-                "stop_sequence": matched,
-                "usage": usage,
-            }
-        )
+        message = {
+            "id": f"msg_fake{len(self.requests)}",
+            "type": "message",
+            "role": "assistant",
+            "model": body["model"],
+            "content": blocks,
+            "stop_reason": stop_reason,
+            "stop_sequence": matched,
+            "usage": usage,
+        }
+        if not self.report_usage:
+            del message["usage"]
+        return web.json_response(message)
 
     def _cache_usage(self, body: dict, exchange: Exchange, input_tokens: int) -> dict[str, int]:
         """Input usage, with the cached prefix (system, tools marked with cache_control) split out."""
@@ -257,6 +261,8 @@ class FakeAnthropic(FakeServer):
             "id": f"msg_fake{len(self.requests)}", "type": "message", "role": "assistant", "model": body["model"],
             "content": [], "stop_reason": None, "stop_sequence": None, "usage": {**usage, "output_tokens": 1},
         }  # fmt: skip
+        if not self.report_usage:
+            del message["usage"]
         events: list[tuple[str, dict]] = [("message_start", {"type": "message_start", "message": message})]
         for index, block in enumerate(blocks):
             kind = block["type"]
@@ -280,7 +286,7 @@ class FakeAnthropic(FakeServer):
             events.append(("content_block_stop", {"type": "content_block_stop", "index": index}))
         events += [
             ("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": matched},
-                               "usage": {"output_tokens": usage["output_tokens"]}}),
+                               **({"usage": {"output_tokens": usage["output_tokens"]}} if self.report_usage else {})}),
             ("message_stop", {"type": "message_stop"}),
         ]  # fmt: skip
         for name, data in events:

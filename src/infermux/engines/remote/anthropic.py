@@ -50,13 +50,20 @@ ANTHROPIC_VERSION = "2023-06-01"
 _MEDIA_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 
 
-def _usage(usage: dict[str, Any]) -> Usage:
+def _usage(usage: Any) -> Usage | None:
     """Messages API ``usage`` in our terms: Anthropic's ``input_tokens`` excludes the prompt tokens read
     from or written to the prompt cache; our ``prompt_tokens`` counts them all, and ``cached_tokens`` /
-    ``cache_creation_tokens`` say how many were read / written."""
+    ``cache_creation_tokens`` say how many were read / written. ``output_tokens`` includes extended
+    thinking (billed as output). A reply without usage (another server speaking the protocol) has none:
+    None, never zeros (an unknown count is priced as unknown, not as free)."""
+    if not isinstance(usage, dict):
+        return None
     read, created = usage.get("cache_read_input_tokens"), usage.get("cache_creation_input_tokens")
-    prompt = int(usage.get("input_tokens") or 0) + int(read or 0) + int(created or 0)
-    return Usage.of(prompt, int(usage.get("output_tokens") or 0), cached_tokens=read, cache_creation_tokens=created)
+    given, output = usage.get("input_tokens"), usage.get("output_tokens")
+    if given is None and output is None:
+        return None
+    prompt = None if given is None else int(given) + int(read or 0) + int(created or 0)
+    return Usage.of(prompt, output, cached_tokens=read, cache_creation_tokens=created)
 
 
 _EPHEMERAL = {"cache_control": {"type": "ephemeral"}}
@@ -229,7 +236,7 @@ class AnthropicInferenceEngine(MessageBatchesMixin, RemoteEngine):
         return conversation.with_reply(
             text,
             metadata,
-            usage=_usage(data.get("usage") or {}),
+            usage=_usage(data.get("usage")),
             finish_reason=FinishReason.parse(stop_reason),
             tool_calls=calls,
             reasoning_content=reasoning,
@@ -245,7 +252,7 @@ class AnthropicStream:
         self.done = False
         self._blocks: dict[int, dict[str, Any]] = {}
         self._json: dict[int, list[str]] = {}
-        self._usage: dict[str, Any] = {}
+        self._usage: dict[str, Any] | None = None
         self._metadata: dict[str, Any] = {"finish_reason": None, "stop_reason": None, "model": None}
 
     def feed(self, event: SseEvent) -> str:
@@ -257,7 +264,8 @@ class AnthropicStream:
         if kind == "message_start":
             message = data["message"]
             self._metadata["model"] = message.get("model")
-            self._usage.update(message.get("usage") or {})
+            if isinstance(message.get("usage"), dict):
+                self._usage = dict(message["usage"])
         elif kind == "content_block_start":
             self._blocks[data.get("index", 0)] = dict(data["content_block"])
         elif kind == "content_block_delta":  # some servers leave out the index of a lone text block
@@ -271,7 +279,9 @@ class AnthropicStream:
             self._metadata["stop_reason"] = stop
             self._metadata["finish_reason"] = FinishReason.parse(stop)
             # message_delta's usage counts are cumulative: they replace the message_start ones.
-            self._usage.update({k: v for k, v in (data.get("usage") or {}).items() if v is not None})
+            counts = {k: v for k, v in (data.get("usage") or {}).items() if v is not None}
+            if counts:
+                self._usage = {**(self._usage or {}), **counts}
         elif kind == "message_stop":
             self.done = True
         return ""

@@ -131,14 +131,19 @@ def build_converse_request(
     return request
 
 
-def _usage(usage: dict[str, Any]) -> Usage:
+def _usage(usage: Any) -> Usage | None:
     """Converse ``usage`` in our terms: ``inputTokens`` leaves out the prompt-cache reads and writes
     (``cacheReadInputTokens``, ``cacheWriteInputTokens``); our ``prompt_tokens`` counts them, as OpenAI's
-    and the price library's do."""
+    and the price library's do. ``outputTokens`` includes reasoning (billed as output). No usage: None
+    (unknown, never zeros)."""
+    if not isinstance(usage, dict):
+        return None
     read, written = usage.get("cacheReadInputTokens"), usage.get("cacheWriteInputTokens")
-    prompt = int(usage.get("inputTokens") or 0) + int(read or 0) + int(written or 0)
+    given, completion = usage.get("inputTokens"), usage.get("outputTokens")
+    if given is None and completion is None:
+        return None
+    prompt = None if given is None else int(given) + int(read or 0) + int(written or 0)
     total = usage.get("totalTokens") if not (read or written) else None  # recomputed when the cache counts
-    completion = int(usage.get("outputTokens") or 0)
     return Usage.of(prompt, completion, total, cached_tokens=read, cache_creation_tokens=written)
 
 
@@ -148,14 +153,11 @@ def parse_converse_response(
     """``conversation`` with the Converse answer (text, tool calls, reasoning) and its metadata."""
     content = response["output"]["message"]["content"]
     text, calls, reasoning, update = reply_parts(content, conversation.metadata, generation)
-    usage = response.get("usage") or {}
+    usage = _usage(response.get("usage"))
     stop = response.get("stopReason")
-    metadata: dict[str, Any] = {
-        **update,
-        "usage": _usage(usage).to_json_dict(),
-        "finish_reason": FinishReason.parse(stop),
-        "stop_reason": stop,
-    }  # fmt: skip
+    metadata: dict[str, Any] = {**update, "finish_reason": FinishReason.parse(stop), "stop_reason": stop}
+    if usage is not None:
+        metadata["usage"] = usage.to_json_dict()
     latency = (response.get("metrics") or {}).get("latencyMs")
     if latency is not None:
         metadata["latency_ms"] = latency
