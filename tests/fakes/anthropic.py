@@ -119,7 +119,15 @@ class FakeAnthropic(FakeServer):
         responder: Responder = default_responder,
         allow_temperature_and_top_p: bool = False,
         no_sampling_models: frozenset[str] = frozenset(
-            {"claude-opus-4-7", "claude-opus-4-7-20260101", "claude-sonnet-5", "claude-fable-1"}
+            {
+                "claude-opus-4-7",
+                "claude-opus-4-7-20260101",
+                "claude-sonnet-5",
+                "claude-fable-1",
+                "claude-mythos-preview",
+                "claude-opus-4-8",
+                "claude-opus-5",
+            }
         ),
         cache_read: int = 0,
         report_usage: bool = True,

@@ -29,12 +29,18 @@ from typing import Any
 
 from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams
+from infermux.configs.model_params import ModelParams
 from infermux.configs.remote_params import RemoteParams
 from infermux.engines.capabilities import Capabilities
 from infermux.engines.remote.anthropic_batch import MessageBatchesMixin
 from infermux.engines.remote.anthropic_tools import assistant_blocks, reply_parts, tool_fields, tool_result_block
 from infermux.engines.remote.base import RemoteEngine
-from infermux.engines.remote.claude_models import SAMPLING_PARAMS, refuses_sampling, warn_dropped_sampling
+from infermux.engines.remote.claude_models import (
+    SAMPLING_PARAMS,
+    sends_sampling,
+    thinking_problems,
+    warn_dropped_sampling,
+)
 from infermux.engines.remote.http.sse import SseEvent
 from infermux.engines.remote.http.transport import HttpRequest
 from infermux.engines.remote.http.urls import append_path, endpoint_url
@@ -136,9 +142,11 @@ class AnthropicInferenceEngine(MessageBatchesMixin, RemoteEngine):
         tools=True,
         notes=(
             "temperature must be between 0 and 1; recent models accept temperature or top_p, not both.",
-            "Opus >= 4.7, Sonnet >= 5 and claude-fable/mythos models take no sampling parameters: none are sent.",
+            "Opus >= 4.7, Sonnet >= 5 and claude-fable/mythos models take no sampling parameters: none are sent "
+            "(model_kwargs.accepts_sampling: false/true overrides the table for a newer model).",
             "n > 1 sends n requests per row; no log-probabilities.",
-            "With model_kwargs.thinking (extended thinking) no temperature is sent.",
+            "With model_kwargs.thinking (extended thinking) no temperature is sent; budget_tokens must be at least "
+            "1024 and below max_new_tokens, with no forced tool_choice and top_p >= 0.95 (checked before sending).",
         ),
         value_ranges={"temperature": (0.0, 1.0)},
     )
@@ -156,15 +164,18 @@ class AnthropicInferenceEngine(MessageBatchesMixin, RemoteEngine):
         params = self.remote_params or RemoteParams()
         if not self._secrets and not params.api_url:
             raise AuthenticationError(self._missing_key_message(params), kind="authentication")
-        self.sends_sampling = not refuses_sampling(self.model_params.model_name)
+        self.sends_sampling = sends_sampling(self.model_params.model_name, self.model_params.model_kwargs)
         self._warned_sampling = False
 
     def endpoint_url(self, api_url: str) -> str:
         return endpoint_url(api_url, append_path("/messages", base="/v1"))
 
-    def limit_problems(self, generation: GenerationParams) -> list[str]:
+    @classmethod
+    def config_limit_problems(cls, model: ModelParams, generation: GenerationParams) -> list[str]:
         # Models that refuse sampling are sent no temperature: its range does not matter then.
-        return [] if refuses_sampling(self.model_params.model_name) else super().limit_problems(generation)
+        declared = super().config_limit_problems(model, generation)
+        sampled = sends_sampling(model.model_name, model.model_kwargs)
+        return [*(declared if sampled else []), *thinking_problems(model.model_kwargs, generation)]
 
     def build_headers(self, api_key: str | None) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "anthropic-version": ANTHROPIC_VERSION}

@@ -22,11 +22,18 @@ from typing import Any, ClassVar
 
 from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams
+from infermux.configs.model_params import ModelParams
 from infermux.configs.remote_params import RemoteParams
 from infermux.engines.base import InferenceEngine
 from infermux.engines.capabilities import Capabilities
 from infermux.engines.remote.bedrock_tools import reply_parts, tool_config, tool_result_block, tool_use_blocks
-from infermux.engines.remote.claude_models import SAMPLING_PARAMS, refuses_sampling, warn_dropped_sampling
+from infermux.engines.remote.claude_models import (
+    ACCEPTS_SAMPLING_KEY,
+    SAMPLING_PARAMS,
+    sends_sampling,
+    thinking_problems,
+    warn_dropped_sampling,
+)
 from infermux.engines.remote.media import image_payload
 from infermux.engines.tool_calls import CallPairing
 from infermux.errors import AuthenticationError, ConfigError, ErrorKind, RemoteError, RowError
@@ -175,7 +182,9 @@ class BedrockInferenceEngine(InferenceEngine):
         notes=(
             "n > 1 sends n Converse calls per row; no log-probabilities.",
             "Converse has no tool_choice none or parallel_tool_calls switch (see docs/tools.md).",
-            "model.model_kwargs are sent as additionalModelRequestFields.",
+            "model.model_kwargs are sent as additionalModelRequestFields (accepts_sampling excepted: it overrides "
+            "the table of Claude models that take no sampling parameters); Claude's thinking limits are checked "
+            "before sending, and no temperature goes with thinking.",
             "remote_params.api_url, when set, replaces the bedrock-runtime endpoint (e.g. a VPC endpoint).",
         ),
         value_ranges={"temperature": (0.0, 1.0)},  # Converse's InferenceConfiguration
@@ -210,10 +219,17 @@ class BedrockInferenceEngine(InferenceEngine):
             read_timeout=max(params.connection_timeout, 60.0),
         )
         self.region = region
-        self.sends_sampling = not refuses_sampling(self.model_params.model_name)
+        self.sends_sampling = sends_sampling(self.model_params.model_name, self.model_params.model_kwargs)
         self._warned_sampling = False
         self.client = boto3.client("bedrock-runtime", config=config, endpoint_url=params.api_url or None)
         self._pool: ThreadPoolExecutor | None = None
+
+    @classmethod
+    def config_limit_problems(cls, model: ModelParams, generation: GenerationParams) -> list[str]:
+        # Claude models that refuse sampling are sent no temperature: its range does not matter then.
+        declared = super().config_limit_problems(model, generation)
+        sampled = sends_sampling(model.model_name, model.model_kwargs)
+        return [*(declared if sampled else []), *thinking_problems(model.model_kwargs, generation)]
 
     def chunk_size(self, generation: GenerationParams) -> int:
         return 1
@@ -237,6 +253,7 @@ class BedrockInferenceEngine(InferenceEngine):
         results: list[Conversation | RowError] = []
         for conversation in conversations:
             extra = dict(self.model_params.model_kwargs)
+            extra.pop(ACCEPTS_SAMPLING_KEY, None)  # ours, not Bedrock's
             if not self.sends_sampling:
                 explicit = set(SAMPLING_PARAMS) & (generation.model_fields_set | set(extra))
                 for name in SAMPLING_PARAMS:
@@ -248,6 +265,8 @@ class BedrockInferenceEngine(InferenceEngine):
                 request = build_converse_request(
                     self.model_params.model_name, conversation, generation, extra, sampling=self.sends_sampling
                 )
+                if "thinking" in extra:  # extended thinking takes no temperature (as on ANTHROPIC)
+                    request["inferenceConfig"].pop("temperature", None)
             except ValueError as exc:
                 results.append(RowError.from_exception(exc, ErrorKind.INVALID_INPUT))
                 continue

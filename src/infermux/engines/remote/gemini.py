@@ -236,7 +236,7 @@ class GoogleGeminiInferenceEngine(RemoteEngine):
         tools=True,
         notes=("At most 5 stop strings.", "JSON schemas are inlined ($ref/$defs) to Gemini's schema subset."),
         max_items={"stop_strings": _MAX_STOPS},
-        value_ranges={"temperature": (0.0, 2.0)},
+        value_ranges={"temperature": (0.0, 2.0), "n": (1, 8)},  # candidateCount is 1-8
     )
     default_api_url = "https://generativelanguage.googleapis.com/v1beta"
     api_key_env = "GEMINI_API_KEY"
