@@ -182,6 +182,7 @@ class Usage(BaseModel):
             and type(c) is int
             and not data.get("prompt_tokens_details")
             and not data.get("completion_tokens_details")
+            and "prompt_cache_hit_tokens" not in data
         ):  # the common reply: three plain counts
             return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": t if type(t) is int and t else p + c}
         prompt_details = data.get("prompt_tokens_details") or {}
@@ -190,7 +191,8 @@ class Usage(BaseModel):
             ("prompt_tokens", data.get("prompt_tokens")),
             ("completion_tokens", data.get("completion_tokens")),
             ("total_tokens", data.get("total_tokens") or None),
-            ("cached_tokens", prompt_details.get("cached_tokens")),
+            # DeepSeek reports its (automatic) context-cache hits as prompt_cache_hit_tokens
+            ("cached_tokens", prompt_details.get("cached_tokens", data.get("prompt_cache_hit_tokens"))),
             ("reasoning_tokens", completion_details.get("reasoning_tokens")),
         )
         out = {k: int(v) for k, v in raw if v is not None and v != ""}

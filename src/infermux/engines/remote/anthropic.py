@@ -11,12 +11,14 @@ Protocol mapping (from Anthropic's API reference):
   with ``additionalProperties: false`` as structured outputs require);
 * the reply's text blocks are joined; ``usage`` and ``stop_reason`` go to the metadata;
 * tools, ``tool_use`` / ``tool_result`` blocks and thinking: see :mod:`.anthropic_tools`;
-* prompt caching (``remote_params.anthropic_prompt_caching``): the system prompt goes as one text
-  block, and the last tool definition (when tools are sent), with ``cache_control: {type: ephemeral}``,
-  which caches the prompt up to that point. Usage then reports ``cache_read_input_tokens`` and
-  ``cache_creation_input_tokens`` next to ``input_tokens`` (which excludes both); the row's usage has
-  ``prompt_tokens`` = all three, ``cached_tokens`` = the cache reads, ``cache_creation_tokens`` = the
-  cache writes (priced at their own rates).
+* prompt caching (``remote_params.anthropic_prompt_caching``): by default, as Oumi does, automatic
+  caching: a top-level ``cache_control: {type: ephemeral}``, which caches the prompt up to its last block
+  (later turns of a conversation, and repeated rows, read it back); ``true`` instead sends the system
+  prompt as one text block, and the last tool definition (when tools are sent), with that
+  ``cache_control``, which caches the prompt up to that point; ``false``: none. Usage then reports
+  ``cache_read_input_tokens`` and ``cache_creation_input_tokens`` next to ``input_tokens`` (which
+  excludes both); the row's usage has ``prompt_tokens`` = all three, ``cached_tokens`` = the cache
+  reads, ``cache_creation_tokens`` = the cache writes (priced at their own rates).
 
 Auth is the ``x-api-key`` header (``ANTHROPIC_API_KEY``) plus ``anthropic-version``. Message Batches
 (``infermux batch ...``) live in :mod:`.anthropic_batch`.
@@ -209,7 +211,10 @@ class AnthropicInferenceEngine(MessageBatchesMixin, RemoteEngine):
             "max_tokens": generation.max_new_tokens,
             "messages": messages,
         }
-        caching = self.remote_params is not None and self.remote_params.anthropic_prompt_caching
+        setting = self.remote_params.anthropic_prompt_caching if self.remote_params is not None else None
+        caching = setting is True  # explicit breakpoints on the system prompt and the tools
+        if setting is None:  # automatic caching (Oumi's default): up to the prompt's last block
+            body["cache_control"] = dict(_EPHEMERAL["cache_control"])
         if system is not None:
             body["system"] = [{"type": "text", "text": system, **_EPHEMERAL}] if caching else system
         thinking = self.model_params.model_kwargs.get("thinking")
