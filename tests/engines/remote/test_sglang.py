@@ -233,3 +233,16 @@ def test_a_reply_without_token_counts_has_no_usage(tokenizer: Any, stream: bool)
     assert answer.last_message.text
     assert "usage" not in answer.metadata and answer.usage is None
     assert answer.metadata["finish_reason"] == "length"
+
+
+def test_chat_template_auto_is_the_tokenizers_own(fake: FakeSGLang, tokenizer: Any) -> None:
+    def prompt(template: str | None) -> str:
+        eng = SGLangInferenceEngine(
+            ModelParams(model_name=DEFAULT_MODEL_ALIAS, chat_template=template),
+            remote_params=RemoteParams(api_url=fake.url, api_key=KEY, max_retries=0),
+            tokenizer=tokenizer,
+        )
+        return eng.render_prompt(conv((Role.USER, "Hi.")))[0]
+
+    assert prompt("auto") == prompt(None)
+    assert prompt("gpt2") == "Hi." + str(tokenizer.eos_token)
