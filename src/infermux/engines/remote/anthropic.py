@@ -39,8 +39,8 @@ from infermux.engines.remote.anthropic_tools import assistant_blocks, reply_part
 from infermux.engines.remote.base import RemoteEngine
 from infermux.engines.remote.claude_models import (
     SAMPLING_PARAMS,
+    claude_limit_problems,
     sends_sampling,
-    thinking_problems,
     warn_dropped_sampling,
 )
 from infermux.engines.remote.http.sse import SseEvent
@@ -174,10 +174,8 @@ class AnthropicInferenceEngine(MessageBatchesMixin, RemoteEngine):
 
     @classmethod
     def config_limit_problems(cls, model: ModelParams, generation: GenerationParams) -> list[str]:
-        # Models that refuse sampling are sent no temperature: its range does not matter then.
         declared = super().config_limit_problems(model, generation)
-        sampled = sends_sampling(model.model_name, model.model_kwargs)
-        return [*(declared if sampled else []), *thinking_problems(model.model_kwargs, generation)]
+        return claude_limit_problems(declared, model.model_name, model.model_kwargs, generation)
 
     def build_headers(self, api_key: str | None) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "anthropic-version": ANTHROPIC_VERSION}

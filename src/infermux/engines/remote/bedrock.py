@@ -30,8 +30,8 @@ from infermux.engines.remote.bedrock_tools import reply_parts, tool_config, tool
 from infermux.engines.remote.claude_models import (
     ACCEPTS_SAMPLING_KEY,
     SAMPLING_PARAMS,
+    claude_limit_problems,
     sends_sampling,
-    thinking_problems,
     warn_dropped_sampling,
 )
 from infermux.engines.remote.media import image_payload
@@ -226,10 +226,8 @@ class BedrockInferenceEngine(InferenceEngine):
 
     @classmethod
     def config_limit_problems(cls, model: ModelParams, generation: GenerationParams) -> list[str]:
-        # Claude models that refuse sampling are sent no temperature: its range does not matter then.
         declared = super().config_limit_problems(model, generation)
-        sampled = sends_sampling(model.model_name, model.model_kwargs)
-        return [*(declared if sampled else []), *thinking_problems(model.model_kwargs, generation)]
+        return claude_limit_problems(declared, model.model_name, model.model_kwargs, generation)
 
     def chunk_size(self, generation: GenerationParams) -> int:
         return 1

@@ -31,6 +31,7 @@ __all__ = [
     "SAMPLING_PARAMS",
     "SAMPLING_REFUSED",
     "THINKING_MIN_BUDGET",
+    "claude_limit_problems",
     "refuses_sampling",
     "sends_sampling",
     "thinking_problems",
@@ -138,3 +139,12 @@ def thinking_problems(model_kwargs: Mapping[str, Any], generation: GenerationPar
             f"{_THINKING_TOP_P:g} and 1"
         )
     return problems
+
+
+def claude_limit_problems(declared: list[str], model_name: str, model_kwargs: Mapping[str, Any],
+                          generation: GenerationParams) -> list[str]:  # fmt: skip
+    """What a Claude request would be refused for, ANTHROPIC's and BEDROCK's alike: the engine's
+    ``declared`` limits when sampling parameters are sent (a model that takes none is sent no
+    temperature, so its range does not matter), and extended thinking's."""
+    sampled = sends_sampling(model_name, model_kwargs)
+    return [*(declared if sampled else []), *thinking_problems(model_kwargs, generation)]
