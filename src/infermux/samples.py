@@ -155,8 +155,12 @@ def merge_replies(
     metadata = {k: v for k, v in answers[0].metadata.items() if k not in conversation.metadata or k == "usage"}
     metadata.pop("usage", None)
     first = answers[0].last_message
-    return reply_with_samples(conversation, samples, metadata, generation=generation, tool_calls=first.tool_calls,
-                              reasoning_content=first.reasoning_content)  # fmt: skip
+    merged = reply_with_samples(conversation, samples, metadata, generation=generation, tool_calls=first.tool_calls,
+                                reasoning_content=first.reasoning_content)  # fmt: skip
+    if "usage" in merged.metadata and any(s.usage is None for s in samples):
+        # one of the n bills has no count: the row's total is unknown, not the sum of the others
+        return merged.model_copy(update={"metadata": {k: v for k, v in merged.metadata.items() if k != "usage"}})
+    return merged
 
 
 def read_samples(conversation: Conversation) -> list[Sample]:

@@ -188,6 +188,7 @@ class Usage(BaseModel):
             and type(c) is int
             and not data.get("prompt_tokens_details")
             and not data.get("completion_tokens_details")
+            and "prompt_cache_hit_tokens" not in data
         ):  # the common reply: three plain counts
             return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": t if type(t) is int and t else p + c}
         prompt_details = data.get("prompt_tokens_details") or {}
@@ -196,10 +197,20 @@ class Usage(BaseModel):
             ("prompt_tokens", data.get("prompt_tokens")),
             ("completion_tokens", data.get("completion_tokens")),
             ("total_tokens", data.get("total_tokens") or None),
-            ("cached_tokens", prompt_details.get("cached_tokens")),
+            # DeepSeek reports its (automatic) context-cache hits as prompt_cache_hit_tokens
+            ("cached_tokens", prompt_details.get("cached_tokens", data.get("prompt_cache_hit_tokens"))),
             ("reasoning_tokens", completion_details.get("reasoning_tokens")),
         )
         out = {k: int(v) for k, v in raw if v is not None and v != ""}
+        reasoning, completion = out.get("reasoning_tokens", 0), out.get("completion_tokens")
+        if (
+            reasoning
+            and completion is not None
+            and out.get("total_tokens") == sum((out.get("prompt_tokens", 0), completion, reasoning))
+        ):
+            # a server that counts reasoning apart from the completion (total = prompt + completion +
+            # reasoning): reasoning is billed as output, and our completion_tokens includes it, as OpenAI's
+            out["completion_tokens"] = completion + reasoning
         if "total_tokens" not in out and "prompt_tokens" in out and "completion_tokens" in out:
             out["total_tokens"] = out["prompt_tokens"] + out["completion_tokens"]
         return {k: out[k] for k in _USAGE_ORDER if k in out}

@@ -421,6 +421,15 @@ def test_uncached_hub_model_fails_clearly_offline() -> None:
         NativeTextInferenceEngine(ModelParams(model_name="someone/not-a-cached-model-xyz"))
 
 
+def test_chat_template_auto_keeps_the_tokenizers_own() -> None:
+    """Oumi's ``chat_template: auto`` (issue 23, item 14): the tokenizer's template, not a cleared one."""
+    from infermux.engines.native.loading import load_tokenizer
+
+    own = load_tokenizer(ModelParams(model_name="smollm2-135m-instruct")).chat_template
+    auto = load_tokenizer(ModelParams(model_name="smollm2-135m-instruct", chat_template="auto")).chat_template
+    assert own and auto == own
+
+
 def test_builtin_chat_template_name_becomes_the_tokenizers_template() -> None:
     """NATIVE renders prompts with the tokenizer load_tokenizer returns; a built-in name sets its template."""
     from infermux.engines.native.loading import load_tokenizer

@@ -40,7 +40,9 @@ what a local server cannot: Anthropic's authentication, its exact error bodies a
 * Models named in ``no_sampling_models`` (exact names, default: a few that refuse sampling, such as
   ``claude-opus-4-7``) reject any of ``temperature``, ``top_p``, ``top_k`` with a 400.
 * Prompt caching: a ``cache_control: {"type": "ephemeral"}`` (optional ``ttl`` ``5m``/``1h``) on a
-  system block or a tool caches the prompt prefix up to it. The first request with that prefix reports
+  system block or a tool caches the prompt prefix up to it; at the top level of the body (automatic
+  caching) it caches the whole prompt up to its last block, and a later request reads the longest prefix
+  written before among its last 20 block boundaries (a conversation that goes on reads its earlier turns). The first request with that prefix reports
   its tokens as ``cache_creation_input_tokens``, later ones as ``cache_read_input_tokens``; ``input_tokens``
   counts only the rest. (The real API also needs a minimum prefix length, 1024+ tokens; the fake does not.)
   Every reply's usage carries both cache fields (0 when unused), as the API's does.
@@ -119,11 +121,22 @@ class FakeAnthropic(FakeServer):
         responder: Responder = default_responder,
         allow_temperature_and_top_p: bool = False,
         no_sampling_models: frozenset[str] = frozenset(
-            {"claude-opus-4-7", "claude-opus-4-7-20260101", "claude-sonnet-5", "claude-fable-1"}
+            {
+                "claude-opus-4-7",
+                "claude-opus-4-7-20260101",
+                "claude-sonnet-5",
+                "claude-fable-1",
+                "claude-mythos-preview",
+                "claude-opus-4-8",
+                "claude-opus-5",
+            }
         ),
         cache_read: int = 0,
+        report_usage: bool = True,
     ):
         super().__init__()
+        # False: answer without ``usage``, as some servers speaking the protocol do (absent, not zero)
+        self.report_usage = report_usage
         self.cache_read = cache_read
         self.api_key = api_key
         self.responder = responder
@@ -187,28 +200,34 @@ class FakeAnthropic(FakeServer):
         )
         if body.get("stream"):
             return await self._stream(request, body, blocks, stop_reason, matched, usage)
-        return web.json_response(
-            {
-                "id": f"msg_fake{len(self.requests)}",
-                "type": "message",
-                "role": "assistant",
-                "model": body["model"],
-                "content": blocks,
-                "stop_reason": stop_reason,
-                "stop_sequence": matched,
-                "usage": usage,
-            }
-        )
+        message = {
+            "id": f"msg_fake{len(self.requests)}",
+            "type": "message",
+            "role": "assistant",
+            "model": body["model"],
+            "content": blocks,
+            "stop_reason": stop_reason,
+            "stop_sequence": matched,
+            "usage": usage,
+        }
+        if not self.report_usage:
+            del message["usage"]
+        return web.json_response(message)
 
     def _cache_usage(self, body: dict, exchange: Exchange, input_tokens: int) -> dict[str, int]:
-        """Input usage, with the cached prefix (system, tools marked with cache_control) split out."""
+        """Input usage, with the cached prefix split out: explicit breakpoints (system blocks, tools marked
+        with cache_control) cache the tools + system prefix; automatic caching (a top-level cache_control)
+        puts the breakpoint on the last block and looks back over the 20 earlier block boundaries for a
+        prefix written before. Reads are the longest cached prefix; writes run from there to the last
+        breakpoint; ``input_tokens`` counts what follows the last breakpoint."""
         marked = []
         system = body.get("system")
         if isinstance(system, list):
             marked += [b for b in system if isinstance(b, dict) and "cache_control" in b]
         marked += [t for t in body.get("tools") or [] if isinstance(t, dict) and "cache_control" in t]
-        for block in marked:
-            control = check_keys(block["cache_control"], "cache_control", {"type", "ttl"}, {"type"})
+        automatic = body.get("cache_control")
+        for control in [b["cache_control"] for b in marked] + ([automatic] if automatic is not None else []):
+            control = check_keys(control, "cache_control", {"type", "ttl"}, {"type"})
             if control["type"] != "ephemeral":
                 raise RequestInvalid("cache_control.type: Input should be 'ephemeral'")
             if control.get("ttl", "5m") not in ("5m", "1h"):
@@ -218,14 +237,27 @@ class FakeAnthropic(FakeServer):
             "cache_creation_input_tokens": 0,
             "cache_read_input_tokens": self.cache_read,
         }
-        if not marked:
+        if not marked and automatic is None:
             return usage
-        prefix = json.dumps([body.get("tools") or [], exchange.system or ""], sort_keys=True)
         tools = body.get("tools")
-        tokens = len((exchange.system or "").split()) + (len(json.dumps(tools).split()) if tools else 0)
-        usage["input_tokens"] = max(0, input_tokens - len((exchange.system or "").split()))
-        usage["cache_read_input_tokens" if prefix in self.prompt_cache else "cache_creation_input_tokens"] = tokens
-        self.prompt_cache.add(prefix)
+        head_tokens = len((exchange.system or "").split()) + (len(json.dumps(tools).split()) if tools else 0)
+        head = json.dumps([tools or [], exchange.system or ""], sort_keys=True)
+        points = [(head, head_tokens)] if marked else []  # (prefix, its tokens) at each breakpoint
+        lookback: list[tuple[str, int]] = []
+        if automatic is not None:
+            tokens = head_tokens
+            for k, (_, text) in enumerate(exchange.turns, 1):
+                tokens += len(text.split())
+                lookback.append((head + json.dumps(exchange.turns[:k]), tokens))
+            lookback = lookback[-21:]
+            points.append(lookback[-1])
+        read = max((t for key, t in points + lookback if key in self.prompt_cache), default=0)
+        last = max(t for _, t in points)
+        usage["input_tokens"] = max(0, input_tokens + head_tokens - len((exchange.system or "").split()) - last)
+        if read:
+            usage["cache_read_input_tokens"] = read
+        usage["cache_creation_input_tokens"] = max(0, last - read)
+        self.prompt_cache.update(key for key, _ in points)
         return usage
 
     def _tool_uses(self, body: dict, exchange: Exchange) -> list[dict]:
@@ -257,6 +289,8 @@ class FakeAnthropic(FakeServer):
             "id": f"msg_fake{len(self.requests)}", "type": "message", "role": "assistant", "model": body["model"],
             "content": [], "stop_reason": None, "stop_sequence": None, "usage": {**usage, "output_tokens": 1},
         }  # fmt: skip
+        if not self.report_usage:
+            del message["usage"]
         events: list[tuple[str, dict]] = [("message_start", {"type": "message_start", "message": message})]
         for index, block in enumerate(blocks):
             kind = block["type"]
@@ -280,7 +314,7 @@ class FakeAnthropic(FakeServer):
             events.append(("content_block_stop", {"type": "content_block_stop", "index": index}))
         events += [
             ("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": matched},
-                               "usage": {"output_tokens": usage["output_tokens"]}}),
+                               **({"usage": {"output_tokens": usage["output_tokens"]}} if self.report_usage else {})}),
             ("message_stop", {"type": "message_stop"}),
         ]  # fmt: skip
         for name, data in events:

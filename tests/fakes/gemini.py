@@ -29,7 +29,9 @@ Written from Google's REST reference for ``models.generateContent`` and
   ``finishReason: STOP``, as Gemini does.
 * ``generationConfig.thinkingConfig.includeThoughts`` adds a ``thought: true`` text part first and a
   ``thoughtSignature`` on the first call part; with thinking on, the latest function-call turn sent back
-  must carry that signature unchanged ("missing a thought_signature").
+  must carry that signature unchanged ("missing a thought_signature"). Thinking (``includeThoughts``
+  or a ``thinkingBudget`` above 0, or -1) spends ``THOUGHTS_TOKENS`` per candidate, reported in
+  ``usageMetadata.thoughtsTokenCount`` and left out of ``candidatesTokenCount`` (zero counts are omitted).
 * Errors: ``{"error": {"code", "message", "status", "details"}}``.
 """
 
@@ -172,6 +174,19 @@ def _normalize(obj: Any, where: str, allowed: set[str], required: frozenset[str]
     return out
 
 
+#: Thinking tokens the fake model spends per candidate when thinking is on.
+THOUGHTS_TOKENS = 12
+
+
+def _thoughts_tokens(config: dict[str, Any]) -> int:
+    """Thinking tokens of one candidate: a thinking budget above 0 (or -1, dynamic) or ``includeThoughts``
+    turns thinking on; Google bills them at the output rate, reports them as ``thoughtsTokenCount`` and
+    leaves them out of ``candidatesTokenCount``."""
+    thinking = config.get("thinkingConfig") or {}
+    budget = thinking.get("thinkingBudget", 0)
+    return THOUGHTS_TOKENS if thinking.get("includeThoughts") or budget == -1 or budget > 0 else 0
+
+
 class FakeGemini(FakeServer):
     """Fake Gemini endpoint. ``responder`` decides the reply text from an :class:`Exchange`."""
 
@@ -230,27 +245,29 @@ class FakeGemini(FakeServer):
         except RequestInvalid as exc:
             return self._error(exc.status, str(exc))
         candidates = []
-        output_tokens = 0
+        output_tokens = thoughts_tokens = 0
         for index in range(config.get("candidateCount", 1)):
             parts = self._calls(exchange, body, config)
             finish = "STOP"
             if not any("functionCall" in p for p in parts):
                 text, finish = self._generate(exchange, config)
                 parts.append({"text": text})
-            output_tokens += sum(len(p["text"].split()) if "text" in p else len(json.dumps(p).split()) for p in parts)
+            answer = [p for p in parts if not p.get("thought")]  # thoughts are counted apart
+            output_tokens += sum(len(p["text"].split()) if "text" in p else len(json.dumps(p).split()) for p in answer)
+            thoughts_tokens += _thoughts_tokens(config)
             candidate: dict[str, Any] = {"content": {"parts": parts, "role": "model"}, "finishReason": finish}
             candidate["index"] = index
             if config.get("responseLogprobs"):
                 candidate.update(_logprobs(" ".join(p.get("text", "") for p in parts), config.get("logprobs", 0)))
             candidates.append(candidate)
         prompt_tokens = sum(len(t.split()) for _, t in exchange.turns) + len((exchange.system or "").split())
+        usage = {"promptTokenCount": prompt_tokens, "candidatesTokenCount": output_tokens}
+        if thoughts_tokens:  # Google leaves zero counts out
+            usage["thoughtsTokenCount"] = thoughts_tokens
+        usage["totalTokenCount"] = prompt_tokens + output_tokens + thoughts_tokens
         reply = {
             "candidates": candidates,
-            "usageMetadata": {
-                "promptTokenCount": prompt_tokens,
-                "candidatesTokenCount": output_tokens,
-                "totalTokenCount": prompt_tokens + output_tokens,
-            },
+            "usageMetadata": usage,
             "modelVersion": model,
             "responseId": f"resp-{len(self.requests)}",
         }

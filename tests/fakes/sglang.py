@@ -102,10 +102,11 @@ _LITERAL_CHOICE = re.compile(r"^\^?\(\?:?(.*)\)\$?$|^\^?\((.*)\)\$?$", re.S)
 
 
 class FakeSGLang(FakeServer):
-    def __init__(self, api_key: str | None = None, responder: Responder = default_responder):
+    def __init__(self, api_key: str | None = None, responder: Responder = default_responder, report_usage: bool = True):
         super().__init__()
         self.api_key = api_key
         self.responder = responder
+        self.report_usage = report_usage  # False: meta_info without token counts (absent, not zero)
 
     def routes(self) -> list[tuple[str, str, Handler]]:
         return [
@@ -140,18 +141,14 @@ class FakeSGLang(FakeServer):
         prompt_tokens = len(body["text"].split())
         if body.get("stream"):
             return await self._stream(request, body, text, finish, prompt_tokens)
-        return web.json_response(
-            {
-                "text": text,
-                "meta_info": {
-                    "id": body.get("rid") or f"sgl-{len(self.requests)}",
-                    "finish_reason": finish,
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": len(text.split()),
-                    "cached_tokens": 0,
-                },
-            }
-        )
+        meta = {"id": body.get("rid") or f"sgl-{len(self.requests)}", "finish_reason": finish,
+                "prompt_tokens": prompt_tokens, "completion_tokens": len(text.split()), "cached_tokens": 0}  # fmt: skip
+        return web.json_response({"text": text, "meta_info": self._counts(meta)})
+
+    def _counts(self, meta: dict[str, Any]) -> dict[str, Any]:
+        if self.report_usage:
+            return meta
+        return {k: v for k, v in meta.items() if k not in ("prompt_tokens", "completion_tokens", "cached_tokens")}
 
     async def _stream(
         self, request: web.Request, body: dict, text: str, finish: dict, prompt_tokens: int
@@ -166,7 +163,9 @@ class FakeSGLang(FakeServer):
             meta = {"id": body.get("rid") or f"sgl-{len(self.requests)}", "prompt_tokens": prompt_tokens,
                     "completion_tokens": len(so_far.split()), "cached_tokens": 0,
                     "finish_reason": finish if i == len(pieces) - 1 else None}  # fmt: skip
-            await response.write(b"data: " + json.dumps({"text": so_far, "meta_info": meta}).encode() + b"\n\n")
+            await response.write(
+                b"data: " + json.dumps({"text": so_far, "meta_info": self._counts(meta)}).encode() + b"\n\n"
+            )
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response

@@ -161,3 +161,29 @@ def test_a_request_abandoned_while_queued_is_never_run(tmp_path: Any) -> None:
         assert (tmp_path / "seen.txt").read_text().split() == ["first", "next"]
 
     run(check, engine)
+
+
+def test_a_non_streaming_client_that_disconnects_is_counted_as_499() -> None:
+    """/metrics counts a client that went away (499) whether it asked for a stream or not (issue 23)."""
+    engine = echo_engine()
+    engine.delay = 0.5
+
+    async def errors_499(client: TestClient) -> int:
+        text = await (await client.get("/metrics")).text()
+        line = next((x for x in text.splitlines() if x.startswith('infermux_errors_total{status="499"}')), None)
+        return 0 if line is None else int(float(line.split()[-1]))
+
+    async def main() -> None:
+        app = create_app(engine, served_model=MODEL)
+        # as `infermux serve` runs it (web.run_app(..., handler_cancellation=True))
+        async with TestClient(TestServer(app, handler_cancellation=True)) as client:
+            before = await errors_499(client)
+            for stream in (False, True):
+                gone = asyncio.ensure_future(client.post("/v1/chat/completions", json=body("bye", stream=stream)))
+                await asyncio.sleep(0.15)  # the engine is answering
+                gone.cancel()
+                await asyncio.sleep(0.6)
+            assert await errors_499(client) == before + 2
+            assert (await client.post("/v1/chat/completions", json=body("next"))).status == 200
+
+    asyncio.run(main())

@@ -267,3 +267,14 @@ def test_logprobs_bytes_are_the_stored_ones_else_the_texts_unless_lossy() -> Non
     content = wire.logprobs_of(tokens)["content"]  # type: ignore[index]
     assert [t["bytes"] for t in content] == [[230], None, [111, 107]]
     assert content[0]["top_logprobs"][0]["bytes"] == [230]
+
+
+def test_unknown_usage_is_null_not_zero() -> None:
+    """An upstream that reported no usage (issue 23, item 11): the client sees null, never a free answer."""
+    assert wire.usage_of({}) is None
+    assert wire.usage_of({"usage": {"completion_tokens": 2}}) is None
+    body = wire.completion("id1", "m", 1, "hi", {"finish_reason": "stop"})
+    assert body["usage"] is None
+    assert wire.usage_of({"usage": {"prompt_tokens": 3, "completion_tokens": 2}}) == {
+        "prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5,
+    }  # fmt: skip

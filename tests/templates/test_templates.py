@@ -40,6 +40,16 @@ EXPECTED = {
     "What is this?<|im_end|>\n<|im_start|>assistant\n",
     "zephyr": "<|system|>\nBe brief.</s>\n<|user|>\nHi!</s>\n<|assistant|>\nHello.</s>\n<|user|>\nWhat is this?</s>\n"
     "<|assistant|>\n",
+    # the rest of Oumi's list (issue 23, item 14)
+    "default_gen": "SYSTEM: Be brief.\nUSER: Hi!\nASSISTANT: Hello.\nUSER: What is this?\nASSISTANT: ",
+    "gpt2": "Be brief.</s>Hi!</s>Hello.</s>What is this?</s>",
+    "internvl3": "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi!<|im_end|>\n"
+    "<|im_start|>assistant\nHello.<|im_end|>\n<|im_start|>user\n<IMG_CONTEXT>\nWhat is this?<|im_end|>\n"
+    "<|im_start|>assistant\n",
+    "molmo": None,  # no system turn: see test_molmo_alternates_from_the_user
+    "qwen3-vl-instruct": "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi!<|im_end|>\n"
+    "<|im_start|>assistant\nHello.<|im_end|>\n<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>"
+    "What is this?<|im_end|>\n<|im_start|>assistant\n",
 }
 
 
@@ -47,9 +57,35 @@ def test_every_builtin_has_an_expected_rendering() -> None:
     assert set(EXPECTED) == set(BUILTIN_TEMPLATES)
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
+@pytest.mark.parametrize("name", sorted(n for n, text in EXPECTED.items() if text is not None))
 def test_builtin_renders_the_documented_format(name: str) -> None:
     assert render_chat_template(name, SAMPLE, bos_token="<bos>", eos_token="</s>") == EXPECTED[name]
+
+
+def test_molmo_alternates_from_the_user() -> None:
+    assert render_chat_template("molmo", SAMPLE[1:]) == "User: Hi! Assistant: Hello. User: What is this? Assistant:"
+    assert render_chat_template("molmo", SAMPLE[1:2], add_generation_prompt=False) == "User: Hi!"
+    with pytest.raises(ValueError, match="molmo takes turns that alternate"):
+        render_chat_template("molmo", SAMPLE)
+
+
+OUMI_TEMPLATE_NAMES = [  # every file in Oumi's src/oumi/datasets/chat_templates, and its `auto`
+    "auto", "chat_ml", "default", "default_gen", "gemma2-it", "gpt2", "internvl3", "llama3-instruct", "llava",
+    "molmo", "phi3-instruct", "qwen2-vl-instruct", "qwen3-vl-instruct", "zephyr",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", OUMI_TEMPLATE_NAMES)
+def test_every_name_oumi_accepts_loads(name: str) -> None:
+    assert ModelParams(model_name="m", chat_template=name).chat_template == name
+    resolved = resolve_chat_template(name)
+    assert (resolved is None) if name == "auto" else bool(resolved)
+
+
+def test_auto_is_the_models_own_template() -> None:
+    assert resolve_chat_template("auto") is None and resolve_chat_template("AUTO") is None
+    with pytest.raises(ValueError, match="the model's own template"):
+        render_chat_template("auto", SAMPLE)
 
 
 def test_without_generation_prompt_and_without_system() -> None:
@@ -131,3 +167,12 @@ def test_cli_refuses_a_bad_template_before_loading_anything(tmp_path: Path) -> N
 def test_importing_the_module_does_not_import_jinja() -> None:
     code = "import sys, infermux.templates, infermux.configs; print('jinja2' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
+
+
+@pytest.mark.parametrize("name", ["auto", "gpt2", "qwen3-vl-instruct"])
+def test_config_check_accepts_the_names_in_oumis_configs(tmp_path: Path, name: str) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(f"model:\n  model_name: smollm2-135m-instruct\n  chat_template: {name}\nengine: NATIVE\n")
+    result = run_cli("config", "check", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    assert f"chat_template: {name}" in result.stdout

@@ -22,7 +22,7 @@ def run_config_check(
     setup_logging(log_level)
     with user_errors():
         cfg = load_cli_config(config, overrides, engine=engine)
-        from infermux.engines.capabilities import check_limits, check_params
+        from infermux.engines.capabilities import check_params
         from infermux.engines.registry import engine_class, engine_specs, is_available
 
         engine_name = str(cfg.resolved_engine())
@@ -39,7 +39,7 @@ def run_config_check(
         else:
             cls = engine_class(engine_name)
             problems = check_params(cls.__name__, cls.capabilities, cfg.generation, cfg.model, strict=cfg.strict)
-            limits = check_limits(engine_name, cls.capabilities, cfg.generation)
+            limits = cls.config_limit_problems(cfg.model, cfg.generation)
             _warn_missing_key(cls, cfg)
             if not problems and not limits:
                 print("# every requested parameter is supported by this engine")

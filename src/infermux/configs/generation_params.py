@@ -180,6 +180,15 @@ class GenerationParams(ConfigModel):
             return {str(k): v for k, v in value.items()}
         return value
 
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias_range(cls, value: dict[str, float]) -> dict[str, float]:
+        # Oumi's rule, and every provider's that documents one (OpenAI, vLLM, llama.cpp servers).
+        bad = [f"{token!r}: {bias:g}" for token, bias in value.items() if not -100 <= bias <= 100]
+        if bad:
+            raise ValueError(f"logit_bias values must be between -100 and 100 (got {', '.join(bad[:3])})")
+        return value
+
     @field_validator("stop_strings")
     @classmethod
     def _no_empty_stop(cls, value: list[str] | None) -> list[str] | None:

@@ -56,8 +56,9 @@ class ModelParams(ConfigModel):
     attn_implementation: str | None = None
     """Attention kernel: sdpa, eager, flash_attention_2, ... (null: library default)."""
     chat_template: str | None = None
-    """Chat template overriding the model's: a built-in name (chat_ml, default, gemma2-it, llama3-instruct,
-    llava, phi3-instruct, qwen2-vl-instruct, zephyr), a Jinja template, or the path of a file holding one."""
+    """Chat template overriding the model's: a built-in name (Oumi's: chat_ml, default, default_gen,
+    gemma2-it, gpt2, internvl3, llama3-instruct, llava, molmo, phi3-instruct, qwen2-vl-instruct,
+    qwen3-vl-instruct, zephyr), ``auto`` (the model's own), a Jinja template, or the path of a file holding one."""
     model_kwargs: dict[str, Any] = {}
     """Extra keyword arguments for the engine's model constructor (e.g. vLLM's LLM, llama.cpp's Llama)."""
     tool_call_parser: str | None = None

@@ -66,9 +66,12 @@ class RemoteParams(ConfigModel):
     output_tokens_per_minute: int | None = Field(default=None, ge=1)
     """Most completion tokens in any 60 s window, job-wide (a request reserves ``max_new_tokens`` until
     replies report usage, then the average completion seen); None: no limit."""
-    anthropic_prompt_caching: bool = False
-    """ANTHROPIC only: mark the system prompt (and the tools, when present) with
-    ``cache_control: {type: ephemeral}``; cache reads and writes are reported in the row's usage."""
+    anthropic_prompt_caching: bool | None = None
+    """ANTHROPIC prompt caching. Unset (the default, as in Oumi): automatic caching, a top-level
+    ``cache_control: {type: ephemeral}`` that caches each prompt up to its last block (a conversation
+    that goes on, or a repeated row, reads it back). ``true``: mark the system prompt (and the last tool,
+    when present) instead, for many rows sharing one long system prompt. ``false``: no caching. Cache
+    reads and writes are reported in the row's usage and priced at their own rates."""
 
     @field_validator("batch_completion_window")
     @classmethod

@@ -310,10 +310,17 @@ class InferenceEngine:
         ``project_id``), kept when a config passed to ``infer`` rebuilds it for one call."""
         return {}
 
+    @classmethod
+    def config_limit_problems(cls, model: ModelParams, generation: GenerationParams) -> list[str]:
+        """Values the provider would reject for ``model`` (declared in ``capabilities``, and what an engine
+        knows of its models), from the configs alone: ``infermux config check`` and every job ask it
+        before anything is sent. Engines may narrow or extend it."""
+        label = engine_name(cls.engine_type or cls.__name__)
+        return check_limits(label, cls.capabilities, generation)
+
     def limit_problems(self, generation: GenerationParams) -> list[str]:
-        """Values the provider would reject (declared in ``capabilities``); engines may narrow it."""
-        label = engine_name(self.engine_type or self.name)
-        return check_limits(label, self.capabilities, generation)
+        """:meth:`config_limit_problems` for this engine's model."""
+        return self.config_limit_problems(self.model_params, generation)
 
     def check_params(self, generation: GenerationParams | None = None, *, tools: bool = False) -> None:
         """Older name of :meth:`check`."""

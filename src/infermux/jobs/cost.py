@@ -53,14 +53,15 @@ class Pricing:
 
     def cost(self, usage: Usage | Mapping[str, Any] | None, *, batch: bool = False) -> float | None:
         """Dollars for ``usage`` (a row's :attr:`~infermux.types.Conversation.usage`, or a usage dict as
-        stored in its metadata); None when unknown."""
+        stored in its metadata); None when unknown: no usage, or a prompt or completion count missing (an
+        absent count is unknown, never free). Reasoning tokens are part of ``completion_tokens``."""
         if usage is not None and not isinstance(usage, Usage):
             usage = Usage.from_json_dict(dict(usage)) if usage else None
-        if usage is None or not usage.to_json_dict():
+        if usage is None or usage.prompt_tokens is None or usage.completion_tokens is None:
             return None
         return self._price(
-            usage.prompt_tokens or 0,
-            usage.completion_tokens or 0,
+            usage.prompt_tokens,
+            usage.completion_tokens,
             cached=usage.cached_tokens or 0,
             created=usage.cache_creation_tokens or 0,
             batch=batch,

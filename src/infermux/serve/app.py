@@ -201,8 +201,12 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     run = _Run(state, prepared)
     try:
         if prepared.stream:
-            return await run.stream(request)
-        return await run.whole()
+            return await run.stream(request)  # counts its own disconnects (noticed on a write, too)
+        try:
+            return await run.whole()
+        except asyncio.CancelledError:
+            state.metrics.errors["499"] += 1  # the client went away before its answer: generation stopped
+            raise
     finally:
         run.finish()
 

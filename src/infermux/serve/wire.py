@@ -364,15 +364,18 @@ def new_id() -> str:
     return "chatcmpl-" + uuid.uuid4().hex[:24]
 
 
-def usage_of(metadata: dict[str, Any]) -> dict[str, int]:
-    """OpenAI's ``usage`` object for an answer's stored ``metadata``."""
+def usage_of(metadata: dict[str, Any]) -> dict[str, int] | None:
+    """OpenAI's ``usage`` object for an answer's stored ``metadata`` (None: unknown)."""
     return openai_usage(Usage.from_json_dict(metadata.get("usage")))
 
 
-def openai_usage(usage: Usage | None) -> dict[str, int]:
-    """OpenAI's ``usage`` object: prompt, completion and total tokens, 0 where unknown."""
-    prompt = (usage.prompt_tokens or 0) if usage is not None else 0
-    done = (usage.completion_tokens or 0) if usage is not None else 0
+def openai_usage(usage: Usage | None) -> dict[str, int] | None:
+    """OpenAI's ``usage`` object: prompt, completion and total tokens; None (JSON null, which OpenAI's
+    schema allows) when the engine or upstream reported none: an unknown count is not zero, and a client
+    that bills from it must not see the answer as free."""
+    if usage is None or usage.prompt_tokens is None or usage.completion_tokens is None:
+        return None
+    prompt, done = usage.prompt_tokens, usage.completion_tokens
     return Usage.of(prompt, done, prompt + done).to_json_dict()
 
 

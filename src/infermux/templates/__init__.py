@@ -2,8 +2,10 @@
 
 ``model.chat_template`` is one of
 
-- the name of a built-in template (:data:`BUILTIN_TEMPLATES`: ``chat_ml``, ``default``, ``gemma2-it``,
-  ``llama3-instruct``, ``llava``, ``phi3-instruct``, ``qwen2-vl-instruct``, ``zephyr``; Oumi's names);
+- the name of a built-in template (:data:`BUILTIN_TEMPLATES`: ``chat_ml``, ``default``, ``default_gen``,
+  ``gemma2-it``, ``gpt2``, ``internvl3``, ``llama3-instruct``, ``llava``, ``molmo``, ``phi3-instruct``,
+  ``qwen2-vl-instruct``, ``qwen3-vl-instruct``, ``zephyr``; Oumi's names);
+- ``auto``: the model's own template (the tokenizer's or the GGUF's), the same as leaving it unset;
 - a Jinja template (it contains ``{{`` or ``{%``);
 - the path of a file holding one.
 
@@ -22,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from infermux.errors import ConfigError
-from infermux.templates.builtin import BUILTIN_TEMPLATES, NOT_BUILT_IN
+from infermux.templates.builtin import BUILTIN_TEMPLATES, MODEL_OWN, NOT_BUILT_IN
 
-__all__ = ["BUILTIN_TEMPLATES", "check_chat_template", "render_chat_template", "resolve_chat_template"]
+__all__ = ["BUILTIN_TEMPLATES", "MODEL_OWN", "check_chat_template", "render_chat_template", "resolve_chat_template"]
 
 _MAX_PATH = 4096
 
@@ -43,9 +45,9 @@ def is_template_text(value: str) -> bool:
 
 def _problem(value: str) -> str | None:
     """Why ``value`` is not a usable ``chat_template``, or None."""
-    if is_template_text(value) or _key(value) in _BY_KEY:
+    if is_template_text(value) or _key(value) in _BY_KEY or _key(value) == MODEL_OWN:
         return None
-    names = ", ".join(BUILTIN_TEMPLATES)
+    names = ", ".join([*BUILTIN_TEMPLATES, MODEL_OWN])
     if len(value) < _MAX_PATH and Path(value).expanduser().is_file():
         return None
     if _key(value) in {_key(n) for n in NOT_BUILT_IN}:
@@ -73,12 +75,13 @@ def check_chat_template(value: str) -> str:
 
 
 def resolve_chat_template(value: str | None) -> str | None:
-    """The Jinja text ``model.chat_template`` stands for (None when it is not set).
+    """The Jinja text ``model.chat_template`` stands for (None when it is not set, or ``auto``: the
+    model's own template).
 
     Raises:
         ConfigError: ``value`` is neither a built-in name, a template nor a readable file.
     """
-    if value is None:
+    if value is None or _key(value) == MODEL_OWN:
         return None
     if is_template_text(value):
         return value
@@ -114,7 +117,8 @@ def render_chat_template(
         raise ValueError(message)
 
     text = resolve_chat_template(template)
-    assert text is not None
+    if text is None:
+        raise ValueError("chat_template 'auto' is the model's own template: render it with the model's tokenizer")
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
     env.globals["raise_exception"] = raise_exception
     context = {"add_generation_prompt": add_generation_prompt, "bos_token": bos_token, "eos_token": eos_token}

@@ -6,12 +6,13 @@ transformers' ``apply_chat_template`` (NATIVE, SGLANG), vLLM's ``LLM.chat`` and 
 ``Jinja2ChatFormatter`` (LLAMACPP). A message's ``content`` may be a string or a list of parts
 (``{"type": "text", "text": ...}``, ``{"type": "image"}``); text-only templates keep the text parts.
 
-The names are Oumi's, so an Oumi config that names one loads unchanged.
+The names are Oumi's (every name in its list of chat templates), so an Oumi config that names one loads
+unchanged; ``auto`` (:data:`MODEL_OWN`) keeps the model's own template.
 """
 
 from __future__ import annotations
 
-__all__ = ["BUILTIN_TEMPLATES", "NOT_BUILT_IN"]
+__all__ = ["BUILTIN_TEMPLATES", "MODEL_OWN", "NOT_BUILT_IN"]
 
 # The text of a message, whether its content is a string or a list of parts.
 _TEXT = (
@@ -117,18 +118,62 @@ ZEPHYR = (
     "{%- if add_generation_prompt -%}{{ '<|assistant|>\\n' }}{%- endif -%}"
 )
 
+# Oumi's `default` markup: "ROLE: text" lines with upper-case roles, then "ASSISTANT: " (Oumi's
+# `default_gen`, which only marks the assistant spans for training; Oumi's own file leaves indentation
+# in the prompt, left out here). infermux's `default` above is its own "Role: text" format.
+DEFAULT_GEN = (
+    _TEXT + "{%- for message in messages -%}"
+    "{%- if not loop.first -%}{{ '\n' }}{%- endif -%}"
+    "{{ message['role'] | upper }}: {{ text(message['content']) | trim }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '\nASSISTANT: ' }}{%- endif -%}"
+)
+
+# GPT-2 (no chat format of its own): each message's text followed by the EOS token; no generation prompt.
+GPT2 = _TEXT + "{%- for message in messages -%}{{ text(message['content']) }}{{ eos_token }}{%- endfor -%}"
+
+# InternVL3: ChatML with `<IMG_CONTEXT>` and a newline where each image goes (no default system message).
+INTERNVL3 = (
+    _TEXT_AND_IMAGES + "{%- for message in messages -%}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}{{ text(message['content'], '<IMG_CONTEXT>\n') }}"
+    "{{ '<|im_end|>\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- endif -%}"
+)
+
+# Molmo: "User: TEXT Assistant: TEXT ..." on one line, turns alternating from the user; images are the
+# processor's business (left out of the text).
+MOLMO = (
+    _TEXT + "{%- for message in messages -%}"
+    "{%- if message['role'] != ('user' if loop.index0 % 2 == 0 else 'assistant') -%}"
+    "{{ raise_exception('molmo takes turns that alternate user/assistant/user/..., starting with user') }}"
+    "{%- endif -%}"
+    "{%- if not loop.first -%}{{ ' ' }}{%- endif -%}"
+    "{{ message['role'] | capitalize }}: {{ text(message['content']) }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ ' Assistant:' }}{%- endif -%}"
+)
+
 BUILTIN_TEMPLATES: dict[str, str] = {
     "chat_ml": CHAT_ML,
     "default": DEFAULT,
+    "default_gen": DEFAULT_GEN,
     "gemma2-it": GEMMA2_IT,
+    "gpt2": GPT2,
+    "internvl3": INTERNVL3,
     "llama3-instruct": LLAMA3_INSTRUCT,
     "llava": LLAVA,
+    "molmo": MOLMO,
     "phi3-instruct": PHI3_INSTRUCT,
     "qwen2-vl-instruct": QWEN2_VL_INSTRUCT,
+    # Qwen3-VL keeps Qwen2-VL's chat markup (default system message, vision placeholders)
+    "qwen3-vl-instruct": QWEN2_VL_INSTRUCT,
     "zephyr": ZEPHYR,
 }
 
-#: Template names Oumi knows that infermux does not ship (the user gives the Jinja text or a file instead).
-NOT_BUILT_IN = frozenset(
-    {"default_gen", "gpt2", "internvl3", "internvl_2_5", "molmo", "phi4-multimodal-instruct", "qwen3-instruct"}
-)
+#: ``chat_template: auto`` (Oumi's word): the model's own template (the tokenizer's, the GGUF's), as if unset.
+MODEL_OWN = "auto"
+
+#: Template names older Oumi releases had and the current one no longer ships (the user gives the Jinja
+#: text or a file instead).
+NOT_BUILT_IN = frozenset({"internvl_2_5", "phi4-multimodal-instruct", "qwen3-instruct"})

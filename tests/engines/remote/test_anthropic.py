@@ -309,7 +309,7 @@ def test_prompt_caching_marks_the_system_prompt_and_reports_cached_tokens(fake: 
     pricing = Pricing("anthropic", "claude-3-5-haiku-latest")
     uncached = {**second, "cached_tokens": 0}
     assert (pricing.cost(second) or 0) < (pricing.cost(uncached) or 0)
-    # off by default: the system prompt stays a plain string
+    # by default (automatic caching, a top-level cache_control) the system prompt stays a plain string
     fake.clear()
     engine(fake.url).infer([rows[0]])
     assert fake.requests[0].json["system"] == system

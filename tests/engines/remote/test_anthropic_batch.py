@@ -61,7 +61,8 @@ def test_submit_status_fetch_cancel_and_list(fake: FakeAnthropicBatches, rows: P
     sent = fake.batches[shard.batch_id].requests
     assert [r["custom_id"] for r in sent] == ids(rows)
     assert sent[0]["params"] == {"model": "claude-test", "max_tokens": 16, "temperature": 0.0,
-                                 "messages": [{"role": "user", "content": "question 0"}]}  # fmt: skip
+                                 "messages": [{"role": "user", "content": "question 0"}],
+                                 "cache_control": {"type": "ephemeral"}}  # automatic caching, the default  # fmt: skip
     eng.submit_batch(str(rows), str(out))  # resumed: nothing created twice
     assert count(fake, "POST", "/v1/messages/batches") == 1
     report = eng.fetch_batch(str(rows), str(out))  # one poll: still running

@@ -38,12 +38,14 @@ def _clean(fake: FakeAnthropic) -> None:
     fake.clear()
 
 
-def _engine(fake: FakeAnthropic, thinking: bool = False, **generation: Any) -> AnthropicInferenceEngine:
+def _engine(
+    fake: FakeAnthropic, thinking: bool = False, caching: bool | None = None, **generation: Any
+) -> AnthropicInferenceEngine:
     kwargs = {"thinking": {"type": "enabled", "budget_tokens": 1024}} if thinking else {}
     return AnthropicInferenceEngine(
         ModelParams(model_name="claude-test", model_kwargs=kwargs),
         generation_params=GenerationParams(max_new_tokens=2048, **generation),
-        remote_params=RemoteParams(api_url=fake.url, api_key=KEY, max_retries=1),
+        remote_params=RemoteParams(api_url=fake.url, api_key=KEY, max_retries=1, anthropic_prompt_caching=caching),
     )
 
 
@@ -153,13 +155,14 @@ def test_thinking_becomes_reasoning_and_goes_back_with_its_signature(fake: FakeA
 
 
 def test_cache_tokens_count_as_prompt_tokens_and_are_reported_apart(fake: FakeAnthropic) -> None:
-    (out,) = _engine(fake).infer([_ask("one two three")])
+    # the fake reports 5 cache reads on every reply; no caching of our own (it would add writes)
+    (out,) = _engine(fake, caching=False).infer([_ask("one two three")])
     usage = out.metadata["usage"]
     assert usage["cached_tokens"] == 5 and usage["cache_creation_tokens"] == 0
     assert (
         usage["prompt_tokens"] == 3 + 5 and usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
     )
-    assert _stream(_engine(fake), _ask("one two three")).metadata["usage"] == usage
+    assert _stream(_engine(fake, caching=False), _ask("one two three")).metadata["usage"] == usage
 
 
 def test_history_without_ids_gets_paired_ids_and_bad_arguments_fail_the_row(fake: FakeAnthropic) -> None:

@@ -203,3 +203,46 @@ def test_a_builtin_chat_template_name_renders_the_prompt(fake: FakeSGLang, token
     assert answer.last_message.text == "system=- | turns=3 | images=0 | last=2+2?"  # the fake read the turns back
     # The tokenizer passed in is not changed: an engine without the setting renders with the model's own.
     assert tokenizer.chat_template and "<|start_header_id|>" not in tokenizer.chat_template
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_reply_without_token_counts_has_no_usage(tokenizer: Any, stream: bool) -> None:
+    """Absent usage stays absent (never zeros, which would price the row as free); the finish reason
+    in ``meta_info`` is still read."""
+    with FakeSGLang(report_usage=False) as server:
+        eng = SGLangInferenceEngine(
+            ModelParams(model_name=DEFAULT_MODEL_ALIAS),
+            generation_params=GenerationParams(max_new_tokens=2),
+            remote_params=RemoteParams(api_url=server.url, max_retries=0),
+            tokenizer=tokenizer,
+        )
+        if stream:
+
+            async def final() -> Conversation:
+                async for event in eng.stream(conv((Role.USER, "hello there you"))):
+                    if event.final:
+                        assert event.conversation is not None
+                        return event.conversation
+                raise AssertionError("no final event")
+
+            import asyncio
+
+            answer = asyncio.run(final())
+        else:
+            [answer] = eng.infer([conv((Role.USER, "hello there you"))])
+    assert answer.last_message.text
+    assert "usage" not in answer.metadata and answer.usage is None
+    assert answer.metadata["finish_reason"] == "length"
+
+
+def test_chat_template_auto_is_the_tokenizers_own(fake: FakeSGLang, tokenizer: Any) -> None:
+    def prompt(template: str | None) -> str:
+        eng = SGLangInferenceEngine(
+            ModelParams(model_name=DEFAULT_MODEL_ALIAS, chat_template=template),
+            remote_params=RemoteParams(api_url=fake.url, api_key=KEY, max_retries=0),
+            tokenizer=tokenizer,
+        )
+        return eng.render_prompt(conv((Role.USER, "Hi.")))[0]
+
+    assert prompt("auto") == prompt(None)
+    assert prompt("gpt2") == "Hi." + str(tokenizer.eos_token)

@@ -93,8 +93,9 @@ def load_tokenizer(params: ModelParams) -> PreTrainedTokenizerBase:
         tokenizer.pad_token = tokenizer.eos_token
     if params.model_max_length:
         tokenizer.model_max_length = params.model_max_length
-    if params.chat_template:
-        tokenizer.chat_template = resolve_chat_template(params.chat_template)
+    template = resolve_chat_template(params.chat_template)  # None: unset or `auto` (the tokenizer's own)
+    if template is not None:
+        tokenizer.chat_template = template
     if not getattr(tokenizer, "chat_template", None):
         raise ConfigError(
             f"The tokenizer of '{source}' has no chat template. Set model.chat_template to a built-in "

@@ -213,8 +213,31 @@ class SGLangStream:
         return _answer(self.conversation, self._text, self._meta)
 
 
+#: SGLang's finish-reason classes, as older servers wrote them (``str(reason)``: ``FINISH_LENGTH(length=8)``)
+_FINISH_CLASSES = (("FINISH_LENGTH", "length"), ("FINISH_MATCHED", "stop"), ("FINISHED_MATCHED", "stop"),
+                   ("FINISH_ABORT", "abort"))  # fmt: skip
+
+
+def finish_reason(meta: dict[str, Any]) -> FinishReason | None:
+    """The finish reason in ``meta_info``: ``{"type": "stop"|"length"|"abort", ...}`` (current servers),
+    a class name (``FINISH_MATCHED_TOKEN``, older ones) or a plain spelling; None while still running."""
+    raw = meta.get("finish_reason")
+    if isinstance(raw, str):
+        for prefix, reason in _FINISH_CLASSES:
+            if raw.strip().upper().startswith(prefix):
+                raw = reason
+                break
+    return FinishReason.parse(raw)
+
+
+def parse_usage(meta: dict[str, Any]) -> Usage | None:
+    """Usage from ``meta_info``; None when the server reports no counts (unknown, never zeros)."""
+    prompt, completion = meta.get("prompt_tokens"), meta.get("completion_tokens")
+    if prompt is None and completion is None:
+        return None
+    return Usage.of(prompt, completion, cached_tokens=meta.get("cached_tokens"))
+
+
 def _answer(conversation: Conversation, text: str, meta: dict[str, Any]) -> Conversation:
     """``conversation`` answered with ``text``; usage and finish reason from SGLang's ``meta_info``."""
-    usage = Usage.of(int(meta.get("prompt_tokens") or 0), int(meta.get("completion_tokens") or 0),
-                     cached_tokens=meta.get("cached_tokens"))  # fmt: skip
-    return conversation.with_reply(text, usage=usage, finish_reason=FinishReason.parse(meta.get("finish_reason")))
+    return conversation.with_reply(text, usage=parse_usage(meta), finish_reason=finish_reason(meta))

@@ -11,12 +11,14 @@ Protocol mapping (from Anthropic's API reference):
   with ``additionalProperties: false`` as structured outputs require);
 * the reply's text blocks are joined; ``usage`` and ``stop_reason`` go to the metadata;
 * tools, ``tool_use`` / ``tool_result`` blocks and thinking: see :mod:`.tools`;
-* prompt caching (``remote_params.anthropic_prompt_caching``): the system prompt goes as one text
-  block, and the last tool definition (when tools are sent), with ``cache_control: {type: ephemeral}``,
-  which caches the prompt up to that point. Usage then reports ``cache_read_input_tokens`` and
-  ``cache_creation_input_tokens`` next to ``input_tokens`` (which excludes both); the row's usage has
-  ``prompt_tokens`` = all three, ``cached_tokens`` = the cache reads, ``cache_creation_tokens`` = the
-  cache writes (priced at their own rates).
+* prompt caching (``remote_params.anthropic_prompt_caching``): by default, as Oumi does, automatic
+  caching: a top-level ``cache_control: {type: ephemeral}``, which caches the prompt up to its last block
+  (later turns of a conversation, and repeated rows, read it back); ``true`` instead sends the system
+  prompt as one text block, and the last tool definition (when tools are sent), with that
+  ``cache_control``, which caches the prompt up to that point; ``false``: none. Usage then reports
+  ``cache_read_input_tokens`` and ``cache_creation_input_tokens`` next to ``input_tokens`` (which
+  excludes both); the row's usage has ``prompt_tokens`` = all three, ``cached_tokens`` = the cache
+  reads, ``cache_creation_tokens`` = the cache writes (priced at their own rates).
 
 Auth is the ``x-api-key`` header (``ANTHROPIC_API_KEY``) plus ``anthropic-version``. Message Batches
 (``infermux batch ...``) live in :mod:`.batches`.
@@ -29,10 +31,16 @@ from typing import Any
 
 from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams
+from infermux.configs.model_params import ModelParams
 from infermux.configs.remote_params import RemoteParams
 from infermux.engines.capabilities import Capabilities
 from infermux.engines.remote.anthropic.batches import MessageBatchesMixin
-from infermux.engines.remote.anthropic.models import SAMPLING_PARAMS, refuses_sampling, warn_dropped_sampling
+from infermux.engines.remote.anthropic.models import (
+    SAMPLING_PARAMS,
+    claude_limit_problems,
+    sends_sampling,
+    warn_dropped_sampling,
+)
 from infermux.engines.remote.anthropic.tools import assistant_blocks, reply_parts, tool_fields, tool_result_block
 from infermux.engines.remote.base import RemoteEngine
 from infermux.engines.remote.http.sse import SseEvent
@@ -51,13 +59,20 @@ ANTHROPIC_VERSION = "2023-06-01"
 _MEDIA_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 
 
-def _usage(usage: dict[str, Any]) -> Usage:
+def _usage(usage: Any) -> Usage | None:
     """Messages API ``usage`` in our terms: Anthropic's ``input_tokens`` excludes the prompt tokens read
     from or written to the prompt cache; our ``prompt_tokens`` counts them all, and ``cached_tokens`` /
-    ``cache_creation_tokens`` say how many were read / written."""
+    ``cache_creation_tokens`` say how many were read / written. ``output_tokens`` includes extended
+    thinking (billed as output). A reply without usage (another server speaking the protocol) has none:
+    None, never zeros (an unknown count is priced as unknown, not as free)."""
+    if not isinstance(usage, dict):
+        return None
     read, created = usage.get("cache_read_input_tokens"), usage.get("cache_creation_input_tokens")
-    prompt = int(usage.get("input_tokens") or 0) + int(read or 0) + int(created or 0)
-    return Usage.of(prompt, int(usage.get("output_tokens") or 0), cached_tokens=read, cache_creation_tokens=created)
+    given, output = usage.get("input_tokens"), usage.get("output_tokens")
+    if given is None and output is None:
+        return None
+    prompt = None if given is None else int(given) + int(read or 0) + int(created or 0)
+    return Usage.of(prompt, output, cached_tokens=read, cache_creation_tokens=created)
 
 
 _EPHEMERAL = {"cache_control": {"type": "ephemeral"}}
@@ -114,9 +129,11 @@ class AnthropicInferenceEngine(MessageBatchesMixin, RemoteEngine):
         tools=True,
         notes=(
             "temperature must be between 0 and 1; recent models accept temperature or top_p, not both.",
-            "Opus >= 4.7, Sonnet >= 5 and claude-fable/mythos models take no sampling parameters: none are sent.",
+            "Opus >= 4.7, Sonnet >= 5 and claude-fable/mythos models take no sampling parameters: none are sent "
+            "(model_kwargs.accepts_sampling: false/true overrides the table for a newer model).",
             "n > 1 sends n requests per row; no log-probabilities.",
-            "With model_kwargs.thinking (extended thinking) no temperature is sent.",
+            "With model_kwargs.thinking (extended thinking) no temperature is sent; budget_tokens must be at least "
+            "1024 and below max_new_tokens, with no forced tool_choice and top_p >= 0.95 (checked before sending).",
         ),
         value_ranges={"temperature": (0.0, 1.0)},
     )
@@ -133,15 +150,16 @@ class AnthropicInferenceEngine(MessageBatchesMixin, RemoteEngine):
         params = self.remote_params or RemoteParams()
         if not self._secrets and not params.api_url:
             raise AuthenticationError(self._missing_key_message(params), kind="authentication")
-        self.sends_sampling = not refuses_sampling(self.model_params.model_name)
+        self.sends_sampling = sends_sampling(self.model_params.model_name, self.model_params.model_kwargs)
         self._warned_sampling = False
 
     def endpoint_url(self, api_url: str) -> str:
         return endpoint_url(api_url, append_path("/messages", base="/v1"))
 
-    def limit_problems(self, generation: GenerationParams) -> list[str]:
-        # Models that refuse sampling are sent no temperature: its range does not matter then.
-        return [] if refuses_sampling(self.model_params.model_name) else super().limit_problems(generation)
+    @classmethod
+    def config_limit_problems(cls, model: ModelParams, generation: GenerationParams) -> list[str]:
+        declared = super().config_limit_problems(model, generation)
+        return claude_limit_problems(declared, model.model_name, model.model_kwargs, generation)
 
     def build_headers(self, api_key: str | None) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "anthropic-version": ANTHROPIC_VERSION}
@@ -175,7 +193,10 @@ class AnthropicInferenceEngine(MessageBatchesMixin, RemoteEngine):
             "max_tokens": generation.max_new_tokens,
             "messages": messages,
         }
-        caching = self.remote_params is not None and self.remote_params.anthropic_prompt_caching
+        setting = self.remote_params.anthropic_prompt_caching if self.remote_params is not None else None
+        caching = setting is True  # explicit breakpoints on the system prompt and the tools
+        if setting is None:  # automatic caching (Oumi's default): up to the prompt's last block
+            body["cache_control"] = dict(_EPHEMERAL["cache_control"])
         if system is not None:
             body["system"] = [{"type": "text", "text": system, **_EPHEMERAL}] if caching else system
         thinking = self.model_params.model_kwargs.get("thinking")
@@ -213,7 +234,7 @@ class AnthropicInferenceEngine(MessageBatchesMixin, RemoteEngine):
         return conversation.with_reply(
             text,
             metadata,
-            usage=_usage(data.get("usage") or {}),
+            usage=_usage(data.get("usage")),
             finish_reason=FinishReason.parse(stop_reason),
             tool_calls=calls,
             reasoning_content=reasoning,
@@ -229,7 +250,7 @@ class AnthropicStream:
         self.done = False
         self._blocks: dict[int, dict[str, Any]] = {}
         self._json: dict[int, list[str]] = {}
-        self._usage: dict[str, Any] = {}
+        self._usage: dict[str, Any] | None = None
         self._metadata: dict[str, Any] = {"finish_reason": None, "stop_reason": None, "model": None}
 
     def feed(self, event: SseEvent) -> str:
@@ -241,7 +262,8 @@ class AnthropicStream:
         if kind == "message_start":
             message = data["message"]
             self._metadata["model"] = message.get("model")
-            self._usage.update(message.get("usage") or {})
+            if isinstance(message.get("usage"), dict):
+                self._usage = dict(message["usage"])
         elif kind == "content_block_start":
             self._blocks[data.get("index", 0)] = dict(data["content_block"])
         elif kind == "content_block_delta":  # some servers leave out the index of a lone text block
@@ -255,7 +277,9 @@ class AnthropicStream:
             self._metadata["stop_reason"] = stop
             self._metadata["finish_reason"] = FinishReason.parse(stop)
             # message_delta's usage counts are cumulative: they replace the message_start ones.
-            self._usage.update({k: v for k, v in (data.get("usage") or {}).items() if v is not None})
+            counts = {k: v for k, v in (data.get("usage") or {}).items() if v is not None}
+            if counts:
+                self._usage = {**(self._usage or {}), **counts}
         elif kind == "message_stop":
             self.done = True
         return ""

@@ -23,10 +23,17 @@ from typing import Any, ClassVar
 
 from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams
+from infermux.configs.model_params import ModelParams
 from infermux.configs.remote_params import RemoteParams
 from infermux.engines.base import InferenceEngine
 from infermux.engines.capabilities import Capabilities
-from infermux.engines.remote.anthropic.models import SAMPLING_PARAMS, refuses_sampling, warn_dropped_sampling
+from infermux.engines.remote.anthropic.models import (
+    ACCEPTS_SAMPLING_KEY,
+    SAMPLING_PARAMS,
+    claude_limit_problems,
+    sends_sampling,
+    warn_dropped_sampling,
+)
 from infermux.engines.remote.bedrock.tools import reply_parts, tool_config, tool_result_block, tool_use_blocks
 from infermux.engines.remote.media import image_payload
 from infermux.engines.remote.messages import merge_turns
@@ -118,14 +125,19 @@ def build_converse_request(
     return request
 
 
-def _usage(usage: dict[str, Any]) -> Usage:
+def _usage(usage: Any) -> Usage | None:
     """Converse ``usage`` in our terms: ``inputTokens`` leaves out the prompt-cache reads and writes
     (``cacheReadInputTokens``, ``cacheWriteInputTokens``); our ``prompt_tokens`` counts them, as OpenAI's
-    and the price library's do."""
+    and the price library's do. ``outputTokens`` includes reasoning (billed as output). No usage: None
+    (unknown, never zeros)."""
+    if not isinstance(usage, dict):
+        return None
     read, written = usage.get("cacheReadInputTokens"), usage.get("cacheWriteInputTokens")
-    prompt = int(usage.get("inputTokens") or 0) + int(read or 0) + int(written or 0)
+    given, completion = usage.get("inputTokens"), usage.get("outputTokens")
+    if given is None and completion is None:
+        return None
+    prompt = None if given is None else int(given) + int(read or 0) + int(written or 0)
     total = usage.get("totalTokens") if not (read or written) else None  # recomputed when the cache counts
-    completion = int(usage.get("outputTokens") or 0)
     return Usage.of(prompt, completion, total, cached_tokens=read, cache_creation_tokens=written)
 
 
@@ -135,14 +147,11 @@ def parse_converse_response(
     """``conversation`` with the Converse answer (text, tool calls, reasoning) and its metadata."""
     content = response["output"]["message"]["content"]
     text, calls, reasoning, update = reply_parts(content, conversation.metadata, generation)
-    usage = response.get("usage") or {}
+    usage = _usage(response.get("usage"))
     stop = response.get("stopReason")
-    metadata: dict[str, Any] = {
-        **update,
-        "usage": _usage(usage).to_json_dict(),
-        "finish_reason": FinishReason.parse(stop),
-        "stop_reason": stop,
-    }  # fmt: skip
+    metadata: dict[str, Any] = {**update, "finish_reason": FinishReason.parse(stop), "stop_reason": stop}
+    if usage is not None:
+        metadata["usage"] = usage.to_json_dict()
     latency = (response.get("metrics") or {}).get("latencyMs")
     if latency is not None:
         metadata["latency_ms"] = latency
@@ -160,7 +169,9 @@ class BedrockInferenceEngine(InferenceEngine):
         notes=(
             "n > 1 sends n Converse calls per row; no log-probabilities.",
             "Converse has no tool_choice none or parallel_tool_calls switch (see docs/tools.md).",
-            "model.model_kwargs are sent as additionalModelRequestFields.",
+            "model.model_kwargs are sent as additionalModelRequestFields (accepts_sampling excepted: it overrides "
+            "the table of Claude models that take no sampling parameters); Claude's thinking limits are checked "
+            "before sending, and no temperature goes with thinking.",
             "remote_params.api_url, when set, replaces the bedrock-runtime endpoint (e.g. a VPC endpoint).",
         ),
         value_ranges={"temperature": (0.0, 1.0)},  # Converse's InferenceConfiguration
@@ -194,10 +205,15 @@ class BedrockInferenceEngine(InferenceEngine):
             read_timeout=max(params.connection_timeout, 60.0),
         )
         self.region = region
-        self.sends_sampling = not refuses_sampling(self.model_params.model_name)
+        self.sends_sampling = sends_sampling(self.model_params.model_name, self.model_params.model_kwargs)
         self._warned_sampling = False
         self.client = boto3.client("bedrock-runtime", config=config, endpoint_url=params.api_url or None)
         self._pool: ThreadPoolExecutor | None = None
+
+    @classmethod
+    def config_limit_problems(cls, model: ModelParams, generation: GenerationParams) -> list[str]:
+        declared = super().config_limit_problems(model, generation)
+        return claude_limit_problems(declared, model.model_name, model.model_kwargs, generation)
 
     def chunk_size(self, generation: GenerationParams) -> int:
         return 1
@@ -221,6 +237,7 @@ class BedrockInferenceEngine(InferenceEngine):
         results: list[Conversation | RowError] = []
         for conversation in conversations:
             extra = dict(self.model_params.model_kwargs)
+            extra.pop(ACCEPTS_SAMPLING_KEY, None)  # ours, not Bedrock's
             if not self.sends_sampling:
                 explicit = set(SAMPLING_PARAMS) & (generation.model_fields_set | set(extra))
                 for name in SAMPLING_PARAMS:
@@ -232,6 +249,8 @@ class BedrockInferenceEngine(InferenceEngine):
                 request = build_converse_request(
                     self.model_params.model_name, conversation, generation, extra, sampling=self.sends_sampling
                 )
+                if "thinking" in extra:  # extended thinking takes no temperature (as on ANTHROPIC)
+                    request["inferenceConfig"].pop("temperature", None)
             except ValueError as exc:
                 results.append(RowError.from_exception(exc, ErrorKind.INVALID_INPUT))
                 continue

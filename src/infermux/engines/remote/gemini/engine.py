@@ -122,13 +122,31 @@ def generation_config(generation: GenerationParams) -> dict[str, Any]:
     return config
 
 
-def parse_usage(usage: dict[str, Any]) -> Usage:
-    """``usageMetadata`` in our terms (thinking tokens are reasoning tokens)."""
+_USAGE_COUNTS = ("promptTokenCount", "candidatesTokenCount", "thoughtsTokenCount", "totalTokenCount")
+
+
+def parse_usage(usage: Any) -> Usage | None:
+    """``usageMetadata`` in our terms, None when the reply has none (unknown, never zeros).
+
+    Google bills thinking at the output rate but counts it apart: ``candidatesTokenCount`` leaves out
+    ``thoughtsTokenCount``. Our ``completion_tokens`` is both (as OpenAI's includes ``reasoning_tokens``),
+    and ``reasoning_tokens`` the thoughts; ``prompt_tokens`` adds ``toolUsePromptTokenCount`` (the
+    tool-use prompt, billed as input) to ``promptTokenCount`` (which already holds the cached content).
+    Counts of zero are left out of Google's JSON: a count missing from a present object is 0."""
+    if not isinstance(usage, dict) or not any(key in usage for key in _USAGE_COUNTS):
+        return None
+    thoughts = int(usage.get("thoughtsTokenCount") or 0)
+    prompt = int(usage.get("promptTokenCount") or 0) + int(usage.get("toolUsePromptTokenCount") or 0)
     return Usage.of(
-        int(usage.get("promptTokenCount") or 0), int(usage.get("candidatesTokenCount") or 0),
-        usage.get("totalTokenCount"), cached_tokens=usage.get("cachedContentTokenCount"),
-        reasoning_tokens=usage.get("thoughtsTokenCount"),
+        prompt, int(usage.get("candidatesTokenCount") or 0) + thoughts, usage.get("totalTokenCount"),
+        cached_tokens=usage.get("cachedContentTokenCount"), reasoning_tokens=thoughts or None,
     )  # fmt: skip
+
+
+def usage_metadata(data: dict[str, Any]) -> dict[str, Any]:
+    """``{"usage": {...}}`` for a reply's metadata, or ``{}`` when the reply reports no usage."""
+    usage = parse_usage(data.get("usageMetadata"))
+    return {} if usage is None else {"usage": usage.to_json_dict()}
 
 
 def blocked_prompt(data: dict[str, Any]) -> dict[str, Any] | None:
@@ -137,8 +155,7 @@ def blocked_prompt(data: dict[str, Any]) -> dict[str, Any] | None:
     if data.get("candidates") or "blockReason" not in feedback:
         return None
     blocked = {"finish_reason": FinishReason.CONTENT_FILTER, "block_reason": feedback["blockReason"]}
-    if data.get("usageMetadata"):
-        blocked["usage"] = parse_usage(data["usageMetadata"]).to_json_dict()
+    blocked.update(usage_metadata(data))
     return blocked
 
 
@@ -153,7 +170,7 @@ def parse_candidate(data: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[st
     first = candidates[0]
     parts = (first.get("content") or {}).get("parts") or []
     metadata: dict[str, Any] = {
-        "usage": parse_usage(data.get("usageMetadata") or {}).to_json_dict(),
+        **usage_metadata(data),
         "finish_reason": FinishReason.parse(first.get("finishReason")),
         "model": data.get("modelVersion"),
     }
@@ -214,7 +231,7 @@ class GoogleGeminiInferenceEngine(RemoteEngine):
         tools=True,
         notes=("At most 5 stop strings.", "JSON schemas are inlined ($ref/$defs) to Gemini's schema subset."),
         max_items={"stop_strings": _MAX_STOPS},
-        value_ranges={"temperature": (0.0, 2.0)},
+        value_ranges={"temperature": (0.0, 2.0), "n": (1, 8)},  # candidateCount is 1-8
     )
     default_api_url = "https://generativelanguage.googleapis.com/v1beta"
     api_key_env = "GEMINI_API_KEY"
@@ -292,9 +309,7 @@ class GeminiStream:
         if "error" in data:
             raise RemoteError(f"the server failed mid-answer: {data['error'].get('message')}", kind="http_error")
         self._metadata["model"] = data.get("modelVersion") or self._metadata["model"]
-        usage = data.get("usageMetadata")
-        if usage:
-            self._metadata["usage"] = parse_usage(usage).to_json_dict()
+        self._metadata.update(usage_metadata(data))
         candidates = data.get("candidates") or []
         if not candidates:
             self._metadata.update(blocked_prompt(data) or {})

@@ -5,17 +5,15 @@ same status as a rate limit, yet waiting never fixes it. :func:`permanent_failur
 object (OpenAI ``{"error": {"type", "code", "message"}}``, Anthropic ``{"type": "error", "error":
 {"type", "message"}}``, Google ``{"error": {"code", "status", "message", "details"}}``, possibly
 wrapped in a one-element list as Vertex does) and says when a reply is a permanent failure, with
-its kind and what the user can do. :func:`body_retry_hint` reads Google's ``RetryInfo.retryDelay``,
-the wait a Google API asks for in the body rather than in a ``Retry-After`` header.
+its kind and what the user can do. Waits a reply asks for (headers and body) are read in one place,
+:func:`infermux.engines.remote.http.limits.retry_hint`.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from typing import Any
 
-from infermux.engines.remote.http.limits import parse_duration_hint
+from infermux.engines.remote.http.limits import body_retry_hint, error_object
 
 __all__ = ["Verdict", "body_retry_hint", "error_object", "permanent_failure"]
 
@@ -57,20 +55,6 @@ class Verdict:
     advice: str = ""
 
 
-def error_object(body: bytes) -> dict[str, Any]:
-    """The provider's error object from an error body (``{}`` when there is none)."""
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return {}
-    if isinstance(data, list) and len(data) == 1:
-        data = data[0]
-    if not isinstance(data, dict):
-        return {}
-    error = data.get("error")
-    return error if isinstance(error, dict) else {}
-
-
 def permanent_failure(status: int, body: bytes) -> Verdict | None:
     """A :class:`Verdict` when the reply says retrying cannot succeed, else None (decide by status)."""
     error = error_object(body)
@@ -82,19 +66,4 @@ def permanent_failure(status: int, body: bytes) -> Verdict | None:
         return Verdict("quota_exceeded", QUOTA_ADVICE)
     if codes & _CONTEXT_CODES or (status in (400, 413) and any(p in message for p in _CONTEXT_PHRASES)):
         return Verdict("context_length_exceeded", CONTEXT_ADVICE)
-    return None
-
-
-def body_retry_hint(body: bytes) -> float | None:
-    """Seconds from Google's ``google.rpc.RetryInfo`` detail (``"retryDelay": "4s"``), or None."""
-    details = error_object(body).get("details")
-    if not isinstance(details, list):
-        return None
-    for detail in details:
-        if isinstance(detail, dict) and str(detail.get("@type", "")).endswith("google.rpc.RetryInfo"):
-            delay = detail.get("retryDelay")
-            if isinstance(delay, str):
-                return parse_duration_hint(delay)
-            if isinstance(delay, dict):  # the proto form {"seconds": 4, "nanos": 0}
-                return parse_duration_hint(str(float(delay.get("seconds", 0)) + float(delay.get("nanos", 0)) / 1e9))
     return None

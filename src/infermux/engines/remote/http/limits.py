@@ -1,7 +1,12 @@
 """Rate-limit hints and adaptive concurrency for the remote transport.
 
-- :func:`parse_retry_hint` reads how long a server asks us to wait (``Retry-After`` in seconds or as
-  an HTTP date, ``retry-after-ms``, ``x-ratelimit-reset-*`` durations such as ``6m0s``).
+- :func:`retry_hint` is the one reader of how long a server asks us to wait, from every place a
+  provider puts it: headers (:func:`parse_retry_hint`: ``retry-after-ms``, ``Retry-After`` in seconds
+  or as an HTTP date, ``x-ratelimit-reset-*`` durations such as ``6m0s``, ``x-ratelimit-reset`` and
+  ``ratelimit-reset`` as seconds or epoch times, Anthropic's ``anthropic-ratelimit-*-reset`` instants),
+  then the error body (:func:`body_retry_hint`: Google's ``RetryInfo.retryDelay``, OpenRouter's
+  ``error.metadata.headers`` with ``X-RateLimit-Reset`` in epoch milliseconds, ``retry_after`` fields,
+  and "try again in 20s" in the message as OpenAI, Azure, Groq and Gemini write it).
 - :class:`AimdLimiter` is the async semaphore whose size follows AIMD (additive increase,
   multiplicative decrease) and which keeps ``politeness`` seconds between uses of one slot.
 - :class:`WindowLimiter` keeps a job under requests, input tokens and output tokens per minute
@@ -11,21 +16,27 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import email.utils
+import json
 import os
 import re
 import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
     "AimdLimiter",
     "WindowLimiter",
+    "body_retry_hint",
+    "error_object",
     "estimate_tokens",
     "parse_duration_hint",
     "parse_retry_hint",
     "rate_window_s",
+    "retry_hint",
 ]
 
 _MAX_HINT_S = 600.0
@@ -45,9 +56,22 @@ def _parse_duration(value: str) -> float | None:
             return None
         scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
         return sum(float(n) * scale[u] for n, u in parts)
-    if number > 1e9:  # an absolute epoch time
+    if number > 1e11:  # an absolute epoch time in milliseconds (OpenRouter's X-RateLimit-Reset)
+        return number / 1000.0 - time.time()
+    if number > 1e9:  # an absolute epoch time in seconds
         return number - time.time()
     return number
+
+
+def _parse_instant(value: str) -> float | None:
+    """Seconds until an RFC 3339 instant (``2026-01-01T00:00:05Z``), or None."""
+    try:
+        when = datetime.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return when.timestamp() - time.time()
 
 
 def parse_retry_hint(headers: Mapping[str, str]) -> float | None:
@@ -70,14 +94,95 @@ def parse_retry_hint(headers: Mapping[str, str]) -> float | None:
                 when = None
             if when is not None:
                 return _clamp(when.timestamp() - time.time())
-    resets = {k.removeprefix("x-ratelimit-reset-"): v for k, v in lower.items() if k.startswith("x-ratelimit-reset")}
+    # x-ratelimit-reset-<limit> (OpenAI, Groq: durations), x-ratelimit-reset (OpenRouter: epoch ms; others
+    # seconds), ratelimit-reset (the IETF draft: seconds), anthropic-ratelimit-<limit>-reset (instants)
+    resets: dict[str, float] = {}
+    for key, value in lower.items():
+        name = None
+        if key.startswith("x-ratelimit-reset"):
+            name = key.removeprefix("x-ratelimit-reset").lstrip("-")
+            seconds = _parse_duration(value)
+        elif key == "ratelimit-reset":
+            name, seconds = "", _parse_duration(value)
+        elif key.startswith("anthropic-ratelimit-") and key.endswith("-reset"):
+            name = key.removeprefix("anthropic-ratelimit-").removesuffix("-reset")
+            seconds = _parse_instant(value)
+        if name is not None and seconds is not None:
+            resets[name] = seconds
     if not resets:
         return None
-    exhausted = [resets[name] for name in resets if lower.get(f"x-ratelimit-remaining-{name}", "").strip() == "0"]
-    parsed = [d for d in (_parse_duration(v) for v in (exhausted or resets.values())) if d is not None]
-    if not parsed:
+    exhausted = [resets[name] for name in resets if _remaining(lower, name) == "0"]
+    return _clamp(max(exhausted) if exhausted else min(resets.values()))
+
+
+def _remaining(lower: Mapping[str, str], name: str) -> str:
+    """The ``remaining`` header of limit ``name`` (``""``: the header of the unnamed limit)."""
+    keys = (f"x-ratelimit-remaining-{name}", f"anthropic-ratelimit-{name}-remaining") if name else (
+        "x-ratelimit-remaining", "ratelimit-remaining")  # fmt: skip
+    return next((lower[k].strip() for k in keys if k in lower), "")
+
+
+def error_object(body: bytes) -> dict[str, Any]:
+    """The provider's error object from an error body (``{}`` when there is none): OpenAI's and Google's
+    ``{"error": {...}}``, Anthropic's ``{"type": "error", "error": {...}}``, Vertex's one-element list."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    if isinstance(data, list) and len(data) == 1:
+        data = data[0]
+    if not isinstance(data, dict):
+        return {}
+    error = data.get("error")
+    return error if isinstance(error, dict) else {}
+
+
+#: "Please try again in 6.5s", "try again in 1m30s", "Please retry after 20 seconds", "retry in 4.2s"
+_MESSAGE_WAIT = re.compile(
+    r"(?:try again|retry)(?: after| in)\s+"
+    r"((?:\d+(?:\.\d+)?(?:ms|h|m|s))+(?![a-z])|\d+(?:\.\d+)?\s*(?:seconds?|secs?)\b)",
+    re.I,
+)
+
+
+def body_retry_hint(body: bytes) -> float | None:
+    """Seconds an error body asks us to wait, or None: Google's ``google.rpc.RetryInfo`` detail
+    (``"retryDelay": "4s"``), the rate-limit headers OpenRouter copies into ``error.metadata.headers``,
+    a ``retry_after``/``retry_after_seconds`` field, or a wait written in the message."""
+    error = error_object(body)
+    if not error:
         return None
-    return _clamp(max(parsed) if exhausted else min(parsed))
+    details = error.get("details")
+    for detail in details if isinstance(details, list) else []:
+        if isinstance(detail, dict) and str(detail.get("@type", "")).endswith("google.rpc.RetryInfo"):
+            delay = detail.get("retryDelay")
+            if isinstance(delay, str):
+                return parse_duration_hint(delay)
+            if isinstance(delay, dict):  # the proto form {"seconds": 4, "nanos": 0}
+                return _clamp(float(delay.get("seconds", 0)) + float(delay.get("nanos", 0)) / 1e9)
+    metadata = error.get("metadata")
+    if isinstance(metadata, dict):
+        headers = metadata.get("headers")
+        if isinstance(headers, dict):
+            hint = parse_retry_hint({str(k): str(v) for k, v in headers.items()})
+            if hint is not None:
+                return hint
+    for holder in (error, metadata if isinstance(metadata, dict) else {}):
+        for key in ("retry_after", "retry_after_seconds", "retryAfter"):
+            value = holder.get(key)
+            if isinstance(value, (int, float, str)) and (seconds := _parse_duration(str(value))) is not None:
+                return _clamp(seconds)
+    match = _MESSAGE_WAIT.search(str(error.get("message") or ""))
+    if match is not None:
+        raw = re.sub(r"\s*(seconds?|secs?)$", "s", match.group(1).strip(), flags=re.I)
+        return parse_duration_hint(raw.replace(" ", ""))
+    return None
+
+
+def retry_hint(headers: Mapping[str, str], body: bytes = b"") -> float | None:
+    """Seconds a failed reply asks us to wait before trying again, from its headers, else its body."""
+    hint = parse_retry_hint(headers)
+    return hint if hint is not None else body_retry_hint(body)
 
 
 def parse_duration_hint(value: str) -> float | None:

@@ -26,8 +26,9 @@ What the transport guarantees
 * Never a retry for what cannot succeed: billing, quota and spend-limit errors (OpenAI answers them
   429), context-length errors (see :mod:`~infermux.engines.remote.http.classify`) fail the row at
   once with the provider's message and advice.
-* Rate limits (429, or 503 with a hint) honour ``Retry-After`` (seconds or HTTP date),
-  ``retry-after-ms``, ``x-ratelimit-reset-*`` and Google's ``RetryInfo.retryDelay`` in the body;
+* Rate limits (429, or 503 with a hint) wait as long as the reply asks, read in one place
+  (:func:`~infermux.engines.remote.http.limits.retry_hint`: ``Retry-After``, ``retry-after-ms``, the
+  ``x-ratelimit-reset*`` family, Google's ``RetryInfo.retryDelay`` and OpenRouter's reset in the body, ...);
   they pause every worker, not just one, and they are retried for up to ``rate_limit_budget_s``
   seconds (``remote_params.rate_limit_timeout``) without using up ``max_retries``, so a minute-long
   429 storm loses nothing.
@@ -57,8 +58,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import aiohttp
 
-from infermux.engines.remote.http.classify import body_retry_hint, permanent_failure
-from infermux.engines.remote.http.limits import AimdLimiter, WindowLimiter, parse_retry_hint
+from infermux.engines.remote.http.classify import permanent_failure
+from infermux.engines.remote.http.limits import AimdLimiter, WindowLimiter, parse_retry_hint, retry_hint
 from infermux.engines.remote.http.sse import WHOLE_REPLY, SseEvent, iter_lines, iter_sse
 from infermux.errors import AuthenticationError, RemoteError
 
@@ -422,9 +423,7 @@ class Transport(Generic[T]):
             return _Attempt(
                 verdict.kind, _sentence(message, verdict.advice), status=status, retry=False, overload=False
             )
-        hint = parse_retry_hint(headers)
-        if hint is None:
-            hint = body_retry_hint(body)
+        hint = retry_hint(headers, body)
         if status == 429 or (status == 503 and hint is not None):
             return _Attempt("rate_limited", message, status=status, retry=True, hint=hint, rate_limited=True)
         if status in (401, 403):

@@ -16,6 +16,7 @@ from typing import Any
 
 from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams
+from infermux.configs.model_params import ModelParams
 from infermux.engines.remote.openai.engine import RemoteInferenceEngine
 from infermux.engines.remote.openai.format import encode_messages
 from infermux.engines.remote.openai.providers import provider_class
@@ -58,9 +59,10 @@ class OpenAIInferenceEngine(RemoteInferenceEngine):
     def reasoning(self) -> bool:
         return is_reasoning_model(self.served_model_name())
 
-    def limit_problems(self, generation: GenerationParams) -> list[str]:
+    @classmethod
+    def config_limit_problems(cls, model: ModelParams, generation: GenerationParams) -> list[str]:
         # Reasoning models are sent none of the limited parameters (see adjust_body).
-        return [] if self.reasoning else super().limit_problems(generation)
+        return [] if is_reasoning_model(model.model_name) else super().config_limit_problems(model, generation)
 
     def adjust_body(self, body: dict[str, Any], generation: GenerationParams) -> dict[str, Any]:
         if not self.reasoning:

@@ -78,7 +78,7 @@ PROVIDERS: dict[E, Provider] = {
                  notes=("reasoning models (o1/o3/o4/gpt-5) ignore temperature, top_p, penalties, logit_bias, stop",
                         "reasoning models refuse logprobs"),
                  max_items={"stop_strings": 4},
-                 value_ranges={"temperature": (0.0, 2.0), "logit_bias": (-100.0, 100.0)}),
+                 value_ranges={"temperature": (0.0, 2.0), "logit_bias": (-100.0, 100.0), "n": (1, 128)}),
         Provider(E.TOGETHER, "TogetherInferenceEngine", "Together AI", "https://api.together.xyz/v1",
                  "TOGETHER_API_KEY", "Together AI (``TOGETHER_API_KEY``); also takes ``min_p`` and JSON-schema output.",
                  params=OPENAI_PARAMS | {"min_p"}),
