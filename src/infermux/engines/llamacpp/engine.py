@@ -78,6 +78,7 @@ class LlamaCppInferenceEngine(InferenceEngine):
     """Local GGUF inference with llama.cpp (CPU, or GPU layers with ``n_gpu_layers``)."""
 
     engine_type = InferenceEngineType.LLAMACPP
+    compiles_guided = True
     extra = "llamacpp"
     capabilities = Capabilities(
         generation_params=_SUPPORTED,
@@ -252,10 +253,11 @@ class LlamaCppInferenceEngine(InferenceEngine):
             async for event in super()._stream(conversation, generation):
                 yield event
             return
-        prompt = self._prompt(conversation, generation)
+        # The chat template and a grammar take time that grows with the request: not on the event loop.
+        prompt = await asyncio.to_thread(self._prompt, conversation, generation)
         if isinstance(prompt, RowError):
             raise InputError(prompt.message)
-        spec = self._spec(tool_prompting.constrained_generation(conversation, generation))
+        spec = await asyncio.to_thread(self._spec, tool_prompting.constrained_generation(conversation, generation))
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[_Text | DecodeResult | Exception] = asyncio.Queue()
         scores = StreamedLogprobs(self._llama, generation.top_logprobs) if generation.logprobs else None
