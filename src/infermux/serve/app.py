@@ -41,6 +41,7 @@ logger = logging.getLogger("infermux.serve")
 
 STATIC = Path(__file__).resolve().parent / "static"
 DEFAULT_MAX_BODY = Limits.max_body
+_LINGER = 2.0  # seconds a connection answered 408 stays open (aiohttp would read on for up to 10 s)
 STATIC_FILES = frozenset(p.name for p in STATIC.iterdir() if p.is_file())
 _INPUT_KINDS = frozenset({ErrorKind.INVALID_INPUT, ErrorKind.UNSUPPORTED_INPUT})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -146,8 +147,9 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         error = ApiError("The server had an error while processing your request.", status=500, type="server_error")
     state.metrics.errors[str(error.status)] += 1
     response = web.json_response(error.body(), status=error.status, headers=error.headers)
-    if error.headers.get("Connection") == "close":
-        response.force_close()  # a body that is still arriving is not read on
+    if error.headers.get("Connection") == "close":  # a body still arriving: the client gets a moment to read
+        response.force_close()  # the answer, then the connection closes, however slowly the body trickles on
+        asyncio.get_running_loop().call_later(_LINGER, request.protocol.force_close)
     return response
 
 
