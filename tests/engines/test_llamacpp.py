@@ -360,3 +360,10 @@ def test_builtin_chat_template_name_renders_prompts(engine, raw, name):
         assert out.last_message.text.strip() and out.last_message.text == ref["choices"][0]["text"]
     finally:
         eng.close()
+
+
+def test_a_row_that_is_not_valid_unicode_fails_alone(engine):
+    """A lone surrogate (Python API input) is that row's invalid_input, not the failure of its chunk."""
+    bad, good = answers(engine, ["hi \ud800", "Say hi."], max_new_tokens=4)
+    assert bad.metadata["error"]["kind"] == "invalid_input" and "Unicode" in bad.metadata["error"]["message"]
+    assert "error" not in good.metadata and good.last_message.text

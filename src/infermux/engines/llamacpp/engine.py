@@ -306,7 +306,11 @@ class LlamaCppInferenceEngine(InferenceEngine):
             return RowError.from_exception(
                 exc, ErrorKind.INVALID_INPUT, context="the chat template rejected this conversation"
             )
-        encoded = rendered.prompt.encode("utf-8")
+        try:
+            encoded = rendered.prompt.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate (Python API input): this row's fault, not the chunk's
+            message = f"the conversation is not valid Unicode: {exc.reason}"
+            return RowError(kind=ErrorKind.INVALID_INPUT, message=message)
         return list(self._llama.tokenize(encoded, add_bos=not rendered.added_special, special=True))
 
     def _spec(self, generation: GenerationParams) -> SamplingSpec:
