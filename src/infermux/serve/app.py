@@ -7,7 +7,9 @@ for ``n`` answers or log-probabilities get them from the final answer's samples:
 choice arrives whole, in one chunk carrying its index (and its log-probabilities). The engine's session is
 opened once for the server's life, so a remote engine keeps one transport: its retries, ``Retry-After``
 handling and adaptive concurrency apply across all clients. A client that disconnects cancels its
-request's task, which stops its generation.
+request's task, which stops its generation. Every request passes :mod:`.guard` first (its size, shape and
+arrival time; ``Host``, ``Origin`` and CORS for browsers; the key), and the work that grows with it runs
+off the event loop.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hmac
 import json
 import logging
 import time
@@ -31,7 +32,15 @@ from infermux.engines.base import InferenceEngine, StreamEvent
 from infermux.errors import ErrorKind, InfermuxError, InputError, RemoteError, RowError
 from infermux.serve import wire
 from infermux.serve.batcher import Batcher, needs_batcher
-from infermux.serve.guard import Limits, browser_guard, check_request, cors_headers, parse_json, read_body
+from infermux.serve.guard import (
+    Limits,
+    browser_guard,
+    check_request,
+    cors_headers,
+    parse_json,
+    read_body,
+    require_key,
+)
 from infermux.serve.metrics import CONTENT_TYPE, Metrics
 from infermux.serve.wire import ApiError
 
@@ -93,7 +102,8 @@ def create_app(
     state = ServerState(engine, served_model, defaults or engine.generation_params, api_key, limits)
     hosts = frozenset(h.lower() for h in allowed_hosts)
     origins = frozenset(o.rstrip("/") for o in cors_origins)
-    app = web.Application(middlewares=[_errors, browser_guard(hosts, origins), _auth], client_max_size=limits.max_body)
+    middlewares = [_errors, browser_guard(hosts, origins), require_key(api_key)]
+    app = web.Application(middlewares=middlewares, client_max_size=limits.max_body)
     app[STATE] = state
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/models", models)
@@ -151,22 +161,6 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         response.force_close()  # the answer, then the connection closes, however slowly the body trickles on
         asyncio.get_running_loop().call_later(_LINGER, request.protocol.force_close)
     return response
-
-
-@web.middleware
-async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    key = request.app[STATE].api_key
-    if key and (request.path.startswith("/v1/") or request.path == "/metrics"):
-        given = request.headers.get("Authorization", "")
-        token = given[7:] if given[:7].lower() == "bearer " else ""
-        # A header's bytes that are not UTF-8 arrive as surrogate escapes: compare the bytes as sent.
-        if not hmac.compare_digest(token.encode("utf-8", "surrogateescape"), key.encode()):
-            raise ApiError(
-                "Incorrect or missing API key: send 'Authorization: Bearer <key>' with the server's --api-key.",
-                status=401,
-                code="invalid_api_key",
-            )
-    return await handler(request)
 
 
 # ---------------------------------------------------------------------- simple routes

@@ -3,6 +3,7 @@ arrives, and, for browsers, which ``Host``, ``Origin`` and ``Content-Type`` it m
 
 - :class:`Limits` bounds a request: body size and arrival time, JSON nesting, the number and size of
   messages. Every bound is answered with an OpenAI error naming it (400, 408, 413).
+- :func:`require_key` asks for the server's key on the API and ``/metrics``.
 - :func:`browser_guard` is the middleware that keeps web pages the user opens from driving the server:
   a ``Host`` that is not an address of this server, ``localhost`` or a name the user allowed is refused
   (DNS rebinding); so is a request carrying the ``Origin`` of another site unless that origin is on the
@@ -13,6 +14,7 @@ arrives, and, for browsers, which ``Host``, ``Origin`` and ``Content-Type`` it m
 from __future__ import annotations
 
 import asyncio
+import hmac
 import ipaddress
 import json
 from collections.abc import Awaitable, Callable
@@ -24,7 +26,7 @@ from aiohttp import web
 
 from infermux.serve.wire import ApiError
 
-__all__ = ["Limits", "browser_guard", "check_request", "parse_json", "read_body"]
+__all__ = ["Limits", "browser_guard", "check_request", "cors_headers", "parse_json", "read_body", "require_key"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -145,6 +147,26 @@ def _text_chars(content: Any) -> int:
 
 def _dotted(path: tuple[str, ...]) -> str:
     return ".".join(path)
+
+
+def require_key(key: str | None) -> Any:
+    """The middleware asking for ``Authorization: Bearer KEY`` on the API and ``/metrics`` (timing-safe)."""
+
+    @web.middleware
+    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if key and (request.path.startswith("/v1/") or request.path == "/metrics"):
+            given = request.headers.get("Authorization", "")
+            token = given[7:] if given[:7].lower() == "bearer " else ""
+            # A header's bytes that are not UTF-8 arrive as surrogate escapes: compare the bytes as sent.
+            if not hmac.compare_digest(token.encode("utf-8", "surrogateescape"), key.encode()):
+                raise ApiError(
+                    "Incorrect or missing API key: send 'Authorization: Bearer <key>' with the server's --api-key.",
+                    status=401,
+                    code="invalid_api_key",
+                )
+        return await handler(request)
+
+    return auth
 
 
 # ---------------------------------------------------------------------- browsers
