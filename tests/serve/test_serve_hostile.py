@@ -91,27 +91,49 @@ def test_schemas_that_would_compile_without_end_are_refused_fast(server: Served)
 
 
 def test_health_answers_within_a_second_while_a_huge_prompt_is_built(server: Served) -> None:
-    # 2,000 messages, 3 MB of text: within the limits, and seconds of chat template and tokenizing.
+    status, worst, took = health_during_huge_prompt(server)
+    assert status == 400  # longer than the model's context
+    assert worst < 1.0, f"/health took {worst:.2f}s while the prompt was built ({took:.1f}s)"
+    assert took > 0.5  # the request did take time: /health was asked while it ran
+
+
+def test_native_refuses_endless_schemas_and_builds_prompts_off_the_loop() -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    with serve("--engine", "NATIVE", "--model.model_name", MODEL, "--model.model_max_length", "512") as served:
+        huge = {"type": "array", "items": {"type": "integer"}, "minItems": 1_000_000_000}
+        before = rss_mib(served)
+        start = time.monotonic()
+        status, reply = post(served, {"model": MODEL, "messages": [{"role": "user", "content": "Numbers."}],
+                                      "max_tokens": 8, "response_format": {"type": "json_schema",
+                                      "json_schema": {"name": "xs", "schema": huge}}})  # fmt: skip
+        assert status == 400 and "grammar elements" in reply["error"]["message"], reply
+        assert time.monotonic() - start < 10 and rss_mib(served) - before < 300
+        status, worst, took = health_during_huge_prompt(served)
+        assert status == 200  # NATIVE keeps the prompt's last model_max_length tokens
+        assert worst < 1.0, f"/health took {worst:.2f}s while the prompt was built ({took:.1f}s)"
+
+
+def health_during_huge_prompt(served: Served) -> tuple[int, float, float]:
+    """Send 2,000 messages (3 MB of text: within the limits, and seconds of chat template and tokenizing)
+    and ask ``/health`` until the answer comes: its status, the slowest ``/health`` and the time taken."""
     messages = [{"role": ("user", "assistant")[i % 2], "content": f"message {i} " + "lorem ipsum " * 125}
                 for i in range(1999)]  # fmt: skip
     payload = {"model": MODEL, "messages": messages, "max_tokens": 4}
     result: dict[str, Any] = {}
 
     def send() -> None:
-        result["status"], result["reply"] = post(server, payload, timeout=300)
+        result["status"], result["reply"] = post(served, payload, timeout=300)
 
     worker = threading.Thread(target=send)
     start = time.monotonic()
     worker.start()
     worst = 0.0
     while worker.is_alive():
-        worst = max(worst, health_latency(server))
+        worst = max(worst, health_latency(served))
         time.sleep(0.05)
     worker.join()
-    took = time.monotonic() - start
-    assert result["status"] == 400  # longer than the model's context
-    assert worst < 1.0, f"/health took {worst:.2f}s while the prompt was built ({took:.1f}s)"
-    assert took > 0.5  # the request did take time: /health was asked while it ran
+    return result["status"], worst, time.monotonic() - start
 
 
 def test_a_lone_surrogate_is_a_400_and_the_server_keeps_serving(server: Served) -> None:

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from infermux.serve.wire import ApiError
+from infermux.text import first_surrogate
 
 __all__ = ["Limits", "browser_guard", "check_request", "cors_headers", "parse_json", "read_body", "require_key"]
 
@@ -97,16 +98,14 @@ def check_request(data: Any, limits: Limits) -> None:
 
 
 def _check_text(text: str, path: tuple[str, ...]) -> None:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
+    if first_surrogate(text) is not None:
         param = _dotted(path) or None
         raise ApiError(
             f"Invalid value for '{param}': the string is not valid Unicode (it holds a lone surrogate such as "
             "\\ud800); send text as UTF-8.",
             param=param,
             code="invalid_value",
-        ) from None
+        )
 
 
 def _check_messages(messages: list[Any], limits: Limits) -> None:
