@@ -36,6 +36,8 @@ INPUTS = {
     "missing_content": ('{"messages": [{"role": "user"}]}\n', ["in.jsonl:1", "content: missing"]),
     "missing_messages": ('{"conversation_id": "a"}\n', ["in.jsonl:1", 'no "messages" field']),
     "empty_file": ("\n\n", ["in.jsonl", "no conversations"]),
+    "deeply_nested": (GOOD + '\n{"messages": [], "x": ' + "[" * 100_000 + "]" * 100_000 + "}\n",
+                      ["in.jsonl:2", "nested too deeply"]),
 }  # fmt: skip
 
 

@@ -16,7 +16,7 @@ from infermux.configs.generation_params import GuidedDecodingParams
 from infermux.engines.llamacpp.engine import LlamaCppInferenceEngine
 from infermux.engines.llamacpp.grammar import choice_to_gbnf, regex_to_gbnf
 from infermux.engines.llamacpp.loading import resolve_gguf
-from infermux.errors import ConfigError, ModelNotFoundError, UnsupportedParamError
+from infermux.errors import ConfigError, ModelNotFoundError, RowError, UnsupportedParamError
 from infermux.models import gguf_path
 from infermux.types import Conversation
 from tests.greedy import LLAMACPP_SLACK, assert_same_or_near_tie, llama_cpp_logprobs
@@ -368,3 +368,11 @@ def test_builtin_chat_template_name_renders_prompts(engine, raw, name):
         assert out.last_message.text.strip() and out.last_message.text == ref["choices"][0]["text"]
     finally:
         eng.close()
+
+
+def test_a_row_that_is_not_valid_unicode_fails_alone(engine):
+    """A lone surrogate given to the engine itself (jobs refuse it before) is that row's invalid_input,
+    not the failure of its whole chunk."""
+    bad, good = asyncio.run(engine.answer([conv("hi \ud800"), conv("Say hi.")], GenerationParams(max_new_tokens=4)))
+    assert isinstance(bad, RowError) and bad.kind == "invalid_input" and "Unicode" in bad.message
+    assert isinstance(good, Conversation) and good.last_message.text

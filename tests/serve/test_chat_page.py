@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 import time
@@ -24,8 +25,8 @@ if not (shutil.which("chromium") and shutil.which("chromedriver")):
     pytestmark = [pytest.mark.slow, pytest.mark.skip(reason="needs chromium and chromium-driver (make install-test)")]
 
 
-@pytest.fixture
-def browser() -> Iterator[Any]:
+@contextlib.contextmanager
+def chromium(*extra: str) -> Iterator[Any]:
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
 
@@ -34,16 +35,23 @@ def browser() -> Iterator[Any]:
     options.binary_location = CHROMIUM
     for flag in (
         "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
+        "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}", *extra,
     ):  # fmt: skip
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(DRIVER), options=options)
     driver.set_page_load_timeout(120)
+    driver.set_script_timeout(60)
     try:
         yield driver
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    with chromium() as driver:
+        yield driver
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 300, every: float = 0.05) -> Any:
@@ -132,3 +140,94 @@ def _chat_twice(browser: Any, served: Served, key: str) -> None:
     say(browser, "Fresh start.")
     wait_for(lambda: browser.find_element(By.ID, "status").get_attribute("data-done") == "2")
     assert bubbles(browser, "assistant")[-1].endswith("turns=1 | images=0 | last=Fresh start.")
+
+
+# ---------------------------------------------------------------------- pages on other sites
+
+UPSTREAM_KEY = "sk-up-1234567890"
+GATEWAY = ("--engine", "REMOTE", "--model.model_name", "gpt-fake", "--remote_params.api_key", UPSTREAM_KEY)
+
+# Run in a page of another site: what such a page can try against the server at arguments[0].
+ATTACKS = """
+const [base, done] = [arguments[0], arguments[arguments.length - 1]];
+const chat = JSON.stringify({model: "gpt-fake", messages: [{role: "user", content: "spend credit"}]});
+const outcome = (p) => p.then(async (r) => r.type === "opaque" ? "sent" : `read ${r.status}: ${await r.text()}`,
+                              (e) => `blocked: ${e.name}`);
+Promise.all([
+  outcome(fetch(base + "/v1/chat/completions",  // a "simple" request: no preflight, the answer unreadable
+                {method: "POST", mode: "no-cors", headers: {"Content-Type": "text/plain"}, body: chat})),
+  outcome(fetch(base + "/v1/chat/completions",  // JSON: the browser asks first (preflight)
+                {method: "POST", headers: {"Content-Type": "application/json"}, body: chat})),
+  outcome(fetch(base + "/metrics")),
+]).then(done);
+"""
+
+
+@contextlib.contextmanager
+def other_site() -> Iterator[str]:
+    """A page on another origin (another port of 127.0.0.1): what a site the user opens looks like."""
+    import http.server
+    import threading
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"<!doctype html><title>another site</title><p>hello"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def metric(served: Served, line_start: str) -> float:
+    import urllib.request
+
+    with urllib.request.urlopen(served.url + "/metrics", timeout=30) as resp:
+        text = resp.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_start))
+
+
+def test_pages_on_other_sites_and_rebound_names_cannot_drive_the_server() -> None:
+    with FakeOpenAIChat(api_key=UPSTREAM_KEY) as fake, other_site() as site:
+        assert isinstance(fake, FakeOpenAIChat)
+        with (
+            serve(*GATEWAY, "--remote_params.api_url", fake.url + "/v1", timeout=120) as served,
+            chromium("--host-resolver-rules=MAP rebind.test 127.0.0.1") as browser,
+        ):
+            browser.get(site + "/")
+            sent, preflighted, metrics = browser.execute_async_script(ATTACKS, served.url)
+            assert sent == "sent"  # the browser sent it; the server refused it (below)
+            assert preflighted.startswith("blocked") and metrics.startswith("blocked")
+            # DNS rebinding: a page whose own name now points at the server, so its requests are "same-origin".
+            port = served.url.rsplit(":", 1)[1]
+            browser.get(f"http://rebind.test:{port}/")
+            assert "host_not_allowed" in browser.page_source
+            rebound = browser.execute_async_script(ATTACKS, f"http://rebind.test:{port}")
+            assert all("host_not_allowed" in r or r.startswith(("blocked", "sent")) for r in rebound), rebound
+            assert "read 200" not in "".join(rebound)
+            assert not fake.requests, "a page's request reached the upstream"
+            assert metric(served, "infermux_requests_total") == 0
+            assert metric(served, 'infermux_errors_total{status="403"}') >= 5
+            assert "infermux" not in "".join(rebound[2:])  # no metrics were read
+        # The same page may use a server that lists its origin (CORS allow-list).
+        args = (*GATEWAY, "--remote_params.api_url", fake.url + "/v1", "--cors-origin", site)
+        with serve(*args, timeout=120) as served, chromium() as browser:
+            browser.get(site + "/")
+            sent, allowed, metrics = browser.execute_async_script(ATTACKS, served.url)
+            assert allowed.startswith("read 200") and "chat.completion" in allowed, allowed
+            assert metrics.startswith("read 200") and "infermux_requests_total" in metrics
+            assert sent == "sent" and metric(served, 'infermux_errors_total{status="415"}') == 1  # text/plain: refused
+            assert len(fake.requests) == 1

@@ -70,4 +70,15 @@ def test_round_trip_streamed_and_concurrent() -> None:
         for question, answer in zip(QUESTIONS, asyncio.run(together()), strict=True):
             reference = alone(question).choices[0].logprobs.content
             assert_same_or_near_tie(answer, reference)
+        # A schema past the guided-decoding bounds is refused before vLLM compiles it, from response_format
+        # and from a forced tool call alike.
+        huge = {"type": "array", "items": {"type": "integer"}, "minItems": 1_000_000_000}
+        tool = {"type": "function", "function": {"name": "fill", "parameters": {"type": "object", "properties": {
+            "xs": huge}}}}  # fmt: skip
+        for extra in ({"response_format": {"type": "json_schema", "json_schema": {"name": "xs", "schema": huge}}},
+                      {"tools": [tool], "tool_choice": "required"}):  # fmt: skip
+            with pytest.raises(openai.BadRequestError, match="grammar elements"):
+                sdk.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Numbers."}],
+                                            max_tokens=8, **extra)  # type: ignore[call-overload]  # fmt: skip
+        assert alone(QUESTIONS[0]).choices[0].message.content
         assert "Traceback" not in served.log()

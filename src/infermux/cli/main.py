@@ -133,6 +133,17 @@ def serve(
         None, "--served-model-name", help="Model name clients send (default: the config's model_name)."
     ),
     max_body_mb: float = typer.Option(8.0, "--max-body-mb", help="Largest request body accepted, in MiB."),
+    body_timeout: float = typer.Option(30.0, "--body-timeout", help="Seconds a request body may take to arrive."),
+    max_messages: int = typer.Option(2048, "--max-messages", help="Most messages in one request."),
+    max_prompt_chars: int = typer.Option(
+        4 * 2**20, "--max-prompt-chars", help="Most characters of text in one request's messages."
+    ),
+    allowed_host: list[str] = typer.Option(
+        [], "--allowed-host", help="A name clients may reach the server by (Host), besides IPs and localhost; '*': any."
+    ),
+    cors_origin: list[str] = typer.Option(
+        [], "--cors-origin", help="A web origin (https://app.example) whose pages may call the API; off by default."
+    ),
     log_level: str | None = LogOpt,
 ) -> None:
     """Serve the config's model over an OpenAI-compatible HTTP API, with a chat page at /."""
@@ -148,6 +159,11 @@ def serve(
         model_name=model_name,
         max_body_mb=max_body_mb,
         log_level=log_level,
+        body_timeout=body_timeout,
+        max_messages=max_messages,
+        max_prompt_chars=max_prompt_chars,
+        allowed_hosts=allowed_host,
+        cors_origins=cors_origin,
     )
 
 

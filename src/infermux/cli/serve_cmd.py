@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 import sys
 
 from infermux.cli.common import fail, load_cli_config, setup_logging, user_errors
@@ -33,6 +34,11 @@ def run_serve(
     model_name: str | None,
     max_body_mb: float,
     log_level: str | None,
+    body_timeout: float = 30.0,
+    max_messages: int = 2048,
+    max_prompt_chars: int = 4 * 2**20,
+    allowed_hosts: list[str] | None = None,
+    cors_origins: list[str] | None = None,
 ) -> None:
     setup_logging(log_level)
     api_key = api_key or None
@@ -47,6 +53,16 @@ def run_serve(
         fail(f"--port {port} is not a TCP port (0-65535).")
     if max_body_mb <= 0:
         fail("--max-body-mb must be positive.")
+    if body_timeout <= 0 or max_messages < 1 or max_prompt_chars < 1:
+        fail("--body-timeout, --max-messages and --max-prompt-chars must be positive.")
+    for origin in cors_origins or ():
+        if origin != "*" and not origin.startswith(("http://", "https://")):
+            fail(f"--cors-origin {origin!r} is not an origin: write it as the browser does, e.g. https://app.example.")
+    from infermux.serve.guard import Limits  # serve only: web-server code stays out of other commands
+
+    limits = Limits(max_body=int(max_body_mb * 2**20), body_timeout=body_timeout, max_messages=max_messages,
+                    max_prompt_chars=max_prompt_chars)  # fmt: skip
+    hosts = [*(allowed_hosts or ()), *_own_names(host)]
     with user_errors():
         cfg = load_cli_config(config, overrides, engine=engine)
         if cfg.input_path or cfg.output_path:
@@ -55,22 +71,34 @@ def run_serve(
 
         built = build_engine(cfg)
     try:
-        _serve(built, cfg.generation, model_name or cfg.model.model_name, host, port, api_key, max_body_mb)
+        app = _app(built, cfg.generation, model_name or cfg.model.model_name, api_key, limits, hosts, cors_origins)
+        _serve(app, built.name, model_name or cfg.model.model_name, host, port, api_key)
     finally:
         built.close()
 
 
-def _serve(engine, defaults, served: str, host: str, port: int, api_key: str | None, max_body_mb: float) -> None:  # type: ignore[no-untyped-def]
-    from aiohttp import web
+def _own_names(host: str) -> list[str]:
+    """Names besides IP addresses and localhost that clients may use: the bound name, and on a
+    non-loopback bind this machine's own host names."""
+    names = [] if is_loopback(host) else [socket.gethostname(), socket.getfqdn()]
+    return [n for n in (host, *names) if n]
 
+
+def _app(engine, defaults, served, api_key, limits, hosts, origins):  # type: ignore[no-untyped-def]
     from infermux.serve.app import create_app
 
-    app = create_app(engine, served_model=served, defaults=defaults, api_key=api_key, max_body=int(max_body_mb * 2**20))
+    return create_app(engine, served_model=served, defaults=defaults, api_key=api_key, limits=limits,
+                      allowed_hosts=hosts, cors_origins=origins or ())  # fmt: skip
+
+
+def _serve(app, engine_name: str, served: str, host: str, port: int, api_key: str | None) -> None:  # type: ignore[no-untyped-def]
+    from aiohttp import web
+
     shown = f"[{host}]" if ":" in host else host
 
     def announce(message: object) -> None:
         sys.stderr.write(
-            f"serving {served} on {engine.name} at http://{shown}:{port}  (OpenAI API under /v1, chat page at /)"
+            f"serving {served} on {engine_name} at http://{shown}:{port}  (OpenAI API under /v1, chat page at /)"
             f"{'; API key required' if api_key else ''}\n"
         )
         sys.stderr.flush()

@@ -106,6 +106,9 @@ class InferenceEngine:
     capabilities: ClassVar[Capabilities] = Capabilities()
     #: Environment variables the engine reads, name -> what for (docs/engines.md lists them).
     env_vars: ClassVar[Mapping[str, str]] = {}
+    #: Whether this engine compiles guided decoding itself (a grammar, in this process): its constraints
+    #: are then held to :mod:`infermux.engines.guided_bounds`.
+    compiles_guided: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -186,7 +189,8 @@ class InferenceEngine:
         engines that stream implement :meth:`_stream`.
         """
         generation = generation or self.generation_params
-        self.check(generation, conversation=conversation)
+        # A check may compile a grammar, and the row's check reads all of it: off the event loop.
+        await asyncio.to_thread(self.check, generation, conversation=conversation)
         async with self.session():
             stream = self._stream(conversation, generation)
             async with contextlib.aclosing(stream):  # type: ignore[type-var]
@@ -330,6 +334,10 @@ class InferenceEngine:
         """The hook behind :meth:`check`: engines that can refuse more (a grammar that does not compile)
         extend it, calling ``super()._check``; it runs after :meth:`setup`."""
         self._check_declared(generation, tools=tools)
+        if self.compiles_guided and generation.guided_decoding is not None:
+            from infermux.engines.guided_bounds import check_guided
+
+            check_guided(generation.guided_decoding, self.name)
 
     def _check_declared(self, generation: GenerationParams, *, tools: bool = False) -> None:
         """Say once (warning, or error when strict) what of ``generation`` (and of an input that offers

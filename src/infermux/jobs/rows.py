@@ -96,6 +96,8 @@ def _parse_slow(raw: bytes, path: str, line: int) -> Conversation:
     text = text.rstrip("\r\n")  # so that a column points into the line, not past its newline
     try:
         data = json.loads(text)
+    except RecursionError:
+        raise InputError("JSON nested too deeply to read. Flatten the line.", path=path, line=line) from None
     except json.JSONDecodeError as exc:
         where = "the line ends early" if exc.pos >= len(text.rstrip()) else f"at column {exc.colno}"
         raise InputError(

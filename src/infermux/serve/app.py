@@ -7,18 +7,20 @@ for ``n`` answers or log-probabilities get them from the final answer's samples:
 choice arrives whole, in one chunk carrying its index (and its log-probabilities). The engine's session is
 opened once for the server's life, so a remote engine keeps one transport: its retries, ``Retry-After``
 handling and adaptive concurrency apply across all clients. A client that disconnects cancels its
-request's task, which stops its generation.
+request's task, which stops its generation. Every request passes :mod:`.guard` first (its size, shape and
+arrival time; ``Host``, ``Origin`` and CORS for browsers; the key), and the work that grows with it runs
+off the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
+import dataclasses
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,15 +32,26 @@ from infermux.engines.base import InferenceEngine, StreamEvent
 from infermux.errors import ErrorKind, InfermuxError, InputError, RemoteError, RowError
 from infermux.serve import wire
 from infermux.serve.batcher import Batcher, needs_batcher
+from infermux.serve.guard import (
+    Limits,
+    browser_guard,
+    check_request,
+    cors_headers,
+    parse_json,
+    read_body,
+    require_key,
+)
 from infermux.serve.metrics import CONTENT_TYPE, Metrics
 from infermux.serve.wire import ApiError
 
-__all__ = ["DEFAULT_MAX_BODY", "ServerState", "create_app"]
+__all__ = ["DEFAULT_MAX_BODY", "Limits", "ServerState", "create_app"]
 
 logger = logging.getLogger("infermux.serve")
 
 STATIC = Path(__file__).resolve().parent / "static"
-DEFAULT_MAX_BODY = 8 * 1024 * 1024
+DEFAULT_MAX_BODY = Limits.max_body
+_LINGER = 2.0  # seconds a connection answered 408 stays open (aiohttp would read on for up to 10 s)
+STATIC_FILES = frozenset(p.name for p in STATIC.iterdir() if p.is_file())
 _INPUT_KINDS = frozenset({ErrorKind.INVALID_INPUT, ErrorKind.UNSUPPORTED_INPUT})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -49,6 +62,7 @@ class ServerState:
     served_model: str
     defaults: GenerationParams
     api_key: str | None = None
+    limits: Limits = field(default_factory=Limits)
     metrics: Metrics = field(init=False)
     batcher: Batcher | None = None
     secrets: tuple[str, ...] = ()
@@ -75,10 +89,21 @@ def create_app(
     served_model: str,
     defaults: GenerationParams | None = None,
     api_key: str | None = None,
-    max_body: int = DEFAULT_MAX_BODY,
+    max_body: int | None = None,
+    limits: Limits | None = None,
+    allowed_hosts: Iterable[str] = (),
+    cors_origins: Iterable[str] = (),
 ) -> web.Application:
-    state = ServerState(engine, served_model, defaults or engine.generation_params, api_key)
-    app = web.Application(middlewares=[_errors, _auth], client_max_size=max_body)
+    """The server's app. ``allowed_hosts``: names besides IP addresses and ``localhost`` that requests
+    may be addressed to (``Host``); ``cors_origins``: web origins allowed to call it from a browser."""
+    limits = limits or Limits()
+    if max_body is not None:
+        limits = dataclasses.replace(limits, max_body=max_body)
+    state = ServerState(engine, served_model, defaults or engine.generation_params, api_key, limits)
+    hosts = frozenset(h.lower() for h in allowed_hosts)
+    origins = frozenset(o.rstrip("/") for o in cors_origins)
+    middlewares = [_errors, browser_guard(hosts, origins), require_key(api_key)]
+    app = web.Application(middlewares=middlewares, client_max_size=limits.max_body)
     app[STATE] = state
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/models", models)
@@ -86,7 +111,8 @@ def create_app(
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/", index)
-    app.router.add_static("/static/", STATIC, follow_symlinks=False)
+    app.router.add_get("/static/{name}", static)
+    app.on_response_prepare.append(cors_headers(origins))
     app.on_startup.append(_start)
     app.on_cleanup.append(_stop)
     return app
@@ -130,22 +156,11 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         logger.debug("traceback", exc_info=True)
         error = ApiError("The server had an error while processing your request.", status=500, type="server_error")
     state.metrics.errors[str(error.status)] += 1
-    return web.json_response(error.body(), status=error.status, headers=error.headers)
-
-
-@web.middleware
-async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    key = request.app[STATE].api_key
-    if key and (request.path.startswith("/v1/") or request.path == "/metrics"):
-        given = request.headers.get("Authorization", "")
-        token = given[7:] if given[:7].lower() == "bearer " else ""
-        if not hmac.compare_digest(token.encode(), key.encode()):
-            raise ApiError(
-                "Incorrect or missing API key: send 'Authorization: Bearer <key>' with the server's --api-key.",
-                status=401,
-                code="invalid_api_key",
-            )
-    return await handler(request)
+    response = web.json_response(error.body(), status=error.status, headers=error.headers)
+    if error.headers.get("Connection") == "close":  # a body still arriving: the client gets a moment to read
+        response.force_close()  # the answer, then the connection closes, however slowly the body trickles on
+        asyncio.get_running_loop().call_later(_LINGER, request.protocol.force_close)
+    return response
 
 
 # ---------------------------------------------------------------------- simple routes
@@ -180,23 +195,20 @@ async def index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
 
+async def static(request: web.Request) -> web.FileResponse:
+    name = request.match_info["name"]
+    if name not in STATIC_FILES:  # only the page's own files: no path is ever built from the request
+        raise ApiError(f"GET {request.path}: there is no such file.", status=404, code="not_found")
+    return web.FileResponse(STATIC / name, headers={"Cache-Control": "no-cache"})
+
+
 # ---------------------------------------------------------------------- chat completions
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     state: ServerState = request.app[STATE]
-    body = await request.read()
-    try:
-        data = json.loads(body)
-    except ValueError as exc:
-        raise ApiError(f"We could not parse the JSON body of your request ({exc}).", code="invalid_json") from None
-    prepared = wire.prepare(
-        data,
-        served_model=state.served_model,
-        defaults=state.defaults,
-        caps=state.engine.capabilities,
-        engine_name=state.engine.name,
-    )
+    body = await read_body(request, state.limits)
+    prepared = await asyncio.to_thread(_prepare, state, body)  # work that grows with the request: off the loop
     state.metrics.requests["stream" if prepared.stream else "non_stream"] += 1
     run = _Run(state, prepared)
     try:
@@ -209,6 +221,13 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             raise
     finally:
         run.finish()
+
+
+def _prepare(state: ServerState, body: bytes) -> wire.Prepared:
+    data = parse_json(body)
+    check_request(data, state.limits)
+    caps, name = state.engine.capabilities, state.engine.name
+    return wire.prepare(data, served_model=state.served_model, defaults=state.defaults, caps=caps, engine_name=name)
 
 
 class _Run:

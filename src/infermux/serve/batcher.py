@@ -49,7 +49,7 @@ class Batcher:
 
     async def answer(self, conversation: Conversation, generation: GenerationParams) -> Conversation | RowError:
         """The answer to one request, or its error; raises what ``engine.check`` raises for it."""
-        self.engine.check(generation, conversation=conversation)
+        await asyncio.to_thread(self.engine.check, generation, conversation=conversation)  # off the event loop
         if self._task is None:
             self._task = asyncio.create_task(self._run())
         pending = _Pending(conversation, generation)

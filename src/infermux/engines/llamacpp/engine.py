@@ -78,6 +78,7 @@ class LlamaCppInferenceEngine(InferenceEngine):
     """Local GGUF inference with llama.cpp (CPU, or GPU layers with ``n_gpu_layers``)."""
 
     engine_type = InferenceEngineType.LLAMACPP
+    compiles_guided = True
     capabilities = Capabilities(
         generation_params=_SUPPORTED,
         guided_decoding=frozenset({"json", "choice", "regex"}),
@@ -251,10 +252,11 @@ class LlamaCppInferenceEngine(InferenceEngine):
             async for event in super()._stream(conversation, generation):
                 yield event
             return
-        prompt = self._prompt(conversation, generation)
+        # The chat template and a grammar take time that grows with the request: not on the event loop.
+        prompt = await asyncio.to_thread(self._prompt, conversation, generation)
         if isinstance(prompt, RowError):
             raise InputError(prompt.message)
-        spec = self._spec(tool_prompting.constrained_generation(conversation, generation))
+        spec = await asyncio.to_thread(self._spec, tool_prompting.constrained_generation(conversation, generation))
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[_Text | DecodeResult | Exception] = asyncio.Queue()
         scores = StreamedLogprobs(self._llama, generation.top_logprobs) if generation.logprobs else None
@@ -303,7 +305,11 @@ class LlamaCppInferenceEngine(InferenceEngine):
             return RowError.from_exception(
                 exc, ErrorKind.INVALID_INPUT, context="the chat template rejected this conversation"
             )
-        encoded = rendered.prompt.encode("utf-8")
+        try:
+            encoded = rendered.prompt.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate (Python API input): this row's fault, not the chunk's
+            message = f"the conversation is not valid Unicode: {exc.reason}"
+            return RowError(kind=ErrorKind.INVALID_INPUT, message=message)
         return list(self._llama.tokenize(encoded, add_bos=not rendered.added_special, special=True))
 
     def _spec(self, generation: GenerationParams) -> SamplingSpec:

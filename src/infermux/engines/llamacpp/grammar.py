@@ -15,6 +15,7 @@ import json
 from typing import Any
 
 from infermux.configs.generation_params import GuidedDecodingParams
+from infermux.engines.guided_bounds import check_guided
 from infermux.errors import UnsupportedParamError
 
 try:  # Python >= 3.11
@@ -33,7 +34,8 @@ _PRINTABLE = [(0x09, 0x0A), (0x20, 0x7E)]  # tab, newline and printable ASCII
 
 
 def grammar_for(guided: GuidedDecodingParams) -> str:
-    """The GBNF grammar (root rule ``root``) enforcing ``guided``."""
+    """The GBNF grammar (root rule ``root``) enforcing ``guided``, within :mod:`..guided_bounds`."""
+    check_guided(guided, "LLAMACPP")
     if guided.kind == "choice":
         return choice_to_gbnf(guided.choice or [])
     if guided.kind == "regex":

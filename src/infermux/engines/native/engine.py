@@ -58,6 +58,7 @@ class NativeTextInferenceEngine(InferenceEngine):
     """Hugging Face transformers on this machine (see the module docstring)."""
 
     engine_type: ClassVar[InferenceEngineType | str | None] = InferenceEngineType.NATIVE
+    compiles_guided = True
     capabilities: ClassVar[Capabilities] = Capabilities(
         generation_params=frozenset(_SUPPORTED.split()),
         guided_decoding=frozenset({"json", "regex", "choice"}),
@@ -279,7 +280,7 @@ class NativeTextInferenceEngine(InferenceEngine):
             return
         from infermux.engines.native import stream
 
-        prompt = self._prompt_ids(conversation, 0, generation)
+        prompt = await asyncio.to_thread(self._prompt_ids, conversation, 0, generation)  # off the event loop
         if self._scheduler is not None:
             stop = self._stop_string_check(generation)
             source = stream.scheduled(self.loaded, self._scheduler, prompt, generation,

@@ -119,6 +119,9 @@ def build_processors(
 
 def guided_processor(guided: GuidedDecodingParams, tokenizer: Any, vocab_size: int) -> LogitsProcessor:
     """A transformers logits processor enforcing ``guided`` with xgrammar (one per ``generate`` call)."""
+    from infermux.engines.guided_bounds import check_guided
+
+    check_guided(guided, "NATIVE")
     try:
         import xgrammar as xgr
         from xgrammar.contrib.hf import LogitsProcessor as GrammarProcessor

@@ -75,6 +75,7 @@ class VLLMInferenceEngine(InferenceEngine):
     """Local vLLM (``LLM.chat``); ``model_kwargs`` reach the ``LLM`` constructor."""
 
     engine_type = InferenceEngineType.VLLM
+    compiles_guided = True
     capabilities: ClassVar[Capabilities] = Capabilities(
         generation_params=frozenset(_SAMPLING_FIELDS),
         guided_decoding=frozenset({"json", "regex", "choice"}),
@@ -229,6 +230,9 @@ class VLLMInferenceEngine(InferenceEngine):
     def _guided(self, generation: GenerationParams) -> dict[str, Any]:
         guided = generation.guided_decoding
         assert guided is not None
+        from infermux.engines.guided_bounds import check_guided
+
+        check_guided(guided, "VLLM")
         spec: dict[str, Any] = {
             guided.kind: guided.schema_dict() if guided.kind == "json" else guided._value(guided.kind)
         }
