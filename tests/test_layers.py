@@ -40,13 +40,13 @@ LAYERS: dict[str, int] = {
 _JOBS = "infermux.jobs."
 ALLOWED: dict[str, tuple[set[str], str]] = {
     # Oumi's engine.infer/ainfer/run_file (and _fingerprint) delegate to the job layer when called;
-    # run_file's signature and last_report name the job's BatchReport and InputRow (type-only).
-    "infermux.engines.base": ({_JOBS + m for m in ("api", "sync", "loop", "rows")}, "Oumi conveniences"),
-    # Issue 22 (W4): provider batch APIs are a job runner inside the engine layer (they read job rows,
-    # write job files, price rows); they move to jobs/ behind a per-protocol client.
-    "infermux.engines.remote.batch_jobs": ({_JOBS + m for m in ("api", "files", "rows", "sync")}, "batch runner"),
-    "infermux.engines.remote.openai.batch_api": ({_JOBS + m for m in ("cost", "rows")}, "batch runner"),
-    "infermux.engines.remote.anthropic_batch": ({_JOBS + "rows"}, "batch runner"),
+    # run_file's signature and last_report name the job's BatchReport and InputRow (type-only). So do
+    # engine.submit_batch/batch_status/fetch_batch/cancel_batch/list_batches (docs/batch-api.md), to the
+    # provider batch runner; their signatures name its BatchJobState and BatchFetchReport (type-only).
+    "infermux.engines.base": (
+        {_JOBS + m for m in ("api", "sync", "loop", "rows", "provider_batch", "batch_state")},
+        "engine conveniences",
+    ),
     # Issue 22 (W3): a plugin engine's name is checked against the registry (entry points), and the error
     # lists the names in the registry's order; moving that into configs changes the message. It goes with
     # the one identity row per engine.

@@ -31,7 +31,7 @@ from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams
 from infermux.configs.remote_params import RemoteParams
 from infermux.engines.capabilities import Capabilities
-from infermux.engines.remote.anthropic_batch import MessageBatchesMixin
+from infermux.engines.remote.anthropic_batch import MessageBatchesClient
 from infermux.engines.remote.anthropic_tools import assistant_blocks, reply_parts, tool_fields, tool_result_block
 from infermux.engines.remote.base import RemoteEngine
 from infermux.engines.remote.claude_models import SAMPLING_PARAMS, refuses_sampling, warn_dropped_sampling
@@ -117,7 +117,7 @@ def build_messages(conversation: Conversation) -> tuple[str | None, list[dict[st
     return ("\n\n".join(system) if system else None), turns
 
 
-class AnthropicInferenceEngine(MessageBatchesMixin, RemoteEngine):
+class AnthropicInferenceEngine(RemoteEngine):
     """Claude models through Anthropic's Messages API (or any server speaking it, like ``vllm serve``)."""
 
     engine_type = InferenceEngineType.ANTHROPIC
@@ -127,6 +127,7 @@ class AnthropicInferenceEngine(MessageBatchesMixin, RemoteEngine):
         images=True,
         streaming=True,
         tools=True,
+        batch_api=True,
         notes=(
             "temperature must be between 0 and 1; recent models accept temperature or top_p, not both.",
             "Opus >= 4.7, Sonnet >= 5 and claude-fable/mythos models take no sampling parameters: none are sent.",
@@ -154,6 +155,10 @@ class AnthropicInferenceEngine(MessageBatchesMixin, RemoteEngine):
 
     def endpoint_url(self, api_url: str) -> str:
         return endpoint_url(api_url, append_path("/messages", base="/v1"))
+
+    def batch_client(self) -> MessageBatchesClient:
+        """Anthropic's Message Batches on this server."""
+        return MessageBatchesClient(self)
 
     def limit_problems(self, generation: GenerationParams) -> list[str]:
         # Models that refuse sampling are sent no temperature: its range does not matter then.
