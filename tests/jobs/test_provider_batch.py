@@ -95,3 +95,22 @@ def test_anthropic_batch_output_equals_the_online_output(tmp_path: Path) -> None
         _finish(engine, rows, tmp_path / "batch.jsonl")
         assert BatchJobState.require(tmp_path / "batch.jsonl").all_terminal
     _same_apart_from_prices(tmp_path / "online.jsonl", tmp_path / "batch.jsonl")
+
+
+def test_a_record_written_before_shards_kept_ended_still_loads(tmp_path: Path) -> None:
+    """Records written before ``ended`` existed tell a finished batch by its status word."""
+    out = tmp_path / "out.jsonl"
+    shard = {"index": 0, "first_index": 0, "last_index": 1, "requests": 2, "bytes": 10, "batch_id": "b"}
+    record = {"version": 1, "fingerprint": "f", "input_path": "in.jsonl", "endpoint": "/v1/chat/completions",
+              "completion_window": "24h", "job_id": "j", "rows_digest": "", "build_errors": {},
+              "shards": [{**shard, "status": "completed"}, {**shard, "index": 1, "status": "in_progress"},
+                         {**shard, "index": 2, "status": "ended"}]}  # fmt: skip
+    (tmp_path / "out.jsonl.batch.json").write_text(json.dumps(record))
+    state = BatchJobState.require(out)
+    assert [s.terminal for s in state.shards] == [True, False, True]
+    state.save()
+    assert [s["ended"] for s in json.loads((tmp_path / "out.jsonl.batch.json").read_text())["shards"]] == [
+        True,
+        False,
+        True,
+    ]
