@@ -36,7 +36,7 @@ LAYERS: dict[str, int] = {
     **dict.fromkeys(("cli", "__main__"), 4),
 }
 
-#: Importer -> (the upper modules it may import, why). Issue 22 removes all but the Oumi conveniences.
+#: Importer -> (the upper modules it may import, why). Issue 22 removes all but the engine conveniences.
 _JOBS = "infermux.jobs."
 ALLOWED: dict[str, tuple[set[str], str]] = {
     # Oumi's engine.infer/ainfer/run_file (and _fingerprint) delegate to the job layer when called;
