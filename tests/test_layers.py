@@ -36,17 +36,17 @@ LAYERS: dict[str, int] = {
     **dict.fromkeys(("cli", "__main__"), 4),
 }
 
-#: Importer -> (the upper modules it may import, why). Issue 22 removes all but the Oumi conveniences.
+#: Importer -> (the upper modules it may import, why). Issue 22 removes all but the engine conveniences.
 _JOBS = "infermux.jobs."
 ALLOWED: dict[str, tuple[set[str], str]] = {
     # Oumi's engine.infer/ainfer/run_file (and _fingerprint) delegate to the job layer when called;
-    # run_file's signature and last_report name the job's BatchReport and InputRow (type-only).
-    "infermux.engines.base": ({_JOBS + m for m in ("api", "sync", "loop", "rows")}, "Oumi conveniences"),
-    # Issue 22 (W4): provider batch APIs are a job runner inside the engine layer (they read job rows,
-    # write job files, price rows); they move to jobs/ behind a per-protocol client.
-    "infermux.engines.remote.batch_jobs": ({_JOBS + m for m in ("api", "files", "rows", "sync")}, "batch runner"),
-    "infermux.engines.remote.openai.batch_api": ({_JOBS + m for m in ("cost", "rows")}, "batch runner"),
-    "infermux.engines.remote.anthropic.batches": ({_JOBS + "rows"}, "batch runner"),
+    # run_file's signature and last_report name the job's BatchReport and InputRow (type-only). So do
+    # engine.submit_batch/batch_status/fetch_batch/cancel_batch/list_batches (docs/batch-api.md), to the
+    # provider batch runner; their signatures name its BatchJobState and BatchFetchReport (type-only).
+    "infermux.engines.base": (
+        {_JOBS + m for m in ("api", "sync", "loop", "rows", "provider_batch", "batch_state")},
+        "engine conveniences",
+    ),
 }
 
 _TARGET = re.compile(r"infermux(\.\w+)+:\w+")

@@ -80,9 +80,9 @@ def test_the_row_says_local_or_remote_and_its_batch_client_as_the_class_does(nam
     assert not any("extra" in vars(c) for c in cls.__mro__), "the pip extra is written in the row only"
 
 
-def test_batch_operations_come_from_the_row_and_for_plugins_from_their_methods():
+def test_batch_operations_come_from_the_batch_client_and_equal_the_row():
     from infermux.configs import ModelParams, RemoteParams
-    from infermux.engines.registry import batch_operations
+    from infermux.engines.registry import BATCH_OPERATIONS, batch_operations, engine_spec
 
     model, params = ModelParams(model_name="m"), RemoteParams(api_key="k")
     anthropic = engine_class("ANTHROPIC")(model, remote_params=params)
@@ -91,15 +91,14 @@ def test_batch_operations_come_from_the_row_and_for_plugins_from_their_methods()
     assert batch_operations(anthropic) == {"submit", "status", "fetch", "cancel", "list"}
     assert batch_operations(openai) == {"submit", "status", "fetch"}
     assert batch_operations(gemini) == frozenset()
+    for engine in (anthropic, openai):
+        spec = engine_spec(engine.engine_type)
+        assert spec.batch is not None and BATCH_OPERATIONS[spec.batch] == batch_operations(engine)
 
     class Plugin(type(gemini)):  # type: ignore[misc]
         engine_type = "MY_PLUGIN"
 
-        def submit_batch(self) -> None: ...
-
-        def batch_status(self) -> None: ...
-
-    assert batch_operations(Plugin(model, remote_params=params)) == {"submit", "status"}
+    assert batch_operations(Plugin(model, remote_params=params)) == frozenset()
 
 
 def test_configs_know_plugin_names_without_the_registry():

@@ -1,12 +1,13 @@
 """``infermux batch submit|status|fetch|cancel|list|run``: a job through a provider's batch API (OpenAI's
 files + batches, Anthropic's Message Batches).
 
-Only typer is imported here; the engine and the Batch API code load when a command runs.
+Only typer is imported here; the engine and the batch runner (:mod:`infermux.jobs.provider_batch`) load
+when a command runs.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -14,7 +15,8 @@ from infermux.cli.options import EXTRA_ARGS, ConfigOpt, EngineOpt, InputOpt, Log
 
 if TYPE_CHECKING:
     from infermux.configs.inference_config import InferenceConfig
-    from infermux.engines.remote.openai.batch_state import BatchJobState
+    from infermux.engines.base import InferenceEngine
+    from infermux.jobs.batch_state import BatchJobState
 
 batch_app = typer.Typer(
     help="Run a JSONL job through a batch API (OPENAI or any server with /v1/files and /v1/batches; "
@@ -34,7 +36,7 @@ def _setup(
     output_path: str | None,
     engine_name: str | None,
     log_level: str | None,
-) -> tuple[InferenceConfig, Any]:
+) -> tuple[InferenceConfig, InferenceEngine]:
     from infermux.cli.common import fail, load_cli_config, setup_logging
     from infermux.engines.registry import build_engine, engine_class
     from infermux.jobs import check_output_path
@@ -90,12 +92,13 @@ def submit(
 ) -> None:
     """Upload the input as batch files and create their batches. Rerunning never resubmits a batch."""
     from infermux.cli.common import fail, user_errors
+    from infermux.jobs import provider_batch
 
     with user_errors():
         cfg, eng = _setup(ctx, config, input_path, output_path, engine, log_level)
         if not cfg.input_path:
             fail("give --input_path (or input_path in the config).")
-        state = eng.submit_batch(cfg.input_path, cfg.output_path, fingerprint=cfg.fingerprint())
+        state = provider_batch.submit(eng, cfg.input_path, str(cfg.output_path), fingerprint=cfg.fingerprint())
         _print_state(state)
         print(f"check with: {_command('status', ctx, config, engine, str(cfg.output_path))}")
 
@@ -110,10 +113,11 @@ def status(
 ) -> None:
     """Poll every batch of the job recorded beside --output_path."""
     from infermux.cli.common import user_errors
+    from infermux.jobs import provider_batch
 
     with user_errors():
         cfg, eng = _setup(ctx, config, None, output_path, engine, log_level)
-        state = eng.batch_status(cfg.output_path)
+        state = provider_batch.status(eng, str(cfg.output_path))
         _print_state(state)
         print("all batches finished: run `infermux batch fetch`" if state.all_terminal else "still running")
 
@@ -132,13 +136,14 @@ def fetch(
 ) -> None:
     """Download finished results into --output_path (by custom_id, in input order); failures go to the errors file."""
     from infermux.cli.common import EXIT_ROWS_FAILED, fail, user_errors
+    from infermux.jobs import provider_batch
 
     with user_errors():
         cfg, eng = _setup(ctx, config, input_path, output_path, engine, log_level)
         if not cfg.input_path:
             fail("give --input_path: the input the batch was submitted with.")
         fingerprint = cfg.fingerprint()
-        report = eng.fetch_batch(cfg.input_path, cfg.output_path, fingerprint=fingerprint)
+        report = provider_batch.fetch(eng, cfg.input_path, str(cfg.output_path), fingerprint=fingerprint)
         print(f"{report.done} rows done, {report.failed} failed, {report.pending} still in running batches")
         failed = report.failed
         if rerun_failed and failed:
@@ -171,14 +176,13 @@ def cancel(
 ) -> None:
     """Cancel the unfinished batches of the job recorded beside --output_path (fetch what they answered)."""
     from infermux.cli.common import fail, user_errors
+    from infermux.jobs import provider_batch
 
     with user_errors():
         cfg, eng = _setup(ctx, config, None, output_path, engine, log_level)
-        from infermux.engines.registry import batch_operations
-
-        if "cancel" not in batch_operations(eng):
+        if not provider_batch.client_for(eng).can_cancel:
             fail(f"cancel is not available for {eng.name}; cancel in the provider's console.")
-        _print_state(eng.cancel_batch(cfg.output_path))
+        _print_state(provider_batch.cancel(eng, str(cfg.output_path)))
         print("then run `infermux batch fetch` (add --rerun-failed to answer the canceled rows online)")
 
 
@@ -192,14 +196,16 @@ def list_(
 ) -> None:
     """List the account's most recent batches (ANTHROPIC), whatever job created them."""
     from infermux.cli.common import fail, load_cli_config, setup_logging, user_errors
-    from infermux.engines.registry import batch_operations, build_engine
+    from infermux.engines.registry import build_engine
+    from infermux.jobs import provider_batch
 
     setup_logging(log_level)
     with user_errors():
-        eng: Any = build_engine(load_cli_config(config, list(ctx.args), engine=engine))
-        if "list" not in batch_operations(eng):
+        eng = build_engine(load_cli_config(config, list(ctx.args), engine=engine))
+        client = eng.batch_client()
+        if client is None or not client.can_list:
             fail(f"list is not available for {eng.name}.")
-        for batch in eng.list_batches(limit):
+        for batch in provider_batch.list_batches(eng, limit):
             counts = batch.get("request_counts") or {}
             shown = " ".join(f"{k}={v}" for k, v in counts.items() if v)
             status = batch.get("processing_status", batch.get("status"))

@@ -20,11 +20,14 @@ batch loop how to feed it: a local engine takes large chunks one at a time (and 
 library call through ``asyncio.to_thread``); a remote engine takes one row per chunk with many chunks
 in flight. Everything else (reading input, resume, ordering, progress, errors as data) is the batch
 loop's, in :mod:`infermux.jobs.loop`. Engines that stream implement ``_stream`` (the default yields the
-whole answer at once); engines with sessions implement ``_open``/``_close``.
+whole answer at once); engines with sessions implement ``_open``/``_close``. An engine whose provider
+has a batch API returns its client from ``batch_client()`` (:mod:`infermux.engines.batch_client`).
 
 The engine is the model adapter only. Jobs (input files, resume, fingerprints, row ids) live in
 :mod:`infermux.jobs`; ``infer``, ``ainfer`` and ``run_file`` here are conveniences over
-:mod:`infermux.jobs.api`, imported when called (the job layer depends on engines, not the reverse).
+:mod:`infermux.jobs.api`, and ``submit_batch``, ``batch_status``, ``fetch_batch``, ``cancel_batch`` and
+``list_batches`` over :mod:`infermux.jobs.provider_batch`, imported when called (the job layer depends
+on engines, not the reverse).
 
 Engines import their heavy library in ``__init__`` (first use), never at module import.
 """
@@ -49,7 +52,10 @@ from infermux.types import Conversation, TokenLogprob, Usage
 
 if TYPE_CHECKING:
     from infermux.configs.inference_config import InferenceConfig
+    from infermux.engines.batch_client import BatchClient
+    from infermux.jobs.batch_state import BatchJobState
     from infermux.jobs.loop import BatchReport
+    from infermux.jobs.provider_batch import BatchFetchReport
     from infermux.jobs.rows import InputRow
     from infermux.types import Tool
 
@@ -415,6 +421,41 @@ class InferenceEngine:
             row_ids=row_ids,
             tools=tools,
         )
+
+    # ------------------------------------------------------------------ the provider's batch API, if any
+    def batch_client(self) -> BatchClient | None:
+        """The client of the provider's batch API (:mod:`infermux.engines.batch_client`); None without one."""
+        return None
+
+    def submit_batch(self, input_path: str, output_path: str, *, fingerprint: str | None = None) -> BatchJobState:
+        """Create the provider batches of ``input_path``: see :func:`infermux.jobs.provider_batch.submit`."""
+        from infermux.jobs import provider_batch
+
+        return provider_batch.submit(self, input_path, output_path, fingerprint=fingerprint)
+
+    def batch_status(self, output_path: str) -> BatchJobState:
+        """Poll every batch of the job recorded beside ``output_path``."""
+        from infermux.jobs import provider_batch
+
+        return provider_batch.status(self, output_path)
+
+    def fetch_batch(self, input_path: str, output_path: str, *, fingerprint: str | None = None) -> BatchFetchReport:
+        """Download finished results into ``output_path`` (failed rows into its errors file)."""
+        from infermux.jobs import provider_batch
+
+        return provider_batch.fetch(self, input_path, output_path, fingerprint=fingerprint)
+
+    def cancel_batch(self, output_path: str) -> BatchJobState:
+        """Ask every unfinished batch of the job to stop (where the provider can)."""
+        from infermux.jobs import provider_batch
+
+        return provider_batch.cancel(self, output_path)
+
+    def list_batches(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The account's most recent batches (where the provider can list them)."""
+        from infermux.jobs import provider_batch
+
+        return provider_batch.list_batches(self, limit)
 
     def close(self) -> None:
         """Release the model or connections (engines override as needed)."""

@@ -14,7 +14,7 @@ import importlib.util
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from infermux.configs.engine_type import ENTRY_POINT_GROUP, engine_name, plugin_targets
+from infermux.configs.engine_type import ENTRY_POINT_GROUP, plugin_targets
 from infermux.configs.engine_type import InferenceEngineType as E
 from infermux.engines.remote.openai.providers import PROVIDERS
 from infermux.errors import ConfigError, EngineUnavailableError, install_hint
@@ -160,10 +160,13 @@ def build_engine(config: InferenceConfig, **kwargs: Any) -> InferenceEngine:
 
 def batch_operations(engine: InferenceEngine) -> frozenset[str]:
     """What ``infermux batch`` can do with ``engine`` (``submit``, ``status``, ``fetch``, ``cancel``,
-    ``list``), from its row's batch client. A plugin's row names no client: its class's methods say."""
-    spec = ENGINES.get(engine_name(engine.engine_type))
-    if spec is not None:
-        return BATCH_OPERATIONS[spec.batch] if spec.batch else frozenset()
-    methods = {"submit": "submit_batch", "status": "batch_status", "fetch": "fetch_batch"}
-    methods |= {"cancel": "cancel_batch", "list": "list_batches"}
-    return frozenset(op for op, method in methods.items() if callable(getattr(engine, method, None)))
+    ``list``): what its batch client (:meth:`~infermux.engines.base.InferenceEngine.batch_client`)
+    offers; nothing for an engine without one. A built-in engine's row names the same operations
+    (:data:`BATCH_OPERATIONS`, for tables that build no engine); a test keeps them equal."""
+    client = engine.batch_client()
+    if client is None:
+        return frozenset()
+    ops = {"submit", "status", "fetch"}
+    ops |= {"cancel"} if client.can_cancel else set()
+    ops |= {"list"} if client.can_list else set()
+    return frozenset(ops)

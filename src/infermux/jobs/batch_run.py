@@ -15,13 +15,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from infermux.errors import ConfigError, InputError
+from infermux.errors import InputError
+from infermux.jobs import provider_batch
 from infermux.jobs.loop import BatchReport
 
 if TYPE_CHECKING:
     from infermux.configs.inference_config import InferenceConfig
+    from infermux.engines.base import InferenceEngine
+    from infermux.jobs.batch_state import BatchJobState
 
 __all__ = ["BatchRunReport", "run_batch_job"]
 
@@ -39,35 +42,31 @@ class BatchRunReport:
 
 
 def run_batch_job(
-    engine: Any,
+    engine: InferenceEngine,
     config: InferenceConfig,
     *,
     poll_interval: float = 30.0,
-    on_status: Callable[[Any], None] | None = None,
+    on_status: Callable[[BatchJobState], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> BatchRunReport:
-    """Submit, wait, fetch, finish online (see the module docstring). ``engine`` has the batch methods
-    (``submit_batch``, ``batch_status``, ``fetch_batch``)."""
+    """Submit, wait, fetch, finish online (see the module docstring); ``engine`` has a batch client."""
     from infermux.jobs.api import run_job_file
     from infermux.jobs.options import JobOptions
     from infermux.jobs.sync import run_sync
 
     if not config.input_path or not config.output_path:
         raise InputError("batch run needs --input_path and --output_path.")
-    from infermux.engines.registry import batch_operations
-
-    if "submit" not in batch_operations(engine):
-        raise ConfigError(f"{engine.name} has no batch API; use OPENAI, REMOTE or ANTHROPIC.")
+    provider_batch.client_for(engine)  # no batch API: a clear error before anything is read
     fingerprint = config.fingerprint()
-    state = engine.submit_batch(config.input_path, config.output_path, fingerprint=fingerprint)
+    state = provider_batch.submit(engine, config.input_path, config.output_path, fingerprint=fingerprint)
     if on_status is not None:
         on_status(state)
     while not state.all_terminal:
         sleep(poll_interval)
-        state = engine.batch_status(config.output_path)
+        state = provider_batch.status(engine, config.output_path)
         if on_status is not None:
             on_status(state)
-    fetched = engine.fetch_batch(config.input_path, config.output_path, fingerprint=fingerprint)
+    fetched = provider_batch.fetch(engine, config.input_path, config.output_path, fingerprint=fingerprint)
     report = BatchRunReport(fetched.done, fetched.failed, None, fetched.output_path)
     if fetched.failed:
         options = JobOptions.from_config(config)

@@ -19,9 +19,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from infermux.types import Usage
+from infermux.types import Conversation, Usage
 
-__all__ = ["PRICE_PROVIDERS", "CostTotals", "Pricing", "pricing_for"]
+__all__ = ["PRICE_PROVIDERS", "CostTotals", "Pricing", "price_answer", "pricing_for"]
 
 logger = logging.getLogger("infermux.cost")
 
@@ -111,6 +111,17 @@ def pricing_for(engine: str, model: str) -> Pricing | None:
     with _lock:
         _known[key] = pricing
     return pricing
+
+
+def price_answer(answered: Conversation, pricing: Pricing | None, *, batch: bool = False) -> float | None:
+    """The answered row's cost from its reported usage (at the batch price with ``batch``), also written
+    to its ``metadata["cost_usd"]``; None when unknown. Every writer of a job's rows prices them here."""
+    if pricing is None:
+        return None
+    cost = pricing.cost(answered.usage, batch=batch)
+    if cost is not None:
+        answered.metadata["cost_usd"] = round(cost, 10)
+    return cost
 
 
 @dataclass

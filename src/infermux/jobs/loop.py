@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from infermux.errors import RowError
 from infermux.jobs.cache import cache_key
-from infermux.jobs.cost import CostTotals
+from infermux.jobs.cost import CostTotals, price_answer
 from infermux.jobs.files import JobFiles
 from infermux.jobs.options import Budget, JobOptions, estimated_prompt_tokens, request_of
 from infermux.jobs.rows import InputRow
@@ -207,7 +207,7 @@ async def run_job(
                 report.cached += 1
                 cost = 0.0
             else:
-                cost = _price_row(result, pricing)
+                cost = price_answer(result, pricing)
                 if cache is not None and key is not None:
                     _remember(cache, key, row.conversation, result)
         result = record_result(report, files, row, result)
@@ -278,16 +278,6 @@ async def run_job(
         if report.failed:
             report.errors_path = str(files.errors)
     return report
-
-
-def _price_row(result: Conversation, pricing: Pricing | None) -> float | None:
-    """The row's cost from its reported usage, also written to ``metadata["cost_usd"]``."""
-    if pricing is None:
-        return None
-    cost = pricing.cost(result.usage)
-    if cost is not None:
-        result.metadata["cost_usd"] = round(cost, 10)
-    return cost
 
 
 def _estimate_cost(

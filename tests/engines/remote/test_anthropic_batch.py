@@ -12,7 +12,7 @@ import pytest
 from infermux.configs import GenerationParams, ModelParams, RemoteParams
 from infermux.engines.remote.anthropic.batches import custom_id_for
 from infermux.engines.remote.anthropic.engine import AnthropicInferenceEngine
-from infermux.engines.remote.openai.batch_state import BatchJobState
+from infermux.jobs.batch_state import BatchJobState
 from infermux.jobs.cost import pricing_for
 from infermux.jobs.rows import iter_rows
 from tests.conftest import run_cli

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from infermux.configs import GenerationParams, ModelParams, RemoteParams
-from infermux.engines.remote.openai.batch_state import BatchJobState, state_path
 from infermux.engines.remote.openai.openai import OpenAIInferenceEngine
 from infermux.errors import ConfigError
+from infermux.jobs.batch_state import BatchJobState, state_path
 from infermux.jobs.rows import iter_rows
 from infermux.types import Conversation
 from tests.fakes import FakeOpenAIBatch

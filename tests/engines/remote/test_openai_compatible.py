@@ -17,7 +17,10 @@ from infermux.engines.registry import build_engine
 from infermux.engines.remote.openai.engine import RemoteInferenceEngine
 from infermux.errors import ConfigError
 from infermux.types import Conversation
+from tests.engines.remote.handlers import EchoHandler
 from tests.servers import fault_proxy, llama_cpp_server, stub_server
+
+IN_PROCESS = "http://in-process.invalid/v1"  # never resolved: the engine's transport_handler answers
 
 
 def conv(text: str, system: str | None = None) -> Conversation:
@@ -136,13 +139,13 @@ def test_a_20_percent_transient_fault_storm_loses_no_row_with_default_settings(t
     assert not (tmp_path / "out.jsonl.errors.jsonl").exists() or not (tmp_path / "out.jsonl.errors.jsonl").read_text()
 
 
-def test_a_permanent_failure_is_a_row_error_not_a_crash(fast_stub: str) -> None:
-    with fault_proxy(fast_stub, "--fault-rate", "1", "--faults", "500") as proxy:
-        engine = RemoteInferenceEngine(
-            ModelParams(model_name="stub"),
-            remote_params=RemoteParams(api_url=proxy, max_retries=1, retry_backoff_base=0.01),
-        )
-        (answered,) = engine.infer([conv("x")])
+def test_a_permanent_failure_is_a_row_error_not_a_crash() -> None:
+    engine = RemoteInferenceEngine(
+        ModelParams(model_name="stub"),
+        remote_params=RemoteParams(api_url=IN_PROCESS, max_retries=1, retry_backoff_base=0.01),
+    )
+    engine.transport_handler = EchoHandler(faults=(500,), max_faults_per_body=1000)
+    (answered,) = engine.infer([conv("x")])
     error = answered.metadata["error"]
     assert error["status"] == 500 and error["retryable"] is True and len(answered.messages) == 1
 
@@ -181,11 +184,12 @@ def test_engine_without_url_runs_with_the_url_of_the_config_passed_to_infer(fast
     assert answer.messages[-1].content == "echo: fine"
 
 
-def test_unreadable_image_fails_its_row_only(fast_stub: str, tmp_path: Path) -> None:
+def test_unreadable_image_fails_its_row_only(tmp_path: Path) -> None:
     bad = Conversation.model_validate(
         {"messages": [{"role": "user", "content": [{"type": "image_path", "content": str(tmp_path / "gone.png")}]}]}
     )
-    engine = RemoteInferenceEngine(ModelParams(model_name="stub"), remote_params=RemoteParams(api_url=fast_stub))
+    engine = RemoteInferenceEngine(ModelParams(model_name="stub"), remote_params=RemoteParams(api_url=IN_PROCESS))
+    engine.transport_handler = EchoHandler()
     good, failed = engine.infer([conv("fine"), bad])
     assert good.messages[-1].content == "echo: fine"
     assert "gone.png" in failed.metadata["error"]["message"]

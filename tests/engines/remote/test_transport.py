@@ -1,4 +1,5 @@
-"""The shared transport against real HTTP servers on 127.0.0.1 (stub server, fault proxy)."""
+"""The shared transport against real HTTP servers on 127.0.0.1 (stub server, fault proxy), and, where the
+point is the retry policy rather than the socket, against an in-process handler (:mod:`.handlers`)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,10 @@ from infermux.engines.remote.http.transport import (
     redact,
 )
 from infermux.errors import AuthenticationError, RemoteError
+from tests.engines.remote.handlers import EchoHandler
 from tests.servers import fault_proxy, stub_server
+
+IN_PROCESS = "http://in-process.invalid/v1/chat/completions"  # never resolved: the handler answers
 
 
 def _get(url: str) -> Any:
@@ -201,15 +205,13 @@ def upstream() -> Any:
         yield url
 
 
-def test_rate_limits_do_not_use_up_max_retries(upstream: str) -> None:
+def test_rate_limits_do_not_use_up_max_retries() -> None:
     # Every body is answered 429 three times (Retry-After as an HTTP date), then passes.
-    with fault_proxy(
-        upstream, "--fault-rate", "1", "--faults", "429", "--retry-after", "date:0", "--max-faults-per-body", "3"
-    ) as proxy:
-        settings = TransportSettings(num_workers=4, max_retries=0)
-        out = asyncio.run(_send_all(proxy + "/v1/chat/completions", ["p", "q"], settings))
-        assert out == ["echo: p", "echo: q"]
-        assert _get(proxy + "/_proxy/stats")["faults"] == {"429": 6}
+    handler = EchoHandler(faults=(429,), max_faults_per_body=3, retry_after="date:0")
+    settings = TransportSettings(num_workers=4, max_retries=0)
+    out = asyncio.run(_send_all(IN_PROCESS, ["p", "q"], settings, handler=handler))
+    assert out == ["echo: p", "echo: q"]
+    assert handler.served == {"429": 6}
 
 
 def test_retry_after_is_waited_out_before_the_retry(upstream: str) -> None:
@@ -255,37 +257,34 @@ def test_hintless_rate_limits_back_off_on_the_jobs_streak_and_pause_every_worker
     assert transport._delay(limited, 0) <= 30
 
 
-def test_hintless_429s_are_retried_until_they_stop(upstream: str) -> None:
-    args = ("--fault-rate", "1", "--faults", "429", "--retry-after", "none", "--max-faults-per-body", "3")
-    with fault_proxy(upstream, *args) as proxy:
-        settings = TransportSettings(num_workers=2, max_retries=0, retry_backoff_base=0.01)
-        out = asyncio.run(_send_all(proxy + "/v1/chat/completions", ["r", "s"], settings))
-        assert out == ["echo: r", "echo: s"]
+def test_hintless_429s_are_retried_until_they_stop() -> None:
+    handler = EchoHandler(faults=(429,), max_faults_per_body=3)
+    settings = TransportSettings(num_workers=2, max_retries=0, retry_backoff_base=0.01)
+    out = asyncio.run(_send_all(IN_PROCESS, ["r", "s"], settings, handler=handler))
+    assert out == ["echo: r", "echo: s"]
 
 
-def test_a_request_gets_a_second_round_of_retries_only_while_others_succeed(upstream: str) -> None:
-    # Every body meets five 500s, one more than a round of max_retries=3 allows.
-    with fault_proxy(upstream, "--fault-rate", "1", "--faults", "500", "--max-faults-per-body", "5") as proxy:
-        settings = TransportSettings(num_workers=4, max_retries=3, retry_backoff_base=0.05)
+def test_a_request_gets_a_second_round_of_retries_only_while_others_succeed() -> None:
+    # The unlucky body meets five 500s, one more than a round of max_retries=3 allows; other rows pass.
+    faulty = EchoHandler(faults=(500,), max_faults_per_body=5, faulty=lambda text: text.startswith("alone="))
+    settings = TransportSettings(num_workers=4, max_retries=3, retry_backoff_base=0.05)
 
-        async def go(with_healthy_traffic: bool) -> tuple[Any, int]:
-            async with Transport(settings) as transport:
-                request = HttpRequest.json(
-                    proxy + "/v1/chat/completions", _body(f"alone={not with_healthy_traffic}"), {}
-                )
-                unlucky = asyncio.ensure_future(transport.send(request, _content))
-                if with_healthy_traffic:  # the same job's other rows go through meanwhile
-                    await asyncio.sleep(0.01)
-                    await transport.send(HttpRequest.json(upstream + "/v1/chat/completions", _body("ok"), {}), _content)
-                try:
-                    return await unlucky, transport.stats["requests"]
-                except RemoteError as exc:
-                    return exc, transport.stats["requests"]
+    async def go(with_healthy_traffic: bool) -> tuple[Any, int]:
+        async with Transport(settings, handler=faulty) as transport:
+            request = HttpRequest.json(IN_PROCESS, _body(f"alone={not with_healthy_traffic}"), {})
+            unlucky = asyncio.ensure_future(transport.send(request, _content))
+            if with_healthy_traffic:  # the same job's other rows go through meanwhile
+                await asyncio.sleep(0.01)
+                await transport.send(HttpRequest.json(IN_PROCESS, _body("ok"), {}), _content)
+            try:
+                return await unlucky, transport.stats["requests"]
+            except RemoteError as exc:
+                return exc, transport.stats["requests"]
 
-        outcome, _ = asyncio.run(go(with_healthy_traffic=False))
-        assert isinstance(outcome, RemoteError) and "gave up after 4 failed attempts" in str(outcome)
-        outcome, requests = asyncio.run(go(with_healthy_traffic=True))
-        assert outcome == "echo: alone=False" and requests == 6 + 1
+    outcome, _ = asyncio.run(go(with_healthy_traffic=False))
+    assert isinstance(outcome, RemoteError) and "gave up after 4 failed attempts" in str(outcome)
+    outcome, requests = asyncio.run(go(with_healthy_traffic=True))
+    assert outcome == "echo: alone=False" and requests == 6 + 1
 
 
 @pytest.mark.parametrize(

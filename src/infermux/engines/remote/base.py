@@ -33,6 +33,7 @@ from infermux.engines.base import InferenceEngine, StreamEvent
 from infermux.engines.remote.http.limits import estimate_tokens
 from infermux.engines.remote.http.sse import WHOLE_REPLY, StreamDecoder
 from infermux.engines.remote.http.transport import (
+    Handler,
     HttpRequest,
     Transport,
     TransportSettings,
@@ -124,6 +125,9 @@ class RemoteEngine(InferenceEngine):
     provider: ClassVar[str] = "the server"
     #: The API has no ``n``: ``generation.n > 1`` sends n requests per row (see :mod:`infermux.samples`).
     repeat_for_n: ClassVar[bool] = False
+    #: An in-process stand-in for the server (tests): every request of this engine, batch APIs included,
+    #: goes to it instead of a socket (see :mod:`infermux.engines.remote.http.transport`).
+    transport_handler: Handler | None = None
 
     @classmethod
     def provider_info(cls) -> ProviderInfo:
@@ -209,7 +213,11 @@ class RemoteEngine(InferenceEngine):
             if self.api_key_env:
                 auth_hint = f"Check the key in {self.api_key_env} (or remote_params.api_key)."
             transport: Transport[Conversation] = Transport(
-                self.settings, secrets=self._secrets, auth_hint=auth_hint, error_message=self.error_message
+                self.settings,
+                secrets=self._secrets,
+                auth_hint=auth_hint,
+                error_message=self.error_message,
+                handler=self.transport_handler,
             )
             await transport.__aenter__()
             self._transport = transport

@@ -65,7 +65,6 @@ class GoogleVertexInferenceEngine(RemoteInferenceEngine):
     requires_api_key = False
     default_num_workers = 8
     provider = "Vertex AI"
-    supports_batch_api = False  # Vertex batch prediction is a different API
     env_vars: ClassVar[Mapping[str, str]] = {
         "PROJECT_ID / GOOGLE_CLOUD_PROJECT": "the Google Cloud project (or `model.model_kwargs.project_id`)",
         "REGION / GOOGLE_CLOUD_REGION / GOOGLE_CLOUD_LOCATION": "the region (or `model.model_kwargs.region`)",

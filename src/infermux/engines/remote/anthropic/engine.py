@@ -34,7 +34,7 @@ from infermux.configs.generation_params import GenerationParams
 from infermux.configs.model_params import ModelParams
 from infermux.configs.remote_params import RemoteParams
 from infermux.engines.capabilities import Capabilities
-from infermux.engines.remote.anthropic.batches import MessageBatchesMixin
+from infermux.engines.remote.anthropic.batches import MessageBatchesClient
 from infermux.engines.remote.anthropic.models import (
     SAMPLING_PARAMS,
     claude_limit_problems,
@@ -117,7 +117,7 @@ def build_messages(conversation: Conversation) -> tuple[str | None, list[dict[st
     return ("\n\n".join(system) if system else None), turns
 
 
-class AnthropicInferenceEngine(MessageBatchesMixin, RemoteEngine):
+class AnthropicInferenceEngine(RemoteEngine):
     """Claude models through Anthropic's Messages API (or any server speaking it, like ``vllm serve``)."""
 
     engine_type = InferenceEngineType.ANTHROPIC
@@ -127,6 +127,7 @@ class AnthropicInferenceEngine(MessageBatchesMixin, RemoteEngine):
         images=True,
         streaming=True,
         tools=True,
+        batch_api=True,
         notes=(
             "temperature must be between 0 and 1; recent models accept temperature or top_p, not both.",
             "Opus >= 4.7, Sonnet >= 5 and claude-fable/mythos models take no sampling parameters: none are sent "
@@ -160,6 +161,10 @@ class AnthropicInferenceEngine(MessageBatchesMixin, RemoteEngine):
     def config_limit_problems(cls, model: ModelParams, generation: GenerationParams) -> list[str]:
         declared = super().config_limit_problems(model, generation)
         return claude_limit_problems(declared, model.model_name, model.model_kwargs, generation)
+
+    def batch_client(self) -> MessageBatchesClient:
+        """Anthropic's Message Batches on this server."""
+        return MessageBatchesClient(self)
 
     def build_headers(self, api_key: str | None) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "anthropic-version": ANTHROPIC_VERSION}

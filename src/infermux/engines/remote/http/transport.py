@@ -42,17 +42,28 @@ What the transport guarantees
   Callers pass each request's estimated tokens to :meth:`Transport.send` and how to read the reported
   usage from the result, which corrects the estimate.
 * Secrets (API keys) are scrubbed from every error message and never part of any repr.
+
+In-process handler (tests)
+--------------------------
+``Transport(settings, handler=fn)`` sends nothing over a socket: each attempt calls ``fn(request)``
+(an :class:`HttpRequest`), which returns an :class:`HttpResponse` (or an awaitable of one) with the
+status, the headers and the body as bytes or as an async iterable of chunks (a streamed reply). Raising
+``ConnectionError`` or ``asyncio.TimeoutError`` in it is a dropped connection or a timeout. Everything
+above the socket is the same: retries, back-off, rate-limit pauses, AIMD, per-minute limits, error
+classification, redaction and SSE decoding; ``connection_timeout`` bounds a reply (and, streamed, each
+chunk). Like httpx's ``MockTransport``, it is for tests of remote behaviour that do not need real HTTP.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -68,9 +79,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AimdLimiter",
+    "Handler",
     "HttpRequest",
+    "HttpResponse",
     "Transport",
     "TransportSettings",
+    "json_object",
     "parse_retry_hint",
     "redact",
 ]
@@ -143,6 +157,62 @@ class HttpRequest:
         return cls(url, _ENCODE(payload).encode(), headers)
 
 
+@dataclass(frozen=True)
+class HttpResponse:
+    """What an in-process :data:`Handler` answers: the body as bytes, or as an async iterable of chunks."""
+
+    status: int = 200
+    body: bytes | AsyncIterable[bytes] = b""
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def json(cls, payload: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> HttpResponse:
+        return cls(status, _ENCODE(payload).encode(), {"Content-Type": "application/json", **(headers or {})})
+
+
+#: An in-process stand-in for the server (see "In-process handler" above).
+Handler = Callable[[HttpRequest], "HttpResponse | Awaitable[HttpResponse]"]
+
+
+def json_object(data: Any) -> dict[str, Any]:
+    """A ``parse`` for :meth:`Transport.send` that accepts a JSON object (a dict) and nothing else."""
+    if not isinstance(data, dict):
+        raise TypeError(f"expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+async def _read_all(body: bytes | AsyncIterable[bytes]) -> bytes:
+    if isinstance(body, bytes | bytearray):
+        return bytes(body)
+    return b"".join([chunk async for chunk in body])
+
+
+async def _lines(body: bytes | AsyncIterable[bytes], timeout: float) -> AsyncIterator[bytes]:
+    """A handler's body as lines (what aiohttp's ``response.content`` yields), each chunk within ``timeout``."""
+    if isinstance(body, bytes | bytearray):
+        for line in bytes(body).splitlines(keepends=True):
+            yield line
+        return
+    chunks = aiter(body)
+    buffer = b""
+    try:
+        while True:
+            try:
+                chunk = await asyncio.wait_for(anext(chunks), timeout)
+            except StopAsyncIteration:
+                break
+            buffer += chunk
+            *complete, buffer = buffer.split(b"\n")
+            for line in complete:
+                yield line + b"\n"
+        if buffer:
+            yield buffer
+    finally:
+        close = getattr(chunks, "aclose", None)
+        if close is not None:
+            await close()
+
+
 def _json_of(body: bytes) -> Any:
     """``json.loads(body)``. For bytes it first detects the encoding (a Python-level step per reply): a
     body that opens with ``{`` and no NUL byte after it is UTF-8 by that same rule, so it is decoded at once."""
@@ -212,8 +282,10 @@ class Transport(Generic[T]):
         secrets: Iterable[str] = (),
         auth_hint: str = "",
         error_message: Callable[[int, bytes], str] = default_error_message,
+        handler: Handler | None = None,
     ) -> None:
         self.settings = settings
+        self._handler = handler
         self._secrets = tuple(s for s in secrets if s)
         self._auth_hint = auth_hint
         self._error_message = error_message
@@ -237,6 +309,8 @@ class Transport(Generic[T]):
         return f"Transport(workers={self.settings.num_workers}, limiter={self.limiter!r})"
 
     async def __aenter__(self) -> Transport[T]:
+        if self._handler is not None:  # in process: no connections to open
+            return self
         connector = aiohttp.TCPConnector(
             limit=self.settings.num_workers, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=30
         )
@@ -335,11 +409,13 @@ class Transport(Generic[T]):
         connection, which tells the server to stop generating. A server that ignores the stream flag and
         answers with one JSON document gives one event named :data:`~.sse.WHOLE_REPLY` holding it.
         """
-        assert self._session is not None, "use the transport inside `async with`"
+        assert self._session is not None or self._handler is not None, "use the transport inside `async with`"
         failures = 0
         started = time.monotonic()
         ok_before = self.stats["ok"]
         ct = self.settings.connection_timeout
+        resp: aiohttp.ClientResponse | None = None
+        lines: AsyncIterable[bytes]
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=ct, sock_read=ct)
         while True:
             await self._wait_rate_pause()
@@ -348,13 +424,18 @@ class Transport(Generic[T]):
             await self.limiter.acquire()
             self.stats["requests"] += 1
             try:
-                resp = await self._session.request(
-                    request.method, request.url, data=request.body, headers=request.headers, timeout=timeout
-                )
-                if resp.status >= 400:
-                    body = await resp.read()
-                    resp.release()
-                    raise self._status_failure(resp.status, body, resp.headers)
+                if self._handler is not None:
+                    lines = await self._open_handled(request)
+                else:
+                    assert self._session is not None
+                    resp = await self._session.request(
+                        request.method, request.url, data=request.body, headers=request.headers, timeout=timeout
+                    )
+                    if resp.status >= 400:
+                        body = await resp.read()
+                        resp.release()
+                        raise self._status_failure(resp.status, body, resp.headers)
+                    lines = iter_lines(resp.content.iter_any())
             except (asyncio.TimeoutError, *_CONNECTION_ERRORS) as exc:
                 self.limiter.release()
                 attempt = _Attempt("connection_error", f"{type(exc).__name__}: {exc}", retry=True)
@@ -367,10 +448,10 @@ class Transport(Generic[T]):
             break
         finished = False
         try:
-            if resp.content_type == "application/json" or resp.content_type.endswith("+json"):
+            if resp is not None and (resp.content_type == "application/json" or resp.content_type.endswith("+json")):
                 yield SseEvent((await resp.read()).decode("utf-8", "replace"), WHOLE_REPLY)
             else:
-                async for event in iter_sse(iter_lines(resp.content.iter_any())):
+                async for event in iter_sse(lines):
                     yield event
             finished = True
             self.limiter.on_success()
@@ -383,21 +464,27 @@ class Transport(Generic[T]):
             raise RemoteError(f"unreadable answer stream: {exc}", kind="malformed_response") from None
         finally:
             self.limiter.release()
-            if finished:
+            if resp is None:
+                await lines.aclose()  # type: ignore[attr-defined]
+            elif finished:
                 resp.release()
             else:
                 resp.close()
 
     async def _attempt(self, request: HttpRequest, parse: Callable[[Any], T], raw: bool = False) -> T:
-        assert self._session is not None, "use the transport inside `async with`"
         self.stats["requests"] += 1
+        headers: Mapping[str, str]
         try:
-            async with self._session.request(
-                request.method, request.url, data=request.body, headers=request.headers
-            ) as resp:
-                body = await resp.read()
-                status = resp.status
-                headers = resp.headers
+            if self._handler is not None:
+                status, headers, body = await self._handled(request)
+            else:
+                assert self._session is not None, "use the transport inside `async with`"
+                async with self._session.request(
+                    request.method, request.url, data=request.body, headers=request.headers
+                ) as resp:
+                    body = await resp.read()
+                    status = resp.status
+                    headers = resp.headers
         except asyncio.TimeoutError:
             raise _Attempt(
                 "timeout", f"no reply within connection_timeout={self.settings.connection_timeout}s",
@@ -415,6 +502,31 @@ class Transport(Generic[T]):
                 "malformed_response", f"unparsable reply ({type(exc).__name__}: {exc}): {snippet!r}",
                 status=status, retry=True, overload=False,
             ) from None  # fmt: skip
+
+    async def _respond(self, request: HttpRequest) -> HttpResponse:
+        assert self._handler is not None
+        response = self._handler(request)
+        if inspect.isawaitable(response):
+            response = await response
+        return response
+
+    async def _handled(self, request: HttpRequest) -> tuple[int, Mapping[str, str], bytes]:
+        """One exchange with the in-process handler, within ``connection_timeout`` (as a socket's total)."""
+
+        async def exchange() -> tuple[int, Mapping[str, str], bytes]:
+            response = await self._respond(request)
+            return response.status, response.headers, await _read_all(response.body)
+
+        return await asyncio.wait_for(exchange(), self.settings.connection_timeout)
+
+    async def _open_handled(self, request: HttpRequest) -> AsyncIterator[bytes]:
+        """A streamed exchange with the handler: its body as lines, or the failure of its status."""
+        timeout = self.settings.connection_timeout
+        response = await asyncio.wait_for(self._respond(request), timeout)
+        if response.status >= 400:
+            body = await asyncio.wait_for(_read_all(response.body), timeout)
+            raise self._status_failure(response.status, body, response.headers)
+        return _lines(response.body, timeout)
 
     def _status_failure(self, status: int, body: bytes, headers: Mapping[str, str]) -> _Attempt:
         message = f"HTTP {status}: {self._error_message(status, body)}"

@@ -20,7 +20,7 @@ from infermux.configs.generation_params import GenerationParams
 from infermux.engines.capabilities import Capabilities
 from infermux.engines.remote.base import RemoteEngine
 from infermux.engines.remote.http.transport import HttpRequest
-from infermux.engines.remote.openai.batch_api import BatchApiMixin
+from infermux.engines.remote.openai.batch_api import MAX_BYTES, MAX_REQUESTS, OpenAIBatchClient
 from infermux.engines.remote.openai.format import (
     chat_completions_url,
     encode_messages,
@@ -35,7 +35,7 @@ from infermux.types import Conversation
 __all__ = ["OPENAI_PARAMS", "RemoteInferenceEngine"]
 
 
-class RemoteInferenceEngine(BatchApiMixin, RemoteEngine):
+class RemoteInferenceEngine(RemoteEngine):
     """Any OpenAI-compatible chat-completions server; the key is optional."""
 
     engine_type = InferenceEngineType.REMOTE
@@ -45,6 +45,7 @@ class RemoteInferenceEngine(BatchApiMixin, RemoteEngine):
         images=True,
         streaming=True,
         tools=True,
+        batch_api=True,
         notes=("min_p and stop_token_ids are sent as extra fields; servers that do not know them may reject them",),
     )
     requires_api_key = False
@@ -52,12 +53,19 @@ class RemoteInferenceEngine(BatchApiMixin, RemoteEngine):
     provider = "the server"
     #: Body field that carries ``max_new_tokens``.
     max_tokens_field: ClassVar[str] = "max_tokens"
+    #: What one file of OpenAI's Batch API may hold (the provider's limits; a test may lower them).
+    batch_max_requests: int = MAX_REQUESTS
+    batch_max_bytes: int = MAX_BYTES
 
     _cached_generation: GenerationParams | None = None
     _cached_fields: dict[str, Any] | None = None
 
     def endpoint_url(self, api_url: str) -> str:
         return chat_completions_url(api_url)
+
+    def batch_client(self) -> OpenAIBatchClient | None:
+        """OpenAI's Batch API (``/v1/files`` + ``/v1/batches``) on this server, where it is offered."""
+        return OpenAIBatchClient(self) if self.capabilities.batch_api else None
 
     # ------------------------------------------------------------------ hooks for subclasses
     def served_model_name(self) -> str:

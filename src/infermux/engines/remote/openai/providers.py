@@ -125,7 +125,6 @@ def provider_class(engine: E) -> Any:
         cls.requires_api_key = True
         cls.default_num_workers = row.workers
         cls.provider = row.label
-        cls.supports_batch_api = row.batch_api
         if not cls.__doc__:
             cls.__doc__ = row.summary
         return cls

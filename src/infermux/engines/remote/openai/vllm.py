@@ -33,6 +33,7 @@ class RemoteVLLMInferenceEngine(RemoteInferenceEngine):
         lora=True,
         streaming=True,
         tools=True,
+        batch_api=True,
     )
     requires_api_key = False
     default_num_workers = 32

@@ -1,4 +1,4 @@
-"""The record of a Batch API job, kept beside its output as ``<output>.batch.json``.
+"""The record of a provider batch job, kept beside its output as ``<output>.batch.json``.
 
 It is what makes ``infermux batch`` safe to interrupt: every step (file uploaded, batch creation
 started, batch created, status seen) is written atomically (temporary file + ``os.replace``) before
@@ -19,7 +19,8 @@ from infermux.errors import ConfigError
 
 __all__ = ["TERMINAL_STATUSES", "BatchJobState", "ShardState", "state_path"]
 
-# OpenAI's final batch statuses, and Anthropic's ``processing_status: ended``.
+# The final statuses of OpenAI's batches and Anthropic's ``processing_status: ended``: how records written
+# before a shard kept ``ended`` tell whether it ended.
 TERMINAL_STATUSES = frozenset({"completed", "failed", "expired", "cancelled", "ended"})
 _VERSION = 1
 
@@ -46,11 +47,12 @@ class ShardState:
     error_file_id: str | None = None
     request_counts: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
-    create_started_at: str | None = None  # UTC time the creation was asked for (Anthropic: find it again)
+    create_started_at: str | None = None  # UTC time the creation was asked for (found again by it)
+    ended: bool = False  # the batch client said no request of it will run any more
 
     @property
     def terminal(self) -> bool:
-        return self.status in TERMINAL_STATUSES
+        return self.ended
 
 
 @dataclass
@@ -79,11 +81,11 @@ class BatchJobState:
             return None
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-            shards = [ShardState(**s) for s in data.pop("shards")]
+            shards = [ShardState(**{"ended": s.get("status") in TERMINAL_STATUSES, **s}) for s in data.pop("shards")]
             if data.pop("version", None) != _VERSION:
                 raise ValueError("unknown version")
             return cls(path=path, shards=shards, **data)
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
             message = f"{path}: not a readable infermux batch record ({exc}); move it away to start over."
             raise ConfigError(message) from None
 

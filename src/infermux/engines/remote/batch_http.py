@@ -1,0 +1,55 @@
+"""What every HTTP batch client shares: the engine's transport settings, key and error reading, twice.
+
+``transport`` retries as the engine does online; ``once`` never retries, for calls that are not
+idempotent (creating a batch: a lost reply may hide a batch that exists).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+from infermux.engines.batch_client import BatchClient
+from infermux.engines.remote.http.transport import Transport
+
+if TYPE_CHECKING:
+    from infermux.configs.generation_params import GenerationParams
+    from infermux.engines.remote.base import RemoteEngine
+    from infermux.types import Conversation
+
+__all__ = ["HttpBatchClient"]
+
+
+class HttpBatchClient(BatchClient):
+    """A :class:`BatchClient` over the HTTP transport of a :class:`RemoteEngine`."""
+
+    def __init__(self, engine: RemoteEngine) -> None:
+        engine.check_ready()
+        self.engine = engine
+        self.name = engine.name
+        hint = f"Check the key in {engine.api_key_env} (or remote_params.api_key)." if engine.api_key_env else ""
+        kwargs: dict[str, Any] = {
+            "secrets": engine._secrets,
+            "auth_hint": hint,
+            "error_message": engine.error_message,
+            "handler": engine.transport_handler,
+        }
+        self.transport: Transport[Any] = Transport(engine.settings, **kwargs)
+        self.once: Transport[Any] = Transport(dataclasses.replace(engine.settings, max_retries=0), **kwargs)
+
+    async def __aenter__(self) -> HttpBatchClient:
+        await self.transport.__aenter__()
+        await self.once.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.once.__aexit__(*exc)
+        await self.transport.__aexit__(*exc)
+
+    def body(self, conversation: Conversation, generation: GenerationParams) -> dict[str, Any]:
+        """The body the engine would send online for this row."""
+        return self.engine.build_body(conversation, generation)
+
+    def parse(self, conversation: Conversation, reply: Any) -> Conversation:
+        """The row answered from a reply body of the online endpoint's shape."""
+        return self.engine.parse_reply(conversation, reply)
