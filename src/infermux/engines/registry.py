@@ -1,7 +1,10 @@
 """One identity row per engine: name, ``"module:Class"``, pip extra, local or remote, batch client.
 
-The rows are the only place an engine's identity is written; everything that asks "is it remote?",
-"which extra installs it?" or "has it a provider batch API?" reads them. Classes are imported only
+The rows are the only place an engine's identity is written: "which extra installs it?", "local or
+remote?" and "which provider batch API?" are read here (by the CLI, ``infermux batch`` and the docs).
+What an HTTP engine's provider is (URL, key, workers) is its class's
+:class:`~infermux.engines.remote.base.ProviderInfo`; BEDROCK is remote but not HTTP (boto3), so code
+that needs an HTTP worker budget asks ``issubclass(cls, RemoteEngine)``. Classes are imported only
 when an engine is built. Third-party packages add engines through the ``infermux.engines`` entry-point
 group (:func:`~infermux.configs.engine_type.plugin_targets`): the entry's name is the engine name used
 in configs, its value ``"package.module:Class"``.
