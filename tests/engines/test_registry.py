@@ -106,3 +106,20 @@ def test_configs_know_plugin_names_without_the_registry():
 
     assert plugin_targets()["ECHO"] == engine_specs()["ECHO"].target
     assert engine_name(InferenceEngineType.GEMINI) == "GOOGLE_GEMINI" and engine_name("ECHO") == "ECHO"
+
+
+@pytest.mark.parametrize(
+    "old_target",
+    [
+        "infermux.engines.vllm:VLLMInferenceEngine",
+        "infermux.engines.remote.anthropic:AnthropicInferenceEngine",
+        "infermux.engines.remote.gemini:GoogleGeminiInferenceEngine",
+        "infermux.engines.remote.bedrock:BedrockInferenceEngine",
+    ],
+)
+def test_the_targets_from_before_the_packages_still_import(old_target):
+    module_name, class_name = old_target.split(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    assert f"{cls.__module__}:{cls.__name__}" in {spec.target for spec in ENGINES.values()}
+    with pytest.raises(AttributeError):
+        _ = importlib.import_module(module_name).NoSuchClass

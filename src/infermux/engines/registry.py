@@ -1,7 +1,10 @@
 """One identity row per engine: name, ``"module:Class"``, pip extra, local or remote, batch client.
 
-The rows are the only place an engine's identity is written; everything that asks "is it remote?",
-"which extra installs it?" or "has it a provider batch API?" reads them. Classes are imported only
+The rows are the only place an engine's identity is written: "which extra installs it?", "local or
+remote?" and "which provider batch API?" are read here (by the CLI, ``infermux batch`` and the docs).
+What an HTTP engine's provider is (URL, key, workers) is its class's
+:class:`~infermux.engines.remote.base.ProviderInfo`; BEDROCK is remote but not HTTP (boto3), so code
+that needs an HTTP worker budget asks ``issubclass(cls, RemoteEngine)``. Classes are imported only
 when an engine is built. Third-party packages add engines through the ``infermux.engines`` entry-point
 group (:func:`~infermux.configs.engine_type.plugin_targets`): the entry's name is the engine name used
 in configs, its value ``"package.module:Class"``.
@@ -51,7 +54,7 @@ class EngineSpec:
     target: str  # "module:Class"
     extra: str | None = None  # pip extra that installs the requirements
     requires: tuple[str, ...] = ()  # importable modules the engine needs
-    kind: Kind = "local"  # remote: answers come from a service over the network
+    remote: bool = False  # answers come from a service over the network (else: a model loaded here)
     batch: str | None = None  # its provider batch client (a key of BATCH_OPERATIONS), if it has one
     plugin: bool = False  # registered through an entry point (its row says no more than name and target)
     runs_on: str = ""  # what answers, in a few words (the README's engine table)
@@ -61,8 +64,8 @@ class EngineSpec:
         return self.target.split(":", 1)[1]
 
     @property
-    def remote(self) -> bool:
-        return self.kind == "remote"
+    def kind(self) -> Kind:
+        return "remote" if self.remote else "local"
 
 
 _R = "infermux.engines.remote."
@@ -78,20 +81,20 @@ ENGINES: dict[str, EngineSpec] = {
                    runs_on="vLLM (GPU; CPU build works too)"),
         EngineSpec(E.LLAMACPP.value, "infermux.engines.llamacpp.engine:LlamaCppInferenceEngine", "llamacpp", ("llama_cpp",),
                    runs_on="llama.cpp (GGUF)"),
-        EngineSpec(E.REMOTE.value, _R + "openai.engine:RemoteInferenceEngine", kind="remote", batch="openai", runs_on=_OWN),
-        EngineSpec(E.REMOTE_VLLM.value, _R + "openai.vllm:RemoteVLLMInferenceEngine", kind="remote", batch="openai",
+        EngineSpec(E.REMOTE.value, _R + "openai.engine:RemoteInferenceEngine", remote=True, batch="openai", runs_on=_OWN),
+        EngineSpec(E.REMOTE_VLLM.value, _R + "openai.vllm:RemoteVLLMInferenceEngine", remote=True, batch="openai",
                    runs_on=_OWN),
         # Hosted OpenAI-compatible providers: one row each in remote/openai/providers.py.
-        *(EngineSpec(p.engine.value, p.target, kind="remote", batch="openai" if p.batch_api else None, runs_on=_CLOUD)
+        *(EngineSpec(p.engine.value, p.target, remote=True, batch="openai" if p.batch_api else None, runs_on=_CLOUD)
           for p in PROVIDERS.values()),
-        EngineSpec(E.ANTHROPIC.value, _R + "anthropic.engine:AnthropicInferenceEngine", kind="remote", batch="anthropic",
+        EngineSpec(E.ANTHROPIC.value, _R + "anthropic.engine:AnthropicInferenceEngine", remote=True, batch="anthropic",
                    runs_on=_CLOUD),
-        EngineSpec(E.GOOGLE_GEMINI.value, _R + "gemini.engine:GoogleGeminiInferenceEngine", kind="remote", runs_on=_CLOUD),
-        EngineSpec(E.GOOGLE_VERTEX.value, _R + "vertex:GoogleVertexInferenceEngine", "vertex", ("google.auth",), kind="remote",
+        EngineSpec(E.GOOGLE_GEMINI.value, _R + "gemini.engine:GoogleGeminiInferenceEngine", remote=True, runs_on=_CLOUD),
+        EngineSpec(E.GOOGLE_VERTEX.value, _R + "vertex:GoogleVertexInferenceEngine", "vertex", ("google.auth",), remote=True,
                    runs_on="Vertex AI"),
-        EngineSpec(E.BEDROCK.value, _R + "bedrock.engine:BedrockInferenceEngine", "bedrock", ("boto3",), kind="remote",
+        EngineSpec(E.BEDROCK.value, _R + "bedrock.engine:BedrockInferenceEngine", "bedrock", ("boto3",), remote=True,
                    runs_on="AWS Bedrock"),
-        EngineSpec(E.SGLANG.value, _R + "sglang:SGLangInferenceEngine", "native", ("transformers",), kind="remote",
+        EngineSpec(E.SGLANG.value, _R + "sglang:SGLangInferenceEngine", "native", ("transformers",), remote=True,
                    runs_on=_OWN),
     )
 }  # fmt: skip

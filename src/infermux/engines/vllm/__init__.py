@@ -1,18 +1,11 @@
 """VLLM: local inference through vLLM's offline ``LLM`` (loading, continuous feeding, streaming, tool parsers).
 
-``infermux.engines.vllm.VLLMInferenceEngine`` stays importable from here (the class lives in :mod:`.engine`).
+``infermux.engines.vllm.VLLMInferenceEngine`` stays importable from here
+(the class lives in :mod:`.engine`, imported on first use).
 """
 
-from __future__ import annotations
-
-from typing import Any
+from infermux.engines.exports import engine_class_of
 
 __all__ = ["VLLMInferenceEngine"]
 
-
-def __getattr__(name: str) -> Any:
-    if name == "VLLMInferenceEngine":  # imported on first use: the package itself stays light
-        from infermux.engines.vllm.engine import VLLMInferenceEngine
-
-        return VLLMInferenceEngine
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = engine_class_of(__name__, "VLLMInferenceEngine")

@@ -1,19 +1,11 @@
 """BEDROCK: Amazon Bedrock's Converse API through boto3 (engine) and its tool and reasoning blocks (tools).
 
 ``infermux.engines.remote.bedrock.BedrockInferenceEngine`` stays importable from here
-(the class lives in :mod:`.engine`).
+(the class lives in :mod:`.engine`, imported on first use).
 """
 
-from __future__ import annotations
-
-from typing import Any
+from infermux.engines.exports import engine_class_of
 
 __all__ = ["BedrockInferenceEngine"]
 
-
-def __getattr__(name: str) -> Any:
-    if name == "BedrockInferenceEngine":  # imported on first use: the package itself stays light
-        from infermux.engines.remote.bedrock.engine import BedrockInferenceEngine
-
-        return BedrockInferenceEngine
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = engine_class_of(__name__, "BedrockInferenceEngine")
