@@ -309,7 +309,9 @@ def test_a_tool_choice_that_does_not_fit_the_tools_is_a_400(
 ) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         sdk(gateway).chat.completions.create(
-            model="gpt-fake", messages=[{"role": "user", "content": "x"}], **extra  # type: ignore[call-overload]
+            model="gpt-fake",
+            messages=[{"role": "user", "content": "x"}],
+            **extra,  # type: ignore[call-overload]
         )
     assert caught.value.status_code == 400 and caught.value.param == "tool_choice"
     assert not [r for r in fake.requests if r.path == "/v1/chat/completions"]
