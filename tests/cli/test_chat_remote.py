@@ -156,3 +156,15 @@ def test_a_stream_cut_short_fails_with_exit_3_not_a_short_answer(command: tuple[
         done = _run_piped(remote_args(f"{fake.url}/v1", "--remote_params.max_retries", "0"), "2+2?\n", command)
     assert done.returncode == 3, done.stderr
     assert "ended before the answer did" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_an_answer_cut_at_max_new_tokens_says_so(tmp_path: Path) -> None:
+    with FakeOpenAIChat(lambda ex: "one two three four five six seven eight") as fake:
+        chat = ChatDriver(remote_args(f"{fake.url}/v1", "--generation.max_new_tokens", "3"), tmp_path, timeout=120)
+        try:
+            chat.say("count")
+            chat.answer()
+            assert "[cut at max_new_tokens" in plain(chat.output.getvalue())
+            assert chat.exit() == 0
+        finally:
+            chat.kill()

@@ -98,3 +98,37 @@ def test_three_turns_and_streaming(engine: LlamaCppInferenceEngine) -> None:
 
     events = asyncio.run(stream())
     assert_valid_calls(events[-1].conversation, {"get_weather", "get_time"})
+
+
+def test_forced_calls_with_pydantic_defs_and_refs(engine: LlamaCppInferenceEngine) -> None:
+    from tests.engines.test_forced_schemas import ORDER
+    from tests.engines.test_forced_schemas import TOOLS as DEF_TOOLS
+
+    rows = [Conversation.model_validate({"messages": [{"role": "user", "content": "Order two apples to Oslo."}],
+                                         "tools": [t.to_json_dict() for t in DEF_TOOLS[:1]]})]  # fmt: skip
+    named = {"type": "function", "function": {"name": "place_order"}}
+    for choice in ("required", named):
+        (answer,) = run(engine, rows, max_new_tokens=160, tool_choice=choice, parallel_tool_calls=False)
+        assert "error" not in answer.metadata, answer.metadata.get("error")
+        (call,) = answer.last_message.tool_calls or []
+        assert call.function.name == "place_order"
+        jsonschema.validate(call.function.parsed_arguments(), ORDER)
+
+
+def test_a_forced_call_cut_by_max_new_tokens_is_a_length_answer_without_its_json(
+    engine: LlamaCppInferenceEngine,
+) -> None:
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    generation = GenerationParams(max_new_tokens=4, tool_choice=named)
+    (answer,) = run(engine, [ask("Weather in Paris?")], generation)
+    assert answer.metadata["finish_reason"] == "length" and "error" not in answer.metadata
+    assert not answer.last_message.content and answer.last_message.tool_calls is None
+
+    async def stream() -> Any:
+        return [event async for event in engine.astream(ask("Weather in Rome?"), generation)]
+
+    events = asyncio.run(stream())
+    assert not "".join(e.delta for e in events)  # the call's JSON is not streamed as text
+    final = events[-1].conversation
+    assert final.metadata["finish_reason"] == "length" and not final.last_message.content
+    assert final.last_message.tool_calls is None

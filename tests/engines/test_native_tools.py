@@ -91,3 +91,18 @@ def test_streaming_a_forced_call(engine: NativeTextInferenceEngine) -> None:
 
     events = asyncio.run(stream())
     assert_valid_calls(events[-1].conversation, {"get_weather", "get_time"})
+
+
+def test_forced_calls_with_pydantic_defs_and_refs_and_a_cut_call(engine: NativeTextInferenceEngine) -> None:
+    from tests.engines.test_forced_schemas import ORDER
+    from tests.engines.test_forced_schemas import TOOLS as DEF_TOOLS
+
+    row = Conversation.model_validate({"messages": [{"role": "user", "content": "Order two apples to Oslo."}],
+                                       "tools": [t.to_json_dict() for t in DEF_TOOLS[:1]]})  # fmt: skip
+    (answer,) = run(engine, [row], max_new_tokens=160, tool_choice="required", parallel_tool_calls=False)
+    assert "error" not in answer.metadata, answer.metadata.get("error")
+    (call,) = answer.last_message.tool_calls or []
+    jsonschema.validate(call.function.parsed_arguments(), ORDER)
+    (cut,) = run(engine, [row], max_new_tokens=4, tool_choice="required")  # cut inside the call's JSON
+    assert cut.metadata["finish_reason"] == "length" and "error" not in cut.metadata
+    assert not cut.last_message.content and cut.last_message.tool_calls is None

@@ -94,7 +94,8 @@ def test_constrained_generation_and_finish_read_forced_json_back() -> None:
     assert text is None and calls and calls[0].function.parsed_arguments() == {"city": "Rome"}
     assert calls[0].id and calls[0].id.startswith("call_")
     cut = '[{"name": "get_weather", "arguments": {"ci'
-    assert finish(cut, conversation(), generation) == (cut, None)  # cut short: stays text
+    # cut short (issue 23): neither calls nor the internal JSON as text; the engine's finish reason says length
+    assert finish(cut, conversation(), generation) == (None, None)
 
 
 def test_auto_parses_hermes_markup_and_parallel_false_keeps_one() -> None:

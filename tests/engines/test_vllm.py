@@ -605,3 +605,22 @@ def test_an_answer_that_ends_lists_no_end_token(engine):
     [sample] = row.metadata["samples"]
     assert row.metadata["finish_reason"] == "stop" and sample["logprobs"]
     assert_joins(sample["text"], sample["logprobs"])
+
+
+def test_forced_calls_with_defs_and_a_call_cut_by_max_new_tokens(engine):
+    import jsonschema
+
+    from tests.engines.test_forced_schemas import ORDER
+    from tests.engines.test_forced_schemas import TOOLS as DEF_TOOLS
+
+    row = Conversation.model_validate({"messages": [{"role": "user", "content": "Order two apples to Oslo."}],
+                                       "tools": [t.to_json_dict() for t in DEF_TOOLS[:1]]})  # fmt: skip
+    (answer,) = engine.infer([row], gen_config(engine, max_new_tokens=160, tool_choice="required"))
+    assert "error" not in answer.metadata, answer.metadata.get("error")
+    for call in answer.last_message.tool_calls or []:
+        jsonschema.validate(call.function.parsed_arguments(), ORDER)
+    assert answer.last_message.tool_calls
+    (cut,) = engine.infer([row], gen_config(engine, max_new_tokens=4, tool_choice="required"))
+    assert "error" not in cut.metadata, cut.metadata.get("error")  # was a row error: now a length answer
+    assert cut.metadata["finish_reason"] == "length"
+    assert not cut.last_message.content and cut.last_message.tool_calls is None

@@ -292,6 +292,8 @@ async def _answer_on_screen(engine: InferenceEngine, session: ChatSession, text:
             session.withdraw()
         return
     session.answered(answer.message or answer.text)
+    if str(answer.metadata.get("finish_reason")) == "length":  # say the answer is cut (a cut call shows nothing)
+        _out(f"\n{_DIM}  [cut at max_new_tokens: raise it to see the whole answer]{_RESET}")
     _out(f"\n{_DIM}  {format_footer(answer)}{_RESET}\n")
 
 

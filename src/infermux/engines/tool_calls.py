@@ -8,6 +8,12 @@ pieces NATIVE and LLAMACPP can share).
   function, decoding is constrained to a JSON schema (the named function's ``parameters``; for
   ``required``, a list of ``{"name", "parameters"}`` objects, one of the tools each, as vLLM's server
   does) and the JSON read back as calls, so every call is valid JSON matching a tool's schema.
+* :func:`embedded_schema`: a tool's ``parameters`` made to sit inside such a wrapper schema: its ``$defs``
+  (pydantic's) move to the wrapper's root and its ``$ref``s follow them, so ``#/$defs/...`` still resolves.
+  Every wrapper of every engine (here and in :mod:`~infermux.engines.tool_prompting`) goes through it.
+* :func:`whole_calls`: a reply's calls, or none when the answer was cut (``finish_reason: length``) inside
+  a call's arguments: every engine answers such a reply with ``finish_reason: length``, no calls and no
+  internal call JSON as its text.
 * :func:`tool_choice_problem`: why a ``tool_choice`` cannot apply to a request's tools (``serve`` answers
   400; in a job, a row whose tools lack the named function fails before anything is sent or generated).
 * :func:`parse_hermes`: calls written in the Hermes ``<tool_call>{"name", "arguments"}</tool_call>``
@@ -22,10 +28,11 @@ import uuid
 from typing import Any
 
 from infermux.configs.generation_params import GenerationParams
-from infermux.types import Conversation, FunctionCall, Message, Tool, ToolCall
+from infermux.types import Conversation, FinishReason, FunctionCall, Message, Tool, ToolCall
 
 __all__ = [
     "calls_from_forced",
+    "embedded_schema",
     "forced_schema",
     "new_call_id",
     "parse_hermes",
@@ -33,6 +40,7 @@ __all__ = [
     "template_tools",
     "tool_choice_problem",
     "tools_key",
+    "whole_calls",
 ]
 
 
@@ -97,6 +105,54 @@ def tool_choice_problem(tools: list[Tool] | None, generation: GenerationParams) 
     return None
 
 
+def whole_calls(calls: list[ToolCall] | None, finish_reason: Any) -> list[ToolCall] | None:
+    """``calls``, unless the answer was cut by the token limit (``finish_reason`` length) and one of them
+    has arguments that are not complete JSON: then None (a half call cannot be run)."""
+    if not calls or FinishReason.parse(finish_reason) is not FinishReason.LENGTH:
+        return calls
+    try:
+        for call in calls:
+            json.loads(call.function.arguments)
+    except ValueError:
+        return None
+    return calls
+
+
+_DEFS = ("$defs", "definitions")
+
+
+def embedded_schema(schema: dict[str, Any], prefix: str, defs: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` ready to be nested inside a wrapper schema whose ``$defs`` is ``defs``: its own
+    ``$defs``/``definitions`` are added to ``defs`` as ``prefix + name``, and its local references
+    (``#/$defs/X``, ``#/definitions/X``, and ``#``, the schema itself) rewritten to point there."""
+    own = {name: value for key in _DEFS for name, value in (schema.get(key) or {}).items()}
+    whole = f"{prefix}self" if prefix else "self"
+
+    def rewrite(node: Any) -> Any:
+        if isinstance(node, list):
+            return [rewrite(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        out = {key: rewrite(value) for key, value in node.items()}
+        ref = out.get("$ref")
+        if ref == "#":
+            out["$ref"] = f"#/$defs/{whole}"
+            if whole not in defs:
+                defs[whole] = {}  # filled below (the schema refers to itself)
+        elif isinstance(ref, str):
+            for key in _DEFS:
+                if ref.startswith(f"#/{key}/"):
+                    out["$ref"] = f"#/$defs/{prefix}{ref[len(key) + 3 :]}"
+        return out
+
+    body = rewrite({key: value for key, value in schema.items() if key not in _DEFS})
+    for name, value in own.items():
+        defs[prefix + name] = rewrite(value)
+    if whole in defs and not defs[whole]:
+        defs[whole] = body
+    return body
+
+
 def _parameters(tool: Tool) -> dict[str, Any]:
     return tool.function.parameters or {"type": "object", "properties": {}}
 
@@ -114,17 +170,23 @@ def forced_schema(tools: list[Tool] | None, generation: GenerationParams) -> dic
         raise ValueError(f"tool_choice names {forced!r}, which is not among this conversation's tools")
     if generation.tool_choice != "required":
         return None
+    defs: dict[str, Any] = {}
     one_of = [
         {
             "type": "object",
-            "properties": {"name": {"type": "string", "enum": [tool.name]}, "parameters": _parameters(tool)},
+            "properties": {
+                "name": {"type": "string", "enum": [tool.name]},
+                "parameters": embedded_schema(_parameters(tool), f"t{n}_", defs),
+            },
             "required": ["name", "parameters"],
         }
-        for tool in tools
+        for n, tool in enumerate(tools)
     ]
     schema: dict[str, Any] = {"type": "array", "minItems": 1, "items": {"anyOf": one_of}}
     if not generation.parallel_tool_calls:
         schema["maxItems"] = 1
+    if defs:
+        schema["$defs"] = defs
     return schema
 
 

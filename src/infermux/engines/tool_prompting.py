@@ -21,7 +21,7 @@ import json
 from typing import Any
 
 from infermux.configs.generation_params import GenerationParams, GuidedDecodingParams
-from infermux.engines.tool_calls import new_call_id, parse_hermes, template_messages, template_tools
+from infermux.engines.tool_calls import embedded_schema, new_call_id, parse_hermes, template_messages, template_tools
 from infermux.types import Conversation, FunctionCall, Role, Tool, ToolCall
 
 __all__ = [
@@ -99,11 +99,11 @@ def _bounded(schema: Any) -> Any:
     return out
 
 
-def _call_schema(tool: Tool) -> dict[str, Any]:
-    parameters = tool.function.parameters or {"type": "object", "properties": {}}
+def _call_schema(tool: Tool, prefix: str, defs: dict[str, Any]) -> dict[str, Any]:
+    parameters = embedded_schema(tool.function.parameters or {"type": "object", "properties": {}}, prefix, defs)
     return {
         "type": "object",
-        "properties": {"name": {"type": "string", "enum": [tool.name]}, "arguments": _bounded(parameters)},
+        "properties": {"name": {"type": "string", "enum": [tool.name]}, "arguments": parameters},
         "required": ["name", "arguments"],
         "additionalProperties": False,
     }
@@ -117,17 +117,22 @@ def forced_call_schema(tools: list[Tool] | None, generation: GenerationParams) -
     if not tools:
         return None
     forced = generation.forced_tool
+    defs: dict[str, Any] = {}
     if forced is not None:
         named = [tool for tool in tools if tool.name == forced]
         if not named:
             raise ValueError(f"tool_choice names {forced!r}, which is not among this conversation's tools")
-        return _call_schema(named[0])
-    if generation.tool_choice != "required":
+        schema = _call_schema(named[0], "", defs)
+    elif generation.tool_choice != "required":
         return None
-    one = {"anyOf": [_call_schema(tool) for tool in tools]} if len(tools) > 1 else _call_schema(tools[0])
-    if not generation.parallel_tool_calls:
-        return one
-    return {"type": "array", "minItems": 1, "maxItems": len(tools), "items": one}
+    else:
+        calls = [_call_schema(tool, f"t{n}_" if len(tools) > 1 else "", defs) for n, tool in enumerate(tools)]
+        schema = {"anyOf": calls} if len(calls) > 1 else calls[0]
+        if generation.parallel_tool_calls:
+            schema = {"type": "array", "minItems": 1, "maxItems": len(tools), "items": schema}
+    if defs:  # the tools' definitions, where their references (rewritten) point: the wrapper's root
+        schema = {**schema, "$defs": defs}
+    return _bounded(schema)  # type: ignore[no-any-return]
 
 
 def constrained_generation(conversation: Conversation, generation: GenerationParams) -> GenerationParams:
@@ -145,14 +150,15 @@ def finish(
     text: str, conversation: Conversation, generation: GenerationParams
 ) -> tuple[str | None, list[ToolCall] | None]:
     """(answer text, calls) from the generated ``text``. A forced answer cut short by ``max_new_tokens``
-    (not valid JSON) stays text, with no calls."""
+    (not valid JSON) is neither: no text (the call JSON is internal) and no calls; its finish reason,
+    ``length``, says it was cut."""
     if not _offered(conversation, generation):
         return text, None
     if forced_call_schema(conversation.tools, generation) is not None:
         try:
             data = json.loads(text)
         except ValueError:
-            return text, None
+            return None, None
         items = data if isinstance(data, list) else [data]
         calls = [
             ToolCall(id=new_call_id(), function=FunctionCall(name=item["name"], arguments=item["arguments"]))

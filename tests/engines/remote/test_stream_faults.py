@@ -19,6 +19,7 @@ from infermux.engines.registry import engine_class
 from infermux.engines.remote.anthropic.engine import AnthropicStream
 from infermux.engines.remote.gemini.engine import GeminiStream
 from infermux.engines.remote.http.sse import SseEvent, iter_lines, iter_sse
+from infermux.engines.remote.openai.format import reply as format_reply
 from infermux.engines.remote.openai.stream import ChatCompletionStream
 from infermux.engines.remote.sglang import SGLangStream
 from infermux.errors import RemoteError
@@ -172,3 +173,36 @@ def test_lines_of_any_length_are_split_from_chunks_of_any_size() -> None:
         assert asyncio.run(events(size, 2**20)) == [SseEvent("y" * 300_000), SseEvent("[DONE]")]
     with pytest.raises(ValueError, match="longer than 100000 bytes"):
         asyncio.run(events(65536, 100_000))
+
+
+def test_a_call_cut_by_the_token_limit_is_a_length_answer_without_calls_streamed_or_whole() -> None:
+    # What vLLM's server sends for a forced call cut by max_tokens: half the arguments, finish_reason length.
+    half = {"index": 0, "id": "c1", "type": "function", "function": {"name": "write_file", "arguments": '{"pa'}}
+    decoder = ChatCompletionStream(_ask())
+    _feed(decoder, {"choices": [{"index": 0, "delta": {"tool_calls": [half]}}]},
+          {"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]})  # fmt: skip
+    streamed = decoder.result()
+    whole = format_reply(
+        _ask(),
+        {
+            "model": "m",
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "length",
+                    "message": {
+                        "role": "assistant",
+                        "content": None,
+                        "tool_calls": [{k: v for k, v in half.items() if k != "index"}],
+                    },
+                }
+            ],
+        },
+    )
+    for answer in (streamed, whole):
+        assert answer.metadata["finish_reason"] == "length"
+        assert answer.last_message.tool_calls is None and not answer.last_message.content
+    done = {"index": 0, "id": "c1", "type": "function", "function": {"name": "write_file", "arguments": "{}"}}
+    kept = ChatCompletionStream(_ask())  # whole arguments cut after the call: the call stays
+    _feed(kept, {"choices": [{"index": 0, "delta": {"tool_calls": [done]}, "finish_reason": "length"}]})
+    assert [c.id for c in kept.result().last_message.tool_calls or []] == ["c1"]

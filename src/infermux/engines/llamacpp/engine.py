@@ -256,7 +256,9 @@ class LlamaCppInferenceEngine(InferenceEngine):
         prompt = await asyncio.to_thread(self._prompt, conversation, generation)
         if isinstance(prompt, RowError):
             raise InputError(prompt.message)
-        spec = await asyncio.to_thread(self._spec, tool_prompting.constrained_generation(conversation, generation))
+        constrained = tool_prompting.constrained_generation(conversation, generation)
+        spec = await asyncio.to_thread(self._spec, constrained)
+        forced = constrained is not generation
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[_Text | DecodeResult | Exception] = asyncio.Queue()
         scores = StreamedLogprobs(self._llama, generation.top_logprobs) if generation.logprobs else None
@@ -269,8 +271,9 @@ class LlamaCppInferenceEngine(InferenceEngine):
             put((delta, scores.take(len(request.tokens)) if scores is not None else None))
 
         # A stream is a chat turn: its answer's KV is kept, so the next turn evaluates only its new message.
-        request = Request(prompt, generation.max_new_tokens, spec, on_done=put, on_text=text, keep_answer=True,
-                          on_logits=scores.on_logits if scores is not None else None)  # fmt: skip
+        # A forced call's JSON is internal: it is not streamed as text; the final event carries the calls.
+        request = Request(prompt, generation.max_new_tokens, spec, on_done=put, on_text=None if forced else text,
+                          keep_answer=True, on_logits=scores.on_logits if scores is not None else None)  # fmt: skip
         self._scheduler.submit(request)
         try:
             while isinstance(item := await queue.get(), tuple):

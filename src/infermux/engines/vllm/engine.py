@@ -325,10 +325,11 @@ class VLLMInferenceEngine(InferenceEngine):
             try:
                 calls = calls_from_forced(text, generation)
             except (ValueError, KeyError, TypeError) as exc:
-                return RowError(
-                    kind=ErrorKind.MALFORMED_RESPONSE,
-                    message=f"the forced tool call is not complete JSON ({exc}); raise max_new_tokens.",
-                )
+                if completion.finish_reason != "length":
+                    return RowError(
+                        kind=ErrorKind.MALFORMED_RESPONSE, message=f"the forced tool call is not complete JSON ({exc})."
+                    )
+                calls = None  # cut by max_new_tokens: a length answer with neither the half call nor its JSON
             text = ""
         elif conversation.tools and generation.tool_choice != "none" and self._tool_parser is not None:
             text, calls = self._tool_parser(text, conversation)

@@ -12,7 +12,7 @@ from typing import Any
 from infermux.configs.generation_params import GenerationParams, GuidedDecodingParams
 from infermux.engines.remote.http.urls import endpoint_url
 from infermux.engines.remote.media import image_payload
-from infermux.engines.tool_calls import new_call_id
+from infermux.engines.tool_calls import new_call_id, whole_calls
 from infermux.samples import reply_with_samples, token_logprob
 from infermux.types import (
     ContentItem,
@@ -243,8 +243,8 @@ def parse_chat_completion(data: Any) -> tuple[str, dict[str, Any], list[ToolCall
     if content is not None and not isinstance(content, str):
         raise TypeError(f"message.content is {type(content).__name__}, expected a string")
     raw_calls = message.get("tool_calls")
-    tool_calls = parse_tool_calls(raw_calls) if raw_calls else None
     reason = choice.get("finish_reason")
+    tool_calls = whole_calls(parse_tool_calls(raw_calls), reason) if raw_calls else None
     metadata: dict[str, Any] = {
         "finish_reason": FinishReason.parse(finish_reason_for(reason, tool_calls) if tool_calls else reason),
         "model": data.get("model"),

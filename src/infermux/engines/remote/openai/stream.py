@@ -18,7 +18,7 @@ from typing import Any
 
 from infermux.engines.remote.http.sse import SseEvent
 from infermux.engines.remote.openai.format import finish_reason_for
-from infermux.engines.tool_calls import new_call_id
+from infermux.engines.tool_calls import new_call_id, whole_calls
 from infermux.errors import RemoteError
 from infermux.types import Conversation, FinishReason, FunctionCall, ToolCall, Usage
 
@@ -109,7 +109,7 @@ class ChatCompletionStream:
 
     def result(self) -> Conversation:
         metadata = dict(self._metadata)
-        calls = self.tool_calls()
+        calls = whole_calls(self.tool_calls(), metadata.get("finish_reason"))
         metadata["finish_reason"] = finish_reason_for(metadata.get("finish_reason"), calls)
         return self.conversation.with_reply(
             "".join(self._text), metadata, tool_calls=calls, reasoning_content="".join(self._reasoning) or None
