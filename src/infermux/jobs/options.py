@@ -17,6 +17,8 @@ is loaded only for engines that have prices, the cache only when it is used.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("infermux.jobs")
 
-__all__ = ["Budget", "JobOptions", "cache_wanted", "estimated_prompt_tokens", "request_of"]
+__all__ = ["Budget", "JobOptions", "cache_wanted", "estimated_prompt_tokens", "request_digest", "request_of"]
 
 
 def request_of(conversation: Conversation) -> dict[str, Any]:
@@ -47,6 +49,13 @@ def request_of(conversation: Conversation) -> dict[str, Any]:
     if tools is not None and "tools" not in request:
         request["tools"] = tools
     return request
+
+
+def request_digest(conversation: Conversation) -> str:
+    """A short digest of :func:`request_of`: what identifies a row's content for resume (an edited row,
+    same id, gets another digest)."""
+    blob = json.dumps(request_of(conversation), sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 def estimated_prompt_tokens(conversation: Conversation) -> int:
