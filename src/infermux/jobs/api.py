@@ -353,7 +353,22 @@ async def _ainfer(
     finally:
         options.close()
     engine.last_report = report
+    if files is not None and any(r is None for r in collect):
+        _fill_recorded(files, rows, collect)  # rows a previous run answered (or the whole finished job)
     return [as_conversation(rows[i].conversation, r) for i, r in enumerate(collect)]
+
+
+def _fill_recorded(files: JobFiles, rows: list[InputRow], collect: list[Conversation | RowError | None]) -> None:
+    """Fill ``collect`` with the recorded answers of rows this run did not answer: from the partial file
+    of an unfinished job, else from the output of a finished one (all its rows, in order)."""
+    if files.partial.exists():
+        position = {rows[i].row_id: i for i, r in enumerate(collect) if r is None}
+        for rid, conversation in files.recorded(position):
+            collect[position[rid]] = conversation
+    elif files.remote is None and files.output.exists():
+        answered = [Conversation.model_validate_json(line) for line in _read_lines(str(files.output))]
+        if len(answered) == len(collect):
+            collect[:] = answered
 
 
 def infer(

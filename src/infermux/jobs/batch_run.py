@@ -47,16 +47,31 @@ def run_batch_job(
     sleep: Callable[[float], None] = time.sleep,
 ) -> BatchRunReport:
     """Submit, wait, fetch, finish online (see the module docstring). ``engine`` has the batch methods
-    (``submit_batch``, ``batch_status``, ``fetch_batch``)."""
-    from infermux.jobs.api import run_job_file
-    from infermux.jobs.options import JobOptions
-    from infermux.jobs.sync import run_sync
-
+    (``submit_batch``, ``batch_status``, ``fetch_batch``). The job's lock is held throughout."""
     if not config.input_path or not config.output_path:
         raise InputError("batch run needs --input_path and --output_path.")
     if not hasattr(engine, "submit_batch"):
         raise ConfigError(f"{engine.name} has no batch API; use OPENAI, REMOTE or ANTHROPIC.")
     fingerprint = config.fingerprint()
+    from infermux.jobs.files import JobFiles
+
+    with JobFiles(config.output_path, fingerprint, job_dir=config.job_dir).locked():  # one writer per output
+        return _run_locked(engine, config, fingerprint, poll_interval, on_status, sleep)
+
+
+def _run_locked(
+    engine: Any,
+    config: InferenceConfig,
+    fingerprint: str,
+    poll_interval: float,
+    on_status: Callable[[Any], None] | None,
+    sleep: Callable[[float], None],
+) -> BatchRunReport:
+    from infermux.jobs.api import run_job_file
+    from infermux.jobs.options import JobOptions
+    from infermux.jobs.sync import run_sync
+
+    assert config.input_path is not None and config.output_path is not None
     state = engine.submit_batch(config.input_path, config.output_path, fingerprint=fingerprint)
     if on_status is not None:
         on_status(state)

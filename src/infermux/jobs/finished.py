@@ -28,7 +28,7 @@ from infermux.jobs.options import request_digest
 if TYPE_CHECKING:
     from infermux.jobs.files import JobFiles, Rows
 
-__all__ = ["IndexWriter", "finished_rows", "reopen"]
+__all__ = ["IndexWriter", "finished_rows", "index_entries", "reopen"]
 
 logger = logging.getLogger("infermux.jobs")
 _VERSION = 1
@@ -92,6 +92,16 @@ def finished_rows(files: JobFiles, rows: Rows) -> int | None:
         digest.update(_entry(row.row_id, request_digest(row.conversation)))
         count += 1
     return count if count == header.get("rows") and digest.hexdigest() == header.get("digest") else None
+
+
+def index_entries(files: JobFiles) -> dict[str, str] | None:
+    """Row id -> digest of a finished job's rows, when its config and output are as now (for a dry run)."""
+    header = _header(files)
+    if header is None or header.get("fp") != files.fingerprint or not _output_intact(files, header):
+        return None
+    with files.index.open("rb") as fh:
+        fh.readline()
+        return {row_id: digest for row_id, digest in (json.loads(line) for line in fh)}
 
 
 def reopen(files: JobFiles) -> None:

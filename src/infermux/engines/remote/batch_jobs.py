@@ -48,11 +48,24 @@ def record_batch_results(
     into the job's files, like an online job would; rows already done are kept; the output is assembled
     in input order (complete only when nothing failed or is pending)."""
     from infermux.jobs.files import JobFiles
-    from infermux.jobs.rows import iter_rows
 
     files = JobFiles(output_path, fingerprint)
     files.check_writable()
-    done_before = files.load_done()
+    with files.locked():  # one writer per output
+        return _record(files, input_path, row_ids, result_for)
+
+
+def _record(
+    files: Any,
+    input_path: str,
+    row_ids: list[str],
+    result_for: Callable[[InputRow], Conversation | RowError | None],
+) -> BatchFetchReport:
+    from infermux.jobs.finished import reopen
+    from infermux.jobs.rows import iter_rows
+
+    reopen(files)  # a finished job fetched again: its rows are done
+    done_before = files.load_done(rows=lambda: iter_rows(input_path))
     done, failed, pending = len(done_before & set(row_ids)), 0, 0
     settled: dict[str, RowError] = {}
     files.open()
