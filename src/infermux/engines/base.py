@@ -159,8 +159,13 @@ class InferenceEngine:
 
         Rows :meth:`check_conversation` refuses fail without reaching the engine; a chunk-wide exception
         becomes the error of each row that ran. Call it inside :meth:`session`. Not overridden: engines
-        implement :meth:`_infer_chunk`.
+        implement :meth:`_infer_chunk` (or :meth:`_infer_rows`: rows answered before a failure are kept).
         """
+        if self.yields_rows():
+            collected: list[Conversation | RowError | None] = [None] * len(conversations)
+            async for i, result in self.answer_each(conversations, generation):
+                collected[i] = result
+            return [r if r is not None else RowError(kind="internal", message="no result") for r in collected]
         results: list[Conversation | RowError | None] = [None] * len(conversations)
         runnable: list[int] = []
         for i, conversation in enumerate(conversations):
