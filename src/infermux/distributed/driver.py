@@ -31,7 +31,7 @@ from infermux.jobs.api import check_output_path, prepare_input
 from infermux.jobs.files import JobFiles
 from infermux.jobs.finished import finished_rows, reopen
 from infermux.jobs.loop import BatchReport, record_result
-from infermux.jobs.rows import InputRow, iter_rows, tools_fingerprint, with_default_tools
+from infermux.jobs.rows import InputRow, iter_rows, tools_fingerprint
 from infermux.types import Conversation, Tool
 
 __all__ = ["ClusterReport", "run_on_ray"]
@@ -218,8 +218,8 @@ def _run_locked(
     assert cfg.input_path is not None
     input_path = cfg.input_path
 
-    def rows() -> Iterator[InputRow]:
-        return with_default_tools(iter_rows(input_path), tools)
+    def rows() -> Iterator[InputRow]:  # as the driver records them (replicas add the default tools)
+        return iter_rows(input_path)
 
     if finished_rows(files, rows) == len(ids):
         report = ClusterReport(total=len(ids), output_path=files.destination)

@@ -30,7 +30,7 @@ from typing import Any
 from pydantic_core import to_json
 
 from infermux.errors import OutputError, RowError
-from infermux.jobs.options import request_digest
+from infermux.jobs.options import row_digest
 from infermux.jobs.rows import InputRow
 from infermux.text import scrub_surrogates
 from infermux.types import Conversation
@@ -188,7 +188,7 @@ class JobFiles:
         changed = set()
         for row in rows():
             recorded = digests.get(row.row_id)
-            if recorded and recorded != request_digest(row.conversation):
+            if recorded and recorded != row_digest(row):
                 changed.add(row.row_id)
         return changed
 
@@ -242,7 +242,7 @@ class JobFiles:
         except ValueError:  # lone UTF-16 surrogates (a reply cut inside an emoji) cannot be UTF-8
             body = _dumps(scrub_surrogates(data))
         # The conversation goes last and verbatim, so assembling the output is a byte copy.
-        head = _dumps({"id": row.row_id, "fp": self.fingerprint, "rq": request_digest(row.conversation)})[:-1]
+        head = _dumps({"id": row.row_id, "fp": self.fingerprint, "rq": row_digest(row)})[:-1]
         self._write(self._partial_fh, self.partial, head + _CONV_KEY + body + b"}\n")
 
     def append_failed(self, row: InputRow, error: RowError) -> None:

@@ -23,7 +23,7 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
-from infermux.jobs.options import request_digest
+from infermux.jobs.options import row_digest
 
 if TYPE_CHECKING:
     from infermux.jobs.files import JobFiles, Rows
@@ -89,7 +89,7 @@ def finished_rows(files: JobFiles, rows: Rows) -> int | None:
         return None
     digest, count = hashlib.sha256(), 0
     for row in rows():
-        digest.update(_entry(row.row_id, request_digest(row.conversation)))
+        digest.update(_entry(row.row_id, row_digest(row)))
         count += 1
     return count if count == header.get("rows") and digest.hexdigest() == header.get("digest") else None
 

@@ -31,11 +31,20 @@ if TYPE_CHECKING:
     from infermux.configs.inference_config import InferenceConfig
     from infermux.jobs.cache import AnswerCache
     from infermux.jobs.cost import Pricing
+    from infermux.jobs.rows import InputRow
     from infermux.types import Conversation
 
 logger = logging.getLogger("infermux.jobs")
 
-__all__ = ["Budget", "JobOptions", "cache_wanted", "estimated_prompt_tokens", "request_digest", "request_of"]
+__all__ = [
+    "Budget",
+    "JobOptions",
+    "cache_wanted",
+    "estimated_prompt_tokens",
+    "request_digest",
+    "request_of",
+    "row_digest",
+]
 
 
 def request_of(conversation: Conversation) -> dict[str, Any]:
@@ -56,6 +65,12 @@ def request_digest(conversation: Conversation) -> str:
     same id, gets another digest)."""
     blob = json.dumps(request_of(conversation), sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def row_digest(row: InputRow) -> str:
+    """The digest that identifies ``row``'s content for resume: of the row as the input has it (whichever
+    writer records it: the default tools a job adds count through the fingerprint instead)."""
+    return row.source_digest or request_digest(row.conversation)
 
 
 def estimated_prompt_tokens(conversation: Conversation) -> int:
