@@ -175,11 +175,19 @@ def describe_message(message: Message) -> str:
 
 
 def _summarise(report: BatchReport, cfg: InferenceConfig) -> int:
+    if getattr(report, "already_finished", False):
+        sys.stderr.write(
+            f"{report.output_path}: this job is already finished ({report.total} rows, same input and config): "
+            "nothing was sent. Delete the output to run it again.\n"
+        )
+        return 0
     parts = [f"{report.done} answered"]
     if report.cached:
         parts.append(f"{report.cached} of them from the answer cache")
     if report.resumed:
         parts.append(f"{report.resumed} already done")
+    if getattr(report, "changed", 0):
+        parts.append(f"{report.changed} answered again because their row changed")
     if report.failed:
         parts.append(f"{report.failed} failed")
     where = f" → {report.output_path}" if report.output_path else ""

@@ -29,6 +29,7 @@ from infermux.distributed.replica import Replica, ReplicaStartError
 from infermux.errors import EngineUnavailableError, ErrorKind, InfermuxError, OutputError, RowError, install_hint
 from infermux.jobs.api import check_output_path, prepare_input
 from infermux.jobs.files import JobFiles
+from infermux.jobs.finished import finished_rows, reopen
 from infermux.jobs.loop import BatchReport, record_result
 from infermux.jobs.rows import InputRow, iter_rows, tools_fingerprint
 from infermux.types import Conversation, Tool
@@ -203,12 +204,36 @@ def run_on_ray(
     fingerprint = tools_fingerprint(cfg.fingerprint(), tools) if tools else cfg.fingerprint()
     files = JobFiles(cfg.output_path, fingerprint, job_dir=cfg.job_dir)
     _check_engine(cfg, tools=bool(tools) or offers_tools)
+    files.check_writable()
+    with files.locked():  # one writer per output, before Ray starts
+        return _run_locked(cfg, dist, files, ids, on_progress, tools)
+
+
+def _run_locked(
+    cfg: InferenceConfig,
+    dist: DistributedParams,
+    files: JobFiles,
+    ids: list[str],
+    on_progress: Callable[[ClusterReport], None] | None,
+    tools: list[Tool] | None,
+) -> ClusterReport:
+    assert cfg.input_path is not None
+    input_path = cfg.input_path
+
+    def rows() -> Iterator[InputRow]:  # as the driver records them (replicas add the default tools)
+        return iter_rows(input_path)
+
+    if finished_rows(files, rows) == len(ids):
+        report = ClusterReport(total=len(ids), output_path=files.destination)
+        report.resumed, report.already_finished = len(ids), True
+        return report
+    reopen(files)
     ray = _import_ray()
     started_ray = _connect(ray, dist)
     try:
         plans = plan_replicas(cfg, dist, ray.cluster_resources())
         report = ClusterReport(total=len(ids), output_path=files.destination, partial_path=str(files.partial))
-        written = _already_written(files, ids)
+        written = _already_written(files, ids, rows)
         report.resumed = sum(written)
         if report.resumed < len(ids):
             _run(ray, cfg, dist, plans, files, report, written, on_progress, tools)
@@ -221,9 +246,9 @@ def run_on_ray(
             ray.shutdown()
 
 
-def _already_written(files: JobFiles, ids: list[str]) -> bytearray:
-    """One byte per input row: 1 for rows a previous run finished under this fingerprint."""
-    done = files.load_done()
+def _already_written(files: JobFiles, ids: list[str], rows: Callable[[], Iterator[InputRow]]) -> bytearray:
+    """One byte per input row: 1 for rows a previous run finished under this fingerprint (and not edited since)."""
+    done = files.load_done(rows=rows)
     return bytearray(1 if rid in done else 0 for rid in ids)
 
 

@@ -5,6 +5,7 @@ do not override:
 
 - :meth:`InferenceEngine.answer` answers a chunk of conversations, each failure a :class:`RowError`
   (the row check, exceptions turned into errors, the length check: what happens before a row runs);
+  :meth:`InferenceEngine.answer_each` does the same, yielding each row as it finishes;
 - :meth:`InferenceEngine.stream` streams one answer (the settings and the row checked first);
 - :meth:`InferenceEngine.session` holds the engine's connections open while inside (it nests);
 - :meth:`InferenceEngine.check` checks generation settings before any row runs.
@@ -15,7 +16,14 @@ protected hooks: ``setup`` (load the model, read credentials), and::
     async def _infer_chunk(self, conversations, generation) -> list[Conversation | RowError]
 
 which answers a chunk of conversations (in order; each answer is ``conversation.with_reply(text,
-metadata)``, each failure a :class:`RowError`). ``chunk_size()`` and ``max_concurrency()`` tell the
+metadata)``, each failure a :class:`RowError`). An engine whose rows finish at different times (a local
+decoder, where a short answer ends many steps before a long one) implements instead::
+
+    async def _infer_rows(self, conversations, generation) -> AsyncIterator[tuple[int, Conversation | RowError]]
+
+which yields ``(index, result)`` for each row as it finishes, in any order; the batch loop then records
+every row the moment it is done (a ``kill -9`` mid-chunk loses only the unfinished rows).
+``chunk_size()`` and ``max_concurrency()`` tell the
 batch loop how to feed it: a local engine takes large chunks one at a time (and runs its blocking
 library call through ``asyncio.to_thread``); a remote engine takes one row per chunk with many chunks
 in flight. Everything else (reading input, resume, ordering, progress, errors as data) is the batch
@@ -161,8 +169,13 @@ class InferenceEngine:
 
         Rows :meth:`check_conversation` refuses fail without reaching the engine; a chunk-wide exception
         becomes the error of each row that ran. Call it inside :meth:`session`. Not overridden: engines
-        implement :meth:`_infer_chunk`.
+        implement :meth:`_infer_chunk` (or :meth:`_infer_rows`: rows answered before a failure are kept).
         """
+        if self.yields_rows():
+            collected: list[Conversation | RowError | None] = [None] * len(conversations)
+            async for i, result in self.answer_each(conversations, generation):
+                collected[i] = result
+            return [r if r is not None else RowError(kind="internal", message="no result") for r in collected]
         results: list[Conversation | RowError | None] = [None] * len(conversations)
         runnable: list[int] = []
         for i, conversation in enumerate(conversations):
@@ -184,6 +197,48 @@ class InferenceEngine:
             for i, result in zip(runnable, out, strict=True):
                 results[i] = result
         return [r if r is not None else RowError(kind="internal", message="no result") for r in results]
+
+    async def answer_each(
+        self, conversations: list[Conversation], generation: GenerationParams
+    ) -> AsyncIterator[tuple[int, Conversation | RowError]]:
+        """:meth:`answer`, yielding ``(index, result)`` for each row as soon as it is finished (in finishing
+        order; every index exactly once). Rows of an engine that implements only :meth:`_infer_chunk` all
+        come at the end of the chunk. Not overridden: engines implement :meth:`_infer_rows`."""
+        if not self.yields_rows():
+            for pair in enumerate(await self.answer(conversations, generation)):
+                yield pair
+            return
+        runnable: list[int] = []
+        for i, conversation in enumerate(conversations):
+            problem = self.check_conversation(conversation)
+            if problem is not None:
+                yield i, problem
+            else:
+                runnable.append(i)
+        if not runnable:
+            return
+        pending = dict.fromkeys(runnable)
+        failure: RowError | None = None
+        rows = self._infer_rows([conversations[i] for i in runnable], generation)
+        try:
+            async with contextlib.aclosing(rows):  # type: ignore[type-var]
+                async for j, result in rows:
+                    index = runnable[j] if 0 <= j < len(runnable) else -1
+                    if index not in pending:
+                        raise RuntimeError(f"engine gave a result for row {j} twice or out of range")
+                    del pending[index]
+                    yield index, result
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a chunk-wide failure becomes a failure of each row not yet answered
+            failure = RowError.from_exception(exc)
+        for index in pending:
+            yield index, failure or RowError(kind="internal", message="no result")
+
+    @classmethod
+    def yields_rows(cls) -> bool:
+        """Whether this engine hands rows back one by one as they finish (it implements :meth:`_infer_rows`)."""
+        return cls._infer_rows is not InferenceEngine._infer_rows
 
     async def stream(
         self, conversation: Conversation, generation: GenerationParams | None = None
@@ -262,8 +317,23 @@ class InferenceEngine:
     async def _infer_chunk(
         self, conversations: list[Conversation], generation: GenerationParams
     ) -> list[Conversation | RowError]:
-        """Answer ``conversations`` in order. Subclasses implement this."""
-        raise NotImplementedError
+        """Answer ``conversations`` in order. Engines implement this or :meth:`_infer_rows`."""
+        if not self.yields_rows():
+            raise NotImplementedError(f"{self.name} implements neither _infer_chunk nor _infer_rows")
+        results: list[Conversation | RowError | None] = [None] * len(conversations)
+        rows = self._infer_rows(conversations, generation)
+        async with contextlib.aclosing(rows):  # type: ignore[type-var]
+            async for i, result in rows:
+                results[i] = result
+        return [r if r is not None else RowError(kind="internal", message="no result") for r in results]
+
+    async def _infer_rows(
+        self, conversations: list[Conversation], generation: GenerationParams
+    ) -> AsyncIterator[tuple[int, Conversation | RowError]]:
+        """Yield ``(index, result)`` for each of ``conversations`` as it finishes (any order, each index
+        once). Engines whose rows finish at different times implement this instead of :meth:`_infer_chunk`."""
+        for pair in enumerate(await self._infer_chunk(conversations, generation)):
+            yield pair
 
     async def _stream(self, conversation: Conversation, generation: GenerationParams) -> AsyncIterator[StreamEvent]:
         """Stream one checked answer inside a session. The default runs the whole answer and yields it once;

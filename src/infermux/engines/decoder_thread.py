@@ -8,12 +8,46 @@ NATIVE schedulers subclass :class:`DecoderThread` and write only their loop (``_
 
 from __future__ import annotations
 
+import asyncio
 import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
-__all__ = ["DecoderThread"]
+__all__ = ["DecoderThread", "emitted_rows", "thread_rows"]
 
 R = TypeVar("R")
+T = TypeVar("T")
+_END = object()
+
+
+async def emitted_rows(run: Callable[[Callable[[int, T], None]], Awaitable[object]]) -> AsyncIterator[tuple[int, T]]:
+    """Await ``run(emit)`` and yield each ``(index, result)`` it emits (from any thread), as it emits it.
+
+    This is how a local engine hands each row of a chunk to the batch loop the moment its decoder
+    finishes it (see ``InferenceEngine._infer_rows``). An exception ``run`` raises is raised here after
+    the rows it emitted; rows it never emitted are the caller's to fail.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+
+    def emit(index: int, result: T) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, (index, result))
+
+    task = asyncio.ensure_future(run(emit))
+    # Emits are scheduled before the task's completion is: the end marker comes after every row.
+    task.add_done_callback(lambda _: loop.call_soon(queue.put_nowait, _END))
+    try:
+        while (item := await queue.get()) is not _END:
+            yield item
+    finally:
+        if not task.done():  # the consumer left early: the work ends on its own; its error is not lost
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    await task
+
+
+def thread_rows(work: Callable[[Callable[[int, T], None]], object]) -> AsyncIterator[tuple[int, T]]:
+    """:func:`emitted_rows` of a blocking ``work(emit)`` run in a worker thread."""
+    return emitted_rows(lambda emit: asyncio.to_thread(work, emit))
 
 
 class DecoderThread(Generic[R]):

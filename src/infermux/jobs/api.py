@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 
 from infermux.configs.engine_type import engine_name
 from infermux.errors import InputError, OutputError, RowError
+from infermux.jobs.finished import finished_rows
 from infermux.jobs.loop import BatchReport, JobFiles, run_job
 from infermux.jobs.options import JobOptions
 from infermux.jobs.rows import (
@@ -238,14 +239,40 @@ async def _run_config_job(
     on_row: OnRow | None = None,
     tools: list[Tool] | None = None,
 ) -> BatchReport:
-    from infermux.engines.registry import build_engine
-
     if not config.input_path:
         raise InputError("no input: set input_path (or --input_path).")
     offered: list[bool] = []
     row_ids = prepare_input(config.input_path, offered_tools=offered)  # before loading a model
-    if config.output_path:
-        check_output_path(config.output_path, config.input_path)
+    if not config.output_path:
+        return await _load_and_run(config, row_ids, offered, on_progress=on_progress, on_row=on_row, tools=tools)
+    check_output_path(config.output_path, config.input_path)
+    fingerprint = config.fingerprint()
+    files = JobFiles(config.output_path, tools_fingerprint(fingerprint, tools) if tools else fingerprint,
+                     job_dir=config.job_dir)  # fmt: skip
+    files.check_writable()
+    with files.locked():  # one writer per output, before a model is loaded; a finished job loads none
+        input_path = config.input_path
+        if finished_rows(files, lambda: with_default_tools(iter_rows(input_path), tools)) == len(row_ids):
+            report = BatchReport(total=len(row_ids), resumed=len(row_ids), already_finished=True)
+            report.output_path = files.destination
+            if on_progress is not None:
+                on_progress(report)
+            return report
+        return await _load_and_run(config, row_ids, offered, on_progress=on_progress, on_row=on_row, tools=tools)
+
+
+async def _load_and_run(
+    config: InferenceConfig,
+    row_ids: list[str],
+    offered: list[bool],
+    *,
+    on_progress: OnProgress | None,
+    on_row: OnRow | None,
+    tools: list[Tool] | None,
+) -> BatchReport:
+    from infermux.engines.registry import build_engine
+
+    assert config.input_path is not None
     options = JobOptions.from_config(config)  # before loading a model: an unenforceable budget is exit 2
     try:
         engine = build_engine(config)
@@ -328,7 +355,22 @@ async def _ainfer(
     finally:
         options.close()
     engine.last_report = report
+    if files is not None and any(r is None for r in collect):
+        _fill_recorded(files, rows, collect)  # rows a previous run answered (or the whole finished job)
     return [as_conversation(rows[i].conversation, r) for i, r in enumerate(collect)]
+
+
+def _fill_recorded(files: JobFiles, rows: list[InputRow], collect: list[Conversation | RowError | None]) -> None:
+    """Fill ``collect`` with the recorded answers of rows this run did not answer: from the partial file
+    of an unfinished job, else from the output of a finished one (all its rows, in order)."""
+    if files.partial.exists():
+        position = {rows[i].row_id: i for i, r in enumerate(collect) if r is None}
+        for rid, conversation in files.recorded(position):
+            collect[position[rid]] = conversation
+    elif files.remote is None and files.output.exists():
+        answered = [Conversation.model_validate_json(line) for line in _read_lines(str(files.output))]
+        if len(answered) == len(collect):
+            collect[:] = answered
 
 
 def infer(

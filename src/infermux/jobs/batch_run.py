@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from infermux.errors import InputError
 from infermux.jobs import provider_batch
@@ -49,15 +49,31 @@ def run_batch_job(
     on_status: Callable[[BatchJobState], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> BatchRunReport:
-    """Submit, wait, fetch, finish online (see the module docstring); ``engine`` has a batch client."""
-    from infermux.jobs.api import run_job_file
-    from infermux.jobs.options import JobOptions
-    from infermux.jobs.sync import run_sync
-
+    """Submit, wait, fetch, finish online (see the module docstring); ``engine`` has a batch client. The
+    job's lock is held throughout."""
     if not config.input_path or not config.output_path:
         raise InputError("batch run needs --input_path and --output_path.")
     provider_batch.client_for(engine)  # no batch API: a clear error before anything is read
     fingerprint = config.fingerprint()
+    from infermux.jobs.files import JobFiles
+
+    with JobFiles(config.output_path, fingerprint, job_dir=config.job_dir).locked():  # one writer per output
+        return _run_locked(engine, config, fingerprint, poll_interval, on_status, sleep)
+
+
+def _run_locked(
+    engine: Any,
+    config: InferenceConfig,
+    fingerprint: str,
+    poll_interval: float,
+    on_status: Callable[[Any], None] | None,
+    sleep: Callable[[float], None],
+) -> BatchRunReport:
+    from infermux.jobs.api import run_job_file
+    from infermux.jobs.options import JobOptions
+    from infermux.jobs.sync import run_sync
+
+    assert config.input_path is not None and config.output_path is not None
     state = provider_batch.submit(engine, config.input_path, config.output_path, fingerprint=fingerprint)
     if on_status is not None:
         on_status(state)

@@ -102,6 +102,13 @@ class AnswerCache:
         value: dict[str, Any] = json.loads(blob)
         return value
 
+    def contains(self, key: str) -> bool:
+        """Whether an answer is stored under ``key`` (not counted as a hit or a miss)."""
+        with self._lock:
+            if key in self._pending:
+                return True
+            return self._db.execute("SELECT 1 FROM answers WHERE key = ?", (key,)).fetchone() is not None
+
     def put(self, key: str, value: dict[str, Any]) -> None:
         """Store ``value`` (a JSON object) under ``key``; drop the oldest answers past the size cap."""
         blob = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")

@@ -6,29 +6,61 @@ The partial and errors files sit beside the output, or in ``job_dir`` when given
 (``s3://...``, see :mod:`infermux.jobs.storage`) is assembled in that local job folder and then uploaded.
 
 A torn last line (``kill -9`` during a write) or a line written under another fingerprint is dropped
-when the job resumes.
+when the job resumes. Each line also carries a digest of what decides the row's answer (its messages and
+tools, :func:`~infermux.jobs.options.request_digest`): a row edited since it was answered (same id, other
+content) is answered again, its earlier answer moved to the stale file.
+
+A local job that finishes leaves ``<output>.done``, the finished-job index (:mod:`infermux.jobs.finished`):
+a rerun of the same job on the same input sends nothing. A writer holds the job's lock
+(:mod:`infermux.jobs.lock`) while it writes, and a failure to write these files stops the job
+(:class:`JobWriteError`): rows recorded before it are kept.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from pydantic_core import to_json
 
 from infermux.errors import OutputError, RowError
+from infermux.jobs.options import row_digest
 from infermux.jobs.rows import InputRow
 from infermux.text import scrub_surrogates
 from infermux.types import Conversation
 
-__all__ = ["JobFiles"]
+__all__ = ["JobFiles", "JobWriteError"]
 
 logger = logging.getLogger("infermux.jobs")
+
+Rows = Callable[[], Iterable[InputRow]]
+
+_REASONS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EFBIG: "the file cannot grow any larger (file system or process file-size limit)",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+}
+
+
+class JobWriteError(OutputError):
+    """The job's own files cannot be written: the job stops (rows recorded before are kept)."""
+
+
+def write_failed(path: Path | str, exc: OSError) -> JobWriteError:
+    reason = _REASONS.get(exc.errno or 0) or exc.strerror or str(exc)
+    return JobWriteError(
+        f"{path}: cannot write the job's files ({reason}). The job stopped sending rows; every row recorded "
+        "so far is kept. Fix the cause (free space, permissions), then rerun the same command to finish the job."
+    )
 
 
 class JobFiles:
@@ -61,9 +93,26 @@ class JobFiles:
         #: starts: the same records as the partial file's.
         self.stale = folder / (self.output.name + ".stale.jsonl")
         self.stale_rows = 0
+        #: The finished-job index, written when the job is complete (:mod:`infermux.jobs.finished`).
+        self.index = folder / (self.output.name + ".done")
+        self.lock_path = folder / (self.output.name + ".lock")
+        #: Rows whose content changed since they were answered (found by the last :meth:`load_done`).
+        self.changed_rows = 0
         self.fingerprint = fingerprint
         self._partial_fh: Any = None
         self._errors_fh: Any = None
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold this job's lock while inside (one writer per output; see :mod:`infermux.jobs.lock`)."""
+        from infermux.jobs.lock import job_lock
+
+        if self.folder != self.output.parent or self.remote is not None:
+            self.check_writable()  # the job folder must exist to hold the lock file
+        with job_lock(self.lock_path, self.destination):
+            yield
+        if self._own_folder:  # the lock file was the last thing in a finished job's own folder
+            self._remove_own_folder()
 
     def check_writable(self) -> None:
         if self.folder != self.output.parent or self.remote is not None:
@@ -83,100 +132,173 @@ class JobFiles:
         if not os.access(parent, os.W_OK):
             raise OutputError(f"{parent}: output directory is not writable. Choose another --output_path.")
 
-    def load_done(self, *, compact: bool = True) -> set[str]:
+    def load_done(self, *, compact: bool = True, rows: Rows | None = None) -> set[str]:
         """Row ids already finished under this fingerprint.
 
+        With ``rows`` (the input rows), a recorded row whose content changed since it was answered (same
+        id, another :func:`~infermux.jobs.options.request_digest`) is not done; ``changed_rows`` counts them.
         With ``compact`` the partial file is rewritten without torn lines and repeated rows, and rows
-        answered under another fingerprint (the config changed since) are moved to :attr:`stale`
-        (appended), never dropped; ``stale_rows`` counts them. Without it (a dry run) nothing is written.
+        answered under another fingerprint (the config changed since) or before their row was edited are
+        moved to :attr:`stale` (appended), never dropped; ``stale_rows`` counts them. Without it (a dry run)
+        nothing is written.
         """
-        self.stale_rows = 0
+        self.stale_rows = self.changed_rows = 0
         if not self.partial.exists():
             return set()
-        done: set[str] = set()
-        keep: list[bytes] = []
+        digests: dict[str, str] = {}
+        keep: list[tuple[str, bytes]] = []
         stale: list[bytes] = []
         dirty = False
         with self.partial.open("rb") as fh:
             for raw in fh:
                 record = _parse_record(raw)
-                if record is None or record.get("id") in done:
+                if record is None or record.get("id") in digests:
                     dirty = True
                 elif record.get("fp") != self.fingerprint:
                     dirty = True
                     stale.append(raw)
                 else:
-                    done.add(record["id"])
-                    keep.append(raw)
+                    digests[record["id"]] = str(record.get("rq") or "")
+                    keep.append((record["id"], raw))
+        changed = self._changed(digests, rows) if rows is not None else set()
+        if changed:
+            dirty = True
+            self.changed_rows = len(changed)
+            stale += [raw for rid, raw in keep if rid in changed]
+            keep = [(rid, raw) for rid, raw in keep if rid not in changed]
+            shown = ", ".join(sorted(changed)[:3]) + (", ..." if len(changed) > 3 else "")
+            logger.warning(
+                "%d rows changed since they were answered (%s): they are answered again%s",
+                len(changed),
+                shown,
+                f"; their earlier answers are moved to {self.stale}" if compact else "",
+            )
         if dirty and compact:
-            if stale:
-                with self.stale.open("ab") as out:
-                    out.writelines(stale)
-                    out.flush()
-                    os.fsync(out.fileno())
-                self.stale_rows = len(stale)
+            try:
+                self._compact(keep, stale, len(stale) - len(changed))
+            except OSError as exc:
+                raise write_failed(self.partial, exc) from None
+        return set(digests) - changed
+
+    @staticmethod
+    def _changed(digests: dict[str, str], rows: Rows) -> set[str]:
+        """Ids of recorded rows (``digests``: id -> recorded digest) whose input content is now different."""
+        if not any(digests.values()):  # written before digests were recorded: nothing to compare
+            return set()
+        changed = set()
+        for row in rows():
+            recorded = digests.get(row.row_id)
+            if recorded and recorded != row_digest(row):
+                changed.add(row.row_id)
+        return changed
+
+    def _compact(self, keep: list[tuple[str, bytes]], stale: list[bytes], other_config: int) -> None:
+        if stale:
+            with self.stale.open("ab") as out:
+                out.writelines(stale)
+                out.flush()
+                os.fsync(out.fileno())
+            self.stale_rows = len(stale)
+            if other_config:
                 logger.warning(
                     "%d rows were answered under a different config (model, generation or engine settings "
                     "changed): they are not reused, and were moved to %s",
-                    self.stale_rows,
+                    other_config,
                     self.stale,
                 )
-            tmp = self.partial.with_name(self.partial.name + ".tmp")
-            with tmp.open("wb") as out:
-                out.writelines(keep)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, self.partial)
-        return done
+        tmp = self.partial.with_name(self.partial.name + ".tmp")
+        with tmp.open("wb") as out:
+            out.writelines(raw for _, raw in keep)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, self.partial)
+
+    def recorded(self, ids: Iterable[str]) -> Iterator[tuple[str, Conversation]]:
+        """The recorded answers of ``ids`` (under this fingerprint), from the partial file."""
+        wanted = set(ids)
+        if not wanted or not self.partial.exists():
+            return
+        with self.partial.open("rb") as fh:
+            for raw in fh:
+                record = _parse_record(raw)
+                if record is not None and record["id"] in wanted and record.get("fp") == self.fingerprint:
+                    wanted.discard(record["id"])
+                    yield record["id"], Conversation.model_validate_json(_conversation_bytes(raw))
 
     def open(self) -> None:
-        self._partial_fh = self.partial.open("ab")
-        self._errors_fh = self.errors.open("wb")
+        try:  # unbuffered: each row is one write, and a failed write leaves nothing behind to flush later
+            self._partial_fh = self.partial.open("ab", buffering=0)
+            self._errors_fh = self.errors.open("wb", buffering=0)
+        except OSError as exc:
+            self.close()
+            raise write_failed(self.folder, exc) from None
 
     def append_done(self, row: InputRow, conversation: Conversation) -> None:
-        """Record a finished row. Raises (nothing written) when it cannot be serialised at all."""
+        """Record a finished row. Raises (nothing written) when it cannot be serialised at all, and
+        :class:`JobWriteError` when the file cannot be written."""
         data = conversation.to_json_dict()
         try:
             body = _dumps(data)
         except ValueError:  # lone UTF-16 surrogates (a reply cut inside an emoji) cannot be UTF-8
             body = _dumps(scrub_surrogates(data))
         # The conversation goes last and verbatim, so assembling the output is a byte copy.
-        head = _dumps({"id": row.row_id, "fp": self.fingerprint})[:-1]
-        self._partial_fh.write(head + _CONV_KEY + body + b"}\n")
-        self._partial_fh.flush()
+        head = _dumps({"id": row.row_id, "fp": self.fingerprint, "rq": row_digest(row)})[:-1]
+        self._write(self._partial_fh, self.partial, head + _CONV_KEY + body + b"}\n")
 
     def append_failed(self, row: InputRow, error: RowError) -> None:
         record = {"id": row.row_id, "index": row.index, "line": row.line, "fp": self.fingerprint}
         record.update(error.to_json_dict())
-        self._errors_fh.write(_dumps(scrub_surrogates(record)) + b"\n")
-        self._errors_fh.flush()
+        self._write(self._errors_fh, self.errors, _dumps(scrub_surrogates(record)) + b"\n")
+
+    @staticmethod
+    def _write(fh: Any, path: Path, data: bytes) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[fh.write(view) :]
+        except OSError as exc:
+            raise write_failed(path, exc) from None
 
     def close(self) -> None:
         for fh in (self._partial_fh, self._errors_fh):
             if fh is not None:
-                fh.close()
+                with contextlib.suppress(OSError):
+                    fh.close()
         self._partial_fh = self._errors_fh = None
 
     def assemble(self, ordered_ids: Iterable[str], *, complete: bool) -> int:
-        """Write the finished rows in input order to the output, atomically; return how many."""
-        offsets: dict[str, int] = {}
+        """Write the finished rows in input order to the output, atomically; return how many. A complete
+        job leaves its finished-job index instead of the partial and errors files."""
+        try:
+            return self._assemble(ordered_ids, complete=complete)
+        except OSError as exc:
+            raise write_failed(self.output, exc) from None
+
+    def _assemble(self, ordered_ids: Iterable[str], *, complete: bool) -> int:
+        from infermux.jobs import finished
+
+        offsets: dict[str, tuple[int, str]] = {}
         with self.partial.open("rb") as fh:
             pos = 0
             for raw in fh:
                 record = _parse_record(raw)
                 if record is not None and record.get("fp") == self.fingerprint:
-                    offsets.setdefault(record["id"], pos)
+                    offsets.setdefault(record["id"], (pos, str(record.get("rq") or "")))
                 pos += len(raw)
         tmp = self.output.with_name(f".{self.output.name}.{os.getpid()}.tmp")
+        # A local output keeps a finished-job index (an uploaded one relies on the answer cache).
+        index = finished.IndexWriter(self) if complete and self.remote is None else None
         written = 0
         try:
             with self.partial.open("rb") as src, tmp.open("wb") as out:
                 for rid in ordered_ids:
-                    offset = offsets.get(rid)
-                    if offset is None:
+                    found = offsets.get(rid)
+                    if found is None:
                         continue
-                    src.seek(offset)
+                    src.seek(found[0])
                     out.write(_conversation_bytes(src.readline()) + b"\n")
+                    if index is not None:
+                        index.add(rid, found[1])
                     written += 1
                 out.flush()
                 os.fsync(out.fileno())
@@ -184,6 +306,8 @@ class JobFiles:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
+        if index is not None:
+            index.finish(written)
         if self.remote is not None:
             from infermux.jobs.storage import upload
 

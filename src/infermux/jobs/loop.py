@@ -19,6 +19,7 @@ With :class:`~infermux.jobs.options.JobOptions` the loop also answers rows from 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -28,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 from infermux.errors import RowError
 from infermux.jobs.cache import cache_key
 from infermux.jobs.cost import CostTotals, price_answer
-from infermux.jobs.files import JobFiles
+from infermux.jobs.files import JobFiles, JobWriteError
+from infermux.jobs.finished import finished_rows, reopen
 from infermux.jobs.options import Budget, JobOptions, estimated_prompt_tokens, request_of
 from infermux.jobs.rows import InputRow
 from infermux.text import scrub_reply
@@ -65,6 +67,11 @@ class BatchReport:
     errors_path: str | None = None
     #: The finished rows of an unfinished job (the resume state), when the job writes a file.
     partial_path: str | None = None
+    already_finished: bool = False
+    """The job had already finished, on the same rows and config: nothing was sent (``resumed`` counts
+    every row)."""
+    changed: int = 0
+    """Rows answered again because their content changed since they were answered."""
 
     @property
     def finished(self) -> int:
@@ -106,9 +113,12 @@ async def run_chunks(
     lookup: Callable[[InputRow], Conversation | RowError | None] | None = None,
 ) -> None:
     """Feed ``rows`` to the engine in chunks, ``engine.max_concurrency()`` chunks at a time; rows that
-    ``lookup`` answers (the cache) skip the engine."""
+    ``lookup`` answers (the cache) skip the engine. Each row goes to ``on_result`` as soon as it is finished
+    (on engines that hand rows back one by one, before the rest of its chunk). An exception ``on_result``
+    raises (the job's own files cannot be written) stops every worker: no further row is sent."""
     size = max(1, engine.chunk_size(generation))
     workers = max(1, engine.max_concurrency())
+    each = engine.yields_rows()
     # Workers pull from one shared iterator (``next`` never awaits, so no two workers interleave inside
     # it): no feeder task and no queue hand-off per chunk, which matters at one row per chunk.
     chunks = _chunks(rows, size)
@@ -126,11 +136,26 @@ async def run_chunks(
                 chunk = misses
                 if not chunk:
                     continue
-            answers = await engine.answer([row.conversation for row in chunk], generation)
-            for row, result in zip(chunk, answers, strict=True):
-                on_result(row, result)
+            conversations = [row.conversation for row in chunk]
+            if each:
+                results = engine.answer_each(conversations, generation)
+                async with contextlib.aclosing(results):  # type: ignore[type-var]
+                    async for index, result in results:
+                        on_result(chunk[index], result)
+            else:
+                for row, result in zip(chunk, await engine.answer(conversations, generation), strict=True):
+                    on_result(row, result)
 
-    await asyncio.gather(*(work() for _ in range(workers)))
+    if workers == 1:
+        await work()
+        return
+    tasks = [asyncio.ensure_future(work()) for _ in range(workers)]
+    try:
+        await asyncio.gather(*tasks)
+    finally:  # one worker failed (or the job was cancelled): the others stop too, before anything else runs
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _count_usage(report: BatchReport, conversation: Conversation) -> None:
@@ -152,7 +177,9 @@ def record_result(
         if files is not None:
             try:
                 files.append_done(row, result)
-            except Exception as exc:  # a row that cannot be recorded is that row's failure, not the job's
+            except JobWriteError:  # the job's file cannot be written: the job stops (see run_chunks)
+                raise
+            except Exception as exc:  # a row that cannot be serialised is that row's failure, not the job's
                 logger.debug("row %s could not be recorded", row.row_id, exc_info=True)
                 result = RowError(
                     kind="output_error",
@@ -186,18 +213,51 @@ async def run_job(
     known not to be worth another request (a Batch API said the request itself is wrong)."""
     options = options or JobOptions()
     report = BatchReport(total=len(row_ids))
+    if files is None:
+        return await _run_rows(engine, rows, generation, report, None, set(), on_row, on_progress, options, settled)
+    files.check_writable()
+    with files.locked():
+        report.output_path = files.destination
+        report.partial_path = str(files.partial)
+        if finished_rows(files, rows) == report.total:
+            report.resumed, report.already_finished, report.partial_path = report.total, True, None
+            logger.info("%s: the job is already finished; nothing to send", files.destination)
+            if on_progress is not None:
+                on_progress(report)
+            return report
+        reopen(files)
+        done = files.load_done(rows=rows) & set(row_ids)
+        report.resumed, report.changed = len(done), files.changed_rows
+        if options.cache is not None and done:
+            _backfill_cache(options.cache, options.fingerprint, files, rows, done)
+        files.open()
+        try:
+            await _run_rows(engine, rows, generation, report, files, done, on_row, on_progress, options, settled)
+        finally:
+            files.close()
+        files.assemble(row_ids, complete=report.failed == 0 and report.not_started == 0)
+        if report.failed:
+            report.errors_path = str(files.errors)
+        return report
+
+
+async def _run_rows(
+    engine: InferenceEngine,
+    rows: Callable[[], Iterable[InputRow]],
+    generation: GenerationParams,
+    report: BatchReport,
+    files: JobFiles | None,
+    done: set[str],
+    on_row: OnResult | None,
+    on_progress: Callable[[BatchReport], None] | None,
+    options: JobOptions,
+    settled: Mapping[str, RowError] | None,
+) -> BatchReport:
+    """The rows not ``done`` through the engine, each recorded in ``files`` (already open) as it finishes."""
     cache, pricing = options.cache, options.pricing
     budget = Budget(options.max_cost) if options.max_cost is not None and pricing is not None else None
     reserved: dict[str, float] = {}
     keys: dict[str, str] = {}
-    done: set[str] = set()
-    if files is not None:
-        files.check_writable()
-        done = files.load_done() & set(row_ids)
-        report.resumed = len(done)
-        report.output_path = files.destination
-        report.partial_path = str(files.partial)
-        files.open()
 
     def on_result(row: InputRow, result: Conversation | RowError) -> None:
         key = keys.pop(row.row_id, None)
@@ -261,23 +321,33 @@ async def run_job(
 
     if on_progress is not None:
         on_progress(report)  # once before any row: progress displays get the report (and the total)
-    try:
-        async with engine.session():
-            use_lookup = cache is not None or bool(settled)
-            # Nothing to skip and no budget (in-memory jobs): the rows as they come, without a filter.
-            pending = todo() if done or budget is not None else rows()
-            plain = cache is None and pricing is None  # no pricing: no budget either
-            await run_chunks(
-                engine, pending, generation, on_plain_result if plain else on_result, lookup if use_lookup else None
-            )
-    finally:
-        if files is not None:
-            files.close()
-    if files is not None:
-        files.assemble(row_ids, complete=report.failed == 0 and report.not_started == 0)
-        if report.failed:
-            report.errors_path = str(files.errors)
+    async with engine.session():
+        use_lookup = cache is not None or bool(settled)
+        # Nothing to skip and no budget (in-memory jobs): the rows as they come, without a filter.
+        pending = todo() if done or budget is not None else rows()
+        plain = cache is None and pricing is None  # no pricing: no budget either
+        await run_chunks(
+            engine, pending, generation, on_plain_result if plain else on_result, lookup if use_lookup else None
+        )
     return report
+
+
+def _backfill_cache(cache: AnswerCache, fingerprint: str, files: JobFiles, rows: Callable[[], Iterable[InputRow]],
+                    done: set[str]) -> None:  # fmt: skip
+    """Put the recorded rows the answer cache lacks into it (rows recorded just before a crash, which the
+    cache had not written yet), so that every recorded row is in the cache."""
+    missing: dict[str, tuple[str, Conversation]] = {}
+    try:
+        for row in rows():
+            if row.row_id in done:
+                key = cache_key(fingerprint, request_of(row.conversation))
+                if not cache.contains(key):
+                    missing[row.row_id] = (key, row.conversation)
+        for rid, answered in files.recorded(missing):
+            key, original = missing[rid]
+            _remember(cache, key, original, answered)
+    except Exception:  # a locked or damaged cache: the job runs without the backfill
+        logger.warning("the answer cache could not be completed from the partial file", exc_info=True)
 
 
 def _estimate_cost(

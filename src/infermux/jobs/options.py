@@ -17,6 +17,8 @@ is loaded only for engines that have prices, the cache only when it is used.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -30,11 +32,20 @@ if TYPE_CHECKING:
     from infermux.configs.inference_config import InferenceConfig
     from infermux.jobs.cache import AnswerCache
     from infermux.jobs.cost import Pricing
+    from infermux.jobs.rows import InputRow
     from infermux.types import Conversation
 
 logger = logging.getLogger("infermux.jobs")
 
-__all__ = ["Budget", "JobOptions", "cache_wanted", "estimated_prompt_tokens", "request_of"]
+__all__ = [
+    "Budget",
+    "JobOptions",
+    "cache_wanted",
+    "estimated_prompt_tokens",
+    "request_digest",
+    "request_of",
+    "row_digest",
+]
 
 
 def request_of(conversation: Conversation) -> dict[str, Any]:
@@ -62,6 +73,19 @@ def _known_items(content: Any) -> Any:
     if not isinstance(content, list):
         return content
     return [item if item.keys() <= _ITEM_KEYS else {k: item[k] for k in item if k in _ITEM_KEYS} for item in content]
+
+
+def request_digest(conversation: Conversation) -> str:
+    """A short digest of :func:`request_of`: what identifies a row's content for resume (an edited row,
+    same id, gets another digest)."""
+    blob = json.dumps(request_of(conversation), sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def row_digest(row: InputRow) -> str:
+    """The digest that identifies ``row``'s content for resume: of the row as the input has it (whichever
+    writer records it: the default tools a job adds count through the fingerprint instead)."""
+    return row.source_digest or request_digest(row.conversation)
 
 
 def estimated_prompt_tokens(conversation: Conversation) -> int:

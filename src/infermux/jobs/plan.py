@@ -13,7 +13,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from infermux.configs.engine_type import engine_name
-from infermux.jobs.options import cache_wanted, estimated_prompt_tokens, request_of
+from infermux.jobs import finished
+from infermux.jobs.files import JobFiles
+from infermux.jobs.finished import finished_rows
+from infermux.jobs.lock import holder
+from infermux.jobs.options import cache_wanted, estimated_prompt_tokens, request_digest, request_of
 from infermux.jobs.rows import iter_rows, validate_file
 
 if TYPE_CHECKING:
@@ -33,14 +37,26 @@ class JobPlan:
     cost_online: float | None
     cost_batch: float | None
     minutes_at_limits: float | None
+    #: The output is a finished job on these rows and config: a run would send nothing.
+    finished: bool = False
+    #: Rows recorded before their content was edited: they would be answered again.
+    changed: int = 0
+    #: The PID of a run writing this output now (it holds the job's lock), if any.
+    running_pid: int | None = None
 
     def describe(self, engine: str, model: str) -> str:
         def money(value: float | None) -> str:
             return "cost unknown" if value is None else f"${value:.4f}"
 
-        lines = [
-            f"dry run: {engine} {model} (nothing sent, no model loaded)",
-            f"rows: {self.rows} ({self.already_done} already done, {self.cached} in the answer cache, "
+        lines = [f"dry run: {engine} {model} (nothing sent, no model loaded)"]
+        if self.running_pid is not None:
+            lines.append(f"note: a run (PID {self.running_pid}) is writing this output now; these counts will change")
+        if self.finished:
+            lines.append(f"rows: {self.rows}: the job is already finished (same input and config); nothing to send")
+            return "\n".join(lines)
+        changed = f", {self.changed} changed since they were answered" if self.changed else ""
+        lines += [
+            f"rows: {self.rows} ({self.already_done} already done{changed}, {self.cached} in the answer cache, "
             f"{self.to_send} to send)",
             f"estimated input tokens: {self.prompt_tokens} (characters / 4)",
             f"completion tokens: at most {self.max_completion_tokens} (max_new_tokens per row)",
@@ -57,15 +73,23 @@ class JobPlan:
 def plan_job(config: InferenceConfig) -> JobPlan:
     from infermux.errors import InputError
     from infermux.jobs.cost import PRICE_PROVIDERS, pricing_for
-    from infermux.jobs.files import JobFiles
 
     if not config.input_path:
         raise InputError("no input: set input_path (or --input_path).")
     ids = validate_file(config.input_path)
     fingerprint = config.fingerprint()
     done: set[str] = set()
+    changed, running = 0, None
     if config.output_path:
-        done = JobFiles(config.output_path, fingerprint, job_dir=config.job_dir).load_done(compact=False) & set(ids)
+        input_path = config.input_path
+        files = JobFiles(config.output_path, fingerprint, job_dir=config.job_dir)
+        running = holder(files.lock_path) if files.lock_path.exists() else None
+        if finished_rows(files, lambda: iter_rows(input_path)) == len(ids):
+            return JobPlan(len(ids), len(ids), 0, 0, 0, 0, 0.0, 0.0, None, finished=True, running_pid=running)
+        done = files.load_done(compact=False, rows=lambda: iter_rows(input_path)) & set(ids)
+        changed = files.changed_rows
+        if not done and files.index.exists():  # a finished job whose input changed: its unchanged rows are done
+            done, changed = _finished_done(files, input_path)
     cache = None
     if cache_wanted(config.cache, config.generation):
         from infermux.jobs.cache import AnswerCache, cache_key
@@ -103,4 +127,22 @@ def plan_job(config: InferenceConfig) -> JobPlan:
             if limit
         ]
         minutes = max(spans) if spans else None
-    return JobPlan(len(ids), len(done), cached, to_send, prompt, completion, online, batch, minutes)
+    return JobPlan(len(ids), len(done), cached, to_send, prompt, completion, online, batch, minutes,
+                   changed=changed, running_pid=running)  # fmt: skip
+
+
+def _finished_done(files: JobFiles, input_path: str) -> tuple[set[str], int]:
+    """The rows of a finished job's index still done on the current input (same id and content), and how
+    many of its rows changed; nothing when the config or the output changed (every row runs again)."""
+    entries = finished.index_entries(files)
+    if entries is None:
+        return set(), 0
+    done, changed = set(), 0
+    for row in iter_rows(input_path):
+        digest = entries.get(row.row_id)
+        if digest is not None:
+            if digest == request_digest(row.conversation):
+                done.add(row.row_id)
+            else:
+                changed += 1
+    return done, changed

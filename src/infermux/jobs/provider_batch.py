@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from infermux.configs.engine_type import engine_name
 from infermux.engines.batch_client import BatchInfo, BatchInput
 from infermux.errors import ConfigError, ErrorKind, InfermuxError, RowError
 from infermux.jobs.api import engine_fingerprint
@@ -237,11 +238,27 @@ async def afetch(
         for shard in state.shards:
             if shard.terminal and shard.batch_id:
                 records.update(await client.results(_info(shard)))
-    pricing = pricing_for(str(getattr(engine.engine_type, "value", engine.engine_type)), engine.model_params.model_name)
+    pricing = pricing_for(engine_name(engine.engine_type), engine.model_params.model_name)
 
     files = JobFiles(output_path, fingerprint)
     files.check_writable()
-    done_before = files.load_done() & set(row_ids)
+    with files.locked():  # one writer per output
+        return _record_fetched(files, client, state, input_path, row_ids, records, pricing)
+
+
+def _record_fetched(
+    files: JobFiles,
+    client: BatchClient,
+    state: BatchJobState,
+    input_path: str,
+    row_ids: list[str],
+    records: dict[str, Any],
+    pricing: Any,
+) -> BatchFetchReport:
+    from infermux.jobs.finished import reopen
+
+    reopen(files)  # a finished job fetched again: its rows are done
+    done_before = files.load_done(rows=lambda: iter_rows(input_path)) & set(row_ids)
     report = BatchReport(total=len(row_ids), resumed=len(done_before))
     pending = 0
     settled: dict[str, RowError] = {}

@@ -44,6 +44,9 @@ class InputRow:
     line: int
     row_id: str
     conversation: Conversation
+    #: The digest of the row as the input has it, when ``conversation`` was completed from elsewhere (the
+    #: default ``--tools``, which count through the fingerprint): see :func:`infermux.jobs.options.row_digest`.
+    source_digest: str | None = None
 
 
 def row_id_for(index: int, conversation_id: str | None, raw: bytes) -> str:
@@ -215,10 +218,12 @@ def _scan(path: Path | str) -> Iterator[InputRow | InputError]:
 
 def with_default_tools(rows: Iterable[InputRow], tools: Sequence[Tool] | None) -> Iterator[InputRow]:
     """``rows``, each row without ``tools`` given ``tools`` (the CLI's ``--tools FILE``)."""
+    from infermux.jobs.options import request_digest
+
     for row in rows:
         if tools and not row.conversation.tools:
             conversation = row.conversation.model_copy(update={"tools": list(tools)})
-            row = dataclasses.replace(row, conversation=conversation)
+            row = dataclasses.replace(row, conversation=conversation, source_digest=request_digest(row.conversation))
         yield row
 
 

@@ -35,9 +35,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import difflib
+import functools
 import inspect
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from infermux.configs.engine_type import InferenceEngineType
@@ -45,6 +46,7 @@ from infermux.configs.generation_params import GenerationParams
 from infermux.engines import tool_prompting
 from infermux.engines.base import InferenceEngine, StreamEvent, remember
 from infermux.engines.capabilities import Capabilities
+from infermux.engines.decoder_thread import thread_rows
 from infermux.engines.llamacpp.cpu import load_summary, model_defaults
 from infermux.engines.llamacpp.decode import DecodeResult, MultiSequenceDecoder, Request, SamplingSpec
 from infermux.engines.llamacpp.grammar import grammar_for
@@ -161,18 +163,31 @@ class LlamaCppInferenceEngine(InferenceEngine):
         super()._check(generation, tools=tools)
         self._spec(generation)  # an invalid grammar or bias fails before the job starts
 
-    async def _infer_chunk(
+    async def _infer_rows(
         self, conversations: list[Conversation], generation: GenerationParams
-    ) -> list[Conversation | RowError]:
-        return await asyncio.to_thread(self._generate, conversations, generation)
+    ) -> AsyncIterator[tuple[int, Conversation | RowError]]:
+        # Each row is handed back the moment the decoder finishes it (the job records it at once).
+        async for item in thread_rows(functools.partial(self._generate, conversations, generation)):
+            yield item
 
     def _generate(
-        self, conversations: list[Conversation], generation: GenerationParams
-    ) -> list[Conversation | RowError]:
+        self,
+        conversations: list[Conversation],
+        generation: GenerationParams,
+        emit: Callable[[int, Conversation | RowError], None],
+    ) -> None:
+        """Answer ``conversations`` (blocking), passing each row to ``emit(index, result)`` as it finishes."""
         prompts: list[list[int] | RowError] = [self._prompt(c, generation) for c in conversations]
+        for index, prompt in enumerate(prompts):
+            if isinstance(prompt, RowError):
+                emit(index, prompt)
         if wants_samples(generation):
             runnable = [p for p in prompts if not isinstance(p, RowError)]
-            return self._generate_samples(conversations, prompts, runnable, generation, self._spec(generation))
+            out = self._generate_samples(conversations, prompts, runnable, generation, self._spec(generation))
+            for index, result in enumerate(out):
+                if not isinstance(prompts[index], RowError):
+                    emit(index, result)
+            return
         # Rows whose tool_choice forces a call decode under their tools' grammar: one scheduler call per grammar.
         groups: dict[str, list[int]] = {}
         settings: dict[str, GenerationParams] = {}
@@ -182,23 +197,15 @@ class LlamaCppInferenceEngine(InferenceEngine):
                 key = row_generation.model_dump_json()
                 groups.setdefault(key, []).append(index)
                 settings[key] = row_generation
-        results: dict[int, DecodeResult | Exception] = {}
         for key, rows in groups.items():
             spec = self._spec(settings[key])
             runnable = [p for p in (prompts[i] for i in rows) if not isinstance(p, RowError)]
-            decoded = self._scheduler.generate(runnable, generation.max_new_tokens, spec)
-            results.update(zip(rows, decoded, strict=True))
-        out: list[Conversation | RowError] = []
-        for index, (conv, prompt) in enumerate(zip(conversations, prompts, strict=True)):
-            if isinstance(prompt, RowError):
-                out.append(prompt)
-                continue
-            result = results[index]
-            if isinstance(result, Exception):
-                out.append(RowError.from_exception(result))
-            else:
-                out.append(self._reply(conv, prompt, result, generation))
-        return out
+            for k, decoded in self._scheduler.generate_each(runnable, generation.max_new_tokens, spec):
+                index = rows[k]
+                if isinstance(decoded, Exception):
+                    emit(index, RowError.from_exception(decoded))
+                else:
+                    emit(index, self._reply(conversations[index], runnable[k], decoded, generation))
 
     def _generate_samples(
         self,

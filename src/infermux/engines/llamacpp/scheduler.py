@@ -9,8 +9,8 @@ decoder drops it at the next step and frees its slot.
 from __future__ import annotations
 
 import functools
-import threading
-from collections.abc import Callable, Sequence
+import queue
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from infermux.engines.decoder_thread import DecoderThread
@@ -36,24 +36,28 @@ class DecodeScheduler(DecoderThread[Request]):
         """Answer ``prompts`` (blocking); they share the decoder with whatever else is running.
         ``on_logits(prompt index, token, logits)`` sees every sampled token (log-probabilities)."""
         results: list[DecodeResult | Exception] = [RuntimeError("not run")] * len(prompts)
-        remaining = [len(prompts)]
-        finished = threading.Event()
-        lock = threading.Lock()
+        for i, outcome in self.generate_each(prompts, max_new_tokens, spec, on_logits):
+            results[i] = outcome
+        return results
+
+    def generate_each(
+        self,
+        prompts: Sequence[list[int]],
+        max_new_tokens: int,
+        spec: SamplingSpec,
+        on_logits: Callable[[int, int, Any], None] | None = None,
+    ) -> Iterator[tuple[int, DecodeResult | Exception]]:
+        """:meth:`generate`, yielding ``(prompt index, result)`` as each sequence finishes (blocking)."""
+        finished: queue.SimpleQueue[tuple[int, DecodeResult | Exception]] = queue.SimpleQueue()
 
         def done(outcome: DecodeResult | Exception, i: int) -> None:
-            results[i] = outcome
-            with lock:
-                remaining[0] -= 1
-                if remaining[0] == 0:
-                    finished.set()
+            finished.put((i, outcome))
 
-        if not prompts:
-            return results
         for i, prompt in enumerate(prompts):
             logits = functools.partial(on_logits, i) if on_logits is not None else None
             self.submit(Request(list(prompt), max_new_tokens, spec, functools.partial(done, i=i), on_logits=logits))
-        finished.wait()
-        return results
+        for _ in prompts:
+            yield finished.get()
 
     def _run(self) -> None:
         decoder = self.decoder

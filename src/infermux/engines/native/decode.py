@@ -215,6 +215,7 @@ def decode(
     should_stop: Callable[[int, list[int]], bool] | None = None,
     generator: torch.Generator | None = None,
     on_step: Callable[[list[int], torch.Tensor, torch.Tensor], None] | None = None,
+    on_finish: Callable[[int, list[int]], None] | None = None,
 ) -> list[list[int]]:
     """Generate up to ``max_new_tokens`` for each prompt; return the new token ids per row.
 
@@ -222,7 +223,8 @@ def decode(
     ``should_stop(row, tokens)`` says so (stop strings), or at ``max_new_tokens``. Processors see the
     prompts left-padded to the longest one, then the generated tokens (as with ``generate``).
     ``on_step(rows, scores, tokens)``, when given, sees each step's processed scores of the rows still
-    decoding and the tokens chosen (log-probabilities, :mod:`.logprobs`).
+    decoding and the tokens chosen (log-probabilities, :mod:`.logprobs`). ``on_finish(row, tokens)`` is
+    called the step a row ends (its answer can be handed on while the others decode).
     """
     device = next(model.parameters()).device
     capacity = max(len(p) for p in prompts) + max_new_tokens
@@ -246,6 +248,10 @@ def decode(
                 not finished[position] and should_stop is not None and should_stop(row, results[row])
             ):
                 finished[position] = True
+        if on_finish is not None:
+            for position, row in enumerate(alive):
+                if finished[position]:
+                    on_finish(row, results[row])
         if all(finished):
             break
         history = torch.cat([history, tokens[:, None]], dim=-1)

@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar
 
 from infermux.configs.engine_type import InferenceEngineType
@@ -36,6 +37,7 @@ from infermux.configs.model_params import ModelParams
 from infermux.engines import tool_prompting
 from infermux.engines.base import InferenceEngine, StreamEvent
 from infermux.engines.capabilities import Capabilities
+from infermux.engines.decoder_thread import thread_rows
 from infermux.engines.native.logprobs import ScoreRecorder
 from infermux.engines.native.model import LoadedModel
 from infermux.errors import EngineUnavailableError, ErrorKind, InputError, RowError, install_hint
@@ -50,6 +52,8 @@ _SUPPORTED = """seed temperature top_p min_p use_sampling num_beams stop_strings
     frequency_penalty presence_penalty logit_bias skip_special_tokens n logprobs top_logprobs"""
 # Chunks hold several batches, so rows can be grouped by length across them.
 _BATCHES_PER_CHUNK = 4
+#: One answer of the decode: text, usage, finish reason and (when asked) the tokens' log-probabilities.
+Answer = tuple[str, Usage, FinishReason, "list[TokenLogprob] | None"]
 # Concurrent streams decoded together at most (more wait for a free row).
 _STREAM_ROWS = 32
 
@@ -116,22 +120,35 @@ class NativeTextInferenceEngine(InferenceEngine):
     def chunk_size(self, generation: GenerationParams) -> int:
         return generation.batch_size * _BATCHES_PER_CHUNK
 
-    async def _infer_chunk(
+    async def _infer_rows(
         self, conversations: list[Conversation], generation: GenerationParams
-    ) -> list[Conversation | RowError]:
-        return await asyncio.to_thread(self.answer_blocking, conversations, generation)
+    ) -> AsyncIterator[tuple[int, Conversation | RowError]]:
+        # Each row is handed back as soon as its answer ends (the job records it at once).
+        async for item in thread_rows(functools.partial(self.answer_blocking, conversations, generation)):
+            yield item
 
     def answer_blocking(
-        self, conversations: list[Conversation], generation: GenerationParams
+        self,
+        conversations: list[Conversation],
+        generation: GenerationParams,
+        emit: Callable[[int, Conversation | RowError], None] | None = None,
     ) -> list[Conversation | RowError]:
-        """Answer ``conversations`` in order, blocking (the batch loop calls this in a thread)."""
+        """Answer ``conversations`` in order, blocking (the batch loop calls this in a thread); ``emit(index,
+        result)`` sees each row as soon as it is finished."""
         results: list[Conversation | RowError | None] = [None] * len(conversations)
+
+        def settle(index: int, result: Conversation | RowError) -> None:
+            if results[index] is None:
+                results[index] = result
+                if emit is not None:
+                    emit(index, result)
+
         prompts: dict[int, list[int]] = {}
         for index, conversation in enumerate(conversations):
             try:
                 prompts[index] = self._prompt_ids(conversation, index, generation)
             except Exception as exc:  # a template error is this row's problem only
-                results[index] = RowError.from_exception(exc, ErrorKind.INVALID_INPUT, context="chat template failed")
+                settle(index, RowError.from_exception(exc, ErrorKind.INVALID_INPUT, context="chat template failed"))
         # Rows whose tool_choice forces a call decode under their tools' schema: batches never mix settings.
         # Within a setting, rows sharing a long prefix are batched together (see _batch_order).
         settings = {i: tool_prompting.constrained_generation(conversations[i], generation) for i in prompts}
@@ -142,20 +159,31 @@ class NativeTextInferenceEngine(InferenceEngine):
         for group in groups.values():
             order = _batch_order(group)
             batches += [order[s : s + generation.batch_size] for s in range(0, len(order), generation.batch_size)]
+        n = generation.n
         for rows in batches:
+            answered: dict[int, dict[int, Any]] = {}  # row -> its answers so far, by sequence
+
+            def sequence_done(k: int, answer: Any, rows: list[int] = rows, answered: dict[int, Any] = answered) -> None:
+                mine = answered.setdefault(k // n, {})
+                mine[k % n] = answer
+                if len(mine) == n:  # the row's n answers are all done
+                    i = rows[k // n]
+                    settle(i, _row_reply(conversations[i], [mine[j] for j in range(n)], generation))
+
             try:
                 with self._lock:  # n sequences per prompt, next to each other
-                    answers = self._generate([prompts[i] for i in rows for _ in range(generation.n)], settings[rows[0]])
+                    answers = self._generate(
+                        [prompts[i] for i in rows for _ in range(n)], settings[rows[0]], sequence_done
+                    )
             except Exception as exc:
                 if isinstance(exc, (EngineUnavailableError, InputError)):
                     raise
                 logger.exception("NATIVE generation failed for a batch of %d rows", len(rows))
                 for i in rows:
-                    results[i] = RowError.from_exception(exc)
+                    settle(i, RowError.from_exception(exc))
                 continue
-            n = generation.n
             for k, i in enumerate(rows):
-                results[i] = _row_reply(conversations[i], answers[k * n : (k + 1) * n], generation)
+                settle(i, _row_reply(conversations[i], answers[k * n : (k + 1) * n], generation))
         return [r if r is not None else RowError(kind=ErrorKind.INTERNAL, message="row was not run") for r in results]
 
     # ------------------------------------------------------------------ pieces
@@ -176,8 +204,13 @@ class NativeTextInferenceEngine(InferenceEngine):
         return ids
 
     def _generate(
-        self, prompts: list[list[int]], generation: GenerationParams
-    ) -> list[tuple[str, Usage, FinishReason, list[TokenLogprob] | None]]:
+        self,
+        prompts: list[list[int]],
+        generation: GenerationParams,
+        on_answer: Callable[[int, Answer], None] | None = None,
+    ) -> list[Answer]:
+        """Answer ``prompts``; ``on_answer(index, answer)`` sees each answer as it ends (where the decode
+        loop runs; ``model.generate`` ends them all at once)."""
         from infermux.engines.native import params
 
         torch = self._torch
@@ -192,6 +225,21 @@ class NativeTextInferenceEngine(InferenceEngine):
             generator = torch.Generator(device=self._device).manual_seed(generation.seed)
         fast = self._fast_decode and generation.num_beams == 1 and generation.guided_decoding is None
         recorder = ScoreRecorder(len(prompts), generation.top_logprobs) if generation.logprobs else None
+
+        ended: dict[int, Answer] = {}
+
+        def answer(row: int, tokens: list[int]) -> Answer:
+            if row not in ended:
+                scores = None
+                if recorder is not None:
+                    scores = recorder.logprobs(row, len(tokens), self.tokenizer, stop_ids)
+                ended[row] = (*loaded.finish(prompts[row], tokens, generation, stop_ids), scores)
+            return ended[row]
+
+        def finished(row: int, tokens: list[int]) -> None:
+            if on_answer is not None:
+                on_answer(row, answer(row, tokens))
+
         with torch.inference_mode():
             if fast:
                 from infermux.engines.native.decode import decode
@@ -207,14 +255,11 @@ class NativeTextInferenceEngine(InferenceEngine):
                     should_stop=self._stop_string_check(generation),
                     generator=generator,
                     on_step=recorder,
+                    on_finish=finished,
                 )
             else:
                 new_tokens = self._hf_generate(ids, mask, generation, processors, stop_ids, vocab, recorder)
-        return [
-            (*loaded.finish(prompt, tokens, generation, stop_ids),
-             recorder.logprobs(row, len(tokens), self.tokenizer, stop_ids) if recorder is not None else None)
-            for row, (prompt, tokens) in enumerate(zip(prompts, new_tokens, strict=True))
-        ]  # fmt: skip
+        return [answer(row, tokens) for row, tokens in enumerate(new_tokens)]
 
     def _hf_generate(self, ids: Any, mask: Any, generation: GenerationParams, processors: Any, stop_ids: list[int],
                      vocab: int, recorder: ScoreRecorder | None = None) -> list[list[int]]:  # fmt: skip

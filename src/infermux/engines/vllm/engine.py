@@ -26,14 +26,16 @@ concurrent chats and ``infermux serve`` requests join vLLM's running batch betwe
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar
 
 from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams, GuidedDecodingParams
 from infermux.engines.base import InferenceEngine, StreamEvent, remember
 from infermux.engines.capabilities import Capabilities
+from infermux.engines.decoder_thread import emitted_rows
 from infermux.engines.token_bytes import TokenBytes
 from infermux.engines.tool_calls import calls_from_forced, forced_schema, template_messages, template_tools, tools_key
 from infermux.engines.vllm.feed import rejected_input
@@ -140,19 +142,23 @@ class VLLMInferenceEngine(InferenceEngine):
     def max_concurrency(self) -> int:
         return CHUNKS_IN_FLIGHT
 
-    async def _infer_chunk(
+    async def _infer_rows(
         self, conversations: list[Conversation], generation: GenerationParams
-    ) -> list[Conversation | RowError]:
+    ) -> AsyncIterator[tuple[int, Conversation | RowError]]:
+        # Each row is handed back the step vLLM finishes it (the job records it at once).
+        async for item in emitted_rows(functools.partial(self._run_groups, conversations, generation)):
+            yield item
+
+    async def _run_groups(
+        self, conversations: list[Conversation], generation: GenerationParams, emit: Callable[[int, Any], None]
+    ) -> None:
         self.feeder()
         groups: dict[str, list[int]] = {}
         for index, conversation in enumerate(conversations):
             groups.setdefault(tools_key(conversation), []).append(index)
-        results: list[Conversation | RowError | None] = [None] * len(conversations)
         for indices in groups.values():
             group = [conversations[i] for i in indices]
-            for i, result in zip(indices, await self._run_group(group, generation), strict=True):
-                results[i] = result
-        return [r if r is not None else RowError(kind=ErrorKind.INTERNAL, message="no result") for r in results]
+            await self._run_group(group, generation, functools.partial(_emit_as, emit, indices))
 
     def feeder(self) -> Any:
         """The :class:`~.feed.Feeder` stepping this engine's ``LLM`` (started on first use)."""
@@ -268,25 +274,28 @@ class VLLMInferenceEngine(InferenceEngine):
         return out
 
     async def _run_group(
-        self, conversations: list[Conversation], generation: GenerationParams
-    ) -> list[Conversation | RowError]:
-        """Rows offering the same tools (or none): one feed into the running vLLM engine."""
+        self, conversations: list[Conversation], generation: GenerationParams, emit: Callable[[int, Any], None]
+    ) -> None:
+        """Rows offering the same tools (or none): one feed into the running vLLM engine; ``emit(index,
+        result)`` gets each row as it finishes."""
         try:
             forced = forced_schema(conversations[0].tools, generation)
         except ValueError as exc:
-            return [RowError(kind=ErrorKind.UNSUPPORTED_INPUT, message=str(exc)) for _ in conversations]
+            for k in range(len(conversations)):
+                emit(k, RowError(kind=ErrorKind.UNSUPPORTED_INPUT, message=str(exc)))
+            return
         if forced is not None:  # the call is constrained to the tools' schemas
             generation = generation.model_copy(update={"guided_decoding": GuidedDecodingParams(json=forced)})
         params = (self.sampling_params(generation), template_tools(conversations[0]))
-        outputs = await self._feeder.run([template_messages(c) for c in conversations], params, self._enqueue)
-        results: list[Conversation | RowError] = []
-        for conversation, output in zip(conversations, outputs, strict=True):
+
+        def finished(k: int, output: Any) -> None:
             if isinstance(output, BaseException):  # vLLM refused the row (its input) or failed
                 kind = ErrorKind.INVALID_INPUT if rejected_input(output) else ErrorKind.GENERATION_FAILED
-                results.append(RowError.from_exception(output, kind))
+                emit(k, RowError.from_exception(output, kind))
             else:
-                results.append(self._reply(conversation, output, generation, forced))
-        return results
+                emit(k, self._reply(conversations[k], output, generation, forced))
+
+        await self._feeder.run([template_messages(c) for c in conversations], params, self._enqueue, each=finished)
 
     def _reply(
         self, conversation: Conversation, output: Any, generation: GenerationParams, forced: Any
@@ -366,3 +375,8 @@ def _logprobs(completion: Any, top: int, raw: TokenBytes) -> list[TokenLogprob]:
         alternatives = [((lp.decoded_token or "", raw(t)), lp.logprob) for t, lp in ranked]
         out.append(token_logprob((chosen.decoded_token or "", raw(token_id)), chosen.logprob, alternatives))
     return out
+
+
+def _emit_as(emit: Callable[[int, Any], None], indices: list[int], k: int, result: Any) -> None:
+    """``emit`` for the ``k``-th row of a group, under its index in the chunk."""
+    emit(indices[k], result)

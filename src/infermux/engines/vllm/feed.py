@@ -35,6 +35,12 @@ class _Chunk:
     done: Callable[[list[Any]], None]  # called (in the feeder thread) with one output or exception per row
     outputs: list[Any] = field(default_factory=list)
     pending: dict[str, int] = field(default_factory=dict)  # vLLM request id -> row
+    each: Callable[[int, Any], None] | None = None  # called (in the feeder thread) as each row's output is final
+
+    def settle(self, row: int, output: Any) -> None:
+        self.outputs[row] = output
+        if self.each is not None:
+            self.each(row, output)
 
 
 @dataclass
@@ -89,8 +95,14 @@ class Feeder:
         self._lock = threading.Lock()
 
     async def run(
-        self, conversations: list[Any], params: Any, enqueue: Callable[[Any, list[Any], Any], list[str]]
+        self,
+        conversations: list[Any],
+        params: Any,
+        enqueue: Callable[[Any, list[Any], Any], list[str]],
+        each: Callable[[int, Any], None] | None = None,
     ) -> list[Any]:
+        """Add the chunk and await every row's output; ``each(row, output)`` is called (in the event loop)
+        as each row ends, before the chunk's last."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Any]] = loop.create_future()
 
@@ -102,8 +114,13 @@ class Feeder:
             with contextlib.suppress(RuntimeError):  # the event loop may be closed after a cancel
                 loop.call_soon_threadsafe(settle)
 
+        def row_done(row: int, output: Any) -> None:
+            if each is not None:
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(each, row, output)
+
         self._start()
-        self._inbox.put(_Chunk(conversations, params, enqueue, done))
+        self._inbox.put(_Chunk(conversations, params, enqueue, done, each=row_done))
         return await future
 
     def stream(
@@ -146,7 +163,7 @@ class Feeder:
                     (rid,) = chunk.enqueue(self._llm, [conversation], chunk.params)
                     chunk.pending[_key(rid)] = row
                 except Exception as exc:  # this row's input (too long, ...)
-                    chunk.outputs[row] = exc
+                    chunk.settle(row, exc)
 
     def _add_stream(self, stream: Stream, streams: dict[str, Stream]) -> None:
         try:
@@ -206,7 +223,7 @@ class Feeder:
                 chunk = live.pop(key, None) if output.finished else None
                 if chunk is None:
                     continue
-                chunk.outputs[chunk.pending.pop(key)] = output
+                chunk.settle(chunk.pending.pop(key), output)
                 if not chunk.pending:
                     chunk.done(chunk.outputs)
             if (live or streams) and not engine.has_unfinished_requests():  # never spin on rows vLLM no longer has
@@ -216,7 +233,7 @@ class Feeder:
     def _fail(live: dict[str, _Chunk], streams: dict[str, Stream], exc: BaseException) -> None:
         for chunk in {id(c): c for c in live.values()}.values():
             for row in chunk.pending.values():
-                chunk.outputs[row] = exc
+                chunk.settle(row, exc)
             chunk.pending.clear()
             chunk.done(chunk.outputs)
         for stream in streams.values():
