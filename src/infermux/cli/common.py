@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from infermux.errors import InfermuxError
 
@@ -19,6 +19,14 @@ EXIT_ROWS_FAILED = 3
 EXIT_BUDGET = 4  # --max-cost stopped the job before every row started (resumable)
 
 _debug = False
+_options: list[str] = []  # the running command's own option names, for "did you mean" on a misspelled one
+
+
+def command_args(ctx: Any) -> list[str]:
+    """The ``--section.field VALUE`` overrides a command was given (``ctx.args``); its own option names are
+    kept so that a misspelled option (``--input-paht``) is answered with the closest one."""
+    _options[:] = [opt for param in ctx.command.params for opt in (*param.opts, *param.secondary_opts)]
+    return list(ctx.args)
 
 
 class _Formatter(logging.Formatter):
@@ -82,9 +90,10 @@ def load_cli_config(
 ) -> InferenceConfig:
     from infermux.configs.loader import load_config, parse_overrides
 
-    pairs = parse_overrides(overrides)
+    pairs = parse_overrides(overrides, _options)
     if engine:
         pairs.append(("engine", engine))
     if strict:
         pairs.append(("strict", "true"))
     return load_config(config, pairs)
+
