@@ -96,4 +96,3 @@ def load_cli_config(
     if strict:
         pairs.append(("strict", "true"))
     return load_config(config, pairs)
-

@@ -167,6 +167,8 @@ def config_check(
 
 @app.command()
 def engines(
+    name: str | None = typer.Argument(None, metavar="[NAME]", help="One engine's details (e.g. LLAMACPP)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the facts as JSON, for scripts."),
     verbose: bool = typer.Option(
         False,
         "--verbose",
@@ -175,10 +177,10 @@ def engines(
         "chose on it (instruction sets, AMX, threads): plain text to paste into a bug report. Imports them.",
     ),
 ) -> None:
-    """List every engine, whether its extra is installed, and what it supports."""
+    """List every engine, whether its extra is installed, and what it supports (NAME: one engine in detail)."""
     from infermux.cli.engines_cmd import run_engines
 
-    run_engines(verbose=verbose)
+    run_engines(name=name, as_json=as_json, verbose=verbose)
 
 
 @app.command()

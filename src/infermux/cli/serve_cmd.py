@@ -70,7 +70,7 @@ def _serve(engine, defaults, served: str, host: str, port: int, api_key: str | N
 
     def announce(message: object) -> None:
         sys.stderr.write(
-            f"serving {served} on {engine.name} at http://{shown}:{port}  (OpenAI API under /v1, chat page at /)"
+            f"serving {served} on {engine.label} at http://{shown}:{port}  (OpenAI API under /v1, chat page at /)"
             f"{'; API key required' if api_key else ''}\n"
         )
         sys.stderr.flush()

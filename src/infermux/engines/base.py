@@ -286,6 +286,12 @@ class InferenceEngine:
     def name(self) -> str:
         return type(self).__name__
 
+    @property
+    def label(self) -> str:
+        """The engine's registry name (``LLAMACPP``), what configs and ``infermux engines`` call it; the class
+        name for an engine registered under none."""
+        return str(getattr(self.engine_type, "value", self.engine_type) or self.name)
+
     @classmethod
     def get_supported_params(cls) -> set[str]:
         """Names of the GenerationParams fields this engine honours."""
@@ -298,8 +304,7 @@ class InferenceEngine:
 
     def limit_problems(self, generation: GenerationParams) -> list[str]:
         """Values the provider would reject (declared in ``capabilities``); engines may narrow it."""
-        label = str(getattr(self.engine_type, "value", self.engine_type) or self.name)
-        return check_limits(label, self.capabilities, generation)
+        return check_limits(self.label, self.capabilities, generation)
 
     def check_params(self, generation: GenerationParams | None = None, *, tools: bool = False) -> None:
         """Older name of :meth:`check`."""

@@ -19,7 +19,7 @@ from infermux.engines.capabilities import ALWAYS_SUPPORTED
 from infermux.engines.registry import ENGINES, EngineSpec
 from infermux.errors import install_hint
 
-__all__ = ["render_engines_markdown"]
+__all__ = ["render_engines_markdown", "section_lines"]
 
 _EXAMPLES = Path("configs") / "examples"
 _HEADER = """\
@@ -57,7 +57,7 @@ def _example(name: str, root: Path) -> str | None:
     return None
 
 
-def _section(name: str, spec: EngineSpec, root: Path) -> list[str]:
+def section_lines(name: str, spec: EngineSpec, root: Path) -> list[str]:
     cls = _load(spec)
     lines = [f"## {name}", ""]
     if cls is None:
@@ -123,7 +123,7 @@ def render_engines_markdown(root: str | Path = ".") -> str:
         out.append(f"| [{name}](#{name.lower()}) | {kind} | {spec.extra or '-'} | {tools} | {_samples(cls)} |")
     out.append("")
     for name, spec in specs.items():
-        out += _section(name, spec, root)
+        out += section_lines(name, spec, root)
     return "\n".join(out).rstrip() + "\n"
 
 

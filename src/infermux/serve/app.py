@@ -56,7 +56,7 @@ class ServerState:
     session: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack, repr=False)
 
     def __post_init__(self) -> None:
-        self.metrics = Metrics(self.served_model, self.engine.name)
+        self.metrics = Metrics(self.served_model, self.engine.label)
         self.secrets = tuple(s for s in (*getattr(self.engine, "_secrets", ()), self.api_key) if s)
 
     def redact(self, text: str) -> str:
@@ -168,7 +168,7 @@ async def model_info(request: web.Request) -> web.Response:
 
 async def health(request: web.Request) -> web.Response:
     state: ServerState = request.app[STATE]
-    return web.json_response({"status": "ok", "model": state.served_model, "engine": state.engine.name})
+    return web.json_response({"status": "ok", "model": state.served_model, "engine": state.engine.label})
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -195,7 +195,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         served_model=state.served_model,
         defaults=state.defaults,
         caps=state.engine.capabilities,
-        engine_name=state.engine.name,
+        engine_name=state.engine.label,
     )
     state.metrics.requests["stream" if prepared.stream else "non_stream"] += 1
     run = _Run(state, prepared)

@@ -159,10 +159,15 @@ class RemoteEngine(InferenceEngine):
     def check_ready(self) -> None:
         """Raise :class:`ConfigError` when no ``remote_params.api_url`` (and no default) was given."""
         if not self.url:
-            raise ConfigError(
-                f"{self.name} needs remote_params.api_url: the server's base URL (e.g. "
-                "http://localhost:8000/v1) or its full endpoint URL."
-            )
+            raise ConfigError(self.missing_url_message(self.name))
+
+    @classmethod
+    def missing_url_message(cls, name: str) -> str:
+        """What a job on this engine says when it has no URL to send to (also ``config check``'s)."""
+        return (
+            f"{name} needs remote_params.api_url: the server's base URL (e.g. "
+            "http://localhost:8000/v1) or its full endpoint URL."
+        )
 
     async def _open(self) -> None:
         self.check_ready()
