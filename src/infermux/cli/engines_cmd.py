@@ -99,15 +99,14 @@ def render_table(facts: list[dict[str, Any]]) -> str:
     """One line per engine in at most 80 columns, plain text (no box characters: it pastes anywhere)."""
 
     def row(cells: list[str]) -> str:
-        return " ".join(f"{cell:<{width}}" if width else cell for cell, (_, width) in zip(cells, _COLUMNS)).rstrip()
+        padded = [f"{cell:<{width}}" for cell, (_, width) in zip(cells, _COLUMNS, strict=True)]
+        return " ".join(padded).rstrip()
 
     lines = [row([title for title, _ in _COLUMNS])]
     for fact in facts:
         caps = fact["capabilities"]
-        if fact["error"]:
-            installed = "error"
-        else:
-            installed = "yes" if fact["installed"] else f"no [{fact['extra'] or 'core'}]"
+        installed = "yes" if fact["installed"] else f"no [{fact['extra']}]"
+        installed = "error" if fact["error"] else installed
         if caps is None:
             lines.append(row([fact["engine"], installed, "?", "?", "?", "?", "?"]))
             continue
