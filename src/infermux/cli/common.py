@@ -96,3 +96,19 @@ def load_cli_config(
     if strict:
         pairs.append(("strict", "true"))
     return load_config(config, pairs)
+
+
+def warn_if_greedy_loops(cfg: InferenceConfig) -> None:
+    """The default model decoding greedily without a repetition guard tends to repeat one phrase until the
+    token limit ("la Femme, la Femme, ..."): say so, and how to change it. The SPEC's defaults stay."""
+    from infermux.models.default import is_default_model
+
+    g = cfg.generation
+    if not is_default_model(cfg.model.model_name) or g.sampling or g.frequency_penalty or g.presence_penalty:
+        return
+    logging.getLogger("infermux").warning(
+        "%s decodes greedily (temperature 0, the SPEC default) without a repetition guard: small models then "
+        "often repeat a phrase until max_new_tokens. Add --generation.frequency_penalty 0.3 (answers stay "
+        "repeatable), or sample with --generation.temperature 0.7 --generation.top_p 0.9.",
+        cfg.model.model_name,
+    )

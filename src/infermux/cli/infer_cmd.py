@@ -6,7 +6,15 @@ import asyncio
 import sys
 from typing import TYPE_CHECKING
 
-from infermux.cli.common import EXIT_BUDGET, EXIT_ROWS_FAILED, fail, load_cli_config, setup_logging, user_errors
+from infermux.cli.common import (
+    EXIT_BUDGET,
+    EXIT_ROWS_FAILED,
+    fail,
+    load_cli_config,
+    setup_logging,
+    user_errors,
+    warn_if_greedy_loops,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -81,6 +89,7 @@ def run_infer(
             return
         if system_prompt or images:
             fail("--system-prompt and --image apply to chat (-i); batch rows carry their own messages.")
+        warn_if_greedy_loops(cfg)
         if cfg.distributed is not None:  # --ray, or a distributed: section in the config
             from infermux.distributed.progress import run_with_progress
 
@@ -100,6 +109,9 @@ def _run_batch(cfg: InferenceConfig, tools: list[Tool] | None = None) -> int:
             answered[row.index] = result
 
     report = _with_progress(cfg, on_row, tools)
+    from infermux.jobs.plan import remember_speed
+
+    remember_speed(cfg, report)  # the next --dry-run's time estimate
     if not cfg.output_path:
         _print_answers(answered)
     return _summarise(report, cfg)

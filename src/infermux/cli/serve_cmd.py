@@ -6,7 +6,7 @@ import ipaddress
 import logging
 import sys
 
-from infermux.cli.common import fail, load_cli_config, setup_logging, user_errors
+from infermux.cli.common import fail, load_cli_config, setup_logging, user_errors, warn_if_greedy_loops
 
 API_KEY_ENV = "INFERMUX_API_KEY"
 
@@ -54,18 +54,32 @@ def run_serve(
         from infermux.engines.registry import build_engine
 
         built = build_engine(cfg)
+        preset: dict[str, float] = {}
+        if config is None:  # as the chat does: sampling with a repetition guard, for requests that choose none
+            from infermux.cli.chat_session import chat_preset
+
+            preset = chat_preset(cfg.generation, built.get_supported_params(), built.label)
+            if preset:
+                settings = " ".join(f"{k}={v}" for k, v in preset.items())
+                logger.info("no config given: requests that set no temperature, top_p or penalty get %s", settings)
+        else:
+            warn_if_greedy_loops(cfg)
     try:
-        _serve(built, cfg.generation, model_name or cfg.model.model_name, host, port, api_key, max_body_mb)
+        _serve(built, cfg.generation, model_name or cfg.model.model_name, host, port, api_key, max_body_mb, preset)
     finally:
         built.close()
 
 
-def _serve(engine, defaults, served: str, host: str, port: int, api_key: str | None, max_body_mb: float) -> None:  # type: ignore[no-untyped-def]
+def _serve(engine, defaults, served: str, host: str, port: int, api_key: str | None, max_body_mb: float,  # type: ignore[no-untyped-def]
+           preset: dict[str, float]) -> None:  # fmt: skip
     from aiohttp import web
 
     from infermux.serve.app import create_app
 
-    app = create_app(engine, served_model=served, defaults=defaults, api_key=api_key, max_body=int(max_body_mb * 2**20))
+    app = create_app(
+        engine, served_model=served, defaults=defaults, api_key=api_key, max_body=int(max_body_mb * 2**20),
+        preset=preset,
+    )  # fmt: skip
     shown = f"[{host}]" if ":" in host else host
 
     def announce(message: object) -> None:

@@ -293,6 +293,14 @@ class InferenceEngine:
         return str(getattr(self.engine_type, "value", self.engine_type) or self.name)
 
     @classmethod
+    def prompt_counter(
+        cls, model_params: ModelParams, generation: GenerationParams
+    ) -> Callable[[Conversation], int] | None:
+        """A function that counts a row's prompt tokens exactly (chat template applied) without loading the
+        model, for ``--dry-run``; None (the default): the plan estimates them (characters / 4)."""
+        return None
+
+    @classmethod
     def get_supported_params(cls) -> set[str]:
         """Names of the GenerationParams fields this engine honours."""
         return cls.capabilities.supported_params()

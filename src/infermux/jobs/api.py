@@ -29,7 +29,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -51,6 +53,8 @@ from infermux.jobs.rows import (
 from infermux.jobs.storage import check_output_uri, is_uri
 from infermux.jobs.sync import run_sync
 from infermux.types import Conversation, Tool
+
+logger = logging.getLogger("infermux.jobs")
 
 if TYPE_CHECKING:
     from infermux.configs.generation_params import GenerationParams
@@ -246,7 +250,7 @@ async def _run_config_job(
         check_output_path(config.output_path, config.input_path)
     options = JobOptions.from_config(config)  # before loading a model: an unenforceable budget is exit 2
     try:
-        engine = build_engine(config)
+        engine = _build_announced(config, build_engine)
         try:
             engine.check(config.generation, tools=bool(tools) or any(offered))  # before any row runs
             return await run_job_file(
@@ -266,6 +270,24 @@ async def _run_config_job(
             engine.close()
     finally:
         options.close()
+
+
+def _build_announced(config: InferenceConfig, build: Callable[[InferenceConfig], InferenceEngine]) -> InferenceEngine:
+    """Build the job's engine, saying so first: loading a local model takes seconds to minutes, and a job
+    that prints nothing meanwhile looks hung."""
+    from infermux.engines.registry import engine_specs
+
+    name = str(getattr(engine := config.resolved_engine(), "value", engine))
+    spec = engine_specs().get(name)
+    if spec is not None and spec.remote:
+        built = build(config)
+        logger.info("%s on %s at %s", config.model.model_name, name, getattr(built, "url", "") or "its default URL")
+        return built
+    logger.info("loading %s on %s ...", config.model.model_name, name)
+    started = time.monotonic()
+    built = build(config)
+    logger.info("loaded in %.1f s", time.monotonic() - started)
+    return built
 
 
 async def ainfer(

@@ -49,6 +49,8 @@ class ServerState:
     served_model: str
     defaults: GenerationParams
     api_key: str | None = None
+    #: Sampling settings for requests that choose none (serve without a config: the chat preset).
+    preset: dict[str, float] = field(default_factory=dict)
     metrics: Metrics = field(init=False)
     batcher: Batcher | None = None
     secrets: tuple[str, ...] = ()
@@ -76,8 +78,11 @@ def create_app(
     defaults: GenerationParams | None = None,
     api_key: str | None = None,
     max_body: int = DEFAULT_MAX_BODY,
+    preset: dict[str, float] | None = None,
 ) -> web.Application:
-    state = ServerState(engine, served_model, defaults or engine.generation_params, api_key)
+    """``preset``: sampling settings for requests that set none of temperature, top_p, frequency_penalty
+    and presence_penalty (``infermux serve`` without a config gives the chat preset)."""
+    state = ServerState(engine, served_model, defaults or engine.generation_params, api_key, dict(preset or {}))
     app = web.Application(middlewares=[_errors, _auth], client_max_size=max_body)
     app[STATE] = state
     app.router.add_post("/v1/chat/completions", chat_completions)
@@ -196,6 +201,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         defaults=state.defaults,
         caps=state.engine.capabilities,
         engine_name=state.engine.label,
+        preset=state.preset,
     )
     state.metrics.requests["stream" if prepared.stream else "non_stream"] += 1
     run = _Run(state, prepared)
