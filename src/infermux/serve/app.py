@@ -173,7 +173,10 @@ async def model_info(request: web.Request) -> web.Response:
 
 async def health(request: web.Request) -> web.Response:
     state: ServerState = request.app[STATE]
-    return web.json_response({"status": "ok", "model": state.served_model, "engine": state.engine.label})
+    sampling = {name: getattr(state.defaults, name) for name in wire.SAMPLING_FIELDS} | state.preset
+    return web.json_response(
+        {"status": "ok", "model": state.served_model, "engine": state.engine.label, "sampling": sampling}
+    )
 
 
 async def metrics(request: web.Request) -> web.Response:
