@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 _COLUMNS = (("engine", 19), ("installed", 13), ("stream", 6), ("images", 6), ("tools", 5), ("lora", 4), ("guided", 0))
 _FOOTER = (
     "details: infermux engines NAME · for scripts: --json · this machine: --verbose\n"
-    "installed 'no': pip install 'infermux[EXTRA]'"
+    f"installed 'no [EXTRA]': {install_hint('EXTRA')}"
 )
 
 

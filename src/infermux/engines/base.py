@@ -42,7 +42,7 @@ from infermux.configs.generation_params import GenerationParams
 from infermux.configs.model_params import ModelParams
 from infermux.configs.remote_params import RemoteParams
 from infermux.engines.capabilities import Capabilities, check_limits, check_params
-from infermux.errors import ConfigError, InputError, RowError
+from infermux.errors import ConfigError, InputError, RowError, ServerUnreachableError
 from infermux.text import scrub_reply, scrub_surrogates
 from infermux.types import Conversation, TokenLogprob, Usage
 
@@ -166,7 +166,7 @@ class InferenceEngine:
                 out = await self._infer_chunk([conversations[i] for i in runnable], generation)
                 if len(out) != len(runnable):
                     raise RuntimeError(f"engine returned {len(out)} results for {len(runnable)} rows")
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, ServerUnreachableError):  # the job's end, not a row's failure
                 raise
             except Exception as exc:  # a chunk-wide failure becomes a failure of each of its rows
                 error = RowError.from_exception(exc)

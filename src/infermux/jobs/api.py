@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from infermux.errors import InputError, OutputError, RowError
+from infermux.errors import InputError, OutputError, RowError, ServerUnreachableError
 from infermux.jobs.loop import BatchReport, JobFiles, run_job
 from infermux.jobs.options import JobOptions
 from infermux.jobs.rows import (
@@ -184,6 +184,10 @@ async def run_job_file(
             engine, lambda: with_default_tools(iter_rows(input_path), tools), ids, generation,
             files=files, on_row=on_row, on_progress=on_progress, options=options, settled=settled,
         )  # fmt: skip
+    except ServerUnreachableError:
+        if files is not None:
+            files.discard_if_unanswered()  # nothing answered, ever: leave no empty files behind
+        raise
     finally:
         if owned:
             options.close()

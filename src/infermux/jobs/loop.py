@@ -130,7 +130,14 @@ async def run_chunks(
             for row, result in zip(chunk, answers, strict=True):
                 on_result(row, result)
 
-    await asyncio.gather(*(work() for _ in range(workers)))
+    tasks = [asyncio.ensure_future(work()) for _ in range(workers)]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:  # a job-ending error (the server cannot be reached): stop the other workers too
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 def _count_usage(report: BatchReport, conversation: Conversation) -> None:
