@@ -222,3 +222,21 @@ def test_dry_run_of_a_local_engine_loads_no_model(tmp_path: Path) -> None:
     assert "time: unknown until a job of this model has run on LLAMACPP here" in proc.stdout
     assert "loaded: []" in proc.stdout
     assert proc.stderr == ""
+
+
+def test_the_summary_counts_answers_cut_off_at_the_token_limit(tmp_path: Path) -> None:
+    """The fake stops at max_tokens words with finish_reason "length", as a server does."""
+    from tests.fakes.openai_chat import FakeOpenAIChat
+
+    inp = _write_rows(tmp_path / "in.jsonl", ["one", "two", "three"])
+    with FakeOpenAIChat() as fake:
+        assert isinstance(fake, FakeOpenAIChat)
+        proc = run_cli(
+            "infer", "--engine", "REMOTE", "--model.model_name", "m", "--remote_params.api_url", fake.url + "/v1",
+            "--input_path", str(inp), "--output_path", str(tmp_path / "out.jsonl"), "--generation.max_new_tokens", "2",
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "3 answered, 3 of them cut off at the token limit of 3 rows" in proc.stderr
+    assert '3 answers stopped at max_new_tokens=2 (finish_reason "length"): raise --generation.max_new_tokens' in (
+        proc.stderr
+    )

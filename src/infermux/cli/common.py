@@ -35,6 +35,19 @@ class _Formatter(logging.Formatter):
         return f"{level}: {record.getMessage()}" if record.levelno >= logging.WARNING else record.getMessage()
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to ``sys.stderr`` as it is at each line: while a progress bar is live, rich points it at
+    itself, so a log line (``loading MODEL on ENGINE``, a warning) prints above the bar, not through it."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def setup_logging(level: str | None) -> None:
     """Our log lines at ``level`` (default info) on stderr; the engine libraries' own at ``level`` when the
     user gave one, else at warning (see :func:`quiet_libraries`)."""
@@ -45,7 +58,7 @@ def setup_logging(level: str | None) -> None:
         fail(f"unknown --log-level {level!r}: use debug, info, warning or error.")
     quiet_libraries(numeric if level else None)
     _debug = numeric <= logging.DEBUG
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(_Formatter() if not _debug else logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]

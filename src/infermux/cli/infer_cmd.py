@@ -190,6 +190,8 @@ def _summarise(report: BatchReport, cfg: InferenceConfig) -> int:
     parts = [f"{report.done} answered"]
     if report.cached:
         parts.append(f"{report.cached} of them from the answer cache")
+    if report.truncated:
+        parts.append(f"{report.truncated} of them cut off at the token limit")
     if report.resumed:
         parts.append(f"{report.resumed} already done")
     if report.failed:
@@ -204,6 +206,11 @@ def _summarise(report: BatchReport, cfg: InferenceConfig) -> int:
     elif str(getattr(engine := cfg.resolved_engine(), "value", engine)).upper() in PRICE_PROVIDERS:
         tokens += "; cost unknown (no price for this model)"  # engines without prices (local ones): nothing
     sys.stderr.write(tokens + "\n")
+    if report.truncated:
+        sys.stderr.write(
+            f"{report.truncated} answers stopped at max_new_tokens={cfg.generation.max_new_tokens} "
+            '(finish_reason "length"): raise --generation.max_new_tokens to let them finish.\n'
+        )
     if report.budget_stopped:
         kept = f"kept in {report.partial_path}" if report.partial_path else "printed above"
         sys.stderr.write(

@@ -39,6 +39,7 @@ def snapshot(report: BatchReport, state: str = "running") -> dict[str, Any]:
         "resumed": report.resumed,
         "cached": report.cached,
         "failed": report.failed,
+        "truncated": report.truncated,
         "rows_per_s": round(rate, 3),
         "eta_s": None if eta is None else round(eta, 1),
         "elapsed_s": round(report.elapsed, 1),
