@@ -160,7 +160,7 @@ class RemoteEngine(InferenceEngine):
     def check_ready(self) -> None:
         """Raise :class:`ConfigError` when no ``remote_params.api_url`` (and no default) was given."""
         if not self.url:
-            raise ConfigError(self.missing_url_message(self.name))
+            raise ConfigError(self.missing_url_message(self.label))
 
     @classmethod
     def missing_url_message(cls, name: str) -> str:
