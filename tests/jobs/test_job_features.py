@@ -236,7 +236,7 @@ def test_the_summary_counts_answers_cut_off_at_the_token_limit(tmp_path: Path) -
             "--input_path", str(inp), "--output_path", str(tmp_path / "out.jsonl"), "--generation.max_new_tokens", "2",
         )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert "3 answered, 3 of them cut off at the token limit of 3 rows" in proc.stderr
+    assert "3 answered of 3 rows" in proc.stderr
     assert '3 answers stopped at max_new_tokens=2 (finish_reason "length"): raise --generation.max_new_tokens' in (
         proc.stderr
     )

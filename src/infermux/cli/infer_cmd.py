@@ -190,8 +190,6 @@ def _summarise(report: BatchReport, cfg: InferenceConfig) -> int:
     parts = [f"{report.done} answered"]
     if report.cached:
         parts.append(f"{report.cached} of them from the answer cache")
-    if report.truncated:
-        parts.append(f"{report.truncated} of them cut off at the token limit")
     if report.resumed:
         parts.append(f"{report.resumed} already done")
     if report.failed:
