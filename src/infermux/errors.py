@@ -10,7 +10,9 @@
     ├── UnsupportedParamError        strict mode: the engine does not support a requested parameter
     ├── ModelNotFoundError           a model path/name cannot be resolved locally
     └── RemoteError                  a remote call failed for good (status, retryable, provider message)
-        └── AuthenticationError      401/403: says which environment variable or field to set
+        ├── AuthenticationError      401/403: says which environment variable or field to set
+        └── ServerUnreachableError   no connection to the server, and none of the job's requests ever
+                                     succeeded: the job stops instead of failing every row the same way
 
 Per-row failures inside a batch are not exceptions: they are :class:`RowError` records, written to the
 job's errors file, so one bad row never ends a job. :meth:`RowError.from_exception` is the one place where an
@@ -53,6 +55,7 @@ __all__ = [
     "OutputError",
     "RemoteError",
     "RowError",
+    "ServerUnreachableError",
     "UnsupportedParamError",
     "install_hint",
 ]
@@ -160,6 +163,11 @@ class RemoteError(InfermuxError):
 
 class AuthenticationError(RemoteError):
     """The provider rejected the credentials (401/403)."""
+
+
+class ServerUnreachableError(RemoteError):
+    """The server cannot be reached and no request of this job ever got through (a wrong URL or port, a
+    server not started): every row would fail the same way, so the job stops early, resumable."""
 
 
 @dataclass(frozen=True)

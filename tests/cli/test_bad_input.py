@@ -161,3 +161,18 @@ def test_debug_log_level_shows_traceback(tmp_path):
     path.write_text("model:\n  model_name: a\n  bogus: 1\n")
     res = run_cli("config", "check", "-c", str(path), "--log-level", "debug")
     assert res.returncode != 0 and "Traceback" in res.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "typo", "meant"),
+    [
+        (["infer"], "--input-paht", "--input-path"),
+        (["infer"], "--dryrun", "--dry-run"),
+        (["serve"], "--prot", "--port"),
+        (["config", "check"], "--engin", "--engine"),
+        (["batch", "run"], "--outptu_path", "--output_path"),
+    ],
+)
+def test_a_misspelled_option_is_answered_with_the_closest_one(tmp_path, cfg, command, typo, meant):
+    res = run_cli(*command, "-c", str(cfg), typo, "x")
+    assert_user_error(res, f"unknown option '{typo}'. Did you mean '{meant}'?")

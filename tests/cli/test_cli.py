@@ -121,3 +121,23 @@ def test_chat_with_a_config_keeps_the_spec_defaults(tmp_path) -> None:
     config.write_text("model:\n  model_name: m\n")
     shown = _piped_params("-c", str(config))
     assert "temperature=0.0  top_p=1.0" in shown and "frequency_penalty" not in shown and "chat preset" not in shown
+
+
+# ---------------------------------------------------------------------------- config check agrees with infer
+def test_config_check_shows_what_infer_uses_and_refuses_what_infer_refuses(tmp_path) -> None:
+    no_url = tmp_path / "remote.yaml"
+    no_url.write_text("engine: REMOTE\nmodel:\n  model_name: m\nremote_params:\n  max_retries: 2\n")
+    data = tmp_path / "in.jsonl"
+    data.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
+    check = run_cli("config", "check", "-c", str(no_url))
+    infer = run_cli("infer", "-c", str(no_url), "--input_path", str(data), "--output_path", str(tmp_path / "o.jsonl"))
+    assert check.returncode == infer.returncode == 2, (check.stderr, infer.stderr)
+    message = "error: REMOTE needs remote_params.api_url"
+    assert check.stderr.startswith(message) and infer.stderr.startswith(message), (check.stderr, infer.stderr)
+
+    with_url = run_cli("config", "check", "-c", str(no_url), "--remote_params.api_url", "http://127.0.0.1:9/v1")
+    assert with_url.returncode == 0, with_url.stderr
+    assert "  num_workers: 8\n" in with_url.stdout  # REMOTE's own default, as a job runs it
+    set_here = run_cli("config", "check", "-c", str(no_url), "--remote_params.api_url", "http://x:9",
+                       "--remote_params.num_workers", "3")  # fmt: skip
+    assert "  num_workers: 3\n" in set_here.stdout

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import cli_env, run_cli
+from tests.conftest import ROOT, cli_env, run_cli
 
 
 def _sections(stdout: str) -> dict[str, dict[str, str]]:
@@ -102,16 +102,62 @@ def test_plain_engines_prints_the_table_alone() -> None:
     assert "LLAMACPP" in res.stdout and "[machine]" not in res.stdout
 
 
-def test_the_table_shows_each_engines_identity_row() -> None:
+def test_the_json_shows_each_engines_identity_row() -> None:
     """Kind and batch client come from the registry rows (a plugin's row says only that it is one)."""
-    res = run_cli("engines")
+    import json
+
+    res = run_cli("engines", "--json")
     assert res.returncode == 0, res.stderr
-    cells = {}
-    for line in res.stdout.splitlines():
-        parts = [p.strip() for p in line.strip("│ ").split("│")]
-        if len(parts) > 4 and parts[0]:
-            cells[parts[0]] = parts[2:4]
-    assert cells["NATIVE"] == ["local", "-"]
-    assert cells["ANTHROPIC"] == ["remote", "anthropic"]
-    assert cells["OPENAI"] == ["remote", "openai"] and cells["GOOGLE_GEMINI"] == ["remote", "-"]
-    assert cells["ECHO"] == ["plugin", "-"]
+    rows = {f["engine"]: (f["kind"], f["batch_client"], f["plugin"]) for f in json.loads(res.stdout)}
+    assert rows["NATIVE"] == ("local", None, False)
+    assert rows["ANTHROPIC"] == ("remote", "anthropic", False)
+    assert rows["OPENAI"] == ("remote", "openai", False) and rows["GOOGLE_GEMINI"] == ("remote", None, False)
+    assert rows["ECHO"][2] is True
+
+
+def test_the_table_fits_an_80_column_terminal() -> None:
+    """Run in a pty of 80 columns, as a person at a small terminal would, and read the screen: one line
+    per engine, the header on one line, nothing wrapped."""
+    import pexpect
+    import pyte
+
+    child = pexpect.spawn(
+        sys.executable, ["-m", "infermux", "engines"], env=cli_env(TERM="xterm"), cwd=str(ROOT),
+        encoding="utf-8", dimensions=(60, 80), timeout=120,
+    )  # fmt: skip
+    out = child.read()
+    child.close()
+    assert child.exitstatus == 0, out
+    screen = pyte.Screen(80, 60)
+    pyte.Stream(screen).feed(out.replace("\n", "\r\n"))
+    lines = [line.rstrip() for line in screen.display if line.strip()]
+    assert lines[0].split() == ["engine", "installed", "stream", "images", "tools", "lora", "guided"]
+    names = [line.split()[0] for line in lines[1:] if line.split()[0].isupper()]
+    assert {"NATIVE", "LLAMACPP", "VLLM", "REMOTE", "HUGGING_FACE_ROUTER", "ECHO"} <= set(names)
+    assert len(lines) < 35, "one line per engine, not a wrapped cell per line"
+    assert all(len(line) <= 80 for line in out.splitlines())
+    assert not set(out) & set("│─┃━╭╰┏┗"), "plain text, no box characters"
+    llamacpp = next(line for line in lines if line.startswith("LLAMACPP "))
+    assert llamacpp.split() == ["LLAMACPP", "yes", "yes", "no", "yes", "no", "choice,json,regex"]
+
+
+def test_one_engine_in_detail_and_json_for_scripts() -> None:
+    import json
+
+    res = run_cli("engines", "llamacpp")
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0] == "LLAMACPP · installed: yes" and all(len(line) <= 80 for line in lines)
+    assert any(line.startswith("- Generation parameters: frequency_penalty") for line in lines)
+    assert "Example config: configs/examples/smollm2_llamacpp.yaml" in res.stdout and "`" not in res.stdout
+
+    res = run_cli("engines", "--json")
+    facts = {fact["engine"]: fact for fact in json.loads(res.stdout)}
+    assert facts["LLAMACPP"]["installed"] is True and facts["LLAMACPP"]["extra"] == "llamacpp"
+    assert "temperature" in facts["LLAMACPP"]["capabilities"]["generation_params"]
+    assert facts["ECHO"]["kind"] == "local"
+    one = json.loads(run_cli("engines", "GEMINI", "--json").stdout)  # an alias names its engine
+    assert one["engine"] == "GOOGLE_GEMINI" and one["capabilities"]["tools"] is True
+
+    res = run_cli("engines", "vlm")
+    assert res.returncode == 2 and "unknown engine 'vlm'. Did you mean VLLM?" in res.stderr

@@ -217,3 +217,29 @@ def test_configuration_doc_is_current():
     text = (ROOT / "docs" / "configuration.md").read_text()
     block = text.split(BEGIN, 1)[1].split(END, 1)[0]
     assert block == "\n" + render_reference(), "run: python -m infermux.configs.reference docs/configuration.md"
+
+
+def test_misspelled_keys_and_out_of_range_values_are_reported_in_one_round(tmp_path):
+    """The issue's config: two typos and two values out of range, all four in one error."""
+    path = write(
+        tmp_path,
+        "model:\n  model_nmae: x\ngeneration:\n  max_new_token: 5\n  temperature: -0.5\n  top_p: 1.5\n",
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert msg.startswith("2 unknown keys:")
+    assert f"{path}:2" in msg and "Did you mean 'model_name'" in msg
+    assert f"{path}:4" in msg and "Did you mean 'max_new_tokens'" in msg
+    assert f"{path}:5: generation.temperature" in msg and "(got -0.5)" in msg
+    assert f"{path}:6: generation.top_p" in msg and "(got 1.5)" in msg
+    assert "model.model_name: Field required" not in msg  # the typo's line already says it
+
+
+def test_a_misspelled_option_gets_the_closest_one():
+    from infermux.configs.loader import parse_overrides
+
+    with pytest.raises(ConfigError, match=r"unknown option '--input-paht'\. Did you mean '--input-path'\?"):
+        parse_overrides(["--input-paht", "x.jsonl"], ["--input_path", "--input-path", "--output_path"])
+    with pytest.raises(ConfigError, match=r"Did you mean '--max_cost'\?"):
+        parse_overrides(["--max-cst", "5"])  # a config key, without the command's options

@@ -205,16 +205,38 @@ def test_progress_lines_when_stderr_is_a_file_and_progress_json(tmp_path: Path, 
 
 
 def test_dry_run_of_a_local_engine_loads_no_model(tmp_path: Path) -> None:
+    """No model: LLAMACPP reads the GGUF's vocabulary only (to count tokens as the job will); no torch or
+    transformers. No cloud-only lines (prices, batch API, per-minute limits) on a local engine."""
     inp = _write_rows(tmp_path / "in.jsonl", ["hello there"] * 4)
     script = (
         "import sys\nfrom infermux.cli.main import app\n"
         f"sys.argv = ['infermux', 'infer', '--input_path', {str(inp)!r}, '--dry-run', '--engine', 'LLAMACPP']\n"
         "try:\n    app()\nexcept SystemExit:\n    pass\n"
-        "print('loaded:', sorted(m for m in ('llama_cpp', 'torch', 'transformers') if m in sys.modules))\n"
+        "print('loaded:', sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n"
     )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=cli_env(), timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "rows: 4 (0 already done, 0 in the answer cache, 4 to send)" in proc.stdout
-    assert "estimated cost online: cost unknown" in proc.stdout
-    assert "no per-minute limits set" in proc.stdout
-    assert "loaded: []" in proc.stdout  # no engine library, no model
+    for cloud in ("cost", "batch API", "per-minute limits"):
+        assert cloud not in proc.stdout, proc.stdout
+    assert "time: unknown until a job of this model has run on LLAMACPP here" in proc.stdout
+    assert "loaded: []" in proc.stdout
+    assert proc.stderr == ""
+
+
+def test_the_summary_counts_answers_cut_off_at_the_token_limit(tmp_path: Path) -> None:
+    """The fake stops at max_tokens words with finish_reason "length", as a server does."""
+    from tests.fakes.openai_chat import FakeOpenAIChat
+
+    inp = _write_rows(tmp_path / "in.jsonl", ["one", "two", "three"])
+    with FakeOpenAIChat() as fake:
+        assert isinstance(fake, FakeOpenAIChat)
+        proc = run_cli(
+            "infer", "--engine", "REMOTE", "--model.model_name", "m", "--remote_params.api_url", fake.url + "/v1",
+            "--input_path", str(inp), "--output_path", str(tmp_path / "out.jsonl"), "--generation.max_new_tokens", "2",
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "3 answered of 3 rows" in proc.stderr
+    assert '3 answers stopped at max_new_tokens=2 (finish_reason "length"): raise --generation.max_new_tokens' in (
+        proc.stderr
+    )

@@ -31,3 +31,16 @@ def test_an_empty_job_still_gets_its_final_line() -> None:
     ticker = ProgressTicker(10.0, lines=lines.append)
     ticker.finish(BatchReport(total=0))
     assert len(lines) == 1 and lines[0].startswith("progress 0/0")
+
+
+def test_a_local_job_line_says_nothing_of_cost_a_priced_one_does() -> None:
+    """A local engine has no prices: its lines end with the token counts, not "cost unknown"."""
+    lines: list[str] = []
+    ticker = ProgressTicker(10.0, lines=lines.append)
+    ticker.finish(BatchReport(total=2, done=2, completion_tokens=7))
+    assert lines[-1].endswith("tokens 0 in 7 out") and "cost" not in lines[-1]
+    priced = BatchReport(total=2, done=2)
+    priced.cost.add(0.5)
+    priced.cost.add(None)  # a row without a price
+    ticker.finish(priced)
+    assert lines[-1].endswith("$0.5000 (+1 rows unpriced)")

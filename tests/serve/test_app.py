@@ -187,3 +187,37 @@ def test_a_non_streaming_client_that_disconnects_is_counted_as_499() -> None:
             assert (await client.post("/v1/chat/completions", json=body("next"))).status == 200
 
     asyncio.run(main())
+
+
+def test_health_and_metrics_name_the_engine_as_configs_do_and_report_the_sampling() -> None:
+    """The registry name (ECHO), not the class name (EchoEngine); /health says what sampling a request
+    that sets none gets: the preset where one is given, else the config's values."""
+
+    async def check(client: TestClient, engine: Any) -> None:
+        health = await (await client.get("/health")).json()
+        assert health["engine"] == "ECHO" and type(engine).__name__ != "ECHO"
+        assert health["sampling"] == {"temperature": 0.7, "top_p": 1.0, "frequency_penalty": 0.3,
+                                      "presence_penalty": 0.0}  # fmt: skip
+        text = await (await client.get("/metrics")).text()
+        assert f'infermux_info{{model="{MODEL}",engine="ECHO"}} 1' in text
+
+    run(check, preset={"temperature": 0.7, "frequency_penalty": 0.3})
+
+
+def test_the_preset_applies_only_to_requests_that_choose_no_sampling() -> None:
+    from infermux.engines.capabilities import Capabilities
+    from infermux.serve import wire
+
+    caps = Capabilities(generation_params=frozenset({"temperature", "top_p", "frequency_penalty"}))
+    preset = {"temperature": 0.7, "top_p": 0.9, "frequency_penalty": 0.3}
+
+    def prepared(**kw: Any) -> GenerationParams:
+        return wire.prepare(
+            body("hi", **kw), served_model=MODEL, defaults=GenerationParams(), caps=caps, engine_name="ECHO",
+            preset=preset,
+        ).generation  # fmt: skip
+
+    plain = prepared()
+    assert (plain.temperature, plain.top_p, plain.frequency_penalty) == (0.7, 0.9, 0.3)
+    greedy = prepared(temperature=0)  # the client asked for greedy: exactly that
+    assert (greedy.temperature, greedy.top_p, greedy.frequency_penalty) == (0.0, 1.0, 0.0)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import cli_env
+from tests.conftest import ROOT, cli_env
 from tests.fakes.openai_chat import FakeOpenAIChat
 from tests.serve.running import Served, serve
 
@@ -231,3 +231,89 @@ def test_pages_on_other_sites_and_rebound_names_cannot_drive_the_server() -> Non
             assert metrics.startswith("read 200") and "infermux_requests_total" in metrics
             assert sent == "sent" and metric(served, 'infermux_errors_total{status="415"}') == 1  # text/plain: refused
             assert len(fake.requests) == 1
+
+
+# ---------------------------------------------------------------------------- first hour: layout, hint, markdown
+#: An answer with Markdown and HTML a hostile or confused model could write: the HTML must stay text.
+MARKDOWN_ANSWER = (
+    "## Steps\n\n1. Install **infermux**\n2. Run `infermux chat`\n\n- one\n- two\n\n"
+    "```python\nprint('<b>hi</b>')\n```\n\n"
+    "Done <img src=x onerror=\"document.title='pwned'\"> <script>document.title='pwned'</script> "
+    "[docs](https://example.org/docs) [bad](javascript:alert(1))"
+)
+SHOTS = ROOT / "tests" / "serve" / "screenshots"  # written for a person to look at; not committed
+
+
+def _page_at(browser: Any, url: str, width: int, height: int) -> None:
+    browser.set_window_size(width, height)
+    browser.get(url)
+    wait_for(lambda: "gpt-fake" in browser.find_element("id", "model").text, timeout=60)
+
+
+def _layout(browser: Any) -> dict[str, Any]:
+    """Where the page's parts are, measured in the browser."""
+    return browser.execute_script(
+        "const r = (id) => document.getElementById(id).getBoundingClientRect();"
+        "return {scrollWidth: document.documentElement.scrollWidth, innerWidth: window.innerWidth,"
+        " settings: r('settings'), input: r('input'), send: r('send'), empty: r('empty'),"
+        " emptyShown: !document.getElementById('empty').hidden, optionsOpen: document.getElementById('options').open};"
+    )
+
+
+@pytest.mark.parametrize(("width", "height"), [(390, 844), (1280, 800)])
+def test_layout_empty_hint_markdown_and_timing_at_phone_and_desktop_width(
+    browser: Any, width: int, height: int
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    with FakeOpenAIChat(lambda exchange: MARKDOWN_ANSWER) as fake:
+        assert isinstance(fake, FakeOpenAIChat)
+        args = ("--engine", "REMOTE", "--model.model_name", "gpt-fake", "--remote_params.api_url", fake.url + "/v1")
+        with serve(*args, timeout=120) as served:
+            _page_at(browser, served.url + "/", width, height)
+            SHOTS.mkdir(exist_ok=True)
+            browser.save_screenshot(str(SHOTS / f"empty-{width}.png"))
+            layout = _layout(browser)
+            assert layout["scrollWidth"] <= layout["innerWidth"], "the page must not scroll sideways"
+            assert layout["emptyShown"] and "Ask the model anything" in browser.find_element(By.ID, "empty").text
+            assert layout["input"]["width"] >= 0.5 * width, "the message box gets most of the width"
+            assert layout["send"]["right"] <= width
+            if width < 700:  # phone: the settings fold into a bar above the conversation
+                assert not layout["optionsOpen"] and layout["settings"]["height"] < 0.25 * height
+                assert layout["settings"]["width"] >= width - 1
+            else:
+                assert layout["optionsOpen"] and layout["settings"]["width"] < 0.3 * width
+            assert browser.find_element(By.ID, "temperature").get_attribute("value") == ""  # not 0
+            assert browser.find_element(By.ID, "temperature").get_attribute("placeholder") == "0.7 (server default)"
+
+            for turn in (1, 2):
+                say(browser, f"Question {turn}?")
+                wait_for(
+                    lambda turn=turn: browser.find_element(By.ID, "status").get_attribute("data-done") == str(2 * turn)
+                )
+            browser.save_screenshot(str(SHOTS / f"answered-{width}.png"))
+            sent = fake.requests[-1].json
+            assert sent["temperature"] == 0.7 and sent["frequency_penalty"] == 0.3  # serve's preset, as the chat's
+
+            answer = browser.find_elements(By.CSS_SELECTOR, "#log .msg.assistant")[-1]
+            assert [h.text for h in answer.find_elements(By.TAG_NAME, "h3")] == ["Steps"]
+            assert [li.text for li in answer.find_elements(By.CSS_SELECTOR, "ol li")] == [
+                "Install infermux", "Run infermux chat"
+            ]  # fmt: skip
+            assert [li.text for li in answer.find_elements(By.CSS_SELECTOR, "ul li")] == ["one", "two"]
+            assert answer.find_element(By.CSS_SELECTOR, "pre code").text == "print('<b>hi</b>')"
+            assert answer.find_element(By.CSS_SELECTOR, "strong").text == "infermux"
+            links = answer.find_elements(By.TAG_NAME, "a")
+            assert [a.get_attribute("href") for a in links] == ["https://example.org/docs"]
+            assert not answer.find_elements(By.CSS_SELECTOR, "img, script, b")  # HTML shown as text, never run
+            assert "<img src=x" in answer.text and "<script>" in answer.text
+            assert browser.title == "infermux chat"
+
+            assert browser.find_element(By.ID, "status").text.startswith("this chat: 2 answers · 46 tokens · ")
+            metas = browser.find_elements(By.CSS_SELECTOR, "#log .meta")
+            assert len(metas) == 2, "a timing line under each answer"
+            assert all("first token" in m.text and m.text.endswith(" s") for m in metas)
+            layout = _layout(browser)
+            assert layout["scrollWidth"] <= layout["innerWidth"] and not layout["emptyShown"]
+            browser.find_element(By.ID, "reset").click()
+            assert _layout(browser)["emptyShown"]

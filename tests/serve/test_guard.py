@@ -56,7 +56,7 @@ def test_deeply_nested_json_anywhere_is_a_400_not_a_500() -> None:
             assert "nested" in error["message"], name
         ok = with_schema("tools", nested(20))  # within the bound: it gets as far as the capability check
         r = await client.post(CHAT, data=ok, headers={"Content-Type": "application/json"})
-        assert (await r.json())["error"]["message"] == "EchoEngine cannot call tools."
+        assert (await r.json())["error"]["message"] == "ECHO cannot call tools."
         assert (await client.post(CHAT, json=body("still serving"))).status == 200
 
     run(check)

@@ -318,3 +318,17 @@ def test_metrics_are_prometheus_text(server: Served) -> None:
     ):
         assert re.search(rf"^{name}(\{{[^}}]*\}})? \d", text, re.M), name
     assert metric(server, "infermux_completion_tokens_total") > 0
+
+
+def test_the_engine_is_named_llamacpp_and_requests_without_sampling_get_the_chat_preset(server: Served) -> None:
+    """serve, /health and /metrics call the engine LLAMACPP, as configs and `infermux engines` do; without a
+    config, a request that chooses no sampling gets the chat's preset (greedy decoding loops on this model)."""
+    with urllib.request.urlopen(server.url + "/health", timeout=30) as resp:
+        health = json.loads(resp.read())
+    assert health["engine"] == "LLAMACPP"
+    assert health["sampling"] == {"temperature": 0.7, "top_p": 0.9, "frequency_penalty": 0.3, "presence_penalty": 0.0}
+    log = server.log()
+    assert f"serving {MODEL} on LLAMACPP at http://127.0.0.1:" in log and "InferenceEngine" not in log
+    assert "no config given: requests that set no temperature, top_p or penalty get temperature=0.7" in log
+    with urllib.request.urlopen(server.url + "/metrics", timeout=30) as resp:
+        assert f'infermux_info{{model="{MODEL}",engine="LLAMACPP"}} 1' in resp.read().decode()

@@ -37,12 +37,12 @@ def _setup(
     engine_name: str | None,
     log_level: str | None,
 ) -> tuple[InferenceConfig, InferenceEngine]:
-    from infermux.cli.common import fail, load_cli_config, setup_logging
+    from infermux.cli.common import command_args, fail, load_cli_config, setup_logging
     from infermux.engines.registry import build_engine, engine_class
     from infermux.jobs import check_output_path
 
     setup_logging(log_level)
-    cfg = load_cli_config(config, list(ctx.args), engine=engine_name)
+    cfg = load_cli_config(config, command_args(ctx), engine=engine_name)
     cfg.input_path = input_path or cfg.input_path
     cfg.output_path = output_path or cfg.output_path
     if not cfg.output_path:
@@ -195,13 +195,13 @@ def list_(
     log_level: str | None = LogOpt,
 ) -> None:
     """List the account's most recent batches (ANTHROPIC), whatever job created them."""
-    from infermux.cli.common import fail, load_cli_config, setup_logging, user_errors
+    from infermux.cli.common import command_args, fail, load_cli_config, setup_logging, user_errors
     from infermux.engines.registry import build_engine
     from infermux.jobs import provider_batch
 
     setup_logging(log_level)
     with user_errors():
-        eng = build_engine(load_cli_config(config, list(ctx.args), engine=engine))
+        eng = build_engine(load_cli_config(config, command_args(ctx), engine=engine))
         client = eng.batch_client()
         if client is None or not client.can_list:
             fail(f"list is not available for {eng.name}.")

@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from infermux.errors import InfermuxError
 
@@ -19,12 +19,33 @@ EXIT_ROWS_FAILED = 3
 EXIT_BUDGET = 4  # --max-cost stopped the job before every row started (resumable)
 
 _debug = False
+_options: list[str] = []  # the running command's own option names, for "did you mean" on a misspelled one
+
+
+def command_args(ctx: Any) -> list[str]:
+    """The ``--section.field VALUE`` overrides a command was given (``ctx.args``); its own option names are
+    kept so that a misspelled option (``--input-paht``) is answered with the closest one."""
+    _options[:] = [opt for param in ctx.command.params for opt in (*param.opts, *param.secondary_opts)]
+    return list(ctx.args)
 
 
 class _Formatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         level = record.levelname.lower()
         return f"{level}: {record.getMessage()}" if record.levelno >= logging.WARNING else record.getMessage()
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to ``sys.stderr`` as it is at each line: while a progress bar is live, rich points it at
+    itself, so a log line (``loading MODEL on ENGINE``, a warning) prints above the bar, not through it."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
 
 
 def setup_logging(level: str | None) -> None:
@@ -37,7 +58,7 @@ def setup_logging(level: str | None) -> None:
         fail(f"unknown --log-level {level!r}: use debug, info, warning or error.")
     quiet_libraries(numeric if level else None)
     _debug = numeric <= logging.DEBUG
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(_Formatter() if not _debug else logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -82,9 +103,25 @@ def load_cli_config(
 ) -> InferenceConfig:
     from infermux.configs.loader import load_config, parse_overrides
 
-    pairs = parse_overrides(overrides)
+    pairs = parse_overrides(overrides, _options)
     if engine:
         pairs.append(("engine", engine))
     if strict:
         pairs.append(("strict", "true"))
     return load_config(config, pairs)
+
+
+def warn_if_greedy_loops(cfg: InferenceConfig) -> None:
+    """The default model decoding greedily without a repetition guard tends to repeat one phrase until the
+    token limit ("la Femme, la Femme, ..."): say so, and how to change it. The SPEC's defaults stay."""
+    from infermux.models.default import is_default_model
+
+    g = cfg.generation
+    if not is_default_model(cfg.model.model_name) or g.sampling or g.frequency_penalty or g.presence_penalty:
+        return
+    logging.getLogger("infermux").warning(
+        "%s decodes greedily (temperature 0, the SPEC default) without a repetition guard: small models then "
+        "often repeat a phrase until max_new_tokens. Add --generation.frequency_penalty 0.3 (answers stay "
+        "repeatable), or sample with --generation.temperature 0.7 --generation.top_p 0.9.",
+        cfg.model.model_name,
+    )

@@ -26,18 +26,20 @@ def run_config_check(
         from infermux.engines.registry import engine_class, engine_specs, is_available
 
         engine_name = str(cfg.resolved_engine())
+        spec = engine_specs()[engine_name]
+        available = is_available(engine_name)
+        cls = engine_class(engine_name) if available else None
         data = cfg.model_dump(mode="json", exclude_none=True, by_alias=True)
         if cfg.remote_params is not None and cfg.remote_params.api_key is not None:
             data["remote_params"]["api_key"] = "***"
+        _engine_defaults(cls, cfg, data)
         print(yaml.safe_dump(data, sort_keys=False).rstrip())
-        spec = engine_specs()[engine_name]
-        available = is_available(engine_name)
         limits: list[str] = []
         print(f"# engine: {engine_name} ({spec.class_name}){'' if available else ' — not installed'}")
         if not available:
             print(f"#   install with: {install_hint(spec.extra)}")
         else:
-            cls = engine_class(engine_name)
+            assert cls is not None
             problems = check_params(cls.__name__, cls.capabilities, cfg.generation, cfg.model, strict=cfg.strict)
             limits = cls.config_limit_problems(cfg.model, cfg.generation)
             _warn_missing_key(cls, cfg)
@@ -46,6 +48,27 @@ def run_config_check(
         print(f"# fingerprint: {cfg.fingerprint()}")
         if limits:
             fail("; ".join(limits) + ". Every request would be rejected: change these settings.")
+        if cls is not None and _needs_url(cls, cfg):
+            fail(getattr(cls, "missing_url_message")(engine_name))  # noqa: B009 (remote engines only)
+
+
+def _engine_defaults(cls: Any, cfg: Any, data: dict[str, Any]) -> None:
+    """Show what a job on this engine would use where the config says nothing: a remote engine's own
+    ``num_workers`` (8 for most, not the section's field default of 1)."""
+    default = getattr(cls, "default_num_workers", None)
+    if default is None:
+        return
+    params = cfg.remote_params
+    if params is None or "num_workers" not in params.model_fields_set:
+        section = data.setdefault("remote_params", {})
+        section["num_workers"] = default
+
+
+def _needs_url(cls: Any, cfg: Any) -> bool:
+    """A remote engine without a default URL and no ``remote_params.api_url``: a job would refuse to start."""
+    if not hasattr(cls, "missing_url_message") or getattr(cls, "default_api_url", None):
+        return False
+    return not (cfg.remote_params is not None and cfg.remote_params.api_url)
 
 
 def _warn_missing_key(cls: Any, cfg: Any) -> None:
@@ -69,4 +92,4 @@ def _warn_missing_key(cls: Any, cfg: Any) -> None:
     if key is None and required:
         where = f"the {info.key_env} environment variable" if info.key_env else "remote_params.api_key"
         logger.warning("%s needs an API key and %s is not set: a job would stop before sending anything.",
-                       cls.__name__, where)  # fmt: skip
+                       str(cfg.resolved_engine()), where)  # fmt: skip

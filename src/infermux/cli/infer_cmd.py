@@ -6,7 +6,15 @@ import asyncio
 import sys
 from typing import TYPE_CHECKING
 
-from infermux.cli.common import EXIT_BUDGET, EXIT_ROWS_FAILED, fail, load_cli_config, setup_logging, user_errors
+from infermux.cli.common import (
+    EXIT_BUDGET,
+    EXIT_ROWS_FAILED,
+    fail,
+    load_cli_config,
+    setup_logging,
+    user_errors,
+    warn_if_greedy_loops,
+)
 from infermux.configs.engine_type import engine_name
 
 if TYPE_CHECKING:
@@ -81,6 +89,7 @@ def run_infer(
             return
         if system_prompt or images:
             fail("--system-prompt and --image apply to chat (-i); batch rows carry their own messages.")
+        warn_if_greedy_loops(cfg)
         if cfg.distributed is not None:  # --ray, or a distributed: section in the config
             from infermux.distributed.progress import run_with_progress
 
@@ -100,6 +109,9 @@ def _run_batch(cfg: InferenceConfig, tools: list[Tool] | None = None) -> int:
             answered[row.index] = result
 
     report = _with_progress(cfg, on_row, tools)
+    from infermux.jobs.plan import remember_speed
+
+    remember_speed(cfg, report)  # the next --dry-run's time estimate
     if not cfg.output_path:
         _print_answers(answered)
     return _summarise(report, cfg)
@@ -200,6 +212,11 @@ def _summarise(report: BatchReport, cfg: InferenceConfig) -> int:
     elif str(getattr(engine := cfg.resolved_engine(), "value", engine)).upper() in PRICE_PROVIDERS:
         tokens += "; cost unknown (no price for this model)"  # engines without prices (local ones): nothing
     sys.stderr.write(tokens + "\n")
+    if report.truncated:
+        sys.stderr.write(
+            f"{report.truncated} answers stopped at max_new_tokens={cfg.generation.max_new_tokens} "
+            '(finish_reason "length"): raise --generation.max_new_tokens to let them finish.\n'
+        )
     if report.budget_stopped:
         kept = f"kept in {report.partial_path}" if report.partial_path else "printed above"
         sys.stderr.write(

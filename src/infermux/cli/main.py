@@ -7,6 +7,7 @@ import sys
 import typer
 
 from infermux.cli.batch_cmd import batch_app  # light: typer only; its commands import their work lazily
+from infermux.cli.common import command_args
 from infermux.cli.options import (
     EXTRA_ARGS,
     ConfigOpt,
@@ -78,7 +79,7 @@ def infer(
         max_cost=max_cost,
         dry_run=dry_run,
         config=config,
-        overrides=list(ctx.args),
+        overrides=command_args(ctx),
         input_path=input_path,
         output_path=output_path,
         interactive=interactive,
@@ -107,7 +108,7 @@ def chat(
     run_infer(
         tools_path=tools,
         config=config,
-        overrides=list(ctx.args),
+        overrides=command_args(ctx),
         input_path=None,
         output_path=None,
         interactive=True,
@@ -151,7 +152,7 @@ def serve(
 
     run_serve(
         config=config,
-        overrides=list(ctx.args),
+        overrides=command_args(ctx),
         engine=engine,
         host=host,
         port=port,
@@ -177,11 +178,13 @@ def config_check(
     """Validate a config and print it resolved, with the engine it selects (no model is loaded)."""
     from infermux.cli.config_cmd import run_config_check
 
-    run_config_check(config, list(ctx.args), log_level, engine=engine)
+    run_config_check(config, command_args(ctx), log_level, engine=engine)
 
 
 @app.command()
 def engines(
+    name: str | None = typer.Argument(None, metavar="[NAME]", help="One engine's details (e.g. LLAMACPP)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the facts as JSON, for scripts."),
     verbose: bool = typer.Option(
         False,
         "--verbose",
@@ -190,10 +193,10 @@ def engines(
         "chose on it (instruction sets, AMX, threads): plain text to paste into a bug report. Imports them.",
     ),
 ) -> None:
-    """List every engine, whether its extra is installed, and what it supports."""
+    """List every engine, whether its extra is installed, and what it supports (NAME: one engine in detail)."""
     from infermux.cli.engines_cmd import run_engines
 
-    run_engines(verbose=verbose)
+    run_engines(name=name, as_json=as_json, verbose=verbose)
 
 
 @app.command()

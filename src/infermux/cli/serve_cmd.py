@@ -7,7 +7,7 @@ import logging
 import socket
 import sys
 
-from infermux.cli.common import fail, load_cli_config, setup_logging, user_errors
+from infermux.cli.common import fail, load_cli_config, setup_logging, user_errors, warn_if_greedy_loops
 
 API_KEY_ENV = "INFERMUX_API_KEY"
 
@@ -70,9 +70,20 @@ def run_serve(
         from infermux.engines.registry import build_engine
 
         built = build_engine(cfg)
+        preset: dict[str, float] = {}
+        if config is None:  # as the chat does: sampling with a repetition guard, for requests that choose none
+            from infermux.cli.chat_session import chat_preset
+
+            preset = chat_preset(cfg.generation, built.get_supported_params(), built.label)
+            if preset:
+                settings = " ".join(f"{k}={v}" for k, v in preset.items())
+                logger.info("no config given: requests that set no temperature, top_p or penalty get %s", settings)
+        else:
+            warn_if_greedy_loops(cfg)
     try:
-        app = _app(built, cfg.generation, model_name or cfg.model.model_name, api_key, limits, hosts, cors_origins)
-        _serve(app, built.name, model_name or cfg.model.model_name, host, port, api_key)
+        app = _app(built, cfg.generation, model_name or cfg.model.model_name, api_key, limits, hosts, cors_origins,
+                   preset)  # fmt: skip
+        _serve(app, built.label, model_name or cfg.model.model_name, host, port, api_key)
     finally:
         built.close()
 
@@ -84,11 +95,11 @@ def _own_names(host: str) -> list[str]:
     return [n for n in (host, *names) if n]
 
 
-def _app(engine, defaults, served, api_key, limits, hosts, origins):  # type: ignore[no-untyped-def]
+def _app(engine, defaults, served, api_key, limits, hosts, origins, preset):  # type: ignore[no-untyped-def]
     from infermux.serve.app import create_app
 
     return create_app(engine, served_model=served, defaults=defaults, api_key=api_key, limits=limits,
-                      allowed_hosts=hosts, cors_origins=origins or ())  # fmt: skip
+                      allowed_hosts=hosts, cors_origins=origins or (), preset=preset)  # fmt: skip
 
 
 def _serve(app, engine_name: str, served: str, host: str, port: int, api_key: str | None) -> None:  # type: ignore[no-untyped-def]

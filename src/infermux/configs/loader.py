@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -128,27 +128,47 @@ def _interpolate(value: Any, path: _Path, where: _Where) -> Any:
     return _ENV.sub(replace, value)
 
 
-def parse_overrides(args: Sequence[str]) -> list[tuple[str, str]]:
-    """Turn ``["--a.b", "1", "--c.d=x", "e.f=2"]`` into ``[("a.b", "1"), ("c.d", "x"), ("e.f", "2")]``."""
+def parse_overrides(args: Sequence[str], options: Iterable[str] = ()) -> list[tuple[str, str]]:
+    """Turn ``["--a.b", "1", "--c.d=x", "e.f=2"]`` into ``[("a.b", "1"), ("c.d", "x"), ("e.f", "2")]``.
+
+    ``options`` are the command's own option names (``--input_path``, ...): an unknown option is
+    reported with the closest of them or of the config's top-level keys ("did you mean")."""
     pairs: list[tuple[str, str]] = []
     i = 0
     while i < len(args):
         arg = args[i]
         key = arg[2:] if arg.startswith("--") else arg
+        name = key.split("=", 1)[0]
+        if not name or ("." not in name and name.replace("-", "_") not in InferenceConfig.model_fields):
+            raise ConfigError(_unknown_option(arg.split("=", 1)[0], options))
         if "=" in key:
-            name, value = key.split("=", 1)
+            value = key.split("=", 1)[1]
             i += 1
         elif arg.startswith("--") and i + 1 < len(args):
-            name, value = key, args[i + 1]
+            value = args[i + 1]
             i += 2
         else:
             raise ConfigError(
                 f"override {arg!r} has no value. Write it as --section.field VALUE or section.field=VALUE."
             )
-        if not name or ("." not in name and name not in InferenceConfig.model_fields):
-            raise ConfigError(f"unknown option {arg!r}. Overrides look like --generation.max_new_tokens 5.")
         pairs.append((name.replace("-", "_") if name.count(".") == 0 else name, value))
     return pairs
+
+
+def _unknown_option(arg: str, options: Iterable[str]) -> str:
+    """``unknown option '--input-paht'. Did you mean '--input-path'?``"""
+    import difflib
+
+    candidates = [o for o in options if o.startswith("--")]
+    candidates += [f"--{field}" for field in InferenceConfig.model_fields if f"--{field}" not in candidates]
+    candidates += [f"--{section}." for section in ("model", "generation", "remote_params", "distributed")]
+    bare = arg if arg.startswith("--") else f"--{arg}"
+    match = difflib.get_close_matches(bare, candidates, n=1, cutoff=0.6)
+    hint = f" Did you mean '{match[0]}'?" if match else ""
+    return (
+        f"unknown option {arg!r}.{hint} See --help for the options; config overrides look like "
+        "--generation.max_new_tokens 5."
+    )
 
 
 def apply_overrides(
@@ -177,10 +197,9 @@ def apply_overrides(
     return data
 
 
-def _check_keys(data: dict[str, Any], path: _Path, where: _Where, unknown: list[str] | None = None) -> None:
-    """Reject unknown keys, all of them in one error (a user fixes every typo in one round)."""
-    top = unknown is None
-    unknown = [] if unknown is None else unknown
+def _check_keys(data: dict[str, Any], path: _Path, where: _Where, unknown: list[tuple[str, _Path]]) -> None:
+    """Collect every unknown key in ``unknown`` as (message, path of the key it probably meant) and drop it
+    from ``data``, so the rest can still be validated: a user fixes every mistake in one round."""
     cls = _SECTIONS[path]
     for key in list(data):
         value = data[key]
@@ -192,10 +211,14 @@ def _check_keys(data: dict[str, Any], path: _Path, where: _Where, unknown: list[
                 sorted(cls.model_fields if cls is not GuidedDecodingParams else ["json", "regex", "choice"])
             )
             unknown.append(
-                f"{where.at((*path, key))}unknown key '{_dotted((*path, key))}'."
-                + (f" Did you mean '{hint}'?" if hint else "")
-                + f" Valid keys{' under ' + _dotted(path) if path else ''}: {valid}."
+                (
+                    f"{where.at((*path, key))}unknown key '{_dotted((*path, key))}'."
+                    + (f" Did you mean '{hint}'?" if hint else "")
+                    + f" Valid keys{' under ' + _dotted(path) if path else ''}: {valid}.",
+                    (*path, hint) if hint else (),
+                )
             )
+            del data[key]
             continue
         if key in cls.oumi_ignored:
             logger.warning(
@@ -208,23 +231,29 @@ def _check_keys(data: dict[str, Any], path: _Path, where: _Where, unknown: list[
         sub = (*path, key)
         if sub in _SECTIONS and isinstance(value, dict):
             _check_keys(value, sub, where, unknown)
-    if top and len(unknown) == 1:
-        raise ConfigError(unknown[0])
-    if top and unknown:
-        raise ConfigError(f"{len(unknown)} unknown keys:\n  " + "\n  ".join(unknown))
 
 
-def _validation_message(exc: ValidationError, where: _Where) -> str:
+def _unknown_message(unknown: list[tuple[str, _Path]]) -> str:
+    if len(unknown) == 1:
+        return unknown[0][0]
+    return f"{len(unknown)} unknown keys:\n  " + "\n  ".join(message for message, _ in unknown)
+
+
+def _validation_lines(exc: ValidationError, where: _Where, meant: Collection[_Path] = ()) -> list[str]:
+    """One line per invalid value; a missing field that a misspelled key probably meant (``meant``) is
+    left out: the unknown-key line already says it."""
     lines = []
     for err in exc.errors():
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        if err["type"] == "missing" and loc in meant:
+            continue
         msg = err["msg"].removeprefix("Value error, ")
         shown = repr(err["input"]) if "input" in err and not isinstance(err["input"], dict) else ""
         if loc and loc[-1] == "api_key":
             shown = ""
         got = f" (got {shown})" if shown and len(shown) < 80 else ""
         lines.append(f"{where.at(loc)}{_dotted(loc) or 'config'}: {msg}{got}.")
-    return "Invalid configuration:\n  " + "\n  ".join(lines)
+    return lines
 
 
 def load_config(
@@ -246,8 +275,16 @@ def load_config(
     data = _interpolate(data, (), where)
     if isinstance(data.get("engine"), str):
         data["engine"] = data["engine"].strip().upper()
-    _check_keys(data, (), where)
+    unknown: list[tuple[str, _Path]] = []
+    _check_keys(data, (), where, unknown)
     try:
-        return InferenceConfig.model_validate(data)
+        config = InferenceConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_validation_message(exc, where)) from None
+        lines = _validation_lines(exc, where, {meant for _, meant in unknown})
+        parts = [_unknown_message(unknown)] if unknown else []
+        if lines:
+            parts.append("Invalid configuration:\n  " + "\n  ".join(lines))
+        raise ConfigError("\n".join(parts)) from None
+    if unknown:
+        raise ConfigError(_unknown_message(unknown))
+    return config

@@ -54,7 +54,7 @@ from infermux.configs.model_params import ModelParams
 from infermux.configs.remote_params import RemoteParams
 from infermux.engines.capabilities import Capabilities, check_limits, check_params
 from infermux.engines.tool_calls import tool_choice_problem
-from infermux.errors import ConfigError, InputError, RowError
+from infermux.errors import ConfigError, InputError, RowError, ServerUnreachableError
 from infermux.text import scrub_reply, scrub_surrogates
 from infermux.types import Conversation, TokenLogprob, Usage
 
@@ -189,7 +189,7 @@ class InferenceEngine:
                 out = await self._infer_chunk([conversations[i] for i in runnable], generation)
                 if len(out) != len(runnable):
                     raise RuntimeError(f"engine returned {len(out)} results for {len(runnable)} rows")
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, ServerUnreachableError):  # the job's end, not a row's failure
                 raise
             except Exception as exc:  # a chunk-wide failure becomes a failure of each of its rows
                 error = RowError.from_exception(exc)
@@ -379,6 +379,20 @@ class InferenceEngine:
     @property
     def name(self) -> str:
         return type(self).__name__
+
+    @property
+    def label(self) -> str:
+        """The engine's registry name (``LLAMACPP``), what configs and ``infermux engines`` call it; the class
+        name for an engine registered under none."""
+        return str(getattr(self.engine_type, "value", self.engine_type) or self.name)
+
+    @classmethod
+    def prompt_counter(
+        cls, model_params: ModelParams, generation: GenerationParams
+    ) -> Callable[[Conversation], int] | None:
+        """A function that counts a row's prompt tokens exactly (chat template applied) without loading the
+        model, for ``--dry-run``; None (the default): the plan estimates them (characters / 4)."""
+        return None
 
     @classmethod
     def get_supported_params(cls) -> set[str]:

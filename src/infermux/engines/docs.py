@@ -23,7 +23,14 @@ from infermux.engines.registry import ENGINES, EngineSpec
 from infermux.engines.remote.base import RemoteEngine
 from infermux.errors import install_hint
 
-__all__ = ["TABLES", "render_engines_markdown", "render_provider_table", "render_readme_table", "with_tables"]
+__all__ = [
+    "TABLES",
+    "render_engines_markdown",
+    "render_provider_table",
+    "render_readme_table",
+    "section_lines",
+    "with_tables",
+]
 
 _EXAMPLES = Path("configs") / "examples"
 _HEADER = """\
@@ -61,7 +68,7 @@ def _example(name: str, root: Path) -> str | None:
     return None
 
 
-def _section(name: str, spec: EngineSpec, root: Path) -> list[str]:
+def section_lines(name: str, spec: EngineSpec, root: Path) -> list[str]:
     cls = _load(spec)
     lines = [f"## {name}", ""]
     if cls is None:
@@ -125,7 +132,7 @@ def render_engines_markdown(root: str | Path = ".") -> str:
         out.append(f"| [{name}](#{name.lower()}) | {kind} | {spec.extra or '-'} | {tools} | {_samples(cls)} |")
     out.append("")
     for name, spec in specs.items():
-        out += _section(name, spec, root)
+        out += section_lines(name, spec, root)
     return "\n".join(out).rstrip() + "\n"
 
 

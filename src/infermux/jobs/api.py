@@ -29,13 +29,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from infermux.configs.engine_type import engine_name
-from infermux.errors import InputError, OutputError, RowError
+from infermux.errors import InputError, OutputError, RowError, ServerUnreachableError
 from infermux.jobs.finished import finished_rows
 from infermux.jobs.loop import BatchReport, JobFiles, run_job
 from infermux.jobs.options import JobOptions
@@ -54,6 +56,8 @@ from infermux.jobs.rows import (
 from infermux.jobs.storage import check_output_uri, is_uri
 from infermux.jobs.sync import run_sync
 from infermux.types import Conversation, Tool
+
+logger = logging.getLogger("infermux.jobs")
 
 if TYPE_CHECKING:
     from infermux.configs.generation_params import GenerationParams
@@ -183,6 +187,10 @@ async def run_job_file(
             engine, lambda: with_default_tools(iter_rows(input_path), tools), ids, generation,
             files=files, on_row=on_row, on_progress=on_progress, options=options, settled=settled,
         )  # fmt: skip
+    except ServerUnreachableError:
+        if files is not None:
+            files.discard_if_unanswered()  # nothing answered, ever: leave no empty files behind
+        raise
     finally:
         if owned:
             options.close()
@@ -275,7 +283,7 @@ async def _load_and_run(
     assert config.input_path is not None
     options = JobOptions.from_config(config)  # before loading a model: an unenforceable budget is exit 2
     try:
-        engine = build_engine(config)
+        engine = _build_announced(config, build_engine)
         try:
             engine.check(config.generation, tools=bool(tools) or any(offered))  # before any row runs
             return await run_job_file(
@@ -295,6 +303,24 @@ async def _load_and_run(
             engine.close()
     finally:
         options.close()
+
+
+def _build_announced(config: InferenceConfig, build: Callable[[InferenceConfig], InferenceEngine]) -> InferenceEngine:
+    """Build the job's engine, saying so first: loading a local model takes seconds to minutes, and a job
+    that prints nothing meanwhile looks hung."""
+    from infermux.engines.registry import engine_specs
+
+    name = str(getattr(engine := config.resolved_engine(), "value", engine))
+    spec = engine_specs().get(name)
+    if spec is not None and spec.remote:
+        built = build(config)
+        logger.info("%s on %s at %s", config.model.model_name, name, getattr(built, "url", "") or "its default URL")
+        return built
+    logger.info("loading %s on %s ...", config.model.model_name, name)
+    started = time.monotonic()
+    built = build(config)
+    logger.info("loaded in %.1f s", time.monotonic() - started)
+    return built
 
 
 async def ainfer(

@@ -266,6 +266,20 @@ class JobFiles:
                     fh.close()
         self._partial_fh = self._errors_fh = None
 
+    def discard_if_unanswered(self) -> None:
+        """Remove the partial and errors files when the partial file holds no row (a job that stopped
+        before answering any): a rerun starts the same way without them."""
+        try:
+            if self.partial.stat().st_size:
+                return
+        except FileNotFoundError:
+            pass
+        for path in (self.partial, self.errors):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        if self._own_folder:
+            self._remove_own_folder()
+
     def assemble(self, ordered_ids: Iterable[str], *, complete: bool) -> int:
         """Write the finished rows in input order to the output, atomically; return how many. A complete
         job leaves its finished-job index instead of the partial and errors files."""

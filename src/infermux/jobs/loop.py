@@ -34,7 +34,7 @@ from infermux.jobs.finished import finished_rows, reopen
 from infermux.jobs.options import Budget, JobOptions, estimated_prompt_tokens, request_of
 from infermux.jobs.rows import InputRow
 from infermux.text import scrub_reply
-from infermux.types import Conversation
+from infermux.types import Conversation, FinishReason
 
 if TYPE_CHECKING:
     from infermux.configs.generation_params import GenerationParams
@@ -59,6 +59,8 @@ class BatchReport:
     completion_tokens: int = 0
     cached: int = 0
     """Rows answered from the answer cache (counted in ``done`` too)."""
+    truncated: int = 0
+    """Answered rows that stopped at the token limit (``finish_reason: length``; counted in ``done`` too)."""
     cost: CostTotals = field(default_factory=CostTotals)
     budget_stopped: bool = False
     """The budget (``max_cost``) stopped the job before every row started; rerun to go on."""
@@ -191,6 +193,7 @@ def record_result(
             files.append_failed(row, result)
     else:
         report.done += 1
+        report.truncated += result.finish_reason is FinishReason.LENGTH
         _count_usage(report, result)
     return result
 

@@ -39,13 +39,15 @@ def snapshot(report: BatchReport, state: str = "running") -> dict[str, Any]:
         "resumed": report.resumed,
         "cached": report.cached,
         "failed": report.failed,
+        "truncated": report.truncated,
         "rows_per_s": round(rate, 3),
         "eta_s": None if eta is None else round(eta, 1),
         "elapsed_s": round(report.elapsed, 1),
         "prompt_tokens": report.prompt_tokens,
         "completion_tokens": report.completion_tokens,
         "cost_usd": round(report.cost.dollars, 6) if report.cost.priced else None,
-        "cost": report.cost.describe(),
+        # Nothing priced or unpriced (a local engine, which has no prices): no cost to speak of.
+        "cost": report.cost.describe() if report.cost.priced or report.cost.unpriced else "",
         "budget_stopped": report.budget_stopped,
         "output_path": report.output_path,
         "updated_at": time.time(),
@@ -69,7 +71,7 @@ def format_line(snap: dict[str, Any]) -> str:
         f"progress {snap['finished']}/{total}{pct} {snap['rows_per_s']:.1f} rows/s ETA {_duration(snap['eta_s'])} "
         f"failed {snap['failed']} cached {snap['cached']} tokens {snap['prompt_tokens']} in "
         f"{snap['completion_tokens']} out {snap['cost']}"
-    )
+    ).rstrip()
 
 
 def write_json_atomically(path: str | os.PathLike[str], data: Any) -> None:

@@ -63,6 +63,8 @@ class ServerState:
     defaults: GenerationParams
     api_key: str | None = None
     limits: Limits = field(default_factory=Limits)
+    #: Sampling settings for requests that choose none (serve without a config: the chat preset).
+    preset: dict[str, float] = field(default_factory=dict)
     metrics: Metrics = field(init=False)
     batcher: Batcher | None = None
     secrets: tuple[str, ...] = ()
@@ -70,7 +72,7 @@ class ServerState:
     session: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack, repr=False)
 
     def __post_init__(self) -> None:
-        self.metrics = Metrics(self.served_model, self.engine.name)
+        self.metrics = Metrics(self.served_model, self.engine.label)
         self.secrets = tuple(s for s in (*getattr(self.engine, "_secrets", ()), self.api_key) if s)
 
     def redact(self, text: str) -> str:
@@ -90,16 +92,19 @@ def create_app(
     defaults: GenerationParams | None = None,
     api_key: str | None = None,
     max_body: int | None = None,
+    preset: dict[str, float] | None = None,
     limits: Limits | None = None,
     allowed_hosts: Iterable[str] = (),
     cors_origins: Iterable[str] = (),
 ) -> web.Application:
     """The server's app. ``allowed_hosts``: names besides IP addresses and ``localhost`` that requests
-    may be addressed to (``Host``); ``cors_origins``: web origins allowed to call it from a browser."""
+    may be addressed to (``Host``); ``cors_origins``: web origins allowed to call it from a browser;
+    ``preset``: sampling settings for requests that set none of temperature, top_p, frequency_penalty and
+    presence_penalty (``infermux serve`` without a config gives the chat preset)."""
     limits = limits or Limits()
     if max_body is not None:
         limits = dataclasses.replace(limits, max_body=max_body)
-    state = ServerState(engine, served_model, defaults or engine.generation_params, api_key, limits)
+    state = ServerState(engine, served_model, defaults or engine.generation_params, api_key, limits, dict(preset or {}))
     hosts = frozenset(h.lower() for h in allowed_hosts)
     origins = frozenset(o.rstrip("/") for o in cors_origins)
     middlewares = [_errors, browser_guard(hosts, origins), require_key(api_key)]
@@ -183,7 +188,10 @@ async def model_info(request: web.Request) -> web.Response:
 
 async def health(request: web.Request) -> web.Response:
     state: ServerState = request.app[STATE]
-    return web.json_response({"status": "ok", "model": state.served_model, "engine": state.engine.name})
+    sampling = {name: getattr(state.defaults, name) for name in wire.SAMPLING_FIELDS} | state.preset
+    return web.json_response(
+        {"status": "ok", "model": state.served_model, "engine": state.engine.label, "sampling": sampling}
+    )
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -226,8 +234,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 def _prepare(state: ServerState, body: bytes) -> wire.Prepared:
     data = parse_json(body)
     check_request(data, state.limits)
-    caps, name = state.engine.capabilities, state.engine.name
-    return wire.prepare(data, served_model=state.served_model, defaults=state.defaults, caps=caps, engine_name=name)
+    caps, name = state.engine.capabilities, state.engine.label
+    return wire.prepare(data, served_model=state.served_model, defaults=state.defaults, caps=caps, engine_name=name,
+                        preset=state.preset)  # fmt: skip
 
 
 class _Run:

@@ -205,10 +205,23 @@ _ROLES["tool"] = Role.TOOL
 _PARAM_OF = {"stop_strings": "stop", "guided_decoding": "response_format", "max_new_tokens": "max_tokens"}
 
 
+#: The request fields that choose how tokens are sampled: a request that sets none of them gets the
+#: server's ``preset`` (serve without a config), one that sets any gets exactly what it asked for.
+SAMPLING_FIELDS = ("temperature", "top_p", "frequency_penalty", "presence_penalty")
+
+
 def prepare(
-    data: Any, *, served_model: str, defaults: GenerationParams, caps: Capabilities, engine_name: str
+    data: Any,
+    *,
+    served_model: str,
+    defaults: GenerationParams,
+    caps: Capabilities,
+    engine_name: str,
+    preset: dict[str, float] | None = None,
 ) -> Prepared:
-    """Check ``data`` and turn it into a conversation and generation settings, or raise :class:`ApiError`."""
+    """Check ``data`` and turn it into a conversation and generation settings, or raise :class:`ApiError`.
+
+    ``preset``: sampling settings for requests that set none of :data:`SAMPLING_FIELDS`."""
     req = parse_request(data)
     if req.model != served_model:
         raise ApiError(
@@ -226,6 +239,8 @@ def prepare(
         raise ApiError(f"{engine_name} does not accept images.", param="messages", code="unsupported_parameter")
     if conversation.tools and not caps.tools:
         raise ApiError(f"{engine_name} cannot call tools.", param="tools", code="unsupported_parameter")
+    if preset and all(getattr(req, name) is None for name in SAMPLING_FIELDS):
+        defaults = defaults.model_copy(update=preset)
     generation = _generation(req, defaults)
     _check_caps(req, generation, defaults, caps, engine_name)
     if req.tool_choice is not None:  # the client's own choice must fit its tools (the server's is checked per row)

@@ -96,3 +96,53 @@ def test_provider_info_states_each_engines_key_rule_as_data() -> None:
     assert "Anthropic's own API" in anthropic.key_text
     assert remote.key_rule == "optional" and remote.url is None and not remote.key_required(None)
     assert openai.key_required("http://127.0.0.1:1/v1")
+
+
+# ---------------------------------------------------------------------------- a server that cannot be reached
+def test_a_closed_port_stops_the_job_early_with_cannot_reach_and_leaves_no_files(tmp_path: Path) -> None:
+    """40 rows to a port nothing listens on: one clear error after the first row's retries, not 40 failed
+    rows over tens of seconds; no empty output, partial or errors file."""
+    import time
+
+    from tests.servers import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"}]}) + "\n" for i in range(40)))
+    started = time.monotonic()
+    res = run_cli(
+        "infer", "--engine", "REMOTE", "--model.model_name", "m", "--remote_params.api_url", url,
+        "--input_path", str(inp), "--output_path", str(tmp_path / "out.jsonl"),
+    )  # fmt: skip
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert f"error: cannot reach {url}/chat/completions" in res.stderr
+    assert "Is the server running" in res.stderr and "rows/s" not in res.stderr
+    assert time.monotonic() - started < 20
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+
+
+def test_a_server_that_answered_once_and_then_went_away_fails_rows_not_the_job() -> None:
+    """Once a request of the engine got through, a refused connection is a row's failure (data), as before."""
+    from infermux.configs import GenerationParams
+    from infermux.errors import ErrorKind, RowError
+    from infermux.types import Conversation, Message, Role
+    from tests.fakes.openai_chat import FakeOpenAIChat
+
+    rows = [Conversation(messages=[Message(role=Role.USER, content="hi")])]
+    with FakeOpenAIChat() as fake:
+        params = RemoteParams(api_url=fake.url + "/v1", max_retries=0)
+        engine = engine_class("REMOTE")(ModelParams(model_name="m"), remote_params=params)
+        answered = engine.infer(rows)
+        assert answered[0].last_message is not None
+    again = _answer(engine, rows, GenerationParams())  # the fake is gone: its port refuses connections
+    assert isinstance(again[0], RowError) and again[0].kind == ErrorKind.CONNECTION_ERROR
+
+
+def _answer(engine: RemoteEngine, rows: list, generation: object) -> list:
+    import asyncio
+
+    async def run() -> list:
+        async with engine.session():
+            return await engine.answer(rows, generation)  # type: ignore[arg-type]
+
+    return asyncio.run(run())

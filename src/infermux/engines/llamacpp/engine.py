@@ -43,6 +43,7 @@ from typing import Any
 
 from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams
+from infermux.configs.model_params import ModelParams
 from infermux.engines import tool_prompting
 from infermux.engines.base import InferenceEngine, StreamEvent, remember
 from infermux.engines.capabilities import Capabilities
@@ -309,18 +310,34 @@ class LlamaCppInferenceEngine(InferenceEngine):
     def _prompt(self, conversation: Conversation, generation: GenerationParams | None = None) -> list[int] | RowError:
         generation = generation or self.generation_params
         try:
-            messages, tools = tool_prompting.chat_inputs(conversation, generation, self._template_has_tools)
-            rendered = self._template(messages=messages, tools=tools)
+            return _render(self._llama, self._template, self._template_has_tools, conversation, generation)
+        except UnicodeEncodeError as exc:  # a lone surrogate (Python API input): this row's fault, not the chunk's
+            return RowError(
+                kind=ErrorKind.INVALID_INPUT, message=f"the conversation is not valid Unicode: {exc.reason}"
+            )
         except Exception as exc:  # the template's own raise_exception, or a Jinja error
             return RowError.from_exception(
                 exc, ErrorKind.INVALID_INPUT, context="the chat template rejected this conversation"
             )
-        try:
-            encoded = rendered.prompt.encode("utf-8")
-        except UnicodeEncodeError as exc:  # a lone surrogate (Python API input): this row's fault, not the chunk's
-            message = f"the conversation is not valid Unicode: {exc.reason}"
-            return RowError(kind=ErrorKind.INVALID_INPUT, message=message)
-        return list(self._llama.tokenize(encoded, add_bos=not rendered.added_special, special=True))
+
+    @classmethod
+    def prompt_counter(
+        cls, model_params: ModelParams, generation: GenerationParams
+    ) -> Callable[[Conversation], int] | None:
+        """Count a row's prompt tokens as a job would (chat template applied) from the GGUF's vocabulary
+        alone (``vocab_only``: the weights are not read), for ``--dry-run``."""
+        import llama_cpp
+
+        path = resolve_gguf(
+            model_params.model_name, model_params.model_kwargs.get("filename"), model_params.model_revision
+        )
+        from llama_cpp._utils import suppress_stdout_stderr
+
+        with suppress_stdout_stderr(disable=False):  # llama.cpp warns of a context it never uses here
+            llama = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+        template = _chat_formatter(llama, model_params.chat_template)
+        has_tools = tool_prompting.renders_tools(template.template)
+        return lambda conversation: len(_render(llama, template, has_tools, conversation, generation))
 
     def _spec(self, generation: GenerationParams) -> SamplingSpec:
         key = generation.model_dump_json()
@@ -385,6 +402,16 @@ def _default_slots(llama: Any, n_ctx_seq: int) -> int:
     head_dim = llama_cpp.llama_model_n_embd(model) // max(1, llama_cpp.llama_model_n_head(model))
     per_token = 2 * llama_cpp.llama_model_n_layer(model) * llama_cpp.llama_model_n_head_kv(model) * head_dim * 2
     return max(1, min(DEFAULT_SLOTS, KV_BUDGET_BYTES // max(1, per_token * n_ctx_seq)))
+
+
+def _render(
+    llama: Any, template: Any, has_tools: bool, conversation: Conversation, generation: GenerationParams
+) -> list[int]:
+    """The token ids of ``conversation``'s prompt: the chat template rendered, then tokenized."""
+    messages, tools = tool_prompting.chat_inputs(conversation, generation, has_tools)
+    rendered = template(messages=messages, tools=tools)
+    encoded = rendered.prompt.encode("utf-8")
+    return list(llama.tokenize(encoded, add_bos=not rendered.added_special, special=True))
 
 
 def _chat_formatter(llama: Any, override: str | None) -> Any:

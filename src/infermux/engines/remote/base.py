@@ -48,6 +48,7 @@ from infermux.errors import (
     InputError,
     RemoteError,
     RowError,
+    ServerUnreachableError,
 )
 from infermux.samples import merge_replies, wants_samples
 from infermux.types import Conversation
@@ -201,10 +202,15 @@ class RemoteEngine(InferenceEngine):
     def check_ready(self) -> None:
         """Raise :class:`ConfigError` when no ``remote_params.api_url`` (and no default) was given."""
         if not self.url:
-            raise ConfigError(
-                f"{self.name} needs remote_params.api_url: the server's base URL (e.g. "
-                "http://localhost:8000/v1) or its full endpoint URL."
-            )
+            raise ConfigError(self.missing_url_message(self.label))
+
+    @classmethod
+    def missing_url_message(cls, name: str) -> str:
+        """What a job on this engine says when it has no URL to send to (also ``config check``'s)."""
+        return (
+            f"{name} needs remote_params.api_url: the server's base URL (e.g. "
+            "http://localhost:8000/v1) or its full endpoint URL."
+        )
 
     async def _open(self) -> None:
         self.check_ready()
@@ -255,8 +261,26 @@ class RemoteEngine(InferenceEngine):
                 else:
                     results.append(await transport.send(request, parse, tokens=tokens, usage=reported_usage))
             except RemoteError as exc:
+                self._stop_if_unreachable(exc)
                 results.append(exc.to_row_error())
+            self._reached = True
         return results
+
+    def _stop_if_unreachable(self, exc: RemoteError) -> None:
+        """Raise :class:`ServerUnreachableError` when ``exc`` is a failure to connect (after the retries) and
+        no request of this engine ever reached the server: a wrong port or a server not started would
+        otherwise fail every row of the job, one by one, the same way."""
+        if getattr(self, "_reached", False) or exc.kind != ErrorKind.CONNECTION_ERROR:
+            self._reached = True
+            return
+        if "ClientConnector" not in str(exc):  # a stream that broke off: the server was there
+            return
+        raise ServerUnreachableError(
+            f"cannot reach {self.url} ({exc}). Is the server running, and is remote_params.api_url right? "
+            "Nothing was answered; rerun the same command once it is reachable.",
+            kind=ErrorKind.CONNECTION_ERROR,
+            retryable=True,
+        )
 
     # ------------------------------------------------------------------ streaming (chat)
     def build_stream_request(self, conversation: Conversation, generation: GenerationParams) -> HttpRequest:

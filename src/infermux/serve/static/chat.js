@@ -5,6 +5,7 @@ const $ = (id) => document.getElementById(id);
 const history = []; // {role, content} of the turns so far (the system prompt is added per request)
 let model = null;
 let controller = null;
+const totals = { answers: 0, tokens: 0, firstSeconds: 0, genSeconds: 0 }; // this conversation's, for #status
 
 function headers() {
   const h = { "Content-Type": "application/json" };
@@ -19,7 +20,30 @@ function bubble(role, text) {
   div.textContent = text; // text only: model output is never interpreted as HTML
   $("log").appendChild(div);
   $("log").scrollTop = $("log").scrollHeight;
+  showEmpty();
   return div;
+}
+
+// An answer as Markdown (markdown.js builds nodes from text: nothing in it runs as HTML).
+function showAnswer(div, text) {
+  div.replaceChildren(renderMarkdown(text));
+}
+
+function showEmpty() {
+  $("empty").hidden = $("log").childElementCount > 0;
+}
+
+// The sampling a request gets when the page sends none (the server's defaults) as the fields' hints.
+async function loadDefaults() {
+  try {
+    const r = await fetch("/health");
+    const sampling = (await r.json()).sampling || {};
+    for (const field of ["temperature", "top_p"]) {
+      if (sampling[field] !== undefined) $(field).placeholder = sampling[field] + " (server default)";
+    }
+  } catch (e) {
+    // the placeholders stay generic
+  }
 }
 
 async function loadModel() {
@@ -35,7 +59,11 @@ async function loadModel() {
 }
 
 function params() {
-  const p = { temperature: Number($("temperature").value), top_p: Number($("top_p").value) };
+  const p = {};
+  for (const field of ["temperature", "top_p"]) {
+    const value = $(field).value.trim(); // empty: the server's default (see loadDefaults)
+    if (value !== "") p[field] = Number(value);
+  }
   const maxTokens = parseInt($("max_tokens").value, 10);
   if (maxTokens > 0) p.max_tokens = maxTokens;
   const seed = $("seed").value.trim();
@@ -98,7 +126,7 @@ async function send(text) {
       if (delta && delta.content) {
         if (first === null) first = performance.now();
         answer += delta.content;
-        out.textContent = answer;
+        showAnswer(out, answer);
         $("log").scrollTop = $("log").scrollHeight;
       }
     });
@@ -110,7 +138,16 @@ async function send(text) {
     if (first !== null) parts.push("first token " + ((first - start) / 1000).toFixed(2) + " s");
     if (tokens !== null) parts.push(tokens + " tokens");
     if (tokens && genSeconds > 0) parts.push((tokens / genSeconds).toFixed(1) + " tokens/s");
-    $("status").textContent = parts.join(" · ");
+    parts.push(((end - start) / 1000).toFixed(2) + " s");
+    const meta = document.createElement("div");
+    meta.className = "meta"; // under each answer, kept as the conversation grows
+    meta.textContent = parts.join(" · ");
+    out.after(meta);
+    totals.answers += 1;
+    totals.tokens += tokens || 0;
+    totals.firstSeconds += first !== null ? (first - start) / 1000 : 0;
+    totals.genSeconds += genSeconds;
+    $("status").textContent = summary();
     $("status").dataset.done = String(history.length);
   } catch (e) {
     if (answer) history.push({ role: "assistant", content: answer });
@@ -122,6 +159,14 @@ async function send(text) {
     controller = null;
     setBusy(false);
   }
+}
+
+// The conversation so far (each answer's own timing is under it).
+function summary() {
+  const parts = [totals.answers + (totals.answers === 1 ? " answer" : " answers"), totals.tokens + " tokens"];
+  parts.push("first token " + (totals.firstSeconds / totals.answers).toFixed(2) + " s on average");
+  if (totals.genSeconds > 0) parts.push((totals.tokens / totals.genSeconds).toFixed(1) + " tokens/s");
+  return "this chat: " + parts.join(" · ");
 }
 
 function setBusy(busy) {
@@ -145,8 +190,13 @@ $("input").addEventListener("keydown", (e) => {
 $("stop").addEventListener("click", () => controller && controller.abort());
 $("reset").addEventListener("click", () => {
   history.length = 0;
+  Object.assign(totals, { answers: 0, tokens: 0, firstSeconds: 0, genSeconds: 0 });
   $("log").textContent = "";
   $("status").textContent = "";
+  showEmpty();
 });
 $("api_key").addEventListener("change", loadModel);
+if (window.matchMedia("(max-width: 700px)").matches) $("options").open = false; // phones: fold the settings
+showEmpty();
+loadDefaults();
 loadModel();
