@@ -61,10 +61,9 @@ def _record(
     row_ids: list[str],
     result_for: Callable[[InputRow], Conversation | RowError | None],
 ) -> BatchFetchReport:
-    from infermux.jobs.finished import reopen
     from infermux.jobs.rows import iter_rows
 
-    reopen(files)  # a finished job fetched again: its rows are done
+    files.reopen_finished()  # a finished job fetched again: its rows are done
     done_before = files.load_done(rows=lambda: iter_rows(input_path))
     done, failed, pending = len(done_before & set(row_ids)), 0, 0
     settled: dict[str, RowError] = {}
