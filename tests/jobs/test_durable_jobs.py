@@ -218,8 +218,12 @@ def test_a_second_run_on_the_same_output_is_refused_naming_the_first_and_a_kille
         second = _run(_cli(url, inp, out, "--no-cache"))
         assert second.returncode == 2 and "Traceback" not in second.stderr
         assert f"another infermux run (PID {first.pid}) is writing this job's output now" in second.stderr
+        dry = _run([*_cli(url, inp, out), "--dry-run"])
+        assert dry.returncode == 0 and f"a run (PID {first.pid}) is writing this output now" in dry.stdout
         first.send_signal(signal.SIGKILL)
         first.wait()
+        dry = _run([*_cli(url, inp, out), "--dry-run"])
+        assert "is writing this output" not in dry.stdout  # the lock file it left is not held by anyone
         third = _run(_cli(url, inp, out, "--no-cache"))  # the kernel released the dead run's lock
         assert third.returncode == 0, third.stderr
         sent = _sent(url)
