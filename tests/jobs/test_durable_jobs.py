@@ -218,8 +218,12 @@ def test_a_second_run_on_the_same_output_is_refused_naming_the_first_and_a_kille
         second = _run(_cli(url, inp, out, "--no-cache"))
         assert second.returncode == 2 and "Traceback" not in second.stderr
         assert f"another infermux run (PID {first.pid}) is writing this job's output now" in second.stderr
+        dry = _run([*_cli(url, inp, out), "--dry-run"])
+        assert dry.returncode == 0 and f"a run (PID {first.pid}) is writing this output now" in dry.stdout
         first.send_signal(signal.SIGKILL)
         first.wait()
+        dry = _run([*_cli(url, inp, out), "--dry-run"])
+        assert "is writing this output" not in dry.stdout  # the lock file it left is not held by anyone
         third = _run(_cli(url, inp, out, "--no-cache"))  # the kernel released the dead run's lock
         assert third.returncode == 0, third.stderr
         sent = _sent(url)
@@ -298,3 +302,27 @@ def test_a_file_that_cannot_grow_stops_the_job_cleanly_and_a_rerun_finishes_it(t
         assert len(_sent(url)) - sent_first == 200 - recorded  # nothing recorded was lost or sent again
     assert answers(out) == [f"echo: {t}" for t in texts]
     assert os.path.getsize(out) > 8000
+
+
+# ---------------------------------------------------------------------------- in memory, with an output file
+def test_in_memory_infer_with_an_output_returns_every_row_when_rerun_and_sends_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from infermux.configs import InferenceConfig
+    from infermux.engines.registry import build_engine
+
+    sent = tmp_path / "sent.log"
+    monkeypatch.setenv("ECHO_LOG", str(sent))
+    out = tmp_path / "out.jsonl"
+    config = InferenceConfig(model=ModelParams(model_name="echo"), engine="ECHO", output_path=str(out))
+    engine = build_engine(config)
+    convs = [Conversation.model_validate({"messages": [{"role": "user", "content": t}]}) for t in ("a", "FAIL b", "c")]
+    first = engine.infer(convs, config)
+    assert [c.last_message.text for c in first] == ["echo: a", "FAIL b", "echo: c"]
+    convs[1] = Conversation.model_validate({"messages": [{"role": "user", "content": "b"}]})
+    second = engine.infer(convs, config)  # resumes: a and c come from the partial file
+    assert [c.last_message.text for c in second] == ["echo: a", "echo: b", "echo: c"]
+    third = engine.infer(convs, config)  # finished: every row from the output, none sent
+    assert [c.last_message.text for c in third] == ["echo: a", "echo: b", "echo: c"]
+    assert engine.last_report is not None and engine.last_report.already_finished
+    assert sent.read_text().splitlines() == ["a", "FAIL b", "c", "b"]

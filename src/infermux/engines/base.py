@@ -384,7 +384,7 @@ class InferenceEngine:
     def label(self) -> str:
         """The engine's registry name (``LLAMACPP``), what configs and ``infermux engines`` call it; the class
         name for an engine registered under none."""
-        return str(getattr(self.engine_type, "value", self.engine_type) or self.name)
+        return engine_name(self.engine_type or self.name)
 
     @classmethod
     def prompt_counter(

@@ -9,6 +9,7 @@ NATIVE schedulers subclass :class:`DecoderThread` and write only their loop (``_
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Generic, TypeVar
@@ -31,7 +32,8 @@ async def emitted_rows(run: Callable[[Callable[[int, T], None]], Awaitable[objec
     queue: asyncio.Queue[Any] = asyncio.Queue()
 
     def emit(index: int, result: T) -> None:
-        loop.call_soon_threadsafe(queue.put_nowait, (index, result))
+        with contextlib.suppress(RuntimeError):  # the event loop is closed: nobody is waiting any more
+            loop.call_soon_threadsafe(queue.put_nowait, (index, result))
 
     task = asyncio.ensure_future(run(emit))
     # Emits are scheduled before the task's completion is: the end marker comes after every row.

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 
 from infermux.configs.engine_type import engine_name
 from infermux.errors import InputError, OutputError, RowError, ServerUnreachableError
-from infermux.jobs.finished import finished_rows
+from infermux.jobs.finished import drop_leftovers, finished_rows
 from infermux.jobs.loop import BatchReport, JobFiles, run_job
 from infermux.jobs.options import JobOptions
 from infermux.jobs.rows import (
@@ -262,6 +262,7 @@ async def _run_config_job(
         input_path = config.input_path
         if finished_rows(files, lambda: with_default_tools(iter_rows(input_path), tools)) == len(row_ids):
             report = BatchReport(total=len(row_ids), resumed=len(row_ids), already_finished=True)
+            drop_leftovers(files)
             report.output_path = files.destination
             if on_progress is not None:
                 on_progress(report)

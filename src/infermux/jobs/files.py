@@ -213,6 +213,12 @@ class JobFiles:
             os.fsync(out.fileno())
         os.replace(tmp, self.partial)
 
+    def reopen_finished(self) -> None:
+        """Turn a finished job's output back into the partial file (see :func:`infermux.jobs.finished.reopen`)."""
+        from infermux.jobs.finished import reopen
+
+        reopen(self)
+
     def recorded(self, ids: Iterable[str]) -> Iterator[tuple[str, Conversation]]:
         """The recorded answers of ``ids`` (under this fingerprint), from the partial file."""
         wanted = set(ids)

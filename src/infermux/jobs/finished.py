@@ -28,7 +28,7 @@ from infermux.jobs.options import row_digest
 if TYPE_CHECKING:
     from infermux.jobs.files import JobFiles, Rows
 
-__all__ = ["IndexWriter", "finished_rows", "index_entries", "reopen"]
+__all__ = ["IndexWriter", "drop_leftovers", "finished_rows", "index_entries", "reopen"]
 
 logger = logging.getLogger("infermux.jobs")
 _VERSION = 1
@@ -92,6 +92,14 @@ def finished_rows(files: JobFiles, rows: Rows) -> int | None:
         digest.update(_entry(row.row_id, row_digest(row)))
         count += 1
     return count if count == header.get("rows") and digest.hexdigest() == header.get("digest") else None
+
+
+def drop_leftovers(files: JobFiles) -> None:
+    """Remove a partial or errors file left beside a finished job's index (a run killed between writing
+    the index and removing them): the index and the output say everything they did."""
+    for leftover in (files.partial, files.errors):
+        with contextlib.suppress(FileNotFoundError):
+            leftover.unlink()
 
 
 def index_entries(files: JobFiles) -> dict[str, str] | None:

@@ -20,7 +20,7 @@ from typing import Any
 
 from infermux.errors import OutputError
 
-__all__ = ["JobBusyError", "holder", "job_lock"]
+__all__ = ["JobBusyError", "holder", "job_lock", "running_pid"]
 
 try:
     import fcntl
@@ -42,6 +42,22 @@ def holder(path: Path) -> int | None:
     except OSError:
         return None
     return int(text) if text.isdigit() else None
+
+
+def running_pid(path: Path) -> int | None:
+    """The PID of the process holding the job lock at ``path`` now, or None (no run holds it; a file left
+    by a killed run is not held)."""
+    if fcntl is None or not path.exists():
+        return None
+    try:
+        with open(path, "rb") as fh:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return holder(path) or 0
+            return None
+    except OSError:
+        return None
 
 
 def _try_lock(path: Path) -> Any:

@@ -30,7 +30,7 @@ from infermux.errors import RowError
 from infermux.jobs.cache import cache_key
 from infermux.jobs.cost import CostTotals, price_answer
 from infermux.jobs.files import JobFiles, JobWriteError
-from infermux.jobs.finished import finished_rows, reopen
+from infermux.jobs.finished import drop_leftovers, finished_rows, reopen
 from infermux.jobs.options import Budget, JobOptions, estimated_prompt_tokens, request_of
 from infermux.jobs.rows import InputRow
 from infermux.text import scrub_reply
@@ -224,6 +224,7 @@ async def run_job(
         report.partial_path = str(files.partial)
         if finished_rows(files, rows) == report.total:
             report.resumed, report.already_finished, report.partial_path = report.total, True, None
+            drop_leftovers(files)
             logger.info("%s: the job is already finished; nothing to send", files.destination)
             if on_progress is not None:
                 on_progress(report)

@@ -25,7 +25,7 @@ from infermux.configs.engine_type import engine_name
 from infermux.jobs import finished
 from infermux.jobs.files import JobFiles
 from infermux.jobs.finished import finished_rows
-from infermux.jobs.lock import holder
+from infermux.jobs.lock import running_pid
 from infermux.jobs.options import cache_wanted, estimated_prompt_tokens, request_digest, request_of
 from infermux.jobs.rows import iter_rows, validate_file
 
@@ -72,7 +72,8 @@ class JobPlan:
         how = "with the chat template, as the job will send them" if self.tokens_exact else "characters / 4"
         lines = [f"dry run: {engine} {model} (nothing sent, no model loaded)"]
         if self.running_pid is not None:
-            lines.append(f"note: a run (PID {self.running_pid}) is writing this output now; these counts will change")
+            who = f"a run (PID {self.running_pid})" if self.running_pid else "another run"
+            lines.append(f"note: {who} is writing this output now; these counts will change")
         if self.finished:
             lines.append(f"rows: {self.rows}: the job is already finished (same input and config); nothing to send")
             return "\n".join(lines)
@@ -131,7 +132,7 @@ def plan_job(config: InferenceConfig) -> JobPlan:
     if config.output_path:
         input_path = config.input_path
         files = JobFiles(config.output_path, fingerprint, job_dir=config.job_dir)
-        running = holder(files.lock_path) if files.lock_path.exists() else None
+        running = running_pid(files.lock_path)
         if finished_rows(files, lambda: iter_rows(input_path)) == len(ids):
             return JobPlan(len(ids), len(ids), 0, 0, 0, 0, 0.0, 0.0, None, finished=True, running_pid=running)
         done = files.load_done(compact=False, rows=lambda: iter_rows(input_path)) & set(ids)

@@ -255,9 +255,7 @@ def _record_fetched(
     records: dict[str, Any],
     pricing: Any,
 ) -> BatchFetchReport:
-    from infermux.jobs.finished import reopen
-
-    reopen(files)  # a finished job fetched again: its rows are done
+    files.reopen_finished()  # a finished job fetched again: its rows are done
     done_before = files.load_done(rows=lambda: iter_rows(input_path)) & set(row_ids)
     report = BatchReport(total=len(row_ids), resumed=len(done_before))
     pending = 0
