@@ -89,7 +89,7 @@ def test_batch_operations_come_from_the_batch_client_and_equal_the_row():
     openai = engine_class("OPENAI")(model, remote_params=params)
     gemini = engine_class("GOOGLE_GEMINI")(model, remote_params=params)
     assert batch_operations(anthropic) == {"submit", "status", "fetch", "cancel", "list"}
-    assert batch_operations(openai) == {"submit", "status", "fetch"}
+    assert batch_operations(openai) == {"submit", "status", "fetch", "cancel", "list"}
     assert batch_operations(gemini) == frozenset()
     for engine in (anthropic, openai):
         spec = engine_spec(engine.engine_type)
@@ -99,6 +99,16 @@ def test_batch_operations_come_from_the_batch_client_and_equal_the_row():
         engine_type = "MY_PLUGIN"
 
     assert batch_operations(Plugin(model, remote_params=params)) == frozenset()
+
+
+def test_batch_engines_message_is_made_from_the_rows(monkeypatch):
+    from infermux.engines import registry
+
+    assert registry.batch_engines().endswith(" or ANTHROPIC") and "OPENAI, " in registry.batch_engines()
+    monkeypatch.setitem(registry.ENGINES, "NEWPROV", registry.EngineSpec("NEWPROV", "x:Y", remote=True, batch="openai"))
+    assert registry.batch_engines().endswith(", ANTHROPIC or NEWPROV")
+    monkeypatch.setattr(registry, "BATCH_OPERATIONS", {**registry.BATCH_OPERATIONS, "openai": frozenset({"submit"})})
+    assert "OPENAI" not in registry.batch_engines("cancel")
 
 
 def test_configs_know_plugin_names_without_the_registry():

@@ -31,6 +31,7 @@ __all__ = [
     "ENGINES",
     "ENTRY_POINT_GROUP",
     "EngineSpec",
+    "batch_engines",
     "batch_operations",
     "build_engine",
     "engine_class",
@@ -41,9 +42,9 @@ __all__ = [
 
 Kind = Literal["local", "remote"]
 #: What each provider batch client offers (``infermux batch ...``): OpenAI's Batch API (files +
-#: batches) and Anthropic's Message Batches, which can also cancel a job's batches and list an account's.
+#: batches) and Anthropic's Message Batches; both can also cancel a job's batches and list an account's.
 BATCH_OPERATIONS: dict[str, frozenset[str]] = {
-    "openai": frozenset({"submit", "status", "fetch"}),
+    "openai": frozenset({"submit", "status", "fetch", "cancel", "list"}),
     "anthropic": frozenset({"submit", "status", "fetch", "cancel", "list"}),
 }
 
@@ -159,6 +160,12 @@ def build_engine(config: InferenceConfig, **kwargs: Any) -> InferenceEngine:
     )
     engine.check_ready()
     return engine
+
+
+def batch_engines(operation: str = "submit") -> str:
+    """The built-in engines whose batch client offers ``operation``, for messages ("OPENAI, ANTHROPIC or ...")."""
+    names = [spec.name for spec in ENGINES.values() if spec.batch and operation in BATCH_OPERATIONS[spec.batch]]
+    return ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else "".join(names)
 
 
 def batch_operations(engine: InferenceEngine) -> frozenset[str]:

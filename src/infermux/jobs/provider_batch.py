@@ -74,7 +74,9 @@ def client_for(engine: InferenceEngine) -> BatchClient:
     """The engine's batch client; a :class:`ConfigError` when it has no batch API."""
     client = engine.batch_client()
     if client is None:
-        raise ConfigError(f"{engine.name} has no batch API; use OPENAI, REMOTE or ANTHROPIC.")
+        from infermux.engines.registry import batch_engines
+
+        raise ConfigError(f"{engine.name} has no batch API; use {batch_engines()}.")
     return client
 
 

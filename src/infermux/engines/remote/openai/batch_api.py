@@ -6,6 +6,8 @@ Each row becomes one line of a JSONL input file, ``{"custom_id": <row id>, "meth
 uploaded (purpose ``batch``) and given one batch, whose ``metadata`` names its job and shard, so a
 creation interrupted before its id was saved is found again by listing. Results come back as output
 and error files (any order), one ``{"custom_id", "response": {"status_code", "body"}, "error"}`` each.
+``POST /v1/batches/{id}/cancel`` stops a batch (``cancelling``, then ``cancelled`` with what it answered
+so far in its files); ``GET /v1/batches?limit=&after=`` lists the account's batches, most recent first.
 
 The job itself (record, resume, rows, recording) is :mod:`infermux.jobs.provider_batch`.
 """
@@ -39,6 +41,9 @@ _FINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 
 class OpenAIBatchClient(HttpBatchClient):
     """Files and Batches calls against the server behind an OpenAI-compatible engine."""
+
+    can_cancel = True
+    can_list = True
 
     def __init__(self, engine: RemoteEngine) -> None:
         super().__init__(engine)
@@ -141,6 +146,21 @@ class OpenAIBatchClient(HttpBatchClient):
                         record = json.loads(raw)
                         records[str(record.get("custom_id"))] = record
         return records
+
+    async def cancel(self, batch_id: str) -> BatchInfo:
+        return _info(await self._json("POST", f"/batches/{batch_id}/cancel"))
+
+    async def list(self, limit: int) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        after = ""
+        while len(out) < limit:
+            query = f"?limit={min(100, limit - len(out))}" + (f"&after={after}" if after else "")
+            page = await self._json("GET", "/batches" + query)
+            out.extend(page.get("data") or [])
+            if not page.get("has_more") or not page.get("data"):
+                break
+            after = str(page.get("last_id") or page["data"][-1]["id"])
+        return out[:limit]
 
 
 def _info(batch: dict[str, Any]) -> BatchInfo:
