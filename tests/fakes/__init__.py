@@ -11,6 +11,7 @@ from .gemini import FakeGemini
 from .openai_batch import FakeOpenAIBatch
 from .openai_chat import QUOTA_BODY, FakeOpenAIChat
 from .sglang import FakeSGLang
+from .together_batch import FakeTogetherBatch
 from .vertex import FakeVertex
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "FakeOpenAIBatch",
     "FakeOpenAIChat",
     "FakeSGLang",
+    "FakeTogetherBatch",
     "FakeVertex",
     "RecordedRequest",
     "tiny_png",

@@ -42,10 +42,12 @@ __all__ = [
 
 Kind = Literal["local", "remote"]
 #: What each provider batch client offers (``infermux batch ...``): OpenAI's Batch API (files +
-#: batches) and Anthropic's Message Batches; both can also cancel a job's batches and list an account's.
+#: batches), Anthropic's Message Batches and Together's Batch API; all can also cancel a job's batches
+#: and list an account's.
 BATCH_OPERATIONS: dict[str, frozenset[str]] = {
     "openai": frozenset({"submit", "status", "fetch", "cancel", "list"}),
     "anthropic": frozenset({"submit", "status", "fetch", "cancel", "list"}),
+    "together": frozenset({"submit", "status", "fetch", "cancel", "list"}),
 }
 
 
@@ -86,7 +88,7 @@ ENGINES: dict[str, EngineSpec] = {
         EngineSpec(E.REMOTE_VLLM.value, _R + "openai.vllm:RemoteVLLMInferenceEngine", remote=True, batch="openai",
                    runs_on=_OWN),
         # Hosted OpenAI-compatible providers: one row each in remote/openai/providers.py.
-        *(EngineSpec(p.engine.value, p.target, remote=True, batch="openai" if p.batch_api else None, runs_on=_CLOUD)
+        *(EngineSpec(p.engine.value, p.target, remote=True, batch=p.batch if p.batch_api else None, runs_on=_CLOUD)
           for p in PROVIDERS.values()),
         EngineSpec(E.ANTHROPIC.value, _R + "anthropic.engine:AnthropicInferenceEngine", remote=True, batch="anthropic",
                    runs_on=_CLOUD),

@@ -44,6 +44,8 @@ class OpenAIBatchClient(HttpBatchClient):
 
     can_cancel = True
     can_list = True
+    #: The ``purpose`` of an uploaded batch input file.
+    purpose = "batch"
 
     def __init__(self, engine: RemoteEngine) -> None:
         super().__init__(engine)
@@ -94,7 +96,7 @@ class OpenAIBatchClient(HttpBatchClient):
         boundary = f"infermux-{uuid.uuid4().hex}"
         body = (
             (
-                f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+                f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\n{self.purpose}\r\n'
                 f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{batch.name}.jsonl"\r\n'
                 "Content-Type: application/jsonl\r\n\r\n"
             ).encode()

@@ -21,7 +21,7 @@ from infermux.engines.capabilities import Capabilities
 if TYPE_CHECKING:
     from infermux.engines.remote.openai.engine import RemoteInferenceEngine
 
-__all__ = ["OPENAI_PARAMS", "PROVIDERS", "SAMPLE_PARAMS", "Provider", "provider_class"]
+__all__ = ["BATCH_CLIENTS", "OPENAI_PARAMS", "PROVIDERS", "SAMPLE_PARAMS", "Provider", "provider_class"]
 
 #: Generation parameters of OpenAI's chat-completions API itself.
 OPENAI_PARAMS = frozenset(
@@ -30,6 +30,11 @@ OPENAI_PARAMS = frozenset(
 #: Several answers per request and token log-probabilities (``n``, ``logprobs``, ``top_logprobs``).
 SAMPLE_PARAMS = frozenset({"n", "logprobs", "top_logprobs"})
 _JSON = frozenset({"json"})
+#: The batch client class of each batch protocol a provider row can name (``"module:Class"``).
+BATCH_CLIENTS = {
+    "openai": "infermux.engines.remote.openai.batch_api:OpenAIBatchClient",
+    "together": "infermux.engines.remote.openai.together_batch:TogetherBatchClient",
+}
 
 
 @dataclass(frozen=True)
@@ -47,7 +52,8 @@ class Provider:
     guided: frozenset[str] = _JSON  # guided-decoding kinds (``json`` goes out as ``response_format``)
     images: bool = True
     notes: tuple[str, ...] = ()
-    batch_api: bool = True  # OpenAI's Batch API (/v1/files + /v1/batches) is offered to this provider's users
+    batch_api: bool = True  # the provider offers a batch API to its users
+    batch: str = "openai"  # which one: a key of registry.BATCH_OPERATIONS and of BATCH_CLIENTS
     tools: bool = True  # OpenAI's function calling (tools, tool_choice, tool_calls)
     quirks: str | None = None  # module defining the class when the provider needs code of its own
     max_items: Mapping[str, int] = field(default_factory=dict)  # documented limits (see Capabilities)
@@ -81,7 +87,7 @@ PROVIDERS: dict[E, Provider] = {
                  value_ranges={"temperature": (0.0, 2.0), "logit_bias": (-100.0, 100.0), "n": (1, 128)}),
         Provider(E.TOGETHER, "TogetherInferenceEngine", "Together AI", "https://api.together.xyz/v1",
                  "TOGETHER_API_KEY", "Together AI (``TOGETHER_API_KEY``); also takes ``min_p`` and JSON-schema output.",
-                 params=OPENAI_PARAMS | {"min_p"}),
+                 params=OPENAI_PARAMS | {"min_p"}, batch="together"),
         Provider(E.LAMBDA, "LambdaInferenceEngine", "Lambda", "https://api.lambda.ai/v1", "LAMBDA_API_KEY",
                  "Lambda's hosted models (``LAMBDA_API_KEY``). Lambda places no rate limit, so 20 workers by default."),
         Provider(E.DEEPSEEK, "DeepSeekInferenceEngine", "DeepSeek", "https://api.deepseek.com/v1", "DEEPSEEK_API_KEY",
@@ -125,6 +131,7 @@ def provider_class(engine: E) -> Any:
         cls.requires_api_key = True
         cls.default_num_workers = row.workers
         cls.provider = row.label
+        cls.batch_protocol = row.batch
         if not cls.__doc__:
             cls.__doc__ = row.summary
         return cls
