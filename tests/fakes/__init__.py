@@ -7,6 +7,7 @@ answers in the provider's own success and error formats.
 from ._server import Exchange, RecordedRequest, tiny_png
 from .anthropic import FakeAnthropic
 from .anthropic_batches import FakeAnthropicBatches
+from .fireworks_batch import FakeFireworksBatch
 from .gemini import FakeGemini
 from .openai_batch import FakeOpenAIBatch
 from .openai_chat import QUOTA_BODY, FakeOpenAIChat
@@ -19,6 +20,7 @@ __all__ = [
     "Exchange",
     "FakeAnthropic",
     "FakeAnthropicBatches",
+    "FakeFireworksBatch",
     "FakeGemini",
     "FakeOpenAIBatch",
     "FakeOpenAIChat",

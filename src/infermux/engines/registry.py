@@ -42,12 +42,13 @@ __all__ = [
 
 Kind = Literal["local", "remote"]
 #: What each provider batch client offers (``infermux batch ...``): OpenAI's Batch API (files +
-#: batches), Anthropic's Message Batches and Together's Batch API; all can also cancel a job's batches
-#: and list an account's.
+#: batches), Anthropic's Message Batches, Together's Batch API (all three can also cancel a job's
+#: batches and list an account's) and Fireworks' batch inference jobs (no cancel call).
 BATCH_OPERATIONS: dict[str, frozenset[str]] = {
     "openai": frozenset({"submit", "status", "fetch", "cancel", "list"}),
     "anthropic": frozenset({"submit", "status", "fetch", "cancel", "list"}),
     "together": frozenset({"submit", "status", "fetch", "cancel", "list"}),
+    "fireworks": frozenset({"submit", "status", "fetch", "list"}),
 }
 
 

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams
+from infermux.engines.batch_client import BatchClient
 from infermux.engines.capabilities import Capabilities
 from infermux.engines.remote.base import RemoteEngine
 from infermux.engines.remote.http.transport import HttpRequest
@@ -65,7 +66,7 @@ class RemoteInferenceEngine(RemoteEngine):
     def endpoint_url(self, api_url: str) -> str:
         return chat_completions_url(api_url)
 
-    def batch_client(self) -> OpenAIBatchClient | None:
+    def batch_client(self) -> BatchClient | None:
         """The provider's batch API (``batch_protocol``: OpenAI's ``/v1/files`` + ``/v1/batches`` unless the
         provider row names another), where it is offered."""
         if not self.capabilities.batch_api:
@@ -75,7 +76,7 @@ class RemoteInferenceEngine(RemoteEngine):
         import importlib
 
         module, name = BATCH_CLIENTS[self.batch_protocol].split(":")
-        client: OpenAIBatchClient = getattr(importlib.import_module(module), name)(self)
+        client: BatchClient = getattr(importlib.import_module(module), name)(self)
         return client
 
     # ------------------------------------------------------------------ hooks for subclasses

@@ -34,6 +34,7 @@ _JSON = frozenset({"json"})
 BATCH_CLIENTS = {
     "openai": "infermux.engines.remote.openai.batch_api:OpenAIBatchClient",
     "together": "infermux.engines.remote.openai.together_batch:TogetherBatchClient",
+    "fireworks": "infermux.engines.remote.openai.fireworks_batch:FireworksBatchClient",
 }
 
 
@@ -102,7 +103,7 @@ PROVIDERS: dict[E, Provider] = {
                  "Parasail.io (``PARASAIL_API_KEY``)."),
         Provider(E.FIREWORKS, "FireworksInferenceEngine", "Fireworks AI", "https://api.fireworks.ai/inference/v1",
                  "FIREWORKS_API_KEY", "Fireworks AI (``FIREWORKS_API_KEY``); model names look like "
-                 "``accounts/fireworks/models/NAME``.", params=OPENAI_PARAMS | {"min_p"}, batch_api=False),
+                 "``accounts/fireworks/models/NAME``.", params=OPENAI_PARAMS | {"min_p"}, batch="fireworks"),
         Provider(E.OPENROUTER, "OpenRouterInferenceEngine", "OpenRouter", "https://openrouter.ai/api/v1",
                  "OPENROUTER_API_KEY", "OpenRouter (``OPENROUTER_API_KEY``): one API in front of many providers' "
                  "models (``vendor/model`` names).", params=OPENAI_PARAMS | {"min_p"},
