@@ -4,9 +4,6 @@ killed and rerun) against its protocol fake."""
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +15,8 @@ from infermux.engines.registry import engine_class
 from infermux.errors import ConfigError
 from infermux.jobs import provider_batch
 from infermux.jobs.rows import iter_rows
-from tests.conftest import ROOT, cli_env, run_cli
+from tests.conftest import cli_env
+from tests.engines.remote.batch_runs import kill_then_rerun, run_args, run_to_the_end, write_rows
 from tests.fakes import FakeFireworksBatch
 
 KEY = "fw-test"
@@ -32,12 +30,6 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeFireworksBatch]:
     with FakeFireworksBatch(api_key=KEY, account=ACCOUNT, fail_status=500) as server:
         assert isinstance(server, FakeFireworksBatch)
         yield server
-
-
-def write_rows(path: Path, n: int) -> Path:
-    path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"question {i}"}]}) + "\n"
-                            for i in range(n)))  # fmt: skip
-    return path
 
 
 def make(fake: FakeFireworksBatch) -> Any:
@@ -105,34 +97,14 @@ def _config(tmp_path: Path, fake: FakeFireworksBatch) -> Path:
     return config
 
 
-def _answers(out: Path) -> list[str]:
-    return [json.loads(line)["messages"][0]["content"] for line in out.read_text().splitlines()]
-
-
-def _args(tmp_path: Path, fake: FakeFireworksBatch, rows: Path, out: Path) -> list[str]:
-    return ["batch", "run", "-c", str(_config(tmp_path, fake)), "--input_path", str(rows), "--output_path", str(out),
-            "--poll-interval", "0.01"]  # fmt: skip
-
-
 def test_batch_run_50_rows_with_a_failed_and_an_expired_row(fake: FakeFireworksBatch, tmp_path: Path) -> None:
-    rows, out = write_rows(tmp_path / "in.jsonl", 50), tmp_path / "out.jsonl"
+    rows, out = write_rows(tmp_path / "in.jsonl"), tmp_path / "out.jsonl"
     ids = [r.row_id for r in iter_rows(str(rows))]
     fake.fail_custom_ids, fake.expire_custom_ids = {ids[7]}, {ids[31]}
-    args = _args(tmp_path, fake, rows, out)
     env = cli_env(FIREWORKS_ACCOUNT_ID=ACCOUNT)
-    first = run_cli(*args, env=env)
-    assert first.returncode == 0, first.stdout + first.stderr
-    assert "batch: 48 rows answered, 2 not" in first.stdout and "online: 2 rows answered, 0 failed" in first.stdout
+    run_to_the_end(fake, run_args(_config(tmp_path, fake), rows, out), env, out, failed=7, expired=31)
     [job] = fake.jobs.values()
     assert job["state"] == "JOB_STATE_EXPIRED"
-    online = [r.json["messages"][0]["content"] for r in fake.requests if r.path.endswith("/chat/completions")]
-    assert sorted(online) == ["question 31", "question 7"]  # each answered online once
-    assert _answers(out) == [f"question {i}" for i in range(50)]
-    before = len(fake.requests)
-    again = run_cli(*args, env=env)  # rerun: nothing submitted or answered twice
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert [r.path for r in fake.requests[before:] if r.method == "POST"] == []
-    assert _answers(out) == [f"question {i}" for i in range(50)]
 
 
 STAGES = {
@@ -146,29 +118,10 @@ STAGES = {
 
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_batch_run_killed_during_a_stage_then_rerun(fake: FakeFireworksBatch, tmp_path: Path, stage: str) -> None:
-    rows, out = write_rows(tmp_path / "in.jsonl", 50), tmp_path / "out.jsonl"
+    rows, out = write_rows(tmp_path / "in.jsonl"), tmp_path / "out.jsonl"
     ids = [r.row_id for r in iter_rows(str(rows))]
     fake.fail_custom_ids, fake.expire_custom_ids = {ids[3]}, {ids[40]}
-    args = _args(tmp_path, fake, rows, out)
+    args = run_args(_config(tmp_path, fake), rows, out)
     env = cli_env(FIREWORKS_ACCOUNT_ID=ACCOUNT)
-    method, pattern, after = STAGES[stage]
-    fake.hold(method, pattern, after=after)
-    proc = subprocess.Popen([sys.executable, "-m", "infermux", *args], env=env, cwd=str(ROOT),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
-    try:
-        assert fake.reached.wait(90), f"the job never reached {stage}"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        fake.release()
-    again = run_cli(*args, env=env)
-    assert again.returncode == 0, again.stdout + again.stderr
+    kill_then_rerun(fake, args, env, out, STAGES[stage], rerun_online=stage == "answering online")
     assert len(fake.jobs) == 1 and posts(fake, "/datasets") == 1  # no job or dataset created twice
-    assert _answers(out) == [f"question {i}" for i in range(50)]  # every row once, in input order
-    online = sorted(r.json["messages"][0]["content"] for r in fake.requests if r.path.endswith("/chat/completions"))
-    assert set(online) == {"question 3", "question 40"}
-    # only answers lost in the kill (both rows may have been in flight) are asked again
-    assert len(online) in ((3, 4) if stage == "answering online" else (2,))

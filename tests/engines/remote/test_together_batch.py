@@ -4,9 +4,6 @@ against its protocol fake."""
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +13,8 @@ from infermux.configs import GenerationParams, ModelParams, RemoteParams
 from infermux.engines.registry import engine_class
 from infermux.jobs.batch_state import BatchJobState
 from infermux.jobs.rows import iter_rows
-from tests.conftest import ROOT, cli_env, run_cli
+from tests.conftest import cli_env
+from tests.engines.remote.batch_runs import kill_then_rerun, run_args, run_to_the_end, write_rows
 from tests.fakes import FakeTogetherBatch
 
 KEY = "tg-test"
@@ -28,12 +26,6 @@ def fake() -> Iterator[FakeTogetherBatch]:
     with FakeTogetherBatch(api_key=KEY, fail_status=500) as server:
         assert isinstance(server, FakeTogetherBatch)
         yield server
-
-
-def write_rows(path: Path, n: int) -> Path:
-    path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"question {i}"}]}) + "\n"
-                            for i in range(n)))  # fmt: skip
-    return path
 
 
 def make(fake: FakeTogetherBatch) -> object:
@@ -109,29 +101,13 @@ def _config(tmp_path: Path, fake: FakeTogetherBatch) -> Path:
     return config
 
 
-def _answers(out: Path) -> list[str]:
-    return [json.loads(line)["messages"][0]["content"] for line in out.read_text().splitlines()]
-
-
 def test_batch_run_50_rows_with_a_failed_and_an_expired_row(fake: FakeTogetherBatch, tmp_path: Path) -> None:
-    rows, out = write_rows(tmp_path / "in.jsonl", 50), tmp_path / "out.jsonl"
+    rows, out = write_rows(tmp_path / "in.jsonl"), tmp_path / "out.jsonl"
     ids = [r.row_id for r in iter_rows(str(rows))]
     fake.fail_custom_ids, fake.expire_custom_ids = {ids[7]}, {ids[31]}
-    args = ["batch", "run", "-c", str(_config(tmp_path, fake)), "--input_path", str(rows), "--output_path", str(out),
-            "--poll-interval", "0.01"]  # fmt: skip
-    first = run_cli(*args)
-    assert first.returncode == 0, first.stdout + first.stderr
-    assert "batch: 48 rows answered, 2 not" in first.stdout and "online: 2 rows answered, 0 failed" in first.stdout
+    run_to_the_end(fake, run_args(_config(tmp_path, fake), rows, out), cli_env(), out, failed=7, expired=31)
     [batch] = fake.batches.values()
     assert batch.obj["status"] == "EXPIRED"
-    online = [r.json["messages"][0]["content"] for r in fake.requests if r.path == "/v1/chat/completions"]
-    assert sorted(online) == ["question 31", "question 7"]  # each answered online once
-    assert _answers(out) == [f"question {i}" for i in range(50)]
-    before = len(fake.requests)
-    again = run_cli(*args)  # rerun: nothing submitted or answered twice
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert [r.path for r in fake.requests[before:] if r.method == "POST"] == []
-    assert _answers(out) == [f"question {i}" for i in range(50)]
 
 
 STAGES = {
@@ -145,31 +121,11 @@ STAGES = {
 
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_batch_run_killed_during_a_stage_then_rerun(fake: FakeTogetherBatch, tmp_path: Path, stage: str) -> None:
-    rows, out = write_rows(tmp_path / "in.jsonl", 50), tmp_path / "out.jsonl"
+    rows, out = write_rows(tmp_path / "in.jsonl"), tmp_path / "out.jsonl"
     ids = [r.row_id for r in iter_rows(str(rows))]
     fake.fail_custom_ids, fake.expire_custom_ids = {ids[3]}, {ids[40]}
-    args = ["batch", "run", "-c", str(_config(tmp_path, fake)), "--input_path", str(rows), "--output_path", str(out),
-            "--poll-interval", "0.01"]  # fmt: skip
-    method, pattern, after = STAGES[stage]
-    fake.hold(method, pattern, after=after)
-    proc = subprocess.Popen([sys.executable, "-m", "infermux", *args], env=cli_env(), cwd=str(ROOT),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
-    try:
-        assert fake.reached.wait(90), f"the job never reached {stage}"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        fake.release()
-    again = run_cli(*args)
-    assert again.returncode == 0, again.stdout + again.stderr
+    args = run_args(_config(tmp_path, fake), rows, out)
+    kill_then_rerun(fake, args, cli_env(), out, STAGES[stage], rerun_online=stage == "answering online")
     inputs = [f for f in fake.files.values() if f.filename.startswith("infermux-")]
     # a batch is never created twice, nor a recorded upload repeated (the killed upload lands as an orphan)
     assert len(inputs) == (2 if stage == "uploading" else 1) and len(fake.batches) == 1
-    assert _answers(out) == [f"question {i}" for i in range(50)]  # every row once, in input order
-    online = sorted(r.json["messages"][0]["content"] for r in fake.requests if r.path == "/v1/chat/completions")
-    assert set(online) == {"question 3", "question 40"}
-    # only answers lost in the kill (both rows may have been in flight) are asked again
-    assert len(online) in ((3, 4) if stage == "answering online" else (2,))

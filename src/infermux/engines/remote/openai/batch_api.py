@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from infermux.engines.batch_client import BatchInfo, BatchInput, BatchLimits
-from infermux.engines.remote.batch_http import HttpBatchClient
+from infermux.engines.remote.batch_http import HttpBatchClient, jsonl_form
 from infermux.engines.remote.http.transport import HttpRequest, default_error_message, json_object
 from infermux.errors import RemoteError, RowError
 
@@ -93,17 +92,8 @@ class OpenAIBatchClient(HttpBatchClient):
         return await transport.send(HttpRequest(self._url(path), body, headers, method), json_object)
 
     async def upload(self, batch: BatchInput) -> str:
-        boundary = f"infermux-{uuid.uuid4().hex}"
-        body = (
-            (
-                f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\n{self.purpose}\r\n'
-                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{batch.name}.jsonl"\r\n'
-                "Content-Type: application/jsonl\r\n\r\n"
-            ).encode()
-            + b"".join(batch.requests)
-            + f"\r\n--{boundary}--\r\n".encode()
-        )
-        headers = {**self.headers, "Content-Type": f"multipart/form-data; boundary={boundary}"}
+        body, content_type = jsonl_form(f"{batch.name}.jsonl", batch.requests, purpose=self.purpose)
+        headers = {**self.headers, "Content-Type": content_type}
         reply = await self.transport.send(HttpRequest(self._url("/files"), body, headers), json_object)
         return str(reply["id"])
 

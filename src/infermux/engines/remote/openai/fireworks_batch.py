@@ -25,12 +25,11 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 from infermux.engines.batch_client import BatchInfo, BatchInput, BatchLimits
-from infermux.engines.remote.batch_http import HttpBatchClient
+from infermux.engines.remote.batch_http import HttpBatchClient, jsonl_form
 from infermux.engines.remote.http.transport import HttpRequest, default_error_message, json_object
 from infermux.errors import ConfigError, ErrorKind, RemoteError, RowError
 
@@ -131,16 +130,8 @@ class FireworksBatchClient(HttpBatchClient):
                 if exc.status != 409:  # 409: an interrupted run created it
                     raise
         if found is None or found.get("state") != "READY":
-            boundary = f"infermux-{uuid.uuid4().hex}"
-            body = (
-                (
-                    f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{batch.name}.jsonl"\r\n'
-                    "Content-Type: application/jsonl\r\n\r\n"
-                ).encode()
-                + b"".join(batch.requests)
-                + f"\r\n--{boundary}--\r\n".encode()
-            )
-            headers = {**self.headers, "Content-Type": f"multipart/form-data; boundary={boundary}"}
+            body, content_type = jsonl_form(f"{batch.name}.jsonl", batch.requests)
+            headers = {**self.headers, "Content-Type": content_type}
             url = f"{self.root}/datasets/{dataset_id}:upload"
             await self.transport.send(HttpRequest(url, body, headers), json_object)
         return self._dataset(dataset_id)
