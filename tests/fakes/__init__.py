@@ -9,6 +9,7 @@ from .anthropic import FakeAnthropic
 from .anthropic_batches import FakeAnthropicBatches
 from .fireworks_batch import FakeFireworksBatch
 from .gemini import FakeGemini
+from .gemini_batches import FakeGeminiBatches
 from .openai_batch import FakeOpenAIBatch
 from .openai_chat import QUOTA_BODY, FakeOpenAIChat
 from .sglang import FakeSGLang
@@ -22,6 +23,7 @@ __all__ = [
     "FakeAnthropicBatches",
     "FakeFireworksBatch",
     "FakeGemini",
+    "FakeGeminiBatches",
     "FakeOpenAIBatch",
     "FakeOpenAIChat",
     "FakeSGLang",

@@ -43,12 +43,14 @@ __all__ = [
 Kind = Literal["local", "remote"]
 #: What each provider batch client offers (``infermux batch ...``): OpenAI's Batch API (files +
 #: batches), Anthropic's Message Batches, Together's Batch API (all three can also cancel a job's
-#: batches and list an account's) and Fireworks' batch inference jobs (no cancel call).
+#: batches and list an account's), Fireworks' batch inference jobs (no cancel call) and the Gemini
+#: API's Batch Mode.
 BATCH_OPERATIONS: dict[str, frozenset[str]] = {
     "openai": frozenset({"submit", "status", "fetch", "cancel", "list"}),
     "anthropic": frozenset({"submit", "status", "fetch", "cancel", "list"}),
     "together": frozenset({"submit", "status", "fetch", "cancel", "list"}),
     "fireworks": frozenset({"submit", "status", "fetch", "list"}),
+    "gemini": frozenset({"submit", "status", "fetch", "cancel", "list"}),
 }
 
 
@@ -93,7 +95,8 @@ ENGINES: dict[str, EngineSpec] = {
           for p in PROVIDERS.values()),
         EngineSpec(E.ANTHROPIC.value, _R + "anthropic.engine:AnthropicInferenceEngine", remote=True, batch="anthropic",
                    runs_on=_CLOUD),
-        EngineSpec(E.GOOGLE_GEMINI.value, _R + "gemini.engine:GoogleGeminiInferenceEngine", remote=True, runs_on=_CLOUD),
+        EngineSpec(E.GOOGLE_GEMINI.value, _R + "gemini.engine:GoogleGeminiInferenceEngine", remote=True, batch="gemini",
+                   runs_on=_CLOUD),
         EngineSpec(E.GOOGLE_VERTEX.value, _R + "vertex:GoogleVertexInferenceEngine", "vertex", ("google.auth",), remote=True,
                    runs_on="Vertex AI"),
         EngineSpec(E.BEDROCK.value, _R + "bedrock.engine:BedrockInferenceEngine", "bedrock", ("boto3",), remote=True,
