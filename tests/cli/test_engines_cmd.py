@@ -113,5 +113,7 @@ def test_the_table_shows_each_engines_identity_row() -> None:
             cells[parts[0]] = parts[2:4]
     assert cells["NATIVE"] == ["local", "-"]
     assert cells["ANTHROPIC"] == ["remote", "anthropic"]
-    assert cells["OPENAI"] == ["remote", "openai"] and cells["GOOGLE_GEMINI"] == ["remote", "-"]
+    assert cells["OPENAI"] == ["remote", "openai"] and cells["GOOGLE_GEMINI"] == ["remote", "gemini"]
+    assert cells["TOGETHER"] == ["remote", "together"] and cells["FIREWORKS"] == ["remote", "fireworks"]
+    assert cells["GOOGLE_VERTEX"] == ["remote", "-"]
     assert cells["ECHO"] == ["plugin", "-"]
