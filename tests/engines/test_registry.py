@@ -90,11 +90,13 @@ def test_batch_operations_come_from_the_batch_client_and_equal_the_row():
     openai = engine_class("OPENAI")(model, remote_params=params)
     gemini = engine_class("GOOGLE_GEMINI")(model, remote_params=params)
     cerebras = engine_class("CEREBRAS")(model, remote_params=params)  # no batch API
+    fireworks = engine_class("FIREWORKS")(model, remote_params=params)  # its account id is needed only to run
     assert batch_operations(anthropic) == {"submit", "status", "fetch", "cancel", "list"}
     assert batch_operations(openai) == {"submit", "status", "fetch", "cancel", "list"}
     assert batch_operations(gemini) == {"submit", "status", "fetch", "cancel", "list"}
     assert batch_operations(cerebras) == frozenset()
-    for engine in (anthropic, openai, gemini):
+    assert batch_operations(fireworks) == {"submit", "status", "fetch", "list"}
+    for engine in (anthropic, openai, gemini, fireworks):
         spec = engine_spec(engine.engine_type)
         assert spec.batch is not None and BATCH_OPERATIONS[spec.batch] == batch_operations(engine)
 

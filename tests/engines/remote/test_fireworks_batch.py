@@ -82,10 +82,13 @@ def test_a_lost_create_reply_finds_the_job_by_its_id(fake: FakeFireworksBatch, t
     assert len(fake.jobs) == 1 and state.shards[0].batch_id == next(iter(fake.jobs))
 
 
-def test_the_account_id_is_required(fake: FakeFireworksBatch, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_account_id_is_required(fake: FakeFireworksBatch, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FIREWORKS_ACCOUNT_ID")
+    eng = make(fake)
+    assert eng.batch_client().can_list  # what it offers is known without the account
     with pytest.raises(ConfigError, match="FIREWORKS_ACCOUNT_ID"):
-        make(fake).batch_client()
+        eng.submit_batch(str(write_rows(tmp_path / "in.jsonl", 2)), str(tmp_path / "out.jsonl"))
+    assert not fake.requests
 
 
 def _config(tmp_path: Path, fake: FakeFireworksBatch) -> Path:

@@ -61,15 +61,19 @@ class FireworksBatchClient(HttpBatchClient):
 
     def __init__(self, engine: RemoteEngine) -> None:
         super().__init__(engine)
-        account = os.environ.get(ACCOUNT_ENV, "").strip()
-        if not account:
-            raise ConfigError(f"Fireworks batch jobs belong to an account: set {ACCOUNT_ENV} to your account id.")
+        account = os.environ.get(ACCOUNT_ENV, "").strip()  # checked when the client is opened
         parts = urlsplit(engine.url)
         self.endpoint = parts.path
         self.account = account
         self.root = f"{parts.scheme}://{parts.netloc}/v1/accounts/{quote(account, safe='')}"
         self.headers = {k: v for k, v in engine.headers.items() if k.lower() != "content-type"}
         self.model = engine.model_params.model_name
+
+    async def __aenter__(self) -> FireworksBatchClient:
+        if not self.account:
+            raise ConfigError(f"Fireworks batch jobs belong to an account: set {ACCOUNT_ENV} to your account id.")
+        await super().__aenter__()
+        return self
 
     # ------------------------------------------------------------------ rows <-> requests
     def encode(self, custom_id: str, conversation: Conversation, generation: GenerationParams) -> bytes:
