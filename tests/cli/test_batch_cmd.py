@@ -87,12 +87,16 @@ def test_submit_suggests_a_status_command_that_keeps_the_overrides(
 
 
 def test_engines_without_a_batch_api_are_refused(tmp_path: Path) -> None:
-    config = tmp_path / "gemini.yaml"  # (ANTHROPIC has Message Batches since issue 15)
+    config = tmp_path / "cerebras.yaml"  # (ANTHROPIC has Message Batches since issue 15, GOOGLE_GEMINI since 27)
     config.write_text(
-        "model:\n  model_name: gemini-x\nengine: GOOGLE_GEMINI\nremote_params:\n  api_url: http://127.0.0.1:9\n"
+        "model:\n  model_name: llama-x\nengine: CEREBRAS\nremote_params:\n  api_url: http://127.0.0.1:9\n"
     )
     code, text = batch("status", "-c", str(config), "--output_path", str(tmp_path / "o.jsonl"))
     assert code == 2 and "does not support the Batch API" in text and "Traceback" not in text
+    from infermux.engines.registry import ENGINES
+
+    with_batch = [name for name, spec in ENGINES.items() if spec.batch]  # the message is made from the rows
+    assert all(name in text for name in with_batch) and "GOOGLE_VERTEX" not in text, text
 
 
 def test_missing_record_is_a_clear_error(job: tuple[Path, Path, Path]) -> None:

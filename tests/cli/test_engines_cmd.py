@@ -111,7 +111,9 @@ def test_the_json_shows_each_engines_identity_row() -> None:
     rows = {f["engine"]: (f["kind"], f["batch_client"], f["plugin"]) for f in json.loads(res.stdout)}
     assert rows["NATIVE"] == ("local", None, False)
     assert rows["ANTHROPIC"] == ("remote", "anthropic", False)
-    assert rows["OPENAI"] == ("remote", "openai", False) and rows["GOOGLE_GEMINI"] == ("remote", None, False)
+    assert rows["OPENAI"] == ("remote", "openai", False) and rows["GOOGLE_GEMINI"] == ("remote", "gemini", False)
+    assert rows["TOGETHER"] == ("remote", "together", False) and rows["FIREWORKS"] == ("remote", "fireworks", False)
+    assert rows["GOOGLE_VERTEX"] == ("remote", None, False)
     assert rows["ECHO"][2] is True
 
 

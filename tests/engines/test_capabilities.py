@@ -81,8 +81,10 @@ def test_parameters_a_model_is_never_sent_are_not_limited() -> None:
 
 
 def test_batch_api_is_a_declared_capability() -> None:
-    # ANTHROPIC: Message Batches (issue 15)
+    # ANTHROPIC: Message Batches (issue 15); FIREWORKS, GOOGLE_GEMINI: issue 27
     offered = {
+        "FIREWORKS",
+        "GOOGLE_GEMINI",
         "OPENAI",
         "REMOTE",
         "REMOTE_VLLM",
@@ -95,5 +97,5 @@ def test_batch_api_is_a_declared_capability() -> None:
     }
     for name in offered:
         assert engine_class(name).capabilities.batch_api, name
-    for name in ("GOOGLE_VERTEX", "GOOGLE_GEMINI", "SGLANG"):
+    for name in ("GOOGLE_VERTEX", "CEREBRAS", "OPENROUTER", "SGLANG"):
         assert not engine_class(name).capabilities.batch_api, name

@@ -83,22 +83,40 @@ def test_the_row_says_local_or_remote_and_its_batch_client_as_the_class_does(nam
 def test_batch_operations_come_from_the_batch_client_and_equal_the_row():
     from infermux.configs import ModelParams, RemoteParams
     from infermux.engines.registry import BATCH_OPERATIONS, batch_operations, engine_spec
+    from infermux.engines.registry import batch_engines as registry_batch_engines
 
     model, params = ModelParams(model_name="m"), RemoteParams(api_key="k")
     anthropic = engine_class("ANTHROPIC")(model, remote_params=params)
     openai = engine_class("OPENAI")(model, remote_params=params)
     gemini = engine_class("GOOGLE_GEMINI")(model, remote_params=params)
+    cerebras = engine_class("CEREBRAS")(model, remote_params=params)  # no batch API
+    fireworks = engine_class("FIREWORKS")(model, remote_params=params)  # its account id is needed only to run
     assert batch_operations(anthropic) == {"submit", "status", "fetch", "cancel", "list"}
-    assert batch_operations(openai) == {"submit", "status", "fetch"}
-    assert batch_operations(gemini) == frozenset()
-    for engine in (anthropic, openai):
+    assert batch_operations(openai) == {"submit", "status", "fetch", "cancel", "list"}
+    assert batch_operations(gemini) == {"submit", "status", "fetch", "cancel", "list"}
+    assert batch_operations(cerebras) == frozenset()
+    assert batch_operations(fireworks) == {"submit", "status", "fetch", "list"}
+    for engine in (anthropic, openai, gemini, fireworks):
         spec = engine_spec(engine.engine_type)
         assert spec.batch is not None and BATCH_OPERATIONS[spec.batch] == batch_operations(engine)
 
-    class Plugin(type(gemini)):  # type: ignore[misc]
+    class Plugin(type(cerebras)):  # type: ignore[misc]
         engine_type = "MY_PLUGIN"
 
     assert batch_operations(Plugin(model, remote_params=params)) == frozenset()
+    assert "GOOGLE_GEMINI" in registry_batch_engines()
+
+
+def test_batch_engines_message_is_made_from_the_rows(monkeypatch):
+    from infermux.engines import registry
+
+    names = [name for name, spec in registry.ENGINES.items() if spec.batch]
+    assert registry.batch_engines() == ", ".join(names[:-1]) + " or " + names[-1]
+    assert {"OPENAI", "ANTHROPIC", "TOGETHER", "FIREWORKS", "GOOGLE_GEMINI"} <= set(names)
+    monkeypatch.setitem(registry.ENGINES, "NEWPROV", registry.EngineSpec("NEWPROV", "x:Y", remote=True, batch="openai"))
+    assert registry.batch_engines().endswith(f", {names[-1]} or NEWPROV")
+    monkeypatch.setattr(registry, "BATCH_OPERATIONS", {**registry.BATCH_OPERATIONS, "openai": frozenset({"submit"})})
+    assert "OPENAI" not in registry.batch_engines("cancel")
 
 
 def test_configs_know_plugin_names_without_the_registry():

@@ -7,10 +7,13 @@ answers in the provider's own success and error formats.
 from ._server import Exchange, RecordedRequest, tiny_png
 from .anthropic import FakeAnthropic
 from .anthropic_batches import FakeAnthropicBatches
+from .fireworks_batch import FakeFireworksBatch
 from .gemini import FakeGemini
+from .gemini_batches import FakeGeminiBatches
 from .openai_batch import FakeOpenAIBatch
 from .openai_chat import QUOTA_BODY, FakeOpenAIChat
 from .sglang import FakeSGLang
+from .together_batch import FakeTogetherBatch
 from .vertex import FakeVertex
 
 __all__ = [
@@ -18,10 +21,13 @@ __all__ = [
     "Exchange",
     "FakeAnthropic",
     "FakeAnthropicBatches",
+    "FakeFireworksBatch",
     "FakeGemini",
+    "FakeGeminiBatches",
     "FakeOpenAIBatch",
     "FakeOpenAIChat",
     "FakeSGLang",
+    "FakeTogetherBatch",
     "FakeVertex",
     "RecordedRequest",
     "tiny_png",

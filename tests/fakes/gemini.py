@@ -239,11 +239,18 @@ class FakeGemini(FakeServer):
             return self._error(400, "Invalid JSON payload: Content-Type must be application/json.")
         try:
             body = json.loads(await request.read())
-            exchange, config = self._validate(body)
+            reply = self.answer(model, body)
         except ValueError as exc:
             return self._error(400, f"Invalid JSON payload received. {exc}")
         except RequestInvalid as exc:
             return self._error(exc.status, str(exc))
+        if action == "generateContent":
+            return web.json_response(reply)
+        return await self._stream(request, reply)
+
+    def answer(self, model: str, body: Any) -> dict[str, Any]:
+        """The GenerateContentResponse to ``body`` (raises ``RequestInvalid`` or ``ValueError`` for a bad one)."""
+        exchange, config = self._validate(body)
         candidates = []
         output_tokens = thoughts_tokens = 0
         for index in range(config.get("candidateCount", 1)):
@@ -265,15 +272,12 @@ class FakeGemini(FakeServer):
         if thoughts_tokens:  # Google leaves zero counts out
             usage["thoughtsTokenCount"] = thoughts_tokens
         usage["totalTokenCount"] = prompt_tokens + output_tokens + thoughts_tokens
-        reply = {
+        return {
             "candidates": candidates,
             "usageMetadata": usage,
             "modelVersion": model,
             "responseId": f"resp-{len(self.requests)}",
         }
-        if action == "generateContent":
-            return web.json_response(reply)
-        return await self._stream(request, reply)
 
     async def _stream(self, request: web.Request, reply: dict) -> web.StreamResponse:
         if request.query.get("alt") != "sse":

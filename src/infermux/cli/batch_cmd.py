@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     from infermux.jobs.batch_state import BatchJobState
 
 batch_app = typer.Typer(
-    help="Run a JSONL job through a batch API (OPENAI or any server with /v1/files and /v1/batches; "
-    "ANTHROPIC Message Batches): submit, status, fetch, cancel, list, or all at once with run.",
+    help="Run a JSONL job through a provider's batch API (see `infermux engines` or docs/batch-api.md for "
+    "which engines have one): submit, status, fetch, cancel, list, or all at once with run.",
     no_args_is_help=True,
 )
 
@@ -38,7 +38,7 @@ def _setup(
     log_level: str | None,
 ) -> tuple[InferenceConfig, InferenceEngine]:
     from infermux.cli.common import command_args, fail, load_cli_config, setup_logging
-    from infermux.engines.registry import build_engine, engine_class
+    from infermux.engines.registry import batch_engines, build_engine, engine_class
     from infermux.jobs import check_output_path
 
     setup_logging(log_level)
@@ -53,7 +53,7 @@ def _setup(
         fail("infermux batch writes its batch record beside --output_path: give a local path (URIs such as s3:// "
              "work with `infermux infer`).")  # fmt: skip
     if not engine_class(cfg.resolved_engine()).capabilities.batch_api:
-        fail(f"the {cfg.resolved_engine()} engine does not support the Batch API; use OPENAI, REMOTE or ANTHROPIC.")
+        fail(f"the {cfg.resolved_engine()} engine does not support the Batch API; use {batch_engines()}.")
     check_output_path(cfg.output_path, cfg.input_path)
     return cfg, build_engine(cfg)
 
@@ -194,7 +194,7 @@ def list_(
     limit: int = typer.Option(20, "--limit", min=1, help="How many of the most recent batches to show."),
     log_level: str | None = LogOpt,
 ) -> None:
-    """List the account's most recent batches (ANTHROPIC), whatever job created them."""
+    """List the account's most recent batches, whatever job created them."""
     from infermux.cli.common import command_args, fail, load_cli_config, setup_logging, user_errors
     from infermux.engines.registry import build_engine
     from infermux.jobs import provider_batch

@@ -76,6 +76,9 @@ class BatchInput:
     """The job and the batch, for providers that keep metadata on a batch (found again by it)."""
     started_at: str | None = None
     """When its creation was first asked for (ISO 8601, UTC), for providers that keep no metadata."""
+    input_id: str | None = None
+    """What :meth:`BatchClient.upload` returned for it, once uploaded (providers that keep no metadata
+    find a batch by its input)."""
 
 
 class BatchClient(abc.ABC):

@@ -31,6 +31,7 @@ __all__ = [
     "ENGINES",
     "ENTRY_POINT_GROUP",
     "EngineSpec",
+    "batch_engines",
     "batch_operations",
     "build_engine",
     "engine_class",
@@ -41,10 +42,15 @@ __all__ = [
 
 Kind = Literal["local", "remote"]
 #: What each provider batch client offers (``infermux batch ...``): OpenAI's Batch API (files +
-#: batches) and Anthropic's Message Batches, which can also cancel a job's batches and list an account's.
+#: batches), Anthropic's Message Batches, Together's Batch API (all three can also cancel a job's
+#: batches and list an account's), Fireworks' batch inference jobs (no cancel call) and the Gemini
+#: API's Batch Mode.
 BATCH_OPERATIONS: dict[str, frozenset[str]] = {
-    "openai": frozenset({"submit", "status", "fetch"}),
+    "openai": frozenset({"submit", "status", "fetch", "cancel", "list"}),
     "anthropic": frozenset({"submit", "status", "fetch", "cancel", "list"}),
+    "together": frozenset({"submit", "status", "fetch", "cancel", "list"}),
+    "fireworks": frozenset({"submit", "status", "fetch", "list"}),
+    "gemini": frozenset({"submit", "status", "fetch", "cancel", "list"}),
 }
 
 
@@ -85,11 +91,12 @@ ENGINES: dict[str, EngineSpec] = {
         EngineSpec(E.REMOTE_VLLM.value, _R + "openai.vllm:RemoteVLLMInferenceEngine", remote=True, batch="openai",
                    runs_on=_OWN),
         # Hosted OpenAI-compatible providers: one row each in remote/openai/providers.py.
-        *(EngineSpec(p.engine.value, p.target, remote=True, batch="openai" if p.batch_api else None, runs_on=_CLOUD)
+        *(EngineSpec(p.engine.value, p.target, remote=True, batch=p.batch if p.batch_api else None, runs_on=_CLOUD)
           for p in PROVIDERS.values()),
         EngineSpec(E.ANTHROPIC.value, _R + "anthropic.engine:AnthropicInferenceEngine", remote=True, batch="anthropic",
                    runs_on=_CLOUD),
-        EngineSpec(E.GOOGLE_GEMINI.value, _R + "gemini.engine:GoogleGeminiInferenceEngine", remote=True, runs_on=_CLOUD),
+        EngineSpec(E.GOOGLE_GEMINI.value, _R + "gemini.engine:GoogleGeminiInferenceEngine", remote=True, batch="gemini",
+                   runs_on=_CLOUD),
         EngineSpec(E.GOOGLE_VERTEX.value, _R + "vertex:GoogleVertexInferenceEngine", "vertex", ("google.auth",), remote=True,
                    runs_on="Vertex AI"),
         EngineSpec(E.BEDROCK.value, _R + "bedrock.engine:BedrockInferenceEngine", "bedrock", ("boto3",), remote=True,
@@ -159,6 +166,12 @@ def build_engine(config: InferenceConfig, **kwargs: Any) -> InferenceEngine:
     )
     engine.check_ready()
     return engine
+
+
+def batch_engines(operation: str = "submit") -> str:
+    """The built-in engines whose batch client offers ``operation``, for messages ("OPENAI, ANTHROPIC or ...")."""
+    names = [spec.name for spec in ENGINES.values() if spec.batch and operation in BATCH_OPERATIONS[spec.batch]]
+    return ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else "".join(names)
 
 
 def batch_operations(engine: InferenceEngine) -> frozenset[str]:

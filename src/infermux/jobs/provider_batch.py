@@ -75,7 +75,9 @@ def client_for(engine: InferenceEngine) -> BatchClient:
     """The engine's batch client; a :class:`ConfigError` when it has no batch API."""
     client = engine.batch_client()
     if client is None:
-        raise ConfigError(f"{engine.name} has no batch API; use OPENAI, REMOTE or ANTHROPIC.")
+        from infermux.engines.registry import batch_engines
+
+        raise ConfigError(f"{engine.name} has no batch API; use {batch_engines()}.")
     return client
 
 
@@ -160,7 +162,7 @@ async def _create(client: BatchClient, state: BatchJobState, shard: ShardState, 
     tag = {"infermux_job": state.job_id, "infermux_shard": str(shard.index)}
     name = f"infermux-{state.job_id}-{shard.index}"
     if shard.create_started:  # interrupted after asking for the batch: it may exist already
-        found = await client.find(BatchInput(name, requests, tag, shard.create_started_at))
+        found = await client.find(BatchInput(name, requests, tag, shard.create_started_at, shard.input_file_id))
         if found is not None:
             _created(state, shard, found)
             return

@@ -11,7 +11,7 @@ import pytest
 
 from infermux.configs import GenerationParams, ModelParams, RemoteParams
 from infermux.engines.remote.openai.openai import OpenAIInferenceEngine
-from infermux.errors import ConfigError
+from infermux.errors import ConfigError, RemoteError
 from infermux.jobs.batch_state import BatchJobState, state_path
 from infermux.jobs.rows import iter_rows
 from infermux.types import Conversation
@@ -179,3 +179,30 @@ def test_wrong_key_is_a_clear_error(fake: FakeOpenAIBatch, rows: Path, tmp_path:
     with pytest.raises(Exception, match="OPENAI_API_KEY") as info:
         eng.submit_batch(str(rows), str(tmp_path / "out.jsonl"))
     assert "sk-bad" not in str(info.value)
+
+
+def test_cancel_and_list(fake: FakeOpenAIBatch, rows: Path, tmp_path: Path) -> None:
+    """``POST /v1/batches/{id}/cancel`` and the paginated ``GET /v1/batches``: canceled rows fail, worth rerunning."""
+    fake.advance_on_poll = False
+    eng = make(fake, max_requests=2)
+    out = tmp_path / "out.jsonl"
+    state = eng.submit_batch(str(rows), str(out))
+    assert eng.batch_client().can_cancel and eng.batch_client().can_list  # type: ignore[union-attr]
+    assert [s.status for s in eng.cancel_batch(str(out)).shards] == ["cancelling"] * 3
+    assert posts(fake, "/v1/batches/" + str(state.shards[0].batch_id) + "/cancel") == 1
+    fake.finish_all()
+    report = eng.fetch_batch(str(rows), str(out))
+    assert (report.done, report.failed, report.pending, report.settled) == (0, 5, 0, {})
+    errors = [json.loads(line) for line in Path(f"{out}.errors.jsonl").read_text().splitlines()]
+    assert {e["kind"] for e in errors} == {"batch_cancelled"}
+    newest_first = [s.batch_id for s in reversed(state.shards)]
+    assert [b["id"] for b in eng.list_batches(limit=2)] == newest_first[:2]  # one page of two
+    assert [b["id"] for b in eng.list_batches(limit=10)] == newest_first
+    fake.finish_all()
+    with pytest.raises(RemoteError, match=r"Cannot cancel"):
+        asyncio.run(_cancel(eng, str(state.shards[0].batch_id)))
+
+
+async def _cancel(eng: OpenAIInferenceEngine, batch_id: str) -> None:
+    async with eng.batch_client() as client:  # type: ignore[union-attr]
+        await client.cancel(batch_id)

@@ -7,6 +7,7 @@ idempotent (creating a batch: a lost reply may hide a batch that exists).
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from infermux.engines.batch_client import BatchClient
@@ -17,7 +18,22 @@ if TYPE_CHECKING:
     from infermux.engines.remote.base import RemoteEngine
     from infermux.types import Conversation
 
-__all__ = ["HttpBatchClient"]
+__all__ = ["HttpBatchClient", "jsonl_form"]
+
+
+def jsonl_form(filename: str, lines: list[bytes], **fields: str) -> tuple[bytes, str]:
+    """A ``multipart/form-data`` body carrying ``fields`` and the JSONL file ``filename`` made of ``lines``,
+    and its Content-Type."""
+    boundary = f"infermux-{uuid.uuid4().hex}"
+    head = "".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n' for k, v in fields.items()
+    )
+    head += (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+        "Content-Type: application/jsonl\r\n\r\n"
+    )
+    body = head.encode() + b"".join(lines) + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
 
 
 class HttpBatchClient(BatchClient):

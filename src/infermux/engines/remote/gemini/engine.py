@@ -21,7 +21,7 @@ Protocol mapping (from Google's Gemini API reference):
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams
@@ -39,6 +39,9 @@ from infermux.engines.tool_calls import CallPairing
 from infermux.errors import RemoteError
 from infermux.samples import reply_with_samples, token_logprob
 from infermux.types import Conversation, FinishReason, Message, Sample, TokenLogprob, Usage
+
+if TYPE_CHECKING:
+    from infermux.engines.batch_client import BatchClient
 
 __all__ = ["GoogleGeminiInferenceEngine", "build_contents", "generation_config"]
 
@@ -229,6 +232,7 @@ class GoogleGeminiInferenceEngine(RemoteEngine):
         images=True,
         streaming=True,
         tools=True,
+        batch_api=True,
         notes=("At most 5 stop strings.", "JSON schemas are inlined ($ref/$defs) to Gemini's schema subset."),
         max_items={"stop_strings": _MAX_STOPS},
         value_ranges={"temperature": (0.0, 2.0), "n": (1, 8)},  # candidateCount is 1-8
@@ -249,6 +253,12 @@ class GoogleGeminiInferenceEngine(RemoteEngine):
             return f"{path}/models/{model}:generateContent"
 
         return endpoint_url(api_url, build)
+
+    def batch_client(self) -> BatchClient:
+        """Batch Mode (:mod:`infermux.engines.remote.gemini.batches`)."""
+        from infermux.engines.remote.gemini.batches import GeminiBatchClient
+
+        return GeminiBatchClient(self)
 
     def build_headers(self, api_key: str | None) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}

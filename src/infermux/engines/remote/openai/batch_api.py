@@ -6,6 +6,8 @@ Each row becomes one line of a JSONL input file, ``{"custom_id": <row id>, "meth
 uploaded (purpose ``batch``) and given one batch, whose ``metadata`` names its job and shard, so a
 creation interrupted before its id was saved is found again by listing. Results come back as output
 and error files (any order), one ``{"custom_id", "response": {"status_code", "body"}, "error"}`` each.
+``POST /v1/batches/{id}/cancel`` stops a batch (``cancelling``, then ``cancelled`` with what it answered
+so far in its files); ``GET /v1/batches?limit=&after=`` lists the account's batches, most recent first.
 
 The job itself (record, resume, rows, recording) is :mod:`infermux.jobs.provider_batch`.
 """
@@ -14,13 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from infermux.engines.batch_client import BatchInfo, BatchInput, BatchLimits
-from infermux.engines.remote.batch_http import HttpBatchClient
+from infermux.engines.remote.batch_http import HttpBatchClient, jsonl_form
 from infermux.engines.remote.http.transport import HttpRequest, default_error_message, json_object
 from infermux.errors import RemoteError, RowError
 
@@ -39,6 +40,11 @@ _FINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 
 class OpenAIBatchClient(HttpBatchClient):
     """Files and Batches calls against the server behind an OpenAI-compatible engine."""
+
+    can_cancel = True
+    can_list = True
+    #: The ``purpose`` of an uploaded batch input file.
+    purpose = "batch"
 
     def __init__(self, engine: RemoteEngine) -> None:
         super().__init__(engine)
@@ -86,17 +92,8 @@ class OpenAIBatchClient(HttpBatchClient):
         return await transport.send(HttpRequest(self._url(path), body, headers, method), json_object)
 
     async def upload(self, batch: BatchInput) -> str:
-        boundary = f"infermux-{uuid.uuid4().hex}"
-        body = (
-            (
-                f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
-                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{batch.name}.jsonl"\r\n'
-                "Content-Type: application/jsonl\r\n\r\n"
-            ).encode()
-            + b"".join(batch.requests)
-            + f"\r\n--{boundary}--\r\n".encode()
-        )
-        headers = {**self.headers, "Content-Type": f"multipart/form-data; boundary={boundary}"}
+        body, content_type = jsonl_form(f"{batch.name}.jsonl", batch.requests, purpose=self.purpose)
+        headers = {**self.headers, "Content-Type": content_type}
         reply = await self.transport.send(HttpRequest(self._url("/files"), body, headers), json_object)
         return str(reply["id"])
 
@@ -141,6 +138,21 @@ class OpenAIBatchClient(HttpBatchClient):
                         record = json.loads(raw)
                         records[str(record.get("custom_id"))] = record
         return records
+
+    async def cancel(self, batch_id: str) -> BatchInfo:
+        return _info(await self._json("POST", f"/batches/{batch_id}/cancel"))
+
+    async def list(self, limit: int) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        after = ""
+        while len(out) < limit:
+            query = f"?limit={min(100, limit - len(out))}" + (f"&after={after}" if after else "")
+            page = await self._json("GET", "/batches" + query)
+            out.extend(page.get("data") or [])
+            if not page.get("has_more") or not page.get("data"):
+                break
+            after = str(page.get("last_id") or page["data"][-1]["id"])
+        return out[:limit]
 
 
 def _info(batch: dict[str, Any]) -> BatchInfo:

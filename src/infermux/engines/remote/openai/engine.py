@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams
+from infermux.engines.batch_client import BatchClient
 from infermux.engines.capabilities import Capabilities
 from infermux.engines.remote.base import RemoteEngine
 from infermux.engines.remote.http.transport import HttpRequest
@@ -28,7 +29,7 @@ from infermux.engines.remote.openai.format import (
     reply,
     tool_fields,
 )
-from infermux.engines.remote.openai.providers import OPENAI_PARAMS, SAMPLE_PARAMS
+from infermux.engines.remote.openai.providers import BATCH_CLIENTS, OPENAI_PARAMS, SAMPLE_PARAMS
 from infermux.engines.remote.openai.stream import ChatCompletionStream
 from infermux.types import Conversation
 
@@ -51,6 +52,8 @@ class RemoteInferenceEngine(RemoteEngine):
     requires_api_key = False
     default_num_workers = 8
     provider = "the server"
+    #: The provider's batch protocol (a key of :data:`~.providers.BATCH_CLIENTS`).
+    batch_protocol: ClassVar[str] = "openai"
     #: Body field that carries ``max_new_tokens``.
     max_tokens_field: ClassVar[str] = "max_tokens"
     #: What one file of OpenAI's Batch API may hold (the provider's limits; a test may lower them).
@@ -63,9 +66,18 @@ class RemoteInferenceEngine(RemoteEngine):
     def endpoint_url(self, api_url: str) -> str:
         return chat_completions_url(api_url)
 
-    def batch_client(self) -> OpenAIBatchClient | None:
-        """OpenAI's Batch API (``/v1/files`` + ``/v1/batches``) on this server, where it is offered."""
-        return OpenAIBatchClient(self) if self.capabilities.batch_api else None
+    def batch_client(self) -> BatchClient | None:
+        """The provider's batch API (``batch_protocol``: OpenAI's ``/v1/files`` + ``/v1/batches`` unless the
+        provider row names another), where it is offered."""
+        if not self.capabilities.batch_api:
+            return None
+        if self.batch_protocol == "openai":
+            return OpenAIBatchClient(self)
+        import importlib
+
+        module, name = BATCH_CLIENTS[self.batch_protocol].split(":")
+        client: BatchClient = getattr(importlib.import_module(module), name)(self)
+        return client
 
     # ------------------------------------------------------------------ hooks for subclasses
     def served_model_name(self) -> str:

@@ -21,7 +21,7 @@ from infermux.engines.capabilities import Capabilities
 if TYPE_CHECKING:
     from infermux.engines.remote.openai.engine import RemoteInferenceEngine
 
-__all__ = ["OPENAI_PARAMS", "PROVIDERS", "SAMPLE_PARAMS", "Provider", "provider_class"]
+__all__ = ["BATCH_CLIENTS", "OPENAI_PARAMS", "PROVIDERS", "SAMPLE_PARAMS", "Provider", "provider_class"]
 
 #: Generation parameters of OpenAI's chat-completions API itself.
 OPENAI_PARAMS = frozenset(
@@ -30,6 +30,12 @@ OPENAI_PARAMS = frozenset(
 #: Several answers per request and token log-probabilities (``n``, ``logprobs``, ``top_logprobs``).
 SAMPLE_PARAMS = frozenset({"n", "logprobs", "top_logprobs"})
 _JSON = frozenset({"json"})
+#: The batch client class of each batch protocol a provider row can name (``"module:Class"``).
+BATCH_CLIENTS = {
+    "openai": "infermux.engines.remote.openai.batch_api:OpenAIBatchClient",
+    "together": "infermux.engines.remote.openai.together_batch:TogetherBatchClient",
+    "fireworks": "infermux.engines.remote.openai.fireworks_batch:FireworksBatchClient",
+}
 
 
 @dataclass(frozen=True)
@@ -47,7 +53,8 @@ class Provider:
     guided: frozenset[str] = _JSON  # guided-decoding kinds (``json`` goes out as ``response_format``)
     images: bool = True
     notes: tuple[str, ...] = ()
-    batch_api: bool = True  # OpenAI's Batch API (/v1/files + /v1/batches) is offered to this provider's users
+    batch_api: bool = True  # the provider offers a batch API to its users
+    batch: str = "openai"  # which one: a key of registry.BATCH_OPERATIONS and of BATCH_CLIENTS
     tools: bool = True  # OpenAI's function calling (tools, tool_choice, tool_calls)
     quirks: str | None = None  # module defining the class when the provider needs code of its own
     max_items: Mapping[str, int] = field(default_factory=dict)  # documented limits (see Capabilities)
@@ -81,7 +88,7 @@ PROVIDERS: dict[E, Provider] = {
                  value_ranges={"temperature": (0.0, 2.0), "logit_bias": (-100.0, 100.0), "n": (1, 128)}),
         Provider(E.TOGETHER, "TogetherInferenceEngine", "Together AI", "https://api.together.xyz/v1",
                  "TOGETHER_API_KEY", "Together AI (``TOGETHER_API_KEY``); also takes ``min_p`` and JSON-schema output.",
-                 params=OPENAI_PARAMS | {"min_p"}),
+                 params=OPENAI_PARAMS | {"min_p"}, batch="together"),
         Provider(E.LAMBDA, "LambdaInferenceEngine", "Lambda", "https://api.lambda.ai/v1", "LAMBDA_API_KEY",
                  "Lambda's hosted models (``LAMBDA_API_KEY``). Lambda places no rate limit, so 20 workers by default."),
         Provider(E.DEEPSEEK, "DeepSeekInferenceEngine", "DeepSeek", "https://api.deepseek.com/v1", "DEEPSEEK_API_KEY",
@@ -96,7 +103,7 @@ PROVIDERS: dict[E, Provider] = {
                  "Parasail.io (``PARASAIL_API_KEY``)."),
         Provider(E.FIREWORKS, "FireworksInferenceEngine", "Fireworks AI", "https://api.fireworks.ai/inference/v1",
                  "FIREWORKS_API_KEY", "Fireworks AI (``FIREWORKS_API_KEY``); model names look like "
-                 "``accounts/fireworks/models/NAME``.", params=OPENAI_PARAMS | {"min_p"}, batch_api=False),
+                 "``accounts/fireworks/models/NAME``.", params=OPENAI_PARAMS | {"min_p"}, batch="fireworks"),
         Provider(E.OPENROUTER, "OpenRouterInferenceEngine", "OpenRouter", "https://openrouter.ai/api/v1",
                  "OPENROUTER_API_KEY", "OpenRouter (``OPENROUTER_API_KEY``): one API in front of many providers' "
                  "models (``vendor/model`` names).", params=OPENAI_PARAMS | {"min_p"},
@@ -125,6 +132,7 @@ def provider_class(engine: E) -> Any:
         cls.requires_api_key = True
         cls.default_num_workers = row.workers
         cls.provider = row.label
+        cls.batch_protocol = row.batch
         if not cls.__doc__:
             cls.__doc__ = row.summary
         return cls
