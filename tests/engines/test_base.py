@@ -40,3 +40,25 @@ def test_an_engine_that_overrode_astream_streams_through_the_entry_points() -> N
 
     assert asyncio.run(collect("stream")) == asyncio.run(collect("astream")) == ["pie", "ces"]
     assert _OldSeamEngine.streams_itself()
+
+
+class _CutEngine(InferenceEngine):
+    """A plugin whose stream stops after some text, with no final answer."""
+
+    engine_type = "CUT"
+
+    async def _stream(self, conversation, generation):  # type: ignore[no-untyped-def,override]
+        yield StreamEvent(delta="The answer is 4")
+
+
+def test_a_stream_without_its_final_answer_is_an_error_not_a_short_answer() -> None:
+    import pytest
+
+    engine = _CutEngine(ModelParams(model_name="m"))
+    conversation = Conversation.model_validate({"messages": [{"role": "user", "content": "2+2?"}]})
+
+    async def collect() -> list[StreamEvent]:
+        return [e async for e in engine.stream(conversation)]
+
+    with pytest.raises(RuntimeError, match="ended without its final answer"):
+        asyncio.run(collect())

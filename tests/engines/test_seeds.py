@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from infermux.configs import GenerationParams
-from infermux.engines.seeds import GEMINI_SEEDS, LLAMA_CPP_SEEDS, SEED_MAX, SEED_MIN, fold_seed
+from infermux.engines.seeds import GEMINI_SEEDS, LLAMA_CPP_SEEDS, SEED_MAX, SEED_MIN, VLLM_SEEDS, fold_seed
 
 EDGES = [-1, 0xFFFFFFFF, 0x1FFFFFFFF, -(2**32) - 1, 2**32, SEED_MIN, SEED_MAX, -(2**31) - 1]
 
@@ -33,3 +33,27 @@ def test_no_seed_becomes_llama_cpps_random_sentinel() -> None:
     sentinel = 0xFFFFFFFF
     assert all(fold_seed(s, *LLAMA_CPP_SEEDS) != sentinel for s in [*EDGES, *range(-(2**12), 2**12)])
     assert fold_seed(-1, *LLAMA_CPP_SEEDS) != fold_seed(0xFFFFFFFF, *LLAMA_CPP_SEEDS)
+
+
+def test_vllm_keeps_every_seed_but_its_no_seed_sentinel() -> None:
+    # vLLM's SamplingParams reads seed -1 as None ("random"): -1 alone is mapped, to a fixed other value.
+    for seed in (0, 7, -2, SEED_MIN, SEED_MAX, 0xFFFFFFFF):
+        assert fold_seed(seed, *VLLM_SEEDS) == seed
+    mapped = fold_seed(-1, *VLLM_SEEDS)
+    assert mapped != -1 and mapped == fold_seed(-1, *VLLM_SEEDS) and SEED_MIN <= mapped <= SEED_MAX
+
+
+def test_remote_vllm_sends_the_mapped_seed() -> None:
+    from infermux.configs import ModelParams, RemoteParams
+    from infermux.engines.registry import engine_class
+    from infermux.types import Conversation
+
+    row = Conversation.model_validate({"messages": [{"role": "user", "content": "hi"}]})
+    sent = []
+    for seed in (7, -1):
+        engine = engine_class("REMOTE_VLLM")(
+            ModelParams(model_name="m"), generation_params=GenerationParams(seed=seed, temperature=1.0),
+            remote_params=RemoteParams(api_url="http://127.0.0.1:9/v1"),
+        )  # fmt: skip
+        sent.append(engine.build_body(row, engine.generation_params)["seed"])
+    assert sent == [7, fold_seed(-1, *VLLM_SEEDS)]

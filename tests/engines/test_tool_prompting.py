@@ -109,3 +109,6 @@ def test_auto_parses_hermes_markup_and_parallel_false_keeps_one() -> None:
     assert plain == "It is sunny." and none is None
     broken = "<tool_call>{not json}</tool_call>"
     assert finish(broken, conversation(), GenerationParams()) == (broken, None)
+    cut = 'Let me check.\n<tool_call>\n{"name": "get_weather", "argu'  # max_new_tokens inside the markup
+    assert finish(cut, conversation(), GenerationParams()) == ("Let me check.", None)
+    assert finish(cut[cut.index("<") :], conversation(), GenerationParams()) == (None, None)

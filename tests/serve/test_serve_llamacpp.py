@@ -332,3 +332,45 @@ def test_the_engine_is_named_llamacpp_and_requests_without_sampling_get_the_chat
     assert "no config given: requests that set no temperature, top_p or penalty get temperature=0.7" in log
     with urllib.request.urlopen(server.url + "/metrics", timeout=30) as resp:
         assert f'infermux_info{{model="{MODEL}",engine="LLAMACPP"}} 1' in resp.read().decode()
+
+
+def test_forced_calls_with_defs_cut_calls_bad_tool_choice_and_sentinel_seeds(server: Served) -> None:
+    from tests.engines.test_forced_schemas import ORDER
+    from tests.engines.test_forced_schemas import TOOLS as DEF_TOOLS
+
+    tools = [t.to_json_dict() for t in DEF_TOOLS[:1]]
+    messages = [{"role": "user", "content": "Order two apples to Oslo."}]
+    sdk = client(server)
+    whole = sdk.chat.completions.create(
+        model=MODEL, messages=messages, tools=tools, tool_choice="required", parallel_tool_calls=False, max_tokens=160
+    )  # type: ignore[arg-type]
+    (call,) = whole.choices[0].message.tool_calls or []
+    assert json.loads(call.function.arguments)["address"]  # type: ignore[union-attr]  # $defs resolved
+    assert set(json.loads(call.function.arguments)) <= set(ORDER["properties"])  # type: ignore[union-attr,arg-type]
+    for stream in (False, True):
+        kw = {"model": MODEL, "messages": messages, "tools": tools, "tool_choice": "required", "max_tokens": 4}
+        if stream:
+            parts = list(sdk.chat.completions.create(stream=True, **kw))  # type: ignore[call-overload]
+            text = "".join(p.choices[0].delta.content or "" for p in parts if p.choices)
+            reasons = [p.choices[0].finish_reason for p in parts if p.choices and p.choices[0].finish_reason]
+            calls = [d for p in parts if p.choices for d in p.choices[0].delta.tool_calls or []]
+        else:
+            cut = sdk.chat.completions.create(**kw)  # type: ignore[call-overload]
+            text, reasons = cut.choices[0].message.content or "", [cut.choices[0].finish_reason]
+            calls = cut.choices[0].message.tool_calls or []
+        assert (text, reasons, calls) == ("", ["length"], []), stream  # no internal JSON as content
+    with pytest.raises(openai.BadRequestError) as bad:
+        sdk.chat.completions.create(
+            model=MODEL, messages=messages, tools=tools, tool_choice={"type": "function", "function": {"name": "nope"}}
+        )  # type: ignore[arg-type]
+    assert bad.value.param == "tool_choice"  # type: ignore[attr-defined]
+    for seed in (-1, 4294967295):
+        first, again = (
+            sdk.chat.completions.create(model=MODEL, messages=messages, max_tokens=12, temperature=1.0, seed=seed)
+            .choices[0]
+            .message.content
+            for _ in "ab"
+        )
+        assert first == again and first
+    with pytest.raises(openai.BadRequestError):
+        ask(server, "Say a word.", seed=2**63)

@@ -254,9 +254,13 @@ class InferenceEngine:
         await asyncio.to_thread(self.check, generation, conversation=conversation)
         async with self.session():
             stream = self._stream(conversation, generation)
+            finished = False
             async with contextlib.aclosing(stream):  # type: ignore[type-var]
                 async for event in stream:
+                    finished = finished or event.final
                     yield event
+            if not finished:  # a stream that stops without its answer is never a (short) success
+                raise RuntimeError(f"{self.name}'s stream ended without its final answer")
 
     #: Oumi's name for :meth:`stream`.
     astream = stream

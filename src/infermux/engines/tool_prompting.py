@@ -11,8 +11,9 @@
   the tools with ``arguments`` valid against that tool's ``parameters`` schema; :func:`finish` reads it
   back as calls. Strings without a ``maxLength`` get one (:data:`MAX_STRING`) so that a small model that
   repeats itself still closes its JSON within ``max_new_tokens``.
-* ``auto`` (or no choice): the answer's Hermes markup is parsed into calls (:func:`parse_hermes`);
-  ``none``: tools are not offered and the answer is text.
+* ``auto`` (or no choice): the answer's Hermes markup is parsed into calls (:func:`parse_hermes`); a
+  call cut short (an opening ``<tool_call>`` never closed) is left out of the text, like a cut forced
+  call; ``none``: tools are not offered and the answer is text.
 """
 
 from __future__ import annotations
@@ -168,4 +169,9 @@ def finish(
     before, parsed = parse_hermes(text)
     if parsed and not generation.parallel_tool_calls:
         parsed = parsed[:1]
-    return (before if parsed else text), parsed
+    if parsed:
+        return before, parsed
+    last = text.rfind("<tool_call>")
+    if last >= 0 and "</tool_call>" not in text[last:]:  # a call cut short (max_new_tokens): not content
+        return text[:last].strip() or None, None
+    return text, None

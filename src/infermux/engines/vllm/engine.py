@@ -36,6 +36,7 @@ from infermux.configs.generation_params import GenerationParams, GuidedDecodingP
 from infermux.engines.base import InferenceEngine, StreamEvent, remember
 from infermux.engines.capabilities import Capabilities
 from infermux.engines.decoder_thread import emitted_rows
+from infermux.engines.seeds import VLLM_SEEDS, fold_seed
 from infermux.engines.token_bytes import TokenBytes
 from infermux.engines.tool_calls import calls_from_forced, forced_schema, template_messages, template_tools, tools_key
 from infermux.engines.vllm.feed import rejected_input
@@ -217,7 +218,7 @@ class VLLMInferenceEngine(InferenceEngine):
             "temperature": temperature,
             "top_p": generation.top_p,
             "min_p": generation.min_p,
-            "seed": generation.seed,
+            "seed": None if generation.seed is None else fold_seed(generation.seed, *VLLM_SEEDS),
             "frequency_penalty": generation.frequency_penalty,
             "presence_penalty": generation.presence_penalty,
             "stop": list(generation.stop_strings or []),

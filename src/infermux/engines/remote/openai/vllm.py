@@ -18,6 +18,7 @@ from infermux.configs.generation_params import GenerationParams
 from infermux.engines.capabilities import Capabilities
 from infermux.engines.remote.openai.engine import OPENAI_PARAMS, RemoteInferenceEngine
 from infermux.engines.remote.openai.providers import SAMPLE_PARAMS
+from infermux.engines.seeds import VLLM_SEEDS, fold_seed
 
 __all__ = ["RemoteVLLMInferenceEngine"]
 
@@ -44,6 +45,8 @@ class RemoteVLLMInferenceEngine(RemoteInferenceEngine):
 
     def extra_fields(self, generation: GenerationParams) -> dict[str, Any]:
         out: dict[str, Any] = {}
+        if generation.seed is not None:  # the server reads -1 as "no seed": map it (see engines/seeds.py)
+            out["seed"] = fold_seed(generation.seed, *VLLM_SEEDS)
         if self.model_params.chat_template_kwargs:
             out["chat_template_kwargs"] = dict(self.model_params.chat_template_kwargs)
         guided = generation.guided_decoding
