@@ -240,3 +240,18 @@ def test_the_summary_counts_answers_cut_off_at_the_token_limit(tmp_path: Path) -
     assert '3 answers stopped at max_new_tokens=2 (finish_reason "length"): raise --generation.max_new_tokens' in (
         proc.stderr
     )
+
+
+@pytest.mark.slow
+def test_dry_run_counts_the_chat_template_on_native_as_on_llamacpp() -> None:
+    """The same model through its GGUF (LLAMACPP) and its tokenizer (NATIVE): the same prompt tokens, the
+    count tests/test_doc_examples.py checks against a real job's usage."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("llama_cpp")
+    counts = []
+    for engine in ("LLAMACPP", "NATIVE"):
+        proc = run_cli("infer", "--engine", engine, "--input_path", "configs/examples/conversations.jsonl", "--dry-run")
+        assert proc.returncode == 0, proc.stderr
+        counts.append(proc.stdout.split("input tokens: ")[1].split(" ")[0])
+        assert "(with the chat template, as the job will send them)" in proc.stdout
+    assert counts[0] == counts[1] and int(counts[0]) > 4 * 20, counts  # the template's system prompt included

@@ -57,3 +57,30 @@ def test_bad_config_is_a_user_error(tmp_path) -> None:
 )  # fmt: skip
 def test_is_loopback(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
+
+
+def test_the_default_model_greedy_without_a_guard_is_warned_about_and_no_config_gets_the_preset(tmp_path) -> None:
+    """On the ECHO engine (no model to load) under the default model's name: a config keeps its greedy
+    SPEC defaults, with a warning; without a config, requests that choose no sampling get the preset."""
+    import json
+    import urllib.request
+
+    from tests.serve.running import serve
+
+    config = tmp_path / "greedy.yaml"
+    config.write_text("engine: ECHO\nmodel:\n  model_name: smollm2-135m-instruct\n")
+    with serve("-c", str(config), timeout=120) as served:
+        with urllib.request.urlopen(served.url + "/health", timeout=30) as resp:
+            assert json.loads(resp.read())["sampling"]["temperature"] == 0.0
+        assert "warning: smollm2-135m-instruct decodes greedily" in served.log()
+        assert "no config given" not in served.log()
+    guarded = tmp_path / "guarded.yaml"
+    guarded.write_text(config.read_text() + "generation:\n  frequency_penalty: 0.3\n")
+    with serve("-c", str(guarded), timeout=120) as served:
+        assert "decodes greedily" not in served.log()
+    with serve("--engine", "ECHO", timeout=120) as served:
+        with urllib.request.urlopen(served.url + "/health", timeout=30) as resp:
+            assert json.loads(resp.read())["sampling"]["temperature"] == 0.7  # ECHO takes temperature only
+        assert "no config given: requests that set no temperature, top_p or penalty get temperature=0.7" in (
+            served.log()
+        )

@@ -7,9 +7,10 @@ prompt tokens (characters / 4, the estimate the limiter uses) and their completi
 (``genai-prices``; unknown: None), and derives the time the configured per-minute limits alone impose.
 
 On a local engine there is nothing to price or rate-limit: the plan counts prompt tokens exactly where
-the engine can without loading its model (LLAMACPP reads the GGUF's vocabulary and renders the chat
-template, as the job does) and estimates the time from the speed of the last job of the same model
-and engine on this machine (:func:`remember_speed`, kept beside the answer cache).
+the engine can without loading its model (``prompt_counter``: LLAMACPP reads the GGUF's vocabulary,
+NATIVE loads the tokenizer, and both render the chat template as the job does) and estimates the time
+from the speed of the last job of the same model and engine on this machine (:func:`remember_speed`,
+kept beside the answer cache).
 """
 
 from __future__ import annotations

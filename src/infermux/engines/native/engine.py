@@ -191,9 +191,7 @@ class NativeTextInferenceEngine(InferenceEngine):
         self, conversation: Conversation, index: int = 0, generation: GenerationParams | None = None
     ) -> list[int]:
         generation = generation or self.generation_params
-        messages, tools = tool_prompting.chat_inputs(conversation, generation, self._template_has_tools)
-        text = self.tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
-        ids: list[int] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = _render(self.tokenizer, self._template_has_tools, conversation, generation)
         if self._max_length is not None and len(ids) > self._max_length:
             logger.warning(
                 "Row %d: the prompt has %d tokens, more than model_max_length %d; keeping its last %d tokens. "
@@ -202,6 +200,18 @@ class NativeTextInferenceEngine(InferenceEngine):
             )  # fmt: skip
             ids = ids[-self._max_length :]
         return ids
+
+    @classmethod
+    def prompt_counter(
+        cls, model_params: ModelParams, generation: GenerationParams
+    ) -> Callable[[Conversation], int] | None:
+        """Count a row's prompt tokens as a job would (chat template applied) with the tokenizer alone (the
+        weights are not loaded), for ``--dry-run``."""
+        from infermux.engines.native.loading import load_tokenizer
+
+        tokenizer = load_tokenizer(model_params)
+        has_tools = tool_prompting.renders_tools(getattr(tokenizer, "chat_template", None))
+        return lambda conversation: len(_render(tokenizer, has_tools, conversation, generation))
 
     def _generate(
         self,
@@ -402,6 +412,14 @@ def _batch_order(prompts: dict[int, list[int]]) -> list[int]:
         families.setdefault(tuple(ids[:PREFIX_MIN]) if len(ids) > PREFIX_MIN else (-1 - index,), []).append(index)
     place = {i: (min(len(prompts[j]) for j in rows), n) for n, rows in enumerate(families.values()) for i in rows}
     return sorted(prompts, key=lambda i: (*place[i], len(prompts[i])))
+
+
+def _render(tokenizer: Any, has_tools: bool, conversation: Conversation, generation: GenerationParams) -> list[int]:
+    """The token ids of ``conversation``'s prompt: the chat template rendered, then tokenized."""
+    messages, tools = tool_prompting.chat_inputs(conversation, generation, has_tools)
+    text = tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
+    ids: list[int] = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ids
 
 
 def _prompt_limit(params: ModelParams, tokenizer: Any) -> int | None:
