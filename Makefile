@@ -87,7 +87,7 @@ demo: install-demo
 # its likely cause, instead of as a suite of failures and timeouts.
 test: install-test
 	$(PY) scripts/check_first_answer.py
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 test-fast: $(VENV)/.core
 	$(PY) -m pytest -q -m "not slow"
