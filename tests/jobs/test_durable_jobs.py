@@ -326,3 +326,29 @@ def test_in_memory_infer_with_an_output_returns_every_row_when_rerun_and_sends_n
     assert [c.last_message.text for c in third] == ["echo: a", "echo: b", "echo: c"]
     assert engine.last_report is not None and engine.last_report.already_finished
     assert sent.read_text().splitlines() == ["a", "FAIL b", "c", "b"]
+
+
+def test_an_edit_of_keys_infermux_does_not_know_reaches_the_output_without_a_request(tmp_path: Path) -> None:
+    """Unknown keys and metadata do not decide the answer (the answer cache ignores them) but are the
+    user's data: a rerun after editing them writes the edited row, answered from the cache, sending nothing."""
+    sent, inp, out = tmp_path / "sent.log", tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+
+    def write(source: str, note: str) -> None:
+        rows = [{"conversation_id": f"c{i}", "source": source if i == 0 else "x", "metadata": {"n": i},
+                 "messages": [{"role": "user", "content": f"q{i}", "note": note}]} for i in range(3)]  # fmt: skip
+        inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    cmd = [sys.executable, "-m", "infermux", "infer", "--engine", "ECHO", "--model.model_name", "echo",
+           "--input_path", str(inp), "--output_path", str(out), "--cache_path", str(tmp_path / "cache.sqlite")]  # fmt: skip
+    env = cli_env(ECHO_LOG=str(sent))
+    write("wiki", "first")
+    assert subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120).returncode == 0
+    assert len(sent.read_text().splitlines()) == 3
+    write("wiki2", "edited")
+    rerun = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["source"] for r in rows] == ["wiki2", "x", "x"]
+    assert all(r["messages"][0]["note"] == "edited" for r in rows)
+    assert [r["metadata"]["n"] for r in rows] == [0, 1, 2]
+    assert len(sent.read_text().splitlines()) == 3  # every edited row came from the answer cache

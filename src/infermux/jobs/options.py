@@ -76,9 +76,12 @@ def _known_items(content: Any) -> Any:
 
 
 def request_digest(conversation: Conversation) -> str:
-    """A short digest of :func:`request_of`: what identifies a row's content for resume (an edited row,
-    same id, gets another digest)."""
-    blob = json.dumps(request_of(conversation), sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    """A short digest of the row as the input has it (messages, tools, metadata and keys the data model
+    does not know): what identifies a row's content for resume, so that any edit (same id) records the row
+    again and its output line follows the input. The answer cache keys on :func:`request_of` only, so a row
+    whose edit does not change its request is answered again from the cache, without a request."""
+    blob = json.dumps(conversation.to_json_dict(), sort_keys=True, ensure_ascii=False, separators=(",", ":"),
+                      default=str)  # fmt: skip
     return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
