@@ -118,3 +118,17 @@ def test_a_record_written_before_shards_kept_ended_still_loads(tmp_path: Path) -
         False,
         True,
     ]
+
+
+def test_a_batch_api_that_cannot_be_reached_is_one_clear_error(tmp_path: Path) -> None:
+    """As for online jobs: "cannot reach URL", not the HTTP client's exception name."""
+    from infermux.errors import ServerUnreachableError
+    from tests.servers import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    engine = OpenAIInferenceEngine(
+        ModelParams(model_name="gpt-4o-mini"),
+        remote_params=RemoteParams(api_url=url, api_key="sk-test", max_retries=0, retry_backoff_base=0.01),
+    )
+    with pytest.raises(ServerUnreachableError, match=f"cannot reach {url} .*rerun the same command"):
+        provider_batch.submit(engine, str(_input(tmp_path)), str(tmp_path / "out.jsonl"))

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from infermux.jobs.batch_state import BatchJobState
 
 batch_app = typer.Typer(
-    help="Run a JSONL job through a provider's batch API (see `infermux engines` or docs/batch-api.md for "
+    help="Run a JSONL job through a provider's batch API (see `infermux engines NAME` or docs/batch-api.md for "
     "which engines have one): submit, status, fetch, cancel, list, or all at once with run.",
     no_args_is_help=True,
 )

@@ -93,7 +93,14 @@ def section_lines(name: str, spec: EngineSpec, root: Path) -> list[str]:
                 lines.append(f"- API key: `{info.key_env}` ({info.key_text}; {how})")
             lines.append(f"- Concurrent requests by default: {info.workers} (`remote_params.num_workers`)")
         if cls.capabilities.batch_api:
-            lines.append("- Batch API: `infermux batch run|submit|status|fetch` ([docs/batch-api.md](batch-api.md))")
+            from infermux.engines.registry import BATCH_OPERATIONS
+
+            order = ("submit", "status", "fetch", "cancel", "list")
+            ops = BATCH_OPERATIONS.get(spec.batch or "", frozenset(order[:3]))
+            shown = "|".join(["run", *(op for op in order if op in ops)])
+            lines.append(
+                f"- Batch API ({spec.batch or 'plugin'}): `infermux batch {shown}` ([docs/batch-api.md](batch-api.md))"
+            )
     for var, meaning in cls.env_vars.items():
         lines.append(f"- Environment: `{var}`: {meaning}")
     caps = cls.capabilities

@@ -19,13 +19,13 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from infermux.configs.engine_type import engine_name
 from infermux.engines.batch_client import BatchInfo, BatchInput
-from infermux.errors import ConfigError, ErrorKind, InfermuxError, RowError
+from infermux.errors import ConfigError, ErrorKind, InfermuxError, RemoteError, RowError, ServerUnreachableError
 from infermux.jobs.api import engine_fingerprint
 from infermux.jobs.batch_state import BatchJobState, ShardState, state_path
 from infermux.jobs.cost import price_answer, pricing_for
@@ -312,30 +312,49 @@ def _row_result(
 # ---------------------------------------------------------------------------------------- from sync code
 
 
+def _run(engine: InferenceEngine, call: Callable[[], Awaitable[Any]]) -> Any:
+    """``call()`` to its end from synchronous code; a provider that cannot be reached at all (DNS, a
+    refused connection) is one clear error, as for online jobs, instead of the HTTP client's words."""
+    try:
+        return run_sync(call)
+    except ServerUnreachableError:
+        raise
+    except RemoteError as exc:
+        if exc.kind != ErrorKind.CONNECTION_ERROR or "ClientConnector" not in str(exc):
+            raise
+        where = (engine.remote_params.api_url if engine.remote_params else None) or "the provider's batch API"
+        raise ServerUnreachableError(
+            f"cannot reach {where} ({exc}). Is the network up, and is remote_params.api_url right? Nothing was "
+            "lost: rerun the same command once it is reachable.",
+            kind=ErrorKind.CONNECTION_ERROR,
+            retryable=True,
+        ) from None
+
+
 def submit(
     engine: InferenceEngine, input_path: str, output_path: str, *, fingerprint: str | None = None
 ) -> BatchJobState:
     """:func:`asubmit` from synchronous code."""
-    return run_sync(lambda: asubmit(engine, input_path, output_path, fingerprint=fingerprint))  # type: ignore[no-any-return]
+    return _run(engine, lambda: asubmit(engine, input_path, output_path, fingerprint=fingerprint))  # type: ignore[no-any-return]
 
 
 def status(engine: InferenceEngine, output_path: str) -> BatchJobState:
     """:func:`astatus` from synchronous code."""
-    return run_sync(lambda: astatus(engine, output_path))  # type: ignore[no-any-return]
+    return _run(engine, lambda: astatus(engine, output_path))  # type: ignore[no-any-return]
 
 
 def fetch(
     engine: InferenceEngine, input_path: str, output_path: str, *, fingerprint: str | None = None
 ) -> BatchFetchReport:
     """:func:`afetch` from synchronous code."""
-    return run_sync(lambda: afetch(engine, input_path, output_path, fingerprint=fingerprint))  # type: ignore[no-any-return]
+    return _run(engine, lambda: afetch(engine, input_path, output_path, fingerprint=fingerprint))  # type: ignore[no-any-return]
 
 
 def cancel(engine: InferenceEngine, output_path: str) -> BatchJobState:
     """:func:`acancel` from synchronous code."""
-    return run_sync(lambda: acancel(engine, output_path))  # type: ignore[no-any-return]
+    return _run(engine, lambda: acancel(engine, output_path))  # type: ignore[no-any-return]
 
 
 def list_batches(engine: InferenceEngine, limit: int = 20) -> list[dict[str, Any]]:
     """:func:`alist` from synchronous code."""
-    return run_sync(lambda: alist(engine, limit))  # type: ignore[no-any-return]
+    return _run(engine, lambda: alist(engine, limit))  # type: ignore[no-any-return]
