@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, field_validator
 
@@ -13,6 +13,9 @@ from infermux.configs.fingerprint import config_fingerprint
 from infermux.configs.generation_params import GenerationParams
 from infermux.configs.model_params import ModelParams
 from infermux.configs.remote_params import RemoteParams
+
+if TYPE_CHECKING:
+    from infermux.jobs.tables import TableColumns
 
 __all__ = ["InferenceConfig"]
 
@@ -35,6 +38,20 @@ class InferenceConfig(ConfigModel):
     """Input Conversation JSONL (batch mode): a local path or a URI pyarrow reads (``s3://``)."""
     output_path: str | None = None
     """Where to write the answered conversations (JSONL): a local path or a URI pyarrow writes (``s3://``)."""
+    input_format: str | None = None
+    """``jsonl``, ``parquet`` or ``dataset`` (a Hugging Face ``save_to_disk`` folder). Null: from the input's
+    extension or folder (docs/batch.md)."""
+    output_format: str | None = None
+    """``jsonl`` or ``parquet``. Null: ``parquet`` for an output ending in ``.parquet``, else ``jsonl``."""
+    prompt_column: str | None = None
+    """Table inputs without a ``messages`` column: the column holding each row's user message."""
+    system_prompt: str | None = None
+    """Table inputs with ``prompt_column``: a system message for every row."""
+    system_column: str | None = None
+    """Table inputs with ``prompt_column``: the column holding each row's system message."""
+    id_column: str | None = None
+    """Table inputs: the column holding each row's id (what resume matches; default ``conversation_id`` if
+    present, else an id from the row's position and content)."""
     job_dir: str | None = None
     """Local folder for the job's partial and errors files (its resume state). Null: beside the output, or
     for an output URI ``infermux-jobs/<name>-<hash>`` under the current directory (docs/batch.md)."""
@@ -83,4 +100,13 @@ class InferenceConfig(ConfigModel):
 
     def fingerprint(self) -> str:
         """A stable hash of everything that changes outputs (see ``ConfigModel.not_fingerprinted``)."""
-        return config_fingerprint(self.resolved_engine(), self.model, self.generation, self.remote_params)
+        fingerprint = config_fingerprint(self.resolved_engine(), self.model, self.generation, self.remote_params)
+        return self.table_columns().fingerprint(fingerprint)
+
+    def table_columns(self) -> TableColumns:
+        """How a table input's columns become conversations (see :mod:`infermux.jobs.tables`)."""
+        from infermux.jobs.tables import TableColumns
+
+        return TableColumns(
+            self.input_format, self.prompt_column, self.system_prompt, self.system_column, self.id_column
+        )

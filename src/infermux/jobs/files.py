@@ -159,27 +159,9 @@ class JobFiles:
 
     def assemble(self, ordered_ids: Iterable[str], *, complete: bool) -> int:
         """Write the finished rows in input order to the output, atomically; return how many."""
-        offsets: dict[str, int] = {}
-        with self.partial.open("rb") as fh:
-            pos = 0
-            for raw in fh:
-                record = _parse_record(raw)
-                if record is not None and record.get("fp") == self.fingerprint:
-                    offsets.setdefault(record["id"], pos)
-                pos += len(raw)
         tmp = self.output.with_name(f".{self.output.name}.{os.getpid()}.tmp")
-        written = 0
         try:
-            with self.partial.open("rb") as src, tmp.open("wb") as out:
-                for rid in ordered_ids:
-                    offset = offsets.get(rid)
-                    if offset is None:
-                        continue
-                    src.seek(offset)
-                    out.write(_conversation_bytes(src.readline()) + b"\n")
-                    written += 1
-                out.flush()
-                os.fsync(out.fileno())
+            written = self.write_output(ordered_ids, tmp)
             os.replace(tmp, self.output)
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -197,6 +179,34 @@ class JobFiles:
                 self._remove_own_folder()
         elif self.errors.exists() and self.errors.stat().st_size == 0:
             self.errors.unlink()
+        return written
+
+    def offsets(self) -> dict[str, int]:
+        """Row id → byte offset of its line in the partial file (rows of this fingerprint, first wins)."""
+        offsets: dict[str, int] = {}
+        with self.partial.open("rb") as fh:
+            pos = 0
+            for raw in fh:
+                record = _parse_record(raw)
+                if record is not None and record.get("fp") == self.fingerprint:
+                    offsets.setdefault(record["id"], pos)
+                pos += len(raw)
+        return offsets
+
+    def write_output(self, ordered_ids: Iterable[str], tmp: Path) -> int:
+        """Write the finished rows to ``tmp`` (JSONL; :mod:`infermux.jobs.table_out` writes Parquet)."""
+        offsets = self.offsets()
+        written = 0
+        with self.partial.open("rb") as src, tmp.open("wb") as out:
+            for rid in ordered_ids:
+                offset = offsets.get(rid)
+                if offset is None:
+                    continue
+                src.seek(offset)
+                out.write(_conversation_bytes(src.readline()) + b"\n")
+                written += 1
+            out.flush()
+            os.fsync(out.fileno())
         return written
 
     def _remove_own_folder(self) -> None:

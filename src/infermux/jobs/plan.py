@@ -61,7 +61,8 @@ def plan_job(config: InferenceConfig) -> JobPlan:
 
     if not config.input_path:
         raise InputError("no input: set input_path (or --input_path).")
-    ids = validate_file(config.input_path)
+    columns = config.table_columns()
+    ids = validate_file(config.input_path, columns=columns)
     fingerprint = config.fingerprint()
     done: set[str] = set()
     if config.output_path:
@@ -73,7 +74,7 @@ def plan_job(config: InferenceConfig) -> JobPlan:
         cache = AnswerCache(config.cache_path, max_bytes=config.cache_max_mb * (1 << 20))
     cached = to_send = prompt = 0
     try:
-        for row in iter_rows(config.input_path):
+        for row in iter_rows(config.input_path, columns):
             if row.row_id in done:
                 continue
             if cache is not None and cache.get(cache_key(fingerprint, request_of(row.conversation))) is not None:
