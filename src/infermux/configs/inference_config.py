@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import Field, field_validator
 
 from infermux.configs._base import ConfigModel
 from infermux.configs.distributed_params import DistributedParams
 from infermux.configs.engine_type import InferenceEngineType, plugin_targets
-from infermux.configs.fingerprint import config_fingerprint
+from infermux.configs.fingerprint import columns_fingerprint, config_fingerprint
 from infermux.configs.generation_params import GenerationParams
 from infermux.configs.model_params import ModelParams
 from infermux.configs.remote_params import RemoteParams
-
-if TYPE_CHECKING:
-    from infermux.jobs.tables import TableColumns
 
 __all__ = ["InferenceConfig"]
 
@@ -101,12 +98,8 @@ class InferenceConfig(ConfigModel):
     def fingerprint(self) -> str:
         """A stable hash of everything that changes outputs (see ``ConfigModel.not_fingerprinted``)."""
         fingerprint = config_fingerprint(self.resolved_engine(), self.model, self.generation, self.remote_params)
-        return self.table_columns().fingerprint(fingerprint)
+        return columns_fingerprint(fingerprint, self.column_mapping())
 
-    def table_columns(self) -> TableColumns:
-        """How a table input's columns become conversations (see :mod:`infermux.jobs.tables`)."""
-        from infermux.jobs.tables import TableColumns
-
-        return TableColumns(
-            self.input_format, self.prompt_column, self.system_prompt, self.system_column, self.id_column
-        )
+    def column_mapping(self) -> list[str | None]:
+        """A table input's prompt column, system prompt, system column and id column (docs/batch.md)."""
+        return [self.prompt_column, self.system_prompt, self.system_column, self.id_column]

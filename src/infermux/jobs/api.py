@@ -255,7 +255,7 @@ async def _run_config_job(
     if not config.input_path:
         raise InputError("no input: set input_path (or --input_path).")
     offered: list[bool] = []
-    columns = config.table_columns()
+    columns = TableColumns.of(config)
     row_ids = prepare_input(config.input_path, offered_tools=offered, columns=columns)  # before loading a model
     if config.output_path:
         check_output_path(config.output_path, config.input_path)
@@ -319,7 +319,7 @@ async def _ainfer(
 
         await run_job_file(
             engine, config.input_path, output_path, generation=generation, on_row=keep, job_dir=config.job_dir,
-            columns=config.table_columns(), output_format=config.output_format,
+            columns=TableColumns.of(config), output_format=config.output_format,
         )  # fmt: skip
         if output_path is not None and output_format(output_path, config.output_format) == "jsonl":
             return [Conversation.model_validate_json(line) for line in _read_lines(output_path)]

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from infermux.configs.engine_type import engine_name
 from infermux.jobs.options import cache_wanted, estimated_prompt_tokens, request_of
 from infermux.jobs.rows import iter_rows, validate_file
+from infermux.jobs.tables import TableColumns
 
 if TYPE_CHECKING:
     from infermux.configs.inference_config import InferenceConfig
@@ -61,7 +62,7 @@ def plan_job(config: InferenceConfig) -> JobPlan:
 
     if not config.input_path:
         raise InputError("no input: set input_path (or --input_path).")
-    columns = config.table_columns()
+    columns = TableColumns.of(config)
     ids = validate_file(config.input_path, columns=columns)
     fingerprint = config.fingerprint()
     done: set[str] = set()

@@ -18,17 +18,19 @@ pyarrow is imported only when a table is read (``infermux[storage]``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from infermux.errors import InputError, install_hint
 from infermux.types import Conversation
+
+if TYPE_CHECKING:
+    from infermux.configs.inference_config import InferenceConfig
 
 __all__ = [
     "INPUT_FORMATS",
@@ -59,10 +61,17 @@ class TableColumns:
 
     def fingerprint(self, fingerprint: str) -> str:
         """``fingerprint`` combined with the mapping (it changes prompts or row ids, so it counts for resume)."""
-        if not self.maps_columns:
-            return fingerprint
-        blob = json.dumps([self.prompt_column, self.system_prompt, self.system_column, self.id_column])
-        return hashlib.sha256(f"{fingerprint}|columns|{blob}".encode()).hexdigest()[:16]
+        from infermux.configs.fingerprint import columns_fingerprint
+
+        return columns_fingerprint(
+            fingerprint, [self.prompt_column, self.system_prompt, self.system_column, self.id_column]
+        )
+
+    @classmethod
+    def of(cls, config: InferenceConfig) -> TableColumns:
+        """The mapping a config names (``prompt_column``, ...)."""
+        prompt, system, system_column, id_column = config.column_mapping()
+        return cls(config.input_format, prompt, system, system_column, id_column)
 
 
 def input_format(path: str | Path, given: str | None = None) -> str:
