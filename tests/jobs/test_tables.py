@@ -262,3 +262,31 @@ def test_jsonl_input_is_not_a_table(tmp_path: Path) -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env())
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.slow
+def test_parquet_parts_under_an_s3_prefix_in_and_a_parquet_object_out(
+    tmp_path: Path, server: CountingChat, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("moto")
+    from tests.servers import s3_server
+
+    with s3_server() as s3:
+        for name, value in s3.env().items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.chdir(tmp_path)
+        for part in range(2):
+            sink = pa.BufferOutputStream()
+            rows = [{"p": f"s3 {part}.{i}", "i": part * 5 + i} for i in range(5)]
+            pq.write_table(pa.Table.from_pylist(rows), sink, row_group_size=2)
+            s3.put(f"in/parts/part-{part}.parquet", sink.getvalue().to_pybytes())
+        config = _config(server, input_path="s3://jobs/in/parts", input_format="parquet", prompt_column="p",
+                         output_path="s3://jobs/out/answers.parquet")  # fmt: skip
+        report = _run(config)
+        assert report.done == 10 and report.output_path == "s3://jobs/out/answers.parquet"
+        data = s3.get("out/answers.parquet")
+        assert data is not None
+        out = pq.read_table(pa.BufferReader(data))
+        assert out.column("i").to_pylist() == list(range(10))
+        assert out.column("answer").to_pylist() == [f"echo s3 {p}.{i}" for p in range(2) for i in range(5)]
+        assert not (tmp_path / "infermux-jobs").exists()
