@@ -210,6 +210,8 @@ def test_bad_tables_name_file_row_group_row_and_column(tmp_path: Path, server: C
     assert missing.returncode == 2
     assert "no 'messages' column" in missing.stderr and "--prompt_column" in missing.stderr
     assert "columns: prompt, other" in missing.stderr
+    alone = run_cli(*base, "--system_column", "other")
+    assert alone.returncode == 2 and "go with --prompt_column" in alone.stderr
     wrong = run_cli(*base, "--prompt_column", "question")
     assert wrong.returncode == 2 and "no column 'question' for --prompt_column" in wrong.stderr
     bad_messages = [{"messages": [{"role": "robot", "content": "hi"}]}]

@@ -254,6 +254,12 @@ def _check_mapping(names: tuple[str, ...], columns: TableColumns, file: str) -> 
     ):
         if column and column not in names:
             raise InputError(f"no column {column!r} for {option} (columns: {listed}).", path=file)
+    if (columns.system_prompt or columns.system_column) and not columns.prompt_column:
+        raise InputError(
+            "--system_prompt and --system_column go with --prompt_column; a 'messages' column carries its own "
+            "system message.",
+            path=file,
+        )
     if columns.prompt_column is None and "messages" not in names:
         raise InputError(
             f"no 'messages' column; name the column that holds each prompt with --prompt_column (columns: {listed}).",
