@@ -292,3 +292,19 @@ def test_parquet_parts_under_an_s3_prefix_in_and_a_parquet_object_out(
         assert out.column("i").to_pylist() == list(range(10))
         assert out.column("answer").to_pylist() == [f"echo s3 {p}.{i}" for p in range(2) for i in range(5)]
         assert not (tmp_path / "infermux-jobs").exists()
+
+
+def test_a_large_row_group_is_read_in_pieces_and_rows_keep_their_numbers(tmp_path: Path) -> None:
+    from infermux.errors import InputError
+    from infermux.jobs.api import prepare_input
+    from infermux.jobs.tables import TableColumns, table_batches
+
+    prompts: list[str | None] = [f"p{i}" for i in range(25_000)]
+    prompts[12_345] = None
+    pq.write_table(pa.table({"p": prompts}), tmp_path / "in.parquet", row_group_size=25_000)
+    pieces = [
+        (group, start, batch.num_rows) for _, group, start, batch in table_batches(tmp_path / "in.parquet", "parquet")
+    ]
+    assert pieces == [("row group 0", 0, 10_000), ("row group 0", 10_000, 10_000), ("row group 0", 20_000, 5_000)]
+    with pytest.raises(InputError, match=r"in\.parquet \(row group 0, row 12345\): column 'p'"):
+        prepare_input(str(tmp_path / "in.parquet"), columns=TableColumns(prompt_column="p"))

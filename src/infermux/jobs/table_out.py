@@ -3,8 +3,8 @@
 A Parquet job keeps the JSONL job's durable state unchanged: each row is appended to the partial file as
 it finishes (so resume, the errors file, the answer cache and ``--dry-run`` work as for JSONL), and when
 the job ends the output is assembled in input order into a temporary Parquet file, one row group per
-input row group (or per 10,000 rows of a JSONL input), which is moved into place with ``os.replace`` (or
-uploaded, for a URI), like the JSONL output.
+10,000 rows at most (fewer where an input row group or record batch ends), which is moved into place
+with ``os.replace`` (or uploaded, for a URI), like the JSONL output.
 
 Columns: every input column, unchanged and with its type (a JSONL input gives ``conversation_id`` and
 ``conversation``, the input conversation as JSON text), then :data:`ANSWER_COLUMNS`. A failed row is
@@ -126,7 +126,7 @@ class ParquetJobFiles(JobFiles):
         import pyarrow as pa
 
         if self.input_format != "jsonl":
-            for _, _, batch in table_batches(self.input_path, self.input_format):
+            for _, _, _, batch in table_batches(self.input_path, self.input_format):
                 table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
                 yield table, list(islice(ids, table.num_rows))
             return

@@ -43,6 +43,7 @@ __all__ = [
 
 INPUT_FORMATS = ("jsonl", "parquet", "dataset")
 _ARROW_STATE = "state.json"
+_PIECE_ROWS = 10_000
 
 
 @dataclass(frozen=True)
@@ -170,8 +171,9 @@ def _arrow_files(fs: Any, root: str, where: str) -> list[str]:
     return sorted(i.base_name for i in fs.get_file_info(selector) if i.base_name.endswith(".arrow"))
 
 
-def table_batches(path: str | Path, fmt: str) -> Iterator[tuple[str, str, Any]]:
-    """``(file shown, "row group N" | "record batch N", pyarrow.Table or RecordBatch)`` in input order."""
+def table_batches(path: str | Path, fmt: str) -> Iterator[tuple[str, str, int, Any]]:
+    """``(file shown, "row group N" | "record batch N", first row's number in it, pyarrow.RecordBatch)`` in
+    input order; a row group is read in pieces of at most 10,000 rows."""
     pa = _pyarrow()
     fs, root, where = _filesystem(str(path))
     for name, shown_name in _files(fs, root, where, fmt):
@@ -184,7 +186,10 @@ def table_batches(path: str | Path, fmt: str) -> Iterator[tuple[str, str, Any]]:
                 with fs.open_input_file(name) as fh:
                     parquet = pq.ParquetFile(fh)
                     for group in range(parquet.num_row_groups):
-                        yield shown_name, f"row group {group}", parquet.read_row_group(group)
+                        start = 0
+                        for batch in parquet.iter_batches(batch_size=_PIECE_ROWS, row_groups=[group]):
+                            yield shown_name, f"row group {group}", start, batch
+                            start += batch.num_rows
         except (pa.ArrowInvalid, OSError) as exc:
             what = "an Arrow file (save_to_disk)" if fmt == "dataset" else "a Parquet file"
             raise InputError(
@@ -194,7 +199,7 @@ def table_batches(path: str | Path, fmt: str) -> Iterator[tuple[str, str, Any]]:
             ) from None
 
 
-def _arrow_batches(pa: Any, fs: Any, name: str, shown_name: str) -> Iterator[tuple[str, str, Any]]:
+def _arrow_batches(pa: Any, fs: Any, name: str, shown_name: str) -> Iterator[tuple[str, str, int, Any]]:
     with fs.open_input_file(name) as fh:
         try:
             reader = pa.ipc.open_stream(fh)  # save_to_disk writes the Arrow stream format
@@ -202,15 +207,15 @@ def _arrow_batches(pa: Any, fs: Any, name: str, shown_name: str) -> Iterator[tup
             fh.seek(0)
             file_reader = pa.ipc.open_file(fh)
             for number in range(file_reader.num_record_batches):
-                yield shown_name, f"record batch {number}", file_reader.get_batch(number)
+                yield shown_name, f"record batch {number}", 0, file_reader.get_batch(number)
             return
         for number, batch in enumerate(reader):
-            yield shown_name, f"record batch {number}", batch
+            yield shown_name, f"record batch {number}", 0, batch
 
 
 def table_columns(path: str | Path, fmt: str) -> list[str]:
     """The column names of the table's first file (to check a mapping before reading rows)."""
-    for _, _, batch in table_batches(path, fmt):
+    for _, _, _, batch in table_batches(path, fmt):
         return list(batch.schema.names)
     return []
 
@@ -222,12 +227,12 @@ def scan_table(path: str | Path, fmt: str, columns: TableColumns) -> Iterator[An
     index = 0
     seen: dict[str, int] = {}
     checked: set[tuple[str, ...]] = set()
-    for file, group, batch in table_batches(path, fmt):
+    for file, group, start, batch in table_batches(path, fmt):
         names = tuple(batch.schema.names)
         if names not in checked:
             _check_mapping(names, columns, file)
             checked.add(names)
-        for number, record in enumerate(batch.to_pylist()):
+        for number, record in enumerate(batch.to_pylist(), start=start):
             where = f"{file} ({group}, row {number})"
             try:
                 conv, given_id = _conversation(record, columns, where)
