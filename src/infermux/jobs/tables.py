@@ -222,7 +222,9 @@ def table_columns(path: str | Path, fmt: str) -> list[str]:
 
 def scan_table(path: str | Path, fmt: str, columns: TableColumns) -> Iterator[Any]:
     """The table's rows as :class:`~infermux.jobs.rows.InputRow`, or an :class:`InputError` per bad row."""
-    from infermux.jobs.rows import InputRow, check_encodable, row_id_for, unique_id
+    from pydantic_core import to_json
+
+    from infermux.jobs.rows import InputRow, check_encodable, is_plain_ascii, row_id_for, unique_id
 
     index = 0
     seen: dict[str, int] = {}
@@ -236,12 +238,13 @@ def scan_table(path: str | Path, fmt: str, columns: TableColumns) -> Iterator[An
             where = f"{file} ({group}, row {number})"
             try:
                 conv, given_id = _conversation(record, columns, where)
-                check_encodable(conv, path=where)
+                if not is_plain_ascii(conv):  # the common row needs no check
+                    check_encodable(conv, path=where)
             except InputError as exc:
                 yield exc
                 index += 1
                 continue
-            raw = b"" if given_id else json.dumps(conv.to_json_dict(), sort_keys=True, default=str).encode()
+            raw = b"" if given_id else to_json(record, fallback=str)  # the row's cells, in column order
             rid = unique_id(row_id_for(index, given_id, raw), seen)
             yield InputRow(index=index, line=index + 1, row_id=rid, conversation=conv)
             index += 1
