@@ -24,7 +24,7 @@ from typing import Any
 from infermux.errors import OutputError
 from infermux.jobs.files import JobFiles, _conversation_bytes
 from infermux.jobs.tables import TableColumns, input_format, table_batches, table_columns
-from infermux.types import Conversation
+from infermux.types import FinishReason, Message
 
 __all__ = ["ANSWER_COLUMNS", "OUTPUT_FORMATS", "ParquetJobFiles", "job_files", "output_format"]
 
@@ -165,15 +165,26 @@ def _answer(src: Any, offset: int | None, error: str | None) -> dict[str, Any] |
         return {"answer": None, "finish_reason": None, "prompt_tokens": None, "completion_tokens": None,
                 "cost_usd": None, "error": error}  # fmt: skip
     src.seek(offset)
-    conv = Conversation.model_validate_json(_conversation_bytes(src.readline()))
-    last = conv.messages[-1] if conv.messages else None
-    usage = conv.usage
-    reason = conv.finish_reason
+    data = json.loads(_conversation_bytes(src.readline()))  # written by infermux: plain JSON, no pydantic pass
+    messages = data.get("messages") or [{}]
+    last = messages[-1]
+    answer = None
+    if last.get("role") == "assistant":
+        content = last.get("content")
+        answer = content if isinstance(content, str) else Message.model_validate(last).text
+    metadata = data.get("metadata") or {}
+    usage: dict[str, Any] = metadata["usage"] if isinstance(metadata.get("usage"), dict) else {}
+    reason = FinishReason.parse(metadata.get("finish_reason"))
+    cost = metadata.get("cost_usd")
     return {
-        "answer": last.text if last is not None and last.role.value == "assistant" else None,
+        "answer": answer,
         "finish_reason": reason.value if reason is not None else None,
-        "prompt_tokens": usage.prompt_tokens if usage is not None else None,
-        "completion_tokens": usage.completion_tokens if usage is not None else None,
-        "cost_usd": conv.cost_usd,
+        "prompt_tokens": _count(usage.get("prompt_tokens")),
+        "completion_tokens": _count(usage.get("completion_tokens")),
+        "cost_usd": float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) else None,
         "error": None,
     }
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
