@@ -12,6 +12,8 @@ ratios compare like with like on a busy machine. Medians of ``--repeat`` runs (d
   (bare aiohttp has no retries, so it loses the faulted ones).
 - P4: ``infermux infer`` on a remote config: process start to the server's first request.
 - P8: 100,000 conversations through ``infermux infer``: peak RSS of the CLI process.
+- P9: the P8 job with the same rows as Parquet in and out (``messages`` column, 50,000-row groups) beside
+  it in JSONL, run ABBA: peak RSS of each and Parquet's mean rows per second over JSONL's (issue 30: < 500 MB, >= 0.9x).
 
 Usage: ``python benchmarks/bench_remote.py [--only P1,P2] [--repeat 3] [--p8-rows 100000]``.
 """
@@ -194,8 +196,40 @@ def p8(rows: int) -> dict[str, Any]:
     }
 
 
+def p9(rows: int) -> dict[str, Any]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    result: dict[str, Any] = {"rows": rows}
+    with stub_server.spawn("--latency-ms", "0") as url, tempfile.TemporaryDirectory() as tmp:
+        config, inp = _write_job(Path(tmp), url, rows, 64)
+        table = pa.table({"messages": [[{"role": "user", "content": t}] for t in _texts(rows)]})
+        pq.write_table(table, Path(tmp) / "in.parquet", row_group_size=50_000)
+        del table
+        runs: dict[str, list[dict[str, float]]] = {"jsonl": [], "parquet": []}
+        # ABBA: the stub server slows down over a run, so each format goes first once and second once.
+        for n, fmt in enumerate(("jsonl", "parquet", "parquet", "jsonl")):
+            source = inp if fmt == "jsonl" else Path(tmp) / "in.parquet"
+            cmd = [*_cli(config, source, Path(tmp) / f"out{n}.{fmt}"), "--no-cache"]  # both send every row
+            start = time.perf_counter()
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+            _, status, usage = os.wait4(proc.pid, 0)
+            elapsed = time.perf_counter() - start
+            runs[fmt].append({"exit_code": os.waitstatus_to_exitcode(status), "peak_rss_mb": usage.ru_maxrss / 1024,
+                              "wall_s": elapsed, "rows_per_s": rows / elapsed})  # fmt: skip
+        for fmt, done in runs.items():
+            result[fmt] = {
+                "exit_code": max(r["exit_code"] for r in done),
+                "peak_rss_mb": max(r["peak_rss_mb"] for r in done),
+                "rows_per_s": statistics.mean(r["rows_per_s"] for r in done),
+                "runs": done,
+            }
+    result["parquet_over_jsonl"] = result["parquet"]["rows_per_s"] / result["jsonl"]["rows_per_s"]
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description="Remote engine benchmarks (P1-P4, P8)")
+    parser = argparse.ArgumentParser(description="Remote engine benchmarks (P1-P4, P8, P9)")
     parser.add_argument("--only", default="P1,P2,P3,P4,P8")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--p8-rows", type=int, default=100_000)
@@ -210,6 +244,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "P3": lambda: p3(args.repeat),
         "P4": lambda: p4(max(args.repeat, 3)),
         "P8": lambda: p8(args.p8_rows),
+        "P9": lambda: p9(args.p8_rows),
     }
     for name, step in steps.items():
         if name in wanted:
@@ -233,6 +268,13 @@ def _print(name: str, r: dict[str, Any]) -> None:
             line += f"  ideal {r['ideal_s']:.2f}s (x{r['ratio_to_ideal']:.2f})"
         if "faults" in r:
             line += f"  faults {r['faults']}"
+    elif name == "P9":
+        j, q = r["jsonl"], r["parquet"]
+        line = (
+            f"P9: {r['rows']} rows  JSONL {j['rows_per_s']:.0f} rows/s, peak RSS {j['peak_rss_mb']:.0f} MB  "
+            f"Parquet {q['rows_per_s']:.0f} rows/s, peak RSS {q['peak_rss_mb']:.0f} MB  "
+            f"ratio {r['parquet_over_jsonl']:.2f}"
+        )
     elif name == "P4":
         line = f"P4: process start to first request {r['start_to_first_request_s']:.3f}s  runs {r['all_s']}"
     else:

@@ -45,6 +45,7 @@ def run_infer(
     max_cost: float | None = None,
     dry_run: bool = False,
     job_dir: str | None = None,
+    table: dict[str, str | None] | None = None,
 ) -> None:
     setup_logging(log_level)
     with user_errors():
@@ -60,6 +61,11 @@ def run_infer(
             cfg.output_path = output_path
         if job_dir:
             cfg.job_dir = job_dir
+        for field, value in (table or {}).items():  # --input_format, --prompt_column, ...
+            if value is not None:
+                setattr(cfg, field, value)
+        if system_prompt and not interactive and cfg.input_path and _is_table(cfg):
+            cfg.system_prompt, system_prompt = system_prompt, None  # a table's system message, not chat's
         if ray is not None:
             from infermux.configs.distributed_params import DistributedParams
 
@@ -88,7 +94,10 @@ def run_infer(
             run_chat(cfg, system_prompt=system_prompt, images=images, preset=config is None, tools=tools)
             return
         if system_prompt or images:
-            fail("--system-prompt and --image apply to chat (-i); batch rows carry their own messages.")
+            fail(
+                "--system-prompt and --image apply to chat (-i) and to table inputs with --prompt_column; "
+                "JSONL rows carry their own messages."
+            )
         warn_if_greedy_loops(cfg)
         if cfg.distributed is not None:  # --ray, or a distributed: section in the config
             from infermux.distributed.progress import run_with_progress
@@ -98,6 +107,12 @@ def run_infer(
             code = _run_batch(cfg, tools)
     if code:
         raise SystemExit(code)
+
+
+def _is_table(cfg: InferenceConfig) -> bool:
+    from infermux.jobs.tables import input_format
+
+    return bool(cfg.prompt_column) or input_format(str(cfg.input_path), cfg.input_format) != "jsonl"
 
 
 def _run_batch(cfg: InferenceConfig, tools: list[Tool] | None = None) -> int:

@@ -67,11 +67,33 @@ def infer(
         help="Local folder for the job's partial and errors files (default: beside the output; for a URI output "
         "such as s3:// or gs://, infermux-jobs/NAME-HASH under the current folder).",
     ),
+    input_format: str | None = typer.Option(
+        None, "--input_format", "--input-format", help="jsonl, parquet or dataset (default: from the input's name)."
+    ),
+    output_format: str | None = typer.Option(
+        None, "--output_format", "--output-format", help="jsonl or parquet (default: parquet for a .parquet output)."
+    ),
+    prompt_column: str | None = typer.Option(
+        None, "--prompt_column", "--prompt-column", help="Table input: the column with each row's user message."
+    ),
+    system_column: str | None = typer.Option(
+        None, "--system_column", "--system-column", help="Table input: the column with each row's system message."
+    ),
+    id_column: str | None = typer.Option(
+        None, "--id_column", "--id-column", help="Table input: the column with each row's id (used by resume)."
+    ),
 ) -> None:
     """Run a batch job (--input_path) or chat (-i). Extra --section.field VALUE options override the config."""
     from infermux.cli.infer_cmd import run_infer
 
     run_infer(
+        table={
+            "input_format": input_format,
+            "output_format": output_format,
+            "prompt_column": prompt_column,
+            "system_column": system_column,
+            "id_column": id_column,
+        },
         job_dir=job_dir,
         ray=ray,
         tools_path=tools,

@@ -36,13 +36,15 @@ InputOpt: Any = typer.Option(
     None,
     "--input_path",
     "--input-path",
-    help="Input JSONL: a path, or a URI such as s3://bucket/in.jsonl (default: the config's).",
+    help="Input: Conversation JSONL, a Parquet file or folder, or a save_to_disk folder; a path or a URI such as "
+    "s3://bucket/in.jsonl (default: the config's).",
 )
 OutputOpt: Any = typer.Option(
     None,
     "--output_path",
     "--output-path",
-    help="Output JSONL: a path, or a URI such as s3://bucket/out.jsonl (default: the config's).",
+    help="Output JSONL (or Parquet: a .parquet name): a path, or a URI such as s3://bucket/out.jsonl "
+    "(default: the config's).",
 )
 EngineOpt: Any = typer.Option(None, "--engine", help="Engine name (overrides the config).")
 StrictOpt: Any = typer.Option(False, "--strict", help="Unsupported parameters are errors, not warnings.")

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from infermux.configs.model_params import ModelParams
     from infermux.configs.remote_params import RemoteParams
 
-__all__ = ["config_fingerprint"]
+__all__ = ["columns_fingerprint", "config_fingerprint"]
 
 
 def config_fingerprint(
@@ -37,3 +37,12 @@ def config_fingerprint(
         data["remote_params"] = remote_params.fingerprint_data()
     blob = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def columns_fingerprint(fingerprint: str, mapping: list[str | None]) -> str:
+    """``fingerprint`` combined with a table's column mapping (prompt, system prompt, system and id columns:
+    they change prompts or row ids, so they count for resume); unchanged when nothing is mapped."""
+    if not any(mapping):
+        return fingerprint
+    blob = json.dumps(mapping)
+    return hashlib.sha256(f"{fingerprint}|columns|{blob}".encode()).hexdigest()[:16]

@@ -9,7 +9,7 @@ from pydantic import Field, field_validator
 from infermux.configs._base import ConfigModel
 from infermux.configs.distributed_params import DistributedParams
 from infermux.configs.engine_type import InferenceEngineType, plugin_targets
-from infermux.configs.fingerprint import config_fingerprint
+from infermux.configs.fingerprint import columns_fingerprint, config_fingerprint
 from infermux.configs.generation_params import GenerationParams
 from infermux.configs.model_params import ModelParams
 from infermux.configs.remote_params import RemoteParams
@@ -35,6 +35,20 @@ class InferenceConfig(ConfigModel):
     """Input Conversation JSONL (batch mode): a local path or a URI pyarrow reads (``s3://``)."""
     output_path: str | None = None
     """Where to write the answered conversations (JSONL): a local path or a URI pyarrow writes (``s3://``)."""
+    input_format: str | None = None
+    """``jsonl``, ``parquet`` or ``dataset`` (a Hugging Face ``save_to_disk`` folder). Null: from the input's
+    extension or folder (docs/batch.md)."""
+    output_format: str | None = None
+    """``jsonl`` or ``parquet``. Null: ``parquet`` for an output ending in ``.parquet``, else ``jsonl``."""
+    prompt_column: str | None = None
+    """Table inputs without a ``messages`` column: the column holding each row's user message."""
+    system_prompt: str | None = None
+    """Table inputs with ``prompt_column``: a system message for every row."""
+    system_column: str | None = None
+    """Table inputs with ``prompt_column``: the column holding each row's system message."""
+    id_column: str | None = None
+    """Table inputs: the column holding each row's id (what resume matches; default ``conversation_id`` if
+    present, else an id from the row's position and content)."""
     job_dir: str | None = None
     """Local folder for the job's partial and errors files (its resume state). Null: beside the output, or
     for an output URI ``infermux-jobs/<name>-<hash>`` under the current directory (docs/batch.md)."""
@@ -83,4 +97,9 @@ class InferenceConfig(ConfigModel):
 
     def fingerprint(self) -> str:
         """A stable hash of everything that changes outputs (see ``ConfigModel.not_fingerprinted``)."""
-        return config_fingerprint(self.resolved_engine(), self.model, self.generation, self.remote_params)
+        fingerprint = config_fingerprint(self.resolved_engine(), self.model, self.generation, self.remote_params)
+        return columns_fingerprint(fingerprint, self.column_mapping())
+
+    def column_mapping(self) -> list[str | None]:
+        """A table input's prompt column, system prompt, system column and id column (docs/batch.md)."""
+        return [self.prompt_column, self.system_prompt, self.system_column, self.id_column]

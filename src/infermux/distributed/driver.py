@@ -32,6 +32,8 @@ from infermux.jobs.files import JobFiles
 from infermux.jobs.finished import finished_rows, reopen
 from infermux.jobs.loop import BatchReport, record_result
 from infermux.jobs.rows import InputRow, iter_rows, tools_fingerprint
+from infermux.jobs.table_out import job_files
+from infermux.jobs.tables import TableColumns
 from infermux.types import Conversation, Tool
 
 __all__ = ["ClusterReport", "run_on_ray"]
@@ -197,12 +199,15 @@ def run_on_ray(
     dist = cfg.distributed or DistributedParams()
     if row_ids is None:
         offered: list[bool] = []
-        row_ids = prepare_input(cfg.input_path, offered_tools=offered)
+        row_ids = prepare_input(cfg.input_path, offered_tools=offered, columns=TableColumns.of(cfg))
         offers_tools = any(offered)
     ids = row_ids
     check_output_path(cfg.output_path, cfg.input_path)
     fingerprint = tools_fingerprint(cfg.fingerprint(), tools) if tools else cfg.fingerprint()
-    files = JobFiles(cfg.output_path, fingerprint, job_dir=cfg.job_dir)
+    files = job_files(
+        cfg.output_path, fingerprint, job_dir=cfg.job_dir, input_path=cfg.input_path,
+        columns=TableColumns.of(cfg), output_format_name=cfg.output_format,
+    )  # fmt: skip
     _check_engine(cfg, tools=bool(tools) or offers_tools)
     files.check_writable()
     with files.locked():  # one writer per output, before Ray starts
@@ -274,7 +279,7 @@ def _run(
                 raise ReplicaStartError(f"replica {info['index']} could not start its engine ({kind}): {message}")
         report.per_replica = {i: 0 for i in range(len(actors))}
         assert cfg.input_path is not None
-        todo = (row for row in iter_rows(cfg.input_path) if not written[row.index])
+        todo = (row for row in iter_rows(cfg.input_path, TableColumns.of(cfg)) if not written[row.index])
         files.check_writable()  # makes the job folder (nothing is written before the replicas are up)
         files.open()
         try:

@@ -12,6 +12,7 @@ import time
 from infermux.configs.inference_config import InferenceConfig
 from infermux.distributed.driver import ClusterReport, run_on_ray
 from infermux.jobs.api import prepare_input
+from infermux.jobs.tables import TableColumns
 from infermux.types import Tool
 
 __all__ = ["describe", "run_with_progress"]
@@ -41,7 +42,7 @@ def run_with_progress(cfg: InferenceConfig, tools: list[Tool] | None = None) -> 
 
     assert cfg.input_path is not None
     offered: list[bool] = []
-    row_ids = prepare_input(cfg.input_path, offered_tools=offered)
+    row_ids = prepare_input(cfg.input_path, offered_tools=offered, columns=TableColumns.of(cfg))
     console = Console(stderr=True)
     progress = Progress(
         TextColumn("[bold]infer on ray"),

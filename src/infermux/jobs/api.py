@@ -55,6 +55,8 @@ from infermux.jobs.rows import (
 )
 from infermux.jobs.storage import check_output_uri, is_uri
 from infermux.jobs.sync import run_sync
+from infermux.jobs.table_out import job_files, output_format
+from infermux.jobs.tables import TableColumns
 from infermux.types import Conversation, Tool
 
 logger = logging.getLogger("infermux.jobs")
@@ -80,15 +82,19 @@ OnRow = Callable[[InputRow, "Conversation | RowError"], None]
 OnProgress = Callable[[BatchReport], None]
 
 
-def prepare_input(input_path: str | Path, *, offered_tools: list[bool] | None = None) -> list[str]:
-    """Check every line of the input file; return its row ids in order (see the module docstring).
+def prepare_input(
+    input_path: str | Path, *, offered_tools: list[bool] | None = None, columns: TableColumns | None = None
+) -> list[str]:
+    """Check every line (or table row) of the input; return its row ids in order (see the module docstring).
 
     ``offered_tools`` receives, per row, whether it offers tools (for the engine's capability check,
-    ``engine.check(generation, tools=any(offered_tools))``, before any row runs).
+    ``engine.check(generation, tools=any(offered_tools))``, before any row runs). ``columns`` maps a
+    table's columns to conversations (:mod:`infermux.jobs.tables`).
     """
     if offered_tools is None:
-        return validate_file(input_path)
-    return validate_file(input_path, on_row=lambda row: offered_tools.append(bool(row.conversation.tools)))
+        return validate_file(input_path, columns=columns)
+    on_row = lambda row: offered_tools.append(bool(row.conversation.tools))  # noqa: E731
+    return validate_file(input_path, on_row=on_row, columns=columns)
 
 
 def check_output_path(
@@ -154,8 +160,11 @@ async def run_job_file(
     options: JobOptions | None = None,
     settled: Mapping[str, RowError] | None = None,
     job_dir: str | None = None,
+    columns: TableColumns | None = None,
+    output_format: str | None = None,
 ) -> BatchReport:
-    """The durable batch job: ``input_path`` (JSONL) → ``output_path`` (JSONL), resumable.
+    """The durable batch job: ``input_path`` (JSONL, Parquet or a dataset folder; ``columns`` maps a
+    table's columns) → ``output_path`` (JSONL, or Parquet: ``output_format``), resumable.
 
     ``row_ids`` is what :func:`prepare_input` returned when the caller already checked the file (and
     checked the engine against what it found, see :func:`prepare_input`); the check is otherwise done
@@ -167,24 +176,27 @@ async def run_job_file(
     generation = generation or engine.generation_params
     if row_ids is None:
         offered: list[bool] = []
-        row_ids = prepare_input(input_path, offered_tools=offered)
+        row_ids = prepare_input(input_path, offered_tools=offered, columns=columns)
         engine.check(generation, tools=bool(tools) or any(offered))
     else:
         engine.check(generation, tools=bool(tools))
-    fingerprint = fingerprint or engine_fingerprint(engine, generation)
+    fingerprint = fingerprint or (columns or TableColumns()).fingerprint(engine_fingerprint(engine, generation))
     if tools:
         fingerprint = tools_fingerprint(fingerprint, tools)
     files = None
     if output_path:
         check_output_path(output_path, input_path)
-        files = JobFiles(output_path, fingerprint, job_dir=job_dir)
+        files = job_files(
+            output_path, fingerprint, job_dir=job_dir, input_path=input_path, columns=columns,
+            output_format_name=output_format,
+        )  # fmt: skip
     owned = options is None
     options = options or default_options(engine, generation)
     options.fingerprint = options.fingerprint or fingerprint
     ids = row_ids
     try:
         report = await run_job(
-            engine, lambda: with_default_tools(iter_rows(input_path), tools), ids, generation,
+            engine, lambda: with_default_tools(iter_rows(input_path, columns), tools), ids, generation,
             files=files, on_row=on_row, on_progress=on_progress, options=options, settled=settled,
         )  # fmt: skip
     except ServerUnreachableError:
@@ -250,30 +262,38 @@ async def _run_config_job(
     if not config.input_path:
         raise InputError("no input: set input_path (or --input_path).")
     offered: list[bool] = []
-    row_ids = prepare_input(config.input_path, offered_tools=offered)  # before loading a model
+    columns = TableColumns.of(config)
+    row_ids = prepare_input(config.input_path, offered_tools=offered, columns=columns)  # before loading a model
     if not config.output_path:
-        return await _load_and_run(config, row_ids, offered, on_progress=on_progress, on_row=on_row, tools=tools)
+        return await _load_and_run(
+            config, row_ids, offered, columns, on_progress=on_progress, on_row=on_row, tools=tools
+        )
     check_output_path(config.output_path, config.input_path)
     fingerprint = config.fingerprint()
-    files = JobFiles(config.output_path, tools_fingerprint(fingerprint, tools) if tools else fingerprint,
-                     job_dir=config.job_dir)  # fmt: skip
+    files = job_files(
+        config.output_path, tools_fingerprint(fingerprint, tools) if tools else fingerprint, job_dir=config.job_dir,
+        input_path=config.input_path, columns=columns, output_format_name=config.output_format,
+    )  # fmt: skip
     files.check_writable()
     with files.locked():  # one writer per output, before a model is loaded; a finished job loads none
         input_path = config.input_path
-        if finished_rows(files, lambda: with_default_tools(iter_rows(input_path), tools)) == len(row_ids):
+        if finished_rows(files, lambda: with_default_tools(iter_rows(input_path, columns), tools)) == len(row_ids):
             report = BatchReport(total=len(row_ids), resumed=len(row_ids), already_finished=True)
             drop_leftovers(files)
             report.output_path = files.destination
             if on_progress is not None:
                 on_progress(report)
             return report
-        return await _load_and_run(config, row_ids, offered, on_progress=on_progress, on_row=on_row, tools=tools)
+        return await _load_and_run(
+            config, row_ids, offered, columns, on_progress=on_progress, on_row=on_row, tools=tools
+        )
 
 
 async def _load_and_run(
     config: InferenceConfig,
     row_ids: list[str],
     offered: list[bool],
+    columns: TableColumns,
     *,
     on_progress: OnProgress | None,
     on_row: OnRow | None,
@@ -299,6 +319,8 @@ async def _load_and_run(
                 tools=tools,
                 options=options,
                 job_dir=config.job_dir,
+                columns=columns,
+                output_format=config.output_format,
             )
         finally:
             engine.close()
@@ -357,9 +379,10 @@ async def _ainfer(
             answered[row.index] = as_conversation(row.conversation, result)
 
         await run_job_file(
-            engine, config.input_path, output_path, generation=generation, on_row=keep, job_dir=config.job_dir
-        )
-        if output_path is not None:
+            engine, config.input_path, output_path, generation=generation, on_row=keep, job_dir=config.job_dir,
+            columns=TableColumns.of(config), output_format=config.output_format,
+        )  # fmt: skip
+        if output_path is not None and output_format(output_path, config.output_format) == "jsonl":
             return [Conversation.model_validate_json(line) for line in _read_lines(output_path)]
         return [answered[i] for i in sorted(answered)]
     rows = rows_from_memory(conversations, durable=output_path is not None)

@@ -25,7 +25,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic_core import to_json
 
@@ -34,6 +34,9 @@ from infermux.jobs.options import row_digest
 from infermux.jobs.rows import InputRow
 from infermux.text import scrub_surrogates
 from infermux.types import Conversation
+
+if TYPE_CHECKING:
+    from infermux.jobs.finished import IndexWriter
 
 __all__ = ["JobFiles", "JobWriteError"]
 
@@ -297,31 +300,11 @@ class JobFiles:
     def _assemble(self, ordered_ids: Iterable[str], *, complete: bool) -> int:
         from infermux.jobs import finished
 
-        offsets: dict[str, tuple[int, str]] = {}
-        with self.partial.open("rb") as fh:
-            pos = 0
-            for raw in fh:
-                record = _parse_record(raw)
-                if record is not None and record.get("fp") == self.fingerprint:
-                    offsets.setdefault(record["id"], (pos, str(record.get("rq") or "")))
-                pos += len(raw)
         tmp = self.output.with_name(f".{self.output.name}.{os.getpid()}.tmp")
         # A local output keeps a finished-job index (an uploaded one relies on the answer cache).
         index = finished.IndexWriter(self) if complete and self.remote is None else None
-        written = 0
         try:
-            with self.partial.open("rb") as src, tmp.open("wb") as out:
-                for rid in ordered_ids:
-                    found = offsets.get(rid)
-                    if found is None:
-                        continue
-                    src.seek(found[0])
-                    out.write(_conversation_bytes(src.readline()) + b"\n")
-                    if index is not None:
-                        index.add(rid, found[1])
-                    written += 1
-                out.flush()
-                os.fsync(out.fileno())
+            written = self.write_output(ordered_ids, tmp, index)
             os.replace(tmp, self.output)
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -341,6 +324,38 @@ class JobFiles:
                 self._remove_own_folder()
         elif self.errors.exists() and self.errors.stat().st_size == 0:
             self.errors.unlink()
+        return written
+
+    def offsets(self) -> dict[str, tuple[int, str]]:
+        """Row id → (byte offset of its line in the partial file, the row's content digest), for the rows of
+        this fingerprint (first wins)."""
+        offsets: dict[str, tuple[int, str]] = {}
+        with self.partial.open("rb") as fh:
+            pos = 0
+            for raw in fh:
+                record = _parse_record(raw)
+                if record is not None and record.get("fp") == self.fingerprint:
+                    offsets.setdefault(record["id"], (pos, str(record.get("rq") or "")))
+                pos += len(raw)
+        return offsets
+
+    def write_output(self, ordered_ids: Iterable[str], tmp: Path, index: IndexWriter | None = None) -> int:
+        """Write the finished rows to ``tmp`` (JSONL; :mod:`infermux.jobs.table_out` writes Parquet), each
+        added to the finished-job ``index`` when one is given."""
+        offsets = self.offsets()
+        written = 0
+        with self.partial.open("rb") as src, tmp.open("wb") as out:
+            for rid in ordered_ids:
+                found = offsets.get(rid)
+                if found is None:
+                    continue
+                src.seek(found[0])
+                out.write(_conversation_bytes(src.readline()) + b"\n")
+                if index is not None:
+                    index.add(rid, found[1])
+                written += 1
+            out.flush()
+            os.fsync(out.fileno())
         return written
 
     def _remove_own_folder(self) -> None:

@@ -29,6 +29,7 @@ from infermux.jobs.finished import finished_rows
 from infermux.jobs.lock import running_pid
 from infermux.jobs.options import cache_wanted, estimated_prompt_tokens, request_digest, request_of
 from infermux.jobs.rows import iter_rows, validate_file
+from infermux.jobs.tables import TableColumns
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -126,7 +127,8 @@ def plan_job(config: InferenceConfig) -> JobPlan:
 
     if not config.input_path:
         raise InputError("no input: set input_path (or --input_path).")
-    ids = validate_file(config.input_path)
+    columns = TableColumns.of(config)
+    ids = validate_file(config.input_path, columns=columns)
     fingerprint = config.fingerprint()
     done: set[str] = set()
     changed, running = 0, None
@@ -151,7 +153,7 @@ def plan_job(config: InferenceConfig) -> JobPlan:
     count = _prompt_counter(config, name) if local else None
     cached = to_send = prompt = 0
     try:
-        for row in iter_rows(config.input_path):
+        for row in iter_rows(config.input_path, columns):
             if row.row_id in done:
                 continue
             if cache is not None and cache.get(cache_key(fingerprint, request_of(row.conversation))) is not None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from infermux.errors import InputError
+from infermux.jobs.tables import TableColumns, input_format, scan_table
 from infermux.text import first_surrogate
 from infermux.types import Conversation, Message, Tool
 
@@ -200,7 +201,17 @@ def _lines(path: Path | str) -> Iterator[tuple[int, bytes]]:
                 yield number, raw
 
 
-def _scan(path: Path | str) -> Iterator[InputRow | InputError]:
+def _scan(path: Path | str, columns: TableColumns | None = None) -> Iterator[InputRow | InputError]:
+    fmt = input_format(path, columns.input_format if columns else None)
+    if fmt != "jsonl":  # Parquet or an Arrow dataset folder: see infermux.jobs.tables
+        yield from scan_table(path, fmt, columns or TableColumns())
+        return
+    if columns is not None and columns.maps_columns:
+        raise InputError(
+            "--prompt_column, --system_prompt, --system_column and --id_column apply to tables (Parquet, "
+            "dataset folders); JSONL rows carry their own messages and conversation_id.",
+            path=_shown(path),
+        )
     index = 0
     seen: dict[str, int] = {}
     where = _shown(path)
@@ -261,23 +272,27 @@ def load_tools(path: str | Path) -> list[Tool]:
     return tools
 
 
-def iter_rows(path: str | Path) -> Iterator[InputRow]:
-    """Stream the rows of a Conversation JSONL file (blank lines skipped); raise on a bad line."""
-    for item in _scan(_local_or_uri(path)):
+def iter_rows(path: str | Path, columns: TableColumns | None = None) -> Iterator[InputRow]:
+    """Stream the rows of a Conversation JSONL file (blank lines skipped) or a table (``columns`` says how
+    its columns become conversations, see :mod:`infermux.jobs.tables`); raise on a bad line or row."""
+    for item in _scan(_local_or_uri(path), columns):
         if isinstance(item, InputError):
             raise item
         yield item
 
 
-def validate_file(path: str | Path, *, on_row: Callable[[InputRow], None] | None = None) -> list[str]:
-    """Check every line of ``path``; return the row ids in order, or raise one error listing bad lines.
+def validate_file(
+    path: str | Path, *, on_row: Callable[[InputRow], None] | None = None, columns: TableColumns | None = None
+) -> list[str]:
+    """Check every line (or table row) of ``path``; return the row ids in order, or raise one error listing
+    bad lines.
 
     ``on_row`` sees each valid row during the same pass (to learn, say, whether any row offers tools).
     """
     path = _local_or_uri(path)
     ids: list[str] = []
     problems: list[InputError] = []
-    for item in _scan(path):
+    for item in _scan(path, columns):
         if isinstance(item, InputError):
             problems.append(item)
         else:
@@ -287,7 +302,8 @@ def validate_file(path: str | Path, *, on_row: Callable[[InputRow], None] | None
     if problems:
         shown = "\n  ".join(str(p) for p in problems[:_MAX_REPORTED])
         more = f"\n  ... and {len(problems) - _MAX_REPORTED} more" if len(problems) > _MAX_REPORTED else ""
-        raise InputError(f"{len(problems)} invalid line(s) in the input; nothing was run:\n  {shown}{more}")
+        what = "line(s)" if problems[0].line is not None else "row(s)"
+        raise InputError(f"{len(problems)} invalid {what} in the input; nothing was run:\n  {shown}{more}")
     if not ids:
         raise InputError("the input has no conversations.", path=_shown(path))
     return ids

@@ -1,0 +1,200 @@
+"""Parquet output: the input's columns plus the answer columns, in input order.
+
+A Parquet job keeps the JSONL job's durable state unchanged: each row is appended to the partial file as
+it finishes (so resume, the errors file, the answer cache and ``--dry-run`` work as for JSONL), and when
+the job ends the output is assembled in input order into a temporary Parquet file, one row group per
+10,000 rows at most (fewer where an input row group or record batch ends), which is moved into place
+with ``os.replace`` (or uploaded, for a URI), like the JSONL output.
+
+Columns: every input column, unchanged and with its type (a JSONL input gives ``conversation_id`` and
+``conversation``, the input conversation as JSON text), then :data:`ANSWER_COLUMNS`. A failed row is
+kept with ``error`` set (its ``kind`` and ``message`` as JSON text) and no answer; a row not run yet
+(budget, interrupted job) is left out until a rerun answers it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from itertools import islice
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from infermux.errors import OutputError
+from infermux.jobs.files import JobFiles, _conversation_bytes
+from infermux.jobs.tables import TableColumns, input_format, table_batches, table_columns
+from infermux.types import FinishReason, Message
+
+if TYPE_CHECKING:
+    from infermux.jobs.finished import IndexWriter
+
+__all__ = ["ANSWER_COLUMNS", "OUTPUT_FORMATS", "ParquetJobFiles", "job_files", "output_format"]
+
+OUTPUT_FORMATS = ("jsonl", "parquet")
+ANSWER_COLUMNS = ("answer", "finish_reason", "prompt_tokens", "completion_tokens", "cost_usd", "error")
+_JSONL_CHUNK = 10_000
+
+
+def output_format(path: str | os.PathLike[str], given: str | None = None) -> str:
+    """``given`` (``--output_format``), else ``parquet`` for a path ending in ``.parquet``, else ``jsonl``."""
+    if given:
+        fmt = given.strip().lower()
+        if fmt not in OUTPUT_FORMATS:
+            raise OutputError(f"unknown --output_format {given!r}; use one of {', '.join(OUTPUT_FORMATS)}.")
+        return fmt
+    return "parquet" if str(path).split("?", 1)[0].rstrip("/").endswith((".parquet", ".pq")) else "jsonl"
+
+
+def job_files(
+    output_path: str | os.PathLike[str],
+    fingerprint: str,
+    *,
+    job_dir: str | os.PathLike[str] | None = None,
+    input_path: str | Path | None = None,
+    columns: TableColumns | None = None,
+    output_format_name: str | None = None,
+) -> JobFiles:
+    """The job files for ``output_path``: :class:`ParquetJobFiles` for a Parquet output, else JSONL."""
+    if output_format(output_path, output_format_name) == "jsonl":
+        return JobFiles(output_path, fingerprint, job_dir=job_dir)
+    if input_path is None:
+        raise OutputError("a Parquet output is assembled from a file input; write JSONL for in-memory rows.")
+    return ParquetJobFiles(output_path, fingerprint, job_dir=job_dir, input_path=input_path, columns=columns)
+
+
+class ParquetJobFiles(JobFiles):
+    """:class:`JobFiles` whose output is a Parquet table (see the module docstring)."""
+
+    def __init__(
+        self,
+        output_path: str | os.PathLike[str],
+        fingerprint: str,
+        *,
+        job_dir: str | os.PathLike[str] | None = None,
+        input_path: str | Path,
+        columns: TableColumns | None = None,
+    ) -> None:
+        super().__init__(output_path, fingerprint, job_dir=job_dir)
+        self.input_path = str(input_path)
+        self.columns = columns or TableColumns()
+        self.input_format = input_format(self.input_path, self.columns.input_format)
+
+    def check_writable(self) -> None:
+        super().check_writable()
+        if self.input_format != "jsonl":
+            clash = [c for c in table_columns(self.input_path, self.input_format) if c in ANSWER_COLUMNS]
+            if clash:
+                raise OutputError(
+                    f"{self.destination}: the input already has column(s) {', '.join(clash)}, which the Parquet "
+                    f"output adds ({', '.join(ANSWER_COLUMNS)}). Rename them, or write JSONL (--output_format jsonl)."
+                )
+
+    def write_output(self, ordered_ids: Iterable[str], tmp: Path, index: IndexWriter | None = None) -> int:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        offsets = self.offsets()
+        errors = self._errors()
+        types = (pa.string(), pa.string(), pa.int64(), pa.int64(), pa.float64(), pa.string())
+        writer: Any = None
+        written = 0
+        with self.partial.open("rb") as src:
+            try:
+                for table, ids in self._input_pieces(iter(ordered_ids)):
+                    found = [offsets.get(rid) for rid in ids]
+                    answers = [
+                        _answer(src, f[0] if f else None, errors.get(rid)) for rid, f in zip(ids, found, strict=True)
+                    ]
+                    keep = [a is not None for a in answers]
+                    if index is not None:
+                        for rid, f, a in zip(ids, found, answers, strict=True):
+                            if a is not None and f is not None:
+                                index.add(rid, f[1])
+                    if not any(keep):
+                        continue
+                    table = table.filter(pa.array(keep)) if not all(keep) else table
+                    rows = [a for a in answers if a is not None]
+                    for name, kind in zip(ANSWER_COLUMNS, types, strict=True):
+                        table = table.append_column(name, pa.array([r[name] for r in rows], type=kind))
+                    if writer is None:
+                        writer = pq.ParquetWriter(str(tmp), table.schema)
+                    elif table.schema != writer.schema:
+                        table = table.cast(writer.schema)
+                    writer.write_table(table)
+                    written += len(rows)
+                if writer is None:  # nothing finished: an empty table with the answer columns
+                    empty = pa.table({n: pa.array([], type=t) for n, t in zip(ANSWER_COLUMNS, types, strict=True)})
+                    writer = pq.ParquetWriter(str(tmp), empty.schema)
+            finally:
+                if writer is not None:
+                    writer.close()
+        return written
+
+    def _input_pieces(self, ids: Iterator[str]) -> Iterator[tuple[Any, list[str]]]:
+        """The input in order, as (pyarrow table of its columns, the row ids of those rows)."""
+        import pyarrow as pa
+
+        if self.input_format != "jsonl":
+            for _, _, _, batch in table_batches(self.input_path, self.input_format):
+                table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+                yield table, list(islice(ids, table.num_rows))
+            return
+        from infermux.jobs.rows import iter_rows
+
+        rows = iter_rows(self.input_path)
+        while chunk := list(islice(rows, _JSONL_CHUNK)):
+            piece_ids = list(islice(ids, len(chunk)))
+            table = pa.table({
+                "conversation_id": pa.array([row.conversation.conversation_id for row in chunk], type=pa.string()),
+                "conversation": pa.array([row.conversation.to_json() for row in chunk], type=pa.string()),
+            })  # fmt: skip
+            yield table, piece_ids
+
+    def _errors(self) -> dict[str, str]:
+        """Row id → the error (JSON text) of the rows that failed in this run."""
+        found: dict[str, str] = {}
+        if not self.errors.exists():
+            return found
+        with self.errors.open("rb") as fh:
+            for raw in fh:
+                try:
+                    record = json.loads(raw)
+                except ValueError:
+                    continue
+                error = {k: v for k, v in record.items() if k not in ("id", "index", "line", "fp")}
+                found[str(record.get("id"))] = json.dumps(error, ensure_ascii=False)
+        return found
+
+
+def _answer(src: Any, offset: int | None, error: str | None) -> dict[str, Any] | None:
+    """The answer columns of one row, or None when it has neither an answer nor an error."""
+    if offset is None:
+        if error is None:
+            return None
+        return {"answer": None, "finish_reason": None, "prompt_tokens": None, "completion_tokens": None,
+                "cost_usd": None, "error": error}  # fmt: skip
+    src.seek(offset)
+    data = json.loads(_conversation_bytes(src.readline()))  # written by infermux: plain JSON, no pydantic pass
+    messages = data.get("messages") or [{}]
+    last = messages[-1]
+    answer = None
+    if last.get("role") == "assistant":
+        content = last.get("content")
+        answer = content if isinstance(content, str) else Message.model_validate(last).text
+    metadata = data.get("metadata") or {}
+    usage: dict[str, Any] = metadata["usage"] if isinstance(metadata.get("usage"), dict) else {}
+    reason = FinishReason.parse(metadata.get("finish_reason"))
+    cost = metadata.get("cost_usd")
+    return {
+        "answer": answer,
+        "finish_reason": reason.value if reason is not None else None,
+        "prompt_tokens": _count(usage.get("prompt_tokens")),
+        "completion_tokens": _count(usage.get("completion_tokens")),
+        "cost_usd": float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) else None,
+        "error": None,
+    }
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
