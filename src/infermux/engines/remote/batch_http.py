@@ -7,11 +7,12 @@ idempotent (creating a batch: a lost reply may hide a batch that exists).
 from __future__ import annotations
 
 import dataclasses
+import json
 import uuid
 from typing import TYPE_CHECKING, Any
 
 from infermux.engines.batch_client import BatchClient
-from infermux.engines.remote.http.transport import Transport
+from infermux.engines.remote.http.transport import HttpRequest, Transport
 
 if TYPE_CHECKING:
     from infermux.configs.generation_params import GenerationParams
@@ -39,6 +40,9 @@ def jsonl_form(filename: str, lines: list[bytes], **fields: str) -> tuple[bytes,
 class HttpBatchClient(BatchClient):
     """A :class:`BatchClient` over the HTTP transport of a :class:`RemoteEngine`."""
 
+    #: The request headers of the provider's batch calls (set by each protocol: auth, version).
+    headers: dict[str, str]
+
     def __init__(self, engine: RemoteEngine) -> None:
         engine.check_ready()
         self.engine = engine
@@ -61,6 +65,15 @@ class HttpBatchClient(BatchClient):
     async def __aexit__(self, *exc: object) -> None:
         await self.once.__aexit__(*exc)
         await self.transport.__aexit__(*exc)
+
+    async def jsonl_records(self, url: str, records: dict[str, Any]) -> dict[str, Any]:
+        """Download the JSONL results file at ``url`` into ``records`` (custom_id -> record); return it."""
+        request = HttpRequest(url, b"", self.headers, "GET")
+        for raw in (await self.transport.send(request, bytes, raw=True)).splitlines():
+            if raw.strip():
+                record = json.loads(raw)
+                records[str(record.get("custom_id"))] = record
+        return records
 
     def body(self, conversation: Conversation, generation: GenerationParams) -> dict[str, Any]:
         """The body the engine would send online for this row."""

@@ -127,13 +127,7 @@ class MessageBatchesClient(HttpBatchClient):
         return _info(await self._call("GET", f"/{batch_id}"))
 
     async def results(self, info: BatchInfo) -> dict[str, Any]:
-        request = HttpRequest(f"{self.root}{ENDPOINT}/{info.id}/results", b"", self.headers, "GET")
-        records: dict[str, Any] = {}
-        for raw in (await self.transport.send(request, bytes, raw=True)).splitlines():
-            if raw.strip():
-                record = json.loads(raw)
-                records[str(record.get("custom_id"))] = record
-        return records
+        return await self.jsonl_records(f"{self.root}{ENDPOINT}/{info.id}/results", {})
 
     async def cancel(self, batch_id: str) -> BatchInfo:
         return _info(await self._call("POST", f"/{batch_id}/cancel"))

@@ -132,11 +132,7 @@ class OpenAIBatchClient(HttpBatchClient):
         records: dict[str, Any] = {}
         for file_id in (info.output_file_id, info.error_file_id):
             if file_id:
-                request = HttpRequest(self._url(f"/files/{file_id}/content"), b"", self.headers, "GET")
-                for raw in (await self.transport.send(request, bytes, raw=True)).splitlines():
-                    if raw.strip():
-                        record = json.loads(raw)
-                        records[str(record.get("custom_id"))] = record
+                await self.jsonl_records(self._url(f"/files/{file_id}/content"), records)
         return records
 
     async def cancel(self, batch_id: str) -> BatchInfo:
