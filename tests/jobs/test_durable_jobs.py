@@ -352,3 +352,20 @@ def test_an_edit_of_keys_infermux_does_not_know_reaches_the_output_without_a_req
     assert all(r["messages"][0]["note"] == "edited" for r in rows)
     assert [r["metadata"]["n"] for r in rows] == [0, 1, 2]
     assert len(sent.read_text().splitlines()) == 3  # every edited row came from the answer cache
+
+
+def test_a_dry_run_with_default_tools_plans_the_job_that_runs(tmp_path: Path) -> None:
+    """`--tools` counts for the job's fingerprint: the dry run of a finished job run with them says it is
+    finished (it planned another job, every row to send, before)."""
+    inp, out = write_rows(tmp_path / "in.jsonl", ["a", "b"]), tmp_path / "out.jsonl"
+    tools = tmp_path / "tools.json"
+    tools.write_text(json.dumps([{"type": "function", "function": {"name": "f", "description": "d",
+                                                                   "parameters": {"type": "object"}}}]))  # fmt: skip
+    with stub_server() as url:
+        cmd = [*_cli(url, inp, out, "--no-cache"), "--tools", str(tools)]
+        first = _run(cmd)
+        assert first.returncode == 0, first.stderr
+        dry = _run([*cmd, "--dry-run"])
+        assert dry.returncode == 0 and "already finished" in dry.stdout, dry.stdout + dry.stderr
+        plain = _run([*_cli(url, inp, out, "--no-cache"), "--dry-run"])  # without the tools: another job
+        assert "already finished" not in plain.stdout and "2 to send" in plain.stdout, plain.stdout

@@ -82,7 +82,7 @@ def run_infer(
                 fail("--dry-run plans a batch job: give --input_path (or input_path in the config).")
             from infermux.jobs.plan import plan_job
 
-            print(plan_job(cfg).describe(engine_name(cfg.resolved_engine()), cfg.model.model_name))
+            print(plan_job(cfg, tools).describe(engine_name(cfg.resolved_engine()), cfg.model.model_name))
             return
         if interactive or not cfg.input_path:
             if ray is not None:

@@ -32,11 +32,12 @@ from infermux.jobs.rows import iter_rows, validate_file
 from infermux.jobs.tables import TableColumns
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable, Iterator
 
     from infermux.configs.inference_config import InferenceConfig
     from infermux.jobs.loop import BatchReport
-    from infermux.types import Conversation
+    from infermux.jobs.rows import InputRow
+    from infermux.types import Conversation, Tool
 
 __all__ = ["JobPlan", "plan_job", "remember_speed"]
 
@@ -121,27 +122,38 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else (f"{minutes}m{secs:02d}s" if minutes else f"{secs}s")
 
 
-def plan_job(config: InferenceConfig) -> JobPlan:
+def plan_job(config: InferenceConfig, tools: list[Tool] | None = None) -> JobPlan:
+    """What running ``config`` would do (``--dry-run``); ``tools``: the CLI's default ``--tools``, which
+    count for the job's fingerprint and its rows as in the run."""
     from infermux.errors import InputError
     from infermux.jobs.cost import PRICE_PROVIDERS, pricing_for
+    from infermux.jobs.rows import tools_fingerprint, with_default_tools
+    from infermux.jobs.table_out import job_files
 
     if not config.input_path:
         raise InputError("no input: set input_path (or --input_path).")
     columns = TableColumns.of(config)
     ids = validate_file(config.input_path, columns=columns)
     fingerprint = config.fingerprint()
+    if tools:
+        fingerprint = tools_fingerprint(fingerprint, tools)
+    input_path = config.input_path
+
+    def rows() -> Iterator[InputRow]:  # the rows as the run reads them
+        return with_default_tools(iter_rows(input_path, columns), tools)
+
     done: set[str] = set()
     changed, running = 0, None
     if config.output_path:
-        input_path = config.input_path
-        files = JobFiles(config.output_path, fingerprint, job_dir=config.job_dir)
+        files = job_files(config.output_path, fingerprint, job_dir=config.job_dir, input_path=input_path,
+                          columns=columns, output_format_name=config.output_format)  # fmt: skip
         running = running_pid(files.lock_path)
-        if finished_rows(files, lambda: iter_rows(input_path)) == len(ids):
+        if finished_rows(files, rows) == len(ids):
             return JobPlan(len(ids), len(ids), 0, 0, 0, 0, 0.0, 0.0, None, finished=True, running_pid=running)
-        done = files.load_done(compact=False, rows=lambda: iter_rows(input_path)) & set(ids)
+        done = files.load_done(compact=False, rows=rows) & set(ids)
         changed = files.changed_rows
         if not done and files.index.exists():  # a finished job whose input changed: its unchanged rows are done
-            done, changed = _finished_done(files, input_path)
+            done, changed = _finished_done(files, rows)
     cache = None
     if cache_wanted(config.cache, config.generation):
         from infermux.jobs.cache import AnswerCache, cache_key
@@ -153,7 +165,7 @@ def plan_job(config: InferenceConfig) -> JobPlan:
     count = _prompt_counter(config, name) if local else None
     cached = to_send = prompt = 0
     try:
-        for row in iter_rows(config.input_path, columns):
+        for row in rows():
             if row.row_id in done:
                 continue
             if cache is not None and cache.get(cache_key(fingerprint, request_of(row.conversation))) is not None:
@@ -188,14 +200,14 @@ def plan_job(config: InferenceConfig) -> JobPlan:
     )  # fmt: skip
 
 
-def _finished_done(files: JobFiles, input_path: str) -> tuple[set[str], int]:
+def _finished_done(files: JobFiles, rows: Callable[[], Iterable[InputRow]]) -> tuple[set[str], int]:
     """The rows of a finished job's index still done on the current input (same id and content), and how
     many of its rows changed; nothing when the config or the output changed (every row runs again)."""
     entries = finished.index_entries(files)
     if entries is None:
         return set(), 0
     done, changed = set(), 0
-    for row in iter_rows(input_path):
+    for row in rows():
         digest = entries.get(row.row_id)
         if digest is not None:
             if digest == request_digest(row.conversation):
