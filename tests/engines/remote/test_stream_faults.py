@@ -206,3 +206,22 @@ def test_a_call_cut_by_the_token_limit_is_a_length_answer_without_calls_streamed
     kept = ChatCompletionStream(_ask())  # whole arguments cut after the call: the call stays
     _feed(kept, {"choices": [{"index": 0, "delta": {"tool_calls": [done]}, "finish_reason": "length"}]})
     assert [c.id for c in kept.result().last_message.tool_calls or []] == ["c1"]
+
+
+def test_anthropic_tool_call_cut_by_max_tokens_is_a_length_answer_without_the_half_call() -> None:
+    """Anthropic closes a tool_use block cut by max_tokens with its partial JSON, then says max_tokens: the
+    answer is `length` with no call (as on every engine, issue 23 item 8), not a stream error."""
+    decoder = AnthropicStream(_ask(tools=TOOLS))
+    _feed(
+        decoder,
+        {"type": "message_start", "message": {"model": "claude", "usage": {"input_tokens": 3}}},
+        {"type": "content_block_start", "index": 0,
+         "content_block": {"type": "tool_use", "id": "toolu_1", "name": "write_file", "input": {}}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": '{"pa'}},
+        {"type": "content_block_stop", "index": 0},
+        {"type": "message_delta", "delta": {"stop_reason": "max_tokens"}, "usage": {"output_tokens": 4}},
+        {"type": "message_stop"},
+    )  # fmt: skip
+    answer = decoder.result()
+    assert answer.finish_reason == "length" and answer.messages[-1].tool_calls is None
+    assert not answer.messages[-1].content

@@ -276,7 +276,10 @@ class AnthropicStream:
         elif kind == "content_block_stop" and data.get("index", 0) in self._json:
             index = data.get("index", 0)
             raw = "".join(self._json.pop(index))
-            self._blocks[index]["input"] = json.loads(raw) if raw else {}
+            try:
+                self._blocks[index]["input"] = json.loads(raw) if raw else {}
+            except ValueError:  # a call cut by max_tokens (stop_reason follows): no half call in the answer
+                del self._blocks[index]
         elif kind == "message_delta":
             stop = (data.get("delta") or {}).get("stop_reason")
             self._metadata["stop_reason"] = stop
