@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from infermux.engines.batch_client import BatchClient
@@ -65,6 +66,22 @@ class HttpBatchClient(BatchClient):
     async def __aexit__(self, *exc: object) -> None:
         await self.once.__aexit__(*exc)
         await self.transport.__aexit__(*exc)
+
+    @staticmethod
+    async def pages(
+        fetch: Callable[[int, str], Awaitable[dict[str, Any]]], limit: int, size: int
+    ) -> list[dict[str, Any]]:
+        """Up to ``limit`` items of a paged list (``data``, ``has_more``, ``last_id``: OpenAI's and
+        Anthropic's shape): ``fetch(page_size, after_id)`` returns one page."""
+        out: list[dict[str, Any]] = []
+        after = ""
+        while len(out) < limit:
+            page = await fetch(min(size, limit - len(out)), after)
+            out.extend(page.get("data") or [])
+            if not page.get("has_more") or not page.get("data"):
+                break
+            after = str(page.get("last_id") or page["data"][-1]["id"])
+        return out[:limit]
 
     async def jsonl_records(self, url: str, records: dict[str, Any]) -> dict[str, Any]:
         """Download the JSONL results file at ``url`` into ``records`` (custom_id -> record); return it."""

@@ -133,15 +133,7 @@ class MessageBatchesClient(HttpBatchClient):
         return _info(await self._call("POST", f"/{batch_id}/cancel"))
 
     async def list(self, limit: int) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        after = ""
-        while len(out) < limit:
-            page = await self._page(min(1000, limit - len(out)), after)
-            out.extend(page.get("data") or [])
-            if not page.get("has_more") or not page.get("data"):
-                break
-            after = str(page.get("last_id") or page["data"][-1]["id"])
-        return out[:limit]
+        return await self.pages(self._page, limit, 1000)
 
 
 def _info(batch: dict[str, Any]) -> BatchInfo:

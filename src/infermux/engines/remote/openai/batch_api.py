@@ -139,16 +139,10 @@ class OpenAIBatchClient(HttpBatchClient):
         return _info(await self._json("POST", f"/batches/{batch_id}/cancel"))
 
     async def list(self, limit: int) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        after = ""
-        while len(out) < limit:
-            query = f"?limit={min(100, limit - len(out))}" + (f"&after={after}" if after else "")
-            page = await self._json("GET", "/batches" + query)
-            out.extend(page.get("data") or [])
-            if not page.get("has_more") or not page.get("data"):
-                break
-            after = str(page.get("last_id") or page["data"][-1]["id"])
-        return out[:limit]
+        async def page(size: int, after: str) -> dict[str, Any]:
+            return await self._json("GET", f"/batches?limit={size}" + (f"&after={after}" if after else ""))
+
+        return await self.pages(page, limit, 100)
 
 
 def _info(batch: dict[str, Any]) -> BatchInfo:
