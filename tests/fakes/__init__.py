@@ -15,6 +15,7 @@ from .openai_chat import QUOTA_BODY, FakeOpenAIChat
 from .sglang import FakeSGLang
 from .together_batch import FakeTogetherBatch
 from .vertex import FakeVertex
+from .vertex_batches import FakeVertexBatches
 
 __all__ = [
     "QUOTA_BODY",
@@ -29,6 +30,7 @@ __all__ = [
     "FakeSGLang",
     "FakeTogetherBatch",
     "FakeVertex",
+    "FakeVertexBatches",
     "RecordedRequest",
     "tiny_png",
 ]

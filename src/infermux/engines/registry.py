@@ -43,14 +43,17 @@ __all__ = [
 Kind = Literal["local", "remote"]
 #: What each provider batch client offers (``infermux batch ...``): OpenAI's Batch API (files +
 #: batches), Anthropic's Message Batches, Together's Batch API (all three can also cancel a job's
-#: batches and list an account's), Fireworks' batch inference jobs (no cancel call) and the Gemini
-#: API's Batch Mode.
+#: batches and list an account's), Fireworks' batch inference jobs (no cancel call), the Gemini
+#: API's Batch Mode, Vertex AI's batch prediction jobs (files in Cloud Storage) and Bedrock's model
+#: invocation jobs (files in S3).
 BATCH_OPERATIONS: dict[str, frozenset[str]] = {
     "openai": frozenset({"submit", "status", "fetch", "cancel", "list"}),
     "anthropic": frozenset({"submit", "status", "fetch", "cancel", "list"}),
     "together": frozenset({"submit", "status", "fetch", "cancel", "list"}),
     "fireworks": frozenset({"submit", "status", "fetch", "list"}),
     "gemini": frozenset({"submit", "status", "fetch", "cancel", "list"}),
+    "vertex": frozenset({"submit", "status", "fetch", "cancel", "list"}),
+    "bedrock": frozenset({"submit", "status", "fetch", "cancel", "list"}),
 }
 
 
@@ -98,9 +101,9 @@ ENGINES: dict[str, EngineSpec] = {
         EngineSpec(E.GOOGLE_GEMINI.value, _R + "gemini.engine:GoogleGeminiInferenceEngine", remote=True, batch="gemini",
                    runs_on=_CLOUD),
         EngineSpec(E.GOOGLE_VERTEX.value, _R + "vertex:GoogleVertexInferenceEngine", "vertex", ("google.auth",), remote=True,
-                   runs_on="Vertex AI"),
+                   batch="vertex", runs_on="Vertex AI"),
         EngineSpec(E.BEDROCK.value, _R + "bedrock.engine:BedrockInferenceEngine", "bedrock", ("boto3",), remote=True,
-                   runs_on="AWS Bedrock"),
+                   batch="bedrock", runs_on="AWS Bedrock"),
         EngineSpec(E.SGLANG.value, _R + "sglang:SGLangInferenceEngine", "native", ("transformers",), remote=True,
                    runs_on=_OWN),
     )

@@ -42,6 +42,11 @@ PRICE_PROVIDERS: dict[str, str] = {
 }
 
 _BATCH = {"processing": "batch"}
+#: The batch discount a provider documents where genai-prices has no batch price for it (Bedrock's batch
+#: inference: 50% of the on-demand price on the models it runs in batches).
+_BATCH_FACTOR: dict[str, float] = {"aws": 0.5}
+#: Model-name prefixes an engine accepts that genai-prices does not (Vertex's ``google/gemini-...``).
+_PREFIXES: dict[str, tuple[str, ...]] = {"GOOGLE_VERTEX": ("publishers/google/models/", "google/")}
 
 
 @dataclass(frozen=True)
@@ -85,10 +90,15 @@ class Pricing:
         try:
             context = _BATCH if batch else None
             result = calc_price(usage, self.model, provider_id=self.provider_id, price_context=context)
+            price = float(result.total_price)
+            if batch and self.provider_id in _BATCH_FACTOR:
+                online = float(calc_price(usage, self.model, provider_id=self.provider_id).total_price)
+                if price == online:  # no batch price in the tables: the documented discount
+                    price = online * _BATCH_FACTOR[self.provider_id]
         except (LookupError, ValueError) as exc:  # the model left the tables, or an odd usage
             logger.debug("no price for %s/%s: %s", self.provider_id, self.model, exc)
             return None
-        return float(result.total_price)
+        return price
 
 
 _lock = threading.Lock()
@@ -100,6 +110,8 @@ def pricing_for(engine: str, model: str) -> Pricing | None:
     provider = PRICE_PROVIDERS.get(str(engine).upper())
     if provider is None or not model:
         return None
+    for prefix in _PREFIXES.get(str(engine).upper(), ()):
+        model = model.removeprefix(prefix)
     key = (provider, model)
     with _lock:
         if key in _known:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams
@@ -33,6 +33,9 @@ from infermux.engines.remote.openai.engine import OPENAI_PARAMS, RemoteInference
 from infermux.engines.remote.openai.providers import SAMPLE_PARAMS
 from infermux.errors import AuthenticationError, ConfigError, RowError
 from infermux.types import Conversation, Type
+
+if TYPE_CHECKING:
+    from infermux.engines.remote.vertex_batch import VertexBatchClient
 
 __all__ = ["VERTEX_URL_TEMPLATE", "GoogleVertexInferenceEngine"]
 
@@ -53,6 +56,7 @@ class GoogleVertexInferenceEngine(RemoteInferenceEngine):
         guided_decoding=frozenset({"json"}),
         images=True,
         tools=True,
+        batch_api=True,
         notes=(
             "Images must be files, bytes, data: URLs or gs:// URIs.",
             "Vertex takes no parallel_tool_calls: with false, only the answer's first call is kept.",
@@ -70,6 +74,7 @@ class GoogleVertexInferenceEngine(RemoteInferenceEngine):
         "REGION / GOOGLE_CLOUD_REGION / GOOGLE_CLOUD_LOCATION": "the region (or `model.model_kwargs.region`)",
         "GOOGLE_APPLICATION_CREDENTIALS": "a service-account file for application-default credentials "
         "(or `remote_params.api_key` set to its path, or `gcloud auth application-default login`)",
+        "VERTEX_BATCH_GCS_URI": "`infermux batch` only: the gs://bucket/prefix batch prediction jobs read and write",
     }
 
     def __init__(
@@ -142,6 +147,12 @@ class GoogleVertexInferenceEngine(RemoteInferenceEngine):
 
     def build_headers(self, api_key: str | None) -> dict[str, str]:
         return {"Content-Type": "application/json"}
+
+    def batch_client(self) -> VertexBatchClient:
+        """Batch prediction jobs with files in Cloud Storage (:mod:`infermux.engines.remote.vertex_batch`)."""
+        from infermux.engines.remote.vertex_batch import VertexBatchClient
+
+        return VertexBatchClient(self)
 
     def served_model_name(self) -> str:
         name = self.model_params.model_name

@@ -43,7 +43,7 @@ from infermux.types import Conversation, FinishReason, Message, Sample, TokenLog
 if TYPE_CHECKING:
     from infermux.engines.batch_client import BatchClient
 
-__all__ = ["GoogleGeminiInferenceEngine", "build_contents", "generation_config"]
+__all__ = ["GoogleGeminiInferenceEngine", "build_contents", "gemini_body", "gemini_reply", "generation_config"]
 
 _MAX_STOPS = 5
 
@@ -219,6 +219,31 @@ def candidate_samples(data: dict[str, Any]) -> list[Sample]:
     return samples
 
 
+def gemini_body(
+    conversation: Conversation, generation: GenerationParams, model_kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """The ``GenerateContentRequest`` for ``conversation`` (also what Vertex AI's batch prediction takes)."""
+    system, contents = build_contents(conversation)
+    body: dict[str, Any] = {"contents": contents, "generationConfig": generation_config(generation)}
+    if system is not None:
+        body["systemInstruction"] = system
+    thinking = model_kwargs.get("thinking_config")
+    if thinking is not None:  # Gemini's thinkingConfig (e.g. {"includeThoughts": true}), passed as given
+        body["generationConfig"]["thinkingConfig"] = thinking
+    body.update(tool_fields(conversation, generation))
+    return body
+
+
+def gemini_reply(conversation: Conversation, data: Any, generation: GenerationParams) -> Conversation:
+    """``conversation`` answered by the ``GenerateContentResponse`` ``data``."""
+    parts, metadata = parse_candidate(data)
+    samples = candidate_samples(data)
+    if len(samples) > 1 or (samples and samples[0].logprobs is not None):
+        usage = metadata.pop("usage", None)
+        return reply_with_samples(conversation, samples, metadata, usage=Usage(**usage) if usage else None)
+    return reply(conversation, parts, metadata, generation)
+
+
 class GoogleGeminiInferenceEngine(RemoteEngine):
     """Gemini models through the Gemini API with an API key."""
 
@@ -267,15 +292,7 @@ class GoogleGeminiInferenceEngine(RemoteEngine):
         return headers
 
     def build_body(self, conversation: Conversation, generation: GenerationParams) -> dict[str, Any]:
-        system, contents = build_contents(conversation)
-        body: dict[str, Any] = {"contents": contents, "generationConfig": generation_config(generation)}
-        if system is not None:
-            body["systemInstruction"] = system
-        thinking = self.model_params.model_kwargs.get("thinking_config")
-        if thinking is not None:  # Gemini's thinkingConfig (e.g. {"includeThoughts": true}), passed as given
-            body["generationConfig"]["thinkingConfig"] = thinking
-        body.update(tool_fields(conversation, generation))
-        return body
+        return gemini_body(conversation, generation, self.model_params.model_kwargs)
 
     def build_stream_request(self, conversation: Conversation, generation: GenerationParams) -> HttpRequest:
         url = self.url.replace(":generateContent", ":streamGenerateContent")
@@ -286,12 +303,7 @@ class GoogleGeminiInferenceEngine(RemoteEngine):
         return GeminiStream(conversation, self.generation_params)
 
     def parse_reply(self, conversation: Conversation, data: Any) -> Conversation:
-        parts, metadata = parse_candidate(data)
-        samples = candidate_samples(data)
-        if len(samples) > 1 or (samples and samples[0].logprobs is not None):
-            usage = metadata.pop("usage", None)
-            return reply_with_samples(conversation, samples, metadata, usage=Usage(**usage) if usage else None)
-        return reply(conversation, parts, metadata, self.generation_params)
+        return gemini_reply(conversation, data, self.generation_params)
 
     def error_message(self, status: int, body: bytes) -> str:
         message = default_error_message(status, body)
