@@ -7,6 +7,7 @@ answers in the provider's own success and error formats.
 from ._server import Exchange, RecordedRequest, tiny_png
 from .anthropic import FakeAnthropic
 from .anthropic_batches import FakeAnthropicBatches
+from .bedrock_batches import FakeBedrockBatches
 from .fireworks_batch import FakeFireworksBatch
 from .gemini import FakeGemini
 from .gemini_batches import FakeGeminiBatches
@@ -22,6 +23,7 @@ __all__ = [
     "Exchange",
     "FakeAnthropic",
     "FakeAnthropicBatches",
+    "FakeBedrockBatches",
     "FakeFireworksBatch",
     "FakeGemini",
     "FakeGeminiBatches",

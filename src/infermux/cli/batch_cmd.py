@@ -74,7 +74,9 @@ def _print_state(state: BatchJobState) -> None:
         progress = f"{done}/{counts.get('total', shard.requests)} done" if counts else ""
         lost = sum(counts.get(k, 0) for k in ("failed", "errored", "expired", "canceled"))
         failed = f", {lost} failed or expired" if lost else ""
-        print(f"  {shard.batch_id}  {shard.status or 'unknown':<11} {shard.requests} requests  {progress}{failed}")
+        print(
+            f"  {shard.batch_id or '-'}  {shard.status or 'unknown':<11} {shard.requests} requests  {progress}{failed}"
+        )
         for error in shard.errors:
             print(f"      {error}")
     if state.build_errors:

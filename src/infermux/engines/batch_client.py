@@ -45,6 +45,9 @@ class BatchLimits:
     envelope: int = 0
     name: str = "limit"
     """How the byte limit is named in the error of a request too large for any batch."""
+    min_requests: int = 1
+    """The fewest requests the provider takes in one batch: a smaller batch is not sent (its rows fail as
+    ``batch_failed``, and ``infermux batch run`` answers them online)."""
 
 
 @dataclass

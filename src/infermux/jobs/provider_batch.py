@@ -157,7 +157,15 @@ async def asubmit(
 
 
 async def _create(client: BatchClient, state: BatchJobState, shard: ShardState, requests: list[bytes]) -> None:
-    if shard.batch_id:
+    if shard.batch_id or shard.terminal:
+        return
+    if len(requests) < client.limits.min_requests:  # the provider would refuse it: answered online instead
+        shard.status, shard.ended = "not sent", True
+        shard.errors = [
+            f"{len(requests)} requests are fewer than the {client.limits.min_requests} {client.name} takes in one "
+            "batch; not sent"
+        ]
+        state.save()
         return
     tag = {"infermux_job": state.job_id, "infermux_shard": str(shard.index)}
     name = f"infermux-{state.job_id}-{shard.index}"

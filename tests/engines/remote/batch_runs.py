@@ -26,10 +26,11 @@ def answers(out: Path) -> list[str]:
 
 
 def online(fake: Any) -> list[str]:
-    """The questions the fake was asked online (not in a batch), sorted: chat completions or Gemini's
-    generateContent."""
+    """The questions the fake was asked online (not in a batch), sorted: chat completions, Gemini's
+    generateContent or Bedrock's Converse."""
     asked = [r.json["messages"][0]["content"] for r in fake.requests if r.path.endswith("/chat/completions")]
     asked += [r.json["contents"][0]["parts"][0]["text"] for r in fake.requests if r.path.endswith(":generateContent")]
+    asked += [r.json["messages"][0]["content"][0]["text"] for r in fake.requests if r.path.endswith("/converse")]
     return sorted(asked)
 
 

@@ -194,7 +194,7 @@ def test_dry_run_shows_the_batch_price_beside_the_online_price(
     config, environ = cli
     rows = write_rows(tmp_path / "in.jsonl", 5)
     done = run_cli("infer", "-c", str(config), "--input_path", str(rows), "--output_path",
-                   str(tmp_path / "out.jsonl"), "--dry-run", env=environ)  # fmt: skip
+                   str(tmp_path / "out.jsonl"), "--dry-run", "--generation.max_new_tokens", "4000", env=environ)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     online = re.search(r"estimated cost online: \$([0-9.]+)", done.stdout)
     batch = re.search(r"estimated cost through the batch API: \$([0-9.]+)", done.stdout)

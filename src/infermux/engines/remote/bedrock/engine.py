@@ -19,7 +19,7 @@ import functools
 import os
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams
@@ -41,6 +41,9 @@ from infermux.engines.tool_calls import CallPairing
 from infermux.errors import AuthenticationError, ConfigError, ErrorKind, RemoteError, RowError
 from infermux.samples import merge_replies
 from infermux.types import Conversation, FinishReason, Message, Usage
+
+if TYPE_CHECKING:
+    from infermux.engines.remote.bedrock.batches import BedrockBatchClient
 
 __all__ = ["BedrockInferenceEngine", "build_converse_request"]
 
@@ -166,6 +169,7 @@ class BedrockInferenceEngine(InferenceEngine):
         generation_params=frozenset({"temperature", "top_p", "stop_strings", "n"}),
         images=True,
         tools=True,
+        batch_api=True,
         notes=(
             "n > 1 sends n Converse calls per row; no log-probabilities.",
             "Converse has no tool_choice none or parallel_tool_calls switch (see docs/tools.md).",
@@ -179,6 +183,8 @@ class BedrockInferenceEngine(InferenceEngine):
     env_vars: ClassVar[Mapping[str, str]] = {
         "AWS_REGION": "required: the Bedrock region, e.g. us-east-1",
         "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_PROFILE": "credentials (or `aws configure`, or an IAM role)",
+        "BEDROCK_BATCH_S3_URI / BEDROCK_BATCH_ROLE_ARN": "`infermux batch` only: the s3://bucket/prefix model "
+        "invocation jobs read and write, and the service role Bedrock runs them as",
     }
 
     def setup(self) -> None:
@@ -230,27 +236,38 @@ class BedrockInferenceEngine(InferenceEngine):
         if pool is not None:
             pool.shutdown(wait=False)
 
+    def converse_request(self, conversation: Conversation, generation: GenerationParams) -> dict[str, Any]:
+        """Keyword arguments of ``converse`` for one row (a ``ValueError`` for a row that cannot be sent)."""
+        extra = dict(self.model_params.model_kwargs)
+        extra.pop(ACCEPTS_SAMPLING_KEY, None)  # ours, not Bedrock's
+        if not self.sends_sampling:
+            explicit = set(SAMPLING_PARAMS) & (generation.model_fields_set | set(extra))
+            for name in SAMPLING_PARAMS:
+                extra.pop(name, None)
+            if explicit and not self._warned_sampling:
+                self._warned_sampling = True
+                warn_dropped_sampling("BEDROCK", self.model_params.model_name, explicit)
+        request = build_converse_request(
+            self.model_params.model_name, conversation, generation, extra, sampling=self.sends_sampling
+        )
+        if "thinking" in extra:  # extended thinking takes no temperature (as on ANTHROPIC)
+            request["inferenceConfig"].pop("temperature", None)
+        return request
+
+    def batch_client(self) -> BedrockBatchClient:
+        """Model invocation jobs with files in S3 (:mod:`infermux.engines.remote.bedrock.batches`)."""
+        from infermux.engines.remote.bedrock.batches import BedrockBatchClient
+
+        return BedrockBatchClient(self)
+
     async def _infer_chunk(
         self, conversations: list[Conversation], generation: GenerationParams
     ) -> list[Conversation | RowError]:
         loop = asyncio.get_running_loop()
         results: list[Conversation | RowError] = []
         for conversation in conversations:
-            extra = dict(self.model_params.model_kwargs)
-            extra.pop(ACCEPTS_SAMPLING_KEY, None)  # ours, not Bedrock's
-            if not self.sends_sampling:
-                explicit = set(SAMPLING_PARAMS) & (generation.model_fields_set | set(extra))
-                for name in SAMPLING_PARAMS:
-                    extra.pop(name, None)
-                if explicit and not self._warned_sampling:
-                    self._warned_sampling = True
-                    warn_dropped_sampling("BEDROCK", self.model_params.model_name, explicit)
             try:
-                request = build_converse_request(
-                    self.model_params.model_name, conversation, generation, extra, sampling=self.sends_sampling
-                )
-                if "thinking" in extra:  # extended thinking takes no temperature (as on ANTHROPIC)
-                    request["inferenceConfig"].pop("temperature", None)
+                request = self.converse_request(conversation, generation)
             except ValueError as exc:
                 results.append(RowError.from_exception(exc, ErrorKind.INVALID_INPUT))
                 continue
