@@ -96,7 +96,7 @@ def test_engines_without_a_batch_api_are_refused(tmp_path: Path) -> None:
     from infermux.engines.registry import ENGINES
 
     with_batch = [name for name, spec in ENGINES.items() if spec.batch]  # the message is made from the rows
-    assert all(name in text for name in with_batch) and "GOOGLE_VERTEX" not in text, text
+    assert all(name in text for name in with_batch) and "LLAMACPP" not in text, text
 
 
 def test_missing_record_is_a_clear_error(job: tuple[Path, Path, Path]) -> None:

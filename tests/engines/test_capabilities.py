@@ -94,8 +94,10 @@ def test_batch_api_is_a_declared_capability() -> None:
         "PARASAIL",
         "LAMBDA",
         "ANTHROPIC",
+        "GOOGLE_VERTEX",
+        "BEDROCK",
     }
     for name in offered:
         assert engine_class(name).capabilities.batch_api, name
-    for name in ("GOOGLE_VERTEX", "CEREBRAS", "OPENROUTER", "SGLANG"):
+    for name in ("CEREBRAS", "OPENROUTER", "SGLANG"):
         assert not engine_class(name).capabilities.batch_api, name

@@ -107,6 +107,25 @@ def test_batch_operations_come_from_the_batch_client_and_equal_the_row():
     assert "GOOGLE_GEMINI" in registry_batch_engines()
 
 
+def test_vertex_and_bedrock_batch_operations_equal_their_rows(monkeypatch):
+    pytest.importorskip("boto3")
+    pytest.importorskip("google.auth")
+    from infermux.configs import ModelParams
+    from infermux.engines.registry import BATCH_OPERATIONS, batch_operations, engine_spec
+
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+
+    class Credentials:
+        token, expiry = "t", None
+
+    model = ModelParams(model_name="m", model_kwargs={"project_id": "p", "region": "r"})
+    vertex = engine_class("GOOGLE_VERTEX")(model, credentials=Credentials())
+    bedrock = engine_class("BEDROCK")(model)
+    for engine in (vertex, bedrock):
+        assert batch_operations(engine) == {"submit", "status", "fetch", "cancel", "list"}
+        assert BATCH_OPERATIONS[engine_spec(engine.engine_type).batch or ""] == batch_operations(engine)
+
+
 def test_batch_engines_message_is_made_from_the_rows(monkeypatch):
     from infermux.engines import registry
 

@@ -60,3 +60,17 @@ def test_totals_say_when_cost_is_unknown() -> None:
     assert totals.dollars == pytest.approx(0.75)
     assert totals.describe() == "$0.7500 (+1 rows unpriced)"
     assert not totals.known
+
+
+def test_bedrock_batches_are_half_the_on_demand_price_and_vertex_takes_google_prefixed_names() -> None:
+    bedrock = pricing_for("BEDROCK", "anthropic.claude-3-haiku-20240307-v1:0")
+    assert bedrock is not None
+    usage = {"prompt_tokens": 10_000, "completion_tokens": 2_000}
+    online, batch = bedrock.cost(usage), bedrock.cost(usage, batch=True)
+    assert online and batch == pytest.approx(online / 2)  # genai-prices lists no batch price for aws
+    plain, prefixed = (
+        pricing_for("GOOGLE_VERTEX", "gemini-2.5-flash"),
+        pricing_for("GOOGLE_VERTEX", "google/gemini-2.5-flash"),
+    )
+    assert plain is not None and prefixed is not None
+    assert prefixed.cost(usage, batch=True) == plain.cost(usage, batch=True) == pytest.approx(plain.cost(usage) / 2)  # type: ignore[operator]
