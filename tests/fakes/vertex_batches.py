@@ -22,6 +22,7 @@ Cloud Storage" guide. Input and output live in a real Cloud Storage server (``gc
 * Each request's ``labels`` must be Google labels (keys ``[a-z][a-z0-9_-]{0,62}``, values ``[a-z0-9_-]{0,63}``).
 * Auth and errors as the chat fake (:class:`FakeVertex`): Bearer tokens, ``{"error": {"code", "message", "status"}}``.
 
+Limits: ``max_requests`` lines (200,000) and ``max_file_bytes`` (1 GB) per input file fail the job.
 Scripting: ``fail_rows`` / ``expire_rows`` hold row label values: a failed row gets a 500 status line (worth
 retrying), an expired one is never reached so the job ends ``JOB_STATE_EXPIRED``; ``lose_create_replies``.
 """
@@ -63,7 +64,7 @@ class FakeVertexBatches(FakeVertex, Holds):
         self.fail_rows: set[str] = set()
         self.expire_rows: set[str] = set()
         self.lose_create_replies = 0
-        self.max_requests = 200_000
+        self.max_requests, self.max_file_bytes = 200_000, 2**30
         self.jobs: dict[str, dict[str, Any]] = {}
         self._ids = itertools.count(1000)
 
@@ -230,6 +231,8 @@ class FakeVertexBatches(FakeVertex, Holds):
                 data = r.read()
         except urllib.error.HTTPError as exc:
             raise RequestInvalid(f"Failed to read {uri}: {exc.code}.") from None
+        if len(data) > self.max_file_bytes:
+            raise RequestInvalid(f"{uri} is {len(data)} bytes; an input file may have at most {self.max_file_bytes}.")
         try:
             lines = [json.loads(raw) for raw in data.splitlines() if raw.strip()]
         except ValueError:

@@ -149,6 +149,25 @@ def test_the_fake_refuses_a_job_under_its_minimum(
     assert shard.status == "Failed" and "fewer than the minimum of 3" in shard.errors[0]
 
 
+def test_batches_are_cut_within_the_record_limit_and_the_fake_enforces_its_maximum(
+    fake: FakeBedrockBatches, env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from infermux.engines.remote.bedrock import batches
+
+    monkeypatch.setattr(batches, "MAX_RECORDS", 3)
+    rows, out = write_rows(tmp_path / "in.jsonl", 5), tmp_path / "out.jsonl"
+    eng = make()
+    state = eng.submit_batch(str(rows), str(out))
+    assert [s.requests for s in state.shards] == [3, 2] and len(fake.jobs) == 2
+    fake.max_records = 2  # the account allows fewer than infermux was told
+    fake.finish_all()
+    report = eng.fetch_batch(str(rows), str(out))
+    assert (report.done, report.failed, report.settled) == (2, 3, {})
+    first, second = BatchJobState.require(out).shards
+    assert (first.status, second.status) == ("Failed", "Completed")
+    assert "more than the maximum of 2" in first.errors[0]
+
+
 def test_missing_settings_are_clear_errors(
     fake: FakeBedrockBatches, env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -149,6 +149,26 @@ def test_too_many_requests_fail_the_job_and_its_rows_are_answered_online_later(
     assert all("at most 2" in e["message"] for e in errors)
 
 
+def test_batches_are_cut_within_the_limits_and_a_file_over_the_fakes_limit_fails(
+    fake: FakeVertexBatches, env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from infermux.engines.batch_client import BatchLimits
+    from infermux.engines.remote.vertex_batch import VertexBatchClient
+
+    monkeypatch.setattr(VertexBatchClient, "limits", BatchLimits(3, 2**30, separator=1))
+    rows, out = write_rows(tmp_path / "in.jsonl", 5), tmp_path / "out.jsonl"
+    eng = make(fake)
+    state = eng.submit_batch(str(rows), str(out))
+    assert [s.requests for s in state.shards] == [3, 2] and len(fake.jobs) == 2
+    fake.max_file_bytes = 600  # the three-request file is larger
+    fake.finish_all()
+    report = eng.fetch_batch(str(rows), str(out))
+    assert (report.done, report.failed, report.settled) == (2, 3, {})
+    first, second = BatchJobState.require(out).shards
+    assert (first.status, second.status) == ("JOB_STATE_FAILED", "JOB_STATE_SUCCEEDED")
+    assert "at most 600" in first.errors[0]
+
+
 def test_no_bucket_is_a_clear_error(fake: FakeVertexBatches, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("VERTEX_BATCH_GCS_URI", raising=False)
     rows = write_rows(tmp_path / "in.jsonl", 2)
