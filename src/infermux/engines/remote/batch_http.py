@@ -83,6 +83,22 @@ class HttpBatchClient(BatchClient):
             after = str(page.get("last_id") or page["data"][-1]["id"])
         return out[:limit]
 
+    @staticmethod
+    async def token_pages(
+        fetch: Callable[[int, str], Awaitable[dict[str, Any]]], key: str, limit: int, size: int
+    ) -> list[dict[str, Any]]:
+        """Up to ``limit`` items of a paged list in Google's shape (the items under ``key``, then
+        ``nextPageToken``): ``fetch(page_size, page_token)`` returns one page."""
+        out: list[dict[str, Any]] = []
+        token = ""
+        while len(out) < limit:
+            page = await fetch(min(size, limit - len(out)), token)
+            out.extend(page.get(key) or [])
+            token = str(page.get("nextPageToken") or "")
+            if not token or not page.get(key):
+                break
+        return out[:limit]
+
     async def jsonl_records(self, url: str, records: dict[str, Any]) -> dict[str, Any]:
         """Download the JSONL results file at ``url`` into ``records`` (custom_id -> record); return it."""
         request = HttpRequest(url, b"", self.headers, "GET")

@@ -202,19 +202,14 @@ class VertexBatchClient(HttpBatchClient):
         return await self.retrieve(batch_id)
 
     async def list(self, limit: int) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        token = ""
-        while len(out) < limit:
-            query = f"?pageSize={min(100, limit - len(out))}" + (f"&pageToken={quote(token)}" if token else "")
-            page = await self._call("GET", f"{self.parent}/batchPredictionJobs{query}")
-            for job in page.get("batchPredictionJobs") or []:
-                info = _info(job)
-                out.append({"id": info.id, "status": info.status, "created_at": job.get("createTime"),
-                            "display_name": job.get("displayName"), "request_counts": info.request_counts})  # fmt: skip
-            token = str(page.get("nextPageToken") or "")
-            if not token or not page.get("batchPredictionJobs"):
-                break
-        return out[:limit]
+        async def fetch(size: int, token: str) -> dict[str, Any]:
+            query = f"?pageSize={size}" + (f"&pageToken={quote(token)}" if token else "")
+            return await self._call("GET", f"{self.parent}/batchPredictionJobs{query}")
+
+        jobs = await self.token_pages(fetch, "batchPredictionJobs", limit, 100)
+        return [{"id": info.id, "status": info.status, "created_at": job.get("createTime"),
+                 "display_name": job.get("displayName"), "request_counts": info.request_counts}
+                for job, info in ((job, _info(job)) for job in jobs)]  # fmt: skip
 
 
 def _version(parent: str) -> str:

@@ -165,19 +165,14 @@ class GeminiBatchClient(HttpBatchClient):
         return await self.retrieve(batch_id)
 
     async def list(self, limit: int) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        token = ""
-        while len(out) < limit:
-            query = f"?pageSize={min(100, limit - len(out))}" + (f"&pageToken={token}" if token else "")
-            page = await self._call("GET", f"{self.root}/batches{query}")
-            for operation in page.get("operations") or []:
-                meta = operation.get("metadata") or {}
-                out.append({"id": operation.get("name"), "status": meta.get("state"),
-                            "created_at": meta.get("createTime"), "request_counts": _counts(meta)})  # fmt: skip
-            token = str(page.get("nextPageToken") or "")
-            if not token or not page.get("operations"):
-                break
-        return out[:limit]
+        async def fetch(size: int, token: str) -> dict[str, Any]:
+            query = f"?pageSize={size}" + (f"&pageToken={token}" if token else "")
+            return await self._call("GET", f"{self.root}/batches{query}")
+
+        operations = await self.token_pages(fetch, "operations", limit, 100)
+        return [{"id": operation.get("name"), "status": meta.get("state"), "created_at": meta.get("createTime"),
+                 "request_counts": _counts(meta)}
+                for operation, meta in ((o, o.get("metadata") or {}) for o in operations)]  # fmt: skip
 
 
 def _inline(request: bytes) -> dict[str, Any]:
