@@ -168,6 +168,15 @@ def test_batches_are_cut_within_the_record_limit_and_the_fake_enforces_its_maxim
     assert "more than the maximum of 2" in first.errors[0]
 
 
+def test_n_above_one_is_refused_per_row(fake: FakeBedrockBatches, env: dict[str, str], tmp_path: Path) -> None:
+    rows, out = write_rows(tmp_path / "in.jsonl", 3), tmp_path / "out.jsonl"
+    eng = BedrockInferenceEngine(ModelParams(model_name=MODEL), generation_params=GenerationParams(n=2))
+    state = eng.submit_batch(str(rows), str(out))
+    assert not fake.jobs and not state.shards and len(state.build_errors) == 3
+    report = eng.fetch_batch(str(rows), str(out))
+    assert report.failed == 3 and "n > 1" in Path(f"{out}.errors.jsonl").read_text()
+
+
 def test_missing_settings_are_clear_errors(
     fake: FakeBedrockBatches, env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

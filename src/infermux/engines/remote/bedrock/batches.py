@@ -123,6 +123,8 @@ class BedrockBatchClient(BatchClient):
         return "r" + hashlib.sha256(row_id.encode("utf-8", "surrogatepass")).hexdigest()[:40]  # alphanumeric
 
     def encode(self, custom_id: str, conversation: Conversation, generation: GenerationParams) -> bytes:
+        if generation.n > 1:  # online, the engine sends n Converse calls; a job holds one record per row
+            raise ValueError("BEDROCK batch jobs answer each row once: n > 1 needs the online job (infermux infer)")
         request = self.engine.converse_request(conversation, generation)
         request.pop("modelId", None)
         return json.dumps({"recordId": custom_id, "modelInput": request}, default=_json_default).encode()
