@@ -153,9 +153,7 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return web.Response(status=status, text=body, content_type="application/json", headers=headers)
 
 
-_QUOTA_MESSAGE = (
-    "You exceeded your current quota, please check your plan and billing details."
-)
+_QUOTA_MESSAGE = "You exceeded your current quota, please check your plan and billing details."
 
 
 def _invalid(status: int, kind: str, code: str | None, message: str) -> web.Response:

@@ -134,10 +134,12 @@ def test_every_server_down_stops_the_job_with_one_clear_error(tmp_path: Path) ->
     ports = [free_port(), free_port()]
     endpoints = [EndpointParams(url=f"http://127.0.0.1:{p}/v1") for p in ports]
     remote = RemoteParams(endpoints=endpoints, max_retries=1, retry_backoff_base=0.01, endpoint_cooldown=0.05)
-    engine = build_engine(InferenceConfig(model=ModelParams(model_name="stub"), engine="REMOTE_VLLM", remote_params=remote))
+    engine = build_engine(
+        InferenceConfig(model=ModelParams(model_name="stub"), engine="REMOTE_VLLM", remote_params=remote)
+    )
     from infermux.errors import ServerUnreachableError
 
-    with pytest.raises(ServerUnreachableError, match="any of remote_params.endpoints"):
+    with pytest.raises(ServerUnreachableError, match=r"any of remote_params\.endpoints"):
         engine.infer([conv("x")])
 
 

@@ -318,8 +318,7 @@ class RemoteEngine(InferenceEngine):
             where = "any of remote_params.endpoints (" + ", ".join(spec.label for spec in self._endpoints) + ")"
             check = "Are the servers running, and are the endpoints' URLs right?"
         raise ServerUnreachableError(
-            f"cannot reach {where} ({exc}). {check} "
-            "Nothing was answered; rerun the same command once it is reachable.",
+            f"cannot reach {where} ({exc}). {check} Nothing was answered; rerun the same command once it is reachable.",
             kind=ErrorKind.CONNECTION_ERROR,
             retryable=True,
         )
