@@ -45,7 +45,9 @@ class EndpointParams(ConfigModel):
     output_tokens_per_minute: int | None = Field(default=None, ge=1)
     """Most completion tokens from this server in any 60 s window."""
     weight: float = Field(default=1.0, gt=0)
-    """Share of the rows relative to the other endpoints with as many workers (2: twice as many)."""
+    """How much fuller than the others this endpoint is kept: rows go to the endpoint with the least
+    ``requests in flight / (workers × weight)``, so with equal workers a weight-2 endpoint gets more rows
+    (up to its ``num_workers`` at once)."""
 
     @property
     def label(self) -> str:

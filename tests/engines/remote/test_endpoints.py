@@ -117,17 +117,27 @@ def test_a_killed_server_that_comes_back_is_used_again(stubs: list[Stub], tmp_pa
     assert nodes[-600:].count("node1") > 50  # in the job's last rows too
 
 
-def test_least_busy_routing_follows_workers_and_weight(stubs: list[Stub], tmp_path: Path) -> None:
-    endpoints = [
-        EndpointParams(url=stubs[0].url, num_workers=4),
-        EndpointParams(url=stubs[1].url, num_workers=4, weight=3),
-    ]
-    config = InferenceConfig(
-        model=ModelParams(model_name="stub"), engine="REMOTE_VLLM", remote_params=RemoteParams(endpoints=endpoints)
-    )
-    out = _run(config, 400, tmp_path, {})
+@pytest.mark.parametrize(("workers", "weight"), [((4, 12), 1.0), ((6, 6), 3.0)])
+def test_least_busy_routing_follows_workers_and_weight(
+    workers: tuple[int, int], weight: float, tmp_path: Path
+) -> None:
+    # 50 ms servers: the time a row spends in flight is the server's, not the (loaded) client's.
+    slow = [Stub("--latency-ms", "50"), Stub("--latency-ms", "50")]
+    try:
+        for server in slow:
+            server.start()
+        endpoints = [
+            EndpointParams(url=slow[0].url, num_workers=workers[0]),
+            EndpointParams(url=slow[1].url, num_workers=workers[1], weight=weight),
+        ]
+        remote = RemoteParams(endpoints=endpoints)
+        config = InferenceConfig(model=ModelParams(model_name="stub"), engine="REMOTE_VLLM", remote_params=remote)
+        out = _run(config, 300, tmp_path, {})
+    finally:
+        for server in slow:
+            server.kill()
     by = Counter(r["metadata"]["endpoint"] for r in out)
-    assert by[stubs[1].url] > 2 * by[stubs[0].url] > 0, by
+    assert by[slow[1].url] > 1.6 * by[slow[0].url] > 0, by  # about 3x and 2.5x when the client keeps up
 
 
 def test_every_server_down_stops_the_job_with_one_clear_error(tmp_path: Path) -> None:

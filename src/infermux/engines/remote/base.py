@@ -148,18 +148,19 @@ class RemoteEngine(InferenceEngine):
             overrides["num_workers"] = self.default_num_workers
         self.settings = TransportSettings.from_remote_params(params, **overrides)
         # The provider's own API (no api_url given) needs its key even where another server may not.
-        required = self.provider_info().key_required(params.api_url)
+        server = params.endpoints[0].url if params.endpoints else params.api_url
+        required = self.provider_info().key_required(server)
         api_key = params.resolve_api_key(self.api_key_env, required=required)
-        if api_key is None and self.requires_api_key:
-            raise AuthenticationError(self._missing_key_message(params), kind="authentication")
-        self._secrets: tuple[str, ...] = (api_key,) if api_key else ()
         # Several servers (remote_params.endpoints): requests are built for the first and sent by a pool.
         self._endpoints: list[EndpointSpec] = []
         if params.endpoints:
             self._endpoints = endpoint_specs(params, self.settings, api_key, self.endpoint_url)
-            self._secrets += tuple(s.key for s in self._endpoints if s.key and s.key not in self._secrets)
-            api_key = self._endpoints[0].key
-        api_url = params.endpoints[0].url if params.endpoints else params.api_url or self.default_api_url
+        keys = [spec.key for spec in self._endpoints] or [api_key]
+        if self.requires_api_key and not all(keys):
+            raise AuthenticationError(self._missing_key_message(params), kind="authentication")
+        self._secrets: tuple[str, ...] = tuple(dict.fromkeys(k for k in (api_key, *keys) if k))
+        api_key = keys[0]
+        api_url = server or self.default_api_url
         # Without a URL the engine is still built (a config passed to ``infer`` may bring one, as in
         # Oumi); a job on this engine itself stops before sending anything (``check_ready``).
         try:
