@@ -17,10 +17,10 @@ import importlib.util
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from infermux.configs.engine_type import ENTRY_POINT_GROUP, plugin_targets
+from infermux.configs.engine_type import ENTRY_POINT_GROUP, engine_name, plugin_targets
 from infermux.configs.engine_type import InferenceEngineType as E
 from infermux.engines.remote.openai.providers import PROVIDERS
-from infermux.errors import ConfigError, EngineUnavailableError, install_hint
+from infermux.errors import AuthenticationError, ConfigError, EngineUnavailableError, install_hint
 
 if TYPE_CHECKING:
     from infermux.configs.inference_config import InferenceConfig
@@ -165,7 +165,31 @@ def build_engine(config: InferenceConfig, **kwargs: Any) -> InferenceEngine:
         **kwargs,
     )
     engine.check_ready()
+    if config.fallbacks:
+        return _with_fallbacks(engine, config)
     return engine
+
+
+def _with_fallbacks(primary: InferenceEngine, config: InferenceConfig) -> InferenceEngine:
+    """``primary`` followed by the engines of ``config.fallbacks`` (:mod:`infermux.engines.fallback`)."""
+    from infermux.engines.fallback import FallbackEngine
+
+    engines = []
+    for i, item in enumerate(config.fallbacks):
+        sub = config.model_copy(
+            update={
+                "engine": item.engine,
+                "model": item.model,
+                "remote_params": item.remote_params,
+                "generation": item.generation or config.generation,
+                "fallbacks": [],
+            }
+        )
+        try:
+            engines.append((build_engine(sub), item.generation))
+        except (ConfigError, AuthenticationError) as exc:
+            raise type(exc)(f"fallbacks[{i}] ({engine_name(item.engine)}): {exc}") from None
+    return FallbackEngine(primary, engines, configs=config.fallbacks)
 
 
 def batch_engines(operation: str = "submit") -> str:

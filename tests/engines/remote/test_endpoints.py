@@ -21,8 +21,8 @@ import pytest
 
 from infermux.configs import InferenceConfig, ModelParams, RemoteParams
 from infermux.configs.endpoint_params import EndpointParams
+from infermux.engines.health import Health
 from infermux.engines.registry import build_engine
-from infermux.engines.remote.http.endpoints import Health
 from infermux.errors import ConfigError
 from infermux.types import Conversation
 from tests.servers import STUB_SERVER, free_port

@@ -30,7 +30,8 @@ from typing import Any, ClassVar, Literal
 from infermux.configs.generation_params import GenerationParams
 from infermux.configs.remote_params import RemoteParams
 from infermux.engines.base import InferenceEngine, StreamEvent
-from infermux.engines.remote.http.endpoints import Endpoint, EndpointPool, EndpointSpec, Health, endpoint_specs
+from infermux.engines.health import Health
+from infermux.engines.remote.http.endpoints import Endpoint, EndpointPool, EndpointSpec, endpoint_specs
 from infermux.engines.remote.http.limits import estimate_tokens
 from infermux.engines.remote.http.sse import WHOLE_REPLY, StreamDecoder
 from infermux.engines.remote.http.transport import (

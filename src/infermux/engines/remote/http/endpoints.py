@@ -30,6 +30,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from infermux.engines.health import BURST, Health
 from infermux.engines.remote.http.sse import SseEvent
 from infermux.engines.remote.http.transport import HttpRequest, Transport, TransportSettings
 from infermux.errors import ConfigError, RemoteError
@@ -41,9 +42,6 @@ __all__ = ["BURST", "Endpoint", "EndpointPool", "EndpointSpec", "Health", "endpo
 
 T = TypeVar("T")
 
-#: Failures in a row that put an endpoint to rest.
-BURST = 3
-_MAX_REST_S = 600.0
 _REFUSED = ("ClientConnector", "Cannot connect", "Connection refused")
 
 
@@ -58,49 +56,6 @@ def server_fault(exc: RemoteError) -> bool:
 
 def _refused(exc: RemoteError) -> bool:
     return str(exc.kind) == "connection_error" and any(mark in str(exc) for mark in _REFUSED)
-
-
-class Health:
-    """Whether a server (or an engine) takes requests: healthy, resting until a time, or being probed."""
-
-    def __init__(self, cooldown_s: float, *, burst: int = BURST) -> None:
-        self.cooldown_s = cooldown_s
-        self.burst = burst
-        self.failures = 0  # in a row
-        self.rest_until = 0.0  # monotonic; 0: not resting
-        self.rest_s = cooldown_s
-        self.probing = False
-        self.rests = 0  # how often it was put to rest (for reports and tests)
-
-    def usable(self, now: float) -> bool:
-        """Healthy, or its rest is over and no probe is out."""
-        return not self.rest_until or (now >= self.rest_until and not self.probing)
-
-    def begin(self, now: float) -> None:
-        """A request is sent: after a rest, it is the probe."""
-        if self.rest_until and now >= self.rest_until:
-            self.probing = True
-
-    def succeeded(self) -> None:
-        self.failures = 0
-        self.rest_until = 0.0
-        self.rest_s = self.cooldown_s
-        self.probing = False
-
-    def failed(self, *, down: bool = False) -> bool:
-        """Count a failure; True when the server is now put to rest (``down``: at once)."""
-        self.failures += 1
-        if not (down or self.probing or self.failures >= self.burst):
-            return False
-        if self.probing:  # the probe failed: rest twice as long
-            self.rest_s = min(self.rest_s * 2.0, _MAX_REST_S)
-        elif self.rest_until:  # already resting (requests sent before it went down): keep that rest
-            return False
-        self.rest_until = time.monotonic() + self.rest_s
-        self.probing = False
-        self.failures = 0
-        self.rests += 1
-        return True
 
 
 @dataclasses.dataclass(eq=False)
