@@ -20,10 +20,10 @@ from pydantic import ValidationError
 
 from infermux.configs._base import ConfigModel, logger
 from infermux.configs.distributed_params import DistributedParams
-from infermux.configs.generation_params import GenerationParams, GuidedDecodingParams
-from infermux.configs.inference_config import InferenceConfig
 from infermux.configs.endpoint_params import EndpointParams
 from infermux.configs.fallback_params import FallbackConfig
+from infermux.configs.generation_params import GenerationParams, GuidedDecodingParams
+from infermux.configs.inference_config import InferenceConfig
 from infermux.configs.model_params import ModelParams
 from infermux.configs.remote_params import RemoteParams
 from infermux.errors import ConfigError
