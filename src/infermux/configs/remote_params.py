@@ -95,6 +95,11 @@ class RemoteParams(ConfigModel):
                 raise ValueError(f"endpoints lists {twice[0]} twice; give each endpoint its own url or name")
         return self
 
+    @property
+    def server_url(self) -> str | None:
+        """Where requests go as the user set it: ``api_url``, else the first endpoint's URL (None: neither)."""
+        return self.endpoints[0].url if self.endpoints else self.api_url
+
     @field_validator("batch_completion_window")
     @classmethod
     def _window(cls, value: str | None) -> str | None:

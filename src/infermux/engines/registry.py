@@ -157,6 +157,14 @@ def engine_class(name: str | E) -> type[InferenceEngine]:
 def build_engine(config: InferenceConfig, **kwargs: Any) -> InferenceEngine:
     """Construct the engine a config asks for; raise ``ConfigError`` if it cannot run a job as configured."""
     cls = engine_class(config.resolved_engine())
+    if config.remote_params is not None and config.remote_params.endpoints:
+        from infermux.engines.remote.base import RemoteEngine
+
+        if not issubclass(cls, RemoteEngine):
+            raise ConfigError(
+                f"remote_params.endpoints: {engine_name(config.resolved_engine())} does not send its requests "
+                "through infermux's HTTP transport, so it cannot spread them over several servers; use api_url."
+            )
     engine = cls(
         config.model,
         generation_params=config.generation,

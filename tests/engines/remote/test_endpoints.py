@@ -162,6 +162,9 @@ def test_config_rules(monkeypatch: pytest.MonkeyPatch) -> None:
     remote = RemoteParams(endpoints=[EndpointParams(url="http://b", api_key_env="NODE_KEY")])
     with pytest.raises(ConfigError, match="NODE_KEY"):
         build_engine(InferenceConfig(model=ModelParams(model_name="m"), engine="REMOTE_VLLM", remote_params=remote))
+    bedrock = InferenceConfig(model=ModelParams(model_name="m"), engine="BEDROCK", remote_params=remote)
+    with pytest.raises(ConfigError, match="does not send its requests through"):
+        build_engine(bedrock)  # boto3 sends BEDROCK's: endpoints would be ignored, so they are refused
     # the endpoint list never changes the fingerprint (any replica may answer a row)
     one = InferenceConfig(model=ModelParams(model_name="m"), engine="REMOTE_VLLM", remote_params=remote)
     two = one.model_copy(update={"remote_params": RemoteParams(endpoints=[EndpointParams(url="http://c")])})

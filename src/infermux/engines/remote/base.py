@@ -149,7 +149,7 @@ class RemoteEngine(InferenceEngine):
             overrides["num_workers"] = self.default_num_workers
         self.settings = TransportSettings.from_remote_params(params, **overrides)
         # The provider's own API (no api_url given) needs its key even where another server may not.
-        server = params.endpoints[0].url if params.endpoints else params.api_url
+        server = params.server_url
         required = self.provider_info().key_required(server)
         api_key = params.resolve_api_key(self.api_key_env, required=required)
         # Several servers (remote_params.endpoints): requests are built for the first and sent by a pool.
