@@ -118,9 +118,7 @@ def test_a_killed_server_that_comes_back_is_used_again(stubs: list[Stub], tmp_pa
 
 
 @pytest.mark.parametrize(("workers", "weight"), [((4, 12), 1.0), ((6, 6), 3.0)])
-def test_least_busy_routing_follows_workers_and_weight(
-    workers: tuple[int, int], weight: float, tmp_path: Path
-) -> None:
+def test_least_busy_routing_follows_workers_and_weight(workers: tuple[int, int], weight: float, tmp_path: Path) -> None:
     # 50 ms servers: the time a row spends in flight is the server's, not the (loaded) client's.
     slow = [Stub("--latency-ms", "50"), Stub("--latency-ms", "50")]
     try:
@@ -202,3 +200,24 @@ def test_health_rests_after_a_burst_and_doubles_a_failed_probe() -> None:
     health.succeeded()
     assert health.usable(0.0) and health.rest_s == 10.0
     assert health.failed(down=True)  # a refused connection rests at once
+
+
+def test_a_stream_goes_to_a_live_endpoint_and_names_it(stubs: list[Stub]) -> None:
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    endpoints = [EndpointParams(url=dead, name="dead"), EndpointParams(url=stubs[0].url + "/v1", name="live")]
+    remote = RemoteParams(endpoints=endpoints, retry_backoff_base=0.01)
+    engine = build_engine(
+        InferenceConfig(model=ModelParams(model_name="stub"), engine="REMOTE_VLLM", remote_params=remote)
+    )
+
+    async def chat() -> list[Any]:
+        answers = []
+        async with engine.session():
+            for i in range(3):
+                answers.append([event async for event in engine.stream(conv(f"hi {i}"))])
+        return answers
+
+    for i, events in enumerate(asyncio.run(chat())):
+        final = events[-1]
+        assert final.conversation is not None and final.conversation.messages[-1].content == f"echo: hi {i}"
+        assert final.conversation.metadata["endpoint"] == "live"
