@@ -226,47 +226,26 @@ class RemoteEngine(InferenceEngine):
     async def _open(self) -> None:
         self.check_ready()
         if self._transport is None:
-            auth_hint = ""
-            if self.api_key_env:
-                auth_hint = f"Check the key in {self.api_key_env} (or remote_params.api_key)."
-            transport: Transport[Conversation] | EndpointPool[Conversation]
-            if self._endpoints:
-                transport = self._pool(auth_hint)
-            else:
-                transport = Transport(
-                    self.settings,
-                    secrets=self._secrets,
-                    auth_hint=auth_hint,
-                    error_message=self.error_message,
-                    handler=self.transport_handler,
-                )
+            transport = self._pool() if self._endpoints else self._new_transport(self.settings)
             await transport.__aenter__()
             self._transport = transport
 
-    def _pool(self, auth_hint: str) -> EndpointPool[Conversation]:
+    def _new_transport(self, settings: TransportSettings) -> Transport[Conversation]:
+        hint = f"Check the key in {self.api_key_env} (or remote_params.api_key)." if self.api_key_env else ""
+        return Transport(settings, secrets=self._secrets, auth_hint=hint, error_message=self.error_message,
+                         handler=self.transport_handler)  # fmt: skip
+
+    def _pool(self) -> EndpointPool[Conversation]:
         """The transports of ``remote_params.endpoints`` as one (see :mod:`~.http.endpoints`)."""
-        params = self.remote_params or RemoteParams()
-        endpoints = []
+        cooldown = (self.remote_params or RemoteParams()).endpoint_cooldown
+        endpoints, first_key = [], self._endpoints[0].key
         for spec in self._endpoints:
-            same_key = spec.key == self._endpoints[0].key
-            transport: Transport[Conversation] = Transport(
-                spec.settings,
-                secrets=self._secrets,
-                auth_hint=auth_hint,
-                error_message=self.error_message,
-                handler=self.transport_handler,
-            )
-            headers = self.headers if same_key else SecretHeaders(self.build_headers(spec.key))
-            health = Health(params.endpoint_cooldown)
-            endpoints.append(Endpoint(spec.label, spec.url, headers, transport, spec.weight, health))
-        return EndpointPool(
-            endpoints,
-            base_url=self.url,
-            base_headers=self.headers,
-            max_retries=self.settings.max_retries,
-            backoff=(self.settings.retry_backoff_base, self.settings.retry_backoff_max),
-            mark=_mark_endpoint,
-        )
+            headers = self.headers if spec.key == first_key else SecretHeaders(self.build_headers(spec.key))
+            transport = self._new_transport(spec.settings)
+            endpoints.append(Endpoint(spec.label, spec.url, headers, transport, spec.weight, Health(cooldown)))
+        backoff = (self.settings.retry_backoff_base, self.settings.retry_backoff_max)
+        return EndpointPool(endpoints, base_url=self.url, base_headers=self.headers,
+                            max_retries=self.settings.max_retries, backoff=backoff, mark=_mark_endpoint)  # fmt: skip
 
     async def _close(self) -> None:
         if self._transport is not None:

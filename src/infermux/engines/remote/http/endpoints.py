@@ -168,12 +168,23 @@ class EndpointPool(Generic[T]):
         endpoint.health.failed(down=_refused(exc))
         return True
 
-    async def _pause(self, tries: int, avoid: Endpoint) -> None:
-        """Back off before the next try when no other endpoint is usable (the same one would be tried)."""
-        if self._pick(avoid) not in (None, avoid):
-            return
-        base, most = self._backoff
-        await asyncio.sleep(random.uniform(0.0, min(most, base * 2.0 ** max(tries - 1, 0))))
+    async def _retry_after(self, endpoint: Endpoint, exc: RemoteError, tries: list[int]) -> None:
+        """Record ``exc`` at ``endpoint``; return when another try may help, else raise ``exc``. Backs off
+        first when no other endpoint is usable (the same one would be tried again)."""
+        if not self._failed(endpoint, exc):
+            raise exc
+        tries[0] += 1
+        if tries[0] > self._limit:
+            raise exc
+        if self._pick(endpoint) in (None, endpoint):
+            base, most = self._backoff
+            await asyncio.sleep(random.uniform(0.0, min(most, base * 2.0 ** max(tries[0] - 1, 0))))
+
+    @staticmethod
+    def _answered(endpoint: Endpoint) -> None:
+        endpoint.in_flight -= 1
+        endpoint.health.succeeded()
+        endpoint.answered += 1
 
     # ------------------------------------------------------------------ the Transport surface
     async def send(
@@ -200,21 +211,14 @@ class EndpointPool(Generic[T]):
                     self._retarget(request, endpoint), parse, raw=raw, tokens=tokens, usage=usage
                 )
             except RemoteError as exc:
-                if not self._failed(endpoint, exc):
-                    raise
                 error = exc
-                tries[0] += 1
-                if tries[0] > self._limit:
-                    raise
+                await self._retry_after(endpoint, exc, tries)
                 last = endpoint
-                await self._pause(tries[0], endpoint)
                 continue
             except BaseException:
                 endpoint.in_flight -= 1
                 raise
-            endpoint.in_flight -= 1
-            endpoint.health.succeeded()
-            endpoint.answered += 1
+            self._answered(endpoint)
             if self._mark is not None:
                 self._mark(result, endpoint.label)
             return result
@@ -240,24 +244,18 @@ class EndpointPool(Generic[T]):
                             answered_by.append(endpoint.label)
                     yield event
             except RemoteError as exc:
-                if started or not self._failed(endpoint, exc):
-                    if started:
-                        endpoint.in_flight -= 1
+                if started:  # what was shown cannot be taken back
+                    endpoint.in_flight -= 1
                     raise
-                tries[0] += 1
-                if tries[0] > self._limit:
-                    raise
+                await self._retry_after(endpoint, exc, tries)
                 last = endpoint
-                await self._pause(tries[0], endpoint)
                 continue
             except BaseException:
                 endpoint.in_flight -= 1
                 raise
             finally:
                 await events.aclose()  # type: ignore[attr-defined]
-            endpoint.in_flight -= 1
-            endpoint.health.succeeded()
-            endpoint.answered += 1
+            self._answered(endpoint)
             return
 
 
