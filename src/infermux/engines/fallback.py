@@ -152,16 +152,17 @@ class FallbackEngine(InferenceEngine):
             tried.append(member.label)
             still: list[int] = []
             for i, answer in zip(waiting, answers, strict=True):
+                results[i] = answer
                 if isinstance(answer, Conversation):
                     answer.metadata["answered_by"] = member.answered_by
-                    member.health.succeeded()
-                    results[i] = answer
-                    continue
-                if can_fall_back(answer.kind, answer.status) and position < last:
+                elif can_fall_back(answer.kind, answer.status) and position < last:
                     still.append(i)
-                    if _rests(answer):
-                        member.health.failed(down=True)
-                results[i] = answer
+            # Down or rate limited (and nothing answered): rest. Any other answer, even an error, says it is up.
+            down = any(isinstance(a, RowError) and _rests(a) for a in answers)
+            if down and not any(isinstance(a, Conversation) for a in answers):
+                member.health.failed(down=True)
+            else:
+                member.health.succeeded()
             waiting = still
         if len(tried) > 1:
             for i, result in enumerate(results):
@@ -203,8 +204,12 @@ class FallbackEngine(InferenceEngine):
                     yield event
             except (RemoteError, ServerUnreachableError) as exc:
                 if started or position == last or not can_fall_back(exc.kind, exc.status):
+                    member.health.succeeded()
                     raise
-                member.health.failed(down=_rests(RowError(kind=exc.kind, message="", status=exc.status)))
+                if _rests(RowError(kind=exc.kind, message="", status=exc.status)):
+                    member.health.failed(down=True)
+                else:
+                    member.health.succeeded()  # it answered (out of quota): up, and tried again next time
                 continue
             member.health.succeeded()
             return
