@@ -19,6 +19,7 @@ Batch jobs, ``chat`` and ``serve`` all go through the public entry points (``ans
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import time
@@ -148,7 +149,12 @@ class FallbackEngine(InferenceEngine):
             if position < last and not member.health.usable(now):
                 continue  # resting: its rows go on to the next engine at once
             member.health.begin(now)
-            answers = await self._answer(member, [conversations[i] for i in waiting], generation, position == last)
+            try:
+                rows = [conversations[i] for i in waiting]
+                answers = await self._answer(member, rows, generation, position == last)
+            except BaseException:
+                member.health.abandoned()
+                raise
             tried.append(member.label)
             still: list[int] = []
             for i, answer in zip(waiting, answers, strict=True):
@@ -202,6 +208,9 @@ class FallbackEngine(InferenceEngine):
                         event.conversation.metadata["answered_by"] = member.answered_by
                         event.metadata["answered_by"] = member.answered_by
                     yield event
+            except (asyncio.CancelledError, GeneratorExit):
+                member.health.abandoned()
+                raise
             except (RemoteError, ServerUnreachableError) as exc:
                 if started or position == last or not can_fall_back(exc.kind, exc.status):
                     member.health.succeeded()

@@ -36,6 +36,10 @@ class Health:
         if self.rest_until and now >= self.rest_until:
             self.probing = True
 
+    def abandoned(self) -> None:
+        """A request was cancelled before its answer: if it was the probe, the next request probes."""
+        self.probing = False
+
     def succeeded(self) -> None:
         self.failures = 0
         self.rest_until = 0.0

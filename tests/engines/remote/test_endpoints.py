@@ -221,3 +221,21 @@ def test_a_stream_goes_to_a_live_endpoint_and_names_it(stubs: list[Stub]) -> Non
         final = events[-1]
         assert final.conversation is not None and final.conversation.messages[-1].content == f"echo: hi {i}"
         assert final.conversation.metadata["endpoint"] == "live"
+
+
+def test_a_server_answering_500s_rests_and_the_rows_go_elsewhere(tmp_path: Path) -> None:
+    failing, good = Stub("--fault-rate", "1", "--faults", "500"), Stub("--latency-ms", "5")
+    try:
+        failing.start()
+        good.start()
+        endpoints = [EndpointParams(url=failing.url, name="failing"), EndpointParams(url=good.url, name="good")]
+        remote = RemoteParams(endpoints=endpoints, num_workers=4, retry_backoff_base=0.01, endpoint_cooldown=30)
+        config = InferenceConfig(model=ModelParams(model_name="stub"), engine="REMOTE_VLLM", remote_params=remote)
+        out = _run(config, 300, tmp_path, {})
+        tried = failing.stats()["requests"]
+    finally:
+        failing.kill()
+        good.kill()
+    assert {r["metadata"]["endpoint"] for r in out} == {"good"}
+    assert [r["messages"][-1]["content"] for r in out] == [f"echo: row {i}" for i in range(300)]
+    assert 3 <= tried <= 8, tried  # a burst of 500s (its 4 workers' first tries), then it rested

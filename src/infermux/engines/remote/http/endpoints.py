@@ -217,6 +217,7 @@ class EndpointPool(Generic[T]):
                 continue
             except BaseException:
                 endpoint.in_flight -= 1
+                endpoint.health.abandoned()
                 raise
             self._answered(endpoint)
             if self._mark is not None:
@@ -252,6 +253,7 @@ class EndpointPool(Generic[T]):
                 continue
             except BaseException:
                 endpoint.in_flight -= 1
+                endpoint.health.abandoned()
                 raise
             finally:
                 await events.aclose()  # type: ignore[attr-defined]
