@@ -157,3 +157,19 @@ def test_replicas_share_each_endpoints_workers_and_per_minute_budgets(monkeypatc
     assert keyed and all(e.api_key is not None for e in keyed)
     assert all(p.config.fingerprint() == cfg.fingerprint() for p in plans)
     assert "sk-node-b" not in repr(plans)
+
+
+def test_replicas_share_a_fallbacks_budget_and_get_its_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    from infermux.configs.fallback_params import FallbackConfig
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-fallback-from-the-driver")
+    fallback = FallbackConfig(engine="OPENAI", model=ModelParams(model_name="gpt-4o-mini"),
+                              remote_params=RemoteParams(num_workers=6))  # fmt: skip
+    cfg = InferenceConfig(model=ModelParams(model_name="m"), engine="REMOTE_VLLM", fallbacks=[fallback],
+                          remote_params=RemoteParams(api_url="http://127.0.0.1:9", num_workers=8))  # fmt: skip
+    plans = plan_replicas(cfg, DistributedParams(replicas=4), {"CPU": 8.0})
+    params = [p.config.fallbacks[0].remote_params for p in plans]
+    assert [p.num_workers for p in params if p is not None] == [2, 2, 1, 1]
+    assert all(p is not None and p.api_key is not None for p in params)
+    assert all(p.config.fingerprint() == cfg.fingerprint() for p in plans)
+    assert "sk-fallback" not in repr(plans)

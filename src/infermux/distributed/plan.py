@@ -104,6 +104,15 @@ def share_endpoints(endpoints: list[EndpointParams], parts: int, index: int) -> 
     return out
 
 
+def _remote_share(budget: tuple[int, RemoteParams], parts: int, index: int) -> RemoteParams:
+    """Replica ``index``'s remote params: its share of the workers (at least one) and of each endpoint."""
+    total, params = budget
+    update: dict[str, Any] = {"num_workers": max(1, share(total, parts, index))}
+    if params.endpoints:  # each endpoint's budgets are shared, not each replica given the whole
+        update["endpoints"] = share_endpoints(params.endpoints, parts, index)
+    return params.model_copy(update=update)
+
+
 def _vllm_parallel(cfg: InferenceConfig) -> int:
     kwargs = cfg.model.model_kwargs
     return int(kwargs.get("tensor_parallel_size", 1)) * int(kwargs.get("pipeline_parallel_size", 1))
@@ -132,15 +141,18 @@ def plan_replicas(cfg: InferenceConfig, dist: DistributedParams, cluster: dict[s
             remote[0],
         )
         count = remote[0]
+    fallbacks = [_remote_budget(InferenceConfig(engine=f.engine, model=f.model, remote_params=f.remote_params))
+                 for f in cfg.fallbacks]  # fmt: skip
     plans = []
     for index in range(count):
         config = cfg.model_copy(deep=True)
         if remote is not None:
-            total, params = remote
-            update: dict[str, Any] = {"num_workers": share(total, count, index)}
-            if params.endpoints:  # each endpoint's budgets are shared, not each replica given the whole
-                update["endpoints"] = share_endpoints(params.endpoints, count, index)
-            config.remote_params = params.model_copy(update=update)
+            config.remote_params = _remote_share(remote, count, index)
+        if fallbacks:  # a fallback's budget is shared too (at least one worker per replica), its key read here
+            config.fallbacks = [
+                f if budget is None else f.model_copy(update={"remote_params": _remote_share(budget, count, index)})
+                for f, budget in zip(config.fallbacks, fallbacks, strict=True)
+            ]
         engine = config.resolved_engine()
         if engine == InferenceEngineType.LLAMACPP and dist.num_cpus >= 1 and "n_threads" not in cfg.model.model_kwargs:
             # llama.cpp would take half of the machine's cores per replica: give it the CPUs Ray reserved.
