@@ -1,6 +1,6 @@
 """Run every benchmark, one after another (never side by side: they would skew each other).
 
-Run: .venv/bin/python benchmarks/run_all.py [--only core,remote,native,llamacpp,vllm,chat,serve,ray]
+Run: .venv/bin/python benchmarks/run_all.py [--only core,remote,endpoints,native,llamacpp,vllm,chat,serve,ray]
 Each benchmark prints its own table with ratios against the raw library or a bare baseline; the
 figures we keep are in docs/benchmarks.md.
 """
@@ -18,6 +18,7 @@ HERE = Path(__file__).resolve().parent
 BENCHES = {
     "core": ["bench_core.py"],
     "remote": ["bench_remote.py"],
+    "endpoints": ["bench_endpoints.py"],
     "native": ["bench_native.py", "--workload", "all"],
     "llamacpp": ["bench_llamacpp.py", "--workload", "all"],
     "vllm": ["bench_vllm.py", "--workload", "all"],

@@ -8,6 +8,11 @@ in). Optional fault injection (429 with Retry-After, 500, 503, dropped connectio
 decided per request from a seed, the request body and how many times that body was seen: the same seed
 gives the same faults whatever order concurrent requests arrive in.
 
+Server-side conditions for routing and fallback tests: ``--max-concurrency N`` answers at most N
+requests at once (the rest queue, as a GPU server's batch is full); ``--quota-exhausted`` answers every
+valid request 429 with OpenAI's ``insufficient_quota`` error; ``--reject-text TEXT`` answers 400
+(``invalid_request_error``) to a request whose last user text contains TEXT.
+
 Side routes for harnesses: ``GET /v1/models``; ``GET /_stub/stats`` (request count, most requests in
 flight at once, time of the first request, faults injected); ``GET /_stub/log`` (the last user text of
 every valid request, in arrival order, faulted ones included); ``GET /_stub/requests`` (path, headers
@@ -57,8 +62,14 @@ class StubState:
         reasoning: bool,
         max_faults_per_body: int,
         require_key: str = "",
+        max_concurrency: int = 0,
+        quota_exhausted: bool = False,
+        reject_text: str = "",
     ) -> None:
         self.require_key = require_key
+        self.slots = asyncio.Semaphore(max_concurrency) if max_concurrency > 0 else None
+        self.quota_exhausted = quota_exhausted
+        self.reject_text = reject_text
         self.latency_s = latency_s
         self.fault_rate = fault_rate
         self.faults = faults
@@ -142,6 +153,15 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return web.Response(status=status, text=body, content_type="application/json", headers=headers)
 
 
+_QUOTA_MESSAGE = "You exceeded your current quota, please check your plan and billing details."
+
+
+def _invalid(status: int, kind: str, code: str | None, message: str) -> web.Response:
+    """An error as OpenAI writes it: ``{"error": {"message", "type", "param", "code"}}``."""
+    body = json.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}})
+    return web.Response(status=status, text=body, content_type="application/json")
+
+
 def make_app(state: StubState) -> web.Application:
     """The aiohttp application serving the stub routes from ``state``."""
 
@@ -149,7 +169,10 @@ def make_app(state: StubState) -> web.Application:
         state.in_flight += 1
         state.max_in_flight = max(state.max_in_flight, state.in_flight)
         try:
-            return await _chat(request)
+            if state.slots is None:
+                return await _chat(request)
+            async with state.slots:
+                return await _chat(request)
         finally:
             state.in_flight -= 1
 
@@ -179,6 +202,10 @@ def make_app(state: StubState) -> web.Application:
             return _error(401, f"Incorrect API key provided: {got}")  # echoes the key, as real APIs do
         text = _last_user_text(payload)
         state.log.append(text)
+        if state.reject_text and state.reject_text in text:
+            return _invalid(400, "invalid_request_error", None, f"rejected (stub): contains {state.reject_text!r}")
+        if state.quota_exhausted:
+            return _invalid(429, "insufficient_quota", "insufficient_quota", _QUOTA_MESSAGE)
         fault = state.pick_fault(body)
         if state.latency_s > 0:
             await asyncio.sleep(state.latency_s)
@@ -259,6 +286,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--capture", action="store_true", help="keep every request for /_stub/requests")
     p.add_argument("--reasoning", action="store_true", help="add reasoning_content to replies")
     p.add_argument("--require-key", default="", help="answer 401 unless 'Authorization: Bearer KEY'")
+    p.add_argument("--max-concurrency", type=int, default=0, help="answer at most N requests at once (0: any)")
+    p.add_argument("--quota-exhausted", action="store_true", help="answer 429 insufficient_quota to every request")
+    p.add_argument("--reject-text", default="", help="answer 400 to requests whose user text contains this")
     args = p.parse_args(argv)
     unknown = set(args.faults.split(",")) - set(FAULT_KINDS) - set(EXTRA_FAULT_KINDS)
     if unknown:
@@ -279,6 +309,9 @@ def main(argv: list[str] | None = None) -> None:
         reasoning=args.reasoning,
         max_faults_per_body=args.max_faults_per_body,
         require_key=args.require_key,
+        max_concurrency=args.max_concurrency,
+        quota_exhausted=args.quota_exhausted,
+        reject_text=args.reject_text,
     )
     with contextlib.suppress(ImportError):
         import uvloop  # the server is shared by every client measured, so it may be as fast as it likes

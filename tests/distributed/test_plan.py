@@ -131,3 +131,45 @@ def test_cli_ray_remote_engine_without_url_fails_before_ray_starts(tmp_path: Pat
     args = ["infer", "--input_path", str(data), "--output_path", str(tmp_path / "o.jsonl"), "--ray"]
     res = run_cli(*args, "--engine", "REMOTE", "--model.model_name", "m")
     assert res.returncode == 2 and "api_url" in res.stderr and "Traceback" not in res.stderr, res.stderr
+
+
+def test_replicas_share_each_endpoints_workers_and_per_minute_budgets(monkeypatch: pytest.MonkeyPatch) -> None:
+    from infermux.configs.endpoint_params import EndpointParams
+
+    monkeypatch.setenv("NODE_B_KEY", "sk-node-b-from-the-driver")
+    endpoints = [
+        EndpointParams(url="http://a/v1", num_workers=5, requests_per_minute=600),
+        EndpointParams(url="http://b/v1", num_workers=2, api_key_env="NODE_B_KEY"),
+        EndpointParams(url="http://c/v1"),  # remote_params' 3 workers and 90 requests per minute
+    ]
+    remote = RemoteParams(endpoints=endpoints, num_workers=3, requests_per_minute=90)
+    cfg = InferenceConfig(model=ModelParams(model_name="m"), engine="REMOTE_VLLM", remote_params=remote)
+    plans = plan_replicas(cfg, DistributedParams(replicas=3), {"CPU": 8.0})
+    shares = [{e.url: e for e in (p.config.remote_params.endpoints or [])} for p in plans if p.config.remote_params]
+    for url, workers, rpm in (("http://a/v1", 5, 600), ("http://b/v1", 2, None), ("http://c/v1", 3, 90)):
+        parts = [s[url] for s in shares if url in s]
+        assert sum(e.num_workers or 0 for e in parts) == workers  # the endpoint's own concurrency, not 3x
+        if rpm is not None:
+            assert sum(e.requests_per_minute or 0 for e in parts) == rpm
+    # 10 workers in all, dealt out evenly: 4, 3, 3
+    assert sorted(sum(e.num_workers or 0 for e in s.values()) for s in shares) == [3, 3, 4]
+    keyed = [s["http://b/v1"] for s in shares if "http://b/v1" in s]
+    assert keyed and all(e.api_key is not None for e in keyed)
+    assert all(p.config.fingerprint() == cfg.fingerprint() for p in plans)
+    assert "sk-node-b" not in repr(plans)
+
+
+def test_replicas_share_a_fallbacks_budget_and_get_its_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    from infermux.configs.fallback_params import FallbackConfig
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-fallback-from-the-driver")
+    fallback = FallbackConfig(engine="OPENAI", model=ModelParams(model_name="gpt-4o-mini"),
+                              remote_params=RemoteParams(num_workers=6))  # fmt: skip
+    cfg = InferenceConfig(model=ModelParams(model_name="m"), engine="REMOTE_VLLM", fallbacks=[fallback],
+                          remote_params=RemoteParams(api_url="http://127.0.0.1:9", num_workers=8))  # fmt: skip
+    plans = plan_replicas(cfg, DistributedParams(replicas=4), {"CPU": 8.0})
+    params = [p.config.fallbacks[0].remote_params for p in plans]
+    assert [p.num_workers for p in params if p is not None] == [2, 2, 1, 1]
+    assert all(p is not None and p.api_key is not None for p in params)
+    assert all(p.config.fingerprint() == cfg.fingerprint() for p in plans)
+    assert "sk-fallback" not in repr(plans)

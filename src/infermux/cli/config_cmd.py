@@ -68,7 +68,7 @@ def _needs_url(cls: Any, cfg: Any) -> bool:
     """A remote engine without a default URL and no ``remote_params.api_url``: a job would refuse to start."""
     if not hasattr(cls, "missing_url_message") or getattr(cls, "default_api_url", None):
         return False
-    return not (cfg.remote_params is not None and cfg.remote_params.api_url)
+    return not (cfg.remote_params is not None and cfg.remote_params.server_url)
 
 
 def _warn_missing_key(cls: Any, cfg: Any) -> None:
@@ -80,7 +80,7 @@ def _warn_missing_key(cls: Any, cfg: Any) -> None:
     params = cfg.remote_params
     info = cls.provider_info()
     # Engines such as ANTHROPIC need the key for the provider's own API, not for a server set in api_url.
-    required = info.key_required(params.api_url if params is not None else None)
+    required = info.key_required(params.server_url if params is not None else None)
     try:
         if params is not None:
             key = params.resolve_api_key(info.key_env, required=required)

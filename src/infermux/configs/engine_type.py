@@ -11,7 +11,7 @@ import enum
 from functools import lru_cache
 from importlib.metadata import entry_points
 
-__all__ = ["ENTRY_POINT_GROUP", "InferenceEngineType", "engine_name", "plugin_targets"]
+__all__ = ["ENTRY_POINT_GROUP", "InferenceEngineType", "engine_name", "engine_value", "plugin_targets"]
 
 #: The entry-point group through which third-party packages add engines (name -> "module:Class").
 ENTRY_POINT_GROUP = "infermux.engines"
@@ -63,3 +63,18 @@ def plugin_targets() -> dict[str, str]:
     """Engines registered by installed plugins: name -> ``"module:Class"`` (built-in names win)."""
     builtin = {member.value for member in InferenceEngineType}
     return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name not in builtin}
+
+
+def engine_value(value: object) -> InferenceEngineType | str | None:
+    """An ``engine:`` value as configs hold it: a built-in member, a plugin's name, or None; raises
+    ``ValueError`` naming the engines there are."""
+    if value is None or isinstance(value, InferenceEngineType):
+        return value
+    name = str(value).strip().upper()
+    if name in InferenceEngineType.__members__:
+        return InferenceEngineType(name)
+    plugins = plugin_targets()
+    if name in plugins:
+        return name
+    known = ", ".join([*dict.fromkeys(m.value for m in InferenceEngineType), *plugins])
+    raise ValueError(f"unknown engine {value!r}; use one of {known}")

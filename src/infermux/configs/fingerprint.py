@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from infermux.configs.model_params import ModelParams
     from infermux.configs.remote_params import RemoteParams
 
-__all__ = ["columns_fingerprint", "config_fingerprint"]
+__all__ = ["columns_fingerprint", "config_fingerprint", "fallbacks_fingerprint"]
 
 
 def config_fingerprint(
@@ -46,3 +46,10 @@ def columns_fingerprint(fingerprint: str, mapping: list[str | None]) -> str:
         return fingerprint
     blob = json.dumps(mapping)
     return hashlib.sha256(f"{fingerprint}|columns|{blob}".encode()).hexdigest()[:16]
+
+
+def fallbacks_fingerprint(fingerprint: str, fallbacks: list[dict[str, Any]]) -> str:
+    """``fingerprint`` combined with the job's fallback engines (each one's engine, model, generation and
+    remote settings that count): a row another engine may answer is not the same job's row without them."""
+    blob = json.dumps(fallbacks, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(f"{fingerprint}|fallbacks|{blob}".encode()).hexdigest()[:16]

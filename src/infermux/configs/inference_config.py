@@ -8,8 +8,9 @@ from pydantic import Field, field_validator
 
 from infermux.configs._base import ConfigModel
 from infermux.configs.distributed_params import DistributedParams
-from infermux.configs.engine_type import InferenceEngineType, plugin_targets
-from infermux.configs.fingerprint import columns_fingerprint, config_fingerprint
+from infermux.configs.engine_type import InferenceEngineType, engine_value
+from infermux.configs.fallback_params import FallbackConfig
+from infermux.configs.fingerprint import columns_fingerprint, config_fingerprint, fallbacks_fingerprint
 from infermux.configs.generation_params import GenerationParams
 from infermux.configs.model_params import ModelParams
 from infermux.configs.remote_params import RemoteParams
@@ -71,20 +72,15 @@ class InferenceConfig(ConfigModel):
     """Also write the job's progress as JSON to this file (replaced atomically) for dashboards."""
     progress_interval_s: float = Field(default=10.0, gt=0)
     """Seconds between progress lines when stderr is not a terminal (and between progress_path writes)."""
+    fallbacks: list[FallbackConfig] = Field(default_factory=list)
+    """Engines that answer, in order, the rows this one cannot for a reason another engine may not share:
+    its server down, its quota or rate-limit budget exhausted (never a bad request). Each item is an
+    ``engine``, a ``model`` and optionally its own ``remote_params`` and ``generation`` (docs/remote.md)."""
 
     @field_validator("engine", mode="before")
     @classmethod
     def _engine_name(cls, value: Any) -> Any:
-        if value is None or isinstance(value, InferenceEngineType):
-            return value
-        name = str(value).strip().upper()
-        if name in InferenceEngineType.__members__:
-            return InferenceEngineType(name)
-        plugins = plugin_targets()
-        if name in plugins:
-            return name
-        known = ", ".join([*dict.fromkeys(m.value for m in InferenceEngineType), *plugins])
-        raise ValueError(f"unknown engine {value!r}; use one of {known}")
+        return engine_value(value)
 
     def resolved_engine(self) -> InferenceEngineType | str:
         """The engine to use, choosing one from the model when ``engine`` is not set."""
@@ -98,6 +94,9 @@ class InferenceConfig(ConfigModel):
     def fingerprint(self) -> str:
         """A stable hash of everything that changes outputs (see ``ConfigModel.not_fingerprinted``)."""
         fingerprint = config_fingerprint(self.resolved_engine(), self.model, self.generation, self.remote_params)
+        if self.fallbacks:
+            data = [f.fingerprint_data(self.generation) for f in self.fallbacks]
+            fingerprint = fallbacks_fingerprint(fingerprint, data)
         return columns_fingerprint(fingerprint, self.column_mapping())
 
     def column_mapping(self) -> list[str | None]:

@@ -20,6 +20,8 @@ from pydantic import ValidationError
 
 from infermux.configs._base import ConfigModel, logger
 from infermux.configs.distributed_params import DistributedParams
+from infermux.configs.endpoint_params import EndpointParams
+from infermux.configs.fallback_params import FallbackConfig
 from infermux.configs.generation_params import GenerationParams, GuidedDecodingParams
 from infermux.configs.inference_config import InferenceConfig
 from infermux.configs.model_params import ModelParams
@@ -39,7 +41,19 @@ _SECTIONS: dict[_Path, type[ConfigModel]] = {
     ("generation", "guided_decoding"): GuidedDecodingParams,
     ("remote_params",): RemoteParams,
     ("distributed",): DistributedParams,
+    ("remote_params", "endpoints", "*"): EndpointParams,
+    ("fallbacks", "*"): FallbackConfig,
+    ("fallbacks", "*", "model"): ModelParams,
+    ("fallbacks", "*", "generation"): GenerationParams,
+    ("fallbacks", "*", "generation", "guided_decoding"): GuidedDecodingParams,
+    ("fallbacks", "*", "remote_params"): RemoteParams,
+    ("fallbacks", "*", "remote_params", "endpoints", "*"): EndpointParams,
 }
+
+
+def _section(path: _Path) -> type[ConfigModel] | None:
+    """The config class of the mapping at ``path`` (list items match ``*``), or None for a free mapping."""
+    return _SECTIONS.get(tuple("*" if isinstance(p, int) else p for p in path))
 
 
 class _Where:
@@ -200,7 +214,8 @@ def apply_overrides(
 def _check_keys(data: dict[str, Any], path: _Path, where: _Where, unknown: list[tuple[str, _Path]]) -> None:
     """Collect every unknown key in ``unknown`` as (message, path of the key it probably meant) and drop it
     from ``data``, so the rest can still be validated: a user fixes every mistake in one round."""
-    cls = _SECTIONS[path]
+    cls = _section(path)
+    assert cls is not None
     for key in list(data):
         value = data[key]
         if key == "json" and cls is GuidedDecodingParams:
@@ -229,8 +244,12 @@ def _check_keys(data: dict[str, Any], path: _Path, where: _Where, unknown: list[
             del data[key]
             continue
         sub = (*path, key)
-        if sub in _SECTIONS and isinstance(value, dict):
+        if isinstance(value, dict) and _section(sub) is not None:
             _check_keys(value, sub, where, unknown)
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, dict) and _section((*sub, i)) is not None:
+                    _check_keys(item, (*sub, i), where, unknown)
 
 
 def _unknown_message(unknown: list[tuple[str, _Path]]) -> str:

@@ -10,6 +10,8 @@ from pydantic_core import PydanticUndefined
 
 from infermux.configs._base import ConfigModel
 from infermux.configs.distributed_params import DistributedParams
+from infermux.configs.endpoint_params import EndpointParams
+from infermux.configs.fallback_params import FallbackConfig
 from infermux.configs.generation_params import GenerationParams, GuidedDecodingParams
 from infermux.configs.inference_config import InferenceConfig
 from infermux.configs.model_params import ModelParams
@@ -21,6 +23,8 @@ SECTIONS: list[tuple[str, type[ConfigModel]]] = [
     ("generation", GenerationParams),
     ("generation.guided_decoding", GuidedDecodingParams),
     ("remote_params", RemoteParams),
+    ("remote_params.endpoints[]", EndpointParams),
+    ("fallbacks[]", FallbackConfig),
     ("distributed", DistributedParams),
 ]
 

@@ -6,9 +6,10 @@ import os
 import re
 from typing import ClassVar
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from infermux.configs._base import ConfigModel
+from infermux.configs.endpoint_params import EndpointParams
 from infermux.errors import ConfigError
 
 __all__ = ["RemoteParams"]
@@ -26,6 +27,7 @@ class RemoteParams(ConfigModel):
             "connection_timeout", "num_workers", "politeness_policy", "use_adaptive_concurrency",
             "batch_completion_window", "rate_limit_timeout", "user_id", "requests_per_minute",
             "input_tokens_per_minute", "output_tokens_per_minute", "anthropic_prompt_caching",
+            "endpoints", "endpoint_cooldown",
         }
     )  # fmt: skip
 
@@ -72,6 +74,31 @@ class RemoteParams(ConfigModel):
     that goes on, or a repeated row, reads it back). ``true``: mark the system prompt (and the last tool,
     when present) instead, for many rows sharing one long system prompt. ``false``: no caching. Cache
     reads and writes are reported in the row's usage and priced at their own rates."""
+
+    endpoints: list[EndpointParams] | None = None
+    """Several servers answering the same model (replicas of one ``vllm serve``, say), instead of
+    ``api_url``: each row goes to the least busy healthy one (docs/remote.md, "Several servers")."""
+    endpoint_cooldown: float = Field(default=10.0, gt=0)
+    """Seconds an endpoint that refused connections or answered a burst of 5xx rests before it is tried
+    again (doubling while it keeps failing, up to 10 minutes)."""
+
+    @model_validator(mode="after")
+    def _one_way_to_the_server(self) -> RemoteParams:
+        if self.endpoints is not None:
+            if self.api_url:
+                raise ValueError("set either api_url (one server) or endpoints (several), not both")
+            if not self.endpoints:
+                raise ValueError("endpoints is empty: list at least one {url: ...}, or use api_url")
+            labels = [e.label for e in self.endpoints]
+            twice = sorted({label for label in labels if labels.count(label) > 1})
+            if twice:
+                raise ValueError(f"endpoints lists {twice[0]} twice; give each endpoint its own url or name")
+        return self
+
+    @property
+    def server_url(self) -> str | None:
+        """Where requests go as the user set it: ``api_url``, else the first endpoint's URL (None: neither)."""
+        return self.endpoints[0].url if self.endpoints else self.api_url
 
     @field_validator("batch_completion_window")
     @classmethod

@@ -17,10 +17,10 @@ import importlib.util
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from infermux.configs.engine_type import ENTRY_POINT_GROUP, plugin_targets
+from infermux.configs.engine_type import ENTRY_POINT_GROUP, engine_name, plugin_targets
 from infermux.configs.engine_type import InferenceEngineType as E
 from infermux.engines.remote.openai.providers import PROVIDERS
-from infermux.errors import ConfigError, EngineUnavailableError, install_hint
+from infermux.errors import AuthenticationError, ConfigError, EngineUnavailableError, install_hint
 
 if TYPE_CHECKING:
     from infermux.configs.inference_config import InferenceConfig
@@ -160,6 +160,14 @@ def engine_class(name: str | E) -> type[InferenceEngine]:
 def build_engine(config: InferenceConfig, **kwargs: Any) -> InferenceEngine:
     """Construct the engine a config asks for; raise ``ConfigError`` if it cannot run a job as configured."""
     cls = engine_class(config.resolved_engine())
+    if config.remote_params is not None and config.remote_params.endpoints:
+        from infermux.engines.remote.base import RemoteEngine
+
+        if not issubclass(cls, RemoteEngine):
+            raise ConfigError(
+                f"remote_params.endpoints: {engine_name(config.resolved_engine())} does not send its requests "
+                "through infermux's HTTP transport, so it cannot spread them over several servers; use api_url."
+            )
     engine = cls(
         config.model,
         generation_params=config.generation,
@@ -168,7 +176,31 @@ def build_engine(config: InferenceConfig, **kwargs: Any) -> InferenceEngine:
         **kwargs,
     )
     engine.check_ready()
+    if config.fallbacks:
+        return _with_fallbacks(engine, config)
     return engine
+
+
+def _with_fallbacks(primary: InferenceEngine, config: InferenceConfig) -> InferenceEngine:
+    """``primary`` followed by the engines of ``config.fallbacks`` (:mod:`infermux.engines.fallback`)."""
+    from infermux.engines.fallback import FallbackEngine
+
+    engines = []
+    for i, item in enumerate(config.fallbacks):
+        sub = config.model_copy(
+            update={
+                "engine": item.engine,
+                "model": item.model,
+                "remote_params": item.remote_params,
+                "generation": item.generation or config.generation,
+                "fallbacks": [],
+            }
+        )
+        try:
+            engines.append((build_engine(sub), item.generation))
+        except (ConfigError, AuthenticationError) as exc:
+            raise type(exc)(f"fallbacks[{i}] ({engine_name(item.engine)}): {exc}") from None
+    return FallbackEngine(primary, engines, configs=config.fallbacks)
 
 
 def batch_engines(operation: str = "submit") -> str:

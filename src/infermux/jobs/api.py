@@ -141,7 +141,11 @@ def engine_fingerprint(engine: InferenceEngine, generation: GenerationParams) ->
     from infermux.configs.inference_config import InferenceConfig
 
     config = InferenceConfig(
-        model=engine.model_params, generation=generation, engine=engine.engine_type, remote_params=engine.remote_params
+        model=engine.model_params,
+        generation=generation,
+        engine=engine.engine_type,
+        remote_params=engine.remote_params,
+        fallbacks=getattr(engine, "fallback_configs", []),  # a FallbackEngine's count for resume
     )
     return config.fingerprint()
 
@@ -437,6 +441,8 @@ def _engine_for_config(engine: InferenceEngine, config: InferenceConfig) -> Infe
     a config passed to ``infer`` overrides them for that call). Remote engines only: a local engine
     keeps the model it loaded."""
     if engine.remote_params is None and config.remote_params is None:
+        return engine
+    if getattr(engine, "fallback_configs", None):  # a FallbackEngine is built from a whole config, not one section
         return engine
     model_changed = "model" in config.model_fields_set and config.model != engine.model_params
     remote_changed = config.remote_params is not None and config.remote_params != engine.remote_params

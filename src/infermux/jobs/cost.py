@@ -127,7 +127,13 @@ def pricing_for(engine: str, model: str) -> Pricing | None:
 
 def price_answer(answered: Conversation, pricing: Pricing | None, *, batch: bool = False) -> float | None:
     """The answered row's cost from its reported usage (at the batch price with ``batch``), also written
-    to its ``metadata["cost_usd"]``; None when unknown. Every writer of a job's rows prices them here."""
+    to its ``metadata["cost_usd"]``; None when unknown. Every writer of a job's rows prices them here.
+
+    A row answered by a fallback engine (``metadata["answered_by"]``, :mod:`infermux.engines.fallback`) is
+    priced by the model that answered it, not ``pricing``."""
+    by = answered.metadata.get("answered_by")
+    if isinstance(by, Mapping):
+        pricing = pricing_for(str(by.get("engine", "")), str(by.get("model", "")))
     if pricing is None:
         return None
     cost = pricing.cost(answered.usage, batch=batch)

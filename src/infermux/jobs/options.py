@@ -175,7 +175,7 @@ class JobOptions:
     @classmethod
     def from_config(cls, config: InferenceConfig) -> JobOptions:
         engine = config.resolved_engine()
-        return cls.build(
+        options = cls.build(
             engine_name(engine),
             config.model.model_name,
             config.generation,
@@ -184,6 +184,14 @@ class JobOptions:
             cache_max_mb=config.cache_max_mb,
             max_cost=config.max_cost,
         )
+        if options.pricing is None and config.fallbacks:
+            # Rows are priced by the model that answered them (cost.price_answer): a job whose first engine
+            # has no prices still counts what its priced fallbacks cost.
+            from infermux.jobs.cost import pricing_for
+
+            priced = (pricing_for(engine_name(f.engine), f.model.model_name) for f in config.fallbacks)
+            options.pricing = next((p for p in priced if p is not None), None)
+        return options
 
     def close(self) -> None:
         if self.owns_cache and self.cache is not None:

@@ -30,6 +30,8 @@ from typing import Any, ClassVar, Literal
 from infermux.configs.generation_params import GenerationParams
 from infermux.configs.remote_params import RemoteParams
 from infermux.engines.base import InferenceEngine, StreamEvent
+from infermux.engines.health import Health
+from infermux.engines.remote.http.endpoints import Endpoint, EndpointPool, EndpointSpec, endpoint_specs
 from infermux.engines.remote.http.limits import estimate_tokens
 from infermux.engines.remote.http.sse import WHOLE_REPLY, StreamDecoder
 from infermux.engines.remote.http.transport import (
@@ -147,12 +149,19 @@ class RemoteEngine(InferenceEngine):
             overrides["num_workers"] = self.default_num_workers
         self.settings = TransportSettings.from_remote_params(params, **overrides)
         # The provider's own API (no api_url given) needs its key even where another server may not.
-        required = self.provider_info().key_required(params.api_url)
+        server = params.server_url
+        required = self.provider_info().key_required(server)
         api_key = params.resolve_api_key(self.api_key_env, required=required)
-        if api_key is None and self.requires_api_key:
+        # Several servers (remote_params.endpoints): requests are built for the first and sent by a pool.
+        self._endpoints: list[EndpointSpec] = []
+        if params.endpoints:
+            self._endpoints = endpoint_specs(params, self.settings, api_key, self.endpoint_url)
+        keys = [spec.key for spec in self._endpoints] or [api_key]
+        if self.requires_api_key and not all(keys):
             raise AuthenticationError(self._missing_key_message(params), kind="authentication")
-        self._secrets: tuple[str, ...] = (api_key,) if api_key else ()
-        api_url = params.api_url or self.default_api_url
+        self._secrets: tuple[str, ...] = tuple(dict.fromkeys(k for k in (api_key, *keys) if k))
+        api_key = keys[0]
+        api_url = server or self.default_api_url
         # Without a URL the engine is still built (a config passed to ``infer`` may bring one, as in
         # Oumi); a job on this engine itself stops before sending anything (``check_ready``).
         try:
@@ -160,7 +169,7 @@ class RemoteEngine(InferenceEngine):
         except ValueError as exc:
             raise ConfigError(f"remote_params.api_url: {exc}") from None
         self.headers = SecretHeaders(self.build_headers(api_key))
-        self._transport: Transport[Conversation] | None = None
+        self._transport: Transport[Conversation] | EndpointPool[Conversation] | None = None
 
     def _missing_key_message(self, params: RemoteParams) -> str:
         names = [n for n in (params.api_key_env_varname, self.api_key_env) if n]
@@ -197,6 +206,8 @@ class RemoteEngine(InferenceEngine):
         return 1
 
     def max_concurrency(self) -> int:
+        if self._endpoints:
+            return sum(spec.settings.num_workers for spec in self._endpoints)
         return self.settings.num_workers
 
     def check_ready(self) -> None:
@@ -215,18 +226,26 @@ class RemoteEngine(InferenceEngine):
     async def _open(self) -> None:
         self.check_ready()
         if self._transport is None:
-            auth_hint = ""
-            if self.api_key_env:
-                auth_hint = f"Check the key in {self.api_key_env} (or remote_params.api_key)."
-            transport: Transport[Conversation] = Transport(
-                self.settings,
-                secrets=self._secrets,
-                auth_hint=auth_hint,
-                error_message=self.error_message,
-                handler=self.transport_handler,
-            )
+            transport = self._pool() if self._endpoints else self._new_transport(self.settings)
             await transport.__aenter__()
             self._transport = transport
+
+    def _new_transport(self, settings: TransportSettings) -> Transport[Conversation]:
+        hint = f"Check the key in {self.api_key_env} (or remote_params.api_key)." if self.api_key_env else ""
+        return Transport(settings, secrets=self._secrets, auth_hint=hint, error_message=self.error_message,
+                         handler=self.transport_handler)  # fmt: skip
+
+    def _pool(self) -> EndpointPool[Conversation]:
+        """The transports of ``remote_params.endpoints`` as one (see :mod:`~.http.endpoints`)."""
+        cooldown = (self.remote_params or RemoteParams()).endpoint_cooldown
+        endpoints, first_key = [], self._endpoints[0].key
+        for spec in self._endpoints:
+            headers = self.headers if spec.key == first_key else SecretHeaders(self.build_headers(spec.key))
+            transport = self._new_transport(spec.settings)
+            endpoints.append(Endpoint(spec.label, spec.url, headers, transport, spec.weight, Health(cooldown)))
+        backoff = (self.settings.retry_backoff_base, self.settings.retry_backoff_max)
+        return EndpointPool(endpoints, base_url=self.url, base_headers=self.headers,
+                            max_retries=self.settings.max_retries, backoff=backoff, mark=_mark_endpoint)  # fmt: skip
 
     async def _close(self) -> None:
         if self._transport is not None:
@@ -275,9 +294,12 @@ class RemoteEngine(InferenceEngine):
             return
         if "ClientConnector" not in str(exc):  # a stream that broke off: the server was there
             return
+        where, check = self.url, "Is the server running, and is remote_params.api_url right?"
+        if self._endpoints:
+            where = "any of remote_params.endpoints (" + ", ".join(spec.label for spec in self._endpoints) + ")"
+            check = "Are the servers running, and are the endpoints' URLs right?"
         raise ServerUnreachableError(
-            f"cannot reach {self.url} ({exc}). Is the server running, and is remote_params.api_url right? "
-            "Nothing was answered; rerun the same command once it is reachable.",
+            f"cannot reach {where} ({exc}). {check} Nothing was answered; rerun the same command once it is reachable.",
             kind=ErrorKind.CONNECTION_ERROR,
             retryable=True,
         )
@@ -306,7 +328,11 @@ class RemoteEngine(InferenceEngine):
             raise InputError(redact(str(exc), self._secrets)) from None
         decoder = self.stream_decoder(conversation)
         tokens = (estimate_tokens(request_chars(conversation)), generation.max_new_tokens)
-        events = self._transport.stream(request, tokens=tokens)
+        answered_by: list[str] = []
+        if isinstance(self._transport, EndpointPool):
+            events = self._transport.stream(request, tokens=tokens, answered_by=answered_by)
+        else:
+            events = self._transport.stream(request, tokens=tokens)
         answered: Conversation | None = None
         received = 0
         try:
@@ -329,6 +355,8 @@ class RemoteEngine(InferenceEngine):
         finally:
             await events.aclose()  # type: ignore[attr-defined]
         if answered is not None:
+            for label in answered_by:
+                _mark_endpoint(answered, label)
             if answered.last_message.text:
                 yield StreamEvent(delta=answered.last_message.text)
             yield StreamEvent(conversation=answered, metadata=dict(answered.metadata))
@@ -341,7 +369,18 @@ class RemoteEngine(InferenceEngine):
                 kind="connection_error",
             )
         result = decoder.result()
+        for label in answered_by:
+            _mark_endpoint(result, label)
         yield StreamEvent(conversation=result, metadata=dict(result.metadata))
 
     def __repr__(self) -> str:
+        if self._endpoints:
+            urls = [redact(spec.url, self._secrets) for spec in self._endpoints]
+            return f"{self.name}(model={self.model_params.model_name!r}, endpoints={urls!r})"
         return f"{self.name}(model={self.model_params.model_name!r}, url={redact(self.url, self._secrets)!r})"
+
+
+def _mark_endpoint(result: Any, label: str) -> None:
+    """Record in an answer which endpoint of a pool gave it."""
+    if isinstance(result, Conversation):
+        result.metadata["endpoint"] = label

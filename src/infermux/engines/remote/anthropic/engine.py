@@ -149,7 +149,7 @@ class AnthropicInferenceEngine(RemoteEngine):
     def setup(self) -> None:
         super().setup()
         params = self.remote_params or RemoteParams()
-        if not self._secrets and not params.api_url:
+        if not self._secrets and not params.server_url:
             raise AuthenticationError(self._missing_key_message(params), kind="authentication")
         self.sends_sampling = sends_sampling(self.model_params.model_name, self.model_params.model_kwargs)
         self._warned_sampling = False

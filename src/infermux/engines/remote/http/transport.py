@@ -122,6 +122,10 @@ class TransportSettings:
     requests_per_minute: int | None = None
     input_tokens_per_minute: int | None = None
     output_tokens_per_minute: int | None = None
+    fail_fast: bool = False
+    """Give a transient failure (5xx, dropped connection, timeout) back at once, unretried: an endpoint
+    pool (:mod:`~infermux.engines.remote.http.endpoints`) retries it at another server. Rate limits
+    are still waited out here."""
 
     @classmethod
     def from_remote_params(cls, params: RemoteParams, **overrides: Any) -> TransportSettings:
@@ -393,6 +397,8 @@ class Transport(Generic[T]):
             m = self.settings.max_retries
             # A second round (m + 1 more attempts) only while the job's other requests succeed.
             allowed = 2 * m + 1 if self.stats["ok"] > ok_before else m
+            if self.settings.fail_fast:
+                allowed = 0
             if not attempt.retry or failures > allowed:
                 raise self._final(attempt, failures, waited) from None
         self.stats["retries"] += 1
