@@ -82,6 +82,12 @@ def infer(
     id_column: str | None = typer.Option(
         None, "--id_column", "--id-column", help="Table input: the column with each row's id (used by resume)."
     ),
+    generation_column: str | None = typer.Option(
+        None,
+        "--generation_column",
+        "--generation-column",
+        help="Table input: the column with each row's generation settings (default: a 'generation' column).",
+    ),
 ) -> None:
     """Run a batch job (--input_path) or chat (-i). Extra --section.field VALUE options override the config."""
     from infermux.cli.infer_cmd import run_infer
@@ -93,6 +99,7 @@ def infer(
             "prompt_column": prompt_column,
             "system_column": system_column,
             "id_column": id_column,
+            "generation_column": generation_column,
         },
         job_dir=job_dir,
         ray=ray,

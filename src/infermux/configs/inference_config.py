@@ -49,6 +49,9 @@ class InferenceConfig(ConfigModel):
     id_column: str | None = None
     """Table inputs: the column holding each row's id (what resume matches; default ``conversation_id`` if
     present, else an id from the row's position and content)."""
+    generation_column: str | None = None
+    """Table inputs: the column holding each row's generation settings (an object like the ``generation:``
+    section; default ``generation`` if present). JSONL rows carry them as a ``generation`` field."""
     job_dir: str | None = None
     """Local folder for the job's partial and errors files (its resume state). Null: beside the output, or
     for an output URI ``infermux-jobs/<name>-<hash>`` under the current directory (docs/batch.md)."""

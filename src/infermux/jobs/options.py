@@ -49,8 +49,9 @@ __all__ = [
 
 
 def request_of(conversation: Conversation) -> dict[str, Any]:
-    """What decides a row's answer: its messages (role and content, not ids) and its tools. Keys the data
-    model does not know (kept for the output, never sent to a model) do not count."""
+    """What decides a row's answer: its messages (role and content, not ids), its tools and its own generation
+    settings. Other keys the data model does not know (kept for the output, never sent to a model) do not
+    count."""
     data = conversation.to_json_dict()
     request: dict[str, Any] = {}
     if "tools" in data:
@@ -62,6 +63,8 @@ def request_of(conversation: Conversation) -> dict[str, Any]:
     tools = conversation.metadata.get("tools")
     if tools is not None and "tools" not in request:
         request["tools"] = tools
+    if "generation" in data:  # the row's own generation settings (infermux.jobs.row_settings)
+        request["generation"] = data["generation"]
     return request
 
 
