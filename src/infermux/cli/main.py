@@ -229,6 +229,28 @@ def engines(
 
 
 @app.command()
+def convert(
+    input_path: str = typer.Argument(..., metavar="INPUT", help="JSONL, a Parquet file or folder, or a dataset."),
+    output_path: str = typer.Argument(
+        ..., metavar="OUTPUT", help="out.jsonl, out.parquet, or a dataset folder (a path ending in /)."
+    ),
+    input_format: str | None = typer.Option(
+        None, "--input_format", "--input-format", help="jsonl, parquet or dataset (default: from INPUT)."
+    ),
+    output_format: str | None = typer.Option(
+        None, "--output_format", "--output-format", help="jsonl, parquet or dataset (default: from OUTPUT)."
+    ),
+) -> None:
+    """Copy rows from one format into another (JSONL, Parquet, dataset folder), e.g. a Parquet output as JSONL."""
+    from infermux.cli.common import user_errors
+    from infermux.jobs.convert import convert as run_convert
+
+    with user_errors():
+        report = run_convert(input_path, output_path, input_format_name=input_format, output_format_name=output_format)
+    print(f"wrote {report.rows} rows ({report.input_format} -> {report.output_format}) to {report.output}")
+
+
+@app.command()
 def version() -> None:
     """Print the version."""
     from infermux import __version__

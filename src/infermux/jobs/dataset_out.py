@@ -52,11 +52,16 @@ class DatasetJobFiles(ParquetJobFiles):
         return ArrowFolderWriter(tmp, schema, self.fingerprint)
 
     def install_output(self, tmp: Path) -> None:
-        old = self.output.with_name(f".{self.output.name}.{os.getpid()}.old")
-        had = self.output.exists()
+        self.install(tmp, self.output)
+
+    @staticmethod
+    def install(tmp: Path, output: Path) -> None:
+        """Put the folder ``tmp`` in the place of ``output`` (moved aside first, removed after, if there)."""
+        old = output.with_name(f".{output.name}.{os.getpid()}.old")
+        had = output.exists()
         if had:
-            os.replace(self.output, old)
-        os.replace(tmp, self.output)
+            os.replace(output, old)
+        os.replace(tmp, output)
         if had:
             shutil.rmtree(old, ignore_errors=True)
 
