@@ -71,7 +71,10 @@ def infer(
         None, "--input_format", "--input-format", help="jsonl, parquet or dataset (default: from the input's name)."
     ),
     output_format: str | None = typer.Option(
-        None, "--output_format", "--output-format", help="jsonl or parquet (default: parquet for a .parquet output)."
+        None,
+        "--output_format",
+        "--output-format",
+        help="jsonl, parquet or dataset (default: from the output's name; dataset for a path ending in /).",
     ),
     prompt_column: str | None = typer.Option(
         None, "--prompt_column", "--prompt-column", help="Table input: the column with each row's user message."

@@ -39,7 +39,8 @@ class InferenceConfig(ConfigModel):
     """``jsonl``, ``parquet`` or ``dataset`` (a Hugging Face ``save_to_disk`` folder). Null: from the input's
     extension or folder (docs/batch.md)."""
     output_format: str | None = None
-    """``jsonl`` or ``parquet``. Null: ``parquet`` for an output ending in ``.parquet``, else ``jsonl``."""
+    """``jsonl``, ``parquet`` or ``dataset`` (a ``save_to_disk`` folder). Null: ``parquet`` for an output ending in
+    ``.parquet``, ``dataset`` for one ending in ``/`` (or a dataset folder already there), else ``jsonl``."""
     prompt_column: str | None = None
     """Table inputs without a ``messages`` column: the column holding each row's user message."""
     system_prompt: str | None = None
