@@ -109,6 +109,16 @@ def test_settings_count_for_the_cache_and_for_resume(tmp_path: Path, server: Cou
     assert json.loads(out.read_text().splitlines()[1])["messages"][-1]["content"] == "echo same words"
 
 
+def test_a_row_that_samples_without_a_seed_is_not_answered_from_the_cache(tmp_path: Path, server: CountingChat) -> None:
+    inp = _write(tmp_path / "in.jsonl", [_row("greedy"), _row("hot", temperature=0.9), _row("seeded", temperature=0.9,
+                                                                                            seed=3)])  # fmt: skip
+    config = _config(server, input_path=str(inp), output_path=str(tmp_path / "a.jsonl"),
+                     cache_path=str(tmp_path / "c.sqlite"))  # fmt: skip
+    assert asyncio.run(run_config_job(config)).done == 3
+    again = asyncio.run(run_config_job(config.model_copy(update={"output_path": str(tmp_path / "b.jsonl")})))
+    assert again.cached == 2 and len(server.seen) == 4 and server.seen[3].text == "hot"  # only it was sent again
+
+
 def test_table_rows_take_a_struct_or_json_settings_column(tmp_path: Path, server: CountingChat) -> None:
     pa = pytest.importorskip("pyarrow")
     pq = pytest.importorskip("pyarrow.parquet")

@@ -32,7 +32,7 @@ from infermux.jobs.cost import CostTotals, price_answer
 from infermux.jobs.files import JobFiles, JobWriteError
 from infermux.jobs.finished import drop_leftovers, finished_rows, reopen
 from infermux.jobs.options import Budget, JobOptions, estimated_prompt_tokens, request_of
-from infermux.jobs.row_settings import RowSettings, settings_key
+from infermux.jobs.row_settings import RowSettings, samples_unseeded, settings_key
 from infermux.jobs.rows import InputRow
 from infermux.text import scrub_reply
 from infermux.types import Conversation, FinishReason
@@ -319,6 +319,8 @@ async def _run_rows(
             return settled[row.row_id]
         if cache is None:
             return None
+        if not options.cache_sampling and samples_unseeded(row.conversation, generation):
+            return None  # the row's own settings sample without a seed: a new answer each time, as asked
         key = cache_key(options.fingerprint, request_of(row.conversation))
         try:
             stored = cache.get(key)

@@ -140,6 +140,9 @@ class JobOptions:
     max_cost: float | None = None
     owns_cache: bool = False  # close the cache when the job ends
     fingerprint: str = ""  # the config fingerprint, part of every cache key (set by the job facade)
+    #: The cache was asked for (``cache: true``), so it holds sampled answers too: else a row whose own
+    #: settings sample without a seed is neither looked up nor stored (see :func:`cache_wanted`).
+    cache_sampling: bool = False
 
     @classmethod
     def build(
@@ -173,7 +176,8 @@ class JobOptions:
                 answer_cache = AnswerCache(cache_path, max_bytes=cache_max_mb * (1 << 20))
             except (OSError, sqlite3.Error) as exc:  # an unwritable home must not stop the job
                 logger.warning("answer cache not used (%s: %s); set cache_path or --no-cache", cache_path or "", exc)
-        return cls(cache=answer_cache, pricing=pricing, max_cost=max_cost, owns_cache=answer_cache is not None)
+        return cls(cache=answer_cache, pricing=pricing, max_cost=max_cost, owns_cache=answer_cache is not None,
+                   cache_sampling=bool(cache))  # fmt: skip
 
     @classmethod
     def from_config(cls, config: InferenceConfig) -> JobOptions:

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from infermux.engines.base import InferenceEngine
     from infermux.types import Conversation
 
-__all__ = ["ROW_KEY", "RowSettings", "check_override", "override_of", "settings_key"]
+__all__ = ["ROW_KEY", "RowSettings", "check_override", "override_of", "samples_unseeded", "settings_key"]
 
 logger = logging.getLogger("infermux.jobs")
 
@@ -91,6 +91,15 @@ def override_of(conversation: Conversation) -> dict[str, Any] | None:
     extra = conversation.__pydantic_extra__
     value = extra.get(ROW_KEY) if extra else None
     return value if isinstance(value, dict) and value else None
+
+
+def samples_unseeded(conversation: Conversation, base: GenerationParams) -> bool:
+    """Whether the row's own settings make it sample without a seed (its answer is not one to cache)."""
+    value = override_of(conversation)
+    if value is None:
+        return False
+    temperature, sampling = value.get("temperature", base.temperature), value.get("use_sampling", base.use_sampling)
+    return bool(temperature or sampling) and value.get("seed", base.seed) is None
 
 
 def settings_key(conversation: Conversation) -> str:
