@@ -162,19 +162,37 @@ def test_local_chunks_hold_rows_of_equal_settings() -> None:
     assert len(list(_chunks(many, 3))) == 40
 
 
-@pytest.mark.slow
-def test_a_local_engine_decodes_each_group_with_its_settings() -> None:
-    pytest.importorskip("llama_cpp", reason="LLAMACPP is not installed")
+def _local_engine(name: str) -> Any:
     from infermux.configs import GenerationParams, ModelParams
-    from infermux.engines.llamacpp.engine import LlamaCppInferenceEngine
 
+    generation = GenerationParams(max_new_tokens=24, batch_size=4)
+    model = "smollm2-135m-instruct"
+    if name == "LLAMACPP":
+        pytest.importorskip("llama_cpp", reason="LLAMACPP is not installed")
+        from infermux.engines.llamacpp.engine import LlamaCppInferenceEngine
+
+        params = ModelParams(model_name=model, model_kwargs={"n_ctx": 1024, "n_seq_max": 4})
+        return LlamaCppInferenceEngine(params, generation_params=generation)
+    if name == "NATIVE":
+        pytest.importorskip("transformers", reason="NATIVE is not installed")
+        from infermux.engines.native.engine import NativeTextInferenceEngine
+
+        return NativeTextInferenceEngine(ModelParams(model_name=model), generation_params=generation)
+    pytest.importorskip("vllm", reason="VLLM is not installed")
+    from infermux.engines.vllm.engine import VLLMInferenceEngine
+
+    params = ModelParams(model_name=model, model_max_length=1024,
+                         model_kwargs={"kv_cache_memory_bytes": 512 * 1024**2})  # fmt: skip
+    return VLLMInferenceEngine(params, generation_params=generation)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["LLAMACPP", "NATIVE", "VLLM"])
+def test_a_local_engine_decodes_each_group_with_its_settings(name: str) -> None:
     story = "Write a long story about a dragon who bakes bread."
     rows = [Conversation.model_validate({"messages": [{"role": "user", "content": story}], **extra})
             for extra in ({}, {"generation": {"max_new_tokens": 3}}, {}, {"generation": {"max_new_tokens": 3}})]  # fmt: skip
-    engine = LlamaCppInferenceEngine(
-        ModelParams(model_name="smollm2-135m-instruct", model_kwargs={"n_ctx": 1024, "n_seq_max": 4}),
-        generation_params=GenerationParams(max_new_tokens=24, batch_size=4),
-    )
+    engine = _local_engine(name)
     try:
         answers = engine.infer(rows)
     finally:
