@@ -84,7 +84,7 @@ def test_a_bad_setting_fails_its_rows_input_check_with_line_and_field(tmp_path: 
     text = str(caught.value)
     assert "5 invalid line(s)" in text
     assert f"{inp}:2: generation.temperature: Input should be greater than or equal to 0 (got -1)." in text
-    assert f"{inp}:4: unknown setting 'generation.temprature'. Did you mean 'generation.temperature'?" in text
+    assert f"{inp}:4: unknown key 'generation.temprature'. Did you mean 'temperature'?" in text
     assert f"{inp}:5: generation.max_new_tokens: Input should be a valid integer" in text
     assert f"{inp}:6: generation must be an object of generation settings" in text
     assert f"{inp}:7: generation.batch_size: set for the whole job only" in text

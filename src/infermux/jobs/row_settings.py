@@ -77,7 +77,7 @@ def _explain(exc: ValidationError, what: str) -> list[str]:
         field = ".".join([what, *loc])
         if err["type"] == "extra_forbidden":
             hint = GenerationParams.suggest(loc[-1]) if len(loc) == 1 else None
-            lines.append(f"unknown setting '{field}'." + (f" Did you mean '{what}.{hint}'?" if hint else ""))
+            lines.append(f"unknown key '{field}'." + (f" Did you mean '{hint}'?" if hint else ""))
             continue
         msg = err["msg"].removeprefix("Value error, ")
         given = err.get("input")
