@@ -200,3 +200,11 @@ def test_a_local_engine_decodes_each_group_with_its_settings(name: str) -> None:
     tokens = [a.usage.completion_tokens if a.usage else None for a in answers]
     assert tokens[1] == tokens[3] == 3 and tokens[0] == tokens[2] and tokens[0] is not None and tokens[0] > 3
     assert answers[0].last_message.text.startswith(answers[1].last_message.text)  # greedy: the same start
+
+
+def test_a_dry_run_counts_each_rows_own_token_limit(tmp_path: Path, server: CountingChat) -> None:
+    from infermux.jobs.plan import plan_job
+
+    inp = _write(tmp_path / "in.jsonl", [_row("a"), _row("b", max_new_tokens=100), _row("c", temperature=1.0)])
+    plan = plan_job(_config(server, input_path=str(inp), output_path=str(tmp_path / "o.jsonl"), cache=False))
+    assert plan.max_completion_tokens == 8 + 100 + 8 and not server.requests

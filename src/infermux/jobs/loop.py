@@ -32,7 +32,7 @@ from infermux.jobs.cost import CostTotals, price_answer
 from infermux.jobs.files import JobFiles, JobWriteError
 from infermux.jobs.finished import drop_leftovers, finished_rows, reopen
 from infermux.jobs.options import Budget, JobOptions, estimated_prompt_tokens, request_of
-from infermux.jobs.row_settings import RowSettings, samples_unseeded, settings_key
+from infermux.jobs.row_settings import RowSettings, max_new_tokens_of, samples_unseeded, settings_key
 from infermux.jobs.rows import InputRow
 from infermux.text import scrub_reply
 from infermux.types import Conversation, FinishReason
@@ -380,7 +380,9 @@ def _estimate_cost(
     conversation: Conversation, pricing: Pricing, generation: GenerationParams, report: BatchReport
 ) -> float:
     answered = report.done - report.cached
-    completion = round(report.completion_tokens / answered) if answered > 0 else generation.max_new_tokens
+    completion = (
+        round(report.completion_tokens / answered) if answered > 0 else max_new_tokens_of(conversation, generation)
+    )
     estimate = pricing.estimate(estimated_prompt_tokens(conversation), completion)
     return estimate or 0.0
 

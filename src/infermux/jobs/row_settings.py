@@ -29,7 +29,15 @@ if TYPE_CHECKING:
     from infermux.engines.base import InferenceEngine
     from infermux.types import Conversation
 
-__all__ = ["ROW_KEY", "RowSettings", "check_override", "override_of", "samples_unseeded", "settings_key"]
+__all__ = [
+    "ROW_KEY",
+    "RowSettings",
+    "check_override",
+    "max_new_tokens_of",
+    "override_of",
+    "samples_unseeded",
+    "settings_key",
+]
 
 logger = logging.getLogger("infermux.jobs")
 
@@ -100,6 +108,13 @@ def samples_unseeded(conversation: Conversation, base: GenerationParams) -> bool
         return False
     temperature, sampling = value.get("temperature", base.temperature), value.get("use_sampling", base.use_sampling)
     return bool(temperature or sampling) and value.get("seed", base.seed) is None
+
+
+def max_new_tokens_of(conversation: Conversation, base: GenerationParams) -> int:
+    """The row's token limit: its own ``max_new_tokens``, else the job's (for estimates before it runs)."""
+    value = override_of(conversation)
+    limit = value.get("max_new_tokens") if value is not None else None
+    return limit if isinstance(limit, int) else base.max_new_tokens
 
 
 def settings_key(conversation: Conversation) -> str:
