@@ -55,6 +55,10 @@ def test_convert_refuses_what_cannot_be_one_table_and_leaves_nothing(tmp_path: P
     (tmp_path / "mixed.jsonl").write_text('{"a": 1}\n{"a": "text"}\n')
     with pytest.raises(InputError, match="lines 1-2 cannot be one table"):
         convert(str(tmp_path / "mixed.jsonl"), str(tmp_path / "out.parquet"))
+    (tmp_path / "late.jsonl").write_text('{"a": 1}\n' * 10_000 + '{"a": "text"}\n')  # apart: in two pieces
+    with pytest.raises(InputError, match="the lines cannot be one table"):
+        convert(str(tmp_path / "late.jsonl"), str(tmp_path / "out.parquet"))
+    (tmp_path / "late.jsonl").unlink()
     (tmp_path / "list.jsonl").write_text('{"a": 1}\n[1, 2]\n')
     with pytest.raises(InputError, match=r"list.jsonl:2: each line must be a JSON object"):
         convert(str(tmp_path / "list.jsonl"), str(tmp_path / "out.parquet"))

@@ -15,6 +15,7 @@ job's output. Nothing here calls a model: the rows are copied, not checked as co
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator
@@ -145,16 +146,11 @@ def _jsonl_tables(path: str, schema: Any = None) -> Iterator[Any]:
     pa = _pyarrow()
     rows = _json_rows(path)
     while piece := list(islice(rows, _PIECE)):
-        try:
-            # a struct array takes the keys of every row (a table from a list of rows, only the first row's)
-            kind = pa.struct(list(schema)) if schema is not None else None
-            yield pa.Table.from_struct_array(pa.array([record for _, record in piece], type=kind))
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-            raise InputError(
-                f"lines {piece[0][0]}-{piece[-1][0]} cannot be one table: {str(exc).splitlines()[0]}. A column must "
-                "hold the same kind of value on every line (text, number, list or object).",
-                path=path,
-            ) from None
+        # a struct array takes the keys of every row (a table from a list of rows, only the first row's)
+        kind = pa.struct(list(schema)) if schema is not None else None
+        with _one_table(path, f"lines {piece[0][0]}-{piece[-1][0]}"):
+            table = pa.Table.from_struct_array(pa.array([record for _, record in piece], type=kind))
+        yield table
 
 
 def _jsonl_schema(path: str) -> Any:
@@ -162,15 +158,23 @@ def _jsonl_schema(path: str) -> Any:
     pa = _pyarrow()
     schema = None
     for table in _jsonl_tables(path):
-        try:
+        with _one_table(path, "the lines"):
             schema = table.schema if schema is None else pa.unify_schemas([schema, table.schema],
                                                                            promote_options="permissive")  # fmt: skip
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-            raise InputError(
-                f"the lines' values do not fit one table: {str(exc).splitlines()[0]}. A column must hold the same "
-                "kind of value on every line.",
-                path=path,
-            ) from None
     if schema is None:
         raise InputError("the input has no rows to convert.", path=path)
     return schema
+
+
+@contextlib.contextmanager
+def _one_table(path: str, what: str) -> Iterator[None]:
+    """Turn pyarrow's refusal to type ``what`` as one table into an :class:`InputError` that says why."""
+    pa = _pyarrow()
+    try:
+        yield
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise InputError(
+            f"{what} cannot be one table: {str(exc).splitlines()[0]}. A column must hold the same kind of value "
+            "on every line (text, number, list or object).",
+            path=path,
+        ) from None
