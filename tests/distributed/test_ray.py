@@ -416,3 +416,22 @@ def test_the_cli_writes_the_final_progress_line_once(cluster: Any, stub: str, tm
     pyte.Stream(screen).feed(seen)
     finals = [line.strip() for line in screen.display if "200/200" in line]
     assert len(finals) == 1 and finals[0].startswith("infer on ray"), screen.display
+
+
+def test_a_parquet_table_with_row_settings_on_a_cluster_answers_as_one_process(
+    cluster: Any, stub: str, tmp_path: Path
+) -> None:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    rows = [{"q": f"row {i}", "k": i, "generation": {"max_new_tokens": 1 + i % 3}} for i in range(60)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in.parquet", row_group_size=16)
+    paths = {"input_path": str(tmp_path / "in.parquet"), "output_path": str(tmp_path / "out.parquet")}
+    cfg = remote_config(stub, tmp_path, 1).model_copy(update={**paths, "prompt_column": "q"})
+    report = run_on_ray(cfg)
+    assert report.ok and report.done == 60
+    table = pq.read_table(tmp_path / "out.parquet")
+    assert table.column("k").to_pylist() == list(range(60))
+    assert table.column("answer").to_pylist() == expected_answers(60)
+    assert table.column("generation").to_pylist()[4] == {"max_new_tokens": 2}
+    again = run_on_ray(cfg)  # finished: the table is read with its columns, nothing is sent
+    assert again.already_finished and again.resumed == 60

@@ -132,3 +132,31 @@ def test_a_batch_api_that_cannot_be_reached_is_one_clear_error(tmp_path: Path) -
     )
     with pytest.raises(ServerUnreachableError, match=f"cannot reach {url} .*rerun the same command"):
         provider_batch.submit(engine, str(_input(tmp_path)), str(tmp_path / "out.jsonl"))
+
+
+def test_a_parquet_table_goes_to_a_batch_with_each_rows_settings(tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    from infermux.jobs.tables import TableColumns
+
+    rows = [{"q": f"table question {i}", "k": i, "generation": {"max_new_tokens": 4 + i}} for i in range(3)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in.parquet")
+    columns = TableColumns(prompt_column="q")
+    with FakeOpenAIBatch(api_key="sk-test") as fake:
+        engine = OpenAIInferenceEngine(
+            ModelParams(model_name="gpt-4o-mini"),
+            generation_params=GenerationParams(max_new_tokens=32),
+            remote_params=RemoteParams(api_url=fake.url + "/v1", api_key="sk-test", retry_backoff_base=0.01),
+        )
+        out = tmp_path / "out.parquet"
+        provider_batch.submit(engine, str(tmp_path / "in.parquet"), str(out), columns=columns)
+        lines = [json.loads(line) for f in fake.files.values() for line in f.data.decode().splitlines()]
+        # each request with its row's settings
+        assert [line["body"]["max_completion_tokens"] for line in lines] == [4, 5, 6]
+        assert lines[0]["body"]["messages"] == [{"role": "user", "content": "table question 0"}]
+        while not provider_batch.status(engine, str(out)).all_terminal:
+            pass
+        report = provider_batch.fetch(engine, str(tmp_path / "in.parquet"), str(out), columns=columns)
+        assert (report.done, report.failed, report.pending) == (3, 0, 0)
+    table = pq.read_table(out)
+    assert table.column("k").to_pylist() == [0, 1, 2] and None not in table.column("answer").to_pylist()

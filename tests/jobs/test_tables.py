@@ -308,3 +308,51 @@ def test_a_large_row_group_is_read_in_pieces_and_rows_keep_their_numbers(tmp_pat
     assert pieces == [("row group 0", 0, 10_000), ("row group 0", 10_000, 10_000), ("row group 0", 20_000, 5_000)]
     with pytest.raises(InputError, match=r"in\.parquet \(row group 0, row 12345\): column 'p'"):
         prepare_input(str(tmp_path / "in.parquet"), columns=TableColumns(prompt_column="p"))
+
+
+def test_a_dataset_folder_output_reads_back_as_input_and_resumes(tmp_path: Path, server: CountingChat) -> None:
+    rows = [{"text": f"line {i}", "label": i % 3} for i in range(25)]
+    _save_to_disk(tmp_path / "ds", rows, batch=4)
+    out = tmp_path / "answers"
+    config = _config(server, input_path=str(tmp_path / "ds"), output_path=str(out), output_format="dataset",
+                     prompt_column="text", cache=False)  # fmt: skip
+    server.fail_next(400, "this request is bad")
+    first = _run(config)
+    assert (first.done, first.failed) == (24, 1)
+    state = json.loads((out / "state.json").read_text())
+    assert [f["filename"] for f in state["_data_files"]] == ["data-00000-of-00001.arrow"]
+    assert json.loads((out / "dataset_info.json").read_text())["features"] is None
+    with pa.memory_map(str(out / "data-00000-of-00001.arrow")) as source:  # save_to_disk's Arrow stream format
+        table = pa.ipc.open_stream(source).read_all()
+    assert table.column_names == ["text", "label", "answer", "finish_reason", "prompt_tokens", "completion_tokens",
+                                  "cost_usd", "error"]  # fmt: skip
+    assert sum(e is not None for e in table.column("error").to_pylist()) == 1
+    rerun = _run(config)  # the failed row again, the others resumed; the folder is replaced whole
+    assert (rerun.resumed, rerun.done, rerun.failed) == (24, 1, 0) and len(
+        server.seen
+    ) == 25  # (the 400 is not counted)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["answers", "answers.done", "ds"]
+    assert not list(tmp_path.glob(".answers*"))  # no temporary or old folder left behind
+    # ... and the output folder is a table input again, its columns kept (round trip: in -> out -> in)
+    back = _config(server, input_path=str(out), output_path=str(tmp_path / "again.jsonl"), prompt_column="answer")
+    assert _run(back).done == 25
+    again = [json.loads(line) for line in (tmp_path / "again.jsonl").read_text().splitlines()]
+    assert again[3]["messages"][0]["content"] == "echo line 3" and again[3]["metadata"]["label"] == 0
+    assert again[3]["messages"][-1]["content"] == "echo echo line 3"
+    datasets = pytest.importorskip("datasets")  # where Hugging Face datasets is installed, it reads the folder
+    loaded = datasets.load_from_disk(str(out))
+    assert loaded.num_rows == 25 and loaded[3]["answer"] == "echo line 3" and loaded[3]["label"] == 0
+
+
+def test_a_finished_parquet_job_with_an_edited_row_reruns(tmp_path: Path, server: CountingChat) -> None:
+    rows = [{"p": f"x{i}"} for i in range(5)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in.parquet")
+    config = _config(server, input_path=str(tmp_path / "in.parquet"), output_path=str(tmp_path / "out.parquet"),
+                     prompt_column="p", cache_path=str(tmp_path / "cache.sqlite"))  # fmt: skip
+    assert _run(config).done == 5
+    assert _run(config).already_finished and len(server.seen) == 5  # nothing changed: nothing sent
+    rows[2]["p"] = "edited"
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in.parquet")
+    again = _run(config)  # the output holds answers, not records: rows come back from the answer cache
+    assert again.failed == 0 and len(server.seen) == 6 and [s.text for s in server.seen][-1] == "edited"
+    assert _answers(tmp_path / "out.parquet") == ["echo x0", "echo x1", "echo edited", "echo x3", "echo x4"]

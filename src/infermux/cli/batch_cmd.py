@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from infermux.configs.inference_config import InferenceConfig
     from infermux.engines.base import InferenceEngine
     from infermux.jobs.batch_state import BatchJobState
+    from infermux.jobs.tables import TableColumns
 
 batch_app = typer.Typer(
     help="Run a JSONL job through a provider's batch API (see `infermux engines NAME` or docs/batch-api.md for "
@@ -56,6 +57,13 @@ def _setup(
         fail(f"the {cfg.resolved_engine()} engine does not support the Batch API; use {batch_engines()}.")
     check_output_path(cfg.output_path, cfg.input_path)
     return cfg, build_engine(cfg)
+
+
+def _columns(cfg: InferenceConfig) -> TableColumns:
+    """How a table input's columns become rows (the config's ``prompt_column``, ...)."""
+    from infermux.jobs.tables import TableColumns
+
+    return TableColumns.of(cfg)
 
 
 def _command(name: str, ctx: typer.Context, config: str | None, engine: str | None, output_path: str) -> str:
@@ -100,7 +108,9 @@ def submit(
         cfg, eng = _setup(ctx, config, input_path, output_path, engine, log_level)
         if not cfg.input_path:
             fail("give --input_path (or input_path in the config).")
-        state = provider_batch.submit(eng, cfg.input_path, str(cfg.output_path), fingerprint=cfg.fingerprint())
+        state = provider_batch.submit(
+            eng, cfg.input_path, str(cfg.output_path), fingerprint=cfg.fingerprint(), columns=_columns(cfg)
+        )
         _print_state(state)
         print(f"check with: {_command('status', ctx, config, engine, str(cfg.output_path))}")
 
@@ -145,7 +155,10 @@ def fetch(
         if not cfg.input_path:
             fail("give --input_path: the input the batch was submitted with.")
         fingerprint = cfg.fingerprint()
-        report = provider_batch.fetch(eng, cfg.input_path, str(cfg.output_path), fingerprint=fingerprint)
+        report = provider_batch.fetch(
+            eng, cfg.input_path, str(cfg.output_path), fingerprint=fingerprint, columns=_columns(cfg),
+            output_format=cfg.output_format,
+        )  # fmt: skip
         print(f"{report.done} rows done, {report.failed} failed, {report.pending} still in running batches")
         failed = report.failed
         if rerun_failed and failed:
@@ -157,7 +170,10 @@ def fetch(
             from infermux.jobs import run_job_file
 
             # every failed row, as asked (batch run skips those refused as invalid)
-            job = run_job_file(eng, cfg.input_path, cfg.output_path, generation=cfg.generation, fingerprint=fingerprint)
+            job = run_job_file(
+                eng, cfg.input_path, cfg.output_path, generation=cfg.generation, fingerprint=fingerprint,
+                columns=_columns(cfg), output_format=cfg.output_format,
+            )  # fmt: skip
             result = asyncio.run(job)
             failed = result.failed
             print(f"online: {result.done} rows done, {result.failed} failed")

@@ -71,7 +71,10 @@ def infer(
         None, "--input_format", "--input-format", help="jsonl, parquet or dataset (default: from the input's name)."
     ),
     output_format: str | None = typer.Option(
-        None, "--output_format", "--output-format", help="jsonl or parquet (default: parquet for a .parquet output)."
+        None,
+        "--output_format",
+        "--output-format",
+        help="jsonl, parquet or dataset (default: from the output's name; dataset for a path ending in /).",
     ),
     prompt_column: str | None = typer.Option(
         None, "--prompt_column", "--prompt-column", help="Table input: the column with each row's user message."
@@ -81,6 +84,12 @@ def infer(
     ),
     id_column: str | None = typer.Option(
         None, "--id_column", "--id-column", help="Table input: the column with each row's id (used by resume)."
+    ),
+    generation_column: str | None = typer.Option(
+        None,
+        "--generation_column",
+        "--generation-column",
+        help="Table input: the column with each row's generation settings (default: a 'generation' column).",
     ),
 ) -> None:
     """Run a batch job (--input_path) or chat (-i). Extra --section.field VALUE options override the config."""
@@ -93,6 +102,7 @@ def infer(
             "prompt_column": prompt_column,
             "system_column": system_column,
             "id_column": id_column,
+            "generation_column": generation_column,
         },
         job_dir=job_dir,
         ray=ray,
@@ -219,6 +229,28 @@ def engines(
     from infermux.cli.engines_cmd import run_engines
 
     run_engines(name=name, as_json=as_json, verbose=verbose)
+
+
+@app.command()
+def convert(
+    input_path: str = typer.Argument(..., metavar="INPUT", help="JSONL, a Parquet file or folder, or a dataset."),
+    output_path: str = typer.Argument(
+        ..., metavar="OUTPUT", help="out.jsonl, out.parquet, or a dataset folder (a path ending in /)."
+    ),
+    input_format: str | None = typer.Option(
+        None, "--input_format", "--input-format", help="jsonl, parquet or dataset (default: from INPUT)."
+    ),
+    output_format: str | None = typer.Option(
+        None, "--output_format", "--output-format", help="jsonl, parquet or dataset (default: from OUTPUT)."
+    ),
+) -> None:
+    """Copy rows from one format into another (JSONL, Parquet, dataset folder), e.g. a Parquet output as JSONL."""
+    from infermux.cli.common import user_errors
+    from infermux.jobs.convert import convert as run_convert
+
+    with user_errors():
+        report = run_convert(input_path, output_path, input_format_name=input_format, output_format_name=output_format)
+    print(f"wrote {report.rows} rows ({report.input_format} -> {report.output_format}) to {report.output}")
 
 
 @app.command()

@@ -40,7 +40,8 @@ class InferenceConfig(ConfigModel):
     """``jsonl``, ``parquet`` or ``dataset`` (a Hugging Face ``save_to_disk`` folder). Null: from the input's
     extension or folder (docs/batch.md)."""
     output_format: str | None = None
-    """``jsonl`` or ``parquet``. Null: ``parquet`` for an output ending in ``.parquet``, else ``jsonl``."""
+    """``jsonl``, ``parquet`` or ``dataset`` (a ``save_to_disk`` folder). Null: ``parquet`` for an output ending in
+    ``.parquet``, ``dataset`` for one ending in ``/`` (or a dataset folder already there), else ``jsonl``."""
     prompt_column: str | None = None
     """Table inputs without a ``messages`` column: the column holding each row's user message."""
     system_prompt: str | None = None
@@ -50,6 +51,9 @@ class InferenceConfig(ConfigModel):
     id_column: str | None = None
     """Table inputs: the column holding each row's id (what resume matches; default ``conversation_id`` if
     present, else an id from the row's position and content)."""
+    generation_column: str | None = None
+    """Table inputs: the column holding each row's generation settings (an object like the ``generation:``
+    section; default ``generation`` if present). JSONL rows carry them as a ``generation`` field."""
     job_dir: str | None = None
     """Local folder for the job's partial and errors files (its resume state). Null: beside the output, or
     for an output URI ``infermux-jobs/<name>-<hash>`` under the current directory (docs/batch.md)."""

@@ -226,7 +226,7 @@ def _run_locked(
     input_path = cfg.input_path
 
     def rows() -> Iterator[InputRow]:  # as the driver records them (replicas add the default tools)
-        return iter_rows(input_path)
+        return iter_rows(input_path, TableColumns.of(cfg))
 
     if finished_rows(files, rows) == len(ids):
         report = ClusterReport(total=len(ids), output_path=files.destination)

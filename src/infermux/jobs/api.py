@@ -112,8 +112,8 @@ def check_output_path(
             f"{output}: --output_path is the input file; answers would replace your prompts. "
             "Choose another --output_path."
         )
-    if output.is_dir():
-        raise OutputError(f"{output}: is a directory; --output_path must name a file.")
+    if output.is_dir() and not (output / "state.json").is_file():  # a dataset folder output is replaced
+        raise OutputError(f"{output}: is a directory; --output_path must name a file (or a dataset folder).")
     parent = output.parent if str(output.parent) else Path(".")
     if not parent.exists():
         try:

@@ -74,7 +74,12 @@ def _run_locked(
     from infermux.jobs.sync import run_sync
 
     assert config.input_path is not None and config.output_path is not None
-    state = provider_batch.submit(engine, config.input_path, config.output_path, fingerprint=fingerprint)
+    from infermux.jobs.tables import TableColumns
+
+    columns = TableColumns.of(config)
+    state = provider_batch.submit(
+        engine, config.input_path, config.output_path, fingerprint=fingerprint, columns=columns
+    )
     if on_status is not None:
         on_status(state)
     while not state.all_terminal:
@@ -82,7 +87,10 @@ def _run_locked(
         state = provider_batch.status(engine, config.output_path)
         if on_status is not None:
             on_status(state)
-    fetched = provider_batch.fetch(engine, config.input_path, config.output_path, fingerprint=fingerprint)
+    fetched = provider_batch.fetch(
+        engine, config.input_path, config.output_path, fingerprint=fingerprint, columns=columns,
+        output_format=config.output_format,
+    )  # fmt: skip
     report = BatchRunReport(fetched.done, fetched.failed, None, fetched.output_path)
     if fetched.failed:
         options = JobOptions.from_config(config)
@@ -96,6 +104,8 @@ def _run_locked(
                     fingerprint=fingerprint,
                     options=options,
                     settled=fetched.settled,
+                    columns=columns,
+                    output_format=config.output_format,
                 )
             )
         finally:

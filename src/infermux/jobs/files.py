@@ -25,7 +25,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic_core import to_json
 
@@ -68,6 +68,12 @@ def write_failed(path: Path | str, exc: OSError) -> JobWriteError:
 
 class JobFiles:
     """The output, partial and errors files of one job, and the resume state read from them."""
+
+    #: Whether the output holds each row's whole record (JSONL), so that a finished job whose input was
+    #: edited can turn it back into the partial file (:func:`infermux.jobs.finished.reopen`).
+    output_holds_records: ClassVar[bool] = True
+    #: Whether the output is a folder (a dataset folder, :mod:`infermux.jobs.dataset_out`) rather than a file.
+    output_is_folder: ClassVar[bool] = False
 
     def __init__(
         self, output_path: str | os.PathLike[str], fingerprint: str, *, job_dir: str | os.PathLike[str] | None = None
@@ -128,7 +134,7 @@ class JobFiles:
             if self.remote is not None:
                 return
         parent = self.output.parent if str(self.output.parent) else Path(".")
-        if self.output.is_dir():
+        if self.output.is_dir() and not self.output_is_folder:
             raise OutputError(f"{self.output}: is a directory; --output_path must name a file.")
         if not parent.is_dir():
             raise OutputError(f"{parent}: output directory does not exist. Create it or choose another path.")
@@ -305,10 +311,9 @@ class JobFiles:
         index = finished.IndexWriter(self) if complete and self.remote is None else None
         try:
             written = self.write_output(ordered_ids, tmp, index)
-            os.replace(tmp, self.output)
+            self.install_output(tmp)
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+            self.discard_output(tmp)
         if index is not None:
             index.finish(written)
         if self.remote is not None:
@@ -325,6 +330,16 @@ class JobFiles:
         elif self.errors.exists() and self.errors.stat().st_size == 0:
             self.errors.unlink()
         return written
+
+    def install_output(self, tmp: Path) -> None:
+        """Move the assembled output ``tmp`` into place (one step: a reader sees the old or the new)."""
+        os.replace(tmp, self.output)
+
+    @staticmethod
+    def discard_output(tmp: Path) -> None:
+        """Remove what is left of an assembled output that was not installed."""
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
 
     def offsets(self) -> dict[str, tuple[int, str]]:
         """Row id → (byte offset of its line in the partial file, the row's content digest), for the rows of

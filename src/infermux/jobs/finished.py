@@ -126,6 +126,12 @@ def reopen(files: JobFiles) -> None:
             if files.output.exists():
                 logger.warning("%s changed since its job finished: every row is answered again", files.output)
             return
+        if not files.output_holds_records:  # a table output keeps answers, not whole records
+            logger.warning(
+                "%s: rows changed since the job finished; every row is answered again (from the answer cache "
+                "where it has them)", files.destination,
+            )  # fmt: skip
+            return
         _seed_partial(files)
     finally:
         with contextlib.suppress(FileNotFoundError):

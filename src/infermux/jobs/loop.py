@@ -32,6 +32,7 @@ from infermux.jobs.cost import CostTotals, price_answer
 from infermux.jobs.files import JobFiles, JobWriteError
 from infermux.jobs.finished import drop_leftovers, finished_rows, reopen
 from infermux.jobs.options import Budget, JobOptions, estimated_prompt_tokens, request_of
+from infermux.jobs.row_settings import RowSettings, max_new_tokens_of, samples_unseeded, settings_key
 from infermux.jobs.rows import InputRow
 from infermux.text import scrub_reply
 from infermux.types import Conversation, FinishReason
@@ -94,14 +95,28 @@ class BatchReport:
 
 
 def _chunks(rows: Iterable[InputRow], size: int) -> Iterator[list[InputRow]]:
-    chunk: list[InputRow] = []
+    """Chunks of ``size`` rows, each of rows with equal generation settings (per-row overrides, see
+    :mod:`infermux.jobs.row_settings`): a row waits for others with its settings while fewer than four
+    chunks' rows wait in all, then the oldest group goes as it is."""
+    if size == 1:
+        for row in rows:
+            yield [row]
+        return
+    groups: dict[str, list[InputRow]] = {}
+    waiting = 0
     for row in rows:
-        chunk.append(row)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+        key = settings_key(row.conversation)
+        group = groups.setdefault(key, [])
+        group.append(row)
+        waiting += 1
+        if len(group) >= size:
+            waiting -= len(group)
+            yield groups.pop(key)
+        elif waiting >= 4 * size:
+            oldest = groups.pop(next(iter(groups)))
+            waiting -= len(oldest)
+            yield oldest
+    yield from groups.values()
 
 
 OnResult = Callable[[InputRow, "Conversation | RowError"], None]
@@ -121,6 +136,7 @@ async def run_chunks(
     size = max(1, engine.chunk_size(generation))
     workers = max(1, engine.max_concurrency())
     each = engine.yields_rows()
+    settings = RowSettings(generation, engine)  # each chunk's settings: the job's, or its rows' overrides
     # Workers pull from one shared iterator (``next`` never awaits, so no two workers interleave inside
     # it): no feeder task and no queue hand-off per chunk, which matters at one row per chunk.
     chunks = _chunks(rows, size)
@@ -139,13 +155,17 @@ async def run_chunks(
                 if not chunk:
                     continue
             conversations = [row.conversation for row in chunk]
-            if each:
-                results = engine.answer_each(conversations, generation)
+            chosen = settings.of(conversations[0])
+            if isinstance(chosen, RowError):  # the rows' overrides are not possible on this engine
+                for row in chunk:
+                    on_result(row, chosen)
+            elif each:
+                results = engine.answer_each(conversations, chosen)
                 async with contextlib.aclosing(results):  # type: ignore[type-var]
                     async for index, result in results:
                         on_result(chunk[index], result)
             else:
-                for row, result in zip(chunk, await engine.answer(conversations, generation), strict=True):
+                for row, result in zip(chunk, await engine.answer(conversations, chosen), strict=True):
                     on_result(row, result)
 
     if workers == 1:
@@ -299,6 +319,8 @@ async def _run_rows(
             return settled[row.row_id]
         if cache is None:
             return None
+        if not options.cache_sampling and samples_unseeded(row.conversation, generation):
+            return None  # the row's own settings sample without a seed: a new answer each time, as asked
         key = cache_key(options.fingerprint, request_of(row.conversation))
         try:
             stored = cache.get(key)
@@ -358,7 +380,9 @@ def _estimate_cost(
     conversation: Conversation, pricing: Pricing, generation: GenerationParams, report: BatchReport
 ) -> float:
     answered = report.done - report.cached
-    completion = round(report.completion_tokens / answered) if answered > 0 else generation.max_new_tokens
+    completion = (
+        round(report.completion_tokens / answered) if answered > 0 else max_new_tokens_of(conversation, generation)
+    )
     estimate = pricing.estimate(estimated_prompt_tokens(conversation), completion)
     return estimate or 0.0
 

@@ -49,8 +49,9 @@ __all__ = [
 
 
 def request_of(conversation: Conversation) -> dict[str, Any]:
-    """What decides a row's answer: its messages (role and content, not ids) and its tools. Keys the data
-    model does not know (kept for the output, never sent to a model) do not count."""
+    """What decides a row's answer: its messages (role and content, not ids), its tools and its own generation
+    settings. Other keys the data model does not know (kept for the output, never sent to a model) do not
+    count."""
     data = conversation.to_json_dict()
     request: dict[str, Any] = {}
     if "tools" in data:
@@ -62,6 +63,8 @@ def request_of(conversation: Conversation) -> dict[str, Any]:
     tools = conversation.metadata.get("tools")
     if tools is not None and "tools" not in request:
         request["tools"] = tools
+    if "generation" in data:  # the row's own generation settings (infermux.jobs.row_settings)
+        request["generation"] = data["generation"]
     return request
 
 
@@ -137,6 +140,9 @@ class JobOptions:
     max_cost: float | None = None
     owns_cache: bool = False  # close the cache when the job ends
     fingerprint: str = ""  # the config fingerprint, part of every cache key (set by the job facade)
+    #: The cache was asked for (``cache: true``), so it holds sampled answers too: else a row whose own
+    #: settings sample without a seed is neither looked up nor stored (see :func:`cache_wanted`).
+    cache_sampling: bool = False
 
     @classmethod
     def build(
@@ -170,7 +176,8 @@ class JobOptions:
                 answer_cache = AnswerCache(cache_path, max_bytes=cache_max_mb * (1 << 20))
             except (OSError, sqlite3.Error) as exc:  # an unwritable home must not stop the job
                 logger.warning("answer cache not used (%s: %s); set cache_path or --no-cache", cache_path or "", exc)
-        return cls(cache=answer_cache, pricing=pricing, max_cost=max_cost, owns_cache=answer_cache is not None)
+        return cls(cache=answer_cache, pricing=pricing, max_cost=max_cost, owns_cache=answer_cache is not None,
+                   cache_sampling=bool(cache))  # fmt: skip
 
     @classmethod
     def from_config(cls, config: InferenceConfig) -> JobOptions:

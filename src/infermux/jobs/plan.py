@@ -28,6 +28,7 @@ from infermux.jobs.files import JobFiles
 from infermux.jobs.finished import finished_rows
 from infermux.jobs.lock import running_pid
 from infermux.jobs.options import cache_wanted, estimated_prompt_tokens, request_digest, request_of
+from infermux.jobs.row_settings import max_new_tokens_of
 from infermux.jobs.rows import iter_rows, validate_file
 from infermux.jobs.tables import TableColumns
 
@@ -163,7 +164,7 @@ def plan_job(config: InferenceConfig, tools: list[Tool] | None = None) -> JobPla
     name = engine_name(engine)
     local = _is_local(name)
     count = _prompt_counter(config, name) if local else None
-    cached = to_send = prompt = 0
+    cached = to_send = prompt = completion = 0
     try:
         for row in rows():
             if row.row_id in done:
@@ -173,10 +174,10 @@ def plan_job(config: InferenceConfig, tools: list[Tool] | None = None) -> JobPla
                 continue
             to_send += 1
             prompt += count(row.conversation) if count is not None else estimated_prompt_tokens(row.conversation)
+            completion += max_new_tokens_of(row.conversation, config.generation)  # the row's own limit, if any
     finally:
         if cache is not None:
             cache.close()
-    completion = to_send * config.generation.max_new_tokens
     pricing = pricing_for(name, config.model.model_name) if name.upper() in PRICE_PROVIDERS else None
     online = pricing.estimate(prompt, completion) if pricing else None
     batch = pricing.estimate(prompt, completion, batch=True) if pricing else None

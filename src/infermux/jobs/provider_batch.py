@@ -31,6 +31,7 @@ from infermux.jobs.batch_state import BatchJobState, ShardState, state_path
 from infermux.jobs.cost import price_answer, pricing_for
 from infermux.jobs.files import JobFiles
 from infermux.jobs.loop import BatchReport, record_result
+from infermux.jobs.row_settings import RowSettings
 from infermux.jobs.rows import InputRow, iter_rows, validate_file
 from infermux.jobs.sync import run_sync
 from infermux.types import Conversation
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from infermux.configs.generation_params import GenerationParams
     from infermux.engines.base import InferenceEngine
     from infermux.engines.batch_client import BatchClient
+    from infermux.jobs.tables import TableColumns
 
 __all__ = [
     "BatchFetchReport",
@@ -93,15 +95,23 @@ def _digest(row_ids: list[str]) -> str:
 
 
 def _shards(
-    client: BatchClient, input_path: str, generation: GenerationParams, state: BatchJobState
+    client: BatchClient,
+    input_path: str,
+    generation: GenerationParams,
+    state: BatchJobState,
+    columns: TableColumns | None = None,
 ) -> Iterator[tuple[ShardState, list[bytes]]]:
     """Yield (ShardState, encoded requests) in input order, within the client's limits."""
     limits = client.limits
     requests: list[bytes] = []
     size = first = last = index = 0
-    for row in iter_rows(input_path):
+    settings = RowSettings(generation)  # each request with its row's generation settings, if it has some
+    for row in iter_rows(input_path, columns):
         try:
-            request = client.encode(client.custom_id(row.row_id), row.conversation, generation)
+            chosen = settings.of(row.conversation)
+            if isinstance(chosen, RowError):
+                raise ValueError(chosen.message)
+            request = client.encode(client.custom_id(row.row_id), row.conversation, chosen)
         except (InfermuxError, ValueError, OSError) as exc:
             state.build_errors[row.row_id] = str(exc)
             continue
@@ -123,11 +133,17 @@ def _shards(
 
 
 async def asubmit(
-    engine: InferenceEngine, input_path: str, output_path: str, *, fingerprint: str | None = None
+    engine: InferenceEngine,
+    input_path: str,
+    output_path: str,
+    *,
+    fingerprint: str | None = None,
+    columns: TableColumns | None = None,
 ) -> BatchJobState:
-    """Create the provider batches of ``input_path`` (resumable; a batch is never created twice)."""
+    """Create the provider batches of ``input_path`` (resumable; a batch is never created twice); ``columns``
+    maps a table input's columns (:mod:`infermux.jobs.tables`)."""
     fingerprint = _fingerprint(engine, fingerprint)
-    row_ids = validate_file(input_path)
+    row_ids = validate_file(input_path, columns=columns)
     state = BatchJobState.load(output_path)
     client = client_for(engine)
     fresh = BatchJobState(
@@ -141,7 +157,8 @@ async def asubmit(
         )
     state = state or fresh
     async with client:
-        for index, (shard, requests) in enumerate(_shards(client, input_path, engine.generation_params, state)):
+        shards = _shards(client, input_path, engine.generation_params, state, columns)
+        for index, (shard, requests) in enumerate(shards):
             if index < len(state.shards):
                 known = state.shards[index]
                 if (known.first_index, known.last_index, known.requests) != (
@@ -232,14 +249,22 @@ async def alist(engine: InferenceEngine, limit: int = 20) -> list[dict[str, Any]
 
 
 async def afetch(
-    engine: InferenceEngine, input_path: str, output_path: str, *, fingerprint: str | None = None
+    engine: InferenceEngine,
+    input_path: str,
+    output_path: str,
+    *,
+    fingerprint: str | None = None,
+    columns: TableColumns | None = None,
+    output_format: str | None = None,
 ) -> BatchFetchReport:
     """Download finished results into ``output_path`` (failed rows into its errors file), like an online
     job would write them; rows already done are kept; the output is assembled in input order (complete
-    only when nothing failed or is pending)."""
+    only when nothing failed or is pending): JSONL, or Parquet (:mod:`infermux.jobs.table_out`)."""
+    from infermux.jobs.table_out import job_files
+
     fingerprint = _fingerprint(engine, fingerprint)
     state = BatchJobState.require(output_path)
-    row_ids = validate_file(input_path)
+    row_ids = validate_file(input_path, columns=columns)
     if state.rows_digest and state.rows_digest != _digest(row_ids):
         raise ConfigError(f"{input_path} is not the input the batch job in {state.path} was submitted with.")
     records: dict[str, Any] = {}
@@ -250,29 +275,31 @@ async def afetch(
                 records.update(await client.results(_info(shard)))
     pricing = pricing_for(engine_name(engine.engine_type), engine.model_params.model_name)
 
-    files = JobFiles(output_path, fingerprint)
+    files = job_files(
+        output_path, fingerprint, input_path=input_path, columns=columns, output_format_name=output_format
+    )
     files.check_writable()
     with files.locked():  # one writer per output
-        return _record_fetched(files, client, state, input_path, row_ids, records, pricing)
+        return _record_fetched(files, client, state, lambda: iter_rows(input_path, columns), row_ids, records, pricing)
 
 
 def _record_fetched(
     files: JobFiles,
     client: BatchClient,
     state: BatchJobState,
-    input_path: str,
+    rows: Callable[[], Iterator[InputRow]],
     row_ids: list[str],
     records: dict[str, Any],
     pricing: Any,
 ) -> BatchFetchReport:
     files.reopen_finished()  # a finished job fetched again: its rows are done
-    done_before = files.load_done(rows=lambda: iter_rows(input_path)) & set(row_ids)
+    done_before = files.load_done(rows=rows) & set(row_ids)
     report = BatchReport(total=len(row_ids), resumed=len(done_before))
     pending = 0
     settled: dict[str, RowError] = {}
     files.open()
     try:
-        for row in iter_rows(input_path):
+        for row in rows():
             if row.row_id in done_before:
                 continue
             result = _row_result(client, state, row, records)
@@ -340,10 +367,10 @@ def _run(engine: InferenceEngine, call: Callable[[], Awaitable[Any]]) -> Any:
 
 
 def submit(
-    engine: InferenceEngine, input_path: str, output_path: str, *, fingerprint: str | None = None
+    engine: InferenceEngine, input_path: str, output_path: str, *, fingerprint: str | None = None, **table: Any
 ) -> BatchJobState:
-    """:func:`asubmit` from synchronous code."""
-    return _run(engine, lambda: asubmit(engine, input_path, output_path, fingerprint=fingerprint))  # type: ignore[no-any-return]
+    """:func:`asubmit` from synchronous code (``table``: its ``columns``)."""
+    return _run(engine, lambda: asubmit(engine, input_path, output_path, fingerprint=fingerprint, **table))  # type: ignore[no-any-return]
 
 
 def status(engine: InferenceEngine, output_path: str) -> BatchJobState:
@@ -352,10 +379,10 @@ def status(engine: InferenceEngine, output_path: str) -> BatchJobState:
 
 
 def fetch(
-    engine: InferenceEngine, input_path: str, output_path: str, *, fingerprint: str | None = None
+    engine: InferenceEngine, input_path: str, output_path: str, *, fingerprint: str | None = None, **table: Any
 ) -> BatchFetchReport:
-    """:func:`afetch` from synchronous code."""
-    return _run(engine, lambda: afetch(engine, input_path, output_path, fingerprint=fingerprint))  # type: ignore[no-any-return]
+    """:func:`afetch` from synchronous code (``table``: its ``columns`` and ``output_format``)."""
+    return _run(engine, lambda: afetch(engine, input_path, output_path, fingerprint=fingerprint, **table))  # type: ignore[no-any-return]
 
 
 def cancel(engine: InferenceEngine, output_path: str) -> BatchJobState:

@@ -13,6 +13,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from infermux.errors import InputError
+from infermux.jobs.row_settings import ROW_KEY, check_override
 from infermux.jobs.tables import TableColumns, input_format, scan_table
 from infermux.text import first_surrogate
 from infermux.types import Conversation, Message, Tool
@@ -84,6 +85,9 @@ def _parse(raw: bytes, path: str, line: int) -> Conversation:
     if not conv.messages:  # a Conversation may be empty (built step by step); a row to answer may not
         raise InputError(EMPTY_ROW, path=path, line=line)
     _check_size(conv, path, line)
+    extra = conv.__pydantic_extra__
+    if extra and ROW_KEY in extra:  # the row's own generation settings (infermux.jobs.row_settings)
+        extra[ROW_KEY] = check_override(extra[ROW_KEY], path=path, line=line)
     return conv
 
 
@@ -208,8 +212,9 @@ def _scan(path: Path | str, columns: TableColumns | None = None) -> Iterator[Inp
         return
     if columns is not None and columns.maps_columns:
         raise InputError(
-            "--prompt_column, --system_prompt, --system_column and --id_column apply to tables (Parquet, "
-            "dataset folders); JSONL rows carry their own messages and conversation_id.",
+            "--prompt_column, --system_prompt, --system_column, --id_column and --generation_column apply to "
+            "tables (Parquet, dataset folders); JSONL rows carry their own messages, conversation_id and "
+            "generation.",
             path=_shown(path),
         )
     index = 0

@@ -31,19 +31,25 @@ if TYPE_CHECKING:
 
 __all__ = ["ANSWER_COLUMNS", "OUTPUT_FORMATS", "ParquetJobFiles", "job_files", "output_format"]
 
-OUTPUT_FORMATS = ("jsonl", "parquet")
+OUTPUT_FORMATS = ("jsonl", "parquet", "dataset")
 ANSWER_COLUMNS = ("answer", "finish_reason", "prompt_tokens", "completion_tokens", "cost_usd", "error")
 _JSONL_CHUNK = 10_000
 
 
 def output_format(path: str | os.PathLike[str], given: str | None = None) -> str:
-    """``given`` (``--output_format``), else ``parquet`` for a path ending in ``.parquet``, else ``jsonl``."""
+    """``given`` (``--output_format``), else ``parquet`` for a path ending in ``.parquet``, ``dataset`` for a
+    path ending in ``/`` or a ``save_to_disk`` folder already there, else ``jsonl``."""
     if given:
         fmt = given.strip().lower()
         if fmt not in OUTPUT_FORMATS:
             raise OutputError(f"unknown --output_format {given!r}; use one of {', '.join(OUTPUT_FORMATS)}.")
         return fmt
-    return "parquet" if str(path).split("?", 1)[0].rstrip("/").endswith((".parquet", ".pq")) else "jsonl"
+    text = str(path).split("?", 1)[0]
+    if text.rstrip("/").endswith((".parquet", ".pq")):
+        return "parquet"
+    if "://" not in text and (text.endswith(("/", os.sep)) or Path(text, "state.json").is_file()):
+        return "dataset"
+    return "jsonl"
 
 
 def job_files(
@@ -56,15 +62,22 @@ def job_files(
     output_format_name: str | None = None,
 ) -> JobFiles:
     """The job files for ``output_path``: :class:`ParquetJobFiles` for a Parquet output, else JSONL."""
-    if output_format(output_path, output_format_name) == "jsonl":
+    fmt = output_format(output_path, output_format_name)
+    if fmt == "jsonl":
         return JobFiles(output_path, fingerprint, job_dir=job_dir)
     if input_path is None:
-        raise OutputError("a Parquet output is assembled from a file input; write JSONL for in-memory rows.")
+        raise OutputError(f"a {fmt} output is assembled from a file input; write JSONL for in-memory rows.")
+    if fmt == "dataset":
+        from infermux.jobs.dataset_out import DatasetJobFiles
+
+        return DatasetJobFiles(output_path, fingerprint, job_dir=job_dir, input_path=input_path, columns=columns)
     return ParquetJobFiles(output_path, fingerprint, job_dir=job_dir, input_path=input_path, columns=columns)
 
 
 class ParquetJobFiles(JobFiles):
     """:class:`JobFiles` whose output is a Parquet table (see the module docstring)."""
+
+    output_holds_records = False
 
     def __init__(
         self,
@@ -92,7 +105,6 @@ class ParquetJobFiles(JobFiles):
 
     def write_output(self, ordered_ids: Iterable[str], tmp: Path, index: IndexWriter | None = None) -> int:
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         offsets = self.offsets()
         errors = self._errors()
@@ -118,18 +130,24 @@ class ParquetJobFiles(JobFiles):
                     for name, kind in zip(ANSWER_COLUMNS, types, strict=True):
                         table = table.append_column(name, pa.array([r[name] for r in rows], type=kind))
                     if writer is None:
-                        writer = pq.ParquetWriter(str(tmp), table.schema)
+                        writer = self.open_writer(tmp, table.schema)
                     elif table.schema != writer.schema:
                         table = table.cast(writer.schema)
                     writer.write_table(table)
                     written += len(rows)
                 if writer is None:  # nothing finished: an empty table with the answer columns
                     empty = pa.table({n: pa.array([], type=t) for n, t in zip(ANSWER_COLUMNS, types, strict=True)})
-                    writer = pq.ParquetWriter(str(tmp), empty.schema)
+                    writer = self.open_writer(tmp, empty.schema)
             finally:
                 if writer is not None:
                     writer.close()
         return written
+
+    def open_writer(self, tmp: Path, schema: Any) -> Any:
+        """The writer of the assembled output at ``tmp`` (``schema``, ``write_table``, ``close``)."""
+        import pyarrow.parquet as pq
+
+        return pq.ParquetWriter(str(tmp), schema)
 
     def _input_pieces(self, ids: Iterator[str]) -> Iterator[tuple[Any, list[str]]]:
         """The input in order, as (pyarrow table of its columns, the row ids of those rows)."""

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from infermux.errors import InputError, install_hint
+from infermux.jobs.row_settings import ROW_KEY, check_override
 from infermux.types import Conversation
 
 if TYPE_CHECKING:
@@ -55,10 +56,12 @@ class TableColumns:
     system_prompt: str | None = None
     system_column: str | None = None
     id_column: str | None = None
+    #: The column of each row's generation settings (default: a ``generation`` column, if any).
+    generation_column: str | None = None
 
     @property
     def maps_columns(self) -> bool:
-        return any((self.prompt_column, self.system_prompt, self.system_column, self.id_column))
+        return any((self.prompt_column, self.system_prompt, self.system_column, self.id_column, self.generation_column))
 
     def fingerprint(self, fingerprint: str) -> str:
         """``fingerprint`` combined with the mapping (it changes prompts or row ids, so it counts for resume)."""
@@ -72,7 +75,7 @@ class TableColumns:
     def of(cls, config: InferenceConfig) -> TableColumns:
         """The mapping a config names (``prompt_column``, ...)."""
         prompt, system, system_column, id_column = config.column_mapping()
-        return cls(config.input_format, prompt, system, system_column, id_column)
+        return cls(config.input_format, prompt, system, system_column, id_column, config.generation_column)
 
 
 def input_format(path: str | Path, given: str | None = None) -> str:
@@ -259,6 +262,7 @@ def _check_mapping(names: tuple[str, ...], columns: TableColumns, file: str) -> 
         ("--prompt_column", columns.prompt_column),
         ("--system_column", columns.system_column),
         ("--id_column", columns.id_column),
+        ("--generation_column", columns.generation_column),
     ):
         if column and column not in names:
             raise InputError(f"no column {column!r} for {option} (columns: {listed}).", path=file)
@@ -294,9 +298,16 @@ def _conversation(record: dict[str, Any], columns: TableColumns, where: str) -> 
         messages = _messages_column(record["messages"], where)
         used = {"messages"}
     used.add(id_column)
-    metadata = {k: v for k, v in record.items() if k not in used}
+    row: dict[str, Any] = {"messages": messages, "conversation_id": given_id}
+    settings_column = columns.generation_column or (ROW_KEY if ROW_KEY in record else None)
+    if settings_column is not None:  # the row's own generation settings (infermux.jobs.row_settings)
+        used.add(settings_column)
+        value = record.get(settings_column)
+        if value is not None and value != "":
+            row[ROW_KEY] = check_override(value, path=where, what=settings_column)
+    row["metadata"] = {k: v for k, v in record.items() if k not in used}
     try:
-        conv = Conversation.model_validate({"messages": messages, "metadata": metadata, "conversation_id": given_id})
+        conv = Conversation.model_validate(row)
     except ValidationError as exc:
         from infermux.jobs.rows import _explain as explain
 
