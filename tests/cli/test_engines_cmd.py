@@ -113,7 +113,8 @@ def test_the_json_shows_each_engines_identity_row() -> None:
     assert rows["ANTHROPIC"] == ("remote", "anthropic", False)
     assert rows["OPENAI"] == ("remote", "openai", False) and rows["GOOGLE_GEMINI"] == ("remote", "gemini", False)
     assert rows["TOGETHER"] == ("remote", "together", False) and rows["FIREWORKS"] == ("remote", "fireworks", False)
-    assert rows["GOOGLE_VERTEX"] == ("remote", None, False)
+    assert rows["GOOGLE_VERTEX"] == ("remote", "vertex", False) and rows["BEDROCK"] == ("remote", "bedrock", False)
+    assert rows["LLAMACPP"] == ("local", None, False)
     assert rows["ECHO"][2] is True
 
 
