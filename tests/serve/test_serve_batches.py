@@ -63,7 +63,12 @@ def sdk(served: Served) -> openai.OpenAI:
 
 def request_line(custom_id: str, text: str, **body: Any) -> dict[str, Any]:
     messages = [{"role": "user", "content": text}]
-    return {"custom_id": custom_id, "method": "POST", "url": CHAT, "body": {"model": MODEL, "messages": messages, **body}}
+    return {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": CHAT,
+        "body": {"model": MODEL, "messages": messages, **body},
+    }
 
 
 def upload(client: openai.OpenAI, lines: list[dict[str, Any]] | list[str], name: str = "in.jsonl") -> str:
@@ -79,7 +84,7 @@ def wait(client: openai.OpenAI, batch_id: str, done: Any = None, timeout: float 
     deadline = time.monotonic() + timeout
     while True:
         batch = client.batches.retrieve(batch_id)
-        if (done(batch) if done else batch.status in ("completed", "failed", "cancelled", "expired")):
+        if done(batch) if done else batch.status in ("completed", "failed", "cancelled", "expired"):
             return batch
         assert time.monotonic() < deadline, f"batch still {batch.status}: {batch.request_counts}"
         time.sleep(0.1)
@@ -242,7 +247,23 @@ def test_kill_9_mid_batch_then_restart_answers_every_row_exactly_once(tmp_path: 
         assert [b.id for b in client.batches.list().data] == [created.id]
 
 
-def test_a_second_server_on_the_same_batch_dir_is_refused(tmp_path: Path, stub: RowCounter) -> None:
-    with start(tmp_path, stub):
-        with pytest.raises(RuntimeError, match="another infermux serve uses it"), start(tmp_path, stub):
+def test_a_second_server_on_the_same_batch_dir_is_refused_or_runs_without_the_default(
+    tmp_path: Path, stub: RowCounter
+) -> None:
+    state = tmp_path / "state"
+    config, env = gateway_config(tmp_path, stub), cli_env(INFERMUX_API_KEY=KEY)
+    args = (
+        "-c",
+        str(config),
+        "--batch-dir",
+        str(state / "infermux" / "batches"),
+    )  # the default of XDG_STATE_HOME=state
+    with serve(*args, env=env) as first:
+        with pytest.raises(RuntimeError, match="another infermux serve uses it"), serve(*args, env=env):
             pass
+        with serve("-c", str(config), env=cli_env(INFERMUX_API_KEY=KEY, XDG_STATE_HOME=str(state))) as second:
+            assert "this one has no Batch API" in second.log()
+            with pytest.raises(openai.NotFoundError, match="--batch-dir"):
+                sdk(second).batches.list()
+            assert sdk(second).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+        assert sdk(first).batches.list().data == []

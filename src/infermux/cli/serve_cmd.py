@@ -98,8 +98,9 @@ def run_serve(
 
 
 @contextlib.contextmanager
-def _batch_folder(batch_dir: str | None) -> Iterator[Path]:
-    """The Batch API's folder, created, and held by this server alone while it runs."""
+def _batch_folder(batch_dir: str | None) -> Iterator[Path | None]:
+    """The Batch API's folder, created, and held by this server alone while it runs. The default folder
+    in use by another server: this one runs without a Batch API (and says so)."""
     from infermux.jobs.lock import JobBusyError, job_lock
     from infermux.serve.batch_store import default_batch_dir
 
@@ -110,12 +111,17 @@ def _batch_folder(batch_dir: str | None) -> Iterator[Path]:
         fail(f"--batch-dir {folder}: cannot create it ({exc.strerror or exc}). Choose another folder.")
     if not os.access(folder, os.W_OK):
         fail(f"--batch-dir {folder}: not writable. Choose another folder.")
-    try:
-        with job_lock(folder / "serve.lock", str(folder)):
-            yield folder
-    except JobBusyError:
-        fail(f"--batch-dir {folder}: another infermux serve uses it. Stop that server, or give this one its own "
-             "--batch-dir.")  # fmt: skip
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(job_lock(folder / "serve.lock", str(folder)))
+        except JobBusyError:
+            if batch_dir:
+                fail(f"--batch-dir {folder}: another infermux serve uses it. Stop that server, or give this one its "
+                     "own --batch-dir.")  # fmt: skip
+            logger.warning("another infermux serve uses %s: this one has no Batch API (give it --batch-dir)", folder)
+            yield None
+            return
+        yield folder
 
 
 def _own_names(host: str) -> list[str]:

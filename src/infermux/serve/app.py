@@ -33,6 +33,7 @@ from infermux.configs.generation_params import GenerationParams
 from infermux.engines.base import InferenceEngine, StreamEvent
 from infermux.errors import ErrorKind, InfermuxError, InputError, RemoteError, RowError
 from infermux.serve import wire
+from infermux.serve.batch_api import add_routes as add_batch_routes
 from infermux.serve.batcher import Batcher, needs_batcher
 from infermux.serve.guard import (
     Limits,
@@ -127,12 +128,11 @@ def create_app(
     app.router.add_get("/v1/models", models)
     app.router.add_get("/v1/models/{model:.+}", model_info)
     if batch_dir is not None:
-        from infermux.serve.batch_api import add_routes
         from infermux.serve.batch_runner import BatchRunner
         from infermux.serve.batch_store import Store
 
         state.batches = BatchRunner(state, Store(batch_dir), batch_concurrency)
-        add_routes(app)
+    add_batch_routes(app)  # without a batch folder they say how to get one
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/", index)
