@@ -299,6 +299,7 @@ class _Run:
         if self.first is None:
             metrics.queued -= 1
             self.state.priority.served()
+        self.state.priority.finished()
         if self.generating:
             metrics.in_flight -= 1
             self.generating = False

@@ -3,15 +3,17 @@
 Batch rows reach the engine through a :class:`BatchLane`, which the job layer's loop drives like any
 engine (:func:`infermux.jobs.loop.run_job`): one row per call and at most ``width`` rows at once
 (``serve --batch-concurrency``), so the engine always has room beside them. Before each row starts, the
-lane waits while any interactive request is waiting for its first token (:class:`Priority`): a batch
-never takes the engine's next free place from a live request. On engines served through the
-:class:`~infermux.serve.batcher.Batcher`, batch rows queue there as low-priority requests.
+lane waits while any interactive request is waiting for its first token, and while interactive requests
+are generating it keeps a single batch row in flight (:class:`Priority`): a batch never takes the
+engine's next free place from a live request, and still moves on under steady live traffic. On engines
+served through the :class:`~infermux.serve.batcher.Batcher`, batch rows queue there as low-priority
+requests.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING
 
@@ -27,27 +29,39 @@ __all__ = ["BatchLane", "Priority"]
 
 
 class Priority:
-    """Counts interactive requests waiting for their first token; batch rows wait for none to be."""
+    """Counts interactive requests: those waiting for their first token, and all those not finished."""
 
     def __init__(self) -> None:
         self.waiting = 0
-        self._clear = asyncio.Event()
-        self._clear.set()
+        self.active = 0
+        self._event = asyncio.Event()
+
+    def changed(self) -> None:
+        """Wake whatever waits in :meth:`until`."""
+        self._event.set()
+        self._event = asyncio.Event()
 
     def arrived(self) -> None:
         self.waiting += 1
-        self._clear.clear()
+        self.active += 1
+        self.changed()
 
     def served(self) -> None:
         """The request got its first token (or ended without one)."""
         self.waiting = max(0, self.waiting - 1)
-        if self.waiting == 0:
-            self._clear.set()
+        self.changed()
 
-    async def turn(self) -> None:
-        """Return when no interactive request is waiting."""
-        while not self._clear.is_set():
-            await self._clear.wait()
+    def finished(self) -> None:
+        self.active = max(0, self.active - 1)
+        self.changed()
+
+    async def until(self, ready: Callable[[], bool]) -> None:
+        """Return once ``ready()`` holds (checked after each change)."""
+        while True:
+            event = self._event
+            if ready():
+                return
+            await event.wait()
 
 
 class BatchLane:
@@ -58,6 +72,11 @@ class BatchLane:
         self.priority = priority
         self.batcher = batcher
         self.width = max(1, width)
+        self.busy = 0  # batch rows in flight
+
+    def _may_start(self) -> bool:
+        priority = self.priority
+        return priority.waiting == 0 and (priority.active == 0 or self.busy < 1)
 
     def chunk_size(self, generation: GenerationParams) -> int:
         return 1  # a row at a time: each one waits its turn behind interactive requests
@@ -83,8 +102,13 @@ class BatchLane:
     ) -> list[Conversation | RowError]:
         results: list[Conversation | RowError] = []
         for conversation in conversations:
-            await self.priority.turn()
-            results.append(await self._one(conversation, generation))
+            await self.priority.until(self._may_start)
+            self.busy += 1
+            try:
+                results.append(await self._one(conversation, generation))
+            finally:
+                self.busy -= 1
+                self.priority.changed()
         return results
 
     async def _one(self, conversation: Conversation, generation: GenerationParams) -> Conversation | RowError:
