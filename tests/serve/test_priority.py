@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from infermux.configs.generation_params import GenerationParams
 from infermux.errors import RowError
+from infermux.serve import priority as priority_module
 from infermux.serve.batcher import Batcher
 from infermux.serve.priority import BatchLane, Priority
 from infermux.types import Conversation, Message, Role
@@ -41,7 +44,11 @@ class Recording:
         return [c.replace(messages=[*c.messages, Message(role=Role.ASSISTANT, content="ok")]) for c in conversations]
 
 
-def test_batch_rows_wait_for_waiting_requests_and_go_single_file_beside_live_ones() -> None:
+def test_batch_rows_wait_for_waiting_requests_and_go_single_file_beside_live_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(priority_module, "GRACE", 0.3)
+
     async def go() -> None:
         engine, priority = Recording(), Priority()
         lane = BatchLane(engine, priority, None, width=4)  # type: ignore[arg-type]
@@ -54,8 +61,13 @@ def test_batch_rows_wait_for_waiting_requests_and_go_single_file_beside_live_one
         rows = [asyncio.create_task(lane.answer([conv(f"b{i}")], gen)) for i in range(1, 4)]
         await asyncio.sleep(0.12)
         assert engine.most == 1 and 1 <= len(engine.calls) <= 3
-        priority.finished()  # no live request: rows side by side (run_job's workers bound them to the width)
-        more = [asyncio.create_task(lane.answer([conv(f"c{i}")], gen)) for i in range(4)]
+        await asyncio.gather(first, *rows)
+        priority.finished()  # the live request ended: single file for the grace period, then side by side
+        more = [asyncio.create_task(lane.answer([conv(f"c{i}")], gen)) for i in range(2)]
+        await asyncio.sleep(0.2)
+        assert engine.most == 1
+        await asyncio.sleep(0.2)
+        more += [asyncio.create_task(lane.answer([conv(f"d{i}")], gen)) for i in range(4)]
         results = await asyncio.gather(first, *rows, *more)
         assert all(not isinstance(r[0], RowError) for r in results)
         assert engine.most > 1 and lane.max_concurrency() == 4 and lane.chunk_size(gen) == 1

@@ -4,7 +4,8 @@ Batch rows reach the engine through a :class:`BatchLane`, which the job layer's 
 engine (:func:`infermux.jobs.loop.run_job`): one row per call and at most ``width`` rows at once
 (``serve --batch-concurrency``), so the engine always has room beside them. Before each row starts, the
 lane waits while any interactive request is waiting for its first token, and while interactive requests
-are generating it keeps a single batch row in flight (:class:`Priority`): a batch never takes the
+are generating (and for :data:`GRACE` seconds after the last one ended: live traffic comes in runs) it
+keeps a single batch row in flight (:class:`Priority`): a batch never takes the
 engine's next free place from a live request, and still moves on under steady live traffic. On engines
 served through the :class:`~infermux.serve.batcher.Batcher`, batch rows queue there as low-priority
 requests.
@@ -13,6 +14,8 @@ requests.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING
@@ -25,7 +28,10 @@ if TYPE_CHECKING:
     from infermux.engines.base import InferenceEngine
     from infermux.serve.batcher import Batcher
 
-__all__ = ["BatchLane", "Priority"]
+__all__ = ["GRACE", "BatchLane", "Priority"]
+
+#: Seconds after the last interactive request ended during which batch rows still go one at a time.
+GRACE = 1.0
 
 
 class Priority:
@@ -34,6 +40,7 @@ class Priority:
     def __init__(self) -> None:
         self.waiting = 0
         self.active = 0
+        self.quiet_since = 0.0  # time.monotonic() when the last interactive request ended
         self._event = asyncio.Event()
 
     def changed(self) -> None:
@@ -53,15 +60,21 @@ class Priority:
 
     def finished(self) -> None:
         self.active = max(0, self.active - 1)
+        self.quiet_since = time.monotonic()
         self.changed()
 
+    def live(self) -> bool:
+        """Interactive requests are running, or ran less than :data:`GRACE` seconds ago."""
+        return self.active > 0 or time.monotonic() - self.quiet_since < GRACE
+
     async def until(self, ready: Callable[[], bool]) -> None:
-        """Return once ``ready()`` holds (checked after each change)."""
+        """Return once ``ready()`` holds (checked after each change, and when the grace period ends)."""
         while True:
             event = self._event
             if ready():
                 return
-            await event.wait()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(event.wait(), GRACE / 4)
 
 
 class BatchLane:
@@ -76,7 +89,7 @@ class BatchLane:
 
     def _may_start(self) -> bool:
         priority = self.priority
-        return priority.waiting == 0 and (priority.active == 0 or self.busy < 1)
+        return priority.waiting == 0 and (self.busy < 1 or not priority.live())
 
     def chunk_size(self, generation: GenerationParams) -> int:
         return 1  # a row at a time: each one waits its turn behind interactive requests
