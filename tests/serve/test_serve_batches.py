@@ -267,3 +267,26 @@ def test_a_second_server_on_the_same_batch_dir_is_refused_or_runs_without_the_de
                 sdk(second).batches.list()
             assert sdk(second).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
         assert sdk(first).batches.list().data == []
+
+
+def test_infermux_batch_run_pointed_at_the_server(tmp_path: Path, stub: RowCounter) -> None:
+    from tests.conftest import run_cli
+
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    inp.write_text(
+        "".join(json.dumps({"messages": [{"role": "user", "content": f"via cli {i}"}]}) + "\n" for i in range(6))
+    )
+    with start(tmp_path, stub) as served:
+        config = tmp_path / "client.yaml"
+        config.write_text(
+            f"engine: OPENAI\nmodel:\n  model_name: {MODEL}\ngeneration:\n  max_new_tokens: 16\n"
+            f"remote_params:\n  api_url: {served.api}\n  api_key_env_varname: GW_KEY\n  max_retries: 1\n"
+        )
+        args = ("batch", "run", "-c", str(config), "--input_path", str(inp), "--output_path", str(out))
+        proc = run_cli(*args, "--poll-interval", "0.2", env=cli_env(GW_KEY=KEY), timeout=120)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        answers = [json.loads(line)["messages"][-1]["content"] for line in out.read_text().splitlines()]
+        assert answers == [f"echo via cli {i}" for i in range(6)]
+        assert stub.answered == {f"via cli {i}": 1 for i in range(6)}
+        (batch,) = sdk(served).batches.list().data
+        assert batch.status == "completed" and batch.request_counts.completed == 6
