@@ -235,7 +235,8 @@ def test_kill_9_mid_batch_then_restart_answers_every_row_exactly_once(tmp_path: 
     before = dict(stub.answered)
     assert sum(before.values()) == 50
     stub.hold_after = None
-    with start(tmp_path, stub, "--batch-concurrency", "4") as served:
+    # restarted with other generation defaults: the batch keeps those it was submitted under
+    with start(tmp_path, stub, "--batch-concurrency", "4", "--generation.max_new_tokens", "48") as served:
         client = sdk(served)
         assert client.files.retrieve(created.input_file_id).purpose == "batch"  # files and batches persisted
         batch = wait(client, created.id)

@@ -247,7 +247,7 @@ async def list_batches(request: web.Request) -> web.Response:
 
 async def cancel_batch(request: web.Request) -> web.Response:
     obj = _batch(request)
-    if obj["status"] in TERMINAL:
+    if obj["status"] in TERMINAL or obj["status"] == "finalizing":  # finalizing: its results are being written
         raise ApiError(f"Cannot cancel a batch with status '{obj['status']}'.", status=409, code="invalid_state")
     if obj["status"] != "cancelling":
         obj = _runner(request).cancel(obj)

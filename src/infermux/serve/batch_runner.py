@@ -137,6 +137,10 @@ class BatchRunner:
         }  # fmt: skip
         source, kept = self.store.data_path(input_file_id), self.store.work_dir(batch_id) / "input.jsonl"
         await asyncio.to_thread(_keep, source, kept)  # the batch's own input: deleting the file later is harmless
+        # The generation defaults the batch was submitted under: a restart with another config does not change
+        # its answers, nor answer again the rows already answered.
+        settings = {"defaults": self.state.defaults.model_dump(mode="json"), "preset": self.state.preset}
+        write_json(kept.with_name("settings.json"), settings)
         self.store.save_batch(obj)
         self._spawn(obj, self._run(obj))
         return obj
@@ -201,6 +205,7 @@ class BatchRunner:
         if errors:
             return plan
         state, groups = self.state, {}  # type: ignore[var-annotated]
+        defaults, preset = _settings(work / "settings.json", state.defaults, state.preset)
         placeholder = Conversation(messages=[Message(role=Role.USER, content="")])
         for index, line in enumerate(lines):
             try:
@@ -208,8 +213,8 @@ class BatchRunner:
                 body.pop("stream_options", None)
                 check_request(body, state.limits)
                 caps, name = state.engine.capabilities, state.engine.label
-                prepared = wire.prepare(body, served_model=state.served_model, defaults=state.defaults, caps=caps,
-                                        engine_name=name, preset=state.preset)  # fmt: skip
+                prepared = wire.prepare(body, served_model=state.served_model, defaults=defaults, caps=caps,
+                                        engine_name=name, preset=preset)  # fmt: skip
                 key, generation, conversation = (
                     prepared.generation.model_dump_json(),
                     prepared.generation,
@@ -217,10 +222,10 @@ class BatchRunner:
                 )
             except wire.ApiError as exc:
                 plan.refused[line.custom_id] = exc
-                key, generation, conversation = "refused", state.defaults, placeholder
+                key, generation, conversation = "refused", defaults, placeholder
             group = groups.get(key)
             if group is None:
-                fingerprint = hashlib.sha256(f"{obj['id']}|{state.engine.label}|{key}".encode()).hexdigest()[:16]
+                fingerprint = hashlib.sha256(f"{obj['id']}|{key}".encode()).hexdigest()[:16]
                 group = groups[key] = _Group(generation, JobFiles(work / f"job-{len(groups)}.jsonl", fingerprint))
             conversation = conversation.replace(conversation_id=line.custom_id)
             group.rows.append(InputRow(index, line.number, line.custom_id, conversation))
@@ -345,6 +350,19 @@ def _keep(source: Path, kept: Path) -> None:
         os.link(source, kept)
     except OSError:
         shutil.copyfile(source, kept)
+
+
+def _settings(
+    path: Path, defaults: GenerationParams, preset: dict[str, float]
+) -> tuple[GenerationParams, dict[str, float]]:
+    """The generation defaults and preset a batch was submitted under (the server's own when not recorded)."""
+    from infermux.configs.generation_params import GenerationParams
+
+    try:
+        data = json.loads(path.read_bytes())
+        return GenerationParams.model_validate(data["defaults"]), dict(data["preset"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return defaults, preset
 
 
 def _line(data: dict[str, Any]) -> bytes:
