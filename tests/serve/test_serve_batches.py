@@ -291,3 +291,21 @@ def test_infermux_batch_run_pointed_at_the_server(tmp_path: Path, stub: RowCount
         assert stub.answered == {f"via cli {i}": 1 for i in range(6)}
         (batch,) = sdk(served).batches.list().data
         assert batch.status == "completed" and batch.request_counts.completed == 6
+
+
+def test_a_batch_on_a_local_engine_served_through_the_batcher(tmp_path: Path) -> None:
+    """ECHO (local, answers whole, one call at a time): batch rows queue in the batcher behind live requests."""
+    with serve("--engine", "ECHO", "--batch-dir", str(tmp_path / "b"), timeout=120) as served:
+        client = openai.OpenAI(base_url=served.api, api_key="unused", max_retries=0, timeout=60)
+        model = client.models.list().data[0].id
+        lines = [request_line(f"e{i}", f"echo me {i}") | {"body": {"model": model, "messages": [
+            {"role": "user", "content": f"echo me {i}"}]}} for i in range(30)]  # fmt: skip
+        created = submit(client, lines)
+        live = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "live one"}])
+        assert "live one" in (live.choices[0].message.content or "")
+        batch = wait(client, created.id)
+        assert batch.status == "completed" and batch.request_counts.completed == 30
+        out = {r["custom_id"]: r["response"]["body"]["choices"][0]["message"]["content"] for r in
+               results(client, batch.output_file_id)}  # fmt: skip
+        assert sorted(out) == sorted(f"e{i}" for i in range(30))
+        assert all(f"echo me {cid[1:]}" in text for cid, text in out.items())
