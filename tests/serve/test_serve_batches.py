@@ -138,6 +138,8 @@ def test_sdk_batch_end_to_end_with_a_refused_request(tmp_path: Path, stub: RowCo
         with pytest.raises(openai.NotFoundError):
             client.files.retrieve(batch.input_file_id)
         assert client.batches.retrieve(batch.id).status == "completed"  # the batch keeps its results
+        assert not (tmp_path / "batches" / "batches" / batch.id).exists()  # its job folder went with the results
+        assert (tmp_path / "batches" / "batches" / f"{batch.id}.json").exists()
 
 
 def test_the_key_is_required_for_files_and_batches(tmp_path: Path, stub: RowCounter) -> None:
@@ -184,6 +186,8 @@ def test_bad_lines_fail_the_batch_naming_each_line(tmp_path: Path, stub: RowCoun
             client.batches.create(input_file_id="file-000000000000000000000000", endpoint=CHAT, completion_window="24h")
         with pytest.raises(openai.NotFoundError):
             client.batches.retrieve("batch_../../etc")
+        big = [json.dumps(request_line(f"big-{i}", "x" * 9000)) for i in range(1100)]  # ~10 MB: over --max-body-mb 8
+        assert client.files.retrieve(upload(client, big)).bytes > 8 * 2**20
 
 
 def test_cancel_keeps_what_was_answered_and_marks_the_rest(tmp_path: Path, stub: RowCounter) -> None:

@@ -167,6 +167,7 @@ class BatchRunner:
                 self._save(
                     obj, status="failed", failed_at=int(time.time()), errors={"object": "list", "data": plan.errors}
                 )
+                await asyncio.to_thread(self._drop_work, obj["id"])
                 return
             if obj["status"] == "validating":
                 counts = {"total": len(plan.lines), "completed": 0, "failed": 0}
@@ -287,6 +288,11 @@ class BatchRunner:
             **{f"{status}_at": int(time.time())},
         )
         logger.info("batch %s %s: %d completed, %d failed", obj["id"], status, written[0], written[1])
+        await asyncio.to_thread(self._drop_work, obj["id"])
+
+    def _drop_work(self, batch_id: str) -> None:
+        """Remove a finished batch's job folder: its results are in its files now (the state says so first)."""
+        shutil.rmtree(self.store.batches_dir / batch_id, ignore_errors=True)
 
     def _write_results(self, obj: dict[str, Any], plan: _Plan, code: str) -> tuple[int, int, str | None, str | None]:
         batch_id = obj["id"]
