@@ -313,3 +313,27 @@ def test_a_batch_on_a_local_engine_served_through_the_batcher(tmp_path: Path) ->
                results(client, batch.output_file_id)}  # fmt: skip
         assert sorted(out) == sorted(f"e{i}" for i in range(30))
         assert all(f"echo me {cid[1:]}" in text for cid, text in out.items())
+
+
+def test_a_batch_past_its_window_expires_with_what_it_answered(tmp_path: Path, stub: RowCounter) -> None:
+    lines = [request_line(f"x{i}", f"expire {i}") for i in range(30)]
+    stub.hold_after = 10
+    with start(tmp_path, stub) as served:
+        client = sdk(served)
+        created = submit(client, lines)
+        wait(client, created.id, lambda b: b.request_counts.completed >= 10)
+        served.proc.kill()
+        served.proc.wait(timeout=30)
+    stored = tmp_path / "batches" / "batches" / f"{created.id}.json"
+    obj = json.loads(stored.read_text())
+    obj["expires_at"] = int(time.time()) - 1  # the 24-hour window passed while the server was down
+    stored.write_text(json.dumps(obj))
+    stub.hold_after = None
+    with start(tmp_path, stub) as served:
+        client = sdk(served)
+        batch = wait(client, created.id)
+        assert batch.status == "expired" and batch.expired_at
+        done, missing = results(client, batch.output_file_id), results(client, batch.error_file_id)
+        assert len(done) == 10 and len(missing) == 20
+        assert all(r["response"] is None and r["error"]["code"] == "batch_expired" for r in missing)
+        assert stub.total == 10  # nothing was sent after the window
