@@ -52,12 +52,14 @@ def valid_id(value: str, prefix: str) -> bool:
     return value.startswith(prefix) and bool(_ID.match(value))
 
 
-def write_json(path: Path, obj: Any) -> None:
+def write_json(path: Path, obj: Any, *, sync: bool = True) -> None:
+    """Write ``obj`` to ``path`` atomically (``sync``: on disk before it replaces the old one)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with tmp.open("wb") as out:
         out.write(json.dumps(obj, ensure_ascii=False).encode())
-        out.flush()
-        os.fsync(out.fileno())
+        if sync:
+            out.flush()
+            os.fsync(out.fileno())
     os.replace(tmp, path)
 
 
@@ -136,8 +138,8 @@ class Store:
         return True
 
     # ---------------------------------------------------------------- batches
-    def save_batch(self, obj: dict[str, Any]) -> None:
-        write_json(self.batches_dir / f"{obj['id']}.json", obj)
+    def save_batch(self, obj: dict[str, Any], *, sync: bool = True) -> None:
+        write_json(self.batches_dir / f"{obj['id']}.json", obj, sync=sync)
 
     def batch(self, batch_id: str) -> dict[str, Any] | None:
         if not valid_id(batch_id, "batch_"):
