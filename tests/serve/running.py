@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,14 +39,19 @@ class Served:
 
 @contextlib.contextmanager
 def serve(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> Iterator[Served]:
-    """Run ``python -m infermux serve ARGS --port FREE`` until it answers ``/health``."""
+    """Run ``python -m infermux serve ARGS --port FREE`` until it answers ``/health``. The server's default
+    Batch API folder is a temporary one (``XDG_STATE_HOME``), never the user's, unless ``env`` sets its own."""
     port = free_port()
+    state_home = tempfile.mkdtemp(prefix="infermux-state-")
+    env = dict(env or cli_env())
+    if env.get("XDG_STATE_HOME") == os.environ.get("XDG_STATE_HOME"):
+        env["XDG_STATE_HOME"] = state_home
     fd, name = tempfile.mkstemp(prefix="infermux-serve-", suffix=".log")
     os.close(fd)
     log = Path(name)
     with log.open("wb") as out:
         cmd = [sys.executable, "-m", "infermux", "serve", "--port", str(port), *args]
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env or cli_env(), cwd=str(ROOT))
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT))
     served = Served(f"http://127.0.0.1:{port}", log, proc)
     try:
         deadline = time.monotonic() + timeout
@@ -73,3 +79,4 @@ def serve(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -
                 proc.wait()
         with contextlib.suppress(OSError):
             log.unlink()
+        shutil.rmtree(state_home, ignore_errors=True)

@@ -177,6 +177,12 @@ def serve(
     cors_origin: list[str] = typer.Option(
         [], "--cors-origin", help="A web origin (https://app.example) whose pages may call the API; off by default."
     ),
+    batch_dir: str | None = typer.Option(
+        None,
+        "--batch-dir",
+        help="Where the Batch API keeps files and batches (default ~/.local/state/infermux/batches).",
+    ),
+    batch_concurrency: int = typer.Option(4, "--batch-concurrency", help="Batch API requests run at once."),
     log_level: str | None = LogOpt,
 ) -> None:
     """Serve the config's model over an OpenAI-compatible HTTP API, with a chat page at /."""
@@ -197,6 +203,8 @@ def serve(
         max_prompt_chars=max_prompt_chars,
         allowed_hosts=allowed_host,
         cors_origins=cors_origin,
+        batch_dir=batch_dir,
+        batch_concurrency=batch_concurrency,
     )
 
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
+import os
 import socket
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 from infermux.cli.common import fail, load_cli_config, setup_logging, user_errors, warn_if_greedy_loops
 
@@ -39,6 +43,8 @@ def run_serve(
     max_prompt_chars: int = 4 * 2**20,
     allowed_hosts: list[str] | None = None,
     cors_origins: list[str] | None = None,
+    batch_dir: str | None = None,
+    batch_concurrency: int = 4,
 ) -> None:
     setup_logging(log_level)
     api_key = api_key or None
@@ -58,6 +64,8 @@ def run_serve(
     for origin in cors_origins or ():
         if origin != "*" and not origin.startswith(("http://", "https://")):
             fail(f"--cors-origin {origin!r} is not an origin: write it as the browser does, e.g. https://app.example.")
+    if batch_concurrency < 1:
+        fail("--batch-concurrency must be at least 1.")
     from infermux.serve.guard import Limits  # serve only: web-server code stays out of other commands
 
     limits = Limits(max_body=int(max_body_mb * 2**20), body_timeout=body_timeout, max_messages=max_messages,
@@ -81,11 +89,39 @@ def run_serve(
         else:
             warn_if_greedy_loops(cfg)
     try:
-        app = _app(built, cfg.generation, model_name or cfg.model.model_name, api_key, limits, hosts, cors_origins,
-                   preset)  # fmt: skip
-        _serve(app, built.label, model_name or cfg.model.model_name, host, port, api_key)
+        with _batch_folder(batch_dir) as folder:
+            app = _app(built, cfg.generation, model_name or cfg.model.model_name, api_key, limits, hosts, cors_origins,
+                       preset, folder, batch_concurrency)  # fmt: skip
+            _serve(app, built.label, model_name or cfg.model.model_name, host, port, api_key)
     finally:
         built.close()
+
+
+@contextlib.contextmanager
+def _batch_folder(batch_dir: str | None) -> Iterator[Path | None]:
+    """The Batch API's folder, created, and held by this server alone while it runs. The default folder
+    in use by another server: this one runs without a Batch API (and says so)."""
+    from infermux.jobs.lock import JobBusyError, job_lock
+    from infermux.serve.batch_store import default_batch_dir
+
+    folder = Path(batch_dir).expanduser() if batch_dir else default_batch_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        fail(f"--batch-dir {folder}: cannot create it ({exc.strerror or exc}). Choose another folder.")
+    if not os.access(folder, os.W_OK):
+        fail(f"--batch-dir {folder}: not writable. Choose another folder.")
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(job_lock(folder / "serve.lock", str(folder)))
+        except JobBusyError:
+            if batch_dir:
+                fail(f"--batch-dir {folder}: another infermux serve uses it. Stop that server, or give this one its "
+                     "own --batch-dir.")  # fmt: skip
+            logger.warning("another infermux serve uses %s: this one has no Batch API (give it --batch-dir)", folder)
+            yield None
+            return
+        yield folder
 
 
 def _own_names(host: str) -> list[str]:
@@ -95,11 +131,12 @@ def _own_names(host: str) -> list[str]:
     return [n for n in (host, *names) if n]
 
 
-def _app(engine, defaults, served, api_key, limits, hosts, origins, preset):  # type: ignore[no-untyped-def]
+def _app(engine, defaults, served, api_key, limits, hosts, origins, preset, batch_dir, batch_width):  # type: ignore[no-untyped-def]
     from infermux.serve.app import create_app
 
     return create_app(engine, served_model=served, defaults=defaults, api_key=api_key, limits=limits,
-                      allowed_hosts=hosts, cors_origins=origins or (), preset=preset)  # fmt: skip
+                      allowed_hosts=hosts, cors_origins=origins or (), preset=preset, batch_dir=batch_dir,
+                      batch_concurrency=batch_width)  # fmt: skip
 
 
 def _serve(app, engine_name: str, served: str, host: str, port: int, api_key: str | None) -> None:  # type: ignore[no-untyped-def]

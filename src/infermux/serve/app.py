@@ -9,7 +9,9 @@ opened once for the server's life, so a remote engine keeps one transport: its r
 handling and adaptive concurrency apply across all clients. A client that disconnects cancels its
 request's task, which stops its generation. Every request passes :mod:`.guard` first (its size, shape and
 arrival time; ``Host``, ``Origin`` and CORS for browsers; the key), and the work that grows with it runs
-off the event loop.
+off the event loop. With a batch folder, the server also speaks OpenAI's Files and Batch APIs
+(:mod:`.batch_api`): each batch runs as a job in the background, behind the interactive requests
+(:mod:`.priority`), and goes on after a restart (:mod:`.batch_runner`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -31,6 +33,7 @@ from infermux.configs.generation_params import GenerationParams
 from infermux.engines.base import InferenceEngine, StreamEvent
 from infermux.errors import ErrorKind, InfermuxError, InputError, RemoteError, RowError
 from infermux.serve import wire
+from infermux.serve.batch_api import add_routes as add_batch_routes
 from infermux.serve.batcher import Batcher, needs_batcher
 from infermux.serve.guard import (
     Limits,
@@ -42,7 +45,11 @@ from infermux.serve.guard import (
     require_key,
 )
 from infermux.serve.metrics import CONTENT_TYPE, Metrics
+from infermux.serve.priority import Priority
 from infermux.serve.wire import ApiError
+
+if TYPE_CHECKING:
+    from infermux.serve.batch_runner import BatchRunner
 
 __all__ = ["DEFAULT_MAX_BODY", "Limits", "ServerState", "create_app"]
 
@@ -67,6 +74,10 @@ class ServerState:
     preset: dict[str, float] = field(default_factory=dict)
     metrics: Metrics = field(init=False)
     batcher: Batcher | None = None
+    #: Interactive requests waiting for their first token: batch rows wait for none to be.
+    priority: Priority = field(default_factory=Priority)
+    #: The Batch API's batches (``--batch-dir``), or None.
+    batches: BatchRunner | None = None
     secrets: tuple[str, ...] = ()
     #: The engine's session, held from start-up to clean-up.
     session: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack, repr=False)
@@ -96,11 +107,14 @@ def create_app(
     limits: Limits | None = None,
     allowed_hosts: Iterable[str] = (),
     cors_origins: Iterable[str] = (),
+    batch_dir: str | Path | None = None,
+    batch_concurrency: int = 4,
 ) -> web.Application:
     """The server's app. ``allowed_hosts``: names besides IP addresses and ``localhost`` that requests
     may be addressed to (``Host``); ``cors_origins``: web origins allowed to call it from a browser;
     ``preset``: sampling settings for requests that set none of temperature, top_p, frequency_penalty and
-    presence_penalty (``infermux serve`` without a config gives the chat preset)."""
+    presence_penalty (``infermux serve`` without a config gives the chat preset); ``batch_dir``: where the
+    Batch API keeps its files and batches (None: no Batch API), ``batch_concurrency`` batch rows at once."""
     limits = limits or Limits()
     if max_body is not None:
         limits = dataclasses.replace(limits, max_body=max_body)
@@ -113,6 +127,12 @@ def create_app(
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/v1/models/{model:.+}", model_info)
+    if batch_dir is not None:
+        from infermux.serve.batch_runner import BatchRunner
+        from infermux.serve.batch_store import Store
+
+        state.batches = BatchRunner(state, Store(batch_dir), batch_concurrency)
+    add_batch_routes(app)  # without a batch folder they say how to get one
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/", index)
@@ -129,10 +149,14 @@ async def _start(app: web.Application) -> None:
         state.batcher = Batcher(state.engine)
     # one session for the server's life (a remote engine keeps its transport)
     await state.session.enter_async_context(state.engine.session())
+    if state.batches is not None:
+        await state.batches.start()
 
 
 async def _stop(app: web.Application) -> None:
     state: ServerState = app[STATE]
+    if state.batches is not None:
+        await state.batches.stop()
     if state.batcher is not None:
         await state.batcher.close()
     await state.session.aclose()
@@ -252,12 +276,14 @@ class _Run:
         self.generating = False
         self.tokens_streamed = False  # the answer went out token by token, with its log-probabilities
         state.metrics.queued += 1
+        state.priority.arrived()
 
     def _started(self) -> None:
         if self.first is None:
             self.first = time.monotonic()
             self.state.metrics.ttft.observe(self.first - self.start)
             self.state.metrics.queued -= 1
+            self.state.priority.served()
             self.state.metrics.in_flight += 1
             self.generating = True
 
@@ -272,6 +298,8 @@ class _Run:
         )
         if self.first is None:
             metrics.queued -= 1
+            self.state.priority.served()
+        self.state.priority.finished()
         if self.generating:
             metrics.in_flight -= 1
             self.generating = False

@@ -6,7 +6,8 @@ another, or race on one model (LLAMACPP, NATIVE and VLLM stream themselves). The
 queues requests and, whenever the engine is free, hands every waiting request with the same generation
 settings to one ``engine.answer`` call (up to ``chunk_size``), so requests that arrive while a batch
 runs join the next one. Requests whose client went away before their batch starts are dropped; a batch
-already running finishes.
+already running finishes. Rows of a Batch API batch queue with ``low=True``: the next engine call takes
+the waiting interactive requests first.
 
 A request is checked as ``engine.stream`` checks it (``engine.check`` with the conversation) before it
 is queued: a row the engine cannot run fails with the same :class:`~infermux.errors.InputError`.
@@ -35,6 +36,7 @@ def needs_batcher(engine: InferenceEngine) -> bool:
 class _Pending:
     conversation: Conversation
     generation: GenerationParams
+    low: bool = False
     future: asyncio.Future[Conversation | RowError] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -47,12 +49,15 @@ class Batcher:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
-    async def answer(self, conversation: Conversation, generation: GenerationParams) -> Conversation | RowError:
-        """The answer to one request, or its error; raises what ``engine.check`` raises for it."""
+    async def answer(
+        self, conversation: Conversation, generation: GenerationParams, *, low: bool = False
+    ) -> Conversation | RowError:
+        """The answer to one request, or its error; raises what ``engine.check`` raises for it. ``low``: a
+        batch row, served after the interactive requests waiting."""
         await asyncio.to_thread(self.engine.check, generation, conversation=conversation)  # off the event loop
         if self._task is None:
             self._task = asyncio.create_task(self._run())
-        pending = _Pending(conversation, generation)
+        pending = _Pending(conversation, generation, low)
         self._queue.append(pending)
         self._wake.set()
         return await pending.future
@@ -69,7 +74,7 @@ class Batcher:
             self._wake.clear()
             await asyncio.sleep(0.005)  # let requests that arrive together join one batch
             while self._queue:
-                live = [p for p in self._queue if not p.future.done()]
+                live = sorted((p for p in self._queue if not p.future.done()), key=lambda p: p.low)  # stable
                 key = live[0].generation.model_dump_json() if live else ""
                 limit = self.engine.chunk_size(live[0].generation) if live else 0
                 batch = [p for p in live if p.generation.model_dump_json() == key][:limit]

@@ -8,7 +8,8 @@ arrives, and, for browsers, which ``Host``, ``Origin`` and ``Content-Type`` it m
   a ``Host`` that is not an address of this server, ``localhost`` or a name the user allowed is refused
   (DNS rebinding); so is a request carrying the ``Origin`` of another site unless that origin is on the
   CORS allow-list (off by default); a ``POST`` must be JSON (415 otherwise), so no form or ``text/plain``
-  request, which browsers send cross-origin without asking, is ever read.
+  request, which browsers send cross-origin without asking, is ever read (but a file upload to
+  ``/v1/files``, which OpenAI's API sends as multipart, and a batch's cancel without a body).
 """
 
 from __future__ import annotations
@@ -223,7 +224,7 @@ def browser_guard(allowed_hosts: frozenset[str], cors_origins: frozenset[str]) -
                 "Access-Control-Allow-Headers": "Authorization, Content-Type",
                 "Access-Control-Max-Age": "600",
             })  # fmt: skip
-        if request.method == "POST" and not _is_json(request.content_type):
+        if request.method == "POST" and not _is_json(request.content_type) and not _other_body_allowed(request):
             raise ApiError(
                 f"Request bodies must be JSON: send 'Content-Type: application/json' (got {request.content_type!r}).",
                 status=415,
@@ -250,6 +251,15 @@ def _origin_allowed(origin: str, host: str | None, cors_origins: frozenset[str])
     """The page's own server (same host and port), or an origin on the allow-list."""
     same = urlsplit(origin).netloc.lower() == (host or "").lower()
     return same or origin in cors_origins or "*" in cors_origins
+
+
+def _other_body_allowed(request: web.Request) -> bool:
+    """A POST that need not be JSON: a file upload (``POST /v1/files``, multipart as OpenAI's API has it)
+    and a batch's cancel without a body (``POST /v1/batches/{id}/cancel``). Both carry the key when the server has
+    one, and a foreign page's ``Origin`` was refused above."""
+    if request.path == "/v1/files":
+        return request.content_type == "multipart/form-data"
+    return request.path.startswith("/v1/batches/") and request.path.endswith("/cancel") and not request.body_exists
 
 
 def _is_json(content_type: str) -> bool:

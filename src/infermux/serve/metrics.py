@@ -2,7 +2,8 @@
 
 Counters, gauges and cumulative histograms for what an operator watches: requests and errors, prompt
 and completion tokens, time to first token and request latency, requests waiting for their first token
-(queue depth) and requests generating (in-flight rows).
+(queue depth), requests generating (in-flight rows) and the Batch API's finished rows (their tokens count
+in the token totals).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class Metrics:
         self.latency = Histogram()
         self.queued = 0
         self.in_flight = 0
+        self.batch_rows: dict[str, int] = defaultdict(int)  # Batch API rows, by result: completed / failed
 
     def render(self) -> str:
         lines: list[str] = []
@@ -90,6 +92,8 @@ class Metrics:
                [f"infermux_queue_depth {self.queued}"])  # fmt: skip
         family("infermux_in_flight_rows", "gauge", "Requests generating tokens.",
                [f"infermux_in_flight_rows {self.in_flight}"])  # fmt: skip
+        batch = [f'infermux_batch_rows_total{{result="{r}"}} {self.batch_rows[r]}' for r in ("completed", "failed")]
+        family("infermux_batch_rows_total", "counter", "Batch API requests finished, by result.", batch)
         return "\n".join(lines) + "\n"
 
 
