@@ -41,6 +41,10 @@ What the transport guarantees
   job, checked before a concurrency slot is taken; every attempt (retries too) counts as a request.
   Callers pass each request's estimated tokens to :meth:`Transport.send` and how to read the reported
   usage from the result, which corrects the estimate.
+* Limits the provider announces (``x-ratelimit-*`` and ``anthropic-ratelimit-*`` reply headers) pace
+  the job below them before a 429 happens, also when the user set no per-minute limits; the user's
+  settings win (:mod:`~infermux.engines.remote.http.provider_limits`; ``use_provider_limits: false``
+  turns it off).
 * Secrets (API keys) are scrubbed from every error message and never part of any repr.
 
 In-process handler (tests)
@@ -71,6 +75,7 @@ import aiohttp
 
 from infermux.engines.remote.http.classify import permanent_failure
 from infermux.engines.remote.http.limits import AimdLimiter, WindowLimiter, parse_retry_hint, retry_hint
+from infermux.engines.remote.http.provider_limits import ProviderLimits
 from infermux.engines.remote.http.sse import WHOLE_REPLY, SseEvent, iter_lines, iter_sse
 from infermux.errors import AuthenticationError, RemoteError
 
@@ -122,6 +127,8 @@ class TransportSettings:
     requests_per_minute: int | None = None
     input_tokens_per_minute: int | None = None
     output_tokens_per_minute: int | None = None
+    use_provider_limits: bool = True
+    """Pace below the limits the provider announces in its reply headers (``use_provider_limits``)."""
 
     @classmethod
     def from_remote_params(cls, params: RemoteParams, **overrides: Any) -> TransportSettings:
@@ -138,6 +145,7 @@ class TransportSettings:
             "requests_per_minute": params.requests_per_minute,
             "input_tokens_per_minute": params.input_tokens_per_minute,
             "output_tokens_per_minute": params.output_tokens_per_minute,
+            "use_provider_limits": params.use_provider_limits,
         }
         values.update(overrides)
         return cls(**values)
@@ -297,9 +305,21 @@ class Transport(Generic[T]):
             input_tokens=settings.input_tokens_per_minute,
             output_tokens=settings.output_tokens_per_minute,
         )
-        #: Whether per-minute limits are set (settings are frozen: read once, not per request).
+        #: Whether per-minute limits are set (read per request; set again when the provider announces its own).
         self.per_minute_limits = self.window.active
         self._window = self.window if self.per_minute_limits else None
+        user_set = frozenset(
+            name
+            for name in ("requests_per_minute", "input_tokens_per_minute", "output_tokens_per_minute")
+            if getattr(settings, name) is not None
+        )
+        #: The limits the provider announces (None: not read); they gate requests once one is announced.
+        self.provider_limits = (
+            ProviderLimits(self.window, user_set, lambda: self.limiter.in_flight)
+            if settings.use_provider_limits
+            else None
+        )
+        self._provider: ProviderLimits | None = None
         self._session: aiohttp.ClientSession | None = None
         self._resume_at = 0.0  # monotonic time before which no request starts (shared rate-limit pause)
         self._rate_streak = 0  # rate-limited replies since the last success
@@ -347,10 +367,12 @@ class Transport(Generic[T]):
         started = time.monotonic()
         ok_before = self.stats["ok"]
         limiter = self.limiter
-        window = self._window
         while True:
             if self._resume_at:
                 await self._wait_rate_pause()
+            if self._provider is not None:
+                await self._provider.acquire(tokens)
+            window = self._window
             use = await window.acquire(*tokens) if window is not None else None
             if not limiter.try_acquire():
                 await limiter.acquire()
@@ -419,6 +441,8 @@ class Transport(Generic[T]):
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=ct, sock_read=ct)
         while True:
             await self._wait_rate_pause()
+            if self._provider is not None:
+                await self._provider.acquire(tokens)
             if self.window.active:
                 await self.window.acquire(*tokens)
             await self.limiter.acquire()
@@ -431,6 +455,8 @@ class Transport(Generic[T]):
                     resp = await self._session.request(
                         request.method, request.url, data=request.body, headers=request.headers, timeout=timeout
                     )
+                    if self.provider_limits is not None:
+                        self._observe(resp.headers)
                     if resp.status >= 400:
                         body = await resp.read()
                         resp.release()
@@ -492,6 +518,8 @@ class Transport(Generic[T]):
             ) from None  # fmt: skip
         except _CONNECTION_ERRORS as exc:
             raise _Attempt("connection_error", f"{type(exc).__name__}: {exc}", retry=True) from None
+        if self.provider_limits is not None:
+            self._observe(headers)
         if status >= 400:
             raise self._status_failure(status, body, headers)
         try:
@@ -523,10 +551,22 @@ class Transport(Generic[T]):
         """A streamed exchange with the handler: its body as lines, or the failure of its status."""
         timeout = self.settings.connection_timeout
         response = await asyncio.wait_for(self._respond(request), timeout)
+        if self.provider_limits is not None:
+            self._observe(response.headers)
         if response.status >= 400:
             body = await asyncio.wait_for(_read_all(response.body), timeout)
             raise self._status_failure(response.status, body, response.headers)
         return _lines(response.body, timeout)
+
+    def _observe(self, headers: Mapping[str, str]) -> None:
+        """Read the provider's announced limits from a reply; once there are some, requests wait for them."""
+        limits = self.provider_limits
+        assert limits is not None
+        limits.observe(headers)
+        if limits.active and self._provider is None:
+            self._provider = limits
+            self._window = self.window
+            self.per_minute_limits = True
 
     def _status_failure(self, status: int, body: bytes, headers: Mapping[str, str]) -> _Attempt:
         message = f"HTTP {status}: {self._error_message(status, body)}"
