@@ -190,10 +190,12 @@ class ProviderLimits:
         estimated = self.window.scaled_input(estimated_input) if estimated_input else 0
         return float(estimated if name == "input_tokens" else estimated + output)
 
-    async def acquire(self, tokens: tuple[int, int] = (0, 0)) -> None:
+    async def acquire(self, tokens: tuple[int, int] = (0, 0)) -> float:
         """Wait until the budgets the provider announced have room for one more request of ``tokens``
-        (estimated prompt tokens, most completion tokens), then count it against them."""
+        (estimated prompt tokens, most completion tokens), then count it against them; return the
+        seconds waited."""
         started = time.monotonic()
+        slept = False
         while True:
             now = time.monotonic()
             wait_until = 0.0
@@ -207,7 +209,12 @@ class ProviderLimits:
                     wait_until = max(wait_until, budget.reset_at)
             if not wait_until:
                 break
+            slept = True
             await asyncio.sleep(wait_until - now + 0.01)
         for name, budget in self.budgets.items():
             budget.left -= self._need(name, tokens)
-        self.waited_s += time.monotonic() - started
+        if not slept:
+            return 0.0
+        waited = time.monotonic() - started
+        self.waited_s += waited
+        return waited

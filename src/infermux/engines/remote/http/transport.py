@@ -46,6 +46,9 @@ What the transport guarantees
   settings win (:mod:`~infermux.engines.remote.http.provider_limits`; ``use_provider_limits: false``
   turns it off).
 * Secrets (API keys) are scrubbed from every error message and never part of any repr.
+* Traces (:mod:`infermux.tracing`, when on): each attempt is a client span (method, host, port, path,
+  status, ``http.request.resend_count``; never the query string or a header), and each retry and wait is
+  an event on the current span (the row's): ``infermux.retry``, ``infermux.wait``.
 
 In-process handler (tests)
 --------------------------
@@ -67,6 +70,7 @@ import logging
 import os
 import random
 import time
+import urllib.parse
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -78,6 +82,7 @@ from infermux.engines.remote.http.limits import AimdLimiter, WindowLimiter, pars
 from infermux.engines.remote.http.provider_limits import ProviderLimits
 from infermux.engines.remote.http.sse import WHOLE_REPLY, SseEvent, iter_lines, iter_sse
 from infermux.errors import AuthenticationError, RemoteError
+from infermux.tracing import tracer
 
 if TYPE_CHECKING:
     from infermux.configs.remote_params import RemoteParams
@@ -324,6 +329,7 @@ class Transport(Generic[T]):
         self._resume_at = 0.0  # monotonic time before which no request starts (shared rate-limit pause)
         self._rate_streak = 0  # rate-limited replies since the last success
         self.stats = {"requests": 0, "ok": 0, "retries": 0, "rate_limited": 0}
+        self._tracer = tracer()  # None: tracing is off
 
     def __repr__(self) -> str:
         return f"Transport(workers={self.settings.num_workers}, limiter={self.limiter!r})"
@@ -367,18 +373,33 @@ class Transport(Generic[T]):
         started = time.monotonic()
         ok_before = self.stats["ok"]
         limiter = self.limiter
+        attempts = 0
         while True:
             if self._resume_at:
                 await self._wait_rate_pause()
             if self._provider is not None:
-                await self._provider.acquire(tokens)
+                waited = await self._provider.acquire(tokens)
+                if waited and self._tracer is not None:
+                    _event("infermux.wait", {"infermux.wait.reason": "provider_limits", "infermux.wait.s": waited})
             window = self._window
-            use = await window.acquire(*tokens) if window is not None else None
+            if window is not None:
+                before = window.waited_s
+                use = await window.acquire(*tokens)
+                if self._tracer is not None and window.waited_s > before:
+                    reason = {"infermux.wait.reason": "per_minute_limits", "infermux.wait.s": window.waited_s - before}
+                    _event("infermux.wait", reason)
+            else:
+                use = None
             if not limiter.try_acquire():
                 await limiter.acquire()
             try:
-                result = await self._attempt(request, parse, raw)
+                if self._tracer is None:
+                    result = await self._attempt(request, parse, raw)
+                else:
+                    result = await self._traced_attempt(request, parse, raw, attempts)
+                attempts += 1
             except _Attempt as attempt:
+                attempts += 1
                 limiter.release()
                 failures = await self._after_failure(attempt, failures, started, ok_before)
                 continue
@@ -419,7 +440,13 @@ class Transport(Generic[T]):
                 raise self._final(attempt, failures, waited) from None
         self.stats["retries"] += 1
         m = self.settings.max_retries
-        await asyncio.sleep(self._delay(attempt, failures if failures <= m else failures - m))
+        delay = self._delay(attempt, failures if failures <= m else failures - m)
+        if self._tracer is not None:
+            retry: dict[str, Any] = {"error.type": attempt.kind, "infermux.retry.delay_s": delay}
+            if attempt.status is not None:
+                retry["http.response.status_code"] = attempt.status
+            _event("infermux.retry", retry)
+        await asyncio.sleep(delay)
         return failures
 
     async def stream(self, request: HttpRequest, *, tokens: tuple[int, int] = (0, 0)) -> AsyncIterator[SseEvent]:
@@ -520,6 +547,8 @@ class Transport(Generic[T]):
             raise _Attempt("connection_error", f"{type(exc).__name__}: {exc}", retry=True) from None
         if self.provider_limits is not None:
             self._observe(headers)
+        if self._tracer is not None:
+            _status_attribute(status)
         if status >= 400:
             raise self._status_failure(status, body, headers)
         try:
@@ -530,6 +559,30 @@ class Transport(Generic[T]):
                 "malformed_response", f"unparsable reply ({type(exc).__name__}: {exc}): {snippet!r}",
                 status=status, retry=True, overload=False,
             ) from None  # fmt: skip
+
+    async def _traced_attempt(self, request: HttpRequest, parse: Callable[[Any], T], raw: bool, resent: int) -> T:
+        """:meth:`_attempt` inside a client span (see "Traces" in the module docstring)."""
+        from opentelemetry.trace import SpanKind, Status, StatusCode
+
+        url = urllib.parse.urlsplit(request.url)
+        attributes: dict[str, Any] = {
+            "http.request.method": request.method,
+            "server.address": url.hostname or "",
+            "server.port": url.port or (443 if url.scheme == "https" else 80),
+            "url.path": url.path,
+        }
+        if resent:
+            attributes["http.request.resend_count"] = resent
+        with self._tracer.start_as_current_span(
+            request.method, kind=SpanKind.CLIENT, attributes=attributes, record_exception=False,
+            set_status_on_exception=False,
+        ) as span:  # fmt: skip
+            try:
+                return await self._attempt(request, parse, raw)
+            except _Attempt as attempt:
+                span.set_attribute("error.type", attempt.kind)
+                span.set_status(Status(StatusCode.ERROR))
+                raise
 
     async def _respond(self, request: HttpRequest) -> HttpResponse:
         assert self._handler is not None
@@ -605,6 +658,8 @@ class Transport(Generic[T]):
     async def _wait_rate_pause(self) -> None:
         delay = self._resume_at - time.monotonic()
         if delay > 0:
+            if self._tracer is not None:
+                _event("infermux.wait", {"infermux.wait.reason": "rate_limited", "infermux.wait.s": delay})
             await asyncio.sleep(delay)
 
     def _final(self, attempt: _Attempt, failures: int, waited: float) -> RemoteError:
@@ -613,3 +668,16 @@ class Transport(Generic[T]):
             message += f" (gave up after {failures} failed attempts and {waited:.1f}s)"
         cls = AuthenticationError if attempt.kind == "authentication" else RemoteError
         return cls(message, status=attempt.status, retryable=attempt.retry, kind=attempt.kind)
+
+
+def _event(name: str, attributes: dict[str, Any]) -> None:
+    """An event on the current span (tracing is on)."""
+    from opentelemetry import trace
+
+    trace.get_current_span().add_event(name, attributes)
+
+
+def _status_attribute(status: int) -> None:
+    from opentelemetry import trace
+
+    trace.get_current_span().set_attribute("http.response.status_code", status)
