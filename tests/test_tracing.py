@@ -158,3 +158,25 @@ def test_the_variables_turn_it_on_and_off(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
     monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
     assert not tracing.tracing_wanted()
+
+
+def test_waits_for_the_providers_limits_are_events_on_the_row(
+    spans: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.fakes.rate_limited import RateLimitedChat
+
+    monkeypatch.setenv("INFERMUX_RATE_WINDOW_S", "1")
+    # 20 per window, 15 of them used by another client: the job waits for the reset, before any 429
+    with RateLimitedChat(limit=20, window=1.0, others=15) as server:
+        assert isinstance(server, RateLimitedChat)
+        config = InferenceConfig(
+            model=ModelParams(model_name="gpt-fake"),
+            engine="REMOTE",
+            remote_params=RemoteParams(api_url=server.url + "/v1", num_workers=2),
+        )
+        build_engine(config).infer(_rows(10))
+        assert server.rejected == 0
+    rows = _by_name(spans.get_finished_spans(), "infermux.row")
+    waits = [e for r in rows for e in r.events if e.name == "infermux.wait"]
+    assert waits and {(e.attributes or {})["infermux.wait.reason"] for e in waits} == {"provider_limits"}
+    assert max((e.attributes or {})["infermux.wait.s"] for e in waits) > 0.3

@@ -64,13 +64,13 @@ chunk). Like httpx's ``MockTransport``, it is for tests of remote behaviour that
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import json
 import logging
 import os
 import random
 import time
-import urllib.parse
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -80,6 +80,7 @@ import aiohttp
 from infermux.engines.remote.http.classify import permanent_failure
 from infermux.engines.remote.http.limits import AimdLimiter, WindowLimiter, parse_retry_hint, retry_hint
 from infermux.engines.remote.http.provider_limits import ProviderLimits
+from infermux.engines.remote.http.spans import event, status_attribute, traced_attempt
 from infermux.engines.remote.http.sse import WHOLE_REPLY, SseEvent, iter_lines, iter_sse
 from infermux.errors import AuthenticationError, RemoteError
 from infermux.tracing import tracer
@@ -380,24 +381,25 @@ class Transport(Generic[T]):
             if self._provider is not None:
                 waited = await self._provider.acquire(tokens)
                 if waited and self._tracer is not None:
-                    _event("infermux.wait", {"infermux.wait.reason": "provider_limits", "infermux.wait.s": waited})
+                    event("infermux.wait", {"infermux.wait.reason": "provider_limits", "infermux.wait.s": waited})
             window = self._window
-            if window is not None:
-                before = window.waited_s
-                use = await window.acquire(*tokens)
-                if self._tracer is not None and window.waited_s > before:
-                    reason = {"infermux.wait.reason": "per_minute_limits", "infermux.wait.s": window.waited_s - before}
-                    _event("infermux.wait", reason)
-            else:
+            if window is None:
                 use = None
+            elif self._tracer is None:
+                use = await window.acquire(*tokens)
+            else:
+                asked = time.monotonic()
+                use = await window.acquire(*tokens)
+                if (waited := time.monotonic() - asked) > 0.001:
+                    event("infermux.wait", {"infermux.wait.reason": "per_minute_limits", "infermux.wait.s": waited})
             if not limiter.try_acquire():
                 await limiter.acquire()
             try:
                 if self._tracer is None:
                     result = await self._attempt(request, parse, raw)
                 else:
-                    result = await self._traced_attempt(request, parse, raw, attempts)
-                attempts += 1
+                    attempt_once = functools.partial(self._attempt, request, parse, raw)
+                    result = await traced_attempt(self._tracer, request.method, request.url, attempts, attempt_once)
             except _Attempt as attempt:
                 attempts += 1
                 limiter.release()
@@ -445,7 +447,7 @@ class Transport(Generic[T]):
             retry: dict[str, Any] = {"error.type": attempt.kind, "infermux.retry.delay_s": delay}
             if attempt.status is not None:
                 retry["http.response.status_code"] = attempt.status
-            _event("infermux.retry", retry)
+            event("infermux.retry", retry)
         await asyncio.sleep(delay)
         return failures
 
@@ -548,7 +550,7 @@ class Transport(Generic[T]):
         if self.provider_limits is not None:
             self._observe(headers)
         if self._tracer is not None:
-            _status_attribute(status)
+            status_attribute(status)
         if status >= 400:
             raise self._status_failure(status, body, headers)
         try:
@@ -559,30 +561,6 @@ class Transport(Generic[T]):
                 "malformed_response", f"unparsable reply ({type(exc).__name__}: {exc}): {snippet!r}",
                 status=status, retry=True, overload=False,
             ) from None  # fmt: skip
-
-    async def _traced_attempt(self, request: HttpRequest, parse: Callable[[Any], T], raw: bool, resent: int) -> T:
-        """:meth:`_attempt` inside a client span (see "Traces" in the module docstring)."""
-        from opentelemetry.trace import SpanKind, Status, StatusCode
-
-        url = urllib.parse.urlsplit(request.url)
-        attributes: dict[str, Any] = {
-            "http.request.method": request.method,
-            "server.address": url.hostname or "",
-            "server.port": url.port or (443 if url.scheme == "https" else 80),
-            "url.path": url.path,
-        }
-        if resent:
-            attributes["http.request.resend_count"] = resent
-        with self._tracer.start_as_current_span(
-            request.method, kind=SpanKind.CLIENT, attributes=attributes, record_exception=False,
-            set_status_on_exception=False,
-        ) as span:  # fmt: skip
-            try:
-                return await self._attempt(request, parse, raw)
-            except _Attempt as attempt:
-                span.set_attribute("error.type", attempt.kind)
-                span.set_status(Status(StatusCode.ERROR))
-                raise
 
     async def _respond(self, request: HttpRequest) -> HttpResponse:
         assert self._handler is not None
@@ -659,7 +637,7 @@ class Transport(Generic[T]):
         delay = self._resume_at - time.monotonic()
         if delay > 0:
             if self._tracer is not None:
-                _event("infermux.wait", {"infermux.wait.reason": "rate_limited", "infermux.wait.s": delay})
+                event("infermux.wait", {"infermux.wait.reason": "rate_limited", "infermux.wait.s": delay})
             await asyncio.sleep(delay)
 
     def _final(self, attempt: _Attempt, failures: int, waited: float) -> RemoteError:
@@ -668,16 +646,3 @@ class Transport(Generic[T]):
             message += f" (gave up after {failures} failed attempts and {waited:.1f}s)"
         cls = AuthenticationError if attempt.kind == "authentication" else RemoteError
         return cls(message, status=attempt.status, retryable=attempt.retry, kind=attempt.kind)
-
-
-def _event(name: str, attributes: dict[str, Any]) -> None:
-    """An event on the current span (tracing is on)."""
-    from opentelemetry import trace
-
-    trace.get_current_span().add_event(name, attributes)
-
-
-def _status_attribute(status: int) -> None:
-    from opentelemetry import trace
-
-    trace.get_current_span().set_attribute("http.response.status_code", status)
