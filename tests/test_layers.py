@@ -28,6 +28,7 @@ ROOT = Path(infermux.__file__).parent
 LAYERS: dict[str, int] = {
     # the vocabulary: types, errors, configs, and the helpers engines and configs share
     **dict.fromkeys(("types", "tool_types", "tool_schema", "errors", "text", "configs", "templates", "models"), 0),
+    "tracing": 0,  # OpenTelemetry set-up, read by the transport, the job loop and serve
     # engines; samples.py is how engines write several answers; inference.py re-exports engine classes
     **dict.fromkeys(("engines", "samples", "inference"), 1),
     "jobs": 2,

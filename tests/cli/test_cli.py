@@ -6,7 +6,7 @@ import sys
 
 from tests.conftest import ROOT, run_cli
 
-HEAVY = ("torch", "transformers", "vllm", "llama_cpp", "boto3", "botocore", "google", "ray", "peft")
+HEAVY = ("torch", "transformers", "vllm", "llama_cpp", "boto3", "botocore", "google", "ray", "peft", "opentelemetry")
 
 
 def test_batch_job_and_exit_code_for_failed_rows(tmp_path):

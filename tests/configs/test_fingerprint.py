@@ -26,7 +26,7 @@ def test_values_of_existing_configs_are_unchanged() -> None:
 def test_each_section_declares_what_does_not_count() -> None:
     assert RemoteParams.not_fingerprinted >= {"api_key", "num_workers", "max_retries"}
     assert "api_url" not in RemoteParams.not_fingerprinted
-    assert GenerationParams.not_fingerprinted == {"batch_size", "use_cache"}
+    assert GenerationParams.not_fingerprinted == {"batch_size", "use_cache", "service_tier"}
     assert ModelParams.not_fingerprinted == frozenset()
     for section in (RemoteParams, GenerationParams, ModelParams):
         assert section.not_fingerprinted <= set(section.model_fields), section
@@ -50,12 +50,12 @@ def test_transport_reads_every_shared_remote_param() -> None:
     assert shared == {
         "num_workers", "max_retries", "connection_timeout", "politeness_policy", "use_adaptive_concurrency",
         "retry_backoff_base", "retry_backoff_max", "requests_per_minute", "input_tokens_per_minute",
-        "output_tokens_per_minute",
+        "output_tokens_per_minute", "use_provider_limits",
     }  # fmt: skip
     params = RemoteParams(
         num_workers=9, max_retries=8, connection_timeout=7.0, politeness_policy=0.5,
         use_adaptive_concurrency=False, retry_backoff_base=0.25, retry_backoff_max=3.0,
-        requests_per_minute=6, input_tokens_per_minute=5, output_tokens_per_minute=4,
+        requests_per_minute=6, input_tokens_per_minute=5, output_tokens_per_minute=4, use_provider_limits=False,
     )  # fmt: skip
     settings = TransportSettings.from_remote_params(params, max_retries=1)
     for name in shared - {"max_retries"}:

@@ -77,6 +77,8 @@ OPENAI_CHAT_PARAMS = {
     "service_tier",
 }
 _ROLES = {"system", "developer", "user", "assistant", "tool"}
+#: ``service_tier`` values of the reference; the reply names the tier that answered (``auto``: ``default``).
+SERVICE_TIERS = ("auto", "default", "flex", "priority")
 _MESSAGE_FIELDS = {"role", "content", "name", "tool_calls", "tool_call_id", "refusal"}
 _TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
@@ -91,6 +93,8 @@ def validate_chat_body(
     """Check a chat-completions body; return what the model would see."""
     check_keys(body, "body", allowed, {"model", "messages"})
     check_type(body["model"], "model", str)
+    if body.get("service_tier") not in (None, *SERVICE_TIERS):
+        raise RequestInvalid(f"service_tier: '{body['service_tier']}' is not one of {list(SERVICE_TIERS)}")
     messages = check_type(body["messages"], "messages", list)
     if not messages:
         raise RequestInvalid("messages: must contain at least one message")
@@ -345,7 +349,7 @@ def chat_completion(body: dict, exchange: Exchange, responder: Responder, comple
             }
         )
     prompt_tokens = sum(len(t.split()) for _, t in exchange.turns) + len((exchange.system or "").split())
-    return {
+    completion = {
         "id": completion_id,
         "object": "chat.completion",
         "created": int(time.time()),
@@ -357,3 +361,6 @@ def chat_completion(body: dict, exchange: Exchange, responder: Responder, comple
             "total_tokens": prompt_tokens + completion_tokens,
         },
     }
+    if body.get("service_tier"):
+        completion["service_tier"] = "default" if body["service_tier"] == "auto" else body["service_tier"]
+    return completion

@@ -198,6 +198,8 @@ class FakeAnthropic(FakeServer):
         usage["output_tokens"] = sum(len(json.dumps(b).split()) for b in blocks if b["type"] != "text") + sum(
             len(b["text"].split()) for b in blocks if b["type"] == "text"
         )
+        if "service_tier" in body:  # the tier that answered (the API reports it on every reply)
+            usage["service_tier"] = "standard"
         if body.get("stream"):
             return await self._stream(request, body, blocks, stop_reason, matched, usage)
         message = {
@@ -325,6 +327,8 @@ class FakeAnthropic(FakeServer):
     def _validate(self, body: Any) -> Exchange:
         check_keys(body, "body", _BODY_FIELDS, {"model", "messages", "max_tokens"})
         check_type(body["model"], "model", str)
+        if body.get("service_tier") not in (None, "auto", "standard_only"):
+            raise RequestInvalid("service_tier: Input should be 'auto' or 'standard_only'")
         if check_type(body["max_tokens"], "max_tokens", int) < 1:
             raise RequestInvalid("max_tokens: must be greater than or equal to 1")
         if "temperature" in body:

@@ -95,7 +95,8 @@ class GuidedDecodingParams(ConfigModel):
 class GenerationParams(ConfigModel):
     """Generation settings (the SPEC's ``generation:`` section)."""
 
-    not_fingerprinted: ClassVar[frozenset[str]] = frozenset({"batch_size", "use_cache"})
+    # ``service_tier`` changes the price and the wait, not the answer: a job resumed on another tier goes on.
+    not_fingerprinted: ClassVar[frozenset[str]] = frozenset({"batch_size", "use_cache", "service_tier"})
     fingerprinted_when_set: ClassVar[frozenset[str]] = frozenset(
         {"tool_choice", "parallel_tool_calls", "n", "logprobs", "top_logprobs"}
     )
@@ -147,6 +148,11 @@ class GenerationParams(ConfigModel):
     conversation has tools)."""
     parallel_tool_calls: bool = True
     """Let the model make several tool calls in one turn (sent to the provider only when false)."""
+    service_tier: str | None = None
+    """The provider's processing tier, for engines whose API takes one: OPENAI (and OPENROUTER) ``auto``,
+    ``default``, ``flex`` (about half price, slower, may be refused when busy) or ``priority`` (faster,
+    dearer); ANTHROPIC ``auto`` or ``standard_only``. Rows are priced at the tier that answered them
+    (``metadata["service_tier"]``); null: not sent (the provider's default)."""
 
     @field_validator("tool_choice", mode="before")
     @classmethod

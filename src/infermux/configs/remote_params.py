@@ -27,7 +27,7 @@ class RemoteParams(ConfigModel):
             "connection_timeout", "num_workers", "politeness_policy", "use_adaptive_concurrency",
             "batch_completion_window", "rate_limit_timeout", "user_id", "requests_per_minute",
             "input_tokens_per_minute", "output_tokens_per_minute", "anthropic_prompt_caching",
-            "endpoints", "endpoint_cooldown",
+            "endpoints", "endpoint_cooldown", "use_provider_limits",
         }
     )  # fmt: skip
 
@@ -68,6 +68,11 @@ class RemoteParams(ConfigModel):
     output_tokens_per_minute: int | None = Field(default=None, ge=1)
     """Most completion tokens in any 60 s window, job-wide (a request reserves ``max_new_tokens`` until
     replies report usage, then the average completion seen); None: no limit."""
+    use_provider_limits: bool = True
+    """Pace below the rate limits the provider announces in its reply headers (OpenAI's and
+    compatible providers' ``x-ratelimit-*``, Anthropic's ``anthropic-ratelimit-*``): requests, tokens
+    and their reset times, read from every reply, so a job slows down before a 429 instead of after.
+    The per-minute limits set here win over the announced ones; false: ignore the headers."""
     anthropic_prompt_caching: bool | None = None
     """ANTHROPIC prompt caching. Unset (the default, as in Oumi): automatic caching, a top-level
     ``cache_control: {type: ephemeral}`` that caches each prompt up to its last block (a conversation

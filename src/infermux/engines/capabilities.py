@@ -16,7 +16,7 @@ from infermux.configs.generation_params import GenerationParams
 from infermux.configs.model_params import ModelParams
 from infermux.errors import UnsupportedParamError
 
-__all__ = ["ALWAYS_SUPPORTED", "TOOL_PARAMS", "Capabilities", "check_limits", "check_params"]
+__all__ = ["ALWAYS_SUPPORTED", "TOOL_PARAMS", "Capabilities", "check_limits", "check_params", "check_service_tier"]
 
 logger = logging.getLogger("infermux.engines")
 
@@ -53,9 +53,14 @@ class Capabilities:
     notes: tuple[str, ...] = field(default=())
     max_items: Mapping[str, int] = field(default_factory=dict)
     value_ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    service_tiers: tuple[str, ...] = ()
+    """The ``generation.service_tier`` values the provider's API takes (empty: it takes none; setting
+    one is then a config error, not a warning: it would change what the job costs)."""
 
     def supported_params(self) -> set[str]:
         params = set(ALWAYS_SUPPORTED | self.generation_params)
+        if self.service_tiers:
+            params.add("service_tier")
         if self.guided_decoding:
             params.add("guided_decoding")
         if self.tools:
@@ -75,6 +80,8 @@ def _unsupported(caps: Capabilities, generation: GenerationParams, model: ModelP
                 kinds = ", ".join(sorted(caps.guided_decoding)) or "none"
                 problems.append(f"generation.guided_decoding.{value.kind} (supported kinds: {kinds})")
             continue
+        if name == "service_tier":  # an error of check_limits (check_service_tier), not a warning
+            continue
         if name not in supported and value != getattr(_DEFAULTS, name):
             problems.append(f"generation.{name}={value!r}")
     if model is not None and model.adapter_model and not caps.lora:
@@ -82,9 +89,22 @@ def _unsupported(caps: Capabilities, generation: GenerationParams, model: ModelP
     return problems
 
 
+def check_service_tier(engine_name: str, caps: Capabilities, generation: GenerationParams) -> list[str]:
+    """A ``generation.service_tier`` the engine cannot send, as one sentence (empty: none)."""
+    tier = generation.service_tier
+    if tier is None or tier in caps.service_tiers:
+        return []
+    if not caps.service_tiers:
+        return [
+            f"generation.service_tier={tier!r}: {engine_name} takes no service tier (OPENAI, OPENROUTER and "
+            "ANTHROPIC do); remove it"
+        ]
+    return [f"generation.service_tier={tier!r}: {engine_name} takes one of {', '.join(caps.service_tiers)}"]
+
+
 def check_limits(engine_name: str, caps: Capabilities, generation: GenerationParams) -> list[str]:
     """Values of ``generation`` the provider rejects, one readable sentence each (empty: none)."""
-    problems: list[str] = []
+    problems: list[str] = check_service_tier(engine_name, caps, generation)
     for name, most in caps.max_items.items():
         value = getattr(generation, name, None)
         if value is not None and len(value) > most:

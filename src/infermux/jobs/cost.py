@@ -9,6 +9,13 @@ Token counts follow :class:`infermux.types.Usage` (``prompt_tokens`` includes ca
 ``cached_tokens`` and ``cache_creation_tokens`` are priced at the provider's cache read and write rates).
 Batch prices (OpenAI's Batch API, Anthropic's Message Batches) come from the same tables (their
 ``processing: batch`` variant).
+
+Service tiers (``generation.service_tier``): a row is priced at the tier that answered it (the reply's
+``service_tier``, in ``metadata["service_tier"]``), else at the tier asked for. The tables' own tier
+prices are used where they have them (OpenAI's ``flex`` and ``priority`` for most models); without
+them, OpenAI's ``flex`` is half the standard price (as OpenAI prices it), and any other tier
+(``priority``, whose premium differs per model: 1.7x to 2x) is unknown, never guessed. ``auto``,
+``default``, ``standard`` and ``standard_only`` are the standard price.
 """
 
 from __future__ import annotations
@@ -47,6 +54,8 @@ _BATCH = {"processing": "batch"}
 _BATCH_FACTOR: dict[str, float] = {"aws": 0.5}
 #: Model-name prefixes an engine accepts that genai-prices does not (Vertex's ``google/gemini-...``).
 _PREFIXES: dict[str, tuple[str, ...]] = {"GOOGLE_VERTEX": ("publishers/google/models/", "google/")}
+#: Tiers billed at the standard price.
+STANDARD_TIERS = frozenset({"auto", "default", "standard", "standard_only", "on_demand"})
 
 
 @dataclass(frozen=True)
@@ -55,11 +64,16 @@ class Pricing:
 
     provider_id: str
     model: str
+    tier: str | None = None
+    """The ``service_tier`` asked for (None: the standard price)."""
 
-    def cost(self, usage: Usage | Mapping[str, Any] | None, *, batch: bool = False) -> float | None:
+    def cost(
+        self, usage: Usage | Mapping[str, Any] | None, *, batch: bool = False, tier: str | None = None
+    ) -> float | None:
         """Dollars for ``usage`` (a row's :attr:`~infermux.types.Conversation.usage`, or a usage dict as
-        stored in its metadata); None when unknown: no usage, or a prompt or completion count missing (an
-        absent count is unknown, never free). Reasoning tokens are part of ``completion_tokens``."""
+        stored in its metadata) at ``tier`` (the one that answered; None: the one asked for); None when
+        unknown: no usage, or a prompt or completion count missing (an absent count is unknown, never
+        free). Reasoning tokens are part of ``completion_tokens``."""
         if usage is not None and not isinstance(usage, Usage):
             usage = Usage.from_json_dict(dict(usage)) if usage else None
         if usage is None or usage.prompt_tokens is None or usage.completion_tokens is None:
@@ -70,14 +84,22 @@ class Pricing:
             cached=usage.cached_tokens or 0,
             created=usage.cache_creation_tokens or 0,
             batch=batch,
+            tier=tier,
         )
 
     def estimate(self, prompt_tokens: int, completion_tokens: int, *, batch: bool = False) -> float | None:
-        """Dollars for a request of that many prompt and completion tokens (no cache)."""
+        """Dollars for a request of that many prompt and completion tokens (no cache), at the tier asked for."""
         return self._price(prompt_tokens, completion_tokens, batch=batch)
 
     def _price(
-        self, prompt: int, completion: int, *, cached: int = 0, created: int = 0, batch: bool = False
+        self,
+        prompt: int,
+        completion: int,
+        *,
+        cached: int = 0,
+        created: int = 0,
+        batch: bool = False,
+        tier: str | None = None,
     ) -> float | None:
         from genai_prices import Usage, calc_price
 
@@ -90,35 +112,46 @@ class Pricing:
         try:
             context = _BATCH if batch else None
             result = calc_price(usage, self.model, provider_id=self.provider_id, price_context=context)
-            price = float(result.total_price)
-            if batch and self.provider_id in _BATCH_FACTOR:
-                online = float(calc_price(usage, self.model, provider_id=self.provider_id).total_price)
-                if price == online:  # no batch price in the tables: the documented discount
-                    price = online * _BATCH_FACTOR[self.provider_id]
+            tier = None if batch else (tier or self.tier)
+            if tier is None or tier in STANDARD_TIERS:
+                price = float(result.total_price)
+                if batch and self.provider_id in _BATCH_FACTOR:
+                    online = float(calc_price(usage, self.model, provider_id=self.provider_id).total_price)
+                    if price == online:  # no batch price in the tables: the documented discount
+                        price = online * _BATCH_FACTOR[self.provider_id]
+                return price
+            tiered = {"service_tier": tier}
+            if any(variant.when == tiered for variant in result.model.price_variants or ()):
+                result = calc_price(usage, self.model, provider_id=self.provider_id, price_context=tiered)
+                return float(result.total_price)
         except (LookupError, ValueError) as exc:  # the model left the tables, or an odd usage
             logger.debug("no price for %s/%s: %s", self.provider_id, self.model, exc)
             return None
-        return price
+        if tier == "flex" and self.provider_id == "openai":
+            return float(result.total_price) / 2
+        logger.debug("no %s-tier price for %s/%s", tier, self.provider_id, self.model)
+        return None
 
 
 _lock = threading.Lock()
-_known: dict[tuple[str, str], Pricing | None] = {}
+_known: dict[tuple[str, str, str | None], Pricing | None] = {}
 
 
-def pricing_for(engine: str, model: str) -> Pricing | None:
-    """The pricing of ``model`` on ``engine``, or None (local engine, unknown provider or model)."""
+def pricing_for(engine: str, model: str, tier: str | None = None) -> Pricing | None:
+    """The pricing of ``model`` on ``engine`` at service ``tier``, or None (local engine, unknown provider
+    or model)."""
     provider = PRICE_PROVIDERS.get(str(engine).upper())
     if provider is None or not model:
         return None
     for prefix in _PREFIXES.get(str(engine).upper(), ()):
         model = model.removeprefix(prefix)
-    key = (provider, model)
+    key = (provider, model, tier)
     with _lock:
         if key in _known:
             return _known[key]
-    pricing: Pricing | None = Pricing(provider, model)
+    pricing: Pricing | None = Pricing(provider, model, tier)
     assert pricing is not None
-    if pricing.estimate(1000, 1000) is None:
+    if Pricing(provider, model).estimate(1000, 1000) is None:
         pricing = None
     with _lock:
         _known[key] = pricing
@@ -136,7 +169,8 @@ def price_answer(answered: Conversation, pricing: Pricing | None, *, batch: bool
         pricing = pricing_for(str(by.get("engine", "")), str(by.get("model", "")))
     if pricing is None:
         return None
-    cost = pricing.cost(answered.usage, batch=batch)
+    served = answered.metadata.get("service_tier")
+    cost = pricing.cost(answered.usage, batch=batch, tier=served if isinstance(served, str) else None)
     if cost is not None:
         answered.metadata["cost_usd"] = round(cost, 10)
     return cost

@@ -34,6 +34,7 @@ from infermux.jobs.finished import drop_leftovers, finished_rows, reopen
 from infermux.jobs.options import Budget, JobOptions, estimated_prompt_tokens, request_of
 from infermux.jobs.row_settings import RowSettings, max_new_tokens_of, samples_unseeded, settings_key
 from infermux.jobs.rows import InputRow
+from infermux.jobs.spans import job_spans
 from infermux.text import scrub_reply
 from infermux.types import Conversation, FinishReason
 
@@ -128,11 +129,13 @@ async def run_chunks(
     generation: GenerationParams,
     on_result: OnResult,
     lookup: Callable[[InputRow], Conversation | RowError | None] | None = None,
+    enter: Callable[[list[InputRow]], contextlib.AbstractContextManager[None]] | None = None,
 ) -> None:
     """Feed ``rows`` to the engine in chunks, ``engine.max_concurrency()`` chunks at a time; rows that
     ``lookup`` answers (the cache) skip the engine. Each row goes to ``on_result`` as soon as it is finished
     (on engines that hand rows back one by one, before the rest of its chunk). An exception ``on_result``
-    raises (the job's own files cannot be written) stops every worker: no further row is sent."""
+    raises (the job's own files cannot be written) stops every worker: no further row is sent. ``enter``
+    (tracing) gives the context each chunk is answered in."""
     size = max(1, engine.chunk_size(generation))
     workers = max(1, engine.max_concurrency())
     each = engine.yields_rows()
@@ -154,19 +157,26 @@ async def run_chunks(
                 chunk = misses
                 if not chunk:
                     continue
-            conversations = [row.conversation for row in chunk]
-            chosen = settings.of(conversations[0])
-            if isinstance(chosen, RowError):  # the rows' overrides are not possible on this engine
-                for row in chunk:
-                    on_result(row, chosen)
-            elif each:
-                results = engine.answer_each(conversations, chosen)
-                async with contextlib.aclosing(results):  # type: ignore[type-var]
-                    async for index, result in results:
-                        on_result(chunk[index], result)
+            if enter is None:
+                await answer(chunk)
             else:
-                for row, result in zip(chunk, await engine.answer(conversations, chosen), strict=True):
-                    on_result(row, result)
+                with enter(chunk):
+                    await answer(chunk)
+
+    async def answer(chunk: list[InputRow]) -> None:
+        conversations = [row.conversation for row in chunk]
+        chosen = settings.of(conversations[0])
+        if isinstance(chosen, RowError):  # the rows' overrides are not possible on this engine
+            for row in chunk:
+                on_result(row, chosen)
+        elif each:
+            results = engine.answer_each(conversations, chosen)
+            async with contextlib.aclosing(results):  # type: ignore[type-var]
+                async for index, result in results:
+                    on_result(chunk[index], result)
+        else:
+            for row, result in zip(chunk, await engine.answer(conversations, chosen), strict=True):
+                on_result(row, result)
 
     if workers == 1:
         await work()
@@ -352,9 +362,15 @@ async def _run_rows(
         # Nothing to skip and no budget (in-memory jobs): the rows as they come, without a filter.
         pending = todo() if done or budget is not None else rows()
         plain = cache is None and pricing is None  # no pricing: no budget either
-        await run_chunks(
-            engine, pending, generation, on_plain_result if plain else on_result, lookup if use_lookup else None
-        )
+        recorder = on_plain_result if plain else on_result
+        spans = job_spans(engine, generation)  # None: tracing is off
+        if spans is None:
+            await run_chunks(engine, pending, generation, recorder, lookup if use_lookup else None)
+        else:
+            with spans.job(report):
+                await run_chunks(
+                    engine, pending, generation, spans.recorder(recorder), lookup if use_lookup else None, spans.chunk
+                )
     return report
 
 

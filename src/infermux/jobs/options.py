@@ -160,7 +160,8 @@ class JobOptions:
         be enforced (a model without known prices)."""
         from infermux.jobs.cost import PRICE_PROVIDERS, pricing_for
 
-        pricing = pricing_for(engine_name, model) if engine_name.upper() in PRICE_PROVIDERS else None
+        tier = generation.service_tier
+        pricing = pricing_for(engine_name, model, tier) if engine_name.upper() in PRICE_PROVIDERS else None
         if max_cost is not None and pricing is None:
             raise ConfigError(
                 f"max_cost: no known prices for model {model!r} on {engine_name}, so a budget cannot be "

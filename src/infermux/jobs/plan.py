@@ -178,7 +178,8 @@ def plan_job(config: InferenceConfig, tools: list[Tool] | None = None) -> JobPla
     finally:
         if cache is not None:
             cache.close()
-    pricing = pricing_for(name, config.model.model_name) if name.upper() in PRICE_PROVIDERS else None
+    tier = config.generation.service_tier
+    pricing = pricing_for(name, config.model.model_name, tier) if name.upper() in PRICE_PROVIDERS else None
     online = pricing.estimate(prompt, completion) if pricing else None
     batch = pricing.estimate(prompt, completion, batch=True) if pricing else None
     minutes: float | None = None

@@ -47,6 +47,7 @@ from infermux.serve.guard import (
 from infermux.serve.metrics import CONTENT_TYPE, Metrics
 from infermux.serve.priority import Priority
 from infermux.serve.wire import ApiError
+from infermux.tracing import tracer
 
 if TYPE_CHECKING:
     from infermux.serve.batch_runner import BatchRunner
@@ -122,6 +123,10 @@ def create_app(
     hosts = frozenset(h.lower() for h in allowed_hosts)
     origins = frozenset(o.rstrip("/") for o in cors_origins)
     middlewares = [_errors, browser_guard(hosts, origins), require_key(api_key)]
+    if (spans := tracer()) is not None:  # a server span per request, around the error answers too
+        from infermux.serve.traces import traced_requests
+
+        middlewares.insert(0, traced_requests(spans))
     app = web.Application(middlewares=middlewares, client_max_size=limits.max_body)
     app[STATE] = state
     app.router.add_post("/v1/chat/completions", chat_completions)

@@ -109,8 +109,11 @@ class HttpBatchClient(BatchClient):
         return records
 
     def body(self, conversation: Conversation, generation: GenerationParams) -> dict[str, Any]:
-        """The body the engine would send online for this row."""
-        return self.engine.build_body(conversation, generation)
+        """The body the engine would send online for this row (less ``service_tier``: a batch API is its
+        own tier)."""
+        body = self.engine.build_body(conversation, generation)
+        body.pop("service_tier", None)
+        return body
 
     def parse(self, conversation: Conversation, reply: Any) -> Conversation:
         """The row answered from a reply body of the online endpoint's shape."""

@@ -10,6 +10,8 @@ Protocol mapping (from Anthropic's API reference):
   ``stop_sequences``; guided JSON becomes ``output_config.format`` (``json_schema``, objects closed
   with ``additionalProperties: false`` as structured outputs require);
 * the reply's text blocks are joined; ``usage`` and ``stop_reason`` go to the metadata;
+* ``generation.service_tier`` (``auto`` or ``standard_only``) goes out as ``service_tier``; the tier that
+  answered (``usage.service_tier``: ``standard``, ``priority``) goes to ``metadata["service_tier"]``;
 * tools, ``tool_use`` / ``tool_result`` blocks and thinking: see :mod:`.tools`;
 * prompt caching (``remote_params.anthropic_prompt_caching``): by default, as Oumi does, automatic
   caching: a top-level ``cache_control: {type: ephemeral}``, which caches the prompt up to its last block
@@ -137,6 +139,7 @@ class AnthropicInferenceEngine(RemoteEngine):
             "1024 and below max_new_tokens, with no forced tool_choice and top_p >= 0.95 (checked before sending).",
         ),
         value_ranges={"temperature": (0.0, 1.0)},
+        service_tiers=("auto", "standard_only"),
     )
     repeat_for_n = True
     default_api_url = "https://api.anthropic.com"
@@ -218,6 +221,8 @@ class AnthropicInferenceEngine(RemoteEngine):
         user = self.remote_params.user_id if self.remote_params is not None else None
         if user:
             body["metadata"] = {"user_id": user}
+        if generation.service_tier is not None:
+            body["service_tier"] = generation.service_tier
         if caching and body.get("tools"):
             body["tools"] = [*body["tools"][:-1], {**body["tools"][-1], **_EPHEMERAL}]
         return body
@@ -236,6 +241,9 @@ class AnthropicInferenceEngine(RemoteEngine):
         metadata = {**update, "stop_reason": stop_reason, "model": data.get("model")}
         if data.get("stop_sequence"):
             metadata["stop_sequence"] = data["stop_sequence"]
+        tier = (data.get("usage") or {}).get("service_tier")
+        if isinstance(tier, str):  # the tier that answered: standard, priority (or batch)
+            metadata["service_tier"] = tier
         return conversation.with_reply(
             text,
             metadata,

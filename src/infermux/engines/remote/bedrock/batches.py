@@ -102,7 +102,8 @@ class BedrockBatchClient(BatchClient):
         from botocore.config import Config
 
         config = Config(region_name=self.engine.region, retries={"total_max_attempts": 3, "mode": "standard"})
-        self._clients = (boto3.client("bedrock", config=config), boto3.client("s3", config=config))
+        session = boto3.session.Session()  # credentials as the environment says now (not boto3's cached default)
+        self._clients = (session.client("bedrock", config=config), session.client("s3", config=config))
         return self
 
     async def __aexit__(self, *exc: object) -> None:

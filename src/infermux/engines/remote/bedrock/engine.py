@@ -213,7 +213,8 @@ class BedrockInferenceEngine(InferenceEngine):
         self.region = region
         self.sends_sampling = sends_sampling(self.model_params.model_name, self.model_params.model_kwargs)
         self._warned_sampling = False
-        self.client = boto3.client("bedrock-runtime", config=config, endpoint_url=params.api_url or None)
+        session = boto3.session.Session()  # credentials as the environment says now (not boto3's cached default)
+        self.client = session.client("bedrock-runtime", config=config, endpoint_url=params.api_url or None)
         self._pool: ThreadPoolExecutor | None = None
 
     @classmethod

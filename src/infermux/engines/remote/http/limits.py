@@ -10,7 +10,9 @@
 - :class:`AimdLimiter` is the async semaphore whose size follows AIMD (additive increase,
   multiplicative decrease) and which keeps ``politeness`` seconds between uses of one slot.
 - :class:`WindowLimiter` keeps a job under requests, input tokens and output tokens per minute
-  (``remote_params.requests_per_minute`` and friends) over a sliding window.
+  (``remote_params.requests_per_minute`` and friends) over a sliding window; the limits a provider
+  announces in its headers fill the budgets the user left unset
+  (:mod:`~infermux.engines.remote.http.provider_limits`).
 """
 
 from __future__ import annotations
@@ -298,7 +300,9 @@ class _Use:
 
 
 class WindowLimiter:
-    """Requests, input tokens and output tokens per ``window`` seconds, over a sliding window, job-wide.
+    """Requests, input tokens, output tokens (and both together, ``tokens``) per ``window`` seconds, over
+    a sliding window, job-wide. The budgets may change while a job runs (the provider's announced limits
+    fill them: :mod:`~infermux.engines.remote.http.provider_limits`).
 
     :meth:`acquire` waits until one more request (with its estimated tokens) fits in the last window and
     returns its record; :meth:`settle` replaces the estimate by what the reply reported. The ratio of
@@ -314,10 +318,12 @@ class WindowLimiter:
         input_tokens: int | None = None,
         output_tokens: int | None = None,
         window: float | None = None,
+        tokens: int | None = None,
     ) -> None:
         self.requests = requests
         self.input_tokens = input_tokens
         self.output_tokens = output_tokens
+        self.tokens = tokens  # prompt and completion together (OpenAI's announced tokens per minute)
         self.window = window if window is not None else rate_window_s()
         self._uses: deque[_Use] = deque()
         self._sum_in = 0
@@ -331,7 +337,16 @@ class WindowLimiter:
     @property
     def active(self) -> bool:
         # Read twice per request: plain tests, no generator.
-        return self.requests is not None or self.input_tokens is not None or self.output_tokens is not None
+        return (
+            self.requests is not None
+            or self.input_tokens is not None
+            or self.output_tokens is not None
+            or self.tokens is not None
+        )
+
+    def scaled_input(self, estimate: int) -> int:
+        """A prompt's raw token estimate corrected by what the server reported so far."""
+        return self._scale_input(estimate)
 
     def _scale_input(self, estimate: int) -> int:
         """``estimate`` corrected by the reported/estimated ratio seen so far."""
@@ -359,6 +374,8 @@ class WindowLimiter:
         if self.requests is not None and len(self._uses) + 1 > self.requests:
             return False
         if self.input_tokens is not None and self._sum_in + input_tokens > self.input_tokens:
+            return False
+        if self.tokens is not None and self._sum_in + self._sum_out + input_tokens + output_tokens > self.tokens:
             return False
         return self.output_tokens is None or self._sum_out + output_tokens <= self.output_tokens
 

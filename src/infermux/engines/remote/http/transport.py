@@ -41,7 +41,14 @@ What the transport guarantees
   job, checked before a concurrency slot is taken; every attempt (retries too) counts as a request.
   Callers pass each request's estimated tokens to :meth:`Transport.send` and how to read the reported
   usage from the result, which corrects the estimate.
+* Limits the provider announces (``x-ratelimit-*`` and ``anthropic-ratelimit-*`` reply headers) pace
+  the job below them before a 429 happens, also when the user set no per-minute limits; the user's
+  settings win (:mod:`~infermux.engines.remote.http.provider_limits`; ``use_provider_limits: false``
+  turns it off).
 * Secrets (API keys) are scrubbed from every error message and never part of any repr.
+* Traces (:mod:`infermux.tracing`, when on): each attempt is a client span (method, host, port, path,
+  status, ``http.request.resend_count``; never the query string or a header), and each retry and wait is
+  an event on the current span (the row's): ``infermux.retry``, ``infermux.wait``.
 
 In-process handler (tests)
 --------------------------
@@ -57,6 +64,7 @@ chunk). Like httpx's ``MockTransport``, it is for tests of remote behaviour that
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import json
 import logging
@@ -71,8 +79,11 @@ import aiohttp
 
 from infermux.engines.remote.http.classify import permanent_failure
 from infermux.engines.remote.http.limits import AimdLimiter, WindowLimiter, parse_retry_hint, retry_hint
+from infermux.engines.remote.http.provider_limits import ProviderLimits
+from infermux.engines.remote.http.spans import event, status_attribute, traced_attempt
 from infermux.engines.remote.http.sse import WHOLE_REPLY, SseEvent, iter_lines, iter_sse
 from infermux.errors import AuthenticationError, RemoteError
+from infermux.tracing import tracer
 
 if TYPE_CHECKING:
     from infermux.configs.remote_params import RemoteParams
@@ -126,6 +137,8 @@ class TransportSettings:
     """Give a transient failure (5xx, dropped connection, timeout) back at once, unretried: an endpoint
     pool (:mod:`~infermux.engines.remote.http.endpoints`) retries it at another server. Rate limits
     are still waited out here."""
+    use_provider_limits: bool = True
+    """Pace below the limits the provider announces in its reply headers (``use_provider_limits``)."""
 
     @classmethod
     def from_remote_params(cls, params: RemoteParams, **overrides: Any) -> TransportSettings:
@@ -142,6 +155,7 @@ class TransportSettings:
             "requests_per_minute": params.requests_per_minute,
             "input_tokens_per_minute": params.input_tokens_per_minute,
             "output_tokens_per_minute": params.output_tokens_per_minute,
+            "use_provider_limits": params.use_provider_limits,
         }
         values.update(overrides)
         return cls(**values)
@@ -301,13 +315,26 @@ class Transport(Generic[T]):
             input_tokens=settings.input_tokens_per_minute,
             output_tokens=settings.output_tokens_per_minute,
         )
-        #: Whether per-minute limits are set (settings are frozen: read once, not per request).
+        #: Whether per-minute limits are set (read per request; set again when the provider announces its own).
         self.per_minute_limits = self.window.active
         self._window = self.window if self.per_minute_limits else None
+        user_set = frozenset(
+            name
+            for name in ("requests_per_minute", "input_tokens_per_minute", "output_tokens_per_minute")
+            if getattr(settings, name) is not None
+        )
+        #: The limits the provider announces (None: not read); they gate requests once one is announced.
+        self.provider_limits = (
+            ProviderLimits(self.window, user_set, lambda: self.limiter.in_flight)
+            if settings.use_provider_limits
+            else None
+        )
+        self._provider: ProviderLimits | None = None
         self._session: aiohttp.ClientSession | None = None
         self._resume_at = 0.0  # monotonic time before which no request starts (shared rate-limit pause)
         self._rate_streak = 0  # rate-limited replies since the last success
         self.stats = {"requests": 0, "ok": 0, "retries": 0, "rate_limited": 0}
+        self._tracer = tracer()  # None: tracing is off
 
     def __repr__(self) -> str:
         return f"Transport(workers={self.settings.num_workers}, limiter={self.limiter!r})"
@@ -351,16 +378,34 @@ class Transport(Generic[T]):
         started = time.monotonic()
         ok_before = self.stats["ok"]
         limiter = self.limiter
-        window = self._window
+        attempts = 0
         while True:
             if self._resume_at:
                 await self._wait_rate_pause()
-            use = await window.acquire(*tokens) if window is not None else None
+            if self._provider is not None:
+                waited = await self._provider.acquire(tokens)
+                if waited and self._tracer is not None:
+                    event("infermux.wait", {"infermux.wait.reason": "provider_limits", "infermux.wait.s": waited})
+            window = self._window
+            if window is None:
+                use = None
+            elif self._tracer is None:
+                use = await window.acquire(*tokens)
+            else:
+                asked = time.monotonic()
+                use = await window.acquire(*tokens)
+                if (waited := time.monotonic() - asked) > 0.001:
+                    event("infermux.wait", {"infermux.wait.reason": "per_minute_limits", "infermux.wait.s": waited})
             if not limiter.try_acquire():
                 await limiter.acquire()
             try:
-                result = await self._attempt(request, parse, raw)
+                if self._tracer is None:
+                    result = await self._attempt(request, parse, raw)
+                else:
+                    attempt_once = functools.partial(self._attempt, request, parse, raw)
+                    result = await traced_attempt(self._tracer, request.method, request.url, attempts, attempt_once)
             except _Attempt as attempt:
+                attempts += 1
                 limiter.release()
                 failures = await self._after_failure(attempt, failures, started, ok_before)
                 continue
@@ -403,7 +448,13 @@ class Transport(Generic[T]):
                 raise self._final(attempt, failures, waited) from None
         self.stats["retries"] += 1
         m = self.settings.max_retries
-        await asyncio.sleep(self._delay(attempt, failures if failures <= m else failures - m))
+        delay = self._delay(attempt, failures if failures <= m else failures - m)
+        if self._tracer is not None:
+            retry: dict[str, Any] = {"error.type": attempt.kind, "infermux.retry.delay_s": delay}
+            if attempt.status is not None:
+                retry["http.response.status_code"] = attempt.status
+            event("infermux.retry", retry)
+        await asyncio.sleep(delay)
         return failures
 
     async def stream(self, request: HttpRequest, *, tokens: tuple[int, int] = (0, 0)) -> AsyncIterator[SseEvent]:
@@ -425,6 +476,8 @@ class Transport(Generic[T]):
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=ct, sock_read=ct)
         while True:
             await self._wait_rate_pause()
+            if self._provider is not None:
+                await self._provider.acquire(tokens)
             if self.window.active:
                 await self.window.acquire(*tokens)
             await self.limiter.acquire()
@@ -437,6 +490,8 @@ class Transport(Generic[T]):
                     resp = await self._session.request(
                         request.method, request.url, data=request.body, headers=request.headers, timeout=timeout
                     )
+                    if self.provider_limits is not None:
+                        self._observe(resp.headers)
                     if resp.status >= 400:
                         body = await resp.read()
                         resp.release()
@@ -498,6 +553,10 @@ class Transport(Generic[T]):
             ) from None  # fmt: skip
         except _CONNECTION_ERRORS as exc:
             raise _Attempt("connection_error", f"{type(exc).__name__}: {exc}", retry=True) from None
+        if self.provider_limits is not None:
+            self._observe(headers)
+        if self._tracer is not None:
+            status_attribute(status)
         if status >= 400:
             raise self._status_failure(status, body, headers)
         try:
@@ -529,10 +588,22 @@ class Transport(Generic[T]):
         """A streamed exchange with the handler: its body as lines, or the failure of its status."""
         timeout = self.settings.connection_timeout
         response = await asyncio.wait_for(self._respond(request), timeout)
+        if self.provider_limits is not None:
+            self._observe(response.headers)
         if response.status >= 400:
             body = await asyncio.wait_for(_read_all(response.body), timeout)
             raise self._status_failure(response.status, body, response.headers)
         return _lines(response.body, timeout)
+
+    def _observe(self, headers: Mapping[str, str]) -> None:
+        """Read the provider's announced limits from a reply; once there are some, requests wait for them."""
+        limits = self.provider_limits
+        assert limits is not None
+        limits.observe(headers)
+        if limits.active and self._provider is None:
+            self._provider = limits
+            self._window = self.window
+            self.per_minute_limits = True
 
     def _status_failure(self, status: int, body: bytes, headers: Mapping[str, str]) -> _Attempt:
         message = f"HTTP {status}: {self._error_message(status, body)}"
@@ -571,6 +642,8 @@ class Transport(Generic[T]):
     async def _wait_rate_pause(self) -> None:
         delay = self._resume_at - time.monotonic()
         if delay > 0:
+            if self._tracer is not None:
+                event("infermux.wait", {"infermux.wait.reason": "rate_limited", "infermux.wait.s": delay})
             await asyncio.sleep(delay)
 
     def _final(self, attempt: _Attempt, failures: int, waited: float) -> RemoteError:

@@ -105,6 +105,8 @@ class RemoteInferenceEngine(RemoteEngine):
             user = self.remote_params.user_id if self.remote_params is not None else None
             if user:
                 fields["user"] = user
+            if generation.service_tier is not None and self.capabilities.service_tiers:
+                fields["service_tier"] = generation.service_tier
             self._cached_fields = self.adjust_body(fields, generation)
             self._cached_generation = generation
         return self._cached_fields

@@ -224,7 +224,8 @@ def finish_reason_for(reason: Any, tool_calls: list[ToolCall] | None) -> Any:
 def parse_chat_completion(data: Any) -> tuple[str, dict[str, Any], list[ToolCall] | None, str | None]:
     """(answer text, metadata, tool calls, reasoning) from a chat-completion reply; raises on a malformed one.
 
-    Metadata keeps ``usage``, ``finish_reason``, ``model`` and ``refusal`` when the server sends one;
+    Metadata keeps ``usage``, ``finish_reason``, ``model``, and ``refusal`` and ``service_tier`` (the tier
+    that answered: OpenAI's ``default``, ``flex``, ``priority``) when the server sends them;
     reasoning is read from ``reasoning_content`` (vLLM, DeepSeek, llama.cpp) or ``reasoning``. An empty
     ``choices`` list is a content-filter block (``finish_reason: content_filter``), not a malformed reply.
     """
@@ -254,6 +255,9 @@ def parse_chat_completion(data: Any) -> tuple[str, dict[str, Any], list[ToolCall
         metadata["usage"] = usage
     if message.get("refusal"):
         metadata["refusal"] = message["refusal"]
+    tier = data.get("service_tier")
+    if isinstance(tier, str):
+        metadata["service_tier"] = tier
     reasoning = message.get("reasoning_content") or message.get("reasoning") or None
     return content or "", metadata, tool_calls, reasoning
 

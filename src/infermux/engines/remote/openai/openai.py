@@ -17,6 +17,7 @@ from typing import Any
 from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams
 from infermux.configs.model_params import ModelParams
+from infermux.engines.capabilities import check_service_tier
 from infermux.engines.remote.openai.engine import RemoteInferenceEngine
 from infermux.engines.remote.openai.format import encode_messages
 from infermux.engines.remote.openai.providers import provider_class
@@ -61,8 +62,10 @@ class OpenAIInferenceEngine(RemoteInferenceEngine):
 
     @classmethod
     def config_limit_problems(cls, model: ModelParams, generation: GenerationParams) -> list[str]:
-        # Reasoning models are sent none of the limited parameters (see adjust_body).
-        return [] if is_reasoning_model(model.model_name) else super().config_limit_problems(model, generation)
+        # Reasoning models are sent none of the limited parameters (see adjust_body); a service tier they take.
+        if is_reasoning_model(model.model_name):
+            return check_service_tier("OPENAI", cls.capabilities, generation)
+        return super().config_limit_problems(model, generation)
 
     def adjust_body(self, body: dict[str, Any], generation: GenerationParams) -> dict[str, Any]:
         if not self.reasoning:

@@ -30,6 +30,8 @@ OPENAI_PARAMS = frozenset(
 #: Several answers per request and token log-probabilities (``n``, ``logprobs``, ``top_logprobs``).
 SAMPLE_PARAMS = frozenset({"n", "logprobs", "top_logprobs"})
 _JSON = frozenset({"json"})
+#: OpenAI's ``service_tier`` values (its chat-completions reference); OpenRouter passes them on.
+OPENAI_TIERS = ("auto", "default", "flex", "priority")
 #: The batch client class of each batch protocol a provider row can name (``"module:Class"``).
 BATCH_CLIENTS = {
     "openai": "infermux.engines.remote.openai.batch_api:OpenAIBatchClient",
@@ -59,6 +61,7 @@ class Provider:
     quirks: str | None = None  # module defining the class when the provider needs code of its own
     max_items: Mapping[str, int] = field(default_factory=dict)  # documented limits (see Capabilities)
     value_ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    tiers: tuple[str, ...] = ()  # ``generation.service_tier`` values the API takes
 
     @property
     def module(self) -> str:
@@ -73,7 +76,8 @@ class Provider:
     def capabilities(self) -> Capabilities:
         return Capabilities(generation_params=self.params, guided_decoding=self.guided, images=self.images,
                             streaming=True, notes=self.notes, batch_api=self.batch_api, tools=self.tools,
-                            max_items=self.max_items, value_ranges=self.value_ranges)  # fmt: skip
+                            max_items=self.max_items, value_ranges=self.value_ranges,
+                            service_tiers=self.tiers)  # fmt: skip
 
 
 PROVIDERS: dict[E, Provider] = {
@@ -84,7 +88,7 @@ PROVIDERS: dict[E, Provider] = {
                  params=OPENAI_PARAMS | SAMPLE_PARAMS,
                  notes=("reasoning models (o1/o3/o4/gpt-5) ignore temperature, top_p, penalties, logit_bias, stop",
                         "reasoning models refuse logprobs"),
-                 max_items={"stop_strings": 4},
+                 max_items={"stop_strings": 4}, tiers=OPENAI_TIERS,
                  value_ranges={"temperature": (0.0, 2.0), "logit_bias": (-100.0, 100.0), "n": (1, 128)}),
         Provider(E.TOGETHER, "TogetherInferenceEngine", "Together AI", "https://api.together.xyz/v1",
                  "TOGETHER_API_KEY", "Together AI (``TOGETHER_API_KEY``); also takes ``min_p`` and JSON-schema output.",
@@ -107,7 +111,8 @@ PROVIDERS: dict[E, Provider] = {
         Provider(E.OPENROUTER, "OpenRouterInferenceEngine", "OpenRouter", "https://openrouter.ai/api/v1",
                  "OPENROUTER_API_KEY", "OpenRouter (``OPENROUTER_API_KEY``): one API in front of many providers' "
                  "models (``vendor/model`` names).", params=OPENAI_PARAMS | {"min_p"},
-                 notes=("OpenRouter drops parameters the routed provider does not support",), batch_api=False),
+                 notes=("OpenRouter drops parameters the routed provider does not support",), batch_api=False,
+                 tiers=OPENAI_TIERS),
         Provider(E.CEREBRAS, "CerebrasInferenceEngine", "Cerebras", "https://api.cerebras.ai/v1", "CEREBRAS_API_KEY",
                  "Cerebras Inference (``CEREBRAS_API_KEY``). Free-tier rate limits are low, hence 8 workers.",
                  workers=8, images=False, params=frozenset({"temperature", "top_p", "seed", "stop_strings"}),
