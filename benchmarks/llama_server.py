@@ -21,9 +21,9 @@ on 2 cores the first time; never part of ``make test``). Then, on the default mo
   float32 and bfloat16); each throughput is printed as a share of it.
 
 Both servers get the engine's threads (``-t``/``-tb``), batch sizes, flash-attention setting and
-``OMP_WAIT_POLICY``, so only the serving differs.
+``OMP_WAIT_POLICY``, so only the serving differs (``--own-settings``: llama-server's own defaults instead).
 
-    python benchmarks/llama_server.py [--parts batch,serve,limit] [--build-only] [--repeats 2]
+    python benchmarks/llama_server.py [--parts limit,batch,serve] [--build-only] [--repeats 2] [--own-settings]
 """
 
 from __future__ import annotations
@@ -136,7 +136,8 @@ def llama_server(binary: Path, parallel: int, settings: list[str]) -> Iterator[s
 async def _completions(url: str, prompts: list[list[int]]) -> list[str]:
     import aiohttp
 
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3600)) as session:
+    connector = aiohttp.TCPConnector(force_close=True)  # llama-server closes kept-alive connections early
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3600), connector=connector) as session:
 
         async def one(tokens: list[int]) -> str:
             body = {"prompt": tokens, "n_predict": MAX_NEW_TOKENS, "temperature": 0.0, "cache_prompt": False}
@@ -267,11 +268,14 @@ def serve_part(binary: Path, settings: list[str], clients: int, requests: int, p
     print(f"\nserve: {clients} streamed clients x {requests} requests, <= {MAX_NEW_TOKENS} tokens, greedy, "
           f"load average {os.getloadavg()[0]:.2f}", flush=True)  # fmt: skip
     with llama_server(binary, clients, settings) as url:
+        api = url + "/v1"
         results[f"llama-server -np {clients}"] = asyncio.run(
-            load(url + "/v1", "smollm2-135m-instruct", clients, requests, MAX_NEW_TOKENS)
+            load(api, "smollm2-135m-instruct", clients, requests, MAX_NEW_TOKENS, fresh_connections=True)
         )
-    with start("serve-llamacpp") as (api, model):
-        results["infermux serve (LLAMACPP)"] = asyncio.run(load(api, model, clients, requests, MAX_NEW_TOKENS))
+    with start("serve-llamacpp") as (api, model):  # the same client, one connection per request
+        results["infermux serve (LLAMACPP)"] = asyncio.run(
+            load(api, model, clients, requests, MAX_NEW_TOKENS, fresh_connections=True)
+        )
     for name, r in results.items():
         print(f"  {name:<28} {r['tok_s']:7.1f} tok/s  TTFT p50 {r['ttft_p50_ms']:5.0f} ms  p90 "
               f"{r['ttft_p90_ms']:5.0f} ms  {r['tokens']:.0f} tokens" + share(r["tok_s"], per_token, peak))  # fmt: skip
@@ -287,6 +291,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--requests", type=int, default=8)
+    parser.add_argument(
+        "--own-settings", action="store_true", help="llama-server with its default threads and flash attention"
+    )
     args = parser.parse_args()
     binary = build(dist_version("llama_cpp_python"), cmake_args())
     print(f"llama-server: {binary}")
@@ -304,7 +311,9 @@ def main() -> None:
         generation_params=GenerationParams(max_new_tokens=MAX_NEW_TOKENS),
     )
     settings = engine_settings(engine._llama)
-    print(f"llama-server settings as the engine's: {' '.join(settings)}")
+    if args.own_settings:  # llama-server's own threads, batch sizes and flash attention (same weights buffers)
+        settings = [] if "--no-repack" not in settings else ["--no-repack"]
+    print(f"llama-server flags: {' '.join(settings) or '(its defaults)'}")
     peak = None
     if "limit" in parts:
         peak = llama_peak(engine)
