@@ -107,11 +107,16 @@ async def one_request(session: object, api: str, model: str, prompt: str, max_to
     return (first if first is not None else time.perf_counter() - start_at), (usage if usage is not None else chunks)
 
 
-async def load(api: str, model: str, clients: int, requests: int, max_tokens: int) -> dict[str, float]:
+async def load(
+    api: str, model: str, clients: int, requests: int, max_tokens: int, *, fresh_connections: bool = False
+) -> dict[str, float]:
+    """``fresh_connections``: one connection per request (servers that close kept-alive connections after a
+    few requests, as llama-server's HTTP library does, would otherwise fail a pooled request)."""
     import aiohttp
 
     timeout = aiohttp.ClientTimeout(total=3600)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
+    connector = aiohttp.TCPConnector(force_close=fresh_connections)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         await one_request(session, api, model, "Hello.", 8)  # warm-up
 
         async def client(c: int) -> list[tuple[float, int]]:

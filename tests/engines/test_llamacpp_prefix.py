@@ -45,3 +45,15 @@ def test_short_shares_are_not_worth_a_copy_and_two_prompt_tokens_are_always_eval
     same = [5, 6, 7, 8]
     (adm,) = plan_admissions([same], [[*same, 9]], [0]).waves[0]
     assert adm.keep == 2  # the whole prompt is cached, yet its last two tokens are evaluated again
+
+
+def test_a_few_reusable_tokens_do_not_pull_a_prompt_away_from_the_lowest_free_slot():
+    """A gap between busy slots costs llama.cpp a pass per decode step: the lowest free slot wins unless
+    another saves MIN_COPY tokens more."""
+    template = [1, 2, 3, 4, 5]
+    cached = [[], [9], [*template, 7], [*template, 8, 8]]  # slot 1 busy
+    (adm,) = plan_admissions([[*template, 8, 9, 9]], cached, [0, 2, 3]).waves[0]
+    assert (adm.slot, adm.source, adm.keep) == (0, None, 0)
+    long = list(range(100, 100 + MIN_COPY + 5))
+    (adm,) = plan_admissions([[*long, 1, 2]], [[], [9], [*long, 7]], [0, 2]).waves[0]
+    assert (adm.slot, adm.keep) == (2, len(long))  # a long reuse is still worth the gap

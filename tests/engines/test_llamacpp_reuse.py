@@ -241,3 +241,31 @@ def test_chat_streams_reuse_the_answer_kv_and_answer_as_the_library_chat_loop(ra
     # answer's end is tokenized differently in the history than as it was generated)
     for k in (1, 2):
         assert evaluated[k] <= prompts[k] - prompts[k - 1] - answers[k - 1] + 2
+
+
+def test_decode_steps_list_their_sequences_in_slot_order():
+    """llama.cpp (one KV stream per sequence) makes one pass per run of consecutive slots in a call's
+    order: prompts admitted in another order (here grouped by length: 6, 6, then 9 tokens) still decode
+    in slot order, one run."""
+    from infermux.engines.llamacpp.decode import SamplingSpec
+
+    engine = make_engine(4)
+    decoder = engine._decoder
+    steps: list[list[int]] = []
+    decode = decoder._decode
+
+    def spy() -> None:
+        batch = decoder._batch
+        ids = [batch.seq_id[n][0] for n in range(batch.n_tokens)]
+        if len(ids) == len(set(ids)) == len(decoder.active) > 1:  # a decode step: one token per sequence
+            steps.append(ids)
+        decode()
+
+    decoder._decode = spy  # type: ignore[method-assign]
+    word = [engine._llama.tokenize(w.encode(), add_bos=False)[0] for w in (" cat", " dog", " owl")]
+    try:
+        results = engine._scheduler.generate([[word[0]] * 6, [word[1]] * 9, [word[2]] * 6], 6, SamplingSpec())
+    finally:
+        engine.close()
+    assert all(not isinstance(r, Exception) for r in results)
+    assert steps and all(ids == sorted(ids) for ids in steps), steps

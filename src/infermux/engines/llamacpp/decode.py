@@ -229,6 +229,9 @@ class MultiSequenceDecoder:
             self._admitting = []
         if not self.active:
             return
+        # llama.cpp (one KV stream per sequence) splits a call into passes over runs of consecutive sequence
+        # ids in batch order: slot order keeps the runs long, so a step is one pass where the slots allow.
+        self.active.sort(key=lambda r: r.slot)
         batch = self._batch
         for n, req in enumerate(self.active):
             token = req.tokens[-1]

@@ -11,13 +11,16 @@ how many leading prompt tokens it need not evaluate:
   wave and copied into the follower's slot for the second wave.
 
 A copy moves a whole KV stream, so it is chosen only when it saves at least ``MIN_COPY`` tokens more
-than reuse in place. At least the last two prompt tokens are always evaluated: the last one's logits give
-the first answer token, and llama.cpp computes a token alone in its sequence's batch (as a generation
-step) slightly differently from a token among others (as a prompt), so evaluating one token alone would
-make the answer depend on what the cache held. For the same reason a batch row reuses only KV computed as
-prompt tokens, not that of generated tokens (each computed alone in a step), and answers exactly as it
-would without the cache. A streamed chat turn (``Request.keep_answer``) also keeps its answer's KV, so the
-next turn evaluates only its new message, as llama-cpp-python's own chat loop does (and answers as it does).
+than reuse in place. In place, the lowest free slot is taken unless another saves ``MIN_COPY`` tokens
+more: busy slots stay together, and llama.cpp decodes a run of consecutive slots in one pass.
+
+At least the last two prompt tokens are always evaluated: the last one's logits give the first answer token,
+and llama.cpp computes a token alone in its sequence's batch (as a generation step) slightly differently
+from a token among others (as a prompt), so evaluating one token alone would make the answer depend on what
+the cache held. For the same reason a batch row reuses only KV computed as prompt tokens, not that of
+generated tokens (each computed alone in a step), and answers exactly as it would without the cache. A
+streamed chat turn (``Request.keep_answer``) also keeps its answer's KV, so the next turn evaluates only its
+new message, as llama-cpp-python's own chat loop does (and answers as it does).
 """
 
 from __future__ import annotations
@@ -66,7 +69,10 @@ def plan_admissions(prompts: Sequence[Sequence[int]], cached: Sequence[Sequence[
     for i, prompt in enumerate(prompts):
         limit = max(0, len(prompt) - 2)
         reuse = {s: min(common_prefix(cached[s], prompt), limit) for s in available}
-        slot_in = max(available, key=lambda s: (reuse[s], -len(cached[s])))
+        # A gap between busy slots costs a pass per decode step (see ``decode``), more than a few prompt tokens:
+        # the lowest free slot that reuses nearly as much as the best one.
+        best = max(reuse.values())
+        slot_in = min(s for s in available if reuse[s] > best - MIN_COPY)
         # (tokens saved, preference, source slot to copy, leader slot to follow)
         options: list[tuple[int, int, int | None, int | None]] = [(reuse[slot_in], 0, None, None)]
         for s in range(len(cached)):
