@@ -24,6 +24,8 @@ import os
 import sys
 from typing import Any
 
+from infermux.errors import install_hint
+
 __all__ = ["SCOPE", "set_tracer_provider", "tracer", "tracing_wanted"]
 
 logger = logging.getLogger("infermux.tracing")
@@ -81,8 +83,8 @@ def _make_tracer() -> Any:
     except ImportError:
         if wanted:
             logger.warning(
-                "OTEL_* variables ask for traces, but OpenTelemetry is not installed: "
-                "pip install 'infermux[otel]'. Going on without traces."
+                "OTEL_* variables ask for traces, but OpenTelemetry is not installed: %s. Going on without traces.",
+                install_hint("otel"),
             )
         return None
     current = trace.get_tracer_provider()
@@ -104,7 +106,7 @@ def _sdk_provider() -> Any:
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
     except ImportError:
-        logger.warning("OTEL_* variables ask for traces, but opentelemetry-sdk is missing: pip install infermux[otel].")
+        logger.warning("OTEL_* variables ask for traces, but opentelemetry-sdk is missing: %s.", install_hint("otel"))
         return None
     attributes = {} if os.environ.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: "infermux"}
     provider = TracerProvider(resource=Resource.create(attributes))
@@ -133,6 +135,6 @@ def _otlp_exporter() -> Any:
                 OTLPSpanExporter,
             )
     except ImportError:
-        logger.warning("the OTLP exporter (%s) is not installed: pip install 'infermux[otel]'.", protocol or "http")
+        logger.warning("the OTLP exporter (%s) is not installed: %s.", protocol or "http", install_hint("otel"))
         return None
     return OTLPSpanExporter()  # reads its endpoint, headers and timeout from the OTEL_* variables
