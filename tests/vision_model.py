@@ -107,9 +107,7 @@ def tiny_vision_model(root: str | Path | None = None) -> Path:
     from infermux.models.default import cache_dir, hf_folder
 
     tokenizer_source = hf_folder()
-    key = json.dumps(
-        {"spec": SPEC, "builder": _BUILDER_VERSION, "tokenizer": tokenizer_source.name}, sort_keys=True
-    )
+    key = json.dumps({"spec": SPEC, "builder": _BUILDER_VERSION, "tokenizer": tokenizer_source.name}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     target = Path(root).expanduser() if root is not None else cache_dir()
     target = target / f"tiny-idefics3-{digest}"

@@ -151,9 +151,7 @@ def _read_file(path: Path, shown: str) -> bytes:
     try:
         size = path.stat().st_size
         if size > MAX_IMAGE_BYTES:
-            raise ImageError(
-                f"image file {shown!r} has {size} bytes, more than the {MAX_IMAGE_BYTES}-byte image limit"
-            )
+            raise ImageError(f"image file {shown!r} has {size} bytes, more than the {MAX_IMAGE_BYTES}-byte image limit")
         return path.read_bytes()
     except OSError as exc:
         raise ImageError(f"cannot read image file {shown!r}: {exc.strerror or exc}") from None
@@ -201,9 +199,7 @@ def pdf_pages(data: bytes, where: str = "PDF") -> list[Any]:
     try:
         import pypdfium2
     except ImportError:
-        raise ImageError(
-            f"{where!r} is a PDF; rendering its pages needs pypdfium2: {install_hint('pdf')}"
-        ) from None
+        raise ImageError(f"{where!r} is a PDF; rendering its pages needs pypdfium2: {install_hint('pdf')}") from None
     try:
         document = pypdfium2.PdfDocument(data)
     except Exception as exc:
