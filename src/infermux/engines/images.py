@@ -36,6 +36,7 @@ __all__ = [
     "conversation_images",
     "image_bytes",
     "is_pdf",
+    "pdf_page_items",
     "pdf_pages",
     "resolve_relative_images",
 ]
@@ -219,3 +220,14 @@ def pdf_pages(data: bytes, where: str = "PDF") -> list[Any]:
         return pages
     finally:
         document.close()
+
+
+def pdf_page_items(data: bytes, where: str = "PDF") -> list[ContentItem]:
+    """Each page of the PDF ``data`` as an ``image_binary`` item holding a PNG (for ``chat --image`` and
+    ``/image``, so any engine that takes images gets the pages)."""
+    items = []
+    for page in pdf_pages(data, where):
+        out = io.BytesIO()
+        page.save(out, format="PNG")
+        items.append(ContentItem(type=Type.IMAGE_BINARY, binary=out.getvalue()))
+    return items
