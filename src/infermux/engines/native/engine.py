@@ -75,8 +75,10 @@ class NativeTextInferenceEngine(InferenceEngine):
         lora=True,
         tools=True,
         notes=(
-            "images: with image-text-to-text models (AutoModelForImageTextToText and the model's processor); "
-            "text-only models refuse image rows; guided decoding through xgrammar",
+            "images: set model_name to an image-text-to-text model (SmolVLM, Qwen2-VL...; loaded with "
+            "AutoModelForImageTextToText and its own processor and chat template) and give rows image_path, "
+            "image_url or image_binary parts ([docs/batch.md](batch.md#images)); a text-only model refuses them",
+            "guided decoding through xgrammar",
             "tools: rendered by the chat template, or as a Hermes system block; forced calls are schema-"
             "constrained, others parsed from <tool_call> markup (docs/tools.md).",
             "streaming: concurrent streams (infermux serve) decode in one batch that new requests join between "
