@@ -127,7 +127,9 @@ def test_greedy_answers_equal_transformers_by_hand(
 def _config(engine: NativeTextInferenceEngine, **generation: Any) -> Any:
     from infermux.configs import InferenceConfig
 
-    return InferenceConfig(model=engine.model_params, generation=GenerationParams(**{"max_new_tokens": TOKENS, **generation}))
+    return InferenceConfig(
+        model=engine.model_params, generation=GenerationParams(**{"max_new_tokens": TOKENS, **generation})
+    )
 
 
 def test_two_different_images_give_different_logits(engine: NativeTextInferenceEngine, files: list[Path]) -> None:
@@ -208,3 +210,53 @@ def test_a_job_file_with_relative_images(engine: NativeTextInferenceEngine, file
     assert "error" not in result.get("metadata", {}), result
     direct = engine.infer([Conversation.model_validate({"messages": [user(path_part(files[3]), text("?"))]})])
     assert result["messages"][-1]["content"] == direct[0].last_message.text
+
+
+OUMI_VISION = """\
+# The shape of Oumi's vision inference recipes (configs/recipes/vision/*/inference/*_infer.yaml).
+model:
+  model_name: "{model}"
+  model_max_length: 3072
+  torch_dtype_str: "{dtype}"
+  chat_template: "{template}"
+  trust_remote_code: True
+
+generation:
+  max_new_tokens: 8
+  batch_size: 2
+
+engine: {engine}
+"""
+
+
+def test_oumi_vision_configs_load_and_run(tiny_vision_model: Path, tmp_path: Path, files: list[Path]) -> None:
+    """Oumi's vision recipes load (Qwen3-VL on VLLM, as configs/recipes/vision/qwen3_vl_2b/inference/
+    vllm_infer.yaml); the NATIVE one runs image rows on the model it names (the tiny Idefics3) with its own
+    template, and a template that renders no image markers fails each row with the reason."""
+    from infermux.configs import load_config
+    from infermux.engines.registry import build_engine
+
+    qwen = tmp_path / "vllm_infer.yaml"
+    qwen.write_text(OUMI_VISION.format(model="Qwen/Qwen3-VL-2B-Instruct", dtype="bfloat16",
+                                       template="qwen3-vl-instruct", engine="VLLM"))  # fmt: skip
+    config = load_config(qwen)
+    assert (config.engine, config.model.model_name, config.model.chat_template) == (
+        "VLLM",
+        "Qwen/Qwen3-VL-2B-Instruct",
+        "qwen3-vl-instruct",
+    )
+    native = tmp_path / "native_infer.yaml"
+    rows = [Conversation.model_validate({"messages": [user(path_part(path), text("What is it?"))]}) for path in files]
+    for template in ("auto", "chat_ml"):  # the model's own template; one that renders no image markers
+        native.write_text(OUMI_VISION.format(model=tiny_vision_model, dtype="float32", template=template,
+                                             engine="NATIVE"))  # fmt: skip
+        engine = build_engine(load_config(native))
+        try:
+            answers = engine.infer(rows)
+        finally:
+            engine.close()
+        if template == "auto":
+            assert all("error" not in a.metadata for a in answers) and len({a.last_message.text for a in answers}) > 1
+        else:  # each row says why, instead of a failed batch
+            for answer in answers:
+                assert "placed 0 image marker(s) (<image>) for 1 image(s)" in answer.metadata["error"]["message"]

@@ -57,6 +57,13 @@ class VisionPrompts:
                 parts.extend({"type": "image"} for _ in decoded)
             messages[number + offset] = {**messages[number + offset], "content": parts}
         text = self.tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
+        marker = getattr(self.processor, "image_token", None)
+        if isinstance(marker, str) and text.count(marker) != len(pictures):
+            raise ValueError(
+                f"the chat template placed {text.count(marker)} image marker(s) ({marker}) for {len(pictures)} "
+                "image(s): it does not render image parts for this model. Leave model.chat_template unset (the "
+                "model's own template) or name one that renders images for it."
+            )
         return VisualRow(text=text, pictures=pictures)
 
     def sort_ids(self, row: VisualRow) -> list[int]:
