@@ -191,3 +191,30 @@ def test_tool_results_answer_the_waiting_calls_then_the_model_goes_on() -> None:
         (Role.TOOL, "c0", "-3 C"),
     ]
     assert pending.tools == [weather] and pending.messages[1].tool_calls == calls
+
+
+def test_a_pdf_becomes_one_image_per_page(tmp_path: Path) -> None:
+    """``/image doc.pdf`` and ``chat --image doc.pdf`` attach each page as a PNG (pypdfium2, the pdf extra)."""
+    import io
+
+    import pytest
+
+    pdfium = pytest.importorskip("pypdfium2")
+    document = pdfium.PdfDocument.new()
+    for width in (72, 144):
+        document.new_page(width, 72)
+    out = io.BytesIO()
+    document.save(out)
+    pdf = tmp_path / "doc.pdf"
+    pdf.write_bytes(out.getvalue())
+    session = make()
+    assert session.run(f"/image {pdf}").text == "image attached to your next message (2 waiting)."
+    content = session.ask("Summarise.").last_message.content
+    assert isinstance(content, list)
+    assert [i.type for i in content] == [Type.IMAGE_BINARY, Type.IMAGE_BINARY, Type.TEXT]
+    assert all(i.binary and i.binary.startswith(b"\x89PNG") for i in content[:2])
+    assert len(make(images=[str(pdf)]).pending_images) == 2
+    broken = tmp_path / "broken.pdf"
+    broken.write_bytes(b"%PDF-1.7 cut short")
+    refused = make().run(f"/image {broken}")
+    assert refused.error and "not a readable PDF" in refused.text

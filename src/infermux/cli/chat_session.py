@@ -74,6 +74,14 @@ def image_item(ref: str) -> ContentItem:
     return ContentItem(type=Type.IMAGE_PATH, content=str(Path(ref).expanduser()))
 
 
+def _is_pdf(path: Path) -> bool:
+    try:
+        with path.open("rb") as handle:
+            return handle.read(5) == b"%PDF-"
+    except OSError:
+        return False
+
+
 def join_continuations(lines: list[str]) -> str:
     """Join lines that end with a backslash to the next one (the backslash becomes a newline)."""
     parts = []
@@ -172,6 +180,14 @@ class ChatSession:
         item = image_item(ref)
         if item.type == Type.IMAGE_PATH and not Path(str(item.content)).is_file():
             return f"no image file at {item.content}; give an existing path or an http(s) URL."
+        if item.type == Type.IMAGE_PATH and _is_pdf(Path(str(item.content))):
+            from infermux.engines.images import ImageError, pdf_page_items
+
+            try:  # one image per page, sent as PNG bytes (any engine that takes images reads them)
+                self.pending_images.extend(pdf_page_items(Path(str(item.content)).read_bytes(), str(item.content)))
+            except (ImageError, OSError) as exc:
+                return str(exc)
+            return None
         self.pending_images.append(item)
         return None
 
@@ -226,7 +242,7 @@ class ChatSession:
 
     def _image(self, arg: str) -> CommandResult:
         if not arg:
-            return CommandResult("usage: /image PATH|URL", error=True)
+            return CommandResult("usage: /image PATH|URL (a PDF: one image per page)", error=True)
         problem = self.attach(arg)
         if problem:
             return CommandResult(problem, error=True)
