@@ -119,6 +119,17 @@ def tiny_lora(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_lora(tmp_path_factory.mktemp("lora") / "tiny-lora")
 
 
+@pytest.fixture(scope="session")
+def tiny_vision_model() -> Path:
+    """A tiny Idefics3 (SmolVLM architecture) folder with seeded random weights, the default model's
+    tokenizer plus the image tokens, and its processor (:mod:`tests.vision_model`); built once per content
+    hash in infermux's cache folder, so a session after the first only finds it."""
+    pytest.importorskip("transformers", reason="needs transformers to build the tiny vision model")
+    from tests.vision_model import tiny_vision_model as build
+
+    return build()
+
+
 @dataclass(frozen=True)
 class VLLMServe:
     """A running ``vllm serve``: ``url`` (``http://127.0.0.1:PORT``, OpenAI routes under ``/v1``, Anthropic
