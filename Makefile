@@ -49,7 +49,7 @@ $(VENV)/.llamacpp: scripts/install_llamacpp.sh | $(VENV)/.core
 # torchcodec wheels do not import beside this torch (vLLM runs without them).
 $(VENV)/.native: | $(VENV)/.core
 	$(PIP) install -q '$(TORCH)'
-	$(PIP) install -q '$(TRANSFORMERS)' accelerate peft gguf xgrammar
+	$(PIP) install -q '$(TRANSFORMERS)' accelerate peft gguf xgrammar pypdfium2
 	touch $@
 
 $(VENV)/.vllm: | $(VENV)/.native

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from infermux.engines.images import resolve_relative_images
 from infermux.errors import InputError
 from infermux.jobs.tables import TableColumns, input_format, scan_table
 from infermux.text import first_surrogate
@@ -215,12 +216,16 @@ def _scan(path: Path | str, columns: TableColumns | None = None) -> Iterator[Inp
     index = 0
     seen: dict[str, int] = {}
     where = _shown(path)
+    # Relative image paths name files beside the input file, wherever the job runs from.
+    folder = path.parent.absolute() if isinstance(path, Path) else None
     for number, raw in _lines(path):
         try:
             conv = _parse(raw, where, number)
         except InputError as exc:
             yield exc
             continue
+        if folder is not None and conv.has_images:
+            conv = resolve_relative_images(conv, folder)
         rid = row_id_for(index, conv.conversation_id, raw)
         rid = unique_id(rid, seen)
         yield InputRow(index=index, line=number, row_id=rid, conversation=conv)

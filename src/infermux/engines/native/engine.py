@@ -17,6 +17,8 @@
   wants sampling, so it is never silently ignored.
 - Tool calling: :mod:`infermux.engines.tool_prompting` (rows that force a call decode under their tools'
   schema, in batches of their own).
+- Images (image-text-to-text models, :mod:`.vision`): the model's processor and chat template, images
+  decoded when their chunk runs; rows with images batch together through ``model.generate``.
 - Answers exclude the prompt (unless ``exclude_prompt_from_response`` is false), are decoded with
   ``skip_special_tokens``, and are cut before the first stop string.
 """
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import threading
@@ -38,6 +41,7 @@ from infermux.engines import tool_prompting
 from infermux.engines.base import InferenceEngine, StreamEvent
 from infermux.engines.capabilities import Capabilities
 from infermux.engines.decoder_thread import thread_rows
+from infermux.engines.images import ImageError
 from infermux.engines.native.logprobs import ScoreRecorder
 from infermux.engines.native.model import LoadedModel
 from infermux.errors import EngineUnavailableError, ErrorKind, InputError, RowError, install_hint
@@ -66,12 +70,13 @@ class NativeTextInferenceEngine(InferenceEngine):
     capabilities: ClassVar[Capabilities] = Capabilities(
         generation_params=frozenset(_SUPPORTED.split()),
         guided_decoding=frozenset({"json", "regex", "choice"}),
-        images=False,
+        images=True,
         streaming=True,
         lora=True,
         tools=True,
         notes=(
-            "text-only models; guided decoding through xgrammar",
+            "images: with image-text-to-text models (AutoModelForImageTextToText and the model's processor); "
+            "text-only models refuse image rows; guided decoding through xgrammar",
             "tools: rendered by the chat template, or as a Hermes system block; forced calls are schema-"
             "constrained, others parsed from <tool_call> markup (docs/tools.md).",
             "streaming: concurrent streams (infermux serve) decode in one batch that new requests join between "
@@ -90,15 +95,29 @@ class NativeTextInferenceEngine(InferenceEngine):
                 f"The NATIVE engine needs torch and transformers ({exc}). Install them with: " + install_hint("native")
             ) from exc
         self._torch = torch
-        self.tokenizer: Any = native_loading.load_tokenizer(self.model_params)
-        self.model: Any = native_loading.load_model(self.model_params)
+        vision = native_loading.is_vision_model(self.model_params)
+        processor = None
+        if vision:  # the processor may hold the only chat template
+            processor = native_loading.load_processor(self.model_params)
+        template = getattr(processor, "chat_template", None)
+        self.tokenizer: Any = native_loading.load_tokenizer(self.model_params, fallback_template=template)
+        self.model: Any = native_loading.load_model(self.model_params, vision=vision)
         self._device = next(self.model.parameters()).device
         self._max_length = _prompt_limit(self.model_params, self.tokenizer)
         self._lock = threading.Lock()  # one generation at a time on the model
         from infermux.engines.native.decode import supports_fast_decode
 
-        self._fast_decode = supports_fast_decode(self.model)
+        # The decode loop and stream scheduler feed token ids only: image models run through model.generate.
+        self._fast_decode = not vision and supports_fast_decode(self.model)
         self._template_has_tools = tool_prompting.renders_tools(getattr(self.tokenizer, "chat_template", None))
+        self._vision: Any = None
+        if processor is not None:
+            from infermux.engines.native.vision import VisionPrompts
+
+            processor.tokenizer = self.tokenizer  # left-padded, with the configured template
+            self._vision = VisionPrompts(processor, self.tokenizer, self._template_has_tools)
+        else:  # an instance's own capabilities (serve and chat read them): this model takes no images
+            vars(self)["capabilities"] = dataclasses.replace(type(self).capabilities, images=False)
         self.prompt_cache: Any = None
         self._scheduler: Any = None
         if self._fast_decode:  # concurrent streams decode together (plain full-attention caches only)
@@ -144,17 +163,23 @@ class NativeTextInferenceEngine(InferenceEngine):
                     emit(index, result)
 
         prompts: dict[int, list[int]] = {}
+        visual: dict[int, Any] = {}  # rows with images: their rendered prompt and pictures (.vision)
         for index, conversation in enumerate(conversations):
             try:
-                prompts[index] = self._prompt_ids(conversation, index, generation)
-            except Exception as exc:  # a template error is this row's problem only
-                settle(index, RowError.from_exception(exc, ErrorKind.INVALID_INPUT, context="chat template failed"))
+                if self._vision is not None and conversation.has_images:
+                    visual[index] = self._vision.prepare(conversation, generation)
+                    prompts[index] = self._vision.sort_ids(visual[index])
+                else:
+                    prompts[index] = self._prompt_ids(conversation, index, generation)
+            except Exception as exc:  # a bad image or a template error is this row's problem only
+                context = "" if isinstance(exc, ImageError) else "chat template failed"
+                settle(index, RowError.from_exception(exc, ErrorKind.INVALID_INPUT, context=context))
         # Rows whose tool_choice forces a call decode under their tools' schema: batches never mix settings.
         # Within a setting, rows sharing a long prefix are batched together (see _batch_order).
         settings = {i: tool_prompting.constrained_generation(conversations[i], generation) for i in prompts}
         groups: dict[str, dict[int, list[int]]] = {}
-        for i in prompts:
-            groups.setdefault(settings[i].model_dump_json(), {})[i] = prompts[i]
+        for i in prompts:  # rows with images batch apart (their inputs carry pixels)
+            groups.setdefault(settings[i].model_dump_json() + ("|images" if i in visual else ""), {})[i] = prompts[i]
         batches: list[list[int]] = []
         for group in groups.values():
             order = _batch_order(group)
@@ -172,9 +197,13 @@ class NativeTextInferenceEngine(InferenceEngine):
 
             try:
                 with self._lock:  # n sequences per prompt, next to each other
-                    answers = self._generate(
-                        [prompts[i] for i in rows for _ in range(n)], settings[rows[0]], sequence_done
-                    )
+                    inputs, batch = None, [prompts[i] for i in rows for _ in range(n)]
+                    if rows[0] in visual:
+                        from infermux.engines.native.vision import prompt_rows
+
+                        inputs = self._vision.inputs([visual[i] for i in rows for _ in range(n)], self._device)
+                        batch = prompt_rows(inputs)
+                    answers = self._generate(batch, settings[rows[0]], sequence_done, inputs)
             except Exception as exc:
                 if isinstance(exc, (EngineUnavailableError, InputError)):
                     raise
@@ -218,14 +247,16 @@ class NativeTextInferenceEngine(InferenceEngine):
         prompts: list[list[int]],
         generation: GenerationParams,
         on_answer: Callable[[int, Answer], None] | None = None,
+        inputs: dict[str, Any] | None = None,
     ) -> list[Answer]:
         """Answer ``prompts``; ``on_answer(index, answer)`` sees each answer as it ends (where the decode
-        loop runs; ``model.generate`` ends them all at once)."""
+        loop runs; ``model.generate`` ends them all at once). ``inputs``: the batch's model inputs made by a
+        vision model's processor (ids, mask and pixels), used instead of ``prompts``' ids."""
         from infermux.engines.native import params
 
         torch = self._torch
         loaded = self.loaded
-        ids, mask = loaded.batch_tensors(prompts)
+        ids, mask = (inputs["input_ids"], inputs["attention_mask"]) if inputs else loaded.batch_tensors(prompts)
         vocab = int(self.model.config.get_text_config().vocab_size)
         processors = params.build_processors(generation, self.tokenizer, vocab, ids.shape[1])
         stop_ids = params.stop_token_ids(generation, self.tokenizer, self.model)
@@ -268,11 +299,13 @@ class NativeTextInferenceEngine(InferenceEngine):
                     on_finish=finished,
                 )
             else:
-                new_tokens = self._hf_generate(ids, mask, generation, processors, stop_ids, vocab, recorder)
+                extra = {k: v for k, v in (inputs or {}).items() if k not in ("input_ids", "attention_mask")}
+                new_tokens = self._hf_generate(ids, mask, generation, processors, stop_ids, vocab, recorder, extra)
         return [answer(row, tokens) for row, tokens in enumerate(new_tokens)]
 
     def _hf_generate(self, ids: Any, mask: Any, generation: GenerationParams, processors: Any, stop_ids: list[int],
-                     vocab: int, recorder: ScoreRecorder | None = None) -> list[list[int]]:  # fmt: skip
+                     vocab: int, recorder: ScoreRecorder | None = None,
+                     extra: dict[str, Any] | None = None) -> list[list[int]]:  # fmt: skip
         from infermux.engines.native import params
 
         if generation.guided_decoding is not None:
@@ -293,6 +326,7 @@ class NativeTextInferenceEngine(InferenceEngine):
             # Sampling settings are in `processors`; neutralise the model's own defaults.
             temperature=None, top_p=None, top_k=None, min_p=None,
             output_scores=recorder is not None, return_dict_in_generate=recorder is not None,
+            **(extra or {}),  # a vision model's pixel tensors
         )  # fmt: skip
         if recorder is not None:
             # Per step, the processed scores of every sequence (beam search: of the beams, not the answers).
@@ -329,6 +363,7 @@ class NativeTextInferenceEngine(InferenceEngine):
         # its whole batch and cache: they cannot join the scheduler's steps, so they take the model lock.
         # n > 1 and logprobs without a scheduler (models the decode loop cannot drive) take it as well.
         whole = generation.guided_decoding is not None or generation.num_beams > 1 or forced
+        whole = whole or (self._vision is not None and conversation.has_images)  # images: the batch path
         if whole or (samples and self._scheduler is None):
             async for event in super()._stream(conversation, generation):
                 yield event

@@ -22,7 +22,7 @@ from infermux.errors import ConfigError, EngineUnavailableError, ModelNotFoundEr
 from infermux.models import resolve_model_name
 from infermux.templates import resolve_chat_template
 
-__all__ = ["load_model", "load_tokenizer", "torch_dtype"]
+__all__ = ["is_vision_model", "load_model", "load_processor", "load_tokenizer", "torch_dtype"]
 
 logger = logging.getLogger("infermux.engines.native.engine")
 
@@ -70,8 +70,43 @@ def _hub_error(name: str, what: str, exc: Exception) -> ModelNotFoundError:
     )
 
 
-def load_tokenizer(params: ModelParams) -> PreTrainedTokenizerBase:
-    """The tokenizer, left-padded (batched decoder-only generation needs it), with a pad token."""
+def is_vision_model(params: ModelParams) -> bool:
+    """Whether the model is an image-text-to-text model (its config has a vision tower and transformers maps
+    it to ``AutoModelForImageTextToText``): NATIVE then loads it with its processor and reads images."""
+    source, extra = _source(params)
+    if extra:  # a .gguf file: text only through transformers
+        return False
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=params.trust_remote_code)
+    except (OSError, ValueError):
+        return False  # load_model explains a missing model
+    has_vision = getattr(config, "vision_config", None) is not None
+    return has_vision and getattr(config, "model_type", None) in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+
+def load_processor(params: ModelParams) -> Any:
+    """The model's own processor (``AutoProcessor``: image processor, tokenizer, chat template)."""
+    from transformers import AutoProcessor
+
+    source, _ = _source(params)
+    try:
+        processor = AutoProcessor.from_pretrained(source, trust_remote_code=params.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise _hub_error(source, "processor", exc) from exc
+    if getattr(processor, "image_processor", None) is None:
+        raise ModelNotFoundError(
+            f"'{source}' looks like a vision model but its processor has no image processor; NATIVE needs the "
+            "model's preprocessor_config.json / processor_config.json beside its weights."
+        )
+    return processor
+
+
+def load_tokenizer(params: ModelParams, fallback_template: str | None = None) -> PreTrainedTokenizerBase:
+    """The tokenizer, left-padded (batched decoder-only generation needs it), with a pad token;
+    ``fallback_template`` is the chat template when neither the config nor the tokenizer has one (a vision
+    model's processor may carry it)."""
     extra: dict[str, Any] = {}
     if params.tokenizer_name:
         source = str(resolve_model_name(params.tokenizer_name, "NATIVE"))
@@ -96,6 +131,8 @@ def load_tokenizer(params: ModelParams) -> PreTrainedTokenizerBase:
     template = resolve_chat_template(params.chat_template)  # None: unset or `auto` (the tokenizer's own)
     if template is not None:
         tokenizer.chat_template = template
+    if not getattr(tokenizer, "chat_template", None) and fallback_template:
+        tokenizer.chat_template = fallback_template
     if not getattr(tokenizer, "chat_template", None):
         raise ConfigError(
             f"The tokenizer of '{source}' has no chat template. Set model.chat_template to a built-in "
@@ -133,8 +170,9 @@ def _device_map(params: ModelParams) -> Any:
     return device_map
 
 
-def load_model(params: ModelParams) -> Any:
-    """The causal LM in eval mode, with the adapter applied when ``adapter_model`` is set."""
+def load_model(params: ModelParams, *, vision: bool = False) -> Any:
+    """The causal LM (``vision``: the image-text-to-text model) in eval mode, with the adapter applied when
+    ``adapter_model`` is set."""
     source, extra = _source(params)
     kwargs: dict[str, Any] = {
         k: v for k, v in params.model_kwargs.items() if k not in {*_QUANT_KEYS, "torch_dtype", "dtype", "device_map"}
@@ -151,12 +189,17 @@ def load_model(params: ModelParams) -> Any:
     device_map = _device_map(params)
     if device_map is not None:
         kwargs["device_map"] = device_map
+    auto: Any = AutoModelForCausalLM
+    if vision:
+        from transformers import AutoModelForImageTextToText
+
+        auto = AutoModelForImageTextToText
     try:
         if params.load_pretrained_weights:
-            model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+            model = auto.from_pretrained(source, **kwargs)
         else:
             config = AutoConfig.from_pretrained(source, trust_remote_code=params.trust_remote_code, **extra)
-            model = AutoModelForCausalLM.from_config(config, dtype=kwargs["dtype"])
+            model = auto.from_config(config, dtype=kwargs["dtype"])
     except (OSError, ValueError) as exc:
         if "does not appear to have" in str(exc) or isinstance(exc, OSError):
             raise _hub_error(source, "model", exc) from exc
