@@ -187,43 +187,71 @@ def test_a_job_of_many_image_rows_is_fed_in_chunks_and_equals_raw(engine, images
         assert answered.last_message.text == expected[row % 4], row
 
 
-def test_a_broken_missing_or_extra_image_fails_only_its_row(engine, images, tmp_path):
+def test_a_broken_missing_oversized_or_extra_image_fails_only_its_row(engine, images, tmp_path, monkeypatch):
+    import infermux.engines.images as image_sources
+
+    monkeypatch.setattr(image_sources, "MAX_IMAGE_PIXELS", 3000)  # the good rows' image has 48x40 pixels
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n but not an image")
+    big = tmp_path / "big.png"
+    big.write_bytes(png("white", (100, 100)))
     good = ours([ROWS[0]], images)[0]
-    rows = [
-        good,
-        Conversation.model_validate(
-            {"messages": [{"role": "user", "content": [{"type": "image_path", "content": str(tmp_path / "gone.png")}]}]}
-        ),
-        Conversation.model_validate(
+
+    def one_image(path: Path) -> Conversation:
+        return Conversation.model_validate(
             {
                 "messages": [
                     {"role": "user", "content": "Hello"},
                     {"role": "assistant", "content": "Hi."},
-                    {
-                        "role": "user",
-                        "content": [
-                            {"type": "text", "content": "Look"},
-                            {"type": "image_path", "content": str(broken)},
-                        ],
-                    },
+                    {"role": "user", "content": [{"type": "text", "content": "Look"},
+                                                 {"type": "image_path", "content": str(path)}]},
                 ]
             }
-        ),
+        )  # fmt: skip
+
+    gone = {"messages": [{"role": "user", "content": [{"type": "image_path", "content": str(tmp_path / "gone.png")}]}]}
+    rows = [
+        good,
+        Conversation.model_validate(gone),
+        one_image(broken),
+        one_image(big),
         ours([[("user", [("path", "red"), ("path", "blue"), ("path", "green"), "Three?"])]], images)[0],
         good,
     ]
     out = run(engine, rows)
     (expected,) = run(engine, [good])
-    assert out[0].last_message.text == out[4].last_message.text == expected.last_message.text
-    missing, bad, many = (out[i].metadata["error"] for i in (1, 2, 3))
-    assert (
-        missing["kind"] == "invalid_input" and "messages[0]" in missing["message"] and "gone.png" in missing["message"]
-    )
-    assert bad["kind"] == "invalid_input" and "messages[2]" in bad["message"] and "broken.png" in bad["message"]
+    assert out[0].last_message.text == out[5].last_message.text == expected.last_message.text
+    missing, bad, oversized, many = (out[i].metadata["error"] for i in (1, 2, 3, 4))
+    assert missing["kind"] == "invalid_input" and "message 0" in missing["message"]
+    assert "gone.png" in missing["message"]
+    assert bad["kind"] == "invalid_input" and "message 2" in bad["message"] and "broken.png" in bad["message"]
+    assert oversized["kind"] == "invalid_input" and "message 2" in oversized["message"]
+    assert "big.png" in oversized["message"] and "100x100" in oversized["message"]
     assert many["kind"] == "invalid_input" and "3 images" in many["message"]
     assert "limit_mm_per_prompt" in many["message"]
+
+
+def test_a_pdf_is_one_image_per_page(engine, images, tmp_path):
+    pypdfium2 = pytest.importorskip("pypdfium2", reason="PDFs need pypdfium2 (the pdf extra)")
+    from PIL import Image
+
+    pdf = tmp_path / "two-pages.pdf"
+    first = Image.open(images["gradient"]).convert("RGB")
+    first.save(pdf, "PDF", save_all=True, append_images=[Image.open(images["green"]).convert("RGB")])
+    pages = []
+    document = pypdfium2.PdfDocument(pdf.read_bytes())
+    for index in range(len(document)):  # rendered as infermux renders them, sent to raw vLLM as PNG data URLs
+        buffer = io.BytesIO()
+        document[index].render(scale=150 / 72).to_pil().convert("RGB").save(buffer, "PNG")
+        pages.append({"type": "image_url", "image_url": {"url": data_url(buffer.getvalue())}})
+    document.close()
+    row = {"messages": [{"role": "user", "content": [{"type": "image_path", "content": str(pdf)},
+                                                      {"type": "text", "content": "Summarize."}]}]}  # fmt: skip
+    (answered,) = run(engine, [Conversation.model_validate(row)])
+    (expected,) = raw_chat(engine, [[{"role": "user", "content": [*pages, {"type": "text", "text": "Summarize."}]}]])
+    assert "error" not in answered.metadata, answered.metadata
+    assert answered.last_message.text == expected.outputs[0].text
+    assert answered.metadata["usage"]["prompt_tokens"] == len(expected.prompt_token_ids)
 
 
 async def _stream(engine, conversation: Conversation, generation: GenerationParams) -> tuple[list[str], Any]:

@@ -41,7 +41,7 @@ from infermux.engines.token_bytes import TokenBytes
 from infermux.engines.tool_calls import calls_from_forced, forced_schema, template_tools, tools_key
 from infermux.engines.vllm.feed import rejected_input
 from infermux.engines.vllm.loading import llm_kwargs, local_adapter, lora_rank, resolve_model
-from infermux.engines.vllm.media import ChatInputs, image_bytes
+from infermux.engines.vllm.media import ChatInputs
 from infermux.engines.vllm.tools import vllm_tool_parser
 from infermux.errors import ConfigError, EngineUnavailableError, ErrorKind, InputError, RowError, install_hint
 from infermux.samples import reply_with_samples, token_logprob, wants_samples
@@ -134,7 +134,7 @@ class VLLMInferenceEngine(InferenceEngine):
         self._feeder: Any = None
         self._llm: Any = vllm.LLM(**self.llm_kwargs)
         self._tool_parser = vllm_tool_parser(model_params.tool_call_parser, self._llm)
-        self._inputs = ChatInputs(self._llm, image_bytes)  # rows as vLLM's chat input, images decoded
+        self._inputs = ChatInputs(self._llm)  # rows as vLLM's chat input, images decoded
         self._bytes_of: TokenBytes | None = None  # token id -> raw bytes, for log-probabilities
 
     @property
