@@ -25,7 +25,8 @@ from infermux.types import ContentItem, Conversation, Type
 
 __all__ = ["ChatInputs", "ImageDecoder", "image_label", "vllm_chat"]
 
-#: Decodes one image item into what vLLM takes (PIL images: one, or a PDF's pages); raises ``ValueError``.
+#: Decodes one image item into what vLLM takes (PIL images, or vLLM's ``MediaWithBytes`` around one: one,
+#: or a PDF's pages); raises ``ValueError``.
 Decode = Callable[[ContentItem], list[Any]]
 
 
@@ -88,8 +89,8 @@ class ImageDecoder:
             raise images.ImageError(
                 f"image {where} is {width}x{height} pixels, more than the {images.MAX_IMAGE_PIXELS}-pixel limit"
             )
-        try:
-            return [self._io.load_bytes(data).media]
+        try:  # the picture with its file's bytes, as vLLM holds an image it read: hashed by those bytes
+            return [self._io.load_bytes(data)]
         except ValueError as exc:  # vLLM's "Failed to load image: ..."
             raise images.ImageError(f"{where} is not a readable image ({exc})") from None
 
