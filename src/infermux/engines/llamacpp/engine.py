@@ -92,6 +92,9 @@ class LlamaCppInferenceEngine(InferenceEngine):
             "constrained, others parsed from <tool_call> markup (docs/tools.md).",
             "num_beams: llama.cpp has no beam search.",
             "adapter_model: pass a GGUF LoRA as model_kwargs.lora_path instead.",
+            "images: not yet. llama-cpp-python's mtmd binding runs a vision GGUF with its projector one "
+            "conversation at a time in its own context (MTMDChatHandler); this engine's multi-sequence decoder "
+            "does not evaluate image chunks yet (docs/batch.md).",
             "regex guided decoding: patterns are translated to a grammar; look-arounds, back-references "
             "and flags are refused.",
             "prompt KV is reused: rows sharing a prefix (a long system prompt, few-shot examples) evaluate it "

@@ -38,11 +38,12 @@ from infermux.engines.capabilities import Capabilities
 from infermux.engines.decoder_thread import emitted_rows
 from infermux.engines.seeds import VLLM_SEEDS, fold_seed
 from infermux.engines.token_bytes import TokenBytes
-from infermux.engines.tool_calls import calls_from_forced, forced_schema, template_messages, template_tools, tools_key
+from infermux.engines.tool_calls import calls_from_forced, forced_schema, template_tools, tools_key
 from infermux.engines.vllm.feed import rejected_input
 from infermux.engines.vllm.loading import llm_kwargs, local_adapter, lora_rank, resolve_model
+from infermux.engines.vllm.media import ChatInputs
 from infermux.engines.vllm.tools import vllm_tool_parser
-from infermux.errors import ConfigError, EngineUnavailableError, ErrorKind, RowError, install_hint
+from infermux.errors import ConfigError, EngineUnavailableError, ErrorKind, InputError, RowError, install_hint
 from infermux.samples import reply_with_samples, token_logprob, wants_samples
 from infermux.templates import resolve_chat_template
 from infermux.types import Conversation, FinishReason, Sample, TokenLogprob, Usage
@@ -85,7 +86,11 @@ class VLLMInferenceEngine(InferenceEngine):
         lora=True,
         tools=True,
         streaming=True,
+        images=True,
         notes=(
+            "images on vision-language models through vLLM's chat path (image parts in message order, the "
+            "model's processor and chat template); at most model.model_kwargs.limit_mm_per_prompt.image per "
+            "row (vLLM's default: 999); a text-only model fails rows with images",
             "tools through the model's chat template; calls read by vLLM's parser named in "
             "model.tool_call_parser (tool_choice required or a named function: constrained to the tool schemas)",
             "streams step by step; concurrent streams (chats, infermux serve) join vLLM's running batch between "
@@ -129,6 +134,7 @@ class VLLMInferenceEngine(InferenceEngine):
         self._feeder: Any = None
         self._llm: Any = vllm.LLM(**self.llm_kwargs)
         self._tool_parser = vllm_tool_parser(model_params.tool_call_parser, self._llm)
+        self._inputs = ChatInputs(self._llm)  # rows as vLLM's chat input, images decoded
         self._bytes_of: TokenBytes | None = None  # token id -> raw bytes, for log-probabilities
 
     @property
@@ -184,7 +190,10 @@ class VLLMInferenceEngine(InferenceEngine):
         def answer(output: Any) -> Conversation | RowError:  # the whole output, answered as a batch row is
             return self._reply(conversation, output, generation, None)
 
-        async for event in stream_reply(self.feeder(), template_messages(conversation), params, self._enqueue, answer):
+        (chat,) = await self._inputs.all([conversation])
+        if isinstance(chat, RowError):  # an image that cannot be read, too many images
+            raise InputError(chat.message)
+        async for event in stream_reply(self.feeder(), chat, params, self._enqueue, answer):
             yield event
 
     def _enqueue(self, llm: Any, chats: list[Any], params: Any) -> list[str]:
@@ -296,7 +305,14 @@ class VLLMInferenceEngine(InferenceEngine):
             else:
                 emit(k, self._reply(conversations[k], output, generation, forced))
 
-        await self._feeder.run([template_messages(c) for c in conversations], params, self._enqueue, each=finished)
+        chats = await self._inputs.all(conversations)  # this chunk's images are decoded now, not at input check
+        rows = [k for k, chat in enumerate(chats) if not isinstance(chat, RowError)]
+        for k, chat in enumerate(chats):
+            if isinstance(chat, RowError):
+                emit(k, chat)
+        if rows:
+            fed = [chats[k] for k in rows]
+            await self._feeder.run(fed, params, self._enqueue, each=lambda i, output: finished(rows[i], output))
 
     def _reply(
         self, conversation: Conversation, output: Any, generation: GenerationParams, forced: Any
