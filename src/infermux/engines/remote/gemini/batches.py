@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import uuid
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from infermux.engines.batch_client import BatchInfo, BatchInput, BatchLimits
 from infermux.engines.remote.batch_http import HttpBatchClient
@@ -166,7 +166,7 @@ class GeminiBatchClient(HttpBatchClient):
 
     async def list(self, limit: int) -> list[dict[str, Any]]:
         async def fetch(size: int, token: str) -> dict[str, Any]:
-            query = f"?pageSize={size}" + (f"&pageToken={token}" if token else "")
+            query = f"?pageSize={size}" + (f"&pageToken={quote(token)}" if token else "")  # tokens may hold = or +
             return await self._call("GET", f"{self.root}/batches{query}")
 
         operations = await self.token_pages(fetch, "operations", limit, 100)
