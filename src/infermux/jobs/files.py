@@ -312,6 +312,10 @@ class JobFiles:
         try:
             written = self.write_output(ordered_ids, tmp, index)
             self.install_output(tmp)
+        except BaseException:
+            if index is not None:
+                index.discard()
+            raise
         finally:
             self.discard_output(tmp)
         if index is not None:

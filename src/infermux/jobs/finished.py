@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from typing import TYPE_CHECKING, Any
 
 from infermux.jobs.options import row_digest
@@ -39,29 +40,42 @@ def _entry(row_id: str, digest: str) -> bytes:
 
 
 class IndexWriter:
-    """Collects the rows of a complete job as its output is assembled, then writes the index."""
+    """Collects the rows of a complete job as its output is assembled, then writes the index. The rows go
+    to a scratch file as they come (memory stays flat in the job's number of rows); :meth:`finish` puts the
+    header (counts and digest, known only at the end) in front of them."""
 
     def __init__(self, files: JobFiles) -> None:
         self.files = files
-        self.rows: list[tuple[str, str]] = []
         self.hash = hashlib.sha256()
+        self._scratch = files.index.with_name(f".{files.index.name}.{os.getpid()}.rows")
+        self._rows = self._scratch.open("wb")
 
     def add(self, row_id: str, digest: str) -> None:
-        self.rows.append((row_id, digest))
+        self._rows.write(json.dumps([row_id, digest]).encode() + b"\n")
         self.hash.update(_entry(row_id, digest))
 
     def finish(self, written: int) -> None:
         """Write the index (atomically), once the output is in place."""
+        self._rows.close()
         stat = self.files.output.stat()
         header = {"finished": _VERSION, "fp": self.files.fingerprint, "rows": written, "size": stat.st_size,
                   "mtime_ns": stat.st_mtime_ns, "digest": self.hash.hexdigest()}  # fmt: skip
         tmp = self.files.index.with_name(self.files.index.name + ".tmp")
-        with tmp.open("wb") as out:
-            out.write(json.dumps(header).encode() + b"\n")
-            out.writelines(json.dumps(row).encode() + b"\n" for row in self.rows)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, self.files.index)
+        try:
+            with tmp.open("wb") as out, self._scratch.open("rb") as rows:
+                out.write(json.dumps(header).encode() + b"\n")
+                shutil.copyfileobj(rows, out, 1 << 20)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, self.files.index)
+        finally:
+            self.discard()
+
+    def discard(self) -> None:
+        """Remove the scratch file (the output was not installed, or the index is written)."""
+        self._rows.close()
+        with contextlib.suppress(FileNotFoundError):
+            self._scratch.unlink()
 
 
 def _header(files: JobFiles) -> dict[str, Any] | None:
