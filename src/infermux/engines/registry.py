@@ -100,7 +100,7 @@ ENGINES: dict[str, EngineSpec] = {
                    runs_on=_CLOUD),
         EngineSpec(E.GOOGLE_GEMINI.value, _R + "gemini.engine:GoogleGeminiInferenceEngine", remote=True, batch="gemini",
                    runs_on=_CLOUD),
-        EngineSpec(E.GOOGLE_VERTEX.value, _R + "vertex:GoogleVertexInferenceEngine", "vertex", ("google.auth",), remote=True,
+        EngineSpec(E.GOOGLE_VERTEX.value, _R + "vertex.engine:GoogleVertexInferenceEngine", "vertex", ("google.auth",), remote=True,
                    batch="vertex", runs_on="Vertex AI"),
         EngineSpec(E.BEDROCK.value, _R + "bedrock.engine:BedrockInferenceEngine", "bedrock", ("boto3",), remote=True,
                    batch="bedrock", runs_on="AWS Bedrock"),

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from infermux.configs import GenerationParams, InferenceConfig, ModelParams, RemoteParams
-from infermux.engines.remote.vertex import VERTEX_URL_TEMPLATE, GoogleVertexInferenceEngine
+from infermux.engines.remote.vertex.engine import VERTEX_URL_TEMPLATE, GoogleVertexInferenceEngine
 from infermux.errors import ConfigError
 from infermux.types import ContentItem, Conversation, Message, Role, Type
 from tests.fakes import FakeVertex, tiny_png

@@ -16,7 +16,7 @@ pytest.importorskip("google.auth", reason="needs the vertex extra (google-auth)"
 pytest.importorskip("gcp_storage_emulator", reason="needs gcp-storage-emulator (the dev extra)")
 
 from infermux.configs import GenerationParams, ModelParams, RemoteParams
-from infermux.engines.remote.vertex import VERTEX_URL_TEMPLATE, GoogleVertexInferenceEngine
+from infermux.engines.remote.vertex.engine import VERTEX_URL_TEMPLATE, GoogleVertexInferenceEngine
 from infermux.errors import ConfigError
 from infermux.jobs.batch_state import BatchJobState
 from infermux.jobs.rows import iter_rows
@@ -153,7 +153,7 @@ def test_batches_are_cut_within_the_limits_and_a_file_over_the_fakes_limit_fails
     fake: FakeVertexBatches, env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from infermux.engines.batch_client import BatchLimits
-    from infermux.engines.remote.vertex_batch import VertexBatchClient
+    from infermux.engines.remote.vertex.batches import VertexBatchClient
 
     monkeypatch.setattr(VertexBatchClient, "limits", BatchLimits(3, 2**30, separator=1))
     rows, out = write_rows(tmp_path / "in.jsonl", 5), tmp_path / "out.jsonl"

@@ -35,7 +35,7 @@ from infermux.errors import AuthenticationError, ConfigError, RowError
 from infermux.types import Conversation, Type
 
 if TYPE_CHECKING:
-    from infermux.engines.remote.vertex_batch import VertexBatchClient
+    from infermux.engines.remote.vertex.batches import VertexBatchClient
 
 __all__ = ["VERTEX_URL_TEMPLATE", "GoogleVertexInferenceEngine"]
 
@@ -149,8 +149,8 @@ class GoogleVertexInferenceEngine(RemoteInferenceEngine):
         return {"Content-Type": "application/json"}
 
     def batch_client(self) -> VertexBatchClient:
-        """Batch prediction jobs with files in Cloud Storage (:mod:`infermux.engines.remote.vertex_batch`)."""
-        from infermux.engines.remote.vertex_batch import VertexBatchClient
+        """Batch prediction jobs with files in Cloud Storage (:mod:`infermux.engines.remote.vertex.batches`)."""
+        from infermux.engines.remote.vertex.batches import VertexBatchClient
 
         return VertexBatchClient(self)
 

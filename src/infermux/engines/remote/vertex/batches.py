@@ -44,7 +44,7 @@ from infermux.errors import ConfigError, ErrorKind, RemoteError, RowError
 
 if TYPE_CHECKING:
     from infermux.configs.generation_params import GenerationParams
-    from infermux.engines.remote.vertex import GoogleVertexInferenceEngine
+    from infermux.engines.remote.vertex.engine import GoogleVertexInferenceEngine
     from infermux.types import Conversation
 
 __all__ = ["BUCKET_ENV", "ROW_LABEL", "VertexBatchClient"]
