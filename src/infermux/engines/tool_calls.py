@@ -10,7 +10,7 @@ pieces NATIVE and LLAMACPP can share).
   does) and the JSON read back as calls, so every call is valid JSON matching a tool's schema.
 * :func:`embedded_schema`: a tool's ``parameters`` made to sit inside such a wrapper schema: its ``$defs``
   (pydantic's) move to the wrapper's root and its ``$ref``s follow them, so ``#/$defs/...`` still resolves.
-  Every wrapper of every engine (here and in :mod:`~infermux.engines.tool_prompting`) goes through it.
+  Every wrapper of every engine (here and in :mod:`~infermux.engines.local.tool_prompting`) goes through it.
 * :func:`whole_calls`: a reply's calls, or none when the answer was cut (``finish_reason: length``) inside
   a call's arguments: every engine answers such a reply with ``finish_reason: length``, no calls and no
   internal call JSON as its text.

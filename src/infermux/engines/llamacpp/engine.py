@@ -24,7 +24,7 @@ Unless ``OMP_WAIT_POLICY`` is set, llama.cpp's threads wait passively for each o
 keeps the machine busy at start-up, and keep OpenMP's default (spin, then sleep) on an idle machine:
 see :mod:`.threads`.
 
-Tool calling: see :mod:`infermux.engines.tool_prompting` (rows that force a call decode under their
+Tool calling: see :mod:`infermux.engines.local.tool_prompting` (rows that force a call decode under their
 tools' grammar).
 
 ``n_ctx`` is the context of each sequence; it defaults to ``model.model_max_length``, else 2048.
@@ -44,10 +44,10 @@ from typing import Any
 from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams
 from infermux.configs.model_params import ModelParams
-from infermux.engines import tool_prompting
+from infermux.engines.local import tool_prompting
 from infermux.engines.base import InferenceEngine, StreamEvent, remember
 from infermux.engines.capabilities import Capabilities
-from infermux.engines.decoder_thread import thread_rows
+from infermux.engines.local.decoder_thread import thread_rows
 from infermux.engines.llamacpp.cpu import load_summary, model_defaults
 from infermux.engines.llamacpp.decode import DecodeResult, MultiSequenceDecoder, Request, SamplingSpec
 from infermux.engines.llamacpp.grammar import grammar_for

@@ -13,7 +13,7 @@ import queue
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from infermux.engines.decoder_thread import DecoderThread
+from infermux.engines.local.decoder_thread import DecoderThread
 from infermux.engines.llamacpp.decode import DecodeResult, MultiSequenceDecoder, Request, SamplingSpec
 
 __all__ = ["DecodeScheduler"]

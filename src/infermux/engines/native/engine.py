@@ -15,7 +15,7 @@
   rows from the batch; beam search and guided decoding (xgrammar) run through ``model.generate``.
 - Sampling happens whenever ``temperature > 0`` (or ``use_sampling``): a temperature means the user
   wants sampling, so it is never silently ignored.
-- Tool calling: :mod:`infermux.engines.tool_prompting` (rows that force a call decode under their tools'
+- Tool calling: :mod:`infermux.engines.local.tool_prompting` (rows that force a call decode under their tools'
   schema, in batches of their own).
 - Images (image-text-to-text models, :mod:`.vision`): the model's processor and chat template, images
   decoded when their chunk runs; rows with images batch together through ``model.generate``.
@@ -37,10 +37,10 @@ from typing import Any, ClassVar
 from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams
 from infermux.configs.model_params import ModelParams
-from infermux.engines import tool_prompting
+from infermux.engines.local import tool_prompting
 from infermux.engines.base import InferenceEngine, StreamEvent
 from infermux.engines.capabilities import Capabilities
-from infermux.engines.decoder_thread import thread_rows
+from infermux.engines.local.decoder_thread import thread_rows
 from infermux.engines.images import ImageError
 from infermux.engines.native.logprobs import ScoreRecorder
 from infermux.engines.native.model import LoadedModel

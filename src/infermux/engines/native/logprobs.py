@@ -3,7 +3,7 @@
 A token's log-probability is ``log_softmax`` of the scores it was chosen from, after the logits
 processors (temperature, top-p, penalties, ...), as vLLM and OpenAI report them; with greedy decoding
 and no processors that is the model's own distribution. Token texts are decoded once, at the end,
-with each token's raw bytes (see :mod:`infermux.engines.token_bytes`).
+with each token's raw bytes (see :mod:`infermux.engines.local.token_bytes`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
-from infermux.engines.token_bytes import TokenBytes
+from infermux.engines.local.token_bytes import TokenBytes
 from infermux.samples import token_logprob
 from infermux.types import TokenLogprob
 

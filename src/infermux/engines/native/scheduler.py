@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache, LogitsProcessorList
 
-from infermux.engines.decoder_thread import DecoderThread
+from infermux.engines.local.decoder_thread import DecoderThread
 from infermux.engines.native.decode import _GrowingLayer, _prefill, _trim_left_padding
 
 __all__ = ["PromptCache", "Request", "StreamScheduler"]

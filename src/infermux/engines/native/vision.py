@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from infermux.configs.generation_params import GenerationParams
-from infermux.engines import tool_prompting
+from infermux.engines.local import tool_prompting
 from infermux.engines.images import conversation_images
 from infermux.types import Conversation, Type
 

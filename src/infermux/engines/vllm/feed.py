@@ -82,7 +82,7 @@ class Feeder:
     engine's template and LoRA); a chunk vLLM rejects as a whole is added row by row, so only the bad rows
     fail (their exception is their output).
 
-    Not a :class:`~infermux.engines.decoder_thread.DecoderThread`: vLLM's engine, not this thread, holds
+    Not a :class:`~infermux.engines.local.decoder_thread.DecoderThread`: vLLM's engine, not this thread, holds
     the running requests and decides each step's batch, so the thread only hands over what arrived
     (chunks, streams, aborts, in order) and steps; a closed feeder fails what is in flight instead of
     refusing new requests, and a cancel is an explicit ``abort`` message rather than a flag read later.

@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 
 from infermux.configs import GenerationParams
-from infermux.engines.tool_prompting import (
+from infermux.engines.local.tool_prompting import (
     HERMES_SYSTEM,
     MAX_STRING,
     chat_inputs,

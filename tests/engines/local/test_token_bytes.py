@@ -1,4 +1,4 @@
-"""infermux.engines.token_bytes: a token id's own bytes, on the default model's tokenizer and a SentencePiece-style one."""
+"""infermux.engines.local.token_bytes: a token id's own bytes, on the default model's tokenizer and a SentencePiece-style one."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
-from infermux.engines.token_bytes import TokenBytes, _byte_level_alphabet  # noqa: E402
+from infermux.engines.local.token_bytes import TokenBytes, _byte_level_alphabet  # noqa: E402
 
 TEXTS = ["Hi 😀 中文 café", "naïve\tdéjà vu\n\n  ¿Qué? ½ €5", "<|im_end|>"]
 
