@@ -15,8 +15,8 @@ import jsonschema
 import pytest
 
 from infermux.configs import GenerationParams, GuidedDecodingParams
-from infermux.engines.tool_calls import forced_schema
 from infermux.engines.local.tool_prompting import forced_call_schema
+from infermux.engines.tool_calls import forced_schema
 from infermux.types import Tool
 
 # What pydantic writes for ``class Order(BaseModel): address: Address; items: list[Item]`` (and a tree

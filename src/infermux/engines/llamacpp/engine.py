@@ -44,10 +44,8 @@ from typing import Any
 from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams
 from infermux.configs.model_params import ModelParams
-from infermux.engines.local import tool_prompting
 from infermux.engines.base import InferenceEngine, StreamEvent, remember
 from infermux.engines.capabilities import Capabilities
-from infermux.engines.local.decoder_thread import thread_rows
 from infermux.engines.llamacpp.cpu import load_summary, model_defaults
 from infermux.engines.llamacpp.decode import DecodeResult, MultiSequenceDecoder, Request, SamplingSpec
 from infermux.engines.llamacpp.grammar import grammar_for
@@ -55,6 +53,8 @@ from infermux.engines.llamacpp.loading import resolve_gguf
 from infermux.engines.llamacpp.samples import StreamedLogprobs, generate_samples
 from infermux.engines.llamacpp.scheduler import DecodeScheduler
 from infermux.engines.llamacpp.threads import choose_omp_wait_policy
+from infermux.engines.local import tool_prompting
+from infermux.engines.local.decoder_thread import thread_rows
 from infermux.errors import ConfigError, EngineUnavailableError, ErrorKind, InputError, RowError, install_hint
 from infermux.samples import reply_with_samples, wants_samples
 from infermux.templates import resolve_chat_template

@@ -13,8 +13,8 @@ import queue
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from infermux.engines.local.decoder_thread import DecoderThread
 from infermux.engines.llamacpp.decode import DecodeResult, MultiSequenceDecoder, Request, SamplingSpec
+from infermux.engines.local.decoder_thread import DecoderThread
 
 __all__ = ["DecodeScheduler"]
 

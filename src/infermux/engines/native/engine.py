@@ -37,11 +37,11 @@ from typing import Any, ClassVar
 from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams
 from infermux.configs.model_params import ModelParams
-from infermux.engines.local import tool_prompting
 from infermux.engines.base import InferenceEngine, StreamEvent
 from infermux.engines.capabilities import Capabilities
-from infermux.engines.local.decoder_thread import thread_rows
 from infermux.engines.images import ImageError
+from infermux.engines.local import tool_prompting
+from infermux.engines.local.decoder_thread import thread_rows
 from infermux.engines.native.logprobs import ScoreRecorder
 from infermux.engines.native.model import LoadedModel
 from infermux.errors import EngineUnavailableError, ErrorKind, InputError, RowError, install_hint

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from infermux.configs.generation_params import GenerationParams
-from infermux.engines.local import tool_prompting
 from infermux.engines.images import conversation_images
+from infermux.engines.local import tool_prompting
 from infermux.types import Conversation, Type
 
 __all__ = ["VisionPrompts", "VisualRow"]

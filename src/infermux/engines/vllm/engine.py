@@ -36,8 +36,8 @@ from infermux.configs.generation_params import GenerationParams, GuidedDecodingP
 from infermux.engines.base import InferenceEngine, StreamEvent, remember
 from infermux.engines.capabilities import Capabilities
 from infermux.engines.local.decoder_thread import emitted_rows
-from infermux.engines.seeds import VLLM_SEEDS, fold_seed
 from infermux.engines.local.token_bytes import TokenBytes
+from infermux.engines.seeds import VLLM_SEEDS, fold_seed
 from infermux.engines.tool_calls import calls_from_forced, forced_schema, template_tools, tools_key
 from infermux.engines.vllm.feed import rejected_input
 from infermux.engines.vllm.loading import llm_kwargs, local_adapter, lora_rank, resolve_model
