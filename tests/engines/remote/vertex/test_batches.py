@@ -22,7 +22,7 @@ from infermux.jobs.batch_state import BatchJobState
 from infermux.jobs.rows import iter_rows
 from tests.conftest import cli_env, run_cli
 from tests.engines.remote.batch_runs import kill_then_rerun, run_args, run_to_the_end, write_rows
-from tests.engines.remote.test_vertex import _service_account_file
+from tests.engines.remote.vertex.test_engine import _service_account_file
 from tests.fakes import FakeVertex, FakeVertexBatches
 from tests.servers import GcsServer, gcs_server
 
