@@ -134,7 +134,13 @@ class EngineUnavailableError(InfermuxError):
 
 
 class UnsupportedParamError(InfermuxError):
-    """Strict mode: a requested parameter is not supported by the engine."""
+    """Strict mode (or a server's request): a requested parameter is not supported by the engine.
+
+    ``params`` names the fields, in order (``"tools"`` for an input's tools)."""
+
+    def __init__(self, message: str, *, params: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.params = params
 
 
 class ModelNotFoundError(InfermuxError):

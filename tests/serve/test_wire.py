@@ -278,3 +278,40 @@ def test_unknown_usage_is_null_not_zero() -> None:
     assert wire.usage_of({"usage": {"prompt_tokens": 3, "completion_tokens": 2}}) == {
         "prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5,
     }  # fmt: skip
+
+
+def test_requests_are_checked_by_the_engines_own_check_against_the_servers_settings() -> None:
+    import functools
+
+    from infermux.configs import ModelParams
+    from infermux.engines.base import InferenceEngine
+    from infermux.errors import ConfigError, UnsupportedParamError
+
+    class Picky(InferenceEngine):
+        engine_type = "PICKY"
+        capabilities = Capabilities(generation_params=frozenset({"seed"}))
+
+        def _check(self, generation: GenerationParams, *, tools: bool = False) -> None:
+            super()._check(generation, tools=tools)
+            if generation.seed == 13:  # what only the engine knows (a grammar that cannot compile, ...)
+                raise ConfigError("seed 13 is unlucky")
+
+    server = GenerationParams(max_new_tokens=100, min_p=0.1)  # the server's own setting: warned, not refused
+    engine = Picky(ModelParams(model_name="m"), generation_params=server)
+    check = functools.partial(engine.check, baseline=server)
+    full = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+    def prepare(body: dict[str, Any]) -> wire.Prepared:
+        return wire.prepare({**full, **body}, served_model="m", defaults=server, caps=engine.capabilities,
+                            engine_name=engine.label, check=check)  # fmt: skip
+
+    assert prepare({"seed": 1}).generation.min_p == 0.1
+    with pytest.raises(ApiError) as caught:
+        prepare({"temperature": 0.5})
+    assert (caught.value.param, caught.value.code) == ("temperature", "unsupported_parameter")
+    assert caught.value.message == "PICKY does not support 'temperature'."
+    with pytest.raises(ConfigError, match="unlucky"):
+        prepare({"seed": 13})
+    with pytest.raises(UnsupportedParamError) as refused:
+        engine.check(server.model_copy(update={"temperature": 0.5, "presence_penalty": 1.0}), baseline=server)
+    assert refused.value.params == ("temperature", "presence_penalty")

@@ -52,7 +52,7 @@ from infermux.configs.engine_type import InferenceEngineType, engine_name
 from infermux.configs.generation_params import GenerationParams
 from infermux.configs.model_params import ModelParams
 from infermux.configs.remote_params import RemoteParams
-from infermux.engines.capabilities import Capabilities, check_limits, check_params
+from infermux.engines.capabilities import Capabilities, check_limits, check_params, refuse_unsupported
 from infermux.engines.tool_calls import tool_choice_problem
 from infermux.errors import ConfigError, InputError, RowError, ServerUnreachableError
 from infermux.text import scrub_reply, scrub_surrogates
@@ -288,14 +288,19 @@ class InferenceEngine:
         *,
         tools: bool = False,
         conversation: Conversation | None = None,
+        baseline: GenerationParams | None = None,
     ) -> None:
         """Say (a warning, or an error in strict mode) what of ``generation`` this engine cannot honour, and
         whether it cannot take the tools an input offers (``tools``); callers run it before any row.
 
         With ``conversation`` (one request, as ``serve`` and chat have), a row this engine cannot run
-        raises :class:`~infermux.errors.InputError`.
+        raises :class:`~infermux.errors.InputError`. With ``baseline`` (a server's own settings), whatever
+        ``generation`` changes of it that this engine cannot honour, and ``tools`` it cannot take, raise
+        :class:`~infermux.errors.UnsupportedParamError` in any mode (its ``params`` name them).
         """
         generation = generation or self.generation_params
+        if baseline is not None:
+            refuse_unsupported(self.label, self.capabilities, generation, baseline, tools=tools)
         self._check(generation, tools=tools)
         if conversation is not None:
             problem = self._row_problem(conversation, generation)

@@ -16,7 +16,16 @@ from infermux.configs.generation_params import GenerationParams
 from infermux.configs.model_params import ModelParams
 from infermux.errors import UnsupportedParamError
 
-__all__ = ["ALWAYS_SUPPORTED", "TOOL_PARAMS", "Capabilities", "check_limits", "check_params", "check_service_tier"]
+__all__ = [
+    "ALWAYS_SUPPORTED",
+    "TOOL_PARAMS",
+    "Capabilities",
+    "check_limits",
+    "check_params",
+    "check_service_tier",
+    "refuse_unsupported",
+    "unsupported_settings",
+]
 
 logger = logging.getLogger("infermux.engines")
 
@@ -68,25 +77,52 @@ class Capabilities:
         return params
 
 
-def _unsupported(caps: Capabilities, generation: GenerationParams, model: ModelParams | None, tools: bool) -> list[str]:
-    problems: list[str] = []
+def unsupported_settings(
+    caps: Capabilities,
+    generation: GenerationParams,
+    model: ModelParams | None = None,
+    *,
+    tools: bool = False,
+    baseline: GenerationParams = _DEFAULTS,
+) -> dict[str, str]:
+    """What of ``generation`` (and of an input that offers ``tools``) the engine cannot honour: the field's
+    name (``"tools"`` for the input's tools) -> the problem, in words. Settings equal to ``baseline``'s are
+    not looked at (a server's requests are held to what they change of the server's own settings)."""
+    problems: dict[str, str] = {}
     if tools and not caps.tools:
-        problems.append("tools in the input (tool calling)")
+        problems["tools"] = "tools in the input (tool calling)"
     supported = caps.supported_params()
     for name in GenerationParams.model_fields:
         value: Any = getattr(generation, name)
+        if name == "service_tier" or value == getattr(baseline, name):
+            continue  # service_tier: an error of check_limits (check_service_tier), not a warning
         if name == "guided_decoding":
             if value is not None and value.kind not in caps.guided_decoding:
                 kinds = ", ".join(sorted(caps.guided_decoding)) or "none"
-                problems.append(f"generation.guided_decoding.{value.kind} (supported kinds: {kinds})")
-            continue
-        if name == "service_tier":  # an error of check_limits (check_service_tier), not a warning
-            continue
-        if name not in supported and value != getattr(_DEFAULTS, name):
-            problems.append(f"generation.{name}={value!r}")
+                problems[name] = f"generation.guided_decoding.{value.kind} (supported kinds: {kinds})"
+        elif name not in supported:
+            problems[name] = f"generation.{name}={value!r}"
     if model is not None and model.adapter_model and not caps.lora:
-        problems.append(f"model.adapter_model={model.adapter_model!r} (LoRA adapters)")
+        problems["adapter_model"] = f"model.adapter_model={model.adapter_model!r} (LoRA adapters)"
     return problems
+
+
+def refuse_unsupported(
+    engine_name: str,
+    caps: Capabilities,
+    generation: GenerationParams,
+    baseline: GenerationParams,
+    *,
+    tools: bool = False,
+) -> None:
+    """Raise :class:`~infermux.errors.UnsupportedParamError` (its ``params`` name the fields) if ``generation``
+    changes from ``baseline`` anything the engine cannot honour, or offers ``tools`` to an engine without them:
+    what ``engine.check(..., baseline=...)`` does for one request (``serve``)."""
+    problems = unsupported_settings(caps, generation, tools=tools, baseline=baseline)
+    if problems:
+        raise UnsupportedParamError(
+            f"{engine_name} does not support: {'; '.join(problems.values())}.", params=tuple(problems)
+        )
 
 
 def check_service_tier(engine_name: str, caps: Capabilities, generation: GenerationParams) -> list[str]:
@@ -136,7 +172,8 @@ def check_params(
     ``tools``: the input offers tools to the model (some conversation has ``tools``). Problems already
     in ``warned`` are not warned about again (and the new ones are added to it).
     """
-    problems = _unsupported(caps, generation, model, tools)
+    unsupported = unsupported_settings(caps, generation, model, tools=tools)
+    problems = list(unsupported.values())
     if "n" in caps.supported_params():
         from infermux.samples import warn_identical_samples
 
@@ -144,7 +181,8 @@ def check_params(
     if problems and strict:
         raise UnsupportedParamError(
             f"{engine_name} does not support: {'; '.join(problems)}. "
-            "Remove these settings or choose an engine that supports them (see `infermux engines`)."
+            "Remove these settings or choose an engine that supports them (see `infermux engines`).",
+            params=tuple(unsupported),
         )
     for problem in problems:
         if warned is not None:

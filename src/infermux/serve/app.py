@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import time
@@ -263,9 +264,13 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 def _prepare(state: ServerState, body: bytes) -> wire.Prepared:
     data = parse_json(body)
     check_request(data, state.limits)
-    caps, name = state.engine.capabilities, state.engine.label
-    return wire.prepare(data, served_model=state.served_model, defaults=state.defaults, caps=caps, engine_name=name,
-                        preset=state.preset)  # fmt: skip
+    engine = state.engine
+    check = functools.partial(engine.check, baseline=state.defaults)  # the one check before a row runs
+    try:
+        return wire.prepare(data, served_model=state.served_model, defaults=state.defaults, caps=engine.capabilities,
+                            engine_name=engine.label, preset=state.preset, check=check)  # fmt: skip
+    except InfermuxError as exc:  # a value the provider rejects, a grammar that cannot compile
+        raise _api_error(state, exc) from None
 
 
 class _Run:
@@ -344,19 +349,7 @@ class _Run:
         return ApiError(f"The engine failed on this request: {message}", status=500, type="server_error")
 
     def _api_error(self, exc: InfermuxError) -> ApiError:
-        message = self.state.redact(str(exc))
-        if isinstance(exc, RemoteError):
-            logger.warning("upstream error (%s): %s", exc.status or exc.kind, message)
-            if exc.status == 429 or exc.kind == ErrorKind.RATE_LIMITED:
-                return ApiError(message, status=429, type="rate_limit_error", code="rate_limit_exceeded")
-            if exc.status in (400, 404, 413, 422):
-                return ApiError(message, status=400, code="upstream_rejected")
-            if exc.kind in _INPUT_KINDS:
-                return ApiError(message, status=400, code=exc.kind)
-            return ApiError(f"The upstream server failed: {message}", status=502, type="server_error")
-        if isinstance(exc, InputError):
-            return ApiError(message, status=400, code="invalid_input")
-        return ApiError(message, status=400)
+        return _api_error(self.state, exc)
 
     async def whole(self) -> web.Response:
         text: list[str] = []
@@ -459,3 +452,20 @@ class _Run:
 
 async def _write(response: web.StreamResponse, data: dict[str, Any]) -> None:
     await response.write(b"data: " + json.dumps(data, ensure_ascii=False).encode() + b"\n\n")
+
+
+def _api_error(state: ServerState, exc: InfermuxError) -> ApiError:
+    """An engine's or upstream's failure as the client's error."""
+    message = state.redact(str(exc))
+    if isinstance(exc, RemoteError):
+        logger.warning("upstream error (%s): %s", exc.status or exc.kind, message)
+        if exc.status == 429 or exc.kind == ErrorKind.RATE_LIMITED:
+            return ApiError(message, status=429, type="rate_limit_error", code="rate_limit_exceeded")
+        if exc.status in (400, 404, 413, 422):
+            return ApiError(message, status=400, code="upstream_rejected")
+        if exc.kind in _INPUT_KINDS:
+            return ApiError(message, status=400, code=exc.kind)
+        return ApiError(f"The upstream server failed: {message}", status=502, type="server_error")
+    if isinstance(exc, InputError):
+        return ApiError(message, status=400, code="invalid_input")
+    return ApiError(message, status=400)

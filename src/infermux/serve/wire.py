@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from infermux.configs.generation_params import GenerationParams, GuidedDecodingParams
-from infermux.engines.capabilities import TOOL_PARAMS, Capabilities
+from infermux.engines.capabilities import TOOL_PARAMS, Capabilities, refuse_unsupported
 from infermux.engines.tool_calls import tool_choice_problem
+from infermux.errors import UnsupportedParamError
 from infermux.types import (
     ContentItem,
     Conversation,
@@ -218,10 +220,14 @@ def prepare(
     caps: Capabilities,
     engine_name: str,
     preset: dict[str, float] | None = None,
+    check: Check | None = None,
 ) -> Prepared:
     """Check ``data`` and turn it into a conversation and generation settings, or raise :class:`ApiError`.
 
-    ``preset``: sampling settings for requests that set none of :data:`SAMPLING_FIELDS`."""
+    ``preset``: sampling settings for requests that set none of :data:`SAMPLING_FIELDS`. ``check``: the
+    engine's :meth:`~infermux.engines.base.InferenceEngine.check` with the server's settings as its
+    ``baseline`` (what the request changes and the engine cannot honour raises
+    :class:`~infermux.errors.UnsupportedParamError`); without an engine, the same rule over ``caps``."""
     req = parse_request(data)
     if req.model != served_model:
         raise ApiError(
@@ -237,12 +243,15 @@ def prepare(
     conversation = Conversation(messages=[_message(m, i) for i, m in enumerate(req.messages)], tools=_tools(req))
     if conversation.has_images and not caps.images:
         raise ApiError(f"{engine_name} does not accept images.", param="messages", code="unsupported_parameter")
-    if conversation.tools and not caps.tools:
-        raise ApiError(f"{engine_name} cannot call tools.", param="tools", code="unsupported_parameter")
     if preset and all(getattr(req, name) is None for name in SAMPLING_FIELDS):
         defaults = defaults.model_copy(update=preset)
     generation = _generation(req, defaults)
-    _check_caps(req, generation, defaults, caps, engine_name)
+    if check is None:
+        check = functools.partial(refuse_unsupported, engine_name, caps, baseline=defaults)
+    try:
+        check(generation, tools=bool(conversation.tools))
+    except UnsupportedParamError as exc:
+        raise unsupported(exc, engine_name) from None
     if req.tool_choice is not None:  # the client's own choice must fit its tools (the server's is checked per row)
         problem = tool_choice_problem(conversation.tools, generation)
         if problem is not None:
@@ -250,6 +259,25 @@ def prepare(
     include_usage = bool(req.stream and req.stream_options and req.stream_options.include_usage)
     samples = generation.n > 1 or generation.logprobs
     return Prepared(req, conversation, generation, bool(req.stream), include_usage, samples)
+
+
+class Check(Protocol):
+    """``engine.check`` as :func:`prepare` calls it."""
+
+    def __call__(self, generation: GenerationParams, *, tools: bool) -> None: ...
+
+
+def unsupported(exc: UnsupportedParamError, engine_name: str) -> ApiError:
+    """The 400 for the first setting the engine refused, named as the request names it."""
+    name = exc.params[0] if exc.params else ""
+    param = _PARAM_OF.get(name, name)
+    if name == "guided_decoding":
+        message = f"{engine_name} cannot constrain output to a JSON schema."
+    elif name == "tools" or name in TOOL_PARAMS:
+        message = f"{engine_name} cannot call tools."
+    else:
+        message = f"{engine_name} does not support '{param}'."
+    return ApiError(message, param=param or None, code="unsupported_parameter")
 
 
 def _message(m: ChatMessage, index: int) -> Message:
@@ -347,29 +375,6 @@ def _generation(req: ChatRequest, defaults: GenerationParams) -> GenerationParam
         field_name = str(err["loc"][0]) if err["loc"] else ""
         param = _PARAM_OF.get(field_name, field_name)
         raise ApiError(f"Invalid value for '{param}': {err['msg']}.", param=param, code="invalid_value") from None
-
-
-def _check_caps(
-    req: ChatRequest, generation: GenerationParams, defaults: GenerationParams, caps: Capabilities, engine_name: str
-) -> None:
-    supported = caps.supported_params()
-    for name in GenerationParams.model_fields:
-        value = getattr(generation, name)
-        if value == getattr(defaults, name):
-            continue  # the server's own setting: checked (warned) when the engine was built
-        param = _PARAM_OF.get(name, name)
-        if name == "guided_decoding":
-            if value.kind not in caps.guided_decoding:
-                raise ApiError(
-                    f"{engine_name} cannot constrain output to a JSON schema.",
-                    param=param,
-                    code="unsupported_parameter",
-                )
-        elif name in TOOL_PARAMS:
-            if not caps.tools:
-                raise ApiError(f"{engine_name} cannot call tools.", param=param, code="unsupported_parameter")
-        elif name not in supported:
-            raise ApiError(f"{engine_name} does not support '{param}'.", param=param, code="unsupported_parameter")
 
 
 # ---------------------------------------------------------------------- infermux → responses
