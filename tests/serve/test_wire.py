@@ -8,7 +8,7 @@ import pytest
 
 from infermux.configs.generation_params import GenerationParams
 from infermux.engines.capabilities import Capabilities
-from infermux.serve import wire
+from infermux.serve import answers, wire
 from infermux.serve.metrics import Histogram, Metrics
 from infermux.serve.wire import ApiError
 from infermux.types import Role, Type
@@ -128,12 +128,12 @@ def test_parameters_the_engine_cannot_honour_are_400s(body: dict[str, Any], para
 
 def test_response_objects() -> None:
     meta = {"usage": {"prompt_tokens": 3, "completion_tokens": 2}, "finish_reason": "length"}
-    done = wire.completion("id1", "m", 1, "hi", meta)
+    done = answers.completion("id1", "m", 1, "hi", meta)
     assert done["choices"][0]["message"]["content"] == "hi" and done["choices"][0]["finish_reason"] == "length"
     assert done["usage"] == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
-    assert wire.chunk("id1", "m", 1, None, usage=done["usage"], include_usage=True)["choices"] == []
-    assert "usage" not in wire.chunk("id1", "m", 1, {"content": "x"})
-    assert [wire.finish_reason_of({"finish_reason": r}) for r in ("length", "unknown", "error", None)] == [
+    assert answers.chunk("id1", "m", 1, None, usage=done["usage"], include_usage=True)["choices"] == []
+    assert "usage" not in answers.chunk("id1", "m", 1, {"content": "x"})
+    assert [answers.finish_reason_of({"finish_reason": r}) for r in ("length", "unknown", "error", None)] == [
         "length", "stop", "stop", "stop"
     ]  # fmt: skip
 
@@ -208,7 +208,7 @@ def test_a_seed_outside_the_signed_64_bit_range_is_a_400_naming_it(seed: int) ->
 
 def test_answer_tool_calls_go_out_in_openai_shape() -> None:
     calls = [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
-    body = wire.completion("id", "m", 0, "", {"finish_reason": "tool_calls"}, calls)
+    body = answers.completion("id", "m", 0, "", {"finish_reason": "tool_calls"}, calls)
     message = body["choices"][0]["message"]
     assert message["content"] is None and message["tool_calls"] == calls
     assert body["choices"][0]["finish_reason"] == "tool_calls"
@@ -237,7 +237,7 @@ def test_samples_answer_as_openai_choices_with_logprobs() -> None:
         {"text": "bb", "finish_reason": "length", "usage": None, "tool_calls": None, "logprobs": []},
     ]
     meta = {"usage": {"prompt_tokens": 3, "completion_tokens": 4}, "finish_reason": "stop", "samples": samples}
-    body = wire.completion("id", "m", 0, "é", meta)
+    body = answers.completion("id", "m", 0, "é", meta)
     assert [c["index"] for c in body["choices"]] == [0, 1]
     assert [c["message"]["content"] for c in body["choices"]] == ["é", "bb"]
     assert [c["finish_reason"] for c in body["choices"]] == ["stop", "length"]
@@ -253,7 +253,7 @@ def test_samples_answer_as_openai_choices_with_logprobs() -> None:
     }
     assert body["choices"][1]["logprobs"] == {"content": [], "refusal": None}
     assert body["usage"]["total_tokens"] == 7
-    piece = wire.chunk("id", "m", 0, {"content": "bb"}, index=1, logprobs={"content": [], "refusal": None})
+    piece = answers.chunk("id", "m", 0, {"content": "bb"}, index=1, logprobs={"content": [], "refusal": None})
     assert piece["choices"][0]["index"] == 1 and piece["choices"][0]["logprobs"] == {"content": [], "refusal": None}
 
 
@@ -264,18 +264,18 @@ def test_logprobs_bytes_are_the_stored_ones_else_the_texts_unless_lossy() -> Non
         {"token": "\ufffd", "logprob": -0.2},  # an older row: no bytes, and the text is lossy
         {"token": "ok", "logprob": -0.3},
     ]
-    content = wire.logprobs_of(tokens)["content"]  # type: ignore[index]
+    content = answers.logprobs_of(tokens)["content"]  # type: ignore[index]
     assert [t["bytes"] for t in content] == [[230], None, [111, 107]]
     assert content[0]["top_logprobs"][0]["bytes"] == [230]
 
 
 def test_unknown_usage_is_null_not_zero() -> None:
     """An upstream that reported no usage (issue 23, item 11): the client sees null, never a free answer."""
-    assert wire.usage_of({}) is None
-    assert wire.usage_of({"usage": {"completion_tokens": 2}}) is None
-    body = wire.completion("id1", "m", 1, "hi", {"finish_reason": "stop"})
+    assert answers.usage_of({}) is None
+    assert answers.usage_of({"usage": {"completion_tokens": 2}}) is None
+    body = answers.completion("id1", "m", 1, "hi", {"finish_reason": "stop"})
     assert body["usage"] is None
-    assert wire.usage_of({"usage": {"prompt_tokens": 3, "completion_tokens": 2}}) == {
+    assert answers.usage_of({"usage": {"prompt_tokens": 3, "completion_tokens": 2}}) == {
         "prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5,
     }  # fmt: skip
 

@@ -33,7 +33,7 @@ from aiohttp import web
 from infermux.configs.generation_params import GenerationParams
 from infermux.engines.base import InferenceEngine, StreamEvent
 from infermux.errors import ErrorKind, InfermuxError, InputError, RemoteError, RowError
-from infermux.serve import wire
+from infermux.serve import answers, wire
 from infermux.serve.batch_api import add_routes as add_batch_routes
 from infermux.serve.batcher import Batcher, needs_batcher
 from infermux.serve.guard import (
@@ -279,8 +279,8 @@ class _Run:
     def __init__(self, state: ServerState, prepared: wire.Prepared) -> None:
         self.state = state
         self.prepared = prepared
-        self.cid = wire.new_id()
-        self.created = wire.now()
+        self.cid = answers.new_id()
+        self.created = answers.now()
         self.start = time.monotonic()
         self.first: float | None = None
         self.generating = False
@@ -363,8 +363,8 @@ class _Run:
         self._count(final)
         reply = final.conversation.last_message.text if final.conversation else "".join(text)
         model = self.state.served_model
-        calls = wire.tool_calls_of(final.conversation.last_message if final.conversation else None)
-        return web.json_response(wire.completion(self.cid, model, self.created, reply, final.metadata, calls))
+        calls = answers.tool_calls_of(final.conversation.last_message if final.conversation else None)
+        return web.json_response(answers.completion(self.cid, model, self.created, reply, final.metadata, calls))
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         events = self.events()
@@ -414,7 +414,7 @@ class _Run:
 
     async def _send(self, response: web.StreamResponse, delta: dict[str, Any]) -> None:
         inc = self.prepared.include_usage
-        await _write(response, wire.chunk(self.cid, self.state.served_model, self.created, delta, include_usage=inc))
+        await _write(response, answers.chunk(self.cid, self.state.served_model, self.created, delta, include_usage=inc))
 
     async def _send_tokens(self, response: web.StreamResponse, event: StreamEvent) -> None:
         """Text with the log-probabilities of the tokens behind it, in one chunk (OpenAI's streamed shape)."""
@@ -422,31 +422,33 @@ class _Run:
         if not self.tokens_streamed:
             delta = {"role": "assistant", **delta}
             self.tokens_streamed = True
-        logprobs = wire.logprobs_of(event.logprobs or [])
-        await _write(response, wire.chunk(self.cid, self.state.served_model, self.created, delta,
+        logprobs = answers.logprobs_of(event.logprobs or [])
+        await _write(response, answers.chunk(self.cid, self.state.served_model, self.created, delta,
                                           include_usage=self.prepared.include_usage, logprobs=logprobs))  # fmt: skip
 
     async def _finish_stream(self, response: web.StreamResponse, final: StreamEvent) -> None:
         self._count(final)
         model, inc = self.state.served_model, self.prepared.include_usage
         message = final.conversation.last_message if final.conversation else None
-        choices = wire.choices_of(message.text if message else "", final.metadata, wire.tool_calls_of(message))
+        choices = answers.choices_of(message.text if message else "", final.metadata, answers.tool_calls_of(message))
         if not self.prepared.samples:
             choices = choices[:1]
         for index, choice in enumerate(choices):
             if self.prepared.samples and not self.tokens_streamed:  # the choice's text, whole, with its logprobs
                 delta: dict[str, Any] = {"role": "assistant", "content": choice.text}
-                await _write(response, wire.chunk(self.cid, model, self.created, delta, include_usage=inc,
+                await _write(response, answers.chunk(self.cid, model, self.created, delta, include_usage=inc,
                                                   index=index, logprobs=choice.logprobs))  # fmt: skip
             if choice.tool_calls:  # the calls go out whole, in one delta, before the finish chunk
                 delta = {"tool_calls": [{"index": i, **call} for i, call in enumerate(choice.tool_calls)]}
-                await _write(response, wire.chunk(self.cid, model, self.created, delta, include_usage=inc, index=index))
+                part = answers.chunk(self.cid, model, self.created, delta, include_usage=inc, index=index)
+                await _write(response, part)
         for index, choice in enumerate(choices):
-            finish = wire.chunk(self.cid, model, self.created, {}, choice.finish_reason, include_usage=inc, index=index)
+            reason = choice.finish_reason
+            finish = answers.chunk(self.cid, model, self.created, {}, reason, include_usage=inc, index=index)
             await _write(response, finish)
         if inc:
-            usage = wire.usage_of(final.metadata)
-            await _write(response, wire.chunk(self.cid, model, self.created, None, usage=usage, include_usage=True))
+            usage = answers.usage_of(final.metadata)
+            await _write(response, answers.chunk(self.cid, model, self.created, None, usage=usage, include_usage=True))
         await response.write(b"data: [DONE]\n\n")
 
 

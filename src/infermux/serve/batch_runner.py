@@ -32,7 +32,7 @@ from infermux.errors import ErrorKind, RowError
 from infermux.jobs.files import JobFiles
 from infermux.jobs.loop import BatchReport, run_job
 from infermux.jobs.rows import InputRow
-from infermux.serve import wire
+from infermux.serve import answers, wire
 from infermux.serve.batch_lines import Line, failure_line, missing_line, read_lines, success_line
 from infermux.serve.batch_store import Store, new_id, write_json
 from infermux.serve.guard import check_request
@@ -334,8 +334,8 @@ class BatchRunner:
         cid = "chatcmpl-" + hashlib.sha256(f"{batch_id}\0{custom_id}".encode("utf-8", "surrogatepass")).hexdigest()[:24]
         message = answer.last_message
         metadata = dict(answer.metadata)
-        return wire.completion(
-            cid, self.state.served_model, created, message.text, metadata, wire.tool_calls_of(message)
+        return answers.completion(
+            cid, self.state.served_model, created, message.text, metadata, answers.tool_calls_of(message)
         )
 
 
