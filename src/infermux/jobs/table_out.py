@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from infermux.errors import OutputError
 from infermux.jobs.files import JobFiles, _conversation_bytes
 from infermux.jobs.tables import TableColumns, input_format, table_batches, table_columns
-from infermux.types import FinishReason, Message
+from infermux.types import FinishReason, Message, Usage
 
 if TYPE_CHECKING:
     from infermux.jobs.finished import IndexWriter
@@ -201,18 +201,14 @@ def _answer(src: Any, offset: int | None, error: str | None) -> dict[str, Any] |
         content = last.get("content")
         answer = content if isinstance(content, str) else Message.model_validate(last).text
     metadata = data.get("metadata") or {}
-    usage: dict[str, Any] = metadata["usage"] if isinstance(metadata.get("usage"), dict) else {}
+    usage = Usage.from_json_dict(metadata.get("usage"))  # the stored form is read in one place (types.py)
     reason = FinishReason.parse(metadata.get("finish_reason"))
     cost = metadata.get("cost_usd")
     return {
         "answer": answer,
         "finish_reason": reason.value if reason is not None else None,
-        "prompt_tokens": _count(usage.get("prompt_tokens")),
-        "completion_tokens": _count(usage.get("completion_tokens")),
+        "prompt_tokens": usage.prompt_tokens if usage is not None else None,
+        "completion_tokens": usage.completion_tokens if usage is not None else None,
         "cost_usd": float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) else None,
         "error": None,
     }
-
-
-def _count(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
