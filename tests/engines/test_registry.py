@@ -32,6 +32,28 @@ def test_the_class_and_the_registry_agree_on_the_name(name):
 
 
 @pytest.mark.parametrize("name", sorted(ENGINES))
+def test_the_row_is_the_only_place_a_built_in_engine_is_named(name):
+    """No class (nor the registry, when it loads one) writes ``engine_type``: it is read from the row."""
+    if not is_available(name):
+        pytest.skip(f"{name} is not installed")
+    cls = engine_class(name)
+    assert all("engine_type" not in vars(k) for k in cls.__mro__ if k is not InferenceEngine)
+    assert cls.engine_type == name and str(cls.engine_type) == name
+
+
+def test_a_subclass_goes_by_its_nearest_registered_base_and_an_unregistered_class_by_none():
+    from infermux.engines.remote.openai.engine import RemoteInferenceEngine
+
+    class Mine(RemoteInferenceEngine):
+        pass
+
+    class Bare(InferenceEngine):
+        pass
+
+    assert Mine.engine_type is InferenceEngineType.REMOTE and Bare.engine_type is None
+
+
+@pytest.mark.parametrize("name", sorted(ENGINES))
 def test_entry_resolves_to_an_engine_class(name):
     spec = ENGINES[name]
     module_name, class_name = spec.target.split(":")

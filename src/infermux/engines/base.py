@@ -53,6 +53,7 @@ from infermux.configs.generation_params import GenerationParams
 from infermux.configs.model_params import ModelParams
 from infermux.configs.remote_params import RemoteParams
 from infermux.engines.capabilities import Capabilities, check_limits, check_params, refuse_unsupported
+from infermux.engines.identity import RegisteredName
 from infermux.engines.tool_calls import tool_choice_problem
 from infermux.errors import ConfigError, InputError, RowError, ServerUnreachableError
 from infermux.text import scrub_reply, scrub_surrogates
@@ -116,7 +117,8 @@ def remember(cache: dict[Any, Any], key: Any, value: Any, limit: int = SETTINGS_
 class InferenceEngine:
     """Base class of every engine. See the module docstring for the seam to implement."""
 
-    engine_type: ClassVar[InferenceEngineType | str | None] = None
+    #: The engine's name, from its identity row in the registry (:mod:`infermux.engines.identity`).
+    engine_type: ClassVar[InferenceEngineType | str | None] = RegisteredName()  # type: ignore[assignment]
     capabilities: ClassVar[Capabilities] = Capabilities()
     #: Environment variables the engine reads, name -> what for (docs/engines.md lists them).
     env_vars: ClassVar[Mapping[str, str]] = {}

@@ -1,6 +1,7 @@
 """One identity row per engine: name, ``"module:Class"``, pip extra, local or remote, batch client.
 
-The rows are the only place an engine's identity is written: "which extra installs it?", "local or
+The rows are the only place an engine's identity is written (a class's ``engine_type`` is read from its row,
+:mod:`infermux.engines.identity`; the registry never writes to a class): "which extra installs it?", "local or
 remote?" and "which provider batch API?" are read here (by the CLI, ``infermux batch`` and the docs).
 What an HTTP engine's provider is (URL, key, workers) is its class's
 :class:`~infermux.engines.remote.base.ProviderInfo`; BEDROCK is remote but not HTTP (boto3), so code
@@ -38,6 +39,7 @@ __all__ = [
     "engine_spec",
     "engine_specs",
     "is_available",
+    "registered_name",
 ]
 
 Kind = Literal["local", "remote"]
@@ -128,6 +130,17 @@ def engine_spec(name: str | E) -> EngineSpec:
     if key not in specs:
         raise ConfigError(f"unknown engine {name!r}. Known engines: {', '.join(specs)}.")
     return specs[key]
+
+
+def registered_name(cls: type) -> E | str | None:
+    """The engine name of the row whose target is ``cls`` or its nearest base class (a built-in engine's
+    member, a plugin's name), or None: what ``engine_type`` reads (:mod:`infermux.engines.identity`)."""
+    names = {spec.target: spec.name for spec in engine_specs().values()}
+    for klass in cls.__mro__:
+        name = names.get(f"{klass.__module__}:{klass.__qualname__}")
+        if name is not None:
+            return E(name) if name in E.__members__ else name
+    return None
 
 
 def _module_present(module: str) -> bool:

@@ -41,7 +41,6 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams
 from infermux.configs.model_params import ModelParams
 from infermux.engines.base import InferenceEngine, StreamEvent, remember
@@ -80,7 +79,6 @@ _SUPPORTED = frozenset(
 class LlamaCppInferenceEngine(InferenceEngine):
     """Local GGUF inference with llama.cpp (CPU, or GPU layers with ``n_gpu_layers``)."""
 
-    engine_type = InferenceEngineType.LLAMACPP
     compiles_guided = True
     capabilities = Capabilities(
         generation_params=_SUPPORTED,

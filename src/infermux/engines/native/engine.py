@@ -34,7 +34,6 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar
 
-from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams
 from infermux.configs.model_params import ModelParams
 from infermux.engines.base import InferenceEngine, StreamEvent
@@ -65,7 +64,6 @@ _STREAM_ROWS = 32
 class NativeTextInferenceEngine(InferenceEngine):
     """Hugging Face transformers on this machine (see the module docstring)."""
 
-    engine_type: ClassVar[InferenceEngineType | str | None] = InferenceEngineType.NATIVE
     compiles_guided = True
     capabilities: ClassVar[Capabilities] = Capabilities(
         generation_params=frozenset(_SUPPORTED.split()),

@@ -15,7 +15,6 @@ import json
 import re
 from typing import Any, ClassVar
 
-from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams
 from infermux.configs.model_params import ModelParams
 from infermux.engines.capabilities import Capabilities
@@ -81,7 +80,6 @@ def _load_tokenizer(model: ModelParams) -> Any:
 class SGLangInferenceEngine(RemoteEngine):
     """A model served by SGLang, through its native ``/generate`` endpoint."""
 
-    engine_type = InferenceEngineType.SGLANG
     capabilities: ClassVar[Capabilities] = Capabilities(
         generation_params=frozenset(
             {"temperature", "top_p", "min_p", "frequency_penalty", "presence_penalty", "stop_strings"}

@@ -31,7 +31,6 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar
 
-from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams, GuidedDecodingParams
 from infermux.engines.base import InferenceEngine, StreamEvent, remember
 from infermux.engines.capabilities import Capabilities
@@ -78,7 +77,6 @@ _SAMPLING_FIELDS = [
 class VLLMInferenceEngine(InferenceEngine):
     """Local vLLM (``LLM.chat``); ``model_kwargs`` reach the ``LLM`` constructor."""
 
-    engine_type = InferenceEngineType.VLLM
     compiles_guided = True
     capabilities: ClassVar[Capabilities] = Capabilities(
         generation_params=frozenset(_SAMPLING_FIELDS),

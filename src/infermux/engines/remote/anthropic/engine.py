@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams
 from infermux.configs.model_params import ModelParams
 from infermux.configs.remote_params import RemoteParams
@@ -122,7 +121,6 @@ def build_messages(conversation: Conversation) -> tuple[str | None, list[dict[st
 class AnthropicInferenceEngine(RemoteEngine):
     """Claude models through Anthropic's Messages API (or any server speaking it, like ``vllm serve``)."""
 
-    engine_type = InferenceEngineType.ANTHROPIC
     capabilities = Capabilities(
         generation_params=frozenset({"temperature", "top_p", "stop_strings", "n"}),
         guided_decoding=frozenset({"json"}),

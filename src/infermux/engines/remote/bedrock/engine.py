@@ -21,7 +21,6 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams
 from infermux.configs.model_params import ModelParams
 from infermux.configs.remote_params import RemoteParams
@@ -164,7 +163,6 @@ def parse_converse_response(
 class BedrockInferenceEngine(InferenceEngine):
     """Foundation models on AWS Bedrock (Anthropic, Meta, Amazon, Mistral, ...) via Converse."""
 
-    engine_type = InferenceEngineType.BEDROCK
     capabilities: ClassVar[Capabilities] = Capabilities(
         generation_params=frozenset({"temperature", "top_p", "stop_strings", "n"}),
         images=True,

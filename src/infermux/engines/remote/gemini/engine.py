@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams
 from infermux.engines.capabilities import Capabilities
 from infermux.engines.remote.base import RemoteEngine
@@ -247,7 +246,6 @@ def gemini_reply(conversation: Conversation, data: Any, generation: GenerationPa
 class GoogleGeminiInferenceEngine(RemoteEngine):
     """Gemini models through the Gemini API with an API key."""
 
-    engine_type = InferenceEngineType.GOOGLE_GEMINI
     capabilities = Capabilities(
         generation_params=frozenset(
             {"temperature", "top_p", "stop_strings", "seed", "presence_penalty", "frequency_penalty"}

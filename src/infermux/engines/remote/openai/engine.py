@@ -15,7 +15,6 @@ import dataclasses
 import json
 from typing import Any, ClassVar
 
-from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams
 from infermux.engines.batch_client import BatchClient
 from infermux.engines.capabilities import Capabilities
@@ -39,7 +38,6 @@ __all__ = ["OPENAI_PARAMS", "RemoteInferenceEngine"]
 class RemoteInferenceEngine(RemoteEngine):
     """Any OpenAI-compatible chat-completions server; the key is optional."""
 
-    engine_type = InferenceEngineType.REMOTE
     capabilities: ClassVar[Capabilities] = Capabilities(
         generation_params=OPENAI_PARAMS | SAMPLE_PARAMS | {"min_p", "stop_token_ids"},
         guided_decoding=frozenset({"json"}),

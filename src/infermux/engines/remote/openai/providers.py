@@ -130,7 +130,6 @@ def provider_class(engine: E) -> Any:
     row = PROVIDERS[engine]
 
     def apply(cls: type[RemoteInferenceEngine]) -> type[RemoteInferenceEngine]:
-        cls.engine_type = row.engine
         cls.capabilities = row.capabilities
         cls.default_api_url = row.url
         cls.api_key_env = row.key_env

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams
 from infermux.engines.capabilities import Capabilities
 from infermux.engines.remote.openai.engine import OPENAI_PARAMS, RemoteInferenceEngine
@@ -26,7 +25,6 @@ __all__ = ["RemoteVLLMInferenceEngine"]
 class RemoteVLLMInferenceEngine(RemoteInferenceEngine):
     """A vLLM OpenAI-compatible server; the key is optional (``vllm serve --api-key``)."""
 
-    engine_type = InferenceEngineType.REMOTE_VLLM
     capabilities: ClassVar[Capabilities] = Capabilities(
         generation_params=OPENAI_PARAMS | SAMPLE_PARAMS | {"min_p", "stop_token_ids"},
         guided_decoding=frozenset({"json", "regex", "choice"}),

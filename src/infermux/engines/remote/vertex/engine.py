@@ -23,7 +23,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from infermux.configs.engine_type import InferenceEngineType
 from infermux.configs.generation_params import GenerationParams
 from infermux.configs.remote_params import RemoteParams
 from infermux.engines.capabilities import Capabilities
@@ -50,7 +49,6 @@ _REGION_ENV = ("REGION", "GOOGLE_CLOUD_REGION", "GOOGLE_CLOUD_LOCATION")
 class GoogleVertexInferenceEngine(RemoteInferenceEngine):
     """Gemini (and Model Garden) models on Vertex AI through its OpenAI-compatible endpoint."""
 
-    engine_type = InferenceEngineType.GOOGLE_VERTEX
     capabilities: ClassVar[Capabilities] = Capabilities(
         generation_params=(OPENAI_PARAMS | SAMPLE_PARAMS) - {"logit_bias"},
         guided_decoding=frozenset({"json"}),
