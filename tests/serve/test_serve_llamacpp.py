@@ -335,8 +335,8 @@ def test_the_engine_is_named_llamacpp_and_requests_without_sampling_get_the_chat
 
 
 def test_forced_calls_with_defs_cut_calls_bad_tool_choice_and_sentinel_seeds(server: Served) -> None:
-    from tests.engines.test_forced_schemas import ORDER
-    from tests.engines.test_forced_schemas import TOOLS as DEF_TOOLS
+    from tests.engines.local.test_forced_schemas import ORDER
+    from tests.engines.local.test_forced_schemas import TOOLS as DEF_TOOLS
 
     tools = [t.to_json_dict() for t in DEF_TOOLS[:1]]
     messages = [{"role": "user", "content": "Order two apples to Oslo."}]

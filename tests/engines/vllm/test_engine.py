@@ -610,8 +610,8 @@ def test_an_answer_that_ends_lists_no_end_token(engine):
 def test_forced_calls_with_defs_and_a_call_cut_by_max_new_tokens(engine):
     import jsonschema
 
-    from tests.engines.test_forced_schemas import ORDER
-    from tests.engines.test_forced_schemas import TOOLS as DEF_TOOLS
+    from tests.engines.local.test_forced_schemas import ORDER
+    from tests.engines.local.test_forced_schemas import TOOLS as DEF_TOOLS
 
     row = Conversation.model_validate({"messages": [{"role": "user", "content": "Order two apples to Oslo."}],
                                        "tools": [t.to_json_dict() for t in DEF_TOOLS[:1]]})  # fmt: skip

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-NATIVE = Path(__file__).resolve().parents[2] / "src" / "infermux" / "engines" / "native"
+NATIVE = Path(__file__).resolve().parents[3] / "src" / "infermux" / "engines" / "native"
 
 
 def _imports(module: str) -> set[str]:

@@ -538,7 +538,7 @@ def test_chat_turns_reuse_the_previous_turns_cache(engine: NativeTextInferenceEn
 
 
 def test_a_text_only_model_takes_no_images(engine: NativeTextInferenceEngine) -> None:
-    """NATIVE takes images with image-text-to-text models only (tests/engines/test_native_vision.py): on a
+    """NATIVE takes images with image-text-to-text models only (tests/engines/native/test_vision.py): on a
     text-only model the instance says so (serve and chat read it) and image rows fail as unsupported."""
     assert NativeTextInferenceEngine.capabilities.images and not engine.capabilities.images
     parts = [{"type": "image_url", "content": "data:image/png;base64,iVBORw0KGgo="}, {"type": "text", "content": "?"}]

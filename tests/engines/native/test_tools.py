@@ -94,8 +94,8 @@ def test_streaming_a_forced_call(engine: NativeTextInferenceEngine) -> None:
 
 
 def test_forced_calls_with_pydantic_defs_and_refs_and_a_cut_call(engine: NativeTextInferenceEngine) -> None:
-    from tests.engines.test_forced_schemas import ORDER
-    from tests.engines.test_forced_schemas import TOOLS as DEF_TOOLS
+    from tests.engines.local.test_forced_schemas import ORDER
+    from tests.engines.local.test_forced_schemas import TOOLS as DEF_TOOLS
 
     row = Conversation.model_validate({"messages": [{"role": "user", "content": "Order two apples to Oslo."}],
                                        "tools": [t.to_json_dict() for t in DEF_TOOLS[:1]]})  # fmt: skip
