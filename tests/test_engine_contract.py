@@ -93,3 +93,49 @@ def test_the_entry_points_are_not_overridden() -> None:
         if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)) and item.name in entry
     ]
     assert not overridden
+
+
+def private_engine_attributes(root: Path = ROOT) -> set[str]:
+    """Names of the protected attributes (``self._x = ...``) that engine classes set."""
+    trees = {p: ast.parse(p.read_text(encoding="utf-8")) for p in (root / "engines").rglob("*.py")}
+    names = set()
+    for cls in _engine_classes(trees):
+        for node in ast.walk(cls):
+            targets = (
+                node.targets
+                if isinstance(node, ast.Assign)
+                else [node.target]
+                if isinstance(node, ast.AnnAssign)
+                else []
+            )
+            for target in targets:
+                if isinstance(target, ast.Attribute) and _is_own(target.value) and target.attr.startswith("_"):
+                    names.add(target.attr)
+    return names - {name for name in names if name.startswith("__")}
+
+
+def private_reads_outside_engines(root: Path = ROOT) -> list[str]:
+    """``path:line`` of every ``getattr(x, "_attr")`` outside engines/ of an attribute engines keep private."""
+    private = private_engine_attributes(root)
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root)
+        if rel.parts[0] == "engines":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id in {"getattr", "hasattr", "setattr"}
+                and len(node.args) >= 2
+                and isinstance(node.args[1], ast.Constant)
+                and node.args[1].value in private
+            ):
+                found.append(f"{rel}:{node.lineno} {ast.unparse(node)}")
+    return found
+
+
+def test_nothing_outside_engines_reads_an_engines_private_state_by_name() -> None:
+    assert {"_secrets", "_checked"} <= private_engine_attributes()  # the scan sees them
+    found = private_reads_outside_engines()
+    assert not found, "give the engine a public name for it instead:\n" + "\n".join(found)

@@ -86,7 +86,7 @@ class ServerState:
 
     def __post_init__(self) -> None:
         self.metrics = Metrics(self.served_model, self.engine.label)
-        self.secrets = tuple(s for s in (*getattr(self.engine, "_secrets", ()), self.api_key) if s)
+        self.secrets = tuple(s for s in (*getattr(self.engine, "secrets", ()), self.api_key) if s)
 
     def redact(self, text: str) -> str:
         for secret in self.secrets:

@@ -373,6 +373,11 @@ class RemoteEngine(InferenceEngine):
             _mark_endpoint(result, label)
         yield StreamEvent(conversation=result, metadata=dict(result.metadata))
 
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """The keys this engine sends, for whoever shows its errors to redact (never logged or shown)."""
+        return self._secrets
+
     def __repr__(self) -> str:
         if self._endpoints:
             urls = [redact(spec.url, self._secrets) for spec in self._endpoints]
