@@ -10,6 +10,7 @@ outside ``engines/``, where ``_hook`` is a method an engine class defines, fails
 from __future__ import annotations
 
 import ast
+from collections.abc import Iterator
 from pathlib import Path
 
 import infermux
@@ -52,22 +53,27 @@ def _is_own(value: ast.expr) -> bool:
     return isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id == "super"
 
 
+def _nodes_outside_engines(root: Path) -> Iterator[tuple[Path, ast.AST]]:
+    """Every syntax node of the modules outside engines/, with the module's path."""
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root)
+        if rel.parts[0] != "engines":
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                yield rel, node
+
+
 def private_calls_outside_engines(root: Path = ROOT) -> list[str]:
     """``path:line name`` of every call of an engine's protected method from outside engines/."""
     hooks = private_engine_methods(root)
     found = []
-    for path in sorted(root.rglob("*.py")):
-        rel = path.relative_to(root)
-        if rel.parts[0] == "engines":
-            continue
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if (
-                isinstance(node, ast.Call)
-                and isinstance(node.func, ast.Attribute)
-                and node.func.attr in hooks
-                and not _is_own(node.func.value)
-            ):
-                found.append(f"{rel}:{node.lineno} {ast.unparse(node.func)}")
+    for rel, node in _nodes_outside_engines(root):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in hooks
+            and not _is_own(node.func.value)
+        ):
+            found.append(f"{rel}:{node.lineno} {ast.unparse(node.func)}")
     return found
 
 
@@ -118,20 +124,16 @@ def private_reads_outside_engines(root: Path = ROOT) -> list[str]:
     """``path:line`` of every ``getattr(x, "_attr")`` outside engines/ of an attribute engines keep private."""
     private = private_engine_attributes(root)
     found = []
-    for path in sorted(root.rglob("*.py")):
-        rel = path.relative_to(root)
-        if rel.parts[0] == "engines":
-            continue
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if (
-                isinstance(node, ast.Call)
-                and isinstance(node.func, ast.Name)
-                and node.func.id in {"getattr", "hasattr", "setattr"}
-                and len(node.args) >= 2
-                and isinstance(node.args[1], ast.Constant)
-                and node.args[1].value in private
-            ):
-                found.append(f"{rel}:{node.lineno} {ast.unparse(node)}")
+    for rel, node in _nodes_outside_engines(root):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in {"getattr", "hasattr", "setattr"}
+            and len(node.args) >= 2
+            and isinstance(node.args[1], ast.Constant)
+            and node.args[1].value in private
+        ):
+            found.append(f"{rel}:{node.lineno} {ast.unparse(node)}")
     return found
 
 
