@@ -15,7 +15,8 @@ ratios compare like with like on a busy machine. Medians of ``--repeat`` runs (d
 - P9: the P8 job with the same rows as Parquet in and out (``messages`` column, 50,000-row groups) beside
   it in JSONL, run ABBA: peak RSS of each and Parquet's mean rows per second over JSONL's (issue 30: < 500 MB, >= 0.9x).
 
-Usage: ``python benchmarks/bench_remote.py [--only P1,P2] [--repeat 3] [--p8-rows 100000]``.
+Usage: ``python benchmarks/bench_remote.py [--only P1,P2] [--repeat 3] [--p8-rows 100000] [--p9-once]``
+(``--p9-once``: P9 runs each format once, JSONL then Parquet, instead of ABBA).
 """
 
 from __future__ import annotations
@@ -196,7 +197,7 @@ def p8(rows: int) -> dict[str, Any]:
     }
 
 
-def p9(rows: int) -> dict[str, Any]:
+def p9(rows: int, once: bool = False) -> dict[str, Any]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -208,7 +209,9 @@ def p9(rows: int) -> dict[str, Any]:
         del table
         runs: dict[str, list[dict[str, float]]] = {"jsonl": [], "parquet": []}
         # ABBA: the stub server slows down over a run, so each format goes first once and second once.
-        for n, fmt in enumerate(("jsonl", "parquet", "parquet", "jsonl")):
+        # ``once``: one run of each (a quick look; the ratio then favours the format that goes first).
+        order = ("jsonl", "parquet") if once else ("jsonl", "parquet", "parquet", "jsonl")
+        for n, fmt in enumerate(order):
             source = inp if fmt == "jsonl" else Path(tmp) / "in.parquet"
             cmd = [*_cli(config, source, Path(tmp) / f"out{n}.{fmt}"), "--no-cache"]  # both send every row
             start = time.perf_counter()
@@ -233,6 +236,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--only", default="P1,P2,P3,P4,P8")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--p8-rows", type=int, default=100_000)
+    parser.add_argument("--p9-once", action="store_true", help="P9: one run per format instead of four (ABBA)")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
     wanted = {w.strip().upper() for w in args.only.split(",")}
@@ -244,7 +248,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "P3": lambda: p3(args.repeat),
         "P4": lambda: p4(max(args.repeat, 3)),
         "P8": lambda: p8(args.p8_rows),
-        "P9": lambda: p9(args.p8_rows),
+        "P9": lambda: p9(args.p8_rows, once=args.p9_once),
     }
     for name, step in steps.items():
         if name in wanted:

@@ -253,8 +253,8 @@ def _run_locked(
 
 def _already_written(files: JobFiles, ids: list[str], rows: Callable[[], Iterator[InputRow]]) -> bytearray:
     """One byte per input row: 1 for rows a previous run finished under this fingerprint (and not edited since)."""
-    done = files.load_done(rows=rows)
-    return bytearray(1 if rid in done else 0 for rid in ids)
+    done = files.load_done(ids, rows=rows)
+    return bytearray(1 if position in done else 0 for position in range(len(ids)))
 
 
 def _run(

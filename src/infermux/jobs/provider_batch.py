@@ -293,14 +293,14 @@ def _record_fetched(
     pricing: Any,
 ) -> BatchFetchReport:
     files.reopen_finished()  # a finished job fetched again: its rows are done
-    done_before = files.load_done(rows=rows) & set(row_ids)
+    done_before = files.load_done(row_ids, rows=rows)
     report = BatchReport(total=len(row_ids), resumed=len(done_before))
     pending = 0
     settled: dict[str, RowError] = {}
     files.open()
     try:
         for row in rows():
-            if row.row_id in done_before:
+            if row.index in done_before:
                 continue
             result = _row_result(client, state, row, records)
             if result is None:
