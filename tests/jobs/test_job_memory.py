@@ -14,7 +14,7 @@ import pytest
 from infermux.jobs.files import JobFiles
 from infermux.jobs.finished import index_entries
 from infermux.jobs.options import request_digest
-from infermux.jobs.rows import InputRow
+from infermux.jobs.rows import InputRow, RowIds, row_id_for, unique_id
 from infermux.types import Conversation, Message, Role
 
 ROWS = 100_000
@@ -91,3 +91,31 @@ def test_rows_recorded_in_this_run_go_to_their_input_position(tmp_path: Path, ki
     assert out == ids
     entries = index_entries(files)
     assert entries is not None and list(entries) == ids and entries["r3"] == request_digest(rows[3].conversation)
+
+
+def test_row_ids_are_those_of_unique_id_in_a_few_bytes_each() -> None:
+    rnd = random.Random(3)
+    for _ in range(200):
+        seen: dict[str, int] = {}
+        ids, expected, derived = RowIds(), [], []
+        for i in range(60):
+            raw, pick = f"raw{rnd.randrange(5)}".encode(), rnd.random()
+            given: str | None = None
+            if 0.5 <= pick < 0.7:
+                given = rnd.choice(["a", "b", "a#2"])
+            elif pick >= 0.7:  # a given id equal to an earlier derived one, or to a later position's
+                given = rnd.choice(derived) if derived and pick < 0.95 else row_id_for(i + 1, None, raw)
+            expected.append(unique_id(row_id_for(i, given, raw), seen))
+            assert ids.add(i, given, raw) == expected[-1]
+            if given is None:
+                derived.append(row_id_for(i, None, raw))
+        assert list(ids) == expected and ids == expected and ids[7] == expected[7]
+    tracemalloc.start()
+    try:
+        ids = RowIds()
+        for i in range(ROWS):
+            ids.add(i, None, b"%d" % i)
+        size, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert size < 1_000_000, size  # a list of these ids takes ~8 MB

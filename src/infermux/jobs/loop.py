@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -232,7 +232,7 @@ def record_result(
 async def run_job(
     engine: InferenceEngine,
     rows: Callable[[], Iterable[InputRow]],
-    row_ids: list[str],
+    row_ids: Sequence[str],
     generation: GenerationParams,
     *,
     files: JobFiles | None = None,

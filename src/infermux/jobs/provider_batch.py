@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -87,7 +87,7 @@ def _fingerprint(engine: InferenceEngine, fingerprint: str | None) -> str:
     return fingerprint or engine_fingerprint(engine, engine.generation_params)
 
 
-def _digest(row_ids: list[str]) -> str:
+def _digest(row_ids: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(row_ids).encode()).hexdigest()[:20]
 
 
@@ -288,7 +288,7 @@ def _record_fetched(
     client: BatchClient,
     state: BatchJobState,
     rows: Callable[[], Iterator[InputRow]],
-    row_ids: list[str],
+    row_ids: Sequence[str],
     records: dict[str, Any],
     pricing: Any,
 ) -> BatchFetchReport:
