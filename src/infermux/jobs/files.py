@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import shutil
-from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -38,6 +37,7 @@ from pydantic_core import to_json
 
 from infermux.errors import OutputError, RowError
 from infermux.jobs.options import row_digest
+from infermux.jobs.positions import Digests, DoneRows, RowPositions
 from infermux.jobs.rows import InputRow
 from infermux.text import scrub_surrogates
 from infermux.types import Conversation
@@ -71,76 +71,6 @@ def write_failed(path: Path | str, exc: OSError) -> JobWriteError:
         f"{path}: cannot write the job's files ({reason}). The job stopped sending rows; every row recorded "
         "so far is kept. Fix the cause (free space, permissions), then rerun the same command to finish the job."
     )
-
-
-class RowPositions:
-    """Row id -> its first position in ``ids`` (the input's row ids, in order): an open-addressing table of
-    positions (16 bytes per row) that compares against ``ids`` itself, instead of a dict of the ids."""
-
-    def __init__(self, ids: Sequence[str]) -> None:
-        self.ids = ids
-        size = 1 << max(3, (2 * len(ids)).bit_length())
-        self.mask = mask = size - 1
-        self.slots = slots = array("q", [-1]) * size
-        for position, rid in enumerate(ids):
-            slot = hash(rid) & mask
-            while slots[slot] != -1:
-                slot = (slot + 1) & mask
-            slots[slot] = position
-
-    def find(self, rid: Any) -> int:
-        """The first position of ``rid``, or -1 when the input has no such row."""
-        slots, ids, mask = self.slots, self.ids, self.mask
-        slot = hash(rid) & mask
-        while (position := slots[slot]) != -1:
-            if ids[position] == rid:
-                return position
-            slot = (slot + 1) & mask
-        return -1
-
-
-class DoneRows:
-    """The finished rows of a job, by input position: the byte offset of each row's line in the partial
-    file, -1 for a row not finished. ``position in done`` says whether that row is finished."""
-
-    def __init__(self, total: int) -> None:
-        self.at = array("q", [-1]) * total
-
-    def __contains__(self, position: object) -> bool:
-        return isinstance(position, int) and 0 <= position < len(self.at) and self.at[position] >= 0
-
-    def __len__(self) -> int:
-        return len(self.at) - self.at.count(-1)
-
-    def mark(self, position: int, offset: int = 0) -> None:
-        if 0 <= position < len(self.at) and self.at[position] < 0:  # the first line of a row wins
-            self.at[position] = offset
-
-
-class _Digests:
-    """The recorded content digest of each row, by position: 8 bytes each (a 16-hex-digit digest, as
-    :func:`~infermux.jobs.options.request_digest` makes), any other text kept aside."""
-
-    def __init__(self, total: int) -> None:
-        self.values = array("Q", bytes(8 * total))
-        self.other: dict[int, str] = {}
-        self.any = False
-
-    def put(self, position: int, digest: str) -> None:
-        self.any = self.any or bool(digest)
-        if len(digest) == 16:
-            try:
-                value = int(digest, 16)
-            except ValueError:
-                value = -1
-            if value >= 0 and f"{value:016x}" == digest:
-                self.values[position] = value
-                return
-        self.other[position] = digest
-
-    def get(self, position: int) -> str:
-        found = self.other.get(position)
-        return found if found is not None else f"{self.values[position]:016x}"
 
 
 class JobFiles:
@@ -238,7 +168,7 @@ class JobFiles:
         if not self.partial.exists() or not self.partial.stat().st_size:
             return done
         where = RowPositions(ids)
-        digests = _Digests(len(ids))
+        digests = Digests(len(ids))
         others: set[Any] = set()  # recorded ids the input does not have (kept in the partial file)
         dirty = False
         stale = 0
@@ -283,7 +213,7 @@ class JobFiles:
         return done
 
     @staticmethod
-    def _changed(done: DoneRows, digests: _Digests, rows: Rows) -> tuple[int, list[str]]:
+    def _changed(done: DoneRows, digests: Digests, rows: Rows) -> tuple[int, list[str]]:
         """Mark the recorded rows whose input content is now different (their offset ``o`` becomes
         ``-2 - o``); return how many, and the three smallest of their ids (for the warning)."""
         shown: list[str] = []
