@@ -15,7 +15,8 @@ ratios compare like with like on a busy machine. Medians of ``--repeat`` runs (d
 - P9: the P8 job with the same rows as Parquet in and out (``messages`` column, 50,000-row groups) beside
   it in JSONL, run ABBA: peak RSS of each and Parquet's mean rows per second over JSONL's (issue 30: < 500 MB, >= 0.9x).
 
-Usage: ``python benchmarks/bench_remote.py [--only P1,P2] [--repeat 3] [--p8-rows 100000]``.
+Usage: ``python benchmarks/bench_remote.py [--only P1,P2] [--repeat 3] [--p8-rows 100000] [--p9-once]``
+(``--p9-once``: P9 runs each format once, JSONL then Parquet, instead of ABBA).
 """
 
 from __future__ import annotations
@@ -180,23 +181,31 @@ def p8(rows: int) -> dict[str, Any]:
     with stub_server.spawn("--latency-ms", "0") as url, tempfile.TemporaryDirectory() as tmp:
         config, inp = _write_job(Path(tmp), url, rows, 64)
         out = Path(tmp) / "out.jsonl"
-        start = time.perf_counter()
-        proc = subprocess.Popen(_cli(config, inp, out), stdout=subprocess.DEVNULL)
-        _, status, usage = os.wait4(proc.pid, 0)
-        elapsed = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        code, peak, elapsed = _run_measured(_cli(config, inp, out))
         with out.open() as fh:
             written = sum(1 for _ in fh)
-    return {
-        "rows": rows,
-        "exit_code": proc.returncode,
-        "rows_written": written,
-        "peak_rss_mb": usage.ru_maxrss / 1024,
-        "wall_s": elapsed,
-    }
+    return {"rows": rows, "exit_code": code, "rows_written": written, "peak_rss_mb": peak, "wall_s": elapsed}
 
 
-def p9(rows: int) -> dict[str, Any]:
+# Runs a command as its own child and prints that child's exit code and peak RSS. A child forked straight
+# from the benchmark (which holds the job's rows, hundreds of MB at 1,000,000) would report the
+# benchmark's RSS: Linux keeps a process's peak RSS across fork and exec.
+_PEAK = (
+    "import os, subprocess, sys; p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL); "
+    "_, s, u = os.wait4(p.pid, 0); print(os.waitstatus_to_exitcode(s), u.ru_maxrss)"
+)
+
+
+def _run_measured(cmd: list[str]) -> tuple[int, float, float]:
+    """Run ``cmd``; return its exit code, its own peak RSS (MB) and its wall time (s)."""
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", _PEAK, *cmd], check=True, capture_output=True, text=True).stdout
+    elapsed = time.perf_counter() - start
+    code, rss_kb = out.split()
+    return int(code), int(rss_kb) / 1024, elapsed
+
+
+def p9(rows: int, once: bool = False) -> dict[str, Any]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -208,15 +217,13 @@ def p9(rows: int) -> dict[str, Any]:
         del table
         runs: dict[str, list[dict[str, float]]] = {"jsonl": [], "parquet": []}
         # ABBA: the stub server slows down over a run, so each format goes first once and second once.
-        for n, fmt in enumerate(("jsonl", "parquet", "parquet", "jsonl")):
+        # ``once``: one run of each (a quick look; the ratio then favours the format that goes first).
+        order = ("jsonl", "parquet") if once else ("jsonl", "parquet", "parquet", "jsonl")
+        for n, fmt in enumerate(order):
             source = inp if fmt == "jsonl" else Path(tmp) / "in.parquet"
             cmd = [*_cli(config, source, Path(tmp) / f"out{n}.{fmt}"), "--no-cache"]  # both send every row
-            start = time.perf_counter()
-            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-            _, status, usage = os.wait4(proc.pid, 0)
-            elapsed = time.perf_counter() - start
-            runs[fmt].append({"exit_code": os.waitstatus_to_exitcode(status), "peak_rss_mb": usage.ru_maxrss / 1024,
-                              "wall_s": elapsed, "rows_per_s": rows / elapsed})  # fmt: skip
+            code, peak, elapsed = _run_measured(cmd)
+            runs[fmt].append({"exit_code": code, "peak_rss_mb": peak, "wall_s": elapsed, "rows_per_s": rows / elapsed})
         for fmt, done in runs.items():
             result[fmt] = {
                 "exit_code": max(r["exit_code"] for r in done),
@@ -233,6 +240,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--only", default="P1,P2,P3,P4,P8")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--p8-rows", type=int, default=100_000)
+    parser.add_argument("--p9-once", action="store_true", help="P9: one run per format instead of four (ABBA)")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
     wanted = {w.strip().upper() for w in args.only.split(",")}
@@ -244,7 +252,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "P3": lambda: p3(args.repeat),
         "P4": lambda: p4(max(args.repeat, 3)),
         "P8": lambda: p8(args.p8_rows),
-        "P9": lambda: p9(args.p8_rows),
+        "P9": lambda: p9(args.p8_rows, once=args.p9_once),
     }
     for name, step in steps.items():
         if name in wanted:

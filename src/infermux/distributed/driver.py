@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -184,7 +184,7 @@ class _Writer:
 def run_on_ray(
     cfg: InferenceConfig,
     *,
-    row_ids: list[str] | None = None,
+    row_ids: Sequence[str] | None = None,
     on_progress: Callable[[ClusterReport], None] | None = None,
     tools: list[Tool] | None = None,
     offers_tools: bool = False,
@@ -218,7 +218,7 @@ def _run_locked(
     cfg: InferenceConfig,
     dist: DistributedParams,
     files: JobFiles,
-    ids: list[str],
+    ids: Sequence[str],
     on_progress: Callable[[ClusterReport], None] | None,
     tools: list[Tool] | None,
 ) -> ClusterReport:
@@ -251,10 +251,10 @@ def _run_locked(
             ray.shutdown()
 
 
-def _already_written(files: JobFiles, ids: list[str], rows: Callable[[], Iterator[InputRow]]) -> bytearray:
+def _already_written(files: JobFiles, ids: Sequence[str], rows: Callable[[], Iterator[InputRow]]) -> bytearray:
     """One byte per input row: 1 for rows a previous run finished under this fingerprint (and not edited since)."""
-    done = files.load_done(rows=rows)
-    return bytearray(1 if rid in done else 0 for rid in ids)
+    done = files.load_done(ids, rows=rows)
+    return bytearray(1 if position in done else 0 for position in range(len(ids)))
 
 
 def _run(

@@ -2,7 +2,7 @@
 
 Shapes
 ------
-* :func:`prepare_input` ``(input_path) -> list[str]``: checks every line of a Conversation JSONL file
+* :func:`prepare_input` ``(input_path) -> Sequence[str]``: checks every line of a Conversation JSONL file
   before anything runs (raises one :class:`~infermux.errors.InputError` naming file, line and message)
   and returns the row ids in input order.
 * :func:`check_output_path` ``(output_path, input_path=None) -> Path | str``: refuses an output that is
@@ -83,8 +83,11 @@ OnProgress = Callable[[BatchReport], None]
 
 
 def prepare_input(
-    input_path: str | Path, *, offered_tools: list[bool] | None = None, columns: TableColumns | None = None
-) -> list[str]:
+    input_path: str | Path,
+    *,
+    offered_tools: list[bool] | _AnyOffered | None = None,
+    columns: TableColumns | None = None,
+) -> Sequence[str]:
     """Check every line (or table row) of the input; return its row ids in order (see the module docstring).
 
     ``offered_tools`` receives, per row, whether it offers tools (for the engine's capability check,
@@ -159,7 +162,7 @@ async def run_job_file(
     fingerprint: str | None = None,
     on_progress: OnProgress | None = None,
     on_row: OnRow | None = None,
-    row_ids: list[str] | None = None,
+    row_ids: Sequence[str] | None = None,
     tools: list[Tool] | None = None,
     options: JobOptions | None = None,
     settled: Mapping[str, RowError] | None = None,
@@ -265,7 +268,7 @@ async def _run_config_job(
 ) -> BatchReport:
     if not config.input_path:
         raise InputError("no input: set input_path (or --input_path).")
-    offered: list[bool] = []
+    offered = _AnyOffered()  # whether any row offers tools (not a list of a bool per row)
     columns = TableColumns.of(config)
     row_ids = prepare_input(config.input_path, offered_tools=offered, columns=columns)  # before loading a model
     if not config.output_path:
@@ -295,8 +298,8 @@ async def _run_config_job(
 
 async def _load_and_run(
     config: InferenceConfig,
-    row_ids: list[str],
-    offered: list[bool],
+    row_ids: Sequence[str],
+    offered: _AnyOffered,
     columns: TableColumns,
     *,
     on_progress: OnProgress | None,
@@ -310,7 +313,7 @@ async def _load_and_run(
     try:
         engine = _build_announced(config, build_engine)
         try:
-            engine.check(config.generation, tools=bool(tools) or any(offered))  # before any row runs
+            engine.check(config.generation, tools=bool(tools) or offered.any)  # before any row runs
             return await run_job_file(
                 engine,
                 config.input_path,
@@ -330,6 +333,15 @@ async def _load_and_run(
             engine.close()
     finally:
         options.close()
+
+
+class _AnyOffered:
+    """Takes ``prepare_input``'s per-row ``offered_tools`` flags and keeps only whether any was true."""
+
+    any = False
+
+    def append(self, offered: bool) -> None:
+        self.any = self.any or offered
 
 
 def _build_announced(config: InferenceConfig, build: Callable[[InferenceConfig], InferenceEngine]) -> InferenceEngine:

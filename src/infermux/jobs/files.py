@@ -10,6 +10,10 @@ when the job resumes. Each line also carries a digest of what decides the row's 
 tools, :func:`~infermux.jobs.options.request_digest`): a row edited since it was answered (same id, other
 content) is answered again, its earlier answer moved to the stale file.
 
+The state kept in memory is per input position, never per row id: one 8-byte offset per row (where its
+answer is in the partial file, :class:`DoneRows`), so that a job of millions of rows stays small. Row ids
+are matched to positions through :class:`RowPositions`, only when a partial file is read back.
+
 A local job that finishes leaves ``<output>.done``, the finished-job index (:mod:`infermux.jobs.finished`):
 a rerun of the same job on the same input sends nothing. A writer holds the job's lock
 (:mod:`infermux.jobs.lock`) while it writes, and a failure to write these files stops the job
@@ -18,12 +22,14 @@ a rerun of the same job on the same input sends nothing. A writer holds the job'
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import errno
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator
+import shutil
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -31,6 +37,7 @@ from pydantic_core import to_json
 
 from infermux.errors import OutputError, RowError
 from infermux.jobs.options import row_digest
+from infermux.jobs.positions import Digests, DoneRows, RowPositions
 from infermux.jobs.rows import InputRow
 from infermux.text import scrub_surrogates
 from infermux.types import Conversation
@@ -38,7 +45,7 @@ from infermux.types import Conversation
 if TYPE_CHECKING:
     from infermux.jobs.finished import IndexWriter
 
-__all__ = ["JobFiles", "JobWriteError"]
+__all__ = ["DoneRows", "JobFiles", "JobWriteError", "RowPositions"]
 
 logger = logging.getLogger("infermux.jobs")
 
@@ -110,6 +117,10 @@ class JobFiles:
         self.fingerprint = fingerprint
         self._partial_fh: Any = None
         self._errors_fh: Any = None
+        #: Where each input row's answer is in the partial file (set by :meth:`load_done`, kept up to date
+        #: by :meth:`append_done`); None until then (:meth:`assemble` then reads the partial file).
+        self.done: DoneRows | None = None
+        self._end = 0  # the partial file's size while it is open
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -141,73 +152,144 @@ class JobFiles:
         if not os.access(parent, os.W_OK):
             raise OutputError(f"{parent}: output directory is not writable. Choose another --output_path.")
 
-    def load_done(self, *, compact: bool = True, rows: Rows | None = None) -> set[str]:
-        """Row ids already finished under this fingerprint.
+    def load_done(self, ids: Sequence[str], *, compact: bool = True, rows: Rows | None = None) -> DoneRows:
+        """The rows of ``ids`` (the input's row ids, in order) already finished under this fingerprint, by
+        position.
 
         With ``rows`` (the input rows), a recorded row whose content changed since it was answered (same
         id, another :func:`~infermux.jobs.options.request_digest`) is not done; ``changed_rows`` counts them.
         With ``compact`` the partial file is rewritten without torn lines and repeated rows, and rows
         answered under another fingerprint (the config changed since) or before their row was edited are
         moved to :attr:`stale` (appended), never dropped; ``stale_rows`` counts them. Without it (a dry run)
-        nothing is written.
+        nothing is written. The file is read as a stream: memory holds 8 bytes per row (24 while reading).
         """
         self.stale_rows = self.changed_rows = 0
-        if not self.partial.exists():
-            return set()
-        digests: dict[str, str] = {}
-        keep: list[tuple[str, bytes]] = []
-        stale: list[bytes] = []
+        done = self.done = DoneRows(len(ids))
+        if not self.partial.exists() or not self.partial.stat().st_size:
+            return done
+        where = RowPositions(ids)
+        digests = Digests(len(ids))
+        others: set[Any] = set()  # recorded ids the input does not have (kept in the partial file)
         dirty = False
+        stale = 0
         with self.partial.open("rb") as fh:
+            pos = 0
             for raw in fh:
                 record = _parse_record(raw)
-                if record is None or record.get("id") in digests:
+                if record is None:
                     dirty = True
-                elif record.get("fp") != self.fingerprint:
-                    dirty = True
-                    stale.append(raw)
                 else:
-                    digests[record["id"]] = str(record.get("rq") or "")
-                    keep.append((record["id"], raw))
-        changed = self._changed(digests, rows) if rows is not None else set()
+                    rid = record["id"]
+                    position = where.find(rid)
+                    if (position in done) if position >= 0 else (rid in others):
+                        dirty = True  # a repeated row: the first line wins
+                    elif record.get("fp") != self.fingerprint:
+                        dirty = True
+                        stale += 1
+                    elif position < 0:
+                        others.add(rid)
+                    else:
+                        done.at[position] = pos
+                        digests.put(position, str(record.get("rq") or ""))
+                pos += len(raw)
+        changed, shown = self._changed(done, digests, rows) if rows is not None and digests.any else (0, [])
         if changed:
             dirty = True
-            self.changed_rows = len(changed)
-            stale += [raw for rid, raw in keep if rid in changed]
-            keep = [(rid, raw) for rid, raw in keep if rid not in changed]
-            shown = ", ".join(sorted(changed)[:3]) + (", ..." if len(changed) > 3 else "")
+            self.changed_rows = changed
             logger.warning(
                 "%d rows changed since they were answered (%s): they are answered again%s",
-                len(changed),
-                shown,
+                changed,
+                ", ".join(shown) + (", ..." if changed > 3 else ""),
                 f"; their earlier answers are moved to {self.stale}" if compact else "",
             )
         if dirty and compact:
             try:
-                self._compact(keep, stale, len(stale) - len(changed))
+                self._compact(where, done, stale)
             except OSError as exc:
                 raise write_failed(self.partial, exc) from None
-        return set(digests) - changed
+        for position, offset in enumerate(done.at):
+            if offset < -1:  # changed: answered again
+                done.at[position] = -1
+        return done
 
     @staticmethod
-    def _changed(digests: dict[str, str], rows: Rows) -> set[str]:
-        """Ids of recorded rows (``digests``: id -> recorded digest) whose input content is now different."""
-        if not any(digests.values()):  # written before digests were recorded: nothing to compare
-            return set()
-        changed = set()
+    def _changed(done: DoneRows, digests: Digests, rows: Rows) -> tuple[int, list[str]]:
+        """Mark the recorded rows whose input content is now different (their offset ``o`` becomes
+        ``-2 - o``); return how many, and the three smallest of their ids (for the warning)."""
+        shown: list[str] = []
+        count = 0
+        at = done.at
         for row in rows():
-            recorded = digests.get(row.row_id)
-            if recorded and recorded != row_digest(row):
-                changed.add(row.row_id)
-        return changed
+            position = row.index
+            if position in done:
+                recorded = digests.get(position)
+                if recorded and recorded != row_digest(row):
+                    at[position] = -2 - at[position]
+                    count += 1
+                    bisect.insort(shown, row.row_id)
+                    del shown[3:]
+        return count, shown
 
-    def _compact(self, keep: list[tuple[str, bytes]], stale: list[bytes], other_config: int) -> None:
-        if stale:
-            with self.stale.open("ab") as out:
-                out.writelines(stale)
-                out.flush()
-                os.fsync(out.fileno())
-            self.stale_rows = len(stale)
+    def _compact(self, where: RowPositions, done: DoneRows, other_config: int) -> None:
+        """Rewrite the partial file with the lines :meth:`load_done` kept; append the others' lines (other
+        config first, then changed rows) to the stale file; point ``done`` at the kept lines' new offsets."""
+        at = done.at
+        tmp = self.partial.with_name(self.partial.name + ".tmp")
+        later = self.stale.with_name(self.stale.name + ".tmp")  # changed rows go after the other config's
+        kept_others: set[Any] = set()
+        moved = changed = 0
+        with self.partial.open("rb") as fh, tmp.open("wb") as out, later.open("wb") as edited:
+            stale_out: Any = None
+            pos = new = 0
+            for raw in fh:
+                record = _parse_record(raw)
+                keep = False
+                to: Any = None
+                if record is not None:
+                    rid = record["id"]
+                    position = where.find(rid)
+                    if position >= 0:
+                        first = at[position] if at[position] >= 0 else -2 - at[position]
+                        if at[position] == pos:
+                            keep = True
+                            at[position] = new
+                        elif at[position] == -2 - pos:
+                            to = edited
+                            changed += 1
+                        elif (at[position] == -1 or first > pos) and record.get("fp") != self.fingerprint:
+                            to = "stale"
+                    elif rid not in kept_others:
+                        if record.get("fp") != self.fingerprint:
+                            to = "stale"
+                        else:
+                            keep = True
+                            kept_others.add(rid)
+                if keep:
+                    out.write(raw)
+                    new += len(raw)
+                elif to is not None:
+                    if to == "stale":
+                        if stale_out is None:
+                            stale_out = self.stale.open("ab")
+                        to = stale_out
+                        moved += 1
+                    to.write(raw)
+                pos += len(raw)
+            if changed:
+                edited.flush()
+                if stale_out is None:
+                    stale_out = self.stale.open("ab")
+                with later.open("rb") as back:
+                    shutil.copyfileobj(back, stale_out, 1 << 20)
+            if stale_out is not None:
+                stale_out.flush()
+                os.fsync(stale_out.fileno())
+                stale_out.close()
+            out.flush()
+            os.fsync(out.fileno())
+        later.unlink()
+        if moved or changed:
+            self.stale_rows = moved + changed
             if other_config:
                 logger.warning(
                     "%d rows were answered under a different config (model, generation or engine settings "
@@ -215,11 +297,6 @@ class JobFiles:
                     other_config,
                     self.stale,
                 )
-        tmp = self.partial.with_name(self.partial.name + ".tmp")
-        with tmp.open("wb") as out:
-            out.writelines(raw for _, raw in keep)
-            out.flush()
-            os.fsync(out.fileno())
         os.replace(tmp, self.partial)
 
     def reopen_finished(self) -> None:
@@ -240,10 +317,18 @@ class JobFiles:
                     wanted.discard(record["id"])
                     yield record["id"], Conversation.model_validate_json(_conversation_bytes(raw))
 
+    def recorded_at(self, partial: Any, position: int) -> Conversation:
+        """The recorded answer of the finished row at ``position`` (``position in self.done``), read from
+        ``partial`` (the partial file, open for reading)."""
+        assert self.done is not None
+        partial.seek(self.done.at[position])
+        return Conversation.model_validate_json(_conversation_bytes(partial.readline()))
+
     def open(self) -> None:
         try:  # unbuffered: each row is one write, and a failed write leaves nothing behind to flush later
             self._partial_fh = self.partial.open("ab", buffering=0)
             self._errors_fh = self.errors.open("wb", buffering=0)
+            self._end = os.fstat(self._partial_fh.fileno()).st_size
         except OSError as exc:
             self.close()
             raise write_failed(self.folder, exc) from None
@@ -258,7 +343,11 @@ class JobFiles:
             body = _dumps(scrub_surrogates(data))
         # The conversation goes last and verbatim, so assembling the output is a byte copy.
         head = _dumps({"id": row.row_id, "fp": self.fingerprint, "rq": row_digest(row)})[:-1]
-        self._write(self._partial_fh, self.partial, head + _CONV_KEY + body + b"}\n")
+        line = head + _CONV_KEY + body + b"}\n"
+        self._write(self._partial_fh, self.partial, line)
+        if self.done is not None:
+            self.done.mark(row.index, self._end)
+        self._end += len(line)
 
     def append_failed(self, row: InputRow, error: RowError) -> None:
         record = {"id": row.row_id, "index": row.index, "line": row.line, "fp": self.fingerprint}
@@ -295,7 +384,7 @@ class JobFiles:
         if self._own_folder:
             self._remove_own_folder()
 
-    def assemble(self, ordered_ids: Iterable[str], *, complete: bool) -> int:
+    def assemble(self, ordered_ids: Sequence[str], *, complete: bool) -> int:
         """Write the finished rows in input order to the output, atomically; return how many. A complete
         job leaves its finished-job index instead of the partial and errors files."""
         try:
@@ -303,7 +392,7 @@ class JobFiles:
         except OSError as exc:
             raise write_failed(self.output, exc) from None
 
-    def _assemble(self, ordered_ids: Iterable[str], *, complete: bool) -> int:
+    def _assemble(self, ordered_ids: Sequence[str], *, complete: bool) -> int:
         from infermux.jobs import finished
 
         tmp = self.output.with_name(f".{self.output.name}.{os.getpid()}.tmp")
@@ -345,33 +434,36 @@ class JobFiles:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
 
-    def offsets(self) -> dict[str, tuple[int, str]]:
-        """Row id → (byte offset of its line in the partial file, the row's content digest), for the rows of
-        this fingerprint (first wins)."""
-        offsets: dict[str, tuple[int, str]] = {}
+    def positions(self, ids: Sequence[str]) -> DoneRows:
+        """Where each row of ``ids`` (the input's row ids, in order) is in the partial file: what
+        :meth:`load_done` and :meth:`append_done` recorded, else read from the file (first line wins)."""
+        if self.done is not None and len(self.done.at) == len(ids):
+            return self.done
+        done = DoneRows(len(ids))
+        where = RowPositions(ids)
         with self.partial.open("rb") as fh:
             pos = 0
             for raw in fh:
                 record = _parse_record(raw)
                 if record is not None and record.get("fp") == self.fingerprint:
-                    offsets.setdefault(record["id"], (pos, str(record.get("rq") or "")))
+                    done.mark(where.find(record["id"]), pos)
                 pos += len(raw)
-        return offsets
+        return done
 
-    def write_output(self, ordered_ids: Iterable[str], tmp: Path, index: IndexWriter | None = None) -> int:
+    def write_output(self, ordered_ids: Sequence[str], tmp: Path, index: IndexWriter | None = None) -> int:
         """Write the finished rows to ``tmp`` (JSONL; :mod:`infermux.jobs.table_out` writes Parquet), each
         added to the finished-job ``index`` when one is given."""
-        offsets = self.offsets()
+        done = self.positions(ordered_ids)
         written = 0
         with self.partial.open("rb") as src, tmp.open("wb") as out:
-            for rid in ordered_ids:
-                found = offsets.get(rid)
-                if found is None:
+            for offset in done.at:
+                if offset < 0:
                     continue
-                src.seek(found[0])
-                out.write(_conversation_bytes(src.readline()) + b"\n")
+                src.seek(offset)
+                line = src.readline()
+                out.write(_conversation_bytes(line) + b"\n")
                 if index is not None:
-                    index.add(rid, found[1])
+                    index.add(*id_and_digest(line))
                 written += 1
             out.flush()
             os.fsync(out.fileno())
@@ -395,6 +487,13 @@ def _conversation_bytes(line: bytes) -> bytes:
     """The conversation JSON of a partial-file line (written last by ``append_done``)."""
     start = line.find(_CONV_KEY)  # ids are JSON-escaped, so the first match is the key
     return line[start + len(_CONV_KEY) : line.rstrip().rfind(b"}")]
+
+
+def id_and_digest(line: bytes) -> tuple[str, str]:
+    """The row id and content digest of a partial-file line (one that :func:`_parse_record` accepts)."""
+    record = _parse_record(line)
+    assert record is not None
+    return record["id"], str(record.get("rq") or "")
 
 
 def _parse_record(raw: bytes) -> dict[str, Any] | None:

@@ -8,7 +8,8 @@ row is done the output is assembled in input order into a temporary file and mov
 ``os.replace``; the partial and errors files are then removed. A torn last line (``kill -9`` during a
 write) is discarded on resume.
 
-Memory stays flat in the number of rows: the loop keeps row ids and byte offsets, never the rows.
+Memory stays flat in the number of rows: the loop keeps one byte offset per row (where its answer is in
+the partial file, by input position; :class:`~infermux.jobs.files.DoneRows`), never the rows or their ids.
 
 With :class:`~infermux.jobs.options.JobOptions` the loop also answers rows from the answer cache
 (recorded like answered rows, ``metadata["cached"] = true``), prices answered rows
@@ -22,14 +23,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from infermux.errors import RowError
 from infermux.jobs.cache import cache_key
 from infermux.jobs.cost import CostTotals, price_answer
-from infermux.jobs.files import JobFiles, JobWriteError
+from infermux.jobs.files import DoneRows, JobFiles, JobWriteError
 from infermux.jobs.finished import drop_leftovers, finished_rows, reopen
 from infermux.jobs.options import Budget, JobOptions, estimated_prompt_tokens, request_of
 from infermux.jobs.row_settings import RowSettings, max_new_tokens_of, samples_unseeded, settings_key
@@ -231,7 +232,7 @@ def record_result(
 async def run_job(
     engine: InferenceEngine,
     rows: Callable[[], Iterable[InputRow]],
-    row_ids: list[str],
+    row_ids: Sequence[str],
     generation: GenerationParams,
     *,
     files: JobFiles | None = None,
@@ -247,7 +248,7 @@ async def run_job(
     options = options or JobOptions()
     report = BatchReport(total=len(row_ids))
     if files is None:
-        return await _run_rows(engine, rows, generation, report, None, set(), on_row, on_progress, options, settled)
+        return await _run_rows(engine, rows, generation, report, None, None, on_row, on_progress, options, settled)
     files.check_writable()
     with files.locked():
         report.output_path = files.destination
@@ -260,10 +261,10 @@ async def run_job(
                 on_progress(report)
             return report
         reopen(files)
-        done = files.load_done(rows=rows) & set(row_ids)
+        done = files.load_done(row_ids, rows=rows)
         report.resumed, report.changed = len(done), files.changed_rows
         if options.cache is not None and done:
-            _backfill_cache(options.cache, options.fingerprint, files, rows, done)
+            _backfill_cache(options.cache, options.fingerprint, files, rows)
         files.open()
         try:
             await _run_rows(engine, rows, generation, report, files, done, on_row, on_progress, options, settled)
@@ -281,7 +282,7 @@ async def _run_rows(
     generation: GenerationParams,
     report: BatchReport,
     files: JobFiles | None,
-    done: set[str],
+    done: DoneRows | None,
     on_row: OnResult | None,
     on_progress: Callable[[BatchReport], None] | None,
     options: JobOptions,
@@ -344,7 +345,7 @@ async def _run_rows(
 
     def todo() -> Iterator[InputRow]:
         for row in rows():
-            if row.row_id in done:
+            if done is not None and row.index in done:
                 continue
             if budget is not None and pricing is not None:
                 estimate = _estimate_cost(row.conversation, pricing, generation, report)
@@ -374,20 +375,21 @@ async def _run_rows(
     return report
 
 
-def _backfill_cache(cache: AnswerCache, fingerprint: str, files: JobFiles, rows: Callable[[], Iterable[InputRow]],
-                    done: set[str]) -> None:  # fmt: skip
+def _backfill_cache(cache: AnswerCache, fingerprint: str, files: JobFiles,
+                    rows: Callable[[], Iterable[InputRow]]) -> None:  # fmt: skip
     """Put the recorded rows the answer cache lacks into it (rows recorded just before a crash, which the
-    cache had not written yet), so that every recorded row is in the cache."""
-    missing: dict[str, tuple[str, Conversation]] = {}
+    cache had not written yet), so that every recorded row is in the cache. Rows are read back one at a
+    time, by position (:meth:`JobFiles.recorded_at`): nothing is held per row."""
+    done = files.done
+    if done is None:
+        return
     try:
-        for row in rows():
-            if row.row_id in done:
-                key = cache_key(fingerprint, request_of(row.conversation))
-                if not cache.contains(key):
-                    missing[row.row_id] = (key, row.conversation)
-        for rid, answered in files.recorded(missing):
-            key, original = missing[rid]
-            _remember(cache, key, original, answered)
+        with files.partial.open("rb") as partial:
+            for row in rows():
+                if row.index in done:
+                    key = cache_key(fingerprint, request_of(row.conversation))
+                    if not cache.contains(key):
+                        _remember(cache, key, row.conversation, files.recorded_at(partial, row.index))
     except Exception:  # a locked or damaged cache: the job runs without the backfill
         logger.warning("the answer cache could not be completed from the partial file", exc_info=True)
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from infermux.configs.engine_type import engine_name
 from infermux.jobs import finished
-from infermux.jobs.files import JobFiles
+from infermux.jobs.files import DoneRows, JobFiles
 from infermux.jobs.finished import finished_rows
 from infermux.jobs.lock import running_pid
 from infermux.jobs.options import cache_wanted, estimated_prompt_tokens, request_digest, request_of
@@ -143,7 +143,7 @@ def plan_job(config: InferenceConfig, tools: list[Tool] | None = None) -> JobPla
     def rows() -> Iterator[InputRow]:  # the rows as the run reads them
         return with_default_tools(iter_rows(input_path, columns), tools)
 
-    done: set[str] = set()
+    done = DoneRows(0)
     changed, running = 0, None
     if config.output_path:
         files = job_files(config.output_path, fingerprint, job_dir=config.job_dir, input_path=input_path,
@@ -151,10 +151,10 @@ def plan_job(config: InferenceConfig, tools: list[Tool] | None = None) -> JobPla
         running = running_pid(files.lock_path)
         if finished_rows(files, rows) == len(ids):
             return JobPlan(len(ids), len(ids), 0, 0, 0, 0, 0.0, 0.0, None, finished=True, running_pid=running)
-        done = files.load_done(compact=False, rows=rows) & set(ids)
+        done = files.load_done(ids, compact=False, rows=rows)
         changed = files.changed_rows
         if not done and files.index.exists():  # a finished job whose input changed: its unchanged rows are done
-            done, changed = _finished_done(files, rows)
+            done, changed = _finished_done(files, rows, len(ids))
     cache = None
     if cache_wanted(config.cache, config.generation):
         from infermux.jobs.cache import AnswerCache, cache_key
@@ -167,7 +167,7 @@ def plan_job(config: InferenceConfig, tools: list[Tool] | None = None) -> JobPla
     cached = to_send = prompt = completion = 0
     try:
         for row in rows():
-            if row.row_id in done:
+            if row.index in done:
                 continue
             if cache is not None and cache.get(cache_key(fingerprint, request_of(row.conversation))) is not None:
                 cached += 1
@@ -202,18 +202,20 @@ def plan_job(config: InferenceConfig, tools: list[Tool] | None = None) -> JobPla
     )  # fmt: skip
 
 
-def _finished_done(files: JobFiles, rows: Callable[[], Iterable[InputRow]]) -> tuple[set[str], int]:
-    """The rows of a finished job's index still done on the current input (same id and content), and how
-    many of its rows changed; nothing when the config or the output changed (every row runs again)."""
+def _finished_done(files: JobFiles, rows: Callable[[], Iterable[InputRow]], total: int) -> tuple[DoneRows, int]:
+    """The rows (positions) of a finished job's index still done on the current input (same id and
+    content), and how many of its rows changed; nothing when the config or the output changed (every row
+    runs again)."""
+    done = DoneRows(total)
     entries = finished.index_entries(files)
     if entries is None:
-        return set(), 0
-    done, changed = set(), 0
+        return done, 0
+    changed = 0
     for row in rows():
         digest = entries.get(row.row_id)
         if digest is not None:
             if digest == request_digest(row.conversation):
-                done.add(row.row_id)
+                done.mark(row.index)
             else:
                 changed += 1
     return done, changed

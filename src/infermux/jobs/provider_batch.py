@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -87,7 +87,7 @@ def _fingerprint(engine: InferenceEngine, fingerprint: str | None) -> str:
     return fingerprint or engine_fingerprint(engine, engine.generation_params)
 
 
-def _digest(row_ids: list[str]) -> str:
+def _digest(row_ids: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(row_ids).encode()).hexdigest()[:20]
 
 
@@ -288,19 +288,19 @@ def _record_fetched(
     client: BatchClient,
     state: BatchJobState,
     rows: Callable[[], Iterator[InputRow]],
-    row_ids: list[str],
+    row_ids: Sequence[str],
     records: dict[str, Any],
     pricing: Any,
 ) -> BatchFetchReport:
     files.reopen_finished()  # a finished job fetched again: its rows are done
-    done_before = files.load_done(rows=rows) & set(row_ids)
+    done_before = files.load_done(row_ids, rows=rows)
     report = BatchReport(total=len(row_ids), resumed=len(done_before))
     pending = 0
     settled: dict[str, RowError] = {}
     files.open()
     try:
         for row in rows():
-            if row.row_id in done_before:
+            if row.index in done_before:
                 continue
             result = _row_result(client, state, row, records)
             if result is None:

@@ -6,9 +6,11 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import overload
 
 from pydantic import ValidationError
 
@@ -23,6 +25,7 @@ __all__ = [
     "EMPTY_ROW",
     "MAX_LINE_BYTES",
     "InputRow",
+    "RowIds",
     "check_encodable",
     "is_plain_ascii",
     "iter_rows",
@@ -63,6 +66,93 @@ def unique_id(rid: str, seen: dict[str, int]) -> str:
     """``rid``, or ``rid#N`` for its N-th repeat in one input (ids must be unique for resume)."""
     seen[rid] = seen.get(rid, 0) + 1
     return rid if seen[rid] == 1 else f"{rid}#{seen[rid]}"
+
+
+_DERIVED = re.compile(r"row-(\d+)-([0-9a-f]{12})")
+
+
+class RowIds(Sequence[str]):
+    """The row ids of an input, in order, as :func:`row_id_for` and :func:`unique_id` make them, kept in 7
+    bytes per row when the id is derived from the row (no ``conversation_id``): its position is implicit
+    and its content digest is 6 bytes. Given ids are kept as they are (and counted, to number repeats).
+
+    Ids derived from different positions never repeat one another, so no set of every id is needed to
+    number repeats: only a given id can repeat an earlier id, and a given id that looks derived
+    (``row-<position>-<12 hex digits>``) is compared with the digest kept for that position.
+    """
+
+    def __init__(self) -> None:
+        self._digests = bytearray()  # 6 bytes per position
+        self._derived = bytearray()  # 1 where the position's id is derived from its content
+        self._given: dict[str, int] = {}  # given id -> how many times it was given so far
+        self._special: dict[int, str] = {}  # position -> its id, where it is not the derived one
+
+    def add(self, index: int, conversation_id: str | None, raw: bytes) -> str:
+        """The id of the row at ``index`` (the same as ``unique_id(row_id_for(...), seen)``)."""
+        gap = index - len(self._derived)
+        if gap > 0:  # positions of rows that failed their check
+            self._derived += bytes(gap)
+            self._digests += bytes(6 * gap)
+        if conversation_id:
+            rid = conversation_id
+            count = self._given[rid] = self._given.get(rid, 0) + 1
+            count += self._derived_match(rid, index)
+            self._derived.append(0)
+            self._digests += bytes(6)
+        else:
+            digest = hashlib.sha1(raw.strip()).digest()[:6]
+            rid = f"row-{index}-{digest.hex()}"
+            count = self._given.get(rid, 0) + 1
+            self._derived.append(1)
+            self._digests += digest
+        if count == 1 and not conversation_id:
+            return rid
+        final = rid if count == 1 else f"{rid}#{count}"
+        self._special[index] = final
+        return final
+
+    def _derived_match(self, rid: str, index: int) -> int:
+        """1 when ``rid`` is the id derived for an earlier position, else 0."""
+        match = _DERIVED.fullmatch(rid)
+        if match is None:
+            return 0
+        position = int(match[1])
+        if not (position < index and self._derived[position]):
+            return 0
+        return int(rid == f"row-{position}-{self._digests[6 * position : 6 * position + 6].hex()}")
+
+    def __len__(self) -> int:
+        return len(self._derived)
+
+    @overload
+    def __getitem__(self, position: int) -> str: ...
+    @overload
+    def __getitem__(self, position: slice) -> list[str]: ...
+    def __getitem__(self, position: int | slice) -> str | list[str]:
+        if isinstance(position, slice):
+            return [self[i] for i in range(*position.indices(len(self)))]
+        if position < 0:
+            position += len(self)
+        if not 0 <= position < len(self._derived):
+            raise IndexError(position)
+        special = self._special.get(position)
+        if special is not None:
+            return special
+        return f"row-{position}-{self._digests[6 * position : 6 * position + 6].hex()}"
+
+    def __iter__(self) -> Iterator[str]:
+        for position in range(len(self._derived)):
+            yield self[position]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence) and not isinstance(other, str):
+            return len(other) == len(self) and all(a == b for a, b in zip(self, other, strict=True))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"RowIds({list(self)!r})"
 
 
 def _explain(exc: ValidationError) -> str:
@@ -206,10 +296,15 @@ def _lines(path: Path | str) -> Iterator[tuple[int, bytes]]:
                 yield number, raw
 
 
-def _scan(path: Path | str, columns: TableColumns | None = None) -> Iterator[InputRow | InputError]:
+def _scan(
+    path: Path | str, columns: TableColumns | None = None, ids: RowIds | None = None
+) -> Iterator[InputRow | InputError]:
+    """The rows of ``path`` (or an error per bad row); their ids are made by ``ids`` (a new :class:`RowIds`
+    when not given), which then holds them."""
+    ids = RowIds() if ids is None else ids
     fmt = input_format(path, columns.input_format if columns else None)
     if fmt != "jsonl":  # Parquet or an Arrow dataset folder: see infermux.jobs.tables
-        yield from scan_table(path, fmt, columns or TableColumns())
+        yield from scan_table(path, fmt, columns or TableColumns(), ids)
         return
     if columns is not None and columns.maps_columns:
         raise InputError(
@@ -219,7 +314,6 @@ def _scan(path: Path | str, columns: TableColumns | None = None) -> Iterator[Inp
             path=_shown(path),
         )
     index = 0
-    seen: dict[str, int] = {}
     where = _shown(path)
     # Relative image paths name files beside the input file, wherever the job runs from.
     folder = path.parent.absolute() if isinstance(path, Path) else None
@@ -231,8 +325,7 @@ def _scan(path: Path | str, columns: TableColumns | None = None) -> Iterator[Inp
             continue
         if folder is not None and conv.has_images:
             conv = resolve_relative_images(conv, folder)
-        rid = row_id_for(index, conv.conversation_id, raw)
-        rid = unique_id(rid, seen)
+        rid = ids.add(index, conv.conversation_id, raw)
         yield InputRow(index=index, line=number, row_id=rid, conversation=conv)
         index += 1
 
@@ -293,20 +386,19 @@ def iter_rows(path: str | Path, columns: TableColumns | None = None) -> Iterator
 
 def validate_file(
     path: str | Path, *, on_row: Callable[[InputRow], None] | None = None, columns: TableColumns | None = None
-) -> list[str]:
-    """Check every line (or table row) of ``path``; return the row ids in order, or raise one error listing
-    bad lines.
+) -> RowIds:
+    """Check every line (or table row) of ``path``; return the row ids in order (:class:`RowIds`: a
+    sequence of strings, 7 bytes per derived id), or raise one error listing bad lines.
 
     ``on_row`` sees each valid row during the same pass (to learn, say, whether any row offers tools).
     """
     path = _local_or_uri(path)
-    ids: list[str] = []
+    ids = RowIds()
     problems: list[InputError] = []
-    for item in _scan(path, columns):
+    for item in _scan(path, columns, ids):
         if isinstance(item, InputError):
             problems.append(item)
         else:
-            ids.append(item.row_id)
             if on_row is not None:
                 on_row(item)
     if problems:

@@ -14,15 +14,17 @@ kept with ``error`` set (its ``kind`` and ``message`` as JSON text) and no answe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Iterable, Iterator
+from array import array
+from collections.abc import Iterator, Sequence
 from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from infermux.errors import OutputError
-from infermux.jobs.files import JobFiles, _conversation_bytes
+from infermux.jobs.files import JobFiles, _conversation_bytes, id_and_digest
 from infermux.jobs.tables import TableColumns, input_format, table_batches, table_columns
 from infermux.types import FinishReason, Message, Usage
 
@@ -103,26 +105,29 @@ class ParquetJobFiles(JobFiles):
                     f"output adds ({', '.join(ANSWER_COLUMNS)}). Rename them, or write JSONL (--output_format jsonl)."
                 )
 
-    def write_output(self, ordered_ids: Iterable[str], tmp: Path, index: IndexWriter | None = None) -> int:
+    def write_output(self, ordered_ids: Sequence[str], tmp: Path, index: IndexWriter | None = None) -> int:
         import pyarrow as pa
 
-        offsets = self.offsets()
-        errors = self._errors()
+        done = self.positions(ordered_ids).at
+        errors = self._errors(len(ordered_ids))
         types = (pa.string(), pa.string(), pa.int64(), pa.int64(), pa.float64(), pa.string())
         writer: Any = None
         written = 0
-        with self.partial.open("rb") as src:
+        with self.partial.open("rb") as src, _open_or_none(self.errors if errors is not None else None) as failed:
             try:
-                for table, ids in self._input_pieces(iter(ordered_ids)):
-                    found = [offsets.get(rid) for rid in ids]
-                    answers = [
-                        _answer(src, f[0] if f else None, errors.get(rid)) for rid, f in zip(ids, found, strict=True)
-                    ]
+                for table, start in self._input_pieces():
+                    answers = []
+                    for position in range(start, start + table.num_rows):
+                        offset = done[position] if position < len(done) else -1
+                        line = None
+                        if offset >= 0:
+                            src.seek(offset)
+                            line = src.readline()
+                            if index is not None:
+                                index.add(*id_and_digest(line))
+                        error = _error(failed, errors[position]) if errors is not None and line is None else None
+                        answers.append(_answer(line, error))
                     keep = [a is not None for a in answers]
-                    if index is not None:
-                        for rid, f, a in zip(ids, found, answers, strict=True):
-                            if a is not None and f is not None:
-                                index.add(rid, f[1])
                     if not any(keep):
                         continue
                     table = table.filter(pa.array(keep)) if not all(keep) else table
@@ -149,51 +154,75 @@ class ParquetJobFiles(JobFiles):
 
         return pq.ParquetWriter(str(tmp), schema)
 
-    def _input_pieces(self, ids: Iterator[str]) -> Iterator[tuple[Any, list[str]]]:
-        """The input in order, as (pyarrow table of its columns, the row ids of those rows)."""
+    def _input_pieces(self) -> Iterator[tuple[Any, int]]:
+        """The input in order, as (pyarrow table of its columns, the position of its first row)."""
         import pyarrow as pa
 
+        start = 0
         if self.input_format != "jsonl":
             for _, _, _, batch in table_batches(self.input_path, self.input_format):
                 table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
-                yield table, list(islice(ids, table.num_rows))
+                yield table, start
+                start += table.num_rows
             return
         from infermux.jobs.rows import iter_rows
 
         rows = iter_rows(self.input_path)
         while chunk := list(islice(rows, _JSONL_CHUNK)):
-            piece_ids = list(islice(ids, len(chunk)))
             table = pa.table({
                 "conversation_id": pa.array([row.conversation.conversation_id for row in chunk], type=pa.string()),
                 "conversation": pa.array([row.conversation.to_json() for row in chunk], type=pa.string()),
             })  # fmt: skip
-            yield table, piece_ids
+            yield table, start
+            start += len(chunk)
 
-    def _errors(self) -> dict[str, str]:
-        """Row id → the error (JSON text) of the rows that failed in this run."""
-        found: dict[str, str] = {}
-        if not self.errors.exists():
-            return found
+    def _errors(self, total: int) -> array[int] | None:
+        """Input position → the offset of its line in the errors file (of the rows that failed in this run,
+        the last line wins), -1 for none; None when nothing failed."""
+        if not self.errors.exists() or not self.errors.stat().st_size:
+            return None
+        found = array("q", [-1]) * total
         with self.errors.open("rb") as fh:
+            pos = 0
             for raw in fh:
                 try:
-                    record = json.loads(raw)
-                except ValueError:
-                    continue
-                error = {k: v for k, v in record.items() if k not in ("id", "index", "line", "fp")}
-                found[str(record.get("id"))] = json.dumps(error, ensure_ascii=False)
+                    position = json.loads(raw).get("index")
+                except (ValueError, AttributeError):
+                    position = None
+                if isinstance(position, int) and 0 <= position < total:
+                    found[position] = pos
+                pos += len(raw)
         return found
 
 
-def _answer(src: Any, offset: int | None, error: str | None) -> dict[str, Any] | None:
-    """The answer columns of one row, or None when it has neither an answer nor an error."""
-    if offset is None:
+@contextlib.contextmanager
+def _open_or_none(path: Path | None) -> Iterator[Any]:
+    if path is None:
+        yield None
+        return
+    with path.open("rb") as fh:
+        yield fh
+
+
+def _error(failed: Any, offset: int) -> str | None:
+    """The error (JSON text) of the errors-file line at ``offset``; None for -1."""
+    if offset < 0:
+        return None
+    failed.seek(offset)
+    record = json.loads(failed.readline())
+    error = {k: v for k, v in record.items() if k not in ("id", "index", "line", "fp")}
+    return json.dumps(error, ensure_ascii=False)
+
+
+def _answer(line: bytes | None, error: str | None) -> dict[str, Any] | None:
+    """The answer columns of one row (``line``: its partial-file line), or None when it has neither an
+    answer nor an error."""
+    if line is None:
         if error is None:
             return None
         return {"answer": None, "finish_reason": None, "prompt_tokens": None, "completion_tokens": None,
                 "cost_usd": None, "error": error}  # fmt: skip
-    src.seek(offset)
-    data = json.loads(_conversation_bytes(src.readline()))  # written by infermux: plain JSON, no pydantic pass
+    data = json.loads(_conversation_bytes(line))  # written by infermux: plain JSON, no pydantic pass
     messages = data.get("messages") or [{}]
     last = messages[-1]
     answer = None

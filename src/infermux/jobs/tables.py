@@ -32,6 +32,7 @@ from infermux.types import Conversation
 
 if TYPE_CHECKING:
     from infermux.configs.inference_config import InferenceConfig
+    from infermux.jobs.rows import RowIds
 
 __all__ = [
     "INPUT_FORMATS",
@@ -223,14 +224,15 @@ def table_columns(path: str | Path, fmt: str) -> list[str]:
     return []
 
 
-def scan_table(path: str | Path, fmt: str, columns: TableColumns) -> Iterator[Any]:
-    """The table's rows as :class:`~infermux.jobs.rows.InputRow`, or an :class:`InputError` per bad row."""
+def scan_table(path: str | Path, fmt: str, columns: TableColumns, ids: RowIds | None = None) -> Iterator[Any]:
+    """The table's rows as :class:`~infermux.jobs.rows.InputRow`, or an :class:`InputError` per bad row;
+    ``ids`` makes their ids (and then holds them)."""
     from pydantic_core import to_json
 
-    from infermux.jobs.rows import InputRow, check_encodable, is_plain_ascii, row_id_for, unique_id
+    from infermux.jobs.rows import InputRow, RowIds, check_encodable, is_plain_ascii
 
+    ids = RowIds() if ids is None else ids
     index = 0
-    seen: dict[str, int] = {}
     checked: set[tuple[str, ...]] = set()
     for file, group, start, batch in table_batches(path, fmt):
         names = tuple(batch.schema.names)
@@ -248,7 +250,7 @@ def scan_table(path: str | Path, fmt: str, columns: TableColumns) -> Iterator[An
                 index += 1
                 continue
             raw = b"" if given_id else to_json(record, fallback=str)  # the row's cells, in column order
-            rid = unique_id(row_id_for(index, given_id, raw), seen)
+            rid = ids.add(index, given_id, raw)
             yield InputRow(index=index, line=index + 1, row_id=rid, conversation=conv)
             index += 1
 
