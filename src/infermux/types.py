@@ -690,9 +690,11 @@ class Conversation(BaseModel):
         answered rows: per-row objects that live on cost collection time)."""
         metadata = self.metadata
         stored = metadata.get("usage")
-        if type(stored) is dict and type(p := stored.get("prompt_tokens")) is int and type(
-            c := stored.get("completion_tokens")
-        ) is int:  # the common row: two plain counts, read as Usage.from_json_dict reads them
+        if (
+            type(stored) is dict
+            and type(p := stored.get("prompt_tokens")) is int
+            and type(c := stored.get("completion_tokens")) is int
+        ):  # the common row: two plain counts, read as Usage.from_json_dict reads them
             prompt, completion = p, c
         else:
             usage = Usage.from_json_dict(stored)
