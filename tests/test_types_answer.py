@@ -109,3 +109,27 @@ def test_a_read_is_parsed_once() -> None:
     assert row.usage is row.usage
     assert row.samples is row.samples
     assert row.replace(conversation_id="x").usage == row.usage
+
+
+def test_answer_counts_agree_with_the_typed_fields_and_keep_nothing_on_the_row() -> None:
+    stored_forms = [
+        None,
+        {"usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}, "finish_reason": "length"},
+        {"usage": {"prompt_tokens": "7", "completion_tokens": None}, "finish_reason": "MAX_TOKENS"},
+        {"usage": {"prompt_tokens": True, "completion_tokens": 4}, "finish_reason": "stop"},
+        {"usage": {"completion_tokens": 9}, "finish_reason": {"type": "length"}},
+        {"usage": "n/a", "finish_reason": None},
+    ]
+    for metadata in stored_forms:
+        row = _question(metadata)
+        counts = row.answer_counts()
+        assert not hasattr(row, "_answers")  # read without keeping parsed fields on the row
+        usage = row.usage
+        expected = (
+            (usage.prompt_tokens or 0) if usage else 0,
+            (usage.completion_tokens or 0) if usage else 0,
+            row.finish_reason is FinishReason.LENGTH,
+        )
+        assert counts == expected, metadata
+    assert _question(stored_forms[1]).answer_counts() == (3, 2, True)
+    assert _question(stored_forms[2]).answer_counts() == (7, 0, True)

@@ -683,6 +683,25 @@ class Conversation(BaseModel):
         """The row's price in dollars (``metadata["cost_usd"]``, written by a priced job), or None."""
         return self._answer_field("cost_usd", _read_cost)
 
+    def answer_counts(self) -> tuple[int, int, bool]:
+        """(prompt tokens, completion tokens, whether the answer stopped at the token limit), unknown
+        counts as 0: what a job counts for every answered row. Read from ``metadata`` as :attr:`usage` and
+        :attr:`finish_reason` read it, without keeping the parsed fields on the row (a job keeps its
+        answered rows: per-row objects that live on cost collection time)."""
+        metadata = self.metadata
+        stored = metadata.get("usage")
+        if (
+            type(stored) is dict
+            and type(p := stored.get("prompt_tokens")) is int
+            and type(c := stored.get("completion_tokens")) is int
+        ):  # the common row: two plain counts, read as Usage.from_json_dict reads them
+            prompt, completion = p, c
+        else:
+            usage = Usage.from_json_dict(stored)
+            prompt = (usage.prompt_tokens or 0) if usage is not None else 0
+            completion = (usage.completion_tokens or 0) if usage is not None else 0
+        return prompt, completion, FinishReason.parse(metadata.get("finish_reason")) is FinishReason.LENGTH
+
     @property
     def cached(self) -> bool:
         """Whether the job answered the row from its answer cache (``metadata["cached"] is True``)."""

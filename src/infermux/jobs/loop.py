@@ -37,7 +37,7 @@ from infermux.jobs.row_settings import RowSettings, max_new_tokens_of, samples_u
 from infermux.jobs.rows import InputRow
 from infermux.jobs.spans import job_spans
 from infermux.text import scrub_reply
-from infermux.types import Conversation, FinishReason
+from infermux.types import Conversation
 
 if TYPE_CHECKING:
     from infermux.configs.generation_params import GenerationParams
@@ -191,13 +191,6 @@ async def run_chunks(
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _count_usage(report: BatchReport, conversation: Conversation) -> None:
-    usage = conversation.usage
-    if usage is not None:
-        report.prompt_tokens += usage.prompt_tokens or 0
-        report.completion_tokens += usage.completion_tokens or 0
-
-
 def record_result(
     report: BatchReport, files: JobFiles | None, row: InputRow, result: Conversation | RowError
 ) -> Conversation | RowError:
@@ -224,8 +217,10 @@ def record_result(
             files.append_failed(row, result)
     else:
         report.done += 1
-        report.truncated += result.finish_reason is FinishReason.LENGTH
-        _count_usage(report, result)
+        prompt, completion, truncated = result.answer_counts()
+        report.prompt_tokens += prompt
+        report.completion_tokens += completion
+        report.truncated += truncated
     return result
 
 
