@@ -40,12 +40,14 @@ from infermux.engines.base import InferenceEngine, StreamEvent
 from infermux.engines.capabilities import Capabilities
 from infermux.engines.images import ImageError
 from infermux.engines.local import tool_prompting
-from infermux.engines.local.decoder_thread import thread_rows
+from infermux.engines.local.decoder_thread import emitted_rows
+from infermux.engines.native import rows as native_rows
 from infermux.engines.native.logprobs import ScoreRecorder
 from infermux.engines.native.model import LoadedModel
+from infermux.engines.native.torch_thread import TorchThread
 from infermux.errors import EngineUnavailableError, ErrorKind, InputError, RowError, install_hint
-from infermux.samples import reply_with_samples, sum_usage, wants_samples
-from infermux.types import Conversation, FinishReason, Sample, TokenLogprob, Usage
+from infermux.samples import wants_samples
+from infermux.types import Conversation, FinishReason, TokenLogprob, Usage
 
 __all__ = ["NativeTextInferenceEngine"]
 
@@ -95,15 +97,17 @@ class NativeTextInferenceEngine(InferenceEngine):
                 f"The NATIVE engine needs torch and transformers ({exc}). Install them with: " + install_hint("native")
             ) from exc
         self._torch = torch
+        #: Loads the model and runs every batch: one OpenMP team for the engine (see :mod:`.torch_thread`).
+        self._torch_thread = TorchThread()
         vision = native_loading.is_vision_model(self.model_params)
         processor = None
         if vision:  # the processor may hold the only chat template
             processor = native_loading.load_processor(self.model_params)
         template = getattr(processor, "chat_template", None)
         self.tokenizer: Any = native_loading.load_tokenizer(self.model_params, fallback_template=template)
-        self.model: Any = native_loading.load_model(self.model_params, vision=vision)
+        self.model: Any = self._torch_thread.run(native_loading.load_model, self.model_params, vision=vision)
         self._device = next(self.model.parameters()).device
-        self._max_length = _prompt_limit(self.model_params, self.tokenizer)
+        self._max_length = native_rows.prompt_limit(self.model_params, self.tokenizer)
         self._lock = threading.Lock()  # one generation at a time on the model
         from infermux.engines.native.decode import supports_fast_decode
 
@@ -142,8 +146,11 @@ class NativeTextInferenceEngine(InferenceEngine):
     async def _infer_rows(
         self, conversations: list[Conversation], generation: GenerationParams
     ) -> AsyncIterator[tuple[int, Conversation | RowError]]:
-        # Each row is handed back as soon as its answer ends (the job records it at once).
-        async for item in thread_rows(functools.partial(self.answer_blocking, conversations, generation)):
+        # Each row is handed back as soon as its answer ends (the job records it at once); the work runs on
+        # the engine's torch thread, the same one every call (not a new worker thread per event loop).
+        work = functools.partial(self._answer, conversations, generation)
+        item: tuple[int, Conversation | RowError]
+        async for item in emitted_rows(lambda emit: asyncio.wrap_future(self._torch_thread.submit(work, emit))):
             yield item
 
     def answer_blocking(
@@ -152,8 +159,16 @@ class NativeTextInferenceEngine(InferenceEngine):
         generation: GenerationParams,
         emit: Callable[[int, Conversation | RowError], None] | None = None,
     ) -> list[Conversation | RowError]:
-        """Answer ``conversations`` in order, blocking (the batch loop calls this in a thread); ``emit(index,
-        result)`` sees each row as soon as it is finished."""
+        """Answer ``conversations`` in order, blocking, on the engine's torch thread; ``emit(index, result)``
+        sees each row as soon as it is finished."""
+        return self._torch_thread.run(self._answer, conversations, generation, emit)
+
+    def _answer(
+        self,
+        conversations: list[Conversation],
+        generation: GenerationParams,
+        emit: Callable[[int, Conversation | RowError], None] | None = None,
+    ) -> list[Conversation | RowError]:
         results: list[Conversation | RowError | None] = [None] * len(conversations)
 
         def settle(index: int, result: Conversation | RowError) -> None:
@@ -175,14 +190,14 @@ class NativeTextInferenceEngine(InferenceEngine):
                 context = "" if isinstance(exc, ImageError) else "chat template failed"
                 settle(index, RowError.from_exception(exc, ErrorKind.INVALID_INPUT, context=context))
         # Rows whose tool_choice forces a call decode under their tools' schema: batches never mix settings.
-        # Within a setting, rows sharing a long prefix are batched together (see _batch_order).
+        # Within a setting, rows sharing a long prefix are batched together (see native_rows.batch_order).
         settings = {i: tool_prompting.constrained_generation(conversations[i], generation) for i in prompts}
         groups: dict[str, dict[int, list[int]]] = {}
         for i in prompts:  # rows with images batch apart (their inputs carry pixels)
             groups.setdefault(settings[i].model_dump_json() + ("|images" if i in visual else ""), {})[i] = prompts[i]
         batches: list[list[int]] = []
         for group in groups.values():
-            order = _batch_order(group)
+            order = native_rows.batch_order(group)
             batches += [order[s : s + generation.batch_size] for s in range(0, len(order), generation.batch_size)]
         n = generation.n
         for rows in batches:
@@ -193,7 +208,7 @@ class NativeTextInferenceEngine(InferenceEngine):
                 mine[k % n] = answer
                 if len(mine) == n:  # the row's n answers are all done
                     i = rows[k // n]
-                    settle(i, _row_reply(conversations[i], [mine[j] for j in range(n)], generation))
+                    settle(i, native_rows.row_reply(conversations[i], [mine[j] for j in range(n)], generation))
 
             try:
                 with self._lock:  # n sequences per prompt, next to each other
@@ -212,7 +227,7 @@ class NativeTextInferenceEngine(InferenceEngine):
                     settle(i, RowError.from_exception(exc))
                 continue
             for k, i in enumerate(rows):
-                settle(i, _row_reply(conversations[i], answers[k * n : (k + 1) * n], generation))
+                settle(i, native_rows.row_reply(conversations[i], answers[k * n : (k + 1) * n], generation))
         return [r if r is not None else RowError(kind=ErrorKind.INTERNAL, message="row was not run") for r in results]
 
     # ------------------------------------------------------------------ pieces
@@ -220,7 +235,7 @@ class NativeTextInferenceEngine(InferenceEngine):
         self, conversation: Conversation, index: int = 0, generation: GenerationParams | None = None
     ) -> list[int]:
         generation = generation or self.generation_params
-        ids = _render(self.tokenizer, self._template_has_tools, conversation, generation)
+        ids = native_rows.render(self.tokenizer, self._template_has_tools, conversation, generation)
         if self._max_length is not None and len(ids) > self._max_length:
             logger.warning(
                 "Row %d: the prompt has %d tokens, more than model_max_length %d; keeping its last %d tokens. "
@@ -240,7 +255,7 @@ class NativeTextInferenceEngine(InferenceEngine):
 
         tokenizer = load_tokenizer(model_params)
         has_tools = tool_prompting.renders_tools(getattr(tokenizer, "chat_template", None))
-        return lambda conversation: len(_render(tokenizer, has_tools, conversation, generation))
+        return lambda conversation: len(native_rows.render(tokenizer, has_tools, conversation, generation))
 
     def _generate(
         self,
@@ -293,66 +308,18 @@ class NativeTextInferenceEngine(InferenceEngine):
                     processors=processors,
                     sample=generation.sampling,
                     stop_ids=stop_ids,
-                    should_stop=self._stop_string_check(generation),
+                    should_stop=params.stop_string_check(self.tokenizer, generation),
                     generator=generator,
                     on_step=recorder,
                     on_finish=finished,
                 )
             else:
+                from infermux.engines.native.hf_generate import hf_generate
+
                 extra = {k: v for k, v in (inputs or {}).items() if k not in ("input_ids", "attention_mask")}
-                new_tokens = self._hf_generate(ids, mask, generation, processors, stop_ids, vocab, recorder, extra)
+                new_tokens = hf_generate(self.model, self.tokenizer, ids, mask, generation, processors, stop_ids, vocab,
+                                         recorder, extra)  # fmt: skip
         return [answer(row, tokens) for row, tokens in enumerate(new_tokens)]
-
-    def _hf_generate(self, ids: Any, mask: Any, generation: GenerationParams, processors: Any, stop_ids: list[int],
-                     vocab: int, recorder: ScoreRecorder | None = None,
-                     extra: dict[str, Any] | None = None) -> list[list[int]]:  # fmt: skip
-        from infermux.engines.native import params
-
-        if generation.guided_decoding is not None:
-            processors.insert(0, params.guided_processor(generation.guided_decoding, self.tokenizer, vocab))
-        sampling = generation.sampling
-        output = self.model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            max_new_tokens=generation.max_new_tokens,
-            do_sample=sampling,
-            num_beams=generation.num_beams,
-            logits_processor=processors,
-            eos_token_id=stop_ids,
-            pad_token_id=self.tokenizer.pad_token_id,
-            stop_strings=generation.stop_strings or None,
-            tokenizer=self.tokenizer if generation.stop_strings else None,
-            use_cache=True,
-            # Sampling settings are in `processors`; neutralise the model's own defaults.
-            temperature=None, top_p=None, top_k=None, min_p=None,
-            output_scores=recorder is not None, return_dict_in_generate=recorder is not None,
-            **(extra or {}),  # a vision model's pixel tensors
-        )  # fmt: skip
-        if recorder is not None:
-            # Per step, the processed scores of every sequence (beam search: of the beams, not the answers).
-            new = output.sequences[:, ids.shape[1] :]
-            if generation.num_beams == 1:
-                for step, scores in enumerate(output.scores):
-                    recorder(list(range(new.shape[0])), scores, new[:, step])
-            output = output.sequences
-        rows = []
-        for row in output[:, ids.shape[1] :].tolist():
-            cut = next((i + 1 for i, token in enumerate(row) if token in stop_ids), len(row))
-            rows.append(row[:cut])
-        return rows
-
-    def _stop_string_check(self, generation: GenerationParams) -> Any:
-        stops = generation.stop_strings
-        if not stops:
-            return None
-        longest = max(len(s) for s in stops)
-
-        def should_stop(row: int, tokens: list[int]) -> bool:
-            # Only the tail can hold a new stop string: a few tokens cover the longest one.
-            tail = self.tokenizer.decode(tokens[-(longest + 2) :], skip_special_tokens=False)
-            return any(s in tail for s in stops)
-
-        return should_stop
 
     # ------------------------------------------------------------------ streaming
     async def _stream(self, conversation: Conversation, generation: GenerationParams) -> AsyncIterator[StreamEvent]:
@@ -368,11 +335,11 @@ class NativeTextInferenceEngine(InferenceEngine):
             async for event in super()._stream(conversation, generation):
                 yield event
             return
-        from infermux.engines.native import stream
+        from infermux.engines.native import params, stream
 
         prompt = await asyncio.to_thread(self._prompt_ids, conversation, 0, generation)  # off the event loop
         if self._scheduler is not None:
-            stop = self._stop_string_check(generation)
+            stop = params.stop_string_check(self.tokenizer, generation)
             source = stream.scheduled(self.loaded, self._scheduler, prompt, generation,
                                       (lambda tokens: stop(0, tokens)) if stop is not None else None,
                                       samples=samples)  # fmt: skip
@@ -385,11 +352,11 @@ class NativeTextInferenceEngine(InferenceEngine):
                 elif isinstance(item, stream.ScoredDelta):  # one answer's text with its tokens' scores
                     yield StreamEvent(delta=item.text, logprobs=item.logprobs)
                 elif isinstance(item, list):  # n answers and/or logprobs: the shape `infer` gives them
-                    reply = _row_reply(conversation, item, generation)
+                    reply = native_rows.row_reply(conversation, item, generation)
                     yield StreamEvent(conversation=reply, metadata=dict(reply.metadata))
                 else:
                     text, usage, reason = item
-                    reply = _reply(conversation, text, usage, reason, generation)
+                    reply = native_rows.reply(conversation, text, usage, reason, generation)
                     metadata = {"usage": reply.metadata["usage"], "finish_reason": reply.metadata["finish_reason"]}
                     yield StreamEvent(conversation=reply, metadata=metadata)
 
@@ -404,61 +371,7 @@ class NativeTextInferenceEngine(InferenceEngine):
     def close(self) -> None:
         if getattr(self, "_scheduler", None) is not None:
             self._scheduler.close()
+        if getattr(self, "_torch_thread", None) is not None:
+            self._torch_thread.close()
         self.model = None
         self.tokenizer = None
-
-
-def _row_reply(
-    conversation: Conversation,
-    answers: list[tuple[str, Usage, FinishReason, list[TokenLogprob] | None]],
-    generation: GenerationParams,
-) -> Conversation:
-    """One row from its n answers: the prompt counted once, each sample's own completion tokens."""
-    if len(answers) == 1 and answers[0][3] is None:  # one plain answer: with the tool calls it makes
-        text, usage, reason, _ = answers[0]
-        return _reply(conversation, text, usage, reason, generation)
-    samples = [
-        Sample(text=text, finish_reason=reason, usage=Usage.of(completion=usage.completion_tokens), logprobs=logprobs)
-        for text, usage, reason, logprobs in answers
-    ]
-    prompt_usage = Usage.of(answers[0][1].prompt_tokens, 0)
-    return reply_with_samples(conversation, samples, usage=sum_usage([prompt_usage, *(s.usage for s in samples)]),
-                              generation=generation)  # fmt: skip
-
-
-def _reply(
-    conversation: Conversation, text: str, usage: Usage, reason: FinishReason | None, generation: GenerationParams
-) -> Conversation:
-    """The answer, with the tool calls it makes (forced JSON or Hermes markup) on the message."""
-    answer, calls = tool_prompting.finish(text, conversation, generation)
-    if calls:
-        reason = FinishReason.TOOL_CALLS
-    return conversation.with_reply(answer, usage=usage, finish_reason=reason, tool_calls=calls)
-
-
-def _batch_order(prompts: dict[int, list[int]]) -> list[int]:
-    """Rows sorted by prompt length, except that rows opening with the same long prefix (a shared system
-    prompt, a few-shot block) stay together, at their shortest member's place, so they share a batch and
-    the decode loop evaluates their prefix once, wherever they are in the input."""
-    from infermux.engines.native.decode import PREFIX_MIN
-
-    families: dict[tuple[int, ...], list[int]] = {}
-    for index, ids in prompts.items():
-        families.setdefault(tuple(ids[:PREFIX_MIN]) if len(ids) > PREFIX_MIN else (-1 - index,), []).append(index)
-    place = {i: (min(len(prompts[j]) for j in rows), n) for n, rows in enumerate(families.values()) for i in rows}
-    return sorted(prompts, key=lambda i: (*place[i], len(prompts[i])))
-
-
-def _render(tokenizer: Any, has_tools: bool, conversation: Conversation, generation: GenerationParams) -> list[int]:
-    """The token ids of ``conversation``'s prompt: the chat template rendered, then tokenized."""
-    messages, tools = tool_prompting.chat_inputs(conversation, generation, has_tools)
-    text = tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
-    ids: list[int] = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return ids
-
-
-def _prompt_limit(params: ModelParams, tokenizer: Any) -> int | None:
-    if params.model_max_length:
-        return params.model_max_length
-    limit = getattr(tokenizer, "model_max_length", None)
-    return int(limit) if isinstance(limit, int) and limit < 10**7 else None

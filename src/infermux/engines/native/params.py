@@ -29,7 +29,7 @@ from infermux.configs.generation_params import GenerationParams, GuidedDecodingP
 from infermux.engines.native.model import cut_at_stop  # torch-free; re-exported here
 from infermux.errors import ConfigError, EngineUnavailableError, install_hint
 
-__all__ = ["PenaltyProcessor", "build_processors", "cut_at_stop", "stop_token_ids", "token_bias"]
+__all__ = ["PenaltyProcessor", "build_processors", "cut_at_stop", "stop_string_check", "stop_token_ids", "token_bias"]
 
 
 class PenaltyProcessor(LogitsProcessor):
@@ -149,3 +149,18 @@ def _compiler(xgr: Any, tokenizer: Any, vocab_size: int) -> Any:
         info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
         _COMPILERS[key] = xgr.GrammarCompiler(info)
     return _COMPILERS[key]
+
+
+def stop_string_check(tokenizer: Any, generation: GenerationParams) -> Any:
+    """``should_stop(row, tokens)``: whether the tail of ``tokens`` holds a stop string; None without any."""
+    stops = generation.stop_strings
+    if not stops:
+        return None
+    longest = max(len(s) for s in stops)
+
+    def should_stop(row: int, tokens: list[int]) -> bool:
+        # Only the tail can hold a new stop string: a few tokens cover the longest one.
+        tail = tokenizer.decode(tokens[-(longest + 2) :], skip_special_tokens=False)
+        return any(s in tail for s in stops)
+
+    return should_stop
