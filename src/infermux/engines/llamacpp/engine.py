@@ -20,6 +20,9 @@ Engine-specific ``model_kwargs`` (not passed to ``Llama``):
   CPU with AMX under a build with AMX kernels, whose path crashes (see :mod:`.cpu`); ``true`` turns them
   back on for a build known to work there.
 
+Defaults are llama.cpp's own, not the binding's (:mod:`.settings`): flash attention on, ``n_threads``
+and ``n_threads_batch`` one per physical core; a ``model_kwargs`` key wins.
+
 Unless ``OMP_WAIT_POLICY`` is set, llama.cpp's threads wait passively for each other when other work
 keeps the machine busy at start-up, and keep OpenMP's default (spin, then sleep) on an idle machine:
 see :mod:`.threads`.
@@ -54,6 +57,7 @@ from infermux.engines.llamacpp.grammar import grammar_for
 from infermux.engines.llamacpp.loading import resolve_gguf
 from infermux.engines.llamacpp.samples import StreamedLogprobs, generate_samples
 from infermux.engines.llamacpp.scheduler import DecodeScheduler
+from infermux.engines.llamacpp.settings import llama_kwargs
 from infermux.engines.llamacpp.threads import choose_omp_wait_policy
 from infermux.errors import ConfigError, EngineUnavailableError, ErrorKind, InputError, RowError, install_hint
 from infermux.samples import reply_with_samples, wants_samples
@@ -64,7 +68,6 @@ __all__ = ["LlamaCppInferenceEngine"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_N_CTX = 2048
 DEFAULT_SLOTS = 32
 KV_BUDGET_BYTES = 3 << 29  # the default slot count keeps the KV cache (f16) under this
 _OWN_KWARGS = frozenset({"filename", "n_seq_max", "use_extra_bufts"})
@@ -105,6 +108,9 @@ class LlamaCppInferenceEngine(InferenceEngine):
             "CPUs with AMX: llama.cpp's AMX path crashes (llama.cpp #20824), so a build with AMX kernels loads "
             "with its extra buffer types (AMX, weight repacking) off there; model_kwargs.use_extra_bufts: true "
             "turns them back on. `infermux engines --verbose` shows what was chosen.",
+            "defaults are llama.cpp's own (llama-server's), not llama-cpp-python's: flash attention on, n_threads and "
+            "n_threads_batch one per physical core; model_kwargs flash_attn, n_threads, n_threads_batch override them. "
+            "Answers equal the library's loaded with the same settings (flash attention sums in another order).",
         ),
     )
 
@@ -125,8 +131,7 @@ class LlamaCppInferenceEngine(InferenceEngine):
             raise ConfigError(f"model.model_kwargs.use_extra_bufts must be true or false, not {extra_bufts!r}.")
         _check_llama_kwargs(llama_cpp.Llama, kwargs)
         self.model_path = resolve_gguf(self.model_params.model_name, filename, self.model_params.model_revision)
-        kwargs.setdefault("n_ctx", self.model_params.model_max_length or DEFAULT_N_CTX)
-        kwargs.setdefault("verbose", False)
+        kwargs = llama_kwargs(kwargs, n_ctx=self.model_params.model_max_length)
         try:
             with model_defaults(use_extra_bufts=extra_bufts) as extra_bufts:
                 self._llama = llama_cpp.Llama(model_path=str(self.model_path), **kwargs)
