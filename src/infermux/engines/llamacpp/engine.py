@@ -20,8 +20,9 @@ Engine-specific ``model_kwargs`` (not passed to ``Llama``):
   CPU with AMX under a build with AMX kernels, whose path crashes (see :mod:`.cpu`); ``true`` turns them
   back on for a build known to work there.
 
-Defaults are llama.cpp's own, not the binding's (:mod:`.settings`): flash attention on, ``n_threads``
-and ``n_threads_batch`` one per physical core; a ``model_kwargs`` key wins.
+Threads (:mod:`.settings`): ``n_threads`` and ``n_threads_batch`` one per physical core (llama.cpp's own
+default; llama-cpp-python's is half the CPUs for ``n_threads``); flash attention off, so that each answer is
+the one its sequence gets alone. A ``model_kwargs`` key wins.
 
 Unless ``OMP_WAIT_POLICY`` is set, llama.cpp's threads wait passively for each other when other work
 keeps the machine busy at start-up, and keep OpenMP's default (spin, then sleep) on an idle machine:
@@ -108,9 +109,9 @@ class LlamaCppInferenceEngine(InferenceEngine):
             "CPUs with AMX: llama.cpp's AMX path crashes (llama.cpp #20824), so a build with AMX kernels loads "
             "with its extra buffer types (AMX, weight repacking) off there; model_kwargs.use_extra_bufts: true "
             "turns them back on. `infermux engines --verbose` shows what was chosen.",
-            "defaults are llama.cpp's own (llama-server's), not llama-cpp-python's: flash attention on, n_threads and "
-            "n_threads_batch one per physical core; model_kwargs flash_attn, n_threads, n_threads_batch override them. "
-            "Answers equal the library's loaded with the same settings (flash attention sums in another order).",
+            "threads: n_threads and n_threads_batch default to one per physical core (llama.cpp's own default); "
+            "flash attention stays off (llama-cpp-python's default): on CPUs it makes an answer depend on its batch "
+            "neighbours and on prefix reuse. model_kwargs n_threads, n_threads_batch, flash_attn override them.",
         ),
     )
 
