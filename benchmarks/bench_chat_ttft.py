@@ -97,10 +97,11 @@ def raw_llamacpp() -> Callable[[list[dict[str, str]]], Timing]:
     from llama_cpp import Llama
 
     from infermux.engines.llamacpp.cpu import model_defaults
+    from infermux.engines.llamacpp.settings import llama_kwargs
     from infermux.models.default import gguf_path
 
     with model_defaults():  # the engine's load settings (AMX guard), so both sides run the same kernels
-        llama = Llama(str(gguf_path()), n_ctx=2048, verbose=False)
+        llama = Llama(str(gguf_path()), **llama_kwargs({"n_ctx": 2048}))
 
     def turn(messages: list[dict[str, str]]) -> Timing:
         t0 = time.perf_counter()

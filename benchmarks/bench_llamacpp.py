@@ -60,10 +60,11 @@ def main() -> None:
 
     from infermux.configs import GenerationParams, ModelParams
     from infermux.engines.llamacpp.cpu import model_defaults
+    from infermux.engines.llamacpp.settings import llama_kwargs
     from infermux.models import gguf_path
 
     with model_defaults():  # the engine's load settings (AMX guard), so both sides run the same kernels
-        llm = Llama(model_path=str(gguf_path()), n_ctx=N_CTX, verbose=False)
+        llm = Llama(model_path=str(gguf_path()), **llama_kwargs({"n_ctx": N_CTX}))
     print(f"llama.cpp threads: generation {llm.n_threads}, batch {llm.context_params.n_threads_batch}")
     print(f"OMP_WAIT_POLICY: {os.environ.get('OMP_WAIT_POLICY', '(unset: libgomp default, spin then sleep)')}")
 

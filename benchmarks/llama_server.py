@@ -15,7 +15,8 @@ on 2 cores the first time; never part of ``make test``). Then, on the default mo
   The one-at-a-time figures (``-np 1``, and llama-cpp-python's ``create_chat_completion`` in a loop: Oumi's
   way) are printed beside them.
 - ``serve``: ``infermux serve`` (default engine) against ``llama-server -np 16``, 16 streamed clients x 8
-  requests of distinct prompts (``bench_serve.load``): throughput and p50 time to first token.
+  requests of distinct prompts (``bench_serve.load``): throughput and p50 time to first token
+  (``--serve-flash-attn``: also ``infermux serve`` with ``model_kwargs.flash_attn: true``).
 - the physical limit: the model's FLOPs per token, and what this machine does on the same kernels at
   their best (one 512-token prompt through llama.cpp: Q4_1 weights; a 512x576 @ 576x1536 torch matmul for
   float32 and bfloat16); each throughput is printed as a share of it.
@@ -24,6 +25,7 @@ Both servers get the engine's threads (``-t``/``-tb``), batch sizes, flash-atten
 ``OMP_WAIT_POLICY``, so only the serving differs (``--own-settings``: llama-server's own defaults instead).
 
     python benchmarks/llama_server.py [--parts limit,batch,serve] [--build-only] [--repeats 2] [--own-settings]
+                                      [--serve-flash-attn]
 """
 
 from __future__ import annotations
@@ -260,8 +262,12 @@ def batch_part(binary: Path, engine: Any, repeats: int, peak: float | None) -> N
               flush=True)  # fmt: skip
 
 
-def serve_part(binary: Path, settings: list[str], clients: int, requests: int, peak: float | None) -> None:
-    from bench_serve import load, start
+def serve_part(
+    binary: Path, settings: list[str], clients: int, requests: int, peak: float | None, flash_attn: bool = False
+) -> None:
+    from tests.serve.running import serve
+
+    from bench_serve import DEFAULT_MODEL, load, start
 
     per_token = flops_per_token(40)
     results = {}
@@ -276,12 +282,19 @@ def serve_part(binary: Path, settings: list[str], clients: int, requests: int, p
         results["infermux serve (LLAMACPP)"] = asyncio.run(
             load(api, model, clients, requests, MAX_NEW_TOKENS, fresh_connections=True)
         )
+    if flash_attn:  # the opt-in: faster on CPUs, answers then depend on the batch (engines/llamacpp/settings.py)
+        with serve("--model.model_name", DEFAULT_MODEL, "--model.model_kwargs.flash_attn", "true", timeout=600) as s:
+            results["infermux serve, flash_attn: true"] = asyncio.run(
+                load(s.api, DEFAULT_MODEL, clients, requests, MAX_NEW_TOKENS, fresh_connections=True)
+            )
     for name, r in results.items():
         print(f"  {name:<28} {r['tok_s']:7.1f} tok/s  TTFT p50 {r['ttft_p50_ms']:5.0f} ms  p90 "
               f"{r['ttft_p90_ms']:5.0f} ms  {r['tokens']:.0f} tokens" + share(r["tok_s"], per_token, peak))  # fmt: skip
-    a, b = results["infermux serve (LLAMACPP)"], results[f"llama-server -np {clients}"]
-    print(f"  serve / llama-server: {a['tok_s'] / b['tok_s']:.2f}x throughput, "
-          f"TTFT p50 {a['ttft_p50_ms']:.0f} vs {b['ttft_p50_ms']:.0f} ms", flush=True)  # fmt: skip
+    b = results[f"llama-server -np {clients}"]
+    for name in [n for n in results if n.startswith("infermux serve")]:
+        a = results[name]
+        print(f"  {name} / llama-server: {a['tok_s'] / b['tok_s']:.2f}x throughput, "
+              f"TTFT p50 {a['ttft_p50_ms']:.0f} vs {b['ttft_p50_ms']:.0f} ms", flush=True)  # fmt: skip
 
 
 def main() -> None:
@@ -293,6 +306,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=8)
     parser.add_argument(
         "--own-settings", action="store_true", help="llama-server with its default threads and flash attention"
+    )
+    parser.add_argument(
+        "--serve-flash-attn", action="store_true", help="serve part: also infermux serve with model_kwargs flash_attn"
     )
     args = parser.parse_args()
     binary = build(dist_version("llama_cpp_python"), cmake_args())
@@ -327,7 +343,7 @@ def main() -> None:
         batch_part(binary, engine, args.repeats, peak)
     engine.close()
     if "serve" in parts:
-        serve_part(binary, settings, args.clients, args.requests, peak)
+        serve_part(binary, settings, args.clients, args.requests, peak, args.serve_flash_attn)
 
 
 if __name__ == "__main__":

@@ -63,10 +63,11 @@ def library_chat_loop(questions: list[str]) -> list[str]:
     from llama_cpp import Llama
 
     from infermux.engines.llamacpp.cpu import model_defaults
+    from infermux.engines.llamacpp.settings import llama_kwargs
     from infermux.models import gguf_path
 
-    with model_defaults():  # as the engine loads it (AMX guard)
-        llm = Llama(model_path=str(gguf_path()), n_ctx=2048, verbose=False)
+    with model_defaults():  # as the engine loads it (AMX guard, llama_kwargs)
+        llm = Llama(model_path=str(gguf_path()), **llama_kwargs({"n_ctx": 2048}))
     try:
         messages: list[dict[str, str]] = []
         for question in questions:

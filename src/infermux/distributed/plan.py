@@ -155,7 +155,7 @@ def plan_replicas(cfg: InferenceConfig, dist: DistributedParams, cluster: dict[s
             ]
         engine = config.resolved_engine()
         if engine == InferenceEngineType.LLAMACPP and dist.num_cpus >= 1 and "n_threads" not in cfg.model.model_kwargs:
-            # llama.cpp would take half of the machine's cores per replica: give it the CPUs Ray reserved.
+            # llama.cpp would take every core of the machine per replica: give it the CPUs Ray reserved.
             kwargs = {**config.model.model_kwargs, "n_threads": int(dist.num_cpus)}
             config.model = config.model.model_copy(update={"model_kwargs": kwargs})
         bundles = 0

@@ -80,6 +80,7 @@ def test_the_engine_loads_as_chosen_and_answers_as_the_library_with_the_same_set
     from infermux.configs import GenerationParams, InferenceConfig, ModelParams
     from infermux.engines.llamacpp.cpu import default_use_extra_bufts, model_defaults
     from infermux.engines.llamacpp.engine import LlamaCppInferenceEngine
+    from infermux.engines.llamacpp.settings import llama_kwargs
     from infermux.models import gguf_path
     from infermux.types import Conversation, Message, Role
 
@@ -97,7 +98,7 @@ def test_the_engine_loads_as_chosen_and_answers_as_the_library_with_the_same_set
         finally:
             engine.close()
         with model_defaults(use_extra_bufts=expected):
-            raw = llama_cpp.Llama(model_path=str(gguf_path()), n_ctx=512, verbose=False)
+            raw = llama_cpp.Llama(model_path=str(gguf_path()), **llama_kwargs({"n_ctx": 512}))
         try:
             reply = raw.create_chat_completion([{"role": "user", "content": question}], max_tokens=16, temperature=0)
         finally:
@@ -169,3 +170,4 @@ def test_loading_a_model_logs_features_extra_buffer_types_and_threads(caplog: py
     assert " ".join(enabled) in line
     assert f"extra buffer types {'on' if default_use_extra_bufts() else 'off'}" in line
     assert f"n_threads {llama.n_threads}, n_threads_batch {llama.n_threads_batch};" in line
+    assert "flash attention off;" in line  # the engine's default (settings.llama_kwargs)

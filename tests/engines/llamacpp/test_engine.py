@@ -54,9 +54,10 @@ def raw():
     from llama_cpp import Llama
 
     from infermux.engines.llamacpp.cpu import model_defaults
+    from infermux.engines.llamacpp.settings import llama_kwargs
 
-    with model_defaults():  # as the engine loads it (AMX guard)
-        llm = Llama(model_path=str(gguf_path()), n_ctx=N_CTX, verbose=False)
+    with model_defaults():  # as the engine loads it (AMX guard, llama_kwargs)
+        llm = Llama(model_path=str(gguf_path()), **llama_kwargs({"n_ctx": N_CTX}))
     yield llm
     llm.close()
 
@@ -78,9 +79,10 @@ def raw_scored():
     from llama_cpp import Llama
 
     from infermux.engines.llamacpp.cpu import model_defaults
+    from infermux.engines.llamacpp.settings import llama_kwargs
 
     with model_defaults():
-        llm = Llama(model_path=str(gguf_path()), n_ctx=N_CTX, logits_all=True, verbose=False)
+        llm = Llama(model_path=str(gguf_path()), **llama_kwargs({"n_ctx": N_CTX, "logits_all": True}))
     yield llm
     llm.close()
 

@@ -48,12 +48,13 @@ def test_greedy_logprobs_equal_llama_cpp_logits(engine: LlamaCppInferenceEngine)
     from llama_cpp import Llama
 
     from infermux.engines.llamacpp.cpu import model_defaults
+    from infermux.engines.llamacpp.settings import llama_kwargs
 
     out = run(engine, max_new_tokens=12, logprobs=True, top_logprobs=3)
     plain = run(engine, max_new_tokens=12)
     assert [c.last_message.text for c in out] == [c.last_message.text for c in plain]
-    with model_defaults():  # as the engine loads it (AMX guard)
-        raw = Llama(model_path=str(gguf_path()), n_ctx=N_CTX, logits_all=True, verbose=False)
+    with model_defaults():  # as the engine loads it (AMX guard, llama_kwargs)
+        raw = Llama(model_path=str(gguf_path()), **llama_kwargs({"n_ctx": N_CTX, "logits_all": True}))
     try:
         for question, row in zip(QUESTIONS, out, strict=True):
             [sample] = read_samples(row)

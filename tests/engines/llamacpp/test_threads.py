@@ -50,3 +50,27 @@ def test_the_policy_can_be_asked_without_setting_it(monkeypatch: pytest.MonkeyPa
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     assert omp_wait_policy(1.7) == "PASSIVE" and omp_wait_policy(0.1) is None
     assert "OMP_WAIT_POLICY" not in os.environ
+
+
+def _topology(root, siblings: dict[int, str]):
+    for cpu, text in siblings.items():
+        folder = root / f"cpu{cpu}" / "topology"
+        folder.mkdir(parents=True)
+        (folder / "thread_siblings_list").write_text(text + "\n")
+    return root
+
+
+def test_math_cores_counts_hyper_threads_of_one_core_once(tmp_path) -> None:
+    from infermux.engines.llamacpp.threads import math_cores
+
+    sysfs = _topology(tmp_path, {0: "0,2", 1: "1,3", 2: "0,2", 3: "1,3"})  # 2 cores, 2 threads each
+    assert math_cores(range(4), sysfs) == 2
+    assert math_cores([0, 1], sysfs) == 2  # the CPUs this process may use only
+    assert math_cores([0, 2], sysfs) == 1
+
+
+def test_math_cores_without_topology_counts_every_allowed_cpu(tmp_path) -> None:
+    from infermux.engines.llamacpp.threads import math_cores
+
+    assert math_cores([0, 1, 5], tmp_path) == 3
+    assert 1 <= math_cores() <= (os.cpu_count() or 1)

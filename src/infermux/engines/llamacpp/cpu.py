@@ -99,7 +99,7 @@ def default_use_extra_bufts() -> bool:
 
 def load_summary(llama: Any, use_extra_bufts: bool) -> str:
     """One line for the log when a model has loaded: the CPU features the library runs with, the extra
-    buffer types, the threads of ``llama`` (a ``llama_cpp.Llama``) and ``OMP_WAIT_POLICY``."""
+    buffer types, the threads and flash attention of ``llama`` (a ``llama_cpp.Llama``) and ``OMP_WAIT_POLICY``."""
     import llama_cpp
 
     features = " ".join(k for feats in system_info().values() for k, v in feats.items() if v == "1")
@@ -107,6 +107,7 @@ def load_summary(llama: Any, use_extra_bufts: bool) -> str:
     return (
         f"llama-cpp-python {llama_cpp.__version__}, {features or 'no CPU features reported'}; "
         f"extra buffer types {bufts}; n_threads {llama.n_threads}, n_threads_batch {llama.n_threads_batch}; "
+        f"flash attention {'on' if llama.context_params.flash_attn_type > 0 else 'off'}; "
         f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}"
     )
 

@@ -20,6 +20,10 @@ Engine-specific ``model_kwargs`` (not passed to ``Llama``):
   CPU with AMX under a build with AMX kernels, whose path crashes (see :mod:`.cpu`); ``true`` turns them
   back on for a build known to work there.
 
+Threads (:mod:`.settings`): ``n_threads`` and ``n_threads_batch`` one per physical core (llama.cpp's own
+default; llama-cpp-python's is half the CPUs for ``n_threads``); flash attention off, so that each answer is
+the one its sequence gets alone. A ``model_kwargs`` key wins.
+
 Unless ``OMP_WAIT_POLICY`` is set, llama.cpp's threads wait passively for each other when other work
 keeps the machine busy at start-up, and keep OpenMP's default (spin, then sleep) on an idle machine:
 see :mod:`.threads`.
@@ -51,6 +55,7 @@ from infermux.engines.llamacpp.grammar import grammar_for
 from infermux.engines.llamacpp.loading import resolve_gguf
 from infermux.engines.llamacpp.samples import StreamedLogprobs, generate_samples
 from infermux.engines.llamacpp.scheduler import DecodeScheduler
+from infermux.engines.llamacpp.settings import llama_kwargs
 from infermux.engines.llamacpp.threads import choose_omp_wait_policy
 from infermux.engines.local import tool_prompting
 from infermux.engines.local.decoder_thread import thread_rows
@@ -63,7 +68,6 @@ __all__ = ["LlamaCppInferenceEngine"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_N_CTX = 2048
 DEFAULT_SLOTS = 32
 KV_BUDGET_BYTES = 3 << 29  # the default slot count keeps the KV cache (f16) under this
 _OWN_KWARGS = frozenset({"filename", "n_seq_max", "use_extra_bufts"})
@@ -103,6 +107,9 @@ class LlamaCppInferenceEngine(InferenceEngine):
             "CPUs with AMX: llama.cpp's AMX path crashes (llama.cpp #20824), so a build with AMX kernels loads "
             "with its extra buffer types (AMX, weight repacking) off there; model_kwargs.use_extra_bufts: true "
             "turns them back on. `infermux engines --verbose` shows what was chosen.",
+            "threads: n_threads and n_threads_batch default to one per physical core (llama.cpp's own default); "
+            "flash attention stays off (llama-cpp-python's default): on CPUs it makes an answer depend on its batch "
+            "neighbours and on prefix reuse. model_kwargs n_threads, n_threads_batch, flash_attn override them.",
         ),
     )
 
@@ -123,8 +130,7 @@ class LlamaCppInferenceEngine(InferenceEngine):
             raise ConfigError(f"model.model_kwargs.use_extra_bufts must be true or false, not {extra_bufts!r}.")
         _check_llama_kwargs(llama_cpp.Llama, kwargs)
         self.model_path = resolve_gguf(self.model_params.model_name, filename, self.model_params.model_revision)
-        kwargs.setdefault("n_ctx", self.model_params.model_max_length or DEFAULT_N_CTX)
-        kwargs.setdefault("verbose", False)
+        kwargs = llama_kwargs(kwargs, n_ctx=self.model_params.model_max_length)
         try:
             with model_defaults(use_extra_bufts=extra_bufts) as extra_bufts:
                 self._llama = llama_cpp.Llama(model_path=str(self.model_path), **kwargs)

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterable
+from pathlib import Path
 
-__all__ = ["busy_cores", "choose_omp_wait_policy", "omp_wait_policy"]
+__all__ = ["busy_cores", "choose_omp_wait_policy", "math_cores", "omp_wait_policy"]
 
 #: Other work on the machine, in cores, above which llama.cpp's threads wait passively.
 BUSY_THRESHOLD = 0.5
@@ -60,3 +62,19 @@ def omp_wait_policy(busy: float) -> str | None:
     """The policy :func:`choose_omp_wait_policy` sets when ``busy`` cores are taken by other work (None:
     OpenMP's default), without setting it."""
     return "PASSIVE" if busy >= BUSY_THRESHOLD else None
+
+
+def math_cores(allowed: Iterable[int] | None = None, sysfs: Path = Path("/sys/devices/system/cpu")) -> int:
+    """The threads llama.cpp's own tools run with by default: one per physical core of the CPUs this
+    process may use (``allowed``, default its affinity); hyper-threads of one core count once (Linux
+    ``sysfs`` topology; where it is missing, every allowed CPU counts)."""
+    if allowed is None:
+        allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    cpus = sorted(allowed)
+    cores = set()
+    for cpu in cpus:
+        try:
+            cores.add((sysfs / f"cpu{cpu}" / "topology" / "thread_siblings_list").read_text().strip())
+        except OSError:
+            return max(1, len(cpus))
+    return max(1, len(cores))
