@@ -54,7 +54,18 @@ def tiny_vision_gguf(model: Path) -> Path:
             converter = _converter(version, scratch / "src")
             source = _with_text_architecture(model, scratch / "hf")
             for name, extra in (("model.gguf", []), ("mmproj.gguf", ["--mmproj"])):
-                _run([sys.executable, str(converter), str(source), "--outtype", "f32", "--outfile", str(scratch / name), *extra])
+                _run(
+                    [
+                        sys.executable,
+                        str(converter),
+                        str(source),
+                        "--outtype",
+                        "f32",
+                        "--outfile",
+                        str(scratch / name),
+                        *extra,
+                    ]
+                )
             out = scratch / "out"
             out.mkdir()
             for name in _FILES:

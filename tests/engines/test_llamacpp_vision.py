@@ -235,3 +235,26 @@ def test_a_wrong_projector_is_a_config_error(tiny_vision_gguf: Path, tmp_path: P
         _engine(tiny_vision_gguf, projector=False, mmproj=str(tmp_path / "none.gguf"))
     with pytest.raises(ConfigError, match="could not load the projector"):
         _engine(tiny_vision_gguf, projector=False, mmproj=str(tiny_vision_gguf / "model.gguf"))
+
+
+def test_a_streamed_chat_turn_with_a_picture(engine: LlamaCppInferenceEngine, files: list[Path], raw: Any) -> None:
+    """A stream (chat, serve) with a picture gives the handler's answer; the next turn evaluates only its new
+    message (the picture's KV kept with the answer's)."""
+    import asyncio
+
+    first = [user(path_part(files[1]), text("Look at this."))]
+
+    async def collect(messages: list[dict[str, Any]]) -> list[Any]:
+        (row,) = rows_of(messages)
+        return [event async for event in engine.astream(row, GenerationParams(max_new_tokens=TOKENS))]
+
+    events = asyncio.run(collect(first))
+    final = events[-1].conversation
+    assert final is not None and "".join(e.delta for e in events if not e.final) == final.last_message.text
+    assert final.last_message.text == raw_answer(raw, first)["choices"][0]["message"]["content"]
+    evaluated = engine.stats["prompt_tokens_evaluated"]
+    second = [*first, {"role": "assistant", "content": final.last_message.text}, {"role": "user", "content": "More?"}]
+    events = asyncio.run(collect(second))
+    assert events[-1].conversation is not None and "error" not in events[-1].conversation.metadata
+    new = engine.stats["prompt_tokens_evaluated"] - evaluated
+    assert 0 < new < 16, new  # the new turn's tokens, not the picture again
