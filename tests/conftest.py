@@ -130,6 +130,20 @@ def tiny_vision_model() -> Path:
     return build()
 
 
+@pytest.fixture(scope="session")
+def tiny_vision_gguf(tiny_vision_model: Path) -> Path:
+    """The tiny vision model as llama.cpp files: ``model.gguf`` and its projector ``mmproj.gguf``, converted
+    with the converter of the installed llama-cpp-python's source distribution (:mod:`tests.vision_gguf`)."""
+    pytest.importorskip("llama_cpp", reason="needs llama-cpp-python")
+    from tests.vision_gguf import ConverterUnavailable
+    from tests.vision_gguf import tiny_vision_gguf as build
+
+    try:
+        return build(tiny_vision_model)
+    except ConverterUnavailable as exc:
+        pytest.skip(str(exc))
+
+
 @dataclass(frozen=True)
 class VLLMServe:
     """A running ``vllm serve``: ``url`` (``http://127.0.0.1:PORT``, OpenAI routes under ``/v1``, Anthropic

@@ -57,3 +57,21 @@ def test_a_few_reusable_tokens_do_not_pull_a_prompt_away_from_the_lowest_free_sl
     long = list(range(100, 100 + MIN_COPY + 5))
     (adm,) = plan_admissions([[*long, 1, 2]], [[], [9], [*long, 7]], [0, 2]).waves[0]
     assert (adm.slot, adm.keep) == (2, len(long))  # a long reuse is still worth the gap
+
+
+def test_a_reuse_never_ends_inside_an_image():
+    """An image chunk (keys -5 x 8 at 4..12) is evaluated whole: a shared prefix that ends inside it (another
+    picture's keys, or the two-token rule) is cut back to where the image starts."""
+    text, picture = [1, 2, 3, 4], [-5] * 8
+    prompt = [*text, *picture, 6, 7]
+    spans = [((4, 12),)]
+    other = [*text, *picture[:5], -9, -9, -9, 6, 7]  # the same keys for a while (only possible in a test)
+    (adm,) = plan_admissions([prompt], [other], [0], spans).waves[0]
+    assert adm.keep == 4
+    (adm,) = plan_admissions([prompt], [other], [0]).waves[0]  # without spans: a token cut
+    assert adm.keep == 9
+    ends_with_image = [*text, *picture, 6]  # the two-token rule would stop at 11, inside the image
+    (adm,) = plan_admissions([ends_with_image], [ends_with_image], [0], [((4, 12),)]).waves[0]
+    assert adm.keep == 4
+    (adm,) = plan_admissions([prompt], [prompt], [0], spans).waves[0]  # the whole image reused
+    assert adm.keep == 12

@@ -68,7 +68,9 @@ def raw():
     from infermux.engines.llamacpp.settings import llama_kwargs
 
     with model_defaults():  # as the engine loads it (AMX guard, llama_kwargs)
-        llm = Llama(model_path=str(gguf_path()), **llama_kwargs({"n_ctx": N_CTX, "logits_all": True}))  # logprobs need all
+        llm = Llama(
+            model_path=str(gguf_path()), **llama_kwargs({"n_ctx": N_CTX, "logits_all": True})
+        )  # logprobs need all
     yield llm
     llm.close()
 

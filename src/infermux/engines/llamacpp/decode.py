@@ -20,6 +20,9 @@ order (logit bias, penalties over the last 64 generated tokens, grammar, then gr
 / temperature / seeded distribution), an end-of-generation token ends the answer without being part
 of it, stop strings cut the text at their first occurrence, and text is the UTF-8 decoding (invalid
 bytes dropped) of the generated tokens' pieces.
+
+A request with images (``Request.media``, :mod:`.media`) has its image chunks evaluated into its own
+sequence by the projector, between its text runs; it prefills alone, not in a shared call.
 """
 
 from __future__ import annotations
@@ -27,10 +30,13 @@ from __future__ import annotations
 import ctypes
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from infermux.engines.llamacpp.prefix import Admission, plan_admissions
 from infermux.engines.seeds import LLAMA_CPP_SEEDS, fold_seed
+
+if TYPE_CHECKING:
+    from infermux.engines.llamacpp.media import MediaPrompt, Projector
 
 __all__ = ["Cancelled", "DecodeResult", "MultiSequenceDecoder", "Request", "SamplingSpec"]
 
@@ -88,6 +94,7 @@ class Request:
     on_text: OnText | None = None
     on_logits: OnLogits | None = None
     keep_answer: bool = False  # the answer's KV stays reusable: a chat's next turn evaluates only its new part
+    media: MediaPrompt | None = None  # the images; ``prompt`` is then its keys (.media)
     cancelled: bool = False  # set from any thread; honoured between steps
     finished: bool = False
     slot: int = -1
@@ -98,6 +105,11 @@ class Request:
     text: str = ""
     emitted: int = 0  # characters already streamed
 
+    @property
+    def cells(self) -> int:
+        """The prompt's KV cells (an image chunk may take more cells than positions)."""
+        return len(self.prompt) + (self.media.extra_cells if self.media else 0)
+
 
 class MultiSequenceDecoder:
     """Answers many prompts at once on ``llama``'s model with ``n_slots`` sequences in flight.
@@ -107,11 +119,12 @@ class MultiSequenceDecoder:
     one decode step), ``steps``.
     """
 
-    def __init__(self, llama: Any, n_slots: int, n_ctx_seq: int) -> None:
+    def __init__(self, llama: Any, n_slots: int, n_ctx_seq: int, projector: Projector | None = None) -> None:
         import llama_cpp
 
         self._lib = llama_cpp
         self._llama = llama
+        self.projector = projector
         self.n_slots = n_slots
         self.n_ctx_seq = n_ctx_seq
         params = llama_cpp.llama_context_params.from_buffer_copy(llama.context_params)
@@ -159,16 +172,16 @@ class MultiSequenceDecoder:
         if not request.prompt:
             self._done(request, ValueError("the prompt is empty"))
             return
-        if len(request.prompt) >= self.n_ctx_seq:
+        if (cells := request.cells) >= self.n_ctx_seq:
             self._done(
                 request,
                 ValueError(
-                    f"the prompt has {len(request.prompt)} tokens but the context holds {self.n_ctx_seq}; "
+                    f"the prompt has {cells} tokens but the context holds {self.n_ctx_seq}; "
                     "raise model.model_kwargs.n_ctx (or model_max_length) or shorten the conversation."
                 ),
             )
             return
-        request.max_new = min(request.max_new, self.n_ctx_seq - len(request.prompt))
+        request.max_new = min(request.max_new, self.n_ctx_seq - cells)
         self.waiting.append(request)
 
     @property
@@ -247,7 +260,8 @@ class MultiSequenceDecoder:
     def _admit(self, requests: list[Request], free: list[int]) -> None:
         """Give each request a slot, reuse or copy what KV it can, evaluate the rest of the prompts."""
         reusable = [cached[:exact] for cached, exact in zip(self._cached, self._exact, strict=True)]
-        plan = plan_admissions([r.prompt for r in requests], reusable, free)
+        spans = [r.media.spans if r.media else () for r in requests]
+        plan = plan_admissions([r.prompt for r in requests], reusable, free, spans)
         for wave in plan.waves:
             started: list[tuple[Request, Admission]] = []
             for adm in wave:  # copies first: a source's KV must be copied before it is trimmed
@@ -285,6 +299,9 @@ class MultiSequenceDecoder:
             rest = len(req.prompt) - adm.keep
             req.evaluated = rest
             self.prompt_tokens_evaluated += rest
+            if req.media is not None:
+                self._prefill_media(req, adm.keep)
+                continue
             groups.setdefault(rest, []).append((req, adm.keep))
         for rest, members in groups.items():
             per_call = self.n_batch // rest if rest >= 2 else 1
@@ -303,8 +320,10 @@ class MultiSequenceDecoder:
                 for k, (req, keep) in enumerate(chunk):
                     self._started(req, keep, (k + 1) * rest - 1)
 
-    def _prefill_one(self, req: Request, keep: int) -> None:
-        rest = req.prompt[keep:]
+    def _prefill_one(self, req: Request, keep: int, end: int | None = None, sample: bool = True) -> None:
+        """Evaluate ``req.prompt[keep:end]`` alone, in pieces of at most ``n_batch`` tokens (never a last piece
+        of one token), then (``sample``) sample the first answer token."""
+        rest = req.prompt[keep:end]
         done = 0
         while done < len(rest):
             size = min(self.n_batch, len(rest) - done)
@@ -315,7 +334,27 @@ class MultiSequenceDecoder:
             self._batch.n_tokens = size
             self._decode()
             done += size
-        self._started(req, keep, self._batch.n_tokens - 1)
+        if sample:
+            self._started(req, keep, self._batch.n_tokens - 1)
+
+    def _prefill_media(self, req: Request, keep: int) -> None:
+        """A prompt with images: its text runs as :meth:`_prefill_one` does, each image chunk evaluated into the
+        slot by the projector. A failed image fails this request alone."""
+        assert req.media is not None and self.projector is not None
+        try:
+            for start, end, chunk in req.media.pieces(keep):
+                if chunk is not None:
+                    self.projector.evaluate(self._ctx, chunk, start, req.slot, self.n_batch)
+                else:
+                    self._prefill_one(req, start, end, sample=False)
+        except ValueError as exc:  # ImageError: the slot holds the prompt's start only
+            self._lib.llama_memory_seq_rm(self._mem, req.slot, keep, -1)
+            self._lib.llama_sampler_free(req.sampler)
+            req.sampler = None
+            self._owner[req.slot] = None
+            self._done(req, exc)
+            return
+        self._started(req, keep, self._batch.n_tokens - 1)  # the prompt ends with text (.media)
 
     def _started(self, req: Request, keep: int, index: int) -> None:
         """The prompt is in the slot: record it, then sample the first token from logits row ``index``."""
@@ -389,7 +428,7 @@ class MultiSequenceDecoder:
     def _result(self, req: Request, finish: str) -> DecodeResult:
         if req.on_text is not None and len(req.text) > req.emitted:
             req.on_text(req.text[req.emitted :])
-        return DecodeResult(req.text, req.tokens, len(req.prompt), finish, req.evaluated)
+        return DecodeResult(req.text, req.tokens, req.cells, finish, req.evaluated)
 
     def _stream(self, req: Request) -> None:
         """Emit the text that no stop string can still claim."""

@@ -16,6 +16,9 @@ Engine-specific ``model_kwargs`` (not passed to ``Llama``):
 - ``filename``: the ``.gguf`` file inside a folder or a cached hub repository (a name or a glob);
 - ``n_seq_max``: sequences decoded together (default: ``generation.batch_size`` when above 1, else 32,
   fewer if their KV cache would exceed 1.5 GiB). Each sequence has its own ``n_ctx`` of KV cache;
+- ``mmproj`` (or ``clip_model_path``): a vision model's projector ``.gguf`` (a path, or a name or glob beside
+  the model file); rows may then carry images (:mod:`.media`). Without it, a row with images fails with the
+  reason;
 - ``use_extra_bufts``: llama.cpp's extra buffer types (AMX, weight repacking). Default: on, except on a
   CPU with AMX under a build with AMX kernels, whose path crashes (see :mod:`.cpu`); ``true`` turns them
   back on for a build known to work there.
@@ -38,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import difflib
 import functools
 import inspect
@@ -49,10 +53,12 @@ from infermux.configs.generation_params import GenerationParams
 from infermux.configs.model_params import ModelParams
 from infermux.engines.base import InferenceEngine, StreamEvent, remember
 from infermux.engines.capabilities import Capabilities
+from infermux.engines.images import ImageError
 from infermux.engines.llamacpp.cpu import load_summary, model_defaults
 from infermux.engines.llamacpp.decode import DecodeResult, MultiSequenceDecoder, Request, SamplingSpec
 from infermux.engines.llamacpp.grammar import grammar_for
 from infermux.engines.llamacpp.loading import resolve_gguf
+from infermux.engines.llamacpp.media import PROJECTOR_KWARGS, MediaPrompt, split_prompt
 from infermux.engines.llamacpp.samples import StreamedLogprobs, generate_samples
 from infermux.engines.llamacpp.scheduler import DecodeScheduler
 from infermux.engines.llamacpp.settings import llama_kwargs
@@ -70,7 +76,13 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SLOTS = 32
 KV_BUDGET_BYTES = 3 << 29  # the default slot count keeps the KV cache (f16) under this
-_OWN_KWARGS = frozenset({"filename", "n_seq_max", "use_extra_bufts"})
+_OWN_KWARGS = frozenset({"filename", "n_seq_max", "use_extra_bufts", *PROJECTOR_KWARGS})
+_NO_PROJECTOR = (
+    "this LLAMACPP model was loaded without a projector, so it takes no images: set model.model_kwargs.mmproj "
+    "to the vision model's mmproj .gguf file (docs/batch.md#images), or remove the images."
+)
+#: A rendered prompt: token ids, or keys and image chunks (.media).
+_Prompt = list[int] | MediaPrompt
 #: A streamed piece of text and, with logprobs, the tokens behind it.
 _Text = tuple[str, list[TokenLogprob] | None]
 _SUPPORTED = frozenset(
@@ -89,14 +101,15 @@ class LlamaCppInferenceEngine(InferenceEngine):
         guided_decoding=frozenset({"json", "choice", "regex"}),
         streaming=True,
         tools=True,
+        images=True,
         notes=(
             "tools: rendered by the chat template, or as a Hermes system block; forced calls are grammar-"
             "constrained, others parsed from <tool_call> markup (docs/tools.md).",
             "num_beams: llama.cpp has no beam search.",
             "adapter_model: pass a GGUF LoRA as model_kwargs.lora_path instead.",
-            "images: not yet. llama-cpp-python's mtmd binding runs a vision GGUF with its projector one "
-            "conversation at a time in its own context (MTMDChatHandler); this engine's multi-sequence decoder "
-            "does not evaluate image chunks yet (docs/batch.md).",
+            "images: a vision GGUF with its projector file in model_kwargs.mmproj (llama.cpp's mtmd library, as "
+            "llama-cpp-python's MTMDChatHandler); rows with images decode beside text rows "
+            "([docs/batch.md](batch.md#images)). A model loaded without a projector refuses them.",
             "regex guided decoding: patterns are translated to a grammar; look-arounds, back-references "
             "and flags are refused.",
             "prompt KV is reused: rows sharing a prefix (a long system prompt, few-shot examples) evaluate it "
@@ -126,6 +139,7 @@ class LlamaCppInferenceEngine(InferenceEngine):
         filename = kwargs.pop("filename", None)
         slots = kwargs.pop("n_seq_max", None)
         extra_bufts = kwargs.pop("use_extra_bufts", None)
+        projector_file = _projector_kwarg(kwargs)
         if extra_bufts is not None and not isinstance(extra_bufts, bool):
             raise ConfigError(f"model.model_kwargs.use_extra_bufts must be true or false, not {extra_bufts!r}.")
         _check_llama_kwargs(llama_cpp.Llama, kwargs)
@@ -143,7 +157,14 @@ class LlamaCppInferenceEngine(InferenceEngine):
         if slots is None:
             batch = self.generation_params.batch_size
             slots = batch if batch > 1 else _default_slots(self._llama, n_ctx_seq)
-        self._decoder = MultiSequenceDecoder(self._llama, int(slots), n_ctx_seq)
+        self._projector: Any = None
+        if projector_file is not None:
+            from infermux.engines.llamacpp.media import Projector, resolve_projector
+
+            self._projector = Projector(self._llama, resolve_projector(projector_file, self.model_path))
+        else:  # an instance's own capabilities (serve and chat read them): this model takes no images
+            vars(self)["capabilities"] = dataclasses.replace(type(self).capabilities, images=False)
+        self._decoder = MultiSequenceDecoder(self._llama, int(slots), n_ctx_seq, self._projector)
         self._scheduler = DecodeScheduler(self._decoder)
         self._specs: dict[str, SamplingSpec] = {}
         self._spec(self.generation_params)
@@ -167,6 +188,11 @@ class LlamaCppInferenceEngine(InferenceEngine):
             "active": len(d.active),
         }
 
+    def check_conversation(self, conversation: Conversation) -> RowError | None:
+        if self._projector is None and conversation.has_images:
+            return RowError(kind=ErrorKind.UNSUPPORTED_INPUT, message=_NO_PROJECTOR)
+        return super().check_conversation(conversation)
+
     def _check(self, generation: GenerationParams, *, tools: bool = False) -> None:
         super()._check(generation, tools=tools)
         self._spec(generation)  # an invalid grammar or bias fails before the job starts
@@ -185,7 +211,7 @@ class LlamaCppInferenceEngine(InferenceEngine):
         emit: Callable[[int, Conversation | RowError], None],
     ) -> None:
         """Answer ``conversations`` (blocking), passing each row to ``emit(index, result)`` as it finishes."""
-        prompts: list[list[int] | RowError] = [self._prompt(c, generation) for c in conversations]
+        prompts: list[_Prompt | RowError] = [self._prompt(c, generation) for c in conversations]
         for index, prompt in enumerate(prompts):
             if isinstance(prompt, RowError):
                 emit(index, prompt)
@@ -218,8 +244,8 @@ class LlamaCppInferenceEngine(InferenceEngine):
     def _generate_samples(
         self,
         conversations: list[Conversation],
-        prompts: list[list[int] | RowError],
-        runnable: list[list[int]],
+        prompts: list[_Prompt | RowError],
+        runnable: list[_Prompt],
         generation: GenerationParams,
         spec: SamplingSpec,
     ) -> list[Conversation | RowError]:
@@ -249,12 +275,17 @@ class LlamaCppInferenceEngine(InferenceEngine):
         return out
 
     def _reply(
-        self, conv: Conversation, prompt: list[int], result: DecodeResult, generation: GenerationParams
+        self, conv: Conversation, prompt: _Prompt, result: DecodeResult, generation: GenerationParams
     ) -> Conversation:
         text, calls = tool_prompting.finish(result.text, conv, generation)
         if not generation.exclude_prompt_from_response:
             special = not generation.skip_special_tokens
-            text = self._llama.detokenize(prompt, special=special).decode("utf-8", errors="ignore") + (text or "")
+            shown = (
+                prompt.display(self._llama, special)
+                if isinstance(prompt, MediaPrompt)
+                else self._llama.detokenize(prompt, special=special).decode("utf-8", errors="ignore")
+            )
+            text = shown + (text or "")
         usage = Usage.of(result.prompt_tokens, len(result.tokens))
         finish_reason = FinishReason.TOOL_CALLS if calls else FinishReason.parse(result.finish_reason)
         return conv.with_reply(text, usage=usage, finish_reason=finish_reason, tool_calls=calls)
@@ -287,8 +318,10 @@ class LlamaCppInferenceEngine(InferenceEngine):
 
         # A stream is a chat turn: its answer's KV is kept, so the next turn evaluates only its new message.
         # A forced call's JSON is internal: it is not streamed as text; the final event carries the calls.
-        request = Request(prompt, generation.max_new_tokens, spec, on_done=put, on_text=None if forced else text,
-                          keep_answer=True, on_logits=scores.on_logits if scores is not None else None)  # fmt: skip
+        keys, media = split_prompt(prompt)
+        request = Request(keys, generation.max_new_tokens, spec, on_done=put, on_text=None if forced else text,
+                          keep_answer=True, on_logits=scores.on_logits if scores is not None else None,
+                          media=media)  # fmt: skip
         self._scheduler.submit(request)
         try:
             while isinstance(item := await queue.get(), tuple):
@@ -308,16 +341,25 @@ class LlamaCppInferenceEngine(InferenceEngine):
 
     # ------------------------------------------------------------------ helpers
     def prompt_tokens(self, conversation: Conversation) -> list[int]:
-        """The token ids the model sees for ``conversation`` (chat template applied)."""
+        """The token ids the model sees for ``conversation`` (chat template applied; an image chunk as negative
+        keys, one per position it takes)."""
         prompt = self._prompt(conversation)
         if isinstance(prompt, RowError):
             raise InputError(prompt.message)
-        return prompt
+        return split_prompt(prompt)[0]
 
-    def _prompt(self, conversation: Conversation, generation: GenerationParams | None = None) -> list[int] | RowError:
+    def _prompt(self, conversation: Conversation, generation: GenerationParams | None = None) -> _Prompt | RowError:
         generation = generation or self.generation_params
         try:
+            if conversation.has_images:
+                if self._projector is None:
+                    return RowError(kind=ErrorKind.UNSUPPORTED_INPUT, message=_NO_PROJECTOR)
+                return self._projector.prompt(  # type: ignore[no-any-return]
+                    self._llama, self._template, self._template_has_tools, conversation, generation
+                )
             return _render(self._llama, self._template, self._template_has_tools, conversation, generation)
+        except ImageError as exc:  # names the message and the file
+            return RowError(kind=ErrorKind.INVALID_INPUT, message=str(exc))
         except UnicodeEncodeError as exc:  # a lone surrogate (Python API input): this row's fault, not the chunk's
             return RowError(
                 kind=ErrorKind.INVALID_INPUT, message=f"the conversation is not valid Unicode: {exc.reason}"
@@ -385,6 +427,8 @@ class LlamaCppInferenceEngine(InferenceEngine):
         scheduler = getattr(self, "_scheduler", None)
         if scheduler is not None:
             scheduler.close()
+        if getattr(self, "_projector", None) is not None:
+            self._projector.close()  # before the model it was loaded onto
         llama = getattr(self, "_llama", None)
         if llama is not None:
             llama.close()
@@ -399,6 +443,14 @@ def _check_llama_kwargs(llama_class: Any, kwargs: dict[str, Any]) -> None:
             close = difflib.get_close_matches(key, sorted(known | _OWN_KWARGS), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"model.model_kwargs.{key} is not a llama_cpp.Llama argument.{hint}")
+
+
+def _projector_kwarg(kwargs: dict[str, Any]) -> Any:
+    """Pop the projector file from ``kwargs`` (``mmproj``, or the handlers' ``clip_model_path``)."""
+    given = {key: kwargs.pop(key) for key in PROJECTOR_KWARGS if key in kwargs}
+    if len(given) > 1:
+        raise ConfigError("model.model_kwargs: set mmproj or clip_model_path (the same thing), not both.")
+    return next(iter(given.values()), None)
 
 
 def _default_slots(llama: Any, n_ctx_seq: int) -> int:

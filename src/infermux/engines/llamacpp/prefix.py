@@ -21,6 +21,9 @@ the cache held. For the same reason a batch row reuses only KV computed as promp
 generated tokens (each computed alone in a step), and answers exactly as it would without the cache. A
 streamed chat turn (``Request.keep_answer``) also keeps its answer's KV, so the next turn evaluates only its
 new message, as llama-cpp-python's own chat loop does (and answers as it does).
+
+A prompt with images (:mod:`.media`) gives the key ranges of its image chunks: an image is evaluated whole,
+so a reuse that would end inside one ends where it starts.
 """
 
 from __future__ import annotations
@@ -60,15 +63,22 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return lo
 
 
-def plan_admissions(prompts: Sequence[Sequence[int]], cached: Sequence[Sequence[int]], free: Sequence[int]) -> Plan:
-    """Assign each prompt (``len(prompts) <= len(free)``) a slot and a KV source; see the module docs."""
+def plan_admissions(
+    prompts: Sequence[Sequence[int]],
+    cached: Sequence[Sequence[int]],
+    free: Sequence[int],
+    spans: Sequence[Sequence[tuple[int, int]]] = (),
+) -> Plan:
+    """Assign each prompt (``len(prompts) <= len(free)``) a slot and a KV source; see the module docs.
+    ``spans[i]``: the ``[start, end)`` key ranges of prompt ``i``'s image chunks (none when left out)."""
     plan = Plan()
     available = list(free)
     taken_as_copy: set[int] = set()  # destinations: their KV is not what ``cached`` says
     leaders: list[tuple[int, int]] = []  # (prompt index, slot) of the first wave
     for i, prompt in enumerate(prompts):
         limit = max(0, len(prompt) - 2)
-        reuse = {s: min(common_prefix(cached[s], prompt), limit) for s in available}
+        cuts = spans[i] if i < len(spans) else ()
+        reuse = {s: _reusable(cached[s], prompt, limit, cuts) for s in available}
         # A gap between busy slots costs a pass per decode step (see ``decode``), more than a few prompt tokens:
         # the lowest free slot that reuses nearly as much as the best one.
         best = max(reuse.values())
@@ -78,10 +88,10 @@ def plan_admissions(prompts: Sequence[Sequence[int]], cached: Sequence[Sequence[
         for s in range(len(cached)):
             if s in available or s in taken_as_copy:  # a free slot is better used in place
                 continue
-            keep = min(common_prefix(cached[s], prompt), limit)
+            keep = _reusable(cached[s], prompt, limit, cuts)
             options.append((keep - MIN_COPY, 1, s, None))
         for j, slot in leaders:
-            keep = min(common_prefix(prompts[j], prompt), limit)
+            keep = _reusable(prompts[j], prompt, limit, cuts)
             options.append((keep - MIN_COPY, 2, None, slot))
         saved, _, source, leader = max(options, key=lambda o: (o[0], -o[1]))
         if source is None and leader is None:
@@ -98,3 +108,13 @@ def plan_admissions(prompts: Sequence[Sequence[int]], cached: Sequence[Sequence[
         else:
             plan.waves[1].append(Admission(i, slot, leader, saved + MIN_COPY))
     return plan
+
+
+def _reusable(keys: Sequence[int], prompt: Sequence[int], limit: int, spans: Sequence[tuple[int, int]]) -> int:
+    """How many leading keys of ``prompt`` the KV of ``keys`` serves: the common prefix, at most ``limit``,
+    never ending inside an image span (then it ends where the image starts)."""
+    keep = min(common_prefix(keys, prompt), limit)
+    for start, end in spans:
+        if start < keep < end:
+            return start
+    return keep

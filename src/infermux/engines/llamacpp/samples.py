@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from infermux.engines.llamacpp.decode import DecodeResult, SamplingSpec
+from infermux.engines.llamacpp.media import MediaPrompt
 from infermux.engines.llamacpp.scheduler import DecodeScheduler
 from infermux.samples import reply_with_samples, token_logprob
 from infermux.types import Conversation, Sample, TokenLogprob, Usage
@@ -93,7 +94,7 @@ class StreamedLogprobs:
 def generate_samples(
     decoder: DecodeScheduler,
     llama: Any,
-    prompts: Sequence[list[int]],
+    prompts: Sequence[list[int] | MediaPrompt],
     max_new_tokens: int,
     spec: SamplingSpec,
     *,

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from infermux.engines.llamacpp.decode import DecodeResult, MultiSequenceDecoder, Request, SamplingSpec
+from infermux.engines.llamacpp.media import MediaPrompt, split_prompt
 from infermux.engines.local.decoder_thread import DecoderThread
 
 __all__ = ["DecodeScheduler"]
@@ -28,7 +29,7 @@ class DecodeScheduler(DecoderThread[Request]):
 
     def generate(
         self,
-        prompts: Sequence[list[int]],
+        prompts: Sequence[list[int] | MediaPrompt],
         max_new_tokens: int,
         spec: SamplingSpec,
         on_logits: Callable[[int, int, Any], None] | None = None,
@@ -42,7 +43,7 @@ class DecodeScheduler(DecoderThread[Request]):
 
     def generate_each(
         self,
-        prompts: Sequence[list[int]],
+        prompts: Sequence[list[int] | MediaPrompt],
         max_new_tokens: int,
         spec: SamplingSpec,
         on_logits: Callable[[int, int, Any], None] | None = None,
@@ -55,7 +56,10 @@ class DecodeScheduler(DecoderThread[Request]):
 
         for i, prompt in enumerate(prompts):
             logits = functools.partial(on_logits, i) if on_logits is not None else None
-            self.submit(Request(list(prompt), max_new_tokens, spec, functools.partial(done, i=i), on_logits=logits))
+            keys, media = split_prompt(prompt)
+            self.submit(
+                Request(keys, max_new_tokens, spec, functools.partial(done, i=i), on_logits=logits, media=media)
+            )
         for _ in prompts:
             yield finished.get()
 
