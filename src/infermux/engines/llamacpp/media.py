@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from infermux.configs.generation_params import GenerationParams
-from infermux.engines import images, tool_prompting
+from infermux.engines import images
+from infermux.engines.local import tool_prompting
 from infermux.errors import ConfigError
 from infermux.types import Conversation, Type
 
