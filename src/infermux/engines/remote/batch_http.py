@@ -50,7 +50,7 @@ class HttpBatchClient(BatchClient):
         self.name = engine.name
         hint = f"Check the key in {engine.api_key_env} (or remote_params.api_key)." if engine.api_key_env else ""
         kwargs: dict[str, Any] = {
-            "secrets": engine._secrets,
+            "secrets": engine.secrets,
             "auth_hint": hint,
             "error_message": engine.error_message,
             "handler": engine.transport_handler,
