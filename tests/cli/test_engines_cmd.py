@@ -141,7 +141,7 @@ def test_the_table_fits_an_80_column_terminal() -> None:
     assert all(len(line) <= 80 for line in out.splitlines())
     assert not set(out) & set("│─┃━╭╰┏┗"), "plain text, no box characters"
     llamacpp = next(line for line in lines if line.startswith("LLAMACPP "))
-    assert llamacpp.split() == ["LLAMACPP", "yes", "yes", "no", "yes", "no", "choice,json,regex"]
+    assert llamacpp.split() == ["LLAMACPP", "yes", "yes", "yes", "yes", "no", "choice,json,regex"]
 
 
 def test_one_engine_in_detail_and_json_for_scripts() -> None:
