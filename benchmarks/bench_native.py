@@ -6,7 +6,9 @@ one left-padded batch with its attention mask, ``model.generate(max_new_tokens=6
 durable batch loop, length grouping, and the engine's decode loop that drops finished rows). Both sides
 use the same loaded model, so the ratio is the engine's own doing. Workloads are those of
 ``local_common`` (``prefix``: 32 questions after one ~575-token system prompt, which the engine
-evaluates once); sides alternate, ``INFERMUX_BENCH_REPEATS`` runs each (best kept).
+evaluates once); sides alternate, ``INFERMUX_BENCH_REPEATS`` runs each (best kept). The raw side runs on
+the engine's own torch thread, so the process holds one OpenMP team whichever side runs, as a raw user's
+process does (a second team, the main thread's, would slow the raw side: engines/native/torch_thread.py).
 
     .venv/bin/python benchmarks/bench_native.py [--workload number|mixed|prefix|all] [--dtype bfloat16]
 """
@@ -69,15 +71,15 @@ def main() -> None:
     def encode(text: str) -> list[int]:
         return list(tokenizer.encode(text, add_special_tokens=False))
 
-    raw_generate(model, tokenizer, chat_messages(["Hello"]))  # warm-up
+    engine._torch_thread.run(raw_generate, model, tokenizer, chat_messages(["Hello"]))  # warm-up
     engine.infer(conversations(["Hello"]))
     names = [*WORKLOADS, *CHAT_WORKLOADS] if args.workload == "all" else [args.workload]
     for name in names:
         messages = workload_chats(name)
         convs = conversations(messages)
 
-        def raw(messages: list = messages) -> list[str]:
-            return raw_generate(model, tokenizer, messages)
+        def raw(messages: list = messages) -> list[str]:  # on the engine's torch thread: one OpenMP team
+            return engine._torch_thread.run(raw_generate, model, tokenizer, messages)
 
         def ours(convs: list = convs) -> list[str]:
             return [c.last_message.text for c in engine.infer(convs)]

@@ -8,6 +8,12 @@ call and ``model.generate``. The engine side runs ``engine.infer`` with ``batch_
 loaded model (rows given as ``image_path`` parts). Sides alternate, ``INFERMUX_BENCH_REPEATS`` runs each
 (best kept); the figure is images per second and the engine/raw ratio (goal: at least 1.0x).
 
+The raw side runs on the engine's own torch thread (the one that loaded the model), so the process holds
+one OpenMP team whichever side runs, as a raw user's single-threaded process does. Run in the main thread
+while the engine's thread lives, the raw side would get a second team, and libgomp stops spinning between
+parallel regions once teams outnumber the cores: that slows the raw side, not the engine
+(engines/native/torch_thread.py).
+
     .venv/bin/python benchmarks/bench_native_vision.py [--rows 64] [--batch 16]
 """
 
@@ -97,11 +103,11 @@ def main() -> None:
                 {"type": "image_path", "content": str(path)}, {"type": "text", "content": question(i)}]}]})
             for i, path in enumerate(paths)
         ]  # fmt: skip
-        raw_generate(model, processor, paths[:2], args.batch)  # warm-up
+        engine._torch_thread.run(raw_generate, model, processor, paths[:2], args.batch)  # warm-up
         engine.infer(convs[:2])
 
-        def raw() -> list[str]:
-            return raw_generate(model, processor, paths, args.batch)
+        def raw() -> list[str]:  # on the engine's torch thread: one OpenMP team in the process (see below)
+            return engine._torch_thread.run(raw_generate, model, processor, paths, args.batch)
 
         def ours() -> list[str]:
             return [c.last_message.text for c in engine.infer(convs)]
