@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.watchdog import check, exit_description, watched
+from tests.watchdog import POLL_S, check, exit_description, kill, watched
 
 CRASH_AFTER = "import os, signal, time; time.sleep({delay}); os.kill(os.getpid(), signal.SIGSEGV)"
 
@@ -35,3 +35,12 @@ def test_exit_statuses_are_named() -> None:
     assert exit_description(-4) == "was killed by SIGILL (an instruction this CPU lacks)"
     assert exit_description(-9) == "was killed by SIGKILL"
     assert exit_description(0) == "exited with status 0"
+
+
+def test_a_server_the_test_kills_on_purpose_is_not_reported() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    with watched("killed-server", proc, lambda: "log"):
+        kill(proc)
+        time.sleep(3 * POLL_S)  # the watcher polls while the test goes on: no interruption
+        check()
+    assert proc.returncode == -9

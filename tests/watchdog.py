@@ -31,8 +31,11 @@ class _Child:
     proc: subprocess.Popen  # type: ignore[type-arg]
     tail: Callable[[], str]
     reported: bool = False
+    expected: bool = False  # the test ended it on purpose (:func:`kill`)
 
     def death(self) -> str | None:
+        if self.expected:
+            return None
         code = self.proc.poll()
         if code is None:
             return None
@@ -73,6 +76,16 @@ def watched(name: str, proc: subprocess.Popen, tail: Callable[[], str]) -> Itera
     finally:
         with _lock:
             _children.pop(id(child), None)
+
+
+def kill(proc: subprocess.Popen, timeout: float = 30) -> None:  # type: ignore[type-arg]
+    """SIGKILL a watched ``proc`` on purpose and reap it: its death is the test's doing, not a failure."""
+    with _lock:
+        for child in _children.values():
+            if child.proc is proc:
+                child.expected = True
+    proc.kill()
+    proc.wait(timeout=timeout)
 
 
 def check() -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tests.conftest import ROOT, cli_env
 from tests.servers import free_port
-from tests.watchdog import watched
+from tests.watchdog import kill, watched
 
 
 @dataclass
@@ -35,6 +35,10 @@ class Served:
 
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the server (no clean-up at all) and reap it; the watchdog takes it as the test's doing."""
+        kill(self.proc)
 
 
 @contextlib.contextmanager
