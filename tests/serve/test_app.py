@@ -7,6 +7,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 from aiohttp.test_utils import TestClient, TestServer
 
 from infermux.configs.generation_params import GenerationParams
@@ -221,3 +222,52 @@ def test_the_preset_applies_only_to_requests_that_choose_no_sampling() -> None:
     assert (plain.temperature, plain.top_p, plain.frequency_penalty) == (0.7, 0.9, 0.3)
     greedy = prepared(temperature=0)  # the client asked for greedy: exactly that
     assert (greedy.temperature, greedy.top_p, greedy.frequency_penalty) == (0.0, 1.0, 0.0)
+
+
+def test_batch_rows_go_through_the_engines_own_check_like_chat_requests(tmp_path: Any) -> None:
+    """A Batch API row the engine's ``check`` refuses fails alone with the chat route's error; the rest run."""
+    from infermux.errors import ConfigError
+
+    base = engine_class("ECHO")
+
+    class Picky(base):  # type: ignore[misc,valid-type]
+        def _check(self, generation: GenerationParams, *, tools: bool = False) -> None:
+            super()._check(generation, tools=tools)
+            if generation.seed == 13:  # what only the engine knows (a grammar that cannot compile, ...)
+                raise ConfigError("seed 13 is unlucky")
+
+    engine = Picky(ModelParams(model_name=MODEL), generation_params=GenerationParams())
+    chat = "/v1/chat/completions"
+    lines = [
+        {"custom_id": f"r{i}", "method": "POST", "url": chat, "body": body(f"row {i}", seed=13 if i == 1 else 1)}
+        for i in range(3)
+    ]
+    data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+
+    async def check(client: TestClient, engine: Any) -> None:
+        r = await client.post(chat, json=body("direct", seed=13))
+        direct = (await r.json())["error"]
+        assert r.status == 400 and "unlucky" in direct["message"]
+        form = aiohttp.FormData()
+        form.add_field("purpose", "batch")
+        form.add_field("file", data, filename="rows.jsonl")
+        file_id = (await (await client.post("/v1/files", data=form)).json())["id"]
+        created = {"input_file_id": file_id, "endpoint": chat, "completion_window": "24h"}
+        batch = await (await client.post("/v1/batches", json=created)).json()
+        for _ in range(200):
+            batch = await (await client.get(f"/v1/batches/{batch['id']}")).json()
+            if batch["status"] in ("completed", "failed"):
+                break
+            await asyncio.sleep(0.05)
+        errors = await (await client.get(f"/v1/files/{batch['error_file_id']}/content")).text()
+        assert batch["status"] == "completed" and batch["request_counts"] == {
+            "total": 3,
+            "completed": 2,
+            "failed": 1,
+        }, errors
+        errors = await (await client.get(f"/v1/files/{batch['error_file_id']}/content")).text()
+        (line,) = [json.loads(x) for x in errors.splitlines()]
+        assert line["custom_id"] == "r1" and line["response"]["status_code"] == 400
+        assert line["response"]["body"]["error"]["message"] == direct["message"]
+
+    run(check, engine, batch_dir=tmp_path / "batches")

@@ -53,7 +53,14 @@ class DoneRows:
         return len(self.at) - self.at.count(-1)
 
     def mark(self, position: int, offset: int = 0) -> None:
-        if 0 <= position < len(self.at) and self.at[position] < 0:  # the first line of a row wins
+        """Record ``position`` as finished at ``offset`` (the first line of a row wins); a negative position
+        (an id the input does not have) is ignored. A position past the job's rows is a caller's bug
+        (an :class:`~infermux.jobs.rows.InputRow` whose ``index`` is not its place in the job): IndexError."""
+        if position < 0:
+            return
+        if position >= len(self.at):
+            raise IndexError(f"row position {position} is outside this job's {len(self.at)} rows")
+        if self.at[position] < 0:
             self.at[position] = offset
 
 

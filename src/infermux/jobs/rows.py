@@ -46,7 +46,9 @@ EMPTY_ROW = "'messages' is empty: a conversation needs at least one message to a
 
 @dataclass(frozen=True)
 class InputRow:
+    #: The row's place in its job's input, 0-based: the job's files index finished rows by it.
     index: int
+    #: The line (or table row) the user sees, 1-based, for error messages.
     line: int
     row_id: str
     conversation: Conversation

@@ -88,6 +88,23 @@ class ServerState:
         self.metrics = Metrics(self.served_model, self.engine.label)
         self.secrets = tuple(s for s in (*getattr(self.engine, "secrets", ()), self.api_key) if s)
 
+    def prepare(
+        self, data: Any, defaults: GenerationParams | None = None, preset: dict[str, float] | None = None
+    ) -> wire.Prepared:
+        """A request body (parsed JSON) as a conversation and settings, checked as every row is before it runs:
+        the server's limits, then the engine's own :meth:`~infermux.engines.base.InferenceEngine.check`
+        against ``defaults`` (the server's, or those a batch was submitted under). Raises
+        :class:`~infermux.serve.wire.ApiError` (an OpenAI-style 4xx) for what the engine cannot run."""
+        check_request(data, self.limits)
+        defaults = self.defaults if defaults is None else defaults
+        check = functools.partial(self.engine.check, baseline=defaults)  # the one check before a row runs
+        try:
+            return wire.prepare(data, served_model=self.served_model, defaults=defaults, caps=self.engine.capabilities,
+                                engine_name=self.engine.label, preset=self.preset if preset is None else preset,
+                                check=check)  # fmt: skip
+        except InfermuxError as exc:  # a value the provider rejects, a grammar that cannot compile
+            raise _api_error(self, exc) from None
+
     def redact(self, text: str) -> str:
         for secret in self.secrets:
             if len(secret) >= 4:
@@ -262,15 +279,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 
 def _prepare(state: ServerState, body: bytes) -> wire.Prepared:
-    data = parse_json(body)
-    check_request(data, state.limits)
-    engine = state.engine
-    check = functools.partial(engine.check, baseline=state.defaults)  # the one check before a row runs
-    try:
-        return wire.prepare(data, served_model=state.served_model, defaults=state.defaults, caps=engine.capabilities,
-                            engine_name=engine.label, preset=state.preset, check=check)  # fmt: skip
-    except InfermuxError as exc:  # a value the provider rejects, a grammar that cannot compile
-        raise _api_error(state, exc) from None
+    return state.prepare(parse_json(body))
 
 
 class _Run:

@@ -35,7 +35,6 @@ from infermux.jobs.rows import InputRow
 from infermux.serve import answers, wire
 from infermux.serve.batch_lines import Line, failure_line, missing_line, read_lines, success_line
 from infermux.serve.batch_store import Store, new_id, write_json
-from infermux.serve.guard import check_request
 from infermux.serve.priority import BatchLane
 from infermux.types import Conversation, Message, Role
 
@@ -208,14 +207,11 @@ class BatchRunner:
         state, groups = self.state, {}  # type: ignore[var-annotated]
         defaults, preset = _settings(work / "settings.json", state.defaults, state.preset)
         placeholder = Conversation(messages=[Message(role=Role.USER, content="")])
-        for index, line in enumerate(lines):
+        for line in lines:
             try:
                 body = {**line.body, "stream": False}
                 body.pop("stream_options", None)
-                check_request(body, state.limits)
-                caps, name = state.engine.capabilities, state.engine.label
-                prepared = wire.prepare(body, served_model=state.served_model, defaults=defaults, caps=caps,
-                                        engine_name=name, preset=preset)  # fmt: skip
+                prepared = state.prepare(body, defaults, preset)  # the chat route's checks, the engine's own
                 key, generation, conversation = (
                     prepared.generation.model_dump_json(),
                     prepared.generation,
@@ -229,7 +225,8 @@ class BatchRunner:
                 fingerprint = hashlib.sha256(f"{obj['id']}|{key}".encode()).hexdigest()[:16]
                 group = groups[key] = _Group(generation, JobFiles(work / f"job-{len(groups)}.jsonl", fingerprint))
             conversation = conversation.replace(conversation_id=line.custom_id)
-            group.rows.append(InputRow(index, line.number, line.custom_id, conversation))
+            # The row's place in its group's job (not in the batch): the job's files index rows by it.
+            group.rows.append(InputRow(len(group.rows), line.number, line.custom_id, conversation))
             refusal = plan.refused.get(line.custom_id)
             if refusal is not None:
                 settled = RowError(kind=refusal.code or refusal.type, message=refusal.message, status=refusal.status)
