@@ -77,6 +77,13 @@ def test_auto_parses_hermes_markup_from_a_real_generation(engine: LlamaCppInfere
     (answer,) = run(engine, [ask("What is the weather in Paris?")], generation)
     assert_valid_calls(answer, {"get_weather"})
 
+    async def stream() -> Any:
+        return [event async for event in engine.astream(ask("What is the weather in Paris?"), generation)]
+
+    events = asyncio.run(stream())  # the markup is read into calls, not streamed as text
+    assert_valid_calls(events[-1].conversation, {"get_weather"})
+    assert "".join(event.delta for event in events) == "" and events[-1].conversation.last_message.text == ""
+
 
 def test_three_turns_and_streaming(engine: LlamaCppInferenceEngine) -> None:
     generation = GenerationParams(max_new_tokens=48, tool_choice="required", parallel_tool_calls=False)

@@ -13,6 +13,7 @@ from infermux.configs import GenerationParams
 from infermux.engines.local.tool_prompting import (
     HERMES_SYSTEM,
     MAX_STRING,
+    StreamedText,
     chat_inputs,
     constrained_generation,
     finish,
@@ -112,3 +113,31 @@ def test_auto_parses_hermes_markup_and_parallel_false_keeps_one() -> None:
     cut = 'Let me check.\n<tool_call>\n{"name": "get_weather", "argu'  # max_new_tokens inside the markup
     assert finish(cut, conversation(), GenerationParams()) == ("Let me check.", None)
     assert finish(cut[cut.index("<") :], conversation(), GenerationParams()) == (None, None)
+
+
+@pytest.mark.parametrize("split", [1, 2, 3, 5, 64])
+def test_a_streamed_answer_shows_its_text_not_its_calls_markup(split: int) -> None:
+    answer = 'Let me check.\n<tool_call>{"name": "get_weather", "arguments": {"city": "Rome"}}</tool_call>'
+    chunks = [answer[i : i + split] for i in range(0, len(answer), split)]
+    shown = StreamedText(conversation(), GenerationParams())
+    streamed = "".join(shown.feed(chunk) for chunk in chunks)
+    text, calls = finish(answer, conversation(), GenerationParams())
+    assert streamed == "Let me check.\n" and text == "Let me check." and calls
+    assert shown.rest(text) == ""  # the final text is no more than what was shown (a call leaves nothing)
+
+
+def test_held_text_that_was_not_a_call_comes_out_at_the_end() -> None:
+    for answer in ("Use <tool", "A <tool_call>not json</tool_call> stays text", "a < b <tool_"):
+        shown = StreamedText(conversation(), GenerationParams())
+        streamed = "".join(shown.feed(ch) for ch in answer)
+        text, calls = finish(answer, conversation(), GenerationParams())
+        assert calls is None and streamed + shown.rest(text) == text == answer
+
+
+def test_without_tools_offered_every_delta_passes() -> None:
+    answer = "Markup <tool_call>{}</tool_call> is just text here."
+    for conv, generation in ((conversation(), GenerationParams(tool_choice="none")),
+                             (Conversation.model_validate({"messages": [{"role": "user", "content": "hi"}]}),
+                              GenerationParams())):  # fmt: skip
+        shown = StreamedText(conv, generation)
+        assert "".join(shown.feed(ch) for ch in answer) == answer and shown.rest(answer) == ""

@@ -323,9 +323,10 @@ class LlamaCppInferenceEngine(InferenceEngine):
                           keep_answer=True, on_logits=scores.on_logits if scores is not None else None,
                           media=media)  # fmt: skip
         self._scheduler.submit(request)
+        shown = tool_prompting.StreamedText(conversation, generation)  # calls' markup is not text
         try:
             while isinstance(item := await queue.get(), tuple):
-                yield StreamEvent(delta=item[0], logprobs=item[1])
+                yield StreamEvent(delta=shown.feed(item[0]), logprobs=item[1])
         finally:
             if not request.finished:
                 self._scheduler.cancel(request)  # the consumer went away: free the slot
@@ -337,6 +338,8 @@ class LlamaCppInferenceEngine(InferenceEngine):
             if rest := scores.take(len(result.tokens)):
                 yield StreamEvent(logprobs=rest)
             reply = scores.answer(conversation, reply, result)
+        if tail := shown.rest(reply.last_message.text):
+            yield StreamEvent(delta=tail)
         yield StreamEvent(conversation=reply, metadata=dict(reply.metadata))
 
     # ------------------------------------------------------------------ helpers

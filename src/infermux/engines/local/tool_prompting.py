@@ -14,6 +14,8 @@
 * ``auto`` (or no choice): the answer's Hermes markup is parsed into calls (:func:`parse_hermes`); a
   call cut short (an opening ``<tool_call>`` never closed) is left out of the text, like a cut forced
   call; ``none``: tools are not offered and the answer is text.
+* Streaming: :class:`StreamedText` passes on the text before the first ``<tool_call>`` and holds back the
+  markup, so the deltas of a streamed answer add up to its final text, never to the calls' JSON.
 """
 
 from __future__ import annotations
@@ -175,3 +177,48 @@ def finish(
     if last >= 0 and "</tool_call>" not in text[last:]:  # a call cut short (max_new_tokens): not content
         return text[:last].strip() or None, None
     return text, None
+
+
+_OPEN = "<tool_call>"
+
+
+class StreamedText:
+    """The deltas a streamed answer shows when its model may write Hermes tool calls (``auto``).
+
+    :meth:`feed` passes text on until ``<tool_call>`` starts (a tail that could be the start of the tag
+    waits for the next delta); from there on the answer is markup, read into calls at the end, and
+    nothing more is shown. :meth:`rest` is what the final text has beyond what was shown (the held tail,
+    or markup that did not parse and so stays text). Without tools offered every delta passes as is."""
+
+    def __init__(self, conversation: Conversation, generation: GenerationParams) -> None:
+        self.active = _offered(conversation, generation)
+        self.shown = ""
+        self._pending = ""
+        self._stopped = False
+
+    def feed(self, delta: str) -> str:
+        """The part of ``delta`` to show now ("" while held)."""
+        if not self.active:
+            self.shown += delta
+            return delta
+        if self._stopped:
+            return ""
+        text = self._pending + delta
+        start = text.find(_OPEN)
+        if start >= 0:
+            self._stopped = True
+            out, self._pending = text[:start], ""
+        else:
+            keep = next((n for n in range(len(_OPEN) - 1, 0, -1) if text.endswith(_OPEN[:n])), 0)
+            out, self._pending = text[: len(text) - keep], text[len(text) - keep :]
+        self.shown += out
+        return out
+
+    def rest(self, final_text: str | None) -> str:
+        """What ``final_text`` (the answer's text) adds to what was shown, when it extends it; else ""."""
+        final_text = final_text or ""
+        if not final_text.startswith(self.shown):
+            return ""
+        out = final_text[len(self.shown) :]
+        self.shown = final_text
+        return out

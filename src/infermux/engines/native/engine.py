@@ -345,19 +345,23 @@ class NativeTextInferenceEngine(InferenceEngine):
                                       samples=samples)  # fmt: skip
         else:
             source = stream.threaded(self.loaded, self._lock, prompt, generation)
+        shown = tool_prompting.StreamedText(conversation, generation)  # calls' markup is not text
         async with contextlib.aclosing(source):
             async for item in source:
                 if isinstance(item, str):
-                    yield StreamEvent(delta=item)
+                    yield StreamEvent(delta=shown.feed(item))
                 elif isinstance(item, stream.ScoredDelta):  # one answer's text with its tokens' scores
-                    yield StreamEvent(delta=item.text, logprobs=item.logprobs)
-                elif isinstance(item, list):  # n answers and/or logprobs: the shape `infer` gives them
-                    reply = native_rows.row_reply(conversation, item, generation)
-                    yield StreamEvent(conversation=reply, metadata=dict(reply.metadata))
+                    yield StreamEvent(delta=shown.feed(item.text), logprobs=item.logprobs)
                 else:
-                    text, usage, reason = item
-                    reply = native_rows.reply(conversation, text, usage, reason, generation)
-                    metadata = {"usage": reply.metadata["usage"], "finish_reason": reply.metadata["finish_reason"]}
+                    if isinstance(item, list):  # n answers and/or logprobs: the shape `infer` gives them
+                        reply = native_rows.row_reply(conversation, item, generation)
+                        metadata = dict(reply.metadata)
+                    else:
+                        text, usage, reason = item
+                        reply = native_rows.reply(conversation, text, usage, reason, generation)
+                        metadata = {"usage": reply.metadata["usage"], "finish_reason": reply.metadata["finish_reason"]}
+                    if rest := shown.rest(reply.last_message.text):
+                        yield StreamEvent(delta=rest)
                     yield StreamEvent(conversation=reply, metadata=metadata)
 
     @property
