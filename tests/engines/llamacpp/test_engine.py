@@ -332,11 +332,11 @@ def test_model_resolution_paths_and_offline_cache(tmp_path: Path, monkeypatch: p
 
 
 def test_default_slot_count_keeps_the_kv_cache_under_budget(engine):
-    from infermux.engines.llamacpp.engine import _default_slots
+    from infermux.engines.llamacpp.loading import default_slots
 
     # SmolLM2-135M: 30 layers x 3 KV heads x 64 dims, K and V in f16 = 23,040 bytes per token.
-    assert _default_slots(engine._llama, 2048) == 32  # 1.47 GB, under 1.5 GiB
-    assert _default_slots(engine._llama, 8192) == (3 << 29) // (23_040 * 8192) == 8
+    assert default_slots(engine._llama, 2048) == 32  # 1.47 GB, under 1.5 GiB
+    assert default_slots(engine._llama, 8192) == (3 << 29) // (23_040 * 8192) == 8
 
 
 def test_unknown_model_kwarg_is_a_config_error_with_a_suggestion():

@@ -42,9 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import difflib
 import functools
-import inspect
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -57,8 +55,9 @@ from infermux.engines.images import ImageError
 from infermux.engines.llamacpp.cpu import load_summary, model_defaults
 from infermux.engines.llamacpp.decode import DecodeResult, MultiSequenceDecoder, Request, SamplingSpec
 from infermux.engines.llamacpp.grammar import grammar_for
-from infermux.engines.llamacpp.loading import resolve_gguf
-from infermux.engines.llamacpp.media import PROJECTOR_KWARGS, MediaPrompt, split_prompt
+from infermux.engines.llamacpp.loading import check_llama_kwargs, default_slots, pop_projector, resolve_gguf
+from infermux.engines.llamacpp.media import MediaPrompt, split_prompt
+from infermux.engines.llamacpp.prompt import chat_formatter, render_prompt
 from infermux.engines.llamacpp.samples import StreamedLogprobs, generate_samples
 from infermux.engines.llamacpp.scheduler import DecodeScheduler
 from infermux.engines.llamacpp.settings import llama_kwargs
@@ -67,16 +66,12 @@ from infermux.engines.local import tool_prompting
 from infermux.engines.local.decoder_thread import thread_rows
 from infermux.errors import ConfigError, EngineUnavailableError, ErrorKind, InputError, RowError, install_hint
 from infermux.samples import reply_with_samples, wants_samples
-from infermux.templates import resolve_chat_template
 from infermux.types import Conversation, FinishReason, Sample, TokenLogprob, Usage
 
 __all__ = ["LlamaCppInferenceEngine"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SLOTS = 32
-KV_BUDGET_BYTES = 3 << 29  # the default slot count keeps the KV cache (f16) under this
-_OWN_KWARGS = frozenset({"filename", "n_seq_max", "use_extra_bufts", *PROJECTOR_KWARGS})
 _NO_PROJECTOR = (
     "this LLAMACPP model was loaded without a projector, so it takes no images: set model.model_kwargs.mmproj "
     "to the vision model's mmproj .gguf file (docs/batch.md#images), or remove the images."
@@ -139,10 +134,10 @@ class LlamaCppInferenceEngine(InferenceEngine):
         filename = kwargs.pop("filename", None)
         slots = kwargs.pop("n_seq_max", None)
         extra_bufts = kwargs.pop("use_extra_bufts", None)
-        projector_file = _projector_kwarg(kwargs)
+        projector_file = pop_projector(kwargs)
         if extra_bufts is not None and not isinstance(extra_bufts, bool):
             raise ConfigError(f"model.model_kwargs.use_extra_bufts must be true or false, not {extra_bufts!r}.")
-        _check_llama_kwargs(llama_cpp.Llama, kwargs)
+        check_llama_kwargs(llama_cpp.Llama, kwargs)
         self.model_path = resolve_gguf(self.model_params.model_name, filename, self.model_params.model_revision)
         kwargs = llama_kwargs(kwargs, n_ctx=self.model_params.model_max_length)
         try:
@@ -151,12 +146,12 @@ class LlamaCppInferenceEngine(InferenceEngine):
         except ValueError as exc:
             raise ConfigError(f"llama.cpp could not load {self.model_path}: {exc}") from exc
         log.debug("llama.cpp loaded %s: %s", self.model_path.name, load_summary(self._llama, extra_bufts))
-        self._template = _chat_formatter(self._llama, self.model_params.chat_template)
+        self._template = chat_formatter(self._llama, self.model_params.chat_template)
         self._template_has_tools = tool_prompting.renders_tools(self._template.template)
         n_ctx_seq = int(self._llama.n_ctx())
         if slots is None:
             batch = self.generation_params.batch_size
-            slots = batch if batch > 1 else _default_slots(self._llama, n_ctx_seq)
+            slots = batch if batch > 1 else default_slots(self._llama, n_ctx_seq)
         self._projector: Any = None
         if projector_file is not None:
             from infermux.engines.llamacpp.media import Projector, resolve_projector
@@ -360,7 +355,7 @@ class LlamaCppInferenceEngine(InferenceEngine):
                 return self._projector.prompt(  # type: ignore[no-any-return]
                     self._llama, self._template, self._template_has_tools, conversation, generation
                 )
-            return _render(self._llama, self._template, self._template_has_tools, conversation, generation)
+            return render_prompt(self._llama, self._template, self._template_has_tools, conversation, generation)
         except ImageError as exc:  # names the message and the file
             return RowError(kind=ErrorKind.INVALID_INPUT, message=str(exc))
         except UnicodeEncodeError as exc:  # a lone surrogate (Python API input): this row's fault, not the chunk's
@@ -387,9 +382,9 @@ class LlamaCppInferenceEngine(InferenceEngine):
 
         with suppress_stdout_stderr(disable=False):  # llama.cpp warns of a context it never uses here
             llama = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
-        template = _chat_formatter(llama, model_params.chat_template)
+        template = chat_formatter(llama, model_params.chat_template)
         has_tools = tool_prompting.renders_tools(template.template)
-        return lambda conversation: len(_render(llama, template, has_tools, conversation, generation))
+        return lambda conversation: len(render_prompt(llama, template, has_tools, conversation, generation))
 
     def _spec(self, generation: GenerationParams) -> SamplingSpec:
         key = generation.model_dump_json()
@@ -436,61 +431,3 @@ class LlamaCppInferenceEngine(InferenceEngine):
         if llama is not None:
             llama.close()
             del self._llama
-
-
-def _check_llama_kwargs(llama_class: Any, kwargs: dict[str, Any]) -> None:
-    """``Llama`` silently ignores unknown keyword arguments: catch typos here instead."""
-    known = set(inspect.signature(llama_class.__init__).parameters) - {"self", "kwargs", "model_path"}
-    for key in kwargs:
-        if key not in known:
-            close = difflib.get_close_matches(key, sorted(known | _OWN_KWARGS), n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"model.model_kwargs.{key} is not a llama_cpp.Llama argument.{hint}")
-
-
-def _projector_kwarg(kwargs: dict[str, Any]) -> Any:
-    """Pop the projector file from ``kwargs`` (``mmproj``, or the handlers' ``clip_model_path``)."""
-    given = {key: kwargs.pop(key) for key in PROJECTOR_KWARGS if key in kwargs}
-    if len(given) > 1:
-        raise ConfigError("model.model_kwargs: set mmproj or clip_model_path (the same thing), not both.")
-    return next(iter(given.values()), None)
-
-
-def _default_slots(llama: Any, n_ctx_seq: int) -> int:
-    """``DEFAULT_SLOTS``, fewer when their KV cache would pass ``KV_BUDGET_BYTES`` (big models, long n_ctx)."""
-    import llama_cpp
-
-    model = llama.model
-    head_dim = llama_cpp.llama_model_n_embd(model) // max(1, llama_cpp.llama_model_n_head(model))
-    per_token = 2 * llama_cpp.llama_model_n_layer(model) * llama_cpp.llama_model_n_head_kv(model) * head_dim * 2
-    return max(1, min(DEFAULT_SLOTS, KV_BUDGET_BYTES // max(1, per_token * n_ctx_seq)))
-
-
-def _render(
-    llama: Any, template: Any, has_tools: bool, conversation: Conversation, generation: GenerationParams
-) -> list[int]:
-    """The token ids of ``conversation``'s prompt: the chat template rendered, then tokenized."""
-    messages, tools = tool_prompting.chat_inputs(conversation, generation, has_tools)
-    rendered = template(messages=messages, tools=tools)
-    encoded = rendered.prompt.encode("utf-8")
-    return list(llama.tokenize(encoded, add_bos=not rendered.added_special, special=True))
-
-
-def _chat_formatter(llama: Any, override: str | None) -> Any:
-    """The model's chat template as a formatter, built the way ``Llama`` builds its own."""
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-    template = resolve_chat_template(override) or llama.metadata.get("tokenizer.chat_template")
-    if not template:
-        raise ConfigError(
-            "this GGUF has no chat template (tokenizer.chat_template); set model.chat_template to a built-in "
-            "template name (e.g. chat_ml), a Jinja template, or the path of one."
-        )
-    import llama_cpp
-
-    vocab = llama_cpp.llama_model_get_vocab(llama.model)
-
-    def text(token: int) -> str:
-        return llama_cpp.llama_vocab_get_text(vocab, token).decode("utf-8") if token != -1 else ""
-
-    return Jinja2ChatFormatter(template=template, eos_token=text(llama.token_eos()), bos_token=text(llama.token_bos()))

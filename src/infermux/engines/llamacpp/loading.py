@@ -1,4 +1,5 @@
-"""Where the LLAMACPP engine's ``.gguf`` file is: a path, the default alias, or a hub repo in the local cache.
+"""What the LLAMACPP engine loads: where its ``.gguf`` file is (a path, the default alias, or a hub repo in the
+local cache), which ``model_kwargs`` go to ``Llama``, and how many sequences decode at once.
 
 Nothing here touches the network: a repository id is looked up in the local Hugging Face cache
 (``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``) and a miss is a
@@ -7,14 +8,26 @@ Nothing here touches the network: a repository id is looked up in the local Hugg
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
+import inspect
 import os
 from pathlib import Path
+from typing import Any
 
-from infermux.errors import ModelNotFoundError
+from infermux.engines.llamacpp.media import PROJECTOR_KWARGS
+from infermux.errors import ConfigError, ModelNotFoundError
 from infermux.models import resolve_model_name
 
-__all__ = ["hub_cache_dir", "resolve_gguf"]
+__all__ = [
+    "DEFAULT_SLOTS", "KV_BUDGET_BYTES", "check_llama_kwargs", "default_slots", "hub_cache_dir", "pop_projector",
+    "resolve_gguf",
+]  # fmt: skip
+
+DEFAULT_SLOTS = 32
+KV_BUDGET_BYTES = 3 << 29  # the default slot count keeps the KV cache (f16) under this
+#: The engine's own ``model_kwargs`` (not ``Llama`` arguments).
+OWN_KWARGS = frozenset({"filename", "n_seq_max", "use_extra_bufts", *PROJECTOR_KWARGS})
 
 
 def hub_cache_dir() -> Path:
@@ -93,3 +106,31 @@ def _from_hub_cache(repo_id: str, filename: str | None, revision: str | None) ->
         return _pick(candidates, filename, where=f"{repo_id} in the local cache", root=snapshot)
     except ModelNotFoundError as exc:
         raise ModelNotFoundError(f"{exc} {hint}") from None
+
+
+def check_llama_kwargs(llama_class: Any, kwargs: dict[str, Any]) -> None:
+    """``Llama`` silently ignores unknown keyword arguments: catch typos here instead."""
+    known = set(inspect.signature(llama_class.__init__).parameters) - {"self", "kwargs", "model_path"}
+    for key in kwargs:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known | OWN_KWARGS), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"model.model_kwargs.{key} is not a llama_cpp.Llama argument.{hint}")
+
+
+def pop_projector(kwargs: dict[str, Any]) -> Any:
+    """Pop the projector file from ``kwargs`` (``mmproj``, or the handlers' ``clip_model_path``)."""
+    given = {key: kwargs.pop(key) for key in PROJECTOR_KWARGS if key in kwargs}
+    if len(given) > 1:
+        raise ConfigError("model.model_kwargs: set mmproj or clip_model_path (the same thing), not both.")
+    return next(iter(given.values()), None)
+
+
+def default_slots(llama: Any, n_ctx_seq: int) -> int:
+    """``DEFAULT_SLOTS``, fewer when their KV cache would pass ``KV_BUDGET_BYTES`` (big models, long n_ctx)."""
+    import llama_cpp
+
+    model = llama.model
+    head_dim = llama_cpp.llama_model_n_embd(model) // max(1, llama_cpp.llama_model_n_head(model))
+    per_token = 2 * llama_cpp.llama_model_n_layer(model) * llama_cpp.llama_model_n_head_kv(model) * head_dim * 2
+    return max(1, min(DEFAULT_SLOTS, KV_BUDGET_BYTES // max(1, per_token * n_ctx_seq)))
