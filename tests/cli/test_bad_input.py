@@ -135,7 +135,7 @@ def test_output_path_is_a_directory(tmp_path, cfg):
 CONFIGS = {
     "bad_yaml": ("model:\n  model_name: [unclosed\n", ["cfg.yaml:", "invalid YAML"]),
     "unknown_key": ("model:\n  model_name: a\n  modle_kwargs: {}\n", ["cfg.yaml:3", "Did you mean 'model_kwargs'"]),
-    "bad_enum": ("engine: VLLMM\nmodel:\n  model_name: a\n", ["cfg.yaml:1", "unknown engine 'VLLMM'"]),
+    "bad_enum": ("engine: LLAMA_CPP\nmodel:\n  model_name: a\n", ["cfg.yaml:1", "unknown engine 'LLAMA_CPP'. Did you mean LLAMACPP?"]),
     "out_of_range": ("model:\n  model_name: a\ngeneration:\n  temperature: -0.5\n", ["cfg.yaml:4", "temperature"]),
 }  # fmt: skip
 

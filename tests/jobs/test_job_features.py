@@ -240,6 +240,18 @@ def test_the_summary_counts_answers_cut_off_at_the_token_limit(tmp_path: Path) -
     assert '3 answers stopped at max_new_tokens=2 (finish_reason "length"): raise --generation.max_new_tokens' in (
         proc.stderr
     )
+    # The default model decoding greedily without a repetition guard mostly loops: the advice says so first.
+    with FakeOpenAIChat() as fake:
+        proc = run_cli(
+            "infer", "--engine", "REMOTE", "--model.model_name", "smollm2-135m-instruct", "--input_path", str(inp),
+            "--remote_params.api_url", fake.url + "/v1", "--output_path", str(tmp_path / "out2.jsonl"),
+            "--generation.max_new_tokens", "2",
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        "repeat a phrase (greedy decoding without a repetition guard), add --generation.frequency_penalty 0.3; "
+        "if they were cut mid-answer, raise --generation.max_new_tokens" in proc.stderr.replace("\n", " ")
+    )
 
 
 @pytest.mark.slow

@@ -111,13 +111,18 @@ def load_cli_config(
     return load_config(config, pairs)
 
 
-def warn_if_greedy_loops(cfg: InferenceConfig) -> None:
-    """The default model decoding greedily without a repetition guard tends to repeat one phrase until the
-    token limit ("la Femme, la Femme, ..."): say so, and how to change it. The SPEC's defaults stay."""
+def greedy_loops_likely(cfg: InferenceConfig) -> bool:
+    """Whether ``cfg`` runs the default model greedily without a repetition guard."""
     from infermux.models.default import is_default_model
 
     g = cfg.generation
-    if not is_default_model(cfg.model.model_name) or g.sampling or g.frequency_penalty or g.presence_penalty:
+    return is_default_model(cfg.model.model_name) and not (g.sampling or g.frequency_penalty or g.presence_penalty)
+
+
+def warn_if_greedy_loops(cfg: InferenceConfig) -> None:
+    """The default model decoding greedily without a repetition guard tends to repeat one phrase until the
+    token limit ("la Femme, la Femme, ..."): say so, and how to change it. The SPEC's defaults stay."""
+    if not greedy_loops_likely(cfg):
         return
     logging.getLogger("infermux").warning(
         "%s decodes greedily (temperature 0, the SPEC default) without a repetition guard: small models then "

@@ -32,11 +32,9 @@ def run_engines(*, name: str | None = None, as_json: bool = False, verbose: bool
     if name is not None:
         key = _lookup(name, specs)
         if key is None:
-            import difflib
+            from infermux.configs.engine_type import unknown_engine
 
-            close = difflib.get_close_matches(name.strip().upper(), list(specs), n=1, cutoff=0.5)
-            hint = f" Did you mean {close[0]}?" if close else ""
-            fail(f"unknown engine {name!r}.{hint} Known engines: {', '.join(specs)}.")
+            fail(unknown_engine(name, specs))
         specs = {key: specs[key]}
     facts = [_facts(key, spec) for key, spec in specs.items()]
     if as_json:

@@ -10,6 +10,7 @@ from infermux.cli.common import (
     EXIT_BUDGET,
     EXIT_ROWS_FAILED,
     fail,
+    greedy_loops_likely,
     load_cli_config,
     setup_logging,
     user_errors,
@@ -228,9 +229,13 @@ def _summarise(report: BatchReport, cfg: InferenceConfig) -> int:
         tokens += "; cost unknown (no price for this model)"  # engines without prices (local ones): nothing
     sys.stderr.write(tokens + "\n")
     if report.truncated:
+        fix = "raise --generation.max_new_tokens to let them finish"
+        if greedy_loops_likely(cfg):  # a small model decoding greedily mostly loops: more tokens would not help
+            fix = (f"if they repeat a phrase (greedy decoding without a repetition guard), add "
+                   f"--generation.frequency_penalty 0.3; if they were cut mid-answer, {fix}")  # fmt: skip
         sys.stderr.write(
             f"{report.truncated} answers stopped at max_new_tokens={cfg.generation.max_new_tokens} "
-            '(finish_reason "length"): raise --generation.max_new_tokens to let them finish.\n'
+            f'(finish_reason "length"): {fix}.\n'
         )
     if report.budget_stopped:
         kept = f"kept in {report.partial_path}" if report.partial_path else "printed above"

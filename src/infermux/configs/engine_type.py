@@ -7,11 +7,20 @@ entry-point group (:func:`plugin_targets`, which the registry reads too).
 
 from __future__ import annotations
 
+import difflib
 import enum
+from collections.abc import Iterable
 from functools import lru_cache
 from importlib.metadata import entry_points
 
-__all__ = ["ENTRY_POINT_GROUP", "InferenceEngineType", "engine_name", "engine_value", "plugin_targets"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "InferenceEngineType",
+    "engine_name",
+    "engine_value",
+    "plugin_targets",
+    "unknown_engine",
+]
 
 #: The entry-point group through which third-party packages add engines (name -> "module:Class").
 ENTRY_POINT_GROUP = "infermux.engines"
@@ -76,5 +85,12 @@ def engine_value(value: object) -> InferenceEngineType | str | None:
     plugins = plugin_targets()
     if name in plugins:
         return name
-    known = ", ".join([*dict.fromkeys(m.value for m in InferenceEngineType), *plugins])
-    raise ValueError(f"unknown engine {value!r}; use one of {known}")
+    raise ValueError(unknown_engine(value, [*dict.fromkeys(m.value for m in InferenceEngineType), *plugins]))
+
+
+def unknown_engine(value: object, known: Iterable[str]) -> str:
+    """The error for an engine name that is none of ``known``: the closest name, then all of them."""
+    known = list(known)
+    close = difflib.get_close_matches(str(value).strip().upper().replace("-", "_"), known, n=1, cutoff=0.6)
+    hint = f" Did you mean {close[0]}?" if close else ""
+    return f"unknown engine {value!r}.{hint} Known engines: {', '.join(known)}."

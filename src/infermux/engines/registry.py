@@ -18,7 +18,7 @@ import importlib.util
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from infermux.configs.engine_type import ENTRY_POINT_GROUP, engine_name, plugin_targets
+from infermux.configs.engine_type import ENTRY_POINT_GROUP, engine_name, plugin_targets, unknown_engine
 from infermux.configs.engine_type import InferenceEngineType as E
 from infermux.engines.remote.openai.providers import PROVIDERS
 from infermux.errors import AuthenticationError, ConfigError, EngineUnavailableError, install_hint
@@ -128,7 +128,7 @@ def engine_spec(name: str | E) -> EngineSpec:
         key = E[key].value  # an alias such as GEMINI names its member's engine
     specs = engine_specs()
     if key not in specs:
-        raise ConfigError(f"unknown engine {name!r}. Known engines: {', '.join(specs)}.")
+        raise ConfigError(unknown_engine(name, specs))
     return specs[key]
 
 
