@@ -260,3 +260,11 @@ def test_oumi_vision_configs_load_and_run(tiny_vision_model: Path, tmp_path: Pat
         else:  # each row says why, instead of a failed batch
             for answer in answers:
                 assert "placed 0 image marker(s) (<image>) for 1 image(s)" in answer.metadata["error"]["message"]
+
+
+def test_image_batches_take_the_decode_loop(engine: NativeTextInferenceEngine) -> None:
+    """Idefics3 numbers its text positions plainly: its batches are prefilled with the images, then decoded
+    token by token in the engine's loop (the answers above are that loop's, equal to ``generate``'s)."""
+    from infermux.engines.native.decode import supports_image_decode
+
+    assert supports_image_decode(engine.model)
