@@ -124,6 +124,25 @@ def test_greedy_answers_equal_transformers_by_hand(
     assert len({a.last_message.text for a in answers}) == len(answers)
 
 
+def test_rows_that_end_early_leave_the_batch_with_the_answers_of_transformers(
+    engine: NativeTextInferenceEngine, raw: Any, files: list[Path]
+) -> None:
+    """A stop token from the middle of one answer ends that row early: the decode loop drops it from the
+    batch (and its image-filled KV cache) while the others go on, and every answer stays ``generate``'s."""
+    rows = [[user(path_part(path), text("Describe it."))] for path in files]
+    conversations = [Conversation.model_validate({"messages": messages}) for messages in rows]
+    full = [raw_answer(raw, messages)[0] for messages in rows]
+    stop = full[0][len(full[0]) // 2]
+    answers = engine.infer(conversations, _config(engine, batch_size=4, stop_token_ids=[stop]))
+    lengths = set()
+    for tokens, answer in zip(full, answers, strict=True):
+        cut = tokens[: tokens.index(stop) + 1] if stop in tokens else tokens
+        assert answer.last_message.text == raw[1].tokenizer.decode(cut, skip_special_tokens=True)
+        assert answer.metadata["usage"]["completion_tokens"] == len(cut)
+        lengths.add(len(cut))
+    assert len(lengths) > 1  # the rows did end at different steps
+
+
 def _config(engine: NativeTextInferenceEngine, **generation: Any) -> Any:
     from infermux.configs import InferenceConfig
 
@@ -260,3 +279,11 @@ def test_oumi_vision_configs_load_and_run(tiny_vision_model: Path, tmp_path: Pat
         else:  # each row says why, instead of a failed batch
             for answer in answers:
                 assert "placed 0 image marker(s) (<image>) for 1 image(s)" in answer.metadata["error"]["message"]
+
+
+def test_image_batches_take_the_decode_loop(engine: NativeTextInferenceEngine) -> None:
+    """Idefics3 numbers its text positions plainly: its batches are prefilled with the images, then decoded
+    token by token in the engine's loop (the answers above are that loop's, equal to ``generate``'s)."""
+    from infermux.engines.native.decode import supports_image_decode
+
+    assert supports_image_decode(engine.model)

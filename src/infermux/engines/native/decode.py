@@ -13,8 +13,13 @@ three kinds of waste that ``generate`` has on a batch:
 - **Cache copies.** The KV cache grows in place in a preallocated buffer instead of being concatenated
   (copied whole) at every step.
 
+Image-text-to-text models whose text positions are plain (:func:`supports_image_decode`) take their
+batch as the processor made it (``inputs``: left-padded ids, mask and pixel tensors): one prefill runs the
+vision encoder and puts the images in the KV cache, and the steps after it feed token ids only, as
+``generate`` does.
+
 Models whose cache is not a plain full-attention cache (sliding windows, recurrent states) and beam
-search or guided decoding go through ``model.generate`` instead (see ``native.py``).
+search or guided decoding go through ``model.generate`` instead (see ``engine.py``).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import torch
 from transformers import DynamicCache, LogitsProcessorList
 from transformers.cache_utils import DynamicLayer
 
-__all__ = ["decode", "supports_fast_decode"]
+__all__ = ["decode", "supports_fast_decode", "supports_image_decode"]
 
 # Trim shared left padding once at least this many columns are unused by every remaining row.
 _TRIM_MIN = 8
@@ -47,6 +52,16 @@ def supports_fast_decode(model: Any) -> bool:
         return False
     plain = bool(cache.layers) and all(type(layer) is DynamicLayer for layer in cache.layers)
     return plain and "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
+# Image-text-to-text architectures whose text model numbers positions 0, 1, 2... past the image tokens
+# (no multimodal rotary positions, no cross-attention to the images): after the prefill, a step is text.
+_PLAIN_IMAGE_MODELS = frozenset({"idefics2", "idefics3", "smolvlm"})
+
+
+def supports_image_decode(model: Any) -> bool:
+    """Whether ``decode`` can drive the image-text-to-text ``model`` (given the processor's ``inputs``)."""
+    return getattr(model.config, "model_type", None) in _PLAIN_IMAGE_MODELS and supports_fast_decode(model)
 
 
 class _GrowingLayer(DynamicLayer):
@@ -203,6 +218,18 @@ def _prefill(model: Any, prompts: list[list[int]], pad_id: int, capacity: int, d
     return torch.cat(logits), joined, torch.cat(masks), last, history[torch.tensor(order, device=device)], order
 
 
+def _prefill_inputs(model: Any, inputs: dict[str, Any], capacity: int) -> tuple[Any, ...]:
+    """Prefill one processor-made batch (left-padded ids and mask, pixel tensors) in one call, the images
+    included; the same tuple as :func:`_prefill`, rows in their order."""
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    cache = DynamicCache(config=model.config)
+    out = model(**inputs, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    layers: list[Any] = cache.layers
+    cache.layers = [_GrowingLayer(layer.keys, layer.values, capacity) for layer in layers]
+    return out.logits[:, -1].to(dtype=torch.float32), cache, mask, positions[:, -1:], ids, list(range(len(ids)))
+
+
 def decode(
     model: Any,
     prompts: list[list[int]],
@@ -216,6 +243,7 @@ def decode(
     generator: torch.Generator | None = None,
     on_step: Callable[[list[int], torch.Tensor, torch.Tensor], None] | None = None,
     on_finish: Callable[[int, list[int]], None] | None = None,
+    inputs: dict[str, Any] | None = None,
 ) -> list[list[int]]:
     """Generate up to ``max_new_tokens`` for each prompt; return the new token ids per row.
 
@@ -224,11 +252,17 @@ def decode(
     prompts left-padded to the longest one, then the generated tokens (as with ``generate``).
     ``on_step(rows, scores, tokens)``, when given, sees each step's processed scores of the rows still
     decoding and the tokens chosen (log-probabilities, :mod:`.logprobs`). ``on_finish(row, tokens)`` is
-    called the step a row ends (its answer can be handed on while the others decode).
+    called the step a row ends (its answer can be handed on while the others decode). ``inputs``: an
+    image-text-to-text model's batch as its processor made it (:func:`supports_image_decode`), prefilled
+    as it is instead of ``prompts`` (which then only name the rows).
     """
     device = next(model.parameters()).device
-    capacity = max(len(p) for p in prompts) + max_new_tokens
-    logits, cache, mask, last_position, history, alive = _prefill(model, prompts, pad_id, capacity, device)
+    if inputs is not None:
+        capacity = inputs["input_ids"].shape[1] + max_new_tokens
+        logits, cache, mask, last_position, history, alive = _prefill_inputs(model, inputs, capacity)
+    else:
+        capacity = max(len(p) for p in prompts) + max_new_tokens
+        logits, cache, mask, last_position, history, alive = _prefill(model, prompts, pad_id, capacity, device)
     results: list[list[int]] = [[] for _ in prompts]  # alive: the original row of each batch position
     stop_tensor = torch.tensor(stop_ids or [-1], device=device)
 

@@ -18,7 +18,9 @@
 - Tool calling: :mod:`infermux.engines.local.tool_prompting` (rows that force a call decode under their tools'
   schema, in batches of their own).
 - Images (image-text-to-text models, :mod:`.vision`): the model's processor and chat template, images
-  decoded when their chunk runs; rows with images batch together through ``model.generate``.
+  decoded when their chunk runs; rows with images batch together, through the decode loop where the
+  model's text positions are plain (Idefics3, SmolVLM: the images enter the KV cache at the prefill),
+  else through ``model.generate``.
 - Answers exclude the prompt (unless ``exclude_prompt_from_response`` is false), are decoded with
   ``skip_special_tokens``, and are cut before the first stop string.
 """
@@ -109,10 +111,12 @@ class NativeTextInferenceEngine(InferenceEngine):
         self._device = next(self.model.parameters()).device
         self._max_length = native_rows.prompt_limit(self.model_params, self.tokenizer)
         self._lock = threading.Lock()  # one generation at a time on the model
-        from infermux.engines.native.decode import supports_fast_decode
+        from infermux.engines.native.decode import supports_fast_decode, supports_image_decode
 
-        # The decode loop and stream scheduler feed token ids only: image models run through model.generate.
+        # The stream scheduler feeds token ids only: image models run their batches through the decode loop
+        # (prefilled with the processor's inputs) where their text positions are plain, else model.generate.
         self._fast_decode = not vision and supports_fast_decode(self.model)
+        self._fast_images = vision and supports_image_decode(self.model)
         self._template_has_tools = tool_prompting.renders_tools(getattr(self.tokenizer, "chat_template", None))
         self._vision: Any = None
         if processor is not None:
@@ -279,7 +283,8 @@ class NativeTextInferenceEngine(InferenceEngine):
         if generation.seed is not None:
             torch.manual_seed(generation.seed)
             generator = torch.Generator(device=self._device).manual_seed(generation.seed)
-        fast = self._fast_decode and generation.num_beams == 1 and generation.guided_decoding is None
+        fast = self._fast_images if inputs else self._fast_decode
+        fast = fast and generation.num_beams == 1 and generation.guided_decoding is None
         recorder = ScoreRecorder(len(prompts), generation.top_logprobs) if generation.logprobs else None
 
         ended: dict[int, Answer] = {}
@@ -312,6 +317,7 @@ class NativeTextInferenceEngine(InferenceEngine):
                     generator=generator,
                     on_step=recorder,
                     on_finish=finished,
+                    inputs=inputs,
                 )
             else:
                 from infermux.engines.native.hf_generate import hf_generate

@@ -4,8 +4,9 @@ A row's images are read and decoded (:mod:`infermux.engines.images`) when its ch
 input check, so a job's memory does not grow with its number of rows. Its messages are rendered by the
 model's chat template with an ``{"type": "image"}`` part where each image stands (a PDF: one per page);
 the model's own processor then expands each image into its tokens and makes the pixel tensors, for a
-whole batch at once (left-padded), exactly as ``processor(text=..., images=...)`` followed by
-``model.generate`` does by hand. Rows without images on such a model take the text path.
+whole batch at once (left-padded), exactly as ``processor(text=..., images=...)`` does by hand before
+``model.generate``; the engine's decode loop then prefills that batch (:func:`.decode.supports_image_decode`)
+or hands it to ``model.generate``. Rows without images on such a model take the text path.
 """
 
 from __future__ import annotations
