@@ -63,9 +63,10 @@ def test_the_tools_guide_forced_call_example_calls_a_tool_on_every_row(tmp_path:
 
 
 def test_the_readme_quick_start_in_a_terminal(tmp_path: Path) -> None:
-    """The quick start's batch job, in a pty: it says what it loads (before the bar), warns that greedy
-    decoding of the default model may loop, and ends with a summary; a dry run afterwards counts the
-    input tokens the job sent and estimates the time from the job's speed, without cloud-only lines."""
+    """The quick start's batch job, in a pty: it says what it loads (before the bar), has no greedy-loop
+    warning (it sets the repetition guard), no answer cut at the token limit, and ends with a summary; a
+    dry run afterwards counts the input tokens the job sent and estimates the time from the job's speed,
+    without cloud-only lines."""
     pytest.importorskip("llama_cpp")
     pexpect = pytest.importorskip("pexpect")
     pyte = pytest.importorskip("pyte")
@@ -84,13 +85,15 @@ def test_the_readme_quick_start_in_a_terminal(tmp_path: Path) -> None:
     bar = next(i for i, line in enumerate(lines) if line.startswith("infer "))
     assert loading < bar, lines
     assert any(line.startswith("loaded in ") for line in lines)
-    assert any("decodes greedily" in line for line in lines), lines
+    assert "--generation.frequency_penalty" in argv and not any("decodes greedily" in line for line in lines), lines
+    assert not any("stopped at max_new_tokens" in line for line in lines), lines
     summary = next(line for line in lines if "answered of 4 rows" in line)
     assert summary.startswith("4 answered") and "out/answers.jsonl" in summary
     assert not any("cost" in line for line in lines), "a local job has no cost to speak of"
     tokens_in = int(re.search(r"tokens: (\d+) in", "\n".join(lines)).group(1))  # type: ignore[union-attr]
 
-    dry = [*argv[:-2], "--dry-run", "--no-cache"]  # the same job, planned: nothing cached counts as done
+    at = argv.index("--output_path")
+    dry = [*argv[:at], *argv[at + 2 :], "--dry-run", "--no-cache"]  # the same job, planned: nothing cached is done
     planned = subprocess.run(dry, cwd=folder, env=env, capture_output=True, text=True, timeout=120)
     assert planned.returncode == 0, planned.stderr
     assert f"input tokens: {tokens_in} (with the chat template" in planned.stdout, (tokens_in, planned.stdout)

@@ -134,7 +134,8 @@ def chat(
     tools: str | None = ToolsOpt,
     log_level: str | None = LogOpt,
 ) -> None:
-    """Chat with a model (same as `infer -i`). Reads stdin line by line when it is not a terminal."""
+    """Chat with a model (same as `infer -i`). Reads stdin line by line when it is not a terminal. Extra
+    --section.field VALUE options override the config (e.g. --generation.temperature 0)."""
     from infermux.cli.infer_cmd import run_infer
 
     run_infer(
