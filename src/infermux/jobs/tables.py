@@ -46,6 +46,7 @@ __all__ = [
 INPUT_FORMATS = ("jsonl", "parquet", "dataset")
 _ARROW_STATE = "state.json"
 _PIECE_ROWS = 10_000
+_ROWS_AT_ONCE = 256  # rows turned into Python objects at once (see _records)
 
 
 @dataclass(frozen=True)
@@ -240,7 +241,7 @@ def scan_table(path: str | Path, fmt: str, columns: TableColumns, ids: RowIds | 
         if layout is None:
             _check_mapping(names, columns, file)
             layout = layouts[names] = _Layout.of(names, columns)
-        for number, record in enumerate(batch.to_pylist(), start=start):
+        for number, record in _records(batch, start):
             where = f"{file} ({group}, row {number})"
             try:
                 conv, given_id = _conversation(record, columns, layout, where)
@@ -254,6 +255,14 @@ def scan_table(path: str | Path, fmt: str, columns: TableColumns, ids: RowIds | 
             rid = ids.add(index, given_id, raw)
             yield InputRow(index=index, line=index + 1, row_id=rid, conversation=conv)
             index += 1
+
+
+def _records(batch: Any, start: int) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The rows of ``batch`` as dicts, numbered from ``start``, made a few hundred at a time: a whole
+    piece's rows made at once outlive the young garbage collections and make full ones run (1,000,000 rows
+    of one column: 1.8 s, 1.1 of them collecting, against 0.5 s)."""
+    for offset in range(0, batch.num_rows, _ROWS_AT_ONCE):
+        yield from enumerate(batch.slice(offset, _ROWS_AT_ONCE).to_pylist(), start=start + offset)
 
 
 _ROLE_HINT = 'a list of {"role": ..., "content": ...} items (structs, or the same as JSON text)'
