@@ -38,6 +38,7 @@ __all__ = ["ANSWER_COLUMNS", "OUTPUT_FORMATS", "ParquetJobFiles", "job_files", "
 OUTPUT_FORMATS = ("jsonl", "parquet", "dataset")
 ANSWER_COLUMNS = ("answer", "finish_reason", "prompt_tokens", "completion_tokens", "cost_usd", "error")
 _JSONL_CHUNK = 10_000
+_ROWS_AT_ONCE = 256
 
 
 def output_format(path: str | os.PathLike[str], given: str | None = None) -> str:
@@ -118,7 +119,11 @@ class ParquetJobFiles(JobFiles):
         with self.partial.open("rb") as src, _open_or_none(self.errors if errors is not None else None) as failed:
             try:
                 for table, start in self._input_pieces():
-                    rows = []
+                    # Column by column, a few hundred rows at a time: a piece's answers kept as one tuple per
+                    # row would be 10,000 objects the garbage collector keeps scanning (strings and numbers in
+                    # lists are not tracked).
+                    values: list[list[Any]] = [[] for _ in ANSWER_COLUMNS]
+                    recent: list[tuple[Any, ...]] = []
                     keep = []
                     for position in range(start, start + table.num_rows):
                         offset = done[position] if position < len(done) else -1
@@ -132,18 +137,22 @@ class ParquetJobFiles(JobFiles):
                         row = _answer(line, error)
                         keep.append(row is not None)
                         if row is not None:
-                            rows.append(row)
+                            recent.append(row)
+                            if len(recent) == _ROWS_AT_ONCE:
+                                _extend(values, recent)
+                    _extend(values, recent)
+                    rows = len(values[0])
                     if not rows:
                         continue
-                    table = table.filter(pa.array(keep)) if len(rows) < len(keep) else table
-                    for name, kind, values in zip(ANSWER_COLUMNS, types, zip(*rows, strict=True), strict=True):
-                        table = table.append_column(name, pa.array(values, type=kind))
+                    table = table.filter(pa.array(keep)) if rows < len(keep) else table
+                    for name, kind, column in zip(ANSWER_COLUMNS, types, values, strict=True):
+                        table = table.append_column(name, pa.array(column, type=kind))
                     if writer is None:
                         writer = self.open_writer(tmp, table.schema)
                     elif table.schema != writer.schema:
                         table = table.cast(writer.schema)
                     writer.write_table(table)
-                    written += len(rows)
+                    written += rows
                 if writer is None:  # nothing finished: an empty table with the answer columns
                     empty = pa.table({n: pa.array([], type=t) for n, t in zip(ANSWER_COLUMNS, types, strict=True)})
                     writer = self.open_writer(tmp, empty.schema)
@@ -197,6 +206,13 @@ class ParquetJobFiles(JobFiles):
                     found[position] = pos
                 pos += len(raw)
         return found
+
+
+def _extend(values: list[list[Any]], rows: list[tuple[Any, ...]]) -> None:
+    """Move ``rows`` (answer tuples) onto the ends of the columns in ``values``."""
+    for column, cells in zip(values, zip(*rows, strict=True), strict=False):  # no rows: no cells
+        column.extend(cells)
+    rows.clear()
 
 
 @contextlib.contextmanager
