@@ -23,6 +23,8 @@ from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic_core import from_json
+
 from infermux.errors import OutputError
 from infermux.jobs.files import JobFiles, _conversation_bytes, id_and_digest
 from infermux.jobs.tables import TableColumns, input_format, table_batches, table_columns
@@ -36,6 +38,7 @@ __all__ = ["ANSWER_COLUMNS", "OUTPUT_FORMATS", "ParquetJobFiles", "job_files", "
 OUTPUT_FORMATS = ("jsonl", "parquet", "dataset")
 ANSWER_COLUMNS = ("answer", "finish_reason", "prompt_tokens", "completion_tokens", "cost_usd", "error")
 _JSONL_CHUNK = 10_000
+_ROWS_AT_ONCE = 256
 
 
 def output_format(path: str | os.PathLike[str], given: str | None = None) -> str:
@@ -116,7 +119,12 @@ class ParquetJobFiles(JobFiles):
         with self.partial.open("rb") as src, _open_or_none(self.errors if errors is not None else None) as failed:
             try:
                 for table, start in self._input_pieces():
-                    answers = []
+                    # Column by column, a few hundred rows at a time: a piece's answers kept as one tuple per
+                    # row would be 10,000 objects the garbage collector keeps scanning (strings and numbers in
+                    # lists are not tracked).
+                    values: list[list[Any]] = [[] for _ in ANSWER_COLUMNS]
+                    recent: list[tuple[Any, ...]] = []
+                    keep = []
                     for position in range(start, start + table.num_rows):
                         offset = done[position] if position < len(done) else -1
                         line = None
@@ -126,20 +134,25 @@ class ParquetJobFiles(JobFiles):
                             if index is not None:
                                 index.add(*id_and_digest(line))
                         error = _error(failed, errors[position]) if errors is not None and line is None else None
-                        answers.append(_answer(line, error))
-                    keep = [a is not None for a in answers]
-                    if not any(keep):
+                        row = _answer(line, error)
+                        keep.append(row is not None)
+                        if row is not None:
+                            recent.append(row)
+                            if len(recent) == _ROWS_AT_ONCE:
+                                _extend(values, recent)
+                    _extend(values, recent)
+                    rows = len(values[0])
+                    if not rows:
                         continue
-                    table = table.filter(pa.array(keep)) if not all(keep) else table
-                    rows = [a for a in answers if a is not None]
-                    for name, kind in zip(ANSWER_COLUMNS, types, strict=True):
-                        table = table.append_column(name, pa.array([r[name] for r in rows], type=kind))
+                    table = table.filter(pa.array(keep)) if rows < len(keep) else table
+                    for name, kind, column in zip(ANSWER_COLUMNS, types, values, strict=True):
+                        table = table.append_column(name, pa.array(column, type=kind))
                     if writer is None:
                         writer = self.open_writer(tmp, table.schema)
                     elif table.schema != writer.schema:
                         table = table.cast(writer.schema)
                     writer.write_table(table)
-                    written += len(rows)
+                    written += rows
                 if writer is None:  # nothing finished: an empty table with the answer columns
                     empty = pa.table({n: pa.array([], type=t) for n, t in zip(ANSWER_COLUMNS, types, strict=True)})
                     writer = self.open_writer(tmp, empty.schema)
@@ -195,6 +208,13 @@ class ParquetJobFiles(JobFiles):
         return found
 
 
+def _extend(values: list[list[Any]], rows: list[tuple[Any, ...]]) -> None:
+    """Move ``rows`` (answer tuples) onto the ends of the columns in ``values``."""
+    for column, cells in zip(values, zip(*rows, strict=True), strict=False):  # no rows: no cells
+        column.extend(cells)
+    rows.clear()
+
+
 @contextlib.contextmanager
 def _open_or_none(path: Path | None) -> Iterator[Any]:
     if path is None:
@@ -214,15 +234,14 @@ def _error(failed: Any, offset: int) -> str | None:
     return json.dumps(error, ensure_ascii=False)
 
 
-def _answer(line: bytes | None, error: str | None) -> dict[str, Any] | None:
-    """The answer columns of one row (``line``: its partial-file line), or None when it has neither an
-    answer nor an error."""
+def _answer(line: bytes | None, error: str | None) -> tuple[Any, ...] | None:
+    """The answer columns of one row (``line``: its partial-file line), in :data:`ANSWER_COLUMNS` order, or
+    None when it has neither an answer nor an error."""
     if line is None:
         if error is None:
             return None
-        return {"answer": None, "finish_reason": None, "prompt_tokens": None, "completion_tokens": None,
-                "cost_usd": None, "error": error}  # fmt: skip
-    data = json.loads(_conversation_bytes(line))  # written by infermux: plain JSON, no pydantic pass
+        return None, None, None, None, None, error
+    data = from_json(_conversation_bytes(line))  # written by infermux: plain JSON, no pydantic pass
     messages = data.get("messages") or [{}]
     last = messages[-1]
     answer = None
@@ -230,14 +249,23 @@ def _answer(line: bytes | None, error: str | None) -> dict[str, Any] | None:
         content = last.get("content")
         answer = content if isinstance(content, str) else Message.model_validate(last).text
     metadata = data.get("metadata") or {}
-    usage = Usage.from_json_dict(metadata.get("usage"))  # the stored form is read in one place (types.py)
+    tokens = _tokens(metadata.get("usage"))
     reason = FinishReason.parse(metadata.get("finish_reason"))
     cost = metadata.get("cost_usd")
-    return {
-        "answer": answer,
-        "finish_reason": reason.value if reason is not None else None,
-        "prompt_tokens": usage.prompt_tokens if usage is not None else None,
-        "completion_tokens": usage.completion_tokens if usage is not None else None,
-        "cost_usd": float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) else None,
-        "error": None,
-    }
+    return (
+        answer,
+        reason.value if reason is not None else None,
+        *tokens,
+        float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) else None,
+        None,
+    )
+
+
+def _tokens(stored: Any) -> tuple[int | None, int | None]:
+    """The prompt and completion token counts of a stored ``metadata["usage"]``."""
+    if isinstance(stored, dict):  # the common form, read here without building a Usage
+        prompt, completion = stored.get("prompt_tokens"), stored.get("completion_tokens")
+        if type(prompt) is int and type(completion) is int:
+            return prompt, completion
+    usage = Usage.from_json_dict(stored)  # any other form is read in one place (types.py)
+    return (usage.prompt_tokens, usage.completion_tokens) if usage is not None else (None, None)

@@ -46,6 +46,7 @@ __all__ = [
 INPUT_FORMATS = ("jsonl", "parquet", "dataset")
 _ARROW_STATE = "state.json"
 _PIECE_ROWS = 10_000
+_ROWS_AT_ONCE = 256  # rows turned into Python objects at once (see _records)
 
 
 @dataclass(frozen=True)
@@ -233,16 +234,17 @@ def scan_table(path: str | Path, fmt: str, columns: TableColumns, ids: RowIds | 
 
     ids = RowIds() if ids is None else ids
     index = 0
-    checked: set[tuple[str, ...]] = set()
+    layouts: dict[tuple[str, ...], _Layout] = {}
     for file, group, start, batch in table_batches(path, fmt):
         names = tuple(batch.schema.names)
-        if names not in checked:
+        layout = layouts.get(names)
+        if layout is None:
             _check_mapping(names, columns, file)
-            checked.add(names)
-        for number, record in enumerate(batch.to_pylist(), start=start):
+            layout = layouts[names] = _Layout.of(names, columns)
+        for number, record in _records(batch, start):
             where = f"{file} ({group}, row {number})"
             try:
-                conv, given_id = _conversation(record, columns, where)
+                conv, given_id = _conversation(record, columns, layout, where)
                 if not is_plain_ascii(conv):  # the common row needs no check
                     check_encodable(conv, path=where)
             except InputError as exc:
@@ -253,6 +255,14 @@ def scan_table(path: str | Path, fmt: str, columns: TableColumns, ids: RowIds | 
             rid = ids.add(index, given_id, raw)
             yield InputRow(index=index, line=index + 1, row_id=rid, conversation=conv)
             index += 1
+
+
+def _records(batch: Any, start: int) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The rows of ``batch`` as dicts, numbered from ``start``, made a few hundred at a time: a whole
+    piece's rows made at once outlive the young garbage collections and make full ones run (1,000,000 rows
+    of one column: 1.8 s, 1.1 of them collecting, against 0.5 s)."""
+    for offset in range(0, batch.num_rows, _ROWS_AT_ONCE):
+        yield from enumerate(batch.slice(offset, _ROWS_AT_ONCE).to_pylist(), start=start + offset)
 
 
 _ROLE_HINT = 'a list of {"role": ..., "content": ...} items (structs, or the same as JSON text)'
@@ -283,31 +293,51 @@ def _check_mapping(names: tuple[str, ...], columns: TableColumns, file: str) -> 
         raise InputError("give --system_prompt or --system_column, not both.", path=file)
 
 
-def _conversation(record: dict[str, Any], columns: TableColumns, where: str) -> tuple[Conversation, str | None]:
-    id_column = columns.id_column or ("conversation_id" if "conversation_id" in record else None)
+@dataclass(frozen=True)
+class _Layout:
+    """What a table's columns are for, worked out once per schema rather than once per row."""
+
+    id_column: str | None
+    settings_column: str | None
+    carried: tuple[str, ...]  # the other columns, in column order: the row's metadata
+
+    @classmethod
+    def of(cls, names: tuple[str, ...], columns: TableColumns) -> _Layout:
+        id_column = columns.id_column or ("conversation_id" if "conversation_id" in names else None)
+        settings_column = columns.generation_column or (ROW_KEY if ROW_KEY in names else None)
+        used = {columns.prompt_column, columns.system_column, id_column, settings_column}
+        if not columns.prompt_column:
+            used.add("messages")
+        return cls(id_column, settings_column, tuple(n for n in names if n not in used))
+
+
+def _conversation(
+    record: dict[str, Any], columns: TableColumns, layout: _Layout, where: str
+) -> tuple[Conversation, str | None]:
     given_id = None
-    if id_column:
-        value = record.get(id_column)
+    if layout.id_column:
+        value = record.get(layout.id_column)
         if value is None or value == "":
             if columns.id_column:
-                raise InputError(f"column {id_column!r} (--id_column) is empty; every row needs an id.", path=where)
+                raise InputError(
+                    f"column {layout.id_column!r} (--id_column) is empty; every row needs an id.", path=where
+                )
         else:
             given_id = str(value)
     if columns.prompt_column:
         messages = _prompt_messages(record, columns, where)
-        used = {columns.prompt_column, columns.system_column}
     else:
         messages = _messages_column(record["messages"], where)
-        used = {"messages"}
-    used.add(id_column)
-    row: dict[str, Any] = {"messages": messages, "conversation_id": given_id}
-    settings_column = columns.generation_column or (ROW_KEY if ROW_KEY in record else None)
-    if settings_column is not None:  # the row's own generation settings (infermux.jobs.row_settings)
-        used.add(settings_column)
-        value = record.get(settings_column)
+    # Fields left out take their defaults (no id, no metadata): the same conversation, validated faster.
+    row: dict[str, Any] = {"messages": messages}
+    if given_id is not None:
+        row["conversation_id"] = given_id
+    if layout.settings_column is not None:  # the row's own generation settings (infermux.jobs.row_settings)
+        value = record.get(layout.settings_column)
         if value is not None and value != "":
-            row[ROW_KEY] = check_override(value, path=where, what=settings_column)
-    row["metadata"] = {k: v for k, v in record.items() if k not in used}
+            row[ROW_KEY] = check_override(value, path=where, what=layout.settings_column)
+    if layout.carried:
+        row["metadata"] = {name: record[name] for name in layout.carried}
     try:
         conv = Conversation.model_validate(row)
     except ValidationError as exc:
@@ -352,5 +382,9 @@ def _messages_column(value: Any, where: str) -> Any:
             ) from None
     if not isinstance(value, list):
         raise InputError(f"column 'messages' must be {_ROLE_HINT}.", path=where)
-    # Struct columns give every field of every item, absent ones as null: drop those so defaults apply.
-    return [{k: v for k, v in m.items() if v is not None} if isinstance(m, dict) else m for m in value]
+    # Struct columns give every field of every item, absent ones as null: drop those so defaults apply
+    # (an item with every field set is kept as it is).
+    return [
+        {k: v for k, v in m.items() if v is not None} if isinstance(m, dict) and None in m.values() else m
+        for m in value
+    ]

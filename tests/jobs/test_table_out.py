@@ -1,0 +1,42 @@
+"""The Parquet output's answer columns, read from partial-file lines (no pyarrow needed)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from infermux.jobs.table_out import _answer, _tokens
+from infermux.types import Usage
+
+STORED_USAGE = [
+    {"prompt_tokens": 7, "completion_tokens": 8, "total_tokens": 15},
+    {"prompt_tokens": 7, "completion_tokens": 8},
+    {"prompt_tokens": "7", "completion_tokens": 8.0},
+    {"prompt_tokens": True, "completion_tokens": None},
+    {"prompt_tokens": 7},
+    {"completion_tokens": 3, "extra": "x"},
+    {},
+    None,
+    "7",
+    [7, 8],
+]
+
+
+@pytest.mark.parametrize("stored", STORED_USAGE)
+def test_token_columns_read_usage_as_usage_does(stored: Any) -> None:
+    usage = Usage.from_json_dict(stored)
+    expected = (usage.prompt_tokens, usage.completion_tokens) if usage is not None else (None, None)
+    assert _tokens(stored) == expected
+
+
+def test_a_partial_line_gives_the_answer_columns_in_order() -> None:
+    line = (
+        b'{"id":"r","fp":"f","rq":"d","conversation":{"conversation_id":null,"messages":['
+        b'{"role":"user","content":"hi"},{"role":"assistant","content":"echo: hi"}],'
+        b'"metadata":{"finish_reason":"MAX_TOKENS","usage":{"prompt_tokens":2,"completion_tokens":3},'
+        b'"cost_usd":1}}}\n'
+    )
+    assert _answer(line, None) == ("echo: hi", "length", 2, 3, 1.0, None)
+    assert _answer(None, '{"kind":"x"}') == (None, None, None, None, None, '{"kind":"x"}')
+    assert _answer(None, None) is None
