@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -40,3 +41,30 @@ def test_a_partial_line_gives_the_answer_columns_in_order() -> None:
     assert _answer(line, None) == ("echo: hi", "length", 2, 3, 1.0, None)
     assert _answer(None, '{"kind":"x"}') == (None, None, None, None, None, '{"kind":"x"}')
     assert _answer(None, None) is None
+
+
+def test_every_assembled_output_is_flushed_to_disk_before_it_takes_its_place(tmp_path: Path) -> None:
+    """``fsync_path`` syncs a file, and a folder's files then the folder (a dataset output), by real fsyncs."""
+    import os
+
+    from infermux.jobs.files import fsync_path
+
+    folder = tmp_path / "out.dataset"
+    (folder / "data").mkdir(parents=True)
+    for name in ("data/a.arrow", "data/b.arrow", "state.json"):
+        (folder / name).write_bytes(b"x")
+    synced: list[int] = []
+    real = os.fsync
+
+    def counting(fd: int) -> None:
+        synced.append(fd)
+        real(fd)
+
+    os.fsync = counting  # type: ignore[assignment]
+    try:
+        fsync_path(folder / "state.json")
+        assert len(synced) == 1
+        fsync_path(folder)
+    finally:
+        os.fsync = real
+    assert len(synced) == 1 + 3 + 1  # the file; then the folder's three files and the folder itself

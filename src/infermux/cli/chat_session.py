@@ -340,6 +340,8 @@ def write_jsonl(path: Path, conversations: list[Conversation]) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             for conversation in conversations:
                 fh.write(json.dumps(conversation.to_json_dict(), ensure_ascii=False) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())  # on disk before it replaces the old file
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from infermux.errors import InputError, OutputError
+from infermux.jobs.files import fsync_path
 from infermux.jobs.tables import _pyarrow, input_format, table_batches
 
 __all__ = ["ConvertReport", "convert"]
@@ -59,6 +60,7 @@ def convert(
             os.replace(tmp, output)
         else:
             rows = _write_table(input_path, source, target, tmp)
+            fsync_path(tmp)
             if target == "dataset":
                 DatasetJobFiles.install(tmp, output)
             else:

@@ -45,7 +45,7 @@ from infermux.types import Conversation
 if TYPE_CHECKING:
     from infermux.jobs.finished import IndexWriter
 
-__all__ = ["DoneRows", "JobFiles", "JobWriteError", "RowPositions"]
+__all__ = ["DoneRows", "JobFiles", "JobWriteError", "RowPositions", "fsync_path"]
 
 logger = logging.getLogger("infermux.jobs")
 
@@ -400,6 +400,7 @@ class JobFiles:
         index = finished.IndexWriter(self) if complete and self.remote is None else None
         try:
             written = self.write_output(ordered_ids, tmp, index)
+            fsync_path(tmp)  # on disk before it takes the output's place, whatever wrote it (JSONL, Parquet, folder)
             self.install_output(tmp)
         except BaseException:
             if index is not None:
@@ -465,8 +466,6 @@ class JobFiles:
                 if index is not None:
                     index.add(*id_and_digest(line))
                 written += 1
-            out.flush()
-            os.fsync(out.fileno())
         return written
 
     def _remove_own_folder(self) -> None:
@@ -506,3 +505,20 @@ def _parse_record(raw: bytes) -> dict[str, Any] | None:
     except ValueError:
         return None
     return record if isinstance(record, dict) and "id" in record else None
+
+
+def fsync_path(path: Path) -> None:
+    """Flush ``path`` to disk: a file, or a folder's files and the folder itself (before ``os.replace``
+    puts it in place, so that a crash right after leaves the whole new output or the old one)."""
+    if path.is_dir():
+        for child in sorted(path.rglob("*")):
+            if child.is_file():
+                fsync_path(child)
+        flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
+    else:
+        flags = os.O_RDONLY
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from infermux.jobs.files import fsync_path
+
 __all__ = ["MAX_FILE_BYTES", "MAX_REQUESTS", "Store", "default_batch_dir", "page"]
 
 #: OpenAI's limits for a batch input file.
@@ -114,6 +116,7 @@ class Store:
             "expires_at": None,
             "status_details": None,
         }
+        fsync_path(tmp)  # the file's bytes on disk before its name and object say it exists
         os.replace(tmp, self.data_path(file_id))
         write_json(self.files_dir / f"{file_id}.json", obj)
         return obj
