@@ -222,6 +222,7 @@ def p9(rows: int, once: bool = False) -> dict[str, Any]:
         for n, fmt in enumerate(order):
             source = inp if fmt == "jsonl" else Path(tmp) / "in.parquet"
             cmd = [*_cli(config, source, Path(tmp) / f"out{n}.{fmt}"), "--no-cache"]  # both send every row
+            _reset(url)  # the stub keeps each request's text: every run starts from an empty log
             code, peak, elapsed = _run_measured(cmd)
             runs[fmt].append({"exit_code": code, "peak_rss_mb": peak, "wall_s": elapsed, "rows_per_s": rows / elapsed})
         for fmt, done in runs.items():
