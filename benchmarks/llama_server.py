@@ -16,7 +16,7 @@ on 2 cores the first time; never part of ``make test``). Then, on the default mo
   way) are printed beside them.
 - ``serve``: ``infermux serve`` (default engine) against ``llama-server -np 16``, 16 streamed clients x 8
   requests of distinct prompts (``bench_serve.load``): throughput and p50 time to first token
-  (``--serve-flash-attn``: also ``infermux serve`` with ``model_kwargs.flash_attn: true``).
+  (``--serve-flash-attn``: also ``infermux serve`` with ``model_kwargs.flash_attn: false``, the plain path).
 - the physical limit: the model's FLOPs per token, and what this machine does on the same kernels at
   their best (one 512-token prompt through llama.cpp: Q4_1 weights; a 512x576 @ 576x1536 torch matmul for
   float32 and bfloat16); each throughput is printed as a share of it.
@@ -111,6 +111,9 @@ def build(version: str, args: str) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- servers
+CACHE_TYPES = {0: "f32", 1: "f16", 8: "q8_0", 30: "bf16"}  # ggml_type -> llama-server's -ctk/-ctv name
+
+
 def engine_settings(llama: Any) -> list[str]:
     """llama-server flags that give it what our engine's ``Llama`` runs with."""
     from infermux.engines.llamacpp.cpu import default_use_extra_bufts
@@ -118,7 +121,7 @@ def engine_settings(llama: Any) -> list[str]:
     p = llama.context_params
     fa = {-1: "auto", 0: "off", 1: "on"}.get(int(p.flash_attn_type), "auto")
     flags = ["-t", str(p.n_threads), "-tb", str(p.n_threads_batch), "-b", str(p.n_batch), "-ub", str(p.n_ubatch)]
-    flags += ["-fa", fa]
+    flags += ["-fa", fa, "-ctk", CACHE_TYPES[int(p.type_k)], "-ctv", CACHE_TYPES[int(p.type_v)]]
     return flags if default_use_extra_bufts() else [*flags, "--no-repack"]
 
 
@@ -282,9 +285,9 @@ def serve_part(
         results["infermux serve (LLAMACPP)"] = asyncio.run(
             load(api, model, clients, requests, MAX_NEW_TOKENS, fresh_connections=True)
         )
-    if flash_attn:  # the opt-in: faster on CPUs, answers then depend on the batch (engines/llamacpp/settings.py)
-        with serve("--model.model_name", DEFAULT_MODEL, "--model.model_kwargs.flash_attn", "true", timeout=600) as s:
-            results["infermux serve, flash_attn: true"] = asyncio.run(
+    if flash_attn:  # the default before flash attention came with a bfloat16 V cache (engines/llamacpp/settings.py)
+        with serve("--model.model_name", DEFAULT_MODEL, "--model.model_kwargs.flash_attn", "false", timeout=600) as s:
+            results["infermux serve, flash_attn: false"] = asyncio.run(
                 load(s.api, DEFAULT_MODEL, clients, requests, MAX_NEW_TOKENS, fresh_connections=True)
             )
     for name, r in results.items():
@@ -308,7 +311,9 @@ def main() -> None:
         "--own-settings", action="store_true", help="llama-server with its default threads and flash attention"
     )
     parser.add_argument(
-        "--serve-flash-attn", action="store_true", help="serve part: also infermux serve with model_kwargs flash_attn"
+        "--serve-flash-attn",
+        action="store_true",
+        help="serve part: also infermux serve with model_kwargs flash_attn: false",
     )
     args = parser.parse_args()
     binary = build(dist_version("llama_cpp_python"), cmake_args())

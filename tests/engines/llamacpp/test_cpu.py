@@ -170,4 +170,4 @@ def test_loading_a_model_logs_features_extra_buffer_types_and_threads(caplog: py
     assert " ".join(enabled) in line
     assert f"extra buffer types {'on' if default_use_extra_bufts() else 'off'}" in line
     assert f"n_threads {llama.n_threads}, n_threads_batch {llama.n_threads_batch};" in line
-    assert "flash attention off;" in line  # the engine's default (settings.llama_kwargs)
+    assert "flash attention on;" in line  # the engine's default (settings.llama_kwargs)

@@ -71,10 +71,12 @@ def raw(tiny_vision_gguf: Path):
     from llama_cpp.llama_chat_format import MTMDChatHandler
 
     from infermux.engines.llamacpp.cpu import model_defaults
+    from infermux.engines.llamacpp.settings import llama_kwargs
 
     handler = MTMDChatHandler(clip_model_path=str(tiny_vision_gguf / "mmproj.gguf"), verbose=False)
-    with model_defaults():  # as the engine loads it (AMX guard)
-        llm = Llama(model_path=str(tiny_vision_gguf / "model.gguf"), n_ctx=N_CTX, chat_handler=handler, verbose=False)
+    with model_defaults():  # as the engine loads it (AMX guard, flash attention and cache types)
+        path = str(tiny_vision_gguf / "model.gguf")
+        llm = Llama(model_path=path, chat_handler=handler, **llama_kwargs({"n_ctx": N_CTX}))
     yield llm
     llm.close()
 

@@ -24,8 +24,8 @@ Engine-specific ``model_kwargs`` (not passed to ``Llama``):
   back on for a build known to work there.
 
 Threads (:mod:`.settings`): ``n_threads`` and ``n_threads_batch`` one per physical core (llama.cpp's own
-default; llama-cpp-python's is half the CPUs for ``n_threads``); flash attention off, so that each answer is
-the one its sequence gets alone. A ``model_kwargs`` key wins.
+default; llama-cpp-python's is half the CPUs for ``n_threads``); flash attention on, with a bfloat16 V cache, so
+that each answer is still the one its sequence gets alone. A ``model_kwargs`` key wins.
 
 Unless ``OMP_WAIT_POLICY`` is set, llama.cpp's threads wait passively for each other when other work
 keeps the machine busy at start-up, and keep OpenMP's default (spin, then sleep) on an idle machine:
@@ -116,8 +116,10 @@ class LlamaCppInferenceEngine(InferenceEngine):
             "with its extra buffer types (AMX, weight repacking) off there; model_kwargs.use_extra_bufts: true "
             "turns them back on. `infermux engines --verbose` shows what was chosen.",
             "threads: n_threads and n_threads_batch default to one per physical core (llama.cpp's own default); "
-            "flash attention stays off (llama-cpp-python's default): on CPUs it makes an answer depend on its batch "
-            "neighbours and on prefix reuse. model_kwargs n_threads, n_threads_batch, flash_attn override them.",
+            "flash attention is on with a bfloat16 V cache (type_v; K float16): K and V of different types keep "
+            "llama.cpp's CPU kernel the same whatever the batch, so an answer does not depend on its neighbours or "
+            "on prefix reuse (with both float16, as llama-server, it does). Off with n_gpu_layers. model_kwargs "
+            "n_threads, n_threads_batch, flash_attn, type_k, type_v override them.",
         ),
     )
 
