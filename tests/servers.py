@@ -37,10 +37,19 @@ FAULT_PROXY = ROOT / "tests" / "fakes" / "fault_proxy.py"
 LLAMA_CPP_SERVER = ROOT / "benchmarks" / "llama_cpp_server.py"
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port free now and not handed out before in this session (the kernel may offer a just-released
+    port again, and servers started later than their port was picked would then collide)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def _stop(proc: subprocess.Popen[bytes] | subprocess.Popen[str]) -> None:

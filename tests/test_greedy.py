@@ -11,7 +11,7 @@ from tests.greedy import assert_same_or_near_tie
 
 def entry(token: str, logprob: float, second: str, second_logprob: float) -> SimpleNamespace:
     alts = [SimpleNamespace(token=token, logprob=logprob), SimpleNamespace(token=second, logprob=second_logprob)]
-    return SimpleNamespace(token=token, top_logprobs=alts)
+    return SimpleNamespace(token=token, logprob=logprob, top_logprobs=alts)
 
 
 # "The answer is 4." where " is" led " was" by 0.2 nats (a near-tie) and " 4" led " four" by 3 nats.
@@ -36,6 +36,17 @@ def test_the_same_answer_and_a_flip_at_a_near_tie_pass() -> None:
 def test_real_differences_fail(text: str) -> None:
     with pytest.raises(AssertionError):
         assert_same_or_near_tie(text, REFERENCE)
+
+
+def test_an_exact_tie_listed_before_the_reference_token_passes() -> None:
+    # vLLM took "\n" at an exact tie with " Red", which its top_logprobs list first.
+    tie = SimpleNamespace(token="\n", logprob=-1.6, top_logprobs=[SimpleNamespace(token=" Red", logprob=-1.6),
+                                                                   SimpleNamespace(token="\n", logprob=-1.6)])  # fmt: skip
+    reference = [entry("Colours:", -0.1, "Colors:", -3.0), tie, entry("Red", -0.1, "Blue", -3.0)]
+    assert_same_or_near_tie("Colours:\nRed", reference)
+    assert_same_or_near_tie("Colours: Red, Blue", reference)
+    with pytest.raises(AssertionError):
+        assert_same_or_near_tie("Colours: Green", reference)
 
 
 def test_a_reference_cut_by_a_stop_string_passes_equal_and_the_closest_gap_is_returned() -> None:

@@ -615,11 +615,13 @@ def test_forced_calls_with_defs_and_a_call_cut_by_max_new_tokens(engine):
 
     row = Conversation.model_validate({"messages": [{"role": "user", "content": "Order two apples to Oslo."}],
                                        "tools": [t.to_json_dict() for t in DEF_TOOLS[:1]]})  # fmt: skip
-    (answer,) = engine.infer([row], gen_config(engine, max_new_tokens=160, tool_choice="required"))
+    # Room for the call: the grammar lets the model put whitespace between tokens, and how much it puts
+    # differs from CPU to CPU (one took 160+ tokens for three items, laid out over many lines).
+    (answer,) = engine.infer([row], gen_config(engine, max_new_tokens=400, tool_choice="required"))
     assert "error" not in answer.metadata, answer.metadata.get("error")
     for call in answer.last_message.tool_calls or []:
         jsonschema.validate(call.function.parsed_arguments(), ORDER)
-    assert answer.last_message.tool_calls
+    assert answer.last_message.tool_calls, answer.metadata
     (cut,) = engine.infer([row], gen_config(engine, max_new_tokens=4, tool_choice="required"))
     assert "error" not in cut.metadata, cut.metadata.get("error")  # was a row error: now a length answer
     assert cut.metadata["finish_reason"] == "length"

@@ -38,11 +38,19 @@ class Stub:
         self.proc: subprocess.Popen[str] | None = None
 
     def start(self) -> None:
-        cmd = [sys.executable, str(STUB_SERVER), "--port", str(self.port), *self.args]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, bufsize=1)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        assert line.startswith("READY "), f"stub did not start: {line!r}"
+        """Start on this stub's port; the first start moves to another port if something else took it
+        meanwhile (a restart must come back on the same one)."""
+        for _ in range(1 if self.proc is not None else 3):
+            cmd = [sys.executable, str(STUB_SERVER), "--port", str(self.port), *self.args]
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, bufsize=1)
+            assert self.proc.stdout is not None
+            line = self.proc.stdout.readline()
+            if line.startswith("READY "):
+                return
+            self.proc.wait()
+            self.port = free_port()
+            self.url = f"http://127.0.0.1:{self.port}"
+        raise AssertionError(f"stub did not start: {line!r}")
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
