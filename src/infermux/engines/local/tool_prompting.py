@@ -198,8 +198,7 @@ class StreamedText:
 
     def feed(self, delta: str) -> str:
         """The part of ``delta`` to show now ("" while held)."""
-        if not self.active:
-            self.shown += delta
+        if not self.active:  # every delta passes, and nothing is kept (rest is then "")
             return delta
         if self._stopped:
             return ""
@@ -217,7 +216,7 @@ class StreamedText:
     def rest(self, final_text: str | None) -> str:
         """What ``final_text`` (the answer's text) adds to what was shown, when it extends it; else ""."""
         final_text = final_text or ""
-        if not final_text.startswith(self.shown):
+        if not self.active or not final_text.startswith(self.shown):
             return ""
         out = final_text[len(self.shown) :]
         self.shown = final_text
