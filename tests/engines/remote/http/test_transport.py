@@ -19,7 +19,6 @@ from infermux.engines.remote.http.transport import (
     Transport,
     TransportSettings,
     _Attempt,
-    _json_of,
     parse_retry_hint,
     redact,
 )
@@ -285,27 +284,3 @@ def test_a_request_gets_a_second_round_of_retries_only_while_others_succeed() ->
     assert isinstance(outcome, RemoteError) and "gave up after 4 failed attempts" in str(outcome)
     outcome, requests = asyncio.run(go(with_healthy_traffic=True))
     assert outcome == "echo: alone=False" and requests == 6 + 1
-
-
-@pytest.mark.parametrize(
-    "body",
-    [
-        '{"a": "caf\u00e9 \U0001f600", "b": [1, 2.5, null]}'.encode(),
-        b'{"half": "\\ud83d"}',  # a lone surrogate escape decodes as json.loads does
-        '{"x": 1}'.encode("utf-16-le"),  # "{" then NUL: encoding detection still applies
-        '{"x": 1}'.encode("utf-16"),
-        '{"x": 1}'.encode("utf-8-sig"),
-        b' {"x": 1}',
-        b"[1, 2]",
-    ],
-)
-def test_reply_bodies_decode_as_json_loads_does(body: bytes) -> None:
-    assert _json_of(body) == json.loads(body)
-
-
-@pytest.mark.parametrize("body", [b"{", b'{"x": 1} extra', b'{"x": "\xff"}', b""])
-def test_bad_reply_bodies_fail_as_json_loads_does(body: bytes) -> None:
-    with pytest.raises(ValueError) as expected:
-        json.loads(body)
-    with pytest.raises(type(expected.value)):
-        _json_of(body)
