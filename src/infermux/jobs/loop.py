@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from infermux.errors import RowError
 from infermux.jobs.cache import cache_key
+from infermux.jobs.collector import fewer_collections
 from infermux.jobs.cost import CostTotals, price_answer
 from infermux.jobs.files import DoneRows, JobFiles, JobWriteError
 from infermux.jobs.finished import drop_leftovers, finished_rows, reopen
@@ -179,16 +180,17 @@ async def run_chunks(
             for row, result in zip(chunk, await engine.answer(conversations, chosen), strict=True):
                 on_result(row, result)
 
-    if workers == 1:
-        await work()
-        return
-    tasks = [asyncio.ensure_future(work()) for _ in range(workers)]
-    try:
-        await asyncio.gather(*tasks)
-    finally:  # one worker failed (or the job was cancelled): the others stop too, before anything else runs
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    with fewer_collections():  # a few objects per row in flight, almost no garbage (see jobs/collector.py)
+        if workers == 1:
+            await work()
+            return
+        tasks = [asyncio.ensure_future(work()) for _ in range(workers)]
+        try:
+            await asyncio.gather(*tasks)
+        finally:  # one worker failed (or the job was cancelled): the others stop too, before anything else runs
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def record_result(
