@@ -656,7 +656,10 @@ class Conversation(BaseModel):
 
     @property
     def has_images(self) -> bool:
-        return any(m.images for m in self.messages)
+        for message in self.messages:  # noqa: SIM110 (a loop, not any(): this runs for every row a job checks)
+            if type(message.content) is list and message.images:  # only list content holds images
+                return True
+        return False
 
     # The answer, read back from ``metadata`` (its stored, Oumi-compatible form, written by ``with_reply``
     # and the job): each field parsed on first read and kept with the stored value it came from, so a

@@ -178,27 +178,33 @@ class InferenceEngine:
             async for i, result in self.answer_each(conversations, generation):
                 collected[i] = result
             return [r if r is not None else RowError(kind="internal", message="no result") for r in collected]
-        results: list[Conversation | RowError | None] = [None] * len(conversations)
-        runnable: list[int] = []
-        for i, conversation in enumerate(conversations):
-            problem = self._row_problem(conversation, generation)
-            if problem is not None:
-                results[i] = problem
-            else:
-                runnable.append(i)
+        problems = [self._row_problem(conversation, generation) for conversation in conversations]
+        if not any(problems):  # every row runs (the common chunk): the engine's answers are the results
+            return await self._answer_runnable(conversations, generation)
+        runnable = [i for i, problem in enumerate(problems) if problem is None]
+        results: list[Conversation | RowError | None] = list(problems)
         if runnable:
-            try:
-                out = await self._infer_chunk([conversations[i] for i in runnable], generation)
-                if len(out) != len(runnable):
-                    raise RuntimeError(f"engine returned {len(out)} results for {len(runnable)} rows")
-            except (asyncio.CancelledError, ServerUnreachableError):  # the job's end, not a row's failure
-                raise
-            except Exception as exc:  # a chunk-wide failure becomes a failure of each of its rows
-                error = RowError.from_exception(exc)
-                out = [error] * len(runnable)
-            for i, result in zip(runnable, out, strict=True):
+            answers = await self._answer_runnable([conversations[i] for i in runnable], generation)
+            for i, result in zip(runnable, answers, strict=True):
                 results[i] = result
         return [r if r is not None else RowError(kind="internal", message="no result") for r in results]
+
+    async def _answer_runnable(
+        self, conversations: list[Conversation], generation: GenerationParams
+    ) -> list[Conversation | RowError]:
+        """:meth:`_infer_chunk` on rows that passed their checks; a chunk-wide failure is each row's error."""
+        try:
+            out = await self._infer_chunk(conversations, generation)
+            if len(out) != len(conversations):
+                raise RuntimeError(f"engine returned {len(out)} results for {len(conversations)} rows")
+        except (asyncio.CancelledError, ServerUnreachableError):  # the job's end, not a row's failure
+            raise
+        except Exception as exc:  # a chunk-wide failure becomes a failure of each of its rows
+            return [RowError.from_exception(exc)] * len(conversations)
+        for result in out:
+            if result is None:  # an engine that left a row out
+                return [r if r is not None else RowError(kind="internal", message="no result") for r in out]
+        return out
 
     async def answer_each(
         self, conversations: list[Conversation], generation: GenerationParams

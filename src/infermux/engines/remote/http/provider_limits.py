@@ -85,7 +85,10 @@ def read_limit_headers(headers: Mapping[str, str]) -> dict[str, Announced]:
     ``output_tokens``); empty when it announces none. Header names are matched case-insensitively."""
     if not isinstance(headers, CIMultiDictProxy | CIMultiDict):
         headers = CIMultiDict(headers)
-    if not any(probe in headers for probe in _PROBES):
+    for probe in _PROBES:  # a loop, not any(): this runs for every reply
+        if probe in headers:
+            break
+    else:
         return {}
     found: dict[str, Announced] = {}
     for name, (openai, anthropic) in _NAMES.items():

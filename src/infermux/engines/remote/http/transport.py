@@ -78,6 +78,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import aiohttp
 
 from infermux.engines.remote.http.classify import permanent_failure
+from infermux.engines.remote.http.codec import decode_json, encode_json
 from infermux.engines.remote.http.limits import AimdLimiter, WindowLimiter, parse_retry_hint, retry_hint
 from infermux.engines.remote.http.provider_limits import ProviderLimits
 from infermux.engines.remote.http.spans import event, status_attribute, traced_attempt
@@ -107,9 +108,6 @@ T = TypeVar("T")
 RETRY_STATUSES = frozenset({408, 409, 425, 429})
 _PARSE_ERRORS = (ValueError, KeyError, TypeError, IndexError)
 _CONNECTION_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError)
-# One encoder for every body: compact, UTF-8 as is (``json.dumps`` with options builds a new encoder per call).
-_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-_DECODE = json.JSONDecoder().decode  # what ``json.loads`` calls, without its per-call checks
 _PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 # aiohttp's limits, set here rather than left to the installed version's defaults: the read buffer, and
 # the longest status or header line and header field of a reply (long request ids and signed headers
@@ -161,9 +159,12 @@ class TransportSettings:
         return cls(**values)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class HttpRequest:
-    """One call as a protocol adapter describes it. ``headers`` may carry secrets: never printed."""
+    """One call as a protocol adapter describes it. ``headers`` may carry secrets: never printed.
+
+    Treat it as immutable (``dataclasses.replace`` for a variant); not frozen only because a frozen
+    dataclass's constructor costs three times as much, and one is built for every row."""
 
     url: str
     body: bytes
@@ -172,7 +173,7 @@ class HttpRequest:
 
     @classmethod
     def json(cls, url: str, payload: Any, headers: Mapping[str, str]) -> HttpRequest:
-        return cls(url, _ENCODE(payload).encode(), headers)
+        return cls(url, encode_json(payload), headers)
 
 
 @dataclass(frozen=True)
@@ -185,7 +186,7 @@ class HttpResponse:
 
     @classmethod
     def json(cls, payload: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> HttpResponse:
-        return cls(status, _ENCODE(payload).encode(), {"Content-Type": "application/json", **(headers or {})})
+        return cls(status, encode_json(payload), {"Content-Type": "application/json", **(headers or {})})
 
 
 #: An in-process stand-in for the server (see "In-process handler" above).
@@ -229,14 +230,6 @@ async def _lines(body: bytes | AsyncIterable[bytes], timeout: float) -> AsyncIte
         close = getattr(chunks, "aclose", None)
         if close is not None:
             await close()
-
-
-def _json_of(body: bytes) -> Any:
-    """``json.loads(body)``. For bytes it first detects the encoding (a Python-level step per reply): a
-    body that opens with ``{`` and no NUL byte after it is UTF-8 by that same rule, so it is decoded at once."""
-    if len(body) > 1 and body[0] == 0x7B and body[1]:  # "{", then not NUL
-        return _DECODE(body.decode("utf-8", "surrogatepass"))
-    return json.loads(body)
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
@@ -560,7 +553,7 @@ class Transport(Generic[T]):
         if status >= 400:
             raise self._status_failure(status, body, headers)
         try:
-            return parse(body if raw else _json_of(body))
+            return parse(body if raw else decode_json(body))
         except _PARSE_ERRORS as exc:
             snippet = body[:200].decode("utf-8", "replace")
             raise _Attempt(
