@@ -703,7 +703,10 @@ class Conversation(BaseModel):
             usage = Usage.from_json_dict(stored)
             prompt = (usage.prompt_tokens or 0) if usage is not None else 0
             completion = (usage.completion_tokens or 0) if usage is not None else 0
-        return prompt, completion, FinishReason.parse(metadata.get("finish_reason")) is FinishReason.LENGTH
+        reason = metadata.get("finish_reason")
+        if reason is None or reason == "stop":  # the common answers, without the normaliser
+            return prompt, completion, False
+        return prompt, completion, FinishReason.parse(reason) is FinishReason.LENGTH
 
     @property
     def cached(self) -> bool:

@@ -178,33 +178,40 @@ class InferenceEngine:
             async for i, result in self.answer_each(conversations, generation):
                 collected[i] = result
             return [r if r is not None else RowError(kind="internal", message="no result") for r in collected]
-        problems = [self._row_problem(conversation, generation) for conversation in conversations]
-        if not any(problems):  # every row runs (the common chunk): the engine's answers are the results
-            return await self._answer_runnable(conversations, generation)
-        runnable = [i for i, problem in enumerate(problems) if problem is None]
-        results: list[Conversation | RowError | None] = list(problems)
-        if runnable:
-            answers = await self._answer_runnable([conversations[i] for i in runnable], generation)
-            for i, result in zip(runnable, answers, strict=True):
+        if not conversations:
+            return []
+        if len(conversations) == 1:  # (one row a call on remote engines: this runs for every row)
+            problems = [self._row_problem(conversations[0], generation)]
+        else:
+            problems = [self._row_problem(conversation, generation) for conversation in conversations]
+        runnable: list[int] | None = None  # None: every row runs (the common chunk), no lists to line up
+        todo = conversations
+        if problems[0] is not None or (len(problems) > 1 and any(problems)):
+            runnable = [i for i, problem in enumerate(problems) if problem is None]
+            todo = [conversations[i] for i in runnable]
+        out: list[Conversation | RowError] = []
+        if todo:
+            try:
+                out = await self._infer_chunk(todo, generation)
+                if len(out) != len(todo):
+                    raise RuntimeError(f"engine returned {len(out)} results for {len(todo)} rows")
+            except (asyncio.CancelledError, ServerUnreachableError):  # the job's end, not a row's failure
+                raise
+            except Exception as exc:  # a chunk-wide failure becomes a failure of each of its rows
+                out = [RowError.from_exception(exc)] * len(todo)
+        results: list[Conversation | RowError | None]
+        if runnable is None:
+            results = out  # type: ignore[assignment]
+            for result in out:
+                if result is None:  # an engine that left a row out
+                    break
+            else:
+                return out
+        else:
+            results = list(problems)
+            for i, result in zip(runnable, out, strict=True):
                 results[i] = result
         return [r if r is not None else RowError(kind="internal", message="no result") for r in results]
-
-    async def _answer_runnable(
-        self, conversations: list[Conversation], generation: GenerationParams
-    ) -> list[Conversation | RowError]:
-        """:meth:`_infer_chunk` on rows that passed their checks; a chunk-wide failure is each row's error."""
-        try:
-            out = await self._infer_chunk(conversations, generation)
-            if len(out) != len(conversations):
-                raise RuntimeError(f"engine returned {len(out)} results for {len(conversations)} rows")
-        except (asyncio.CancelledError, ServerUnreachableError):  # the job's end, not a row's failure
-            raise
-        except Exception as exc:  # a chunk-wide failure becomes a failure of each of its rows
-            return [RowError.from_exception(exc)] * len(conversations)
-        for result in out:
-            if result is None:  # an engine that left a row out
-                return [r if r is not None else RowError(kind="internal", message="no result") for r in out]
-        return out
 
     async def answer_each(
         self, conversations: list[Conversation], generation: GenerationParams

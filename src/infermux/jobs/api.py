@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 
 from infermux.configs.engine_type import engine_name
 from infermux.errors import InputError, OutputError, RowError, ServerUnreachableError
+from infermux.jobs.collector import fewer_collections
 from infermux.jobs.finished import drop_leftovers, finished_rows
 from infermux.jobs.loop import BatchReport, JobFiles, run_job
 from infermux.jobs.options import JobOptions
@@ -369,13 +370,14 @@ async def ainfer(
 ) -> list[Conversation]:
     """Answer ``conversations`` (or ``config.input_path``); write ``config.output_path`` if set."""
     call_engine = _engine_for_config(engine, config) if config is not None else engine
-    if call_engine is engine:
-        return await _ainfer(engine, conversations, config)
-    try:
-        return await _ainfer(call_engine, conversations, config)
-    finally:
-        engine.last_report = call_engine.last_report
-        call_engine.close()
+    with fewer_collections():  # rows read, answered and put in order: a few objects each (jobs/collector.py)
+        if call_engine is engine:
+            return await _ainfer(engine, conversations, config)
+        try:
+            return await _ainfer(call_engine, conversations, config)
+        finally:
+            engine.last_report = call_engine.last_report
+            call_engine.close()
 
 
 async def _ainfer(

@@ -166,7 +166,8 @@ async def run_chunks(
                     await answer(chunk)
 
     async def answer(chunk: list[InputRow]) -> None:
-        conversations = [row.conversation for row in chunk]
+        # (one row a chunk on remote engines: this runs for every row)
+        conversations = [chunk[0].conversation] if len(chunk) == 1 else [row.conversation for row in chunk]
         chosen = settings.of(conversations[0])
         if isinstance(chosen, RowError):  # the rows' overrides are not possible on this engine
             for row in chunk:
@@ -177,8 +178,12 @@ async def run_chunks(
                 async for index, result in results:
                     on_result(chunk[index], result)
         else:
-            for row, result in zip(chunk, await engine.answer(conversations, chosen), strict=True):
-                on_result(row, result)
+            answers = await engine.answer(conversations, chosen)
+            if len(chunk) == 1:
+                on_result(chunk[0], answers[0])
+            else:
+                for row, result in zip(chunk, answers, strict=True):
+                    on_result(row, result)
 
     with fewer_collections():  # a few objects per row in flight, almost no garbage (see jobs/collector.py)
         if workers == 1:
@@ -247,7 +252,7 @@ async def run_job(
     if files is None:
         return await _run_rows(engine, rows, generation, report, None, None, on_row, on_progress, options, settled)
     files.check_writable()
-    with files.locked():
+    with files.locked(), fewer_collections():  # reading, answering and assembling: see jobs/collector.py
         report.output_path = files.destination
         report.partial_path = str(files.partial)
         if finished_rows(files, rows) == report.total:

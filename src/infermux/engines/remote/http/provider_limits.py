@@ -83,7 +83,7 @@ def _int(value: str | None) -> int | None:
 def read_limit_headers(headers: Mapping[str, str]) -> dict[str, Announced]:
     """The budgets a reply's headers announce, by name (``requests``, ``tokens``, ``input_tokens``,
     ``output_tokens``); empty when it announces none. Header names are matched case-insensitively."""
-    if not isinstance(headers, CIMultiDictProxy | CIMultiDict):
+    if not isinstance(headers, (CIMultiDictProxy, CIMultiDict)):  # a tuple: faster than a union here
         headers = CIMultiDict(headers)
     for probe in _PROBES:  # a loop, not any(): this runs for every reply
         if probe in headers:
