@@ -133,3 +133,13 @@ def test_answer_counts_agree_with_the_typed_fields_and_keep_nothing_on_the_row()
         assert counts == expected, metadata
     assert _question(stored_forms[1]).answer_counts() == (3, 2, True)
     assert _question(stored_forms[2]).answer_counts() == (7, 0, True)
+
+
+def test_stored_counts_read_what_from_json_dict_reads() -> None:
+    forms = [None, "n/a", {}, {"prompt_tokens": 3, "completion_tokens": 2}, {"prompt_tokens": "7", "completion_tokens": None},
+             {"prompt_tokens": True, "completion_tokens": 4}, {"completion_tokens": 9}, {"prompt_tokens": 2.0, "completion_tokens": 1},
+             Usage.of(5, 6)]  # fmt: skip
+    for stored in forms:
+        usage = Usage.from_json_dict(stored)
+        expected = (usage.prompt_tokens, usage.completion_tokens) if usage is not None else (None, None)
+        assert Usage.stored_counts(stored) == expected, stored

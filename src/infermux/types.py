@@ -239,6 +239,17 @@ class Usage(BaseModel):
             values["total_tokens"] = p + c
         return _unvalidated(cls, values, fields_set)
 
+    @staticmethod
+    def stored_counts(data: Any) -> tuple[int | None, int | None]:
+        """(prompt, completion) tokens of a stored ``metadata["usage"]``, None where unknown: what
+        :meth:`from_json_dict` reads, without building the model for the common row (two plain counts)."""
+        if type(data) is dict:
+            prompt, completion = data.get("prompt_tokens"), data.get("completion_tokens")
+            if type(prompt) is int and type(completion) is int:
+                return prompt, completion
+        usage = Usage.from_json_dict(data)
+        return (usage.prompt_tokens, usage.completion_tokens) if usage is not None else (None, None)
+
 
 def _count(value: Any) -> int | None:
     """A stored token count as an int (as ``int(value)``), or None when it is missing or not a number."""
@@ -692,17 +703,8 @@ class Conversation(BaseModel):
         :attr:`finish_reason` read it, without keeping the parsed fields on the row (a job keeps its
         answered rows: per-row objects that live on cost collection time)."""
         metadata = self.metadata
-        stored = metadata.get("usage")
-        if (
-            type(stored) is dict
-            and type(p := stored.get("prompt_tokens")) is int
-            and type(c := stored.get("completion_tokens")) is int
-        ):  # the common row: two plain counts, read as Usage.from_json_dict reads them
-            prompt, completion = p, c
-        else:
-            usage = Usage.from_json_dict(stored)
-            prompt = (usage.prompt_tokens or 0) if usage is not None else 0
-            completion = (usage.completion_tokens or 0) if usage is not None else 0
+        p, c = Usage.stored_counts(metadata.get("usage"))
+        prompt, completion = p or 0, c or 0
         reason = metadata.get("finish_reason")
         if reason is None or reason == "stop":  # the common answers, without the normaliser
             return prompt, completion, False

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from infermux.jobs.table_out import _answer, _tokens
+from infermux.jobs.table_out import _answer
 from infermux.types import Usage
 
 STORED_USAGE = [
@@ -28,7 +29,13 @@ STORED_USAGE = [
 def test_token_columns_read_usage_as_usage_does(stored: Any) -> None:
     usage = Usage.from_json_dict(stored)
     expected = (usage.prompt_tokens, usage.completion_tokens) if usage is not None else (None, None)
-    assert _tokens(stored) == expected
+    conversation = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "a"}],
+                    "metadata": {"usage": stored}}  # fmt: skip
+    line = (
+        json.dumps({"id": "r", "fp": "f", "rq": "d", "conversation": conversation}, separators=(",", ":")).encode()
+        + b"\n"
+    )
+    assert _answer(line, None)[2:4] == expected  # type: ignore[index]
 
 
 def test_a_partial_line_gives_the_answer_columns_in_order() -> None:

@@ -249,7 +249,7 @@ def _answer(line: bytes | None, error: str | None) -> tuple[Any, ...] | None:
         content = last.get("content")
         answer = content if isinstance(content, str) else Message.model_validate(last).text
     metadata = data.get("metadata") or {}
-    tokens = _tokens(metadata.get("usage"))
+    tokens = Usage.stored_counts(metadata.get("usage"))
     reason = FinishReason.parse(metadata.get("finish_reason"))
     cost = metadata.get("cost_usd")
     return (
@@ -259,13 +259,3 @@ def _answer(line: bytes | None, error: str | None) -> tuple[Any, ...] | None:
         float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) else None,
         None,
     )
-
-
-def _tokens(stored: Any) -> tuple[int | None, int | None]:
-    """The prompt and completion token counts of a stored ``metadata["usage"]``."""
-    if isinstance(stored, dict):  # the common form, read here without building a Usage
-        prompt, completion = stored.get("prompt_tokens"), stored.get("completion_tokens")
-        if type(prompt) is int and type(completion) is int:
-            return prompt, completion
-    usage = Usage.from_json_dict(stored)  # any other form is read in one place (types.py)
-    return (usage.prompt_tokens, usage.completion_tokens) if usage is not None else (None, None)
