@@ -3,7 +3,9 @@ chunk keeps the rows already finished, and the rerun answers only the others."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -59,14 +61,21 @@ def test_a_kill_9_mid_chunk_keeps_the_rows_already_finished(engine: str, tmp_pat
     cmd = [sys.executable, "-m", "infermux", "infer", "--engine", engine, "--input_path", str(inp),
            "--output_path", str(out), "--generation.max_new_tokens", "200", "--generation.batch_size", "8",
            "--no-cache", "--log-level", "warning", *ENGINES[engine]]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=cli_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 240
-    while _lines(partial) == 0:
-        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-        assert time.monotonic() < deadline, "no row was recorded"
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)  # one chunk of 8 rows, still decoding its long rows
-    proc.wait()
+    # Its own process group: VLLM's engine core and worker are child processes that outlive a kill -9 of the job
+    # (they do not watch their parent), still decoding; the whole group is killed below so none lingers.
+    proc = subprocess.Popen(cmd, env=cli_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while _lines(partial) == 0:
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.monotonic() < deadline, "no row was recorded"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)  # one chunk of 8 rows, still decoding its long rows
+        proc.wait()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
     recorded = _lines(partial)
     assert 1 <= recorded < len(PROMPTS) and not out.exists()
 
